@@ -1,0 +1,131 @@
+//! Applying a collection's authorize rule to one event: group the room's sockets by user, ask
+//! the host once for all distinct users, and keep the sockets whose user was allowed.
+//!
+//! A failed or late answer denies only the users it covers; everyone else still gets the event.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::callbacks::{AuthorizeRequest, Authorizer};
+use crate::peer::Peer;
+use crate::stats::Stats;
+use crate::warn;
+
+/// Returns the members allowed to receive `event`.
+pub async fn allowed_members(
+    authorizer: &dyn Authorizer,
+    collection: &str,
+    event: Arc<Value>,
+    members: Vec<Arc<Peer>>,
+    timeout: Duration,
+    stats: &Stats,
+) -> Vec<Arc<Peer>> {
+    if members.is_empty() {
+        return members;
+    }
+    // Group sockets by user: one question per user, however many sockets they have open.
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut users: Vec<Arc<Value>> = Vec::new();
+    let mut group_of: Vec<usize> = Vec::with_capacity(members.len());
+    for peer in &members {
+        let g = *index.entry(peer.user_key()).or_insert_with(|| {
+            users.push(peer.user_json());
+            users.len() - 1
+        });
+        group_of.push(g);
+    }
+    let asked = users.len();
+    let request = AuthorizeRequest {
+        collection: collection.to_string(),
+        event,
+        users,
+    };
+    // The host applies its own per-user timeout; this one only guards against a host that
+    // never answers at all.
+    let answers = match tokio::time::timeout(timeout + Duration::from_secs(1), authorizer.authorize(request)).await {
+        Ok(Ok(answers)) => answers,
+        Ok(Err(e)) => {
+            Stats::add(&stats.authorize_errors, asked as u64);
+            warn!("authorize for collection {collection:?} failed ({e}); the event was withheld from its {asked} user(s)");
+            Vec::new()
+        }
+        Err(_) => {
+            Stats::add(&stats.authorize_errors, asked as u64);
+            warn!("authorize for collection {collection:?} did not answer in time; the event was withheld");
+            Vec::new()
+        }
+    };
+    let mut allowed = Vec::with_capacity(members.len());
+    let mut denied = 0u64;
+    for (peer, g) in members.into_iter().zip(group_of) {
+        if answers.get(g).copied().unwrap_or(false) {
+            allowed.push(peer);
+        } else {
+            denied += 1;
+        }
+    }
+    Stats::add(&stats.authorize_denied, denied);
+    allowed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::User;
+    use crate::callbacks::BoxFuture;
+    use parking_lot::Mutex;
+    use serde_json::json;
+    use tokio_util::sync::CancellationToken;
+
+    struct Recorder {
+        calls: Mutex<Vec<usize>>,
+    }
+
+    impl Authorizer for Recorder {
+        fn authorize(&self, req: AuthorizeRequest) -> BoxFuture<Result<Vec<bool>, String>> {
+            self.calls.lock().push(req.users.len());
+            // Allow even user ids only; anonymous (null) is denied.
+            let answers = req
+                .users
+                .iter()
+                .map(|u| u.get("id").and_then(Value::as_u64).is_some_and(|id| id % 2 == 0))
+                .collect();
+            Box::pin(async move { Ok(answers) })
+        }
+    }
+
+    fn peer(id: u64, user: Option<u64>) -> Arc<Peer> {
+        let user = user.map(|u| User::from_claims(json!({"id": u, "collection": "users"})).unwrap());
+        Arc::new(Peer::new(id, "t", user, 1 << 20, CancellationToken::new()))
+    }
+
+    #[tokio::test]
+    async fn one_question_per_event_for_all_distinct_users() {
+        let rec = Recorder { calls: Mutex::new(vec![]) };
+        let members: Vec<_> = (0..15).map(|i| peer(i, Some(i % 3))).chain([peer(99, None)]).collect();
+        let stats = Stats::default();
+        let allowed = allowed_members(&rec, "posts", Arc::new(json!({})), members, Duration::from_secs(1), &stats).await;
+        assert_eq!(*rec.calls.lock(), vec![4]); // users 0, 1, 2 and anonymous: one call
+        let mut ids: Vec<u64> = allowed.iter().map(|p| p.id).collect();
+        ids.sort();
+        assert_eq!(ids, vec![0, 2, 3, 5, 6, 8, 9, 11, 12, 14]); // users 0 and 2
+    }
+
+    struct Never;
+    impl Authorizer for Never {
+        fn authorize(&self, _: AuthorizeRequest) -> BoxFuture<Result<Vec<bool>, String>> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_host_that_never_answers_denies() {
+        let stats = Stats::default();
+        let allowed = allowed_members(&Never, "posts", Arc::new(json!({})), vec![peer(1, Some(2))], Duration::from_millis(10), &stats).await;
+        assert!(allowed.is_empty());
+        assert_eq!(stats.authorize_errors.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+}

@@ -1,0 +1,63 @@
+//! What the core asks of its host: authorize decisions and custom message handlers.
+//!
+//! The core never sees JS. The napi layer implements these traits with thread-safe functions
+//! (batched, so one crossing serves many users or messages); `cargo test` implements them with
+//! plain Rust closures.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::protocol::ErrorCode;
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// One authorize question: may each of these users receive this event?
+#[derive(Debug, Clone)]
+pub struct AuthorizeRequest {
+    pub collection: String,
+    pub event: Arc<Value>,
+    /// Distinct users of the room's sockets: the token claims, or `Value::Null` for anonymous.
+    pub users: Vec<Arc<Value>>,
+}
+
+/// Answers authorize questions. One call per event, never one per socket.
+pub trait Authorizer: Send + Sync + 'static {
+    /// One answer per user, in order. An `Err` (or a short answer) denies every user left
+    /// without an answer; a per-user failure is the host's to turn into `false`.
+    fn authorize(&self, request: AuthorizeRequest) -> BoxFuture<Result<Vec<bool>, String>>;
+}
+
+/// A client message for a custom handler.
+#[derive(Debug, Clone)]
+pub struct HandlerCall {
+    pub kind: String,
+    pub socket_id: String,
+    pub user: Option<Arc<Value>>,
+    pub message: Value,
+}
+
+/// What a custom handler answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HandlerOutcome {
+    /// Send this value back as the reply.
+    Reply(Value),
+    /// The handler returned nothing: an `ack` if the request had an id.
+    NoReply,
+    /// The handler failed: an `error` reply with this code.
+    Failed { code: ErrorCode, message: String },
+}
+
+/// Runs custom handlers; the core decides which types have one.
+pub trait CustomHandlers: Send + Sync + 'static {
+    fn call(&self, call: HandlerCall) -> BoxFuture<HandlerOutcome>;
+}
+
+/// The host's callbacks, all optional.
+#[derive(Clone, Default)]
+pub struct Callbacks {
+    pub authorizer: Option<Arc<dyn Authorizer>>,
+    pub handlers: Option<Arc<dyn CustomHandlers>>,
+}

@@ -1,0 +1,155 @@
+//! Server options, their defaults, and the checks that turn a bad option into a clear error at
+//! start-up rather than a surprise under load.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::auth::PayloadKey;
+use crate::error::Error;
+use crate::protocol::is_valid_slug;
+
+/// Everything the server needs to know, already validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to listen on (default `0.0.0.0`).
+    pub host: String,
+    /// Port to listen on; 0 picks a free one.
+    pub port: u16,
+    /// Only upgrade requests to this path are accepted; `None` accepts any path.
+    pub path: Option<String>,
+    /// The key Payload signs its tokens with, derived from the Payload secret.
+    pub key: Option<PayloadKey>,
+    /// Origins allowed to connect (exact `scheme://host[:port]` strings).
+    pub allowed_origins: Option<Vec<String>>,
+    /// Lets clients without a token in, with `user: null`.
+    pub allow_anonymous: bool,
+    /// Largest inbound message, in bytes; more closes the socket with 1009.
+    pub max_payload_length: usize,
+    /// Outbound bytes queued for one socket before it is closed as a slow consumer (4008).
+    pub max_backpressure: usize,
+    /// A socket that sends nothing (not even a pong) for this long is closed; `None` disables.
+    pub idle_timeout: Option<Duration>,
+    /// Worker threads of the server's own tokio runtime.
+    pub worker_threads: usize,
+    /// Collections a client may join; `None` accepts any valid slug.
+    pub include_collections: Option<HashSet<String>>,
+    /// Collections whose events go through the authorize callback.
+    pub authorize_collections: HashSet<String>,
+    /// How long one authorize answer may take before that user is denied.
+    pub authorize_timeout: Duration,
+    /// How long a custom handler may take before the request gets an `internal` error.
+    pub handler_timeout: Duration,
+    /// Messages a client may send per second (sustained; the same number as burst); 0 = no limit.
+    pub max_messages_per_second: u32,
+    /// Rooms one socket may be in at once.
+    pub max_rooms_per_socket: usize,
+    /// Echo every message back instead of speaking the protocol: for the conformance suite
+    /// (Autobahn), which must exercise the very same connection code. Not exposed to JS.
+    pub echo_mode: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host: "0.0.0.0".into(),
+            port: 3002,
+            path: None,
+            key: None,
+            allowed_origins: None,
+            allow_anonymous: false,
+            max_payload_length: 64 * 1024,
+            max_backpressure: 1024 * 1024,
+            idle_timeout: Some(Duration::from_secs(120)),
+            worker_threads: 2,
+            include_collections: None,
+            authorize_collections: HashSet::new(),
+            authorize_timeout: Duration::from_secs(5),
+            handler_timeout: Duration::from_secs(30),
+            max_messages_per_second: 100,
+            max_rooms_per_socket: 1000,
+            echo_mode: false,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the options that can be wrong in ways the type does not prevent.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |msg: String| Err(Error::InvalidOption(msg));
+        if self.host.is_empty() {
+            return bad("`host` must not be empty".into());
+        }
+        if let Some(path) = &self.path {
+            if !path.starts_with('/') {
+                return bad(format!("`path` must start with '/', got {path:?}"));
+            }
+        }
+        if self.max_payload_length < 16 {
+            return bad("`maxPayloadLength` must be at least 16 bytes".into());
+        }
+        if self.max_backpressure < 1024 {
+            return bad("`maxBackpressure` must be at least 1024 bytes".into());
+        }
+        if self.worker_threads == 0 || self.worker_threads > 256 {
+            return bad("`workerThreads` must be between 1 and 256".into());
+        }
+        if let Some(origins) = &self.allowed_origins {
+            for o in origins {
+                if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+                    return bad(format!(
+                        "`allowedOrigins` entries look like \"https://example.com\", got {o:?}"
+                    ));
+                }
+            }
+        }
+        for slug in self
+            .include_collections
+            .iter()
+            .flatten()
+            .chain(self.authorize_collections.iter())
+        {
+            if !is_valid_slug(slug) {
+                return bad(format!("{slug:?} is not a valid collection slug"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a client may join this collection.
+    pub fn collection_allowed(&self, slug: &str) -> bool {
+        match &self.include_collections {
+            Some(set) => set.contains(slug),
+            None => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_contract() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.max_payload_length, 65536);
+        assert_eq!(c.max_backpressure, 1 << 20);
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(120)));
+        assert_eq!(c.host, "0.0.0.0");
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        let mut c = Config {
+            path: Some("ws".into()),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("path"));
+        c.path = None;
+        c.allowed_origins = Some(vec!["example.com".into()]);
+        assert!(c.validate().unwrap_err().to_string().contains("allowedOrigins"));
+        c.allowed_origins = None;
+        c.include_collections = Some(["bad slug".to_string()].into());
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,37 @@
+//! The core's error type. The napi layer maps it to JS errors in one place (`src/lib.rs`).
+
+use std::fmt;
+
+#[derive(Debug)]
+pub enum Error {
+    /// An option has a value the server cannot work with.
+    InvalidOption(String),
+    /// The listening address could not be bound (in use, not permitted, ...).
+    Bind { addr: String, source: std::io::Error },
+    /// An event or message from the API is not of the expected shape.
+    InvalidInput(String),
+    /// The server is closed or closing.
+    Closed,
+    /// Anything else that failed inside the server.
+    Internal(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidOption(m) => write!(f, "invalid option: {m}"),
+            Error::Bind { addr, source } => {
+                if source.kind() == std::io::ErrorKind::AddrInUse {
+                    write!(f, "cannot listen on {addr}: the address is already in use (EADDRINUSE); is another server running on this port?")
+                } else {
+                    write!(f, "cannot listen on {addr}: {source}")
+                }
+            }
+            Error::InvalidInput(m) => write!(f, "{m}"),
+            Error::Closed => write!(f, "the realtime server is closed"),
+            Error::Internal(m) => write!(f, "internal error: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}

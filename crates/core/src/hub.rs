@@ -1,0 +1,211 @@
+//! The server's shared state and the operations the host calls: emit an event, broadcast to a
+//! room, send to one socket, move sockets between rooms, read the counters.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashSet;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::RwLock;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::User;
+use crate::callbacks::Callbacks;
+use crate::config::Config;
+use crate::dispatch::{lane_of, Job, LANES};
+use crate::error::Error;
+use crate::event;
+use crate::peer::{Peer, PeerId};
+use crate::protocol::{collection_room, encode_value};
+use crate::rooms::{Joined, Registry};
+use crate::stats::{Snapshot, Stats};
+
+/// A socket as the host sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SocketInfo {
+    pub id: String,
+    pub user: Arc<Value>,
+}
+
+pub struct Hub {
+    pub config: Config,
+    pub registry: Registry,
+    pub stats: Stats,
+    pub callbacks: Callbacks,
+    /// This server's id, the prefix of every socket id it hands out.
+    pub instance: String,
+    /// Cancelled when `shutdown()` starts: no new sockets, no new events.
+    pub stopping: CancellationToken,
+    /// Cancelled when the server must stop now; every task listens to it.
+    pub shutdown: CancellationToken,
+    custom_types: RwLock<HashSet<String>>,
+    next_peer: AtomicU64,
+    lanes: Vec<mpsc::UnboundedSender<Job>>,
+    started: Instant,
+}
+
+impl Hub {
+    /// Builds the hub and the receiving ends of its lanes (the server spawns their tasks).
+    pub fn new(config: Config, callbacks: Callbacks) -> (Arc<Hub>, Vec<mpsc::UnboundedReceiver<Job>>) {
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..LANES).map(|_| mpsc::unbounded_channel()).unzip();
+        let instance = format!("{:08x}", RandomState::new().hash_one(std::process::id()) as u32);
+        let hub = Hub {
+            config,
+            registry: Registry::default(),
+            stats: Stats::default(),
+            callbacks,
+            instance,
+            stopping: CancellationToken::new(),
+            shutdown: CancellationToken::new(),
+            custom_types: RwLock::new(HashSet::new()),
+            next_peer: AtomicU64::new(1),
+            lanes: senders,
+            started: Instant::now(),
+        };
+        (Arc::new(hub), receivers)
+    }
+
+    /// Milliseconds since the server started (the idle timer's clock).
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub fn new_peer(&self, user: Option<User>) -> Arc<Peer> {
+        let id = self.next_peer.fetch_add(1, Ordering::Relaxed);
+        let peer = Arc::new(Peer::new(
+            id,
+            &self.instance,
+            user,
+            self.config.max_backpressure,
+            self.shutdown.child_token(),
+        ));
+        peer.touch(self.now_ms());
+        peer
+    }
+
+    fn peer_by_public_id(&self, socket_id: &str) -> Option<Arc<Peer>> {
+        let (instance, n) = socket_id.split_once('.')?;
+        if instance != self.instance {
+            return None;
+        }
+        self.registry.peer(n.parse().ok()?)
+    }
+
+    fn send_job(&self, room: &str, job: Job) -> Result<(), Error> {
+        self.lanes[lane_of(room)].send(job).map_err(|_| Error::Closed)
+    }
+
+    /// Sends a collection event to room `collection:<slug>`, through the collection's authorize
+    /// rule if it has one. Resolves with the number of sockets it was queued to.
+    pub async fn emit_event(&self, input: Value) -> Result<usize, Error> {
+        if self.stopping.is_cancelled() {
+            return Err(Error::Closed);
+        }
+        let event = event::normalize(input)?;
+        Stats::add(&self.stats.events, 1);
+        let room: Arc<str> = Arc::from(collection_room(&event.collection));
+        if self.registry.member_count(&room) == 0 {
+            return Ok(0);
+        }
+        let frame = encode_value(&event.body);
+        let authorize = (self.callbacks.authorizer.is_some()
+            && self.config.authorize_collections.contains(&event.collection))
+        .then(|| event.collection.clone());
+        let (done, delivered) = oneshot::channel();
+        self.send_job(
+            &room,
+            Job::Event {
+                room: room.clone(),
+                authorize,
+                body: Arc::new(event.body),
+                frame,
+                done: Some(done),
+            },
+        )?;
+        delivered.await.map_err(|_| Error::Closed)
+    }
+
+    /// Sends a message to every socket in a room but `except`, serialized once.
+    pub fn broadcast_to_room(&self, room: &str, message: &Value, except: Option<&str>) -> Result<(), Error> {
+        if room.is_empty() {
+            return Err(Error::InvalidInput("broadcastToRoom: the room name is empty".into()));
+        }
+        if self.registry.member_count(room) == 0 {
+            return Ok(());
+        }
+        let except = except.and_then(|id| id.split_once('.')).and_then(|(_, n)| n.parse::<PeerId>().ok());
+        self.send_job(
+            room,
+            Job::Broadcast {
+                room: Arc::from(room),
+                frame: encode_value(message),
+                except,
+            },
+        )
+    }
+
+    /// Sends a message to one socket; `false` if no such socket is connected.
+    pub fn send_to_socket(&self, socket_id: &str, message: &Value) -> bool {
+        match self.peer_by_public_id(socket_id) {
+            Some(peer) => self.registry.send_to(&peer, encode_value(message), &self.stats),
+            None => false,
+        }
+    }
+
+    /// Puts a socket in any room (server-side rooms need no `includeCollections` entry).
+    pub fn join_room(&self, socket_id: &str, room: &str) -> Result<bool, Error> {
+        let Some(peer) = self.peer_by_public_id(socket_id) else {
+            return Ok(false);
+        };
+        match self.registry.join(&peer, room, self.config.max_rooms_per_socket) {
+            Joined::New | Joined::Already => Ok(true),
+            Joined::Closed => Ok(false),
+            Joined::TooMany => Err(Error::InvalidInput(format!(
+                "joinRoom: socket {socket_id} is already in {} rooms",
+                self.config.max_rooms_per_socket
+            ))),
+        }
+    }
+
+    pub fn leave_room(&self, socket_id: &str, room: &str) -> bool {
+        match self.peer_by_public_id(socket_id) {
+            Some(peer) => self.registry.leave(&peer, room),
+            None => false,
+        }
+    }
+
+    pub fn sockets_in_room(&self, room: &str) -> Vec<SocketInfo> {
+        let mut peers = self.registry.members(room);
+        peers.sort_by_key(|p| p.id);
+        peers
+            .into_iter()
+            .map(|p| SocketInfo {
+                id: p.public_id.clone(),
+                user: p.user_json(),
+            })
+            .collect()
+    }
+
+    pub fn socket_info(&self, peer: &Peer) -> SocketInfo {
+        SocketInfo {
+            id: peer.public_id.clone(),
+            user: peer.user_json(),
+        }
+    }
+
+    pub fn stats(&self) -> Snapshot {
+        self.stats.snapshot(self.registry.room_count() as u64)
+    }
+
+    pub fn register_custom_type(&self, kind: &str) {
+        self.custom_types.write().insert(kind.to_string());
+    }
+
+    pub fn has_custom_type(&self, kind: &str) -> bool {
+        self.callbacks.handlers.is_some() && self.custom_types.read().contains(kind)
+    }
+}

@@ -1,0 +1,72 @@
+//! The state one connected socket shares with the rest of the server: who it is, its outbound
+//! queue, and the rooms it is in. The room registry holds `Arc<Peer>`s; the connection's reader
+//! and writer tasks hold the same `Arc`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::User;
+use crate::outbound::Outbound;
+
+pub type PeerId = u64;
+
+pub struct Peer {
+    pub id: PeerId,
+    /// The id as JS and clients see it: `<instance>.<n>`.
+    pub public_id: String,
+    pub user: Option<User>,
+    /// The user's claims, shared with every authorize and handler call.
+    pub user_value: Arc<Value>,
+    pub outbound: Outbound,
+    /// Rooms this socket is in; `None` once it has left them all for good (closed).
+    pub(crate) rooms: Mutex<Option<Vec<Arc<str>>>>,
+    /// Milliseconds (server clock) of the last frame received: the idle timer reads it.
+    pub last_seen_ms: AtomicU64,
+    /// Cancelled when the connection must stop now (shutdown, eviction timeout).
+    pub cancel: CancellationToken,
+}
+
+impl Peer {
+    pub fn new(id: PeerId, instance: &str, user: Option<User>, max_backpressure: usize, cancel: CancellationToken) -> Peer {
+        let user_value = Arc::new(user.as_ref().map(|u| u.claims.clone()).unwrap_or(Value::Null));
+        Peer {
+            id,
+            public_id: format!("{instance}.{id}"),
+            user,
+            user_value,
+            outbound: Outbound::new(max_backpressure),
+            rooms: Mutex::new(Some(Vec::new())),
+            last_seen_ms: AtomicU64::new(0),
+            cancel,
+        }
+    }
+
+    /// The key that groups sockets of one user for authorize.
+    pub fn user_key(&self) -> &str {
+        self.user.as_ref().map(|u| u.key.as_str()).unwrap_or("")
+    }
+
+    pub fn in_room(&self, room: &str) -> bool {
+        self.rooms
+            .lock()
+            .as_ref()
+            .is_some_and(|r| r.iter().any(|x| &**x == room))
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.lock().as_ref().map_or(0, Vec::len)
+    }
+
+    pub fn touch(&self, now_ms: u64) {
+        self.last_seen_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// The user as JS sees it (`null` for anonymous).
+    pub fn user_json(&self) -> Arc<Value> {
+        self.user_value.clone()
+    }
+}

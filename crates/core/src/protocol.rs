@@ -1,0 +1,465 @@
+//! The v1 wire protocol: what a client may send, what the server answers, and the WebSocket
+//! frames those answers travel in.
+//!
+//! This is the one place where client text becomes a [`ClientMessage`] and where server messages
+//! become bytes. Every outgoing message is encoded into a complete, unmasked WebSocket text frame
+//! exactly once, as a [`Bytes`] that every recipient shares (cloning it is a reference count bump).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::{Map, Value};
+
+/// Close codes of the contract.
+pub mod close_code {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down (`close()`), or the socket was idle for too long.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Protocol error, e.g. an unmasked client frame.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame that is not valid UTF-8 (RFC 6455 7.4.1).
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A message larger than `maxPayloadLength`.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// Something failed inside the server.
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// The token expired while the socket was connected.
+    pub const TOKEN_EXPIRED: u16 = 4001;
+    /// The session behind the token was revoked (logout).
+    pub const SESSION_REVOKED: u16 = 4003;
+    /// The client did not read fast enough: its outbound queue passed `maxBackpressure`.
+    pub const SLOW_CONSUMER: u16 = 4008;
+}
+
+/// Error codes carried by `{ "type": "error", "code" }` replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadJson,
+    BadMessage,
+    UnknownType,
+    UnknownCollection,
+    Forbidden,
+    RateLimited,
+    TooLarge,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad-json",
+            ErrorCode::BadMessage => "bad-message",
+            ErrorCode::UnknownType => "unknown-type",
+            ErrorCode::UnknownCollection => "unknown-collection",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate-limited",
+            ErrorCode::TooLarge => "too-large",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The code a JS handler may choose by throwing an error with a `code` property.
+    pub fn from_str(code: &str) -> Option<ErrorCode> {
+        Some(match code {
+            "bad-json" => ErrorCode::BadJson,
+            "bad-message" => ErrorCode::BadMessage,
+            "unknown-type" => ErrorCode::UnknownType,
+            "unknown-collection" => ErrorCode::UnknownCollection,
+            "forbidden" => ErrorCode::Forbidden,
+            "rate-limited" => ErrorCode::RateLimited,
+            "too-large" => ErrorCode::TooLarge,
+            "internal" => ErrorCode::Internal,
+            _ => return None,
+        })
+    }
+}
+
+/// The `id` a client attached to a request, echoed in the `ack` or `error` reply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestId {
+    Str(String),
+    Num(serde_json::Number),
+}
+
+impl RequestId {
+    pub fn to_value(&self) -> Value {
+        match self {
+            RequestId::Str(s) => Value::String(s.clone()),
+            RequestId::Num(n) => Value::Number(n.clone()),
+        }
+    }
+}
+
+/// Most collections one `join-collection` may name at once; more is `too-large`.
+pub const MAX_COLLECTIONS_PER_REQUEST: usize = 100;
+
+/// A request from a client, parsed and checked for shape (not yet for permission).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMessage {
+    Join {
+        id: Option<RequestId>,
+        collections: Vec<String>,
+    },
+    Leave {
+        id: Option<RequestId>,
+        collections: Vec<String>,
+    },
+    Ping {
+        id: Option<RequestId>,
+    },
+    /// Any other type: routed to a custom handler if one is registered for it.
+    Custom {
+        id: Option<RequestId>,
+        kind: String,
+        message: Value,
+    },
+}
+
+/// Why a client message was refused before it reached any handler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub id: Option<RequestId>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Rejection {
+    fn new(id: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Rejection {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Parses one text message from a client.
+pub fn parse_client_message(text: &[u8]) -> Result<ClientMessage, Rejection> {
+    let value: Value = serde_json::from_slice(text)
+        .map_err(|e| Rejection::new(None, ErrorCode::BadJson, format!("invalid JSON: {e}")))?;
+    let Value::Object(mut object) = value else {
+        return Err(Rejection::new(
+            None,
+            ErrorCode::BadMessage,
+            "a message must be a JSON object",
+        ));
+    };
+    let id = match object.get("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(RequestId::Str(s.clone())),
+        Some(Value::Number(n)) => Some(RequestId::Num(n.clone())),
+        Some(_) => {
+            return Err(Rejection::new(
+                None,
+                ErrorCode::BadMessage,
+                "`id` must be a string or a number",
+            ))
+        }
+    };
+    let kind = match object.get("type") {
+        Some(Value::String(t)) if !t.is_empty() => t.clone(),
+        _ => {
+            return Err(Rejection::new(
+                id,
+                ErrorCode::BadMessage,
+                "`type` is required and must be a non-empty string",
+            ))
+        }
+    };
+    match kind.as_str() {
+        "join-collection" | "subscribe" => {
+            let collections = collections_of(&object, &id)?;
+            Ok(ClientMessage::Join { id, collections })
+        }
+        "leave-collection" | "unsubscribe" => {
+            let collections = collections_of(&object, &id)?;
+            Ok(ClientMessage::Leave { id, collections })
+        }
+        "ping" => Ok(ClientMessage::Ping { id }),
+        _ => {
+            object.remove("id");
+            Ok(ClientMessage::Custom {
+                id,
+                kind,
+                message: Value::Object(object),
+            })
+        }
+    }
+}
+
+/// Reads the collection slugs of a join or leave: `collection: "posts"`, `data: "posts"` or
+/// `data: ["posts", "pages"]`.
+fn collections_of(object: &Map<String, Value>, id: &Option<RequestId>) -> Result<Vec<String>, Rejection> {
+    let field = object.get("collection").or_else(|| object.get("data"));
+    let names: Vec<&Value> = match field {
+        Some(Value::String(_)) => vec![field.unwrap()],
+        Some(Value::Array(items)) => items.iter().collect(),
+        _ => {
+            return Err(Rejection::new(
+                id.clone(),
+                ErrorCode::BadMessage,
+                "name the collection in `collection` (a string) or `data` (a string or an array of strings)",
+            ))
+        }
+    };
+    if names.is_empty() {
+        return Err(Rejection::new(id.clone(), ErrorCode::BadMessage, "no collection named"));
+    }
+    if names.len() > MAX_COLLECTIONS_PER_REQUEST {
+        return Err(Rejection::new(
+            id.clone(),
+            ErrorCode::TooLarge,
+            format!("at most {MAX_COLLECTIONS_PER_REQUEST} collections per request"),
+        ));
+    }
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        match name {
+            Value::String(s) if is_valid_slug(s) => {
+                if !out.contains(s) {
+                    out.push(s.clone())
+                }
+            }
+            _ => {
+                return Err(Rejection::new(
+                    id.clone(),
+                    ErrorCode::BadMessage,
+                    "a collection slug is 1 to 128 characters of letters, digits, '-' and '_'",
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Payload slugs are kebab- or camel-case identifiers; anything else cannot name a collection.
+pub fn is_valid_slug(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The room a collection's events go to.
+pub fn collection_room(slug: &str) -> String {
+    format!("collection:{slug}")
+}
+
+/// `{ "type": "ack", "id" }`.
+pub fn ack(id: &RequestId) -> Bytes {
+    let mut m = Map::new();
+    m.insert("type".into(), Value::String("ack".into()));
+    m.insert("id".into(), id.to_value());
+    encode_value(&Value::Object(m))
+}
+
+/// `{ "type": "pong", "id"? }`.
+pub fn pong(id: Option<&RequestId>) -> Bytes {
+    let mut m = Map::new();
+    m.insert("type".into(), Value::String("pong".into()));
+    if let Some(id) = id {
+        m.insert("id".into(), id.to_value());
+    }
+    encode_value(&Value::Object(m))
+}
+
+/// `{ "type": "error", "code", "message", "id"? }`.
+pub fn error(code: ErrorCode, message: &str, id: Option<&RequestId>) -> Bytes {
+    let mut m = Map::new();
+    m.insert("type".into(), Value::String("error".into()));
+    m.insert("code".into(), Value::String(code.as_str().into()));
+    m.insert("message".into(), Value::String(message.into()));
+    if let Some(id) = id {
+        m.insert("id".into(), id.to_value());
+    }
+    encode_value(&Value::Object(m))
+}
+
+/// The reply to a custom request: an object is sent as it is, with the request's `id` added and
+/// its `type` defaulting to the request's; any other value is wrapped as `{ type, id, data }`.
+pub fn custom_reply(kind: &str, id: Option<&RequestId>, value: Value) -> Bytes {
+    let mut m = match value {
+        Value::Object(m) => m,
+        other => {
+            let mut m = Map::new();
+            m.insert("data".into(), other);
+            m
+        }
+    };
+    if !m.contains_key("type") {
+        m.insert("type".into(), Value::String(kind.into()));
+    }
+    if let Some(id) = id {
+        m.insert("id".into(), id.to_value());
+    }
+    encode_value(&Value::Object(m))
+}
+
+/// Serializes a value and wraps it in a text frame, once, for every recipient.
+pub fn encode_value(value: &Value) -> Bytes {
+    // serde_json cannot fail on a `Value` (keys are strings, numbers are finite).
+    let json = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    text_frame(&json)
+}
+
+/// A complete server-to-client text frame: FIN, opcode 1, no mask.
+pub fn text_frame(payload: &[u8]) -> Bytes {
+    frame(0x1, payload)
+}
+
+/// A close frame with a status code and a reason (truncated to fit a control frame).
+pub fn close_frame(code: u16, reason: &str) -> Bytes {
+    let mut reason = reason.as_bytes();
+    if reason.len() > 123 {
+        let mut cut = 123;
+        while !std::str::from_utf8(&reason[..cut]).is_ok() {
+            cut -= 1;
+        }
+        reason = &reason[..cut];
+    }
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(reason);
+    frame(0x8, &payload)
+}
+
+/// A frame with the given opcode and payload, as a server sends it (unmasked).
+pub fn frame(opcode: u8, payload: &[u8]) -> Bytes {
+    let len = payload.len();
+    let mut buf = BytesMut::with_capacity(len + 10);
+    buf.put_u8(0x80 | (opcode & 0x0f));
+    if len < 126 {
+        buf.put_u8(len as u8);
+    } else if len <= u16::MAX as usize {
+        buf.put_u8(126);
+        buf.put_u16(len as u16);
+    } else {
+        buf.put_u8(127);
+        buf.put_u64(len as u64);
+    }
+    buf.put_slice(payload);
+    buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload_of(frame: &Bytes) -> Value {
+        let (start, len) = match frame[1] {
+            126 => (4, u16::from_be_bytes([frame[2], frame[3]]) as usize),
+            127 => (10, u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize),
+            n => (2, n as usize),
+        };
+        assert_eq!(frame.len(), start + len);
+        serde_json::from_slice(&frame[start..]).unwrap()
+    }
+
+    #[test]
+    fn join_accepts_every_form() {
+        let forms = [
+            r#"{"type":"join-collection","collection":"posts"}"#,
+            r#"{"type":"subscribe","data":"posts"}"#,
+            r#"{"type":"join-collection","data":["posts"]}"#,
+        ];
+        for f in forms {
+            assert_eq!(
+                parse_client_message(f.as_bytes()).unwrap(),
+                ClientMessage::Join {
+                    id: None,
+                    collections: vec!["posts".into()]
+                },
+                "{f}"
+            );
+        }
+        let many = parse_client_message(br#"{"type":"unsubscribe","data":["a","b","a"],"id":7}"#).unwrap();
+        assert_eq!(
+            many,
+            ClientMessage::Leave {
+                id: Some(RequestId::Num(7.into())),
+                collections: vec!["a".into(), "b".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn bad_input_gets_the_right_code() {
+        let cases: &[(&str, ErrorCode)] = &[
+            ("{not json", ErrorCode::BadJson),
+            ("", ErrorCode::BadJson),
+            ("[1,2]", ErrorCode::BadMessage),
+            ("\"ping\"", ErrorCode::BadMessage),
+            (r#"{"id":1}"#, ErrorCode::BadMessage),
+            (r#"{"type":5}"#, ErrorCode::BadMessage),
+            (r#"{"type":""}"#, ErrorCode::BadMessage),
+            (r#"{"type":"ping","id":{"x":1}}"#, ErrorCode::BadMessage),
+            (r#"{"type":"join-collection"}"#, ErrorCode::BadMessage),
+            (r#"{"type":"join-collection","data":[]}"#, ErrorCode::BadMessage),
+            (r#"{"type":"join-collection","data":[1]}"#, ErrorCode::BadMessage),
+            (r#"{"type":"join-collection","collection":"a b"}"#, ErrorCode::BadMessage),
+        ];
+        for (input, code) in cases {
+            let err = parse_client_message(input.as_bytes()).unwrap_err();
+            assert_eq!(err.code, *code, "{input}");
+        }
+        let list: Vec<String> = (0..=MAX_COLLECTIONS_PER_REQUEST).map(|i| format!("c{i}")).collect();
+        let msg = serde_json::json!({"type": "subscribe", "data": list, "id": "x"}).to_string();
+        let err = parse_client_message(msg.as_bytes()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::TooLarge);
+        assert_eq!(err.id, Some(RequestId::Str("x".into())));
+    }
+
+    #[test]
+    fn the_id_survives_a_rejection_after_it_is_read() {
+        let err = parse_client_message(br#"{"type":"subscribe","id":"r1"}"#).unwrap_err();
+        assert_eq!(err.id, Some(RequestId::Str("r1".into())));
+    }
+
+    #[test]
+    fn custom_messages_keep_their_fields_but_not_the_id() {
+        let m = parse_client_message(br#"{"type":"chat","id":"q","text":"hi"}"#).unwrap();
+        assert_eq!(
+            m,
+            ClientMessage::Custom {
+                id: Some(RequestId::Str("q".into())),
+                kind: "chat".into(),
+                message: serde_json::json!({"type":"chat","text":"hi"})
+            }
+        );
+    }
+
+    #[test]
+    fn frames_have_the_right_length_encoding() {
+        for n in [0usize, 125, 126, 65535, 65536, 100_000] {
+            let f = text_frame(&vec![b'a'; n]);
+            assert_eq!(f[0], 0x81);
+            let header = if n < 126 { 2 } else if n <= 65535 { 4 } else { 10 };
+            assert_eq!(f.len(), header + n);
+        }
+    }
+
+    #[test]
+    fn replies_have_the_contract_shape() {
+        let id = RequestId::Str("a".into());
+        assert_eq!(payload_of(&ack(&id)), serde_json::json!({"type":"ack","id":"a"}));
+        assert_eq!(payload_of(&pong(None)), serde_json::json!({"type":"pong"}));
+        assert_eq!(
+            payload_of(&error(ErrorCode::UnknownType, "nope", Some(&id))),
+            serde_json::json!({"type":"error","code":"unknown-type","message":"nope","id":"a"})
+        );
+        assert_eq!(
+            payload_of(&custom_reply("sum", Some(&id), serde_json::json!(3))),
+            serde_json::json!({"data":3,"type":"sum","id":"a"})
+        );
+        assert_eq!(
+            payload_of(&custom_reply("sum", None, serde_json::json!({"type":"result","v":1}))),
+            serde_json::json!({"type":"result","v":1})
+        );
+    }
+
+    #[test]
+    fn close_frames_carry_code_and_a_short_reason() {
+        let f = close_frame(4008, &"x".repeat(500));
+        assert_eq!(f[0], 0x88);
+        assert_eq!(f[1] as usize, 125);
+        assert_eq!(u16::from_be_bytes([f[2], f[3]]), 4008);
+    }
+}

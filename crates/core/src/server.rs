@@ -1,0 +1,244 @@
+//! The listener: its own tokio runtime, the accept loop, HTTP routes (`/healthz`, the upgrade,
+//! 404/426 for the rest), the handshake checks, and a shutdown every task hears.
+//!
+//! Shaped like mini-redis: one task accepts, one task per HTTP connection, and after the
+//! upgrade one reader and one writer task per socket. `shutdown()` stops accepting, sends 1001
+//! to every socket after what is queued for it, waits briefly, then cuts what is left.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{header, Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::runtime::Runtime;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{self, Refusal};
+use crate::callbacks::Callbacks;
+use crate::config::Config;
+use crate::connection;
+use crate::dispatch::run_lane;
+use crate::error::Error;
+use crate::hub::Hub;
+use crate::protocol::close_code;
+use crate::stats::Stats;
+use crate::warn;
+
+/// How long `shutdown()` waits for sockets to finish their close handshake.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// How long a client may take to send its HTTP request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running server: its runtime, its hub, and the address it listens on.
+pub struct Server {
+    hub: Arc<Hub>,
+    runtime: Option<Runtime>,
+    local_addr: SocketAddr,
+    tracker: TaskTracker,
+}
+
+impl Server {
+    /// Starts the runtime, binds the address (so a busy port fails here, clearly), and starts
+    /// accepting.
+    pub fn start(config: Config, callbacks: Callbacks) -> Result<Server, Error> {
+        config.validate()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.worker_threads)
+            .thread_name("payload-realtime")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))?;
+        let addr = format!("{}:{}", config.host, config.port);
+        let std_listener = std::net::TcpListener::bind(&addr).map_err(|source| Error::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let local_addr = std_listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
+        let (hub, lanes) = Hub::new(config, callbacks);
+        let tracker = TaskTracker::new();
+        {
+            let _guard = runtime.enter();
+            let listener = TcpListener::from_std(std_listener).map_err(|e| Error::Internal(e.to_string()))?;
+            for lane in lanes {
+                runtime.spawn(run_lane(hub.clone(), lane));
+            }
+            runtime.spawn(accept_loop(hub.clone(), listener, tracker.clone()));
+        }
+        Ok(Server {
+            hub,
+            runtime: Some(runtime),
+            local_addr,
+            tracker,
+        })
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle to run work on the server's runtime.
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        self.runtime.as_ref().expect("runtime lives until drop").handle().clone()
+    }
+
+    /// Graceful stop: no new connections, 1001 to every socket, a short wait, then every task
+    /// is told to stop. The port is free when this returns.
+    pub async fn shutdown(&self) {
+        let hub = self.hub.clone();
+        let tracker = self.tracker.clone();
+        let task = self.handle().spawn(async move {
+            hub.stopping.cancel();
+            for peer in hub.registry.all_peers() {
+                hub.registry.remove_peer(&peer);
+                peer.outbound.close(close_code::GOING_AWAY, "server shutting down");
+            }
+            tracker.close();
+            if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+                warn!("some sockets did not close in time; cutting them");
+            }
+            hub.shutdown.cancel();
+            tracker.wait().await;
+        });
+        let _ = task.await;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.hub.shutdown.cancel();
+        if let Some(rt) = self.runtime.take() {
+            // Never blocks: safe to drop from inside another runtime or a napi call.
+            rt.shutdown_background();
+        }
+    }
+}
+
+async fn accept_loop(hub: Arc<Hub>, listener: TcpListener, tracker: TaskTracker) {
+    let stop = hub.stopping.clone();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.cancelled() => break,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                tracker.spawn(serve_http(hub.clone(), stream, tracker.clone()));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait and go on; never stop listening.
+                warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // Dropping the listener here frees the port.
+}
+
+async fn serve_http(hub: Arc<Hub>, stream: tokio::net::TcpStream, tracker: TaskTracker) {
+    let service_hub = hub.clone();
+    let service = service_fn(move |req| {
+        let hub = service_hub.clone();
+        let tracker = tracker.clone();
+        async move { Ok::<_, Infallible>(route(hub, req, tracker)) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = &mut conn => {}
+        _ = hub.stopping.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+fn refuse(hub: &Hub, r: &Refusal) -> Response<Full<Bytes>> {
+    Stats::add(&hub.stats.handshakes_refused, 1);
+    json_response(StatusCode::from_u16(r.status).unwrap_or(StatusCode::UNAUTHORIZED), r.body())
+}
+
+fn route(hub: Arc<Hub>, mut req: Request<Incoming>, tracker: TaskTracker) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    if path == "/healthz" && req.method() == Method::GET {
+        let s = hub.stats();
+        return json_response(
+            StatusCode::OK,
+            serde_json::json!({ "status": "ok", "connections": s.connections, "rooms": s.rooms }).to_string(),
+        );
+    }
+    let path_ok = hub.config.path.as_deref().is_none_or(|p| p == path);
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        return if path_ok && hub.config.path.is_some() {
+            json_response(
+                StatusCode::UPGRADE_REQUIRED,
+                r#"{"error":"upgrade-required","reason":"this path accepts WebSocket connections only"}"#.into(),
+            )
+        } else {
+            json_response(StatusCode::NOT_FOUND, r#"{"error":"not-found"}"#.into())
+        };
+    }
+    if !path_ok {
+        return json_response(StatusCode::NOT_FOUND, r#"{"error":"not-found"}"#.into());
+    }
+    if hub.stopping.is_cancelled() {
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"error":"shutting-down"}"#.into());
+    }
+    let (parts, body) = req.into_parts();
+    let user = match auth::authenticate(&hub.config, &parts) {
+        Ok(user) => user,
+        Err(refusal) => return refuse(&hub, &refusal),
+    };
+    req = Request::from_parts(parts, body);
+    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(r) => r,
+        Err(e) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "error": "bad-handshake", "reason": e.to_string() }).to_string(),
+            )
+        }
+    };
+    let peer = hub.new_peer(user);
+    tracker.spawn(async move {
+        match upgrade.await {
+            Ok(ws) => {
+                let upgraded = ws.into_inner().into_inner();
+                connection::serve(hub, peer, upgraded).await;
+            }
+            Err(e) => warn!("upgrade failed: {e}"),
+        }
+    });
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Full::new(Bytes::new()))
+}

@@ -1,0 +1,69 @@
+//! Counters read by `stats()`. Relaxed atomics: they are reports, not synchronisation.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+#[derive(Default, Debug)]
+pub struct Stats {
+    /// Sockets open now.
+    pub connections: AtomicU64,
+    /// Sockets accepted since start.
+    pub connections_total: AtomicU64,
+    /// Handshakes refused (bad token, origin, path).
+    pub handshakes_refused: AtomicU64,
+    /// Messages received from clients.
+    pub messages_in: AtomicU64,
+    /// Frames queued to clients (events, replies, broadcasts).
+    pub messages_out: AtomicU64,
+    /// Frames not delivered because their socket was evicted or closing.
+    pub dropped: AtomicU64,
+    /// Sockets closed with 4008.
+    pub slow_consumers: AtomicU64,
+    /// Events emitted through `emitEvent`.
+    pub events: AtomicU64,
+    /// Deliveries withheld by an authorize answer of `false`.
+    pub authorize_denied: AtomicU64,
+    /// Authorize answers that failed (throw, rejection, timeout) and so denied.
+    pub authorize_errors: AtomicU64,
+    /// Custom handler calls that failed.
+    pub handler_errors: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub connections: u64,
+    pub connections_total: u64,
+    pub handshakes_refused: u64,
+    pub rooms: u64,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub dropped: u64,
+    pub slow_consumers: u64,
+    pub events: u64,
+    pub authorize_denied: u64,
+    pub authorize_errors: u64,
+    pub handler_errors: u64,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn snapshot(&self, rooms: u64) -> Snapshot {
+        Snapshot {
+            connections: self.connections.load(Relaxed),
+            connections_total: self.connections_total.load(Relaxed),
+            handshakes_refused: self.handshakes_refused.load(Relaxed),
+            rooms,
+            messages_in: self.messages_in.load(Relaxed),
+            messages_out: self.messages_out.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+            slow_consumers: self.slow_consumers.load(Relaxed),
+            events: self.events.load(Relaxed),
+            authorize_denied: self.authorize_denied.load(Relaxed),
+            authorize_errors: self.authorize_errors.load(Relaxed),
+            handler_errors: self.handler_errors.load(Relaxed),
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! payload-realtime: a real-time event server for Payload CMS.
+//!
+//! This crate holds only the napi bindings: JS values in, core calls, JS values out, and the one
+//! place where core errors become JS errors. Everything below
+//! (the `payload-realtime-core` crate in `crates/core`) knows nothing of JS
+//! and is tested with `cargo test`.
+
+mod js_callbacks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::ThreadsafeFunction;
+use napi_derive::napi;
+use parking_lot::Mutex;
+use serde_json::Value;
+
+use payload_realtime_core::auth::PayloadKey;
+use payload_realtime_core::callbacks::{self, Callbacks};
+use payload_realtime_core::config::Config;
+use payload_realtime_core::error;
+use payload_realtime_core::hub::Hub;
+use payload_realtime_core::server::Server;
+
+use crate::js_callbacks::{AuthorizeFn, HandlerFn, JsAuthorizer, JsHandlers};
+
+/// Maps a core error to a JS error: the one place this happens.
+fn js_error(e: error::Error) -> napi::Error {
+    let status = match e {
+        error::Error::InvalidOption(_) | error::Error::InvalidInput(_) => Status::InvalidArg,
+        _ => Status::GenericFailure,
+    };
+    napi::Error::new(status, e.to_string())
+}
+
+/// Options of the native server (the JS layer fills in defaults and checks types).
+#[napi(object)]
+pub struct NativeOptions {
+    pub host: Option<String>,
+    pub port: Option<u32>,
+    pub path: Option<String>,
+    pub secret: Option<String>,
+    pub allowed_origins: Option<Vec<String>>,
+    pub allow_anonymous: Option<bool>,
+    pub max_payload_length: Option<u32>,
+    pub max_backpressure: Option<u32>,
+    /// Seconds; 0 disables the idle timeout.
+    pub idle_timeout: Option<u32>,
+    pub worker_threads: Option<u32>,
+    pub include_collections: Option<Vec<String>>,
+    pub authorize_collections: Option<Vec<String>>,
+    /// Milliseconds.
+    pub authorize_timeout: Option<u32>,
+    /// Milliseconds.
+    pub handler_timeout: Option<u32>,
+    pub max_messages_per_second: Option<u32>,
+    pub max_rooms_per_socket: Option<u32>,
+}
+
+impl NativeOptions {
+    fn into_config(self) -> Config {
+        let d = Config::default();
+        Config {
+            host: self.host.unwrap_or(d.host),
+            port: self.port.map(|p| p as u16).unwrap_or(d.port),
+            path: self.path,
+            key: self.secret.filter(|s| !s.is_empty()).map(|s| PayloadKey::from_payload_secret(&s)),
+            allowed_origins: self.allowed_origins,
+            allow_anonymous: self.allow_anonymous.unwrap_or(d.allow_anonymous),
+            max_payload_length: self.max_payload_length.map_or(d.max_payload_length, |v| v as usize),
+            max_backpressure: self.max_backpressure.map_or(d.max_backpressure, |v| v as usize),
+            idle_timeout: match self.idle_timeout {
+                Some(0) => None,
+                Some(s) => Some(Duration::from_secs(s as u64)),
+                None => d.idle_timeout,
+            },
+            worker_threads: self.worker_threads.map_or(d.worker_threads, |v| v as usize),
+            include_collections: self.include_collections.map(|v| v.into_iter().collect()),
+            authorize_collections: self.authorize_collections.unwrap_or_default().into_iter().collect(),
+            authorize_timeout: self.authorize_timeout.map_or(d.authorize_timeout, |ms| Duration::from_millis(ms as u64)),
+            handler_timeout: self.handler_timeout.map_or(d.handler_timeout, |ms| Duration::from_millis(ms as u64)),
+            max_messages_per_second: self.max_messages_per_second.unwrap_or(d.max_messages_per_second),
+            max_rooms_per_socket: self.max_rooms_per_socket.map_or(d.max_rooms_per_socket, |v| v as usize),
+            echo_mode: false,
+        }
+    }
+}
+
+#[napi(object)]
+pub struct NativeSocketInfo {
+    pub id: String,
+    pub user: Value,
+}
+
+#[napi(object)]
+pub struct NativeStats {
+    pub connections: f64,
+    pub connections_total: f64,
+    pub handshakes_refused: f64,
+    pub rooms: f64,
+    pub messages_in: f64,
+    pub messages_out: f64,
+    pub dropped: f64,
+    pub slow_consumers: f64,
+    pub events: f64,
+    pub authorize_denied: f64,
+    pub authorize_errors: f64,
+    pub handler_errors: f64,
+}
+
+/// A strong function held while the server runs, so Node stays alive like it does for any
+/// listening server; `close()` drops it.
+type KeepAliveFn = ThreadsafeFunction<(), (), (), Status, false, false>;
+
+/// A running server.
+#[napi]
+pub struct RealtimeServer {
+    hub: Arc<Hub>,
+    server: Arc<Mutex<Option<Server>>>,
+    keep_alive: Mutex<Option<KeepAliveFn>>,
+    port: u16,
+}
+
+/// Starts the server: binds the port (a busy port throws here) and returns at once.
+#[napi(
+    js_name = "initUWebSocket",
+    catch_unwind,
+    ts_args_type = "options: NativeOptions, authorize?: ((collection: string, event: any, users: any[]) => Promise<boolean[]>) | null, handle?: ((calls: Array<{ type: string, socketId: string, user: any, message: any }>) => Promise<Array<{ ok: boolean, reply?: any, code?: string, message?: string }>>) | null, keepAlive?: (() => void) | null"
+)]
+pub fn init_u_web_socket(
+    options: NativeOptions,
+    authorize: Option<AuthorizeFn>,
+    handle: Option<HandlerFn>,
+    keep_alive: Option<KeepAliveFn>,
+) -> Result<RealtimeServer> {
+    let config = options.into_config();
+    let authorizer = authorize.map(|f| Arc::new(JsAuthorizer { f: Arc::new(f) }) as Arc<dyn callbacks::Authorizer>);
+    let (handlers, batcher) = match handle {
+        Some(f) => {
+            let (h, task) = JsHandlers::new(Arc::new(f));
+            (Some(Arc::new(h) as Arc<dyn callbacks::CustomHandlers>), Some(task))
+        }
+        None => (None, None),
+    };
+    let server = Server::start(
+        config,
+        Callbacks {
+            authorizer,
+            handlers,
+        },
+    )
+    .map_err(js_error)?;
+    if let Some(task) = batcher {
+        server.handle().spawn(task);
+    }
+    Ok(RealtimeServer {
+        hub: server.hub().clone(),
+        port: server.local_addr().port(),
+        server: Arc::new(Mutex::new(Some(server))),
+        keep_alive: Mutex::new(keep_alive),
+    })
+}
+
+#[napi]
+impl RealtimeServer {
+    /// The port the server listens on (useful with port 0).
+    #[napi(getter)]
+    pub fn port(&self) -> u32 {
+        self.port as u32
+    }
+
+    /// This server's instance id (the prefix of its socket ids).
+    #[napi(getter)]
+    pub fn instance_id(&self) -> String {
+        self.hub.instance.clone()
+    }
+
+    /// Sends a collection event to `collection:<slug>`; resolves with the number of sockets it
+    /// was queued to, once authorize has answered.
+    #[napi(catch_unwind, ts_return_type = "Promise<number>")]
+    pub fn emit_event<'env>(&self, env: &'env Env, event: Value) -> Result<Object<'env>> {
+        let (deferred, promise) = env.create_deferred()?;
+        let hub = self.hub.clone();
+        let Some(handle) = self.runtime() else {
+            deferred.reject(js_error(error::Error::Closed));
+            return Ok(promise);
+        };
+        handle.spawn(async move {
+            match hub.emit_event(event).await {
+                Ok(n) => deferred.resolve(move |_| Ok(n as u32)),
+                Err(e) => deferred.reject(js_error(e)),
+            }
+        });
+        Ok(promise)
+    }
+
+    #[napi(catch_unwind)]
+    pub fn broadcast_to_room(&self, room: String, message: Value, except: Option<String>) -> Result<()> {
+        self.hub.broadcast_to_room(&room, &message, except.as_deref()).map_err(js_error)
+    }
+
+    /// Declares that JS handles messages of this type.
+    #[napi(catch_unwind)]
+    pub fn register_custom_handler(&self, kind: String) -> Result<()> {
+        if kind.is_empty() || matches!(kind.as_str(), "join-collection" | "subscribe" | "leave-collection" | "unsubscribe" | "ping") {
+            return Err(js_error(error::Error::InvalidInput(format!(
+                "registerCustomHandler: {kind:?} is a built-in message type"
+            ))));
+        }
+        self.hub.register_custom_type(&kind);
+        Ok(())
+    }
+
+    #[napi(catch_unwind)]
+    pub fn send_to_socket(&self, socket_id: String, message: Value) -> bool {
+        self.hub.send_to_socket(&socket_id, &message)
+    }
+
+    #[napi(catch_unwind)]
+    pub fn join_room(&self, socket_id: String, room: String) -> Result<bool> {
+        self.hub.join_room(&socket_id, &room).map_err(js_error)
+    }
+
+    #[napi(catch_unwind)]
+    pub fn leave_room(&self, socket_id: String, room: String) -> bool {
+        self.hub.leave_room(&socket_id, &room)
+    }
+
+    #[napi(catch_unwind)]
+    pub fn get_sockets_in_room(&self, room: String) -> Vec<NativeSocketInfo> {
+        self.hub
+            .sockets_in_room(&room)
+            .into_iter()
+            .map(|s| NativeSocketInfo {
+                id: s.id,
+                user: (*s.user).clone(),
+            })
+            .collect()
+    }
+
+    #[napi(catch_unwind)]
+    pub fn stats(&self) -> NativeStats {
+        let s = self.hub.stats();
+        NativeStats {
+            connections: s.connections as f64,
+            connections_total: s.connections_total as f64,
+            handshakes_refused: s.handshakes_refused as f64,
+            rooms: s.rooms as f64,
+            messages_in: s.messages_in as f64,
+            messages_out: s.messages_out as f64,
+            dropped: s.dropped as f64,
+            slow_consumers: s.slow_consumers as f64,
+            events: s.events as f64,
+            authorize_denied: s.authorize_denied as f64,
+            authorize_errors: s.authorize_errors as f64,
+            handler_errors: s.handler_errors as f64,
+        }
+    }
+
+    /// Closes every socket with 1001, frees the port, and lets Node exit. Idempotent.
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
+    pub fn close<'env>(&self, env: &'env Env) -> Result<Object<'env>> {
+        let (deferred, promise) = env.create_deferred::<(), fn(Env) -> Result<()>>()?;
+        // Node may exit once the pending promise settles: nothing else holds it now.
+        self.keep_alive.lock().take();
+        let server = self.server.lock().take();
+        match server {
+            None => deferred.resolve(resolved),
+            Some(server) => {
+                // Shut down on a plain thread: a runtime cannot be dropped from inside one.
+                std::thread::spawn(move || {
+                    let handle = server.handle();
+                    handle.block_on(server.shutdown());
+                    drop(server);
+                    deferred.resolve(resolved);
+                });
+            }
+        }
+        Ok(promise)
+    }
+}
+
+fn resolved(_: Env) -> Result<()> {
+    Ok(())
+}
+
+impl RealtimeServer {
+    fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        self.server.lock().as_ref().map(Server::handle)
+    }
+}
