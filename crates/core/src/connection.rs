@@ -225,6 +225,7 @@ fn close_for(e: &WebSocketError) -> Option<(u16, &'static str)> {
         WebSocketError::IoError(io) => match Violation::of(io) {
             Some(Violation::Unmasked) => (close_code::PROTOCOL_ERROR, "client frames must be masked"),
             Some(Violation::TooLarge) => (close_code::MESSAGE_TOO_BIG, "message exceeds maxPayloadLength"),
+            Some(Violation::ControlTooLarge) => (close_code::PROTOCOL_ERROR, "control frame over 125 bytes"),
             None => return None,
         },
         WebSocketError::UnexpectedEOF | WebSocketError::ConnectionClosed => return None,

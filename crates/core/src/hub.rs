@@ -20,7 +20,7 @@ use crate::dispatch::{lane_of, Job, LANES};
 use crate::error::Error;
 use crate::event;
 use crate::peer::{Peer, PeerId};
-use crate::protocol::{collection_room, encode_value};
+use crate::protocol::{collection_room, encode_value, text_frame};
 use crate::rooms::{Joined, Registry};
 use crate::stats::{Snapshot, Stats};
 
@@ -129,8 +129,8 @@ impl Hub {
         delivered.await.map_err(|_| Error::Closed)
     }
 
-    /// Sends a message to every socket in a room but `except`, serialized once.
-    pub fn broadcast_to_room(&self, room: &str, message: &Value, except: Option<&str>) -> Result<(), Error> {
+    /// Sends a message (JSON text) to every socket in a room but `except`, framed once.
+    pub fn broadcast_to_room(&self, room: &str, json: &[u8], except: Option<&str>) -> Result<(), Error> {
         if room.is_empty() {
             return Err(Error::InvalidInput("broadcastToRoom: the room name is empty".into()));
         }
@@ -142,16 +142,16 @@ impl Hub {
             room,
             Job::Broadcast {
                 room: Arc::from(room),
-                frame: encode_value(message),
+                frame: text_frame(json),
                 except,
             },
         )
     }
 
-    /// Sends a message to one socket; `false` if no such socket is connected.
-    pub fn send_to_socket(&self, socket_id: &str, message: &Value) -> bool {
+    /// Sends a message (JSON text) to one socket; `false` if no such socket is connected.
+    pub fn send_to_socket(&self, socket_id: &str, json: &[u8]) -> bool {
         match self.peer_by_public_id(socket_id) {
-            Some(peer) => self.registry.send_to(&peer, encode_value(message), &self.stats),
+            Some(peer) => self.registry.send_to(&peer, text_frame(json), &self.stats),
             None => false,
         }
     }

@@ -22,12 +22,14 @@ pub enum Violation {
     Unmasked,
     /// A message larger than the configured maximum (close 1009).
     TooLarge,
+    /// A control frame (close, ping, pong) with more than 125 payload bytes (close 1002).
+    ControlTooLarge,
 }
 
 impl Violation {
     pub fn close_code(self) -> u16 {
         match self {
-            Violation::Unmasked => close_code::PROTOCOL_ERROR,
+            Violation::Unmasked | Violation::ControlTooLarge => close_code::PROTOCOL_ERROR,
             Violation::TooLarge => close_code::MESSAGE_TOO_BIG,
         }
     }
@@ -46,6 +48,7 @@ impl std::fmt::Display for ViolationError {
         match self.0 {
             Violation::Unmasked => f.write_str("client frame is not masked"),
             Violation::TooLarge => f.write_str("message exceeds maxPayloadLength"),
+            Violation::ControlTooLarge => f.write_str("control frame over 125 bytes"),
         }
     }
 }
@@ -124,6 +127,9 @@ impl<R> InboundGuard<R> {
                     };
                     let fin = buf[0] & 0x80 != 0;
                     let opcode = buf[0] & 0x0f;
+                    if opcode >= 0x8 && len > 125 {
+                        return Err(Violation::ControlTooLarge);
+                    }
                     if opcode < 0x8 {
                         // Data frame (text, binary or continuation): count toward the message.
                         if opcode != 0 {
@@ -227,5 +233,13 @@ mod tests {
         assert_eq!(read_all(bytes, 200).await.unwrap_err(), Some(Violation::TooLarge));
         let single = client_frame(true, 1, &[b'a'; 201], true);
         assert_eq!(read_all(single, 200).await.unwrap_err(), Some(Violation::TooLarge));
+    }
+
+    #[tokio::test]
+    async fn control_frames_are_at_most_125_bytes() {
+        let ok = client_frame(true, 8, &[b'a'; 125], true);
+        assert!(read_all(ok, 1000).await.is_ok());
+        let close = client_frame(true, 8, &[b'a'; 126], true);
+        assert_eq!(read_all(close, 1000).await.unwrap_err(), Some(Violation::ControlTooLarge));
     }
 }

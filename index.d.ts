@@ -1,0 +1,137 @@
+// Typings of payload-realtime's public API (the contract in the README).
+
+/** A Payload config, as far as the plugin needs to know it. */
+export interface PayloadConfigLike {
+  secret?: string
+  collections?: Array<{ slug: string; hooks?: Record<string, unknown[]>; [key: string]: unknown }>
+  onInit?: (payload: any) => unknown
+  [key: string]: unknown
+}
+
+export type EventType = 'create' | 'update' | 'delete'
+
+/** A collection event, as emitted and as clients receive it. */
+export interface RealtimeEvent<Doc = Record<string, unknown>> {
+  type: EventType
+  collection: string
+  id: string | number
+  doc?: Doc
+  /** The editor, as `{ id, collection }` only: never an email. */
+  user?: { id: string | number; collection: string }
+  /** ISO 8601; set by the server when missing. */
+  timestamp?: string
+}
+
+/** The user a socket authenticated as: the token's claims, or `null` for anonymous sockets. */
+export type SocketUser = ({ id: string | number; collection?: string; email?: string; [claim: string]: unknown }) | null
+
+export interface SocketInfo {
+  id: string
+  user: SocketUser
+  /** Sends a message to this socket; `false` if it is gone. */
+  send(message: unknown): boolean
+}
+
+/** `true` lets this user receive the event; anything else, a throw or a timeout denies. */
+export type AuthorizeRule = (user: SocketUser, event: RealtimeEvent) => boolean | Promise<boolean>
+
+export interface ServerOptions {
+  /** Default `0.0.0.0`. */
+  host?: string
+  /** Only upgrades on this path are accepted; default: any path. */
+  path?: string
+  /** The string given to Payload's `buildConfig({ secret })`; the server derives Payload's signing key from it. */
+  secret?: string
+  /** Origins allowed to connect, e.g. `['https://admin.example.com']`. */
+  allowedOrigins?: string[]
+  /** Let clients without a token in, with `user: null`. Default false. */
+  allowAnonymous?: boolean
+  /** Largest inbound message in bytes (default 65536); more closes with 1009. */
+  maxPayloadLength?: number
+  /** Outbound bytes queued per socket before it is closed with 4008 (default 1 MiB). */
+  maxBackpressure?: number
+  /** Seconds of silence before a socket is closed (default 120; pings are automatic; 0 disables). */
+  idleTimeout?: number
+  /** Threads of the server's own runtime (default 2). */
+  workerThreads?: number
+  /** Collections clients may join; when set, others get `unknown-collection`. */
+  includeCollections?: string[]
+  /** Per-collection rules deciding who receives each event. */
+  authorize?: Record<string, AuthorizeRule>
+  /** Milliseconds an authorize rule may take before that user is denied (default 5000). */
+  authorizeTimeout?: number
+  /** Milliseconds a custom handler may take before the client gets `internal` (default 30000). */
+  handlerTimeout?: number
+  /** Messages per second one client may send (default 100; 0 = no limit). */
+  maxMessagesPerSecond?: number
+  /** Rooms one socket may be in (default 1000). */
+  maxRoomsPerSocket?: number
+  /** Several instances through Redis. */
+  redis?: { url: string }
+}
+
+export interface PluginOptions extends ServerOptions {
+  /** `false` leaves the config untouched. */
+  enabled?: boolean
+  /** When set, the server starts in Payload's `onInit` on this port. */
+  port?: number
+  shouldEmit?: (event: RealtimeEvent) => boolean
+  transformEvent?: (event: RealtimeEvent) => RealtimeEvent | null | undefined
+}
+
+export interface RealtimeStats {
+  connections: number
+  connectionsTotal: number
+  handshakesRefused: number
+  rooms: number
+  messagesIn: number
+  messagesOut: number
+  dropped: number
+  slowConsumers: number
+  events: number
+  authorizeDenied: number
+  authorizeErrors: number
+  handlerErrors: number
+}
+
+export declare class UWebSocketManager {
+  /** The port the server listens on (useful with port 0). */
+  readonly port: number
+  /** This server's id, the prefix of its socket ids. */
+  readonly instanceId: string
+  /** Sends to room `collection:<slug>`, through that collection's authorize rule. */
+  emitEvent(event: RealtimeEvent): Promise<void>
+  broadcastToRoom(room: string, message: object, opts?: { except?: string }): void
+  /** The handler's return value (when not undefined) is the reply, with the request's `id`. */
+  registerCustomHandler(type: string, handler: (socket: SocketInfo, msg: any) => unknown): void
+  sendToSocket(socketId: string, message: object): boolean
+  joinRoom(socketId: string, room: string): boolean
+  leaveRoom(socketId: string, room: string): boolean
+  getSocketsInRoom(room: string): Array<{ id: string; user: SocketUser }>
+  stats(): RealtimeStats
+  /** Sends 1001 to every socket and frees the port. */
+  close(): Promise<void>
+}
+
+/** A Payload plugin: `plugins: [uWebSocketPlugin({ includeCollections: ['posts'], port: 3002 })]`. */
+export declare function uWebSocketPlugin(options?: PluginOptions): <C extends PayloadConfigLike>(config: C) => C
+
+/** Starts the server; resolves once it listens. Rejects if the port is taken. */
+export declare function initUWebSocket(port?: number, options?: ServerOptions): Promise<UWebSocketManager>
+
+/** The running manager; throws if none was started. */
+export declare function getUWebSocketManager(): UWebSocketManager
+
+export declare class RealtimeError extends Error {
+  constructor(code: string, message: string)
+  code: string
+}
+
+declare const _default: {
+  uWebSocketPlugin: typeof uWebSocketPlugin
+  initUWebSocket: typeof initUWebSocket
+  getUWebSocketManager: typeof getUWebSocketManager
+  UWebSocketManager: typeof UWebSocketManager
+  RealtimeError: typeof RealtimeError
+}
+export default _default

@@ -1,0 +1,257 @@
+'use strict'
+// The manager: starts the Rust server and turns the contract's JS API into native calls.
+// JS callbacks (authorize rules, custom handlers) are called from here, in batches the Rust core
+// sends: one crossing per event for authorize, one per burst of messages for handlers.
+
+const { loadNative } = require('./native.js')
+const { RealtimeError, ERROR_CODES } = require('./errors.js')
+
+/** @type {Set<UWebSocketManager>} managers started and not yet closed, newest last */
+const running = new Set()
+
+const DEFAULT_PORT = 3002
+
+function isPlainObject(v) {
+  return v !== null && typeof v === 'object' && !Array.isArray(v)
+}
+
+function optionalNumber(options, name, { min = 0, max = 2 ** 32 - 1 } = {}) {
+  const v = options[name]
+  if (v === undefined || v === null) return undefined
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+    throw new TypeError(`payload-realtime: option \`${name}\` must be an integer from ${min} to ${max}, got ${String(v)}`)
+  }
+  return v
+}
+
+function optionalStrings(options, name) {
+  const v = options[name]
+  if (v === undefined || v === null) return undefined
+  if (!Array.isArray(v) || v.some((s) => typeof s !== 'string')) {
+    throw new TypeError(`payload-realtime: option \`${name}\` must be an array of strings`)
+  }
+  return v
+}
+
+function optionalString(options, name) {
+  const v = options[name]
+  if (v === undefined || v === null) return undefined
+  if (typeof v !== 'string') throw new TypeError(`payload-realtime: option \`${name}\` must be a string`)
+  return v
+}
+
+/** Checks the options and builds what the native server takes. */
+function nativeOptions(port, options) {
+  if (!isPlainObject(options)) throw new TypeError('payload-realtime: options must be an object')
+  if (typeof port !== 'number' || !Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new TypeError(`payload-realtime: port must be an integer from 0 to 65535, got ${String(port)}`)
+  }
+  const authorize = options.authorize ?? {}
+  if (!isPlainObject(authorize) || Object.values(authorize).some((f) => typeof f !== 'function')) {
+    throw new TypeError('payload-realtime: `authorize` must map collection slugs to functions (user, event) => boolean')
+  }
+  const redis = options.redis
+  if (redis !== undefined && redis !== null && !(isPlainObject(redis) && typeof redis.url === 'string')) {
+    throw new TypeError('payload-realtime: `redis` must be { url: string }')
+  }
+  return {
+    host: optionalString(options, 'host'),
+    port,
+    path: optionalString(options, 'path'),
+    secret: optionalString(options, 'secret'),
+    allowedOrigins: optionalStrings(options, 'allowedOrigins'),
+    allowAnonymous: options.allowAnonymous === undefined ? undefined : Boolean(options.allowAnonymous),
+    maxPayloadLength: optionalNumber(options, 'maxPayloadLength', { min: 16 }),
+    maxBackpressure: optionalNumber(options, 'maxBackpressure', { min: 1024 }),
+    idleTimeout: optionalNumber(options, 'idleTimeout'),
+    workerThreads: optionalNumber(options, 'workerThreads', { min: 1, max: 256 }),
+    includeCollections: optionalStrings(options, 'includeCollections'),
+    authorizeCollections: Object.keys(authorize),
+    authorizeTimeout: optionalNumber(options, 'authorizeTimeout', { min: 1 }),
+    handlerTimeout: optionalNumber(options, 'handlerTimeout', { min: 1 }),
+    maxMessagesPerSecond: optionalNumber(options, 'maxMessagesPerSecond'),
+    maxRoomsPerSocket: optionalNumber(options, 'maxRoomsPerSocket', { min: 1 }),
+  }
+}
+
+/** Rejects after `ms` unless `promise` settles first. */
+function withTimeout(promise, ms, what) {
+  let timer
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} took longer than ${ms} ms`)), ms)
+  })
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
+}
+
+/** Logs the first failure of a callback and then every 1000th, never document data. */
+function makeFailureLog() {
+  const counts = new Map()
+  return (key, err) => {
+    const n = (counts.get(key) ?? 0) + 1
+    counts.set(key, n)
+    if (n === 1 || n % 1000 === 0) {
+      const msg = err instanceof Error ? err.message : String(err)
+      console.error(`[payload-realtime] ${key} failed (${n} time${n === 1 ? '' : 's'} so far): ${msg}`)
+    }
+  }
+}
+
+/** JSON text of a value, or a clear error for what JSON cannot carry. */
+function toJson(value, what) {
+  let json
+  try {
+    json = JSON.stringify(value)
+  } catch (err) {
+    throw new TypeError(`payload-realtime: ${what} cannot be serialized to JSON: ${err.message}`)
+  }
+  if (json === undefined) throw new TypeError(`payload-realtime: ${what} cannot be serialized to JSON`)
+  return json
+}
+
+class UWebSocketManager {
+  /** @internal use initUWebSocket() */
+  constructor(port, options) {
+    const native = loadNative()
+    const opts = nativeOptions(port, options)
+    const rules = { ...(options.authorize ?? {}) }
+    const authorizeTimeout = opts.authorizeTimeout ?? 5000
+    const handlerTimeout = opts.handlerTimeout ?? 30000
+    const logFailure = makeFailureLog()
+    /** @type {Map<string, Function>} */
+    this._handlers = new Map()
+
+    // One call per event with every distinct user in the room; each rule runs concurrently and
+    // a throw, rejection or timeout denies that user only.
+    const authorize = async (collection, event, users) => {
+      const rule = rules[collection]
+      if (!rule) return users.map(() => false)
+      return Promise.all(
+        users.map(async (user) => {
+          try {
+            const allowed = await withTimeout(
+              Promise.resolve().then(() => rule(user, event)),
+              authorizeTimeout,
+              `authorize for "${collection}"`,
+            )
+            return allowed === true
+          } catch (err) {
+            logFailure(`authorize for "${collection}"`, err)
+            return false
+          }
+        }),
+      )
+    }
+
+    // One call per burst of custom messages.
+    const handle = async (calls) =>
+      Promise.all(
+        calls.map(async (call) => {
+          const handler = this._handlers.get(call.type)
+          if (!handler) return { ok: false, code: 'unknown-type', message: `no handler for type "${call.type}"` }
+          const socket = {
+            id: call.socketId,
+            user: call.user,
+            send: (message) => this.sendToSocket(call.socketId, message),
+          }
+          try {
+            const reply = await withTimeout(
+              Promise.resolve().then(() => handler(socket, call.message)),
+              handlerTimeout,
+              `handler for "${call.type}"`,
+            )
+            if (reply === undefined) return { ok: true }
+            return { ok: true, reply: JSON.parse(toJson(reply, `the reply of handler "${call.type}"`)) }
+          } catch (err) {
+            const code = err && typeof err.code === 'string' && ERROR_CODES.has(err.code) ? err.code : 'internal'
+            if (code === 'internal') {
+              logFailure(`handler for "${call.type}"`, err)
+              return { ok: false, code, message: `handler for "${call.type}" failed` }
+            }
+            return { ok: false, code, message: String(err.message ?? code) }
+          }
+        }),
+      )
+
+    this._server = native.initUWebSocket(opts, authorize, handle, () => {})
+    this.port = this._server.port
+    this.instanceId = this._server.instanceId
+    this._closing = null
+  }
+
+  /** Sends a collection event to room `collection:<slug>`, applying its authorize rule. */
+  async emitEvent(event) {
+    if (!isPlainObject(event)) throw new TypeError('payload-realtime: emitEvent takes an event object')
+    await this._server.emitEvent(toJson(event, 'the event'))
+  }
+
+  /** Sends `message` to every socket in `room` (but `opts.except`, a socket id). */
+  broadcastToRoom(room, message, opts = {}) {
+    if (typeof room !== 'string' || room === '') throw new TypeError('payload-realtime: room must be a non-empty string')
+    const except = opts && typeof opts.except === 'string' ? opts.except : undefined
+    this._server.broadcastToRoom(room, toJson(message, 'the message'), except)
+  }
+
+  /** Handles client messages of `type`: the return value (or resolved value) is the reply. */
+  registerCustomHandler(type, handler) {
+    if (typeof type !== 'string' || type === '') throw new TypeError('payload-realtime: type must be a non-empty string')
+    if (typeof handler !== 'function') throw new TypeError('payload-realtime: handler must be a function')
+    this._server.registerCustomHandler(type)
+    this._handlers.set(type, handler)
+  }
+
+  sendToSocket(socketId, message) {
+    return this._server.sendToSocket(String(socketId), toJson(message, 'the message'))
+  }
+
+  joinRoom(socketId, room) {
+    return this._server.joinRoom(String(socketId), String(room))
+  }
+
+  leaveRoom(socketId, room) {
+    return this._server.leaveRoom(String(socketId), String(room))
+  }
+
+  /** @returns {{ id: string, user: object | null }[]} */
+  getSocketsInRoom(room) {
+    return this._server.getSocketsInRoom(String(room))
+  }
+
+  stats() {
+    return this._server.stats()
+  }
+
+  /** Closes every socket with 1001 and frees the port. Safe to call twice. */
+  close() {
+    if (!this._closing) {
+      running.delete(this)
+      this._closing = this._server.close()
+    }
+    return this._closing
+  }
+}
+
+/**
+ * Starts the WebSocket server; resolves once it listens.
+ * @param {number} [port=3002] 0 picks a free port (read it from `manager.port`)
+ * @param {object} [options]
+ */
+async function initUWebSocket(port = DEFAULT_PORT, options = {}) {
+  const manager = new UWebSocketManager(port, options)
+  running.add(manager)
+  return manager
+}
+
+/** The most recently started manager that is still open. */
+function getUWebSocketManager() {
+  let last
+  for (const m of running) last = m
+  if (!last) {
+    throw new RealtimeError(
+      'not-started',
+      'payload-realtime: the WebSocket server is not started; call initUWebSocket() or set `port` in uWebSocketPlugin options',
+    )
+  }
+  return last
+}
+
+module.exports = { UWebSocketManager, initUWebSocket, getUWebSocketManager, nativeOptions }
