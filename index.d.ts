@@ -23,7 +23,7 @@ export interface RealtimeEvent<Doc = Record<string, unknown>> {
 }
 
 /** The user a socket authenticated as: the token's claims, or `null` for anonymous sockets. */
-export type SocketUser = ({ id: string | number; collection?: string; email?: string; [claim: string]: unknown }) | null
+export type SocketUser = { id: string | number; collection?: string; email?: string; [claim: string]: unknown } | null
 
 export interface SocketInfo {
   id: string

@@ -21,44 +21,50 @@ async function assertNothingBefore(manager, client, pred, what) {
   assert.deepEqual(client.all.filter(pred), [], `${client.label} unexpectedly received ${what}`)
 }
 
-test('1,000 sockets in one room each receive exactly one copy of each of 100 events, in order', { timeout: 600_000 }, async () => {
-  await withServer({}, async (ctx) => {
-    const N = 1000
-    const EVENTS = 100
-    const clients = await connectMany(ctx, N, (i) => ({
-      token: makeToken({ id: `user-${i % 100}` }),
-      label: `c${i}`,
-    }))
-    // Join with bounded concurrency, each acked.
-    for (let i = 0; i < N; i += 100) {
-      await Promise.all(clients.slice(i, i + 100).map((c) => c.join('posts')))
-    }
-    assert.equal(ctx.manager.getSocketsInRoom('collection:posts').length, N)
-
-    for (let i = 0; i < EVENTS; i++) {
-      await ctx.manager.emitEvent({ type: 'update', collection: 'posts', id: i, doc: { seq: i, title: `post ${i}` } })
-    }
-    // A sentinel after the last event: once a socket has it, every earlier event has arrived.
-    await ctx.manager.emitEvent({ type: 'update', collection: 'posts', id: 'end', doc: {} })
-    await Promise.all(clients.map((c) => c.waitFor((m) => m.id === 'end', { timeout: 300_000, label: 'the sentinel' })))
-
-    const expected = [...Array.from({ length: EVENTS }, (_, i) => i), 'end']
-    for (const c of clients) {
-      const ids = c.events('posts').map((e) => e.id)
-      if (ids.length !== expected.length || ids.some((id, i) => id !== expected[i])) {
-        assert.deepEqual(ids, expected, `${c.label} got the events ${JSON.stringify(ids)}`)
+test(
+  '1,000 sockets in one room each receive exactly one copy of each of 100 events, in order',
+  { timeout: 600_000 },
+  async () => {
+    await withServer({}, async (ctx) => {
+      const N = 1000
+      const EVENTS = 100
+      const clients = await connectMany(ctx, N, (i) => ({
+        token: makeToken({ id: `user-${i % 100}` }),
+        label: `c${i}`,
+      }))
+      // Join with bounded concurrency, each acked.
+      for (let i = 0; i < N; i += 100) {
+        await Promise.all(clients.slice(i, i + 100).map((c) => c.join('posts')))
       }
-      for (const e of c.events('posts')) {
-        if (e.id !== 'end') assert.equal(e.doc.seq, e.id)
+      assert.equal(ctx.manager.getSocketsInRoom('collection:posts').length, N)
+
+      for (let i = 0; i < EVENTS; i++) {
+        await ctx.manager.emitEvent({ type: 'update', collection: 'posts', id: i, doc: { seq: i, title: `post ${i}` } })
       }
-    }
-    const stats = ctx.manager.stats()
-    assert.equal(stats.connections, N)
-    assert.equal(stats.dropped, 0, JSON.stringify(stats))
-    assert.equal(stats.slowConsumers, 0, JSON.stringify(stats))
-    assert.ok(stats.messagesOut >= N * (EVENTS + 1), JSON.stringify(stats))
-  })
-})
+      // A sentinel after the last event: once a socket has it, every earlier event has arrived.
+      await ctx.manager.emitEvent({ type: 'update', collection: 'posts', id: 'end', doc: {} })
+      await Promise.all(
+        clients.map((c) => c.waitFor((m) => m.id === 'end', { timeout: 300_000, label: 'the sentinel' })),
+      )
+
+      const expected = [...Array.from({ length: EVENTS }, (_, i) => i), 'end']
+      for (const c of clients) {
+        const ids = c.events('posts').map((e) => e.id)
+        if (ids.length !== expected.length || ids.some((id, i) => id !== expected[i])) {
+          assert.deepEqual(ids, expected, `${c.label} got the events ${JSON.stringify(ids)}`)
+        }
+        for (const e of c.events('posts')) {
+          if (e.id !== 'end') assert.equal(e.doc.seq, e.id)
+        }
+      }
+      const stats = ctx.manager.stats()
+      assert.equal(stats.connections, N)
+      assert.equal(stats.dropped, 0, JSON.stringify(stats))
+      assert.equal(stats.slowConsumers, 0, JSON.stringify(stats))
+      assert.ok(stats.messagesOut >= N * (EVENTS + 1), JSON.stringify(stats))
+    })
+  },
+)
 
 test('a socket that leaves stops receiving while the others keep receiving; rejoining resumes', T, async () => {
   await withServer({}, async (ctx) => {
@@ -133,67 +139,82 @@ test('broadcastToRoom sends the object as-is to every member but the excepted so
   })
 })
 
-test('authorize: a callback that throws, rejects, denies or hangs for one user does not stop the others', T, async () => {
-  const calls = []
-  const authorize = {
-    posts: (user, event) => {
-      calls.push({ user, event })
-      switch (user?.id) {
-        case 'thrower':
-          throw new Error('authorize blew up')
-        case 'rejecter':
-          return Promise.reject(new Error('authorize rejected'))
-        case 'denied':
-          return false
-        case 'hangs':
-          return new Promise(() => {})
-        case 'async-ok':
-          return new Promise((r) => setImmediate(() => r(true)))
-        default:
-          return true
+test(
+  'authorize: a callback that throws, rejects, denies or hangs for one user does not stop the others',
+  T,
+  async () => {
+    const calls = []
+    const authorize = {
+      posts: (user, event) => {
+        calls.push({ user, event })
+        switch (user?.id) {
+          case 'thrower':
+            throw new Error('authorize blew up')
+          case 'rejecter':
+            return Promise.reject(new Error('authorize rejected'))
+          case 'denied':
+            return false
+          case 'hangs':
+            return new Promise(() => {})
+          case 'async-ok':
+            return new Promise((r) => setImmediate(() => r(true)))
+          default:
+            return true
+        }
+      },
+    }
+    await withServer({ authorize, authorizeTimeout: 500 }, async (ctx) => {
+      const names = ['alice', 'thrower', 'rejecter', 'denied', 'hangs', 'async-ok', 'zoe']
+      const clients = {}
+      for (const name of names) {
+        clients[name] = await ctx.connectAs(name)
+        await clients[name].join('posts')
+        await clients[name].join('pages')
       }
-    },
-  }
-  await withServer({ authorize, authorizeTimeout: 500 }, async (ctx) => {
-    const names = ['alice', 'thrower', 'rejecter', 'denied', 'hangs', 'async-ok', 'zoe']
-    const clients = {}
-    for (const name of names) {
-      clients[name] = await ctx.connectAs(name)
-      await clients[name].join('posts')
-      await clients[name].join('pages')
-    }
 
-    const editor = { id: 'ed', collection: 'users', email: 'ed@example.com' }
-    await ctx.manager.emitEvent({ type: 'update', collection: 'posts', id: 10, doc: { title: 't' }, user: editor })
-    for (const name of ['alice', 'async-ok', 'zoe']) {
-      const ev = await clients[name].waitFor((m) => m.type === 'update' && m.id === 10)
-      assert.deepEqual(ev.doc, { title: 't' })
-    }
-    for (const name of ['thrower', 'rejecter', 'denied', 'hangs']) {
-      await assertNothingBefore(ctx.manager, clients[name], (m) => isEvent(m) && m.collection === 'posts', 'a denied event')
-    }
+      const editor = { id: 'ed', collection: 'users', email: 'ed@example.com' }
+      await ctx.manager.emitEvent({ type: 'update', collection: 'posts', id: 10, doc: { title: 't' }, user: editor })
+      for (const name of ['alice', 'async-ok', 'zoe']) {
+        const ev = await clients[name].waitFor((m) => m.type === 'update' && m.id === 10)
+        assert.deepEqual(ev.doc, { title: 't' })
+      }
+      for (const name of ['thrower', 'rejecter', 'denied', 'hangs']) {
+        await assertNothingBefore(
+          ctx.manager,
+          clients[name],
+          (m) => isEvent(m) && m.collection === 'posts',
+          'a denied event',
+        )
+      }
 
-    // The callback saw the user and the event.
-    const aliceCall = calls.find((c) => c.user?.id === 'alice')
-    assert.ok(aliceCall, 'authorize was called for alice')
-    assert.equal(aliceCall.user.collection, 'users')
-    assert.equal(aliceCall.event.collection, 'posts')
-    assert.equal(aliceCall.event.id, 10)
-    assert.equal(aliceCall.event.type, 'update')
-    assert.deepEqual(aliceCall.event.doc, { title: 't' })
+      // The callback saw the user and the event.
+      const aliceCall = calls.find((c) => c.user?.id === 'alice')
+      assert.ok(aliceCall, 'authorize was called for alice')
+      assert.equal(aliceCall.user.collection, 'users')
+      assert.equal(aliceCall.event.collection, 'posts')
+      assert.equal(aliceCall.event.id, 10)
+      assert.equal(aliceCall.event.type, 'update')
+      assert.deepEqual(aliceCall.event.doc, { title: 't' })
 
-    // A collection without a rule is not filtered: everyone gets it.
-    await ctx.manager.emitEvent({ type: 'create', collection: 'pages', id: 'pg', doc: {} })
-    for (const name of names) await clients[name].waitFor((m) => m.collection === 'pages' && m.id === 'pg')
+      // A collection without a rule is not filtered: everyone gets it.
+      await ctx.manager.emitEvent({ type: 'create', collection: 'pages', id: 'pg', doc: {} })
+      for (const name of names) await clients[name].waitFor((m) => m.collection === 'pages' && m.id === 'pg')
 
-    // The failures left nothing broken: the next event reaches the allowed users again.
-    await ctx.manager.emitEvent({ type: 'delete', collection: 'posts', id: 11 })
-    for (const name of ['alice', 'async-ok', 'zoe']) await clients[name].waitFor((m) => m.type === 'delete' && m.id === 11)
-    for (const name of ['thrower', 'rejecter', 'denied', 'hangs']) {
-      await assertNothingBefore(ctx.manager, clients[name], (m) => isEvent(m) && m.collection === 'posts', 'a denied event')
-    }
-  })
-})
+      // The failures left nothing broken: the next event reaches the allowed users again.
+      await ctx.manager.emitEvent({ type: 'delete', collection: 'posts', id: 11 })
+      for (const name of ['alice', 'async-ok', 'zoe'])
+        await clients[name].waitFor((m) => m.type === 'delete' && m.id === 11)
+      for (const name of ['thrower', 'rejecter', 'denied', 'hangs']) {
+        await assertNothingBefore(
+          ctx.manager,
+          clients[name],
+          (m) => isEvent(m) && m.collection === 'posts',
+          'a denied event',
+        )
+      }
+    })
+  },
+)
 
 test('authorize is called once per distinct user, however many sockets each user has', T, async () => {
   const counts = new Map()
@@ -239,63 +260,67 @@ test('authorize decides per user: a denied user with many sockets gets nothing o
   })
 })
 
-test('a slow reader is closed with 4008 while the other clients receive every event', { timeout: 600_000 }, async () => {
-  const MAX_BACKPRESSURE = 256 * 1024
-  await withServer({ maxBackpressure: MAX_BACKPRESSURE }, async (ctx) => {
-    const fast = [await ctx.connectAs('fast-1'), await ctx.connectAs('fast-2')]
-    const slow = await ctx.connectAs('slow')
-    for (const c of [...fast, slow]) await c.join('posts')
-    await slow.whoami()
-    const slowId = slow.socketId
+test(
+  'a slow reader is closed with 4008 while the other clients receive every event',
+  { timeout: 600_000 },
+  async () => {
+    const MAX_BACKPRESSURE = 256 * 1024
+    await withServer({ maxBackpressure: MAX_BACKPRESSURE }, async (ctx) => {
+      const fast = [await ctx.connectAs('fast-1'), await ctx.connectAs('fast-2')]
+      const slow = await ctx.connectAs('slow')
+      for (const c of [...fast, slow]) await c.join('posts')
+      await slow.whoami()
+      const slowId = slow.socketId
 
-    // The slow client stops reading: the kernel buffers fill, then the server's queue.
-    slow.ws._socket.pause()
+      // The slow client stops reading: the kernel buffers fill, then the server's queue.
+      slow.ws._socket.pause()
 
-    const body = 'x'.repeat(32 * 1024)
-    const CAP = 6000 // ~190 MB: far more than kernel buffers plus maxBackpressure
-    let sent = 0
-    let evicted = false
-    while (sent < CAP) {
-      const i = sent++
-      await ctx.manager.emitEvent({ type: 'update', collection: 'posts', id: i, doc: { seq: i, body } })
-      // Pace on the fast clients so that only the slow one can fall behind.
+      const body = 'x'.repeat(32 * 1024)
+      const CAP = 6000 // ~190 MB: far more than kernel buffers plus maxBackpressure
+      let sent = 0
+      let evicted = false
+      while (sent < CAP) {
+        const i = sent++
+        await ctx.manager.emitEvent({ type: 'update', collection: 'posts', id: i, doc: { seq: i, body } })
+        // Pace on the fast clients so that only the slow one can fall behind.
+        for (const f of fast) {
+          const ev = await f.waitFor((m) => m.id === i, { timeout: 60_000, label: `event ${i}` })
+          delete ev.doc // keep memory flat; the id and order are what is checked
+        }
+        if (!ctx.manager.getSocketsInRoom('collection:posts').some((s) => s.id === slowId)) {
+          evicted = true
+          break
+        }
+      }
+      assert.ok(evicted, `the slow socket was never evicted after ${sent} events of 32 KiB`)
+
+      // The room keeps working for the others after the eviction.
+      for (let k = 0; k < 5; k++) {
+        const i = sent++
+        await ctx.manager.emitEvent({ type: 'update', collection: 'posts', id: i, doc: { seq: i } })
+      }
+      const expected = Array.from({ length: sent }, (_, i) => i)
       for (const f of fast) {
-        const ev = await f.waitFor((m) => m.id === i, { timeout: 60_000, label: `event ${i}` })
-        delete ev.doc // keep memory flat; the id and order are what is checked
+        await f.waitFor((m) => m.id === sent - 1, { timeout: 60_000, label: 'the last event' })
+        assert.deepEqual(
+          f.events().map((e) => e.id),
+          expected,
+          `${f.label} received every event in order`,
+        )
+        assert.ok(f.isOpen, `${f.label} is still connected`)
       }
-      if (!ctx.manager.getSocketsInRoom('collection:posts').some((s) => s.id === slowId)) {
-        evicted = true
-        break
+
+      const stats = ctx.manager.stats()
+      assert.ok(stats.slowConsumers >= 1, `stats().slowConsumers counts the eviction: ${JSON.stringify(stats)}`)
+
+      // Once it reads again, the slow client sees what was already on the wire, then close 4008.
+      slow.ws._socket.resume()
+      const { code } = await slow.waitForClose({ timeout: 120_000 })
+      assert.equal(code, 4008)
+      const got = slow.events().map((e) => e.id)
+      for (let k = 1; k < got.length; k++) {
+        assert.ok(got[k] > got[k - 1], `the slow client's events are in order: ${got[k - 1]} then ${got[k]}`)
       }
-    }
-    assert.ok(evicted, `the slow socket was never evicted after ${sent} events of 32 KiB`)
-
-    // The room keeps working for the others after the eviction.
-    for (let k = 0; k < 5; k++) {
-      const i = sent++
-      await ctx.manager.emitEvent({ type: 'update', collection: 'posts', id: i, doc: { seq: i } })
-    }
-    const expected = Array.from({ length: sent }, (_, i) => i)
-    for (const f of fast) {
-      await f.waitFor((m) => m.id === sent - 1, { timeout: 60_000, label: 'the last event' })
-      assert.deepEqual(
-        f.events().map((e) => e.id),
-        expected,
-        `${f.label} received every event in order`,
-      )
-      assert.ok(f.isOpen, `${f.label} is still connected`)
-    }
-
-    const stats = ctx.manager.stats()
-    assert.ok(stats.slowConsumers >= 1, `stats().slowConsumers counts the eviction: ${JSON.stringify(stats)}`)
-
-    // Once it reads again, the slow client sees what was already on the wire, then close 4008.
-    slow.ws._socket.resume()
-    const { code } = await slow.waitForClose({ timeout: 120_000 })
-    assert.equal(code, 4008)
-    const got = slow.events().map((e) => e.id)
-    for (let k = 1; k < got.length; k++) {
-      assert.ok(got[k] > got[k - 1], `the slow client's events are in order: ${got[k - 1]} then ${got[k]}`)
-    }
-  })
-})
+    })
+  },
+)

@@ -149,7 +149,8 @@ export class Client {
   waitFor(pred, { timeout = WAIT, label = 'a matching message' } = {}) {
     const idx = this.inbox.findIndex(pred)
     if (idx >= 0) return Promise.resolve(this.inbox.splice(idx, 1)[0])
-    if (this.closeInfo) return Promise.reject(new Error(`${this.label} is closed (${this.closeInfo.code}); wanted ${label}`))
+    if (this.closeInfo)
+      return Promise.reject(new Error(`${this.label} is closed (${this.closeInfo.code}); wanted ${label}`))
     let waiter
     const p = new Promise((resolve, reject) => {
       waiter = { pred, resolve, reject, label }
@@ -164,7 +165,10 @@ export class Client {
   async request(msg, opts = {}) {
     const id = msg.id ?? `req-${++requestCounter}`
     this.send({ ...msg, id })
-    return this.waitFor((m) => m.id === id && !isEvent(m), { label: `the reply to ${JSON.stringify(msg.type)} (${id})`, ...opts })
+    return this.waitFor((m) => m.id === id && !isEvent(m), {
+      label: `the reply to ${JSON.stringify(msg.type)} (${id})`,
+      ...opts,
+    })
   }
 
   /** Joins a collection and expects an ack. */

@@ -147,7 +147,11 @@ function runChild(source, { timeout = 60_000 } = {}) {
     child.stderr.on('data', (d) => (stderr += d))
     const timer = setTimeout(() => {
       child.kill('SIGKILL')
-      reject(new Error(`the child process did not exit by itself within ${timeout} ms\nstdout: ${stdout}\nstderr: ${stderr}`))
+      reject(
+        new Error(
+          `the child process did not exit by itself within ${timeout} ms\nstdout: ${stdout}\nstderr: ${stderr}`,
+        ),
+      )
     }, timeout)
     child.on('exit', (code, signal) => {
       clearTimeout(timer)
@@ -156,8 +160,11 @@ function runChild(source, { timeout = 60_000 } = {}) {
   })
 }
 
-test('a process that used the server (sockets, handlers, authorize) exits by itself after close()', { timeout: 120_000 }, async () => {
-  const source = `
+test(
+  'a process that used the server (sockets, handlers, authorize) exits by itself after close()',
+  { timeout: 120_000 },
+  async () => {
+    const source = `
     const h = await import(${JSON.stringify(HELPERS_URL)})
     const m = await h.startServer({ authorize: { posts: () => true } })
     h.registerWhoami(m)
@@ -171,10 +178,11 @@ test('a process that used the server (sockets, handlers, authorize) exits by its
     const { code } = await c.waitForClose()
     console.log(JSON.stringify({ reply: r.data, code }))
   `
-  const r = await runChild(source)
-  assert.equal(r.code, 0, `exit code ${r.code} (${r.signal}); stderr: ${r.stderr}`)
-  assert.deepEqual(JSON.parse(r.stdout.trim().split('\n').pop()), { reply: 42, code: 1001 })
-})
+    const r = await runChild(source)
+    assert.equal(r.code, 0, `exit code ${r.code} (${r.signal}); stderr: ${r.stderr}`)
+    assert.deepEqual(JSON.parse(r.stdout.trim().split('\n').pop()), { reply: 42, code: 1001 })
+  },
+)
 
 test('a process that starts and closes an idle server exits by itself', T, async () => {
   const source = `

@@ -112,11 +112,7 @@ test('a join without an id gets no ack but still joins', T, async () => {
     })
     await ctx.manager.emitEvent({ type: 'create', collection: 'posts', id: 5, doc: {} })
     await c.waitFor((m) => m.type === 'create' && m.id === 5)
-    assert.equal(
-      c.all.filter((m) => m.type === 'ack').length,
-      0,
-      `no ack without an id: ${JSON.stringify(c.all)}`,
-    )
+    assert.equal(c.all.filter((m) => m.type === 'ack').length, 0, `no ack without an id: ${JSON.stringify(c.all)}`)
   })
 })
 
@@ -272,7 +268,10 @@ test('bad-json: invalid JSON gets an error and the socket stays usable', T, asyn
     const c = await ctx.connectAs('alice')
     for (const raw of ['{not json', '', '{"type":"ping"', 'null x']) {
       c.send(raw)
-      assertError(await c.waitFor((m) => m.type === 'error', { label: `the error for ${JSON.stringify(raw)}` }), 'bad-json')
+      assertError(
+        await c.waitFor((m) => m.type === 'error', { label: `the error for ${JSON.stringify(raw)}` }),
+        'bad-json',
+      )
     }
     assert.deepEqual(await c.request({ type: 'ping', id: 'ok' }), { type: 'pong', id: 'ok' })
   })
@@ -317,7 +316,11 @@ test('bad-message: wrong shapes and binary frames', T, async () => {
 test('unknown-collection: joining a slug outside includeCollections', T, async () => {
   await withServer({ includeCollections: ['posts', 'pages'] }, async (ctx) => {
     const c = await ctx.connectAs('alice')
-    assertError(await c.request({ type: 'join-collection', collection: 'secrets', id: 'uc' }), 'unknown-collection', 'uc')
+    assertError(
+      await c.request({ type: 'join-collection', collection: 'secrets', id: 'uc' }),
+      'unknown-collection',
+      'uc',
+    )
     assertError(await c.request({ type: 'subscribe', data: ['secrets'], id: 'uc2' }), 'unknown-collection', 'uc2')
     assert.deepEqual(ctx.manager.getSocketsInRoom('collection:secrets'), [])
     // Listed collections still work.
@@ -475,7 +478,12 @@ test('server-side room API: joinRoom, leaveRoom, getSocketsInRoom, sendToSocket'
     )
     manager.broadcastToRoom('chat:1', { type: 'chat', text: 'second' })
     await a.waitFor((m) => m.type === 'chat' && m.text === 'second')
-    await assertNothingBefore(manager, b, (m) => m.type === 'chat' && m.text === 'second', 'a broadcast after leaveRoom')
+    await assertNothingBefore(
+      manager,
+      b,
+      (m) => m.type === 'chat' && m.text === 'second',
+      'a broadcast after leaveRoom',
+    )
 
     // sendToSocket: true for a live socket, false for an unknown one.
     assert.equal(manager.sendToSocket(a.socketId, { type: 'direct', v: 1 }), true)

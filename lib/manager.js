@@ -19,7 +19,9 @@ function optionalNumber(options, name, { min = 0, max = 2 ** 32 - 1 } = {}) {
   const v = options[name]
   if (v === undefined || v === null) return undefined
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
-    throw new TypeError(`payload-realtime: option \`${name}\` must be an integer from ${min} to ${max}, got ${String(v)}`)
+    throw new TypeError(
+      `payload-realtime: option \`${name}\` must be an integer from ${min} to ${max}, got ${String(v)}`,
+    )
   }
   return v
 }
@@ -186,14 +188,16 @@ class UWebSocketManager {
 
   /** Sends `message` to every socket in `room` (but `opts.except`, a socket id). */
   broadcastToRoom(room, message, opts = {}) {
-    if (typeof room !== 'string' || room === '') throw new TypeError('payload-realtime: room must be a non-empty string')
+    if (typeof room !== 'string' || room === '')
+      throw new TypeError('payload-realtime: room must be a non-empty string')
     const except = opts && typeof opts.except === 'string' ? opts.except : undefined
     this._server.broadcastToRoom(room, toJson(message, 'the message'), except)
   }
 
   /** Handles client messages of `type`: the return value (or resolved value) is the reply. */
   registerCustomHandler(type, handler) {
-    if (typeof type !== 'string' || type === '') throw new TypeError('payload-realtime: type must be a non-empty string')
+    if (typeof type !== 'string' || type === '')
+      throw new TypeError('payload-realtime: type must be a non-empty string')
     if (typeof handler !== 'function') throw new TypeError('payload-realtime: handler must be a function')
     this._server.registerCustomHandler(type)
     this._handlers.set(type, handler)

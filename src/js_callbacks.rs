@@ -33,7 +33,14 @@ pub type AuthorizeFn = ThreadsafeFunction<
 
 /// `(calls) => Promise<results>`: `calls` is `[{ type, socketId, user, message }]`, each result
 /// `{ ok: true, reply?: any } | { ok: false, code?: string, message: string }`.
-pub type HandlerFn = ThreadsafeFunction<FnArgs<(Vec<Value>,)>, Promise<Vec<Value>>, FnArgs<(Vec<Value>,)>, Status, false, true>;
+pub type HandlerFn = ThreadsafeFunction<
+    FnArgs<(Vec<Value>,)>,
+    Promise<Vec<Value>>,
+    FnArgs<(Vec<Value>,)>,
+    Status,
+    false,
+    true,
+>;
 
 pub struct JsAuthorizer {
     pub f: Arc<AuthorizeFn>,
@@ -80,7 +87,9 @@ impl CustomHandlers for JsHandlers {
             if !sent {
                 return failed("the server is closing");
             }
-            reply_rx.await.unwrap_or_else(|_| failed("the handler was dropped"))
+            reply_rx
+                .await
+                .unwrap_or_else(|_| failed("the handler was dropped"))
         })
     }
 }
@@ -149,7 +158,7 @@ fn outcome_of(result: Option<&Value>) -> HandlerOutcome {
     let code = result
         .get("code")
         .and_then(Value::as_str)
-        .and_then(ErrorCode::from_str)
+        .and_then(ErrorCode::parse)
         .unwrap_or(ErrorCode::Internal);
     let message = result
         .get("message")

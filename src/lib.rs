@@ -65,11 +65,18 @@ impl NativeOptions {
             host: self.host.unwrap_or(d.host),
             port: self.port.map(|p| p as u16).unwrap_or(d.port),
             path: self.path,
-            key: self.secret.filter(|s| !s.is_empty()).map(|s| PayloadKey::from_payload_secret(&s)),
+            key: self
+                .secret
+                .filter(|s| !s.is_empty())
+                .map(|s| PayloadKey::from_payload_secret(&s)),
             allowed_origins: self.allowed_origins,
             allow_anonymous: self.allow_anonymous.unwrap_or(d.allow_anonymous),
-            max_payload_length: self.max_payload_length.map_or(d.max_payload_length, |v| v as usize),
-            max_backpressure: self.max_backpressure.map_or(d.max_backpressure, |v| v as usize),
+            max_payload_length: self
+                .max_payload_length
+                .map_or(d.max_payload_length, |v| v as usize),
+            max_backpressure: self
+                .max_backpressure
+                .map_or(d.max_backpressure, |v| v as usize),
             idle_timeout: match self.idle_timeout {
                 Some(0) => None,
                 Some(s) => Some(Duration::from_secs(s as u64)),
@@ -77,11 +84,23 @@ impl NativeOptions {
             },
             worker_threads: self.worker_threads.map_or(d.worker_threads, |v| v as usize),
             include_collections: self.include_collections.map(|v| v.into_iter().collect()),
-            authorize_collections: self.authorize_collections.unwrap_or_default().into_iter().collect(),
-            authorize_timeout: self.authorize_timeout.map_or(d.authorize_timeout, |ms| Duration::from_millis(ms as u64)),
-            handler_timeout: self.handler_timeout.map_or(d.handler_timeout, |ms| Duration::from_millis(ms as u64)),
-            max_messages_per_second: self.max_messages_per_second.unwrap_or(d.max_messages_per_second),
-            max_rooms_per_socket: self.max_rooms_per_socket.map_or(d.max_rooms_per_socket, |v| v as usize),
+            authorize_collections: self
+                .authorize_collections
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            authorize_timeout: self
+                .authorize_timeout
+                .map_or(d.authorize_timeout, |ms| Duration::from_millis(ms as u64)),
+            handler_timeout: self
+                .handler_timeout
+                .map_or(d.handler_timeout, |ms| Duration::from_millis(ms as u64)),
+            max_messages_per_second: self
+                .max_messages_per_second
+                .unwrap_or(d.max_messages_per_second),
+            max_rooms_per_socket: self
+                .max_rooms_per_socket
+                .map_or(d.max_rooms_per_socket, |v| v as usize),
             echo_mode: false,
         }
     }
@@ -135,11 +154,15 @@ pub fn init_u_web_socket(
     keep_alive: Option<KeepAliveFn>,
 ) -> Result<RealtimeServer> {
     let config = options.into_config();
-    let authorizer = authorize.map(|f| Arc::new(JsAuthorizer { f: Arc::new(f) }) as Arc<dyn callbacks::Authorizer>);
+    let authorizer = authorize
+        .map(|f| Arc::new(JsAuthorizer { f: Arc::new(f) }) as Arc<dyn callbacks::Authorizer>);
     let (handlers, batcher) = match handle {
         Some(f) => {
             let (h, task) = JsHandlers::new(Arc::new(f));
-            (Some(Arc::new(h) as Arc<dyn callbacks::CustomHandlers>), Some(task))
+            (
+                Some(Arc::new(h) as Arc<dyn callbacks::CustomHandlers>),
+                Some(task),
+            )
         }
         None => (None, None),
     };
@@ -184,7 +207,9 @@ impl RealtimeServer {
         let event: Value = match serde_json::from_str(&event_json) {
             Ok(v) => v,
             Err(e) => {
-                deferred.reject(js_error(error::Error::InvalidInput(format!("emitEvent: the event is not JSON: {e}"))));
+                deferred.reject(js_error(error::Error::InvalidInput(format!(
+                    "emitEvent: the event is not JSON: {e}"
+                ))));
                 return Ok(promise);
             }
         };
@@ -205,7 +230,12 @@ impl RealtimeServer {
     #[napi(catch_unwind)]
     /// `message_json` is the message as JSON text (JS stringifies it: faster than walking the
     /// object through napi, and it honours `toJSON`).
-    pub fn broadcast_to_room(&self, room: String, message_json: String, except: Option<String>) -> Result<()> {
+    pub fn broadcast_to_room(
+        &self,
+        room: String,
+        message_json: String,
+        except: Option<String>,
+    ) -> Result<()> {
         self.hub
             .broadcast_to_room(&room, message_json.as_bytes(), except.as_deref())
             .map_err(js_error)
@@ -214,7 +244,12 @@ impl RealtimeServer {
     /// Declares that JS handles messages of this type.
     #[napi(catch_unwind)]
     pub fn register_custom_handler(&self, kind: String) -> Result<()> {
-        if kind.is_empty() || matches!(kind.as_str(), "join-collection" | "subscribe" | "leave-collection" | "unsubscribe" | "ping") {
+        if kind.is_empty()
+            || matches!(
+                kind.as_str(),
+                "join-collection" | "subscribe" | "leave-collection" | "unsubscribe" | "ping"
+            )
+        {
             return Err(js_error(error::Error::InvalidInput(format!(
                 "registerCustomHandler: {kind:?} is a built-in message type"
             ))));

@@ -119,7 +119,11 @@ impl Refusal {
 /// Finds the credential: `Authorization: JWT|Bearer`, then `?token=`, then the `payload-token`
 /// cookie. The first one found wins.
 pub fn find_credential(parts: &Parts) -> Option<(String, Source)> {
-    if let Some(value) = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(value) = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let value = value.trim();
         for scheme in ["JWT ", "Bearer ", "jwt ", "bearer "] {
             if let Some(token) = value.strip_prefix(scheme) {
@@ -179,9 +183,14 @@ fn host_without_port(authority: &str) -> Option<String> {
 
 /// Decides who a handshake belongs to: `Ok(None)` is an anonymous client, `Err` a refusal.
 pub fn authenticate(config: &Config, parts: &Parts) -> Result<Option<User>, Refusal> {
-    let origin = parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let origin = parts
+        .headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
     if let (Some(allowed), Some(origin)) = (&config.allowed_origins, origin) {
-        let ok = allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin));
+        let ok = allowed
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin));
         if !ok {
             return Err(Refusal::forbidden_origin(format!(
                 "origin {origin} is not in allowedOrigins"
@@ -291,17 +300,32 @@ pub(crate) mod tests {
     #[test]
     fn derived_key_matches_payload() {
         // sha256("secret") = 2bb80d53...; Payload keeps the first 32 hex characters.
-        assert_eq!(derive_signing_secret("secret"), "2bb80d537b1da3e38bd30361aa855686");
+        assert_eq!(
+            derive_signing_secret("secret"),
+            "2bb80d537b1da3e38bd30361aa855686"
+        );
     }
 
     #[test]
     fn credentials_are_found_in_order() {
         let t = payload_token(1, 60);
         for (uri, headers, source) in [
-            ("/", vec![("authorization", format!("JWT {t}"))], Source::Header),
-            ("/", vec![("authorization", format!("Bearer {t}"))], Source::Header),
+            (
+                "/",
+                vec![("authorization", format!("JWT {t}"))],
+                Source::Header,
+            ),
+            (
+                "/",
+                vec![("authorization", format!("Bearer {t}"))],
+                Source::Header,
+            ),
             (&*format!("/?a=1&token={t}"), vec![], Source::Query),
-            ("/", vec![("cookie", format!("x=1; payload-token={t}"))], Source::Cookie),
+            (
+                "/",
+                vec![("cookie", format!("x=1; payload-token={t}"))],
+                Source::Cookie,
+            ),
         ] {
             let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
             assert_eq!(find_credential(&parts(uri, &h)), Some((t.clone(), source)));
@@ -312,9 +336,12 @@ pub(crate) mod tests {
     #[test]
     fn good_token_gives_the_user() {
         let t = payload_token(42, 60);
-        let user = authenticate(&config(), &parts("/", &[("authorization", &format!("JWT {t}"))]))
-            .unwrap()
-            .unwrap();
+        let user = authenticate(
+            &config(),
+            &parts("/", &[("authorization", &format!("JWT {t}"))]),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(user.key, "users:42");
         assert_eq!(user.claims["email"], "a@b.c");
     }
@@ -329,10 +356,16 @@ pub(crate) mod tests {
             token_with(SECRET, claims.clone()), // the raw secret, not the derived key
             payload_token(1, -10),
             token_with(&derive_signing_secret(SECRET), serde_json::json!({"id": 1})), // no exp
-            token_with(&derive_signing_secret(SECRET), serde_json::json!({"exp": exp})), // no id
+            token_with(
+                &derive_signing_secret(SECRET),
+                serde_json::json!({"exp": exp}),
+            ), // no id
         ];
         for t in cases {
-            let r = authenticate(&config(), &parts("/", &[("authorization", &format!("JWT {t}"))]));
+            let r = authenticate(
+                &config(),
+                &parts("/", &[("authorization", &format!("JWT {t}"))]),
+            );
             assert_eq!(r.unwrap_err().status, 401, "{t}");
         }
         let missing = authenticate(&config(), &parts("/", &[])).unwrap_err();
@@ -355,20 +388,43 @@ pub(crate) mod tests {
         let cookie = format!("payload-token={t}");
         let foreign = authenticate(
             &config(),
-            &parts("/", &[("cookie", &cookie), ("host", "localhost:3002"), ("origin", "https://evil.example")]),
+            &parts(
+                "/",
+                &[
+                    ("cookie", &cookie),
+                    ("host", "localhost:3002"),
+                    ("origin", "https://evil.example"),
+                ],
+            ),
         );
         assert_eq!(foreign.unwrap_err().status, 403);
-        let none = authenticate(&config(), &parts("/", &[("cookie", &cookie), ("host", "localhost:3002")]));
+        let none = authenticate(
+            &config(),
+            &parts("/", &[("cookie", &cookie), ("host", "localhost:3002")]),
+        );
         assert_eq!(none.unwrap_err().status, 403);
         let same = authenticate(
             &config(),
-            &parts("/", &[("cookie", &cookie), ("host", "localhost:3002"), ("origin", "http://localhost:3000")]),
+            &parts(
+                "/",
+                &[
+                    ("cookie", &cookie),
+                    ("host", "localhost:3002"),
+                    ("origin", "http://localhost:3000"),
+                ],
+            ),
         );
         assert!(same.unwrap().is_some());
         // Header tokens work from any origin.
         let header = authenticate(
             &config(),
-            &parts("/", &[("authorization", &format!("JWT {t}")), ("origin", "https://other.example")]),
+            &parts(
+                "/",
+                &[
+                    ("authorization", &format!("JWT {t}")),
+                    ("origin", "https://other.example"),
+                ],
+            ),
         );
         assert!(header.unwrap().is_some());
     }
@@ -380,11 +436,20 @@ pub(crate) mod tests {
         let t = payload_token(1, 60);
         let q = format!("/?token={t}");
         assert_eq!(
-            authenticate(&c, &parts(&q, &[("origin", "https://evil.example")])).unwrap_err().error,
+            authenticate(&c, &parts(&q, &[("origin", "https://evil.example")]))
+                .unwrap_err()
+                .error,
             "forbidden-origin"
         );
         assert!(authenticate(&c, &parts(&q, &[("origin", "https://app.example")])).is_ok());
         let cookie = format!("payload-token={t}");
-        assert!(authenticate(&c, &parts("/", &[("cookie", &cookie), ("origin", "https://app.example")])).is_ok());
+        assert!(authenticate(
+            &c,
+            &parts(
+                "/",
+                &[("cookie", &cookie), ("origin", "https://app.example")]
+            )
+        )
+        .is_ok());
     }
 }

@@ -45,7 +45,12 @@ pub async fn allowed_members(
     };
     // The host applies its own per-user timeout; this one only guards against a host that
     // never answers at all.
-    let answers = match tokio::time::timeout(timeout + Duration::from_secs(1), authorizer.authorize(request)).await {
+    let answers = match tokio::time::timeout(
+        timeout + Duration::from_secs(1),
+        authorizer.authorize(request),
+    )
+    .await
+    {
         Ok(Ok(answers)) => answers,
         Ok(Err(e)) => {
             Stats::add(&stats.authorize_errors, asked as u64);
@@ -91,23 +96,41 @@ mod tests {
             let answers = req
                 .users
                 .iter()
-                .map(|u| u.get("id").and_then(Value::as_u64).is_some_and(|id| id % 2 == 0))
+                .map(|u| {
+                    u.get("id")
+                        .and_then(Value::as_u64)
+                        .is_some_and(|id| id % 2 == 0)
+                })
                 .collect();
             Box::pin(async move { Ok(answers) })
         }
     }
 
     fn peer(id: u64, user: Option<u64>) -> Arc<Peer> {
-        let user = user.map(|u| User::from_claims(json!({"id": u, "collection": "users"})).unwrap());
+        let user =
+            user.map(|u| User::from_claims(json!({"id": u, "collection": "users"})).unwrap());
         Arc::new(Peer::new(id, "t", user, 1 << 20, CancellationToken::new()))
     }
 
     #[tokio::test]
     async fn one_question_per_event_for_all_distinct_users() {
-        let rec = Recorder { calls: Mutex::new(vec![]) };
-        let members: Vec<_> = (0..15).map(|i| peer(i, Some(i % 3))).chain([peer(99, None)]).collect();
+        let rec = Recorder {
+            calls: Mutex::new(vec![]),
+        };
+        let members: Vec<_> = (0..15)
+            .map(|i| peer(i, Some(i % 3)))
+            .chain([peer(99, None)])
+            .collect();
         let stats = Stats::default();
-        let allowed = allowed_members(&rec, "posts", Arc::new(json!({})), members, Duration::from_secs(1), &stats).await;
+        let allowed = allowed_members(
+            &rec,
+            "posts",
+            Arc::new(json!({})),
+            members,
+            Duration::from_secs(1),
+            &stats,
+        )
+        .await;
         assert_eq!(*rec.calls.lock(), vec![4]); // users 0, 1, 2 and anonymous: one call
         let mut ids: Vec<u64> = allowed.iter().map(|p| p.id).collect();
         ids.sort();
@@ -124,8 +147,21 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_host_that_never_answers_denies() {
         let stats = Stats::default();
-        let allowed = allowed_members(&Never, "posts", Arc::new(json!({})), vec![peer(1, Some(2))], Duration::from_millis(10), &stats).await;
+        let allowed = allowed_members(
+            &Never,
+            "posts",
+            Arc::new(json!({})),
+            vec![peer(1, Some(2))],
+            Duration::from_millis(10),
+            &stats,
+        )
+        .await;
         assert!(allowed.is_empty());
-        assert_eq!(stats.authorize_errors.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(
+            stats
+                .authorize_errors
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
     }
 }

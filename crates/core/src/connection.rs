@@ -44,7 +44,11 @@ pub async fn serve(hub: Arc<Hub>, peer: Arc<Peer>, upgraded: Upgraded) {
     // Bytes the client sent right after its handshake are in `read_buf`: read them first.
     let reader = std::io::Cursor::new(parts.read_buf).chain(read_half);
     let guarded = InboundGuard::new(reader, hub.config.max_payload_length);
-    let (ws_read, _) = fastwebsockets::after_handshake_split(guarded, tokio::io::sink(), fastwebsockets::Role::Server);
+    let (ws_read, _) = fastwebsockets::after_handshake_split(
+        guarded,
+        tokio::io::sink(),
+        fastwebsockets::Role::Server,
+    );
     let mut ws = FragmentCollectorRead::new(ws_read);
 
     hub.registry.add_peer(peer.clone());
@@ -90,14 +94,14 @@ async fn read_loop<S>(
         handlers_in_flight: Arc::new(AtomicUsize::new(0)),
     };
     let idle = hub.config.idle_timeout;
-    let mut ticker = tokio::time::interval(idle.map_or(Duration::from_secs(3600), |d| (d / 4).max(Duration::from_millis(100))));
+    let mut ticker = tokio::time::interval(idle.map_or(Duration::from_secs(3600), |d| {
+        (d / 4).max(Duration::from_millis(100))
+    }));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.reset();
-    let expiry = peer
-        .user
-        .as_ref()
-        .and_then(|u| u.expires_at)
-        .map(|exp| tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now_secs())));
+    let expiry = peer.user.as_ref().and_then(|u| u.expires_at).map(|exp| {
+        tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now_secs()))
+    });
     let expired = async {
         match expiry {
             Some(at) => tokio::time::sleep_until(at).await,
@@ -170,20 +174,14 @@ async fn read_loop<S>(
                     OpCode::Text | OpCode::Binary if hub.config.echo_mode => {
                         out.push(protocol::frame(frame.opcode as u8, &frame.payload));
                     }
-                    OpCode::Text => {
-                        if !out.is_closing() {
-                            state.on_text(&frame.payload);
-                        }
-                    }
-                    OpCode::Binary => {
-                        if !out.is_closing() {
-                            Stats::add(&hub.stats.messages_in, 1);
-                            state.reply(protocol::error(
-                                ErrorCode::BadMessage,
-                                "binary frames are not supported; send JSON text",
-                                None,
-                            ));
-                        }
+                    OpCode::Text if !out.is_closing() => state.on_text(&frame.payload),
+                    OpCode::Binary if !out.is_closing() => {
+                        Stats::add(&hub.stats.messages_in, 1);
+                        state.reply(protocol::error(
+                            ErrorCode::BadMessage,
+                            "binary frames are not supported; send JSON text",
+                            None,
+                        ));
                     }
                     OpCode::Close => {
                         // The echo is queued by `send_fn`; stop reading and let the writer finish.
@@ -223,13 +221,23 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
 fn close_for(e: &WebSocketError) -> Option<(u16, &'static str)> {
     Some(match e {
         WebSocketError::IoError(io) => match Violation::of(io) {
-            Some(Violation::Unmasked) => (close_code::PROTOCOL_ERROR, "client frames must be masked"),
-            Some(Violation::TooLarge) => (close_code::MESSAGE_TOO_BIG, "message exceeds maxPayloadLength"),
-            Some(Violation::ControlTooLarge) => (close_code::PROTOCOL_ERROR, "control frame over 125 bytes"),
+            Some(Violation::Unmasked) => {
+                (close_code::PROTOCOL_ERROR, "client frames must be masked")
+            }
+            Some(Violation::TooLarge) => (
+                close_code::MESSAGE_TOO_BIG,
+                "message exceeds maxPayloadLength",
+            ),
+            Some(Violation::ControlTooLarge) => {
+                (close_code::PROTOCOL_ERROR, "control frame over 125 bytes")
+            }
             None => return None,
         },
         WebSocketError::UnexpectedEOF | WebSocketError::ConnectionClosed => return None,
-        WebSocketError::FrameTooLarge => (close_code::MESSAGE_TOO_BIG, "message exceeds maxPayloadLength"),
+        WebSocketError::FrameTooLarge => (
+            close_code::MESSAGE_TOO_BIG,
+            "message exceeds maxPayloadLength",
+        ),
         WebSocketError::InvalidUTF8 => (close_code::INVALID_PAYLOAD, "text is not valid UTF-8"),
         _ => (close_code::PROTOCOL_ERROR, "protocol error"),
     })
@@ -257,7 +265,8 @@ impl Reader<'_> {
             return true;
         }
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(rate);
+        self.tokens =
+            (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(rate);
         self.refilled = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -271,13 +280,19 @@ impl Reader<'_> {
         let hub = self.hub;
         Stats::add(&hub.stats.messages_in, 1);
         if !self.take_token() {
-            let id = protocol::parse_client_message(text).ok().and_then(|m| match m {
-                ClientMessage::Join { id, .. }
-                | ClientMessage::Leave { id, .. }
-                | ClientMessage::Ping { id }
-                | ClientMessage::Custom { id, .. } => id,
-            });
-            self.reply_error(ErrorCode::RateLimited, "too many messages; slow down", id.as_ref());
+            let id = protocol::parse_client_message(text)
+                .ok()
+                .and_then(|m| match m {
+                    ClientMessage::Join { id, .. }
+                    | ClientMessage::Leave { id, .. }
+                    | ClientMessage::Ping { id }
+                    | ClientMessage::Custom { id, .. } => id,
+                });
+            self.reply_error(
+                ErrorCode::RateLimited,
+                "too many messages; slow down",
+                id.as_ref(),
+            );
             return;
         }
         let message = match protocol::parse_client_message(text) {
@@ -291,12 +306,19 @@ impl Reader<'_> {
                     return self.reply_error(ErrorCode::UnknownCollection, &e, id.as_ref());
                 }
                 for c in &collections {
-                    match hub.registry.join(self.peer, &collection_room(c), hub.config.max_rooms_per_socket) {
+                    match hub.registry.join(
+                        self.peer,
+                        &collection_room(c),
+                        hub.config.max_rooms_per_socket,
+                    ) {
                         Joined::New | Joined::Already | Joined::Closed => {}
                         Joined::TooMany => {
                             return self.reply_error(
                                 ErrorCode::TooLarge,
-                                &format!("a socket may be in at most {} rooms", hub.config.max_rooms_per_socket),
+                                &format!(
+                                    "a socket may be in at most {} rooms",
+                                    hub.config.max_rooms_per_socket
+                                ),
                                 id.as_ref(),
                             )
                         }
@@ -329,13 +351,26 @@ impl Reader<'_> {
 
     fn custom(&self, id: Option<RequestId>, kind: String, message: serde_json::Value) {
         let hub = self.hub;
-        let Some(handlers) = hub.callbacks.handlers.clone().filter(|_| hub.has_custom_type(&kind)) else {
-            return self.reply_error(ErrorCode::UnknownType, &format!("no handler for type {kind:?}"), id.as_ref());
+        let Some(handlers) = hub
+            .callbacks
+            .handlers
+            .clone()
+            .filter(|_| hub.has_custom_type(&kind))
+        else {
+            return self.reply_error(
+                ErrorCode::UnknownType,
+                &format!("no handler for type {kind:?}"),
+                id.as_ref(),
+            );
         };
         let in_flight = self.handlers_in_flight.clone();
         if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_HANDLERS_IN_FLIGHT {
             in_flight.fetch_sub(1, Ordering::AcqRel);
-            return self.reply_error(ErrorCode::RateLimited, "too many requests in flight", id.as_ref());
+            return self.reply_error(
+                ErrorCode::RateLimited,
+                "too many requests in flight",
+                id.as_ref(),
+            );
         }
         let call = HandlerCall {
             kind: kind.clone(),

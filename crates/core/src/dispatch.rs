@@ -81,7 +81,11 @@ pub async fn run_lane(hub: Arc<Hub>, mut jobs: mpsc::UnboundedReceiver<Job>) {
 
 async fn prepare(hub: Arc<Hub>, job: Job) -> Prepared {
     match job {
-        Job::Broadcast { room, frame, except } => Prepared {
+        Job::Broadcast {
+            room,
+            frame,
+            except,
+        } => Prepared {
             room,
             frame,
             target: Target::Room(except),
@@ -109,7 +113,15 @@ async fn prepare(hub: Arc<Hub>, job: Job) -> Prepared {
             let members = hub.registry.members(&room);
             let allowed = match &hub.callbacks.authorizer {
                 Some(a) => {
-                    allowed_members(&**a, &collection, body, members, hub.config.authorize_timeout, &hub.stats).await
+                    allowed_members(
+                        &**a,
+                        &collection,
+                        body,
+                        members,
+                        hub.config.authorize_timeout,
+                        &hub.stats,
+                    )
+                    .await
                 }
                 None => members,
             };
@@ -126,7 +138,9 @@ async fn prepare(hub: Arc<Hub>, job: Job) -> Prepared {
 fn deliver(hub: &Hub, p: Prepared) {
     let n = match p.target {
         Target::Room(except) => hub.registry.fan_out(&p.room, &p.frame, except, &hub.stats),
-        Target::Only(peers) => hub.registry.deliver_to(&p.room, &peers, &p.frame, &hub.stats),
+        Target::Only(peers) => hub
+            .registry
+            .deliver_to(&p.room, &peers, &p.frame, &hub.stats),
     };
     if let Some(done) = p.done {
         let _ = done.send(n);

@@ -50,9 +50,16 @@ pub struct Hub {
 
 impl Hub {
     /// Builds the hub and the receiving ends of its lanes (the server spawns their tasks).
-    pub fn new(config: Config, callbacks: Callbacks) -> (Arc<Hub>, Vec<mpsc::UnboundedReceiver<Job>>) {
-        let (senders, receivers): (Vec<_>, Vec<_>) = (0..LANES).map(|_| mpsc::unbounded_channel()).unzip();
-        let instance = format!("{:08x}", RandomState::new().hash_one(std::process::id()) as u32);
+    pub fn new(
+        config: Config,
+        callbacks: Callbacks,
+    ) -> (Arc<Hub>, Vec<mpsc::UnboundedReceiver<Job>>) {
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..LANES).map(|_| mpsc::unbounded_channel()).unzip();
+        let instance = format!(
+            "{:08x}",
+            RandomState::new().hash_one(std::process::id()) as u32
+        );
         let hub = Hub {
             config,
             registry: Registry::default(),
@@ -96,7 +103,9 @@ impl Hub {
     }
 
     fn send_job(&self, room: &str, job: Job) -> Result<(), Error> {
-        self.lanes[lane_of(room)].send(job).map_err(|_| Error::Closed)
+        self.lanes[lane_of(room)]
+            .send(job)
+            .map_err(|_| Error::Closed)
     }
 
     /// Sends a collection event to room `collection:<slug>`, through the collection's authorize
@@ -113,7 +122,10 @@ impl Hub {
         }
         let frame = encode_value(&event.body);
         let authorize = (self.callbacks.authorizer.is_some()
-            && self.config.authorize_collections.contains(&event.collection))
+            && self
+                .config
+                .authorize_collections
+                .contains(&event.collection))
         .then(|| event.collection.clone());
         let (done, delivered) = oneshot::channel();
         self.send_job(
@@ -130,14 +142,23 @@ impl Hub {
     }
 
     /// Sends a message (JSON text) to every socket in a room but `except`, framed once.
-    pub fn broadcast_to_room(&self, room: &str, json: &[u8], except: Option<&str>) -> Result<(), Error> {
+    pub fn broadcast_to_room(
+        &self,
+        room: &str,
+        json: &[u8],
+        except: Option<&str>,
+    ) -> Result<(), Error> {
         if room.is_empty() {
-            return Err(Error::InvalidInput("broadcastToRoom: the room name is empty".into()));
+            return Err(Error::InvalidInput(
+                "broadcastToRoom: the room name is empty".into(),
+            ));
         }
         if self.registry.member_count(room) == 0 {
             return Ok(());
         }
-        let except = except.and_then(|id| id.split_once('.')).and_then(|(_, n)| n.parse::<PeerId>().ok());
+        let except = except
+            .and_then(|id| id.split_once('.'))
+            .and_then(|(_, n)| n.parse::<PeerId>().ok());
         self.send_job(
             room,
             Job::Broadcast {
@@ -161,7 +182,10 @@ impl Hub {
         let Some(peer) = self.peer_by_public_id(socket_id) else {
             return Ok(false);
         };
-        match self.registry.join(&peer, room, self.config.max_rooms_per_socket) {
+        match self
+            .registry
+            .join(&peer, room, self.config.max_rooms_per_socket)
+        {
             Joined::New | Joined::Already => Ok(true),
             Joined::Closed => Ok(false),
             Joined::TooMany => Err(Error::InvalidInput(format!(

@@ -18,7 +18,7 @@ pub fn enabled(level: Level) -> bool {
         Ok("error") => Level::Error,
         Ok("info") => Level::Info,
         Ok("debug") => Level::Debug,
-        Ok("off") | Ok("none") => return Level::Error,
+        Ok("off") | Ok("none") => Level::Error,
         _ => Level::Warn,
     });
     level <= max

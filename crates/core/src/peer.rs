@@ -31,8 +31,18 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn new(id: PeerId, instance: &str, user: Option<User>, max_backpressure: usize, cancel: CancellationToken) -> Peer {
-        let user_value = Arc::new(user.as_ref().map(|u| u.claims.clone()).unwrap_or(Value::Null));
+    pub fn new(
+        id: PeerId,
+        instance: &str,
+        user: Option<User>,
+        max_backpressure: usize,
+        cancel: CancellationToken,
+    ) -> Peer {
+        let user_value = Arc::new(
+            user.as_ref()
+                .map(|u| u.claims.clone())
+                .unwrap_or(Value::Null),
+        );
         Peer {
             id,
             public_id: format!("{instance}.{id}"),

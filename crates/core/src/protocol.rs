@@ -58,7 +58,7 @@ impl ErrorCode {
     }
 
     /// The code a JS handler may choose by throwing an error with a `code` property.
-    pub fn from_str(code: &str) -> Option<ErrorCode> {
+    pub fn parse(code: &str) -> Option<ErrorCode> {
         Some(match code {
             "bad-json" => ErrorCode::BadJson,
             "bad-message" => ErrorCode::BadMessage,
@@ -188,7 +188,10 @@ pub fn parse_client_message(text: &[u8]) -> Result<ClientMessage, Rejection> {
 
 /// Reads the collection slugs of a join or leave: `collection: "posts"`, `data: "posts"` or
 /// `data: ["posts", "pages"]`.
-fn collections_of(object: &Map<String, Value>, id: &Option<RequestId>) -> Result<Vec<String>, Rejection> {
+fn collections_of(
+    object: &Map<String, Value>,
+    id: &Option<RequestId>,
+) -> Result<Vec<String>, Rejection> {
     let field = object.get("collection").or_else(|| object.get("data"));
     let names: Vec<&Value> = match field {
         Some(Value::String(_)) => vec![field.unwrap()],
@@ -202,7 +205,11 @@ fn collections_of(object: &Map<String, Value>, id: &Option<RequestId>) -> Result
         }
     };
     if names.is_empty() {
-        return Err(Rejection::new(id.clone(), ErrorCode::BadMessage, "no collection named"));
+        return Err(Rejection::new(
+            id.clone(),
+            ErrorCode::BadMessage,
+            "no collection named",
+        ));
     }
     if names.len() > MAX_COLLECTIONS_PER_REQUEST {
         return Err(Rejection::new(
@@ -235,7 +242,8 @@ fn collections_of(object: &Map<String, Value>, id: &Option<RequestId>) -> Result
 pub fn is_valid_slug(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The room a collection's events go to.
@@ -310,7 +318,7 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
     let mut reason = reason.as_bytes();
     if reason.len() > 123 {
         let mut cut = 123;
-        while !std::str::from_utf8(&reason[..cut]).is_ok() {
+        while std::str::from_utf8(&reason[..cut]).is_err() {
             cut -= 1;
         }
         reason = &reason[..cut];
@@ -346,7 +354,10 @@ mod tests {
     fn payload_of(frame: &Bytes) -> Value {
         let (start, len) = match frame[1] {
             126 => (4, u16::from_be_bytes([frame[2], frame[3]]) as usize),
-            127 => (10, u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize),
+            127 => (
+                10,
+                u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize,
+            ),
             n => (2, n as usize),
         };
         assert_eq!(frame.len(), start + len);
@@ -370,7 +381,8 @@ mod tests {
                 "{f}"
             );
         }
-        let many = parse_client_message(br#"{"type":"unsubscribe","data":["a","b","a"],"id":7}"#).unwrap();
+        let many =
+            parse_client_message(br#"{"type":"unsubscribe","data":["a","b","a"],"id":7}"#).unwrap();
         assert_eq!(
             many,
             ClientMessage::Leave {
@@ -392,15 +404,26 @@ mod tests {
             (r#"{"type":""}"#, ErrorCode::BadMessage),
             (r#"{"type":"ping","id":{"x":1}}"#, ErrorCode::BadMessage),
             (r#"{"type":"join-collection"}"#, ErrorCode::BadMessage),
-            (r#"{"type":"join-collection","data":[]}"#, ErrorCode::BadMessage),
-            (r#"{"type":"join-collection","data":[1]}"#, ErrorCode::BadMessage),
-            (r#"{"type":"join-collection","collection":"a b"}"#, ErrorCode::BadMessage),
+            (
+                r#"{"type":"join-collection","data":[]}"#,
+                ErrorCode::BadMessage,
+            ),
+            (
+                r#"{"type":"join-collection","data":[1]}"#,
+                ErrorCode::BadMessage,
+            ),
+            (
+                r#"{"type":"join-collection","collection":"a b"}"#,
+                ErrorCode::BadMessage,
+            ),
         ];
         for (input, code) in cases {
             let err = parse_client_message(input.as_bytes()).unwrap_err();
             assert_eq!(err.code, *code, "{input}");
         }
-        let list: Vec<String> = (0..=MAX_COLLECTIONS_PER_REQUEST).map(|i| format!("c{i}")).collect();
+        let list: Vec<String> = (0..=MAX_COLLECTIONS_PER_REQUEST)
+            .map(|i| format!("c{i}"))
+            .collect();
         let msg = serde_json::json!({"type": "subscribe", "data": list, "id": "x"}).to_string();
         let err = parse_client_message(msg.as_bytes()).unwrap_err();
         assert_eq!(err.code, ErrorCode::TooLarge);
@@ -431,7 +454,13 @@ mod tests {
         for n in [0usize, 125, 126, 65535, 65536, 100_000] {
             let f = text_frame(&vec![b'a'; n]);
             assert_eq!(f[0], 0x81);
-            let header = if n < 126 { 2 } else if n <= 65535 { 4 } else { 10 };
+            let header = if n < 126 {
+                2
+            } else if n <= 65535 {
+                4
+            } else {
+                10
+            };
             assert_eq!(f.len(), header + n);
         }
     }
@@ -439,7 +468,10 @@ mod tests {
     #[test]
     fn replies_have_the_contract_shape() {
         let id = RequestId::Str("a".into());
-        assert_eq!(payload_of(&ack(&id)), serde_json::json!({"type":"ack","id":"a"}));
+        assert_eq!(
+            payload_of(&ack(&id)),
+            serde_json::json!({"type":"ack","id":"a"})
+        );
         assert_eq!(payload_of(&pong(None)), serde_json::json!({"type":"pong"}));
         assert_eq!(
             payload_of(&error(ErrorCode::UnknownType, "nope", Some(&id))),
@@ -450,7 +482,11 @@ mod tests {
             serde_json::json!({"data":3,"type":"sum","id":"a"})
         );
         assert_eq!(
-            payload_of(&custom_reply("sum", None, serde_json::json!({"type":"result","v":1}))),
+            payload_of(&custom_reply(
+                "sum",
+                None,
+                serde_json::json!({"type":"result","v":1})
+            )),
             serde_json::json!({"type":"result","v":1})
         );
     }

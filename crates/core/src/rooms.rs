@@ -67,7 +67,10 @@ impl Registry {
 
     /// Every connected socket (for shutdown).
     pub fn all_peers(&self) -> Vec<Arc<Peer>> {
-        self.peers.iter().flat_map(|s| s.read().values().cloned().collect::<Vec<_>>()).collect()
+        self.peers
+            .iter()
+            .flat_map(|s| s.read().values().cloned().collect::<Vec<_>>())
+            .collect()
     }
 
     /// Removes a socket from every room and from the socket map, in one step: after this no
@@ -115,7 +118,10 @@ impl Registry {
                 k
             }
         };
-        shard.get_mut(room).expect("just ensured").insert(peer.id, peer.clone());
+        shard
+            .get_mut(room)
+            .expect("just ensured")
+            .insert(peer.id, peer.clone());
         list.push(key);
         Joined::New
     }
@@ -143,7 +149,10 @@ impl Registry {
     }
 
     pub fn member_count(&self, room: &str) -> usize {
-        self.rooms[shard_of(room)].read().get(room).map_or(0, HashMap::len)
+        self.rooms[shard_of(room)]
+            .read()
+            .get(room)
+            .map_or(0, HashMap::len)
     }
 
     pub fn room_count(&self) -> usize {
@@ -151,7 +160,13 @@ impl Registry {
     }
 
     /// Pushes one frame to every member of a room but `except`. Returns how many got it.
-    pub fn fan_out(&self, room: &str, frame: &Bytes, except: Option<PeerId>, stats: &Stats) -> usize {
+    pub fn fan_out(
+        &self,
+        room: &str,
+        frame: &Bytes,
+        except: Option<PeerId>,
+        stats: &Stats,
+    ) -> usize {
         let mut evicted = Vec::new();
         let mut delivered = 0;
         {
@@ -176,7 +191,13 @@ impl Registry {
 
     /// Pushes one frame to the given sockets (authorized delivery), skipping any that left the
     /// room meanwhile.
-    pub fn deliver_to(&self, room: &str, peers: &[Arc<Peer>], frame: &Bytes, stats: &Stats) -> usize {
+    pub fn deliver_to(
+        &self,
+        room: &str,
+        peers: &[Arc<Peer>],
+        frame: &Bytes,
+        stats: &Stats,
+    ) -> usize {
         let mut evicted = Vec::new();
         let mut delivered = 0;
         for peer in peers {

@@ -65,12 +65,15 @@ impl Server {
         std_listener
             .set_nonblocking(true)
             .map_err(|e| Error::Internal(e.to_string()))?;
-        let local_addr = std_listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
+        let local_addr = std_listener
+            .local_addr()
+            .map_err(|e| Error::Internal(e.to_string()))?;
         let (hub, lanes) = Hub::new(config, callbacks);
         let tracker = TaskTracker::new();
         {
             let _guard = runtime.enter();
-            let listener = TcpListener::from_std(std_listener).map_err(|e| Error::Internal(e.to_string()))?;
+            let listener =
+                TcpListener::from_std(std_listener).map_err(|e| Error::Internal(e.to_string()))?;
             for lane in lanes {
                 runtime.spawn(run_lane(hub.clone(), lane));
             }
@@ -94,7 +97,11 @@ impl Server {
 
     /// A handle to run work on the server's runtime.
     pub fn handle(&self) -> tokio::runtime::Handle {
-        self.runtime.as_ref().expect("runtime lives until drop").handle().clone()
+        self.runtime
+            .as_ref()
+            .expect("runtime lives until drop")
+            .handle()
+            .clone()
     }
 
     /// Graceful stop: no new connections, 1001 to every socket, a short wait, then every task
@@ -106,10 +113,14 @@ impl Server {
             hub.stopping.cancel();
             for peer in hub.registry.all_peers() {
                 hub.registry.remove_peer(&peer);
-                peer.outbound.close(close_code::GOING_AWAY, "server shutting down");
+                peer.outbound
+                    .close(close_code::GOING_AWAY, "server shutting down");
             }
             tracker.close();
-            if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+            if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+                .await
+                .is_err()
+            {
                 warn!("some sockets did not close in time; cutting them");
             }
             hub.shutdown.cancel();
@@ -184,7 +195,10 @@ fn json_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 
 fn refuse(hub: &Hub, r: &Refusal) -> Response<Full<Bytes>> {
     Stats::add(&hub.stats.handshakes_refused, 1);
-    json_response(StatusCode::from_u16(r.status).unwrap_or(StatusCode::UNAUTHORIZED), r.body())
+    json_response(
+        StatusCode::from_u16(r.status).unwrap_or(StatusCode::UNAUTHORIZED),
+        r.body(),
+    )
 }
 
 fn route(hub: Arc<Hub>, mut req: Request<Incoming>, tracker: TaskTracker) -> Response<Full<Bytes>> {
@@ -193,7 +207,8 @@ fn route(hub: Arc<Hub>, mut req: Request<Incoming>, tracker: TaskTracker) -> Res
         let s = hub.stats();
         return json_response(
             StatusCode::OK,
-            serde_json::json!({ "status": "ok", "connections": s.connections, "rooms": s.rooms }).to_string(),
+            serde_json::json!({ "status": "ok", "connections": s.connections, "rooms": s.rooms })
+                .to_string(),
         );
     }
     let path_ok = hub.config.path.as_deref().is_none_or(|p| p == path);
@@ -211,7 +226,10 @@ fn route(hub: Arc<Hub>, mut req: Request<Incoming>, tracker: TaskTracker) -> Res
         return json_response(StatusCode::NOT_FOUND, r#"{"error":"not-found"}"#.into());
     }
     if hub.stopping.is_cancelled() {
-        return json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"error":"shutting-down"}"#.into());
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"error":"shutting-down"}"#.into(),
+        );
     }
     let (parts, body) = req.into_parts();
     let user = match auth::authenticate(&hub.config, &parts) {
@@ -224,7 +242,8 @@ fn route(hub: Arc<Hub>, mut req: Request<Incoming>, tracker: TaskTracker) -> Res
         Err(e) => {
             return json_response(
                 StatusCode::BAD_REQUEST,
-                serde_json::json!({ "error": "bad-handshake", "reason": e.to_string() }).to_string(),
+                serde_json::json!({ "error": "bad-handshake", "reason": e.to_string() })
+                    .to_string(),
             )
         }
     };

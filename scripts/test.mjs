@@ -1,0 +1,36 @@
+// `npm test`: installs what is missing, builds the addon, then runs the Rust tests, the JS tests
+// and the WebSocket conformance suite (Autobahn, cases 1-10).
+//
+// PAYLOAD_REALTIME_REQUIRE_ALL=1 (set by .ci/run) makes optional parts mandatory: a missing
+// Python 2.7 for Autobahn fails instead of skipping.
+// PAYLOAD_REALTIME_DEBUG=1 builds the addon in debug (faster to iterate).
+import { existsSync } from 'node:fs'
+import { execSync } from 'node:child_process'
+import { ensureAddon, ensureDependencies, root, run } from './ensure.mjs'
+
+const requireAll = process.env.PAYLOAD_REALTIME_REQUIRE_ALL === '1'
+
+ensureDependencies()
+ensureAddon({ debug: process.env.PAYLOAD_REALTIME_DEBUG === '1' })
+run('cargo', ['test', '--workspace'])
+run('node', ['--test', '--test-concurrency=1', '__test__/'])
+
+function hasPython27() {
+  try {
+    const pyenvRoot = execSync('pyenv root', { cwd: root, stdio: ['ignore', 'pipe', 'ignore'] })
+      .toString()
+      .trim()
+    return existsSync(`${pyenvRoot}/versions/2.7.18/bin/python2.7`)
+  } catch {
+    return Boolean(process.env.AUTOBAHN_PYTHON27 && existsSync(process.env.AUTOBAHN_PYTHON27))
+  }
+}
+
+if (hasPython27()) {
+  run('bash', ['scripts/autobahn.sh'], { env: { ...process.env, AUTOBAHN_PROFILE: 'debug' } })
+} else if (requireAll) {
+  console.error('Autobahn needs CPython 2.7 (pyenv 2.7.18 or AUTOBAHN_PYTHON27); it is required here.')
+  process.exit(1)
+} else {
+  console.warn('\nSkipping Autobahn: no CPython 2.7 found (pyenv 2.7.18 or AUTOBAHN_PYTHON27).')
+}
