@@ -32,8 +32,13 @@ export interface SocketInfo {
   send(message: unknown): boolean
 }
 
-/** `true` lets this user receive the event; anything else, a throw or a timeout denies. */
-export type AuthorizeRule = (user: SocketUser, event: RealtimeEvent) => boolean | Promise<boolean>
+/**
+ * `true` lets this user receive the event; `{ doc }` lets them receive it with that document in
+ * place of the event's (e.g. with field-level access applied); anything else, a throw or a
+ * timeout denies.
+ */
+export type AuthorizeDecision = boolean | { doc: Record<string, unknown> }
+export type AuthorizeRule = (user: SocketUser, event: RealtimeEvent) => AuthorizeDecision | Promise<AuthorizeDecision>
 
 export interface ServerOptions {
   /** Default `0.0.0.0`. */
@@ -68,6 +73,12 @@ export interface ServerOptions {
   maxRoomsPerSocket?: number
   /** Several instances through Redis. */
   redis?: { url: string }
+  /**
+   * Confirms a user after the token's signature and expiry were checked (the plugin sets this to
+   * Payload's own `auth`, which checks sessions). `null` or a throw refuses the connection; an
+   * object becomes the socket's `user`.
+   */
+  verifyUser?: (token: string, claims: Record<string, unknown>) => Promise<object | null> | object | null
 }
 
 export interface PluginOptions extends ServerOptions {
@@ -108,6 +119,8 @@ export declare class UWebSocketManager {
   joinRoom(socketId: string, room: string): boolean
   leaveRoom(socketId: string, room: string): boolean
   getSocketsInRoom(room: string): Array<{ id: string; user: SocketUser }>
+  /** Closes with 4003 the sockets of a user's session (every session without `sid`); returns how many. */
+  revokeSession(session: { collection: string; id: string | number; sid?: string }): number
   stats(): RealtimeStats
   /** Sends 1001 to every socket and frees the port. */
   close(): Promise<void>

@@ -207,3 +207,59 @@ test('the CommonJS entry point exposes the same API', T, async () => {
   assert.equal(r.code, 0, r.stderr)
   assert.deepEqual(JSON.parse(r.stdout.trim()), ['function', 'function', 'function'])
 })
+
+test('misusing the manager API throws or rejects JS errors; the server keeps working', T, async () => {
+  const manager = await startServer()
+  try {
+    registerWhoami(manager)
+    const c = await connect(wsUrl(manager), { token: makeToken({ id: 'alice' }) })
+    await c.join('posts')
+    const circular = {}
+    circular.self = circular
+    const misuses = {
+      'emitEvent({})': () => manager.emitEvent({}),
+      'emitEvent(null)': () => manager.emitEvent(null),
+      'emitEvent(bad type)': () => manager.emitEvent({ type: 'explode', collection: 'posts', id: 1 }),
+      'emitEvent(no collection)': () => manager.emitEvent({ type: 'create', id: 1 }),
+      'emitEvent(bigint doc)': () => manager.emitEvent({ type: 'create', collection: 'posts', id: 1, doc: { n: 1n } }),
+      'broadcastToRoom(no room)': () => manager.broadcastToRoom(undefined, { type: 'x' }),
+      'broadcastToRoom(circular)': () => manager.broadcastToRoom('collection:posts', circular),
+      'sendToSocket(circular)': () => manager.sendToSocket('x', circular),
+      'registerCustomHandler(not a function)': () => manager.registerCustomHandler('x', 'nope'),
+      'joinRoom(unknown socket)': () => manager.joinRoom('no-such-socket', 'r'),
+      'leaveRoom(unknown socket)': () => manager.leaveRoom('no-such-socket', 'r'),
+    }
+    for (const [name, fn] of Object.entries(misuses)) {
+      try {
+        await fn()
+      } catch (err) {
+        assert.ok(err instanceof Error, `${name} threw a non-Error: ${err}`)
+      }
+    }
+    // Nothing bogus reached the client, and real events still flow.
+    await manager.emitEvent({ type: 'create', collection: 'posts', id: 'real', doc: {} })
+    const first = await c.waitFor(() => true)
+    assert.deepEqual([first.type, first.id], ['create', 'real'], `first message: ${JSON.stringify(first)}`)
+    await c.close()
+  } finally {
+    await manager.close()
+  }
+})
+
+test('close() can be called twice; getUWebSocketManager throws once nothing runs', T, async () => {
+  const manager = await startServer()
+  await Promise.all([manager.close(), manager.close()])
+  await manager.close()
+  assert.throws(() => getUWebSocketManager(), Error)
+  // The API of a closed manager fails softly: an Error or a no-op, never a crash.
+  try {
+    await manager.emitEvent({ type: 'create', collection: 'posts', id: 1, doc: {} })
+  } catch (err) {
+    assert.ok(err instanceof Error)
+  }
+  try {
+    assert.equal(manager.sendToSocket('x', { type: 'y' }), false)
+  } catch (err) {
+    assert.ok(err instanceof Error)
+  }
+})

@@ -549,3 +549,99 @@ test('the request id may be a string or a number and is echoed with its type', T
     assert.deepEqual(await c.request({ type: 'ping', id: 1.5 }), { type: 'pong', id: 1.5 })
   })
 })
+
+test('a handler that never settles gets internal after handlerTimeout; the socket keeps working', T, async () => {
+  await withServer({ handlerTimeout: 300 }, async (ctx) => {
+    ctx.manager.registerCustomHandler('stuck', () => new Promise(() => {}))
+    const c = await ctx.connectAs('alice')
+    assertError(await c.request({ type: 'stuck', id: 'st' }), 'internal', 'st')
+    assert.deepEqual(await c.request({ type: 'ping', id: 'p' }), { type: 'pong', id: 'p' })
+  })
+})
+
+test('a reply that cannot be serialized gives internal, not a crash', T, async () => {
+  await withServer({}, async (ctx) => {
+    ctx.manager.registerCustomHandler('bigint', () => ({ n: 10n }))
+    ctx.manager.registerCustomHandler('circular', () => {
+      const o = {}
+      o.self = o
+      return o
+    })
+    const c = await ctx.connectAs('alice')
+    assertError(await c.request({ type: 'bigint', id: 'b' }), 'internal', 'b')
+    assertError(await c.request({ type: 'circular', id: 'c' }), 'internal', 'c')
+    assert.deepEqual(await c.request({ type: 'ping', id: 'p' }), { type: 'pong', id: 'p' })
+  })
+})
+
+test('a handler that answers after its socket closed does no harm', T, async () => {
+  await withServer({}, async (ctx) => {
+    let release
+    let called
+    const calledP = new Promise((r) => (called = r))
+    ctx.manager.registerCustomHandler('slow', (socket) => {
+      called(socket.id)
+      return new Promise((r) => (release = r)).then(() => ({ late: true, sent: socket.send({ type: 'late-push' }) }))
+    })
+    const a = await ctx.connectAs('alice')
+    a.send({ type: 'slow', id: 's' })
+    const socketId = await calledP
+    await a.close()
+    await waitUntil(() => ctx.manager.sendToSocket(socketId, { type: 'probe' }) === false, {
+      label: 'the closed socket to be gone',
+    })
+    release()
+    const b = await ctx.connectAs('bob')
+    await b.join('posts')
+    await ctx.manager.emitEvent({ type: 'create', collection: 'posts', id: 1, doc: {} })
+    await b.waitFor((m) => m.type === 'create')
+  })
+})
+
+test('a client that answers the server pings stays connected past idleTimeout', T, async () => {
+  await withServer({ idleTimeout: 3 }, async (ctx) => {
+    const c = await ctx.connectAs('alice')
+    // `ws` answers pings automatically. Waiting for two pings spans more than one idle period.
+    let pings = 0
+    await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('the server sent no pings')), 60_000)
+      c.ws.on('ping', () => {
+        if (++pings === 2) {
+          clearTimeout(timer)
+          resolve()
+        }
+      })
+      c.ws.once('close', (code) => {
+        clearTimeout(timer)
+        reject(new Error(`closed with ${code} while answering pings`))
+      })
+    })
+    assert.ok(c.isOpen)
+    assert.deepEqual(await c.request({ type: 'ping', id: 'p' }), { type: 'pong', id: 'p' })
+  })
+})
+
+test('a client that never answers is closed after idleTimeout (after being pinged)', T, async () => {
+  await withServer({ idleTimeout: 1 }, async (ctx) => {
+    const raw = await rawUpgrade(ctx.manager.port, {
+      headers: { Authorization: `JWT ${makeToken({ id: 'alice' })}` },
+    })
+    try {
+      assert.equal(raw.status, 101, raw.head)
+      await waitUntil(() => closeCodeIn(raw.received()) !== undefined || raw.isEnded(), {
+        timeout: 60_000,
+        label: 'the idle connection to be closed',
+      })
+      const frames = parseFrames(raw.received())
+      assert.ok(
+        frames.some((f) => f.opcode === 0x9),
+        `the server pinged before closing: opcodes ${frames.map((f) => f.opcode)}`,
+      )
+      const code = closeCodeIn(raw.received())
+      assert.ok(code !== undefined, 'the server sent a close frame, not just a dropped connection')
+      assert.equal(code, 1001, `idle close code ${code}`)
+    } finally {
+      raw.socket.destroy()
+    }
+  })
+})

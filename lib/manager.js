@@ -135,7 +135,10 @@ class UWebSocketManager {
               authorizeTimeout,
               `authorize for "${collection}"`,
             )
-            return allowed === true
+            if (allowed === true) return true
+            // `{ doc }`: deliver, with the document as this user may read it.
+            if (isPlainObject(allowed) && isPlainObject(allowed.doc)) return { doc: allowed.doc }
+            return false
           } catch (err) {
             logFailure(`authorize for "${collection}"`, err)
             return false
@@ -174,7 +177,21 @@ class UWebSocketManager {
         }),
       )
 
-    this._server = native.initUWebSocket(opts, authorize, handle, () => {})
+    // Plugin mode: Payload confirms the user once per connection (sessions, disabled users).
+    const verifyUser =
+      typeof options.verifyUser === 'function'
+        ? async (token, claims) => {
+            try {
+              const user = await options.verifyUser(token, claims)
+              return isPlainObject(user) ? JSON.parse(toJson(user, 'the verified user')) : null
+            } catch (err) {
+              logFailure('verifyUser', err)
+              return null
+            }
+          }
+        : null
+
+    this._server = native.initUWebSocket(opts, authorize, handle, () => {}, verifyUser)
     this.port = this._server.port
     this.instanceId = this._server.instanceId
     this._closing = null
@@ -218,6 +235,17 @@ class UWebSocketManager {
   /** @returns {{ id: string, user: object | null }[]} */
   getSocketsInRoom(room) {
     return this._server.getSocketsInRoom(String(room))
+  }
+
+  /**
+   * Closes with 4003 the sockets of a user's session (logout). Without `sid`, every session of
+   * that user. Returns how many sockets were closed.
+   */
+  revokeSession({ collection, id, sid } = {}) {
+    if (typeof collection !== 'string' || (typeof id !== 'string' && typeof id !== 'number')) {
+      throw new TypeError('payload-realtime: revokeSession takes { collection, id, sid? }')
+    }
+    return this._server.revokeSession(collection, String(id), typeof sid === 'string' ? sid : undefined)
   }
 
   stats() {

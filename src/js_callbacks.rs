@@ -16,15 +16,15 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use payload_realtime_core::callbacks::{
-    AuthorizeRequest, Authorizer, BoxFuture, CustomHandlers, HandlerCall, HandlerOutcome,
+    AuthorizeRequest, Authorizer, BoxFuture, CustomHandlers, Decision, HandlerCall, HandlerOutcome, UserVerifier,
 };
 use payload_realtime_core::protocol::ErrorCode;
 use payload_realtime_core::warn;
 
-/// `(collection, event, users) => Promise<boolean[]>`, one answer per user.
+/// `(collection, event, users) => Promise<Array<boolean | { doc }>>`, one answer per user.
 pub type AuthorizeFn = ThreadsafeFunction<
     FnArgs<(String, Value, Vec<Value>)>,
-    Promise<Vec<bool>>,
+    Promise<Vec<Value>>,
     FnArgs<(String, Value, Vec<Value>)>,
     Status,
     false,
@@ -33,21 +33,15 @@ pub type AuthorizeFn = ThreadsafeFunction<
 
 /// `(calls) => Promise<results>`: `calls` is `[{ type, socketId, user, message }]`, each result
 /// `{ ok: true, reply?: any } | { ok: false, code?: string, message: string }`.
-pub type HandlerFn = ThreadsafeFunction<
-    FnArgs<(Vec<Value>,)>,
-    Promise<Vec<Value>>,
-    FnArgs<(Vec<Value>,)>,
-    Status,
-    false,
-    true,
->;
+pub type HandlerFn =
+    ThreadsafeFunction<FnArgs<(Vec<Value>,)>, Promise<Vec<Value>>, FnArgs<(Vec<Value>,)>, Status, false, true>;
 
 pub struct JsAuthorizer {
     pub f: Arc<AuthorizeFn>,
 }
 
 impl Authorizer for JsAuthorizer {
-    fn authorize(&self, req: AuthorizeRequest) -> BoxFuture<Result<Vec<bool>, String>> {
+    fn authorize(&self, req: AuthorizeRequest) -> BoxFuture<Result<Vec<Decision>, String>> {
         let f = self.f.clone();
         Box::pin(async move {
             let users: Vec<Value> = req.users.iter().map(|u| (**u).clone()).collect();
@@ -55,7 +49,33 @@ impl Authorizer for JsAuthorizer {
                 .call_async_catch(FnArgs::from((req.collection, (*req.event).clone(), users)))
                 .await
                 .map_err(|e| e.to_string())?;
-            promise.await.map_err(|e| e.to_string())
+            let answers = promise.await.map_err(|e| e.to_string())?;
+            Ok(answers.iter().map(Decision::from_value).collect())
+        })
+    }
+}
+
+/// `(token, claims) => Promise<user | null>`: Payload's own check of the user and session.
+pub type VerifyFn =
+    ThreadsafeFunction<FnArgs<(String, Value)>, Promise<Value>, FnArgs<(String, Value)>, Status, false, true>;
+
+pub struct JsVerifier {
+    pub f: Arc<VerifyFn>,
+}
+
+impl UserVerifier for JsVerifier {
+    fn verify(&self, token: String, claims: Value) -> BoxFuture<Result<Option<Value>, String>> {
+        let f = self.f.clone();
+        Box::pin(async move {
+            let promise = f
+                .call_async_catch(FnArgs::from((token, claims)))
+                .await
+                .map_err(|e| e.to_string())?;
+            let user = promise.await.map_err(|e| e.to_string())?;
+            Ok(match user {
+                Value::Object(_) => Some(user),
+                _ => None,
+            })
         })
     }
 }
@@ -87,9 +107,7 @@ impl CustomHandlers for JsHandlers {
             if !sent {
                 return failed("the server is closing");
             }
-            reply_rx
-                .await
-                .unwrap_or_else(|_| failed("the handler was dropped"))
+            reply_rx.await.unwrap_or_else(|_| failed("the handler was dropped"))
         })
     }
 }

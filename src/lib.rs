@@ -23,7 +23,7 @@ use payload_realtime_core::error;
 use payload_realtime_core::hub::Hub;
 use payload_realtime_core::server::Server;
 
-use crate::js_callbacks::{AuthorizeFn, HandlerFn, JsAuthorizer, JsHandlers};
+use crate::js_callbacks::{AuthorizeFn, HandlerFn, JsAuthorizer, JsHandlers, JsVerifier, VerifyFn};
 
 /// Maps a core error to a JS error: the one place this happens.
 fn js_error(e: error::Error) -> napi::Error {
@@ -71,12 +71,8 @@ impl NativeOptions {
                 .map(|s| PayloadKey::from_payload_secret(&s)),
             allowed_origins: self.allowed_origins,
             allow_anonymous: self.allow_anonymous.unwrap_or(d.allow_anonymous),
-            max_payload_length: self
-                .max_payload_length
-                .map_or(d.max_payload_length, |v| v as usize),
-            max_backpressure: self
-                .max_backpressure
-                .map_or(d.max_backpressure, |v| v as usize),
+            max_payload_length: self.max_payload_length.map_or(d.max_payload_length, |v| v as usize),
+            max_backpressure: self.max_backpressure.map_or(d.max_backpressure, |v| v as usize),
             idle_timeout: match self.idle_timeout {
                 Some(0) => None,
                 Some(s) => Some(Duration::from_secs(s as u64)),
@@ -84,23 +80,15 @@ impl NativeOptions {
             },
             worker_threads: self.worker_threads.map_or(d.worker_threads, |v| v as usize),
             include_collections: self.include_collections.map(|v| v.into_iter().collect()),
-            authorize_collections: self
-                .authorize_collections
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
+            authorize_collections: self.authorize_collections.unwrap_or_default().into_iter().collect(),
             authorize_timeout: self
                 .authorize_timeout
                 .map_or(d.authorize_timeout, |ms| Duration::from_millis(ms as u64)),
             handler_timeout: self
                 .handler_timeout
                 .map_or(d.handler_timeout, |ms| Duration::from_millis(ms as u64)),
-            max_messages_per_second: self
-                .max_messages_per_second
-                .unwrap_or(d.max_messages_per_second),
-            max_rooms_per_socket: self
-                .max_rooms_per_socket
-                .map_or(d.max_rooms_per_socket, |v| v as usize),
+            max_messages_per_second: self.max_messages_per_second.unwrap_or(d.max_messages_per_second),
+            max_rooms_per_socket: self.max_rooms_per_socket.map_or(d.max_rooms_per_socket, |v| v as usize),
             echo_mode: false,
         }
     }
@@ -145,24 +133,21 @@ pub struct RealtimeServer {
 #[napi(
     js_name = "initUWebSocket",
     catch_unwind,
-    ts_args_type = "options: NativeOptions, authorize?: ((collection: string, event: any, users: any[]) => Promise<boolean[]>) | null, handle?: ((calls: Array<{ type: string, socketId: string, user: any, message: any }>) => Promise<Array<{ ok: boolean, reply?: any, code?: string, message?: string }>>) | null, keepAlive?: (() => void) | null"
+    ts_args_type = "options: NativeOptions, authorize?: ((collection: string, event: any, users: any[]) => Promise<boolean[]>) | null, handle?: ((calls: Array<{ type: string, socketId: string, user: any, message: any }>) => Promise<Array<{ ok: boolean, reply?: any, code?: string, message?: string }>>) | null, keepAlive?: (() => void) | null, verifyUser?: ((token: string, claims: any) => Promise<any>) | null"
 )]
 pub fn init_u_web_socket(
     options: NativeOptions,
     authorize: Option<AuthorizeFn>,
     handle: Option<HandlerFn>,
     keep_alive: Option<KeepAliveFn>,
+    verify_user: Option<VerifyFn>,
 ) -> Result<RealtimeServer> {
     let config = options.into_config();
-    let authorizer = authorize
-        .map(|f| Arc::new(JsAuthorizer { f: Arc::new(f) }) as Arc<dyn callbacks::Authorizer>);
+    let authorizer = authorize.map(|f| Arc::new(JsAuthorizer { f: Arc::new(f) }) as Arc<dyn callbacks::Authorizer>);
     let (handlers, batcher) = match handle {
         Some(f) => {
             let (h, task) = JsHandlers::new(Arc::new(f));
-            (
-                Some(Arc::new(h) as Arc<dyn callbacks::CustomHandlers>),
-                Some(task),
-            )
+            (Some(Arc::new(h) as Arc<dyn callbacks::CustomHandlers>), Some(task))
         }
         None => (None, None),
     };
@@ -171,6 +156,7 @@ pub fn init_u_web_socket(
         Callbacks {
             authorizer,
             handlers,
+            verifier: verify_user.map(|f| Arc::new(JsVerifier { f: Arc::new(f) }) as Arc<dyn callbacks::UserVerifier>),
         },
     )
     .map_err(js_error)?;
@@ -230,12 +216,7 @@ impl RealtimeServer {
     #[napi(catch_unwind)]
     /// `message_json` is the message as JSON text (JS stringifies it: faster than walking the
     /// object through napi, and it honours `toJSON`).
-    pub fn broadcast_to_room(
-        &self,
-        room: String,
-        message_json: String,
-        except: Option<String>,
-    ) -> Result<()> {
+    pub fn broadcast_to_room(&self, room: String, message_json: String, except: Option<String>) -> Result<()> {
         self.hub
             .broadcast_to_room(&room, message_json.as_bytes(), except.as_deref())
             .map_err(js_error)
@@ -283,6 +264,13 @@ impl RealtimeServer {
                 user: (*s.user).clone(),
             })
             .collect()
+    }
+
+    /// Closes with 4003 the sockets of user `<collection>:<id>` on session `sid` (every session
+    /// when `sid` is absent). Returns how many were closed.
+    #[napi(catch_unwind)]
+    pub fn revoke_session(&self, collection: String, id: String, sid: Option<String>) -> u32 {
+        self.hub.revoke_session(&format!("{collection}:{id}"), sid.as_deref()) as u32
     }
 
     #[napi(catch_unwind)]

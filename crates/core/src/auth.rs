@@ -57,6 +57,11 @@ pub struct User {
 }
 
 impl User {
+    /// The session id claim, if the token has one.
+    pub fn sid(&self) -> Option<String> {
+        self.claims.get("sid").and_then(Value::as_str).map(str::to_string)
+    }
+
     /// Builds a user from verified claims; `None` when the claims name no user.
     pub fn from_claims(claims: Value) -> Option<User> {
         let id = match claims.get("id")? {
@@ -95,7 +100,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn unauthorized(reason: impl Into<String>) -> Refusal {
+    pub fn unauthorized(reason: impl Into<String>) -> Refusal {
         Refusal {
             status: 401,
             error: "unauthorized",
@@ -119,11 +124,12 @@ impl Refusal {
 /// Finds the credential: `Authorization: JWT|Bearer`, then `?token=`, then the `payload-token`
 /// cookie. The first one found wins.
 pub fn find_credential(parts: &Parts) -> Option<(String, Source)> {
-    if let Some(value) = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
+    find_credential_in(&parts.headers, &parts.uri)
+}
+
+/// [`find_credential`] over headers and a URI.
+pub fn find_credential_in(headers: &HeaderMap, uri: &hyper::Uri) -> Option<(String, Source)> {
+    if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let value = value.trim();
         for scheme in ["JWT ", "Bearer ", "jwt ", "bearer "] {
             if let Some(token) = value.strip_prefix(scheme) {
@@ -134,7 +140,7 @@ pub fn find_credential(parts: &Parts) -> Option<(String, Source)> {
             }
         }
     }
-    if let Some(query) = parts.uri.query() {
+    if let Some(query) = uri.query() {
         for pair in query.split('&') {
             if let Some(raw) = pair.strip_prefix("token=") {
                 let token = percent_encoding::percent_decode_str(raw)
@@ -146,7 +152,7 @@ pub fn find_credential(parts: &Parts) -> Option<(String, Source)> {
             }
         }
     }
-    cookie(&parts.headers, "payload-token").map(|t| (t, Source::Cookie))
+    cookie(headers, "payload-token").map(|t| (t, Source::Cookie))
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -183,14 +189,9 @@ fn host_without_port(authority: &str) -> Option<String> {
 
 /// Decides who a handshake belongs to: `Ok(None)` is an anonymous client, `Err` a refusal.
 pub fn authenticate(config: &Config, parts: &Parts) -> Result<Option<User>, Refusal> {
-    let origin = parts
-        .headers
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok());
+    let origin = parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     if let (Some(allowed), Some(origin)) = (&config.allowed_origins, origin) {
-        let ok = allowed
-            .iter()
-            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin));
+        let ok = allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin));
         if !ok {
             return Err(Refusal::forbidden_origin(format!(
                 "origin {origin} is not in allowedOrigins"
@@ -300,32 +301,17 @@ pub(crate) mod tests {
     #[test]
     fn derived_key_matches_payload() {
         // sha256("secret") = 2bb80d53...; Payload keeps the first 32 hex characters.
-        assert_eq!(
-            derive_signing_secret("secret"),
-            "2bb80d537b1da3e38bd30361aa855686"
-        );
+        assert_eq!(derive_signing_secret("secret"), "2bb80d537b1da3e38bd30361aa855686");
     }
 
     #[test]
     fn credentials_are_found_in_order() {
         let t = payload_token(1, 60);
         for (uri, headers, source) in [
-            (
-                "/",
-                vec![("authorization", format!("JWT {t}"))],
-                Source::Header,
-            ),
-            (
-                "/",
-                vec![("authorization", format!("Bearer {t}"))],
-                Source::Header,
-            ),
+            ("/", vec![("authorization", format!("JWT {t}"))], Source::Header),
+            ("/", vec![("authorization", format!("Bearer {t}"))], Source::Header),
             (&*format!("/?a=1&token={t}"), vec![], Source::Query),
-            (
-                "/",
-                vec![("cookie", format!("x=1; payload-token={t}"))],
-                Source::Cookie,
-            ),
+            ("/", vec![("cookie", format!("x=1; payload-token={t}"))], Source::Cookie),
         ] {
             let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
             assert_eq!(find_credential(&parts(uri, &h)), Some((t.clone(), source)));
@@ -336,12 +322,9 @@ pub(crate) mod tests {
     #[test]
     fn good_token_gives_the_user() {
         let t = payload_token(42, 60);
-        let user = authenticate(
-            &config(),
-            &parts("/", &[("authorization", &format!("JWT {t}"))]),
-        )
-        .unwrap()
-        .unwrap();
+        let user = authenticate(&config(), &parts("/", &[("authorization", &format!("JWT {t}"))]))
+            .unwrap()
+            .unwrap();
         assert_eq!(user.key, "users:42");
         assert_eq!(user.claims["email"], "a@b.c");
     }
@@ -356,16 +339,10 @@ pub(crate) mod tests {
             token_with(SECRET, claims.clone()), // the raw secret, not the derived key
             payload_token(1, -10),
             token_with(&derive_signing_secret(SECRET), serde_json::json!({"id": 1})), // no exp
-            token_with(
-                &derive_signing_secret(SECRET),
-                serde_json::json!({"exp": exp}),
-            ), // no id
+            token_with(&derive_signing_secret(SECRET), serde_json::json!({"exp": exp})), // no id
         ];
         for t in cases {
-            let r = authenticate(
-                &config(),
-                &parts("/", &[("authorization", &format!("JWT {t}"))]),
-            );
+            let r = authenticate(&config(), &parts("/", &[("authorization", &format!("JWT {t}"))]));
             assert_eq!(r.unwrap_err().status, 401, "{t}");
         }
         let missing = authenticate(&config(), &parts("/", &[])).unwrap_err();
@@ -445,10 +422,7 @@ pub(crate) mod tests {
         let cookie = format!("payload-token={t}");
         assert!(authenticate(
             &c,
-            &parts(
-                "/",
-                &[("cookie", &cookie), ("origin", "https://app.example")]
-            )
+            &parts("/", &[("cookie", &cookie), ("origin", "https://app.example")])
         )
         .is_ok());
     }

@@ -9,10 +9,16 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::callbacks::{AuthorizeRequest, Authorizer};
+use bytes::Bytes;
+
+use crate::callbacks::{AuthorizeRequest, Authorizer, Decision};
 use crate::peer::Peer;
+use crate::protocol::encode_value;
 use crate::stats::Stats;
 use crate::warn;
+
+/// A member allowed to receive the event, with its own frame when its answer carried a doc.
+pub type Allowed = (Arc<Peer>, Option<Bytes>);
 
 /// Returns the members allowed to receive `event`.
 pub async fn allowed_members(
@@ -22,9 +28,9 @@ pub async fn allowed_members(
     members: Vec<Arc<Peer>>,
     timeout: Duration,
     stats: &Stats,
-) -> Vec<Arc<Peer>> {
+) -> Vec<Allowed> {
     if members.is_empty() {
-        return members;
+        return Vec::new();
     }
     // Group sockets by user: one question per user, however many sockets they have open.
     let mut index: HashMap<&str, usize> = HashMap::new();
@@ -40,21 +46,18 @@ pub async fn allowed_members(
     let asked = users.len();
     let request = AuthorizeRequest {
         collection: collection.to_string(),
-        event,
+        event: event.clone(),
         users,
     };
     // The host applies its own per-user timeout; this one only guards against a host that
     // never answers at all.
-    let answers = match tokio::time::timeout(
-        timeout + Duration::from_secs(1),
-        authorizer.authorize(request),
-    )
-    .await
-    {
+    let answers = match tokio::time::timeout(timeout + Duration::from_secs(1), authorizer.authorize(request)).await {
         Ok(Ok(answers)) => answers,
         Ok(Err(e)) => {
             Stats::add(&stats.authorize_errors, asked as u64);
-            warn!("authorize for collection {collection:?} failed ({e}); the event was withheld from its {asked} user(s)");
+            warn!(
+                "authorize for collection {collection:?} failed ({e}); the event was withheld from its {asked} user(s)"
+            );
             Vec::new()
         }
         Err(_) => {
@@ -63,17 +66,34 @@ pub async fn allowed_members(
             Vec::new()
         }
     };
+    // A user-specific doc is encoded once per user, shared by that user's sockets.
+    let frames: Vec<Option<Bytes>> = answers
+        .iter()
+        .map(|d| match d {
+            Decision::AllowWithDoc(doc) => Some(frame_with_doc(&event, doc)),
+            _ => None,
+        })
+        .collect();
     let mut allowed = Vec::with_capacity(members.len());
     let mut denied = 0u64;
     for (peer, g) in members.into_iter().zip(group_of) {
-        if answers.get(g).copied().unwrap_or(false) {
-            allowed.push(peer);
-        } else {
-            denied += 1;
+        match answers.get(g) {
+            Some(Decision::Allow) => allowed.push((peer, None)),
+            Some(Decision::AllowWithDoc(_)) => allowed.push((peer, frames[g].clone())),
+            _ => denied += 1,
         }
     }
     Stats::add(&stats.authorize_denied, denied);
     allowed
+}
+
+/// The event with `doc` replaced, encoded as a frame.
+fn frame_with_doc(event: &Value, doc: &Value) -> Bytes {
+    let mut event = event.clone();
+    if let Value::Object(m) = &mut event {
+        m.insert("doc".into(), doc.clone());
+    }
+    encode_value(&event)
 }
 
 #[cfg(test)]
@@ -96,19 +116,14 @@ mod tests {
             let answers = req
                 .users
                 .iter()
-                .map(|u| {
-                    u.get("id")
-                        .and_then(Value::as_u64)
-                        .is_some_and(|id| id % 2 == 0)
-                })
+                .map(|u| u.get("id").and_then(Value::as_u64).is_some_and(|id| id % 2 == 0))
                 .collect();
             Box::pin(async move { Ok(answers) })
         }
     }
 
     fn peer(id: u64, user: Option<u64>) -> Arc<Peer> {
-        let user =
-            user.map(|u| User::from_claims(json!({"id": u, "collection": "users"})).unwrap());
+        let user = user.map(|u| User::from_claims(json!({"id": u, "collection": "users"})).unwrap());
         Arc::new(Peer::new(id, "t", user, 1 << 20, CancellationToken::new()))
     }
 
@@ -117,10 +132,7 @@ mod tests {
         let rec = Recorder {
             calls: Mutex::new(vec![]),
         };
-        let members: Vec<_> = (0..15)
-            .map(|i| peer(i, Some(i % 3)))
-            .chain([peer(99, None)])
-            .collect();
+        let members: Vec<_> = (0..15).map(|i| peer(i, Some(i % 3))).chain([peer(99, None)]).collect();
         let stats = Stats::default();
         let allowed = allowed_members(
             &rec,
@@ -139,7 +151,7 @@ mod tests {
 
     struct Never;
     impl Authorizer for Never {
-        fn authorize(&self, _: AuthorizeRequest) -> BoxFuture<Result<Vec<bool>, String>> {
+        fn authorize(&self, _: AuthorizeRequest) -> BoxFuture<Result<Vec<Decision>, String>> {
             Box::pin(std::future::pending())
         }
     }
@@ -157,11 +169,6 @@ mod tests {
         )
         .await;
         assert!(allowed.is_empty());
-        assert_eq!(
-            stats
-                .authorize_errors
-                .load(std::sync::atomic::Ordering::Relaxed),
-            1
-        );
+        assert_eq!(stats.authorize_errors.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 }

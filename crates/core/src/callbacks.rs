@@ -23,11 +23,43 @@ pub struct AuthorizeRequest {
     pub users: Vec<Arc<Value>>,
 }
 
+/// One user's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Deny,
+    Allow,
+    /// Deliver, with this document in place of the event's `doc` (the document as this user may
+    /// read it: field-level access applied).
+    AllowWithDoc(Value),
+}
+
+impl Decision {
+    /// Reads a host answer: `true`, `{ doc }`, anything else denies.
+    pub fn from_value(v: &Value) -> Decision {
+        match v {
+            Value::Bool(true) => Decision::Allow,
+            Value::Object(m) => match m.get("doc") {
+                Some(doc) => Decision::AllowWithDoc(doc.clone()),
+                None if m.get("allow") == Some(&Value::Bool(true)) => Decision::Allow,
+                None => Decision::Deny,
+            },
+            _ => Decision::Deny,
+        }
+    }
+}
+
 /// Answers authorize questions. One call per event, never one per socket.
 pub trait Authorizer: Send + Sync + 'static {
     /// One answer per user, in order. An `Err` (or a short answer) denies every user left
-    /// without an answer; a per-user failure is the host's to turn into `false`.
-    fn authorize(&self, request: AuthorizeRequest) -> BoxFuture<Result<Vec<bool>, String>>;
+    /// without an answer; a per-user failure is the host's to turn into a denial.
+    fn authorize(&self, request: AuthorizeRequest) -> BoxFuture<Result<Vec<Decision>, String>>;
+}
+
+/// Confirms a user after the token check (plugin mode: Payload's own `auth`, with sessions).
+pub trait UserVerifier: Send + Sync + 'static {
+    /// `Ok(Some(user))` accepts, with the user document the host wants sockets to carry;
+    /// `Ok(None)` refuses.
+    fn verify(&self, token: String, claims: Value) -> BoxFuture<Result<Option<Value>, String>>;
 }
 
 /// A client message for a custom handler.
@@ -60,4 +92,5 @@ pub trait CustomHandlers: Send + Sync + 'static {
 pub struct Callbacks {
     pub authorizer: Option<Arc<dyn Authorizer>>,
     pub handlers: Option<Arc<dyn CustomHandlers>>,
+    pub verifier: Option<Arc<dyn UserVerifier>>,
 }

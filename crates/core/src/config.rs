@@ -147,11 +147,7 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("path"));
         c.path = None;
         c.allowed_origins = Some(vec!["example.com".into()]);
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("allowedOrigins"));
+        assert!(c.validate().unwrap_err().to_string().contains("allowedOrigins"));
         c.allowed_origins = None;
         c.include_collections = Some(["bad slug".to_string()].into());
         assert!(c.validate().is_err());

@@ -44,11 +44,7 @@ pub async fn serve(hub: Arc<Hub>, peer: Arc<Peer>, upgraded: Upgraded) {
     // Bytes the client sent right after its handshake are in `read_buf`: read them first.
     let reader = std::io::Cursor::new(parts.read_buf).chain(read_half);
     let guarded = InboundGuard::new(reader, hub.config.max_payload_length);
-    let (ws_read, _) = fastwebsockets::after_handshake_split(
-        guarded,
-        tokio::io::sink(),
-        fastwebsockets::Role::Server,
-    );
+    let (ws_read, _) = fastwebsockets::after_handshake_split(guarded, tokio::io::sink(), fastwebsockets::Role::Server);
     let mut ws = FragmentCollectorRead::new(ws_read);
 
     hub.registry.add_peer(peer.clone());
@@ -56,9 +52,8 @@ pub async fn serve(hub: Arc<Hub>, peer: Arc<Peer>, upgraded: Upgraded) {
     Stats::add(&hub.stats.connections_total, 1);
 
     let writer_peer = peer.clone();
-    let writer = tokio::spawn(async move {
-        run_writer(&writer_peer.outbound, &mut write_half, &writer_peer.cancel).await
-    });
+    let writer =
+        tokio::spawn(async move { run_writer(&writer_peer.outbound, &mut write_half, &writer_peer.cancel).await });
 
     read_loop(&hub, &peer, &mut ws, writer).await;
 
@@ -94,20 +89,18 @@ async fn read_loop<S>(
         handlers_in_flight: Arc::new(AtomicUsize::new(0)),
     };
     let idle = hub.config.idle_timeout;
-    let mut ticker = tokio::time::interval(idle.map_or(Duration::from_secs(3600), |d| {
-        (d / 4).max(Duration::from_millis(100))
-    }));
+    let mut ticker =
+        tokio::time::interval(idle.map_or(Duration::from_secs(3600), |d| (d / 4).max(Duration::from_millis(100))));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.reset();
-    let expiry = peer.user.as_ref().and_then(|u| u.expires_at).map(|exp| {
-        tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now_secs()))
-    });
-    let expired = async {
-        match expiry {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
-        }
+    // The token's expiry; a fresh token (`{ type: "auth" }`) moves `peer.expires_at`, so when
+    // the timer fires it checks again before closing.
+    let expiry_at = |peer: &Peer| match peer.expires_at.load(Ordering::Relaxed) {
+        0 => None,
+        exp => Some(tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now_secs()))),
     };
+    let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+    let expired = tokio::time::sleep_until(expiry_at(peer).unwrap_or(far));
     tokio::pin!(expired);
     tokio::pin!(writer);
     let mut writer_done = false;
@@ -148,10 +141,15 @@ async fn read_loop<S>(
                     }
                 }
                 _ = &mut expired, if !expiry_done => {
-                    // A fired sleep stays ready: the flag keeps the select from spinning on it.
-                    expiry_done = true;
-                    hub.registry.remove_peer(peer);
-                    out.close(close_code::TOKEN_EXPIRED, "token expired");
+                    let exp = peer.expires_at.load(Ordering::Relaxed);
+                    if exp != 0 && exp > now_secs() {
+                        expired.as_mut().reset(expiry_at(peer).unwrap_or(far));
+                    } else {
+                        // A fired sleep stays ready: the flag keeps the select from spinning on it.
+                        expiry_done = true;
+                        hub.registry.remove_peer(peer);
+                        out.close(close_code::TOKEN_EXPIRED, "token expired");
+                    }
                 }
                 end = &mut writer, if !writer_done => {
                     writer_done = true;
@@ -221,23 +219,13 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
 fn close_for(e: &WebSocketError) -> Option<(u16, &'static str)> {
     Some(match e {
         WebSocketError::IoError(io) => match Violation::of(io) {
-            Some(Violation::Unmasked) => {
-                (close_code::PROTOCOL_ERROR, "client frames must be masked")
-            }
-            Some(Violation::TooLarge) => (
-                close_code::MESSAGE_TOO_BIG,
-                "message exceeds maxPayloadLength",
-            ),
-            Some(Violation::ControlTooLarge) => {
-                (close_code::PROTOCOL_ERROR, "control frame over 125 bytes")
-            }
+            Some(Violation::Unmasked) => (close_code::PROTOCOL_ERROR, "client frames must be masked"),
+            Some(Violation::TooLarge) => (close_code::MESSAGE_TOO_BIG, "message exceeds maxPayloadLength"),
+            Some(Violation::ControlTooLarge) => (close_code::PROTOCOL_ERROR, "control frame over 125 bytes"),
             None => return None,
         },
         WebSocketError::UnexpectedEOF | WebSocketError::ConnectionClosed => return None,
-        WebSocketError::FrameTooLarge => (
-            close_code::MESSAGE_TOO_BIG,
-            "message exceeds maxPayloadLength",
-        ),
+        WebSocketError::FrameTooLarge => (close_code::MESSAGE_TOO_BIG, "message exceeds maxPayloadLength"),
         WebSocketError::InvalidUTF8 => (close_code::INVALID_PAYLOAD, "text is not valid UTF-8"),
         _ => (close_code::PROTOCOL_ERROR, "protocol error"),
     })
@@ -265,8 +253,7 @@ impl Reader<'_> {
             return true;
         }
         let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(rate);
+        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(rate);
         self.refilled = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -280,19 +267,14 @@ impl Reader<'_> {
         let hub = self.hub;
         Stats::add(&hub.stats.messages_in, 1);
         if !self.take_token() {
-            let id = protocol::parse_client_message(text)
-                .ok()
-                .and_then(|m| match m {
-                    ClientMessage::Join { id, .. }
-                    | ClientMessage::Leave { id, .. }
-                    | ClientMessage::Ping { id }
-                    | ClientMessage::Custom { id, .. } => id,
-                });
-            self.reply_error(
-                ErrorCode::RateLimited,
-                "too many messages; slow down",
-                id.as_ref(),
-            );
+            let id = protocol::parse_client_message(text).ok().and_then(|m| match m {
+                ClientMessage::Join { id, .. }
+                | ClientMessage::Leave { id, .. }
+                | ClientMessage::Ping { id }
+                | ClientMessage::Auth { id, .. }
+                | ClientMessage::Custom { id, .. } => id,
+            });
+            self.reply_error(ErrorCode::RateLimited, "too many messages; slow down", id.as_ref());
             return;
         }
         let message = match protocol::parse_client_message(text) {
@@ -301,24 +283,21 @@ impl Reader<'_> {
         };
         match message {
             ClientMessage::Ping { id } => self.reply(protocol::pong(id.as_ref())),
+            ClientMessage::Auth { id, token } => self.refresh_token(id, token),
             ClientMessage::Join { id, collections } => {
                 if let Some(e) = self.unknown(&collections) {
                     return self.reply_error(ErrorCode::UnknownCollection, &e, id.as_ref());
                 }
                 for c in &collections {
-                    match hub.registry.join(
-                        self.peer,
-                        &collection_room(c),
-                        hub.config.max_rooms_per_socket,
-                    ) {
+                    match hub
+                        .registry
+                        .join(self.peer, &collection_room(c), hub.config.max_rooms_per_socket)
+                    {
                         Joined::New | Joined::Already | Joined::Closed => {}
                         Joined::TooMany => {
                             return self.reply_error(
                                 ErrorCode::TooLarge,
-                                &format!(
-                                    "a socket may be in at most {} rooms",
-                                    hub.config.max_rooms_per_socket
-                                ),
+                                &format!("a socket may be in at most {} rooms", hub.config.max_rooms_per_socket),
                                 id.as_ref(),
                             )
                         }
@@ -339,6 +318,42 @@ impl Reader<'_> {
         }
     }
 
+    /// `{ type: "auth", token }`: a fresh token for the same user moves the socket's expiry.
+    fn refresh_token(&self, id: Option<RequestId>, token: String) {
+        let hub = self.hub;
+        let Some(current) = &self.peer.user else {
+            return self.reply_error(
+                ErrorCode::Forbidden,
+                "an anonymous socket cannot authenticate; reconnect with a token",
+                id.as_ref(),
+            );
+        };
+        let user = match crate::auth::verify_token(&hub.config, &token) {
+            Ok(user) if user.key == current.key => user,
+            Ok(_) => return self.reply_error(ErrorCode::Forbidden, "the token names another user", id.as_ref()),
+            Err(refusal) => return self.reply_error(ErrorCode::Forbidden, &refusal.reason, id.as_ref()),
+        };
+        let hub = hub.clone();
+        let peer = self.peer.clone();
+        tokio::spawn(async move {
+            if let Some(verifier) = &hub.callbacks.verifier {
+                let verified =
+                    crate::server::verify_user(&**verifier, token, user.claims.clone(), hub.config.authorize_timeout)
+                        .await;
+                if let Err(refusal) = verified {
+                    let frame = protocol::error(ErrorCode::Forbidden, &refusal.reason, id.as_ref());
+                    hub.registry.send_to(&peer, frame, &hub.stats);
+                    return;
+                }
+            }
+            peer.expires_at.store(user.expires_at.unwrap_or(0), Ordering::Relaxed);
+            *peer.sid.lock() = user.sid();
+            if let Some(id) = &id {
+                hub.registry.send_to(&peer, protocol::ack(id), &hub.stats);
+            }
+        });
+    }
+
     /// An error message naming the collections a client may not join, if any.
     fn unknown(&self, collections: &[String]) -> Option<String> {
         let unknown: Vec<&str> = collections
@@ -351,12 +366,7 @@ impl Reader<'_> {
 
     fn custom(&self, id: Option<RequestId>, kind: String, message: serde_json::Value) {
         let hub = self.hub;
-        let Some(handlers) = hub
-            .callbacks
-            .handlers
-            .clone()
-            .filter(|_| hub.has_custom_type(&kind))
-        else {
+        let Some(handlers) = hub.callbacks.handlers.clone().filter(|_| hub.has_custom_type(&kind)) else {
             return self.reply_error(
                 ErrorCode::UnknownType,
                 &format!("no handler for type {kind:?}"),
@@ -366,11 +376,7 @@ impl Reader<'_> {
         let in_flight = self.handlers_in_flight.clone();
         if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_HANDLERS_IN_FLIGHT {
             in_flight.fetch_sub(1, Ordering::AcqRel);
-            return self.reply_error(
-                ErrorCode::RateLimited,
-                "too many requests in flight",
-                id.as_ref(),
-            );
+            return self.reply_error(ErrorCode::RateLimited, "too many requests in flight", id.as_ref());
         }
         let call = HandlerCall {
             kind: kind.clone(),

@@ -15,9 +15,9 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::authorize::allowed_members;
+use crate::authorize::{allowed_members, Allowed};
 use crate::hub::Hub;
-use crate::peer::{Peer, PeerId};
+use crate::peer::PeerId;
 
 /// Lanes per server.
 pub const LANES: usize = 16;
@@ -53,8 +53,8 @@ pub fn lane_of(room: &str) -> usize {
 enum Target {
     /// Every member at delivery time, but `except`.
     Room(Option<PeerId>),
-    /// Only these sockets (authorized), if still in the room.
-    Only(Vec<Arc<Peer>>),
+    /// Only these sockets (authorized), if still in the room, some with a frame of their own.
+    Only(Vec<Allowed>),
 }
 
 struct Prepared {
@@ -81,11 +81,7 @@ pub async fn run_lane(hub: Arc<Hub>, mut jobs: mpsc::UnboundedReceiver<Job>) {
 
 async fn prepare(hub: Arc<Hub>, job: Job) -> Prepared {
     match job {
-        Job::Broadcast {
-            room,
-            frame,
-            except,
-        } => Prepared {
+        Job::Broadcast { room, frame, except } => Prepared {
             room,
             frame,
             target: Target::Room(except),
@@ -123,7 +119,7 @@ async fn prepare(hub: Arc<Hub>, job: Job) -> Prepared {
                     )
                     .await
                 }
-                None => members,
+                None => members.into_iter().map(|p| (p, None)).collect(),
             };
             Prepared {
                 room,
@@ -138,9 +134,7 @@ async fn prepare(hub: Arc<Hub>, job: Job) -> Prepared {
 fn deliver(hub: &Hub, p: Prepared) {
     let n = match p.target {
         Target::Room(except) => hub.registry.fan_out(&p.room, &p.frame, except, &hub.stats),
-        Target::Only(peers) => hub
-            .registry
-            .deliver_to(&p.room, &peers, &p.frame, &hub.stats),
+        Target::Only(peers) => hub.registry.deliver_to(&p.room, &peers, &p.frame, &hub.stats),
     };
     if let Some(done) = p.done {
         let _ = done.send(n);

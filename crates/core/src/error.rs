@@ -7,10 +7,7 @@ pub enum Error {
     /// An option has a value the server cannot work with.
     InvalidOption(String),
     /// The listening address could not be bound (in use, not permitted, ...).
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    Bind { addr: String, source: std::io::Error },
     /// An event or message from the API is not of the expected shape.
     InvalidInput(String),
     /// The server is closed or closing.

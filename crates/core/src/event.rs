@@ -70,9 +70,7 @@ pub fn normalize(input: Value) -> Result<Event, Error> {
 
 /// The current time as ISO 8601 in UTC with milliseconds, like JS's `toISOString()`.
 pub fn iso_now() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     iso_from_millis(now.as_millis() as i64)
 }
 
@@ -107,10 +105,7 @@ mod tests {
     #[test]
     fn iso_dates_match_js() {
         assert_eq!(iso_from_millis(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            iso_from_millis(1_700_000_000_123),
-            "2023-11-14T22:13:20.123Z"
-        );
+        assert_eq!(iso_from_millis(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
         assert_eq!(iso_from_millis(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 

@@ -20,7 +20,7 @@ use crate::dispatch::{lane_of, Job, LANES};
 use crate::error::Error;
 use crate::event;
 use crate::peer::{Peer, PeerId};
-use crate::protocol::{collection_room, encode_value, text_frame};
+use crate::protocol::{close_code, collection_room, encode_value, text_frame};
 use crate::rooms::{Joined, Registry};
 use crate::stats::{Snapshot, Stats};
 
@@ -50,16 +50,9 @@ pub struct Hub {
 
 impl Hub {
     /// Builds the hub and the receiving ends of its lanes (the server spawns their tasks).
-    pub fn new(
-        config: Config,
-        callbacks: Callbacks,
-    ) -> (Arc<Hub>, Vec<mpsc::UnboundedReceiver<Job>>) {
-        let (senders, receivers): (Vec<_>, Vec<_>) =
-            (0..LANES).map(|_| mpsc::unbounded_channel()).unzip();
-        let instance = format!(
-            "{:08x}",
-            RandomState::new().hash_one(std::process::id()) as u32
-        );
+    pub fn new(config: Config, callbacks: Callbacks) -> (Arc<Hub>, Vec<mpsc::UnboundedReceiver<Job>>) {
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..LANES).map(|_| mpsc::unbounded_channel()).unzip();
+        let instance = format!("{:08x}", RandomState::new().hash_one(std::process::id()) as u32);
         let hub = Hub {
             config,
             registry: Registry::default(),
@@ -81,12 +74,19 @@ impl Hub {
         self.started.elapsed().as_millis() as u64
     }
 
-    pub fn new_peer(&self, user: Option<User>) -> Arc<Peer> {
+    /// A socket for this user; `user_value` is what the host verified (plugin mode), or `None`
+    /// to use the token's claims.
+    pub fn new_peer(&self, user: Option<User>, user_value: Option<Value>) -> Arc<Peer> {
         let id = self.next_peer.fetch_add(1, Ordering::Relaxed);
-        let peer = Arc::new(Peer::new(
+        let value = Arc::new(match user_value {
+            Some(v) => v,
+            None => user.as_ref().map(|u| u.claims.clone()).unwrap_or(Value::Null),
+        });
+        let peer = Arc::new(Peer::with_user_value(
             id,
             &self.instance,
             user,
+            value,
             self.config.max_backpressure,
             self.shutdown.child_token(),
         ));
@@ -103,9 +103,7 @@ impl Hub {
     }
 
     fn send_job(&self, room: &str, job: Job) -> Result<(), Error> {
-        self.lanes[lane_of(room)]
-            .send(job)
-            .map_err(|_| Error::Closed)
+        self.lanes[lane_of(room)].send(job).map_err(|_| Error::Closed)
     }
 
     /// Sends a collection event to room `collection:<slug>`, through the collection's authorize
@@ -122,10 +120,7 @@ impl Hub {
         }
         let frame = encode_value(&event.body);
         let authorize = (self.callbacks.authorizer.is_some()
-            && self
-                .config
-                .authorize_collections
-                .contains(&event.collection))
+            && self.config.authorize_collections.contains(&event.collection))
         .then(|| event.collection.clone());
         let (done, delivered) = oneshot::channel();
         self.send_job(
@@ -142,16 +137,9 @@ impl Hub {
     }
 
     /// Sends a message (JSON text) to every socket in a room but `except`, framed once.
-    pub fn broadcast_to_room(
-        &self,
-        room: &str,
-        json: &[u8],
-        except: Option<&str>,
-    ) -> Result<(), Error> {
+    pub fn broadcast_to_room(&self, room: &str, json: &[u8], except: Option<&str>) -> Result<(), Error> {
         if room.is_empty() {
-            return Err(Error::InvalidInput(
-                "broadcastToRoom: the room name is empty".into(),
-            ));
+            return Err(Error::InvalidInput("broadcastToRoom: the room name is empty".into()));
         }
         if self.registry.member_count(room) == 0 {
             return Ok(());
@@ -182,10 +170,7 @@ impl Hub {
         let Some(peer) = self.peer_by_public_id(socket_id) else {
             return Ok(false);
         };
-        match self
-            .registry
-            .join(&peer, room, self.config.max_rooms_per_socket)
-        {
+        match self.registry.join(&peer, room, self.config.max_rooms_per_socket) {
             Joined::New | Joined::Already => Ok(true),
             Joined::Closed => Ok(false),
             Joined::TooMany => Err(Error::InvalidInput(format!(
@@ -219,6 +204,26 @@ impl Hub {
             id: peer.public_id.clone(),
             user: peer.user_json(),
         }
+    }
+
+    /// Closes with 4003 every socket of this user (`<collection>:<id>`) whose session is `sid`,
+    /// or all of the user's sockets when `sid` is `None`. Returns how many were closed.
+    pub fn revoke_session(&self, user_key: &str, sid: Option<&str>) -> usize {
+        let mut closed = 0;
+        for peer in self.registry.all_peers() {
+            if peer.user_key() != user_key {
+                continue;
+            }
+            if let Some(sid) = sid {
+                if peer.sid.lock().as_deref() != Some(sid) {
+                    continue;
+                }
+            }
+            self.registry.remove_peer(&peer);
+            peer.outbound.close(close_code::SESSION_REVOKED, "session revoked");
+            closed += 1;
+        }
+        closed
     }
 
     pub fn stats(&self) -> Snapshot {

@@ -78,10 +78,7 @@ impl<R> InboundGuard<R> {
     pub fn new(inner: R, max_message: usize) -> Self {
         InboundGuard {
             inner,
-            position: Position::Header {
-                buf: [0; 14],
-                have: 0,
-            },
+            position: Position::Header { buf: [0; 14], have: 0 },
             max_message: max_message as u64,
             message_len: 0,
             failed: None,
@@ -97,10 +94,7 @@ impl<R> InboundGuard<R> {
                     *left -= n;
                     bytes = &bytes[n as usize..];
                     if *left == 0 {
-                        self.position = Position::Header {
-                            buf: [0; 14],
-                            have: 0,
-                        };
+                        self.position = Position::Header { buf: [0; 14], have: 0 };
                     }
                 }
                 Position::Header { buf, have } => {
@@ -147,10 +141,7 @@ impl<R> InboundGuard<R> {
                         }
                     }
                     self.position = if len == 0 {
-                        Position::Header {
-                            buf: [0; 14],
-                            have: 0,
-                        }
+                        Position::Header { buf: [0; 14], have: 0 }
                     } else {
                         Position::Payload { left: len }
                     };
@@ -162,17 +153,10 @@ impl<R> InboundGuard<R> {
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for InboundGuard<R> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if let Some(v) = this.failed {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                ViolationError(v),
-            )));
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, ViolationError(v))));
         }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
@@ -181,10 +165,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for InboundGuard<R> {
                     this.failed = Some(v);
                     // Hand nothing of the offending read to the parser.
                     buf.set_filled(before);
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        ViolationError(v),
-                    )));
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, ViolationError(v))));
                 }
                 Poll::Ready(Ok(()))
             }
@@ -220,9 +201,7 @@ mod tests {
     async fn read_all(bytes: Vec<u8>, max: usize) -> Result<Vec<u8>, Option<Violation>> {
         let mut g = InboundGuard::new(&bytes[..], max);
         let mut out = Vec::new();
-        g.read_to_end(&mut out)
-            .await
-            .map_err(|e| Violation::of(&e))?;
+        g.read_to_end(&mut out).await.map_err(|e| Violation::of(&e))?;
         Ok(out)
     }
 
@@ -238,10 +217,7 @@ mod tests {
     async fn an_unmasked_frame_fails() {
         let mut bytes = client_frame(true, 1, b"ok", true);
         bytes.extend(client_frame(true, 1, b"not masked", false));
-        assert_eq!(
-            read_all(bytes, 1000).await.unwrap_err(),
-            Some(Violation::Unmasked)
-        );
+        assert_eq!(read_all(bytes, 1000).await.unwrap_err(), Some(Violation::Unmasked));
     }
 
     #[tokio::test]
@@ -251,15 +227,9 @@ mod tests {
         bytes.extend(client_frame(false, 0, &[b'a'; 60], true));
         assert_eq!(read_all(bytes.clone(), 200).await.unwrap(), bytes);
         bytes.extend(client_frame(true, 0, &[b'a'; 100], true));
-        assert_eq!(
-            read_all(bytes, 200).await.unwrap_err(),
-            Some(Violation::TooLarge)
-        );
+        assert_eq!(read_all(bytes, 200).await.unwrap_err(), Some(Violation::TooLarge));
         let single = client_frame(true, 1, &[b'a'; 201], true);
-        assert_eq!(
-            read_all(single, 200).await.unwrap_err(),
-            Some(Violation::TooLarge)
-        );
+        assert_eq!(read_all(single, 200).await.unwrap_err(), Some(Violation::TooLarge));
     }
 
     #[tokio::test]

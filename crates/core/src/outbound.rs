@@ -203,11 +203,7 @@ pub enum WriterEnd {
 
 /// Drains the queue into the socket until the socket closes. `cancel` cuts it at once
 /// (server shutdown after its grace period).
-pub async fn run_writer<W: AsyncWrite + Unpin>(
-    out: &Outbound,
-    io: &mut W,
-    cancel: &CancellationToken,
-) -> WriterEnd {
+pub async fn run_writer<W: AsyncWrite + Unpin>(out: &Outbound, io: &mut W, cancel: &CancellationToken) -> WriterEnd {
     loop {
         let (batch, data_bytes, ending) = tokio::select! {
             b = out.next_batch() => b,
@@ -247,10 +243,7 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
 }
 
 /// Writes every frame of the batch, as few `writev` calls as the kernel allows.
-async fn write_all_vectored<W: AsyncWrite + Unpin>(
-    io: &mut W,
-    frames: &[Bytes],
-) -> std::io::Result<()> {
+async fn write_all_vectored<W: AsyncWrite + Unpin>(io: &mut W, frames: &[Bytes]) -> std::io::Result<()> {
     let mut index = 0; // first frame not fully written
     let mut offset = 0; // bytes of frames[index] already written
     while index < frames.len() {
@@ -332,9 +325,7 @@ mod tests {
         // A tiny pipe forces many short writes.
         let out = Outbound::new(1 << 20);
         let (mut a, mut b) = tokio::io::duplex(7);
-        let frames: Vec<Bytes> = (0..50)
-            .map(|i| text_frame(&vec![b'a' + (i % 26) as u8; 300]))
-            .collect();
+        let frames: Vec<Bytes> = (0..50).map(|i| text_frame(&vec![b'a' + (i % 26) as u8; 300])).collect();
         for f in &frames {
             out.push(f.clone());
         }

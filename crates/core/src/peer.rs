@@ -19,8 +19,14 @@ pub struct Peer {
     /// The id as JS and clients see it: `<instance>.<n>`.
     pub public_id: String,
     pub user: Option<User>,
-    /// The user's claims, shared with every authorize and handler call.
+    /// The user as the host sees it (the verified user document in plugin mode, else the
+    /// token's claims), shared with every authorize and handler call.
     pub user_value: Arc<Value>,
+    /// The session id (`sid` claim) of the current token: logout revokes by it.
+    pub sid: Mutex<Option<String>>,
+    /// When the current token expires (seconds since the epoch; 0 = never). A fresh token sent
+    /// with `{ type: "auth" }` moves it.
+    pub expires_at: AtomicU64,
     pub outbound: Outbound,
     /// Rooms this socket is in; `None` once it has left them all for good (closed).
     pub(crate) rooms: Mutex<Option<Vec<Arc<str>>>>,
@@ -38,16 +44,27 @@ impl Peer {
         max_backpressure: usize,
         cancel: CancellationToken,
     ) -> Peer {
-        let user_value = Arc::new(
-            user.as_ref()
-                .map(|u| u.claims.clone())
-                .unwrap_or(Value::Null),
-        );
+        let user_value = Arc::new(user.as_ref().map(|u| u.claims.clone()).unwrap_or(Value::Null));
+        Peer::with_user_value(id, instance, user, user_value, max_backpressure, cancel)
+    }
+
+    pub fn with_user_value(
+        id: PeerId,
+        instance: &str,
+        user: Option<User>,
+        user_value: Arc<Value>,
+        max_backpressure: usize,
+        cancel: CancellationToken,
+    ) -> Peer {
+        let sid = user.as_ref().and_then(|u| u.sid());
+        let expires_at = user.as_ref().and_then(|u| u.expires_at).unwrap_or(0);
         Peer {
             id,
             public_id: format!("{instance}.{id}"),
             user,
             user_value,
+            sid: Mutex::new(sid),
+            expires_at: AtomicU64::new(expires_at),
             outbound: Outbound::new(max_backpressure),
             rooms: Mutex::new(Some(Vec::new())),
             last_seen_ms: AtomicU64::new(0),

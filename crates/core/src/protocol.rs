@@ -106,6 +106,11 @@ pub enum ClientMessage {
     Ping {
         id: Option<RequestId>,
     },
+    /// A fresh token for the same user, before the current one expires.
+    Auth {
+        id: Option<RequestId>,
+        token: String,
+    },
     /// Any other type: routed to a custom handler if one is registered for it.
     Custom {
         id: Option<RequestId>,
@@ -175,6 +180,14 @@ pub fn parse_client_message(text: &[u8]) -> Result<ClientMessage, Rejection> {
             Ok(ClientMessage::Leave { id, collections })
         }
         "ping" => Ok(ClientMessage::Ping { id }),
+        "auth" => match object.get("token") {
+            Some(Value::String(t)) if !t.is_empty() => Ok(ClientMessage::Auth { id, token: t.clone() }),
+            _ => Err(Rejection::new(
+                id,
+                ErrorCode::BadMessage,
+                "`auth` needs a `token` string",
+            )),
+        },
         _ => {
             object.remove("id");
             Ok(ClientMessage::Custom {
@@ -188,10 +201,7 @@ pub fn parse_client_message(text: &[u8]) -> Result<ClientMessage, Rejection> {
 
 /// Reads the collection slugs of a join or leave: `collection: "posts"`, `data: "posts"` or
 /// `data: ["posts", "pages"]`.
-fn collections_of(
-    object: &Map<String, Value>,
-    id: &Option<RequestId>,
-) -> Result<Vec<String>, Rejection> {
+fn collections_of(object: &Map<String, Value>, id: &Option<RequestId>) -> Result<Vec<String>, Rejection> {
     let field = object.get("collection").or_else(|| object.get("data"));
     let names: Vec<&Value> = match field {
         Some(Value::String(_)) => vec![field.unwrap()],
@@ -205,11 +215,7 @@ fn collections_of(
         }
     };
     if names.is_empty() {
-        return Err(Rejection::new(
-            id.clone(),
-            ErrorCode::BadMessage,
-            "no collection named",
-        ));
+        return Err(Rejection::new(id.clone(), ErrorCode::BadMessage, "no collection named"));
     }
     if names.len() > MAX_COLLECTIONS_PER_REQUEST {
         return Err(Rejection::new(
@@ -240,10 +246,7 @@ fn collections_of(
 
 /// Payload slugs are kebab- or camel-case identifiers; anything else cannot name a collection.
 pub fn is_valid_slug(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The room a collection's events go to.
@@ -354,10 +357,7 @@ mod tests {
     fn payload_of(frame: &Bytes) -> Value {
         let (start, len) = match frame[1] {
             126 => (4, u16::from_be_bytes([frame[2], frame[3]]) as usize),
-            127 => (
-                10,
-                u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize,
-            ),
+            127 => (10, u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize),
             n => (2, n as usize),
         };
         assert_eq!(frame.len(), start + len);
@@ -381,8 +381,7 @@ mod tests {
                 "{f}"
             );
         }
-        let many =
-            parse_client_message(br#"{"type":"unsubscribe","data":["a","b","a"],"id":7}"#).unwrap();
+        let many = parse_client_message(br#"{"type":"unsubscribe","data":["a","b","a"],"id":7}"#).unwrap();
         assert_eq!(
             many,
             ClientMessage::Leave {
@@ -404,14 +403,8 @@ mod tests {
             (r#"{"type":""}"#, ErrorCode::BadMessage),
             (r#"{"type":"ping","id":{"x":1}}"#, ErrorCode::BadMessage),
             (r#"{"type":"join-collection"}"#, ErrorCode::BadMessage),
-            (
-                r#"{"type":"join-collection","data":[]}"#,
-                ErrorCode::BadMessage,
-            ),
-            (
-                r#"{"type":"join-collection","data":[1]}"#,
-                ErrorCode::BadMessage,
-            ),
+            (r#"{"type":"join-collection","data":[]}"#, ErrorCode::BadMessage),
+            (r#"{"type":"join-collection","data":[1]}"#, ErrorCode::BadMessage),
             (
                 r#"{"type":"join-collection","collection":"a b"}"#,
                 ErrorCode::BadMessage,
@@ -421,9 +414,7 @@ mod tests {
             let err = parse_client_message(input.as_bytes()).unwrap_err();
             assert_eq!(err.code, *code, "{input}");
         }
-        let list: Vec<String> = (0..=MAX_COLLECTIONS_PER_REQUEST)
-            .map(|i| format!("c{i}"))
-            .collect();
+        let list: Vec<String> = (0..=MAX_COLLECTIONS_PER_REQUEST).map(|i| format!("c{i}")).collect();
         let msg = serde_json::json!({"type": "subscribe", "data": list, "id": "x"}).to_string();
         let err = parse_client_message(msg.as_bytes()).unwrap_err();
         assert_eq!(err.code, ErrorCode::TooLarge);
@@ -468,10 +459,7 @@ mod tests {
     #[test]
     fn replies_have_the_contract_shape() {
         let id = RequestId::Str("a".into());
-        assert_eq!(
-            payload_of(&ack(&id)),
-            serde_json::json!({"type":"ack","id":"a"})
-        );
+        assert_eq!(payload_of(&ack(&id)), serde_json::json!({"type":"ack","id":"a"}));
         assert_eq!(payload_of(&pong(None)), serde_json::json!({"type":"pong"}));
         assert_eq!(
             payload_of(&error(ErrorCode::UnknownType, "nope", Some(&id))),
@@ -482,11 +470,7 @@ mod tests {
             serde_json::json!({"data":3,"type":"sum","id":"a"})
         );
         assert_eq!(
-            payload_of(&custom_reply(
-                "sum",
-                None,
-                serde_json::json!({"type":"result","v":1})
-            )),
+            payload_of(&custom_reply("sum", None, serde_json::json!({"type":"result","v":1}))),
             serde_json::json!({"type":"result","v":1})
         );
     }

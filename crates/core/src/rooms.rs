@@ -118,10 +118,7 @@ impl Registry {
                 k
             }
         };
-        shard
-            .get_mut(room)
-            .expect("just ensured")
-            .insert(peer.id, peer.clone());
+        shard.get_mut(room).expect("just ensured").insert(peer.id, peer.clone());
         list.push(key);
         Joined::New
     }
@@ -149,10 +146,7 @@ impl Registry {
     }
 
     pub fn member_count(&self, room: &str) -> usize {
-        self.rooms[shard_of(room)]
-            .read()
-            .get(room)
-            .map_or(0, HashMap::len)
+        self.rooms[shard_of(room)].read().get(room).map_or(0, HashMap::len)
     }
 
     pub fn room_count(&self) -> usize {
@@ -160,13 +154,7 @@ impl Registry {
     }
 
     /// Pushes one frame to every member of a room but `except`. Returns how many got it.
-    pub fn fan_out(
-        &self,
-        room: &str,
-        frame: &Bytes,
-        except: Option<PeerId>,
-        stats: &Stats,
-    ) -> usize {
+    pub fn fan_out(&self, room: &str, frame: &Bytes, except: Option<PeerId>, stats: &Stats) -> usize {
         let mut evicted = Vec::new();
         let mut delivered = 0;
         {
@@ -191,20 +179,14 @@ impl Registry {
 
     /// Pushes one frame to the given sockets (authorized delivery), skipping any that left the
     /// room meanwhile.
-    pub fn deliver_to(
-        &self,
-        room: &str,
-        peers: &[Arc<Peer>],
-        frame: &Bytes,
-        stats: &Stats,
-    ) -> usize {
+    pub fn deliver_to(&self, room: &str, peers: &[(Arc<Peer>, Option<Bytes>)], frame: &Bytes, stats: &Stats) -> usize {
         let mut evicted = Vec::new();
         let mut delivered = 0;
-        for peer in peers {
+        for (peer, own) in peers {
             if !peer.in_room(room) {
                 continue;
             }
-            match peer.outbound.push(frame.clone()) {
+            match peer.outbound.push(own.as_ref().unwrap_or(frame).clone()) {
                 Push::Queued => delivered += 1,
                 Push::Closed => Stats::add(&stats.dropped, 1),
                 Push::Evicted => evicted.push(peer.clone()),

@@ -22,7 +22,7 @@ use tokio::runtime::Runtime;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, Refusal};
-use crate::callbacks::Callbacks;
+use crate::callbacks::{Callbacks, UserVerifier};
 use crate::config::Config;
 use crate::connection;
 use crate::dispatch::run_lane;
@@ -65,15 +65,12 @@ impl Server {
         std_listener
             .set_nonblocking(true)
             .map_err(|e| Error::Internal(e.to_string()))?;
-        let local_addr = std_listener
-            .local_addr()
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        let local_addr = std_listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
         let (hub, lanes) = Hub::new(config, callbacks);
         let tracker = TaskTracker::new();
         {
             let _guard = runtime.enter();
-            let listener =
-                TcpListener::from_std(std_listener).map_err(|e| Error::Internal(e.to_string()))?;
+            let listener = TcpListener::from_std(std_listener).map_err(|e| Error::Internal(e.to_string()))?;
             for lane in lanes {
                 runtime.spawn(run_lane(hub.clone(), lane));
             }
@@ -113,14 +110,10 @@ impl Server {
             hub.stopping.cancel();
             for peer in hub.registry.all_peers() {
                 hub.registry.remove_peer(&peer);
-                peer.outbound
-                    .close(close_code::GOING_AWAY, "server shutting down");
+                peer.outbound.close(close_code::GOING_AWAY, "server shutting down");
             }
             tracker.close();
-            if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
                 warn!("some sockets did not close in time; cutting them");
             }
             hub.shutdown.cancel();
@@ -167,7 +160,7 @@ async fn serve_http(hub: Arc<Hub>, stream: tokio::net::TcpStream, tracker: TaskT
     let service = service_fn(move |req| {
         let hub = service_hub.clone();
         let tracker = tracker.clone();
-        async move { Ok::<_, Infallible>(route(hub, req, tracker)) }
+        async move { Ok::<_, Infallible>(route(hub, req, tracker).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -181,6 +174,24 @@ async fn serve_http(hub: Arc<Hub>, stream: tokio::net::TcpStream, tracker: TaskT
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
         }
+    }
+}
+
+/// Asks the host to confirm a user; a refusal, an error or no answer in time is a 401.
+pub async fn verify_user(
+    verifier: &dyn UserVerifier,
+    token: String,
+    claims: serde_json::Value,
+    timeout: Duration,
+) -> Result<serde_json::Value, Refusal> {
+    match tokio::time::timeout(timeout, verifier.verify(token, claims)).await {
+        Ok(Ok(Some(user))) => Ok(user),
+        Ok(Ok(None)) => Err(Refusal::unauthorized("session is not valid")),
+        Ok(Err(e)) => {
+            warn!("verifyUser failed: {e}");
+            Err(Refusal::unauthorized("session could not be verified"))
+        }
+        Err(_) => Err(Refusal::unauthorized("session could not be verified in time")),
     }
 }
 
@@ -201,14 +212,13 @@ fn refuse(hub: &Hub, r: &Refusal) -> Response<Full<Bytes>> {
     )
 }
 
-fn route(hub: Arc<Hub>, mut req: Request<Incoming>, tracker: TaskTracker) -> Response<Full<Bytes>> {
+async fn route(hub: Arc<Hub>, mut req: Request<Incoming>, tracker: TaskTracker) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     if path == "/healthz" && req.method() == Method::GET {
         let s = hub.stats();
         return json_response(
             StatusCode::OK,
-            serde_json::json!({ "status": "ok", "connections": s.connections, "rooms": s.rooms })
-                .to_string(),
+            serde_json::json!({ "status": "ok", "connections": s.connections, "rooms": s.rooms }).to_string(),
         );
     }
     let path_ok = hub.config.path.as_deref().is_none_or(|p| p == path);
@@ -226,10 +236,7 @@ fn route(hub: Arc<Hub>, mut req: Request<Incoming>, tracker: TaskTracker) -> Res
         return json_response(StatusCode::NOT_FOUND, r#"{"error":"not-found"}"#.into());
     }
     if hub.stopping.is_cancelled() {
-        return json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            r#"{"error":"shutting-down"}"#.into(),
-        );
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"error":"shutting-down"}"#.into());
     }
     let (parts, body) = req.into_parts();
     let user = match auth::authenticate(&hub.config, &parts) {
@@ -237,17 +244,27 @@ fn route(hub: Arc<Hub>, mut req: Request<Incoming>, tracker: TaskTracker) -> Res
         Err(refusal) => return refuse(&hub, &refusal),
     };
     req = Request::from_parts(parts, body);
+    // Plugin mode: Payload itself confirms the user (sessions, disabled or deleted users).
+    let mut user_value = None;
+    if let (Some(verifier), Some(user)) = (&hub.callbacks.verifier, &user) {
+        let token = auth::find_credential_in(req.headers(), req.uri())
+            .map(|(t, _)| t)
+            .unwrap_or_default();
+        match verify_user(&**verifier, token, user.claims.clone(), hub.config.authorize_timeout).await {
+            Ok(v) => user_value = Some(v),
+            Err(refusal) => return refuse(&hub, &refusal),
+        }
+    }
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(r) => r,
         Err(e) => {
             return json_response(
                 StatusCode::BAD_REQUEST,
-                serde_json::json!({ "error": "bad-handshake", "reason": e.to_string() })
-                    .to_string(),
+                serde_json::json!({ "error": "bad-handshake", "reason": e.to_string() }).to_string(),
             )
         }
     };
-    let peer = hub.new_peer(user);
+    let peer = hub.new_peer(user, user_value);
     tracker.spawn(async move {
         match upgrade.await {
             Ok(ws) => {

@@ -9,9 +9,7 @@ use payload_realtime_core::config::Config;
 use payload_realtime_core::server::Server;
 
 fn main() {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:9001".into());
+    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9001".into());
     let (host, port) = addr.rsplit_once(':').expect("address as HOST:PORT");
     let config = Config {
         host: host.into(),

@@ -1,0 +1,665 @@
+// payload-realtime/client: a dependency-free client for browsers and Node.
+//
+// One WebSocket, a set of rooms (one per subscribed collection) and a table of pending requests.
+// The rooms are the state of truth: whenever a socket opens, every room is joined on it, so
+// subscriptions made while offline and rooms held before a reconnect are (re)joined the same way.
+// Nothing here throws into user code: failures are `error` events (see `RealtimeClientError`).
+
+const EVENT_TYPES = new Set(['create', 'update', 'delete'])
+
+/** Close codes with a meaning for the client (see the contract). */
+export const CloseCodes = Object.freeze({
+  NORMAL: 1000,
+  GOING_AWAY: 1001,
+  TOKEN_EXPIRED: 4001,
+  SESSION_REVOKED: 4003,
+  SLOW_CONSUMER: 4008,
+})
+
+/** The reconnect defaults: delays in milliseconds. */
+export const DEFAULT_RECONNECT = Object.freeze({
+  initialDelay: 500,
+  maxDelay: 30_000,
+  factor: 2,
+  maxAttempts: Infinity,
+  stableAfter: 5_000,
+})
+
+const DEFAULT_REQUEST_TIMEOUT = 10_000
+
+/** An error reported by the client or the server; `code` tells which. */
+export class RealtimeClientError extends Error {
+  constructor(code, message, details) {
+    super(message)
+    this.name = 'RealtimeClientError'
+    this.code = code
+    if (details) {
+      for (const [k, v] of Object.entries(details)) {
+        if (v !== undefined && k !== 'message' && k !== 'code') this[k] = v
+      }
+    }
+  }
+}
+
+/**
+ * The delay before reconnect attempt `attempt` (0 for the first one): "full jitter", a uniform
+ * random delay from 0 up to min(maxDelay, initialDelay * factor^attempt).
+ */
+export function backoffDelay(attempt, options = {}, random = Math.random) {
+  const { initialDelay, maxDelay, factor } = { ...DEFAULT_RECONNECT, ...options }
+  const n = Math.max(0, Math.floor(Number(attempt) || 0))
+  const ceiling = Math.min(maxDelay, initialDelay * Math.pow(factor, n))
+  const r = Math.min(Math.max(Number(random()) || 0, 0), 1)
+  return Math.floor(r * (Number.isFinite(ceiling) ? ceiling : maxDelay))
+}
+
+/**
+ * Parses a subscription: `'posts'` and `'posts.*'` (every message of collection `posts`) or
+ * `'posts.update'` (only `update` messages). The part after the last dot is the type.
+ */
+export function parseSubscription(subscription) {
+  if (typeof subscription !== 'string' || subscription.trim() === '') {
+    throw new TypeError('payload-realtime/client: a subscription is a string like "posts" or "posts.update"')
+  }
+  const s = subscription.trim()
+  const dot = s.lastIndexOf('.')
+  if (dot <= 0 || dot === s.length - 1) return { collection: s, type: null }
+  const type = s.slice(dot + 1)
+  return { collection: s.slice(0, dot), type: type === '*' ? null : type }
+}
+
+const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v)
+const isId = (v) => typeof v === 'string' || (typeof v === 'number' && Number.isFinite(v))
+
+/**
+ * Checks a parsed server message. Returns an error string, or null when it is usable.
+ * Collection events must carry `collection` and `id`; replies their `id`; errors a `code`.
+ */
+export function validateMessage(msg) {
+  if (!isObject(msg)) return 'not a JSON object'
+  if (typeof msg.type !== 'string' || msg.type === '') return 'no "type"'
+  if (EVENT_TYPES.has(msg.type) && 'collection' in msg) {
+    if (typeof msg.collection !== 'string' || msg.collection === '') return 'an event without a valid "collection"'
+    if (!isId(msg.id)) return 'an event without a valid "id"'
+    if (msg.doc !== undefined && msg.doc !== null && !isObject(msg.doc)) return 'an event whose "doc" is not an object'
+    if (msg.timestamp !== undefined && typeof msg.timestamp !== 'string') return 'an event whose "timestamp" is not a string'
+  } else if ('collection' in msg && typeof msg.collection !== 'string') {
+    return 'a "collection" that is not a string'
+  }
+  if (msg.type === 'ack' && !isId(msg.id)) return 'an ack without an "id"'
+  if (msg.type === 'error' && typeof msg.code !== 'string') return 'an error without a "code"'
+  if ('id' in msg && msg.id !== null && !isId(msg.id)) return 'an "id" that is neither a string nor a number'
+  return null
+}
+
+/** Adds (or replaces) `token` in the query of `url`. */
+function withToken(url, token) {
+  if (token === undefined || token === null || token === '') return url
+  const u = new URL(url)
+  u.searchParams.set('token', String(token))
+  return u.toString()
+}
+
+function normalizeUrl(url) {
+  if (typeof url !== 'string' || url === '') throw new TypeError('payload-realtime/client: `url` is required')
+  const u = new URL(url, typeof location !== 'undefined' ? location.href : undefined)
+  if (u.protocol === 'http:') u.protocol = 'ws:'
+  else if (u.protocol === 'https:') u.protocol = 'wss:'
+  if (u.protocol !== 'ws:' && u.protocol !== 'wss:') {
+    throw new TypeError(`payload-realtime/client: \`url\` must be ws://, wss://, http:// or https://, got ${url}`)
+  }
+  return u.toString()
+}
+
+function reconnectOptions(reconnect) {
+  if (reconnect === false) return null
+  const o = { ...DEFAULT_RECONNECT, ...(isObject(reconnect) ? reconnect : {}) }
+  for (const k of ['initialDelay', 'maxDelay', 'factor', 'stableAfter']) {
+    if (typeof o[k] !== 'number' || !(o[k] >= 0) || !Number.isFinite(o[k])) {
+      throw new TypeError(`payload-realtime/client: reconnect.${k} must be a finite number >= 0`)
+    }
+  }
+  if (!(o.maxAttempts >= 0)) throw new TypeError('payload-realtime/client: reconnect.maxAttempts must be >= 0')
+  return o
+}
+
+/**
+ * Creates a client. Options:
+ * - `url`: `ws://host:port/` (http/https are turned into ws/wss)
+ * - `token` or `getToken(ctx)` (sync or async, called before every connection attempt with
+ *   `{ reason: 'connect' | 'reconnect' | 'expired', attempt }`; return a cached token unless
+ *   `reason` is `'expired'`). The token travels as `?token=`.
+ * - `WebSocket`: a WebSocket implementation (e.g. `ws` on Node 20); default `globalThis.WebSocket`
+ * - `reconnect`: `false`, or `{ initialDelay, maxDelay, factor, maxAttempts, stableAfter }`
+ * - `requestTimeout`: default timeout of `request()` in ms (10000)
+ * - `autoConnect`: connect right away (default true); otherwise call `connect()`
+ */
+export function createRealtimeClient(options) {
+  return new RealtimeClient(options)
+}
+
+export class RealtimeClient {
+  constructor(options = {}) {
+    if (!isObject(options)) throw new TypeError('payload-realtime/client: options must be an object')
+    this._url = normalizeUrl(options.url)
+    if (options.getToken !== undefined && typeof options.getToken !== 'function') {
+      throw new TypeError('payload-realtime/client: `getToken` must be a function')
+    }
+    this._token = options.token ?? null
+    this._getToken = options.getToken ?? null
+    this._WebSocket = options.WebSocket ?? null
+    this._reconnect = reconnectOptions(options.reconnect)
+    this._requestTimeout = options.requestTimeout ?? DEFAULT_REQUEST_TIMEOUT
+    this._random = typeof options.random === 'function' ? options.random : Math.random
+
+    /** @type {'connecting' | 'open' | 'reconnecting' | 'closed'} */
+    this._status = 'closed'
+    /** @type {Map<string, Set<Function>>} */
+    this._listeners = new Map()
+    /**
+     * One entry per subscribed collection: `{ collection, handlers: Set<{ type, fn }>, joined }`.
+     * A later issue adds `offset` / `epoch` here (the last ones seen in that room) and sends them
+     * as `since` in `_joinMessage`, and handles `recovery-failed`; nothing else needs to change.
+     * @type {Map<string, { collection: string, handlers: Set<{ type: string | null, fn: Function }>, joined: boolean }>}
+     */
+    this._rooms = new Map()
+    /** Requests by id: `{ resolve, reject, timer, message, sent, internal }`. */
+    this._pending = new Map()
+    this._nextId = 1
+    this._ws = null
+    this._wanted = false // connect() called and disconnect() not since
+    this._generation = 0 // bumps on every connection attempt and on disconnect()
+    this._attempt = 0 // failed attempts since the last stable connection
+    this._retryTimer = null
+    this._stableTimer = null
+    this._tokenExpired = false
+    this._everOpened = false
+
+    if (options.autoConnect !== false) this.connect()
+  }
+
+  /** `'connecting' | 'open' | 'reconnecting' | 'closed'` */
+  get status() {
+    return this._status
+  }
+
+  /** The collections this client is subscribed to. */
+  get collections() {
+    return [...this._rooms.keys()]
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Events: status, open, close, reconnecting, error, message
+
+  /** Adds a listener; returns a function that removes it. */
+  on(event, listener) {
+    if (typeof listener !== 'function') throw new TypeError('payload-realtime/client: a listener must be a function')
+    let set = this._listeners.get(event)
+    if (!set) this._listeners.set(event, (set = new Set()))
+    const entry = (...args) => listener(...args)
+    set.add(entry)
+    return () => set.delete(entry)
+  }
+
+  /** Like `on`, for one call. */
+  once(event, listener) {
+    const off = this.on(event, (...args) => {
+      off()
+      listener(...args)
+    })
+    return off
+  }
+
+  _emit(event, ...args) {
+    const set = this._listeners.get(event)
+    if (!set || set.size === 0) {
+      if (event === 'error') this._unhandledError(args[0])
+      return
+    }
+    for (const listener of [...set]) {
+      try {
+        const r = listener(...args)
+        if (r && typeof r.then === 'function') r.then(undefined, (err) => this._listenerFailed(event, err))
+      } catch (err) {
+        this._listenerFailed(event, err)
+      }
+    }
+  }
+
+  _listenerFailed(event, err) {
+    if (event === 'error') {
+      // An error listener failed: reporting it as an error event again could loop.
+      this._unhandledError(err)
+      return
+    }
+    this._error('listener-error', `a "${event}" listener threw: ${errorMessage(err)}`, { cause: err, event })
+  }
+
+  _unhandledError(err) {
+    if (typeof console !== 'undefined' && console.error) console.error('[payload-realtime/client]', err)
+  }
+
+  _error(code, message, details) {
+    this._emit('error', new RealtimeClientError(code, message, details))
+  }
+
+  _setStatus(status, detail) {
+    if (this._status === status) return
+    this._status = status
+    this._emit('status', status, detail)
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Subscriptions
+
+  /**
+   * Calls `handler(message)` for every message of a collection: `'posts'` or `'posts.*'` (all
+   * types) or `'posts.update'` (one type). Returns the function that unsubscribes. The room is
+   * joined for the first handler of a collection and left after the last one.
+   */
+  subscribe(subscription, handler) {
+    const { collection, type } = parseSubscription(subscription)
+    if (typeof handler !== 'function') throw new TypeError('payload-realtime/client: a handler must be a function')
+    let room = this._rooms.get(collection)
+    const isNew = !room
+    if (isNew) {
+      room = { collection, handlers: new Set(), joined: false }
+      this._rooms.set(collection, room)
+    }
+    const entry = { type, fn: handler }
+    room.handlers.add(entry)
+    if (isNew && this._isOpen()) this._join(room)
+
+    let active = true
+    return () => {
+      if (!active) return
+      active = false
+      room.handlers.delete(entry)
+      if (room.handlers.size === 0 && this._rooms.get(collection) === room) {
+        this._rooms.delete(collection)
+        if (this._isOpen()) this._leave(room)
+      }
+    }
+  }
+
+  /** The message that joins `room` (the place to add `since` for recovery later). */
+  _joinMessage(room, id) {
+    return { type: 'join-collection', collection: room.collection, id }
+  }
+
+  _join(room) {
+    const ws = this._ws
+    const id = this._newId()
+    this._internalRequest(this._joinMessage(room, id), (reply) => {
+      if (this._ws !== ws || this._rooms.get(room.collection) !== room) return
+      if (reply.type === 'error') {
+        room.joined = false
+        this._error(reply.code, `could not join "${room.collection}": ${reply.message ?? reply.code}`, {
+          collection: room.collection,
+          reply,
+        })
+      } else {
+        room.joined = true
+      }
+    })
+  }
+
+  _leave(room) {
+    room.joined = false
+    const id = this._newId()
+    this._internalRequest({ type: 'leave-collection', collection: room.collection, id }, (reply) => {
+      if (reply.type === 'error') {
+        this._error(reply.code, `could not leave "${room.collection}": ${reply.message ?? reply.code}`, {
+          collection: room.collection,
+          reply,
+        })
+      }
+    })
+  }
+
+  /** Sends a message whose reply only matters to the client itself (joins, leaves). */
+  _internalRequest(message, onReply) {
+    this._pending.set(message.id, { internal: true, onReply, sent: true, message })
+    this._sendNow(message)
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Requests
+
+  /**
+   * Sends `{ ...data, type, id }` and resolves with the reply carrying that `id`; rejects with a
+   * `RealtimeClientError` (the server's `code` and `message`) on an `error` reply, on timeout
+   * (`code: 'timeout'`), if the connection drops before the reply (`'connection-lost'`) or on
+   * `disconnect()` (`'disconnected'`). Requests made while offline are sent once connected.
+   */
+  request(type, data = {}, options = {}) {
+    if (typeof type !== 'string' || type === '') {
+      return Promise.reject(new TypeError('payload-realtime/client: request type must be a non-empty string'))
+    }
+    if (data !== undefined && data !== null && !isObject(data)) {
+      return Promise.reject(new TypeError('payload-realtime/client: request data must be an object'))
+    }
+    if (!this._wanted) {
+      return Promise.reject(
+        new RealtimeClientError('disconnected', `cannot send "${type}": the client is not connected`, { type }),
+      )
+    }
+    const id = this._newId()
+    const message = { ...(data ?? {}), type, id }
+    const timeout = options.timeout ?? this._requestTimeout
+    return new Promise((resolve, reject) => {
+      const pending = { internal: false, resolve, reject, message, sent: false, timer: null }
+      if (timeout > 0 && Number.isFinite(timeout)) {
+        pending.timer = setTimeout(() => {
+          this._pending.delete(id)
+          reject(new RealtimeClientError('timeout', `no reply to "${type}" within ${timeout} ms`, { type }))
+        }, timeout)
+      }
+      this._pending.set(id, pending)
+      if (this._isOpen()) {
+        pending.sent = true
+        this._sendNow(message)
+      }
+    })
+  }
+
+  _newId() {
+    return `rt:${this._nextId++}`
+  }
+
+  _settle(pending, reply) {
+    if (pending.timer) clearTimeout(pending.timer)
+    if (pending.internal) {
+      pending.onReply(reply)
+    } else if (reply.type === 'error') {
+      pending.reject(
+        new RealtimeClientError(reply.code, reply.message ?? reply.code, { type: pending.message.type, reply }),
+      )
+    } else {
+      pending.resolve(reply)
+    }
+  }
+
+  /** Rejects requests already sent on a socket that is gone (their replies cannot come). */
+  _failSent(code, message) {
+    for (const [id, p] of this._pending) {
+      if (!p.sent) continue
+      this._pending.delete(id)
+      if (p.internal) continue
+      if (p.timer) clearTimeout(p.timer)
+      p.reject(new RealtimeClientError(code, message, { type: p.message.type }))
+    }
+  }
+
+  _failAll(code, message) {
+    for (const [id, p] of this._pending) {
+      this._pending.delete(id)
+      if (p.internal) continue
+      if (p.timer) clearTimeout(p.timer)
+      p.reject(new RealtimeClientError(code, message, { type: p.message.type }))
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Connection
+
+  _isOpen() {
+    return this._status === 'open' && this._ws !== null
+  }
+
+  _sendNow(message) {
+    try {
+      this._ws.send(JSON.stringify(message))
+      return true
+    } catch (err) {
+      this._error('send-failed', `could not send "${message.type}": ${errorMessage(err)}`, { cause: err })
+      return false
+    }
+  }
+
+  /** Connects (again, after `disconnect()`); does nothing if already connecting or open. */
+  connect() {
+    if (this._wanted) return
+    const WS = this._WebSocket ?? globalThis.WebSocket
+    if (typeof WS !== 'function') {
+      throw new TypeError(
+        'payload-realtime/client: no WebSocket implementation; pass `WebSocket` (e.g. from the `ws` package on Node 20)',
+      )
+    }
+    this._WebSocket = WS
+    this._wanted = true
+    this._attempt = 0
+    this._open('connect')
+  }
+
+  /** Closes the connection (1000) and stops reconnecting; subscriptions are kept for `connect()`. */
+  disconnect() {
+    const wasActive = this._wanted || this._ws !== null
+    this._wanted = false
+    this._generation++
+    this._clearTimers()
+    this._failAll('disconnected', 'the client was disconnected')
+    for (const room of this._rooms.values()) room.joined = false
+    const ws = this._ws
+    this._ws = null
+    if (ws) closeQuietly(ws, 1000, 'client disconnect')
+    if (wasActive) {
+      this._setStatus('closed', { code: 1000, reason: 'client disconnect' })
+      this._emit('close', { code: 1000, reason: 'client disconnect', wasClean: true })
+    }
+  }
+
+  _clearTimers() {
+    if (this._retryTimer) clearTimeout(this._retryTimer)
+    if (this._stableTimer) clearTimeout(this._stableTimer)
+    this._retryTimer = null
+    this._stableTimer = null
+  }
+
+  async _open(reason) {
+    const generation = ++this._generation
+    this._setStatus(reason === 'connect' ? 'connecting' : 'reconnecting')
+
+    let token = this._token
+    if (this._getToken) {
+      const why = this._tokenExpired ? 'expired' : reason
+      try {
+        token = await this._getToken({ reason: why, attempt: this._attempt })
+      } catch (err) {
+        if (generation !== this._generation) return
+        this._error('token-error', `getToken failed: ${errorMessage(err)}`, { cause: err })
+        this._scheduleReconnect({ code: 0, reason: 'getToken failed' })
+        return
+      }
+      if (generation !== this._generation) return
+      this._tokenExpired = false
+    }
+
+    let ws
+    try {
+      ws = new this._WebSocket(withToken(this._url, token))
+    } catch (err) {
+      this._error('connect-failed', `could not open a WebSocket: ${errorMessage(err)}`, { cause: err })
+      this._scheduleReconnect({ code: 0, reason: 'WebSocket constructor failed' })
+      return
+    }
+    this._ws = ws
+    let closed = false
+    ws.onopen = () => {
+      if (this._ws !== ws) return
+      this._onOpen()
+    }
+    ws.onmessage = (event) => {
+      if (this._ws !== ws) return
+      this._onMessage(event.data)
+    }
+    ws.onerror = () => {
+      // Browsers give no detail here; the close event that follows says what happened.
+    }
+    ws.onclose = (event) => {
+      if (closed) return
+      closed = true
+      if (this._ws !== ws) return
+      this._ws = null
+      this._onClose({ code: event?.code ?? 1006, reason: event?.reason ?? '', wasClean: Boolean(event?.wasClean) })
+    }
+  }
+
+  _onOpen() {
+    this._everOpened = true
+    this._setStatus('open')
+    this._emit('open')
+    if (this._stableTimer) clearTimeout(this._stableTimer)
+    if (this._reconnect) {
+      this._stableTimer = setTimeout(() => {
+        this._stableTimer = null
+        this._attempt = 0
+      }, this._reconnect.stableAfter)
+    }
+    // Every room, then every request queued while offline, in that order.
+    for (const room of this._rooms.values()) {
+      room.joined = false
+      if (this._isOpen()) this._join(room)
+    }
+    for (const p of [...this._pending.values()]) {
+      if (p.sent || !this._isOpen()) continue
+      p.sent = true
+      this._sendNow(p.message)
+    }
+  }
+
+  _onClose(info) {
+    if (this._stableTimer) clearTimeout(this._stableTimer)
+    this._stableTimer = null
+    for (const room of this._rooms.values()) room.joined = false
+    this._failSent('connection-lost', `the connection closed (${info.code}) before the reply`)
+    this._emit('close', info)
+    if (!this._wanted) return
+
+    if (info.code === CloseCodes.SESSION_REVOKED) {
+      this._stop(info, 'session-revoked', 'the session was revoked (4003); not reconnecting')
+      return
+    }
+    if (info.code === CloseCodes.TOKEN_EXPIRED) {
+      if (!this._getToken) {
+        this._stop(info, 'token-expired', 'the token expired (4001) and there is no getToken to renew it')
+        return
+      }
+      this._tokenExpired = true
+    }
+    this._scheduleReconnect(info)
+  }
+
+  _stop(info, code, message) {
+    this._wanted = false
+    this._generation++
+    this._clearTimers()
+    this._failAll(code ?? 'connection-lost', message ?? `the connection closed (${info.code})`)
+    this._setStatus('closed', info)
+    if (code) this._error(code, message, { closeCode: info.code })
+  }
+
+  _scheduleReconnect(info) {
+    if (!this._wanted) return
+    const r = this._reconnect
+    if (!r) {
+      this._stop(info, null)
+      return
+    }
+    if (this._attempt >= r.maxAttempts) {
+      this._stop(info, 'reconnect-failed', `gave up after ${this._attempt} reconnect attempts`)
+      return
+    }
+    const attempt = this._attempt++
+    const delay = backoffDelay(attempt, r, this._random)
+    this._setStatus('reconnecting', info)
+    this._emit('reconnecting', { attempt: attempt + 1, delay, code: info.code, reason: info.reason })
+    const generation = this._generation
+    this._retryTimer = setTimeout(() => {
+      this._retryTimer = null
+      if (generation !== this._generation || !this._wanted) return
+      this._open('reconnect')
+    }, delay)
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Incoming messages
+
+  _onMessage(data) {
+    if (typeof data !== 'string') {
+      this._error('bad-message', 'the server sent a binary frame; only JSON text is expected', { data })
+      return
+    }
+    let msg
+    try {
+      msg = JSON.parse(data)
+    } catch {
+      this._error('bad-message', 'the server sent a message that is not JSON', { data })
+      return
+    }
+    const problem = validateMessage(msg)
+    if (problem) {
+      this._error('bad-message', `the server sent a malformed message: ${problem}`, { data })
+      return
+    }
+
+    const isEvent = EVENT_TYPES.has(msg.type) && typeof msg.collection === 'string'
+    if (!isEvent && msg.id !== undefined && this._pending.has(msg.id)) {
+      const pending = this._pending.get(msg.id)
+      this._pending.delete(msg.id)
+      this._settle(pending, msg)
+      return
+    }
+    if (msg.type === 'error') {
+      this._error(msg.code, msg.message ?? msg.code, { reply: msg })
+      return
+    }
+
+    this._emit('message', msg)
+    if (typeof msg.collection === 'string') this._dispatch(msg)
+  }
+
+  _dispatch(msg) {
+    // A later issue: remember `msg.offset` / `msg.epoch` on the room here.
+    const room = this._rooms.get(msg.collection)
+    if (!room) return
+    for (const entry of [...room.handlers]) {
+      if (entry.type !== null && entry.type !== msg.type) continue
+      if (!room.handlers.has(entry)) continue // unsubscribed by an earlier handler
+      try {
+        const r = entry.fn(msg)
+        if (r && typeof r.then === 'function') {
+          r.then(undefined, (err) => this._handlerFailed(msg, err))
+        }
+      } catch (err) {
+        this._handlerFailed(msg, err)
+      }
+    }
+  }
+
+  _handlerFailed(msg, err) {
+    this._error('handler-error', `a handler for "${msg.collection}" threw: ${errorMessage(err)}`, {
+      cause: err,
+      collection: msg.collection,
+      event: msg,
+    })
+  }
+}
+
+function errorMessage(err) {
+  return err instanceof Error ? err.message : String(err)
+}
+
+function closeQuietly(ws, code, reason) {
+  try {
+    ws.onopen = null
+    ws.onmessage = null
+    ws.onclose = null
+    ws.onerror = () => {}
+    ws.close(code, reason)
+  } catch {
+    // already closed or closing
+  }
+}
+
+export default createRealtimeClient
