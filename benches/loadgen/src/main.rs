@@ -139,3 +139,317 @@ async fn open(conf: &Conf, shared: &Shared, token: &str) -> Option<(TcpStream, V
     None
 }
 
+
+/// One client socket: handshake, optional join (holding a connect permit until the ack), then
+/// reads frames until the connection ends.
+async fn conn_task(
+    idx: usize,
+    conf: Rc<Conf>,
+    shared: Rc<Shared>,
+    token: Rc<String>,
+    room: Option<String>,
+    sem: Rc<Semaphore>,
+) {
+    let mut permit = Some(sem.acquire().await.expect("semaphore"));
+    let Some((mut stream, leftover)) = open(&conf, &shared, &token).await else {
+        shared.failed.set(shared.failed.get() + 1);
+        settle(&shared, &conf);
+        return;
+    };
+    shared.handshakes.set(shared.handshakes.get() + 1);
+    shared.last_handshake_us.set(now_us());
+    let mut buf = leftover;
+    let mut end = buf.len();
+    buf.resize(conf.buf.max(end), 0);
+    let mut start = 0usize;
+    let mask = (idx as u32).wrapping_mul(2_654_435_761).to_be_bytes();
+    let mut awaiting_ack = false;
+    if let Some(room) = &room {
+        let msg = format!(r#"{{"type":"join-collection","collection":"{room}","id":1}}"#);
+        if stream
+            .write_all(&client_frame(0x1, msg.as_bytes(), mask))
+            .await
+            .is_err()
+        {
+            shared.failed.set(shared.failed.get() + 1);
+            settle(&shared, &conf);
+            return;
+        }
+        awaiting_ack = true;
+    } else {
+        permit.take();
+        settle(&shared, &conf);
+    }
+    loop {
+        // Every complete frame in buf[start..end].
+        while let Some((fin, opcode, _masked, h, len)) = frame_header(&buf[start..end]) {
+            let total = h + len;
+            if end - start < total {
+                if total > buf.len() {
+                    buf.copy_within(start..end, 0);
+                    end -= start;
+                    start = 0;
+                    buf.resize(total, 0);
+                }
+                break;
+            }
+            let payload = start + h..start + total;
+            start += total;
+            match opcode {
+                0x0..=0x2 => {
+                    if awaiting_ack {
+                        let p = &buf[payload];
+                        if find(p, b"\"ack\"").is_some() {
+                            shared.joined.set(shared.joined.get() + 1);
+                        } else {
+                            shared.join_errors.set(shared.join_errors.get() + 1);
+                        }
+                        awaiting_ack = false;
+                        permit.take();
+                        settle(&shared, &conf);
+                    } else if fin {
+                        if shared.armed.get() {
+                            let now = now_us();
+                            let d = shared.delivered.get() + 1;
+                            shared.delivered.set(d);
+                            if shared.first_recv_us.get() == 0 {
+                                shared.first_recv_us.set(now);
+                            }
+                            shared.last_recv_us.set(now);
+                            if let Some(t) = embedded_time_us(&buf[payload]) {
+                                shared
+                                    .lat
+                                    .borrow_mut()
+                                    .push(now.saturating_sub(t).min(u32::MAX as u64) as u32);
+                            }
+                            shared.per_socket.borrow_mut()[idx] += 1;
+                            if d == shared.expected.get() {
+                                shared.notify.notify_waiters();
+                            }
+                        } else {
+                            shared.stray.set(shared.stray.get() + 1);
+                        }
+                    }
+                }
+                0x9 => {
+                    let pong = client_frame(0xA, &buf[payload], mask);
+                    if stream.write_all(&pong).await.is_err() {
+                        break;
+                    }
+                }
+                0x8 => {
+                    let close = client_frame(0x8, &buf[payload.start..payload.start + len.min(2)], mask);
+                    let _ = stream.write_all(&close).await;
+                    shared.closed.set(shared.closed.get() + 1);
+                    if awaiting_ack {
+                        shared.failed.set(shared.failed.get() + 1);
+                        settle(&shared, &conf);
+                    }
+                    return;
+                }
+                _ => {}
+            }
+        }
+        if start == end {
+            start = 0;
+            end = 0;
+        } else if end == buf.len() {
+            buf.copy_within(start..end, 0);
+            end -= start;
+            start = 0;
+        }
+        match stream.read(&mut buf[end..]).await {
+            Ok(n) if n > 0 => end += n,
+            _ => {
+                shared.closed.set(shared.closed.get() + 1);
+                if awaiting_ack {
+                    shared.failed.set(shared.failed.get() + 1);
+                    settle(&shared, &conf);
+                }
+                return;
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as u64
+}
+
+async fn run(args: Args) {
+    let host = args.str("host", "127.0.0.1");
+    let port = args.num("port", 3002);
+    let conns = args.num("conns", 1000);
+    let offset = args.num("offset", 0);
+    let rooms = args.num("rooms", 1);
+    let room = args.str("room", "posts");
+    let prefix = args.str("room-prefix", "r");
+    let join = args.num("join", 1) == 1;
+    let users = args.num("users", conns).max(1);
+    let secret = args.str("secret", "bench-secret");
+    let concurrency = args.num("concurrency", 200) as usize;
+    let connect_timeout = Duration::from_millis(args.num("connect-timeout-ms", 120_000));
+    let conf = Rc::new(Conf {
+        addr: format!("{host}:{port}").parse().expect("address"),
+        host_header: format!("{host}:{port}"),
+        path: args.str("path", "/"),
+        join,
+        buf: args.num("buf", 16 * 1024) as usize,
+        conns,
+    });
+    let shared = Rc::new(Shared::default());
+    shared.per_socket.replace(vec![0; conns as usize]);
+
+    // Tokens are signed before the clock starts.
+    let key = payload_key(&secret);
+    let now = now_us() / 1_000_000;
+    let tokens: Vec<Rc<String>> = (0..users)
+        .map(|u| Rc::new(make_token(&key, u, now)))
+        .collect();
+
+    let sem = Rc::new(Semaphore::new(concurrency));
+    let started = Instant::now();
+    let started_us = now_us();
+    let cpu0 = cpu_us();
+    for i in 0..conns {
+        let g = i + offset;
+        let token = tokens[(g % users) as usize].clone();
+        let room = conf.join.then(|| {
+            if rooms <= 1 {
+                room.clone()
+            } else {
+                format!("{prefix}{}", g % rooms)
+            }
+        });
+        tokio::task::spawn_local(conn_task(
+            i as usize,
+            conf.clone(),
+            shared.clone(),
+            token,
+            room,
+            sem.clone(),
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + connect_timeout;
+    while shared.settled.get() < conns {
+        tokio::select! {
+            _ = shared.notify.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    let hs = shared.handshakes.get();
+    let hs_secs = (shared.last_handshake_us.get().saturating_sub(started_us)) as f64 / 1e6;
+    println!(
+        "{}",
+        serde_json::json!({
+            "event": "ready",
+            "conns": conns,
+            "handshakes": hs,
+            "joined": shared.joined.get(),
+            "join_errors": shared.join_errors.get(),
+            "failed": shared.failed.get(),
+            "retries": shared.retries.get(),
+            "timed_out": shared.settled.get() < conns,
+            "connect_ms": started.elapsed().as_secs_f64() * 1e3,
+            "handshake_secs": hs_secs,
+            "handshakes_per_s": if hs_secs > 0.0 { hs as f64 / hs_secs } else { 0.0 },
+            "cpu_us": cpu_us() - cpu0,
+            "rss": rss_bytes(),
+        })
+    );
+
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        match parts.as_slice() {
+            ["measure", expected, timeout_ms] => {
+                let expected: u64 = expected.parse().unwrap_or(0);
+                let timeout = Duration::from_millis(timeout_ms.parse().unwrap_or(60_000));
+                shared.delivered.set(0);
+                shared.stray.set(0);
+                shared.first_recv_us.set(0);
+                shared.last_recv_us.set(0);
+                shared.lat.borrow_mut().clear();
+                shared.per_socket.borrow_mut().iter_mut().for_each(|c| *c = 0);
+                shared.expected.set(expected);
+                let closed0 = shared.closed.get();
+                let cpu0 = cpu_us();
+                let armed_us = now_us();
+                shared.armed.set(true);
+                println!("{}", serde_json::json!({ "event": "armed", "armed_us": armed_us }));
+                let deadline = tokio::time::Instant::now() + timeout;
+                let mut timed_out = false;
+                while shared.delivered.get() < expected {
+                    tokio::select! {
+                        _ = shared.notify.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                        _ = tokio::time::sleep_until(deadline) => { timed_out = true; break }
+                    }
+                }
+                shared.armed.set(false);
+                let cpu = cpu_us() - cpu0;
+                let mut lat = std::mem::take(&mut *shared.lat.borrow_mut());
+                lat.sort_unstable();
+                let per = shared.per_socket.borrow();
+                let receiving: Vec<u32> = per.iter().copied().filter(|&c| c > 0).collect();
+                let mean = if lat.is_empty() {
+                    0.0
+                } else {
+                    lat.iter().map(|&v| v as f64).sum::<f64>() / lat.len() as f64
+                };
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "event": "result",
+                        "expected": expected,
+                        "delivered": shared.delivered.get(),
+                        "timed_out": timed_out,
+                        "armed_us": armed_us,
+                        "first_recv_us": shared.first_recv_us.get(),
+                        "last_recv_us": shared.last_recv_us.get(),
+                        "latency_samples": lat.len(),
+                        "p50_us": percentile(&lat, 0.50),
+                        "p99_us": percentile(&lat, 0.99),
+                        "max_us": lat.last().copied().unwrap_or(0),
+                        "mean_us": mean,
+                        "sockets_receiving": receiving.len(),
+                        "min_per_socket": receiving.iter().min().copied().unwrap_or(0),
+                        "max_per_socket": receiving.iter().max().copied().unwrap_or(0),
+                        "closed_during": shared.closed.get() - closed0,
+                        "cpu_us": cpu,
+                        "rss": rss_bytes(),
+                    })
+                );
+                shared.stray.set(0);
+            }
+            ["stats"] => println!(
+                "{}",
+                serde_json::json!({
+                    "event": "stats",
+                    "closed": shared.closed.get(),
+                    "stray": shared.stray.get(),
+                    "cpu_us": cpu_us(),
+                    "rss": rss_bytes(),
+                })
+            ),
+            ["quit"] => break,
+            _ => eprintln!("loadgen: unknown command {line:?}"),
+        }
+    }
+    std::process::exit(0);
+}
+
+fn main() {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, run(args));
+}

@@ -110,13 +110,17 @@ mod tests {
     }
 
     impl Authorizer for Recorder {
-        fn authorize(&self, req: AuthorizeRequest) -> BoxFuture<Result<Vec<bool>, String>> {
+        fn authorize(&self, req: AuthorizeRequest) -> BoxFuture<Result<Vec<Decision>, String>> {
             self.calls.lock().push(req.users.len());
-            // Allow even user ids only; anonymous (null) is denied.
+            // Allow even user ids only (user 2 with its own doc); anonymous (null) is denied.
             let answers = req
                 .users
                 .iter()
-                .map(|u| u.get("id").and_then(Value::as_u64).is_some_and(|id| id % 2 == 0))
+                .map(|u| match u.get("id").and_then(Value::as_u64) {
+                    Some(2) => Decision::AllowWithDoc(json!({"for": 2})),
+                    Some(id) if id % 2 == 0 => Decision::Allow,
+                    _ => Decision::Deny,
+                })
                 .collect();
             Box::pin(async move { Ok(answers) })
         }
@@ -134,19 +138,22 @@ mod tests {
         };
         let members: Vec<_> = (0..15).map(|i| peer(i, Some(i % 3))).chain([peer(99, None)]).collect();
         let stats = Stats::default();
-        let allowed = allowed_members(
-            &rec,
-            "posts",
-            Arc::new(json!({})),
-            members,
-            Duration::from_secs(1),
-            &stats,
-        )
-        .await;
+        let event = Arc::new(json!({"type": "update", "doc": {"secret": 1}}));
+        let allowed = allowed_members(&rec, "posts", event, members, Duration::from_secs(1), &stats).await;
         assert_eq!(*rec.calls.lock(), vec![4]); // users 0, 1, 2 and anonymous: one call
-        let mut ids: Vec<u64> = allowed.iter().map(|p| p.id).collect();
+        let mut ids: Vec<u64> = allowed.iter().map(|(p, _)| p.id).collect();
         ids.sort();
         assert_eq!(ids, vec![0, 2, 3, 5, 6, 8, 9, 11, 12, 14]); // users 0 and 2
+        let user2: Vec<_> = allowed.iter().filter(|(p, _)| p.user_key() == "users:2").collect();
+        assert_eq!(user2.len(), 5);
+        let frame = user2[0].1.clone().expect("user 2 has its own doc");
+        assert!(
+            user2.iter().all(|(_, f)| f.as_ref() == Some(&frame)),
+            "encoded once, shared"
+        );
+        assert_eq!(&frame[2..], br#"{"type":"update","doc":{"for":2}}"#);
+        let user0 = allowed.iter().filter(|(p, _)| p.user_key() == "users:0");
+        assert!(user0.clone().count() == 5 && user0.into_iter().all(|(_, f)| f.is_none()));
     }
 
     struct Never;

@@ -1,7 +1,7 @@
 // Typings of payload-realtime/react.
 import type { Context, ReactNode } from 'react'
 
-import type { ConnectionStatus, RealtimeClient, RealtimeClientOptions, RealtimeEvent } from '../client/index.js'
+import type { ConnectionStatus, RealtimeClient, RealtimeClientOptions, RealtimeEvent } from '../client/index.mjs'
 
 export type RealtimeProviderProps =
   | { client: RealtimeClient; children?: ReactNode }
