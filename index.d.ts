@@ -71,8 +71,11 @@ export interface ServerOptions {
   maxMessagesPerSecond?: number
   /** Rooms one socket may be in (default 1000). */
   maxRoomsPerSocket?: number
-  /** Several instances through Redis. */
-  redis?: { url: string }
+  /**
+   * Several instances through Redis: `redis://`, `rediss://` (TLS), or `redis-cluster://` (sharded
+   * pub/sub). Falls back to the `REDIS_URL` environment variable; `false` disables even then.
+   */
+  redis?: { url: string } | false
   /**
    * Confirms a user after the token's signature and expiry were checked (the plugin sets this to
    * Payload's own `auth`, which checks sessions). `null` or a throw refuses the connection; an
@@ -103,6 +106,8 @@ export interface RealtimeStats {
   authorizeDenied: number
   authorizeErrors: number
   handlerErrors: number
+  /** With Redis: the broker's state and counters. */
+  redis?: { connected: boolean; published: number; received: number; errors: number; subscriptions: number }
 }
 
 export declare class UWebSocketManager {

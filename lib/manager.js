@@ -53,8 +53,8 @@ function nativeOptions(port, options) {
     throw new TypeError('payload-realtime: `authorize` must map collection slugs to functions (user, event) => boolean')
   }
   const redis = options.redis
-  if (redis !== undefined && redis !== null && !(isPlainObject(redis) && typeof redis.url === 'string')) {
-    throw new TypeError('payload-realtime: `redis` must be { url: string }')
+  if (redis !== undefined && redis !== null && redis !== false && !(isPlainObject(redis) && typeof redis.url === 'string')) {
+    throw new TypeError('payload-realtime: `redis` must be { url: string } (or false)')
   }
   return {
     host: optionalString(options, 'host'),
@@ -73,6 +73,8 @@ function nativeOptions(port, options) {
     handlerTimeout: optionalNumber(options, 'handlerTimeout', { min: 1 }),
     maxMessagesPerSecond: optionalNumber(options, 'maxMessagesPerSecond'),
     maxRoomsPerSocket: optionalNumber(options, 'maxRoomsPerSocket', { min: 1 }),
+    // `redis: { url }`, with REDIS_URL as the fallback; `redis: false` runs alone even then.
+    redisUrl: redis === false ? undefined : (redis?.url ?? (process.env.REDIS_URL || undefined)),
   }
 }
 

@@ -1,21 +1,30 @@
 'use strict'
-// The Payload plugin: adds afterChange/afterDelete hooks to the chosen collections and starts
-// the server in onInit when `port` is set. Hooks never wait on sockets or authorize.
+// The Payload plugin. For each collection in `includeCollections` it appends afterChange and
+// afterDelete hooks that send `{ type, collection, id, doc, timestamp, user: { id, collection } }`
+// to room `collection:<slug>` once the write is committed (never an uncommitted or rolled-back
+// write; hooks never wait on sockets or authorize). On every auth collection it appends an
+// afterLogout hook that closes the sockets of the ended sessions (4003). In onInit it captures the
+// Payload instance (never the default export), makes commits and rollbacks observable, and, when
+// `port` is set, starts the server with Payload's own checks: `verifyUser` (sessions, deleted users)
+// and, with `readAccess`, delivery filtered by Payload's read access.
 
-const { initUWebSocket, getUWebSocketManager } = require('./manager.js')
+const managerModule = require('./manager.js')
+const { afterCommit, installTransactionHooks } = require('./payload/transactions.js')
+const { readAccessDecision, withoutAuthInternals } = require('./payload/access.js')
+const { Sessions } = require('./payload/session.js')
 
+const { initUWebSocket, getUWebSocketManager } = managerModule
+
+/** Options passed through to the server as they are. */
 const SERVER_OPTION_KEYS = [
   'host',
   'path',
-  'secret',
   'allowedOrigins',
   'allowAnonymous',
   'maxPayloadLength',
   'maxBackpressure',
   'idleTimeout',
   'workerThreads',
-  'includeCollections',
-  'authorize',
   'authorizeTimeout',
   'handlerTimeout',
   'maxMessagesPerSecond',
@@ -23,81 +32,240 @@ const SERVER_OPTION_KEYS = [
   'redis',
 ]
 
-function currentManager() {
-  try {
-    return getUWebSocketManager()
-  } catch {
-    return undefined
+/** Marks server options built by a plugin, so they are not completed twice. */
+const BUILT = Symbol.for('payload-realtime.plugin-options')
+
+function isPlainObject(v) {
+  return v !== null && typeof v === 'object' && !Array.isArray(v)
+}
+
+function describe(err) {
+  return err instanceof Error ? err.message : String(err)
+}
+
+/** Logs the first failure of a kind and then every 1000th; never document data. */
+function makeFailureLog() {
+  const counts = new Map()
+  return (key, err) => {
+    const n = (counts.get(key) ?? 0) + 1
+    counts.set(key, n)
+    if (n === 1 || n % 1000 === 0) {
+      console.error(`[payload-realtime] ${key} failed (${n} time${n === 1 ? '' : 's'} so far): ${describe(err)}`)
+    }
+  }
+}
+
+function checkOptions(options) {
+  if (!isPlainObject(options)) throw new TypeError('payload-realtime: uWebSocketPlugin(options) takes an object')
+  const { includeCollections, readAccess, authorize, shouldEmit, transformEvent, verifyUser } = options
+  if (
+    includeCollections !== undefined &&
+    (!Array.isArray(includeCollections) || includeCollections.some((s) => typeof s !== 'string'))
+  ) {
+    throw new TypeError('payload-realtime: `includeCollections` must be an array of collection slugs')
+  }
+  if (
+    readAccess !== undefined &&
+    typeof readAccess !== 'boolean' &&
+    !(isPlainObject(readAccess) && Object.values(readAccess).every((v) => typeof v === 'boolean'))
+  ) {
+    throw new TypeError('payload-realtime: `readAccess` must be true, false, or { [slug]: boolean }')
+  }
+  if (
+    authorize !== undefined &&
+    (!isPlainObject(authorize) || Object.values(authorize).some((f) => typeof f !== 'function'))
+  ) {
+    throw new TypeError('payload-realtime: `authorize` must map collection slugs to functions (user, event) => boolean')
+  }
+  for (const [name, fn] of Object.entries({ shouldEmit, transformEvent })) {
+    if (fn !== undefined && typeof fn !== 'function') {
+      throw new TypeError(`payload-realtime: \`${name}\` must be a function`)
+    }
+  }
+  if (verifyUser !== undefined && verifyUser !== false && typeof verifyUser !== 'function') {
+    throw new TypeError('payload-realtime: `verifyUser` must be a function (token, claims) => user | null, or false')
   }
 }
 
 /** The editor, named by id and collection only (never the email). */
 function editorOf(req) {
   const user = req && req.user
-  if (!user || user.id === undefined) return undefined
-  return { id: user.id, collection: user.collection ?? req.user.collection }
+  if (!user || user.id === undefined || user.id === null) return undefined
+  return user.collection ? { id: user.id, collection: user.collection } : { id: user.id }
 }
 
-function makeEmitter(options, slug) {
-  return (type, doc, id, req) => {
-    const manager = currentManager()
-    if (!manager) return
-    let event = { type, collection: slug, id, doc, user: editorOf(req), timestamp: new Date().toISOString() }
-    try {
-      if (options.shouldEmit && !options.shouldEmit(event)) return
-      if (options.transformEvent) event = options.transformEvent(event)
-      if (!event) return
-    } catch (err) {
-      console.error(`[payload-realtime] shouldEmit/transformEvent failed for "${slug}": ${err.message}`)
-      return
-    }
-    manager.emitEvent(event).catch((err) => {
-      console.error(`[payload-realtime] emitting a "${slug}" event failed: ${err.message}`)
-    })
+/** A rule that allows only when both rules allow (the second one's `{ doc }` answer wins). */
+function bothRules(first, second) {
+  if (!first) return second
+  if (!second) return first
+  return async (user, event) => {
+    const a = await first(user, event)
+    if (!(a === true || isDocAnswer(a))) return false
+    const b = await second(user, event)
+    if (b === true) return a
+    return isDocAnswer(b) ? b : false
   }
 }
 
+function isDocAnswer(v) {
+  return isPlainObject(v) && 'doc' in v
+}
+
 /**
- * @param {object} options see README: includeCollections, authorize, shouldEmit, transformEvent, port, ...
+ * @param {import('../index').PluginOptions & { readAccess?: boolean | Record<string, boolean> }} [options]
  * @returns {(config: object) => object}
  */
 function uWebSocketPlugin(options = {}) {
+  checkOptions(options)
   return (config) => {
     if (options.enabled === false) return config
     const include = new Set(options.includeCollections ?? [])
-    const collections = (config.collections ?? []).map((collection) => {
-      if (!include.has(collection.slug)) return collection
-      const emit = makeEmitter(options, collection.slug)
-      const hooks = collection.hooks ?? {}
-      return {
-        ...collection,
-        hooks: {
-          ...hooks,
-          afterChange: [
-            ...(hooks.afterChange ?? []),
-            ({ doc, operation, req }) => {
-              emit(operation, doc, doc.id, req)
-            },
-          ],
-          afterDelete: [
-            ...(hooks.afterDelete ?? []),
-            ({ doc, id, req }) => {
-              emit('delete', doc, id ?? doc?.id, req)
-            },
-          ],
-        },
+    const logFailure = makeFailureLog()
+    const state = { payload: undefined, manager: undefined }
+
+    const knownSlugs = new Set((config.collections ?? []).map((c) => c.slug))
+    for (const slug of include) {
+      if (!knownSlugs.has(slug)) {
+        console.warn(`[payload-realtime] includeCollections names "${slug}", which is not a collection of this config`)
       }
+    }
+
+    /** Our own server while it runs; otherwise the one started with initUWebSocket(). */
+    const currentManager = () => {
+      if (state.manager) return state.manager
+      try {
+        return getUWebSocketManager()
+      } catch {
+        return undefined
+      }
+    }
+
+    const sessions = new Sessions({ getPayload: () => state.payload, getManager: currentManager })
+
+    const readAccessFor = (slug) =>
+      options.readAccess === true || (isPlainObject(options.readAccess) && options.readAccess[slug] === true)
+
+    const isAuthSlug = new Set((config.collections ?? []).filter((c) => c.auth).map((c) => c.slug))
+
+    const send = (event) => {
+      const manager = currentManager()
+      if (!manager) return // no server (yet): nobody to tell
+      let sending
+      try {
+        sending = manager.emitEvent(event)
+      } catch (err) {
+        logFailure(`emitting a "${event.collection}" event`, err)
+        return
+      }
+      Promise.resolve(sending).catch((err) => logFailure(`emitting a "${event.collection}" event`, err))
+    }
+
+    const emitFrom = (slug) => (type, doc, id, req) => {
+      if (!state.payload && req && req.payload) state.payload = req.payload
+      let event = {
+        type,
+        collection: slug,
+        id,
+        doc: isAuthSlug.has(slug) ? withoutAuthInternals(doc) : doc,
+        timestamp: new Date().toISOString(),
+      }
+      const user = editorOf(req)
+      if (user) event.user = user
+      try {
+        if (options.shouldEmit && !options.shouldEmit(event)) return
+        if (options.transformEvent) event = options.transformEvent(event)
+        if (!event) return
+        // Later hooks may still change the doc before the commit: send it as it is now.
+        event = JSON.parse(JSON.stringify(event))
+      } catch (err) {
+        logFailure(`shouldEmit/transformEvent for "${slug}"`, err)
+        return
+      }
+      afterCommit(req, () => send(event), { what: `the "${slug}" event` })
+    }
+
+    const collections = (config.collections ?? []).map((collection) => {
+      const wantsEvents = include.has(collection.slug)
+      if (!wantsEvents && !collection.auth) return collection
+      const hooks = { ...(collection.hooks ?? {}) }
+      if (wantsEvents) {
+        const emit = emitFrom(collection.slug)
+        hooks.afterChange = [
+          ...(hooks.afterChange ?? []),
+          ({ doc, operation, req }) => {
+            if (operation === 'create' || operation === 'update') emit(operation, doc, doc && doc.id, req)
+          },
+        ]
+        hooks.afterDelete = [
+          ...(hooks.afterDelete ?? []),
+          ({ doc, id, req }) => {
+            emit('delete', doc, id ?? (doc && doc.id), req)
+          },
+        ]
+      }
+      if (collection.auth) {
+        hooks.afterLogout = [...(hooks.afterLogout ?? []), sessions.afterLogout]
+      }
+      return { ...collection, hooks }
     })
+
+    /** The authorize rules: the user's, and Payload's read access where `readAccess` asks for it. */
+    const buildAuthorize = (...ruleMaps) => {
+      const slugs = new Set(ruleMaps.flatMap((m) => Object.keys(m ?? {})))
+      for (const slug of include) if (readAccessFor(slug)) slugs.add(slug)
+      const rules = {}
+      for (const slug of slugs) {
+        let rule
+        for (const m of ruleMaps) rule = bothRules(rule, m && m[slug])
+        if (readAccessFor(slug)) {
+          rule = bothRules(rule, (user, event) => readAccessDecision(state.payload, slug, event, user))
+        }
+        if (rule) rules[slug] = rule
+      }
+      return rules
+    }
+
+    /** Server options: ours, completed by what `initUWebSocket(port, extra)` was given. */
+    const serverOptions = (extra = {}) => {
+      const out = {}
+      for (const key of SERVER_OPTION_KEYS) if (options[key] !== undefined) out[key] = options[key]
+      out.secret = options.secret ?? state.payload?.config?.secret ?? config.secret
+      out.includeCollections = [...include]
+      if (options.verifyUser !== false) out.verifyUser = options.verifyUser ?? sessions.verifyUser
+      for (const [key, value] of Object.entries(extra)) if (value !== undefined && key !== 'authorize') out[key] = value
+      out.authorize = buildAuthorize(options.authorize, extra.authorize)
+      Object.defineProperty(out, BUILT, { value: true, enumerable: false })
+      return out
+    }
+
+    // `initUWebSocket(port)` called by the application after getPayload(): give it the same
+    // options as `port` would (needs the manager to accept a defaults provider; see docs).
+    if (typeof managerModule.setPluginDefaults === 'function') {
+      managerModule.setPluginDefaults((extra = {}) => (extra && extra[BUILT] ? extra : serverOptions(extra)))
+    }
+
     const userOnInit = config.onInit
     return {
       ...config,
       collections,
       onInit: async (payload) => {
+        state.payload = payload
+        installTransactionHooks(payload.db)
+        sessions.installLogoutSweep(payload.db)
+        if (typeof payload.destroy === 'function') {
+          const destroy = payload.destroy
+          payload.destroy = async (...args) => {
+            const manager = state.manager
+            state.manager = undefined
+            if (manager) await manager.close()
+            return destroy.apply(payload, args)
+          }
+        }
         if (userOnInit) await userOnInit(payload)
         if (options.port !== undefined && options.port !== null) {
-          const serverOptions = { secret: config.secret }
-          for (const key of SERVER_OPTION_KEYS) if (options[key] !== undefined) serverOptions[key] = options[key]
-          await initUWebSocket(options.port, serverOptions)
+          state.manager = await initUWebSocket(options.port, serverOptions())
+          const host = options.host ?? '0.0.0.0'
+          payload.logger?.info?.(`payload-realtime listening on ws://${host}:${state.manager.port}${options.path ?? '/'}`)
         }
       },
     }

@@ -56,6 +56,8 @@ pub struct NativeOptions {
     pub handler_timeout: Option<u32>,
     pub max_messages_per_second: Option<u32>,
     pub max_rooms_per_socket: Option<u32>,
+    /// `redis://`, `rediss://` or `redis-cluster://` URL for many instances.
+    pub redis_url: Option<String>,
 }
 
 impl NativeOptions {
@@ -89,6 +91,7 @@ impl NativeOptions {
                 .map_or(d.handler_timeout, |ms| Duration::from_millis(ms as u64)),
             max_messages_per_second: self.max_messages_per_second.unwrap_or(d.max_messages_per_second),
             max_rooms_per_socket: self.max_rooms_per_socket.map_or(d.max_rooms_per_socket, |v| v as usize),
+            redis_url: self.redis_url.filter(|u| !u.is_empty()),
             echo_mode: false,
         }
     }
@@ -114,6 +117,17 @@ pub struct NativeStats {
     pub authorize_denied: f64,
     pub authorize_errors: f64,
     pub handler_errors: f64,
+    /// With Redis: whether the broker is connected, and its counters.
+    pub redis: Option<NativeBrokerStats>,
+}
+
+#[napi(object)]
+pub struct NativeBrokerStats {
+    pub connected: bool,
+    pub published: f64,
+    pub received: f64,
+    pub errors: f64,
+    pub subscriptions: f64,
 }
 
 /// A strong function held while the server runs, so Node stays alive like it does for any
@@ -289,6 +303,13 @@ impl RealtimeServer {
             authorize_denied: s.authorize_denied as f64,
             authorize_errors: s.authorize_errors as f64,
             handler_errors: s.handler_errors as f64,
+            redis: s.broker.map(|b| NativeBrokerStats {
+                connected: b.connected,
+                published: b.published as f64,
+                received: b.received as f64,
+                errors: b.errors as f64,
+                subscriptions: b.subscriptions as f64,
+            }),
         }
     }
 

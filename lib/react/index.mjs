@@ -4,11 +4,22 @@ import {
   createContext,
   createElement,
   useCallback,
-  useContext, useEffect, useRef, useState, useSyncExternalStore } from 'react'
+  useContext,
+  useEffect,
+  useLayoutEffect,
+  useRef,
+  useState,
+  useSyncExternalStore,
+} from 'react'
 
 import { createRealtimeClient } from '../client/index.mjs'
 
 const RealtimeContext = createContext(null)
+
+// The handler ref is updated during the commit, so an event arriving after a re-render is
+// handled by that render's handler (useEffect would leave a gap until after paint). On the
+// server neither runs.
+const useCommitEffect = typeof document !== 'undefined' ? useLayoutEffect : useEffect
 
 /**
  * Makes one client available to `useRealtime` and `useRealtimeStatus` below it. Either pass your
@@ -49,7 +60,7 @@ function subscriptionKey(subscription) {
 export function useRealtime(subscription, handler) {
   const client = useRealtimeClient()
   const handlerRef = useRef(handler)
-  useEffect(() => {
+  useCommitEffect(() => {
     handlerRef.current = handler
   })
   const key = subscriptionKey(subscription)

@@ -58,6 +58,9 @@ struct Conf {
     join: bool,
     buf: usize,
     conns: u64,
+    /// Source address to connect from (a distinct 127.x address per process avoids sharing
+    /// ephemeral ports and TIME_WAIT entries between runs).
+    src: Option<std::net::IpAddr>,
 }
 
 fn payload_key(secret: &str) -> Vec<u8> {
@@ -99,6 +102,23 @@ async fn open(conf: &Conf, shared: &Shared, token: &str) -> Option<(TcpStream, V
         let Ok(sock) = TcpSocket::new_v4() else {
             continue;
         };
+        if let Some(ip) = conf.src {
+            // IP_BIND_ADDRESS_NO_PORT: pick the port at connect time (per 4-tuple), not at bind.
+            let one: libc::c_int = 1;
+            // SAFETY: a valid socket fd and a pointer to an int of the size given.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&sock),
+                    libc::IPPROTO_IP,
+                    24,
+                    &one as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+            if sock.bind(SocketAddr::new(ip, 0)).is_err() {
+                continue;
+            }
+        }
         let Ok(Ok(mut stream)) =
             tokio::time::timeout(Duration::from_secs(10), sock.connect(conf.addr)).await
         else {
@@ -300,6 +320,10 @@ async fn run(args: Args) {
         join,
         buf: args.num("buf", 16 * 1024) as usize,
         conns,
+        src: match args.str("src", "").as_str() {
+            "" => None,
+            ip => Some(ip.parse().expect("--src: an IP address")),
+        },
     });
     let shared = Rc::new(Shared::default());
     shared.per_socket.replace(vec![0; conns as usize]);
@@ -371,7 +395,8 @@ async fn run(args: Args) {
                 let expected: u64 = expected.parse().unwrap_or(0);
                 let timeout = Duration::from_millis(timeout_ms.parse().unwrap_or(60_000));
                 shared.delivered.set(0);
-                shared.stray.set(0);
+                // Messages that arrived while not measuring (late ones from an earlier round).
+                let stray_before = shared.stray.replace(0);
                 shared.first_recv_us.set(0);
                 shared.last_recv_us.set(0);
                 shared.lat.borrow_mut().clear();
@@ -406,6 +431,7 @@ async fn run(args: Args) {
                     "{}",
                     serde_json::json!({
                         "event": "result",
+                        "stray_before": stray_before,
                         "expected": expected,
                         "delivered": shared.delivered.get(),
                         "timed_out": timed_out,
@@ -425,7 +451,6 @@ async fn run(args: Args) {
                         "rss": rss_bytes(),
                     })
                 );
-                shared.stray.set(0);
             }
             ["stats"] => println!(
                 "{}",

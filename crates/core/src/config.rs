@@ -43,6 +43,8 @@ pub struct Config {
     pub max_messages_per_second: u32,
     /// Rooms one socket may be in at once.
     pub max_rooms_per_socket: usize,
+    /// Redis URL for many instances (`redis://`, `rediss://`, `redis-cluster://`); `None` runs alone.
+    pub redis_url: Option<String>,
     /// Echo every message back instead of speaking the protocol: for the conformance suite
     /// (Autobahn), which must exercise the very same connection code. Not exposed to JS.
     pub echo_mode: bool,
@@ -67,6 +69,7 @@ impl Default for Config {
             handler_timeout: Duration::from_secs(30),
             max_messages_per_second: 100,
             max_rooms_per_socket: 1000,
+            redis_url: None,
             echo_mode: false,
         }
     }

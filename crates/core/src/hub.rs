@@ -5,7 +5,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use parking_lot::RwLock;
@@ -13,14 +13,18 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use bytes::Bytes;
+
 use crate::auth::User;
+use crate::broker::{raw, Broker, Channel, Envelope, Kind};
+use crate::warn;
 use crate::callbacks::Callbacks;
 use crate::config::Config;
 use crate::dispatch::{lane_of, Job, LANES};
 use crate::error::Error;
 use crate::event;
 use crate::peer::{Peer, PeerId};
-use crate::protocol::{close_code, collection_room, encode_value, text_frame};
+use crate::protocol::{close_code, collection_room, text_frame};
 use crate::rooms::{Joined, Registry};
 use crate::stats::{Snapshot, Stats};
 
@@ -46,6 +50,7 @@ pub struct Hub {
     next_peer: AtomicU64,
     lanes: Vec<mpsc::UnboundedSender<Job>>,
     started: Instant,
+    broker: OnceLock<Arc<dyn Broker>>,
 }
 
 impl Hub {
@@ -65,6 +70,7 @@ impl Hub {
             next_peer: AtomicU64::new(1),
             lanes: senders,
             started: Instant::now(),
+            broker: OnceLock::new(),
         };
         (Arc::new(hub), receivers)
     }
@@ -107,46 +113,88 @@ impl Hub {
     }
 
     /// Sends a collection event to room `collection:<slug>`, through the collection's authorize
-    /// rule if it has one. Resolves with the number of sockets it was queued to.
+    /// rule if it has one, and publishes it for the other instances. Resolves with the number of
+    /// local sockets it was queued to.
     pub async fn emit_event(&self, input: Value) -> Result<usize, Error> {
         if self.stopping.is_cancelled() {
             return Err(Error::Closed);
         }
         let event = event::normalize(input)?;
         Stats::add(&self.stats.events, 1);
-        let room: Arc<str> = Arc::from(collection_room(&event.collection));
-        if self.registry.member_count(&room) == 0 {
+        // Serialized once: the same JSON goes into the local frame and the broker envelope.
+        let json = serde_json::to_string(&event.body).map_err(|e| Error::Internal(e.to_string()))?;
+        if let Some(broker) = self.broker.get() {
+            if let Some(body) = raw(&json) {
+                let envelope = Envelope {
+                    v: 1,
+                    from: &self.instance,
+                    kind: Kind::Event {
+                        collection: &event.collection,
+                        body: &body,
+                    },
+                };
+                broker.publish(Channel::Room(Arc::from(collection_room(&event.collection))), envelope.encode());
+            }
+        }
+        let (done, delivered) = oneshot::channel();
+        if !self.queue_event(&event.collection, Arc::new(event.body), text_frame(json.as_bytes()), Some(done))? {
             return Ok(0);
         }
-        let frame = encode_value(&event.body);
-        let authorize = (self.callbacks.authorizer.is_some()
-            && self.config.authorize_collections.contains(&event.collection))
-        .then(|| event.collection.clone());
-        let (done, delivered) = oneshot::channel();
+        delivered.await.map_err(|_| Error::Closed)
+    }
+
+    /// Queues an event for local delivery in its room's lane; `false` if the room has no local
+    /// member.
+    fn queue_event(
+        &self,
+        collection: &str,
+        body: Arc<Value>,
+        frame: Bytes,
+        done: Option<oneshot::Sender<usize>>,
+    ) -> Result<bool, Error> {
+        let room: Arc<str> = Arc::from(collection_room(collection));
+        if self.registry.member_count(&room) == 0 {
+            return Ok(false);
+        }
+        let authorize = (self.callbacks.authorizer.is_some() && self.config.authorize_collections.contains(collection))
+            .then(|| collection.to_string());
         self.send_job(
             &room,
             Job::Event {
                 room: room.clone(),
                 authorize,
-                body: Arc::new(event.body),
+                body,
                 frame,
-                done: Some(done),
+                done,
             },
         )?;
-        delivered.await.map_err(|_| Error::Closed)
+        Ok(true)
     }
 
-    /// Sends a message (JSON text) to every socket in a room but `except`, framed once.
+    /// Sends a message (JSON text) to every socket in a room but `except` (a socket id), framed
+    /// once, on every instance.
     pub fn broadcast_to_room(&self, room: &str, json: &[u8], except: Option<&str>) -> Result<(), Error> {
         if room.is_empty() {
             return Err(Error::InvalidInput("broadcastToRoom: the room name is empty".into()));
         }
+        if let (Some(broker), Ok(text)) = (self.broker.get(), std::str::from_utf8(json)) {
+            if let Some(msg) = raw(text) {
+                let envelope = Envelope {
+                    v: 1,
+                    from: &self.instance,
+                    kind: Kind::Broadcast { room, msg: &msg, except },
+                };
+                broker.publish(Channel::Room(Arc::from(room)), envelope.encode());
+            }
+        }
+        self.broadcast_local(room, json, except)
+    }
+
+    fn broadcast_local(&self, room: &str, json: &[u8], except: Option<&str>) -> Result<(), Error> {
         if self.registry.member_count(room) == 0 {
             return Ok(());
         }
-        let except = except
-            .and_then(|id| id.split_once('.'))
-            .and_then(|(_, n)| n.parse::<PeerId>().ok());
+        let except = except.and_then(|id| self.local_peer_id(id));
         self.send_job(
             room,
             Job::Broadcast {
@@ -157,11 +205,91 @@ impl Hub {
         )
     }
 
-    /// Sends a message (JSON text) to one socket; `false` if no such socket is connected.
+    /// Sends a message (JSON text) to one socket. A socket of this instance: `false` if it is
+    /// not connected. A socket of another instance: handed to the broker (`true` if there is one).
     pub fn send_to_socket(&self, socket_id: &str, json: &[u8]) -> bool {
-        match self.peer_by_public_id(socket_id) {
-            Some(peer) => self.registry.send_to(&peer, text_frame(json), &self.stats),
-            None => false,
+        if let Some(peer) = self.peer_by_public_id(socket_id) {
+            return self.registry.send_to(&peer, text_frame(json), &self.stats);
+        }
+        let Some((instance, _)) = socket_id.split_once('.') else {
+            return false;
+        };
+        match (self.broker.get(), std::str::from_utf8(json).ok().and_then(raw)) {
+            (Some(broker), Some(msg)) if instance != self.instance => {
+                let envelope = Envelope {
+                    v: 1,
+                    from: &self.instance,
+                    kind: Kind::Send {
+                        socket: socket_id,
+                        msg: &msg,
+                    },
+                };
+                broker.publish(Channel::Instance(instance.to_string()), envelope.encode());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The local peer number of a socket id of this instance.
+    fn local_peer_id(&self, socket_id: &str) -> Option<PeerId> {
+        let (instance, n) = socket_id.split_once('.')?;
+        (instance == self.instance).then(|| n.parse().ok()).flatten()
+    }
+
+    /// Connects the broker: publishes go to it, and rooms subscribe as they gain local members.
+    pub fn set_broker(self: &Arc<Self>, broker: Arc<dyn Broker>) {
+        let hooked = broker.clone();
+        self.registry.set_room_hook(Box::new(move |room, created| {
+            if created {
+                hooked.subscribe(room)
+            } else {
+                hooked.unsubscribe(room)
+            }
+        }));
+        let _ = self.broker.set(broker);
+    }
+
+    /// Delivers what another instance published, to this instance's sockets only, through this
+    /// instance's authorize rules. Never published again.
+    pub fn on_remote(&self, text: &str) {
+        let Some(decoded) = Envelope::decode(text) else {
+            warn!("ignored a malformed message from the broker");
+            return;
+        };
+        let Some(envelope) = decoded.envelope() else {
+            warn!("ignored a malformed message from the broker");
+            return;
+        };
+        if envelope.from == self.instance || self.stopping.is_cancelled() {
+            return; // our own echo: already delivered locally
+        }
+        let result = match envelope.kind {
+            Kind::Event { collection, body } => {
+                let needs_value =
+                    self.callbacks.authorizer.is_some() && self.config.authorize_collections.contains(collection);
+                let value = if needs_value {
+                    serde_json::from_str(body.get()).unwrap_or(Value::Null)
+                } else {
+                    Value::Null
+                };
+                self.queue_event(collection, Arc::new(value), text_frame(body.get().as_bytes()), None)
+                    .map(|_| ())
+            }
+            Kind::Broadcast { room, msg, except } => self.broadcast_local(room, msg.get().as_bytes(), except),
+            Kind::Send { socket, msg } => {
+                if let Some(peer) = self.peer_by_public_id(socket) {
+                    self.registry.send_to(&peer, text_frame(msg.get().as_bytes()), &self.stats);
+                }
+                Ok(())
+            }
+            Kind::Revoke { user, sid } => {
+                self.revoke_local(user, sid);
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            warn!("could not deliver a message from the broker: {e}");
         }
     }
 
@@ -209,6 +337,18 @@ impl Hub {
     /// Closes with 4003 every socket of this user (`<collection>:<id>`) whose session is `sid`,
     /// or all of the user's sockets when `sid` is `None`. Returns how many were closed.
     pub fn revoke_session(&self, user_key: &str, sid: Option<&str>) -> usize {
+        if let Some(broker) = self.broker.get() {
+            let envelope = Envelope {
+                v: 1,
+                from: &self.instance,
+                kind: Kind::Revoke { user: user_key, sid },
+            };
+            broker.publish(Channel::Control, envelope.encode());
+        }
+        self.revoke_local(user_key, sid)
+    }
+
+    fn revoke_local(&self, user_key: &str, sid: Option<&str>) -> usize {
         let mut closed = 0;
         for peer in self.registry.all_peers() {
             if peer.user_key() != user_key {
@@ -227,7 +367,8 @@ impl Hub {
     }
 
     pub fn stats(&self) -> Snapshot {
-        self.stats.snapshot(self.registry.room_count() as u64)
+        self.stats
+            .snapshot(self.registry.room_count() as u64, self.broker.get().map(|b| b.stats()))
     }
 
     pub fn register_custom_type(&self, kind: &str) {

@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod authorize;
+pub mod broker;
 pub mod callbacks;
 pub mod config;
 pub mod connection;

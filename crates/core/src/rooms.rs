@@ -10,7 +10,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use parking_lot::RwLock;
@@ -23,9 +23,14 @@ const SHARDS: usize = 32;
 
 type Members = HashMap<PeerId, Arc<Peer>>;
 
+/// Told when a room gains its first member (`true`) or loses its last (`false`), under the
+/// room's shard lock, so the calls for one room come in order. It must not block.
+pub type RoomHook = Box<dyn Fn(&str, bool) + Send + Sync>;
+
 pub struct Registry {
     peers: Vec<RwLock<HashMap<PeerId, Arc<Peer>>>>,
     rooms: Vec<RwLock<HashMap<Arc<str>, Members>>>,
+    hook: OnceLock<RoomHook>,
     room_count: AtomicUsize,
 }
 
@@ -52,11 +57,16 @@ impl Default for Registry {
             peers: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             rooms: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             room_count: AtomicUsize::new(0),
+            hook: OnceLock::new(),
         }
     }
 }
 
 impl Registry {
+    /// Sets the room hook (the broker's subscribe and unsubscribe). Once.
+    pub fn set_room_hook(&self, hook: RoomHook) {
+        let _ = self.hook.set(hook);
+    }
     pub fn add_peer(&self, peer: Arc<Peer>) {
         self.peers[shard_of(&peer.id)].write().insert(peer.id, peer);
     }
@@ -93,6 +103,9 @@ impl Registry {
             if members.is_empty() {
                 shard.remove(room);
                 self.room_count.fetch_sub(1, Ordering::Relaxed);
+                if let Some(hook) = self.hook.get() {
+                    hook(room, false);
+                }
             }
         }
     }
@@ -115,6 +128,9 @@ impl Registry {
                 let k: Arc<str> = Arc::from(room);
                 shard.insert(k.clone(), HashMap::new());
                 self.room_count.fetch_add(1, Ordering::Relaxed);
+                if let Some(hook) = self.hook.get() {
+                    hook(room, true);
+                }
                 k
             }
         };

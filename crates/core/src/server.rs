@@ -22,6 +22,7 @@ use tokio::runtime::Runtime;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, Refusal};
+use crate::broker::redis::RedisBroker;
 use crate::callbacks::{Callbacks, UserVerifier};
 use crate::config::Config;
 use crate::connection;
@@ -73,6 +74,16 @@ impl Server {
             let listener = TcpListener::from_std(std_listener).map_err(|e| Error::Internal(e.to_string()))?;
             for lane in lanes {
                 runtime.spawn(run_lane(hub.clone(), lane));
+            }
+            if let Some(url) = hub.config.redis_url.clone() {
+                let weak = Arc::downgrade(&hub);
+                let on_message = Arc::new(move |text: &str| {
+                    if let Some(hub) = weak.upgrade() {
+                        hub.on_remote(text)
+                    }
+                });
+                let broker = RedisBroker::start(&url, &hub.instance, on_message, hub.shutdown.clone())?;
+                hub.set_broker(broker);
             }
             runtime.spawn(accept_loop(hub.clone(), listener, tracker.clone()));
         }

@@ -43,6 +43,7 @@ pub struct Snapshot {
     pub authorize_denied: u64,
     pub authorize_errors: u64,
     pub handler_errors: u64,
+    pub broker: Option<crate::broker::BrokerStats>,
 }
 
 impl Stats {
@@ -50,7 +51,7 @@ impl Stats {
         counter.fetch_add(n, Relaxed);
     }
 
-    pub fn snapshot(&self, rooms: u64) -> Snapshot {
+    pub fn snapshot(&self, rooms: u64, broker: Option<crate::broker::BrokerStats>) -> Snapshot {
         Snapshot {
             connections: self.connections.load(Relaxed),
             connections_total: self.connections_total.load(Relaxed),
@@ -64,6 +65,7 @@ impl Stats {
             authorize_denied: self.authorize_denied.load(Relaxed),
             authorize_errors: self.authorize_errors.load(Relaxed),
             handler_errors: self.handler_errors.load(Relaxed),
+            broker,
         }
     }
 }

@@ -1,0 +1,223 @@
+// payload-realtime/react. On Node, without a DOM: server rendering with react-dom/server (the
+// provider and hooks render, nothing connects or subscribes during render, a hook outside the
+// provider fails clearly). In headless Chromium, with React 19 from node_modules: the provider
+// connects, useRealtime delivers events and always calls the latest handler without
+// resubscribing, unmounting leaves the room, useRealtimeStatus follows a server restart, and
+// unmounting the provider disconnects. The browser part is skipped when /usr/bin/chromium is
+// missing, unless PAYLOAD_REALTIME_REQUIRE_ALL=1.
+
+import assert from 'node:assert/strict'
+import { test } from 'node:test'
+import { createElement as h } from 'react'
+import { renderToString } from 'react-dom/server'
+import WebSocket from 'ws'
+
+import { initUWebSocket } from '../index.mjs'
+import { createRealtimeClient } from '../lib/client/index.mjs'
+import { RealtimeProvider, useRealtime, useRealtimeClient, useRealtimeStatus } from '../lib/react/index.mjs'
+import { launchBrowser, openPage, REACT_HEAD, startHttpServer } from './browser-support.mjs'
+import { SECRET, makeToken, sleep, waitUntil, WAIT } from './helpers.mjs'
+
+// ---------------------------------------------------------------------------------------------
+// Node: server rendering
+
+/** A WebSocket class that counts constructions (none may happen during a server render). */
+function countingWebSocket() {
+  const counter = { created: 0 }
+  class CountingWebSocket extends WebSocket {
+    constructor(...args) {
+      super(...args)
+      counter.created++
+    }
+  }
+  return { CountingWebSocket, counter }
+}
+
+function Status() {
+  return h('p', null, `status:${useRealtimeStatus()}`)
+}
+
+function Posts() {
+  useRealtime('posts', () => {})
+  useRealtime(['pages', 'media.update'], () => {})
+  useRealtime(null, () => {})
+  return h('p', null, 'posts')
+}
+
+test('server rendering: provider and hooks render; nothing connects or subscribes', () => {
+  const { CountingWebSocket, counter } = countingWebSocket()
+  const client = createRealtimeClient({ url: 'ws://127.0.0.1:9/', WebSocket: CountingWebSocket, autoConnect: false })
+  const html = renderToString(h(RealtimeProvider, { client }, h(Status), h(Posts)))
+  assert.match(html, /status:closed/)
+  assert.match(html, /posts/)
+  assert.deepEqual(client.collections, [])
+
+  // A provider that owns its client creates it but connects only when mounted in a browser.
+  const owned = renderToString(
+    h(RealtimeProvider, { url: 'ws://127.0.0.1:9/', token: 't', WebSocket: CountingWebSocket }, h(Status), h(Posts)),
+  )
+  assert.match(owned, /status:closed/)
+  assert.equal(counter.created, 0)
+})
+
+test('hooks outside a RealtimeProvider throw a clear error', () => {
+  function Orphan() {
+    useRealtimeClient()
+    return null
+  }
+  assert.throws(() => renderToString(h(Orphan)), /RealtimeProvider/)
+  assert.throws(() => renderToString(h(Status)), /RealtimeProvider/)
+})
+
+// ---------------------------------------------------------------------------------------------
+// Chromium: the hooks mounted for real
+
+const PAGE = `<!doctype html>
+<html>
+<head><meta charset="utf-8"><title>payload-realtime react</title>${REACT_HEAD}</head>
+<body>
+<div id="root"></div>
+<script type="module">
+  import { StrictMode, createElement as h, useState } from 'react'
+  import { createRoot } from 'react-dom/client'
+  import { RealtimeClient } from '/lib/client/index.mjs'
+  import { RealtimeProvider, useRealtime, useRealtimeClient, useRealtimeStatus } from '/lib/react/index.mjs'
+
+  // Counts subscribe() calls (the same module instance as the one lib/react imports).
+  window.subscribeCalls = 0
+  const subscribe = RealtimeClient.prototype.subscribe
+  RealtimeClient.prototype.subscribe = function (...args) {
+    window.subscribeCalls++
+    return subscribe.apply(this, args)
+  }
+
+  const params = new URLSearchParams(location.search)
+
+  function Status() {
+    return h('p', { id: 'status' }, useRealtimeStatus())
+  }
+
+  function Posts({ label }) {
+    const [seen, setSeen] = useState([])
+    useRealtime('posts', (e) => setSeen((list) => [...list, label + ':' + e.type + ':' + e.id]))
+    return [
+      h('p', { id: 'label', key: 'label' }, label),
+      h('ul', { id: 'posts', key: 'posts' }, seen.map((text, i) => h('li', { key: i }, text))),
+    ]
+  }
+
+  function Expose() {
+    window.client = useRealtimeClient()
+    return null
+  }
+
+  function App() {
+    const [showPosts, setShowPosts] = useState(true)
+    const [label, setLabel] = useState('a')
+    window.setShowPosts = setShowPosts
+    window.setLabel = setLabel
+    return h(
+      RealtimeProvider,
+      { url: params.get('ws'), getToken: async () => params.get('token'), reconnect: { initialDelay: 50, maxDelay: 500 } },
+      h(Status),
+      h(Expose),
+      showPosts ? h(Posts, { label }) : h('p', { id: 'no-posts' }, 'hidden'),
+    )
+  }
+
+  const root = createRoot(document.getElementById('root'))
+  root.render(h(StrictMode, null, h(App)))
+  window.unmountAll = () => root.unmount()
+</script>
+</body>
+</html>`
+
+const startServer = (port = 0) =>
+  initUWebSocket(port, { host: '127.0.0.1', secret: SECRET, includeCollections: ['posts'] })
+
+async function restartOn(port) {
+  for (let i = 0; ; i++) {
+    try {
+      return await startServer(port)
+    } catch (err) {
+      if (i >= 50) throw err
+      await sleep(100)
+    }
+  }
+}
+
+const textOf = (page, selector) => page.$eval(selector, (el) => el.textContent)
+const itemsOf = (page) => page.$$eval('#posts li', (lis) => lis.map((li) => li.textContent))
+/** Waits for a condition in the page; a timeout reports what went wrong in the page. */
+async function waitInPage(page, fn, arg) {
+  try {
+    await page.waitForFunction(fn, arg, { timeout: WAIT })
+  } catch (err) {
+    err.message += `\npage problems: ${JSON.stringify(page.problems)}`
+    throw err
+  }
+}
+const waitForText = (page, selector, text) =>
+  waitInPage(page, ([s, t]) => document.querySelector(s)?.textContent === t, [selector, text])
+const waitForItems = (page, n) =>
+  waitInPage(page, (count) => document.querySelectorAll('#posts li').length === count, n)
+
+test('in Chromium: RealtimeProvider, useRealtime and useRealtimeStatus with React 19', { timeout: 120_000 }, async (t) => {
+  const browser = await launchBrowser(t)
+  if (!browser) return
+  let manager = await startServer()
+  const port = manager.port
+  const web = await startHttpServer({ '/': PAGE })
+  const inRoom = () => manager.getSocketsInRoom('collection:posts').length
+  try {
+    const page = await openPage(browser)
+    const query = new URLSearchParams({ ws: `ws://127.0.0.1:${port}/`, token: makeToken({ id: 'react-user' }) })
+    await page.goto(`${web.origin}/?${query}`)
+
+    // StrictMode mounts effects twice: one connection and one room membership must remain.
+    await waitForText(page, '#status', 'open')
+    await waitUntil(() => inRoom() === 1 && manager.stats().connections === 1, { label: 'one socket in the room' })
+
+    await manager.emitEvent({ type: 'create', collection: 'posts', id: 1 })
+    await waitForItems(page, 1)
+    assert.deepEqual(await itemsOf(page), ['a:create:1'])
+
+    // A new handler (new closure each render) is used without subscribing again.
+    const calls = await page.evaluate(() => window.subscribeCalls)
+    await page.evaluate(() => window.setLabel('b'))
+    await waitForText(page, '#label', 'b') // committed: the new handler is in place
+    await manager.emitEvent({ type: 'update', collection: 'posts', id: 1 })
+    await waitForItems(page, 2)
+    assert.deepEqual(await itemsOf(page), ['a:create:1', 'b:update:1'])
+    assert.equal(await page.evaluate(() => window.subscribeCalls), calls)
+
+    // The status follows the connection through a server restart.
+    await manager.close()
+    await waitForText(page, '#status', 'reconnecting')
+    manager = await restartOn(port)
+    await waitForText(page, '#status', 'open')
+    await waitUntil(() => inRoom() === 1, { label: 'the room joined again' })
+    await manager.emitEvent({ type: 'delete', collection: 'posts', id: 1 })
+    await waitForItems(page, 3)
+    assert.equal((await itemsOf(page))[2], 'b:delete:1')
+
+    // Unmounting the component leaves the room; the connection stays.
+    await page.evaluate(() => window.setShowPosts(false))
+    await waitForText(page, '#no-posts', 'hidden')
+    await waitUntil(() => inRoom() === 0, { label: 'the room left on unmount' })
+    assert.equal(manager.stats().connections, 1)
+    assert.equal(await textOf(page, '#status'), 'open')
+    assert.deepEqual(await page.evaluate(() => window.client.collections), [])
+
+    // Unmounting the provider disconnects its client.
+    await page.evaluate(() => window.unmountAll())
+    await waitUntil(() => manager.stats().connections === 0, { label: 'the provider disconnected' })
+    assert.equal(await page.evaluate(() => window.client.status), 'closed')
+    assert.deepEqual(page.problems, [])
+    await page.close()
+  } finally {
+    await browser.close()
+    await web.close()
+    await manager.close()
+  }
+})

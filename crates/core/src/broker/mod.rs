@@ -1,0 +1,247 @@
+//! Many instances: the broker behind the room registry, in the style of centrifuge's hub. Each
+//! instance delivers to its own sockets at once and publishes what it emits for the others; what
+//! arrives from the broker is delivered locally, through this instance's own authorize rules, and
+//! never published again. Every envelope names its origin, so an instance ignores its own echo:
+//! each socket gets each message exactly once.
+//!
+//! An instance subscribes only to the rooms it has local members in (the registry tells the
+//! broker when a room gains its first or loses its last local member), plus its own instance
+//! channel (`sendToSocket` for its sockets) and the control channel (session revocation).
+
+pub mod redis;
+
+use std::sync::Arc;
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Where an envelope goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// Everyone with local members in the room.
+    Room(Arc<str>),
+    /// One instance (messages for its sockets).
+    Instance(String),
+    /// Every instance.
+    Control,
+}
+
+/// Counters the broker keeps; `stats()` reports them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BrokerStats {
+    pub connected: bool,
+    pub published: u64,
+    pub received: u64,
+    /// Publishes that failed or were dropped (Redis down, queue full).
+    pub errors: u64,
+    /// Rooms this instance is subscribed to.
+    pub subscriptions: u64,
+}
+
+/// The broker as the hub uses it. Every method returns at once: publishing and subscribing
+/// happen on the broker's own tasks, so a slow or absent Redis never blocks a write, an emit or
+/// the JS event loop.
+pub trait Broker: Send + Sync + 'static {
+    fn publish(&self, channel: Channel, envelope: String);
+    /// The room gained its first local member.
+    fn subscribe(&self, room: &str);
+    /// The room lost its last local member.
+    fn unsubscribe(&self, room: &str);
+    fn stats(&self) -> BrokerStats;
+}
+
+/// What travels between instances.
+#[derive(Debug)]
+pub struct Envelope<'a> {
+    /// Format version.
+    pub v: u8,
+    /// The instance that published it.
+    pub from: &'a str,
+    pub kind: Kind<'a>,
+}
+
+#[derive(Debug)]
+pub enum Kind<'a> {
+    /// A collection event (already normalized); each instance applies its own authorize rule.
+    Event { collection: &'a str, body: &'a RawValue },
+    /// A room broadcast: the message as JSON, `except` a socket id.
+    Broadcast {
+        room: &'a str,
+        msg: &'a RawValue,
+        except: Option<&'a str>,
+    },
+    /// A message for one socket of the receiving instance.
+    Send { socket: &'a str, msg: &'a RawValue },
+    /// Close a user's session (logout) on every instance.
+    Revoke { user: &'a str, sid: Option<&'a str> },
+}
+
+/// The JSON form: flat, so payloads stay raw (never parsed or escaped again on the way).
+#[derive(Serialize, Deserialize)]
+struct Wire<'a> {
+    v: u8,
+    #[serde(borrow)]
+    from: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    collection: Option<Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    room: Option<Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    socket: Option<Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    user: Option<Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    sid: Option<Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    except: Option<Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    body: Option<&'a RawValue>,
+}
+
+/// A decoded envelope; it owns what it borrowed when the JSON had escapes.
+pub struct Decoded<'a> {
+    wire: Wire<'a>,
+}
+
+impl Envelope<'_> {
+    pub fn encode(&self) -> String {
+        let b = |s: &str| Some(Cow::Owned(s.to_string()));
+        let mut w = Wire {
+            v: self.v,
+            from: Cow::Borrowed(self.from),
+            kind: Cow::Borrowed(""),
+            collection: None,
+            room: None,
+            socket: None,
+            user: None,
+            sid: None,
+            except: None,
+            body: None,
+        };
+        match &self.kind {
+            Kind::Event { collection, body } => {
+                w.kind = Cow::Borrowed("event");
+                w.collection = b(collection);
+                w.body = Some(body);
+            }
+            Kind::Broadcast { room, msg, except } => {
+                w.kind = Cow::Borrowed("broadcast");
+                w.room = b(room);
+                w.body = Some(msg);
+                w.except = except.and_then(b);
+            }
+            Kind::Send { socket, msg } => {
+                w.kind = Cow::Borrowed("send");
+                w.socket = b(socket);
+                w.body = Some(msg);
+            }
+            Kind::Revoke { user, sid } => {
+                w.kind = Cow::Borrowed("revoke");
+                w.user = b(user);
+                w.sid = sid.and_then(b);
+            }
+        }
+        serde_json::to_string(&w).unwrap_or_default()
+    }
+
+    /// Parses an envelope of version 1; `None` for anything else.
+    pub fn decode(text: &str) -> Option<Decoded<'_>> {
+        let wire: Wire = serde_json::from_str(text).ok()?;
+        (wire.v == 1).then_some(Decoded { wire })
+    }
+}
+
+impl Decoded<'_> {
+    pub fn envelope(&self) -> Option<Envelope<'_>> {
+        let w = &self.wire;
+        let kind = match &*w.kind {
+            "event" => Kind::Event {
+                collection: w.collection.as_deref()?,
+                body: w.body?,
+            },
+            "broadcast" => Kind::Broadcast {
+                room: w.room.as_deref()?,
+                msg: w.body?,
+                except: w.except.as_deref(),
+            },
+            "send" => Kind::Send {
+                socket: w.socket.as_deref()?,
+                msg: w.body?,
+            },
+            "revoke" => Kind::Revoke {
+                user: w.user.as_deref()?,
+                sid: w.sid.as_deref(),
+            },
+            _ => return None,
+        };
+        Some(Envelope {
+            v: w.v,
+            from: &w.from,
+            kind,
+        })
+    }
+}
+
+/// A JSON text as a raw value (it is embedded as it is, never escaped or parsed again).
+pub fn raw(json: &str) -> Option<Box<RawValue>> {
+    RawValue::from_string(json.to_string()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_round_trip_without_reencoding_the_payload() {
+        let body = raw(r#"{"type":"update","collection":"posts","id":1}"#).unwrap();
+        let e = Envelope {
+            v: 1,
+            from: "abc",
+            kind: Kind::Event {
+                collection: "posts",
+                body: &body,
+            },
+        };
+        let text = e.encode();
+        assert_eq!(
+            text,
+            r#"{"v":1,"from":"abc","kind":"event","collection":"posts","body":{"type":"update","collection":"posts","id":1}}"#
+        );
+        let decoded = Envelope::decode(&text).unwrap();
+        let back = decoded.envelope().unwrap();
+        assert_eq!(back.from, "abc");
+        match back.kind {
+            Kind::Event { collection, body } => {
+                assert_eq!(collection, "posts");
+                assert_eq!(body.get(), r#"{"type":"update","collection":"posts","id":1}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+        let revoke = Envelope {
+            v: 1,
+            from: "x",
+            kind: Kind::Revoke {
+                user: "users:1",
+                sid: None,
+            },
+        }
+        .encode();
+        assert!(matches!(
+            Envelope::decode(&revoke).unwrap().envelope().unwrap().kind,
+            Kind::Revoke {
+                user: "users:1",
+                sid: None
+            }
+        ));
+        assert!(Envelope::decode("{\"v\":2,\"from\":\"x\",\"kind\":\"revoke\",\"user\":\"u\"}").is_none());
+        assert!(Envelope::decode("garbage").is_none());
+        // Escapes in names are fine (they are unescaped into owned strings).
+        let escaped = r#"{"v":1,"from":"a","kind":"broadcast","room":"r\"1","body":{"x":1}}"#;
+        let d = Envelope::decode(escaped).unwrap();
+        assert!(matches!(d.envelope().unwrap().kind, Kind::Broadcast { room: "r\"1", .. }));
+    }
+}

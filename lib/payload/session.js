@@ -1,0 +1,214 @@
+'use strict'
+// Payload decides who a socket is (verifyUser) and logout ends live sessions (revocation).
+//
+// verifyUser: the Rust core has already checked the token's signature and expiry; Payload then
+// checks what only it knows (the session `sid` is still in `user.sessions`, the user exists, is
+// verified, ...) through `payload.auth()`. The socket's user becomes the user document without
+// auth internals (hash, salt, sessions, tokens).
+//
+// Logout: an `afterLogout` hook closes that session's sockets (4003) at once and remembers the
+// sid as revoked, so that a client reconnecting before the logout is written is still refused.
+// Payload's logout writes the remaining sessions with `db.updateOne` after the hooks: a wrapper
+// on it closes, once that write is committed, every other session of the user that is gone too
+// (this is how "log out of all sessions" is seen, also from the Local API).
+
+const { afterCommit } = require('./transactions.js')
+const { withoutAuthInternals } = require('./access.js')
+
+const LOGOUT = Symbol('payload-realtime.logout')
+const SWEEP = Symbol.for('payload-realtime.logout-sweep')
+const DEFAULT_SESSION_SECONDS = 7200
+
+function userKey(collection, id) {
+  return `${collection}:${id}`
+}
+
+/** The claims of a JWT, unverified (for tokens Payload has already accepted). */
+function decodeClaims(token) {
+  try {
+    const part = String(token).split('.')[1]
+    return JSON.parse(Buffer.from(part, 'base64url').toString('utf8'))
+  } catch {
+    return undefined
+  }
+}
+
+/** The token a request authenticated with, from the Authorization header or the cookie. */
+function tokenOf(req) {
+  const headers = req && req.headers
+  if (!headers || typeof headers.get !== 'function') return undefined
+  const auth = headers.get('Authorization')
+  if (auth && /^(JWT|Bearer) /.test(auth)) return auth.replace(/^(JWT|Bearer) /, '')
+  const prefix = (req.payload && req.payload.config && req.payload.config.cookiePrefix) || 'payload'
+  const cookie = headers.get('Cookie') || ''
+  for (const pair of cookie.split(';')) {
+    const i = pair.indexOf('=')
+    if (i > 0 && pair.slice(0, i).trim() === `${prefix}-token`) return decodeURIComponent(pair.slice(i + 1).trim())
+  }
+  return undefined
+}
+
+class Sessions {
+  /**
+   * @param {{ getPayload: () => any, getManager: () => any }} deps
+   */
+  constructor({ getPayload, getManager }) {
+    this.getPayload = getPayload
+    this.getManager = getManager
+    /** sid -> epoch seconds after which remembering it is pointless (the token has expired) */
+    this.revoked = new Map()
+    /** `<collection>:<id>` -> Map(sid -> exp): sessions seen connecting, to close on logout-all */
+    this.known = new Map()
+    this.warnedNoRevoke = false
+  }
+
+  _prune(map, now = Date.now() / 1000) {
+    for (const [k, exp] of map) if (exp < now) map.delete(k)
+  }
+
+  markRevoked(sid, exp) {
+    if (!sid) return
+    this._prune(this.revoked)
+    this.revoked.set(sid, exp ?? Date.now() / 1000 + DEFAULT_SESSION_SECONDS)
+  }
+
+  isRevoked(sid) {
+    if (!sid) return false
+    const exp = this.revoked.get(sid)
+    if (exp === undefined) return false
+    if (exp < Date.now() / 1000) {
+      this.revoked.delete(sid)
+      return false
+    }
+    return true
+  }
+
+  _remember(collection, id, sid, exp) {
+    if (!sid) return
+    const key = userKey(collection, id)
+    let sids = this.known.get(key)
+    if (!sids) this.known.set(key, (sids = new Map()))
+    this._prune(sids)
+    sids.set(sid, typeof exp === 'number' ? exp : Date.now() / 1000 + DEFAULT_SESSION_SECONDS)
+  }
+
+  /** The server's `verifyUser`: the user document Payload accepts for this token, or null. */
+  verifyUser = async (token, claims) => {
+    const payload = this.getPayload()
+    if (!payload) {
+      console.error('[payload-realtime] a socket was refused: Payload is not initialised yet')
+      return null
+    }
+    const sid = claims && typeof claims.sid === 'string' ? claims.sid : undefined
+    if (this.isRevoked(sid)) return null
+    const order = (payload.config.auth && payload.config.auth.jwtOrder) || ['JWT', 'Bearer', 'cookie']
+    const headers = new Headers({ DisableAutologin: 'true' })
+    if (order.includes('JWT')) headers.set('Authorization', `JWT ${token}`)
+    else if (order.includes('Bearer')) headers.set('Authorization', `Bearer ${token}`)
+    else headers.set('Cookie', `${payload.config.cookiePrefix || 'payload'}-token=${token}`)
+    const { user } = await payload.auth({ headers })
+    if (!user || !claims) return null
+    // The token names the user: Payload must have accepted that very user.
+    if (String(user.id) !== String(claims.id) || user.collection !== claims.collection) return null
+    // A logout may have been written while Payload was checking.
+    if (this.isRevoked(sid)) return null
+    this._remember(user.collection, user.id, sid, claims.exp)
+    const clean = withoutAuthInternals(user)
+    delete clean._sid
+    return JSON.parse(JSON.stringify(clean))
+  }
+
+  _revoke(collection, id, sid) {
+    const manager = this.getManager()
+    if (!manager) return 0
+    if (typeof manager.revokeSession !== 'function') {
+      if (!this.warnedNoRevoke) {
+        this.warnedNoRevoke = true
+        console.error('[payload-realtime] this server cannot revoke sessions (manager.revokeSession is missing)')
+      }
+      return 0
+    }
+    try {
+      return manager.revokeSession(sid ? { collection, id, sid } : { collection, id })
+    } catch (err) {
+      console.error(`[payload-realtime] revoking a session failed: ${err.message}`)
+      return 0
+    }
+  }
+
+  /** The `afterLogout` hook of every auth collection. Returns nothing (the result stays Payload's). */
+  afterLogout = ({ req, collection }) => {
+    try {
+      const user = req && req.user
+      if (!user || user.id === undefined) return
+      const slug = (collection && collection.slug) || user.collection
+      const claims = decodeClaims(tokenOf(req)) || {}
+      const sid = user._sid ?? claims.sid
+      const exp = typeof claims.exp === 'number' ? claims.exp : undefined
+      const useSessions = !(collection && collection.auth && collection.auth.useSessions === false)
+      if (!useSessions || !sid) return // no sessions: Payload itself keeps accepting the token
+      // Seen by the db.updateOne wrapper that writes the remaining sessions.
+      req[LOGOUT] = { collection: slug, id: user.id }
+      const allSessions =
+        req.searchParams && typeof req.searchParams.get === 'function' && req.searchParams.get('allSessions') === 'true'
+      if (allSessions) {
+        this._revoke(slug, user.id)
+      } else {
+        this.markRevoked(sid, exp)
+        this._revoke(slug, user.id, sid)
+        afterCommit(req, () => {}, { onRollback: () => this.revoked.delete(sid), what: 'logout' })
+      }
+    } catch (err) {
+      console.error(`[payload-realtime] afterLogout failed: ${err.message}`)
+    }
+  }
+
+  /** After the logout's session write is committed: close the sessions that are gone. */
+  _sweep(collection, id, remaining) {
+    const key = userKey(collection, id)
+    const sids = this.known.get(key)
+    if (remaining.size === 0) {
+      this._revoke(collection, id)
+      if (sids) for (const [sid, exp] of sids) this.markRevoked(sid, exp)
+      this.known.delete(key)
+      return
+    }
+    if (!sids) return
+    for (const [sid, exp] of [...sids]) {
+      if (remaining.has(sid)) continue
+      sids.delete(sid)
+      this.markRevoked(sid, exp)
+      this._revoke(collection, id, sid)
+    }
+  }
+
+  /** Wraps `db.updateOne` (behaviour unchanged) to see the session list a logout writes. */
+  installLogoutSweep(db) {
+    if (!db || typeof db.updateOne !== 'function' || db[SWEEP]) return
+    const sessions = this
+    const original = db.updateOne
+    Object.defineProperty(db, SWEEP, { value: true, enumerable: false })
+    db.updateOne = async function updateOne(args, ...rest) {
+      const result = await original.call(this, args, ...rest)
+      try {
+        const mark = args && args.req && args.req[LOGOUT]
+        if (
+          mark &&
+          args.collection === mark.collection &&
+          String(args.id) === String(mark.id) &&
+          args.data &&
+          Array.isArray(args.data.sessions)
+        ) {
+          delete args.req[LOGOUT]
+          const remaining = new Set(args.data.sessions.map((s) => s && s.id))
+          afterCommit(args.req, () => sessions._sweep(mark.collection, mark.id, remaining), { what: 'logout' })
+        }
+      } catch (err) {
+        console.error(`[payload-realtime] logout bookkeeping failed: ${err.message}`)
+      }
+      return result
+    }
+  }
+}
+
+module.exports = { Sessions, decodeClaims }

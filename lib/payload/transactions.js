@@ -1,0 +1,114 @@
+'use strict'
+// Runs work only once a write is final. Payload's hooks run inside the write's transaction, before
+// the commit: an event sent from a hook could announce a write that is then rolled back. So the
+// plugin queues each event under the request's transaction id and sends it when the database
+// adapter's commitTransaction(id) succeeds, or drops it on rollbackTransaction / killTransaction.
+// With no transaction (SQLite's default) the write is already final and the work runs at once.
+
+const STATE = Symbol.for('payload-realtime.transactions')
+
+function isThenable(v) {
+  return v !== null && (typeof v === 'object' || typeof v === 'function') && typeof v.then === 'function'
+}
+
+function runSafely(fn, what) {
+  try {
+    const r = fn()
+    if (isThenable(r)) r.then(undefined, (err) => logFailure(what, err))
+  } catch (err) {
+    logFailure(what, err)
+  }
+}
+
+function logFailure(what, err) {
+  console.error(`[payload-realtime] ${what} failed: ${err instanceof Error ? err.message : String(err)}`)
+}
+
+/**
+ * Wraps the adapter's commitTransaction / rollbackTransaction (and killTransaction where an adapter
+ * has one) so that queued work follows the transaction's fate. Idempotent; the wrapped methods
+ * behave exactly as before (same arguments, result and errors).
+ * @returns {{ pending: Map<unknown, Array<{ onCommit: Function, onRollback?: Function, what: string }>> }}
+ */
+function installTransactionHooks(db) {
+  if (!db || typeof db !== 'object') return undefined
+  if (db[STATE]) return db[STATE]
+  const state = { pending: new Map() }
+  Object.defineProperty(db, STATE, { value: state, enumerable: false })
+
+  const settle = (key, committed) => {
+    const list = state.pending.get(key)
+    if (!list) return
+    state.pending.delete(key)
+    for (const item of list) {
+      if (committed) runSafely(item.onCommit, item.what)
+      else if (item.onRollback) runSafely(item.onRollback, `${item.what} (rollback)`)
+    }
+  }
+
+  if (typeof db.commitTransaction === 'function') {
+    const original = db.commitTransaction
+    db.commitTransaction = async function commitTransaction(id, ...rest) {
+      let result
+      try {
+        result = await original.call(this, id, ...rest)
+      } catch (err) {
+        // Not committed: whatever the adapter does next, never announce this write.
+        settle(await resolveKey(id), false)
+        throw err
+      }
+      settle(await resolveKey(id), true)
+      return result
+    }
+  }
+  for (const name of ['rollbackTransaction', 'killTransaction']) {
+    if (typeof db[name] !== 'function') continue
+    const original = db[name]
+    db[name] = async function (id, ...rest) {
+      try {
+        return await original.call(this, id, ...rest)
+      } finally {
+        settle(await resolveKey(id), false)
+      }
+    }
+  }
+  return state
+}
+
+async function resolveKey(id) {
+  try {
+    return isThenable(id) ? await id : id
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * Runs `onCommit` once the write behind `req` is final: at once without a transaction, after the
+ * commit with one. `onRollback` runs instead if the transaction is rolled back. Never throws and
+ * never makes the caller wait.
+ */
+function afterCommit(req, onCommit, { onRollback, what = 'after-commit work' } = {}) {
+  const tid = req ? req.transactionID : undefined
+  if (!tid) return runSafely(onCommit, what)
+  const db = req.payload && req.payload.db
+  const state = installTransactionHooks(db)
+  if (!state) return runSafely(onCommit, what)
+  const enqueue = (key) => {
+    // A Promise that resolved to nothing: the adapter has no transactions (SQLite's default).
+    if (key === null || key === undefined || key === false) return runSafely(onCommit, what)
+    let list = state.pending.get(key)
+    if (!list) state.pending.set(key, (list = []))
+    list.push({ onCommit, onRollback, what })
+  }
+  if (isThenable(tid)) {
+    // initTransaction leaves the Promise on req while (or when) no id was produced.
+    Promise.resolve(tid).then(enqueue, () => {
+      if (onRollback) runSafely(onRollback, `${what} (rollback)`)
+    })
+  } else {
+    enqueue(tid)
+  }
+}
+
+module.exports = { afterCommit, installTransactionHooks }
