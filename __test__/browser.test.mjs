@@ -58,54 +58,58 @@ async function restartOn(port) {
 
 const eventsIn = (page) => page.$$eval('#events li', (lis) => lis.map((li) => li.textContent))
 
-test('the SDK in Chromium: events reach the DOM, and keep coming after a server restart', { timeout: 120_000 }, async (t) => {
-  const browser = await launchBrowser(t)
-  if (!browser) return
-  let manager = await startServer()
-  const port = manager.port
-  const web = await startHttpServer({ '/': PAGE })
-  try {
-    const page = await openPage(browser)
-    const token = makeToken({ id: 'browser-user' })
-    const query = new URLSearchParams({ ws: `ws://127.0.0.1:${port}/`, token })
-    await page.goto(`${web.origin}/?${query}`)
-    await page.waitForFunction(() => document.getElementById('status').textContent === 'open', null, {
-      timeout: WAIT,
-    })
-    await waitUntil(() => manager.getSocketsInRoom('collection:posts').length === 1, { label: 'the page joined' })
-    assert.equal(manager.getSocketsInRoom('collection:posts')[0].user.id, 'browser-user')
-    const loadedAt = await page.evaluate(() => window.loadedAt)
+test(
+  'the SDK in Chromium: events reach the DOM, and keep coming after a server restart',
+  { timeout: 120_000 },
+  async (t) => {
+    const browser = await launchBrowser(t)
+    if (!browser) return
+    let manager = await startServer()
+    const port = manager.port
+    const web = await startHttpServer({ '/': PAGE })
+    try {
+      const page = await openPage(browser)
+      const token = makeToken({ id: 'browser-user' })
+      const query = new URLSearchParams({ ws: `ws://127.0.0.1:${port}/`, token })
+      await page.goto(`${web.origin}/?${query}`)
+      await page.waitForFunction(() => document.getElementById('status').textContent === 'open', null, {
+        timeout: WAIT,
+      })
+      await waitUntil(() => manager.getSocketsInRoom('collection:posts').length === 1, { label: 'the page joined' })
+      assert.equal(manager.getSocketsInRoom('collection:posts')[0].user.id, 'browser-user')
+      const loadedAt = await page.evaluate(() => window.loadedAt)
 
-    await manager.emitEvent({ type: 'create', collection: 'posts', id: 1, doc: { id: 1, title: 'Hello' } })
-    await manager.emitEvent({ type: 'update', collection: 'posts', id: 1, doc: { id: 1, title: 'Hello again' } })
-    await page.waitForFunction(() => document.querySelectorAll('#events li').length === 2, null, { timeout: WAIT })
-    assert.deepEqual(await eventsIn(page), ['create 1 Hello', 'update 1 Hello again'])
+      await manager.emitEvent({ type: 'create', collection: 'posts', id: 1, doc: { id: 1, title: 'Hello' } })
+      await manager.emitEvent({ type: 'update', collection: 'posts', id: 1, doc: { id: 1, title: 'Hello again' } })
+      await page.waitForFunction(() => document.querySelectorAll('#events li').length === 2, null, { timeout: WAIT })
+      assert.deepEqual(await eventsIn(page), ['create 1 Hello', 'update 1 Hello again'])
 
-    // The server goes away and comes back on the same port.
-    await manager.close()
-    await page.waitForFunction(() => document.getElementById('status').textContent === 'reconnecting', null, {
-      timeout: WAIT,
-    })
-    manager = await restartOn(port)
-    await page.waitForFunction(() => document.getElementById('status').textContent === 'open', null, {
-      timeout: WAIT,
-    })
-    await waitUntil(() => manager.getSocketsInRoom('collection:posts').length === 1, { label: 'the page rejoined' })
-    await manager.emitEvent({ type: 'delete', collection: 'posts', id: 1 })
-    await page.waitForFunction(() => document.querySelectorAll('#events li').length === 3, null, { timeout: WAIT })
-    assert.deepEqual(await eventsIn(page), ['create 1 Hello', 'update 1 Hello again', 'delete 1 '])
+      // The server goes away and comes back on the same port.
+      await manager.close()
+      await page.waitForFunction(() => document.getElementById('status').textContent === 'reconnecting', null, {
+        timeout: WAIT,
+      })
+      manager = await restartOn(port)
+      await page.waitForFunction(() => document.getElementById('status').textContent === 'open', null, {
+        timeout: WAIT,
+      })
+      await waitUntil(() => manager.getSocketsInRoom('collection:posts').length === 1, { label: 'the page rejoined' })
+      await manager.emitEvent({ type: 'delete', collection: 'posts', id: 1 })
+      await page.waitForFunction(() => document.querySelectorAll('#events li').length === 3, null, { timeout: WAIT })
+      assert.deepEqual(await eventsIn(page), ['create 1 Hello', 'update 1 Hello again', 'delete 1 '])
 
-    // Same page (no reload), no errors shown or thrown.
-    assert.equal(await page.evaluate(() => window.loadedAt), loadedAt)
-    assert.deepEqual(await page.$$eval('#errors li', (lis) => lis.map((li) => li.textContent)), [])
-    assert.deepEqual(page.problems, [])
+      // Same page (no reload), no errors shown or thrown.
+      assert.equal(await page.evaluate(() => window.loadedAt), loadedAt)
+      assert.deepEqual(await page.$$eval('#errors li', (lis) => lis.map((li) => li.textContent)), [])
+      assert.deepEqual(page.problems, [])
 
-    await page.evaluate(() => window.client.disconnect())
-    await waitUntil(() => manager.stats().connections === 0, { label: 'the page disconnected' })
-    await page.close()
-  } finally {
-    await browser.close()
-    await web.close()
-    await manager.close()
-  }
-})
+      await page.evaluate(() => window.client.disconnect())
+      await waitUntil(() => manager.stats().connections === 0, { label: 'the page disconnected' })
+      await page.close()
+    } finally {
+      await browser.close()
+      await web.close()
+      await manager.close()
+    }
+  },
+)

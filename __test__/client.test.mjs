@@ -102,21 +102,45 @@ test('backoffDelay: full jitter between 0 and min(maxDelay, initialDelay * facto
   const opts = { initialDelay: 100, maxDelay: 5000, factor: 2 }
   for (let attempt = 0; attempt < 30; attempt++) {
     const ceiling = Math.min(5000, 100 * 2 ** attempt)
-    assert.equal(backoffDelay(attempt, opts, () => 0), 0)
-    assert.equal(backoffDelay(attempt, opts, () => 1), ceiling)
-    assert.equal(backoffDelay(attempt, opts, () => 0.5), Math.floor(ceiling / 2))
+    assert.equal(
+      backoffDelay(attempt, opts, () => 0),
+      0,
+    )
+    assert.equal(
+      backoffDelay(attempt, opts, () => 1),
+      ceiling,
+    )
+    assert.equal(
+      backoffDelay(attempt, opts, () => 0.5),
+      Math.floor(ceiling / 2),
+    )
     for (let i = 0; i < 50; i++) {
       const d = backoffDelay(attempt, opts)
       assert.ok(Number.isInteger(d) && d >= 0 && d <= ceiling, `attempt ${attempt}: ${d} not in [0, ${ceiling}]`)
     }
   }
   // Huge attempt numbers stay capped (no Infinity, no NaN); nonsense input is attempt 0.
-  assert.equal(backoffDelay(10_000, opts, () => 1), 5000)
-  assert.equal(backoffDelay(-3, opts, () => 1), 100)
-  assert.equal(backoffDelay(NaN, opts, () => 1), 100)
+  assert.equal(
+    backoffDelay(10_000, opts, () => 1),
+    5000,
+  )
+  assert.equal(
+    backoffDelay(-3, opts, () => 1),
+    100,
+  )
+  assert.equal(
+    backoffDelay(NaN, opts, () => 1),
+    100,
+  )
   // Defaults.
-  assert.equal(backoffDelay(0, {}, () => 1), DEFAULT_RECONNECT.initialDelay)
-  assert.equal(backoffDelay(100, {}, () => 1), DEFAULT_RECONNECT.maxDelay)
+  assert.equal(
+    backoffDelay(0, {}, () => 1),
+    DEFAULT_RECONNECT.initialDelay,
+  )
+  assert.equal(
+    backoffDelay(100, {}, () => 1),
+    DEFAULT_RECONNECT.maxDelay,
+  )
 })
 
 test('parseSubscription: collection, collection.type and collection.*', () => {
@@ -159,7 +183,7 @@ test('validateMessage accepts what the server sends and names what is wrong othe
 
 test('createRealtimeClient checks its options; with no WebSocket at all it says so', () => {
   assert.throws(() => createRealtimeClient({}), TypeError)
-  assert.throws(() => createRealtimeClient({ url: 'ftp://x/' , WebSocket }), TypeError)
+  assert.throws(() => createRealtimeClient({ url: 'ftp://x/', WebSocket }), TypeError)
   assert.throws(() => createRealtimeClient({ url: 'ws://x/', WebSocket, getToken: 'nope' }), TypeError)
   assert.throws(() => createRealtimeClient({ url: 'ws://x/', WebSocket, reconnect: { maxDelay: -1 } }), TypeError)
   if (typeof globalThis.WebSocket !== 'function') {

@@ -162,62 +162,66 @@ const waitForText = (page, selector, text) =>
 const waitForItems = (page, n) =>
   waitInPage(page, (count) => document.querySelectorAll('#posts li').length === count, n)
 
-test('in Chromium: RealtimeProvider, useRealtime and useRealtimeStatus with React 19', { timeout: 120_000 }, async (t) => {
-  const browser = await launchBrowser(t)
-  if (!browser) return
-  let manager = await startServer()
-  const port = manager.port
-  const web = await startHttpServer({ '/': PAGE })
-  const inRoom = () => manager.getSocketsInRoom('collection:posts').length
-  try {
-    const page = await openPage(browser)
-    const query = new URLSearchParams({ ws: `ws://127.0.0.1:${port}/`, token: makeToken({ id: 'react-user' }) })
-    await page.goto(`${web.origin}/?${query}`)
+test(
+  'in Chromium: RealtimeProvider, useRealtime and useRealtimeStatus with React 19',
+  { timeout: 120_000 },
+  async (t) => {
+    const browser = await launchBrowser(t)
+    if (!browser) return
+    let manager = await startServer()
+    const port = manager.port
+    const web = await startHttpServer({ '/': PAGE })
+    const inRoom = () => manager.getSocketsInRoom('collection:posts').length
+    try {
+      const page = await openPage(browser)
+      const query = new URLSearchParams({ ws: `ws://127.0.0.1:${port}/`, token: makeToken({ id: 'react-user' }) })
+      await page.goto(`${web.origin}/?${query}`)
 
-    // StrictMode mounts effects twice: one connection and one room membership must remain.
-    await waitForText(page, '#status', 'open')
-    await waitUntil(() => inRoom() === 1 && manager.stats().connections === 1, { label: 'one socket in the room' })
+      // StrictMode mounts effects twice: one connection and one room membership must remain.
+      await waitForText(page, '#status', 'open')
+      await waitUntil(() => inRoom() === 1 && manager.stats().connections === 1, { label: 'one socket in the room' })
 
-    await manager.emitEvent({ type: 'create', collection: 'posts', id: 1 })
-    await waitForItems(page, 1)
-    assert.deepEqual(await itemsOf(page), ['a:create:1'])
+      await manager.emitEvent({ type: 'create', collection: 'posts', id: 1 })
+      await waitForItems(page, 1)
+      assert.deepEqual(await itemsOf(page), ['a:create:1'])
 
-    // A new handler (new closure each render) is used without subscribing again.
-    const calls = await page.evaluate(() => window.subscribeCalls)
-    await page.evaluate(() => window.setLabel('b'))
-    await waitForText(page, '#label', 'b') // committed: the new handler is in place
-    await manager.emitEvent({ type: 'update', collection: 'posts', id: 1 })
-    await waitForItems(page, 2)
-    assert.deepEqual(await itemsOf(page), ['a:create:1', 'b:update:1'])
-    assert.equal(await page.evaluate(() => window.subscribeCalls), calls)
+      // A new handler (new closure each render) is used without subscribing again.
+      const calls = await page.evaluate(() => window.subscribeCalls)
+      await page.evaluate(() => window.setLabel('b'))
+      await waitForText(page, '#label', 'b') // committed: the new handler is in place
+      await manager.emitEvent({ type: 'update', collection: 'posts', id: 1 })
+      await waitForItems(page, 2)
+      assert.deepEqual(await itemsOf(page), ['a:create:1', 'b:update:1'])
+      assert.equal(await page.evaluate(() => window.subscribeCalls), calls)
 
-    // The status follows the connection through a server restart.
-    await manager.close()
-    await waitForText(page, '#status', 'reconnecting')
-    manager = await restartOn(port)
-    await waitForText(page, '#status', 'open')
-    await waitUntil(() => inRoom() === 1, { label: 'the room joined again' })
-    await manager.emitEvent({ type: 'delete', collection: 'posts', id: 1 })
-    await waitForItems(page, 3)
-    assert.equal((await itemsOf(page))[2], 'b:delete:1')
+      // The status follows the connection through a server restart.
+      await manager.close()
+      await waitForText(page, '#status', 'reconnecting')
+      manager = await restartOn(port)
+      await waitForText(page, '#status', 'open')
+      await waitUntil(() => inRoom() === 1, { label: 'the room joined again' })
+      await manager.emitEvent({ type: 'delete', collection: 'posts', id: 1 })
+      await waitForItems(page, 3)
+      assert.equal((await itemsOf(page))[2], 'b:delete:1')
 
-    // Unmounting the component leaves the room; the connection stays.
-    await page.evaluate(() => window.setShowPosts(false))
-    await waitForText(page, '#no-posts', 'hidden')
-    await waitUntil(() => inRoom() === 0, { label: 'the room left on unmount' })
-    assert.equal(manager.stats().connections, 1)
-    assert.equal(await textOf(page, '#status'), 'open')
-    assert.deepEqual(await page.evaluate(() => window.client.collections), [])
+      // Unmounting the component leaves the room; the connection stays.
+      await page.evaluate(() => window.setShowPosts(false))
+      await waitForText(page, '#no-posts', 'hidden')
+      await waitUntil(() => inRoom() === 0, { label: 'the room left on unmount' })
+      assert.equal(manager.stats().connections, 1)
+      assert.equal(await textOf(page, '#status'), 'open')
+      assert.deepEqual(await page.evaluate(() => window.client.collections), [])
 
-    // Unmounting the provider disconnects its client.
-    await page.evaluate(() => window.unmountAll())
-    await waitUntil(() => manager.stats().connections === 0, { label: 'the provider disconnected' })
-    assert.equal(await page.evaluate(() => window.client.status), 'closed')
-    assert.deepEqual(page.problems, [])
-    await page.close()
-  } finally {
-    await browser.close()
-    await web.close()
-    await manager.close()
-  }
-})
+      // Unmounting the provider disconnects its client.
+      await page.evaluate(() => window.unmountAll())
+      await waitUntil(() => manager.stats().connections === 0, { label: 'the provider disconnected' })
+      assert.equal(await page.evaluate(() => window.client.status), 'closed')
+      assert.deepEqual(page.problems, [])
+      await page.close()
+    } finally {
+      await browser.close()
+      await web.close()
+      await manager.close()
+    }
+  },
+)

@@ -9,10 +9,14 @@
 //   BENCH_ROUNDS=n           measured rounds per case (default 5, quick 2); BENCH_WARMUP=n (1)
 //   BENCH_ONLY=a,b           scenarios: fanout, rooms, authorize, idle, storm
 //   BENCH_SERVERS=a,b        contenders: realtime, uws-plugin, uws-publish, ws, ceiling
-//   BENCH_FANOUT_SUBSCRIBERS=1000,10000   BENCH_FANOUT_EVENTS=100 (events per round, all sizes)
+//   BENCH_FANOUT_SUBSCRIBERS=1000,10000   BENCH_FANOUT_EVENTS=100 (events per round, every size)
 //   BENCH_EVENT_SIZE=1024    BENCH_ROOMS_EVENTS  BENCH_AUTH_EVENTS  BENCH_IDLE_COUNTS=10000,19000
 //   BENCH_STORM_CONNS  BENCH_STORM_CONCURRENCY=200
 //   BENCH_OUT=path           where BENCHMARKS.md goes (default: the repository root)
+//   BENCH_PERF=id,id         record a CPU profile of these servers (e.g. `realtime`) with
+//                            `perf record -e cpu-clock -g` (node gets --perf-basic-prof) into
+//                            benches/profiles/<case>-<server>.perf.data; read with `perf report -i`.
+//                            Profiles slow the server down: do not mix them with published numbers.
 //
 // Nothing here is a test: there are no thresholds, only measurements. Every wait is bounded.
 
@@ -27,7 +31,13 @@ const here = path.dirname(fileURLToPath(import.meta.url))
 const root = path.resolve(here, '..')
 const env = process.env
 const QUICK = env.BENCH_QUICK === '1'
-const list = (v, d) => (v ? v.split(',').map((s) => s.trim()).filter(Boolean) : d)
+const list = (v, d) =>
+  v
+    ? v
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean)
+    : d
 const int = (v, d) => (v === undefined || v === '' ? d : Number.parseInt(v, 10))
 
 const cfg = {
@@ -39,13 +49,14 @@ const cfg = {
   servers: list(env.BENCH_SERVERS, ['realtime', 'uws-plugin', 'uws-publish', 'ws', 'ceiling']),
   fanout: {
     subscribers: list(env.BENCH_FANOUT_SUBSCRIBERS, ['1000', '10000']).map(Number),
-    events: int(env.BENCH_FANOUT_EVENTS, QUICK ? 20 : 100),
+    // Events per round; quick: 20 to 1,000 subscribers, 10 to 10,000.
+    events: (n) => int(env.BENCH_FANOUT_EVENTS, QUICK ? (n >= 10_000 ? 10 : 20) : 100),
   },
-  rooms: { sockets: 10_000, rooms: 1_000, events: int(env.BENCH_ROOMS_EVENTS, QUICK ? 5_000 : 20_000) },
+  rooms: { sockets: 10_000, rooms: 1_000, events: int(env.BENCH_ROOMS_EVENTS, QUICK ? 3_000 : 20_000) },
   authorize: { sockets: 10_000, users: 100, events: int(env.BENCH_AUTH_EVENTS, QUICK ? 5 : 20) },
   idle: { counts: list(env.BENCH_IDLE_COUNTS, QUICK ? ['10000'] : ['10000', '19000']).map(Number) },
   storm: {
-    conns: int(env.BENCH_STORM_CONNS, QUICK ? 5_000 : 10_000),
+    conns: int(env.BENCH_STORM_CONNS, QUICK ? 4_000 : 10_000),
     concurrency: int(env.BENCH_STORM_CONCURRENCY, 200),
   },
   // One load generator process holds at most this many sockets (20,000 open files per process).
@@ -201,7 +212,14 @@ class Server extends Proc {
       : new Server(
           id,
           process.execPath,
-          ['--expose-gc', path.join(here, 'servers', c.script), ...(c.args ?? []), '--secret', cfg.secret, ...extraArgs],
+          [
+            '--expose-gc',
+            path.join(here, 'servers', c.script),
+            ...(c.args ?? []),
+            '--secret',
+            cfg.secret,
+            ...extraArgs,
+          ],
           existsSync(addonCopy) && id === 'realtime' ? { NAPI_RS_NATIVE_LIBRARY_PATH: addonCopy } : {},
         )
     const ready = await p.next((m) => m.event === 'listening', 30_000, 'listening')
@@ -396,10 +414,13 @@ async function forEachServer(fn, only) {
 }
 
 async function scenarioFanout() {
-  const { subscribers, events } = cfg.fanout
+  const { subscribers } = cfg.fanout
   const out = {}
+  const eventsBy = {}
   for (const n of subscribers) {
+    const events = (eventsBy[n] = cfg.fanout.events(n))
     log(`fan-out: ${events} events of ${cfg.eventSize} B to ${n} subscribers of one room`)
+    currentCase = `fanout-${n}`
     out[n] = await forEachServer((id) =>
       burstCase(id, {
         sockets: n,
@@ -409,12 +430,13 @@ async function scenarioFanout() {
       }),
     )
   }
-  return { params: { events, eventSize: cfg.eventSize, subscribers }, bySubscribers: out }
+  return { params: { events: eventsBy, eventSize: cfg.eventSize, subscribers }, bySubscribers: out }
 }
 
 async function scenarioRooms() {
   const { sockets, rooms, events } = cfg.rooms
   log(`many rooms: ${sockets} sockets over ${rooms} rooms, ${events} events spread over the rooms`)
+  currentCase = 'rooms'
   const perRoom = (r) => Math.floor(events / rooms) + (r < events % rooms ? 1 : 0)
   const res = await forEachServer((id) =>
     burstCase(id, {
@@ -430,6 +452,7 @@ async function scenarioRooms() {
 async function scenarioAuthorize() {
   const { sockets, users, events } = cfg.authorize
   log(`authorize: ${sockets} sockets of ${users} users, async rule (even user numbers read), ${events} events`)
+  currentCase = 'authorize'
   const res = await forEachServer(
     (id) =>
       burstCase(id, {
@@ -448,6 +471,7 @@ async function scenarioIdle() {
   const out = {}
   for (const n of cfg.idle.counts) {
     log(`idle memory: ${n} idle authenticated sockets, each joined to one room`)
+    currentCase = `idle-${n}`
     out[n] = await forEachServer(async (id) => {
       const server = await Server.start(id)
       let gens = []
@@ -486,6 +510,7 @@ async function scenarioIdle() {
 async function scenarioStorm() {
   const { conns, concurrency } = cfg.storm
   log(`connection storm: ${conns} authenticated handshakes, ${concurrency} in flight, distinct tokens`)
+  currentCase = 'storm'
   const res = await forEachServer(async (id) => {
     const server = await Server.start(id)
     const rounds = []
@@ -545,7 +570,8 @@ const ratio = (a, b) => (a == null || b == null || b === 0 ? '-' : `${(a / b).to
 const label = (id) => CONTENDERS[id].label
 
 function machine() {
-  const cpuModel = (readFileSync('/proc/cpuinfo', 'utf8').match(/model name\s*:\s*(.*)/) ?? [])[1] ?? os.cpus()[0]?.model
+  const cpuModel =
+    (readFileSync('/proc/cpuinfo', 'utf8').match(/model name\s*:\s*(.*)/) ?? [])[1] ?? os.cpus()[0]?.model
   let nofile
   try {
     nofile = execFileSync('sh', ['-c', 'ulimit -n']).toString().trim()
@@ -592,7 +618,9 @@ function fanoutTable(byId, anchors) {
   const rt = byId?.realtime
   if (rt && !rt.error && anchors.some((a) => byId[a] && !byId[a].error)) {
     rows.push('')
-    rows.push('| payload-realtime vs | msg/s ratio (higher is better) | CPU per msg ratio (lower is better) | p99 ratio |')
+    rows.push(
+      '| payload-realtime vs | msg/s ratio (higher is better) | CPU per msg ratio (lower is better) | p99 ratio |',
+    )
     rows.push('|---|---:|---:|---:|')
     for (const a of anchors) {
       const r = byId[a]
@@ -616,7 +644,9 @@ function report(meta) {
       'Generated by `npm run bench` (`benches/run.mjs`); the raw figures of every round are in `benches/results.json`.',
   )
   out.push('')
-  out.push(`- Run: ${meta.date}, ${cfg.quick ? '**quick** run (`BENCH_QUICK=1`: small sizes, few rounds)' : 'full run'}, ${cfg.rounds} measured round(s) after ${cfg.warmup} warm-up round(s) per case; figures are medians over the rounds.`)
+  out.push(
+    `- Run: ${meta.date}, ${cfg.quick ? '**quick** run (`BENCH_QUICK=1`: small sizes, few rounds)' : 'full run'}, ${cfg.rounds} measured round(s) after ${cfg.warmup} warm-up round(s) per case; figures are medians over the rounds.`,
+  )
   out.push(
     `- Machine: ${m.nproc} cores (${m.cpuModel}), ${(m.memoryBytes / 2 ** 30).toFixed(1)} GiB RAM, ${m.kernel}, Node ${m.node}, ${m.rustc}; open files limit ${m.openFilesLimit} per process.`,
   )
@@ -636,7 +666,7 @@ function report(meta) {
       '- **Tokens**: payload-realtime gets Payload tokens (HS256, key = sha256(secret) hex, first 32 chars) and verifies every one. **The anchors check no tokens**: they accept any handshake (in the authorize scenario the uWS server reads the user id out of the token without checking the signature).',
       '- **Events**: `{ type: "update", collection, id, doc: { t, pad }, timestamp }`, about 1 KB of JSON, the same bytes for every contender; `doc.t` is the wall-clock emit time in ms (`performance.timeOrigin + performance.now()`, or `SystemTime` in the ceiling), set just before each event is emitted.',
       '- **msg/s** = messages delivered to the generator ÷ (last receive − first emit). **Server CPU per msg** = server CPU time (all threads) during the round ÷ messages delivered: with server and generator sharing 2 cores this is the figure that holds. **Latency** = receive time − `doc.t` (same clock, same machine), over every message. **server CPU / loadgen CPU** = share of one core each used during the round: a loadgen near 100% would mean the generator, not the server, set the pace.',
-      '- **Ceiling**: a bare tokio server with no logic (`benches/loadgen/src/bin/ceiling.rs`): accepts handshakes, acks joins, and writes the same pre-encoded frames with one `writev` per socket per burst. It shows what this machine\'s loopback TCP can do; every other row reads as a fraction of it.',
+      "- **Ceiling**: a bare tokio server with no logic (`benches/loadgen/src/bin/ceiling.rs`): accepts handshakes, acks joins, and writes the same pre-encoded frames with one `writev` per socket per burst. It shows what this machine's loopback TCP can do; every other row reads as a fraction of it.",
       '- Events are emitted "as fast as accepted": payload-realtime gets every `emitEvent` at once and awaits them together; the JS anchors run their send loops synchronously.',
     ].join('\n'),
   )
@@ -644,10 +674,13 @@ function report(meta) {
 
   if (s.fanout) {
     const f = s.fanout
-    out.push(`## 1. Fan-out: ${f.params.events} events of ${f.params.eventSize} B to every subscriber of one room`)
+    out.push(`## 1. Fan-out: events of ${f.params.eventSize} B to every subscriber of one room, as fast as accepted`)
     out.push('')
     for (const n of f.params.subscribers) {
-      out.push(`### ${n.toLocaleString('en-US')} subscribers (${(n * f.params.events).toLocaleString('en-US')} messages per round)`)
+      const ev = f.params.events[n]
+      out.push(
+        `### ${n.toLocaleString('en-US')} subscribers, ${ev} events per round (${(n * ev).toLocaleString('en-US')} messages)`,
+      )
       out.push('')
       out.push(fanoutTable(f.bySubscribers[n], ANCHORS))
       out.push('')
@@ -655,7 +688,9 @@ function report(meta) {
   }
   if (s.rooms) {
     const p = s.rooms.params
-    out.push(`## 2. Many rooms: ${p.sockets.toLocaleString('en-US')} sockets over ${p.rooms.toLocaleString('en-US')} rooms, ${p.events.toLocaleString('en-US')} events spread round-robin over the rooms`)
+    out.push(
+      `## 2. Many rooms: ${p.sockets.toLocaleString('en-US')} sockets over ${p.rooms.toLocaleString('en-US')} rooms, ${p.events.toLocaleString('en-US')} events spread round-robin over the rooms`,
+    )
     out.push('')
     out.push(fanoutTable(s.rooms.results, ANCHORS))
     out.push('')
@@ -667,7 +702,7 @@ function report(meta) {
     )
     out.push('')
     out.push(
-      'payload-realtime calls the rule once per distinct user per event, batched in one crossing; the old plugin\'s way (emulated on uWS.js) awaits the rule once per socket, in sequence, then stringifies and sends. Half the sockets receive each event. Only these two contenders have an authorize step.',
+      "payload-realtime calls the rule once per distinct user per event, batched in one crossing; the old plugin's way (emulated on uWS.js) awaits the rule once per socket, in sequence, then stringifies and sends. Half the sockets receive each event. Only these two contenders have an authorize step.",
     )
     out.push('')
     out.push(fanoutTable(s.authorize.results, ['uws-plugin']))
@@ -702,7 +737,8 @@ function report(meta) {
       if (!rt || rt.error) continue
       for (const a of ANCHORS) {
         const r = s.idle.byCount[n]?.[a]
-        if (r && !r.error) rows.push(`| ${n.toLocaleString('en-US')} | ${label(a)} | ${ratio(rt.bytesPerConn, r.bytesPerConn)} |`)
+        if (r && !r.error)
+          rows.push(`| ${n.toLocaleString('en-US')} | ${label(a)} | ${ratio(rt.bytesPerConn, r.bytesPerConn)} |`)
       }
     }
     if (rows.length) {
@@ -715,10 +751,12 @@ function report(meta) {
   }
   if (s.storm) {
     const p = s.storm.params
-    out.push(`## 5. Connection storm: ${p.conns.toLocaleString('en-US')} authenticated handshakes, ${p.concurrency} in flight`)
+    out.push(
+      `## 5. Connection storm: ${p.conns.toLocaleString('en-US')} authenticated handshakes, ${p.concurrency} in flight`,
+    )
     out.push('')
     out.push(
-      'Each round opens every socket with its own token (distinct users) and no join, then closes them all. Handshakes/s = sockets upgraded ÷ time from the first connect to the last 101. SYN retransmits are the kernel\'s counter over the round (system-wide; a dropped SYN costs a 1 s retransmit), a sign of a full listen queue.',
+      "Each round opens every socket with its own token (distinct users) and no join, then closes them all. Handshakes/s = sockets upgraded ÷ time from the first connect to the last 101. SYN retransmits are the kernel's counter over the round (system-wide; a dropped SYN costs a 1 s retransmit), a sign of a full listen queue.",
     )
     out.push('')
     out.push('| server | handshakes/s | server CPU per handshake | failed | SYN retransmits (all rounds) |')
@@ -730,7 +768,9 @@ function report(meta) {
         out.push(`| ${label(id)} | failed: ${r.error.replace(/\|/g, '/').slice(0, 120)} | | | |`)
         continue
       }
-      out.push(`| ${label(id)} | ${fmtInt(r.perSec)} | ${fmt(r.cpuPerHandshakeUs, 1)} µs | ${r.failed} | ${r.synRetrans} |`)
+      out.push(
+        `| ${label(id)} | ${fmtInt(r.perSec)} | ${fmt(r.cpuPerHandshakeUs, 1)} µs | ${r.failed} | ${r.synRetrans} |`,
+      )
     }
     const rt = s.storm.results.realtime
     if (rt && !rt.error) {
@@ -739,7 +779,10 @@ function report(meta) {
       out.push('|---|---:|---:|')
       for (const a of ANCHORS) {
         const r = s.storm.results[a]
-        if (r && !r.error) out.push(`| ${label(a)} | ${ratio(rt.perSec, r.perSec)} | ${ratio(rt.cpuPerHandshakeUs, r.cpuPerHandshakeUs)} |`)
+        if (r && !r.error)
+          out.push(
+            `| ${label(a)} | ${ratio(rt.perSec, r.perSec)} | ${ratio(rt.cpuPerHandshakeUs, r.cpuPerHandshakeUs)} |`,
+          )
       }
     }
     out.push('')
@@ -792,7 +835,13 @@ async function main() {
 
   const meta = { date: new Date().toISOString(), machine: machine(), addon, config: cfg }
   log('machine:', JSON.stringify(meta.machine))
-  const scenarios = { fanout: scenarioFanout, rooms: scenarioRooms, authorize: scenarioAuthorize, idle: scenarioIdle, storm: scenarioStorm }
+  const scenarios = {
+    fanout: scenarioFanout,
+    rooms: scenarioRooms,
+    authorize: scenarioAuthorize,
+    idle: scenarioIdle,
+    storm: scenarioStorm,
+  }
   for (const name of cfg.scenarios) {
     if (!scenarios[name]) throw new Error(`unknown scenario ${name} (BENCH_ONLY)`)
     results.scenarios[name] = await scenarios[name]()

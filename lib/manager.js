@@ -53,7 +53,12 @@ function nativeOptions(port, options) {
     throw new TypeError('payload-realtime: `authorize` must map collection slugs to functions (user, event) => boolean')
   }
   const redis = options.redis
-  if (redis !== undefined && redis !== null && redis !== false && !(isPlainObject(redis) && typeof redis.url === 'string')) {
+  if (
+    redis !== undefined &&
+    redis !== null &&
+    redis !== false &&
+    !(isPlainObject(redis) && typeof redis.url === 'string')
+  ) {
     throw new TypeError('payload-realtime: `redis` must be { url: string } (or false)')
   }
   return {

@@ -265,7 +265,9 @@ function uWebSocketPlugin(options = {}) {
         if (options.port !== undefined && options.port !== null) {
           state.manager = await initUWebSocket(options.port, serverOptions())
           const host = options.host ?? '0.0.0.0'
-          payload.logger?.info?.(`payload-realtime listening on ws://${host}:${state.manager.port}${options.path ?? '/'}`)
+          payload.logger?.info?.(
+            `payload-realtime listening on ws://${host}:${state.manager.port}${options.path ?? '/'}`,
+          )
         }
       },
     }

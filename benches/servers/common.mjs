@@ -32,7 +32,13 @@ export function makeEvent(collection, id, size) {
   const key = `${collection}:${size}:${String(id).length}`
   let pad = padCache.get(key)
   if (pad === undefined) {
-    const probe = { type: 'update', collection, id, doc: { t: nowMs(), pad: '' }, timestamp: '2026-01-01T00:00:00.000Z' }
+    const probe = {
+      type: 'update',
+      collection,
+      id,
+      doc: { t: nowMs(), pad: '' },
+      timestamp: '2026-01-01T00:00:00.000Z',
+    }
     pad = 'x'.repeat(Math.max(0, size - JSON.stringify(probe).length))
     padCache.set(key, pad)
   }

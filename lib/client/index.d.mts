@@ -99,7 +99,10 @@ export declare class RealtimeClient {
   /** The collections subscribed to. */
   readonly collections: string[]
   /** `'posts'`, `'posts.*'` (every type) or `'posts.update'`; returns the unsubscribe function. */
-  subscribe<Doc = Record<string, unknown>>(subscription: string, handler: (event: RealtimeEvent<Doc>) => unknown): () => void
+  subscribe<Doc = Record<string, unknown>>(
+    subscription: string,
+    handler: (event: RealtimeEvent<Doc>) => unknown,
+  ): () => void
   /** Sends `{ ...data, type, id }`; resolves with the reply, rejects with a `RealtimeClientError`. */
   request<Reply extends ServerMessage = ServerMessage>(
     type: string,

@@ -82,7 +82,8 @@ export function validateMessage(msg) {
     if (typeof msg.collection !== 'string' || msg.collection === '') return 'an event without a valid "collection"'
     if (!isId(msg.id)) return 'an event without a valid "id"'
     if (msg.doc !== undefined && msg.doc !== null && !isObject(msg.doc)) return 'an event whose "doc" is not an object'
-    if (msg.timestamp !== undefined && typeof msg.timestamp !== 'string') return 'an event whose "timestamp" is not a string'
+    if (msg.timestamp !== undefined && typeof msg.timestamp !== 'string')
+      return 'an event whose "timestamp" is not a string'
   } else if ('collection' in msg && typeof msg.collection !== 'string') {
     return 'a "collection" that is not a string'
   }

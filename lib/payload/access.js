@@ -112,7 +112,9 @@ async function stripFields(fields, data, ctx) {
             if (!isPlainObject(row)) continue
             const block =
               (ctx.payload.blocks && ctx.payload.blocks[row.blockType]) ??
-              (field.blockReferences ?? field.blocks ?? []).find((b) => typeof b !== 'string' && b.slug === row.blockType)
+              (field.blockReferences ?? field.blocks ?? []).find(
+                (b) => typeof b !== 'string' && b.slug === row.blockType,
+              )
             if (block) await stripFields(block.fields, row, ctx)
           }
         }

@@ -20,9 +20,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use payload_realtime_loadgen::{
-    client_frame, cpu_us, embedded_time_us, find, frame_header, now_us, rss_bytes, Args,
-};
+use payload_realtime_loadgen::{client_frame, cpu_us, embedded_time_us, find, frame_header, now_us, rss_bytes, Args};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
@@ -119,9 +117,7 @@ async fn open(conf: &Conf, shared: &Shared, token: &str) -> Option<(TcpStream, V
                 continue;
             }
         }
-        let Ok(Ok(mut stream)) =
-            tokio::time::timeout(Duration::from_secs(10), sock.connect(conf.addr)).await
-        else {
+        let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_secs(10), sock.connect(conf.addr)).await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -158,7 +154,6 @@ async fn open(conf: &Conf, shared: &Shared, token: &str) -> Option<(TcpStream, V
     }
     None
 }
-
 
 /// One client socket: handshake, optional join (holding a connect permit until the ack), then
 /// reads frames until the connection ends.
@@ -331,9 +326,7 @@ async fn run(args: Args) {
     // Tokens are signed before the clock starts.
     let key = payload_key(&secret);
     let now = now_us() / 1_000_000;
-    let tokens: Vec<Rc<String>> = (0..users)
-        .map(|u| Rc::new(make_token(&key, u, now)))
-        .collect();
+    let tokens: Vec<Rc<String>> = (0..users).map(|u| Rc::new(make_token(&key, u, now))).collect();
 
     let sem = Rc::new(Semaphore::new(concurrency));
     let started = Instant::now();

@@ -17,7 +17,6 @@ use bytes::Bytes;
 
 use crate::auth::User;
 use crate::broker::{raw, Broker, Channel, Envelope, Kind};
-use crate::warn;
 use crate::callbacks::Callbacks;
 use crate::config::Config;
 use crate::dispatch::{lane_of, Job, LANES};
@@ -27,6 +26,7 @@ use crate::peer::{Peer, PeerId};
 use crate::protocol::{close_code, collection_room, text_frame};
 use crate::rooms::{Joined, Registry};
 use crate::stats::{Snapshot, Stats};
+use crate::warn;
 
 /// A socket as the host sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,11 +133,19 @@ impl Hub {
                         body: &body,
                     },
                 };
-                broker.publish(Channel::Room(Arc::from(collection_room(&event.collection))), envelope.encode());
+                broker.publish(
+                    Channel::Room(Arc::from(collection_room(&event.collection))),
+                    envelope.encode(),
+                );
             }
         }
         let (done, delivered) = oneshot::channel();
-        if !self.queue_event(&event.collection, Arc::new(event.body), text_frame(json.as_bytes()), Some(done))? {
+        if !self.queue_event(
+            &event.collection,
+            Arc::new(event.body),
+            text_frame(json.as_bytes()),
+            Some(done),
+        )? {
             return Ok(0);
         }
         delivered.await.map_err(|_| Error::Closed)
@@ -182,7 +190,11 @@ impl Hub {
                 let envelope = Envelope {
                     v: 1,
                     from: &self.instance,
-                    kind: Kind::Broadcast { room, msg: &msg, except },
+                    kind: Kind::Broadcast {
+                        room,
+                        msg: &msg,
+                        except,
+                    },
                 };
                 broker.publish(Channel::Room(Arc::from(room)), envelope.encode());
             }
@@ -279,7 +291,8 @@ impl Hub {
             Kind::Broadcast { room, msg, except } => self.broadcast_local(room, msg.get().as_bytes(), except),
             Kind::Send { socket, msg } => {
                 if let Some(peer) = self.peer_by_public_id(socket) {
-                    self.registry.send_to(&peer, text_frame(msg.get().as_bytes()), &self.stats);
+                    self.registry
+                        .send_to(&peer, text_frame(msg.get().as_bytes()), &self.stats);
                 }
                 Ok(())
             }

@@ -12,9 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
-use payload_realtime_loadgen::{
-    cpu_us, find, frame_header, now_us, rss_bytes, server_frame, Args,
-};
+use payload_realtime_loadgen::{cpu_us, find, frame_header, now_us, rss_bytes, server_frame, Args};
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -128,7 +126,12 @@ async fn handle(mut stream: TcpStream, state: Arc<State>) {
             }
             let mut payload = buf[start + h..start + h + len].to_vec();
             if masked {
-                let k = [buf[start + h - 4], buf[start + h - 3], buf[start + h - 2], buf[start + h - 1]];
+                let k = [
+                    buf[start + h - 4],
+                    buf[start + h - 3],
+                    buf[start + h - 2],
+                    buf[start + h - 1],
+                ];
                 payload.iter_mut().enumerate().for_each(|(i, b)| *b ^= k[i & 3]);
             }
             start += h + len;
@@ -239,7 +242,10 @@ async fn run(args: Args) {
             }
         }
     });
-    println!("{}", json!({ "event": "listening", "port": port, "pid": std::process::id() }));
+    println!(
+        "{}",
+        json!({ "event": "listening", "port": port, "pid": std::process::id() })
+    );
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let cmd: Value = serde_json::from_str(&line).unwrap_or(Value::Null);

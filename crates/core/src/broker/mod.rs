@@ -242,6 +242,9 @@ mod tests {
         // Escapes in names are fine (they are unescaped into owned strings).
         let escaped = r#"{"v":1,"from":"a","kind":"broadcast","room":"r\"1","body":{"x":1}}"#;
         let d = Envelope::decode(escaped).unwrap();
-        assert!(matches!(d.envelope().unwrap().kind, Kind::Broadcast { room: "r\"1", .. }));
+        assert!(matches!(
+            d.envelope().unwrap().kind,
+            Kind::Broadcast { room: "r\"1", .. }
+        ));
     }
 }

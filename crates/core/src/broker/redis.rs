@@ -83,6 +83,9 @@ impl RedisBroker {
         });
         builder.with_performance_config(|p| {
             p.default_command_timeout = Duration::from_secs(2);
+            // Messages wait here between the connection and `receive_loop`; too small a buffer
+            // loses messages in a burst.
+            p.broadcast_channel_capacity = 16_384;
         });
         let publisher = builder
             .build()
@@ -107,7 +110,12 @@ impl RedisBroker {
             failing.clone(),
             shutdown.clone(),
         ));
-        tokio::spawn(receive_loop(subscriber.clone(), on_message, counters.clone(), shutdown.clone()));
+        tokio::spawn(receive_loop(
+            subscriber.clone(),
+            on_message,
+            counters.clone(),
+            shutdown.clone(),
+        ));
         let always = [
             channel_name(&Channel::Instance(instance.to_string())),
             channel_name(&Channel::Control),
@@ -150,9 +158,7 @@ impl Broker for RedisBroker {
     }
 
     fn subscribe(&self, room: &str) {
-        let _ = self
-            .subs
-            .send(Sub::Add(channel_name(&Channel::Room(Arc::from(room)))));
+        let _ = self.subs.send(Sub::Add(channel_name(&Channel::Room(Arc::from(room)))));
     }
 
     fn unsubscribe(&self, room: &str) {
@@ -172,6 +178,9 @@ impl Broker for RedisBroker {
     }
 }
 
+/// Most publishes sent to Redis in one pipeline (one round trip).
+const MAX_PIPELINE: usize = 512;
+
 async fn publish_loop(
     client: Client,
     sharded: bool,
@@ -180,29 +189,40 @@ async fn publish_loop(
     failing: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
+    let mut batch = Vec::with_capacity(MAX_PIPELINE);
     loop {
-        let (channel, payload) = tokio::select! {
-            m = outbox.recv() => match m { Some(m) => m, None => return },
+        tokio::select! {
+            n = outbox.recv_many(&mut batch, MAX_PIPELINE) => if n == 0 { return },
             _ = shutdown.cancelled() => return,
-        };
-        let result: Result<i64, _> = if sharded {
-            client.spublish(channel, payload).await
-        } else {
-            client.publish(channel, payload).await
-        };
-        match result {
-            Ok(_) => {
-                counters.published.fetch_add(1, Relaxed);
-                if failing.swap(false, Relaxed) {
-                    info!("redis publishing recovered");
-                }
-            }
-            Err(e) => {
+        }
+        // One pipeline per burst: in order, one round trip, and while Redis is unreachable one
+        // timeout per burst rather than per message.
+        let pipeline = client.pipeline();
+        for (channel, payload) in batch.drain(..) {
+            let queued: Result<(), _> = if sharded {
+                pipeline.spublish(channel, payload).await
+            } else {
+                pipeline.publish(channel, payload).await
+            };
+            if queued.is_err() {
                 counters.errors.fetch_add(1, Relaxed);
-                if !failing.swap(true, Relaxed) {
-                    warn!("redis publish failed ({e}); local delivery goes on, cross-instance messages are dropped until Redis is back");
-                }
             }
+        }
+        let results = pipeline.try_all::<i64>().await;
+        let failed = results.iter().filter(|r| r.is_err()).count() as u64;
+        counters.published.fetch_add(results.len() as u64 - failed, Relaxed);
+        if failed > 0 {
+            counters.errors.fetch_add(failed, Relaxed);
+            if !failing.swap(true, Relaxed) {
+                let e = results
+                    .iter()
+                    .find_map(|r| r.as_ref().err())
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                warn!("redis publish failed ({e}); local delivery goes on, cross-instance messages are dropped until Redis is back");
+            }
+        } else if failing.swap(false, Relaxed) {
+            info!("redis publishing recovered");
         }
     }
 }
@@ -307,7 +327,10 @@ async fn subscription_loop(
                 active.remove(&channel);
             }
         }
-        let rooms = active.iter().filter(|c| c.starts_with(&format!("{PREFIX}room:"))).count();
+        let rooms = active
+            .iter()
+            .filter(|c| c.starts_with(&format!("{PREFIX}room:")))
+            .count();
         counters.subscriptions.store(rooms as u64, Relaxed);
     }
 }

@@ -1,0 +1,339 @@
+// Many instances through a real redis-server (started here on loopback ports): exactly-once
+// delivery across two Node processes, authorize on the receiving instance, subscriptions only
+// where there are local members, surviving a Redis SIGKILL and restart, and a three-master Redis
+// Cluster with sharded pub/sub. Without redis-server these tests skip, except in CI
+// (PAYLOAD_REALTIME_REQUIRE_ALL=1), where a missing Redis fails.
+
+import assert from 'node:assert/strict'
+import { execFileSync, fork, spawn } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import net from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, test } from 'node:test'
+import { fileURLToPath } from 'node:url'
+
+import { connect, isEvent, makeToken, SECRET, sleep, waitUntil } from './helpers.mjs'
+
+const here = fileURLToPath(new URL('.', import.meta.url))
+const requireAll = process.env.PAYLOAD_REALTIME_REQUIRE_ALL === '1'
+
+function which(cmd) {
+  try {
+    return (
+      execFileSync('sh', ['-c', `command -v ${cmd}`])
+        .toString()
+        .trim() || null
+    )
+  } catch {
+    return null
+  }
+}
+
+const redisServer = which('redis-server')
+const redisCli = which('redis-cli')
+const skip = !redisServer || !redisCli ? 'redis-server is not installed' : false
+if (skip && requireAll) throw new Error('redis-server and redis-cli are required here (PAYLOAD_REALTIME_REQUIRE_ALL=1)')
+
+const T = { timeout: 180_000, skip }
+const cleanups = []
+after(async () => {
+  for (const c of cleanups.reverse()) await c()
+})
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer()
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address()
+      srv.close(() => resolve(port))
+    })
+    srv.on('error', reject)
+  })
+}
+
+function cli(port, ...args) {
+  return execFileSync(redisCli, ['-p', String(port), ...args])
+    .toString()
+    .trim()
+}
+
+/** Starts redis-server on a loopback port and waits until it answers PING. */
+async function startRedis(port, extra = [], dir) {
+  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...extra]
+  const proc = spawn(redisServer, args, { stdio: 'ignore', cwd: dir ?? tmpdir() })
+  const exited = new Promise((resolve) => proc.once('exit', resolve))
+  cleanups.push(async () => {
+    if (proc.exitCode === null && proc.signalCode === null) {
+      proc.kill('SIGKILL')
+      await exited
+    }
+  })
+  await waitUntil(
+    () => {
+      try {
+        return cli(port, 'PING') === 'PONG'
+      } catch {
+        return false
+      }
+    },
+    { label: `redis on ${port}` },
+  )
+  return {
+    port,
+    proc,
+    async kill() {
+      proc.kill('SIGKILL')
+      await exited
+    },
+  }
+}
+
+/** Starts an instance in a child process; `call(cmd)` sends a command and waits for the reply. */
+async function startInstance(options) {
+  const child = fork(join(here, 'fixtures', 'instance.mjs'), [], {
+    env: { ...process.env, INSTANCE_OPTIONS: JSON.stringify({ secret: SECRET, ...options }) },
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  })
+  const exited = new Promise((resolve) => child.once('exit', resolve))
+  const pending = new Map()
+  let seq = 0
+  const ready = new Promise((resolve, reject) => {
+    child.once('exit', (code) => reject(new Error(`instance exited early (${code})`)))
+    child.on('message', (m) => {
+      if (m.ready) return resolve(m)
+      pending.get(m.re)?.(m)
+      pending.delete(m.re)
+    })
+  })
+  const info = await ready
+  const instance = {
+    ...info,
+    child,
+    exited,
+    call(cmd, args = {}) {
+      const n = ++seq
+      return new Promise((resolve) => {
+        pending.set(n, resolve)
+        child.send({ cmd, seq: n, ...args })
+      })
+    },
+    async stats() {
+      return (await instance.call('stats')).stats
+    },
+    async close() {
+      if (child.exitCode !== null) return
+      await instance.call('close')
+      await exited
+    },
+  }
+  cleanups.push(() => instance.close().catch(() => child.kill('SIGKILL')))
+  return instance
+}
+
+async function client(instance, userId, label) {
+  const c = await connect(`ws://127.0.0.1:${instance.port}/`, { token: makeToken({ id: userId }), label })
+  cleanups.push(() => c.close())
+  return c
+}
+
+const channel = (room) => `payload-realtime:room:${room}`
+
+function numsub(port, room, sharded = false) {
+  const out = cli(port, sharded ? 'PUBSUB' : 'PUBSUB', sharded ? 'SHARDNUMSUB' : 'NUMSUB', channel(room))
+  return Number(out.split('\n')[1])
+}
+
+const eventsFrom = (c, from) => c.events('posts').filter((e) => e.doc?.from === from)
+
+test('two instances: every socket gets each of 1,000 events exactly once, in order per emitter', T, async () => {
+  const redis = await startRedis(await freePort())
+  const url = `redis://127.0.0.1:${redis.port}`
+  const a = await startInstance({ redis: { url } })
+  const b = await startInstance({ redis: { url }, denyUsers: ['mallory'] })
+  const onA = [await client(a, 'u1', 'a1'), await client(a, 'u2', 'a2')]
+  const onB = [await client(b, 'u1', 'b1'), await client(b, 'u3', 'b2')]
+  const mallory = await client(b, 'mallory', 'mallory')
+  for (const c of [...onA, ...onB, mallory]) await c.join('posts')
+  await waitUntil(() => numsub(redis.port, 'collection:posts') === 2, { label: 'both instances subscribed' })
+
+  await Promise.all([a.call('emit', { n: 500, from: 'A' }), b.call('emit', { n: 500, from: 'B' })])
+  for (const c of [...onA, ...onB]) {
+    await waitUntil(() => c.events('posts').length >= 1000, { label: `${c.label} to get 1,000 events` })
+  }
+  // A marker after everything: anything late or duplicated would arrive before it.
+  await a.call('broadcast', { room: 'collection:posts', message: { type: 'marker' } })
+  for (const c of [...onA, ...onB]) {
+    await c.waitFor((m) => m.type === 'marker')
+    for (const from of ['A', 'B']) {
+      const seqs = eventsFrom(c, from).map((e) => e.doc.seq)
+      assert.deepEqual(
+        seqs,
+        Array.from({ length: 500 }, (_, i) => i),
+        `${c.label}: events from ${from} once each, in order`,
+      )
+    }
+  }
+  // authorize runs on the instance that holds the socket, for events from either instance.
+  await mallory.waitFor((m) => m.type === 'marker')
+  assert.equal(mallory.events('posts').length, 0)
+  const bStats = await b.call('stats')
+  assert.ok(
+    bStats.authorizeCalls >= 1000,
+    `B asked its authorize rule for both emitters' events (${bStats.authorizeCalls})`,
+  )
+  const aStats = await a.stats()
+  assert.equal(aStats.redis.connected, true)
+  assert.ok(aStats.redis.published >= 500)
+})
+
+test('an instance with no local member in a room gets no pub/sub traffic for it', T, async () => {
+  const redis = await startRedis(await freePort())
+  const url = `redis://127.0.0.1:${redis.port}`
+  const a = await startInstance({ redis: { url } })
+  const b = await startInstance({ redis: { url } })
+  const onA = await client(a, 'u1', 'a1')
+  const onB = await client(b, 'u2', 'b1')
+  await onA.join('posts')
+  await waitUntil(() => numsub(redis.port, 'collection:posts') === 1, { label: 'A subscribed' })
+  const before = (await b.stats()).redis.received
+  await a.call('emit', { n: 100, from: 'A' })
+  await waitUntil(() => onA.events('posts').length === 100, { label: 'A-local delivery' })
+  await sleep(200)
+  assert.equal((await b.stats()).redis.received, before, 'B received nothing for a room it has no member in')
+  assert.equal((await b.stats()).redis.subscriptions, 0)
+
+  // B's socket joins: B subscribes; it leaves: B unsubscribes.
+  await onB.join('posts')
+  await waitUntil(() => numsub(redis.port, 'collection:posts') === 2, { label: 'B subscribed' })
+  onB.send({ type: 'leave-collection', collection: 'posts' })
+  await waitUntil(() => numsub(redis.port, 'collection:posts') === 1, { label: 'B unsubscribed' })
+})
+
+test('sendToSocket, broadcast with except and logout revocation cross instances', T, async () => {
+  const redis = await startRedis(await freePort())
+  const url = `redis://127.0.0.1:${redis.port}`
+  const a = await startInstance({ redis: { url } })
+  const b = await startInstance({ redis: { url } })
+  const onB = await client(b, 'u1', 'b1')
+  const onB2 = await client(b, 'u2', 'b2')
+  const sid = 'session-1'
+  const revoked = await connect(`ws://127.0.0.1:${b.port}/`, { token: makeToken({ id: 'u9', sid }), label: 'b9' })
+  cleanups.push(() => revoked.close())
+  const { socketId } = await onB.whoami()
+  await onB.join('posts')
+  await onB2.join('posts')
+  await waitUntil(() => numsub(redis.port, 'collection:posts') === 1, { label: 'B subscribed' })
+
+  assert.equal((await a.call('send', { socketId, message: { type: 'direct', n: 1 } })).ok, true)
+  await onB.waitFor((m) => m.type === 'direct' && m.n === 1)
+
+  await a.call('broadcast', { room: 'collection:posts', message: { type: 'hello' }, except: socketId })
+  await onB2.waitFor((m) => m.type === 'hello')
+  await a.call('broadcast', { room: 'collection:posts', message: { type: 'after' } })
+  await onB.waitFor((m) => m.type === 'after')
+  assert.equal(onB.all.filter((m) => m.type === 'hello').length, 0, 'the excepted socket got nothing')
+
+  await a.call('revoke', { collection: 'users', id: 'u9', sid })
+  assert.equal((await revoked.waitForClose()).code, 4003)
+})
+
+test(
+  'Redis killed with SIGKILL: local delivery goes on; after a restart cross-instance delivery resumes without duplicates',
+  T,
+  async () => {
+    const port = await freePort()
+    let redis = await startRedis(port)
+    const url = `redis://127.0.0.1:${port}`
+    const a = await startInstance({ redis: { url } })
+    const b = await startInstance({ redis: { url } })
+    const onA = await client(a, 'u1', 'a1')
+    const onB = await client(b, 'u2', 'b1')
+    await onA.join('posts')
+    await onB.join('posts')
+    await waitUntil(() => numsub(port, 'collection:posts') === 2, { label: 'both subscribed' })
+
+    await a.call('emit', { n: 50, from: 'A', start: 0 })
+    await waitUntil(() => eventsFrom(onB, 'A').length === 50, { label: 'B got the first 50' })
+
+    await redis.kill()
+    // While Redis is down, A's local socket still gets every event and nothing crashes.
+    await a.call('emit', { n: 50, from: 'A', start: 50 })
+    await waitUntil(() => eventsFrom(onA, 'A').length === 100, { label: 'A-local delivery during the outage' })
+    await waitUntil(async () => (await a.stats()).redis.connected === false, { label: 'A sees Redis down' })
+    await waitUntil(async () => (await a.stats()).redis.errors >= 1, { label: 'failed publishes counted' })
+
+    redis = await startRedis(port)
+    await waitUntil(() => numsub(port, 'collection:posts') === 2, { label: 'subscriptions restored', timeout: 30_000 })
+    await waitUntil(async () => (await a.stats()).redis.connected, { label: 'A reconnected' })
+    await a.call('emit', { n: 50, from: 'A', start: 100 })
+    await waitUntil(() => eventsFrom(onB, 'A').filter((e) => e.doc.seq >= 100).length === 50, {
+      label: 'B gets events again',
+    })
+    await a.call('broadcast', { room: 'collection:posts', message: { type: 'marker' } })
+    await onB.waitFor((m) => m.type === 'marker')
+    const seqs = eventsFrom(onB, 'A').map((e) => e.doc.seq)
+    assert.equal(new Set(seqs).size, seqs.length, 'no duplicates')
+    assert.deepEqual(
+      seqs.filter((s) => s < 50 || s >= 100),
+      [...Array.from({ length: 50 }, (_, i) => i), ...Array.from({ length: 50 }, (_, i) => 100 + i)],
+    )
+    assert.equal(onA.isOpen, true)
+    assert.equal(onB.isOpen, true)
+  },
+)
+
+test('a three-master Redis Cluster: delivery across instances through sharded pub/sub', T, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'prt-cluster-'))
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }))
+  const ports = [await freePort(), await freePort(), await freePort()]
+  for (const p of ports) {
+    await startRedis(
+      p,
+      ['--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${p}.conf`, '--cluster-node-timeout', '2000'],
+      dir,
+    )
+  }
+  execFileSync(redisCli, [
+    '--cluster',
+    'create',
+    ...ports.map((p) => `127.0.0.1:${p}`),
+    '--cluster-replicas',
+    '0',
+    '--cluster-yes',
+  ])
+  await waitUntil(() => ports.every((p) => cli(p, 'CLUSTER', 'INFO').includes('cluster_state:ok')), {
+    label: 'the cluster to be ready',
+    timeout: 30_000,
+  })
+  const url = `redis-cluster://127.0.0.1:${ports[0]}`
+  const a = await startInstance({ redis: { url } })
+  const b = await startInstance({ redis: { url } })
+  const onA = await client(a, 'u1', 'a1')
+  const onB = await client(b, 'u2', 'b1')
+  await onA.join('posts')
+  await onB.join('posts')
+  const shardSubs = () => ports.reduce((n, p) => n + numsub(p, 'collection:posts', true), 0)
+  await waitUntil(() => shardSubs() === 2, { label: 'sharded subscriptions on the cluster', timeout: 30_000 })
+
+  await a.call('emit', { n: 100, from: 'A' })
+  await b.call('emit', { n: 100, from: 'B' })
+  for (const c of [onA, onB]) {
+    await waitUntil(() => c.events('posts').length === 200, { label: `${c.label} gets 200 events` })
+    for (const from of ['A', 'B']) {
+      assert.deepEqual(
+        eventsFrom(c, from).map((e) => e.doc.seq),
+        Array.from({ length: 100 }, (_, i) => i),
+      )
+    }
+  }
+})
+
+test('a bad Redis URL fails initUWebSocket with a clear error', async () => {
+  const { initUWebSocket } = await import('../index.mjs')
+  await assert.rejects(
+    initUWebSocket(0, { host: '127.0.0.1', secret: SECRET, redis: { url: 'not a url' } }),
+    /redis\.url/,
+  )
+  await assert.rejects(initUWebSocket(0, { host: '127.0.0.1', redis: { host: 'x' } }), /redis/)
+})
