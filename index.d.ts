@@ -20,6 +20,10 @@ export interface RealtimeEvent<Doc = Record<string, unknown>> {
   user?: { id: string | number; collection: string }
   /** ISO 8601; set by the server when missing. */
   timestamp?: string
+  /** In rooms with history: the event's number in its room (grows by one per event). */
+  offset?: number
+  /** In rooms with history: names the history; a new epoch means earlier offsets are gone. */
+  epoch?: string
 }
 
 /** The user a socket authenticated as: the token's claims, or `null` for anonymous sockets. */
@@ -39,6 +43,13 @@ export interface SocketInfo {
  */
 export type AuthorizeDecision = boolean | { doc: Record<string, unknown> }
 export type AuthorizeRule = (user: SocketUser, event: RealtimeEvent) => AuthorizeDecision | Promise<AuthorizeDecision>
+
+export interface HistoryPolicy {
+  /** Most events kept per room. */
+  size: number
+  /** Events older than this many seconds are dropped (default: kept until `size` pushes them out). */
+  ttlSeconds?: number
+}
 
 export interface ServerOptions {
   /** Default `0.0.0.0`. */
@@ -71,6 +82,12 @@ export interface ServerOptions {
   maxMessagesPerSecond?: number
   /** Rooms one socket may be in (default 1000). */
   maxRoomsPerSocket?: number
+  /**
+   * Keep recent events so clients can recover what they missed (`since` on join): for every
+   * collection (`{ size, ttlSeconds }`) or per collection slug / room pattern
+   * (`{ posts: { size: 100 }, 'chat:*': { size: 50, ttlSeconds: 300 } }`). Off by default.
+   */
+  history?: HistoryPolicy | Record<string, HistoryPolicy>
   /**
    * Several instances through Redis: `redis://`, `rediss://` (TLS), or `redis-cluster://` (sharded
    * pub/sub). Falls back to the `REDIS_URL` environment variable; `false` disables even then.

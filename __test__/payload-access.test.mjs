@@ -175,3 +175,39 @@ test('readAccess: true covers every included collection; anonymous sockets get o
     await ctx.close()
   }
 })
+
+test(
+  "rules judge the user as they are now: a role change applies at once, a deleted user's sockets close",
+  T,
+  async () => {
+    const ctx = await startPayload({ plugin: { readAccess: { posts: true } } })
+    try {
+      const { payload } = ctx
+      const editor = await ctx.createUser('editor@example.com', { role: 'admin', team: 'red' })
+      const member = await ctx.createUser('member@example.com', { role: 'member', team: 'red' })
+      const socket = await ctx.connect(member.token, { label: 'member' })
+      await socket.join('posts')
+
+      const first = await payload.create({
+        collection: 'posts',
+        data: { title: 'one', team: 'red', internalNote: 'n1' },
+        user: editor.user,
+      })
+      await ctx.settle([socket])
+      assert.equal(socket.events('posts')[0].doc.internalNote, undefined, 'a member does not read the note')
+
+      // Promoted while connected: the next event is judged with the new role.
+      await payload.update({ collection: 'users', id: member.user.id, data: { role: 'admin' } })
+      await payload.update({ collection: 'posts', id: first.id, data: { title: 'two' }, user: editor.user })
+      await ctx.settle([socket])
+      assert.equal(socket.events('posts')[1].doc.internalNote, 'n1', 'now an admin: the note is readable')
+
+      // Deleted while connected: the sockets close (4003) and receive nothing more.
+      await payload.delete({ collection: 'users', id: member.user.id })
+      assert.equal((await socket.waitForClose()).code, 4003)
+      assert.equal((await ctx.handshake(member.token)).status, 401)
+    } finally {
+      await ctx.close()
+    }
+  },
+)

@@ -38,7 +38,9 @@ test('the plugin appends hooks, chains onInit, and leaves other collections alon
   assert.equal(pages, config.collections[1], 'a collection not included is the same object')
   assert.equal(users.hooks.afterLogout.length, 2, 'auth collections get an afterLogout hook')
   assert.equal(users.hooks.afterLogout[0], own)
-  assert.equal(users.hooks.afterChange, undefined, 'users are not in includeCollections: no events')
+  // Users are not in includeCollections: no events, only the plugin's user tracking.
+  assert.equal(users.hooks.afterChange.length, 1)
+  assert.equal(users.hooks.afterDelete.length, 1)
   assert.notEqual(out.onInit, onInit)
   assert.equal(config.collections[0].hooks.afterChange.length, 1, 'the input config is not mutated')
 

@@ -62,6 +62,7 @@ function nativeOptions(port, options) {
     throw new TypeError('payload-realtime: `redis` must be { url: string } (or false)')
   }
   return {
+    history: historyRules(options.history),
     host: optionalString(options, 'host'),
     port,
     path: optionalString(options, 'path'),
@@ -81,6 +82,28 @@ function nativeOptions(port, options) {
     // `redis: { url }`, with REDIS_URL as the fallback; `redis: false` runs alone even then.
     redisUrl: redis === false ? undefined : (redis?.url ?? (process.env.REDIS_URL || undefined)),
   }
+}
+
+/**
+ * `history`: `{ size, ttlSeconds }` for every collection, or `{ [slug or room pattern]: { size, ttlSeconds } }`
+ * (a key with ':' or '*' is a room name or prefix pattern, any other key a collection slug).
+ */
+function historyRules(history) {
+  if (history === undefined || history === null || history === false) return undefined
+  const rule = (pattern, v) => {
+    if (!isPlainObject(v) || !Number.isInteger(v.size) || v.size < 1 || v.size > 1_000_000) {
+      throw new TypeError(`payload-realtime: history for "${pattern}" needs { size: 1..1000000, ttlSeconds? }`)
+    }
+    if (v.ttlSeconds !== undefined && !(Number.isInteger(v.ttlSeconds) && v.ttlSeconds >= 0)) {
+      throw new TypeError(`payload-realtime: history ttlSeconds for "${pattern}" must be a whole number of seconds`)
+    }
+    return { pattern, size: v.size, ttlSeconds: v.ttlSeconds }
+  }
+  if (!isPlainObject(history)) throw new TypeError('payload-realtime: `history` must be an object')
+  if (typeof history.size === 'number') return [rule('collection:*', history)]
+  return Object.entries(history).map(([key, v]) =>
+    rule(key.includes(':') || key.endsWith('*') ? key : `collection:${key}`, v),
+  )
 }
 
 /** Rejects after `ms` unless `promise` settles first. */

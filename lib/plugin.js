@@ -184,6 +184,33 @@ function uWebSocketPlugin(options = {}) {
       afterCommit(req, () => send(event), { what: `the "${slug}" event` })
     }
 
+    /** The latest committed version of users changed since start (or DELETED). */
+    const DELETED = Symbol('deleted')
+    const users = {
+      latest: new Map(),
+      key: (user) =>
+        user && typeof user === 'object' && user.collection !== undefined && user.id !== undefined
+          ? `${user.collection}:${user.id}`
+          : undefined,
+      changed(slug, doc) {
+        this.latest.set(
+          `${slug}:${doc.id}`,
+          JSON.parse(JSON.stringify({ ...withoutAuthInternals(doc), collection: slug })),
+        )
+      },
+      deleted(slug, id) {
+        this.latest.set(`${slug}:${id}`, DELETED)
+        sessions.revokeUser(slug, id)
+      },
+      /** The user as rules should see it now: undefined when the user was deleted. */
+      current(user) {
+        const key = this.key(user)
+        if (!key || !this.latest.has(key)) return user
+        const latest = this.latest.get(key)
+        return latest === DELETED ? undefined : latest
+      },
+    }
+
     const collections = (config.collections ?? []).map((collection) => {
       const wantsEvents = include.has(collection.slug)
       if (!wantsEvents && !collection.auth) return collection
@@ -204,7 +231,23 @@ function uWebSocketPlugin(options = {}) {
         ]
       }
       if (collection.auth) {
+        const slug = collection.slug
         hooks.afterLogout = [...(hooks.afterLogout ?? []), sessions.afterLogout]
+        // Sockets keep the user document they connected with; rules must judge the user as it
+        // is now: a committed change replaces it, a deleted user's sockets are closed.
+        hooks.afterChange = [
+          ...(hooks.afterChange ?? []),
+          ({ doc, req }) => {
+            if (doc && doc.id !== undefined) afterCommit(req, () => users.changed(slug, doc), { what: 'user tracking' })
+          },
+        ]
+        hooks.afterDelete = [
+          ...(hooks.afterDelete ?? []),
+          ({ doc, id, req }) => {
+            const userId = id ?? (doc && doc.id)
+            if (userId !== undefined) afterCommit(req, () => users.deleted(slug, userId), { what: 'user tracking' })
+          },
+        ]
       }
       return { ...collection, hooks }
     })
@@ -220,7 +263,13 @@ function uWebSocketPlugin(options = {}) {
         if (readAccessFor(slug)) {
           rule = bothRules(rule, (user, event) => readAccessDecision(state.payload, slug, event, user))
         }
-        if (rule) rules[slug] = rule
+        if (rule) {
+          const judged = rule
+          rules[slug] = (user, event) => {
+            const now = users.current(user)
+            return now === undefined ? false : judged(now, event)
+          }
+        }
       }
       return rules
     }

@@ -20,6 +20,7 @@ use payload_realtime_core::auth::PayloadKey;
 use payload_realtime_core::callbacks::{self, Callbacks};
 use payload_realtime_core::config::Config;
 use payload_realtime_core::error;
+use payload_realtime_core::history::{HistoryPolicy, HistoryRule};
 use payload_realtime_core::hub::Hub;
 use payload_realtime_core::server::Server;
 
@@ -58,6 +59,16 @@ pub struct NativeOptions {
     pub max_rooms_per_socket: Option<u32>,
     /// `redis://`, `rediss://` or `redis-cluster://` URL for many instances.
     pub redis_url: Option<String>,
+    /// History rules: a room name or `prefix*`, how many events, for how long.
+    pub history: Option<Vec<NativeHistoryRule>>,
+}
+
+#[napi(object)]
+pub struct NativeHistoryRule {
+    pub pattern: String,
+    pub size: u32,
+    /// Seconds; absent or 0 keeps events until `size` pushes them out.
+    pub ttl_seconds: Option<u32>,
 }
 
 impl NativeOptions {
@@ -92,6 +103,18 @@ impl NativeOptions {
             max_messages_per_second: self.max_messages_per_second.unwrap_or(d.max_messages_per_second),
             max_rooms_per_socket: self.max_rooms_per_socket.map_or(d.max_rooms_per_socket, |v| v as usize),
             redis_url: self.redis_url.filter(|u| !u.is_empty()),
+            history: self
+                .history
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| HistoryRule {
+                    pattern: r.pattern,
+                    policy: HistoryPolicy {
+                        size: r.size as usize,
+                        ttl: r.ttl_seconds.filter(|s| *s > 0).map(|s| Duration::from_secs(s as u64)),
+                    },
+                })
+                .collect(),
             echo_mode: false,
         }
     }

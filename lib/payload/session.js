@@ -136,6 +136,12 @@ class Sessions {
     }
   }
 
+  /** Closes every socket of a user (deleted users). */
+  revokeUser(collection, id) {
+    this.known.delete(userKey(collection, id))
+    this._revoke(collection, id)
+  }
+
   /** The `afterLogout` hook of every auth collection. Returns nothing (the result stays Payload's). */
   afterLogout = ({ req, collection }) => {
     try {

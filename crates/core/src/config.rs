@@ -43,6 +43,8 @@ pub struct Config {
     pub max_messages_per_second: u32,
     /// Rooms one socket may be in at once.
     pub max_rooms_per_socket: usize,
+    /// History kept per room (rules by room name or `prefix*`), for recovery after reconnects.
+    pub history: Vec<crate::history::HistoryRule>,
     /// Redis URL for many instances (`redis://`, `rediss://`, `redis-cluster://`); `None` runs alone.
     pub redis_url: Option<String>,
     /// Echo every message back instead of speaking the protocol: for the conformance suite
@@ -69,6 +71,7 @@ impl Default for Config {
             handler_timeout: Duration::from_secs(30),
             max_messages_per_second: 100,
             max_rooms_per_socket: 1000,
+            history: Vec::new(),
             redis_url: None,
             echo_mode: false,
         }

@@ -20,7 +20,6 @@ use crate::inbound_guard::{InboundGuard, Violation};
 use crate::outbound::{run_writer, WriterEnd};
 use crate::peer::Peer;
 use crate::protocol::{self, close_code, collection_room, ClientMessage, ErrorCode, RequestId};
-use crate::rooms::Joined;
 use crate::stats::Stats;
 use crate::{debug, warn};
 
@@ -284,26 +283,41 @@ impl Reader<'_> {
         match message {
             ClientMessage::Ping { id } => self.reply(protocol::pong(id.as_ref())),
             ClientMessage::Auth { id, token } => self.refresh_token(id, token),
-            ClientMessage::Join { id, collections } => {
+            ClientMessage::Join { id, collections, since } => {
                 if let Some(e) = self.unknown(&collections) {
                     return self.reply_error(ErrorCode::UnknownCollection, &e, id.as_ref());
                 }
+                let mut positions = serde_json::Map::new();
+                let mut recovered = None;
                 for c in &collections {
-                    match hub
-                        .registry
-                        .join(self.peer, &collection_room(c), hub.config.max_rooms_per_socket)
-                    {
-                        Joined::New | Joined::Already | Joined::Closed => {}
-                        Joined::TooMany => {
-                            return self.reply_error(
-                                ErrorCode::TooLarge,
-                                &format!("a socket may be in at most {} rooms", hub.config.max_rooms_per_socket),
-                                id.as_ref(),
-                            )
+                    let since = since.iter().find(|(slug, _)| slug == c).map(|(_, s)| s);
+                    match hub.join_collection(self.peer, c, since) {
+                        Ok(outcome) => {
+                            if let Some(p) = outcome.position {
+                                positions
+                                    .insert(c.clone(), serde_json::json!({ "offset": p.offset, "epoch": p.epoch }));
+                            }
+                            if let Some(result) = outcome.recovery {
+                                recovered = Some(recovered.unwrap_or(true) && result.is_ok());
+                                if let Err(why) = result {
+                                    let reason = format!("{why:?}");
+                                    self.reply(protocol::recovery_failed(&collection_room(c), c, &reason));
+                                }
+                            }
                         }
+                        Err(e) => return self.reply_error(ErrorCode::TooLarge, &e.to_string(), id.as_ref()),
                     }
                 }
-                self.ack(id.as_ref());
+                if let Some(id) = &id {
+                    let mut extra = serde_json::Map::new();
+                    if let Some(r) = recovered {
+                        extra.insert("recovered".into(), serde_json::Value::Bool(r));
+                    }
+                    if !positions.is_empty() {
+                        extra.insert("positions".into(), serde_json::Value::Object(positions));
+                    }
+                    self.reply(protocol::ack_with(id, extra));
+                }
             }
             ClientMessage::Leave { id, collections } => {
                 if let Some(e) = self.unknown(&collections) {

@@ -16,8 +16,10 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::authorize::{allowed_members, Allowed};
+use crate::history::Entry;
 use crate::hub::Hub;
-use crate::peer::PeerId;
+use crate::peer::{Peer, PeerId};
+use crate::rooms::Joined;
 
 /// Lanes per server.
 pub const LANES: usize = 16;
@@ -34,6 +36,16 @@ pub enum Job {
         body: Arc<Value>,
         frame: Bytes,
         done: Option<oneshot::Sender<usize>>,
+    },
+    /// A socket rejoining with `since`: replay what it missed (each event through the authorize
+    /// rule), then join. A barrier: the lane finishes everything before it first, and prepares
+    /// nothing after it until it is done, so the replay meets live delivery with no gap and no
+    /// duplicate.
+    Recover {
+        room: Arc<str>,
+        authorize: Option<String>,
+        peer: Arc<Peer>,
+        entries: Vec<Entry>,
     },
     /// A room broadcast (no authorize rule).
     Broadcast {
@@ -71,6 +83,13 @@ pub async fn run_lane(hub: Arc<Hub>, mut jobs: mpsc::UnboundedReceiver<Job>) {
         tokio::select! {
             job = jobs.recv(), if pending.len() < MAX_IN_FLIGHT => {
                 let Some(job) = job else { break };
+                if let Job::Recover { room, authorize, peer, entries } = job {
+                    while let Some(ready) = pending.next().await {
+                        deliver(&hub, ready);
+                    }
+                    recover(&hub, &room, authorize.as_deref(), &peer, entries).await;
+                    continue;
+                }
                 pending.push_back(prepare(hub.clone(), job));
             }
             Some(ready) = pending.next(), if !pending.is_empty() => deliver(&hub, ready),
@@ -79,8 +98,49 @@ pub async fn run_lane(hub: Arc<Hub>, mut jobs: mpsc::UnboundedReceiver<Job>) {
     }
 }
 
+/// Replays missed events to one socket, then makes it a member (see [`Job::Recover`]).
+async fn recover(hub: &Hub, room: &Arc<str>, authorize: Option<&str>, peer: &Arc<Peer>, entries: Vec<Entry>) {
+    let frames: Vec<Bytes> = match (authorize, &hub.callbacks.authorizer) {
+        (Some(collection), Some(a)) => {
+            let checks = entries.iter().map(|e| {
+                allowed_members(
+                    &**a,
+                    collection,
+                    e.body.clone(),
+                    vec![peer.clone()],
+                    hub.config.authorize_timeout,
+                    &hub.stats,
+                )
+            });
+            let answers = futures_util::future::join_all(checks).await;
+            entries
+                .iter()
+                .zip(answers)
+                .filter_map(|(e, allowed)| {
+                    let (_, own) = allowed.into_iter().next()?;
+                    Some(own.unwrap_or_else(|| e.frame.clone()))
+                })
+                .collect()
+        }
+        _ => entries.into_iter().map(|e| e.frame).collect(),
+    };
+    if hub.registry.join(peer, room, hub.config.max_rooms_per_socket) != Joined::New {
+        return;
+    }
+    for frame in frames {
+        hub.registry.send_to(peer, frame, &hub.stats);
+    }
+}
+
 async fn prepare(hub: Arc<Hub>, job: Job) -> Prepared {
     match job {
+        // `run_lane` runs recoveries itself; should one get here, it delivers nothing.
+        Job::Recover { room, .. } => Prepared {
+            room,
+            frame: Bytes::new(),
+            target: Target::Only(Vec::new()),
+            done: None,
+        },
         Job::Broadcast { room, frame, except } => Prepared {
             room,
             frame,

@@ -22,11 +22,21 @@ use crate::config::Config;
 use crate::dispatch::{lane_of, Job, LANES};
 use crate::error::Error;
 use crate::event;
+use crate::history::{Histories, RecoveryFailed, Since};
 use crate::peer::{Peer, PeerId};
 use crate::protocol::{close_code, collection_room, text_frame};
 use crate::rooms::{Joined, Registry};
 use crate::stats::{Snapshot, Stats};
 use crate::warn;
+
+/// What a collection join did.
+#[derive(Debug)]
+pub struct JoinOutcome {
+    /// The room's position (last offset and epoch), for rooms with history.
+    pub position: Option<Since>,
+    /// With `since`: `Ok` when the missed events are being replayed, else why not.
+    pub recovery: Option<Result<(), RecoveryFailed>>,
+}
 
 /// A socket as the host sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +61,8 @@ pub struct Hub {
     lanes: Vec<mpsc::UnboundedSender<Job>>,
     started: Instant,
     broker: OnceLock<Arc<dyn Broker>>,
+    /// Per-room history for recovery.
+    pub histories: Histories,
 }
 
 impl Hub {
@@ -58,6 +70,7 @@ impl Hub {
     pub fn new(config: Config, callbacks: Callbacks) -> (Arc<Hub>, Vec<mpsc::UnboundedReceiver<Job>>) {
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..LANES).map(|_| mpsc::unbounded_channel()).unzip();
         let instance = format!("{:08x}", RandomState::new().hash_one(std::process::id()) as u32);
+        let histories = Histories::new(config.history.clone(), &instance);
         let hub = Hub {
             config,
             registry: Registry::default(),
@@ -71,6 +84,7 @@ impl Hub {
             lanes: senders,
             started: Instant::now(),
             broker: OnceLock::new(),
+            histories,
         };
         (Arc::new(hub), receivers)
     }
@@ -140,15 +154,91 @@ impl Hub {
             }
         }
         let (done, delivered) = oneshot::channel();
-        if !self.queue_event(
-            &event.collection,
-            Arc::new(event.body),
-            text_frame(json.as_bytes()),
-            Some(done),
-        )? {
+        let room = collection_room(&event.collection);
+        let queued = match self.histories.room(&room) {
+            // Numbered and queued under the room's history lock (see `history`).
+            Some(history) => {
+                let mut history = history.lock();
+                let entry = history.record(event.body);
+                self.queue_event(&event.collection, entry.body, entry.frame, Some(done))?
+            }
+            None => self.queue_event(
+                &event.collection,
+                Arc::new(event.body),
+                text_frame(json.as_bytes()),
+                Some(done),
+            )?,
+        };
+        if !queued {
             return Ok(0);
         }
         delivered.await.map_err(|_| Error::Closed)
+    }
+
+    /// Joins a socket to a collection's room, recovering what it missed since `since` when
+    /// given. Returns the room's position (for rooms with history) and, with `since`, whether
+    /// recovery is under way (`Err` says why it cannot be: the socket joined live instead).
+    pub fn join_collection(
+        &self,
+        peer: &Arc<Peer>,
+        collection: &str,
+        since: Option<&Since>,
+    ) -> Result<JoinOutcome, Error> {
+        let room = collection_room(collection);
+        let too_many = || {
+            Error::InvalidInput(format!(
+                "a socket may be in at most {} rooms",
+                self.config.max_rooms_per_socket
+            ))
+        };
+        let Some(history) = self.histories.room(&room) else {
+            if self.registry.join(peer, &room, self.config.max_rooms_per_socket) == Joined::TooMany {
+                return Err(too_many());
+            }
+            let recovery = since.map(|_| Err(RecoveryFailed::NoHistory));
+            return Ok(JoinOutcome {
+                position: None,
+                recovery,
+            });
+        };
+        let mut history = history.lock();
+        let position = Some(history.position());
+        let recovery = match since {
+            Some(since) if !peer.in_room(&room) => match history.since(since) {
+                Ok(entries) => {
+                    if peer.room_count() >= self.config.max_rooms_per_socket {
+                        return Err(too_many());
+                    }
+                    let authorize = (self.callbacks.authorizer.is_some()
+                        && self.config.authorize_collections.contains(collection))
+                    .then(|| collection.to_string());
+                    let room: Arc<str> = Arc::from(room);
+                    // Queued under the history lock: the seam with live events (see `history`).
+                    self.send_job(
+                        &room.clone(),
+                        Job::Recover {
+                            room,
+                            authorize,
+                            peer: peer.clone(),
+                            entries,
+                        },
+                    )?;
+                    return Ok(JoinOutcome {
+                        position,
+                        recovery: Some(Ok(())),
+                    });
+                }
+                Err(why) => Some(Err(why)),
+            },
+            Some(_) => Some(Ok(())), // already a member: nothing was missed
+            None => None,
+        };
+        // Joined under the history lock: every event after `position` reaches this socket live.
+        if self.registry.join(peer, &room, self.config.max_rooms_per_socket) == Joined::TooMany {
+            return Err(too_many());
+        }
+        drop(history);
+        Ok(JoinOutcome { position, recovery })
     }
 
     /// Queues an event for local delivery in its room's lane; `false` if the room has no local

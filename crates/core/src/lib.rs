@@ -17,6 +17,7 @@ pub mod connection;
 pub mod dispatch;
 pub mod error;
 pub mod event;
+pub mod history;
 pub mod hub;
 pub mod inbound_guard;
 pub mod log;

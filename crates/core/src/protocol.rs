@@ -8,6 +8,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{Map, Value};
 
+use crate::history::Since;
+
 /// Close codes of the contract.
 pub mod close_code {
     /// Normal closure.
@@ -98,6 +100,8 @@ pub enum ClientMessage {
     Join {
         id: Option<RequestId>,
         collections: Vec<String>,
+        /// Where the client last was, per collection: recover what it missed.
+        since: Vec<(String, Since)>,
     },
     Leave {
         id: Option<RequestId>,
@@ -173,7 +177,8 @@ pub fn parse_client_message(text: &[u8]) -> Result<ClientMessage, Rejection> {
     match kind.as_str() {
         "join-collection" | "subscribe" => {
             let collections = collections_of(&object, &id)?;
-            Ok(ClientMessage::Join { id, collections })
+            let since = since_of(&object, &collections, &id)?;
+            Ok(ClientMessage::Join { id, collections, since })
         }
         "leave-collection" | "unsubscribe" => {
             let collections = collections_of(&object, &id)?;
@@ -244,6 +249,42 @@ fn collections_of(object: &Map<String, Value>, id: &Option<RequestId>) -> Result
     Ok(out)
 }
 
+/// Reads `since`: `{ offset, epoch }` for a join of one collection, or `{ [slug]: { offset, epoch } }`.
+fn since_of(
+    object: &Map<String, Value>,
+    collections: &[String],
+    id: &Option<RequestId>,
+) -> Result<Vec<(String, Since)>, Rejection> {
+    let bad = || {
+        Rejection::new(
+            id.clone(),
+            ErrorCode::BadMessage,
+            "`since` is { offset: number, epoch: string }, or { [collection]: { offset, epoch } }",
+        )
+    };
+    let position = |v: &Value| -> Option<Since> {
+        Some(Since {
+            offset: v.get("offset")?.as_u64()?,
+            epoch: v.get("epoch")?.as_str()?.to_string(),
+        })
+    };
+    match object.get("since") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(v @ Value::Object(m)) if m.contains_key("offset") => {
+            if collections.len() != 1 {
+                return Err(bad());
+            }
+            Ok(vec![(collections[0].clone(), position(v).ok_or_else(bad)?)])
+        }
+        Some(Value::Object(m)) => m
+            .iter()
+            .filter(|(slug, _)| collections.contains(slug))
+            .map(|(slug, v)| Ok((slug.clone(), position(v).ok_or_else(bad)?)))
+            .collect(),
+        Some(_) => Err(bad()),
+    }
+}
+
 /// Payload slugs are kebab- or camel-case identifiers; anything else cannot name a collection.
 pub fn is_valid_slug(s: &str) -> bool {
     !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -259,6 +300,25 @@ pub fn ack(id: &RequestId) -> Bytes {
     let mut m = Map::new();
     m.insert("type".into(), Value::String("ack".into()));
     m.insert("id".into(), id.to_value());
+    encode_value(&Value::Object(m))
+}
+
+/// `{ "type": "ack", "id", ...extra }`.
+pub fn ack_with(id: &RequestId, extra: Map<String, Value>) -> Bytes {
+    let mut m = Map::new();
+    m.insert("type".into(), Value::String("ack".into()));
+    m.insert("id".into(), id.to_value());
+    m.extend(extra);
+    encode_value(&Value::Object(m))
+}
+
+/// `{ "type": "recovery-failed", "room", "collection", "reason" }`: refetch, then go on live.
+pub fn recovery_failed(room: &str, collection: &str, reason: &str) -> Bytes {
+    let mut m = Map::new();
+    m.insert("type".into(), Value::String("recovery-failed".into()));
+    m.insert("room".into(), Value::String(room.into()));
+    m.insert("collection".into(), Value::String(collection.into()));
+    m.insert("reason".into(), Value::String(reason.into()));
     encode_value(&Value::Object(m))
 }
 
@@ -376,7 +436,8 @@ mod tests {
                 parse_client_message(f.as_bytes()).unwrap(),
                 ClientMessage::Join {
                     id: None,
-                    collections: vec!["posts".into()]
+                    collections: vec!["posts".into()],
+                    since: vec![],
                 },
                 "{f}"
             );
@@ -419,6 +480,51 @@ mod tests {
         let err = parse_client_message(msg.as_bytes()).unwrap_err();
         assert_eq!(err.code, ErrorCode::TooLarge);
         assert_eq!(err.id, Some(RequestId::Str("x".into())));
+    }
+
+    #[test]
+    fn since_is_read_for_one_or_many_collections() {
+        let one = parse_client_message(br#"{"type":"subscribe","data":"posts","since":{"offset":4,"epoch":"e"}}"#);
+        let ClientMessage::Join { since, .. } = one.unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            since,
+            vec![(
+                "posts".to_string(),
+                Since {
+                    offset: 4,
+                    epoch: "e".into()
+                }
+            )]
+        );
+        let many = parse_client_message(
+            br#"{"type":"subscribe","data":["a","b"],"since":{"b":{"offset":1,"epoch":"x"},"zz":{"offset":1,"epoch":"x"}}}"#,
+        );
+        let ClientMessage::Join { since, .. } = many.unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            since,
+            vec![(
+                "b".to_string(),
+                Since {
+                    offset: 1,
+                    epoch: "x".into()
+                }
+            )]
+        );
+        for bad in [
+            r#"{"type":"subscribe","data":["a","b"],"since":{"offset":1,"epoch":"x"}}"#,
+            r#"{"type":"subscribe","data":"a","since":{"offset":-1,"epoch":"x"}}"#,
+            r#"{"type":"subscribe","data":"a","since":5}"#,
+        ] {
+            assert_eq!(
+                parse_client_message(bad.as_bytes()).unwrap_err().code,
+                ErrorCode::BadMessage,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -86,6 +86,9 @@ impl Server {
                 hub.set_broker(broker);
             }
             runtime.spawn(accept_loop(hub.clone(), listener, tracker.clone()));
+            if hub.histories.is_enabled() {
+                runtime.spawn(sweep_histories(hub.clone()));
+            }
         }
         Ok(Server {
             hub,
@@ -140,6 +143,17 @@ impl Drop for Server {
         if let Some(rt) = self.runtime.take() {
             // Never blocks: safe to drop from inside another runtime or a napi call.
             rt.shutdown_background();
+        }
+    }
+}
+
+/// Forgets the history of rooms that are empty and whose events have all expired.
+async fn sweep_histories(hub: Arc<Hub>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => hub.histories.sweep(|room| hub.registry.member_count(room) > 0),
+            _ = hub.shutdown.cancelled() => return,
         }
     }
 }

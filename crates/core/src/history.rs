@@ -1,0 +1,302 @@
+//! Per-room history, so a client that was briefly away can recover exactly what it missed.
+//!
+//! A room with a history policy numbers its events: `offset` grows by one per event, and `epoch`
+//! names the history itself (a new epoch means the history was lost, e.g. a restart). Events
+//! carry both; a client that rejoins with `since: { offset, epoch }` gets the events after that
+//! offset replayed (through the same authorize rules as live delivery), then live ones, or
+//! `recovery-failed` when the epoch changed or the events were trimmed.
+//!
+//! The seam between replay and live delivery is closed by ordering, not by deduplication: an
+//! event is recorded and queued on its room's lane under the room's history lock, and a recovery
+//! snapshots the history and queues its own job under the same lock. Every event recorded before
+//! the snapshot is replayed; every event after it is delivered live, after the recovering socket
+//! joined in the lane.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, MutexGuard};
+use serde_json::Value;
+
+use crate::protocol::encode_value;
+
+/// How much history a room keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryPolicy {
+    /// Most events kept.
+    pub size: usize,
+    /// Events older than this are dropped; `None` keeps them until `size` pushes them out.
+    pub ttl: Option<Duration>,
+}
+
+/// A room name or a prefix ending in `*`, and its policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRule {
+    pub pattern: String,
+    pub policy: HistoryPolicy,
+}
+
+impl HistoryRule {
+    fn matches(&self, room: &str) -> bool {
+        match self.pattern.strip_suffix('*') {
+            Some(prefix) => room.starts_with(prefix),
+            None => self.pattern == room,
+        }
+    }
+}
+
+/// One recorded event.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub offset: u64,
+    pub at: Instant,
+    /// The event with its `offset` and `epoch` (what authorize rules see).
+    pub body: Arc<Value>,
+    /// The encoded frame, shared by live delivery and every replay.
+    pub frame: Bytes,
+}
+
+/// Where a client last was in a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// Why a recovery cannot be done; the client must refetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryFailed {
+    /// The room keeps no history.
+    NoHistory,
+    /// The history was lost since (another epoch).
+    EpochChanged,
+    /// The events after `since` are no longer all kept.
+    Trimmed,
+    /// `since` is ahead of the history: not from this history.
+    Ahead,
+}
+
+pub struct RoomHistory {
+    pub epoch: String,
+    /// The last offset handed out (0: none yet).
+    pub last: u64,
+    entries: VecDeque<Entry>,
+    policy: HistoryPolicy,
+}
+
+impl RoomHistory {
+    fn trim(&mut self, now: Instant) {
+        while self.entries.len() > self.policy.size {
+            self.entries.pop_front();
+        }
+        if let Some(ttl) = self.policy.ttl {
+            while self.entries.front().is_some_and(|e| now.duration_since(e.at) > ttl) {
+                self.entries.pop_front();
+            }
+        }
+    }
+
+    /// Numbers an event, encodes it once, keeps it.
+    pub fn record(&mut self, mut body: Value) -> Entry {
+        self.last += 1;
+        if let Value::Object(m) = &mut body {
+            m.insert("offset".into(), Value::from(self.last));
+            m.insert("epoch".into(), Value::String(self.epoch.clone()));
+        }
+        let now = Instant::now();
+        let entry = Entry {
+            offset: self.last,
+            at: now,
+            frame: encode_value(&body),
+            body: Arc::new(body),
+        };
+        self.entries.push_back(entry.clone());
+        self.trim(now);
+        entry
+    }
+
+    /// The events after `since`, or why they cannot be had.
+    pub fn since(&mut self, since: &Since) -> Result<Vec<Entry>, RecoveryFailed> {
+        if since.epoch != self.epoch {
+            return Err(RecoveryFailed::EpochChanged);
+        }
+        if since.offset > self.last {
+            return Err(RecoveryFailed::Ahead);
+        }
+        self.trim(Instant::now());
+        let first_kept = self.entries.front().map_or(self.last + 1, |e| e.offset);
+        if since.offset + 1 < first_kept {
+            return Err(RecoveryFailed::Trimmed);
+        }
+        Ok(self
+            .entries
+            .iter()
+            .filter(|e| e.offset > since.offset)
+            .cloned()
+            .collect())
+    }
+
+    pub fn position(&self) -> Since {
+        Since {
+            offset: self.last,
+            epoch: self.epoch.clone(),
+        }
+    }
+}
+
+/// Every room's history.
+pub struct Histories {
+    rules: Vec<HistoryRule>,
+    rooms: Mutex<HashMap<Arc<str>, Arc<Mutex<RoomHistory>>>>,
+    epoch_prefix: String,
+    epochs: AtomicU64,
+}
+
+impl Histories {
+    pub fn new(rules: Vec<HistoryRule>, instance: &str) -> Histories {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        Histories {
+            rules,
+            rooms: Mutex::new(HashMap::new()),
+            epoch_prefix: format!("{instance}{started:x}"),
+            epochs: AtomicU64::new(0),
+        }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        !self.rules.is_empty()
+    }
+
+    pub fn policy_for(&self, room: &str) -> Option<HistoryPolicy> {
+        self.rules.iter().find(|r| r.matches(room)).map(|r| r.policy)
+    }
+
+    /// The room's history, created (with a new epoch) on first use; `None` without a policy.
+    pub fn room(&self, room: &str) -> Option<Arc<Mutex<RoomHistory>>> {
+        let policy = self.policy_for(room)?;
+        let mut rooms = self.rooms.lock();
+        if let Some(h) = rooms.get(room) {
+            return Some(h.clone());
+        }
+        let n = self.epochs.fetch_add(1, Ordering::Relaxed);
+        let h = Arc::new(Mutex::new(RoomHistory {
+            epoch: format!("{}-{n:x}", self.epoch_prefix),
+            last: 0,
+            entries: VecDeque::new(),
+            policy,
+        }));
+        rooms.insert(Arc::from(room), h.clone());
+        Some(h)
+    }
+
+    /// Drops the history of rooms whose events have all expired and that nobody is in, so that
+    /// rooms do not accumulate forever. `in_use` says whether a room has members.
+    pub fn sweep(&self, in_use: impl Fn(&str) -> bool) {
+        let now = Instant::now();
+        self.rooms.lock().retain(|room, h| {
+            let mut h = h.lock();
+            h.trim(now);
+            !h.entries.is_empty() || in_use(room)
+        });
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.lock().len()
+    }
+}
+
+/// A locked room history (held while queueing on the lane, see the module docs).
+pub type Locked<'a> = MutexGuard<'a, RoomHistory>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn histories(size: usize) -> Histories {
+        Histories::new(
+            vec![HistoryRule {
+                pattern: "collection:*".into(),
+                policy: HistoryPolicy { size, ttl: None },
+            }],
+            "i",
+        )
+    }
+
+    #[test]
+    fn offsets_grow_by_one_and_events_carry_them() {
+        let h = histories(10);
+        assert!(h.room("other").is_none());
+        let room = h.room("collection:posts").unwrap();
+        let mut room = room.lock();
+        let a = room.record(json!({"type": "create"}));
+        let b = room.record(json!({"type": "update"}));
+        assert_eq!((a.offset, b.offset), (1, 2));
+        assert_eq!(b.body["offset"], 2);
+        assert_eq!(b.body["epoch"], room.epoch.as_str());
+        assert!(std::str::from_utf8(&b.frame[2..]).unwrap().contains("\"offset\":2"));
+    }
+
+    #[test]
+    fn recovery_gives_what_was_missed_or_says_why_not() {
+        let h = histories(3);
+        let room = h.room("collection:posts").unwrap();
+        let mut room = room.lock();
+        let epoch = room.epoch.clone();
+        let since = |offset| Since {
+            offset,
+            epoch: epoch.clone(),
+        };
+        assert_eq!(room.since(&since(0)).unwrap().len(), 0);
+        for _ in 0..5 {
+            room.record(json!({}));
+        }
+        // Keeps 3, 4, 5.
+        let got: Vec<u64> = room.since(&since(2)).unwrap().iter().map(|e| e.offset).collect();
+        assert_eq!(got, vec![3, 4, 5]);
+        assert_eq!(room.since(&since(5)).unwrap().len(), 0);
+        assert_eq!(room.since(&since(1)).unwrap_err(), RecoveryFailed::Trimmed);
+        assert_eq!(room.since(&since(6)).unwrap_err(), RecoveryFailed::Ahead);
+        let other = Since {
+            offset: 4,
+            epoch: "old".into(),
+        };
+        assert_eq!(room.since(&other).unwrap_err(), RecoveryFailed::EpochChanged);
+    }
+
+    #[test]
+    fn ttl_trims_old_events() {
+        let h = Histories::new(
+            vec![HistoryRule {
+                pattern: "r".into(),
+                policy: HistoryPolicy {
+                    size: 100,
+                    ttl: Some(Duration::from_millis(1)),
+                },
+            }],
+            "i",
+        );
+        let room = h.room("r").unwrap();
+        let epoch = room.lock().epoch.clone();
+        room.lock().record(json!({}));
+        std::thread::sleep(Duration::from_millis(5));
+        let r = room.lock().since(&Since { offset: 0, epoch });
+        assert_eq!(r.unwrap_err(), RecoveryFailed::Trimmed);
+        h.sweep(|_| false);
+        assert_eq!(h.room_count(), 0);
+    }
+
+    #[test]
+    fn each_room_has_its_own_epoch() {
+        let h = histories(3);
+        let a = h.room("collection:a").unwrap().lock().epoch.clone();
+        let b = h.room("collection:b").unwrap().lock().epoch.clone();
+        assert_ne!(a, b);
+        assert_eq!(h.room("collection:a").unwrap().lock().epoch, a);
+    }
+}
