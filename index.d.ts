@@ -98,7 +98,7 @@ export interface ServerOptions {
    * Payload's own `auth`, which checks sessions). `null` or a throw refuses the connection; an
    * object becomes the socket's `user`.
    */
-  verifyUser?: (token: string, claims: Record<string, unknown>) => Promise<object | null> | object | null
+  verifyUser?: ((token: string, claims: Record<string, unknown>) => Promise<object | null> | object | null) | false
 }
 
 export interface PluginOptions extends ServerOptions {
@@ -106,6 +106,12 @@ export interface PluginOptions extends ServerOptions {
   enabled?: boolean
   /** When set, the server starts in Payload's `onInit` on this port. */
   port?: number
+  /**
+   * Deliver each event only to users whose Payload `read` access allows the document, with the
+   * document as they would read it (field-level access applied): `true` for every collection
+   * or per collection (`{ posts: true }`).
+   */
+  readAccess?: boolean | Record<string, boolean>
   shouldEmit?: (event: RealtimeEvent) => boolean
   transformEvent?: (event: RealtimeEvent) => RealtimeEvent | null | undefined
 }

@@ -164,3 +164,49 @@ test('a restarted server has a new epoch: old positions fail to recover', T, asy
     await second.close()
   }
 })
+
+test('the client SDK recovers after a reconnect: each event once, recovery-failed as an event', T, async () => {
+  const { createRealtimeClient } = await import('../lib/client/index.mjs')
+  const { default: WebSocket } = await import('ws')
+  const failures = []
+  let manager = await initUWebSocket(0, { host: '127.0.0.1', secret: SECRET, history: { size: 1000 } })
+  const port = manager.port
+  const c2 = createRealtimeClient({
+    url: `ws://127.0.0.1:${port}/`,
+    token: makeToken({ id: 'sdk2' }),
+    WebSocket,
+    reconnect: { initialDelay: 50, maxDelay: 200 },
+  })
+  const got = []
+  c2.on('recovery-failed', (info) => failures.push(info))
+  c2.subscribe('posts', (e) => got.push(e.offset))
+  try {
+    await waitUntil(() => manager.getSocketsInRoom('collection:posts').length === 1, { label: 'c2 joined' })
+    await emit(manager, 3)
+    await waitUntil(() => got.length === 3)
+    // Kill the TCP connection: the server sees the socket vanish, the client reconnects.
+    const before = manager.stats().connectionsTotal
+    c2._ws.close(4999, 'test drop')
+    await waitUntil(() => manager.getSocketsInRoom('collection:posts').length === 0, { label: 'gone' })
+    await emit(manager, 7)
+    await waitUntil(() => manager.stats().connectionsTotal > before && got.length === 10, {
+      label: 'reconnected and recovered',
+    })
+    await emit(manager, 2)
+    await waitUntil(() => got.length === 12)
+    assert.deepEqual(got, range(1, 12), 'each event once, in order')
+    assert.deepEqual(failures, [])
+
+    // A restart loses the history: the client is told to refetch.
+    await manager.close()
+    manager = await initUWebSocket(port, { host: '127.0.0.1', secret: SECRET, history: { size: 1000 } })
+    await waitUntil(() => failures.length === 1, { label: 'recovery-failed after the restart' })
+    assert.equal(failures[0].collection, 'posts')
+    await emit(manager, 1)
+    await waitUntil(() => got.length === 13)
+    assert.equal(got[12], 1, 'the new epoch starts again at 1')
+  } finally {
+    c2.disconnect()
+    await manager.close()
+  }
+})

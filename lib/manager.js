@@ -9,6 +9,18 @@ const { RealtimeError, ERROR_CODES } = require('./errors.js')
 /** @type {Set<UWebSocketManager>} managers started and not yet closed, newest last */
 const running = new Set()
 
+/**
+ * Set by the Payload plugin once Payload has initialized: fills in what the plugin knows
+ * (secret, verifyUser, includeCollections, authorize and read-access rules) when the user calls
+ * `initUWebSocket(port)` themselves after `getPayload()`.
+ * @type {((options: object) => object) | null}
+ */
+let pluginDefaults = null
+
+function setPluginDefaults(fn) {
+  pluginDefaults = typeof fn === 'function' ? fn : null
+}
+
 const DEFAULT_PORT = 3002
 
 function isPlainObject(v) {
@@ -298,6 +310,7 @@ class UWebSocketManager {
  * @param {object} [options]
  */
 async function initUWebSocket(port = DEFAULT_PORT, options = {}) {
+  if (pluginDefaults) options = pluginDefaults(options)
   const manager = new UWebSocketManager(port, options)
   running.add(manager)
   return manager
@@ -316,4 +329,4 @@ function getUWebSocketManager() {
   return last
 }
 
-module.exports = { UWebSocketManager, initUWebSocket, getUWebSocketManager, nativeOptions }
+module.exports = { UWebSocketManager, initUWebSocket, getUWebSocketManager, nativeOptions, setPluginDefaults }

@@ -91,6 +91,11 @@ export interface ClientEvents {
   error: (error: RealtimeClientError) => void
   /** Every valid message that is not a reply to a request. */
   message: (message: ServerMessage) => void
+  /**
+   * Events missed while away could not be replayed (the room keeps no history, the history was
+   * trimmed, or the server restarted): refetch what the app shows from that collection.
+   */
+  'recovery-failed': (info: { collection: string; room: string; reason: string }) => void
 }
 
 export declare class RealtimeClient {

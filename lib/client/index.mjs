@@ -158,10 +158,11 @@ export class RealtimeClient {
     /** @type {Map<string, Set<Function>>} */
     this._listeners = new Map()
     /**
-     * One entry per subscribed collection: `{ collection, handlers: Set<{ type, fn }>, joined }`.
-     * A later issue adds `offset` / `epoch` here (the last ones seen in that room) and sends them
-     * as `since` in `_joinMessage`, and handles `recovery-failed`; nothing else needs to change.
-     * @type {Map<string, { collection: string, handlers: Set<{ type: string | null, fn: Function }>, joined: boolean }>}
+     * One entry per subscribed collection: `{ collection, handlers: Set<{ type, fn }>, joined,
+     * offset, epoch }`. `offset` / `epoch` are the room's position (from the join ack, then from
+     * every event): sent as `since` when the room is joined again after a reconnect, so the
+     * server replays what was missed; events at or before it are duplicates and are dropped.
+     * @type {Map<string, { collection: string, handlers: Set<{ type: string | null, fn: Function }>, joined: boolean, offset?: number, epoch?: string }>}
      */
     this._rooms = new Map()
     /** Requests by id: `{ resolve, reject, timer, message, sent, internal }`. */
@@ -283,9 +284,13 @@ export class RealtimeClient {
     }
   }
 
-  /** The message that joins `room` (the place to add `since` for recovery later). */
+  /** The message that joins `room`, with `since` when the room's position is known. */
   _joinMessage(room, id) {
-    return { type: 'join-collection', collection: room.collection, id }
+    const msg = { type: 'join-collection', collection: room.collection, id }
+    if (typeof room.epoch === 'string' && Number.isInteger(room.offset)) {
+      msg.since = { offset: room.offset, epoch: room.epoch }
+    }
+    return msg
   }
 
   _join(room) {
@@ -301,6 +306,13 @@ export class RealtimeClient {
         })
       } else {
         room.joined = true
+        // The room's position at the join; after a successful recovery the replayed events
+        // move it on, so only adopt it when there was none or recovery was not possible.
+        const position = reply.positions?.[room.collection]
+        if (position && (room.epoch === undefined || reply.recovered === false)) {
+          room.offset = position.offset
+          room.epoch = position.epoch
+        }
       }
     })
   }
@@ -617,13 +629,24 @@ export class RealtimeClient {
     }
 
     this._emit('message', msg)
+    if (msg.type === 'recovery-failed') {
+      // What was missed while away cannot be replayed: the app should refetch. Not an event, so
+      // not for the collection's event handlers.
+      this._emit('recovery-failed', { collection: msg.collection, room: msg.room, reason: msg.reason })
+      return
+    }
     if (typeof msg.collection === 'string') this._dispatch(msg)
   }
 
   _dispatch(msg) {
-    // A later issue: remember `msg.offset` / `msg.epoch` on the room here.
     const room = this._rooms.get(msg.collection)
     if (!room) return
+    if (Number.isInteger(msg.offset) && typeof msg.epoch === 'string') {
+      // Each event once: a replayed event the client already has is dropped.
+      if (msg.epoch === room.epoch && msg.offset <= room.offset) return
+      room.offset = msg.offset
+      room.epoch = msg.epoch
+    }
     for (const entry of [...room.handlers]) {
       if (entry.type !== null && entry.type !== msg.type) continue
       if (!room.handlers.has(entry)) continue // unsubscribed by an earlier handler
