@@ -89,6 +89,13 @@ export interface ServerOptions {
    */
   history?: HistoryPolicy | Record<string, HistoryPolicy>
   /**
+   * Presence (opt-in): `true` for every collection, or a list of slugs / room patterns. Clients
+   * ask `{ type: 'presence', collection }` and members get `presence-join` / `presence-leave`.
+   */
+  presence?: boolean | string[]
+  /** Milliseconds another instance's members count without a refresh (default 15000). */
+  presenceExpiry?: number
+  /**
    * Several instances through Redis: `redis://`, `rediss://` (TLS), or `redis-cluster://` (sharded
    * pub/sub). Falls back to the `REDIS_URL` environment variable; `false` disables even then.
    */

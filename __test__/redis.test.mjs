@@ -337,3 +337,54 @@ test('a bad Redis URL fails initUWebSocket with a clear error', async () => {
   )
   await assert.rejects(initUWebSocket(0, { host: '127.0.0.1', redis: { host: 'x' } }), /redis/)
 })
+
+test(
+  'presence across two instances: joins and leaves seen by all; a killed instance leaves within the expiry',
+  T,
+  async () => {
+    const redis = await startRedis(await freePort())
+    const url = `redis://127.0.0.1:${redis.port}`
+    const opts = { redis: { url }, presence: true, presenceExpiry: 1500 }
+    const a = await startInstance(opts)
+    const b = await startInstance(opts)
+    const u1 = await client(a, 'u1', 'u1@A')
+    await u1.join('posts')
+    await waitUntil(() => numsub(redis.port, 'collection:posts') === 1, { label: 'A subscribed' })
+    const u2 = await client(b, 'u2', 'u2@B')
+    await u2.join('posts')
+    await u1.waitFor((m) => m.type === 'presence-join' && m.user.id === 'u2')
+    const u3 = await client(b, 'u3', 'u3@B')
+    await u3.join('posts')
+    await u1.waitFor((m) => m.type === 'presence-join' && m.user.id === 'u3')
+    await u2.waitFor((m) => m.type === 'presence-join' && m.user.id === 'u3')
+    // B learned of u1 (through its sync when it subscribed).
+    await waitUntil(
+      async () => {
+        const r = await u2.request({ type: 'presence', collection: 'posts' })
+        return (
+          r.members
+            .map((m) => m.id)
+            .sort()
+            .join() === 'u1,u2,u3'
+        )
+      },
+      { label: 'B sees all three' },
+    )
+    const fromA = await u1.request({ type: 'presence', collection: 'posts' })
+    assert.deepEqual(fromA.members.map((m) => m.id).sort(), ['u1', 'u2', 'u3'])
+
+    // u3 leaves: seen on A too.
+    u3.send({ type: 'leave-collection', collection: 'posts' })
+    await u1.waitFor((m) => m.type === 'presence-leave' && m.user.id === 'u3')
+
+    // B dies: its users leave for A's sockets within the expiry.
+    b.child.kill('SIGKILL')
+    await b.exited
+    await u1.waitFor((m) => m.type === 'presence-leave' && m.user.id === 'u2', { timeout: 15_000 })
+    const after = await u1.request({ type: 'presence', collection: 'posts' })
+    assert.deepEqual(
+      after.members.map((m) => m.id),
+      ['u1'],
+    )
+  },
+)

@@ -6,6 +6,7 @@
 // Environment (all optional):
 //   BENCH_QUICK=1            small sizes and few rounds (about 2 minutes)
 //   BENCH_SKIP_BUILD=1       do not rebuild the addon (uses benches/.addon/ or the root .node)
+//   BENCH_ADDON=file.node    use this addon (e.g. a release build with symbols, for profiles)
 //   BENCH_ROUNDS=n           measured rounds per case (default 5, quick 2); BENCH_WARMUP=n (1)
 //   BENCH_ONLY=a,b           scenarios: fanout, rooms, authorize, idle, storm
 //   BENCH_SERVERS=a,b        contenders: realtime, uws-plugin, uws-publish, ws, ceiling
@@ -93,7 +94,7 @@ const ANCHORS = ['uws-plugin', 'uws-publish', 'ws', 'ceiling']
 
 const loadgenDir = path.join(here, 'loadgen')
 const loadgenBin = (name) => path.join(loadgenDir, 'target', 'release', name)
-const addonCopy = path.join(here, '.addon', 'payload-realtime.node')
+const addonCopy = env.BENCH_ADDON ? path.resolve(env.BENCH_ADDON) : path.join(here, '.addon', 'payload-realtime.node')
 
 const children = new Set()
 function cleanup() {
@@ -204,24 +205,33 @@ class Proc {
 }
 
 let seq = 0
+const perfServers = list(env.BENCH_PERF, [])
+/** The case being measured (names profile files). */
+let currentCase = 'case'
+
 class Server extends Proc {
   static async start(id, extraArgs = []) {
     const c = CONTENDERS[id]
-    const p = c.binary
-      ? new Server(id, loadgenBin(c.binary), ['--host', '127.0.0.1', '--port', '0', ...extraArgs])
-      : new Server(
-          id,
-          process.execPath,
-          [
-            '--expose-gc',
-            path.join(here, 'servers', c.script),
-            ...(c.args ?? []),
-            '--secret',
-            cfg.secret,
-            ...extraArgs,
-          ],
-          existsSync(addonCopy) && id === 'realtime' ? { NAPI_RS_NATIVE_LIBRARY_PATH: addonCopy } : {},
-        )
+    let cmd = c.binary ? loadgenBin(c.binary) : process.execPath
+    let args = c.binary
+      ? ['--host', '127.0.0.1', '--port', '0', ...extraArgs]
+      : ['--expose-gc', path.join(here, 'servers', c.script), ...(c.args ?? []), '--secret', cfg.secret, ...extraArgs]
+    if (perfServers.includes(id)) {
+      const dir = path.join(here, 'profiles')
+      mkdirSync(dir, { recursive: true })
+      const file = path.join(dir, `${currentCase}-${id}.perf.data`)
+      log(`  profiling ${id} into ${path.relative(root, file)}`)
+      args = ['record', '-q', '-e', 'cpu-clock', '-F', '999', '-g', '-o', file, '--', cmd]
+        .concat(c.binary ? [] : ['--perf-basic-prof'])
+        .concat(args)
+      cmd = 'perf'
+    }
+    const p = new Server(
+      id,
+      cmd,
+      args,
+      existsSync(addonCopy) && id === 'realtime' ? { NAPI_RS_NATIVE_LIBRARY_PATH: addonCopy } : {},
+    )
     const ready = await p.next((m) => m.event === 'listening', 30_000, 'listening')
     p.port = ready.port
     p.pid = ready.pid
@@ -813,7 +823,10 @@ async function main() {
     }
   }
   let addon
-  if (env.BENCH_SKIP_BUILD === '1') {
+  if (env.BENCH_ADDON) {
+    if (!existsSync(addonCopy)) throw new Error(`BENCH_ADDON: no file ${addonCopy}`)
+    addon = `given by BENCH_ADDON (${env.BENCH_ADDON}), not rebuilt`
+  } else if (env.BENCH_SKIP_BUILD === '1') {
     if (!existsSync(addonCopy)) {
       const built = path.join(root, 'payload-realtime.linux-x64-gnu.node')
       if (!existsSync(built)) throw new Error('no addon: run without BENCH_SKIP_BUILD=1')

@@ -75,6 +75,8 @@ function nativeOptions(port, options) {
   }
   return {
     history: historyRules(options.history),
+    presence: presenceRooms(options.presence),
+    presenceExpiry: optionalNumber(options, 'presenceExpiry', { min: 100 }),
     host: optionalString(options, 'host'),
     port,
     path: optionalString(options, 'path'),
@@ -116,6 +118,16 @@ function historyRules(history) {
   return Object.entries(history).map(([key, v]) =>
     rule(key.includes(':') || key.endsWith('*') ? key : `collection:${key}`, v),
   )
+}
+
+/** `presence`: `true` (every collection) or a list of collection slugs / room patterns. */
+function presenceRooms(presence) {
+  if (presence === undefined || presence === null || presence === false) return undefined
+  if (presence === true) return ['collection:*']
+  if (!Array.isArray(presence) || presence.some((p) => typeof p !== 'string' || p === '')) {
+    throw new TypeError('payload-realtime: `presence` must be true or an array of collection slugs / room patterns')
+  }
+  return presence.map((p) => (p.includes(':') || p.endsWith('*') ? p : `collection:${p}`))
 }
 
 /** Rejects after `ms` unless `promise` settles first. */

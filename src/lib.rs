@@ -61,6 +61,10 @@ pub struct NativeOptions {
     pub redis_url: Option<String>,
     /// History rules: a room name or `prefix*`, how many events, for how long.
     pub history: Option<Vec<NativeHistoryRule>>,
+    /// Rooms with presence: room names or `prefix*`.
+    pub presence: Option<Vec<String>>,
+    /// Milliseconds another instance's presence counts without a refresh (default 15000).
+    pub presence_expiry: Option<u32>,
 }
 
 #[napi(object)]
@@ -102,6 +106,10 @@ impl NativeOptions {
                 .map_or(d.handler_timeout, |ms| Duration::from_millis(ms as u64)),
             max_messages_per_second: self.max_messages_per_second.unwrap_or(d.max_messages_per_second),
             max_rooms_per_socket: self.max_rooms_per_socket.map_or(d.max_rooms_per_socket, |v| v as usize),
+            presence: self.presence.unwrap_or_default(),
+            presence_expiry: self
+                .presence_expiry
+                .map_or(d.presence_expiry, |ms| Duration::from_millis(ms.max(100) as u64)),
             redis_url: self.redis_url.filter(|u| !u.is_empty()),
             history: self
                 .history
@@ -265,7 +273,7 @@ impl RealtimeServer {
         if kind.is_empty()
             || matches!(
                 kind.as_str(),
-                "join-collection" | "subscribe" | "leave-collection" | "unsubscribe" | "ping"
+                "join-collection" | "subscribe" | "leave-collection" | "unsubscribe" | "ping" | "auth" | "presence"
             )
         {
             return Err(js_error(error::Error::InvalidInput(format!(

@@ -45,6 +45,10 @@ pub struct Config {
     pub max_rooms_per_socket: usize,
     /// History kept per room (rules by room name or `prefix*`), for recovery after reconnects.
     pub history: Vec<crate::history::HistoryRule>,
+    /// Rooms with presence (room names or `prefix*`).
+    pub presence: Vec<String>,
+    /// How long another instance's presence counts without a fresh state (it died otherwise).
+    pub presence_expiry: Duration,
     /// Redis URL for many instances (`redis://`, `rediss://`, `redis-cluster://`); `None` runs alone.
     pub redis_url: Option<String>,
     /// Echo every message back instead of speaking the protocol: for the conformance suite
@@ -72,6 +76,8 @@ impl Default for Config {
             max_messages_per_second: 100,
             max_rooms_per_socket: 1000,
             history: Vec::new(),
+            presence: Vec::new(),
+            presence_expiry: Duration::from_secs(15),
             redis_url: None,
             echo_mode: false,
         }

@@ -271,6 +271,7 @@ impl Reader<'_> {
                 | ClientMessage::Leave { id, .. }
                 | ClientMessage::Ping { id }
                 | ClientMessage::Auth { id, .. }
+                | ClientMessage::Presence { id, .. }
                 | ClientMessage::Custom { id, .. } => id,
             });
             self.reply_error(ErrorCode::RateLimited, "too many messages; slow down", id.as_ref());
@@ -283,6 +284,21 @@ impl Reader<'_> {
         match message {
             ClientMessage::Ping { id } => self.reply(protocol::pong(id.as_ref())),
             ClientMessage::Auth { id, token } => self.refresh_token(id, token),
+            ClientMessage::Presence { id, collection } => {
+                if let Some(e) = self.unknown(std::slice::from_ref(&collection)) {
+                    return self.reply_error(ErrorCode::UnknownCollection, &e, id.as_ref());
+                }
+                let room = collection_room(&collection);
+                let Some(members) = hub.presence_members(&room) else {
+                    let msg = format!("presence is not enabled for {collection:?}");
+                    return self.reply_error(ErrorCode::BadMessage, &msg, id.as_ref());
+                };
+                if !self.peer.in_room(&room) {
+                    let msg = format!("join {collection:?} to see who is there");
+                    return self.reply_error(ErrorCode::Forbidden, &msg, id.as_ref());
+                }
+                self.reply(protocol::presence(id.as_ref(), &room, &collection, members));
+            }
             ClientMessage::Join { id, collections, since } => {
                 if let Some(e) = self.unknown(&collections) {
                     return self.reply_error(ErrorCode::UnknownCollection, &e, id.as_ref());

@@ -24,7 +24,8 @@ use crate::error::Error;
 use crate::event;
 use crate::history::{Histories, RecoveryFailed, Since};
 use crate::peer::{Peer, PeerId};
-use crate::protocol::{close_code, collection_room, text_frame};
+use crate::presence::{summary_of, Change, Presence};
+use crate::protocol::{close_code, collection_room, encode_value, text_frame};
 use crate::rooms::{Joined, Registry};
 use crate::stats::{Snapshot, Stats};
 use crate::warn;
@@ -63,6 +64,8 @@ pub struct Hub {
     broker: OnceLock<Arc<dyn Broker>>,
     /// Per-room history for recovery.
     pub histories: Histories,
+    /// Who is in presence-enabled rooms.
+    pub presence: Presence,
 }
 
 impl Hub {
@@ -71,6 +74,7 @@ impl Hub {
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..LANES).map(|_| mpsc::unbounded_channel()).unzip();
         let instance = format!("{:08x}", RandomState::new().hash_one(std::process::id()) as u32);
         let histories = Histories::new(config.history.clone(), &instance);
+        let presence = Presence::new(config.presence.clone(), config.presence_expiry);
         let hub = Hub {
             config,
             registry: Registry::default(),
@@ -85,6 +89,7 @@ impl Hub {
             started: Instant::now(),
             broker: OnceLock::new(),
             histories,
+            presence,
         };
         (Arc::new(hub), receivers)
     }
@@ -339,6 +344,105 @@ impl Hub {
         (instance == self.instance).then(|| n.parse().ok()).flatten()
     }
 
+    /// Watches memberships of presence-enabled rooms: the first socket of a user makes it a
+    /// member, its last socket's leave makes it leave; both are announced to the room and told
+    /// to the other instances.
+    pub fn install_presence(self: &Arc<Self>) {
+        if !self.presence.is_enabled() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        self.registry.set_member_hook(Box::new(move |room, peer, joined| {
+            let Some(hub) = weak.upgrade() else { return };
+            let Some(user) = &peer.user else { return };
+            if !hub.presence.enabled_for(room) {
+                return;
+            }
+            let summary = summary_of(&user.claims);
+            let change = if joined {
+                hub.presence.local_join(room, &user.key, &summary)
+            } else {
+                hub.presence.local_leave(room, &user.key)
+            };
+            hub.publish_presence(
+                room,
+                if joined { "join" } else { "leave" },
+                &[(user.key.clone(), summary)],
+            );
+            if let Some(change) = change {
+                hub.announce(room, &change);
+            }
+        }));
+    }
+
+    /// Tells the room's local members about a join or leave.
+    fn announce(&self, room: &str, change: &Change) {
+        let frame = encode_value(&change.message(room));
+        let _ = self.send_job(
+            room,
+            Job::Broadcast {
+                room: Arc::from(room),
+                frame,
+                except: None,
+            },
+        );
+    }
+
+    /// Sends presence news to the other instances (no-op without a broker).
+    pub fn publish_presence(&self, room: &str, op: &str, users: &[(String, Value)]) {
+        let Some(broker) = self.broker.get() else { return };
+        let Some(list) = raw(&serde_json::to_string(users).unwrap_or_else(|_| "[]".into())) else {
+            return;
+        };
+        let envelope = Envelope {
+            v: 1,
+            from: &self.instance,
+            kind: Kind::Presence { room, op, users: &list },
+        };
+        broker.publish(Channel::Room(Arc::from(room)), envelope.encode());
+    }
+
+    fn on_remote_presence(&self, from: &str, room: &str, op: &str, users: &str) {
+        if !self.presence.enabled_for(room) {
+            return;
+        }
+        let users: Vec<(String, Value)> = serde_json::from_str(users).unwrap_or_default();
+        let changes: Vec<Change> = match op {
+            "join" | "leave" => users
+                .iter()
+                .filter_map(|(key, user)| self.presence.remote_change(room, from, key, user, op == "join"))
+                .collect(),
+            "state" => self.presence.remote_state(room, from, &users),
+            "sync" => {
+                let mine = self.presence.local_users(room);
+                if !mine.is_empty() {
+                    self.publish_presence(room, "state", &mine);
+                }
+                Vec::new()
+            }
+            _ => Vec::new(),
+        };
+        for change in changes {
+            self.announce(room, &change);
+        }
+    }
+
+    /// Periodic presence work: refresh this instance's state for the others, and let the users
+    /// of instances that stopped refreshing (died) leave.
+    pub fn presence_tick(&self) {
+        for (room, users) in self.presence.local_state() {
+            self.publish_presence(&room, "state", &users);
+        }
+        for (room, change) in self.presence.expire() {
+            self.announce(&room, &change);
+        }
+    }
+
+    /// A room's members, one per distinct user, across instances.
+    pub fn presence_members(&self, room: &str) -> Option<Vec<Value>> {
+        self.presence.enabled_for(room).then(|| self.presence.members(room))
+    }
+
     /// Connects the broker: publishes go to it, and rooms subscribe as they gain local members.
     pub fn set_broker(self: &Arc<Self>, broker: Arc<dyn Broker>) {
         let hooked = broker.clone();
@@ -388,6 +492,10 @@ impl Hub {
             }
             Kind::Revoke { user, sid } => {
                 self.revoke_local(user, sid);
+                Ok(())
+            }
+            Kind::Presence { room, op, users } => {
+                self.on_remote_presence(envelope.from, room, op, users.get());
                 Ok(())
             }
         };

@@ -23,6 +23,7 @@ pub mod inbound_guard;
 pub mod log;
 pub mod outbound;
 pub mod peer;
+pub mod presence;
 pub mod protocol;
 pub mod rooms;
 pub mod server;

@@ -110,6 +110,11 @@ pub enum ClientMessage {
     Ping {
         id: Option<RequestId>,
     },
+    /// Who is in a collection's room.
+    Presence {
+        id: Option<RequestId>,
+        collection: String,
+    },
     /// A fresh token for the same user, before the current one expires.
     Auth {
         id: Option<RequestId>,
@@ -185,6 +190,20 @@ pub fn parse_client_message(text: &[u8]) -> Result<ClientMessage, Rejection> {
             Ok(ClientMessage::Leave { id, collections })
         }
         "ping" => Ok(ClientMessage::Ping { id }),
+        "presence" => {
+            let mut collections = collections_of(&object, &id)?;
+            if collections.len() != 1 {
+                return Err(Rejection::new(
+                    id,
+                    ErrorCode::BadMessage,
+                    "`presence` names one collection",
+                ));
+            }
+            Ok(ClientMessage::Presence {
+                id,
+                collection: collections.remove(0),
+            })
+        }
         "auth" => match object.get("token") {
             Some(Value::String(t)) if !t.is_empty() => Ok(ClientMessage::Auth { id, token: t.clone() }),
             _ => Err(Rejection::new(
@@ -319,6 +338,19 @@ pub fn recovery_failed(room: &str, collection: &str, reason: &str) -> Bytes {
     m.insert("room".into(), Value::String(room.into()));
     m.insert("collection".into(), Value::String(collection.into()));
     m.insert("reason".into(), Value::String(reason.into()));
+    encode_value(&Value::Object(m))
+}
+
+/// `{ "type": "presence", "id"?, "room", "collection", "members" }`.
+pub fn presence(id: Option<&RequestId>, room: &str, collection: &str, members: Vec<Value>) -> Bytes {
+    let mut m = Map::new();
+    m.insert("type".into(), Value::String("presence".into()));
+    if let Some(id) = id {
+        m.insert("id".into(), id.to_value());
+    }
+    m.insert("room".into(), Value::String(room.into()));
+    m.insert("collection".into(), Value::String(collection.into()));
+    m.insert("members".into(), Value::Array(members));
     encode_value(&Value::Object(m))
 }
 

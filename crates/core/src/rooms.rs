@@ -27,10 +27,15 @@ type Members = HashMap<PeerId, Arc<Peer>>;
 /// room's shard lock, so the calls for one room come in order. It must not block.
 pub type RoomHook = Box<dyn Fn(&str, bool) + Send + Sync>;
 
+/// Told when a socket joins (`true`) or leaves a room, under the room's shard lock: it must not
+/// block nor touch the registry (presence queues its announcements on the room's lane).
+pub type MemberHook = Box<dyn Fn(&str, &Peer, bool) + Send + Sync>;
+
 pub struct Registry {
     peers: Vec<RwLock<HashMap<PeerId, Arc<Peer>>>>,
     rooms: Vec<RwLock<HashMap<Arc<str>, Members>>>,
     hook: OnceLock<RoomHook>,
+    member_hook: OnceLock<MemberHook>,
     room_count: AtomicUsize,
 }
 
@@ -58,11 +63,17 @@ impl Default for Registry {
             rooms: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             room_count: AtomicUsize::new(0),
             hook: OnceLock::new(),
+            member_hook: OnceLock::new(),
         }
     }
 }
 
 impl Registry {
+    /// Sets the member hook (presence). Once.
+    pub fn set_member_hook(&self, hook: MemberHook) {
+        let _ = self.member_hook.set(hook);
+    }
+
     /// Sets the room hook (the broker's subscribe and unsubscribe). Once.
     pub fn set_room_hook(&self, hook: RoomHook) {
         let _ = self.hook.set(hook);
@@ -89,17 +100,21 @@ impl Registry {
         let rooms = peer.rooms.lock().take();
         if let Some(rooms) = &rooms {
             for room in rooms {
-                self.remove_member(room, peer.id);
+                self.remove_member(room, peer);
             }
         }
         self.peers[shard_of(&peer.id)].write().remove(&peer.id);
         rooms.is_some()
     }
 
-    fn remove_member(&self, room: &str, id: PeerId) {
+    fn remove_member(&self, room: &str, peer: &Peer) {
         let mut shard = self.rooms[shard_of(room)].write();
         if let Some(members) = shard.get_mut(room) {
-            members.remove(&id);
+            if members.remove(&peer.id).is_some() {
+                if let Some(hook) = self.member_hook.get() {
+                    hook(room, peer, false);
+                }
+            }
             if members.is_empty() {
                 shard.remove(room);
                 self.room_count.fetch_sub(1, Ordering::Relaxed);
@@ -135,6 +150,9 @@ impl Registry {
             }
         };
         shard.get_mut(room).expect("just ensured").insert(peer.id, peer.clone());
+        if let Some(hook) = self.member_hook.get() {
+            hook(room, peer, true);
+        }
         list.push(key);
         Joined::New
     }
@@ -148,7 +166,7 @@ impl Registry {
             return false;
         };
         list.swap_remove(pos);
-        self.remove_member(room, peer.id);
+        self.remove_member(room, peer);
         true
     }
 

@@ -82,12 +82,25 @@ impl Server {
                         hub.on_remote(text)
                     }
                 });
-                let broker = RedisBroker::start(&url, &hub.instance, on_message, hub.shutdown.clone())?;
+                // Once subscribed to a presence room, ask the others who is there.
+                let weak = Arc::downgrade(&hub);
+                let on_subscribed = Arc::new(move |room: &str| {
+                    if let Some(hub) = weak.upgrade() {
+                        if hub.presence.enabled_for(room) {
+                            hub.publish_presence(room, "sync", &[]);
+                        }
+                    }
+                });
+                let broker = RedisBroker::start(&url, &hub.instance, on_message, on_subscribed, hub.shutdown.clone())?;
                 hub.set_broker(broker);
             }
             runtime.spawn(accept_loop(hub.clone(), listener, tracker.clone()));
             if hub.histories.is_enabled() {
                 runtime.spawn(sweep_histories(hub.clone()));
+            }
+            hub.install_presence();
+            if hub.presence.is_enabled() {
+                runtime.spawn(presence_ticks(hub.clone()));
             }
         }
         Ok(Server {
@@ -143,6 +156,17 @@ impl Drop for Server {
         if let Some(rt) = self.runtime.take() {
             // Never blocks: safe to drop from inside another runtime or a napi call.
             rt.shutdown_background();
+        }
+    }
+}
+
+/// Refreshes presence for the other instances and expires theirs, three times per expiry.
+async fn presence_ticks(hub: Arc<Hub>) {
+    let mut tick = tokio::time::interval((hub.config.presence_expiry / 3).max(Duration::from_millis(50)));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => hub.presence_tick(),
+            _ = hub.shutdown.cancelled() => return,
         }
     }
 }

@@ -76,6 +76,14 @@ pub enum Kind<'a> {
     Send { socket: &'a str, msg: &'a RawValue },
     /// Close a user's session (logout) on every instance.
     Revoke { user: &'a str, sid: Option<&'a str> },
+    /// Presence in a room: `op` is `join` / `leave` (users changed here), `state` (all of this
+    /// instance's users, refreshed periodically) or `sync` (asks the others for their state);
+    /// `users` is `[[key, { id, collection }], ...]`.
+    Presence {
+        room: &'a str,
+        op: &'a str,
+        users: &'a RawValue,
+    },
 }
 
 /// The JSON form: flat, so payloads stay raw (never parsed or escaped again on the way).
@@ -99,6 +107,8 @@ struct Wire<'a> {
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     except: Option<Cow<'a, str>>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    op: Option<Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     body: Option<&'a RawValue>,
 }
 
@@ -120,6 +130,7 @@ impl Envelope<'_> {
             user: None,
             sid: None,
             except: None,
+            op: None,
             body: None,
         };
         match &self.kind {
@@ -143,6 +154,12 @@ impl Envelope<'_> {
                 w.kind = Cow::Borrowed("revoke");
                 w.user = b(user);
                 w.sid = sid.and_then(b);
+            }
+            Kind::Presence { room, op, users } => {
+                w.kind = Cow::Borrowed("presence");
+                w.room = b(room);
+                w.op = b(op);
+                w.body = Some(users);
             }
         }
         serde_json::to_string(&w).unwrap_or_default()
@@ -175,6 +192,11 @@ impl Decoded<'_> {
             "revoke" => Kind::Revoke {
                 user: w.user.as_deref()?,
                 sid: w.sid.as_deref(),
+            },
+            "presence" => Kind::Presence {
+                room: w.room.as_deref()?,
+                op: w.op.as_deref()?,
+                users: w.body?,
             },
             _ => return None,
         };

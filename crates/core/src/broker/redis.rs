@@ -69,6 +69,7 @@ impl RedisBroker {
         url: &str,
         instance: &str,
         on_message: Arc<dyn Fn(&str) + Send + Sync>,
+        on_subscribed: Arc<dyn Fn(&str) + Send + Sync>,
         shutdown: CancellationToken,
     ) -> Result<Arc<RedisBroker>, Error> {
         let mut config = Config::from_url(url).map_err(|e| Error::InvalidOption(format!("redis.url {url:?}: {e}")))?;
@@ -126,6 +127,7 @@ impl RedisBroker {
             always,
             subs_rx,
             counters.clone(),
+            on_subscribed,
             shutdown.clone(),
         ));
         let (p, s, c) = (publisher.clone(), subscriber.clone(), counters.clone());
@@ -263,6 +265,7 @@ async fn subscription_loop(
     always: [String; 2],
     mut changes: mpsc::UnboundedReceiver<Sub>,
     counters: Arc<Counters>,
+    on_subscribed: Arc<dyn Fn(&str) + Send + Sync>,
     shutdown: CancellationToken,
 ) {
     let mut wanted: HashSet<String> = always.iter().cloned().collect();
@@ -314,6 +317,9 @@ async fn subscription_loop(
                 client.subscribe(channel.clone()).await
             };
             if r.is_ok() {
+                if let Some(room) = channel.strip_prefix(&format!("{PREFIX}room:")) {
+                    on_subscribed(room);
+                }
                 active.insert(channel);
             }
         }
