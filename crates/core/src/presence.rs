@@ -55,6 +55,9 @@ impl RoomState {
     }
 }
 
+/// A user key and what others see of that user.
+pub type Member = (String, Value);
+
 pub struct Presence {
     patterns: Vec<String>,
     rooms: Mutex<HashMap<Arc<str>, RoomState>>,
@@ -233,7 +236,7 @@ impl Presence {
     }
 
     /// This instance's users per room, for the state message other instances expire by.
-    pub fn local_state(&self) -> Vec<(Arc<str>, Vec<(String, Value)>)> {
+    pub fn local_state(&self) -> Vec<(Arc<str>, Vec<Member>)> {
         self.rooms
             .lock()
             .iter()
