@@ -388,3 +388,65 @@ test(
     )
   },
 )
+
+test(
+  'recovery across instances: a client drops from A, reconnects to B with since, gets exactly what it missed',
+  T,
+  async () => {
+    const redis = await startRedis(await freePort())
+    const url = `redis://127.0.0.1:${redis.port}`
+    const opts = { redis: { url }, history: { size: 500 }, maxMessagesPerSecond: 0 }
+    const a = await startInstance(opts)
+    const b = await startInstance(opts)
+    const watcher = await client(b, 'w', 'watcher@B')
+    await watcher.join('posts')
+    const first = await client(a, 'u', 'u@A')
+    const ack = await first.request({ type: 'join-collection', collection: 'posts' })
+    const { epoch } = ack.positions.posts
+    await waitUntil(() => numsub(redis.port, 'collection:posts') === 2, { label: 'both subscribed' })
+    await a.call('emit', { n: 10, from: 'A', start: 0 })
+    await waitUntil(() => first.events('posts').length === 10)
+    const seen = first.events('posts').map((e) => e.offset)
+    assert.deepEqual(
+      seen,
+      Array.from({ length: 10 }, (_, i) => i + 1),
+      'offsets from Redis, 1..10',
+    )
+    first.ws.terminate()
+    await first.waitForClose()
+
+    // 50 events while away, from both instances; offsets are the same everywhere.
+    await a.call('emit', { n: 25, from: 'A', start: 10 })
+    await b.call('emit', { n: 25, from: 'B', start: 0 })
+    await waitUntil(() => watcher.events('posts').length === 60, { label: 'the watcher on B got all 60' })
+    assert.deepEqual(
+      watcher.events('posts').map((e) => e.offset),
+      Array.from({ length: 60 }, (_, i) => i + 1),
+    )
+
+    const again = await client(b, 'u', 'u@B')
+    const emitting = a.call('emit', { n: 20, from: 'A', start: 35 }) // live events during the recovery
+    const reply = await again.request({ type: 'join-collection', collection: 'posts', since: { offset: 10, epoch } })
+    assert.equal(reply.recovered, true)
+    await emitting
+    await waitUntil(() => again.events('posts').length >= 70, { label: 'missed and live events' })
+    await a.call('broadcast', { room: 'collection:posts', message: { type: 'marker' } })
+    await again.waitFor((m) => m.type === 'marker')
+    assert.deepEqual(
+      again.events('posts').map((e) => e.offset),
+      Array.from({ length: 70 }, (_, i) => i + 11),
+      'exactly the 50 missed, then live, no gap, no duplicate',
+    )
+    assert.ok(again.events('posts').every((e) => e.epoch === epoch))
+
+    // A position from another epoch fails.
+    const other = await client(a, 'v', 'v@A')
+    const bad = await other.request({
+      type: 'join-collection',
+      collection: 'posts',
+      since: { offset: 3, epoch: 'nope' },
+    })
+    assert.equal(bad.recovered, false)
+    assert.equal((await other.waitFor((m) => m.type === 'recovery-failed')).reason, 'EpochChanged')
+  },
+)

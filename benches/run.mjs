@@ -13,7 +13,9 @@
 //   BENCH_FANOUT_SUBSCRIBERS=1000,10000   BENCH_FANOUT_EVENTS=100 (events per round, every size)
 //   BENCH_EVENT_SIZE=1024    BENCH_ROOMS_EVENTS  BENCH_AUTH_EVENTS  BENCH_IDLE_COUNTS=10000,19000
 //   BENCH_STORM_CONNS  BENCH_STORM_CONCURRENCY=200
-//   BENCH_OUT=path           where BENCHMARKS.md goes (default: the repository root)
+//   BENCH_OUT=path           where BENCHMARKS.md goes (default: the repository root); with it set,
+//                            the JSON goes next to it (same name, .json) instead of benches/results.json
+//   BENCH_REPORT_ONLY=1      measure nothing: rewrite the Markdown from the JSON of an earlier run
 //   BENCH_PERF=id,id         record a CPU profile of these servers (e.g. `realtime`) with
 //                            `perf record -e cpu-clock -g` (node gets --perf-basic-prof) into
 //                            benches/profiles/<case>-<server>.perf.data; read with `perf report -i`.
@@ -664,7 +666,7 @@ function report(meta) {
     `- Code: commit ${m.gitCommit}${m.gitDirty ? ' plus uncommitted changes in src/, crates/ or lib/' : ''}; addon ${meta.addon}. Anchors: @trufflesuite/uws-js-unofficial ${m.uws} (a uWebSockets.js 20.x build, native), ws ${m.ws}.`,
   )
   out.push(
-    `- Reproduce: \`npm run bench\` (full, about 15 minutes) or \`BENCH_QUICK=1 npm run bench\` (about 2 minutes); \`BENCH_SKIP_BUILD=1\` skips the addon build. Other knobs are listed at the top of \`benches/run.mjs\`.`,
+    `- Reproduce: \`npm run bench\` (full, about 12 minutes including the addon build) or \`BENCH_QUICK=1 npm run bench\` (about 2 minutes); \`BENCH_SKIP_BUILD=1\` skips the addon build. Other knobs are listed at the top of \`benches/run.mjs\`.`,
   )
   out.push('')
   out.push('## How it is measured')
@@ -675,8 +677,9 @@ function report(meta) {
       '- **Servers**: one process per contender, started fresh for each case, driven over stdin (`benches/servers/*.mjs`, `benches/loadgen/src/bin/ceiling.rs`). Each reports its own CPU time (`process.cpuUsage()` user + system, or `getrusage` for the ceiling) and RSS. payload-realtime runs as an application would: `initUWebSocket(0, { host, secret })`, events through `manager.emitEvent`, release build of the addon.',
       '- **Tokens**: payload-realtime gets Payload tokens (HS256, key = sha256(secret) hex, first 32 chars) and verifies every one. **The anchors check no tokens**: they accept any handshake (in the authorize scenario the uWS server reads the user id out of the token without checking the signature).',
       '- **Events**: `{ type: "update", collection, id, doc: { t, pad }, timestamp }`, about 1 KB of JSON, the same bytes for every contender; `doc.t` is the wall-clock emit time in ms (`performance.timeOrigin + performance.now()`, or `SystemTime` in the ceiling), set just before each event is emitted.',
-      '- **msg/s** = messages delivered to the generator ÷ (last receive − first emit). **Server CPU per msg** = server CPU time (all threads) during the round ÷ messages delivered: with server and generator sharing 2 cores this is the figure that holds. **Latency** = receive time − `doc.t` (same clock, same machine), over every message. **server CPU / loadgen CPU** = share of one core each used during the round: a loadgen near 100% would mean the generator, not the server, set the pace.',
-      "- **Ceiling**: a bare tokio server with no logic (`benches/loadgen/src/bin/ceiling.rs`): accepts handshakes, acks joins, and writes the same pre-encoded frames with one `writev` per socket per burst. It shows what this machine's loopback TCP can do; every other row reads as a fraction of it.",
+      '- **Quick runs** move 20,000 to 100,000 messages per round: their figures are indicative and noisy (tenths of a second per round); publish numbers from a full run.',
+      '- **msg/s** = messages delivered to the generator ÷ (last receive − first emit). **Server CPU per msg** = server CPU time (all threads) during the round ÷ messages delivered: with server and generator sharing 2 cores this is the figure that holds. **Latency** = receive time − `doc.t` (same clock, same machine), over every message. **server CPU / loadgen CPU** = share of one core (100% = one core; the machine has 2) each used during the round: a loadgen near 100% would mean the generator, not the server, set the pace.',
+      "- **Ceiling**: a bare tokio server with no logic (`benches/loadgen/src/bin/ceiling.rs`): accepts handshakes, acks joins, and writes the same pre-encoded frames with one `writev` per socket per burst. It shows what this machine's loopback TCP can do; every other row reads as a fraction of it. In the many-rooms scenario it writes each room\'s events as one burst (the others get them one event at a time).",
       '- Events are emitted "as fast as accepted": payload-realtime gets every `emitEvent` at once and awaits them together; the JS anchors run their send loops synchronously.',
     ].join('\n'),
   )
@@ -723,7 +726,8 @@ function report(meta) {
     out.push('')
     out.push(
       'Server RSS after start (and a GC for the Node servers), then after N authenticated sockets have connected, joined one room and gone quiet (1.5 s, then a GC). RSS per connection = the difference ÷ sockets held. ' +
-        'A single server process cannot hold 20,000 sockets here (20,000 open files per process, and the process has other descriptors), so the largest case is 19,000 sockets from two generator processes.',
+        'A single server process cannot hold 20,000 sockets here (20,000 open files per process, and the process has other descriptors), the largest case the full run measures is 19,000 sockets, from two generator processes' +
+        (s.idle.params.counts.some((n) => n > 10_000) ? '.' : ' (this run measured 10,000 only).'),
     )
     out.push('')
     out.push('| server | sockets held | RSS before | RSS after | RSS per connection |')
@@ -813,7 +817,19 @@ function report(meta) {
 // ---------------------------------------------------------------------------------------------
 // Main
 
+const mdPath = env.BENCH_OUT ? path.resolve(env.BENCH_OUT) : path.join(root, 'BENCHMARKS.md')
+const jsonPath = env.BENCH_OUT ? mdPath.replace(/\.md$/, '') + '.json' : path.join(here, 'results.json')
+
 async function main() {
+  if (env.BENCH_REPORT_ONLY === '1') {
+    const saved = JSON.parse(readFileSync(jsonPath, 'utf8'))
+    const { fanout, ...rest } = saved.meta.config
+    Object.assign(cfg, rest)
+    results.scenarios = saved.scenarios
+    writeFileSync(mdPath, report(saved.meta))
+    log(`rewrote ${path.relative(root, mdPath)} from ${path.relative(root, jsonPath)}`)
+    return
+  }
   const started = Date.now()
   if (cfg.servers.includes('uws-plugin') || cfg.servers.includes('uws-publish')) {
     const { createRequire } = await import('node:module')
@@ -860,9 +876,9 @@ async function main() {
     results.scenarios[name] = await scenarios[name]()
   }
   meta.durationSecs = (Date.now() - started) / 1000
-  const json = path.join(here, 'results.json')
+  const json = jsonPath
   writeFileSync(json, JSON.stringify({ meta, ...results }, null, 2) + '\n')
-  const md = env.BENCH_OUT ? path.resolve(env.BENCH_OUT) : path.join(root, 'BENCHMARKS.md')
+  const md = mdPath
   writeFileSync(md, report(meta))
   // Keep results.json in the repository's formatting (prettier --check runs in CI).
   const prettier = path.join(root, 'node_modules', '.bin', 'prettier')

@@ -15,7 +15,8 @@ use tokio::net::TcpStream;
 
 use crate::auth::now_secs;
 use crate::callbacks::{HandlerCall, HandlerOutcome};
-use crate::hub::Hub;
+use crate::history::Since;
+use crate::hub::{Hub, JoinOutcome};
 use crate::inbound_guard::{InboundGuard, Violation};
 use crate::outbound::{run_writer, WriterEnd};
 use crate::peer::Peer;
@@ -230,6 +231,46 @@ fn close_for(e: &WebSocketError) -> Option<(u16, &'static str)> {
     })
 }
 
+/// The replies to a join: `recovery-failed` for each room that could not recover, then the ack
+/// (with `recovered` and the rooms' `positions`), or the first error.
+fn join_replies(
+    id: Option<&RequestId>,
+    outcomes: Vec<(String, Result<JoinOutcome, crate::error::Error>)>,
+) -> Vec<Bytes> {
+    let mut frames = Vec::new();
+    let mut positions = serde_json::Map::new();
+    let mut recovered = None;
+    for (c, outcome) in outcomes {
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                frames.push(protocol::error(ErrorCode::TooLarge, &e.to_string(), id));
+                return frames;
+            }
+        };
+        if let Some(p) = outcome.position {
+            positions.insert(c.clone(), serde_json::json!({ "offset": p.offset, "epoch": p.epoch }));
+        }
+        if let Some(result) = outcome.recovery {
+            recovered = Some(recovered.unwrap_or(true) && result.is_ok());
+            if let Err(why) = result {
+                frames.push(protocol::recovery_failed(&collection_room(&c), &c, &format!("{why:?}")));
+            }
+        }
+    }
+    if let Some(id) = id {
+        let mut extra = serde_json::Map::new();
+        if let Some(r) = recovered {
+            extra.insert("recovered".into(), serde_json::Value::Bool(r));
+        }
+        if !positions.is_empty() {
+            extra.insert("positions".into(), serde_json::Value::Object(positions));
+        }
+        frames.push(protocol::ack_with(id, extra));
+    }
+    frames
+}
+
 impl Reader<'_> {
     fn reply(&self, frame: Bytes) {
         self.hub.registry.send_to(self.peer, frame, &self.hub.stats);
@@ -303,36 +344,33 @@ impl Reader<'_> {
                 if let Some(e) = self.unknown(&collections) {
                     return self.reply_error(ErrorCode::UnknownCollection, &e, id.as_ref());
                 }
-                let mut positions = serde_json::Map::new();
-                let mut recovered = None;
-                for c in &collections {
-                    let since = since.iter().find(|(slug, _)| slug == c).map(|(_, s)| s);
-                    match hub.join_collection(self.peer, c, since) {
-                        Ok(outcome) => {
-                            if let Some(p) = outcome.position {
-                                positions
-                                    .insert(c.clone(), serde_json::json!({ "offset": p.offset, "epoch": p.epoch }));
-                            }
-                            if let Some(result) = outcome.recovery {
-                                recovered = Some(recovered.unwrap_or(true) && result.is_ok());
-                                if let Err(why) = result {
-                                    let reason = format!("{why:?}");
-                                    self.reply(protocol::recovery_failed(&collection_room(c), c, &reason));
-                                }
-                            }
+                let since_for = |c: &str| since.iter().find(|(slug, _)| slug == c).map(|(_, s)| s.clone());
+                if collections
+                    .iter()
+                    .any(|c| hub.remote_history(&collection_room(c)).is_some())
+                {
+                    // The history is in Redis: reading it is asynchronous.
+                    let (hub, peer) = (hub.clone(), self.peer.clone());
+                    let plan: Vec<(String, Option<Since>)> =
+                        collections.iter().map(|c| (c.clone(), since_for(c))).collect();
+                    tokio::spawn(async move {
+                        let mut outcomes = Vec::new();
+                        for (c, s) in plan {
+                            let outcome = hub.join_collection_remote(&peer, &c, s.as_ref()).await;
+                            outcomes.push((c, outcome));
                         }
-                        Err(e) => return self.reply_error(ErrorCode::TooLarge, &e.to_string(), id.as_ref()),
-                    }
+                        for frame in join_replies(id.as_ref(), outcomes) {
+                            hub.registry.send_to(&peer, frame, &hub.stats);
+                        }
+                    });
+                    return;
                 }
-                if let Some(id) = &id {
-                    let mut extra = serde_json::Map::new();
-                    if let Some(r) = recovered {
-                        extra.insert("recovered".into(), serde_json::Value::Bool(r));
-                    }
-                    if !positions.is_empty() {
-                        extra.insert("positions".into(), serde_json::Value::Object(positions));
-                    }
-                    self.reply(protocol::ack_with(id, extra));
+                let outcomes = collections
+                    .iter()
+                    .map(|c| (c.clone(), hub.join_collection(self.peer, c, since_for(c).as_ref())))
+                    .collect();
+                for frame in join_replies(id.as_ref(), outcomes) {
+                    self.reply(frame);
                 }
             }
             ClientMessage::Leave { id, collections } => {

@@ -35,7 +35,25 @@ pub enum Job {
         authorize: Option<String>,
         body: Arc<Value>,
         frame: Bytes,
+        /// Its offset in the room's history, if it has one.
+        offset: Option<u64>,
         done: Option<oneshot::Sender<usize>>,
+    },
+    /// Redis-backed recovery, step one (a barrier): the socket joins, its live frames of the
+    /// room held back until step two.
+    RecoverStart {
+        room: Arc<str>,
+        peer: Arc<Peer>,
+        ready: oneshot::Sender<bool>,
+    },
+    /// Step two (a barrier): replay what was read from Redis (through the authorize rule), then
+    /// release the held-back live frames that come after it.
+    RecoverFinish {
+        room: Arc<str>,
+        authorize: Option<String>,
+        peer: Arc<Peer>,
+        entries: Vec<Entry>,
+        done: oneshot::Sender<()>,
     },
     /// A socket rejoining with `since`: replay what it missed (each event through the authorize
     /// rule), then join. A barrier: the lane finishes everything before it first, and prepares
@@ -72,6 +90,7 @@ enum Target {
 struct Prepared {
     room: Arc<str>,
     frame: Bytes,
+    offset: Option<u64>,
     target: Target,
     done: Option<oneshot::Sender<usize>>,
 }
@@ -83,13 +102,17 @@ pub async fn run_lane(hub: Arc<Hub>, mut jobs: mpsc::UnboundedReceiver<Job>) {
         tokio::select! {
             job = jobs.recv(), if pending.len() < MAX_IN_FLIGHT => {
                 let Some(job) = job else { break };
-                if let Job::Recover { room, authorize, peer, entries } = job {
-                    while let Some(ready) = pending.next().await {
-                        deliver(&hub, ready);
+                let job = match job {
+                    Job::Recover { .. } | Job::RecoverStart { .. } | Job::RecoverFinish { .. } => {
+                        // Barriers: everything before them is delivered first.
+                        while let Some(ready) = pending.next().await {
+                            deliver(&hub, ready);
+                        }
+                        run_barrier(&hub, job).await;
+                        continue;
                     }
-                    recover(&hub, &room, authorize.as_deref(), &peer, entries).await;
-                    continue;
-                }
+                    job => job,
+                };
                 pending.push_back(prepare(hub.clone(), job));
             }
             Some(ready) = pending.next(), if !pending.is_empty() => deliver(&hub, ready),
@@ -98,9 +121,92 @@ pub async fn run_lane(hub: Arc<Hub>, mut jobs: mpsc::UnboundedReceiver<Job>) {
     }
 }
 
-/// Replays missed events to one socket, then makes it a member (see [`Job::Recover`]).
-async fn recover(hub: &Hub, room: &Arc<str>, authorize: Option<&str>, peer: &Arc<Peer>, entries: Vec<Entry>) {
-    let frames: Vec<Bytes> = match (authorize, &hub.callbacks.authorizer) {
+async fn run_barrier(hub: &Hub, job: Job) {
+    match job {
+        Job::Recover {
+            room,
+            authorize,
+            peer,
+            entries,
+        } => {
+            let frames = replay_frames(hub, authorize.as_deref(), &peer, &entries).await;
+            if hub.registry.join(&peer, &room, hub.config.max_rooms_per_socket) == Joined::New {
+                for frame in frames {
+                    hub.registry.send_to(&peer, frame, &hub.stats);
+                }
+            }
+        }
+        Job::RecoverStart { room, peer, ready } => {
+            peer.start_recovery(&room);
+            let joined = hub.registry.join(&peer, &room, hub.config.max_rooms_per_socket) == Joined::New;
+            if !joined {
+                peer.end_recovery(&room);
+            }
+            let _ = ready.send(joined);
+        }
+        Job::RecoverFinish {
+            room,
+            authorize,
+            peer,
+            entries,
+            done,
+        } => {
+            let last = entries.last().map(|e| e.offset);
+            for frame in replay_frames(hub, authorize.as_deref(), &peer, &entries).await {
+                hub.registry.send_to(&peer, frame, &hub.stats);
+            }
+            for (offset, frame) in peer.end_recovery(&room) {
+                // Live events the replay already carried are dropped: each offset once.
+                if matches!((offset, last), (Some(o), Some(l)) if o <= l) {
+                    continue;
+                }
+                hub.registry.send_to(&peer, frame, &hub.stats);
+            }
+            let _ = done.send(());
+        }
+        other => {
+            let p = prepare_now(other);
+            deliver(hub, p);
+        }
+    }
+}
+
+/// A job that needs no preparation, as prepared.
+fn prepare_now(job: Job) -> Prepared {
+    match job {
+        Job::Broadcast { room, frame, except } => Prepared {
+            room,
+            frame,
+            offset: None,
+            target: Target::Room(except),
+            done: None,
+        },
+        Job::Event {
+            room,
+            frame,
+            offset,
+            done,
+            ..
+        } => Prepared {
+            room,
+            frame,
+            offset,
+            target: Target::Room(None),
+            done,
+        },
+        Job::Recover { room, .. } | Job::RecoverStart { room, .. } | Job::RecoverFinish { room, .. } => Prepared {
+            room,
+            frame: Bytes::new(),
+            offset: None,
+            target: Target::Only(Vec::new()),
+            done: None,
+        },
+    }
+}
+
+/// The frames of missed events one socket may see, in order (each through the authorize rule).
+async fn replay_frames(hub: &Hub, authorize: Option<&str>, peer: &Arc<Peer>, entries: &[Entry]) -> Vec<Bytes> {
+    match (authorize, &hub.callbacks.authorizer) {
         (Some(collection), Some(a)) => {
             let checks = entries.iter().map(|e| {
                 allowed_members(
@@ -122,48 +228,18 @@ async fn recover(hub: &Hub, room: &Arc<str>, authorize: Option<&str>, peer: &Arc
                 })
                 .collect()
         }
-        _ => entries.into_iter().map(|e| e.frame).collect(),
-    };
-    if hub.registry.join(peer, room, hub.config.max_rooms_per_socket) != Joined::New {
-        return;
-    }
-    for frame in frames {
-        hub.registry.send_to(peer, frame, &hub.stats);
+        _ => entries.iter().map(|e| e.frame.clone()).collect(),
     }
 }
 
 async fn prepare(hub: Arc<Hub>, job: Job) -> Prepared {
     match job {
-        // `run_lane` runs recoveries itself; should one get here, it delivers nothing.
-        Job::Recover { room, .. } => Prepared {
-            room,
-            frame: Bytes::new(),
-            target: Target::Only(Vec::new()),
-            done: None,
-        },
-        Job::Broadcast { room, frame, except } => Prepared {
-            room,
-            frame,
-            target: Target::Room(except),
-            done: None,
-        },
-        Job::Event {
-            room,
-            authorize: None,
-            frame,
-            done,
-            ..
-        } => Prepared {
-            room,
-            frame,
-            target: Target::Room(None),
-            done,
-        },
         Job::Event {
             room,
             authorize: Some(collection),
             body,
             frame,
+            offset,
             done,
         } => {
             let members = hub.registry.members(&room);
@@ -184,17 +260,19 @@ async fn prepare(hub: Arc<Hub>, job: Job) -> Prepared {
             Prepared {
                 room,
                 frame,
+                offset,
                 target: Target::Only(allowed),
                 done,
             }
         }
+        other => prepare_now(other),
     }
 }
 
 fn deliver(hub: &Hub, p: Prepared) {
     let n = match p.target {
-        Target::Room(except) => hub.registry.fan_out(&p.room, &p.frame, except, &hub.stats),
-        Target::Only(peers) => hub.registry.deliver_to(&p.room, &peers, &p.frame, &hub.stats),
+        Target::Room(except) => hub.registry.fan_out(&p.room, &p.frame, except, p.offset, &hub.stats),
+        Target::Only(peers) => hub.registry.deliver_to(&p.room, &peers, &p.frame, p.offset, &hub.stats),
     };
     if let Some(done) = p.done {
         let _ = done.send(n);

@@ -77,6 +77,8 @@ pub enum RecoveryFailed {
     Trimmed,
     /// `since` is ahead of the history: not from this history.
     Ahead,
+    /// The history could not be read (Redis unavailable).
+    Unavailable,
 }
 
 pub struct RoomHistory {

@@ -16,13 +16,14 @@ use tokio_util::sync::CancellationToken;
 use bytes::Bytes;
 
 use crate::auth::User;
+use crate::broker::redis_history::{Recovery, RedisHistory};
 use crate::broker::{raw, Broker, Channel, Envelope, Kind};
 use crate::callbacks::Callbacks;
 use crate::config::Config;
 use crate::dispatch::{lane_of, Job, LANES};
 use crate::error::Error;
 use crate::event;
-use crate::history::{Histories, RecoveryFailed, Since};
+use crate::history::{Entry, Histories, HistoryPolicy, RecoveryFailed, Since};
 use crate::peer::{Peer, PeerId};
 use crate::presence::{summary_of, Change, Presence};
 use crate::protocol::{close_code, collection_room, encode_value, text_frame};
@@ -66,6 +67,17 @@ pub struct Hub {
     pub histories: Histories,
     /// Who is in presence-enabled rooms.
     pub presence: Presence,
+    /// With Redis and history: the queue of events waiting for Redis to number them.
+    appender: OnceLock<mpsc::UnboundedSender<Append>>,
+}
+
+/// An event for a room with Redis-backed history, waiting for its offset.
+struct Append {
+    collection: String,
+    body: Value,
+    json: String,
+    policy: HistoryPolicy,
+    done: oneshot::Sender<usize>,
 }
 
 impl Hub {
@@ -90,8 +102,17 @@ impl Hub {
             broker: OnceLock::new(),
             histories,
             presence,
+            appender: OnceLock::new(),
         };
         (Arc::new(hub), receivers)
+    }
+
+    /// A fresh epoch name, for a room history that starts now.
+    fn new_epoch(&self) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        format!("{}{now:x}", self.instance)
     }
 
     /// Milliseconds since the server started (the idle timer's clock).
@@ -142,22 +163,23 @@ impl Hub {
         Stats::add(&self.stats.events, 1);
         // Serialized once: the same JSON goes into the local frame and the broker envelope.
         let json = serde_json::to_string(&event.body).map_err(|e| Error::Internal(e.to_string()))?;
-        if let Some(broker) = self.broker.get() {
-            if let Some(body) = raw(&json) {
-                let envelope = Envelope {
-                    v: 1,
-                    from: &self.instance,
-                    kind: Kind::Event {
-                        collection: &event.collection,
-                        body: &body,
-                    },
-                };
-                broker.publish(
-                    Channel::Room(Arc::from(collection_room(&event.collection))),
-                    envelope.encode(),
-                );
-            }
+        if let (Some(appender), Some(policy)) = (
+            self.appender.get(),
+            self.histories.policy_for(&collection_room(&event.collection)),
+        ) {
+            // Redis-backed history: Redis numbers the event first (see `run_appender`).
+            let (done, delivered) = oneshot::channel();
+            let append = Append {
+                collection: event.collection,
+                body: event.body,
+                json,
+                policy,
+                done,
+            };
+            appender.send(append).map_err(|_| Error::Closed)?;
+            return delivered.await.map_err(|_| Error::Closed);
         }
+        self.publish_event(&event.collection, &json, None);
         let (done, delivered) = oneshot::channel();
         let room = collection_room(&event.collection);
         let queued = match self.histories.room(&room) {
@@ -165,12 +187,19 @@ impl Hub {
             Some(history) => {
                 let mut history = history.lock();
                 let entry = history.record(event.body);
-                self.queue_event(&event.collection, entry.body, entry.frame, Some(done))?
+                self.queue_event(
+                    &event.collection,
+                    entry.body,
+                    entry.frame,
+                    Some(entry.offset),
+                    Some(done),
+                )?
             }
             None => self.queue_event(
                 &event.collection,
                 Arc::new(event.body),
                 text_frame(json.as_bytes()),
+                None,
                 Some(done),
             )?,
         };
@@ -253,10 +282,14 @@ impl Hub {
         collection: &str,
         body: Arc<Value>,
         frame: Bytes,
+        offset: Option<u64>,
         done: Option<oneshot::Sender<usize>>,
     ) -> Result<bool, Error> {
         let room: Arc<str> = Arc::from(collection_room(collection));
         if self.registry.member_count(&room) == 0 {
+            if let Some(done) = done {
+                let _ = done.send(0);
+            }
             return Ok(false);
         }
         let authorize = (self.callbacks.authorizer.is_some() && self.config.authorize_collections.contains(collection))
@@ -268,6 +301,7 @@ impl Hub {
                 authorize,
                 body,
                 frame,
+                offset,
                 done,
             },
         )?;
@@ -453,7 +487,164 @@ impl Hub {
                 hooked.unsubscribe(room)
             }
         }));
+        if self.histories.is_enabled() {
+            if let Some(history) = broker.history() {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let _ = self.appender.set(tx);
+                tokio::spawn(run_appender(Arc::downgrade(self), history, rx));
+            }
+        }
         let _ = self.broker.set(broker);
+    }
+
+    /// Publishes an event (JSON) for the other instances.
+    fn publish_event(&self, collection: &str, json: &str, offset: Option<u64>) {
+        let Some(broker) = self.broker.get() else { return };
+        let Some(body) = raw(json) else { return };
+        let envelope = Envelope {
+            v: 1,
+            from: &self.instance,
+            kind: Kind::Event {
+                collection,
+                body: &body,
+                offset,
+            },
+        };
+        broker.publish(Channel::Room(Arc::from(collection_room(collection))), envelope.encode());
+    }
+
+    /// Redis numbered an event (or could not): deliver it here and publish it for the others.
+    fn finish_append(&self, a: Append, numbered: Result<(u64, String), String>) {
+        let mut body = a.body;
+        let offset = match numbered {
+            Ok((offset, epoch)) => {
+                if let Value::Object(m) = &mut body {
+                    m.insert("offset".into(), Value::from(offset));
+                    m.insert("epoch".into(), Value::String(epoch));
+                }
+                Some(offset)
+            }
+            Err(e) => {
+                warn!("could not record an event in the Redis history ({e}); delivered without an offset");
+                None
+            }
+        };
+        let json = if offset.is_some() {
+            serde_json::to_string(&body).unwrap_or(a.json)
+        } else {
+            a.json
+        };
+        self.publish_event(&a.collection, &json, offset);
+        let frame = text_frame(json.as_bytes());
+        if let Err(e) = self.queue_event(&a.collection, Arc::new(body), frame, offset, Some(a.done)) {
+            warn!("could not deliver an event: {e}");
+        }
+    }
+
+    /// Whether a room's history lives in Redis (history configured, Redis connected).
+    pub fn remote_history(&self, room: &str) -> Option<(RedisHistory, HistoryPolicy)> {
+        let policy = self.histories.policy_for(room)?;
+        self.appender.get()?;
+        Some((self.broker.get()?.history()?, policy))
+    }
+
+    /// [`Hub::join_collection`] for a room whose history is in Redis: the socket joins with its
+    /// live frames held back, the missed events are read from Redis and replayed, then the held
+    /// frames that come after them are released (see `dispatch::Job::RecoverStart`).
+    pub async fn join_collection_remote(
+        &self,
+        peer: &Arc<Peer>,
+        collection: &str,
+        since: Option<&Since>,
+    ) -> Result<JoinOutcome, Error> {
+        let room: Arc<str> = Arc::from(collection_room(collection));
+        let Some((history, policy)) = self.remote_history(&room) else {
+            return self.join_collection(peer, collection, since);
+        };
+        let too_many = || {
+            Error::InvalidInput(format!(
+                "a socket may be in at most {} rooms",
+                self.config.max_rooms_per_socket
+            ))
+        };
+        let since = match since {
+            Some(s) if !peer.in_room(&room) => s,
+            other => {
+                let recovery = other.map(|_| Ok(()));
+                if self.registry.join(peer, &room, self.config.max_rooms_per_socket) == Joined::TooMany {
+                    return Err(too_many());
+                }
+                let position = history
+                    .since(&room, None, policy, &self.new_epoch())
+                    .await
+                    .ok()
+                    .and_then(|r| r.position);
+                return Ok(JoinOutcome { position, recovery });
+            }
+        };
+        let (ready, joined) = oneshot::channel();
+        self.send_job(
+            &room,
+            Job::RecoverStart {
+                room: room.clone(),
+                peer: peer.clone(),
+                ready,
+            },
+        )?;
+        if !joined.await.map_err(|_| Error::Closed)? {
+            return Err(too_many());
+        }
+        let (position, entries, result) = match history.since(&room, Some(since), policy, &self.new_epoch()).await {
+            Ok(Recovery {
+                position,
+                result: Ok(stored),
+            }) => {
+                let epoch = position.as_ref().map(|p| p.epoch.clone()).unwrap_or_default();
+                let entries = stored
+                    .into_iter()
+                    .filter_map(|s| {
+                        let mut body: Value = serde_json::from_str(&s.body).ok()?;
+                        if let Value::Object(m) = &mut body {
+                            m.insert("offset".into(), Value::from(s.offset));
+                            m.insert("epoch".into(), Value::String(epoch.clone()));
+                        }
+                        Some(Entry {
+                            offset: s.offset,
+                            at: std::time::Instant::now(),
+                            frame: encode_value(&body),
+                            body: Arc::new(body),
+                        })
+                    })
+                    .collect();
+                (position, entries, Ok(()))
+            }
+            Ok(Recovery {
+                position,
+                result: Err(why),
+            }) => (position, Vec::new(), Err(why)),
+            Err(e) => {
+                warn!("could not read the Redis history of {room} ({e})");
+                (None, Vec::new(), Err(RecoveryFailed::Unavailable))
+            }
+        };
+        let authorize = (self.callbacks.authorizer.is_some() && self.config.authorize_collections.contains(collection))
+            .then(|| collection.to_string());
+        let (done, finished) = oneshot::channel();
+        self.send_job(
+            &room,
+            Job::RecoverFinish {
+                room: room.clone(),
+                authorize,
+                peer: peer.clone(),
+                entries,
+                done,
+            },
+        )?;
+        let _ = finished.await;
+        Ok(JoinOutcome {
+            position,
+            recovery: Some(result),
+        })
     }
 
     /// Delivers what another instance published, to this instance's sockets only, through this
@@ -471,7 +662,11 @@ impl Hub {
             return; // our own echo: already delivered locally
         }
         let result = match envelope.kind {
-            Kind::Event { collection, body } => {
+            Kind::Event {
+                collection,
+                body,
+                offset,
+            } => {
                 let needs_value =
                     self.callbacks.authorizer.is_some() && self.config.authorize_collections.contains(collection);
                 let value = if needs_value {
@@ -479,8 +674,14 @@ impl Hub {
                 } else {
                     Value::Null
                 };
-                self.queue_event(collection, Arc::new(value), text_frame(body.get().as_bytes()), None)
-                    .map(|_| ())
+                self.queue_event(
+                    collection,
+                    Arc::new(value),
+                    text_frame(body.get().as_bytes()),
+                    offset,
+                    None,
+                )
+                .map(|_| ())
             }
             Kind::Broadcast { room, msg, except } => self.broadcast_local(room, msg.get().as_bytes(), except),
             Kind::Send { socket, msg } => {
@@ -588,5 +789,22 @@ impl Hub {
 
     pub fn has_custom_type(&self, kind: &str) -> bool {
         self.callbacks.handlers.is_some() && self.custom_types.read().contains(kind)
+    }
+}
+
+/// Numbers events in Redis in order, a pipeline per burst, then delivers and publishes them.
+/// One task, so events leave in the order they were emitted.
+async fn run_appender(hub: std::sync::Weak<Hub>, history: RedisHistory, mut rx: mpsc::UnboundedReceiver<Append>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        let Some(hub) = hub.upgrade() else { return };
+        let items: Vec<(String, String, HistoryPolicy)> = batch
+            .iter()
+            .map(|a| (collection_room(&a.collection), a.json.clone(), a.policy))
+            .collect();
+        let results = history.append(&items, &hub.new_epoch()).await;
+        for (a, r) in batch.drain(..).zip(results) {
+            hub.finish_append(a, r);
+        }
     }
 }

@@ -2,9 +2,11 @@
 //! queue, and the rooms it is in. The room registry holds `Arc<Peer>`s; the connection's reader
 //! and writer tasks hold the same `Arc`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +36,11 @@ pub struct Peer {
     pub last_seen_ms: AtomicU64,
     /// Cancelled when the connection must stop now (shutdown, eviction timeout).
     pub cancel: CancellationToken,
+    /// Rooms this socket is recovering from Redis history: live frames wait here (with their
+    /// offsets) until the replay is sent, so the two meet with no gap and no duplicate.
+    recovering: Mutex<HashMap<Arc<str>, Vec<(Option<u64>, Bytes)>>>,
+    /// Whether `recovering` has any room (read on the fan-out path without locking).
+    is_recovering: AtomicBool,
 }
 
 impl Peer {
@@ -69,7 +76,37 @@ impl Peer {
             rooms: Mutex::new(Some(Vec::new())),
             last_seen_ms: AtomicU64::new(0),
             cancel,
+            recovering: Mutex::new(HashMap::new()),
+            is_recovering: AtomicBool::new(false),
         }
+    }
+
+    /// Holds live frames of `room` back until [`Peer::end_recovery`].
+    pub fn start_recovery(&self, room: &Arc<str>) {
+        self.recovering.lock().insert(room.clone(), Vec::new());
+        self.is_recovering.store(true, Ordering::Release);
+    }
+
+    /// Keeps a live frame back if the socket is recovering that room; `false` otherwise.
+    pub fn hold_back(&self, room: &str, offset: Option<u64>, frame: &Bytes) -> bool {
+        if !self.is_recovering.load(Ordering::Acquire) {
+            return false;
+        }
+        match self.recovering.lock().get_mut(room) {
+            Some(held) => {
+                held.push((offset, frame.clone()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends a recovery: the live frames held back, in order.
+    pub fn end_recovery(&self, room: &str) -> Vec<(Option<u64>, Bytes)> {
+        let mut recovering = self.recovering.lock();
+        let held = recovering.remove(room).unwrap_or_default();
+        self.is_recovering.store(!recovering.is_empty(), Ordering::Release);
+        held
     }
 
     /// The key that groups sockets of one user for authorize.

@@ -188,14 +188,21 @@ impl Registry {
     }
 
     /// Pushes one frame to every member of a room but `except`. Returns how many got it.
-    pub fn fan_out(&self, room: &str, frame: &Bytes, except: Option<PeerId>, stats: &Stats) -> usize {
+    pub fn fan_out(
+        &self,
+        room: &str,
+        frame: &Bytes,
+        except: Option<PeerId>,
+        offset: Option<u64>,
+        stats: &Stats,
+    ) -> usize {
         let mut evicted = Vec::new();
         let mut delivered = 0;
         {
             let shard = self.rooms[shard_of(room)].read();
             if let Some(members) = shard.get(room) {
                 for peer in members.values() {
-                    if Some(peer.id) == except {
+                    if Some(peer.id) == except || peer.hold_back(room, offset, frame) {
                         continue;
                     }
                     match peer.outbound.push(frame.clone()) {
@@ -213,14 +220,22 @@ impl Registry {
 
     /// Pushes one frame to the given sockets (authorized delivery), skipping any that left the
     /// room meanwhile.
-    pub fn deliver_to(&self, room: &str, peers: &[(Arc<Peer>, Option<Bytes>)], frame: &Bytes, stats: &Stats) -> usize {
+    pub fn deliver_to(
+        &self,
+        room: &str,
+        peers: &[(Arc<Peer>, Option<Bytes>)],
+        frame: &Bytes,
+        offset: Option<u64>,
+        stats: &Stats,
+    ) -> usize {
         let mut evicted = Vec::new();
         let mut delivered = 0;
         for (peer, own) in peers {
-            if !peer.in_room(room) {
+            let frame = own.as_ref().unwrap_or(frame);
+            if !peer.in_room(room) || peer.hold_back(room, offset, frame) {
                 continue;
             }
-            match peer.outbound.push(own.as_ref().unwrap_or(frame).clone()) {
+            match peer.outbound.push(frame.clone()) {
                 Push::Queued => delivered += 1,
                 Push::Closed => Stats::add(&stats.dropped, 1),
                 Push::Evicted => evicted.push(peer.clone()),
@@ -311,9 +326,9 @@ mod tests {
             reg.join(p, "r", 10);
         }
         let frame = Bytes::from(vec![0u8; 60]);
-        assert_eq!(reg.fan_out("r", &frame, Some(3), &stats), 2);
+        assert_eq!(reg.fan_out("r", &frame, Some(3), None, &stats), 2);
         // The second push passes slow's bound: it is evicted and leaves the room.
-        assert_eq!(reg.fan_out("r", &frame, Some(3), &stats), 1);
+        assert_eq!(reg.fan_out("r", &frame, Some(3), None, &stats), 1);
         assert!(slow.outbound.was_evicted());
         assert!(!slow.in_room("r"));
         assert_eq!(reg.member_count("r"), 2);

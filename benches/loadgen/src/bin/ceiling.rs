@@ -185,7 +185,7 @@ fn event_json(collection: &str, id: u64, size: usize) -> Vec<u8> {
     let tail = format!(r#""}},"timestamp":"{ts}"}}"#);
     let pad = size.saturating_sub(head.len() + tail.len());
     let mut s = head.into_bytes();
-    s.extend(std::iter::repeat(b'x').take(pad));
+    s.extend(std::iter::repeat_n(b'x', pad));
     s.extend_from_slice(tail.as_bytes());
     s
 }

@@ -9,6 +9,7 @@
 //! channel (`sendToSocket` for its sockets) and the control channel (session revocation).
 
 pub mod redis;
+pub mod redis_history;
 
 use std::sync::Arc;
 
@@ -50,6 +51,10 @@ pub trait Broker: Send + Sync + 'static {
     /// The room lost its last local member.
     fn unsubscribe(&self, room: &str);
     fn stats(&self) -> BrokerStats;
+    /// Room history kept in the broker, shared by every instance (Redis streams).
+    fn history(&self) -> Option<redis_history::RedisHistory> {
+        None
+    }
 }
 
 /// What travels between instances.
@@ -65,7 +70,12 @@ pub struct Envelope<'a> {
 #[derive(Debug)]
 pub enum Kind<'a> {
     /// A collection event (already normalized); each instance applies its own authorize rule.
-    Event { collection: &'a str, body: &'a RawValue },
+    Event {
+        collection: &'a str,
+        body: &'a RawValue,
+        /// Its offset in the room's history (Redis-backed history only).
+        offset: Option<u64>,
+    },
     /// A room broadcast: the message as JSON, `except` a socket id.
     Broadcast {
         room: &'a str,
@@ -108,6 +118,8 @@ struct Wire<'a> {
     except: Option<Cow<'a, str>>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     op: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     body: Option<&'a RawValue>,
 }
@@ -131,13 +143,19 @@ impl Envelope<'_> {
             sid: None,
             except: None,
             op: None,
+            offset: None,
             body: None,
         };
         match &self.kind {
-            Kind::Event { collection, body } => {
+            Kind::Event {
+                collection,
+                body,
+                offset,
+            } => {
                 w.kind = Cow::Borrowed("event");
                 w.collection = b(collection);
                 w.body = Some(body);
+                w.offset = *offset;
             }
             Kind::Broadcast { room, msg, except } => {
                 w.kind = Cow::Borrowed("broadcast");
@@ -179,6 +197,7 @@ impl Decoded<'_> {
             "event" => Kind::Event {
                 collection: w.collection.as_deref()?,
                 body: w.body?,
+                offset: w.offset,
             },
             "broadcast" => Kind::Broadcast {
                 room: w.room.as_deref()?,
@@ -226,6 +245,7 @@ mod tests {
             kind: Kind::Event {
                 collection: "posts",
                 body: &body,
+                offset: None,
             },
         };
         let text = e.encode();
@@ -237,7 +257,7 @@ mod tests {
         let back = decoded.envelope().unwrap();
         assert_eq!(back.from, "abc");
         match back.kind {
-            Kind::Event { collection, body } => {
+            Kind::Event { collection, body, .. } => {
                 assert_eq!(collection, "posts");
                 assert_eq!(body.get(), r#"{"type":"update","collection":"posts","id":1}"#);
             }

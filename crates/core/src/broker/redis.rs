@@ -22,6 +22,7 @@ use fred::prelude::{Builder, Client, Config, ReconnectPolicy};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::redis_history::RedisHistory;
 use super::{Broker, BrokerStats, Channel};
 use crate::error::Error;
 use crate::{info, warn};
@@ -47,6 +48,7 @@ enum Sub {
 }
 
 pub struct RedisBroker {
+    history: RedisHistory,
     outbox: mpsc::Sender<(String, String)>,
     subs: mpsc::UnboundedSender<Sub>,
     counters: Arc<Counters>,
@@ -131,6 +133,7 @@ impl RedisBroker {
             shutdown.clone(),
         ));
         let (p, s, c) = (publisher.clone(), subscriber.clone(), counters.clone());
+        let publisher = publisher.clone();
         tokio::spawn(async move {
             shutdown.cancelled().await;
             c.connected.store(false, Relaxed);
@@ -141,6 +144,7 @@ impl RedisBroker {
             .await;
         });
         Ok(Arc::new(RedisBroker {
+            history: RedisHistory::new(publisher),
             outbox,
             subs,
             counters,
@@ -167,6 +171,10 @@ impl Broker for RedisBroker {
         let _ = self
             .subs
             .send(Sub::Remove(channel_name(&Channel::Room(Arc::from(room)))));
+    }
+
+    fn history(&self) -> Option<RedisHistory> {
+        Some(self.history.clone())
     }
 
     fn stats(&self) -> BrokerStats {
