@@ -25,6 +25,9 @@ export const DEFAULT_RECONNECT = Object.freeze({
   stableAfter: 5_000,
 })
 
+/** Offsets remembered per room to drop duplicates after a recovery. */
+const SEEN_OFFSETS = 4096
+
 const DEFAULT_REQUEST_TIMEOUT = 10_000
 
 /** An error reported by the client or the server; `code` tells which. */
@@ -310,6 +313,7 @@ export class RealtimeClient {
         // move it on, so only adopt it when there was none or recovery was not possible.
         const position = reply.positions?.[room.collection]
         if (position && (room.epoch === undefined || reply.recovered === false)) {
+          if (position.epoch !== room.epoch) room.seen = new Set()
           room.offset = position.offset
           room.epoch = position.epoch
         }
@@ -642,10 +646,19 @@ export class RealtimeClient {
     const room = this._rooms.get(msg.collection)
     if (!room) return
     if (Number.isInteger(msg.offset) && typeof msg.epoch === 'string') {
-      // Each event once: a replayed event the client already has is dropped.
-      if (msg.epoch === room.epoch && msg.offset <= room.offset) return
-      room.offset = msg.offset
-      room.epoch = msg.epoch
+      // Each event once: a replayed event the client already has is dropped. Offsets are
+      // remembered as a set (the last few thousand), not as a maximum: with several emitting
+      // instances, a lower offset can arrive after a higher one and is still new.
+      if (msg.epoch !== room.epoch) {
+        room.epoch = msg.epoch
+        room.seen = new Set()
+        room.offset = 0
+      }
+      room.seen ??= new Set()
+      if (room.seen.has(msg.offset)) return
+      room.seen.add(msg.offset)
+      if (room.seen.size > SEEN_OFFSETS) room.seen.delete(room.seen.values().next().value)
+      if (!(msg.offset <= room.offset)) room.offset = msg.offset
     }
     for (const entry of [...room.handlers]) {
       if (entry.type !== null && entry.type !== msg.type) continue

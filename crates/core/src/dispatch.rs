@@ -140,7 +140,7 @@ async fn run_barrier(hub: &Hub, job: Job) {
             peer.start_recovery(&room);
             let joined = hub.registry.join(&peer, &room, hub.config.max_rooms_per_socket) == Joined::New;
             if !joined {
-                peer.end_recovery(&room);
+                peer.end_recovery(&room, Default::default());
             }
             let _ = ready.send(joined);
         }
@@ -151,15 +151,12 @@ async fn run_barrier(hub: &Hub, job: Job) {
             entries,
             done,
         } => {
-            let last = entries.last().map(|e| e.offset);
             for frame in replay_frames(hub, authorize.as_deref(), &peer, &entries).await {
                 hub.registry.send_to(&peer, frame, &hub.stats);
             }
-            for (offset, frame) in peer.end_recovery(&room) {
-                // Live events the replay already carried are dropped: each offset once.
-                if matches!((offset, last), (Some(o), Some(l)) if o <= l) {
-                    continue;
-                }
+            // Live copies of what the replay carried are dropped: each offset once.
+            let replayed = entries.iter().map(|e| e.offset).collect();
+            for (_, frame) in peer.end_recovery(&room, replayed) {
                 hub.registry.send_to(&peer, frame, &hub.stats);
             }
             let _ = done.send(());

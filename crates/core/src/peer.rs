@@ -2,7 +2,7 @@
 //! queue, and the rooms it is in. The room registry holds `Arc<Peer>`s; the connection's reader
 //! and writer tasks hold the same `Arc`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -36,11 +36,25 @@ pub struct Peer {
     pub last_seen_ms: AtomicU64,
     /// Cancelled when the connection must stop now (shutdown, eviction timeout).
     pub cancel: CancellationToken,
-    /// Rooms this socket is recovering from Redis history: live frames wait here (with their
-    /// offsets) until the replay is sent, so the two meet with no gap and no duplicate.
-    recovering: Mutex<HashMap<Arc<str>, Vec<(Option<u64>, Bytes)>>>,
-    /// Whether `recovering` has any room (read on the fan-out path without locking).
+    /// Recoveries from Redis history (see [`Recovering`]).
+    recovering: Mutex<Recovering>,
+    /// Whether `recovering` holds anything (read on the fan-out path without locking).
     is_recovering: AtomicBool,
+}
+
+/// Live frames kept back with their offsets.
+pub type Held = Vec<(Option<u64>, Bytes)>;
+
+/// How long live copies of replayed events are watched for after a recovery: an event can be
+/// in Redis (and so replayed) before its publish reaches this instance.
+const REPLAYED_WATCH: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[derive(Default)]
+pub struct Recovering {
+    /// Rooms being recovered: live frames wait here until the replay is sent.
+    held: HashMap<Arc<str>, Held>,
+    /// Rooms recovered lately: the offsets replayed, whose live copies are dropped.
+    replayed: HashMap<Arc<str>, (HashSet<u64>, std::time::Instant)>,
 }
 
 impl Peer {
@@ -76,36 +90,54 @@ impl Peer {
             rooms: Mutex::new(Some(Vec::new())),
             last_seen_ms: AtomicU64::new(0),
             cancel,
-            recovering: Mutex::new(HashMap::new()),
+            recovering: Mutex::new(Recovering::default()),
             is_recovering: AtomicBool::new(false),
         }
     }
 
     /// Holds live frames of `room` back until [`Peer::end_recovery`].
     pub fn start_recovery(&self, room: &Arc<str>) {
-        self.recovering.lock().insert(room.clone(), Vec::new());
+        let mut r = self.recovering.lock();
+        r.held.insert(room.clone(), Vec::new());
+        r.replayed.remove(room);
         self.is_recovering.store(true, Ordering::Release);
     }
 
-    /// Keeps a live frame back if the socket is recovering that room; `false` otherwise.
+    /// Takes a live frame out of normal delivery: kept back while the room is being recovered,
+    /// dropped when it is a live copy of an event just replayed. `false`: deliver it.
     pub fn hold_back(&self, room: &str, offset: Option<u64>, frame: &Bytes) -> bool {
         if !self.is_recovering.load(Ordering::Acquire) {
             return false;
         }
-        match self.recovering.lock().get_mut(room) {
-            Some(held) => {
-                held.push((offset, frame.clone()));
-                true
-            }
-            None => false,
+        let mut r = self.recovering.lock();
+        if let Some(held) = r.held.get_mut(room) {
+            held.push((offset, frame.clone()));
+            return true;
         }
+        let Some((offsets, since)) = r.replayed.get(room) else {
+            return false;
+        };
+        if since.elapsed() > REPLAYED_WATCH {
+            r.replayed.remove(room);
+            self.is_recovering
+                .store(!r.held.is_empty() || !r.replayed.is_empty(), Ordering::Release);
+            return false;
+        }
+        offset.is_some_and(|o| offsets.contains(&o))
     }
 
-    /// Ends a recovery: the live frames held back, in order.
-    pub fn end_recovery(&self, room: &str) -> Vec<(Option<u64>, Bytes)> {
-        let mut recovering = self.recovering.lock();
-        let held = recovering.remove(room).unwrap_or_default();
-        self.is_recovering.store(!recovering.is_empty(), Ordering::Release);
+    /// Ends a recovery that replayed `replayed`: the live frames held back, in order, without
+    /// the replayed ones; later live copies of those are dropped too.
+    pub fn end_recovery(&self, room: &str, replayed: HashSet<u64>) -> Held {
+        let mut r = self.recovering.lock();
+        let mut held = r.held.remove(room).unwrap_or_default();
+        held.retain(|(o, _)| !o.is_some_and(|o| replayed.contains(&o)));
+        if !replayed.is_empty() {
+            r.replayed
+                .insert(Arc::from(room), (replayed, std::time::Instant::now()));
+        }
+        self.is_recovering
+            .store(!r.held.is_empty() || !r.replayed.is_empty(), Ordering::Release);
         held
     }
 
