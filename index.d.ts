@@ -136,6 +136,8 @@ export interface RealtimeStats {
   authorizeDenied: number
   authorizeErrors: number
   handlerErrors: number
+  /** Tasks alive on the server's runtime (two per socket plus a few): a leak would show here. */
+  tasks: number
   /** With Redis: the broker's state and counters. */
   redis?: { connected: boolean; published: number; received: number; errors: number; subscriptions: number }
 }

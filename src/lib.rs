@@ -150,6 +150,8 @@ pub struct NativeStats {
     pub handler_errors: f64,
     /// With Redis: whether the broker is connected, and its counters.
     pub redis: Option<NativeBrokerStats>,
+    /// Tasks alive on the server's runtime (two per socket, plus a few): a leak shows here.
+    pub tasks: f64,
 }
 
 #[napi(object)]
@@ -341,6 +343,7 @@ impl RealtimeServer {
                 errors: b.errors as f64,
                 subscriptions: b.subscriptions as f64,
             }),
+            tasks: self.runtime().map_or(0.0, |h| h.metrics().num_alive_tasks() as f64),
         }
     }
 

@@ -59,19 +59,15 @@ impl Server {
             .build()
             .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))?;
         let addr = format!("{}:{}", config.host, config.port);
-        let std_listener = std::net::TcpListener::bind(&addr).map_err(|source| Error::Bind {
-            addr: addr.clone(),
-            source,
-        })?;
-        std_listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        let local_addr = std_listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
+        let listener = {
+            let _guard = runtime.enter();
+            bind(&addr)?
+        };
+        let local_addr = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
         let (hub, lanes) = Hub::new(config, callbacks);
         let tracker = TaskTracker::new();
         {
             let _guard = runtime.enter();
-            let listener = TcpListener::from_std(std_listener).map_err(|e| Error::Internal(e.to_string()))?;
             for lane in lanes {
                 runtime.spawn(run_lane(hub.clone(), lane));
             }
@@ -158,6 +154,36 @@ impl Drop for Server {
             rt.shutdown_background();
         }
     }
+}
+
+/// Pending connections the kernel queues for `accept`: a burst of handshakes (a deploy, a
+/// reconnect storm) must not overflow it, or clients wait a second per dropped SYN.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds the address with a large accept backlog (std's `bind` uses 128).
+fn bind(addr: &str) -> Result<TcpListener, Error> {
+    use std::net::ToSocketAddrs;
+    let bind_error = |source| Error::Bind {
+        addr: addr.to_string(),
+        source,
+    };
+    let mut last = None;
+    for sa in addr.to_socket_addrs().map_err(bind_error)? {
+        let socket = if sa.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(bind_error)?;
+        socket.set_reuseaddr(true).map_err(bind_error)?;
+        match socket.bind(sa).and_then(|_| socket.listen(LISTEN_BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(bind_error(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no address")
+    })))
 }
 
 /// Refreshes presence for the other instances and expires theirs, three times per expiry.
