@@ -820,13 +820,20 @@ function report(meta) {
 const mdPath = env.BENCH_OUT ? path.resolve(env.BENCH_OUT) : path.join(root, 'BENCHMARKS.md')
 const jsonPath = env.BENCH_OUT ? mdPath.replace(/\.md$/, '') + '.json' : path.join(here, 'results.json')
 
+/** Writes the report, keeping the churn soak's section (written by benches/soak.mjs). */
+function writeReport(markdown) {
+  const old = existsSync(mdPath) ? readFileSync(mdPath, 'utf8') : ''
+  const soak = old.match(/<!-- soak:start -->[\s\S]*<!-- soak:end -->/)
+  writeFileSync(mdPath, soak ? `${markdown.trimEnd()}\n\n${soak[0]}\n` : markdown)
+}
+
 async function main() {
   if (env.BENCH_REPORT_ONLY === '1') {
     const saved = JSON.parse(readFileSync(jsonPath, 'utf8'))
     const { fanout, ...rest } = saved.meta.config
     Object.assign(cfg, rest)
     results.scenarios = saved.scenarios
-    writeFileSync(mdPath, report(saved.meta))
+    writeReport(report(saved.meta))
     log(`rewrote ${path.relative(root, mdPath)} from ${path.relative(root, jsonPath)}`)
     return
   }
@@ -878,8 +885,7 @@ async function main() {
   meta.durationSecs = (Date.now() - started) / 1000
   const json = jsonPath
   writeFileSync(json, JSON.stringify({ meta, ...results }, null, 2) + '\n')
-  const md = mdPath
-  writeFileSync(md, report(meta))
+  writeReport(report(meta))
   // Keep results.json in the repository's formatting (prettier --check runs in CI).
   const prettier = path.join(root, 'node_modules', '.bin', 'prettier')
   if (existsSync(prettier)) {
@@ -887,7 +893,7 @@ async function main() {
       execFileSync(prettier, ['--write', json], { cwd: root, stdio: 'ignore' })
     } catch {}
   }
-  log(`done in ${meta.durationSecs.toFixed(0)} s: ${path.relative(root, md)}, ${path.relative(root, json)}`)
+  log(`done in ${meta.durationSecs.toFixed(0)} s: ${path.relative(root, mdPath)}, ${path.relative(root, json)}`)
 }
 
 main().catch((err) => {
