@@ -184,10 +184,10 @@ test('the client SDK recovers after a reconnect: each event once, recovery-faile
     await waitUntil(() => manager.getSocketsInRoom('collection:posts').length === 1, { label: 'c2 joined' })
     await emit(manager, 3)
     await waitUntil(() => got.length === 3)
-    // Kill the TCP connection: the server sees the socket vanish, the client reconnects.
+    // Drop the connection; events emitted meanwhile reach the client through recovery (or
+    // live, if they beat the close): either way once each, in order.
     const before = manager.stats().connectionsTotal
     c2._ws.close(4999, 'test drop')
-    await waitUntil(() => manager.getSocketsInRoom('collection:posts').length === 0, { label: 'gone' })
     await emit(manager, 7)
     await waitUntil(() => manager.stats().connectionsTotal > before && got.length === 10, {
       label: 'reconnected and recovered',

@@ -122,9 +122,12 @@ async function startInstance(options) {
       return (await instance.call('stats')).stats
     },
     async close() {
-      if (child.exitCode !== null) return
-      await instance.call('close')
+      if (child.exitCode !== null || child.signalCode !== null || !child.connected) return
+      // A child that does not answer in time is killed: teardown never hangs.
+      const timer = setTimeout(() => child.kill('SIGKILL'), 5000)
+      await Promise.race([instance.call('close'), exited])
       await exited
+      clearTimeout(timer)
     },
   }
   cleanups.push(() => instance.close().catch(() => child.kill('SIGKILL')))

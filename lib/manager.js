@@ -254,7 +254,39 @@ class UWebSocketManager {
   /** Sends a collection event to room `collection:<slug>`, applying its authorize rule. */
   async emitEvent(event) {
     if (!isPlainObject(event)) throw new TypeError('payload-realtime: emitEvent takes an event object')
-    await this._server.emitEvent(toJson(event, 'the event'))
+    const json = toJson(event, 'the event')
+    // Events emitted in the same tick cross into Rust together (one call, one promise), in order.
+    return new Promise((resolve, reject) => {
+      if (!this._batch) {
+        this._batch = []
+        queueMicrotask(() => this._flushEvents())
+      }
+      this._batch.push({ json, resolve, reject })
+    })
+  }
+
+  _flushEvents() {
+    const batch = this._batch
+    this._batch = null
+    if (batch.length === 1) {
+      const [e] = batch
+      this._server.emitEvent(e.json).then(() => e.resolve(), e.reject)
+      return
+    }
+    let results
+    try {
+      results = this._server.emitEvents(`[${batch.map((e) => e.json).join(',')}]`)
+    } catch (err) {
+      for (const e of batch) e.reject(err)
+      return
+    }
+    results.then(
+      (answers) =>
+        batch.forEach((e, i) =>
+          typeof answers[i] === 'number' ? e.resolve() : e.reject(new Error(String(answers[i] ?? 'not emitted'))),
+        ),
+      (err) => batch.forEach((e) => e.reject(err)),
+    )
   }
 
   /** Sends `message` to every socket in `room` (but `opts.except`, a socket id). */

@@ -233,29 +233,66 @@ impl RealtimeServer {
     }
 
     /// Sends a collection event to `collection:<slug>`; resolves with the number of sockets it
-    /// was queued to, once authorize has answered.
+    /// was queued to, once authorize has answered. The event is queued during this call, so
+    /// events emitted one after the other keep their order.
     #[napi(catch_unwind, ts_return_type = "Promise<number>")]
     pub fn emit_event<'env>(&self, env: &'env Env, event_json: String) -> Result<Object<'env>> {
         let (deferred, promise) = env.create_deferred()?;
-        let event: Value = match serde_json::from_str(&event_json) {
+        let queued = serde_json::from_str::<Value>(&event_json)
+            .map_err(|e| error::Error::InvalidInput(format!("emitEvent: the event is not JSON: {e}")))
+            .and_then(|event| self.hub.submit_event(event));
+        let (delivered, handle) = match (queued, self.runtime()) {
+            (Ok(d), Some(h)) => (d, h),
+            (Err(e), _) => {
+                deferred.reject(js_error(e));
+                return Ok(promise);
+            }
+            (_, None) => {
+                deferred.reject(js_error(error::Error::Closed));
+                return Ok(promise);
+            }
+        };
+        handle.spawn(async move {
+            match delivered.await {
+                Ok(n) => deferred.resolve(move |_| Ok(n as u32)),
+                Err(_) => deferred.reject(js_error(error::Error::Closed)),
+            }
+        });
+        Ok(promise)
+    }
+
+    /// Several events in one call (the JS layer gathers those emitted in the same tick): one
+    /// crossing and one promise for all. Resolves with one entry per event: the number of
+    /// sockets, or the error message for an event that was refused.
+    #[napi(catch_unwind, ts_return_type = "Promise<Array<number | string>>")]
+    pub fn emit_events<'env>(&self, env: &'env Env, events_json: String) -> Result<Object<'env>> {
+        let (deferred, promise) = env.create_deferred()?;
+        let events: Vec<Value> = match serde_json::from_str(&events_json) {
             Ok(v) => v,
             Err(e) => {
                 deferred.reject(js_error(error::Error::InvalidInput(format!(
-                    "emitEvent: the event is not JSON: {e}"
+                    "emitEvents: not a JSON array: {e}"
                 ))));
                 return Ok(promise);
             }
         };
-        let hub = self.hub.clone();
         let Some(handle) = self.runtime() else {
             deferred.reject(js_error(error::Error::Closed));
             return Ok(promise);
         };
+        let queued: Vec<_> = events.into_iter().map(|e| self.hub.submit_event(e)).collect();
         handle.spawn(async move {
-            match hub.emit_event(event).await {
-                Ok(n) => deferred.resolve(move |_| Ok(n as u32)),
-                Err(e) => deferred.reject(js_error(e)),
+            let mut results = Vec::with_capacity(queued.len());
+            for q in queued {
+                results.push(match q {
+                    Ok(delivered) => match delivered.await {
+                        Ok(n) => Value::from(n),
+                        Err(_) => Value::String(error::Error::Closed.to_string()),
+                    },
+                    Err(e) => Value::String(e.to_string()),
+                });
             }
+            deferred.resolve(move |_| Ok(results));
         });
         Ok(promise)
     }

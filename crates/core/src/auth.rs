@@ -10,6 +10,7 @@ use hyper::http::{header, request::Parts, HeaderMap};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
 use crate::config::Config;
 
@@ -50,8 +51,9 @@ pub fn derive_signing_secret(secret: &str) -> String {
 pub struct User {
     /// `<collection>:<id>`: sockets with the same key are the same user (one authorize call).
     pub key: String,
-    /// The token's claims (`id`, `collection`, `email`, `sid`, ...), handed to JS as the user.
-    pub claims: Value,
+    /// The token's claims (`id`, `collection`, `email`, `sid`, ...), handed to JS as the user;
+    /// shared, not copied, with every socket structure that needs them.
+    pub claims: Arc<Value>,
     /// When the token expires, in seconds since the Unix epoch.
     pub expires_at: Option<u64>,
 }
@@ -77,7 +79,7 @@ impl User {
         let expires_at = claims.get("exp").and_then(Value::as_u64);
         Some(User {
             key: format!("{collection}:{id}"),
-            claims,
+            claims: Arc::new(claims),
             expires_at,
         })
     }

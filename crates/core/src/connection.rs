@@ -405,9 +405,13 @@ impl Reader<'_> {
         let peer = self.peer.clone();
         tokio::spawn(async move {
             if let Some(verifier) = &hub.callbacks.verifier {
-                let verified =
-                    crate::server::verify_user(&**verifier, token, user.claims.clone(), hub.config.authorize_timeout)
-                        .await;
+                let verified = crate::server::verify_user(
+                    &**verifier,
+                    token,
+                    (*user.claims).clone(),
+                    hub.config.authorize_timeout,
+                )
+                .await;
                 if let Err(refusal) = verified {
                     let frame = protocol::error(ErrorCode::Forbidden, &refusal.reason, id.as_ref());
                     hub.registry.send_to(&peer, frame, &hub.stats);

@@ -124,10 +124,12 @@ impl Hub {
     /// to use the token's claims.
     pub fn new_peer(&self, user: Option<User>, user_value: Option<Value>) -> Arc<Peer> {
         let id = self.next_peer.fetch_add(1, Ordering::Relaxed);
-        let value = Arc::new(match user_value {
-            Some(v) => v,
-            None => user.as_ref().map(|u| u.claims.clone()).unwrap_or(Value::Null),
-        });
+        let value = match user_value {
+            Some(v) => Arc::new(v),
+            None => user
+                .as_ref()
+                .map_or_else(|| Arc::new(Value::Null), |u| u.claims.clone()),
+        };
         let peer = Arc::new(Peer::with_user_value(
             id,
             &self.instance,
@@ -156,6 +158,13 @@ impl Hub {
     /// rule if it has one, and publishes it for the other instances. Resolves with the number of
     /// local sockets it was queued to.
     pub async fn emit_event(&self, input: Value) -> Result<usize, Error> {
+        self.submit_event(input)?.await.map_err(|_| Error::Closed)
+    }
+
+    /// [`Hub::emit_event`] in two steps: queues the event now (in call order: events emitted one
+    /// after the other are delivered in that order), and returns what resolves with the number
+    /// of local sockets once it was queued to them.
+    pub fn submit_event(&self, input: Value) -> Result<oneshot::Receiver<usize>, Error> {
         if self.stopping.is_cancelled() {
             return Err(Error::Closed);
         }
@@ -177,7 +186,7 @@ impl Hub {
                 done,
             };
             appender.send(append).map_err(|_| Error::Closed)?;
-            return delivered.await.map_err(|_| Error::Closed);
+            return Ok(delivered);
         }
         self.publish_event(&event.collection, &json, None);
         let (done, delivered) = oneshot::channel();
@@ -203,10 +212,9 @@ impl Hub {
                 Some(done),
             )?,
         };
-        if !queued {
-            return Ok(0);
-        }
-        delivered.await.map_err(|_| Error::Closed)
+        // Not queued (no local member): `done` already got 0.
+        let _ = queued;
+        Ok(delivered)
     }
 
     /// Joins a socket to a collection's room, recovering what it missed since `since` when

@@ -65,7 +65,9 @@ impl Peer {
         max_backpressure: usize,
         cancel: CancellationToken,
     ) -> Peer {
-        let user_value = Arc::new(user.as_ref().map(|u| u.claims.clone()).unwrap_or(Value::Null));
+        let user_value = user
+            .as_ref()
+            .map_or_else(|| Arc::new(Value::Null), |u| u.claims.clone());
         Peer::with_user_value(id, instance, user, user_value, max_backpressure, cancel)
     }
 

@@ -325,7 +325,7 @@ async fn route(hub: Arc<Hub>, mut req: Request<Incoming>, tracker: TaskTracker) 
         let token = auth::find_credential_in(req.headers(), req.uri())
             .map(|(t, _)| t)
             .unwrap_or_default();
-        match verify_user(&**verifier, token, user.claims.clone(), hub.config.authorize_timeout).await {
+        match verify_user(&**verifier, token, (*user.claims).clone(), hub.config.authorize_timeout).await {
             Ok(v) => user_value = Some(v),
             Err(refusal) => return refuse(&hub, &refusal),
         }
