@@ -820,11 +820,14 @@ function report(meta) {
 const mdPath = env.BENCH_OUT ? path.resolve(env.BENCH_OUT) : path.join(root, 'BENCHMARKS.md')
 const jsonPath = env.BENCH_OUT ? mdPath.replace(/\.md$/, '') + '.json' : path.join(here, 'results.json')
 
-/** Writes the report, keeping the churn soak's section (written by benches/soak.mjs). */
+/**
+ * Writes the report, keeping the sections written elsewhere (the churn soak's, from
+ * benches/soak.mjs, and the hand-written reading of the targets), marked `<!-- name:start -->`.
+ */
 function writeReport(markdown) {
   const old = existsSync(mdPath) ? readFileSync(mdPath, 'utf8') : ''
-  const soak = old.match(/<!-- soak:start -->[\s\S]*<!-- soak:end -->/)
-  writeFileSync(mdPath, soak ? `${markdown.trimEnd()}\n\n${soak[0]}\n` : markdown)
+  const kept = [...old.matchAll(/<!-- (\w+):start -->[\s\S]*?<!-- \1:end -->/g)].map((m) => m[0])
+  writeFileSync(mdPath, kept.length ? `${markdown.trimEnd()}\n\n${kept.join('\n\n')}\n` : markdown)
 }
 
 async function main() {
