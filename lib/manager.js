@@ -373,4 +373,11 @@ function getUWebSocketManager() {
   return last
 }
 
-module.exports = { UWebSocketManager, initUWebSocket, getUWebSocketManager, nativeOptions, setPluginDefaults }
+module.exports = {
+  UWebSocketManager,
+  initUWebSocket,
+  getUWebSocketManager,
+  nativeOptions,
+  setPluginDefaults,
+  makeFailureLog,
+}

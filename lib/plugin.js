@@ -13,7 +13,7 @@ const { afterCommit, installTransactionHooks } = require('./payload/transactions
 const { readAccessDecision, withoutAuthInternals } = require('./payload/access.js')
 const { Sessions } = require('./payload/session.js')
 
-const { initUWebSocket, getUWebSocketManager } = managerModule
+const { initUWebSocket, getUWebSocketManager, makeFailureLog } = managerModule
 
 /** Options passed through to the server as they are. */
 const SERVER_OPTION_KEYS = [
@@ -37,22 +37,6 @@ const BUILT = Symbol.for('payload-realtime.plugin-options')
 
 function isPlainObject(v) {
   return v !== null && typeof v === 'object' && !Array.isArray(v)
-}
-
-function describe(err) {
-  return err instanceof Error ? err.message : String(err)
-}
-
-/** Logs the first failure of a kind and then every 1000th; never document data. */
-function makeFailureLog() {
-  const counts = new Map()
-  return (key, err) => {
-    const n = (counts.get(key) ?? 0) + 1
-    counts.set(key, n)
-    if (n === 1 || n % 1000 === 0) {
-      console.error(`[payload-realtime] ${key} failed (${n} time${n === 1 ? '' : 's'} so far): ${describe(err)}`)
-    }
-  }
 }
 
 function checkOptions(options) {
