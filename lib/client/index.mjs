@@ -661,6 +661,8 @@ export class RealtimeClient {
       if (!(msg.offset <= room.offset)) room.offset = msg.offset
     }
     for (const entry of [...room.handlers]) {
+      // 'posts' and 'posts.*' get every message naming the collection (events, broadcasts,
+      // presence-join/leave); 'posts.<type>' exactly that type.
       if (entry.type !== null && entry.type !== msg.type) continue
       if (!room.handlers.has(entry)) continue // unsubscribed by an earlier handler
       try {
