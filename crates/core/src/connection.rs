@@ -59,7 +59,9 @@ pub async fn serve(hub: Arc<Hub>, peer: Arc<Peer>, upgraded: Upgraded) {
 
     hub.registry.remove_peer(&peer);
     peer.cancel.cancel();
-    hub.stats.connections.fetch_sub(1, Ordering::Relaxed);
+    if hub.stats.connections.fetch_sub(1, Ordering::Relaxed) == 1 {
+        hub.memory.on_idle(hub.stats.connections_total.load(Ordering::Relaxed));
+    }
     debug!("socket {} closed", peer.public_id);
 }
 

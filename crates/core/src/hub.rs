@@ -69,6 +69,8 @@ pub struct Hub {
     pub presence: Presence,
     /// With Redis and history: the queue of events waiting for Redis to number them.
     appender: OnceLock<mpsc::UnboundedSender<Append>>,
+    /// Gives memory back to the system when the server goes idle.
+    pub memory: crate::memory::Trim,
 }
 
 /// An event for a room with Redis-backed history, waiting for its offset.
@@ -103,6 +105,7 @@ impl Hub {
             histories,
             presence,
             appender: OnceLock::new(),
+            memory: crate::memory::Trim::default(),
         };
         (Arc::new(hub), receivers)
     }

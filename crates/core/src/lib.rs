@@ -21,6 +21,7 @@ pub mod history;
 pub mod hub;
 pub mod inbound_guard;
 pub mod log;
+pub mod memory;
 pub mod outbound;
 pub mod peer;
 pub mod presence;
