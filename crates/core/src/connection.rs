@@ -30,12 +30,13 @@ const CLOSE_HANDSHAKE_WAIT: Duration = Duration::from_secs(2);
 /// Custom handler calls one socket may have in flight; more are refused as `rate-limited`.
 const MAX_HANDLERS_IN_FLIGHT: usize = 32;
 
-/// Runs a socket until it closes. The peer is registered here and removed from every room
+/// Runs a socket until it closes (the handshake registered the peer). It is removed from every room
 /// before this returns.
 pub async fn serve(hub: Arc<Hub>, peer: Arc<Peer>, upgraded: Upgraded) {
     let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => parts,
         Err(_) => {
+            hub.registry.remove_peer(&peer);
             warn!("upgraded connection is not a TCP stream; dropped");
             return;
         }
@@ -47,7 +48,6 @@ pub async fn serve(hub: Arc<Hub>, peer: Arc<Peer>, upgraded: Upgraded) {
     let (ws_read, _) = fastwebsockets::after_handshake_split(guarded, tokio::io::sink(), fastwebsockets::Role::Server);
     let mut ws = FragmentCollectorRead::new(ws_read);
 
-    hub.registry.add_peer(peer.clone());
     Stats::add(&hub.stats.connections, 1);
     Stats::add(&hub.stats.connections_total, 1);
 

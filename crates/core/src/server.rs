@@ -340,13 +340,19 @@ async fn route(hub: Arc<Hub>, mut req: Request<Incoming>, tracker: TaskTracker) 
         }
     };
     let peer = hub.new_peer(user, user_value);
+    // Registered before the 101 goes out: once the client sees the socket open, the server
+    // knows it (a logout right after the handshake must find it; frames queued meanwhile wait).
+    hub.registry.add_peer(peer.clone());
     tracker.spawn(async move {
         match upgrade.await {
             Ok(ws) => {
                 let upgraded = ws.into_inner().into_inner();
                 connection::serve(hub, peer, upgraded).await;
             }
-            Err(e) => warn!("upgrade failed: {e}"),
+            Err(e) => {
+                hub.registry.remove_peer(&peer);
+                warn!("upgrade failed: {e}");
+            }
         }
     });
     let (mut parts, _) = response.into_parts();
