@@ -146,11 +146,20 @@ impl Hub {
     }
 
     fn peer_by_public_id(&self, socket_id: &str) -> Option<Arc<Peer>> {
-        let (instance, n) = socket_id.split_once('.')?;
-        if instance != self.instance {
-            return None;
-        }
-        self.registry.peer(n.parse().ok()?)
+        self.registry.peer(self.local_peer_id(socket_id)?)
+    }
+
+    /// The collection whose authorize rule applies to its events, if it has one.
+    fn authorize_rule(&self, collection: &str) -> Option<String> {
+        (self.callbacks.authorizer.is_some() && self.config.authorize_collections.contains(collection))
+            .then(|| collection.to_string())
+    }
+
+    fn too_many_rooms(&self) -> Error {
+        Error::InvalidInput(format!(
+            "a socket may be in at most {} rooms",
+            self.config.max_rooms_per_socket
+        ))
     }
 
     fn send_job(&self, room: &str, job: Job) -> Result<(), Error> {
@@ -230,15 +239,9 @@ impl Hub {
         since: Option<&Since>,
     ) -> Result<JoinOutcome, Error> {
         let room = collection_room(collection);
-        let too_many = || {
-            Error::InvalidInput(format!(
-                "a socket may be in at most {} rooms",
-                self.config.max_rooms_per_socket
-            ))
-        };
         let Some(history) = self.histories.room(&room) else {
             if self.registry.join(peer, &room, self.config.max_rooms_per_socket) == Joined::TooMany {
-                return Err(too_many());
+                return Err(self.too_many_rooms());
             }
             let recovery = since.map(|_| Err(RecoveryFailed::NoHistory));
             return Ok(JoinOutcome {
@@ -252,11 +255,9 @@ impl Hub {
             Some(since) if !peer.in_room(&room) => match history.since(since) {
                 Ok(entries) => {
                     if peer.room_count() >= self.config.max_rooms_per_socket {
-                        return Err(too_many());
+                        return Err(self.too_many_rooms());
                     }
-                    let authorize = (self.callbacks.authorizer.is_some()
-                        && self.config.authorize_collections.contains(collection))
-                    .then(|| collection.to_string());
+                    let authorize = self.authorize_rule(collection);
                     let room: Arc<str> = Arc::from(room);
                     // Queued under the history lock: the seam with live events (see `history`).
                     self.send_job(
@@ -280,7 +281,7 @@ impl Hub {
         };
         // Joined under the history lock: every event after `position` reaches this socket live.
         if self.registry.join(peer, &room, self.config.max_rooms_per_socket) == Joined::TooMany {
-            return Err(too_many());
+            return Err(self.too_many_rooms());
         }
         drop(history);
         Ok(JoinOutcome { position, recovery })
@@ -303,8 +304,7 @@ impl Hub {
             }
             return Ok(false);
         }
-        let authorize = (self.callbacks.authorizer.is_some() && self.config.authorize_collections.contains(collection))
-            .then(|| collection.to_string());
+        let authorize = self.authorize_rule(collection);
         self.send_job(
             &room,
             Job::Event {
@@ -572,18 +572,12 @@ impl Hub {
         let Some((history, policy)) = self.remote_history(&room) else {
             return self.join_collection(peer, collection, since);
         };
-        let too_many = || {
-            Error::InvalidInput(format!(
-                "a socket may be in at most {} rooms",
-                self.config.max_rooms_per_socket
-            ))
-        };
         let since = match since {
             Some(s) if !peer.in_room(&room) => s,
             other => {
                 let recovery = other.map(|_| Ok(()));
                 if self.registry.join(peer, &room, self.config.max_rooms_per_socket) == Joined::TooMany {
-                    return Err(too_many());
+                    return Err(self.too_many_rooms());
                 }
                 let position = history
                     .since(&room, None, policy, &self.new_epoch())
@@ -603,7 +597,7 @@ impl Hub {
             },
         )?;
         if !joined.await.map_err(|_| Error::Closed)? {
-            return Err(too_many());
+            return Err(self.too_many_rooms());
         }
         let (position, entries, result) = match history.since(&room, Some(since), policy, &self.new_epoch()).await {
             Ok(Recovery {
@@ -638,8 +632,7 @@ impl Hub {
                 (None, Vec::new(), Err(RecoveryFailed::Unavailable))
             }
         };
-        let authorize = (self.callbacks.authorizer.is_some() && self.config.authorize_collections.contains(collection))
-            .then(|| collection.to_string());
+        let authorize = self.authorize_rule(collection);
         let (done, finished) = oneshot::channel();
         self.send_job(
             &room,
@@ -678,9 +671,7 @@ impl Hub {
                 body,
                 offset,
             } => {
-                let needs_value =
-                    self.callbacks.authorizer.is_some() && self.config.authorize_collections.contains(collection);
-                let value = if needs_value {
+                let value = if self.authorize_rule(collection).is_some() {
                     serde_json::from_str(body.get()).unwrap_or(Value::Null)
                 } else {
                     Value::Null
