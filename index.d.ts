@@ -136,8 +136,14 @@ export interface RealtimeStats {
   authorizeDenied: number
   authorizeErrors: number
   handlerErrors: number
-  /** Tasks alive on the server's runtime (two per socket plus a few): a leak would show here. */
+  /** Tasks alive on the server's runtime (one per socket plus a few): a leak would show here. */
   tasks: number
+  /**
+   * Bytes held by the process's native heap (glibc's `mallinfo2`; Node's own native allocations
+   * included, its JS heap not), or `undefined` on other allocators. Beside RSS it separates
+   * memory in use from memory freed but not yet given back.
+   */
+  heapBytes?: number
   /** With Redis: the broker's state and counters. */
   redis?: { connected: boolean; published: number; received: number; errors: number; subscriptions: number }
 }

@@ -150,8 +150,11 @@ pub struct NativeStats {
     pub handler_errors: f64,
     /// With Redis: whether the broker is connected, and its counters.
     pub redis: Option<NativeBrokerStats>,
-    /// Tasks alive on the server's runtime (two per socket, plus a few): a leak shows here.
+    /// Tasks alive on the server's runtime (one per socket, plus a few): a leak shows here.
     pub tasks: f64,
+    /// Bytes allocated by the process's native heap and not freed (glibc only; includes Node's
+    /// own native allocations, not its JS heap).
+    pub heap_bytes: Option<f64>,
 }
 
 #[napi(object)]
@@ -381,6 +384,7 @@ impl RealtimeServer {
                 subscriptions: b.subscriptions as f64,
             }),
             tasks: self.runtime().map_or(0.0, |h| h.metrics().num_alive_tasks() as f64),
+            heap_bytes: payload_realtime_core::memory::heap_in_use().map(|b| b as f64),
         }
     }
 

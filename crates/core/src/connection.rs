@@ -1,34 +1,47 @@
-//! One upgraded socket, from its first frame to its close: the reader (frames to protocol
-//! messages to actions), the writer task that drains the outbound queue, pings, the idle timer,
-//! token expiry, and the close codes.
+//! One upgraded socket, from its first frame to its close, in one task: reading frames, writing
+//! the outbound queue, pings, the idle timer, token expiry and the close handshake.
+//!
+//! Why one task and readiness rather than a reader task and a writer task: an idle socket is
+//! most of what the server holds, and a task per direction doubled what each one costs. This
+//! task waits on the socket's readiness (`readable`/`writable`, both cancel-safe), on its
+//! outbound queue and on its timers; reads go into a buffer shared by the thread's sockets (see
+//! [`crate::frame_reader`]), writes are non-blocking `writev`s of the queued batch. An idle socket
+//! holds no buffer at all.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::RefCell;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, WebSocketError};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::auth::now_secs;
-use crate::callbacks::{HandlerCall, HandlerOutcome};
-use crate::history::Since;
-use crate::hub::{Hub, JoinOutcome};
-use crate::inbound_guard::{InboundGuard, Violation};
-use crate::outbound::{run_writer, WriterEnd};
+use crate::frame_reader::{FrameReader, Message};
+use crate::hub::Hub;
+use crate::outbound::{Batch, Flush, EVICTION_GRACE};
 use crate::peer::Peer;
-use crate::protocol::{self, close_code, collection_room, ClientMessage, ErrorCode, RequestId};
+use crate::protocol::{self, close_code, ErrorCode};
+use crate::requests::Requests;
 use crate::stats::Stats;
 use crate::{debug, warn};
 
-/// How long to wait for the client's close frame after ours before dropping the connection.
+/// How long to wait for the client's close frame after ours before dropping the connection,
+/// and how long a close we send may take to go out.
 const CLOSE_HANDSHAKE_WAIT: Duration = Duration::from_secs(2);
 
-/// Custom handler calls one socket may have in flight; more are refused as `rate-limited`.
-const MAX_HANDLERS_IN_FLIGHT: usize = 32;
+/// Size of the read buffer each runtime thread shares among its sockets.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Reads per wake-up before the task lets the others run (a fast sender cannot starve them).
+const READS_PER_WAKE: usize = 8;
+
+thread_local! {
+    static READ_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
 
 /// Runs a socket until it closes (the handshake registered the peer). It is removed from every room
 /// before this returns.
@@ -41,21 +54,31 @@ pub async fn serve(hub: Arc<Hub>, peer: Arc<Peer>, upgraded: Upgraded) {
             return;
         }
     };
-    let (read_half, mut write_half) = parts.io.into_inner().into_split();
-    // Bytes the client sent right after its handshake are in `read_buf`: read them first.
-    let reader = std::io::Cursor::new(parts.read_buf).chain(read_half);
-    let guarded = InboundGuard::new(reader, hub.config.max_payload_length);
-    let (ws_read, _) = fastwebsockets::after_handshake_split(guarded, tokio::io::sink(), fastwebsockets::Role::Server);
-    let mut ws = FragmentCollectorRead::new(ws_read);
-
     Stats::add(&hub.stats.connections, 1);
     Stats::add(&hub.stats.connections_total, 1);
 
-    let writer_peer = peer.clone();
-    let writer =
-        tokio::spawn(async move { run_writer(&writer_peer.outbound, &mut write_half, &writer_peer.cancel).await });
-
-    read_loop(&hub, &peer, &mut ws, writer).await;
+    // `read_buf` is what hyper read past the handshake; it shares the allocation of hyper's
+    // whole read buffer (8 KB or more), so it must not outlive this first step.
+    let (io, read_buf) = (parts.io, parts.read_buf);
+    let mut conn = Connection {
+        frames: FrameReader::new(hub.config.max_payload_length),
+        requests: Requests::new(hub.clone(), peer.clone()),
+        stream: io.into_inner(),
+        batch: Batch::default(),
+        reading: true,
+        write_closed: false,
+        ping_sent: false,
+        hub: hub.clone(),
+        peer: peer.clone(),
+    };
+    // Bytes the client sent right after its handshake were read by hyper.
+    if !read_buf.is_empty() {
+        conn.on_bytes(&read_buf);
+    }
+    drop(read_buf);
+    conn.run().await;
+    // Dropping the stream closes the TCP connection.
+    drop(conn);
 
     hub.registry.remove_peer(&peer);
     peer.cancel.cancel();
@@ -65,423 +88,256 @@ pub async fn serve(hub: Arc<Hub>, peer: Arc<Peer>, upgraded: Upgraded) {
     debug!("socket {} closed", peer.public_id);
 }
 
-/// Per-socket reader state that no other task touches.
-struct Reader<'a> {
-    hub: &'a Arc<Hub>,
-    peer: &'a Arc<Peer>,
-    /// Token bucket for `maxMessagesPerSecond`.
-    tokens: f64,
-    refilled: Instant,
-    handlers_in_flight: Arc<AtomicUsize>,
+struct Connection {
+    hub: Arc<Hub>,
+    peer: Arc<Peer>,
+    stream: TcpStream,
+    frames: FrameReader,
+    requests: Requests,
+    /// Frames taken from the outbound queue and not yet written.
+    batch: Batch,
+    /// Still reading frames: false once the client's close arrived or the stream broke a rule.
+    reading: bool,
+    /// Our close frame is written and our side shut down.
+    write_closed: bool,
+    /// A ping was sent since the last frame from the client (idle detection).
+    ping_sent: bool,
 }
 
-async fn read_loop<S>(
-    hub: &Arc<Hub>,
-    peer: &Arc<Peer>,
-    ws: &mut FragmentCollectorRead<S>,
-    writer: tokio::task::JoinHandle<WriterEnd>,
-) where
-    S: tokio::io::AsyncRead + Unpin,
-{
-    let mut state = Reader {
-        hub,
-        peer,
-        tokens: hub.config.max_messages_per_second as f64,
-        refilled: Instant::now(),
-        handlers_in_flight: Arc::new(AtomicUsize::new(0)),
-    };
-    let idle = hub.config.idle_timeout;
-    let mut ticker =
-        tokio::time::interval(idle.map_or(Duration::from_secs(3600), |d| (d / 4).max(Duration::from_millis(100))));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.reset();
-    // The token's expiry; a fresh token (`{ type: "auth" }`) moves `peer.expires_at`, so when
-    // the timer fires it checks again before closing.
-    let expiry_at = |peer: &Peer| match peer.expires_at.load(Ordering::Relaxed) {
-        0 => None,
-        exp => Some(tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now_secs()))),
-    };
-    let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
-    let expired = tokio::time::sleep_until(expiry_at(peer).unwrap_or(far));
-    tokio::pin!(expired);
-    tokio::pin!(writer);
-    let mut writer_done = false;
-    let mut expiry_done = false;
-    let mut close_deadline: Option<tokio::time::Instant> = None;
-    let mut ping_sent = false;
-    let out = &peer.outbound;
+/// What woke the task.
+enum Wake {
+    Readable,
+    Writable,
+    Queue,
+    Evicted,
+    Tick,
+    Expiry,
+    Stop,
+}
 
-    // Frames the protocol obliges us to send (pong, close echo) go through the outbound queue.
-    let mut send_fn = |frame: Frame<'_>| {
-        let bytes = protocol::frame(frame.opcode as u8, &frame.payload);
-        match frame.opcode {
-            OpCode::Close => out.close_now(bytes),
-            _ => out.push_control(bytes),
-        }
-        std::future::ready(Ok::<(), std::io::Error>(()))
-    };
+/// What the reads found.
+enum ReadEnd {
+    /// Read everything the socket had (or the per-wake share of it).
+    More,
+    /// The client is gone (end of stream or a reset).
+    Gone,
+    /// The client answered our close: the handshake is over.
+    CloseAnswered,
+}
 
-    loop {
-        let read = ws.read_frame(&mut send_fn);
-        tokio::pin!(read);
-        // Wait for the next frame; timers and the writer's end are handled while it is pending
-        // (the read future itself is never dropped half-way: fastwebsockets' read is not
-        // cancel-safe).
-        let result = loop {
-            tokio::select! {
-                r = &mut read => break r,
-                _ = ticker.tick() => {
-                    if let Some(idle) = idle {
-                        let quiet = Duration::from_millis(hub.now_ms().saturating_sub(peer.last_seen_ms.load(Ordering::Relaxed)));
-                        if quiet >= idle {
-                            hub.registry.remove_peer(peer);
-                            out.close(close_code::GOING_AWAY, "idle timeout");
-                        } else if quiet >= idle / 2 && !ping_sent {
-                            out.push_control(protocol::frame(0x9, b""));
-                            ping_sent = true;
+impl Connection {
+    async fn run(&mut self) {
+        let hub = self.hub.clone();
+        let peer = self.peer.clone();
+        let idle = hub.config.idle_timeout;
+        let mut ticker =
+            tokio::time::interval(idle.map_or(Duration::from_secs(3600), |d| (d / 4).max(Duration::from_millis(100))));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.reset();
+        // The token's expiry; a fresh token (`{ type: "auth" }`) moves `peer.expires_at`, so when
+        // the timer fires it checks again before closing.
+        let expiry_at = |peer: &Peer| match peer.expires_at.load(Ordering::Relaxed) {
+            0 => None,
+            exp => Some(Instant::now() + Duration::from_secs(exp.saturating_sub(now_secs()))),
+        };
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let expired = tokio::time::sleep_until(expiry_at(&peer).unwrap_or(far));
+        tokio::pin!(expired);
+        let mut expiry_done = false;
+        // When the close handshake (or a close we must send) has to be over.
+        let mut close_deadline: Option<Instant> = None;
+        // When an evicted socket's write in flight must be over.
+        let mut evict_deadline: Option<Instant> = None;
+        let out = &peer.outbound;
+
+        loop {
+            let in_flight = !self.batch.is_empty();
+            let deadline = close_deadline.into_iter().chain(evict_deadline).min();
+            let wake = tokio::select! {
+                _ = peer.cancel.cancelled() => Wake::Stop,
+                r = self.stream.readable(), if self.reading => if r.is_ok() { Wake::Readable } else { Wake::Stop },
+                r = self.stream.writable(), if in_flight => if r.is_ok() { Wake::Writable } else { Wake::Stop },
+                _ = out.woken(), if !in_flight && !self.write_closed => Wake::Queue,
+                _ = out.evicted(), if in_flight && evict_deadline.is_none() => Wake::Evicted,
+                _ = ticker.tick() => Wake::Tick,
+                _ = &mut expired, if !expiry_done => Wake::Expiry,
+                _ = sleep_until_opt(deadline) => Wake::Stop,
+            };
+            match wake {
+                Wake::Stop => return,
+                Wake::Readable => match self.on_readable() {
+                    ReadEnd::More => {}
+                    ReadEnd::Gone | ReadEnd::CloseAnswered => return,
+                },
+                Wake::Queue | Wake::Writable => {
+                    if matches!(wake, Wake::Queue) {
+                        // Let whatever is fanning out right now queue a few more frames first:
+                        // one write for a burst of events rather than one per event.
+                        tokio::task::yield_now().await;
+                    }
+                    match self.flush() {
+                        Err(_) => return,
+                        Ok(false) => {}
+                        Ok(true) => {
+                            // Our close is out: nothing more is sent.
+                            self.write_closed = true;
+                            let _ = self.stream.shutdown().await;
+                            if !self.reading {
+                                return;
+                            }
+                            close_deadline = Some(Instant::now() + CLOSE_HANDSHAKE_WAIT);
                         }
                     }
                 }
-                _ = &mut expired, if !expiry_done => {
+                Wake::Evicted => evict_deadline = Some(Instant::now() + EVICTION_GRACE),
+                Wake::Tick => {
+                    let Some(idle) = idle else { continue };
+                    let quiet =
+                        Duration::from_millis(hub.now_ms().saturating_sub(peer.last_seen_ms.load(Ordering::Relaxed)));
+                    if quiet >= idle {
+                        hub.registry.remove_peer(&peer);
+                        out.close(close_code::GOING_AWAY, "idle timeout");
+                    } else if quiet >= idle / 2 && !self.ping_sent {
+                        out.push_control(protocol::frame(0x9, b""));
+                        self.ping_sent = true;
+                    }
+                }
+                Wake::Expiry => {
                     let exp = peer.expires_at.load(Ordering::Relaxed);
                     if exp != 0 && exp > now_secs() {
-                        expired.as_mut().reset(expiry_at(peer).unwrap_or(far));
+                        expired.as_mut().reset(expiry_at(&peer).unwrap_or(far));
                     } else {
                         // A fired sleep stays ready: the flag keeps the select from spinning on it.
                         expiry_done = true;
-                        hub.registry.remove_peer(peer);
+                        hub.registry.remove_peer(&peer);
                         out.close(close_code::TOKEN_EXPIRED, "token expired");
                     }
                 }
-                end = &mut writer, if !writer_done => {
-                    writer_done = true;
-                    match end {
-                        Ok(WriterEnd::Closed) => {
-                            close_deadline.get_or_insert(tokio::time::Instant::now() + CLOSE_HANDSHAKE_WAIT);
-                        }
-                        _ => return,
-                    }
-                }
-                _ = sleep_until_opt(close_deadline) => return,
-                _ = peer.cancel.cancelled() => return,
             }
-        };
-        match result {
-            Ok(frame) => {
-                peer.touch(hub.now_ms());
-                ping_sent = false;
-                match frame.opcode {
-                    OpCode::Text | OpCode::Binary if hub.config.echo_mode => {
-                        out.push(protocol::frame(frame.opcode as u8, &frame.payload));
-                    }
-                    OpCode::Text if !out.is_closing() => state.on_text(&frame.payload),
-                    OpCode::Binary if !out.is_closing() => {
-                        Stats::add(&hub.stats.messages_in, 1);
-                        state.reply(protocol::error(
-                            ErrorCode::BadMessage,
-                            "binary frames are not supported; send JSON text",
-                            None,
-                        ));
-                    }
-                    OpCode::Close => {
-                        // The echo is queued by `send_fn`; stop reading and let the writer finish.
-                        hub.registry.remove_peer(peer);
-                        break;
-                    }
-                    _ => {}
-                }
-            }
-            Err(e) => {
-                hub.registry.remove_peer(peer);
-                if let Some((code, reason)) = close_for(&e) {
-                    out.close_now(protocol::close_frame(code, reason));
-                } else {
-                    // The peer is gone: nothing can be sent.
-                    peer.cancel.cancel();
-                    return;
-                }
-                break;
+            if !self.reading && close_deadline.is_none() {
+                // We are answering a close or failing the connection: the close frame has this
+                // long to go out.
+                close_deadline = Some(Instant::now() + CLOSE_HANDSHAKE_WAIT);
             }
         }
     }
-    // We sent (or are sending) a close frame: give the writer a moment to put it on the wire.
-    if !writer_done {
-        let _ = tokio::time::timeout(CLOSE_HANDSHAKE_WAIT, &mut writer).await;
+
+    /// Reads what the socket has, into the thread's shared buffer, and acts on each message.
+    fn on_readable(&mut self) -> ReadEnd {
+        READ_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            for _ in 0..READS_PER_WAKE {
+                match self.stream.try_read(&mut buf[..]) {
+                    Ok(0) => return ReadEnd::Gone,
+                    Ok(n) => {
+                        if let Some(end) = self.on_bytes(&buf[..n]) {
+                            return end;
+                        }
+                        if !self.reading {
+                            return ReadEnd::More;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return ReadEnd::More,
+                    Err(_) => return ReadEnd::Gone,
+                }
+            }
+            ReadEnd::More
+        })
+    }
+
+    /// Feeds bytes to the frame reader and acts on what comes out; `Some` when the connection
+    /// is over.
+    fn on_bytes(&mut self, bytes: &[u8]) -> Option<ReadEnd> {
+        let Connection {
+            hub,
+            peer,
+            frames,
+            requests,
+            reading,
+            write_closed,
+            ping_sent,
+            ..
+        } = self;
+        let out = &peer.outbound;
+        let mut close_answered = false;
+        let mut any = false;
+        let result = frames.feed(bytes, &mut |message| {
+            any = true;
+            match message {
+                Message::Text(payload) | Message::Binary(payload) if hub.config.echo_mode => {
+                    let opcode = if matches!(message, Message::Text(_)) { 0x1 } else { 0x2 };
+                    out.push(protocol::frame(opcode, payload));
+                }
+                // After our close (or during it) data is no longer acted on.
+                _ if *write_closed && !matches!(message, Message::Close(_)) => {}
+                Message::Text(text) if !out.is_closing() => requests.on_text(text),
+                Message::Binary(_) if !out.is_closing() => {
+                    Stats::add(&hub.stats.messages_in, 1);
+                    requests.reply(protocol::error(
+                        ErrorCode::BadMessage,
+                        "binary frames are not supported; send JSON text",
+                        None,
+                    ));
+                }
+                Message::Text(_) | Message::Binary(_) | Message::Pong => {}
+                Message::Ping(payload) => out.push_control(protocol::frame(0xA, payload)),
+                Message::Close(code) => {
+                    *reading = false;
+                    if *write_closed {
+                        close_answered = true;
+                        return;
+                    }
+                    // Answer with the same code (RFC 6455 5.5.1), dropping what is queued.
+                    hub.registry.remove_peer(peer);
+                    out.close_now(match code {
+                        Some(code) => protocol::close_frame(code, ""),
+                        None => protocol::frame(0x8, b""),
+                    });
+                }
+            }
+        });
+        if any {
+            peer.touch(hub.now_ms());
+            *ping_sent = false;
+        }
+        if let Err(e) = result {
+            *reading = false;
+            if *write_closed {
+                return Some(ReadEnd::Gone);
+            }
+            hub.registry.remove_peer(peer);
+            let (code, reason) = e.close();
+            out.close_now(protocol::close_frame(code, reason));
+        }
+        close_answered.then_some(ReadEnd::CloseAnswered)
+    }
+
+    /// Writes queued frames until the queue is empty or the socket's buffer is full; `true` once
+    /// the close frame is written.
+    fn flush(&mut self) -> std::io::Result<bool> {
+        let out = &self.peer.outbound;
+        loop {
+            if self.batch.is_empty() {
+                if !out.has_work() {
+                    return Ok(false);
+                }
+                out.take_into(&mut self.batch);
+                if self.batch.is_empty() {
+                    return Ok(false);
+                }
+            }
+            match self.batch.write_to(out, &self.stream)? {
+                Flush::Blocked => return Ok(false),
+                Flush::Done if self.batch.closes => return Ok(true),
+                Flush::Done => {}
+            }
+        }
     }
 }
 
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
-    }
-}
-
-/// The close code and reason for a read error; `None` when the connection is simply gone.
-fn close_for(e: &WebSocketError) -> Option<(u16, &'static str)> {
-    Some(match e {
-        WebSocketError::IoError(io) => match Violation::of(io) {
-            Some(Violation::Unmasked) => (close_code::PROTOCOL_ERROR, "client frames must be masked"),
-            Some(Violation::TooLarge) => (close_code::MESSAGE_TOO_BIG, "message exceeds maxPayloadLength"),
-            Some(Violation::ControlTooLarge) => (close_code::PROTOCOL_ERROR, "control frame over 125 bytes"),
-            None => return None,
-        },
-        WebSocketError::UnexpectedEOF | WebSocketError::ConnectionClosed => return None,
-        WebSocketError::FrameTooLarge => (close_code::MESSAGE_TOO_BIG, "message exceeds maxPayloadLength"),
-        WebSocketError::InvalidUTF8 => (close_code::INVALID_PAYLOAD, "text is not valid UTF-8"),
-        _ => (close_code::PROTOCOL_ERROR, "protocol error"),
-    })
-}
-
-/// The replies to a join: `recovery-failed` for each room that could not recover, then the ack
-/// (with `recovered` and the rooms' `positions`), or the first error.
-fn join_replies(
-    id: Option<&RequestId>,
-    outcomes: Vec<(String, Result<JoinOutcome, crate::error::Error>)>,
-) -> Vec<Bytes> {
-    let mut frames = Vec::new();
-    let mut positions = serde_json::Map::new();
-    let mut recovered = None;
-    for (c, outcome) in outcomes {
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(e) => {
-                frames.push(protocol::error(ErrorCode::TooLarge, &e.to_string(), id));
-                return frames;
-            }
-        };
-        if let Some(p) = outcome.position {
-            positions.insert(c.clone(), serde_json::json!({ "offset": p.offset, "epoch": p.epoch }));
-        }
-        if let Some(result) = outcome.recovery {
-            recovered = Some(recovered.unwrap_or(true) && result.is_ok());
-            if let Err(why) = result {
-                frames.push(protocol::recovery_failed(&collection_room(&c), &c, &format!("{why:?}")));
-            }
-        }
-    }
-    if let Some(id) = id {
-        let mut extra = serde_json::Map::new();
-        if let Some(r) = recovered {
-            extra.insert("recovered".into(), serde_json::Value::Bool(r));
-        }
-        if !positions.is_empty() {
-            extra.insert("positions".into(), serde_json::Value::Object(positions));
-        }
-        frames.push(protocol::ack_with(id, extra));
-    }
-    frames
-}
-
-impl Reader<'_> {
-    fn reply(&self, frame: Bytes) {
-        self.hub.registry.send_to(self.peer, frame, &self.hub.stats);
-    }
-
-    fn reply_error(&self, code: ErrorCode, message: &str, id: Option<&RequestId>) {
-        self.reply(protocol::error(code, message, id));
-    }
-
-    fn ack(&self, id: Option<&RequestId>) {
-        if let Some(id) = id {
-            self.reply(protocol::ack(id));
-        }
-    }
-
-    /// Takes one token from the bucket; `false` when the client is over its rate.
-    fn take_token(&mut self) -> bool {
-        let rate = self.hub.config.max_messages_per_second as f64;
-        if rate == 0.0 {
-            return true;
-        }
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(rate);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn on_text(&mut self, text: &[u8]) {
-        let hub = self.hub;
-        Stats::add(&hub.stats.messages_in, 1);
-        if !self.take_token() {
-            let id = protocol::parse_client_message(text).ok().and_then(|m| match m {
-                ClientMessage::Join { id, .. }
-                | ClientMessage::Leave { id, .. }
-                | ClientMessage::Ping { id }
-                | ClientMessage::Auth { id, .. }
-                | ClientMessage::Presence { id, .. }
-                | ClientMessage::Custom { id, .. } => id,
-            });
-            self.reply_error(ErrorCode::RateLimited, "too many messages; slow down", id.as_ref());
-            return;
-        }
-        let message = match protocol::parse_client_message(text) {
-            Ok(m) => m,
-            Err(r) => return self.reply_error(r.code, &r.message, r.id.as_ref()),
-        };
-        match message {
-            ClientMessage::Ping { id } => self.reply(protocol::pong(id.as_ref())),
-            ClientMessage::Auth { id, token } => self.refresh_token(id, token),
-            ClientMessage::Presence { id, collection } => {
-                if let Some(e) = self.unknown(std::slice::from_ref(&collection)) {
-                    return self.reply_error(ErrorCode::UnknownCollection, &e, id.as_ref());
-                }
-                let room = collection_room(&collection);
-                let Some(members) = hub.presence_members(&room) else {
-                    let msg = format!("presence is not enabled for {collection:?}");
-                    return self.reply_error(ErrorCode::BadMessage, &msg, id.as_ref());
-                };
-                if !self.peer.in_room(&room) {
-                    let msg = format!("join {collection:?} to see who is there");
-                    return self.reply_error(ErrorCode::Forbidden, &msg, id.as_ref());
-                }
-                self.reply(protocol::presence(id.as_ref(), &room, &collection, members));
-            }
-            ClientMessage::Join { id, collections, since } => {
-                if let Some(e) = self.unknown(&collections) {
-                    return self.reply_error(ErrorCode::UnknownCollection, &e, id.as_ref());
-                }
-                let since_for = |c: &str| since.iter().find(|(slug, _)| slug == c).map(|(_, s)| s.clone());
-                if collections
-                    .iter()
-                    .any(|c| hub.remote_history(&collection_room(c)).is_some())
-                {
-                    // The history is in Redis: reading it is asynchronous.
-                    let (hub, peer) = (hub.clone(), self.peer.clone());
-                    let plan: Vec<(String, Option<Since>)> =
-                        collections.iter().map(|c| (c.clone(), since_for(c))).collect();
-                    tokio::spawn(async move {
-                        let mut outcomes = Vec::new();
-                        for (c, s) in plan {
-                            let outcome = hub.join_collection_remote(&peer, &c, s.as_ref()).await;
-                            outcomes.push((c, outcome));
-                        }
-                        for frame in join_replies(id.as_ref(), outcomes) {
-                            hub.registry.send_to(&peer, frame, &hub.stats);
-                        }
-                    });
-                    return;
-                }
-                let outcomes = collections
-                    .iter()
-                    .map(|c| (c.clone(), hub.join_collection(self.peer, c, since_for(c).as_ref())))
-                    .collect();
-                for frame in join_replies(id.as_ref(), outcomes) {
-                    self.reply(frame);
-                }
-            }
-            ClientMessage::Leave { id, collections } => {
-                if let Some(e) = self.unknown(&collections) {
-                    return self.reply_error(ErrorCode::UnknownCollection, &e, id.as_ref());
-                }
-                for c in &collections {
-                    hub.registry.leave(self.peer, &collection_room(c));
-                }
-                self.ack(id.as_ref());
-            }
-            ClientMessage::Custom { id, kind, message } => self.custom(id, kind, message),
-        }
-    }
-
-    /// `{ type: "auth", token }`: a fresh token for the same user moves the socket's expiry.
-    fn refresh_token(&self, id: Option<RequestId>, token: String) {
-        let hub = self.hub;
-        let Some(current) = &self.peer.user else {
-            return self.reply_error(
-                ErrorCode::Forbidden,
-                "an anonymous socket cannot authenticate; reconnect with a token",
-                id.as_ref(),
-            );
-        };
-        let user = match crate::auth::verify_token(&hub.config, &token) {
-            Ok(user) if user.key == current.key => user,
-            Ok(_) => return self.reply_error(ErrorCode::Forbidden, "the token names another user", id.as_ref()),
-            Err(refusal) => return self.reply_error(ErrorCode::Forbidden, &refusal.reason, id.as_ref()),
-        };
-        let hub = hub.clone();
-        let peer = self.peer.clone();
-        tokio::spawn(async move {
-            if let Some(verifier) = &hub.callbacks.verifier {
-                let verified = crate::server::verify_user(
-                    &**verifier,
-                    token,
-                    (*user.claims).clone(),
-                    hub.config.authorize_timeout,
-                )
-                .await;
-                if let Err(refusal) = verified {
-                    let frame = protocol::error(ErrorCode::Forbidden, &refusal.reason, id.as_ref());
-                    hub.registry.send_to(&peer, frame, &hub.stats);
-                    return;
-                }
-            }
-            peer.expires_at.store(user.expires_at.unwrap_or(0), Ordering::Relaxed);
-            *peer.sid.lock() = user.sid();
-            if let Some(id) = &id {
-                hub.registry.send_to(&peer, protocol::ack(id), &hub.stats);
-            }
-        });
-    }
-
-    /// An error message naming the collections a client may not join, if any.
-    fn unknown(&self, collections: &[String]) -> Option<String> {
-        let unknown: Vec<&str> = collections
-            .iter()
-            .filter(|c| !self.hub.config.collection_allowed(c))
-            .map(String::as_str)
-            .collect();
-        (!unknown.is_empty()).then(|| format!("not a realtime collection: {}", unknown.join(", ")))
-    }
-
-    fn custom(&self, id: Option<RequestId>, kind: String, message: serde_json::Value) {
-        let hub = self.hub;
-        let Some(handlers) = hub.callbacks.handlers.clone().filter(|_| hub.has_custom_type(&kind)) else {
-            return self.reply_error(
-                ErrorCode::UnknownType,
-                &format!("no handler for type {kind:?}"),
-                id.as_ref(),
-            );
-        };
-        let in_flight = self.handlers_in_flight.clone();
-        if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_HANDLERS_IN_FLIGHT {
-            in_flight.fetch_sub(1, Ordering::AcqRel);
-            return self.reply_error(ErrorCode::RateLimited, "too many requests in flight", id.as_ref());
-        }
-        let call = HandlerCall {
-            kind: kind.clone(),
-            socket_id: self.peer.public_id.clone(),
-            user: self.peer.user.as_ref().map(|_| self.peer.user_json()),
-            message,
-        };
-        let hub = hub.clone();
-        let peer = self.peer.clone();
-        let timeout = hub.config.handler_timeout;
-        tokio::spawn(async move {
-            let outcome = match tokio::time::timeout(timeout, handlers.call(call)).await {
-                Ok(o) => o,
-                Err(_) => HandlerOutcome::Failed {
-                    code: ErrorCode::Internal,
-                    message: format!("handler for {kind:?} timed out"),
-                },
-            };
-            in_flight.fetch_sub(1, Ordering::AcqRel);
-            let frame = match outcome {
-                HandlerOutcome::Reply(v) => protocol::custom_reply(&kind, id.as_ref(), v),
-                HandlerOutcome::NoReply => match &id {
-                    Some(id) => protocol::ack(id),
-                    None => return,
-                },
-                HandlerOutcome::Failed { code, message } => {
-                    Stats::add(&hub.stats.handler_errors, 1);
-                    protocol::error(code, &message, id.as_ref())
-                }
-            };
-            hub.registry.send_to(&peer, frame, &hub.stats);
-        });
     }
 }

@@ -3,10 +3,11 @@
 //! [`hub::Hub`], and answers its questions through the traits in [`callbacks`].
 //!
 //! Where things happen:
-//! - a client message is parsed in [`protocol`], acted on in [`connection`];
+//! - a socket's frames are parsed in [`frame_reader`], its messages in [`protocol`], and acted
+//!   on in [`requests`]; [`connection`] is the socket's one task (reads, writes, timers);
 //! - a room fans out in [`rooms::Registry::fan_out`], in order per room thanks to [`dispatch`];
 //! - an authorize rule is applied in [`authorize`];
-//! - a socket's bytes are written by [`outbound`], read through [`inbound_guard`].
+//! - a socket's bytes are queued and written by [`outbound`].
 
 pub mod auth;
 pub mod authorize;
@@ -17,15 +18,16 @@ pub mod connection;
 pub mod dispatch;
 pub mod error;
 pub mod event;
+pub mod frame_reader;
 pub mod history;
 pub mod hub;
-pub mod inbound_guard;
 pub mod log;
 pub mod memory;
 pub mod outbound;
 pub mod peer;
 pub mod presence;
 pub mod protocol;
+pub mod requests;
 pub mod rooms;
 pub mod server;
 pub mod stats;

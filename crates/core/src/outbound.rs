@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -158,39 +157,54 @@ impl Outbound {
         self.state.lock().bytes
     }
 
-    /// Waits until there is something to write; `true` if it had to wait (woken by a push).
-    async fn wait(&self) -> bool {
-        let mut waited = false;
-        loop {
-            {
-                let s = self.state.lock();
-                if !s.queue.is_empty() || !s.control.is_empty() || s.ending.is_some() {
-                    return waited;
-                }
-            }
-            self.wake.notified().await;
-            waited = true;
-        }
+    /// Waits for the next wake-up: a push onto an empty queue, a control frame, or an ending.
+    /// A wake-up that came while nobody waited is kept (one), so none is lost between two waits.
+    pub async fn woken(&self) {
+        self.wake.notified().await
     }
 
-    /// Takes the next batch: control frames first, then data; `ending` when the socket must
-    /// close after this batch.
-    fn take_batch(&self) -> (Vec<Bytes>, usize, Option<Bytes>) {
+    /// Completes when the socket is evicted as a slow consumer.
+    pub fn evicted(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.evict.cancelled()
+    }
+
+    /// Whether there is something to write (or the close to send).
+    pub fn has_work(&self) -> bool {
+        let s = self.state.lock();
+        !s.queue.is_empty() || !s.control.is_empty() || s.ending.is_some()
+    }
+
+    /// Moves the next batch into `batch` (which must be empty): control frames first, then up to
+    /// [`MAX_IOVECS`] data frames, then the close frame once the queue is empty.
+    pub fn take_into(&self, batch: &mut Batch) {
+        debug_assert!(batch.is_empty());
         let mut s = self.state.lock();
-        let ending = match &s.ending {
-            Some(Ending::Now(f)) | Some(Ending::AfterQueue(f)) => Some(f.clone()),
-            None => None,
-        };
-        let mut batch = std::mem::take(&mut s.control);
-        let mut data_bytes = 0;
-        while batch.len() < MAX_IOVECS {
-            let Some(f) = s.queue.pop_front() else { break };
-            data_bytes += f.len();
-            batch.push(f);
+        let mut frames = std::mem::take(&mut s.control);
+        let data_bytes: usize;
+        if frames.is_empty() && s.queue.len() <= MAX_IOVECS {
+            // The whole queue, allocation and all: it is freed once written, so a socket keeps
+            // no queue memory between bursts.
+            frames = Vec::from(std::mem::take(&mut s.queue));
+            data_bytes = frames.iter().map(Bytes::len).sum();
+        } else {
+            let n = s.queue.len().min(MAX_IOVECS);
+            data_bytes = s.queue.iter().take(n).map(Bytes::len).sum();
+            frames.extend(s.queue.drain(..n));
         }
-        // Only end once the queue is empty: a long queue takes several batches.
-        let ending = if s.queue.is_empty() { ending } else { None };
-        (batch, data_bytes, ending)
+        let mut closes = false;
+        if s.queue.is_empty() {
+            if let Some(Ending::Now(f) | Ending::AfterQueue(f)) = &s.ending {
+                frames.push(f.clone());
+                closes = true;
+            }
+        }
+        *batch = Batch {
+            frames,
+            index: 0,
+            offset: 0,
+            data_bytes,
+            closes,
+        };
     }
 
     /// Marks bytes as written.
@@ -199,160 +213,206 @@ impl Outbound {
     }
 }
 
-/// Why the writer stopped.
-#[derive(Debug, PartialEq, Eq)]
-pub enum WriterEnd {
-    /// It wrote the close frame.
-    Closed,
-    /// The connection broke or was cut.
-    Broken,
+/// A socket the writer can write to without waiting (`WouldBlock` when its buffer is full).
+pub trait TryWrite {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize>;
 }
 
-/// Drains the queue into the socket until the socket closes. `cancel` cuts it at once
-/// (server shutdown after its grace period).
-pub async fn run_writer<W: AsyncWrite + Unpin>(out: &Outbound, io: &mut W, cancel: &CancellationToken) -> WriterEnd {
-    loop {
-        let woken = tokio::select! {
-            b = out.wait() => b,
-            _ = cancel.cancelled() => return WriterEnd::Broken,
-        };
-        if woken {
-            // Let whatever is fanning out right now queue a few more frames first: one write
-            // for a burst of events rather than one per event (measured: many rooms).
-            tokio::task::yield_now().await;
-        }
-        let (batch, data_bytes, ending) = out.take_batch();
-        if !batch.is_empty() {
-            let write = write_all_vectored(io, &batch);
-            tokio::pin!(write);
-            let res = tokio::select! {
-                r = &mut write => r,
-                _ = cancel.cancelled() => return WriterEnd::Broken,
-                _ = out.evict.cancelled() => {
-                    match tokio::time::timeout(EVICTION_GRACE, &mut write).await {
-                        Ok(r) => r,
-                        Err(_) => return WriterEnd::Broken,
-                    }
-                }
-            };
-            if res.is_err() {
-                return WriterEnd::Broken;
-            }
-            out.written(data_bytes);
-        }
-        if let Some(close) = ending {
-            let res = tokio::time::timeout(EVICTION_GRACE, async {
-                io.write_all(&close).await?;
-                io.flush().await?;
-                io.shutdown().await
-            })
-            .await;
-            return match res {
-                Ok(Ok(())) => WriterEnd::Closed,
-                _ => WriterEnd::Broken,
-            };
-        }
+impl TryWrite for tokio::net::TcpStream {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        tokio::net::TcpStream::try_write_vectored(self, bufs)
     }
 }
 
-/// Writes every frame of the batch, as few `writev` calls as the kernel allows.
-async fn write_all_vectored<W: AsyncWrite + Unpin>(io: &mut W, frames: &[Bytes]) -> std::io::Result<()> {
-    let mut index = 0; // first frame not fully written
-    let mut offset = 0; // bytes of frames[index] already written
-    while index < frames.len() {
-        let slices: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(&frames[index][offset..]))
-            .chain(frames[index + 1..].iter().map(|f| IoSlice::new(f)))
-            .collect();
-        let mut n = io.write_vectored(&slices).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+/// Frames taken from the queue and not yet fully written.
+#[derive(Default)]
+pub struct Batch {
+    frames: Vec<Bytes>,
+    /// First frame not fully written, and how much of it is.
+    index: usize,
+    offset: usize,
+    /// Data bytes in the batch (released from the queue's bound once written).
+    data_bytes: usize,
+    /// The batch ends with the close frame: once written, nothing more is sent.
+    pub closes: bool,
+}
+
+/// How far a write got.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flush {
+    /// The whole batch is written.
+    Done,
+    /// The socket's send buffer is full: wait until it is writable, then write again.
+    Blocked,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.index >= self.frames.len()
+    }
+
+    /// Writes as much of the batch as the socket takes without waiting, one `writev` per call
+    /// (more only when the kernel takes part of it).
+    pub fn write_to(&mut self, out: &Outbound, io: &impl TryWrite) -> std::io::Result<Flush> {
+        while !self.is_empty() {
+            let n = {
+                let slices: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(&self.frames[self.index][self.offset..]))
+                    .chain(self.frames[self.index + 1..].iter().map(|f| IoSlice::new(f)))
+                    .collect();
+                match io.try_write_vectored(&slices) {
+                    Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Flush::Blocked),
+                    Err(e) => return Err(e),
+                }
+            };
+            self.advance(n);
         }
+        out.written(std::mem::take(&mut self.data_bytes));
+        self.frames = Vec::new();
+        self.index = 0;
+        Ok(Flush::Done)
+    }
+
+    fn advance(&mut self, mut n: usize) {
         while n > 0 {
-            let left = frames[index].len() - offset;
+            let left = self.frames[self.index].len() - self.offset;
             if n >= left {
                 n -= left;
-                index += 1;
-                offset = 0;
+                self.index += 1;
+                self.offset = 0;
             } else {
-                offset += n;
+                self.offset += n;
                 n = 0;
             }
         }
-        // Skip empty frames so `index` never points past written data.
-        while index < frames.len() && frames[index].len() == offset {
-            index += 1;
-            offset = 0;
+        // Skip empty frames so `index` never points at a frame with nothing left to write.
+        while self.index < self.frames.len() && self.frames[self.index].len() == self.offset {
+            self.index += 1;
+            self.offset = 0;
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::text_frame;
-    use tokio::io::AsyncReadExt;
+    use std::cell::{Cell, RefCell};
 
-    #[tokio::test]
-    async fn batches_are_written_in_order_and_end_with_close() {
+    /// A socket that takes at most `step` bytes per write and says `WouldBlock` every other call.
+    struct Pipe {
+        got: RefCell<Vec<u8>>,
+        step: usize,
+        calls: Cell<usize>,
+    }
+
+    impl Pipe {
+        fn new(step: usize) -> Pipe {
+            Pipe {
+                got: RefCell::new(Vec::new()),
+                step,
+                calls: Cell::new(0),
+            }
+        }
+    }
+
+    impl TryWrite for Pipe {
+        fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+            self.calls.set(self.calls.get() + 1);
+            if self.calls.get().is_multiple_of(2) {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.step - n);
+                self.got.borrow_mut().extend_from_slice(&b[..take]);
+                n += take;
+                if n == self.step {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+    }
+
+    /// Writes batches until the close frame is out; the number of batches.
+    fn drain(out: &Outbound, pipe: &Pipe) -> usize {
+        let mut batch = Batch::default();
+        let mut batches = 0;
+        loop {
+            if batch.is_empty() {
+                out.take_into(&mut batch);
+                batches += 1;
+            }
+            if batch.write_to(out, pipe).unwrap() == Flush::Done && batch.closes {
+                return batches;
+            }
+        }
+    }
+
+    #[test]
+    fn batches_are_written_in_order_and_end_with_close() {
         let out = Outbound::new(1 << 20);
-        let (mut a, mut b) = tokio::io::duplex(1 << 16);
         for i in 0..100u32 {
             assert_eq!(out.push(text_frame(i.to_string().as_bytes())), Push::Queued);
         }
+        out.push_control(protocol_ping());
         out.close(close_code::GOING_AWAY, "bye");
-        let cancel = CancellationToken::new();
-        let end = run_writer(&out, &mut a, &cancel).await;
-        assert_eq!(end, WriterEnd::Closed);
-        drop(a);
-        let mut got = Vec::new();
-        b.read_to_end(&mut got).await.unwrap();
-        let mut expect = Vec::new();
+        let pipe = Pipe::new(usize::MAX);
+        assert_eq!(drain(&out, &pipe), 1);
+        let mut expect = protocol_ping().to_vec();
         for i in 0..100u32 {
             expect.extend_from_slice(&text_frame(i.to_string().as_bytes()));
         }
         expect.extend_from_slice(&close_frame(close_code::GOING_AWAY, "bye"));
-        assert_eq!(got, expect);
+        assert_eq!(*pipe.got.borrow(), expect);
         assert_eq!(out.queued_bytes(), 0);
     }
 
-    #[tokio::test]
-    async fn passing_the_bound_evicts_with_4008() {
+    fn protocol_ping() -> Bytes {
+        crate::protocol::frame(0x9, b"")
+    }
+
+    #[test]
+    fn a_long_queue_goes_out_in_several_writevs() {
+        let out = Outbound::new(1 << 20);
+        for _ in 0..(MAX_IOVECS * 2 + 1) {
+            out.push(text_frame(b"x"));
+        }
+        out.close(1000, "");
+        let pipe = Pipe::new(usize::MAX);
+        assert_eq!(drain(&out, &pipe), 3);
+        assert_eq!(pipe.got.borrow().len(), (MAX_IOVECS * 2 + 1) * 3 + 4);
+    }
+
+    #[test]
+    fn passing_the_bound_evicts_with_4008() {
         let out = Outbound::new(1000);
         assert_eq!(out.push(Bytes::from(vec![0u8; 600])), Push::Queued);
         assert_eq!(out.push(Bytes::from(vec![0u8; 600])), Push::Evicted);
         assert!(out.was_evicted());
         assert_eq!(out.push(Bytes::from(vec![0u8; 1])), Push::Closed);
-        let (mut a, mut b) = tokio::io::duplex(1 << 16);
-        let end = run_writer(&out, &mut a, &CancellationToken::new()).await;
-        assert_eq!(end, WriterEnd::Closed);
-        drop(a);
-        let mut got = Vec::new();
-        b.read_to_end(&mut got).await.unwrap();
+        let pipe = Pipe::new(usize::MAX);
+        drain(&out, &pipe);
+        let got = pipe.got.borrow();
         assert_eq!(got[0], 0x88);
         assert_eq!(u16::from_be_bytes([got[2], got[3]]), 4008);
     }
 
-    #[tokio::test]
-    async fn partial_writes_keep_frames_whole() {
-        // A tiny pipe forces many short writes.
+    #[test]
+    fn partial_writes_keep_frames_whole() {
         let out = Outbound::new(1 << 20);
-        let (mut a, mut b) = tokio::io::duplex(7);
         let frames: Vec<Bytes> = (0..50).map(|i| text_frame(&vec![b'a' + (i % 26) as u8; 300])).collect();
         for f in &frames {
             out.push(f.clone());
         }
         out.close(1000, "");
-        let reader = tokio::spawn(async move {
-            let mut got = Vec::new();
-            b.read_to_end(&mut got).await.unwrap();
-            got
-        });
-        run_writer(&out, &mut a, &CancellationToken::new()).await;
-        drop(a);
-        let got = reader.await.unwrap();
+        let pipe = Pipe::new(7);
+        drain(&out, &pipe);
         let mut expect: Vec<u8> = frames.iter().flat_map(|f| f.to_vec()).collect();
         expect.extend_from_slice(&close_frame(1000, ""));
-        assert_eq!(got, expect);
+        assert_eq!(*pipe.got.borrow(), expect);
+        assert_eq!(out.queued_bytes(), 0);
     }
 }

@@ -1,0 +1,295 @@
+//! What a socket's messages ask for, once parsed (the parsing is in [`crate::protocol`]): join
+//! and leave (with recovery), presence, a fresh token, custom handlers, with the per-socket
+//! message rate and the cap on handler calls in flight.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::callbacks::{HandlerCall, HandlerOutcome};
+use crate::history::Since;
+use crate::hub::{Hub, JoinOutcome};
+use crate::peer::Peer;
+use crate::protocol::{self, collection_room, ClientMessage, ErrorCode, RequestId};
+use crate::stats::Stats;
+
+/// Custom handler calls one socket may have in flight; more are refused as `rate-limited`.
+const MAX_HANDLERS_IN_FLIGHT: usize = 32;
+
+/// One socket's request state; only its connection task touches it.
+pub struct Requests {
+    hub: Arc<Hub>,
+    peer: Arc<Peer>,
+    /// Token bucket for `maxMessagesPerSecond`.
+    tokens: f64,
+    refilled: Instant,
+    handlers_in_flight: Arc<AtomicUsize>,
+}
+
+impl Requests {
+    pub fn new(hub: Arc<Hub>, peer: Arc<Peer>) -> Requests {
+        Requests {
+            tokens: hub.config.max_messages_per_second as f64,
+            refilled: Instant::now(),
+            handlers_in_flight: Arc::new(AtomicUsize::new(0)),
+            hub,
+            peer,
+        }
+    }
+}
+
+/// The replies to a join: `recovery-failed` for each room that could not recover, then the ack
+/// (with `recovered` and the rooms' `positions`), or the first error.
+pub(crate) fn join_replies(
+    id: Option<&RequestId>,
+    outcomes: Vec<(String, Result<JoinOutcome, crate::error::Error>)>,
+) -> Vec<Bytes> {
+    let mut frames = Vec::new();
+    let mut positions = serde_json::Map::new();
+    let mut recovered = None;
+    for (c, outcome) in outcomes {
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                frames.push(protocol::error(ErrorCode::TooLarge, &e.to_string(), id));
+                return frames;
+            }
+        };
+        if let Some(p) = outcome.position {
+            positions.insert(c.clone(), serde_json::json!({ "offset": p.offset, "epoch": p.epoch }));
+        }
+        if let Some(result) = outcome.recovery {
+            recovered = Some(recovered.unwrap_or(true) && result.is_ok());
+            if let Err(why) = result {
+                frames.push(protocol::recovery_failed(&collection_room(&c), &c, &format!("{why:?}")));
+            }
+        }
+    }
+    if let Some(id) = id {
+        let mut extra = serde_json::Map::new();
+        if let Some(r) = recovered {
+            extra.insert("recovered".into(), serde_json::Value::Bool(r));
+        }
+        if !positions.is_empty() {
+            extra.insert("positions".into(), serde_json::Value::Object(positions));
+        }
+        frames.push(protocol::ack_with(id, extra));
+    }
+    frames
+}
+
+impl Requests {
+    pub fn reply(&self, frame: Bytes) {
+        self.hub.registry.send_to(&self.peer, frame, &self.hub.stats);
+    }
+
+    fn reply_error(&self, code: ErrorCode, message: &str, id: Option<&RequestId>) {
+        self.reply(protocol::error(code, message, id));
+    }
+
+    fn ack(&self, id: Option<&RequestId>) {
+        if let Some(id) = id {
+            self.reply(protocol::ack(id));
+        }
+    }
+
+    /// Takes one token from the bucket; `false` when the client is over its rate.
+    fn take_token(&mut self) -> bool {
+        let rate = self.hub.config.max_messages_per_second as f64;
+        if rate == 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(rate);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Acts on one text message.
+    pub fn on_text(&mut self, text: &[u8]) {
+        let hub = self.hub.clone();
+        Stats::add(&hub.stats.messages_in, 1);
+        if !self.take_token() {
+            let id = protocol::parse_client_message(text).ok().and_then(|m| match m {
+                ClientMessage::Join { id, .. }
+                | ClientMessage::Leave { id, .. }
+                | ClientMessage::Ping { id }
+                | ClientMessage::Auth { id, .. }
+                | ClientMessage::Presence { id, .. }
+                | ClientMessage::Custom { id, .. } => id,
+            });
+            self.reply_error(ErrorCode::RateLimited, "too many messages; slow down", id.as_ref());
+            return;
+        }
+        let message = match protocol::parse_client_message(text) {
+            Ok(m) => m,
+            Err(r) => return self.reply_error(r.code, &r.message, r.id.as_ref()),
+        };
+        match message {
+            ClientMessage::Ping { id } => self.reply(protocol::pong(id.as_ref())),
+            ClientMessage::Auth { id, token } => self.refresh_token(id, token),
+            ClientMessage::Presence { id, collection } => {
+                if let Some(e) = self.unknown(std::slice::from_ref(&collection)) {
+                    return self.reply_error(ErrorCode::UnknownCollection, &e, id.as_ref());
+                }
+                let room = collection_room(&collection);
+                let Some(members) = hub.presence_members(&room) else {
+                    let msg = format!("presence is not enabled for {collection:?}");
+                    return self.reply_error(ErrorCode::BadMessage, &msg, id.as_ref());
+                };
+                if !self.peer.in_room(&room) {
+                    let msg = format!("join {collection:?} to see who is there");
+                    return self.reply_error(ErrorCode::Forbidden, &msg, id.as_ref());
+                }
+                self.reply(protocol::presence(id.as_ref(), &room, &collection, members));
+            }
+            ClientMessage::Join { id, collections, since } => {
+                if let Some(e) = self.unknown(&collections) {
+                    return self.reply_error(ErrorCode::UnknownCollection, &e, id.as_ref());
+                }
+                let since_for = |c: &str| since.iter().find(|(slug, _)| slug == c).map(|(_, s)| s.clone());
+                if collections
+                    .iter()
+                    .any(|c| hub.remote_history(&collection_room(c)).is_some())
+                {
+                    // The history is in Redis: reading it is asynchronous.
+                    let (hub, peer) = (hub.clone(), self.peer.clone());
+                    let plan: Vec<(String, Option<Since>)> =
+                        collections.iter().map(|c| (c.clone(), since_for(c))).collect();
+                    tokio::spawn(async move {
+                        let mut outcomes = Vec::new();
+                        for (c, s) in plan {
+                            let outcome = hub.join_collection_remote(&peer, &c, s.as_ref()).await;
+                            outcomes.push((c, outcome));
+                        }
+                        for frame in join_replies(id.as_ref(), outcomes) {
+                            hub.registry.send_to(&peer, frame, &hub.stats);
+                        }
+                    });
+                    return;
+                }
+                let outcomes = collections
+                    .iter()
+                    .map(|c| (c.clone(), hub.join_collection(&self.peer, c, since_for(c).as_ref())))
+                    .collect();
+                for frame in join_replies(id.as_ref(), outcomes) {
+                    self.reply(frame);
+                }
+            }
+            ClientMessage::Leave { id, collections } => {
+                if let Some(e) = self.unknown(&collections) {
+                    return self.reply_error(ErrorCode::UnknownCollection, &e, id.as_ref());
+                }
+                for c in &collections {
+                    hub.registry.leave(&self.peer, &collection_room(c));
+                }
+                self.ack(id.as_ref());
+            }
+            ClientMessage::Custom { id, kind, message } => self.custom(id, kind, message),
+        }
+    }
+
+    /// `{ type: "auth", token }`: a fresh token for the same user moves the socket's expiry.
+    fn refresh_token(&self, id: Option<RequestId>, token: String) {
+        let hub = &self.hub;
+        let Some(current) = &self.peer.user else {
+            return self.reply_error(
+                ErrorCode::Forbidden,
+                "an anonymous socket cannot authenticate; reconnect with a token",
+                id.as_ref(),
+            );
+        };
+        let user = match crate::auth::verify_token(&hub.config, &token) {
+            Ok(user) if user.key == current.key => user,
+            Ok(_) => return self.reply_error(ErrorCode::Forbidden, "the token names another user", id.as_ref()),
+            Err(refusal) => return self.reply_error(ErrorCode::Forbidden, &refusal.reason, id.as_ref()),
+        };
+        let hub = hub.clone();
+        let peer = self.peer.clone();
+        tokio::spawn(async move {
+            if let Some(verifier) = &hub.callbacks.verifier {
+                let verified = crate::server::verify_user(
+                    &**verifier,
+                    token,
+                    (*user.claims).clone(),
+                    hub.config.authorize_timeout,
+                )
+                .await;
+                if let Err(refusal) = verified {
+                    let frame = protocol::error(ErrorCode::Forbidden, &refusal.reason, id.as_ref());
+                    hub.registry.send_to(&peer, frame, &hub.stats);
+                    return;
+                }
+            }
+            peer.expires_at.store(user.expires_at.unwrap_or(0), Ordering::Relaxed);
+            *peer.sid.lock() = user.sid();
+            if let Some(id) = &id {
+                hub.registry.send_to(&peer, protocol::ack(id), &hub.stats);
+            }
+        });
+    }
+
+    /// An error message naming the collections a client may not join, if any.
+    fn unknown(&self, collections: &[String]) -> Option<String> {
+        let unknown: Vec<&str> = collections
+            .iter()
+            .filter(|c| !self.hub.config.collection_allowed(c))
+            .map(String::as_str)
+            .collect();
+        (!unknown.is_empty()).then(|| format!("not a realtime collection: {}", unknown.join(", ")))
+    }
+
+    fn custom(&self, id: Option<RequestId>, kind: String, message: serde_json::Value) {
+        let hub = &self.hub;
+        let Some(handlers) = hub.callbacks.handlers.clone().filter(|_| hub.has_custom_type(&kind)) else {
+            return self.reply_error(
+                ErrorCode::UnknownType,
+                &format!("no handler for type {kind:?}"),
+                id.as_ref(),
+            );
+        };
+        let in_flight = self.handlers_in_flight.clone();
+        if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_HANDLERS_IN_FLIGHT {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            return self.reply_error(ErrorCode::RateLimited, "too many requests in flight", id.as_ref());
+        }
+        let call = HandlerCall {
+            kind: kind.clone(),
+            socket_id: self.peer.public_id.clone(),
+            user: self.peer.user.as_ref().map(|_| self.peer.user_json()),
+            message,
+        };
+        let hub = hub.clone();
+        let peer = self.peer.clone();
+        let timeout = hub.config.handler_timeout;
+        tokio::spawn(async move {
+            let outcome = match tokio::time::timeout(timeout, handlers.call(call)).await {
+                Ok(o) => o,
+                Err(_) => HandlerOutcome::Failed {
+                    code: ErrorCode::Internal,
+                    message: format!("handler for {kind:?} timed out"),
+                },
+            };
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            let frame = match outcome {
+                HandlerOutcome::Reply(v) => protocol::custom_reply(&kind, id.as_ref(), v),
+                HandlerOutcome::NoReply => match &id {
+                    Some(id) => protocol::ack(id),
+                    None => return,
+                },
+                HandlerOutcome::Failed { code, message } => {
+                    Stats::add(&hub.stats.handler_errors, 1);
+                    protocol::error(code, &message, id.as_ref())
+                }
+            };
+            hub.registry.send_to(&peer, frame, &hub.stats);
+        });
+    }
+}
