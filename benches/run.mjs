@@ -1,18 +1,24 @@
 #!/usr/bin/env node
-// `npm run bench`: payload-realtime side by side with uWebSockets.js, ws and a bare tokio ceiling,
-// in one run, on loopback. Builds the addon (release) and the Rust load generator, runs every
-// scenario against every contender, writes BENCHMARKS.md and benches/results.json.
+// `npm run bench`: payload-realtime side by side with uWebSockets.js, ws and a bare tokio ceiling
+// (and, across two instances through Redis, Socket.IO with its Redis adapter), in one run, on
+// loopback. Builds the addon (release) and the Rust load generator, runs every scenario against
+// every contender, writes BENCHMARKS.md and benches/results.json.
 //
 // Environment (all optional):
-//   BENCH_QUICK=1            small sizes and few rounds (about 2 minutes)
+//   BENCH_QUICK=1            small sizes and few rounds (about 4 minutes)
 //   BENCH_SKIP_BUILD=1       do not rebuild the addon (uses benches/.addon/ or the root .node)
 //   BENCH_ADDON=file.node    use this addon (e.g. a release build with symbols, for profiles)
 //   BENCH_ROUNDS=n           measured rounds per case (default 5, quick 2); BENCH_WARMUP=n (1)
-//   BENCH_ONLY=a,b           scenarios: fanout, rooms, authorize, idle, storm
+//   BENCH_ONLY=a,b           scenarios: fanout, rooms, authorize, idle, storm, redis; the other
+//                            scenarios keep their figures from the JSON this run replaces (each
+//                            section of the report says which run measured it)
 //   BENCH_SERVERS=a,b        contenders: realtime, uws-plugin, uws-publish, ws, ceiling
 //   BENCH_FANOUT_SUBSCRIBERS=1000,10000   BENCH_FANOUT_EVENTS=100 (events per round, every size)
 //   BENCH_EVENT_SIZE=1024    BENCH_ROOMS_EVENTS  BENCH_AUTH_EVENTS  BENCH_IDLE_COUNTS=10000,19000
 //   BENCH_STORM_CONNS  BENCH_STORM_CONCURRENCY=200
+//   BENCH_REDIS_SUBSCRIBERS=1000,10000   BENCH_REDIS_SERVERS=realtime,socketio
+//   BENCH_REDIS_PACED_RATE=20000 (messages/s offered in the paced case)  BENCH_REDIS_PACED_EVENTS
+//   BENCH_REDIS_BURST_EVENTS   (the redis scenario starts its own redis-server: Debian's package)
 //   BENCH_OUT=path           where BENCHMARKS.md goes (default: the repository root); with it set,
 //                            the JSON goes next to it (same name, .json) instead of benches/results.json
 //   BENCH_REPORT_ONLY=1      measure nothing: rewrite the Markdown from the JSON of an earlier run
@@ -25,6 +31,7 @@
 
 import { spawn, execFileSync } from 'node:child_process'
 import { copyFileSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { createInterface } from 'node:readline'
@@ -48,7 +55,7 @@ const cfg = {
   rounds: int(env.BENCH_ROUNDS, QUICK ? 2 : 5),
   warmup: int(env.BENCH_WARMUP, 1),
   eventSize: int(env.BENCH_EVENT_SIZE, 1024),
-  scenarios: list(env.BENCH_ONLY, ['fanout', 'rooms', 'authorize', 'idle', 'storm']),
+  scenarios: list(env.BENCH_ONLY, ['fanout', 'rooms', 'authorize', 'idle', 'storm', 'redis']),
   servers: list(env.BENCH_SERVERS, ['realtime', 'uws-plugin', 'uws-publish', 'ws', 'ceiling']),
   fanout: {
     subscribers: list(env.BENCH_FANOUT_SUBSCRIBERS, ['1000', '10000']).map(Number),
@@ -61,6 +68,13 @@ const cfg = {
   storm: {
     conns: int(env.BENCH_STORM_CONNS, QUICK ? 4_000 : 10_000),
     concurrency: int(env.BENCH_STORM_CONCURRENCY, 200),
+  },
+  redis: {
+    subscribers: list(env.BENCH_REDIS_SUBSCRIBERS, ['1000', '10000']).map(Number),
+    servers: list(env.BENCH_REDIS_SERVERS, ['realtime', 'socketio']),
+    // Paced: one event at a time, at this many messages per second offered (events/s × subscribers):
+    // 1 event every 50 ms to 1,000 subscribers, every 500 ms to 10,000.
+    pacedRate: int(env.BENCH_REDIS_PACED_RATE, 20_000),
   },
   // One load generator process holds at most this many sockets (20,000 open files per process).
   perLoadgen: 15_000,
@@ -91,8 +105,20 @@ const CONTENDERS = {
     note: 'pre-encoded frames, one writev per socket per burst, 2 worker threads',
     binary: 'ceiling',
   },
+  // Only in the redis scenario (BENCH_REDIS_SERVERS); the load generator speaks Engine.IO v4 to it.
+  socketio: {
+    label: 'Socket.IO 4 + redis-adapter',
+    note: 'socket.io 4 with @socket.io/redis-adapter and the redis client (pub/sub), WebSocket transport only, no token check; io.to(room).emit per event',
+    script: 'socketio.mjs',
+    loadgen: { protocol: 'socketio', path: '/socket.io/?EIO=4&transport=websocket' },
+  },
 }
 const ANCHORS = ['uws-plugin', 'uws-publish', 'ws', 'ceiling']
+/** Events per case of the redis scenario (functions stay out of `cfg`, which is saved as JSON). */
+const redisEvents = {
+  paced: (n) => int(env.BENCH_REDIS_PACED_EVENTS, n >= 10_000 ? (QUICK ? 10 : 20) : QUICK ? 50 : 100),
+  burst: (n) => int(env.BENCH_REDIS_BURST_EVENTS, n >= 10_000 ? (QUICK ? 10 : 50) : QUICK ? 50 : 100),
+}
 
 const loadgenDir = path.join(here, 'loadgen')
 const loadgenBin = (name) => path.join(loadgenDir, 'target', 'release', name)
@@ -131,6 +157,8 @@ function capture(cmd, args) {
     return undefined
   }
 }
+
+const clockTicks = Number(capture('getconf', ['CLK_TCK'])) || 100
 
 // ---------------------------------------------------------------------------------------------
 // Child processes speaking JSON lines
@@ -270,6 +298,10 @@ async function startLoadgens(port, conns, opts = {}) {
     args.push('--users', String(opts.users ?? conns), '--join', opts.join === false ? '0' : '1')
     if (opts.rooms) args.push('--rooms', String(opts.rooms))
     args.push('--buf', String(opts.buf ?? 16 * 1024))
+    if (opts.checkIds) args.push('--check-ids', String(opts.checkIds))
+    if (opts.kernelTs) args.push('--kernel-ts', '1')
+    if (opts.protocol) args.push('--protocol', opts.protocol)
+    if (opts.path) args.push('--path', opts.path)
     const g = new Proc(`loadgen#${i}`, loadgenBin('loadgen'), args)
     g.offset = offset
     g.conns = n
@@ -301,6 +333,14 @@ function readySummary(gens) {
   }
 }
 
+/** CPU time (µs) the whole machine has spent busy so far (all processes, all cores). */
+function machineBusyUs() {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number)
+  // user nice system idle iowait irq softirq steal
+  const busy = f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] ?? 0)
+  return (busy * 1e6) / clockTicks
+}
+
 /** System-wide TCP counters (loopback: this run is the only heavy user, but not the only one). */
 function tcpCounters() {
   const text = readFileSync('/proc/net/netstat', 'utf8').split('\n')
@@ -317,26 +357,40 @@ function tcpCounters() {
 // ---------------------------------------------------------------------------------------------
 // One measured burst: arm the generators, emit, wait for everything (bounded), read CPU.
 
-async function burst(server, gens, emit, expectedOf) {
+/**
+ * The CPU time of the processes a case measures: by default the one server; the redis scenario
+ * adds up both instances and redis-server (`parts` keeps them apart).
+ */
+const serverCpu = (server) => async () => {
+  const s = await server.cmd({ cmd: 'stats' })
+  return { total: s.cpu_us, rss: s.rss, parts: { server: s.cpu_us } }
+}
+
+async function burst(server, gens, emit, expectedOf, { cpu = serverCpu(server) } = {}) {
   const expected = gens.map(expectedOf)
   const total = expected.reduce((a, b) => a + b, 0)
-  const timeout = Math.min(180_000, 20_000 + Math.ceil(total / 5))
+  const pacing = emit.intervalMs ? emit.intervalMs * emit.count : 0
+  const timeout = Math.min(180_000 + pacing, 20_000 + pacing + Math.ceil(total / 5))
   await Promise.all(
     gens.map((g, i) => {
       g.send(`measure ${expected[i]} ${timeout}`)
       return g.next((m) => m.event === 'armed', 10_000, 'armed')
     }),
   )
-  const s0 = await server.cmd({ cmd: 'stats' })
+  const busy0 = machineBusyUs()
+  const c0 = await cpu()
   const emitted = await server.cmd({ cmd: 'emit', size: cfg.eventSize, ...emit }, timeout + 10_000)
   const results = await Promise.all(gens.map((g) => g.next((m) => m.event === 'result', timeout + 10_000, 'result')))
-  const s1 = await server.cmd({ cmd: 'stats' })
+  const c1 = await cpu()
+  const busy1 = machineBusyUs()
   const delivered = results.reduce((a, r) => a + r.delivered, 0)
   const last = Math.max(...results.map((r) => r.last_recv_us))
   const armed = Math.min(...results.map((r) => r.armed_us))
   const secs = Math.max(1e-6, (last - emitted.t0_us) / 1e6)
-  const cpuUs = s1.cpu_us - s0.cpu_us
+  const cpuUs = c1.total - c0.total
+  const cpuParts = Object.fromEntries(Object.keys(c1.parts).map((k) => [k, c1.parts[k] - c0.parts[k]]))
   const lgCpu = results.reduce((a, r) => a + r.cpu_us, 0)
+  const roundSecs = Math.max(1e-6, (Math.max(last, emitted.t1_us) - armed) / 1e6)
   return {
     expected: total,
     delivered,
@@ -352,12 +406,28 @@ async function burst(server, gens, emit, expectedOf) {
     p50Ms: Math.max(...results.map((r) => r.p50_us)) / 1000,
     p99Ms: Math.max(...results.map((r) => r.p99_us)) / 1000,
     maxMs: Math.max(...results.map((r) => r.max_us)) / 1000,
+    // With --kernel-ts: latency to the kernel's receive timestamp (the event reached the socket).
+    ...(results.every((r) => r.arrival_samples > 0)
+      ? {
+          p50ArrivalMs: Math.max(...results.map((r) => r.p50_arrival_us)) / 1000,
+          p99ArrivalMs: Math.max(...results.map((r) => r.p99_arrival_us)) / 1000,
+          maxArrivalMs: Math.max(...results.map((r) => r.max_arrival_us)) / 1000,
+        }
+      : {}),
     loadgenCpuShare: lgCpu / 1e6 / Math.max(1e-6, (last - armed) / 1e6) / gens.length,
     minPerSocket: Math.min(...results.map((r) => r.min_per_socket)),
     socketsReceiving: results.reduce((a, r) => a + r.sockets_receiving, 0),
     closedDuring: results.reduce((a, r) => a + r.closed_during, 0),
     stray: results.reduce((a, r) => a + (r.stray_before ?? 0), 0),
-    serverRss: s1.rss,
+    // With --check-ids: each socket's events by id (see benches/loadgen/src/main.rs).
+    duplicates: results.reduce((a, r) => a + (r.duplicates ?? 0), 0),
+    outOfOrder: results.reduce((a, r) => a + (r.out_of_order ?? 0), 0),
+    idOutOfRange: results.reduce((a, r) => a + (r.id_out_of_range ?? 0), 0),
+    cpuShares: Object.fromEntries(Object.entries(cpuParts).map(([k, v]) => [k, v / 1e6 / secs])),
+    serverRss: c1.rss,
+    // Everything else the machine did during the round (other processes, this script), in cores:
+    // a sign that something outside the benchmark competed for the 2 cores.
+    otherCpuShare: Math.max(0, busy1 - busy0 - cpuUs - lgCpu) / 1e6 / roundSecs,
   }
 }
 
@@ -399,7 +469,7 @@ async function burstCase(id, { sockets, serverArgs = [], loadgenOpts = {}, emit,
       )
       if (r >= 0) rounds.push(res)
     }
-    return { ready, rounds, ...summarize(rounds) }
+    return { ready, ...summarize(rounds), rounds }
   } finally {
     await stopLoadgens(gens)
     await server.stopServer()
@@ -409,7 +479,20 @@ async function burstCase(id, { sockets, serverArgs = [], loadgenOpts = {}, emit,
 // ---------------------------------------------------------------------------------------------
 // Scenarios
 
-const results = { scenarios: {} }
+const results = { scenarios: {}, runs: {} }
+
+/** What a section's figures came from (a run of some scenarios keeps the others' earlier figures). */
+function runSummary(meta) {
+  return {
+    date: meta.date,
+    quick: meta.config?.quick ?? false,
+    rounds: meta.config?.rounds,
+    warmup: meta.config?.warmup,
+    commit: meta.machine?.gitCommit,
+    dirty: meta.machine?.gitDirty ?? false,
+    addon: meta.addon,
+  }
+}
 
 async function forEachServer(fn, only) {
   const out = {}
@@ -573,6 +656,225 @@ async function scenarioStorm() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Redis: two instances of a contender (A and B) share one redis-server; sockets on B.
+
+function which(cmd) {
+  return capture('sh', ['-c', `command -v ${cmd}`]) || null
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer()
+    srv.on('error', reject)
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address()
+      srv.close(() => resolve(port))
+    })
+  })
+}
+
+function pkgVersion(name) {
+  try {
+    return JSON.parse(readFileSync(path.join(root, 'node_modules', name, 'package.json'), 'utf8')).version
+  } catch {
+    return undefined
+  }
+}
+
+/** Starts redis-server on a free loopback port (no persistence) and waits until it answers. */
+async function startRedis() {
+  const server = which('redis-server')
+  const cli = which('redis-cli')
+  if (!server || !cli) throw new Error('redis-server is not installed (Debian: apt-get install -y redis-server)')
+  const port = await freePort()
+  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no']
+  args.push('--logfile', '', '--daemonize', 'no')
+  log('$', server, args.join(' '))
+  const child = spawn(server, args, { cwd: os.tmpdir(), stdio: 'ignore' })
+  children.add(child)
+  const exited = new Promise((resolve) => child.once('exit', resolve)).then(() => children.delete(child))
+  const call = (...cmd) => capture(cli, ['-h', '127.0.0.1', '-p', String(port), ...cmd])
+  const redis = {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    pid: child.pid,
+    call,
+    version: capture(server, ['--version']),
+    /** CPU time (user + system) of redis-server so far, in µs. */
+    cpuUs() {
+      const stat = readFileSync(`/proc/${child.pid}/stat`, 'utf8')
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      return ((Number(f[11]) + Number(f[12])) * 1e6) / clockTicks
+    },
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM')
+      const t = setTimeout(() => child.kill('SIGKILL'), 5000)
+      await exited
+      clearTimeout(t)
+    },
+  }
+  for (let i = 0; call('PING') !== 'PONG'; i++) {
+    if (i > 100 || child.exitCode !== null) throw new Error(`redis-server on ${port} did not answer PING`)
+    await sleep(100)
+  }
+  return redis
+}
+
+/** Waits (bounded) until Redis has the subscriptions delivery from A to B needs. */
+async function waitRedisSubscribed(id, redis) {
+  // payload-realtime subscribes to a room's channel where it has local members (B only). The
+  // Socket.IO adapter psubscribes its pattern, then subscribes its request channel, on one
+  // connection per instance: both instances on the request channel means both patterns are in
+  // place (NUMPAT counts distinct patterns, the same for both).
+  const channel = id === 'socketio' ? 'socket.io-request#/#' : 'payload-realtime:room:collection:posts'
+  const want = id === 'socketio' ? 2 : 1
+  const subs = () => Number(redis.call('PUBSUB', 'NUMSUB', channel)?.split('\n')[1])
+  for (let i = 0; !(subs() >= want); i++) {
+    if (i > 100) throw new Error(`${id}: ${subs()} of ${want} subscriptions to ${channel} in Redis after 10 s`)
+    await sleep(100)
+  }
+}
+
+/** Medians of a redis case's rounds, plus what the exactly-once check found over all of them. */
+function summarizeRedis(rounds, n, events) {
+  const out = summarize(rounds)
+  const sum = (k) => rounds.reduce((a, r) => a + (r[k] ?? 0), 0)
+  out.duplicates = sum('duplicates')
+  out.outOfOrder = sum('outOfOrder')
+  out.idOutOfRange = sum('idOutOfRange')
+  out.stray = sum('stray')
+  // Every subscriber got every event exactly once: the count is complete, no id twice, none
+  // outside the events sent (so each socket holds each id once).
+  out.exactlyOnce = rounds.every(
+    (r) =>
+      r.complete && r.duplicates === 0 && r.idOutOfRange === 0 && r.socketsReceiving === n && r.minPerSocket === events,
+  )
+  for (const k of ['p50ArrivalMs', 'p99ArrivalMs', 'maxArrivalMs']) out[k] = median(rounds.map((r) => r[k]))
+  out.otherCpuShareMax = Math.max(...rounds.map((r) => r.otherCpuShare ?? 0))
+  out.cpuShares = {}
+  for (const k of Object.keys(rounds[0]?.cpuShares ?? {})) out.cpuShares[k] = median(rounds.map((r) => r.cpuShares[k]))
+  return out
+}
+
+const REDIS_MODES = ['paced', 'burst']
+const REDIS_PLACEMENTS = ['cross', 'local']
+
+/** One contender at one size: A and B, sockets on B, every mode × placement on the same sockets. */
+async function redisCase(id, n, redis) {
+  const c = CONTENDERS[id]
+  const servers = []
+  let gens = []
+  try {
+    // B first: it holds the sockets. A emits.
+    const b = await Server.start(id, ['--redis', redis.url])
+    servers.push(b)
+    const a = await Server.start(id, ['--redis', redis.url])
+    servers.push(a)
+    const maxEvents = Math.max(redisEvents.paced(n), redisEvents.burst(n))
+    gens = await startLoadgens(b.port, n, {
+      users: Math.min(n, 1000),
+      checkIds: maxEvents,
+      kernelTs: true,
+      ...c.loadgen,
+    })
+    const ready = readySummary(gens)
+    if (ready.joined !== n) throw new Error(`only ${ready.joined} of ${n} sockets joined (${ready.failed} failed)`)
+    await waitRedisSubscribed(id, redis)
+    const cpu = async () => {
+      const [sa, sb] = await Promise.all([a.cmd({ cmd: 'stats' }), b.cmd({ cmd: 'stats' })])
+      const r = redis.cpuUs()
+      return { total: sa.cpu_us + sb.cpu_us + r, rss: sb.rss, parts: { a: sa.cpu_us, b: sb.cpu_us, redis: r } }
+    }
+    const cases = {}
+    for (const mode of REDIS_MODES) {
+      const events = redisEvents[mode](n)
+      const intervalMs = mode === 'paced' ? (n / cfg.redis.pacedRate) * 1000 : 0
+      for (const placement of REDIS_PLACEMENTS) {
+        const emitter = placement === 'cross' ? a : b
+        const rounds = []
+        for (let r = -cfg.warmup; r < cfg.rounds; r++) {
+          const emit = { count: events, collection: 'posts', ...(intervalMs ? { intervalMs } : {}) }
+          const res = await burst(emitter, gens, emit, (g) => g.conns * events, { cpu })
+          log(
+            `  ${id} ${mode} ${placement === 'cross' ? 'A -> Redis -> B' : 'B only'} round ${r < 0 ? 'warm-up' : r + 1}: ` +
+              `${res.delivered}/${res.expected} in ${res.secs.toFixed(3)} s = ${Math.round(res.msgsPerSec)} msg/s, ` +
+              `p50 ${res.p50Ms.toFixed(1)} ms, p99 ${res.p99Ms.toFixed(1)} ms, max ${res.maxMs.toFixed(1)} ms, ` +
+              `dup ${res.duplicates}, out of order ${res.outOfOrder}`,
+          )
+          if (r >= 0) rounds.push(res)
+        }
+        cases[`${mode}-${placement}`] = { events, intervalMs, ...summarizeRedis(rounds, n, events), rounds }
+      }
+    }
+    // Anything late (an extra copy after a round's count was reached) shows up as a stray.
+    await sleep(300)
+    const after = await Promise.all(
+      gens.map((g) => {
+        g.send('stats')
+        return g.next((m) => m.event === 'stats', 10_000, 'stats')
+      }),
+    )
+    const strayAfter = after.reduce((x, m) => x + m.stray, 0)
+    const bStats = await b.cmd({ cmd: 'stats' })
+    return { ready, cases, strayAfter, redisStatsB: bStats.redis ?? null }
+  } finally {
+    await stopLoadgens(gens)
+    for (const s of servers) await s.stopServer()
+  }
+}
+
+async function scenarioRedis() {
+  const { subscribers, servers, pacedRate } = cfg.redis
+  let redis
+  try {
+    redis = await startRedis()
+  } catch (err) {
+    log(`redis: not measured: ${err.message}`)
+    return { params: { subscribers, servers, pacedRate }, error: err.message }
+  }
+  const out = {}
+  const events = {}
+  try {
+    for (const n of subscribers) {
+      events[n] = { paced: redisEvents.paced(n), burst: redisEvents.burst(n) }
+      log(
+        `redis: ${n} subscribers on instance B; paced ${events[n].paced} events (one every ${((n / pacedRate) * 1000).toFixed(0)} ms), ` +
+          `burst ${events[n].burst} events; emitted on A (through Redis) and on B (same instance)`,
+      )
+      currentCase = `redis-${n}`
+      out[n] = {}
+      for (const id of servers) {
+        if (!CONTENDERS[id] || !['realtime', 'socketio'].includes(id)) throw new Error(`BENCH_REDIS_SERVERS: ${id}?`)
+        try {
+          out[n][id] = await redisCase(id, n, redis)
+        } catch (err) {
+          log(`  ${id}: FAILED: ${err.message}`)
+          out[n][id] = { error: String(err.message).slice(0, 500) }
+        }
+      }
+    }
+  } finally {
+    await redis.stop()
+  }
+  return {
+    params: {
+      subscribers,
+      servers,
+      pacedRate,
+      events,
+      eventSize: cfg.eventSize,
+      redisVersion: redis.version,
+      versions: {
+        socketio: pkgVersion('socket.io'),
+        adapter: pkgVersion('@socket.io/redis-adapter'),
+        redisClient: pkgVersion('redis'),
+      },
+    },
+    bySubscribers: out,
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Report
 
 const mb = (b) => `${(b / 1048576).toFixed(1)} MB`
@@ -588,13 +890,6 @@ function machine() {
   try {
     nofile = execFileSync('sh', ['-c', 'ulimit -n']).toString().trim()
   } catch {}
-  const pkgVersion = (name) => {
-    try {
-      return JSON.parse(readFileSync(path.join(root, 'node_modules', name, 'package.json'), 'utf8')).version
-    } catch {
-      return undefined
-    }
-  }
   return {
     nproc: os.availableParallelism?.() ?? os.cpus().length,
     cpuModel,
@@ -605,6 +900,9 @@ function machine() {
     openFilesLimit: nofile,
     uws: pkgVersion('@trufflesuite/uws-js-unofficial'),
     ws: pkgVersion('ws'),
+    socketio: pkgVersion('socket.io'),
+    socketioRedisAdapter: pkgVersion('@socket.io/redis-adapter'),
+    redisClient: pkgVersion('redis'),
     gitCommit: capture('git', ['rev-parse', '--short', 'HEAD']),
     gitDirty: Boolean(capture('git', ['status', '--porcelain', '--', 'src', 'crates', 'lib'])),
   }
@@ -645,19 +943,175 @@ function fanoutTable(byId, anchors) {
   return rows.join('\n')
 }
 
+/** A redis case's latency at the socket (kernel receive timestamp), or as read where it has none. */
+const at = (c, k) => c[`${k}ArrivalMs`] ?? c[`${k}Ms`]
+
+const PLACEMENT_LABEL = { cross: 'A → Redis → B', local: 'B only (no hop)' }
+
+/** Section 6, from the saved results (BENCH_REPORT_ONLY rewrites it the same way). */
+function redisSection(r) {
+  const out = ['## 6. Several instances through Redis: emit on one instance, receive on another', '']
+  if (!r || r.error || !r.bySubscribers) {
+    out.push(
+      r?.error
+        ? `Not measured in this run: ${r.error}.`
+        : 'Not measured in this run (`BENCH_ONLY=redis` runs it; it needs `redis-server`, Debian: `apt-get install -y redis-server`).',
+    )
+    out.push('')
+    return out
+  }
+  const p = r.params
+  const hasSio = p.servers.includes('socketio')
+  const v = p.versions ?? {}
+  const sio = hasSio
+    ? `, Socket.IO ${v.socketio ?? '4'} with \`@socket.io/redis-adapter\` ${v.adapter ?? ''} (the \`redis\` client ${v.redisClient ?? ''}, pub/sub)`
+    : ''
+  const pace = Object.keys(p.events)
+    .map(
+      (n) =>
+        `1 event every ${((Number(n) / p.pacedRate) * 1000).toFixed(0)} ms to ${Number(n).toLocaleString('en-US')}`,
+    )
+    .join(', ')
+  out.push(
+    `Two processes of the same server, **A** and **B**, share one \`redis-server\` (${(p.redisVersion ?? '').replace(/ sha=.*/, '')}, started by the run on a loopback port with \`--save '' --appendonly no\`): payload-realtime with \`redis: { url }\` and the same secret${sio}. ` +
+      `The load generator's sockets all connect to B and join one room; events of ${p.eventSize} B are emitted on A (\`manager.emitEvent\`${hasSio ? ', `io.to(room).emit`' : ''}), go through Redis to B, and B writes them to its sockets: **A → Redis → B**. ` +
+      `To Socket.IO the load generator speaks Engine.IO v4 over the same raw WebSocket (\`/socket.io/?EIO=4&transport=websocket\`: the open packet answered with \`40\`, the join as an event \`420["join","posts"]\` with an ack, pings answered, events \`42["event",{...}]\`). ` +
+      'For reference, the same events are then emitted on B itself, in the same run, to the same sockets: **B only**, what a single instance does (B still publishes each event to Redis for the other instances, but its own sockets get it directly). The difference between the two rows is the cost of the Redis hop.',
+  )
+  out.push('')
+  out.push(
+    [
+      `- **Paced**: one event at a time, ${p.pacedRate.toLocaleString('en-US')} messages/s offered (${pace} subscribers): the latency a user sees in normal operation. The rate is below every contender's burst rate (the burst rows), so the latency is the path's, not a queue's (\`BENCH_REDIS_PACED_RATE\` changes it).`,
+      '- **Burst**: every event of the round emitted at once (payload-realtime: all `emitEvent` calls, then awaited together; Socket.IO: a synchronous loop): the delivered messages per second.',
+      '- **CPU per msg** = CPU time of A + B + redis-server during the round ÷ messages delivered (in the paced rows this includes what the processes spend idle between events); **CPU A / B / Redis** = share of one core each used during the round (the machine has 2, shared with the load generator).',
+      "- **delivered**: `all, once each` = every subscriber got every event exactly once in every measured round: the load generator records each event's `id` per socket (no id twice, none missing, none that was not sent); events out of order would be counted in this column too.",
+      "- **Latency** (p50, p99, max) = the moment the event reached the subscriber's socket − `doc.t` (set just before the emit call on the emitting instance; same machine, same clock), medians over the rounds. The moment it reached the socket is the kernel's receive timestamp (`SO_TIMESTAMPNS`, of the last segment in the read that completed the frame: frames waiting together in a socket count as arriving with the last), so the figure is what a subscriber's own socket sees. **As read** = the moment the load generator read it, the measure of sections 1 to 5: one event to N sockets is N reads on the generator's one thread, one after another, and the later sockets wait for the generator, not for the server.",
+    ].join('\n'),
+  )
+  out.push('')
+  for (const n of p.subscribers) {
+    const byId = r.bySubscribers[n] ?? {}
+    const ev = p.events[n] ?? {}
+    out.push(
+      `### ${n.toLocaleString('en-US')} subscribers on B: paced ${ev.paced} events (${(n * ev.paced).toLocaleString('en-US')} messages), burst ${ev.burst} events (${(n * ev.burst).toLocaleString('en-US')} messages) per round`,
+    )
+    out.push('')
+    out.push(
+      '| server | events | emitted on | msg/s | CPU per msg (A + B + Redis) | p50 | p99 | max | p50 / p99 as read | CPU A / B / Redis | delivered |',
+    )
+    out.push('|---|---|---|---:|---:|---:|---:|---:|---:|---|---|')
+    for (const mode of REDIS_MODES) {
+      for (const id of p.servers) {
+        const x = byId[id]
+        if (!x) continue
+        if (x.error) {
+          if (mode === 'paced')
+            out.push(`| ${label(id)} | failed: ${x.error.replace(/\|/g, '/').slice(0, 160)} | | | | | | | | | |`)
+          continue
+        }
+        for (const placement of REDIS_PLACEMENTS) {
+          const c = x.cases[`${mode}-${placement}`]
+          if (!c) continue
+          const sh = c.cpuShares ?? {}
+          const pct = (v) => `${fmt(v * 100, 0)}%`
+          let delivered = c.exactlyOnce ? 'all, once each' : `${c.delivered}/${c.expected}`
+          if (c.duplicates) delivered += `, ${c.duplicates} duplicates`
+          if (c.outOfOrder) delivered += `, ${c.outOfOrder} out of order`
+          out.push(
+            `| ${label(id)} | ${mode} | ${PLACEMENT_LABEL[placement]} | ${fmtInt(c.msgsPerSec)} | ${fmt(c.cpuPerMsgUs)} µs | ${fmt(at(c, 'p50'), 1)} ms | ${fmt(at(c, 'p99'), 1)} ms | ${fmt(at(c, 'max'), 1)} ms | ` +
+              `${fmt(c.p50Ms, 1)} / ${fmt(c.p99Ms, 1)} ms | ${pct(sh.a)} / ${pct(sh.b)} / ${pct(sh.redis)} | ${delivered} |`,
+          )
+        }
+      }
+    }
+    const extras = p.servers
+      .map((id) => byId[id])
+      .filter((x) => x && !x.error)
+      .reduce((a, x) => a + (x.strayAfter ?? 0) + Object.values(x.cases).reduce((b, c) => b + (c.stray ?? 0), 0), 0)
+    const other = Math.max(
+      ...p.servers
+        .map((id) => byId[id])
+        .filter((x) => x && !x.error)
+        .flatMap((x) => Object.values(x.cases).map((c) => c.otherCpuShareMax ?? 0)),
+    )
+    out.push('')
+    out.push(
+      `Messages that arrived between rounds (after a round had its count: a duplicate, or a late copy): ${extras.toLocaleString('en-US')}. ` +
+        `Everything else on the machine during the measured rounds (other processes, the harness; from \`/proc/stat\`): at most ${fmt(other * 100, 0)}% of a core in any round.`,
+    )
+    out.push('')
+    // The Redis hop, read directly: A → Redis → B against B only, same contender, same sockets.
+    const hop = []
+    for (const id of p.servers) {
+      const x = byId[id]
+      if (!x || x.error) continue
+      for (const mode of REDIS_MODES) {
+        const cr = x.cases[`${mode}-cross`]
+        const lo = x.cases[`${mode}-local`]
+        if (!cr || !lo) continue
+        const d = (a, b) => (a == null || b == null ? '-' : `${a - b >= 0 ? '+' : ''}${(a - b).toFixed(1)} ms`)
+        hop.push(
+          `| ${label(id)} | ${mode} | ${d(at(cr, 'p50'), at(lo, 'p50'))} | ${d(at(cr, 'p99'), at(lo, 'p99'))} | ${ratio(cr.msgsPerSec, lo.msgsPerSec)} | ${ratio(cr.cpuPerMsgUs, lo.cpuPerMsgUs)} |`,
+        )
+      }
+    }
+    if (hop.length) {
+      out.push('| the Redis hop: A → Redis → B vs B only | events | p50 | p99 | msg/s ratio | CPU per msg ratio |')
+      out.push('|---|---|---:|---:|---:|---:|')
+      out.push(...hop)
+      out.push('')
+    }
+    const rt = byId.realtime
+    const sio = byId.socketio
+    if (rt && !rt.error && sio && !sio.error) {
+      out.push(
+        '| payload-realtime vs Socket.IO, A → Redis → B | msg/s ratio (higher is better) | CPU per msg ratio (lower is better) | p50 ratio | p99 ratio |',
+      )
+      out.push('|---|---:|---:|---:|---:|')
+      for (const mode of REDIS_MODES) {
+        const a = rt.cases[`${mode}-cross`]
+        const b = sio.cases[`${mode}-cross`]
+        if (!a || !b) continue
+        out.push(
+          `| ${mode} | ${ratio(a.msgsPerSec, b.msgsPerSec)} | ${ratio(a.cpuPerMsgUs, b.cpuPerMsgUs)} | ${ratio(at(a, 'p50'), at(b, 'p50'))} | ${ratio(at(a, 'p99'), at(b, 'p99'))} |`,
+        )
+      }
+      out.push('')
+    }
+  }
+  return out
+}
+
 function report(meta) {
   const m = meta.machine
   const s = results.scenarios
   const out = []
+  const earlier = Object.keys(s).filter((k) => results.runs?.[k] && results.runs[k].date !== meta.date)
+  /** A line under a section's heading when its figures come from another run than this one. */
+  const provenance = (name) => {
+    const r = results.runs?.[name]
+    if (!r || r.date === meta.date) return
+    out.push(
+      `_Measured in an earlier run: ${r.date}, ${r.quick ? 'quick run' : 'full run'}, ${r.rounds} measured round(s) after ${r.warmup} warm-up round(s), commit ${r.commit}${r.dirty ? ' plus uncommitted changes' : ''}; addon ${r.addon}._`,
+    )
+    out.push('')
+  }
   out.push('# Benchmarks')
   out.push('')
   out.push(
-    'payload-realtime side by side with uWebSockets.js, ws and a bare tokio "ceiling", measured in one run on one machine over loopback. ' +
+    'payload-realtime side by side with uWebSockets.js, ws and a bare tokio "ceiling" (and, across two instances through Redis, Socket.IO with its Redis adapter), measured in one run on one machine over loopback. ' +
       'Generated by `npm run bench` (`benches/run.mjs`); the raw figures of every round are in `benches/results.json`.',
   )
   out.push('')
   out.push(
-    `- Run: ${meta.date}, ${cfg.quick ? '**quick** run (`BENCH_QUICK=1`: small sizes, few rounds)' : 'full run'}, ${cfg.rounds} measured round(s) after ${cfg.warmup} warm-up round(s) per case; figures are medians over the rounds.`,
+    `- Run: ${meta.date}, ${cfg.quick ? '**quick** run (`BENCH_QUICK=1`: small sizes, few rounds)' : 'full run'}, ${cfg.rounds} measured round(s) after ${cfg.warmup} warm-up round(s) per case; figures are medians over the rounds.` +
+      (earlier.length
+        ? ` This run measured ${Object.keys(s)
+            .filter((k) => !earlier.includes(k))
+            .join(
+              ', ',
+            )} only (\`BENCH_ONLY\`); the other sections keep the figures of an earlier run, named under their headings.`
+        : ''),
   )
   out.push(
     `- Machine: ${m.nproc} cores (${m.cpuModel}), ${(m.memoryBytes / 2 ** 30).toFixed(1)} GiB RAM, ${m.kernel}, Node ${m.node}, ${m.rustc}; open files limit ${m.openFilesLimit} per process.`,
@@ -666,7 +1120,7 @@ function report(meta) {
     `- Code: commit ${m.gitCommit}${m.gitDirty ? ' plus uncommitted changes in src/, crates/ or lib/' : ''}; addon ${meta.addon}. Anchors: @trufflesuite/uws-js-unofficial ${m.uws} (a uWebSockets.js 20.x build, native), ws ${m.ws}.`,
   )
   out.push(
-    `- Reproduce: \`npm run bench\` (full, about 12 minutes including the addon build) or \`BENCH_QUICK=1 npm run bench\` (about 2 minutes); \`BENCH_SKIP_BUILD=1\` skips the addon build. Other knobs are listed at the top of \`benches/run.mjs\`.`,
+    `- Reproduce: \`npm run bench\` (full, about 20 minutes including the addon build) or \`BENCH_QUICK=1 npm run bench\` (about 4 minutes); \`BENCH_SKIP_BUILD=1\` skips the addon build. Other knobs are listed at the top of \`benches/run.mjs\`.`,
   )
   out.push('')
   out.push('## How it is measured')
@@ -689,6 +1143,7 @@ function report(meta) {
     const f = s.fanout
     out.push(`## 1. Fan-out: events of ${f.params.eventSize} B to every subscriber of one room, as fast as accepted`)
     out.push('')
+    provenance('fanout')
     for (const n of f.params.subscribers) {
       const ev = f.params.events[n]
       out.push(
@@ -705,6 +1160,7 @@ function report(meta) {
       `## 2. Many rooms: ${p.sockets.toLocaleString('en-US')} sockets over ${p.rooms.toLocaleString('en-US')} rooms, ${p.events.toLocaleString('en-US')} events spread round-robin over the rooms`,
     )
     out.push('')
+    provenance('rooms')
     out.push(fanoutTable(s.rooms.results, ANCHORS))
     out.push('')
   }
@@ -714,6 +1170,7 @@ function report(meta) {
       `## 3. Authorize: ${p.sockets.toLocaleString('en-US')} sockets of ${p.users} users, an async rule (even user numbers may read), ${p.events} events`,
     )
     out.push('')
+    provenance('authorize')
     out.push(
       "payload-realtime calls the rule once per distinct user per event, batched in one crossing; the old plugin's way (emulated on uWS.js) awaits the rule once per socket, in sequence, then stringifies and sends. Half the sockets receive each event. Only these two contenders have an authorize step.",
     )
@@ -724,6 +1181,7 @@ function report(meta) {
   if (s.idle) {
     out.push('## 4. Idle memory: RSS per connection')
     out.push('')
+    provenance('idle')
     out.push(
       'Server RSS after start (and a GC for the Node servers), then after N authenticated sockets have connected, joined one room and gone quiet (1.5 s, then a GC). RSS per connection = the difference ÷ sockets held. ' +
         'A single server process cannot hold 20,000 sockets here (20,000 open files per process, and the process has other descriptors), the largest case the full run measures is 19,000 sockets, from two generator processes' +
@@ -769,6 +1227,7 @@ function report(meta) {
       `## 5. Connection storm: ${p.conns.toLocaleString('en-US')} authenticated handshakes, ${p.concurrency} in flight`,
     )
     out.push('')
+    provenance('storm')
     out.push(
       "Each round opens every socket with its own token (distinct users) and no join, then closes them all. Handshakes/s = sockets upgraded ÷ time from the first connect to the last 101. SYN retransmits are the kernel's counter over the round (system-wide; a dropped SYN costs a 1 s retransmit), a sign of a full listen queue.",
     )
@@ -801,15 +1260,15 @@ function report(meta) {
     }
     out.push('')
   }
-  out.push('## 6. Several instances through Redis')
-  out.push('')
-  out.push('| server | msg/s | server CPU per msg | p99 |')
-  out.push('|---|---:|---:|---:|')
-  out.push('| payload-realtime (2 instances, Redis) | not yet measured | | |')
-  out.push('')
+  const redisLines = redisSection(s.redis)
+  out.push(...redisLines.slice(0, 2))
+  provenance('redis')
+  out.push(...redisLines.slice(2))
   out.push('## Contenders')
   out.push('')
-  for (const id of cfg.servers) out.push(`- **${label(id)}**: ${CONTENDERS[id].note}.`)
+  const listed = [...cfg.servers]
+  if (s.redis?.params?.servers?.includes('socketio') && !listed.includes('socketio')) listed.push('socketio')
+  for (const id of listed) out.push(`- **${label(id)}**: ${CONTENDERS[id].note}.`)
   out.push('')
   return out.join('\n')
 }
@@ -836,6 +1295,8 @@ async function main() {
     const { fanout, ...rest } = saved.meta.config
     Object.assign(cfg, rest)
     results.scenarios = saved.scenarios
+    results.runs =
+      saved.runs ?? Object.fromEntries(Object.keys(saved.scenarios).map((k) => [k, runSummary(saved.meta)]))
     writeReport(report(saved.meta))
     log(`rewrote ${path.relative(root, mdPath)} from ${path.relative(root, jsonPath)}`)
     return
@@ -880,6 +1341,7 @@ async function main() {
     authorize: scenarioAuthorize,
     idle: scenarioIdle,
     storm: scenarioStorm,
+    redis: scenarioRedis,
   }
   for (const name of cfg.scenarios) {
     if (!scenarios[name]) throw new Error(`unknown scenario ${name} (BENCH_ONLY)`)
@@ -887,6 +1349,24 @@ async function main() {
   }
   meta.durationSecs = (Date.now() - started) / 1000
   const json = jsonPath
+  for (const name of cfg.scenarios) results.runs[name] = runSummary(meta)
+  if (env.BENCH_ONLY && existsSync(json)) {
+    // A run of some scenarios: the others keep the figures (and the run) the JSON had.
+    try {
+      const saved = JSON.parse(readFileSync(json, 'utf8'))
+      for (const [name, value] of Object.entries(saved.scenarios ?? {})) {
+        if (name in results.scenarios) continue
+        results.scenarios[name] = value
+        results.runs[name] = saved.runs?.[name] ?? runSummary(saved.meta)
+      }
+      const order = Object.keys(scenarios)
+      results.scenarios = Object.fromEntries(
+        Object.entries(results.scenarios).sort(([a], [b]) => order.indexOf(a) - order.indexOf(b)),
+      )
+    } catch (err) {
+      log(`could not keep the earlier figures of ${path.relative(root, json)}: ${err.message}`)
+    }
+  }
   writeFileSync(json, JSON.stringify({ meta, ...results }, null, 2) + '\n')
   writeReport(report(meta))
   // Keep results.json in the repository's formatting (prettier --check runs in CI).

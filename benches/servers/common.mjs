@@ -2,8 +2,9 @@
 // on stdout per command, the same protocol as the Rust `ceiling` server), the events they emit,
 // and the user rule of the authorize scenario.
 //
-// Commands: { cmd: 'stats' } -> { cpu_us, rss, connections }
-//           { cmd: 'emit', count, size, rooms, collection, prefix } -> { t0_us, t1_us }
+// Commands: { cmd: 'stats' } -> { cpu_us, rss, connections, ...extra stats }
+//           { cmd: 'emit', count, size, rooms, collection, prefix, intervalMs? } -> { t0_us, t1_us }
+//             (with intervalMs: one event every intervalMs ms instead of all at once)
 //           { cmd: 'gc' } (runs a full GC when node was started with --expose-gc)
 //           { cmd: 'quit' }
 import { createInterface } from 'node:readline'
@@ -51,6 +52,26 @@ export function roomOf(cmd, i) {
   return rooms <= 1 ? (cmd.collection ?? 'posts') : `${cmd.prefix ?? 'r'}${i % rooms}`
 }
 
+/**
+ * Calls `one(i)` for each event `i` of an emit command and returns what it returned: all in one
+ * go, or with `cmd.intervalMs` one every `intervalMs` ms (each scheduled from the start, so a late
+ * timer does not push the later events back).
+ */
+export async function emitEach(cmd, one) {
+  const out = []
+  if (!(cmd.intervalMs > 0)) {
+    for (let i = 0; i < cmd.count; i++) out.push(one(i))
+    return out
+  }
+  const start = performance.now()
+  for (let i = 0; i < cmd.count; i++) {
+    const wait = start + i * cmd.intervalMs - performance.now()
+    if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait))
+    out.push(one(i))
+  }
+  return out
+}
+
 /** The authorize scenario's rule: users `u0`..`u99`, even numbers may read. */
 export function allowUser(user) {
   return user != null && Number(String(user.id).slice(1)) % 2 === 0
@@ -66,7 +87,7 @@ export function unverifiedClaims(token) {
 }
 
 /** Runs the control channel; `emit(cmd)` may be async. */
-export function control({ port, emit, connections = () => -1, quit = async () => {} }) {
+export function control({ port, emit, connections = () => -1, stats = () => ({}), quit = async () => {} }) {
   const reply = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
   reply({ event: 'listening', port, pid: process.pid })
   const rl = createInterface({ input: process.stdin })
@@ -94,6 +115,7 @@ export function control({ port, emit, connections = () => -1, quit = async () =>
               cpu_us: c.user + c.system,
               rss: process.memoryUsage().rss,
               connections: connections(),
+              ...stats(),
             })
           }
           case 'emit': {

@@ -1,7 +1,8 @@
 // payload-realtime, as an application would run it: initUWebSocket + manager.emitEvent.
 // --authorize 1 adds an async rule on collection `posts` (even user numbers may read).
+// --redis URL connects it to other instances through Redis (`redis: { url }`).
 import { initUWebSocket } from '../../index.mjs'
-import { allowUser, control, makeEvent, parseArgs, roomOf } from './common.mjs'
+import { allowUser, control, emitEach, makeEvent, parseArgs, roomOf } from './common.mjs'
 
 const args = parseArgs()
 const options = { host: '127.0.0.1', secret: args.secret ?? 'bench-secret' }
@@ -14,15 +15,16 @@ if (args.authorize === '1') {
   }
 }
 if (args.workerThreads) options.workerThreads = Number(args.workerThreads)
+// Without --redis: alone, even with REDIS_URL in the environment.
+options.redis = args.redis ? { url: args.redis } : false
 const manager = await initUWebSocket(0, options)
 
 control({
   port: manager.port,
   connections: () => manager.stats().connections,
+  stats: () => (args.redis ? { redis: manager.stats().redis } : {}),
   async emit(cmd) {
-    const pending = []
-    for (let i = 0; i < cmd.count; i++) pending.push(manager.emitEvent(makeEvent(roomOf(cmd, i), i, cmd.size)))
-    await Promise.all(pending)
+    await Promise.all(await emitEach(cmd, (i) => manager.emitEvent(makeEvent(roomOf(cmd, i), i, cmd.size))))
   },
   quit: () => manager.close(),
 })

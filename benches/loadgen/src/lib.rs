@@ -148,3 +148,11 @@ pub fn embedded_time_us(payload: &[u8]) -> Option<u64> {
     let ms: f64 = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
     Some((ms * 1000.0) as u64)
 }
+
+/// The unsigned integer after the first `key` (e.g. `b"\"id\":"`) in a JSON text.
+pub fn embedded_uint(payload: &[u8], key: &[u8]) -> Option<u64> {
+    let at = find(payload, key)? + key.len();
+    let rest = &payload[at..];
+    let end = rest.iter().position(|b| !b.is_ascii_digit()).unwrap_or(rest.len());
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}

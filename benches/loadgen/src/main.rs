@@ -10,6 +10,20 @@
 //! Latency is emit-to-receive: each event carries `"t":<wall-clock ms with a fraction>`, set by
 //! the sender just before emitting; same machine, same clock.
 //!
+//! `--kernel-ts 1` also measures latency to the moment each event reached the socket (the kernel's
+//! receive timestamp, `SO_TIMESTAMPNS`, of the read that completed its frame) rather than the moment
+//! this one thread got round to reading it: with one event to thousands of sockets, reading them one
+//! after another adds the generator's own time to the later sockets' figures. Reported as
+//! `*_arrival_us` beside the usual figures.
+//!
+//! `--check-ids N` checks exactly-once delivery: each event's `"id":<n>` (n < N) is recorded per
+//! socket, and the result counts duplicates, ids out of order and ids out of range.
+//!
+//! `--protocol socketio` speaks Socket.IO 4 (Engine.IO v4) over the same raw WebSocket (for the
+//! Socket.IO anchor; use `--path "/socket.io/?EIO=4&transport=websocket"`): it answers the open
+//! packet `0{...}` with `40`, joins with `420["join","<room>"]` and waits for the ack `430[...]`,
+//! answers pings `2` with `3`, and counts `42[...]` packets as events.
+//!
 //! Everything is bounded: connect phase (`--connect-timeout-ms`), each measurement (its timeout),
 //! retries per socket (5).
 
@@ -20,7 +34,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use payload_realtime_loadgen::{client_frame, cpu_us, embedded_time_us, find, frame_header, now_us, rss_bytes, Args};
+use payload_realtime_loadgen::{
+    client_frame, cpu_us, embedded_time_us, embedded_uint, find, frame_header, now_us, rss_bytes, Args,
+};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
@@ -44,8 +60,16 @@ struct Shared {
     first_recv_us: Cell<u64>,
     last_recv_us: Cell<u64>,
     lat: RefCell<Vec<u32>>,
+    /// --kernel-ts: latency to the kernel's receive timestamp.
+    lat_arrival: RefCell<Vec<u32>>,
     per_socket: RefCell<Vec<u32>>,
     closed: Cell<u64>,
+    // exactly-once check (--check-ids): a bitset of ids per socket, the last id per socket
+    seen: RefCell<Vec<u64>>,
+    last_id: RefCell<Vec<i64>>,
+    duplicates: Cell<u64>,
+    out_of_order: Cell<u64>,
+    id_out_of_range: Cell<u64>,
     notify: Notify,
 }
 
@@ -59,6 +83,53 @@ struct Conf {
     /// Source address to connect from (a distinct 127.x address per process avoids sharing
     /// ephemeral ports and TIME_WAIT entries between runs).
     src: Option<std::net::IpAddr>,
+    /// Speak Socket.IO 4 / Engine.IO v4 (text packets) instead of payload-realtime's JSON.
+    sio: bool,
+    /// Ids per socket to track for the exactly-once check (0: off).
+    check_ids: usize,
+    /// Ask the kernel for receive timestamps (SO_TIMESTAMPNS).
+    kernel_ts: bool,
+}
+
+/// SO_TIMESTAMPNS (= SCM_TIMESTAMPNS) on Linux x86_64 and aarch64: a `timespec` of CLOCK_REALTIME.
+const SO_TIMESTAMPNS: libc::c_int = 35;
+
+/// One `recvmsg` on a readable socket: the bytes read and the kernel's receive timestamp (µs since
+/// the Unix epoch, the same clock as `now_us`) of the last segment read, when there is one.
+fn recv_stamped(fd: libc::c_int, buf: &mut [u8]) -> std::io::Result<(usize, Option<u64>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; 16];
+    // SAFETY: msghdr is plain data; every pointer in it points to a live buffer of the size given.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        let n = libc::recvmsg(fd, &mut msg, 0);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut stamp = None;
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == SO_TIMESTAMPNS {
+                let t: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
+                stamp = Some(t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1_000);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+        Ok((n as usize, stamp))
+    }
+}
+
+impl Conf {
+    fn id_words(&self) -> usize {
+        self.check_ids.div_ceil(64)
+    }
 }
 
 fn payload_key(secret: &str) -> Vec<u8> {
@@ -121,8 +192,22 @@ async fn open(conf: &Conf, shared: &Shared, token: &str) -> Option<(TcpStream, V
             continue;
         };
         let _ = stream.set_nodelay(true);
+        if conf.kernel_ts {
+            let one: libc::c_int = 1;
+            // SAFETY: a valid socket fd and a pointer to an int of the size given.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&stream),
+                    libc::SOL_SOCKET,
+                    SO_TIMESTAMPNS,
+                    &one as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
+        let sep = if conf.path.contains('?') { '&' } else { '?' };
         let req = format!(
-            "GET {}?token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            "GET {}{sep}token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
             conf.path, conf.host_header
         );
         if stream.write_all(req.as_bytes()).await.is_err() {
@@ -155,6 +240,57 @@ async fn open(conf: &Conf, shared: &Shared, token: &str) -> Option<(TcpStream, V
     None
 }
 
+/// Counts one event received on socket `idx` (latency, per-socket count, exactly-once check).
+fn record_event(shared: &Shared, conf: &Conf, idx: usize, payload: &[u8], arrival: Option<u64>) {
+    if !shared.armed.get() {
+        shared.stray.set(shared.stray.get() + 1);
+        return;
+    }
+    let now = now_us();
+    let d = shared.delivered.get() + 1;
+    shared.delivered.set(d);
+    if shared.first_recv_us.get() == 0 {
+        shared.first_recv_us.set(now);
+    }
+    shared.last_recv_us.set(now);
+    if let Some(t) = embedded_time_us(payload) {
+        shared
+            .lat
+            .borrow_mut()
+            .push(now.saturating_sub(t).min(u32::MAX as u64) as u32);
+        if let Some(at) = arrival {
+            shared
+                .lat_arrival
+                .borrow_mut()
+                .push(at.saturating_sub(t).min(u32::MAX as u64) as u32);
+        }
+    }
+    shared.per_socket.borrow_mut()[idx] += 1;
+    if conf.check_ids > 0 {
+        match embedded_uint(payload, b"\"id\":") {
+            Some(id) if (id as usize) < conf.check_ids => {
+                let id = id as usize;
+                let word = idx * conf.id_words() + id / 64;
+                let bit = 1u64 << (id % 64);
+                let mut seen = shared.seen.borrow_mut();
+                if seen[word] & bit != 0 {
+                    shared.duplicates.set(shared.duplicates.get() + 1);
+                }
+                seen[word] |= bit;
+                let mut last = shared.last_id.borrow_mut();
+                if (id as i64) <= last[idx] {
+                    shared.out_of_order.set(shared.out_of_order.get() + 1);
+                }
+                last[idx] = id as i64;
+            }
+            _ => shared.id_out_of_range.set(shared.id_out_of_range.get() + 1),
+        }
+    }
+    if d == shared.expected.get() {
+        shared.notify.notify_waiters();
+    }
+}
+
 /// One client socket: handshake, optional join (holding a connect permit until the ack), then
 /// reads frames until the connection ends.
 async fn conn_task(
@@ -179,21 +315,30 @@ async fn conn_task(
     let mut start = 0usize;
     let mask = (idx as u32).wrapping_mul(2_654_435_761).to_be_bytes();
     let mut awaiting_ack = false;
-    if let Some(room) = &room {
-        let msg = format!(r#"{{"type":"join-collection","collection":"{room}","id":1}}"#);
-        if stream
-            .write_all(&client_frame(0x1, msg.as_bytes(), mask))
-            .await
-            .is_err()
-        {
-            shared.failed.set(shared.failed.get() + 1);
-            settle(&shared, &conf);
-            return;
+    // --kernel-ts: the receive timestamp of the last read (the one that completes a frame).
+    let mut arrival: Option<u64> = None;
+    // Socket.IO: settled (and joined) only after its own handshake packets.
+    let mut sio_pending = conf.sio;
+    match (&room, conf.sio) {
+        // Socket.IO: the connect permit is held until its handshake packets (and the join) complete.
+        (_, true) => {}
+        (Some(room), false) => {
+            let msg = format!(r#"{{"type":"join-collection","collection":"{room}","id":1}}"#);
+            if stream
+                .write_all(&client_frame(0x1, msg.as_bytes(), mask))
+                .await
+                .is_err()
+            {
+                shared.failed.set(shared.failed.get() + 1);
+                settle(&shared, &conf);
+                return;
+            }
+            awaiting_ack = true;
         }
-        awaiting_ack = true;
-    } else {
-        permit.take();
-        settle(&shared, &conf);
+        (None, false) => {
+            permit.take();
+            settle(&shared, &conf);
+        }
     }
     loop {
         // Every complete frame in buf[start..end].
@@ -211,6 +356,51 @@ async fn conn_task(
             let payload = start + h..start + total;
             start += total;
             match opcode {
+                0x0..=0x2 if conf.sio => {
+                    let p = &buf[payload];
+                    let reply: Option<Vec<u8>> = if p.starts_with(b"42") {
+                        record_event(&shared, &conf, idx, p, arrival);
+                        None
+                    } else if p == b"2" {
+                        Some(b"3".to_vec())
+                    } else if p.starts_with(b"0") {
+                        Some(b"40".to_vec())
+                    } else if p.starts_with(b"40") && sio_pending {
+                        sio_pending = false;
+                        match &room {
+                            Some(room) => {
+                                awaiting_ack = true;
+                                Some(format!(r#"420["join","{room}"]"#).into_bytes())
+                            }
+                            None => {
+                                permit.take();
+                                settle(&shared, &conf);
+                                None
+                            }
+                        }
+                    } else if p.starts_with(b"43") && awaiting_ack {
+                        shared.joined.set(shared.joined.get() + 1);
+                        awaiting_ack = false;
+                        permit.take();
+                        settle(&shared, &conf);
+                        None
+                    } else if p.starts_with(b"44") && (sio_pending || awaiting_ack) {
+                        // connect_error
+                        shared.join_errors.set(shared.join_errors.get() + 1);
+                        sio_pending = false;
+                        awaiting_ack = false;
+                        permit.take();
+                        settle(&shared, &conf);
+                        None
+                    } else {
+                        None
+                    };
+                    if let Some(reply) = reply {
+                        if stream.write_all(&client_frame(0x1, &reply, mask)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
                 0x0..=0x2 => {
                     if awaiting_ack {
                         let p = &buf[payload];
@@ -223,27 +413,7 @@ async fn conn_task(
                         permit.take();
                         settle(&shared, &conf);
                     } else if fin {
-                        if shared.armed.get() {
-                            let now = now_us();
-                            let d = shared.delivered.get() + 1;
-                            shared.delivered.set(d);
-                            if shared.first_recv_us.get() == 0 {
-                                shared.first_recv_us.set(now);
-                            }
-                            shared.last_recv_us.set(now);
-                            if let Some(t) = embedded_time_us(&buf[payload]) {
-                                shared
-                                    .lat
-                                    .borrow_mut()
-                                    .push(now.saturating_sub(t).min(u32::MAX as u64) as u32);
-                            }
-                            shared.per_socket.borrow_mut()[idx] += 1;
-                            if d == shared.expected.get() {
-                                shared.notify.notify_waiters();
-                            }
-                        } else {
-                            shared.stray.set(shared.stray.get() + 1);
-                        }
+                        record_event(&shared, &conf, idx, &buf[payload], arrival);
                     }
                 }
                 0x9 => {
@@ -256,7 +426,7 @@ async fn conn_task(
                     let close = client_frame(0x8, &buf[payload.start..payload.start + len.min(2)], mask);
                     let _ = stream.write_all(&close).await;
                     shared.closed.set(shared.closed.get() + 1);
-                    if awaiting_ack {
+                    if awaiting_ack || sio_pending {
                         shared.failed.set(shared.failed.get() + 1);
                         settle(&shared, &conf);
                     }
@@ -273,11 +443,22 @@ async fn conn_task(
             end -= start;
             start = 0;
         }
-        match stream.read(&mut buf[end..]).await {
-            Ok(n) if n > 0 => end += n,
+        let read = if conf.kernel_ts {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+            stream
+                .async_io(tokio::io::Interest::READABLE, || recv_stamped(fd, &mut buf[end..]))
+                .await
+        } else {
+            stream.read(&mut buf[end..]).await.map(|n| (n, None))
+        };
+        match read {
+            Ok((n, stamp)) if n > 0 => {
+                end += n;
+                arrival = stamp;
+            }
             _ => {
                 shared.closed.set(shared.closed.get() + 1);
-                if awaiting_ack {
+                if awaiting_ack || sio_pending {
                     shared.failed.set(shared.failed.get() + 1);
                     settle(&shared, &conf);
                 }
@@ -319,9 +500,20 @@ async fn run(args: Args) {
             "" => None,
             ip => Some(ip.parse().expect("--src: an IP address")),
         },
+        sio: match args.str("protocol", "realtime").as_str() {
+            "realtime" => false,
+            "socketio" => true,
+            other => panic!("--protocol: realtime or socketio, not {other}"),
+        },
+        check_ids: args.num("check-ids", 0) as usize,
+        kernel_ts: args.num("kernel-ts", 0) == 1,
     });
     let shared = Rc::new(Shared::default());
     shared.per_socket.replace(vec![0; conns as usize]);
+    shared.seen.replace(vec![0; conns as usize * conf.id_words()]);
+    shared
+        .last_id
+        .replace(vec![-1; if conf.check_ids > 0 { conns as usize } else { 0 }]);
 
     // Tokens are signed before the clock starts.
     let key = payload_key(&secret);
@@ -393,7 +585,13 @@ async fn run(args: Args) {
                 shared.first_recv_us.set(0);
                 shared.last_recv_us.set(0);
                 shared.lat.borrow_mut().clear();
+                shared.lat_arrival.borrow_mut().clear();
                 shared.per_socket.borrow_mut().iter_mut().for_each(|c| *c = 0);
+                shared.seen.borrow_mut().iter_mut().for_each(|w| *w = 0);
+                shared.last_id.borrow_mut().iter_mut().for_each(|l| *l = -1);
+                shared.duplicates.set(0);
+                shared.out_of_order.set(0);
+                shared.id_out_of_range.set(0);
                 shared.expected.set(expected);
                 let closed0 = shared.closed.get();
                 let cpu0 = cpu_us();
@@ -413,6 +611,8 @@ async fn run(args: Args) {
                 let cpu = cpu_us() - cpu0;
                 let mut lat = std::mem::take(&mut *shared.lat.borrow_mut());
                 lat.sort_unstable();
+                let mut lat_arrival = std::mem::take(&mut *shared.lat_arrival.borrow_mut());
+                lat_arrival.sort_unstable();
                 let per = shared.per_socket.borrow();
                 let receiving: Vec<u32> = per.iter().copied().filter(|&c| c > 0).collect();
                 let mean = if lat.is_empty() {
@@ -435,11 +635,18 @@ async fn run(args: Args) {
                         "p50_us": percentile(&lat, 0.50),
                         "p99_us": percentile(&lat, 0.99),
                         "max_us": lat.last().copied().unwrap_or(0),
+                        "arrival_samples": lat_arrival.len(),
+                        "p50_arrival_us": percentile(&lat_arrival, 0.50),
+                        "p99_arrival_us": percentile(&lat_arrival, 0.99),
+                        "max_arrival_us": lat_arrival.last().copied().unwrap_or(0),
                         "mean_us": mean,
                         "sockets_receiving": receiving.len(),
                         "min_per_socket": receiving.iter().min().copied().unwrap_or(0),
                         "max_per_socket": receiving.iter().max().copied().unwrap_or(0),
                         "closed_during": shared.closed.get() - closed0,
+                        "duplicates": shared.duplicates.get(),
+                        "out_of_order": shared.out_of_order.get(),
+                        "id_out_of_range": shared.id_out_of_range.get(),
                         "cpu_us": cpu,
                         "rss": rss_bytes(),
                     })
