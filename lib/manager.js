@@ -177,28 +177,52 @@ class UWebSocketManager {
     this._handlers = new Map()
 
     // One call per event with every distinct user in the room; each rule runs concurrently and
-    // a throw, rejection or timeout denies that user only.
-    const authorize = async (collection, event, users) => {
+    // a throw, rejection or timeout denies that user only. One timer for the whole batch, and
+    // no promise for a rule that answers synchronously.
+    const authorize = (collection, event, users) => {
       const rule = rules[collection]
-      if (!rule) return users.map(() => false)
-      return Promise.all(
-        users.map(async (user) => {
+      const what = `authorize for "${collection}"`
+      const answers = users.map(() => false)
+      if (!rule || users.length === 0) return answers
+      return new Promise((resolve) => {
+        let pending = users.length
+        let done = false
+        const finish = () => {
+          done = true
+          clearTimeout(timer)
+          resolve(answers)
+        }
+        const settle = (i, allowed) => {
+          if (done) return
+          if (allowed === true) answers[i] = true
+          // `{ doc }`: deliver, with the document as this user may read it.
+          else if (isPlainObject(allowed) && isPlainObject(allowed.doc)) answers[i] = { doc: allowed.doc }
+          if (--pending === 0) finish()
+        }
+        const fail = (i, err) => {
+          if (done) return
+          logFailure(what, err)
+          settle(i, false)
+        }
+        const timer = setTimeout(() => {
+          logFailure(what, new Error(`${what} took longer than ${authorizeTimeout} ms`))
+          finish()
+        }, authorizeTimeout)
+        users.forEach((user, i) => {
+          let allowed
           try {
-            const allowed = await withTimeout(
-              Promise.resolve().then(() => rule(user, event)),
-              authorizeTimeout,
-              `authorize for "${collection}"`,
-            )
-            if (allowed === true) return true
-            // `{ doc }`: deliver, with the document as this user may read it.
-            if (isPlainObject(allowed) && isPlainObject(allowed.doc)) return { doc: allowed.doc }
-            return false
+            allowed = rule(user, event)
           } catch (err) {
-            logFailure(`authorize for "${collection}"`, err)
-            return false
+            return fail(i, err)
           }
-        }),
-      )
+          if (allowed !== null && typeof allowed?.then === 'function') {
+            Promise.resolve(allowed).then(
+              (v) => settle(i, v),
+              (err) => fail(i, err),
+            )
+          } else settle(i, allowed)
+        })
+      })
     }
 
     // One call per burst of custom messages.

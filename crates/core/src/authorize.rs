@@ -103,7 +103,6 @@ mod tests {
     use crate::callbacks::BoxFuture;
     use parking_lot::Mutex;
     use serde_json::json;
-    use tokio_util::sync::CancellationToken;
 
     struct Recorder {
         calls: Mutex<Vec<usize>>,
@@ -128,7 +127,7 @@ mod tests {
 
     fn peer(id: u64, user: Option<u64>) -> Arc<Peer> {
         let user = user.map(|u| User::from_claims(json!({"id": u, "collection": "users"})).unwrap());
-        Arc::new(Peer::new(id, "t", user, 1 << 20, CancellationToken::new()))
+        Arc::new(Peer::new(id, "t", user, 1 << 20))
     }
 
     #[tokio::test]

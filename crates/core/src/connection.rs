@@ -1,23 +1,28 @@
 //! One upgraded socket, from its first frame to its close, in one task: reading frames, writing
 //! the outbound queue, pings, the idle timer, token expiry and the close handshake.
 //!
-//! Why one task and readiness rather than a reader task and a writer task: an idle socket is
-//! most of what the server holds, and a task per direction doubled what each one costs. This
-//! task waits on the socket's readiness (`readable`/`writable`, both cancel-safe), on its
-//! outbound queue and on its timers; reads go into a buffer shared by the thread's sockets (see
-//! [`crate::frame_reader`]), writes are non-blocking `writev`s of the queued batch. An idle socket
-//! holds no buffer at all.
+//! Why one task, polled by hand: an idle socket is most of what the server holds, and fan-out
+//! wakes every socket for every burst. A reader task and a writer task doubled what a socket
+//! costs; a `select!` over a dozen futures re-registered each of them (several locks) on every
+//! wake-up. Here the task polls the socket's readiness (one waker slot per direction), its
+//! outbound queue (an `AtomicWaker`) and one timer set to whatever is due next (idle check,
+//! token expiry, close deadline). Reads go into a buffer shared by the thread's sockets (see
+//! [`crate::frame_reader`]); writes are non-blocking `writev`s of the queued batch. An idle
+//! socket holds no buffer at all.
 
 use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::auth::now_secs;
 use crate::frame_reader::{FrameReader, Message};
@@ -60,17 +65,7 @@ pub async fn serve(hub: Arc<Hub>, peer: Arc<Peer>, upgraded: Upgraded) {
     // `read_buf` is what hyper read past the handshake; it shares the allocation of hyper's
     // whole read buffer (8 KB or more), so it must not outlive this first step.
     let (io, read_buf) = (parts.io, parts.read_buf);
-    let mut conn = Connection {
-        frames: FrameReader::new(hub.config.max_payload_length),
-        requests: Requests::new(hub.clone(), peer.clone()),
-        stream: io.into_inner(),
-        batch: Batch::default(),
-        reading: true,
-        write_closed: false,
-        ping_sent: false,
-        hub: hub.clone(),
-        peer: peer.clone(),
-    };
+    let mut conn = Connection::new(hub.clone(), peer.clone(), io.into_inner());
     // Bytes the client sent right after its handshake were read by hyper.
     if !read_buf.is_empty() {
         conn.on_bytes(&read_buf);
@@ -81,7 +76,6 @@ pub async fn serve(hub: Arc<Hub>, peer: Arc<Peer>, upgraded: Upgraded) {
     drop(conn);
 
     hub.registry.remove_peer(&peer);
-    peer.cancel.cancel();
     if hub.stats.connections.fetch_sub(1, Ordering::Relaxed) == 1 {
         hub.memory.on_idle(hub.stats.connections_total.load(Ordering::Relaxed));
     }
@@ -100,126 +94,216 @@ struct Connection {
     reading: bool,
     /// Our close frame is written and our side shut down.
     write_closed: bool,
+    /// The task let the others run once since it found work queued (see `poll_writes`).
+    yielded: bool,
     /// A ping was sent since the last frame from the client (idle detection).
     ping_sent: bool,
-}
-
-/// What woke the task.
-enum Wake {
-    Readable,
-    Writable,
-    Queue,
-    Evicted,
-    Tick,
-    Expiry,
-    Stop,
+    /// The next idle check (with `idleTimeout`).
+    next_tick: Option<Instant>,
+    /// When the token expires, as last read from the peer (a fresh token moves it).
+    expiry: Option<Instant>,
+    /// When the connection must be over: a close being sent, or a close handshake under way.
+    deadline: Option<Instant>,
+    /// What the task's one timer is set to.
+    timer_at: Instant,
 }
 
 /// What the reads found.
 enum ReadEnd {
-    /// Read everything the socket had (or the per-wake share of it).
-    More,
+    /// The socket has nothing more for now (its readiness is cleared).
+    Drained,
+    /// Read its share for this wake-up; more may be waiting.
+    Busy,
     /// The client is gone (end of stream or a reset).
     Gone,
     /// The client answered our close: the handshake is over.
     CloseAnswered,
 }
 
-impl Connection {
-    async fn run(&mut self) {
-        let hub = self.hub.clone();
-        let peer = self.peer.clone();
-        let idle = hub.config.idle_timeout;
-        let mut ticker =
-            tokio::time::interval(idle.map_or(Duration::from_secs(3600), |d| (d / 4).max(Duration::from_millis(100))));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.reset();
-        // The token's expiry; a fresh token (`{ type: "auth" }`) moves `peer.expires_at`, so when
-        // the timer fires it checks again before closing.
-        let expiry_at = |peer: &Peer| match peer.expires_at.load(Ordering::Relaxed) {
-            0 => None,
-            exp => Some(Instant::now() + Duration::from_secs(exp.saturating_sub(now_secs()))),
-        };
-        let far = Instant::now() + Duration::from_secs(86_400 * 365);
-        let expired = tokio::time::sleep_until(expiry_at(&peer).unwrap_or(far));
-        tokio::pin!(expired);
-        let mut expiry_done = false;
-        // When the close handshake (or a close we must send) has to be over.
-        let mut close_deadline: Option<Instant> = None;
-        // When an evicted socket's write in flight must be over.
-        let mut evict_deadline: Option<Instant> = None;
-        let out = &peer.outbound;
+/// Why a poll of the socket returned.
+enum Step {
+    /// The connection is over.
+    Over,
+    /// Work is queued: let the others run once before writing it.
+    Yield,
+}
 
+/// Why the task's timer woke it.
+enum TimerEnd {
+    Continue,
+    Stop,
+}
+
+impl Connection {
+    fn new(hub: Arc<Hub>, peer: Arc<Peer>, stream: TcpStream) -> Connection {
+        let now = Instant::now();
+        let next_tick = hub.config.idle_timeout.map(|idle| now + idle_period(idle));
+        Connection {
+            frames: FrameReader::new(hub.config.max_payload_length),
+            requests: Requests::new(hub.clone(), peer.clone()),
+            stream,
+            batch: Batch::default(),
+            reading: true,
+            write_closed: false,
+            yielded: false,
+            ping_sent: false,
+            next_tick,
+            expiry: expiry_of(&peer),
+            deadline: None,
+            timer_at: now,
+            hub,
+            peer,
+        }
+    }
+
+    async fn run(&mut self) {
+        let timer = tokio::time::sleep_until(self.next_wake());
+        tokio::pin!(timer);
+        self.timer_at = timer.deadline();
         loop {
-            let in_flight = !self.batch.is_empty();
-            let deadline = close_deadline.into_iter().chain(evict_deadline).min();
-            let wake = tokio::select! {
-                _ = peer.cancel.cancelled() => Wake::Stop,
-                r = self.stream.readable(), if self.reading => if r.is_ok() { Wake::Readable } else { Wake::Stop },
-                r = self.stream.writable(), if in_flight => if r.is_ok() { Wake::Writable } else { Wake::Stop },
-                _ = out.woken(), if !in_flight && !self.write_closed => Wake::Queue,
-                _ = out.evicted(), if in_flight && evict_deadline.is_none() => Wake::Evicted,
-                _ = ticker.tick() => Wake::Tick,
-                _ = &mut expired, if !expiry_done => Wake::Expiry,
-                _ = sleep_until_opt(deadline) => Wake::Stop,
-            };
-            match wake {
-                Wake::Stop => return,
-                Wake::Readable => match self.on_readable() {
-                    ReadEnd::More => {}
-                    ReadEnd::Gone | ReadEnd::CloseAnswered => return,
-                },
-                Wake::Queue | Wake::Writable => {
-                    if matches!(wake, Wake::Queue) {
-                        // Let whatever is fanning out right now queue a few more frames first:
-                        // one write for a burst of events rather than one per event.
-                        tokio::task::yield_now().await;
-                    }
-                    match self.flush() {
-                        Err(_) => return,
-                        Ok(false) => {}
-                        Ok(true) => {
-                            // Our close is out: nothing more is sent.
-                            self.write_closed = true;
-                            let _ = self.stream.shutdown().await;
-                            if !self.reading {
-                                return;
-                            }
-                            close_deadline = Some(Instant::now() + CLOSE_HANDSHAKE_WAIT);
-                        }
-                    }
-                }
-                Wake::Evicted => evict_deadline = Some(Instant::now() + EVICTION_GRACE),
-                Wake::Tick => {
-                    let Some(idle) = idle else { continue };
-                    let quiet =
-                        Duration::from_millis(hub.now_ms().saturating_sub(peer.last_seen_ms.load(Ordering::Relaxed)));
-                    if quiet >= idle {
-                        hub.registry.remove_peer(&peer);
-                        out.close(close_code::GOING_AWAY, "idle timeout");
-                    } else if quiet >= idle / 2 && !self.ping_sent {
-                        out.push_control(protocol::frame(0x9, b""));
-                        self.ping_sent = true;
-                    }
-                }
-                Wake::Expiry => {
-                    let exp = peer.expires_at.load(Ordering::Relaxed);
-                    if exp != 0 && exp > now_secs() {
-                        expired.as_mut().reset(expiry_at(&peer).unwrap_or(far));
-                    } else {
-                        // A fired sleep stays ready: the flag keeps the select from spinning on it.
-                        expiry_done = true;
-                        hub.registry.remove_peer(&peer);
-                        out.close(close_code::TOKEN_EXPIRED, "token expired");
-                    }
-                }
-            }
-            if !self.reading && close_deadline.is_none() {
-                // We are answering a close or failing the connection: the close frame has this
-                // long to go out.
-                close_deadline = Some(Instant::now() + CLOSE_HANDSHAKE_WAIT);
+            match std::future::poll_fn(|cx| self.poll_run(cx, timer.as_mut())).await {
+                Step::Over => return,
+                // To the back of the run queue (a self-wake from inside `poll` would be run
+                // again at once, from the scheduler's LIFO slot).
+                Step::Yield => tokio::task::yield_now().await,
             }
         }
+    }
+
+    /// One step of the socket: reads, writes, timers, until every one of them waits.
+    fn poll_run(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> Poll<Step> {
+        loop {
+            if self.peer.outbound.is_cut() {
+                return Poll::Ready(Step::Over);
+            }
+            while self.reading {
+                match self.stream.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => match self.on_readable() {
+                        // Poll again: that registers for the next bytes.
+                        ReadEnd::Drained => {}
+                        ReadEnd::Busy => {
+                            cx.waker().wake_by_ref();
+                            break;
+                        }
+                        ReadEnd::Gone | ReadEnd::CloseAnswered => return Poll::Ready(Step::Over),
+                    },
+                    Poll::Ready(Err(_)) => return Poll::Ready(Step::Over),
+                    Poll::Pending => break,
+                }
+            }
+            if let Poll::Ready(step) = self.poll_writes(cx) {
+                return Poll::Ready(step);
+            }
+            if self.deadline.is_none() && (!self.reading || self.peer.outbound.is_closing()) {
+                // A close is on its way out (ours, or the answer to the client's): it has this
+                // long, then the connection is dropped.
+                self.deadline = Some(Instant::now() + EVICTION_GRACE);
+            }
+            let next = self.next_wake();
+            if next != self.timer_at {
+                timer.as_mut().reset(next);
+                self.timer_at = next;
+            }
+            match timer.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) => match self.on_timer() {
+                    TimerEnd::Stop => return Poll::Ready(Step::Over),
+                    // What the timer did may have queued frames: go round again.
+                    TimerEnd::Continue => {}
+                },
+            }
+        }
+    }
+
+    /// Writes what is queued until the queue is empty or the socket's buffer is full. Ready to
+    /// yield first, or when the connection is over (a write failed, or our close went out after
+    /// the client's).
+    fn poll_writes(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
+        if self.write_closed {
+            return Poll::Pending;
+        }
+        let out = &self.peer.outbound;
+        // Registered before looking at the queue: a push after the look wakes the task.
+        out.register(cx.waker());
+        loop {
+            if self.batch.is_empty() {
+                if !out.has_work() {
+                    return Poll::Pending;
+                }
+                if !self.yielded {
+                    // Let whatever is fanning out right now queue a few more frames first:
+                    // one write for a burst of events rather than one per event.
+                    self.yielded = true;
+                    return Poll::Ready(Step::Yield);
+                }
+                self.yielded = false;
+                out.take_into(&mut self.batch);
+            }
+            match self.batch.write_to(out, &self.stream) {
+                Err(_) => return Poll::Ready(Step::Over),
+                Ok(Flush::Blocked) => match self.stream.poll_write_ready(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => return Poll::Ready(Step::Over),
+                },
+                Ok(Flush::Done) if self.batch.closes => {
+                    // Our close is out: nothing more is sent.
+                    self.write_closed = true;
+                    let _ = Pin::new(&mut self.stream).poll_shutdown(cx);
+                    if !self.reading {
+                        return Poll::Ready(Step::Over);
+                    }
+                    self.deadline = Some(Instant::now() + CLOSE_HANDSHAKE_WAIT);
+                    return Poll::Pending;
+                }
+                Ok(Flush::Done) => {}
+            }
+        }
+    }
+
+    /// The earliest thing the timer must wake the task for.
+    fn next_wake(&self) -> Instant {
+        [self.next_tick, self.expiry, self.deadline]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
+    }
+
+    /// Handles whatever is due: the deadline, the idle check, the token's expiry.
+    fn on_timer(&mut self) -> TimerEnd {
+        let now = Instant::now();
+        if self.deadline.is_some_and(|d| d <= now) {
+            return TimerEnd::Stop;
+        }
+        let (hub, peer) = (&self.hub, &self.peer);
+        let out = &peer.outbound;
+        if let (Some(at), Some(idle)) = (self.next_tick, hub.config.idle_timeout) {
+            if at <= now {
+                self.next_tick = Some(now + idle_period(idle));
+                let quiet =
+                    Duration::from_millis(hub.now_ms().saturating_sub(peer.last_seen_ms.load(Ordering::Relaxed)));
+                if quiet >= idle {
+                    hub.registry.remove_peer(peer);
+                    out.close(close_code::GOING_AWAY, "idle timeout");
+                } else if quiet >= idle / 2 && !self.ping_sent {
+                    out.push_control(protocol::frame(0x9, b""));
+                    self.ping_sent = true;
+                }
+            }
+        }
+        if self.expiry.is_some_and(|at| at <= now) {
+            // A fresh token (`{ type: "auth" }`) may have moved the expiry since.
+            let exp = peer.expires_at.load(Ordering::Relaxed);
+            if exp != 0 && exp > now_secs() {
+                self.expiry = expiry_of(peer);
+            } else {
+                self.expiry = None;
+                hub.registry.remove_peer(peer);
+                out.close(close_code::TOKEN_EXPIRED, "token expired");
+            }
+        }
+        TimerEnd::Continue
     }
 
     /// Reads what the socket has, into the thread's shared buffer, and acts on each message.
@@ -234,14 +318,14 @@ impl Connection {
                             return end;
                         }
                         if !self.reading {
-                            return ReadEnd::More;
+                            return ReadEnd::Drained;
                         }
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return ReadEnd::More,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return ReadEnd::Drained,
                     Err(_) => return ReadEnd::Gone,
                 }
             }
-            ReadEnd::More
+            ReadEnd::Busy
         })
     }
 
@@ -311,33 +395,17 @@ impl Connection {
         }
         close_answered.then_some(ReadEnd::CloseAnswered)
     }
-
-    /// Writes queued frames until the queue is empty or the socket's buffer is full; `true` once
-    /// the close frame is written.
-    fn flush(&mut self) -> std::io::Result<bool> {
-        let out = &self.peer.outbound;
-        loop {
-            if self.batch.is_empty() {
-                if !out.has_work() {
-                    return Ok(false);
-                }
-                out.take_into(&mut self.batch);
-                if self.batch.is_empty() {
-                    return Ok(false);
-                }
-            }
-            match self.batch.write_to(out, &self.stream)? {
-                Flush::Blocked => return Ok(false),
-                Flush::Done if self.batch.closes => return Ok(true),
-                Flush::Done => {}
-            }
-        }
-    }
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
+/// How often an idle check runs for a given `idleTimeout`.
+fn idle_period(idle: Duration) -> Duration {
+    (idle / 4).max(Duration::from_millis(100))
+}
+
+/// The peer's token expiry as an instant (`None`: never).
+fn expiry_of(peer: &Peer) -> Option<Instant> {
+    match peer.expires_at.load(Ordering::Relaxed) {
+        0 => None,
+        exp => Some(Instant::now() + Duration::from_secs(exp.saturating_sub(now_secs()))),
     }
 }

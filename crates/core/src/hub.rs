@@ -139,7 +139,6 @@ impl Hub {
             user,
             value,
             self.config.max_backpressure,
-            self.shutdown.child_token(),
         ));
         peer.touch(self.now_ms());
         peer

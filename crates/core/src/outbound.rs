@@ -13,12 +13,13 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Waker;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{close_code, close_frame};
 
@@ -55,26 +56,47 @@ struct State {
     /// Control frames (pong, ping) that bypass the byte bound and go first.
     control: Vec<Bytes>,
     ending: Option<Ending>,
-    /// Set when the socket was evicted as a slow consumer.
-    evicted: bool,
 }
 
 pub struct Outbound {
     state: Mutex<State>,
-    wake: Notify,
+    /// The socket's task, woken when the queue goes from empty to not, and on any ending.
+    /// Waking it is a couple of atomic operations: fan-out does it for every socket.
+    waker: AtomicWaker,
     limit: usize,
-    /// Cancelled when the writer must give up on a write that does not progress.
-    evict: CancellationToken,
+    /// Set when the socket was evicted as a slow consumer.
+    evicted: AtomicBool,
+    /// Set when the connection must stop now, written or not (server shutdown after its grace).
+    cut: AtomicBool,
+    /// Set once an ending is queued (read without the lock on every poll of the socket).
+    closing: AtomicBool,
 }
 
 impl Outbound {
     pub fn new(limit: usize) -> Outbound {
         Outbound {
             state: Mutex::new(State::default()),
-            wake: Notify::new(),
+            waker: AtomicWaker::new(),
             limit,
-            evict: CancellationToken::new(),
+            evicted: AtomicBool::new(false),
+            cut: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
         }
+    }
+
+    /// Registers the task to wake. Call before checking for work, so a push in between is seen.
+    pub fn register(&self, waker: &Waker) {
+        self.waker.register(waker);
+    }
+
+    /// Stops the connection at once (what is queued is dropped).
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::Acquire)
     }
 
     /// Queues a data frame, unless the socket is closing or this frame passes the bound.
@@ -87,14 +109,14 @@ impl Outbound {
             let queued: usize = s.queue.iter().map(Bytes::len).sum();
             s.bytes -= queued;
             s.queue = VecDeque::new();
-            s.evicted = true;
             s.ending = Some(Ending::Now(close_frame(
                 close_code::SLOW_CONSUMER,
                 "slow consumer: outbound queue over maxBackpressure",
             )));
             drop(s);
-            self.evict.cancel();
-            self.wake.notify_one();
+            self.closing.store(true, Ordering::Release);
+            self.evicted.store(true, Ordering::Release);
+            self.waker.wake();
             return Push::Evicted;
         }
         let was_empty = s.queue.is_empty() && s.control.is_empty();
@@ -102,7 +124,7 @@ impl Outbound {
         s.queue.push_back(frame);
         drop(s);
         if was_empty {
-            self.wake.notify_one();
+            self.waker.wake();
         }
         Push::Queued
     }
@@ -115,7 +137,7 @@ impl Outbound {
         }
         s.control.push(frame);
         drop(s);
-        self.wake.notify_one();
+        self.waker.wake();
     }
 
     /// Closes after what is already queued has been written. The first ending wins.
@@ -137,35 +159,25 @@ impl Outbound {
                 s.queue.clear();
             }
             s.ending = Some(ending);
+            self.closing.store(true, Ordering::Release);
         }
         drop(s);
-        self.wake.notify_one();
+        self.waker.wake();
     }
 
     /// Whether the socket is closing (nothing more will be queued).
     pub fn is_closing(&self) -> bool {
-        self.state.lock().ending.is_some()
+        self.closing.load(Ordering::Acquire)
     }
 
     /// Whether the socket was evicted as a slow consumer.
     pub fn was_evicted(&self) -> bool {
-        self.state.lock().evicted
+        self.evicted.load(Ordering::Acquire)
     }
 
     /// Bytes waiting to be written.
     pub fn queued_bytes(&self) -> usize {
         self.state.lock().bytes
-    }
-
-    /// Waits for the next wake-up: a push onto an empty queue, a control frame, or an ending.
-    /// A wake-up that came while nobody waited is kept (one), so none is lost between two waits.
-    pub async fn woken(&self) {
-        self.wake.notified().await
-    }
-
-    /// Completes when the socket is evicted as a slow consumer.
-    pub fn evicted(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.evict.cancelled()
     }
 
     /// Whether there is something to write (or the close to send).

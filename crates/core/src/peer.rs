@@ -1,6 +1,6 @@
 //! The state one connected socket shares with the rest of the server: who it is, its outbound
-//! queue, and the rooms it is in. The room registry holds `Arc<Peer>`s; the connection's reader
-//! and writer tasks hold the same `Arc`.
+//! queue, and the rooms it is in. The room registry holds `Arc<Peer>`s; the connection's task
+//! holds the same `Arc`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,7 +9,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::User;
 use crate::outbound::Outbound;
@@ -34,8 +33,6 @@ pub struct Peer {
     pub(crate) rooms: Mutex<Option<Vec<Arc<str>>>>,
     /// Milliseconds (server clock) of the last frame received: the idle timer reads it.
     pub last_seen_ms: AtomicU64,
-    /// Cancelled when the connection must stop now (shutdown, eviction timeout).
-    pub cancel: CancellationToken,
     /// Recoveries from Redis history (see [`Recovering`]).
     recovering: Mutex<Recovering>,
     /// Whether `recovering` holds anything (read on the fan-out path without locking).
@@ -58,17 +55,11 @@ pub struct Recovering {
 }
 
 impl Peer {
-    pub fn new(
-        id: PeerId,
-        instance: &str,
-        user: Option<User>,
-        max_backpressure: usize,
-        cancel: CancellationToken,
-    ) -> Peer {
+    pub fn new(id: PeerId, instance: &str, user: Option<User>, max_backpressure: usize) -> Peer {
         let user_value = user
             .as_ref()
             .map_or_else(|| Arc::new(Value::Null), |u| u.claims.clone());
-        Peer::with_user_value(id, instance, user, user_value, max_backpressure, cancel)
+        Peer::with_user_value(id, instance, user, user_value, max_backpressure)
     }
 
     pub fn with_user_value(
@@ -77,7 +68,6 @@ impl Peer {
         user: Option<User>,
         user_value: Arc<Value>,
         max_backpressure: usize,
-        cancel: CancellationToken,
     ) -> Peer {
         let sid = user.as_ref().and_then(|u| u.sid());
         let expires_at = user.as_ref().and_then(|u| u.expires_at).unwrap_or(0);
@@ -91,7 +81,6 @@ impl Peer {
             outbound: Outbound::new(max_backpressure),
             rooms: Mutex::new(Some(Vec::new())),
             last_seen_ms: AtomicU64::new(0),
-            cancel,
             recovering: Mutex::new(Recovering::default()),
             is_recovering: AtomicBool::new(false),
         }

@@ -276,10 +276,9 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio_util::sync::CancellationToken;
 
     fn peer(id: PeerId, limit: usize) -> Arc<Peer> {
-        Arc::new(Peer::new(id, "t", None, limit, CancellationToken::new()))
+        Arc::new(Peer::new(id, "t", None, limit))
     }
 
     #[test]

@@ -131,14 +131,19 @@ impl Server {
         let tracker = self.tracker.clone();
         let task = self.handle().spawn(async move {
             hub.stopping.cancel();
-            for peer in hub.registry.all_peers() {
-                hub.registry.remove_peer(&peer);
+            let peers = hub.registry.all_peers();
+            for peer in &peers {
+                hub.registry.remove_peer(peer);
                 peer.outbound.close(close_code::GOING_AWAY, "server shutting down");
             }
             tracker.close();
             if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
                 warn!("some sockets did not close in time; cutting them");
+                for peer in &peers {
+                    peer.outbound.cut();
+                }
             }
+            drop(peers);
             hub.shutdown.cancel();
             tracker.wait().await;
         });
