@@ -14,6 +14,7 @@
 //                            section of the report says which run measured it)
 //   BENCH_SERVERS=a,b        contenders: realtime, uws-plugin, uws-publish, ws, ceiling
 //   BENCH_FANOUT_SUBSCRIBERS=1000,10000   BENCH_FANOUT_EVENTS=100 (events per round, every size)
+//   BENCH_FANOUT_PACED_RATE=200000 (messages/s offered in the paced fan-out case)
 //   BENCH_EVENT_SIZE=1024    BENCH_ROOMS_EVENTS  BENCH_AUTH_EVENTS  BENCH_IDLE_COUNTS=10000,19000
 //   BENCH_STORM_CONNS  BENCH_STORM_CONCURRENCY=200
 //   BENCH_REDIS_SUBSCRIBERS=1000,10000   BENCH_REDIS_SERVERS=realtime,socketio
@@ -61,6 +62,9 @@ const cfg = {
     subscribers: list(env.BENCH_FANOUT_SUBSCRIBERS, ['1000', '10000']).map(Number),
     // Events per round; quick: 20 to 1,000 subscribers, 10 to 10,000.
     events: (n) => int(env.BENCH_FANOUT_EVENTS, QUICK ? (n >= 10_000 ? 10 : 20) : 100),
+    // The paced case: messages/s offered, and events per round.
+    pacedRate: int(env.BENCH_FANOUT_PACED_RATE, 200_000),
+    pacedEvents: (n) => (n >= 10_000 ? (QUICK ? 10 : 40) : QUICK ? 50 : 200),
   },
   rooms: { sockets: 10_000, rooms: 1_000, events: int(env.BENCH_ROOMS_EVENTS, QUICK ? 3_000 : 20_000) },
   authorize: { sockets: 10_000, users: 100, events: int(env.BENCH_AUTH_EVENTS, QUICK ? 5 : 20) },
@@ -525,7 +529,30 @@ async function scenarioFanout() {
       }),
     )
   }
-  return { params: { events: eventsBy, eventSize: cfg.eventSize, subscribers }, bySubscribers: out }
+  // The same room, events one at a time at a rate below every fast contender's burst rate: the
+  // latency a subscriber sees in normal operation, not a queue's.
+  const paced = {}
+  const pacedEvents = {}
+  const rate = cfg.fanout.pacedRate
+  for (const n of subscribers) {
+    const events = (pacedEvents[n] = cfg.fanout.pacedEvents(n))
+    const intervalMs = (n / rate) * 1000
+    log(`fan-out, paced: ${events} events, one every ${intervalMs.toFixed(1)} ms, to ${n} subscribers`)
+    currentCase = `fanout-paced-${n}`
+    paced[n] = await forEachServer((id) =>
+      burstCase(id, {
+        sockets: n,
+        loadgenOpts: { users: Math.min(n, 1000) },
+        emit: { count: events, collection: 'posts', intervalMs },
+        expectedPerSocket: () => events,
+      }),
+    )
+  }
+  return {
+    params: { events: eventsBy, eventSize: cfg.eventSize, subscribers, pacedRate: rate, pacedEvents },
+    bySubscribers: out,
+    paced,
+  }
 }
 
 async function scenarioRooms() {
@@ -1152,6 +1179,25 @@ function report(meta) {
       out.push('')
       out.push(fanoutTable(f.bySubscribers[n], ANCHORS))
       out.push('')
+    }
+    if (f.paced) {
+      const rate = f.params.pacedRate
+      out.push(`### Paced: one event at a time, ${rate.toLocaleString('en-US')} messages/s offered`)
+      out.push('')
+      out.push(
+        "The bursts above measure throughput: every event is accepted at once, so an event waits behind the ones before it and its latency is mostly queueing (the JS anchors, whose send loops block, only start the clock of an event once the previous one is sent). Here events come one at a time, spaced so that the fast contenders are never saturated: the latency is the path's. The slow contenders cannot keep up with this rate, and their figures show it.",
+      )
+      out.push('')
+      for (const n of f.params.subscribers) {
+        const ev = f.params.pacedEvents?.[n]
+        if (!f.paced[n]) continue
+        out.push(
+          `#### ${n.toLocaleString('en-US')} subscribers: ${ev} events, one every ${((n / rate) * 1000).toFixed(0)} ms`,
+        )
+        out.push('')
+        out.push(fanoutTable(f.paced[n], ANCHORS))
+        out.push('')
+      }
     }
   }
   if (s.rooms) {

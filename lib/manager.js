@@ -269,7 +269,10 @@ class UWebSocketManager {
           }
         : null
 
-    this._server = native.initUWebSocket(opts, authorize, handle, () => {}, verifyUser)
+    // Questions of several events come in one crossing; each is answered on its own.
+    const authorizeBatch = (requests) =>
+      Promise.all(requests.map(({ collection, event, users }) => authorize(collection, event, users)))
+    this._server = native.initUWebSocket(opts, authorizeBatch, handle, () => {}, verifyUser)
     this.port = this._server.port
     this.instanceId = this._server.instanceId
     this._closing = null

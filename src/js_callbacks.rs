@@ -2,7 +2,8 @@
 //! thread-safe functions. This is the only file that crosses from the server's threads into
 //! the JS thread.
 //!
-//! Both crossings are batched: authorize asks once per event for every distinct user, and
+//! Both crossings are batched ([`Batcher`]): authorize asks once per event for every distinct
+//! user, and the questions of events that arrive while a crossing is under way go together;
 //! custom handler calls that arrive together travel in one call. The functions are weak (they
 //! never keep Node alive) and JS throws or rejections come back as `Err`, never as a fatal
 //! exception (`call_async_catch`, not `call_async`).
@@ -21,37 +22,75 @@ use payload_realtime_core::callbacks::{
 use payload_realtime_core::protocol::ErrorCode;
 use payload_realtime_core::warn;
 
-/// `(collection, event, users) => Promise<Array<boolean | { doc }>>`, one answer per user.
-pub type AuthorizeFn = ThreadsafeFunction<
-    FnArgs<(String, Value, Vec<Value>)>,
-    Promise<Vec<Value>>,
-    FnArgs<(String, Value, Vec<Value>)>,
-    Status,
-    false,
-    true,
->;
+/// `(requests) => Promise<answers>`: `requests` is `[{ collection, event, users }]`, and
+/// `answers[i]` holds one `boolean | { doc }` per user of `requests[i]`.
+pub type AuthorizeFn =
+    ThreadsafeFunction<FnArgs<(Vec<Value>,)>, Promise<Vec<Value>>, FnArgs<(Vec<Value>,)>, Status, false, true>;
 
 /// `(calls) => Promise<results>`: `calls` is `[{ type, socketId, user, message }]`, each result
 /// `{ ok: true, reply?: any } | { ok: false, code?: string, message: string }`.
 pub type HandlerFn =
     ThreadsafeFunction<FnArgs<(Vec<Value>,)>, Promise<Vec<Value>>, FnArgs<(Vec<Value>,)>, Status, false, true>;
 
+/// Authorize crossings in flight at once. While they are busy, questions queue and go together
+/// in the next crossing: a burst of events costs a few crossings, and their answers come back
+/// together, so the events fan out back to back and each socket writes them in one go.
+const AUTHORIZE_CROSSINGS: usize = 2;
+
+type AuthorizeAnswer = Result<Vec<Decision>, String>;
+
+/// Authorize rules through JS, batched across events.
 pub struct JsAuthorizer {
-    pub f: Arc<AuthorizeFn>,
+    batcher: Batcher<AuthorizeRequest, AuthorizeAnswer>,
+}
+
+impl JsAuthorizer {
+    /// Creates the authorizer and the batching task to spawn on the server's runtime.
+    pub fn new(f: Arc<AuthorizeFn>) -> (JsAuthorizer, impl std::future::Future<Output = ()> + Send) {
+        let (batcher, task) = Batcher::new(AUTHORIZE_CROSSINGS, move |batch| run_authorize(f.clone(), batch));
+        (JsAuthorizer { batcher }, task)
+    }
 }
 
 impl Authorizer for JsAuthorizer {
-    fn authorize(&self, req: AuthorizeRequest) -> BoxFuture<Result<Vec<Decision>, String>> {
-        let f = self.f.clone();
-        Box::pin(async move {
+    fn authorize(&self, req: AuthorizeRequest) -> BoxFuture<AuthorizeAnswer> {
+        let answer = self.batcher.call(req);
+        Box::pin(async move { answer.await.unwrap_or_else(|| Err("the server is closing".into())) })
+    }
+}
+
+async fn run_authorize(f: Arc<AuthorizeFn>, batch: Vec<Pending<AuthorizeRequest, AuthorizeAnswer>>) {
+    let (requests, replies): (Vec<Value>, Vec<_>) = batch
+        .into_iter()
+        .map(|(req, reply)| {
             let users: Vec<Value> = req.users.iter().map(|u| (**u).clone()).collect();
-            let promise = f
-                .call_async_catch(FnArgs::from((req.collection, (*req.event).clone(), users)))
-                .await
-                .map_err(|e| e.to_string())?;
-            let answers = promise.await.map_err(|e| e.to_string())?;
-            Ok(answers.iter().map(Decision::from_value).collect())
+            (
+                json!({ "collection": req.collection, "event": *req.event, "users": users }),
+                reply,
+            )
         })
+        .unzip();
+    let answers = async {
+        let promise = f.call_async_catch(FnArgs::from((requests,))).await?;
+        promise.await
+    }
+    .await;
+    match answers {
+        Ok(answers) => {
+            for (i, reply) in replies.into_iter().enumerate() {
+                let decisions = match answers.get(i) {
+                    Some(Value::Array(a)) => Ok(a.iter().map(Decision::from_value).collect()),
+                    _ => Err("authorize gave no answer for this event".to_string()),
+                };
+                let _ = reply.send(decisions);
+            }
+        }
+        Err(e) => {
+            let e = e.to_string();
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
     }
 }
 
@@ -80,35 +119,83 @@ impl UserVerifier for JsVerifier {
     }
 }
 
-/// Most handler calls sent to JS in one crossing.
+/// Most questions sent to JS in one crossing.
 const MAX_BATCH: usize = 256;
 
-type Pending = (HandlerCall, oneshot::Sender<HandlerOutcome>);
+/// A question and where its answer goes.
+type Pending<Q, A> = (Q, oneshot::Sender<A>);
 
-/// Custom handlers through JS, batched: calls that queue up while a crossing is under way go
-/// together in the next one.
+/// Questions for JS, batched: those that arrive while every crossing slot is busy go together in
+/// the next crossing. The only place that groups calls into JS.
+pub struct Batcher<Q, A> {
+    tx: mpsc::UnboundedSender<Pending<Q, A>>,
+}
+
+impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
+    /// `crossings`: batches in flight at once; `run` sends one batch and answers each question.
+    pub fn new<F, Fut>(crossings: usize, run: F) -> (Batcher<Q, A>, impl std::future::Future<Output = ()> + Send)
+    where
+        F: Fn(Vec<Pending<Q, A>>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Pending<Q, A>>();
+        let slots = Arc::new(tokio::sync::Semaphore::new(crossings));
+        let task = async move {
+            while let Some(first) = rx.recv().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(p) => batch.push(p),
+                        Err(_) => break,
+                    }
+                }
+                let fut = run(batch);
+                tokio::spawn(async move {
+                    fut.await;
+                    drop(slot);
+                });
+            }
+        };
+        (Batcher { tx }, task)
+    }
+
+    /// Queues a question; the answer, or `None` when the server is closing.
+    pub fn call(&self, q: Q) -> impl std::future::Future<Output = Option<A>> + Send {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let sent = self.tx.send((q, reply_tx)).is_ok();
+        async move {
+            if !sent {
+                return None;
+            }
+            reply_rx.await.ok()
+        }
+    }
+}
+
+/// Custom handler calls that arrive together travel in one crossing; handlers may be slow (a
+/// database, a remote call), so crossings are not limited.
+const HANDLER_CROSSINGS: usize = tokio::sync::Semaphore::MAX_PERMITS;
+
+/// Custom handlers through JS, batched.
 pub struct JsHandlers {
-    tx: mpsc::UnboundedSender<Pending>,
+    batcher: Batcher<HandlerCall, HandlerOutcome>,
 }
 
 impl JsHandlers {
     /// Creates the handler front and the batching task to spawn on the server's runtime.
     pub fn new(f: Arc<HandlerFn>) -> (JsHandlers, impl std::future::Future<Output = ()> + Send) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (JsHandlers { tx }, batcher(f, rx))
+        let (batcher, task) = Batcher::new(HANDLER_CROSSINGS, move |batch| run_batch(f.clone(), batch));
+        (JsHandlers { batcher }, task)
     }
 }
 
 impl CustomHandlers for JsHandlers {
     fn call(&self, call: HandlerCall) -> BoxFuture<HandlerOutcome> {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let sent = self.tx.send((call, reply_tx)).is_ok();
-        Box::pin(async move {
-            if !sent {
-                return failed("the server is closing");
-            }
-            reply_rx.await.unwrap_or_else(|_| failed("the handler was dropped"))
-        })
+        let outcome = self.batcher.call(call);
+        Box::pin(async move { outcome.await.unwrap_or_else(|| failed("the server is closing")) })
     }
 }
 
@@ -119,20 +206,7 @@ fn failed(message: &str) -> HandlerOutcome {
     }
 }
 
-async fn batcher(f: Arc<HandlerFn>, mut rx: mpsc::UnboundedReceiver<Pending>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        tokio::spawn(run_batch(f.clone(), batch));
-    }
-}
-
-async fn run_batch(f: Arc<HandlerFn>, batch: Vec<Pending>) {
+async fn run_batch(f: Arc<HandlerFn>, batch: Vec<Pending<HandlerCall, HandlerOutcome>>) {
     let (calls, replies): (Vec<Value>, Vec<oneshot::Sender<HandlerOutcome>>) = batch
         .into_iter()
         .map(|(c, r)| {

@@ -183,7 +183,7 @@ pub struct RealtimeServer {
 #[napi(
     js_name = "initUWebSocket",
     catch_unwind,
-    ts_args_type = "options: NativeOptions, authorize?: ((collection: string, event: any, users: any[]) => Promise<boolean[]>) | null, handle?: ((calls: Array<{ type: string, socketId: string, user: any, message: any }>) => Promise<Array<{ ok: boolean, reply?: any, code?: string, message?: string }>>) | null, keepAlive?: (() => void) | null, verifyUser?: ((token: string, claims: any) => Promise<any>) | null"
+    ts_args_type = "options: NativeOptions, authorize?: ((requests: Array<{ collection: string, event: any, users: any[] }>) => Promise<Array<Array<boolean | { doc: any }>>>) | null, handle?: ((calls: Array<{ type: string, socketId: string, user: any, message: any }>) => Promise<Array<{ ok: boolean, reply?: any, code?: string, message?: string }>>) | null, keepAlive?: (() => void) | null, verifyUser?: ((token: string, claims: any) => Promise<any>) | null"
 )]
 pub fn init_u_web_socket(
     options: NativeOptions,
@@ -193,14 +193,17 @@ pub fn init_u_web_socket(
     verify_user: Option<VerifyFn>,
 ) -> Result<RealtimeServer> {
     let config = options.into_config();
-    let authorizer = authorize.map(|f| Arc::new(JsAuthorizer { f: Arc::new(f) }) as Arc<dyn callbacks::Authorizer>);
-    let (handlers, batcher) = match handle {
-        Some(f) => {
-            let (h, task) = JsHandlers::new(Arc::new(f));
-            (Some(Arc::new(h) as Arc<dyn callbacks::CustomHandlers>), Some(task))
-        }
-        None => (None, None),
-    };
+    let mut batchers: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = Vec::new();
+    let authorizer = authorize.map(|f| {
+        let (a, task) = JsAuthorizer::new(Arc::new(f));
+        batchers.push(Box::pin(task));
+        Arc::new(a) as Arc<dyn callbacks::Authorizer>
+    });
+    let handlers = handle.map(|f| {
+        let (h, task) = JsHandlers::new(Arc::new(f));
+        batchers.push(Box::pin(task));
+        Arc::new(h) as Arc<dyn callbacks::CustomHandlers>
+    });
     let server = Server::start(
         config,
         Callbacks {
@@ -210,7 +213,7 @@ pub fn init_u_web_socket(
         },
     )
     .map_err(js_error)?;
-    if let Some(task) = batcher {
+    for task in batchers {
         server.handle().spawn(task);
     }
     Ok(RealtimeServer {

@@ -2,8 +2,9 @@
 //! 404/426 for the rest), the handshake checks, and a shutdown every task hears.
 //!
 //! Shaped like mini-redis: one task accepts, one task per HTTP connection, and after the
-//! upgrade one reader and one writer task per socket. `shutdown()` stops accepting, sends 1001
-//! to every socket after what is queued for it, waits briefly, then cuts what is left.
+//! upgrade one task per socket (see [`crate::connection`]); the HTTP task ends with the
+//! upgrade. `shutdown()` stops accepting, sends 1001 to every socket after what is queued for
+//! it, waits briefly, then cuts what is left.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
