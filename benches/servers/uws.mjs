@@ -3,7 +3,7 @@
 //                 (with --authorize 1: `for (const ws of room) if (await authorize(...)) ws.send(...)`)
 // --mode publish  ws.subscribe(room) on join, app.publish(room, JSON.stringify(event)) per event
 import { createRequire } from 'node:module'
-import { allowUser, control, makeEvent, parseArgs, roomOf, unverifiedClaims } from './common.mjs'
+import { allowUser, control, emitEach, makeEvent, parseArgs, roomOf, unverifiedClaims } from './common.mjs'
 
 const require = createRequire(import.meta.url)
 const uWS = require('@trufflesuite/uws-js-unofficial')
@@ -74,34 +74,31 @@ const listenSocket = await new Promise((resolve, reject) =>
 )
 
 async function emitOld(cmd) {
-  const jobs = []
-  for (let i = 0; i < cmd.count; i++) {
+  const jobs = await emitEach(cmd, (i) => {
     const event = makeEvent(roomOf(cmd, i), i, cmd.size)
     const room = rooms.get(event.collection)
-    if (!room) continue
+    if (!room) return
     if (!withAuthorize) {
       for (const ws of room) ws.send(JSON.stringify(event))
-      continue
+      return
     }
     // As the old plugin: once per socket, in sequence, awaited.
-    jobs.push(
-      (async () => {
-        for (const ws of room) {
-          if (await authorize(ws.getUserData().user, event)) {
-            if (!ws.getUserData().closed) ws.send(JSON.stringify(event))
-          }
+    return (async () => {
+      for (const ws of room) {
+        if (await authorize(ws.getUserData().user, event)) {
+          if (!ws.getUserData().closed) ws.send(JSON.stringify(event))
         }
-      })(),
-    )
-  }
+      }
+    })()
+  })
   await Promise.all(jobs)
 }
 
-function emitPublish(cmd) {
-  for (let i = 0; i < cmd.count; i++) {
+async function emitPublish(cmd) {
+  await emitEach(cmd, (i) => {
     const event = makeEvent(roomOf(cmd, i), i, cmd.size)
     app.publish(event.collection, JSON.stringify(event))
-  }
+  })
 }
 
 control({

@@ -1,6 +1,6 @@
 // ws 8 anchor (no token check): rooms as JS Sets, JSON.stringify once per event, ws.send per socket.
 import { WebSocketServer } from 'ws'
-import { control, makeEvent, parseArgs, roomOf } from './common.mjs'
+import { control, emitEach, makeEvent, parseArgs, roomOf } from './common.mjs'
 
 parseArgs()
 /** @type {Map<string, Set<import('ws').WebSocket>>} */
@@ -43,14 +43,14 @@ wss.on('connection', (ws) => {
 control({
   port: wss.address().port,
   connections: () => connections,
-  emit(cmd) {
-    for (let i = 0; i < cmd.count; i++) {
+  async emit(cmd) {
+    await emitEach(cmd, (i) => {
       const event = makeEvent(roomOf(cmd, i), i, cmd.size)
       const room = rooms.get(event.collection)
-      if (!room) continue
+      if (!room) return
       const text = JSON.stringify(event)
       for (const ws of room) ws.send(text)
-    }
+    })
   },
   quit: () => new Promise((resolve) => wss.close(() => resolve())),
 })

@@ -106,6 +106,9 @@ struct Connection {
     deadline: Option<Instant>,
     /// What the task's one timer is set to.
     timer_at: Instant,
+    /// Where the timer rests when nothing is due: a fixed instant, so that polls with nothing
+    /// due never move the timer (resetting it takes the timer wheel's lock).
+    far: Instant,
 }
 
 /// What the reads found.
@@ -151,6 +154,7 @@ impl Connection {
             expiry: expiry_of(&peer),
             deadline: None,
             timer_at: now,
+            far: now + Duration::from_secs(86_400 * 365),
             hub,
             peer,
         }
@@ -267,7 +271,7 @@ impl Connection {
             .into_iter()
             .flatten()
             .min()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
+            .unwrap_or(self.far)
     }
 
     /// Handles whatever is due: the deadline, the idle check, the token's expiry.

@@ -190,6 +190,27 @@ fn event_json(collection: &str, id: u64, size: usize) -> Vec<u8> {
     s
 }
 
+/// `intervalMs`: one event every so many ms, each written to the room as it comes (the paced
+/// fan-out case), each scheduled from the start.
+async fn emit_paced(state: &State, cmd: &Value, interval_ms: f64) -> Value {
+    let count = cmd["count"].as_u64().unwrap_or(1);
+    let size = cmd["size"].as_u64().unwrap_or(1024) as usize;
+    let collection = cmd["collection"].as_str().unwrap_or("posts").to_string();
+    let t0 = now_us();
+    let start = tokio::time::Instant::now();
+    let mut sent = 0u64;
+    for i in 0..count {
+        tokio::time::sleep_until(start + std::time::Duration::from_secs_f64(i as f64 * interval_ms / 1000.0)).await;
+        let burst: Burst = Arc::new(vec![server_frame(0x1, &event_json(&collection, i, size))]);
+        let mut map = state.rooms.lock().unwrap();
+        if let Some(members) = map.get_mut(&collection) {
+            members.retain(|tx| tx.send(burst.clone()).is_ok());
+            sent += members.len() as u64;
+        }
+    }
+    json!({ "ok": true, "t0_us": t0, "t1_us": now_us(), "sent": sent })
+}
+
 fn emit(state: &State, cmd: &Value) -> Value {
     let count = cmd["count"].as_u64().unwrap_or(1);
     let size = cmd["size"].as_u64().unwrap_or(1024) as usize;
@@ -256,7 +277,10 @@ async fn run(args: Args) {
                 "rss": rss_bytes(),
                 "connections": state.connections.load(Ordering::Relaxed),
             }),
-            Some("emit") => emit(&state, &cmd),
+            Some("emit") => match cmd["intervalMs"].as_f64().filter(|ms| *ms > 0.0) {
+                Some(ms) => emit_paced(&state, &cmd, ms).await,
+                None => emit(&state, &cmd),
+            },
             Some("gc") => json!({ "ok": true }),
             Some("quit") => break,
             _ => json!({ "ok": false, "error": "unknown command" }),
