@@ -10,6 +10,10 @@ import { createClient } from 'redis'
 import { Server } from 'socket.io'
 import { control, emitEach, makeEvent, parseArgs, roomOf } from './common.mjs'
 
+// The adapter's own requests to Redis can time out under a burst and reject with nobody
+// listening; log them and keep serving (missing events show in the "delivered" column).
+process.on('unhandledRejection', (err) => console.error('socket.io anchor: unhandled rejection:', err?.message ?? err))
+
 const args = parseArgs()
 const http = createServer()
 const io = new Server(http, {
