@@ -22,15 +22,17 @@ use payload_realtime_core::callbacks::{
 use payload_realtime_core::protocol::ErrorCode;
 use payload_realtime_core::warn;
 
+/// A batched JS callback: `(questions) => Promise<answers>`, `answers[i]` for `questions[i]`.
+pub type BatchFn =
+    ThreadsafeFunction<FnArgs<(Vec<Value>,)>, Promise<Vec<Value>>, FnArgs<(Vec<Value>,)>, Status, false, true>;
+
 /// `(requests) => Promise<answers>`: `requests` is `[{ collection, event, users }]`, and
 /// `answers[i]` holds one `boolean | { doc }` per user of `requests[i]`.
-pub type AuthorizeFn =
-    ThreadsafeFunction<FnArgs<(Vec<Value>,)>, Promise<Vec<Value>>, FnArgs<(Vec<Value>,)>, Status, false, true>;
+pub type AuthorizeFn = BatchFn;
 
 /// `(calls) => Promise<results>`: `calls` is `[{ type, socketId, user, message }]`, each result
 /// `{ ok: true, reply?: any } | { ok: false, code?: string, message: string }`.
-pub type HandlerFn =
-    ThreadsafeFunction<FnArgs<(Vec<Value>,)>, Promise<Vec<Value>>, FnArgs<(Vec<Value>,)>, Status, false, true>;
+pub type HandlerFn = BatchFn;
 
 /// Authorize crossings in flight at once: not limited. Questions that are queued together
 /// still cross together, but a slow rule (a database lookup) never holds back another
@@ -60,38 +62,16 @@ impl Authorizer for JsAuthorizer {
 }
 
 async fn run_authorize(f: Arc<AuthorizeFn>, batch: Vec<Pending<AuthorizeRequest, AuthorizeAnswer>>) {
-    let (requests, replies): (Vec<Value>, Vec<_>) = batch
-        .into_iter()
-        .map(|(req, reply)| {
-            let users: Vec<Value> = req.users.iter().map(|u| (**u).clone()).collect();
-            (
-                json!({ "collection": req.collection, "event": *req.event, "users": users }),
-                reply,
-            )
-        })
-        .unzip();
-    let answers = async {
-        let promise = f.call_async_catch(FnArgs::from((requests,))).await?;
-        promise.await
-    }
-    .await;
-    match answers {
-        Ok(answers) => {
-            for (i, reply) in replies.into_iter().enumerate() {
-                let decisions = match answers.get(i) {
-                    Some(Value::Array(a)) => Ok(a.iter().map(Decision::from_value).collect()),
-                    _ => Err("authorize gave no answer for this event".to_string()),
-                };
-                let _ = reply.send(decisions);
-            }
-        }
-        Err(e) => {
-            let e = e.to_string();
-            for reply in replies {
-                let _ = reply.send(Err(e.clone()));
-            }
-        }
-    }
+    let encode = |req: AuthorizeRequest| {
+        let users: Vec<Value> = req.users.iter().map(|u| (**u).clone()).collect();
+        json!({ "collection": req.collection, "event": *req.event, "users": users })
+    };
+    let answer = |a: Option<&Value>| match a {
+        Some(Value::Array(a)) => Ok(a.iter().map(Decision::from_value).collect()),
+        _ => Err("authorize gave no answer for this event".to_string()),
+    };
+    // A failed crossing is logged where its questions were asked (`allowed_members`).
+    let _ = cross(&f, batch, encode, answer, |e| Err(e.to_string())).await;
 }
 
 /// `(token, claims) => Promise<user | null>`: Payload's own check of the user and session.
@@ -207,32 +187,44 @@ fn failed(message: &str) -> HandlerOutcome {
 }
 
 async fn run_batch(f: Arc<HandlerFn>, batch: Vec<Pending<HandlerCall, HandlerOutcome>>) {
-    let (calls, replies): (Vec<Value>, Vec<oneshot::Sender<HandlerOutcome>>) = batch
-        .into_iter()
-        .map(|(c, r)| {
-            let user = c.user.map(|u| (*u).clone()).unwrap_or(Value::Null);
-            (
-                json!({ "type": c.kind, "socketId": c.socket_id, "user": user, "message": c.message }),
-                r,
-            )
-        })
-        .unzip();
-    let results = async {
-        let promise = f.call_async_catch(FnArgs::from((calls,))).await?;
+    let encode = |c: HandlerCall| {
+        let user = c.user.map(|u| (*u).clone()).unwrap_or(Value::Null);
+        json!({ "type": c.kind, "socketId": c.socket_id, "user": user, "message": c.message })
+    };
+    if let Err(e) = cross(&f, batch, encode, outcome_of, |_| failed("handler failed")).await {
+        warn!("custom handler batch failed: {e}");
+    }
+}
+
+/// One crossing: sends the batch's questions as one array and answers each from its slot of
+/// the array JS returns, or every one with `failed` when the call throws or rejects (that error
+/// is returned too).
+async fn cross<Q, A>(
+    f: &BatchFn,
+    batch: Vec<Pending<Q, A>>,
+    encode: impl Fn(Q) -> Value,
+    answer: impl Fn(Option<&Value>) -> A,
+    failed: impl Fn(&napi::Error) -> A,
+) -> napi::Result<()> {
+    let (questions, replies): (Vec<Value>, Vec<oneshot::Sender<A>>) =
+        batch.into_iter().map(|(q, reply)| (encode(q), reply)).unzip();
+    let answers = async {
+        let promise = f.call_async_catch(FnArgs::from((questions,))).await?;
         promise.await
     }
     .await;
-    match results {
-        Ok(results) => {
+    match answers {
+        Ok(answers) => {
             for (i, reply) in replies.into_iter().enumerate() {
-                let _ = reply.send(outcome_of(results.get(i)));
+                let _ = reply.send(answer(answers.get(i)));
             }
+            Ok(())
         }
         Err(e) => {
-            warn!("custom handler batch failed: {e}");
             for reply in replies {
-                let _ = reply.send(failed("handler failed"));
+                let _ = reply.send(failed(&e));
             }
+            Err(e)
         }
     }
 }

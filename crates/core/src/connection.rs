@@ -34,8 +34,8 @@ use crate::requests::Requests;
 use crate::stats::Stats;
 use crate::{debug, warn};
 
-/// How long to wait for the client's close frame after ours before dropping the connection,
-/// and how long a close we send may take to go out.
+/// How long to wait for the client's close frame after ours is out before dropping the
+/// connection (a close still being written has `EVICTION_GRACE`).
 const CLOSE_HANDSHAKE_WAIT: Duration = Duration::from_secs(2);
 
 /// Size of the read buffer each runtime thread shares among its sockets.
