@@ -260,6 +260,64 @@ test('authorize decides per user: a denied user with many sockets gets nothing o
   })
 })
 
+test('events emitted together arrive once each and in order, each socket with what its user may read', T, async () => {
+  // Emitted in one tick, these reach the server as one batch: one authorize crossing, and one
+  // buffer per user for the room. A `{ doc }` that JSON cannot hold (a BigInt) withholds that
+  // event only, and a denied user gets nothing of the batch.
+  const authorize = {
+    posts: (user, event) => {
+      if (user.id === 'blocked') return false
+      if (event.id === 'bad') return { doc: { n: 1n } }
+      return { doc: { ...event.doc, for: user.id } }
+    },
+  }
+  await withServer({ authorize }, async (ctx) => {
+    const clients = []
+    for (const u of ['ann', 'bob', 'blocked']) {
+      for (let i = 0; i < 2; i++) {
+        const c = await ctx.connectAs(u, { label: `${u}#${i}` })
+        await c.join('posts')
+        await c.join('tags')
+        clients.push(c)
+      }
+    }
+    const ids = []
+    const emits = []
+    for (let i = 0; i < 40; i++) {
+      const id = i === 20 ? 'bad' : `p${i}`
+      ids.push(id)
+      emits.push(ctx.manager.emitEvent({ type: 'update', collection: 'posts', id, doc: { i } }))
+      // A collection with no rule, interleaved: everyone gets these, in order too.
+      emits.push(ctx.manager.emitEvent({ type: 'update', collection: 'tags', id: `t${i}`, doc: { i } }))
+    }
+    await Promise.all(emits)
+    const wanted = ids.filter((id) => id !== 'bad')
+    for (const c of clients) {
+      await c.waitFor((m) => m.id === 't39', { label: 'the last tag' })
+      const user = c.label.split('#')[0]
+      if (user !== 'blocked') await c.waitFor((m) => m.id === 'p39', { label: 'the last post' })
+      await assertNothingBefore(ctx.manager, c, (m) => m.id === 'bad', 'the event whose doc JSON cannot hold')
+      const posts = c.events('posts')
+      const tags = c.events('tags')
+      assert.deepEqual(
+        tags.map((m) => m.id),
+        Array.from({ length: 40 }, (_, i) => `t${i}`),
+        `${c.label}: every tag event once, in order`,
+      )
+      if (user === 'blocked') {
+        assert.deepEqual(posts, [], `${c.label} was denied every post`)
+        continue
+      }
+      assert.deepEqual(
+        posts.map((m) => m.id),
+        wanted,
+        `${c.label}: every allowed post once, in order`,
+      )
+      for (const m of posts) assert.equal(m.doc.for, user, `${c.label} got ${user}'s own doc of ${m.id}`)
+    }
+  })
+})
+
 test(
   'a slow reader is closed with 4008 while the other clients receive every event',
   { timeout: 600_000 },

@@ -269,9 +269,31 @@ class UWebSocketManager {
           }
         : null
 
-    // Questions of several events come in one crossing; each is answered on its own.
-    const authorizeBatch = (requests) =>
-      Promise.all(requests.map(({ collection, event, users }) => authorize(collection, event, users)))
+    // Questions of several events come in one crossing, as JSON text: `{ users, requests }`,
+    // each request naming its users by index (a user is written once per crossing). Each is
+    // answered on its own; the answers go back as JSON text too.
+    const authorizeBatch = async (json) => {
+      const { users, requests } = JSON.parse(json)
+      const answers = await Promise.all(
+        requests.map(({ collection, event, users: which }) =>
+          authorize(
+            collection,
+            event,
+            which.map((i) => users[i]),
+          ),
+        ),
+      )
+      // A `{ doc }` that cannot be written as JSON (a cycle, a BigInt) denies its event only.
+      const parts = answers.map((answer, i) => {
+        try {
+          return JSON.stringify(answer)
+        } catch (err) {
+          logFailure(`authorize for "${requests[i].collection}"`, err)
+          return JSON.stringify(answer.map(() => false))
+        }
+      })
+      return `[${parts.join(',')}]`
+    }
     this._server = native.initUWebSocket(opts, authorizeBatch, handle, () => {}, verifyUser)
     this.port = this._server.port
     this.instanceId = this._server.instanceId

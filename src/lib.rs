@@ -183,7 +183,7 @@ pub struct RealtimeServer {
 #[napi(
     js_name = "initUWebSocket",
     catch_unwind,
-    ts_args_type = "options: NativeOptions, authorize?: ((requests: Array<{ collection: string, event: any, users: any[] }>) => Promise<Array<Array<boolean | { doc: any }>>>) | null, handle?: ((calls: Array<{ type: string, socketId: string, user: any, message: any }>) => Promise<Array<{ ok: boolean, reply?: any, code?: string, message?: string }>>) | null, keepAlive?: (() => void) | null, verifyUser?: ((token: string, claims: any) => Promise<any>) | null"
+    ts_args_type = "options: NativeOptions, authorize?: ((json: string) => Promise<string>) | null, handle?: ((calls: Array<{ type: string, socketId: string, user: any, message: any }>) => Promise<Array<{ ok: boolean, reply?: any, code?: string, message?: string }>>) | null, keepAlive?: (() => void) | null, verifyUser?: ((token: string, claims: any) => Promise<any>) | null"
 )]
 pub fn init_u_web_socket(
     options: NativeOptions,
@@ -286,7 +286,7 @@ impl RealtimeServer {
             deferred.reject(js_error(error::Error::Closed));
             return Ok(promise);
         };
-        let queued: Vec<_> = events.into_iter().map(|e| self.hub.submit_event(e)).collect();
+        let queued = self.hub.submit_events(events);
         handle.spawn(async move {
             let mut results = Vec::with_capacity(queued.len());
             for q in queued {

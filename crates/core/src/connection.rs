@@ -94,8 +94,6 @@ struct Connection {
     reading: bool,
     /// Our close frame is written and our side shut down.
     write_closed: bool,
-    /// The task let the others run once since it found work queued (see `poll_writes`).
-    yielded: bool,
     /// A ping was sent since the last frame from the client (idle detection).
     ping_sent: bool,
     /// The next idle check (with `idleTimeout`).
@@ -123,14 +121,6 @@ enum ReadEnd {
     CloseAnswered,
 }
 
-/// Why a poll of the socket returned.
-enum Step {
-    /// The connection is over.
-    Over,
-    /// Work is queued: let the others run once before writing it.
-    Yield,
-}
-
 /// Why the task's timer woke it.
 enum TimerEnd {
     Continue,
@@ -148,7 +138,6 @@ impl Connection {
             batch: Batch::default(),
             reading: true,
             write_closed: false,
-            yielded: false,
             ping_sent: false,
             next_tick,
             expiry: expiry_of(&peer),
@@ -164,21 +153,15 @@ impl Connection {
         let timer = tokio::time::sleep_until(self.next_wake());
         tokio::pin!(timer);
         self.timer_at = timer.deadline();
-        loop {
-            match std::future::poll_fn(|cx| self.poll_run(cx, timer.as_mut())).await {
-                Step::Over => return,
-                // To the back of the run queue (a self-wake from inside `poll` would be run
-                // again at once, from the scheduler's LIFO slot).
-                Step::Yield => tokio::task::yield_now().await,
-            }
-        }
+        std::future::poll_fn(|cx| self.poll_run(cx, timer.as_mut())).await;
     }
 
-    /// One step of the socket: reads, writes, timers, until every one of them waits.
-    fn poll_run(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> Poll<Step> {
+    /// The socket's whole life: reads, writes, timers, until every one of them waits; ready
+    /// when the connection is over.
+    fn poll_run(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> Poll<()> {
         loop {
             if self.peer.outbound.is_cut() {
-                return Poll::Ready(Step::Over);
+                return Poll::Ready(());
             }
             while self.reading {
                 match self.stream.poll_read_ready(cx) {
@@ -189,14 +172,14 @@ impl Connection {
                             cx.waker().wake_by_ref();
                             break;
                         }
-                        ReadEnd::Gone | ReadEnd::CloseAnswered => return Poll::Ready(Step::Over),
+                        ReadEnd::Gone | ReadEnd::CloseAnswered => return Poll::Ready(()),
                     },
-                    Poll::Ready(Err(_)) => return Poll::Ready(Step::Over),
+                    Poll::Ready(Err(_)) => return Poll::Ready(()),
                     Poll::Pending => break,
                 }
             }
-            if let Poll::Ready(step) = self.poll_writes(cx) {
-                return Poll::Ready(step);
+            if self.poll_writes(cx).is_ready() {
+                return Poll::Ready(());
             }
             if self.deadline.is_none() && (!self.reading || self.peer.outbound.is_closing()) {
                 // A close is on its way out (ours, or the answer to the client's): it has this
@@ -211,7 +194,7 @@ impl Connection {
             match timer.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(()) => match self.on_timer() {
-                    TimerEnd::Stop => return Poll::Ready(Step::Over),
+                    TimerEnd::Stop => return Poll::Ready(()),
                     // What the timer did may have queued frames: go round again.
                     TimerEnd::Continue => {}
                 },
@@ -219,10 +202,9 @@ impl Connection {
         }
     }
 
-    /// Writes what is queued until the queue is empty or the socket's buffer is full. Ready to
-    /// yield first, or when the connection is over (a write failed, or our close went out after
-    /// the client's).
-    fn poll_writes(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
+    /// Writes what is queued until the queue is empty or the socket's buffer is full. Ready when
+    /// the connection is over (a write failed, or our close went out after the client's).
+    fn poll_writes(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.write_closed {
             return Poll::Pending;
         }
@@ -231,31 +213,26 @@ impl Connection {
         out.register(cx.waker());
         loop {
             if self.batch.is_empty() {
-                if !out.has_work() {
+                // Fan-out wakes a socket once its whole burst is queued (`rooms::Wakes`): what
+                // is there now is the burst, taken at once.
+                out.take_into(&mut self.batch);
+                if self.batch.is_empty() {
                     return Poll::Pending;
                 }
-                if !self.yielded {
-                    // Let whatever is fanning out right now queue a few more frames first:
-                    // one write for a burst of events rather than one per event.
-                    self.yielded = true;
-                    return Poll::Ready(Step::Yield);
-                }
-                self.yielded = false;
-                out.take_into(&mut self.batch);
             }
             match self.batch.write_to(out, &self.stream) {
-                Err(_) => return Poll::Ready(Step::Over),
+                Err(_) => return Poll::Ready(()),
                 Ok(Flush::Blocked) => match self.stream.poll_write_ready(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(_)) => return Poll::Ready(Step::Over),
+                    Poll::Ready(Err(_)) => return Poll::Ready(()),
                 },
                 Ok(Flush::Done) if self.batch.closes => {
                     // Our close is out: nothing more is sent.
                     self.write_closed = true;
                     let _ = Pin::new(&mut self.stream).poll_shutdown(cx);
                     if !self.reading {
-                        return Poll::Ready(Step::Over);
+                        return Poll::Ready(());
                     }
                     self.deadline = Some(Instant::now() + CLOSE_HANDSHAKE_WAIT);
                     return Poll::Pending;

@@ -176,13 +176,48 @@ impl Hub {
     /// after the other are delivered in that order), and returns what resolves with the number
     /// of local sockets once it was queued to them.
     pub fn submit_event(&self, input: Value) -> Result<oneshot::Receiver<usize>, Error> {
+        self.queue_checked(self.check_event(input)?, None)
+    }
+
+    /// [`Hub::submit_event`] for several events, in order: all are checked and encoded first,
+    /// then queued one right after the other, so the lane finds them together and delivers
+    /// them as one burst (see `dispatch`).
+    pub fn submit_events(&self, inputs: Vec<Value>) -> Vec<Result<oneshot::Receiver<usize>, Error>> {
+        let checked: Vec<_> = inputs.into_iter().map(|input| self.check_event(input)).collect();
+        let mut batch = LaneBatch::default();
+        let queued = checked
+            .into_iter()
+            .map(|event| event.and_then(|e| self.queue_checked(e, Some(&mut batch))))
+            .collect();
+        for (lane, jobs) in batch.jobs {
+            let _ = self.lanes[lane].send(Job::Many(jobs));
+        }
+        queued
+    }
+
+    /// The first step of a submit: the event normalized and serialized once (the same JSON
+    /// goes into the local frame and the broker envelope).
+    fn check_event(&self, input: Value) -> Result<(event::Event, String), Error> {
         if self.stopping.is_cancelled() {
             return Err(Error::Closed);
         }
         let event = event::normalize(input)?;
-        Stats::add(&self.stats.events, 1);
-        // Serialized once: the same JSON goes into the local frame and the broker envelope.
         let json = serde_json::to_string(&event.body).map_err(|e| Error::Internal(e.to_string()))?;
+        Ok((event, json))
+    }
+
+    /// The second step: numbered, published and queued on its room's lane.
+    /// With `batch`, the job is kept there to be sent with the others (events numbered by a
+    /// history are sent at once, under its lock, as always).
+    fn queue_checked(
+        &self,
+        (event, json): (event::Event, String),
+        batch: Option<&mut LaneBatch>,
+    ) -> Result<oneshot::Receiver<usize>, Error> {
+        if self.stopping.is_cancelled() {
+            return Err(Error::Closed);
+        }
+        Stats::add(&self.stats.events, 1);
         if let (Some(appender), Some(policy)) = (
             self.appender.get(),
             self.histories.policy_for(&collection_room(&event.collection)),
@@ -215,12 +250,13 @@ impl Hub {
                     Some(done),
                 )?
             }
-            None => self.queue_event(
+            None => self.queue_event_into(
                 &event.collection,
                 Arc::new(event.body),
                 text_frame(json.as_bytes()),
                 None,
                 Some(done),
+                batch,
             )?,
         };
         // Not queued (no local member): `done` already got 0.
@@ -296,6 +332,19 @@ impl Hub {
         offset: Option<u64>,
         done: Option<oneshot::Sender<usize>>,
     ) -> Result<bool, Error> {
+        self.queue_event_into(collection, body, frame, offset, done, None)
+    }
+
+    /// [`Hub::queue_event`], into `batch` when given.
+    fn queue_event_into(
+        &self,
+        collection: &str,
+        body: Arc<Value>,
+        frame: Bytes,
+        offset: Option<u64>,
+        done: Option<oneshot::Sender<usize>>,
+        batch: Option<&mut LaneBatch>,
+    ) -> Result<bool, Error> {
         let room: Arc<str> = Arc::from(collection_room(collection));
         if self.registry.member_count(&room) == 0 {
             if let Some(done) = done {
@@ -304,17 +353,18 @@ impl Hub {
             return Ok(false);
         }
         let authorize = self.authorize_rule(collection);
-        self.send_job(
-            &room,
-            Job::Event {
-                room: room.clone(),
-                authorize,
-                body,
-                frame,
-                offset,
-                done,
-            },
-        )?;
+        let job = Job::Event {
+            room: room.clone(),
+            authorize,
+            body,
+            frame,
+            offset,
+            done,
+        };
+        match batch {
+            Some(batch) => batch.push(lane_of(&room), job),
+            None => self.send_job(&room, job)?,
+        }
         Ok(true)
     }
 
@@ -806,6 +856,22 @@ async fn run_appender(hub: std::sync::Weak<Hub>, history: RedisHistory, mut rx: 
         let results = history.append(&items, &hub.new_epoch()).await;
         for (a, r) in batch.drain(..).zip(results) {
             hub.finish_append(a, r);
+        }
+    }
+}
+
+/// Jobs kept to be sent together, one message per lane: the lane takes them in one go, so the
+/// events emitted together are prepared, asked about and delivered together.
+#[derive(Default)]
+struct LaneBatch {
+    jobs: Vec<(usize, Vec<Job>)>,
+}
+
+impl LaneBatch {
+    fn push(&mut self, lane: usize, job: Job) {
+        match self.jobs.iter_mut().find(|(l, _)| *l == lane) {
+            Some((_, jobs)) => jobs.push(job),
+            None => self.jobs.push((lane, vec![job])),
         }
     }
 }

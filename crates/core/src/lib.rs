@@ -5,7 +5,8 @@
 //! Where things happen:
 //! - a socket's frames are parsed in [`frame_reader`], its messages in [`protocol`], and acted
 //!   on in [`requests`]; [`connection`] is the socket's one task (reads, writes, timers);
-//! - a room fans out in [`rooms::Registry::fan_out`], in order per room thanks to [`dispatch`];
+//! - a room fans out in [`rooms::Registry::fan_out_run`], in order per room and in bursts thanks
+//!   to [`dispatch`];
 //! - an authorize rule is applied in [`authorize`];
 //! - a socket's bytes are queued and written by [`outbound`].
 

@@ -101,9 +101,20 @@ impl Outbound {
 
     /// Queues a data frame, unless the socket is closing or this frame passes the bound.
     pub fn push(&self, frame: Bytes) -> Push {
+        let (push, wake) = self.push_unwoken(frame);
+        if wake {
+            self.wake();
+        }
+        push
+    }
+
+    /// [`Outbound::push`] that leaves the writer asleep: `true` beside [`Push::Queued`] means
+    /// the queue was empty and the caller must call [`Outbound::wake`] once it has queued the
+    /// rest of its burst (see [`crate::rooms::Wakes`]). An eviction wakes the writer itself.
+    pub fn push_unwoken(&self, frame: Bytes) -> (Push, bool) {
         let mut s = self.state.lock();
         if s.ending.is_some() {
-            return Push::Closed;
+            return (Push::Closed, false);
         }
         if s.bytes + frame.len() > self.limit {
             let queued: usize = s.queue.iter().map(Bytes::len).sum();
@@ -117,16 +128,17 @@ impl Outbound {
             self.closing.store(true, Ordering::Release);
             self.evicted.store(true, Ordering::Release);
             self.waker.wake();
-            return Push::Evicted;
+            return (Push::Evicted, false);
         }
         let was_empty = s.queue.is_empty() && s.control.is_empty();
         s.bytes += frame.len();
         s.queue.push_back(frame);
-        drop(s);
-        if was_empty {
-            self.waker.wake();
-        }
-        Push::Queued
+        (Push::Queued, was_empty)
+    }
+
+    /// Wakes the writer (after [`Outbound::push_unwoken`]).
+    pub fn wake(&self) {
+        self.waker.wake();
     }
 
     /// Queues a control frame (pong, ping): small, exempt from the bound, sent before data.
@@ -178,12 +190,6 @@ impl Outbound {
     /// Bytes waiting to be written.
     pub fn queued_bytes(&self) -> usize {
         self.state.lock().bytes
-    }
-
-    /// Whether there is something to write (or the close to send).
-    pub fn has_work(&self) -> bool {
-        let s = self.state.lock();
-        !s.queue.is_empty() || !s.control.is_empty() || s.ending.is_some()
     }
 
     /// Moves the next batch into `batch` (which must be empty): control frames first, then up to

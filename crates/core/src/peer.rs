@@ -94,6 +94,11 @@ impl Peer {
         self.is_recovering.store(true, Ordering::Release);
     }
 
+    /// Whether live frames may be held back or dropped ([`Peer::hold_back`] has work to do).
+    pub fn is_recovering(&self) -> bool {
+        self.is_recovering.load(Ordering::Acquire)
+    }
+
     /// Takes a live frame out of normal delivery: kept back while the room is being recovered,
     /// dropped when it is a live copy of an event just replayed. `false`: deliver it.
     pub fn hold_back(&self, room: &str, offset: Option<u64>, frame: &Bytes) -> bool {

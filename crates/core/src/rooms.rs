@@ -12,8 +12,10 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use parking_lot::RwLock;
+use rustc_hash::FxBuildHasher;
+use serde_json::Value;
 
 use crate::outbound::Push;
 use crate::peer::{Peer, PeerId};
@@ -21,7 +23,53 @@ use crate::stats::Stats;
 
 const SHARDS: usize = 32;
 
-type Members = HashMap<PeerId, Arc<Peer>>;
+/// A room: its sockets, and its distinct users (what authorize asks about).
+#[derive(Default)]
+struct Room {
+    members: HashMap<PeerId, Arc<Peer>>,
+    /// Each user with sockets in the room (by [`Peer::user_key`]): the user as the first of
+    /// those sockets shows it, and how many of them are here. Kept up to date on join and
+    /// leave, so an authorized event asks about the room's users without walking its sockets.
+    users: HashMap<Arc<str>, (Arc<Value>, usize), FxBuildHasher>,
+}
+
+impl Room {
+    fn insert(&mut self, peer: &Arc<Peer>) {
+        self.members.insert(peer.id, peer.clone());
+        let key = peer.user_key();
+        match self.users.get_mut(key) {
+            Some((_, n)) => *n += 1,
+            None => {
+                self.users.insert(Arc::from(key), (peer.user_json(), 1));
+            }
+        }
+    }
+
+    fn remove(&mut self, peer: &Peer) -> bool {
+        if self.members.remove(&peer.id).is_none() {
+            return false;
+        }
+        let key = peer.user_key();
+        if let Some((_, n)) = self.users.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                self.users.remove(key);
+            }
+        }
+        true
+    }
+}
+
+/// The users allowed to receive one event (by [`Peer::user_key`]), each with its own frame
+/// when its answer carried a document of its own.
+pub type AllowedUsers = HashMap<Arc<str>, Option<Bytes>, FxBuildHasher>;
+
+/// One frame of a run: its history offset, and who may have it (`None`: every member).
+pub struct RunFrame {
+    pub frame: Bytes,
+    pub offset: Option<u64>,
+    pub allowed: Option<AllowedUsers>,
+}
 
 /// Told when a room gains its first member (`true`) or loses its last (`false`), under the
 /// room's shard lock, so the calls for one room come in order. It must not block.
@@ -33,7 +81,7 @@ pub type MemberHook = Box<dyn Fn(&str, &Peer, bool) + Send + Sync>;
 
 pub struct Registry {
     peers: Vec<RwLock<HashMap<PeerId, Arc<Peer>>>>,
-    rooms: Vec<RwLock<HashMap<Arc<str>, Members>>>,
+    rooms: Vec<RwLock<HashMap<Arc<str>, Room>>>,
     hook: OnceLock<RoomHook>,
     member_hook: OnceLock<MemberHook>,
     room_count: AtomicUsize,
@@ -110,12 +158,12 @@ impl Registry {
     fn remove_member(&self, room: &str, peer: &Peer) {
         let mut shard = self.rooms[shard_of(room)].write();
         if let Some(members) = shard.get_mut(room) {
-            if members.remove(&peer.id).is_some() {
+            if members.remove(peer) {
                 if let Some(hook) = self.member_hook.get() {
                     hook(room, peer, false);
                 }
             }
-            if members.is_empty() {
+            if members.members.is_empty() {
                 shard.remove(room);
                 self.room_count.fetch_sub(1, Ordering::Relaxed);
                 if let Some(hook) = self.hook.get() {
@@ -141,7 +189,7 @@ impl Registry {
             Some((k, _)) => k.clone(),
             None => {
                 let k: Arc<str> = Arc::from(room);
-                shard.insert(k.clone(), HashMap::new());
+                shard.insert(k.clone(), Room::default());
                 self.room_count.fetch_add(1, Ordering::Relaxed);
                 if let Some(hook) = self.hook.get() {
                     hook(room, true);
@@ -149,7 +197,7 @@ impl Registry {
                 k
             }
         };
-        shard.get_mut(room).expect("just ensured").insert(peer.id, peer.clone());
+        shard.get_mut(room).expect("just ensured").insert(peer);
         if let Some(hook) = self.member_hook.get() {
             hook(room, peer, true);
         }
@@ -175,12 +223,25 @@ impl Registry {
         self.rooms[shard_of(room)]
             .read()
             .get(room)
-            .map(|m| m.values().cloned().collect())
+            .map(|m| m.members.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// A room's distinct users: the key its sockets are grouped by, and the user as the host
+    /// sees it.
+    pub fn users(&self, room: &str) -> Vec<(Arc<str>, Arc<Value>)> {
+        self.rooms[shard_of(room)]
+            .read()
+            .get(room)
+            .map(|r| r.users.iter().map(|(k, (u, _))| (k.clone(), u.clone())).collect())
             .unwrap_or_default()
     }
 
     pub fn member_count(&self, room: &str) -> usize {
-        self.rooms[shard_of(room)].read().get(room).map_or(0, HashMap::len)
+        self.rooms[shard_of(room)]
+            .read()
+            .get(room)
+            .map_or(0, |r| r.members.len())
     }
 
     pub fn room_count(&self) -> usize {
@@ -195,55 +256,104 @@ impl Registry {
         except: Option<PeerId>,
         offset: Option<u64>,
         stats: &Stats,
+        wakes: &mut Wakes,
     ) -> usize {
+        let run = [RunFrame {
+            frame: frame.clone(),
+            offset,
+            allowed: None,
+        }];
+        self.fan_out_run(room, &run, except, stats, wakes).1[0]
+    }
+
+    /// Pushes a run of a room's frames (consecutive events, oldest first) to its members but
+    /// `except`, each frame to the members it allows. A member gets what it may have as one
+    /// buffer, the frames end to end: a burst of events costs one queue push per socket, not
+    /// one per event. The buffer is built once per distinct set of frames (once for the whole
+    /// room without authorize, once per user with it). A member recovering missed events gets
+    /// its frames one by one, each through [`Peer::hold_back`]. Membership is read now: a
+    /// socket that left meanwhile gets nothing, and one whose user was not asked is skipped.
+    /// Returns the queue pushes made, and how many sockets each frame was queued to.
+    pub fn fan_out_run(
+        &self,
+        room: &str,
+        run: &[RunFrame],
+        except: Option<PeerId>,
+        stats: &Stats,
+        wakes: &mut Wakes,
+    ) -> (usize, Vec<usize>) {
+        let everyone = run.iter().all(|f| f.allowed.is_none());
+        // The frames one user may have, with their places in the run.
+        let frames_for = |key: &str| -> Vec<(usize, &Bytes, Option<u64>)> {
+            run.iter()
+                .enumerate()
+                .filter_map(|(i, f)| match &f.allowed {
+                    None => Some((i, &f.frame, f.offset)),
+                    Some(allowed) => allowed
+                        .get(key)
+                        .map(|own| (i, own.as_ref().unwrap_or(&f.frame), f.offset)),
+                })
+                .collect()
+        };
+        let mut merged_for: HashMap<&str, Merged, FxBuildHasher> = HashMap::default();
+        let mut counts = vec![0; run.len()];
         let mut evicted = Vec::new();
-        let mut delivered = 0;
+        let (mut pushes, mut dropped, mut denied) = (0, 0, 0);
         {
             let shard = self.rooms[shard_of(room)].read();
             if let Some(members) = shard.get(room) {
-                for peer in members.values() {
-                    if Some(peer.id) == except || peer.hold_back(room, offset, frame) {
+                for peer in members.members.values() {
+                    if Some(peer.id) == except {
                         continue;
                     }
-                    match peer.outbound.push(frame.clone()) {
-                        Push::Queued => delivered += 1,
-                        Push::Closed => Stats::add(&stats.dropped, 1),
-                        Push::Evicted => evicted.push(peer.clone()),
+                    let key = if everyone { "" } else { peer.user_key() };
+                    if peer.is_recovering() {
+                        let frames = frames_for(key);
+                        denied += run.len() - frames.len();
+                        for (i, frame, offset) in frames {
+                            if peer.hold_back(room, offset, frame) {
+                                continue;
+                            }
+                            pushes += 1;
+                            match wakes.push(peer, frame.clone()) {
+                                Push::Queued => counts[i] += 1,
+                                Push::Closed => dropped += 1,
+                                Push::Evicted => {
+                                    evicted.push(peer.clone());
+                                    break;
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    let merged = merged_for.entry(key).or_insert_with(|| Merged::of(&frames_for(key)));
+                    denied += run.len() - merged.frames.len();
+                    let Some(buf) = &merged.buf else {
+                        continue;
+                    };
+                    pushes += 1;
+                    match wakes.push(peer, buf.clone()) {
+                        Push::Queued => merged.sockets += 1,
+                        Push::Closed => dropped += merged.frames.len(),
+                        Push::Evicted => {
+                            // `evict_all` counts one of them.
+                            dropped += merged.frames.len() - 1;
+                            evicted.push(peer.clone());
+                        }
                     }
                 }
             }
-        }
-        Stats::add(&stats.messages_out, delivered as u64);
-        self.evict_all(&evicted, stats);
-        delivered
-    }
-
-    /// Pushes one frame to the given sockets (authorized delivery), skipping any that left the
-    /// room meanwhile.
-    pub fn deliver_to(
-        &self,
-        room: &str,
-        peers: &[(Arc<Peer>, Option<Bytes>)],
-        frame: &Bytes,
-        offset: Option<u64>,
-        stats: &Stats,
-    ) -> usize {
-        let mut evicted = Vec::new();
-        let mut delivered = 0;
-        for (peer, own) in peers {
-            let frame = own.as_ref().unwrap_or(frame);
-            if !peer.in_room(room) || peer.hold_back(room, offset, frame) {
-                continue;
-            }
-            match peer.outbound.push(frame.clone()) {
-                Push::Queued => delivered += 1,
-                Push::Closed => Stats::add(&stats.dropped, 1),
-                Push::Evicted => evicted.push(peer.clone()),
+            for merged in merged_for.values() {
+                for &i in &merged.frames {
+                    counts[i] += merged.sockets;
+                }
             }
         }
-        Stats::add(&stats.messages_out, delivered as u64);
+        Stats::add(&stats.messages_out, counts.iter().sum::<usize>() as u64);
+        Stats::add(&stats.dropped, dropped as u64);
+        Stats::add(&stats.authorize_denied, denied as u64);
         self.evict_all(&evicted, stats);
-        delivered
+        (pushes, counts)
     }
 
     /// Sends one frame to one socket; `false` if it is gone or closing.
@@ -270,6 +380,72 @@ impl Registry {
             Stats::add(&stats.dropped, 1);
             self.remove_peer(peer);
         }
+    }
+}
+
+/// What the members of one user get of a run: the frames end to end as one buffer (the frame
+/// itself when there is one; `None` when there are none), which frames of the run those are,
+/// and to how many sockets it was queued.
+struct Merged {
+    buf: Option<Bytes>,
+    frames: Vec<usize>,
+    sockets: usize,
+}
+
+impl Merged {
+    fn of(frames: &[(usize, &Bytes, Option<u64>)]) -> Merged {
+        let buf = match frames {
+            [] => None,
+            [(_, only, _)] => Some((*only).clone()),
+            frames => {
+                let mut buf = BytesMut::with_capacity(frames.iter().map(|(_, f, _)| f.len()).sum());
+                for (_, frame, _) in frames {
+                    buf.extend_from_slice(frame);
+                }
+                Some(buf.freeze())
+            }
+        };
+        Merged {
+            buf,
+            frames: frames.iter().map(|(i, _, _)| *i).collect(),
+            sockets: 0,
+        }
+    }
+}
+
+/// Sockets to wake once a burst of deliveries is queued.
+///
+/// Fan-out queues frames without waking anyone, and wakes each socket that got something once,
+/// at the end of the burst: every frame of the burst is then in the socket's queue when its
+/// task runs, and they go out in one `writev`. Woken one frame at a time instead, the other
+/// worker thread runs the first sockets while the burst is still being queued and they write
+/// one frame per syscall. Dropping it wakes whoever is left: no socket sleeps on queued frames.
+#[derive(Default)]
+pub struct Wakes {
+    peers: Vec<Arc<Peer>>,
+}
+
+impl Wakes {
+    /// Queues `frame` for `peer`, to be woken at the next [`Wakes::flush`].
+    pub fn push(&mut self, peer: &Arc<Peer>, frame: Bytes) -> Push {
+        let (push, wake) = peer.outbound.push_unwoken(frame);
+        if wake {
+            self.peers.push(peer.clone());
+        }
+        push
+    }
+
+    /// Wakes every socket queued to since the last flush.
+    pub fn flush(&mut self) {
+        for peer in self.peers.drain(..) {
+            peer.outbound.wake();
+        }
+    }
+}
+
+impl Drop for Wakes {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -325,14 +501,133 @@ mod tests {
             reg.join(p, "r", 10);
         }
         let frame = Bytes::from(vec![0u8; 60]);
-        assert_eq!(reg.fan_out("r", &frame, Some(3), None, &stats), 2);
+        let mut wakes = Wakes::default();
+        assert_eq!(reg.fan_out("r", &frame, Some(3), None, &stats, &mut wakes), 2);
         // The second push passes slow's bound: it is evicted and leaves the room.
-        assert_eq!(reg.fan_out("r", &frame, Some(3), None, &stats), 1);
+        assert_eq!(reg.fan_out("r", &frame, Some(3), None, &stats, &mut wakes), 1);
+        // Woken once each, at the end of the burst: fast and slow (evicted, woken at once).
+        assert_eq!(wakes.peers.len(), 2);
         assert!(slow.outbound.was_evicted());
         assert!(!slow.in_room("r"));
         assert_eq!(reg.member_count("r"), 2);
         assert_eq!(stats.slow_consumers.load(Ordering::Relaxed), 1);
         assert_eq!(fast.outbound.queued_bytes(), 120);
         assert_eq!(other.outbound.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn a_run_is_one_push_per_member_and_frame_by_frame_for_a_recovering_one() {
+        let reg = Registry::default();
+        let stats = Stats::default();
+        let live = peer(1, 1 << 20);
+        let recovering = peer(2, 1 << 20);
+        let sender = peer(3, 1 << 20);
+        for p in [&live, &recovering, &sender] {
+            reg.add_peer(p.clone());
+            reg.join(p, "r", 10);
+        }
+        let room: Arc<str> = Arc::from("r");
+        recovering.start_recovery(&room);
+        let run: Vec<RunFrame> = (0..3u8)
+            .map(|i| RunFrame {
+                frame: Bytes::from(vec![i; 10]),
+                offset: Some(i as u64),
+                allowed: None,
+            })
+            .collect();
+        let mut wakes = Wakes::default();
+        // live: one push of the three; recovering: each frame held back (queued later).
+        assert_eq!(
+            reg.fan_out_run("r", &run, Some(3), &stats, &mut wakes),
+            (1, vec![1, 1, 1])
+        );
+        // Nobody woken before the burst is over; then each socket that got something, once.
+        assert_eq!(wakes.peers.len(), 1);
+        assert_eq!(live.outbound.queued_bytes(), 30);
+        assert_eq!(sender.outbound.queued_bytes(), 0);
+        // Held back one by one, with their offsets; replayed offset 1 is not delivered twice.
+        assert_eq!(recovering.outbound.queued_bytes(), 0);
+        let held = recovering.end_recovery("r", [1u64].into_iter().collect());
+        let offsets: Vec<_> = held.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, vec![Some(0), Some(2)]);
+        assert_eq!(stats.messages_out.load(Ordering::Relaxed), 3);
+        let mut batch = crate::outbound::Batch::default();
+        live.outbound.take_into(&mut batch);
+        assert!(!batch.is_empty());
+    }
+
+    #[test]
+    fn an_authorized_run_gives_each_user_what_it_may_have() {
+        use crate::auth::User;
+        let reg = Registry::default();
+        let stats = Stats::default();
+        let of = |id: PeerId, user: u64| {
+            let u = User::from_claims(serde_json::json!({"id": user, "collection": "users"})).unwrap();
+            Arc::new(Peer::new(id, "t", Some(u), 1 << 20))
+        };
+        // Users 1 (two sockets), 2 and 3 (not asked: it joined after the question).
+        let peers = [of(1, 1), of(2, 1), of(3, 2), of(4, 3)];
+        for p in &peers {
+            reg.add_peer(p.clone());
+            reg.join(p, "r", 10);
+        }
+        let mut users: Vec<_> = reg.users("r").into_iter().map(|(k, _)| k.to_string()).collect();
+        users.sort();
+        assert_eq!(users, vec!["users:1", "users:2", "users:3"]);
+        let allow = |pairs: &[(&str, Option<&'static [u8]>)]| -> Option<AllowedUsers> {
+            Some(
+                pairs
+                    .iter()
+                    .map(|(k, own)| (Arc::from(*k), own.map(Bytes::from_static)))
+                    .collect(),
+            )
+        };
+        let run = vec![
+            // Event a: user 1; user 2 with a doc of its own.
+            RunFrame {
+                frame: Bytes::from_static(b"a"),
+                offset: None,
+                allowed: allow(&[("users:1", None), ("users:2", Some(b"A2"))]),
+            },
+            // Event b: user 2 only.
+            RunFrame {
+                frame: Bytes::from_static(b"b"),
+                offset: None,
+                allowed: allow(&[("users:2", None)]),
+            },
+            // A broadcast: everyone.
+            RunFrame {
+                frame: Bytes::from_static(b"c"),
+                offset: None,
+                allowed: None,
+            },
+        ];
+        let mut wakes = Wakes::default();
+        let (pushes, counts) = reg.fan_out_run("r", &run, None, &stats, &mut wakes);
+        assert_eq!((pushes, counts), (4, vec![3, 1, 4]));
+        let queued = |p: &Arc<Peer>| {
+            let mut batch = crate::outbound::Batch::default();
+            p.outbound.take_into(&mut batch);
+            struct Sink(std::cell::RefCell<Vec<u8>>);
+            impl crate::outbound::TryWrite for Sink {
+                fn try_write_vectored(&self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+                    let mut n = 0;
+                    for b in bufs {
+                        self.0.borrow_mut().extend_from_slice(b);
+                        n += b.len();
+                    }
+                    Ok(n)
+                }
+            }
+            let sink = Sink(Default::default());
+            batch.write_to(&p.outbound, &sink).unwrap();
+            sink.0.into_inner()
+        };
+        assert_eq!(queued(&peers[0]), b"ac");
+        assert_eq!(queued(&peers[1]), b"ac");
+        assert_eq!(queued(&peers[2]), b"A2bc");
+        assert_eq!(queued(&peers[3]), b"c");
+        // Withheld: b from user 1's two sockets, a and b from user 3's.
+        assert_eq!(stats.authorize_denied.load(Ordering::Relaxed), 4);
     }
 }
