@@ -13,6 +13,8 @@
 //                            scenarios keep their figures from the JSON this run replaces (each
 //                            section of the report says which run measured it)
 //   BENCH_SERVERS=a,b        contenders: realtime, uws-plugin, uws-publish, ws, ceiling
+//   BENCH_CEILING_THREADS=n  the ceiling's worker threads (default: payload-realtime's default,
+//                            the cores minus one)
 //   BENCH_FANOUT_SUBSCRIBERS=1000,10000   BENCH_FANOUT_EVENTS=100 (events per round, every size)
 //   BENCH_FANOUT_PACED_RATE=200000 (messages/s offered in the paced fan-out case)
 //   BENCH_EVENT_SIZE=1024    BENCH_ROOMS_EVENTS  BENCH_AUTH_EVENTS  BENCH_IDLE_COUNTS=10000,19000
@@ -83,6 +85,9 @@ const cfg = {
   // One load generator process holds at most this many sockets (20,000 open files per process).
   perLoadgen: 15_000,
   secret: 'bench-secret',
+  // The ceiling gets as many worker threads as payload-realtime's default (the cores minus one,
+  // 1 to 16): the same shape of runtime, with none of the logic.
+  ceilingThreads: int(env.BENCH_CEILING_THREADS, Math.min(16, Math.max(1, os.availableParallelism() - 1))),
 }
 
 const CONTENDERS = {
@@ -106,7 +111,7 @@ const CONTENDERS = {
   ws: { label: 'ws 8', note: 'JSON.stringify once per event; ws.send per socket', script: 'ws.mjs' },
   ceiling: {
     label: 'ceiling (bare tokio)',
-    note: 'pre-encoded frames, one writev per socket per burst, 2 worker threads',
+    note: 'pre-encoded frames, one writev per socket per burst, as many worker threads as payload-realtime',
     binary: 'ceiling',
   },
   // Only in the redis scenario (BENCH_REDIS_SERVERS); the load generator speaks Engine.IO v4 to it.
@@ -248,7 +253,7 @@ class Server extends Proc {
     const c = CONTENDERS[id]
     let cmd = c.binary ? loadgenBin(c.binary) : process.execPath
     let args = c.binary
-      ? ['--host', '127.0.0.1', '--port', '0', ...extraArgs]
+      ? ['--host', '127.0.0.1', '--port', '0', '--threads', String(cfg.ceilingThreads), ...extraArgs]
       : ['--expose-gc', path.join(here, 'servers', c.script), ...(c.args ?? []), '--secret', cfg.secret, ...extraArgs]
     if (perfServers.includes(id)) {
       const dir = path.join(here, 'profiles')
