@@ -248,9 +248,10 @@ impl Hub {
                     entry.frame,
                     Some(entry.offset),
                     Some(done),
+                    None,
                 )?
             }
-            None => self.queue_event_into(
+            None => self.queue_event(
                 &event.collection,
                 Arc::new(event.body),
                 text_frame(json.as_bytes()),
@@ -322,21 +323,9 @@ impl Hub {
         Ok(JoinOutcome { position, recovery })
     }
 
-    /// Queues an event for local delivery in its room's lane; `false` if the room has no local
-    /// member.
+    /// Queues an event for local delivery in its room's lane, or into `batch` when given (sent
+    /// with the others of its call); `false` if the room has no local member.
     fn queue_event(
-        &self,
-        collection: &str,
-        body: Arc<Value>,
-        frame: Bytes,
-        offset: Option<u64>,
-        done: Option<oneshot::Sender<usize>>,
-    ) -> Result<bool, Error> {
-        self.queue_event_into(collection, body, frame, offset, done, None)
-    }
-
-    /// [`Hub::queue_event`], into `batch` when given.
-    fn queue_event_into(
         &self,
         collection: &str,
         body: Arc<Value>,
@@ -596,7 +585,7 @@ impl Hub {
         };
         self.publish_event(&a.collection, &json, offset);
         let frame = text_frame(json.as_bytes());
-        if let Err(e) = self.queue_event(&a.collection, Arc::new(body), frame, offset, Some(a.done)) {
+        if let Err(e) = self.queue_event(&a.collection, Arc::new(body), frame, offset, Some(a.done), None) {
             warn!("could not deliver an event: {e}");
         }
     }
@@ -730,6 +719,7 @@ impl Hub {
                     Arc::new(value),
                     text_frame(body.get().as_bytes()),
                     offset,
+                    None,
                     None,
                 )
                 .map(|_| ())
