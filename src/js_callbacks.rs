@@ -35,11 +35,6 @@ pub type AuthorizeFn = ThreadsafeFunction<FnArgs<(String,)>, Promise<String>, Fn
 pub type HandlerFn =
     ThreadsafeFunction<FnArgs<(Vec<Value>,)>, Promise<Vec<Value>>, FnArgs<(Vec<Value>,)>, Status, false, true>;
 
-/// Authorize crossings in flight at once: not limited. Questions that are queued together
-/// still cross together, but a slow rule (a database lookup) never holds back another
-/// collection's events; limiting crossings to 2 measured no gain in the authorize scenario.
-const AUTHORIZE_CROSSINGS: usize = tokio::sync::Semaphore::MAX_PERMITS;
-
 type AuthorizeAnswer = Result<Vec<Decision>, String>;
 
 /// Authorize rules through JS, batched across events.
@@ -50,7 +45,7 @@ pub struct JsAuthorizer {
 impl JsAuthorizer {
     /// Creates the authorizer and the batching task to spawn on the server's runtime.
     pub fn new(f: Arc<AuthorizeFn>) -> (JsAuthorizer, impl std::future::Future<Output = ()> + Send) {
-        let (batcher, task) = Batcher::new(AUTHORIZE_CROSSINGS, move |batch| run_authorize(f.clone(), batch));
+        let (batcher, task) = Batcher::new(move |batch| run_authorize(f.clone(), batch));
         (JsAuthorizer { batcher }, task)
     }
 }
@@ -144,26 +139,26 @@ const MAX_BATCH: usize = 256;
 /// A question and where its answer goes.
 type Pending<Q, A> = (Q, oneshot::Sender<A>);
 
-/// Questions for JS, batched: those that arrive while every crossing slot is busy go together in
-/// the next crossing. The only place that groups calls into JS.
+/// Questions for JS, batched: those queued together go together in one crossing. The only
+/// place that groups calls into JS.
+///
+/// Crossings in flight at once are not limited: a slow authorize rule or handler (a database,
+/// a remote call) never holds back the questions queued after it, and limiting authorize
+/// crossings to 2 measured no gain.
 pub struct Batcher<Q, A> {
     tx: mpsc::UnboundedSender<Pending<Q, A>>,
 }
 
 impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
-    /// `crossings`: batches in flight at once; `run` sends one batch and answers each question.
-    pub fn new<F, Fut>(crossings: usize, run: F) -> (Batcher<Q, A>, impl std::future::Future<Output = ()> + Send)
+    /// `run` sends one batch and answers each question.
+    pub fn new<F, Fut>(run: F) -> (Batcher<Q, A>, impl std::future::Future<Output = ()> + Send)
     where
         F: Fn(Vec<Pending<Q, A>>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let (tx, mut rx) = mpsc::unbounded_channel::<Pending<Q, A>>();
-        let slots = Arc::new(tokio::sync::Semaphore::new(crossings));
         let task = async move {
             while let Some(first) = rx.recv().await {
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    return;
-                };
                 // The first question woke this task, on whichever thread was free, while its
                 // sender (a lane preparing the events emitted together) may still be queueing
                 // the others: one turn of the scheduler lets them in, so they cross together.
@@ -175,11 +170,7 @@ impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
                         Err(_) => break,
                     }
                 }
-                let fut = run(batch);
-                tokio::spawn(async move {
-                    fut.await;
-                    drop(slot);
-                });
+                tokio::spawn(run(batch));
             }
         };
         (Batcher { tx }, task)
@@ -198,10 +189,6 @@ impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
     }
 }
 
-/// Custom handler calls that arrive together travel in one crossing; handlers may be slow (a
-/// database, a remote call), so crossings are not limited.
-const HANDLER_CROSSINGS: usize = tokio::sync::Semaphore::MAX_PERMITS;
-
 /// Custom handlers through JS, batched.
 pub struct JsHandlers {
     batcher: Batcher<HandlerCall, HandlerOutcome>,
@@ -210,7 +197,7 @@ pub struct JsHandlers {
 impl JsHandlers {
     /// Creates the handler front and the batching task to spawn on the server's runtime.
     pub fn new(f: Arc<HandlerFn>) -> (JsHandlers, impl std::future::Future<Output = ()> + Send) {
-        let (batcher, task) = Batcher::new(HANDLER_CROSSINGS, move |batch| run_batch(f.clone(), batch));
+        let (batcher, task) = Batcher::new(move |batch| run_batch(f.clone(), batch));
         (JsHandlers { batcher }, task)
     }
 }

@@ -13,10 +13,9 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-
-use bytes::Bytes;
 use std::task::Poll;
 
+use bytes::Bytes;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -96,6 +95,15 @@ enum Target {
     Only(AllowedUsers),
 }
 
+impl Target {
+    fn except(&self) -> Option<PeerId> {
+        match self {
+            Target::Room(except) => *except,
+            Target::Only(_) => None,
+        }
+    }
+}
+
 struct Prepared {
     room: Arc<str>,
     frame: Bytes,
@@ -166,17 +174,13 @@ async fn deliver_burst(hub: &Hub, pending: &mut Pending, first: Prepared) {
     let mut pushes = 0;
     let mut next = Some(first);
     while let Some(p) = next.take() {
-        let except = match &p.target {
-            Target::Room(except) => *except,
-            Target::Only(_) => None,
-        };
         match &mut run {
-            Some(r) if r.takes(&p.room, except, p.frame.len()) => r.add(p),
+            Some(r) if r.takes(&p) => r.add(p),
             _ => {
                 if let Some(r) = run.take() {
                     pushes += r.deliver(hub, &mut wakes);
                 }
-                run = Some(Run::new(p, except));
+                run = Some(Run::new(p));
             }
         }
         if pushes >= BURST_PUSHES {
@@ -207,10 +211,10 @@ struct Run {
 }
 
 impl Run {
-    fn new(p: Prepared, except: Option<PeerId>) -> Run {
+    fn new(p: Prepared) -> Run {
         let mut run = Run {
             room: p.room.clone(),
-            except,
+            except: p.target.except(),
             frames: Vec::new(),
             bytes: 0,
             done: Vec::new(),
@@ -219,8 +223,9 @@ impl Run {
         run
     }
 
-    fn takes(&self, room: &str, except: Option<PeerId>, len: usize) -> bool {
-        *self.room == *room && self.except == except && self.bytes + len <= RUN_BYTES
+    /// Whether `p` continues this run: same room, same `except`, and room left in the buffer.
+    fn takes(&self, p: &Prepared) -> bool {
+        self.room == p.room && self.except == p.target.except() && self.bytes + p.frame.len() <= RUN_BYTES
     }
 
     fn add(&mut self, p: Prepared) {
@@ -321,14 +326,7 @@ fn prepare_now(job: Job) -> Prepared {
             done,
         },
         // Not prepared (`accept` runs barriers and unpacks batches): nothing to deliver.
-        Job::Recover { room, .. } | Job::RecoverStart { room, .. } | Job::RecoverFinish { room, .. } => Prepared {
-            room,
-            frame: Bytes::new(),
-            offset: None,
-            target: Target::Only(AllowedUsers::default()),
-            done: None,
-        },
-        Job::Many(_) => Prepared {
+        Job::Recover { .. } | Job::RecoverStart { .. } | Job::RecoverFinish { .. } | Job::Many(_) => Prepared {
             room: Arc::from(""),
             frame: Bytes::new(),
             offset: None,
@@ -398,9 +396,5 @@ async fn prepare(hub: Arc<Hub>, job: Job) -> Prepared {
 
 /// Queues a prepared job's frame for its sockets; returns how many got it.
 fn deliver(hub: &Hub, p: Prepared, wakes: &mut Wakes) -> usize {
-    let except = match &p.target {
-        Target::Room(except) => *except,
-        Target::Only(_) => None,
-    };
-    Run::new(p, except).deliver(hub, wakes)
+    Run::new(p).deliver(hub, wakes)
 }

@@ -190,6 +190,13 @@ fn event_json(collection: &str, id: u64, size: usize) -> Vec<u8> {
     s
 }
 
+/// Hands `burst` to every writer of `room` (dropping the ones that are gone); the messages sent.
+fn send_burst(rooms: &mut HashMap<String, Vec<Tx>>, room: &str, burst: Burst) -> u64 {
+    let Some(members) = rooms.get_mut(room) else { return 0 };
+    members.retain(|tx| tx.send(burst.clone()).is_ok());
+    (members.len() * burst.len()) as u64
+}
+
 /// `intervalMs`: one event every so many ms, each written to the room as it comes (the paced
 /// fan-out case), each scheduled from the start.
 async fn emit_paced(state: &State, cmd: &Value, interval_ms: f64) -> Value {
@@ -202,11 +209,7 @@ async fn emit_paced(state: &State, cmd: &Value, interval_ms: f64) -> Value {
     for i in 0..count {
         tokio::time::sleep_until(start + std::time::Duration::from_secs_f64(i as f64 * interval_ms / 1000.0)).await;
         let burst: Burst = Arc::new(vec![server_frame(0x1, &event_json(&collection, i, size))]);
-        let mut map = state.rooms.lock().unwrap();
-        if let Some(members) = map.get_mut(&collection) {
-            members.retain(|tx| tx.send(burst.clone()).is_ok());
-            sent += members.len() as u64;
-        }
+        sent += send_burst(&mut state.rooms.lock().unwrap(), &collection, burst);
     }
     json!({ "ok": true, "t0_us": t0, "t1_us": now_us(), "sent": sent })
 }
@@ -235,11 +238,7 @@ fn emit(state: &State, cmd: &Value) -> Value {
     let mut sent = 0u64;
     let mut map = state.rooms.lock().unwrap();
     for (r, frames) in per_room.into_iter().enumerate() {
-        let burst: Burst = Arc::new(frames);
-        if let Some(members) = map.get_mut(&room_name(r as u64)) {
-            members.retain(|tx| tx.send(burst.clone()).is_ok());
-            sent += (members.len() * burst.len()) as u64;
-        }
+        sent += send_burst(&mut map, &room_name(r as u64), Arc::new(frames));
     }
     drop(map);
     json!({ "ok": true, "t0_us": t0, "t1_us": now_us(), "sent": sent })
