@@ -68,7 +68,7 @@ export interface ServerOptions {
   maxBackpressure?: number
   /** Seconds of silence before a socket is closed (default 120; pings are automatic; 0 disables). */
   idleTimeout?: number
-  /** Threads of the server's own runtime (default: the CPU cores minus one, at least 1, at most 16). */
+  /** Threads that read and write the sockets (default: the CPU cores minus one, at least 1, at most 16); one more thread queues each event for its sockets. */
   workerThreads?: number
   /** Collections clients may join; when set, others get `unknown-collection`. */
   includeCollections?: string[]

@@ -16,7 +16,26 @@ export const CHROMIUM = process.env.PAYLOAD_REALTIME_CHROMIUM || '/usr/bin/chrom
 export const REQUIRE_ALL = process.env.PAYLOAD_REALTIME_REQUIRE_ALL === '1'
 export const REPO = fileURLToPath(new URL('..', import.meta.url))
 
+import { initUWebSocket } from '../index.mjs'
+import { SECRET, sleep } from './helpers.mjs'
+
 const require = createRequire(import.meta.url)
+
+/** The server the browser pages talk to: events of collection `posts`, on `port` (0: any). */
+export const startServer = (port = 0) =>
+  initUWebSocket(port, { host: '127.0.0.1', secret: SECRET, includeCollections: ['posts'] })
+
+/** Starts the server again on the port it had (retried while the old socket lets go of it). */
+export async function restartOn(port) {
+  for (let i = 0; ; i++) {
+    try {
+      return await startServer(port)
+    } catch (err) {
+      if (i >= 50) throw err
+      await sleep(100)
+    }
+  }
+}
 
 /**
  * Launches headless Chromium, or returns null after marking the test skipped when there is none

@@ -6,9 +6,8 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 
-import { initUWebSocket } from '../index.mjs'
-import { launchBrowser, openPage, startHttpServer } from './browser-support.mjs'
-import { SECRET, makeToken, sleep, waitUntil, WAIT } from './helpers.mjs'
+import { launchBrowser, openPage, restartOn, startServer, startHttpServer } from './browser-support.mjs'
+import { makeToken, waitUntil, WAIT } from './helpers.mjs'
 
 const PAGE = `<!doctype html>
 <html>
@@ -41,20 +40,6 @@ const PAGE = `<!doctype html>
 </script>
 </body>
 </html>`
-
-const startServer = (port = 0) =>
-  initUWebSocket(port, { host: '127.0.0.1', secret: SECRET, includeCollections: ['posts'] })
-
-async function restartOn(port) {
-  for (let i = 0; ; i++) {
-    try {
-      return await startServer(port)
-    } catch (err) {
-      if (i >= 50) throw err
-      await sleep(100)
-    }
-  }
-}
 
 const eventsIn = (page) => page.$$eval('#events li', (lis) => lis.map((li) => li.textContent))
 

@@ -12,11 +12,10 @@ import { createElement as h } from 'react'
 import { renderToString } from 'react-dom/server'
 import WebSocket from 'ws'
 
-import { initUWebSocket } from '../index.mjs'
 import { createRealtimeClient } from '../lib/client/index.mjs'
 import { RealtimeProvider, useRealtime, useRealtimeClient, useRealtimeStatus } from '../lib/react/index.mjs'
-import { launchBrowser, openPage, REACT_HEAD, startHttpServer } from './browser-support.mjs'
-import { SECRET, makeToken, sleep, waitUntil, WAIT } from './helpers.mjs'
+import { launchBrowser, openPage, restartOn, startServer, REACT_HEAD, startHttpServer } from './browser-support.mjs'
+import { makeToken, waitUntil, WAIT } from './helpers.mjs'
 
 // ---------------------------------------------------------------------------------------------
 // Node: server rendering
@@ -131,20 +130,6 @@ const PAGE = `<!doctype html>
 </script>
 </body>
 </html>`
-
-const startServer = (port = 0) =>
-  initUWebSocket(port, { host: '127.0.0.1', secret: SECRET, includeCollections: ['posts'] })
-
-async function restartOn(port) {
-  for (let i = 0; ; i++) {
-    try {
-      return await startServer(port)
-    } catch (err) {
-      if (i >= 50) throw err
-      await sleep(100)
-    }
-  }
-}
 
 const textOf = (page, selector) => page.$eval(selector, (el) => el.textContent)
 const itemsOf = (page) => page.$$eval('#posts li', (lis) => lis.map((li) => li.textContent))

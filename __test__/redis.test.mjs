@@ -90,6 +90,15 @@ async function startRedis(port, extra = [], dir) {
 }
 
 /** Starts an instance in a child process; `call(cmd)` sends a command and waits for the reply. */
+/** A fresh redis-server and two instances on it, A and B (`onlyB`: options for B alone). */
+async function twoInstances(options = {}, onlyB = {}) {
+  const redis = await startRedis(await freePort())
+  const opts = { ...options, redis: { url: `redis://127.0.0.1:${redis.port}` } }
+  const a = await startInstance(opts)
+  const b = await startInstance({ ...opts, ...onlyB })
+  return { redis, a, b }
+}
+
 async function startInstance(options) {
   const child = fork(join(here, 'fixtures', 'instance.mjs'), [], {
     env: { ...process.env, INSTANCE_OPTIONS: JSON.stringify({ secret: SECRET, ...options }) },
@@ -150,10 +159,7 @@ function numsub(port, room, sharded = false) {
 const eventsFrom = (c, from) => c.events('posts').filter((e) => e.doc?.from === from)
 
 test('two instances: every socket gets each of 1,000 events exactly once, in order per emitter', T, async () => {
-  const redis = await startRedis(await freePort())
-  const url = `redis://127.0.0.1:${redis.port}`
-  const a = await startInstance({ redis: { url } })
-  const b = await startInstance({ redis: { url }, denyUsers: ['mallory'] })
+  const { redis, a, b } = await twoInstances({}, { denyUsers: ['mallory'] })
   const onA = [await client(a, 'u1', 'a1'), await client(a, 'u2', 'a2')]
   const onB = [await client(b, 'u1', 'b1'), await client(b, 'u3', 'b2')]
   const mallory = await client(b, 'mallory', 'mallory')
@@ -191,10 +197,7 @@ test('two instances: every socket gets each of 1,000 events exactly once, in ord
 })
 
 test('an instance with no local member in a room gets no pub/sub traffic for it', T, async () => {
-  const redis = await startRedis(await freePort())
-  const url = `redis://127.0.0.1:${redis.port}`
-  const a = await startInstance({ redis: { url } })
-  const b = await startInstance({ redis: { url } })
+  const { redis, a, b } = await twoInstances()
   const onA = await client(a, 'u1', 'a1')
   const onB = await client(b, 'u2', 'b1')
   await onA.join('posts')
@@ -214,10 +217,7 @@ test('an instance with no local member in a room gets no pub/sub traffic for it'
 })
 
 test('sendToSocket, broadcast with except and logout revocation cross instances', T, async () => {
-  const redis = await startRedis(await freePort())
-  const url = `redis://127.0.0.1:${redis.port}`
-  const a = await startInstance({ redis: { url } })
-  const b = await startInstance({ redis: { url } })
+  const { redis, a, b } = await twoInstances()
   const onB = await client(b, 'u1', 'b1')
   const onB2 = await client(b, 'u2', 'b2')
   const sid = 'session-1'
@@ -345,11 +345,7 @@ test(
   'presence across two instances: joins and leaves seen by all; a killed instance leaves within the expiry',
   T,
   async () => {
-    const redis = await startRedis(await freePort())
-    const url = `redis://127.0.0.1:${redis.port}`
-    const opts = { redis: { url }, presence: true, presenceExpiry: 1500 }
-    const a = await startInstance(opts)
-    const b = await startInstance(opts)
+    const { redis, a, b } = await twoInstances({ presence: true, presenceExpiry: 1500 })
     const u1 = await client(a, 'u1', 'u1@A')
     await u1.join('posts')
     await waitUntil(() => numsub(redis.port, 'collection:posts') === 1, { label: 'A subscribed' })
@@ -396,11 +392,7 @@ test(
   'recovery across instances: a client drops from A, reconnects to B with since, gets exactly what it missed',
   T,
   async () => {
-    const redis = await startRedis(await freePort())
-    const url = `redis://127.0.0.1:${redis.port}`
-    const opts = { redis: { url }, history: { size: 500 }, maxMessagesPerSecond: 0 }
-    const a = await startInstance(opts)
-    const b = await startInstance(opts)
+    const { redis, a, b } = await twoInstances({ history: { size: 500 }, maxMessagesPerSecond: 0 })
     const watcher = await client(b, 'w', 'watcher@B')
     await watcher.join('posts')
     const first = await client(a, 'u', 'u@A')

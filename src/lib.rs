@@ -194,9 +194,10 @@ pub fn init_u_web_socket(
 ) -> Result<RealtimeServer> {
     let config = options.into_config();
     let mut batchers: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = Vec::new();
+    let mut authorize_batcher = None;
     let authorizer = authorize.map(|f| {
         let (a, task) = JsAuthorizer::new(Arc::new(f));
-        batchers.push(Box::pin(task));
+        authorize_batcher = Some(task);
         Arc::new(a) as Arc<dyn callbacks::Authorizer>
     });
     let handlers = handle.map(|f| {
@@ -215,6 +216,11 @@ pub fn init_u_web_socket(
     .map_err(js_error)?;
     for task in batchers {
         server.handle().spawn(task);
+    }
+    // On the lanes' thread: the questions a lane asks in one go are all queued before the
+    // batcher runs, so they cross together.
+    if let Some(task) = authorize_batcher {
+        server.dispatch_handle().spawn(task);
     }
     Ok(RealtimeServer {
         hub: server.hub().clone(),

@@ -97,6 +97,19 @@ pub fn client_frame(opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
     out
 }
 
+/// After the complete frames of `buf[*start..*end]` were taken: makes room for the next read
+/// (an emptied buffer starts over; a partial frame at the very end moves to the front).
+pub fn make_room(buf: &mut [u8], start: &mut usize, end: &mut usize) {
+    if *start == *end {
+        *start = 0;
+        *end = 0;
+    } else if *end == buf.len() {
+        buf.copy_within(*start..*end, 0);
+        *end -= *start;
+        *start = 0;
+    }
+}
+
 /// A parsed frame header: `(fin, opcode, masked, header_len, payload_len)`, or `None` when
 /// `buf` does not hold the whole header yet.
 pub fn frame_header(buf: &[u8]) -> Option<(bool, u8, bool, usize, usize)> {

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use payload_realtime_loadgen::{
-    client_frame, cpu_us, embedded_time_us, embedded_uint, find, frame_header, now_us, rss_bytes, Args,
+    client_frame, cpu_us, embedded_time_us, embedded_uint, find, frame_header, make_room, now_us, rss_bytes, Args,
 };
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -435,14 +435,7 @@ async fn conn_task(
                 _ => {}
             }
         }
-        if start == end {
-            start = 0;
-            end = 0;
-        } else if end == buf.len() {
-            buf.copy_within(start..end, 0);
-            end -= start;
-            start = 0;
-        }
+        make_room(&mut buf, &mut start, &mut end);
         let read = if conf.kernel_ts {
             let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
             stream

@@ -29,7 +29,8 @@ pub struct Config {
     pub max_backpressure: usize,
     /// A socket that sends nothing (not even a pong) for this long is closed; `None` disables.
     pub idle_timeout: Option<Duration>,
-    /// Worker threads of the server's own tokio runtime (default: [`default_worker_threads`]).
+    /// Worker threads of the server's own tokio runtime, which read and write the sockets
+    /// (default: [`default_worker_threads`]); the lanes have a thread of their own (`server`).
     pub worker_threads: usize,
     /// Collections a client may join; `None` accepts any valid slug.
     pub include_collections: Option<HashSet<String>>,

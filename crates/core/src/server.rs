@@ -40,10 +40,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How long a client may take to send its HTTP request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A running server: its runtime, its hub, and the address it listens on.
+/// A running server: its runtimes, its hub, and the address it listens on.
 pub struct Server {
     hub: Arc<Hub>,
     runtime: Option<Runtime>,
+    /// The delivery lanes' own thread (see [`Server::start`]).
+    dispatch: Option<Runtime>,
     local_addr: SocketAddr,
     tracker: TaskTracker,
 }
@@ -65,13 +67,27 @@ impl Server {
             bind(&addr)?
         };
         let local_addr = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
+        // The lanes (which queue each event for its sockets) run on a thread of their own, not
+        // among the sockets' tasks: an event emitted while the workers are still writing the
+        // last one is queued at once (a socket still waiting for the last one then writes both
+        // in one syscall), instead of the lane waiting its turn behind thousands of socket
+        // tasks. Paced fan-out to 10,000 sockets, one event every 100 ms, same build, runs
+        // interleaved: p50 61-76 ms and p99 134-165 ms with the lanes apart, 109-137 ms and
+        // 237-267 ms among the sockets. Queueing is a small share of the CPU; the writing
+        // stays on the workers.
+        let dispatch = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("payload-realtime-dispatch")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot start the dispatch runtime: {e}")))?;
         let (hub, lanes) = Hub::new(config, callbacks);
         let tracker = TaskTracker::new();
+        for lane in lanes {
+            dispatch.spawn(run_lane(hub.clone(), lane));
+        }
         {
             let _guard = runtime.enter();
-            for lane in lanes {
-                runtime.spawn(run_lane(hub.clone(), lane));
-            }
             if let Some(url) = hub.config.redis_url.clone() {
                 let weak = Arc::downgrade(&hub);
                 let on_message = Arc::new(move |text: &str| {
@@ -103,6 +119,7 @@ impl Server {
         Ok(Server {
             hub,
             runtime: Some(runtime),
+            dispatch: Some(dispatch),
             local_addr,
             tracker,
         })
@@ -119,6 +136,16 @@ impl Server {
     /// A handle to run work on the server's runtime.
     pub fn handle(&self) -> tokio::runtime::Handle {
         self.runtime
+            .as_ref()
+            .expect("runtime lives until drop")
+            .handle()
+            .clone()
+    }
+
+    /// A handle to the lanes' runtime: work that lanes wait on and that must not race them
+    /// (the authorize batcher, which takes the questions a lane asks in one go together).
+    pub fn dispatch_handle(&self) -> tokio::runtime::Handle {
+        self.dispatch
             .as_ref()
             .expect("runtime lives until drop")
             .handle()
@@ -155,8 +182,8 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.hub.shutdown.cancel();
-        if let Some(rt) = self.runtime.take() {
-            // Never blocks: safe to drop from inside another runtime or a napi call.
+        // Never blocks: safe to drop from inside another runtime or a napi call.
+        for rt in [self.runtime.take(), self.dispatch.take()].into_iter().flatten() {
             rt.shutdown_background();
         }
     }

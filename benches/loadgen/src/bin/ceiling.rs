@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
-use payload_realtime_loadgen::{cpu_us, find, frame_header, now_us, rss_bytes, server_frame, Args};
+use payload_realtime_loadgen::{cpu_us, find, frame_header, make_room, now_us, rss_bytes, server_frame, Args};
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -161,14 +161,7 @@ async fn handle(mut stream: TcpStream, state: Arc<State>) {
                 _ => {}
             }
         }
-        if start == end {
-            start = 0;
-            end = 0;
-        } else if end == buf.len() {
-            buf.copy_within(start..end, 0);
-            end -= start;
-            start = 0;
-        }
+        make_room(&mut buf, &mut start, &mut end);
         match rd.read(&mut buf[end..]).await {
             Ok(n) if n > 0 => end += n,
             _ => break,
