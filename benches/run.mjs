@@ -13,6 +13,7 @@
 //                            scenarios keep their figures from the JSON this run replaces (each
 //                            section of the report says which run measured it)
 //   BENCH_SERVERS=a,b        contenders: realtime, uws-plugin, uws-publish, ws, ceiling
+//   BENCH_REALTIME_THREADS=n payload-realtime's workerThreads (default: its own default)
 //   BENCH_CEILING_THREADS=n  the ceiling's worker threads (default: payload-realtime's default,
 //                            the cores minus one)
 //   BENCH_FANOUT_SUBSCRIBERS=1000,10000   BENCH_FANOUT_EVENTS=100 (events per round, every size)
@@ -87,6 +88,8 @@ const cfg = {
   secret: 'bench-secret',
   // The ceiling gets as many worker threads as payload-realtime's default (the cores minus one,
   // 1 to 16): the same shape of runtime, with none of the logic.
+  // payload-realtime's workerThreads (default: its own default).
+  realtimeThreads: int(env.BENCH_REALTIME_THREADS, 0),
   ceilingThreads: int(env.BENCH_CEILING_THREADS, Math.min(16, Math.max(1, os.availableParallelism() - 1))),
 }
 
@@ -255,6 +258,7 @@ class Server extends Proc {
     let args = c.binary
       ? ['--host', '127.0.0.1', '--port', '0', '--threads', String(cfg.ceilingThreads), ...extraArgs]
       : ['--expose-gc', path.join(here, 'servers', c.script), ...(c.args ?? []), '--secret', cfg.secret, ...extraArgs]
+    if (id === 'realtime' && cfg.realtimeThreads) args.push('--workerThreads', String(cfg.realtimeThreads))
     if (perfServers.includes(id)) {
       const dir = path.join(here, 'profiles')
       mkdirSync(dir, { recursive: true })

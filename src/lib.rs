@@ -22,6 +22,7 @@ use payload_realtime_core::config::Config;
 use payload_realtime_core::error;
 use payload_realtime_core::history::{HistoryPolicy, HistoryRule};
 use payload_realtime_core::hub::Hub;
+use payload_realtime_core::ingest::{self, Events};
 use payload_realtime_core::server::Server;
 
 use crate::js_callbacks::{AuthorizeFn, HandlerFn, JsAuthorizer, JsHandlers, JsVerifier, VerifyFn};
@@ -245,32 +246,18 @@ impl RealtimeServer {
     }
 
     /// Sends a collection event to `collection:<slug>`; resolves with the number of sockets it
-    /// was queued to, once authorize has answered. The event is queued during this call, so
-    /// events emitted one after the other keep their order.
+    /// was queued to, once authorize has answered. The text is parsed and queued off this
+    /// thread (`ingest`), in the order of the calls, so events emitted one after the other
+    /// keep their order.
     #[napi(catch_unwind, ts_return_type = "Promise<number>")]
     pub fn emit_event<'env>(&self, env: &'env Env, event_json: String) -> Result<Object<'env>> {
-        let (deferred, promise) = env.create_deferred()?;
-        let queued = serde_json::from_str::<Value>(&event_json)
-            .map_err(|e| error::Error::InvalidInput(format!("emitEvent: the event is not JSON: {e}")))
-            .and_then(|event| self.hub.submit_event(event));
-        let (delivered, handle) = match (queued, self.runtime()) {
-            (Ok(d), Some(h)) => (d, h),
-            (Err(e), _) => {
-                deferred.reject(js_error(e));
-                return Ok(promise);
+        self.hand_over(env, Events::One(event_json), |outcomes| {
+            match outcomes.into_iter().next() {
+                Some(Ok(n)) => Ok(Either::A(n as u32)),
+                Some(Err(e)) => Err(e),
+                None => Err(error::Error::Internal("emitEvent: no outcome".into())),
             }
-            (_, None) => {
-                deferred.reject(js_error(error::Error::Closed));
-                return Ok(promise);
-            }
-        };
-        handle.spawn(async move {
-            match delivered.await {
-                Ok(n) => deferred.resolve(move |_| Ok(n as u32)),
-                Err(_) => deferred.reject(js_error(error::Error::Closed)),
-            }
-        });
-        Ok(promise)
+        })
     }
 
     /// Several events in one call (the JS layer gathers those emitted in the same tick): one
@@ -278,35 +265,17 @@ impl RealtimeServer {
     /// sockets, or the error message for an event that was refused.
     #[napi(catch_unwind, ts_return_type = "Promise<Array<number | string>>")]
     pub fn emit_events<'env>(&self, env: &'env Env, events_json: String) -> Result<Object<'env>> {
-        let (deferred, promise) = env.create_deferred()?;
-        let events: Vec<Value> = match serde_json::from_str(&events_json) {
-            Ok(v) => v,
-            Err(e) => {
-                deferred.reject(js_error(error::Error::InvalidInput(format!(
-                    "emitEvents: not a JSON array: {e}"
-                ))));
-                return Ok(promise);
-            }
-        };
-        let Some(handle) = self.runtime() else {
-            deferred.reject(js_error(error::Error::Closed));
-            return Ok(promise);
-        };
-        let queued = self.hub.submit_events(events);
-        handle.spawn(async move {
-            let mut results = Vec::with_capacity(queued.len());
-            for q in queued {
-                results.push(match q {
-                    Ok(delivered) => match delivered.await {
+        self.hand_over(env, Events::Many(events_json), |outcomes| {
+            Ok(Either::B(
+                outcomes
+                    .into_iter()
+                    .map(|o| match o {
                         Ok(n) => Value::from(n),
-                        Err(_) => Value::String(error::Error::Closed.to_string()),
-                    },
-                    Err(e) => Value::String(e.to_string()),
-                });
-            }
-            deferred.resolve(move |_| Ok(results));
-        });
-        Ok(promise)
+                        Err(e) => Value::String(e.to_string()),
+                    })
+                    .collect(),
+            ))
+        })
     }
 
     #[napi(catch_unwind)]
@@ -427,5 +396,31 @@ fn resolved(_: Env) -> Result<()> {
 impl RealtimeServer {
     fn runtime(&self) -> Option<tokio::runtime::Handle> {
         self.server.lock().as_ref().map(Server::handle)
+    }
+
+    /// Hands events over to the core and settles the promise with `settle` of their outcomes.
+    fn hand_over<'env>(
+        &self,
+        env: &'env Env,
+        events: Events,
+        settle: impl FnOnce(ingest::Outcomes) -> std::result::Result<Either<u32, Vec<Value>>, error::Error> + Send + 'static,
+    ) -> Result<Object<'env>> {
+        let (deferred, promise) = env.create_deferred()?;
+        let handed = self
+            .server
+            .lock()
+            .as_ref()
+            .map(|s| (s.ingest().submit(events), s.handle()));
+        let Some((answer, handle)) = handed else {
+            deferred.reject(js_error(error::Error::Closed));
+            return Ok(promise);
+        };
+        handle.spawn(async move {
+            match answer.await.unwrap_or(Err(error::Error::Closed)).and_then(settle) {
+                Ok(v) => deferred.resolve(move |_| Ok(v)),
+                Err(e) => deferred.reject(js_error(e)),
+            }
+        });
+        Ok(promise)
     }
 }

@@ -3,6 +3,7 @@
 //! [`hub::Hub`], and answers its questions through the traits in [`callbacks`].
 //!
 //! Where things happen:
+//! - an event from the host is parsed and queued in [`ingest`] (on the lanes' thread);
 //! - a socket's frames are parsed in [`frame_reader`], its messages in [`protocol`], and acted
 //!   on in [`requests`]; [`connection`] is the socket's one task (reads, writes, timers);
 //! - a room fans out in [`rooms::Registry::fan_out_run`], in order per room and in bursts thanks
@@ -22,6 +23,7 @@ pub mod event;
 pub mod frame_reader;
 pub mod history;
 pub mod hub;
+pub mod ingest;
 pub mod log;
 pub mod memory;
 pub mod outbound;

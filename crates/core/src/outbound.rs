@@ -192,6 +192,49 @@ impl Outbound {
         self.state.lock().bytes
     }
 
+    /// Buffers waiting to be written (each push one).
+    #[cfg(test)]
+    pub fn queued_buffers(&self) -> usize {
+        self.state.lock().queue.len()
+    }
+
+    /// Writes out everything queued, as a socket would, and returns the messages (JSON).
+    #[cfg(test)]
+    pub fn drain_messages(&self) -> Vec<serde_json::Value> {
+        struct Sink(std::cell::RefCell<Vec<u8>>);
+        impl TryWrite for Sink {
+            fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+                bufs.iter().for_each(|b| self.0.borrow_mut().extend_from_slice(b));
+                Ok(bufs.iter().map(|b| b.len()).sum())
+            }
+        }
+        let sink = Sink(Default::default());
+        let mut batch = Batch::default();
+        loop {
+            self.take_into(&mut batch);
+            if batch.is_empty() {
+                break;
+            }
+            batch.write_to(self, &sink).expect("a sink takes everything");
+        }
+        let bytes = sink.0.into_inner();
+        let mut payloads = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let (len, head) = match bytes[at + 1] {
+                126 => (u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize, 4),
+                127 => (
+                    u64::from_be_bytes(bytes[at + 2..at + 10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                n => (n as usize, 2),
+            };
+            payloads.push(serde_json::from_slice(&bytes[at + head..at + head + len]).expect("JSON"));
+            at += head + len;
+        }
+        payloads
+    }
+
     /// Moves the next batch into `batch` (which must be empty): control frames first, then up to
     /// [`MAX_IOVECS`] data frames, then the close frame once the queue is empty.
     pub fn take_into(&self, batch: &mut Batch) {

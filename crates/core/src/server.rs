@@ -30,6 +30,7 @@ use crate::connection;
 use crate::dispatch::run_lane;
 use crate::error::Error;
 use crate::hub::Hub;
+use crate::ingest::Ingest;
 use crate::protocol::close_code;
 use crate::stats::Stats;
 use crate::warn;
@@ -46,6 +47,8 @@ pub struct Server {
     runtime: Option<Runtime>,
     /// The delivery lanes' own thread (see [`Server::start`]).
     dispatch: Option<Runtime>,
+    /// Where the host's events come in (taken on the lanes' thread).
+    ingest: Ingest,
     local_addr: SocketAddr,
     tracker: TaskTracker,
 }
@@ -86,6 +89,8 @@ impl Server {
         for lane in lanes {
             dispatch.spawn(run_lane(hub.clone(), lane));
         }
+        let (ingest, take) = Ingest::new(hub.clone());
+        dispatch.spawn(take);
         {
             let _guard = runtime.enter();
             if let Some(url) = hub.config.redis_url.clone() {
@@ -120,6 +125,7 @@ impl Server {
             hub,
             runtime: Some(runtime),
             dispatch: Some(dispatch),
+            ingest,
             local_addr,
             tracker,
         })
@@ -127,6 +133,11 @@ impl Server {
 
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
+    }
+
+    /// Where the host hands over its events.
+    pub fn ingest(&self) -> &Ingest {
+        &self.ingest
     }
 
     pub fn local_addr(&self) -> SocketAddr {
