@@ -262,9 +262,9 @@ impl Run {
         self.done.push(p.done);
     }
 
-    /// Queues the run for the room's members; returns the queue pushes it made.
-    fn deliver(self, hub: &Hub, wakes: &mut Wakes) -> usize {
-        let (pushes, counts) = hub
+    /// Queues the run for the room's members (each frame's count of sockets goes to its `done`).
+    fn deliver(self, hub: &Hub, wakes: &mut Wakes) {
+        let (_, counts) = hub
             .registry
             .fan_out_run(&self.room, &self.frames, self.except, &hub.stats, wakes);
         for (done, n) in self.done.into_iter().zip(counts) {
@@ -272,7 +272,6 @@ impl Run {
                 let _ = done.send(n);
             }
         }
-        pushes.max(1)
     }
 }
 
@@ -415,8 +414,8 @@ async fn prepare(hub: Arc<Hub>, job: Job) -> Prepared {
     }
 }
 
-/// Queues a prepared job's frame for its sockets; returns how many got it.
-fn deliver(hub: &Hub, p: Prepared, wakes: &mut Wakes) -> usize {
+/// Queues a prepared job's frame for its sockets.
+fn deliver(hub: &Hub, p: Prepared, wakes: &mut Wakes) {
     Run::new(p).deliver(hub, wakes)
 }
 
