@@ -419,11 +419,19 @@ fn deliver(hub: &Hub, p: Prepared, wakes: &mut Wakes) {
     Run::new(p).deliver(hub, wakes)
 }
 
+/// A hub with default options and its lanes running on the test's runtime.
+#[cfg(test)]
+pub fn test_hub() -> Arc<Hub> {
+    let (hub, lanes) = Hub::new(crate::config::Config::default(), crate::callbacks::Callbacks::default());
+    for lane in lanes {
+        tokio::spawn(run_lane(hub.clone(), lane));
+    }
+    hub
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::callbacks::Callbacks;
-    use crate::config::Config;
     use crate::protocol::collection_room;
     use serde_json::json;
     use std::time::Duration;
@@ -439,10 +447,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_burst_gives_each_member_one_buffer_per_room_even_when_rooms_alternate() {
-        let (hub, lanes) = Hub::new(Config::default(), Callbacks::default());
-        for lane in lanes {
-            tokio::spawn(run_lane(hub.clone(), lane));
-        }
+        let hub = test_hub();
         let other = lane_mate();
         let both = hub.new_peer(None, None);
         let posts_only = hub.new_peer(None, None);
@@ -475,12 +480,7 @@ mod tests {
         // One buffer per room: posts' ten events, then the other room's ten.
         assert_eq!(posts_only.outbound.queued_buffers(), 1);
         assert_eq!(both.outbound.queued_buffers(), 2);
-        let ids: Vec<u64> = both
-            .outbound
-            .drain_messages()
-            .iter()
-            .map(|m| m["id"].as_u64().unwrap())
-            .collect();
+        let ids = both.outbound.drain_ids();
         // Each room's events in order.
         let evens: Vec<u64> = ids.iter().copied().filter(|i| i % 2 == 0).collect();
         let odds: Vec<u64> = ids.iter().copied().filter(|i| i % 2 == 1).collect();

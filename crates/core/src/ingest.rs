@@ -84,17 +84,12 @@ async fn take(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<Handed>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::callbacks::Callbacks;
-    use crate::config::Config;
-    use crate::dispatch::run_lane;
+    use crate::dispatch::test_hub;
     use crate::protocol::collection_room;
 
     #[tokio::test]
     async fn events_handed_over_keep_their_order_and_bad_text_is_refused() {
-        let (hub, lanes) = Hub::new(Config::default(), Callbacks::default());
-        for lane in lanes {
-            tokio::spawn(run_lane(hub.clone(), lane));
-        }
+        let hub = test_hub();
         let (ingest, take) = Ingest::new(hub.clone());
         tokio::spawn(take);
         let peer = hub.new_peer(None, None);
@@ -127,13 +122,7 @@ mod tests {
         assert!(matches!(refused.as_slice(), [Err(Error::InvalidInput(_))]));
         // In the order they were handed over.
         assert_eq!(hub.stats.events.load(std::sync::atomic::Ordering::Relaxed), 110);
-        let ids: Vec<u64> = peer
-            .outbound
-            .drain_messages()
-            .iter()
-            .map(|m| m["id"].as_u64().unwrap())
-            .collect();
-        assert_eq!(ids, (0..110).collect::<Vec<u64>>());
+        assert_eq!(peer.outbound.drain_ids(), (0..110).collect::<Vec<u64>>());
         hub.shutdown.cancel();
     }
 }

@@ -198,6 +198,15 @@ impl Outbound {
         self.state.lock().queue.len()
     }
 
+    /// The `id` of each message [`Outbound::drain_messages`] returns.
+    #[cfg(test)]
+    pub fn drain_ids(&self) -> Vec<u64> {
+        self.drain_messages()
+            .iter()
+            .map(|m| m["id"].as_u64().expect("an id"))
+            .collect()
+    }
+
     /// Writes out everything queued, as a socket would, and returns the messages (JSON).
     #[cfg(test)]
     pub fn drain_messages(&self) -> Vec<serde_json::Value> {
