@@ -198,6 +198,12 @@ impl Outbound {
         self.state.lock().queue.len()
     }
 
+    /// The buffers waiting to be written, as they are (the same allocation when shared).
+    #[cfg(test)]
+    pub fn queued(&self) -> Vec<Bytes> {
+        self.state.lock().queue.iter().cloned().collect()
+    }
+
     /// The `id` of each message [`Outbound::drain_messages`] returns.
     #[cfg(test)]
     pub fn drain_ids(&self) -> Vec<u64> {

@@ -277,7 +277,13 @@ impl Registry {
                 })
                 .collect()
         };
-        let mut merged_for: HashMap<&str, Merged, FxBuildHasher> = HashMap::default();
+        // Each user's buffer, found by user key; users whose frames are the same (the same
+        // frames of the run, no doc of their own: most users of most rules) share one buffer,
+        // built once. The kernel then copies the same bytes into every socket, hot in cache,
+        // instead of one copy of the run per user.
+        let mut merged: Vec<Merged> = Vec::new();
+        let mut merged_for: HashMap<&str, usize, FxBuildHasher> = HashMap::default();
+        let mut by_shape: HashMap<Vec<(usize, usize, usize)>, usize, FxBuildHasher> = HashMap::default();
         let mut counts = vec![0; run.len()];
         let mut evicted = Vec::new();
         let (mut pushes, mut dropped, mut denied) = (0, 0, 0);
@@ -308,7 +314,19 @@ impl Registry {
                         }
                         continue;
                     }
-                    let merged = merged_for.entry(key).or_insert_with(|| Merged::of(&frames_for(key)));
+                    let at = *merged_for.entry(key).or_insert_with(|| {
+                        let frames = frames_for(key);
+                        // Same frame, same place, same bytes (the run holds every frame alive).
+                        let shape = frames
+                            .iter()
+                            .map(|(i, f, _)| (*i, f.as_ptr() as usize, f.len()))
+                            .collect();
+                        *by_shape.entry(shape).or_insert_with(|| {
+                            merged.push(Merged::of(&frames));
+                            merged.len() - 1
+                        })
+                    });
+                    let merged = &mut merged[at];
                     denied += run.len() - merged.frames.len();
                     let Some(buf) = &merged.buf else {
                         continue;
@@ -325,7 +343,7 @@ impl Registry {
                     }
                 }
             }
-            for merged in merged_for.values() {
+            for merged in &merged {
                 for &i in &merged.frames {
                     counts[i] += merged.sockets;
                 }
@@ -628,5 +646,63 @@ mod tests {
         assert_eq!(queued(&peers[3]), b"c");
         // Withheld: b from user 1's two sockets, a and b from user 3's.
         assert_eq!(stats.authorize_denied.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn users_allowed_the_same_frames_share_one_buffer() {
+        use crate::auth::User;
+        let reg = Registry::default();
+        let stats = Stats::default();
+        let peers: Vec<_> = [1u64, 3, 5, 2, 4]
+            .iter()
+            .enumerate()
+            .map(|(i, &user)| {
+                let u = User::from_claims(serde_json::json!({"id": user, "collection": "users"})).unwrap();
+                let p = Arc::new(Peer::new(i as PeerId + 1, "t", Some(u), 1 << 20));
+                reg.add_peer(p.clone());
+                reg.join(&p, "r", 10);
+                p
+            })
+            .collect();
+        let allowed = |own2: Option<&'static [u8]>| -> Option<AllowedUsers> {
+            let mut m: AllowedUsers = ["users:1", "users:3", "users:5"]
+                .iter()
+                .map(|k| (Arc::from(*k), None))
+                .collect();
+            m.insert(Arc::from("users:2"), own2.map(Bytes::from_static));
+            Some(m)
+        };
+        // Users 1, 3 and 5 may read both events; user 2 reads the first with a doc of its own
+        // and the second as it is; user 4 reads neither.
+        let run = vec![
+            RunFrame {
+                frame: Bytes::from_static(b"a"),
+                offset: None,
+                allowed: allowed(Some(b"A2")),
+            },
+            RunFrame {
+                frame: Bytes::from_static(b"b"),
+                offset: None,
+                allowed: allowed(None),
+            },
+        ];
+        let (pushes, counts) = reg.fan_out_run("r", &run, None, &stats, &mut Wakes::default());
+        assert_eq!((pushes, counts), (4, vec![4, 4]));
+        let one = |p: &Arc<Peer>| {
+            let q = p.outbound.queued();
+            assert_eq!(q.len(), 1, "one buffer per socket for the run");
+            q[0].clone()
+        };
+        let shared = one(&peers[0]);
+        assert_eq!(&shared[..], b"ab");
+        for p in &peers[1..3] {
+            let b = one(p);
+            assert_eq!(b.as_ptr(), shared.as_ptr(), "users 3 and 5 share user 1's buffer");
+            assert_eq!(b.len(), shared.len());
+        }
+        let own = one(&peers[3]);
+        assert_eq!(&own[..], b"A2b");
+        assert!(peers[4].outbound.queued().is_empty());
+        assert_eq!(stats.authorize_denied.load(Ordering::Relaxed), 2);
     }
 }
