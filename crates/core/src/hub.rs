@@ -176,14 +176,28 @@ impl Hub {
     /// after the other are delivered in that order), and returns what resolves with the number
     /// of local sockets once it was queued to them.
     pub fn submit_event(&self, input: Value) -> Result<oneshot::Receiver<usize>, Error> {
-        self.queue_checked(self.check_event(input)?, None)
+        self.submit_text(&input.to_string())
+    }
+
+    /// [`Hub::submit_event`] for an event as JSON text (as the host hands it over).
+    pub fn submit_text(&self, text: &str) -> Result<oneshot::Receiver<usize>, Error> {
+        self.queue_checked(self.check_event(text)?, None)
     }
 
     /// [`Hub::submit_event`] for several events, in order: all are checked and encoded first,
     /// then queued one right after the other, so the lane finds them together and delivers
     /// them as one burst (see `dispatch`).
     pub fn submit_events(&self, inputs: Vec<Value>) -> Vec<Result<oneshot::Receiver<usize>, Error>> {
-        let checked: Vec<_> = inputs.into_iter().map(|input| self.check_event(input)).collect();
+        let texts: Vec<String> = inputs.iter().map(Value::to_string).collect();
+        self.submit_texts(texts.iter().map(String::as_str))
+    }
+
+    /// [`Hub::submit_events`] for events as JSON text.
+    pub fn submit_texts<'a>(
+        &self,
+        texts: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<Result<oneshot::Receiver<usize>, Error>> {
+        let checked: Vec<_> = texts.into_iter().map(|text| self.check_event(text)).collect();
         let mut batch = LaneBatch::default();
         let queued = checked
             .into_iter()
@@ -195,15 +209,23 @@ impl Hub {
         queued
     }
 
-    /// The first step of a submit: the event normalized and serialized once (the same JSON
-    /// goes into the local frame and the broker envelope).
-    fn check_event(&self, input: Value) -> Result<(event::Event, String), Error> {
+    /// The first step of a submit: the event checked and written once in its final shape (the
+    /// same JSON goes into the local frame and the broker envelope).
+    fn check_event(&self, text: &str) -> Result<event::Event, Error> {
         if self.stopping.is_cancelled() {
             return Err(Error::Closed);
         }
-        let event = event::normalize(input)?;
-        let json = serde_json::to_string(&event.body).map_err(|e| Error::Internal(e.to_string()))?;
-        Ok((event, json))
+        event::normalize(text)
+    }
+
+    /// What the collection's authorize rule is shown of an event: the event as a value, read
+    /// from its JSON only when there is a rule (`Null` otherwise: nothing reads it).
+    fn rule_body(&self, collection: &str, json: &str) -> Arc<Value> {
+        Arc::new(if self.authorize_rule(collection).is_some() {
+            serde_json::from_str(json).unwrap_or(Value::Null)
+        } else {
+            Value::Null
+        })
     }
 
     /// The second step: numbered, published and queued on its room's lane.
@@ -211,7 +233,7 @@ impl Hub {
     /// history are sent at once, under its lock, as always).
     fn queue_checked(
         &self,
-        (event, json): (event::Event, String),
+        event: event::Event,
         batch: Option<&mut LaneBatch>,
     ) -> Result<oneshot::Receiver<usize>, Error> {
         if self.stopping.is_cancelled() {
@@ -225,23 +247,23 @@ impl Hub {
             // Redis-backed history: Redis numbers the event first (see `run_appender`).
             let (done, delivered) = oneshot::channel();
             let append = Append {
+                body: event.body(),
                 collection: event.collection,
-                body: event.body,
-                json,
+                json: event.json,
                 policy,
                 done,
             };
             appender.send(append).map_err(|_| Error::Closed)?;
             return Ok(delivered);
         }
-        self.publish_event(&event.collection, &json, None);
+        self.publish_event(&event.collection, &event.json, None);
         let (done, delivered) = oneshot::channel();
         let room = collection_room(&event.collection);
         let queued = match self.histories.room(&room) {
             // Numbered and queued under the room's history lock (see `history`).
             Some(history) => {
                 let mut history = history.lock();
-                let entry = history.record(event.body);
+                let entry = history.record(event.body());
                 self.queue_event(
                     &event.collection,
                     entry.body,
@@ -253,8 +275,8 @@ impl Hub {
             }
             None => self.queue_event(
                 &event.collection,
-                Arc::new(event.body),
-                text_frame(json.as_bytes()),
+                self.rule_body(&event.collection, &event.json),
+                text_frame(event.json.as_bytes()),
                 None,
                 Some(done),
                 batch,
@@ -708,22 +730,16 @@ impl Hub {
                 collection,
                 body,
                 offset,
-            } => {
-                let value = if self.authorize_rule(collection).is_some() {
-                    serde_json::from_str(body.get()).unwrap_or(Value::Null)
-                } else {
-                    Value::Null
-                };
-                self.queue_event(
+            } => self
+                .queue_event(
                     collection,
-                    Arc::new(value),
+                    self.rule_body(collection, body.get()),
                     text_frame(body.get().as_bytes()),
                     offset,
                     None,
                     None,
                 )
-                .map(|_| ())
-            }
+                .map(|_| ()),
             Kind::Broadcast { room, msg, except } => self.broadcast_local(room, msg.get().as_bytes(), except),
             Kind::Send { socket, msg } => {
                 if let Some(peer) = self.peer_by_public_id(socket) {

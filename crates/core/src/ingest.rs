@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
@@ -38,8 +38,8 @@ impl Ingest {
     }
 
     /// Hands over events. The answer comes once each is queued for its sockets (after its
-    /// authorize rule answered); `Err` for the whole when the text is not JSON (or not an array,
-    /// for [`Events::Many`]) or the server is closed.
+    /// authorize rule answered); `Err` for the whole when [`Events::Many`]'s text is not a JSON
+    /// array, or the server is closed.
     pub fn submit(&self, events: Events) -> oneshot::Receiver<Result<Outcomes, Error>> {
         let (reply, answer) = oneshot::channel();
         if let Err(mpsc::error::SendError((_, reply))) = self.tx.send((events, reply)) {
@@ -53,12 +53,12 @@ impl Ingest {
 async fn take(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<Handed>) {
     while let Some((events, reply)) = rx.recv().await {
         let queued = match events {
-            Events::One(json) => serde_json::from_str::<Value>(&json)
-                .map_err(|e| Error::InvalidInput(format!("emitEvent: the event is not JSON: {e}")))
-                .map(|event| vec![hub.submit_event(event)]),
-            Events::Many(json) => serde_json::from_str::<Vec<Value>>(&json)
+            // A lone event that is not JSON is refused by its check, as one event.
+            Events::One(json) => Ok(vec![hub.submit_text(&json)]),
+            // Each event stays text (see `event`): only the array is read here.
+            Events::Many(json) => serde_json::from_str::<Vec<&RawValue>>(&json)
                 .map_err(|e| Error::InvalidInput(format!("emitEvents: not a JSON array: {e}")))
-                .map(|events| hub.submit_events(events)),
+                .map(|events| hub.submit_texts(events.into_iter().map(RawValue::get))),
         };
         let queued = match queued {
             Ok(q) => q,
@@ -116,7 +116,8 @@ mod tests {
             }
         }
         assert_eq!(delivered, 110);
-        assert!(matches!(bad_json.await.unwrap(), Err(Error::InvalidInput(_))));
+        let refused = bad_json.await.unwrap().unwrap();
+        assert!(matches!(refused.as_slice(), [Err(Error::InvalidInput(_))]));
         assert!(matches!(not_array.await.unwrap(), Err(Error::InvalidInput(_))));
         let refused = bad_event.await.unwrap().unwrap();
         assert!(matches!(refused.as_slice(), [Err(Error::InvalidInput(_))]));
