@@ -72,6 +72,15 @@ export async function emitEach(cmd, one) {
   return out
 }
 
+/**
+ * What the authorize scenario's rule waits before it answers: a microtask, or with
+ * `--ruleDelayMs N` a timer of N ms (a rule that reads a database).
+ */
+export function ruleWait(args) {
+  const ms = Number(args.ruleDelayMs ?? 0)
+  return ms > 0 ? () => new Promise((resolve) => setTimeout(resolve, ms)) : async () => {}
+}
+
 /** The authorize scenario's rule: users `u0`..`u99`, even numbers may read. */
 export function allowUser(user) {
   return user != null && Number(String(user.id).slice(1)) % 2 === 0

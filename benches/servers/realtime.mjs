@@ -1,15 +1,17 @@
 // payload-realtime, as an application would run it: initUWebSocket + manager.emitEvent.
-// --authorize 1 adds an async rule on collection `posts` (even user numbers may read).
+// --authorize 1 adds an async rule on collection `posts` (even user numbers may read);
+// --ruleDelayMs N makes it wait N ms first.
 // --redis URL connects it to other instances through Redis (`redis: { url }`).
 import { initUWebSocket } from '../../index.mjs'
-import { allowUser, control, emitEach, makeEvent, parseArgs, roomOf } from './common.mjs'
+import { allowUser, control, emitEach, makeEvent, parseArgs, roomOf, ruleWait } from './common.mjs'
 
 const args = parseArgs()
 const options = { host: '127.0.0.1', secret: args.secret ?? 'bench-secret' }
 if (args.authorize === '1') {
+  const wait = ruleWait(args)
   options.authorize = {
     posts: async (user) => {
-      await null
+      await wait()
       return allowUser(user)
     },
   }

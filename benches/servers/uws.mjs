@@ -1,9 +1,10 @@
 // uWebSockets.js anchors (no token check: any handshake is accepted).
 // --mode plugin   the old plugin's way: rooms as JS Sets, JSON.stringify + ws.send per socket
-//                 (with --authorize 1: `for (const ws of room) if (await authorize(...)) ws.send(...)`)
+//                 (with --authorize 1: `for (const ws of room) if (await authorize(...)) ws.send(...)`;
+//                 --ruleDelayMs N: the rule waits N ms first)
 // --mode publish  ws.subscribe(room) on join, app.publish(room, JSON.stringify(event)) per event
 import { createRequire } from 'node:module'
-import { allowUser, control, emitEach, makeEvent, parseArgs, roomOf, unverifiedClaims } from './common.mjs'
+import { allowUser, control, emitEach, makeEvent, parseArgs, roomOf, ruleWait, unverifiedClaims } from './common.mjs'
 
 const require = createRequire(import.meta.url)
 const uWS = require('@trufflesuite/uws-js-unofficial')
@@ -15,8 +16,9 @@ if (!String(uWS.App).includes('[native code]')) {
 const args = parseArgs()
 const mode = args.mode ?? 'plugin'
 const withAuthorize = args.authorize === '1'
+const wait = ruleWait(args)
 const authorize = async (user) => {
-  await null
+  await wait()
   return allowUser(user)
 }
 /** @type {Map<string, Set<any>>} */
