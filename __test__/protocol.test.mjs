@@ -77,6 +77,35 @@ test('join-collection (collection: "posts") is acked and delivers events of the 
   })
 })
 
+test(
+  'an event reaches its sockets with doc exactly as JSON.stringify wrote it, and nothing else added',
+  T,
+  async () => {
+    await withServer({}, async (ctx) => {
+      const c = await ctx.connectAs('alice')
+      await c.join('posts')
+      const raw = []
+      c.ws.on('message', (data) => raw.push(data.toString()))
+      const doc = {
+        title: 'quote " backslash \\ newline \n tab \t',
+        unicode: 'é 日本 😀',
+        lone: '\ud800',
+        numbers: [0.1, 1e21, -0, 123456789012345680000, 5e-324, -1.5],
+        nested: { a: [{ b: null }, [], {}], t: true, f: false },
+      }
+      const timestamp = '2026-12-02T00:00:00.000Z'
+      await ctx.manager.emitEvent({ type: 'update', collection: 'posts', id: 'a"b', doc, timestamp, secret: 'x' })
+      const ev = await c.waitFor((m) => m.type === 'update')
+      assert.equal(
+        raw.find((m) => m.includes('"type":"update"')),
+        `{"type":"update","collection":"posts","id":"a\\"b","doc":${JSON.stringify(doc)},"timestamp":"${timestamp}"}`,
+      )
+      assert.deepEqual(ev.doc, JSON.parse(JSON.stringify(doc)))
+      assert.equal(ev.secret, undefined, 'keys outside the contract are dropped')
+    })
+  },
+)
+
 test('subscribe (alias) with data: "slug" and data: [slugs] joins every named collection', T, async () => {
   await withServer({}, async (ctx) => {
     const a = await ctx.connectAs('alice')
