@@ -17,6 +17,8 @@ const root = join(fileURLToPath(new URL('.', import.meta.url)), '..')
 const SECONDS = Number(process.env.SOAK_SECONDS ?? 180)
 const SOCKETS = Number(process.env.SOAK_SOCKETS ?? 2000)
 const COLLECTIONS = 50
+// Events each room keeps for recovery (SOAK_HISTORY=0: no history).
+const HISTORY = Number(process.env.SOAK_HISTORY ?? 100)
 
 const server = fork(join(root, '__test__/fixtures/instance.mjs'), [], {
   execArgv: ['--expose-gc'],
@@ -24,7 +26,7 @@ const server = fork(join(root, '__test__/fixtures/instance.mjs'), [], {
     ...process.env,
     INSTANCE_OPTIONS: JSON.stringify({
       secret: SECRET,
-      history: { size: 100 },
+      ...(HISTORY > 0 ? { history: { size: HISTORY } } : {}),
       presence: ['posts'],
       maxMessagesPerSecond: 0,
     }),
@@ -76,7 +78,7 @@ async function openMany(n) {
 async function stats() {
   await call('gc')
   const r = await call('stats')
-  return { ...r.stats, rss: r.rss }
+  return { ...r.stats, rss: r.rss, heapUsed: r.heapUsed }
 }
 
 // Warm up (allocator, JIT), then take the baseline.
@@ -89,6 +91,7 @@ const started = Date.now()
 let waves = 0
 let delivered = 0
 let peakRss = 0
+let peakHeap = 0
 while (Date.now() - started < SECONDS * 1000) {
   const sockets = await openMany(SOCKETS)
   await sleep(200) // joins land
@@ -98,6 +101,7 @@ while (Date.now() - started < SECONDS * 1000) {
   await sleep(300)
   const during = await stats()
   peakRss = Math.max(peakRss, during.rss)
+  peakHeap = Math.max(peakHeap, during.heapUsed)
   delivered += sockets.reduce((n, ws) => n + ws.received, 0)
   sockets.forEach((ws, i) => (i % 2 ? ws.close(1000) : ws.terminate()))
   waves++
@@ -123,14 +127,21 @@ const summary = {
   waves,
   connectionsTotal: end.connectionsTotal,
   delivered,
-  baseline: { rssMiB: +(baseline.rss / 2 ** 20).toFixed(1), tasks: baseline.tasks, rooms: baseline.rooms },
+  baseline: {
+    rssMiB: +(baseline.rss / 2 ** 20).toFixed(1),
+    heapMiB: +(baseline.heapUsed / 2 ** 20).toFixed(1),
+    tasks: baseline.tasks,
+    rooms: baseline.rooms,
+  },
   end: {
     rssMiB: +(end.rss / 2 ** 20).toFixed(1),
+    heapMiB: +(end.heapUsed / 2 ** 20).toFixed(1),
     tasks: end.tasks,
     rooms: end.rooms,
     connections: end.connections,
   },
   peakRssMiB: +(peakRss / 2 ** 20).toFixed(1),
+  peakHeapMiB: +(peakHeap / 2 ** 20).toFixed(1),
 }
 console.log('\n', summary)
 writeFileSync(join(root, 'benches/soak.json'), JSON.stringify(summary, null, 2) + '\n')
@@ -144,6 +155,7 @@ const section = [
   '| | baseline | end | peak during |',
   '|---|---|---|---|',
   `| server RSS | ${summary.baseline.rssMiB} MiB | ${summary.end.rssMiB} MiB | ${summary.peakRssMiB} MiB |`,
+  `| of which JS heap in use (after a GC) | ${summary.baseline.heapMiB} MiB | ${summary.end.heapMiB} MiB | ${summary.peakHeapMiB} MiB |`,
   `| runtime tasks | ${summary.baseline.tasks} | ${summary.end.tasks} | |`,
   `| rooms | ${summary.baseline.rooms} | ${summary.end.rooms} | |`,
   `| connections | 0 | ${summary.end.connections} | |`,

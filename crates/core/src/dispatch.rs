@@ -365,7 +365,7 @@ async fn replay_frames(hub: &Hub, authorize: Option<&str>, peer: &Arc<Peer>, ent
                 allowed_users(
                     &**a,
                     collection,
-                    e.body.clone(),
+                    e.body(),
                     vec![(key.clone(), peer.user_json())],
                     hub.config.authorize_timeout,
                     &hub.stats,

@@ -266,7 +266,7 @@ impl Hub {
                 let entry = history.record(event.body());
                 self.queue_event(
                     &event.collection,
-                    entry.body,
+                    self.rule_body(&event.collection, entry.json()),
                     entry.frame,
                     Some(entry.offset),
                     Some(done),
@@ -677,7 +677,6 @@ impl Hub {
                             offset: s.offset,
                             at: std::time::Instant::now(),
                             frame: encode_value(&body),
-                            body: Arc::new(body),
                         })
                     })
                     .collect();

@@ -442,9 +442,28 @@ pub fn frame(opcode: u8, payload: &[u8]) -> Bytes {
     buf.freeze()
 }
 
+/// The payload of a frame made by [`frame`] (unmasked, its length in the header).
+pub fn payload(frame: &[u8]) -> &[u8] {
+    let head = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        Some(_) => 2,
+        None => return &[],
+    };
+    frame.get(head..).unwrap_or(&[])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frames_payload_is_found_whatever_its_length() {
+        for len in [0, 125, 126, 65_535, 65_536] {
+            let body = vec![b'x'; len];
+            assert_eq!(payload(&text_frame(&body)), &body[..]);
+        }
+    }
 
     fn payload_of(frame: &Bytes) -> Value {
         let (start, len) = match frame[1] {
