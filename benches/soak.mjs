@@ -3,7 +3,7 @@
 // server must be back to its baseline: no connection, no room, no leftover task, and RSS close to
 // where it started. Writes a summary to benches/soak.json and into BENCHMARKS.md.
 //
-//   node benches/soak.mjs            (SOAK_SECONDS=180 SOAK_SOCKETS=2000 by default)
+//   node benches/soak.mjs            (SOAK_SECONDS=180 SOAK_SOCKETS=2000 SOAK_HISTORY=100 by default)
 import assert from 'node:assert/strict'
 import { fork } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
