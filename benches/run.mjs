@@ -17,7 +17,8 @@
 //   BENCH_CEILING_THREADS=n  the ceiling's worker threads (default: payload-realtime's default,
 //                            the cores minus one)
 //   BENCH_FANOUT_SUBSCRIBERS=1000,10000   BENCH_FANOUT_EVENTS=100 (events per round, every size)
-//   BENCH_FANOUT_PACED_RATE=100000 (messages/s offered in the paced fan-out case)
+//   BENCH_FANOUT_PACED_RATE=100000 (messages/s offered in the paced fan-out case; 0 leaves it out)
+//   BENCH_LOADGEN_BUF=262144 the load generator's read buffer (one per process, shared by its sockets)
 //   BENCH_EVENT_SIZE=1024    BENCH_ROOMS_EVENTS  BENCH_IDLE_COUNTS=10000,19000
 //   BENCH_AUTH_EVENTS=1,20,100 (events per round, one case each)  BENCH_AUTH_SLOW_MS=1 (the lone
 //                            event's case whose rule waits that long; 0 leaves it out)
@@ -27,6 +28,7 @@
 //   BENCH_REDIS_BURST_EVENTS   (the redis scenario starts its own redis-server: Debian's package)
 //   BENCH_OUT=path           where BENCHMARKS.md goes (default: the repository root); with it set,
 //                            the JSON goes next to it (same name, .json) instead of benches/results.json
+//   BENCH_STRICT=1           exit with 1 if any case failed or lost an event (CI's smoke run)
 //   BENCH_REPORT_ONLY=1      measure nothing: rewrite the Markdown from the JSON of an earlier run
 //   BENCH_PERF=id,id         record a CPU profile of these servers (e.g. `realtime`) with
 //                            `perf record -e cpu-clock -g` (node gets --perf-basic-prof) into
@@ -260,6 +262,11 @@ let seq = 0
 const perfServers = list(env.BENCH_PERF, [])
 /** The case being measured (names profile files). */
 let currentCase = 'case'
+/** What went wrong in this run (BENCH_STRICT=1 makes any of it fail the run). */
+const problems = []
+function problem(what) {
+  problems.push(`${currentCase}: ${what}`)
+}
 
 class Server extends Proc {
   static async start(id, extraArgs = []) {
@@ -320,7 +327,7 @@ async function startLoadgens(port, conns, opts = {}) {
     args.push('--secret', cfg.secret, '--concurrency', String(opts.concurrency ?? 200))
     args.push('--users', String(opts.users ?? conns), '--join', opts.join === false ? '0' : '1')
     if (opts.rooms) args.push('--rooms', String(opts.rooms))
-    args.push('--buf', String(opts.buf ?? 16 * 1024))
+    if (env.BENCH_LOADGEN_BUF) args.push('--buf', env.BENCH_LOADGEN_BUF)
     if (opts.checkIds) args.push('--check-ids', String(opts.checkIds))
     if (opts.kernelTs) args.push('--kernel-ts', '1')
     if (opts.protocol) args.push('--protocol', opts.protocol)
@@ -468,6 +475,7 @@ function summarize(rounds) {
   out.allComplete = rounds.every((r) => r.complete)
   out.delivered = rounds.reduce((a, r) => a + r.delivered, 0)
   out.expected = rounds.reduce((a, r) => a + r.expected, 0)
+  if (!out.allComplete) problem(`delivered ${out.delivered} of ${out.expected}`)
   return out
 }
 
@@ -525,6 +533,7 @@ async function forEachServer(fn, only) {
       out[id] = await fn(id)
     } catch (err) {
       log(`  ${id}: FAILED: ${err.message}`)
+      problem(`${id} failed: ${err.message}`)
       out[id] = { error: String(err.message).slice(0, 500) }
     }
   }
@@ -553,7 +562,8 @@ async function scenarioFanout() {
   const paced = {}
   const pacedEvents = {}
   const rate = cfg.fanout.pacedRate
-  for (const n of subscribers) {
+  // A rate of 0 leaves the paced case out.
+  for (const n of rate > 0 ? subscribers : []) {
     const events = (pacedEvents[n] = cfg.fanout.pacedEvents(n))
     const intervalMs = (n / rate) * 1000
     log(`fan-out, paced: ${events} events, one every ${intervalMs.toFixed(1)} ms, to ${n} subscribers`)
@@ -631,7 +641,7 @@ async function scenarioIdle() {
         await server.cmd({ cmd: 'gc' })
         await sleep(300)
         const s0 = await server.cmd({ cmd: 'stats' })
-        gens = await startLoadgens(server.port, n, { users: Math.min(n, 1000), buf: 1024 })
+        gens = await startLoadgens(server.port, n, { users: Math.min(n, 1000) })
         const ready = readySummary(gens)
         await sleep(1500)
         await server.cmd({ cmd: 'gc' })
@@ -670,7 +680,7 @@ async function scenarioStorm() {
       for (let r = -cfg.warmup; r < cfg.rounds; r++) {
         const s0 = await server.cmd({ cmd: 'stats' })
         const tcp0 = tcpCounters()
-        const gens = await startLoadgens(server.port, conns, { join: false, users: conns, concurrency, buf: 1024 })
+        const gens = await startLoadgens(server.port, conns, { join: false, users: conns, concurrency })
         const ready = readySummary(gens)
         const s1 = await server.cmd({ cmd: 'stats' })
         const tcp1 = tcpCounters()
@@ -697,11 +707,13 @@ async function scenarioStorm() {
         )
         if (r >= 0) rounds.push(res)
       }
+      const failed = rounds.reduce((a, r) => a + r.failed, 0)
+      if (failed) problem(`${id}: ${failed} handshakes failed`)
       return {
         rounds,
         perSec: median(rounds.map((r) => r.perSec)),
         cpuPerHandshakeUs: median(rounds.map((r) => r.cpuPerHandshakeUs)),
-        failed: rounds.reduce((a, r) => a + r.failed, 0),
+        failed,
         synRetrans: rounds.reduce((a, r) => a + r.synRetrans, 0),
         listenOverflows: rounds.reduce((a, r) => a + r.listenOverflows, 0),
       }
@@ -806,6 +818,7 @@ function summarizeRedis(rounds, n, events) {
     (r) =>
       r.complete && r.duplicates === 0 && r.idOutOfRange === 0 && r.socketsReceiving === n && r.minPerSocket === events,
   )
+  if (!out.exactlyOnce) problem(`not exactly once: ${out.duplicates} duplicates, ${out.idOutOfRange} ids out of range`)
   for (const k of ['p50ArrivalMs', 'p99ArrivalMs', 'maxArrivalMs']) out[k] = median(rounds.map((r) => r[k]))
   out.otherCpuShareMax = Math.max(...rounds.map((r) => r.otherCpuShare ?? 0))
   out.cpuShares = {}
@@ -906,6 +919,7 @@ async function scenarioRedis() {
           out[n][id] = await redisCase(id, n, redis)
         } catch (err) {
           log(`  ${id}: FAILED: ${err.message}`)
+          problem(`${id} failed: ${err.message}`)
           out[n][id] = { error: String(err.message).slice(0, 500) }
         }
       }
@@ -1184,7 +1198,7 @@ function report(meta) {
   out.push('')
   out.push(
     [
-      '- **Load generator**: `benches/loadgen` (Rust, tokio current_thread: one core; the server gets the other). A hand-written WebSocket client: raw TCP, handshake with `?token=`, masked outgoing frames, frame parsing. It joins each socket to its room (`{"type":"join-collection","collection":...}`) and waits for every ack before a round starts. Above 15,000 sockets it runs as several processes (20,000 open files per process).',
+      '- **Load generator**: `benches/loadgen` (Rust, tokio current_thread: one core; the server gets the other). A hand-written WebSocket client: raw TCP, handshake with `?token=`, masked outgoing frames, frame parsing. Every socket reads into one 256 KB buffer shared by the process, so a socket takes a whole burst in one read and the buffer stays in cache (until 2026-12-03 each socket had a 16 KB buffer of its own: seven reads per socket for a burst of 100 events, and the generator near a full core in the 10,000-subscriber fan-out). It joins each socket to its room (`{"type":"join-collection","collection":...}`) and waits for every ack before a round starts. Above 15,000 sockets it runs as several processes (20,000 open files per process).',
       '- **Servers**: one process per contender, started fresh for each case, driven over stdin (`benches/servers/*.mjs`, `benches/loadgen/src/bin/ceiling.rs`). Each reports its own CPU time (`process.cpuUsage()` user + system, or `getrusage` for the ceiling) and RSS. payload-realtime runs as an application would: `initUWebSocket(0, { host, secret })`, events through `manager.emitEvent`, release build of the addon.',
       '- **Tokens**: payload-realtime gets Payload tokens (HS256, key = sha256(secret) hex, first 32 chars) and verifies every one. **The anchors check no tokens**: they accept any handshake (in the authorize scenario the uWS server reads the user id out of the token without checking the signature).',
       '- **Events**: `{ type: "update", collection, id, doc: { t, pad }, timestamp }`, about 1 KB of JSON, the same bytes for every contender; `doc.t` is the wall-clock emit time in ms (`performance.timeOrigin + performance.now()`, or `SystemTime` in the ceiling), set just before each event is emitted.',
@@ -1210,7 +1224,7 @@ function report(meta) {
       out.push(fanoutTable(f.bySubscribers[n], ANCHORS))
       out.push('')
     }
-    if (f.paced) {
+    if (f.paced && Object.keys(f.paced).length > 0) {
       const rate = f.params.pacedRate
       out.push(`### Paced: one event at a time, ${rate.toLocaleString('en-US')} messages/s offered`)
       out.push('')
@@ -1497,6 +1511,10 @@ async function main() {
     } catch {}
   }
   log(`done in ${meta.durationSecs.toFixed(0)} s: ${path.relative(root, mdPath)}, ${path.relative(root, json)}`)
+  if (problems.length) {
+    log(`${problems.length} problem(s):\n  ${problems.join('\n  ')}`)
+    if (env.BENCH_STRICT === '1') process.exit(1)
+  }
 }
 
 main().catch((err) => {

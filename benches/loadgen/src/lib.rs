@@ -147,16 +147,47 @@ pub fn frame_header(buf: &[u8]) -> Option<(bool, u8, bool, usize, usize)> {
 
 /// Finds `needle` in `hay`.
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 /// The number after `"t":` in a JSON text (the emit time in ms, with a fraction), in µs.
+///
+/// Read once per delivered message, so it is written by hand: digits, then at most three digits
+/// of the fraction (the µs); anything else (an exponent, a sign) goes through the float parser.
 pub fn embedded_time_us(payload: &[u8]) -> Option<u64> {
-    let at = find(payload, b"\"t\":")? + 4;
+    static KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"t\":"));
+    let at = KEY.find(payload)? + 4;
     let rest = &payload[at..];
+    let mut us: u64 = 0;
+    let mut i = 0;
+    while i < rest.len() && rest[i].is_ascii_digit() {
+        us = us.checked_mul(10)?.checked_add((rest[i] - b'0') as u64)?;
+        i += 1;
+    }
+    if i == 0 {
+        return None;
+    }
+    us = us.checked_mul(1000)?;
+    if rest.get(i) == Some(&b'.') {
+        i += 1;
+        let mut scale = 100;
+        while i < rest.len() && rest[i].is_ascii_digit() {
+            us += (rest[i] - b'0') as u64 * scale;
+            scale /= 10;
+            i += 1;
+        }
+    }
+    match rest.get(i) {
+        Some(b'e' | b'E') => embedded_time_us_slow(rest),
+        _ => Some(us),
+    }
+}
+
+fn embedded_time_us_slow(rest: &[u8]) -> Option<u64> {
     let end = rest
         .iter()
-        .position(|&b| !(b.is_ascii_digit() || b == b'.'))
+        .position(|&b| !(b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-')))
         .unwrap_or(rest.len());
     let ms: f64 = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
     Some((ms * 1000.0) as u64)
@@ -168,4 +199,20 @@ pub fn embedded_uint(payload: &[u8], key: &[u8]) -> Option<u64> {
     let rest = &payload[at..];
     let end = rest.iter().position(|b| !b.is_ascii_digit()).unwrap_or(rest.len());
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::embedded_time_us;
+
+    #[test]
+    fn emit_times_read_as_microseconds() {
+        let t = |s: &str| embedded_time_us(format!(r#"{{"doc":{{"t":{s},"pad":"x"}}}}"#).as_bytes());
+        assert_eq!(t("1764734400123.4567"), Some(1_764_734_400_123_456));
+        assert_eq!(t("1764734400123.4"), Some(1_764_734_400_123_400));
+        assert_eq!(t("1764734400123"), Some(1_764_734_400_123_000));
+        assert_eq!(t("1.7647344001234e12"), Some(1_764_734_400_123_400));
+        assert_eq!(t("\"x\""), None);
+        assert_eq!(embedded_time_us(br#"{"doc":{}}"#), None);
+    }
 }
