@@ -64,7 +64,11 @@ export interface ServerOptions {
   allowAnonymous?: boolean
   /** Largest inbound message in bytes (default 65536); more closes with 1009. */
   maxPayloadLength?: number
-  /** Outbound bytes queued per socket before it is closed with 4008 (default 1 MiB). */
+  /**
+   * Outbound bytes that may wait for a client that takes nothing (its TCP send buffer full)
+   * before it is closed with 4008 (default 1 MiB). The server's own backlog (a burst bigger than
+   * this, emitted at once) does not count: delivery waits for the writers instead.
+   */
   maxBackpressure?: number
   /** Seconds of silence before a socket is closed (default 120; pings are automatic; 0 disables). */
   idleTimeout?: number
@@ -136,6 +140,12 @@ export interface RealtimeStats {
   authorizeDenied: number
   authorizeErrors: number
   handlerErrors: number
+  /**
+   * Times delivery waited for the server's own writers before queuing more: events were emitted
+   * faster than the sockets could be written, so `emitEvent` answered later instead of clients
+   * being closed as slow consumers for the server's backlog.
+   */
+  backlogWaits: number
   /** Tasks alive on the server's runtime (one per socket plus a few): a leak would show here. */
   tasks: number
   /**

@@ -318,6 +318,40 @@ test('events emitted together arrive once each and in order, each socket with wh
   })
 })
 
+test('a burst three times maxBackpressure reaches every client that reads: in order, none closed', T, async () => {
+  // A bulk change emitted at once (3,000 events of 1 KB, three times the default bound of 1 MB)
+  // is the server's backlog, not the clients': the server queues a run, waits for the sockets'
+  // writers, queues the next (stats().backlogWaits counts the waits). Evicting on queued bytes
+  // alone closed every subscriber with 4008 here, however fast it read.
+  await withServer({}, async (ctx) => {
+    const clients = []
+    for (const u of ['ann', 'bob', 'cy']) {
+      const c = await ctx.connectAs(u)
+      await c.join('posts')
+      clients.push(c)
+    }
+    const N = 3000
+    const pad = 'x'.repeat(1000)
+    const emits = []
+    for (let i = 0; i < N; i++) {
+      emits.push(ctx.manager.emitEvent({ type: 'update', collection: 'posts', id: i, doc: { pad } }))
+    }
+    await Promise.all(emits)
+    for (const c of clients) {
+      await c.waitFor((m) => m.id === N - 1, { timeout: 60_000, label: `${c.label}: the last event` })
+      assert.deepEqual(
+        c.events('posts').map((e) => e.id),
+        Array.from({ length: N }, (_, i) => i),
+        `${c.label}: every event once, in order`,
+      )
+      assert.ok(c.isOpen, `${c.label} is still connected`)
+    }
+    const stats = ctx.manager.stats()
+    assert.equal(stats.slowConsumers, 0, JSON.stringify(stats))
+    assert.ok(stats.backlogWaits >= 1, `the lane waited for the writers: ${JSON.stringify(stats)}`)
+  })
+})
+
 test(
   'a slow reader is closed with 4008 while the other clients receive every event',
   { timeout: 600_000 },

@@ -149,6 +149,9 @@ pub struct NativeStats {
     pub authorize_denied: f64,
     pub authorize_errors: f64,
     pub handler_errors: f64,
+    /// Times delivery waited for the server's writers: events came faster than the sockets
+    /// were written, and `emitEvent` answered later instead of clients being closed.
+    pub backlog_waits: f64,
     /// With Redis: whether the broker is connected, and its counters.
     pub redis: Option<NativeBrokerStats>,
     /// Tasks alive on the server's runtime (one per socket, plus a few): a leak shows here.
@@ -354,6 +357,7 @@ impl RealtimeServer {
             authorize_denied: s.authorize_denied as f64,
             authorize_errors: s.authorize_errors as f64,
             handler_errors: s.handler_errors as f64,
+            backlog_waits: s.backlog_waits as f64,
             redis: s.broker.map(|b| NativeBrokerStats {
                 connected: b.connected,
                 published: b.published as f64,

@@ -9,11 +9,18 @@
 //! Whatever is ready together is delivered as one burst (`deliver_burst`): a room's events in
 //! it go to each member as one buffer, and the sockets are woken once the burst is queued, so
 //! each writes it with one syscall.
+//!
+//! A lane does not queue faster than the sockets are written: when a run leaves a socket's
+//! queue past `maxBackpressure` while its client still takes what is written, the lane waits
+//! for that socket's writer before it queues the next run ([`catch_up`]). An application that
+//! emits faster than the server writes is held back there (its `emitEvent` answers later)
+//! instead of the clients being closed as slow consumers for the server's own backlog.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesOrdered, StreamExt};
@@ -24,8 +31,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::authorize::allowed_users;
 use crate::history::Entry;
 use crate::hub::Hub;
+use crate::outbound::EVICTION_GRACE;
 use crate::peer::{Peer, PeerId};
 use crate::rooms::{AllowedUsers, Joined, RunFrame, Wakes};
+use crate::stats::Stats;
 
 /// Lanes per server.
 pub const LANES: usize = 16;
@@ -157,7 +166,7 @@ async fn accept(hub: &Arc<Hub>, pending: &mut Pending, job: Job) {
             // Barriers: everything before them is delivered first.
             let mut wakes = Wakes::default();
             while let Some(ready) = pending.next().await {
-                deliver(hub, ready, &mut wakes);
+                deliver(hub, ready, &mut wakes).await;
             }
             wakes.flush();
             run_barrier(hub, job).await;
@@ -185,9 +194,35 @@ async fn deliver_burst(hub: &Hub, pending: &mut Pending, first: Prepared) {
     }
     let mut wakes = Wakes::default();
     for run in burst.runs {
-        run.deliver(hub, &mut wakes);
+        run.deliver(hub, &mut wakes).await;
     }
     wakes.flush();
+}
+
+/// How often a lane looks again at the sockets it waits for.
+const CATCH_UP_POLL: Duration = Duration::from_millis(1);
+
+/// Waits until the sockets the last deliveries left past their bound ([`Wakes::take_behind`])
+/// are written down to it, or stopped taking writes (the next push evicts them), or closed. The
+/// sockets queued to so far are woken first, so their writers run meanwhile.
+///
+/// The wait is for the server's own writers, which always get their turn; after
+/// [`EVICTION_GRACE`] it gives up anyway, so a stuck writer cannot hold the lane for good.
+/// Polled rather than notified: it only runs when the server is behind by a whole bound, and
+/// a millisecond is little next to writing a megabyte to each of many sockets.
+async fn catch_up(hub: &Hub, wakes: &mut Wakes) {
+    let behind = wakes.take_behind();
+    if behind.is_empty() {
+        return;
+    }
+    wakes.flush();
+    Stats::add(&hub.stats.backlog_waits, 1);
+    let deadline = Instant::now() + EVICTION_GRACE;
+    for peer in behind {
+        while peer.outbound.is_behind() && Instant::now() < deadline && !hub.shutdown.is_cancelled() {
+            tokio::time::sleep(CATCH_UP_POLL).await;
+        }
+    }
 }
 
 /// A burst's events gathered into runs, one room's in order. An event joins its room's last
@@ -262,8 +297,9 @@ impl Run {
         self.done.push(p.done);
     }
 
-    /// Queues the run for the room's members (each frame's count of sockets goes to its `done`).
-    fn deliver(self, hub: &Hub, wakes: &mut Wakes) {
+    /// Queues the run for the room's members (each frame's count of sockets goes to its `done`),
+    /// then waits for the writers of any it left behind ([`catch_up`]).
+    async fn deliver(self, hub: &Hub, wakes: &mut Wakes) {
         let (_, counts) = hub
             .registry
             .fan_out_run(&self.room, &self.frames, self.except, &hub.stats, wakes);
@@ -272,6 +308,7 @@ impl Run {
                 let _ = done.send(n);
             }
         }
+        catch_up(hub, wakes).await;
     }
 }
 
@@ -317,7 +354,7 @@ async fn run_barrier(hub: &Hub, job: Job) {
         }
         other => {
             let p = prepare_now(other);
-            deliver(hub, p, &mut Wakes::default());
+            deliver(hub, p, &mut Wakes::default()).await;
         }
     }
 }
@@ -415,8 +452,8 @@ async fn prepare(hub: Arc<Hub>, job: Job) -> Prepared {
 }
 
 /// Queues a prepared job's frame for its sockets.
-fn deliver(hub: &Hub, p: Prepared, wakes: &mut Wakes) {
-    Run::new(p).deliver(hub, wakes)
+async fn deliver(hub: &Hub, p: Prepared, wakes: &mut Wakes) {
+    Run::new(p).deliver(hub, wakes).await
 }
 
 /// A hub with default options and its lanes running on the test's runtime.
@@ -486,6 +523,56 @@ mod tests {
         let odds: Vec<u64> = ids.iter().copied().filter(|i| i % 2 == 1).collect();
         assert_eq!(evens, (0..20).step_by(2).collect::<Vec<u64>>());
         assert_eq!(odds, (1..20).step_by(2).collect::<Vec<u64>>());
+        hub.shutdown.cancel();
+    }
+
+    /// Events emitted at once, many times the bound, reach a socket whose writes go through:
+    /// the lane queues a run, waits for the writer, queues the next. The queue never holds more
+    /// than the bound and a run, and nobody is evicted. Evicting on bytes alone closed it at
+    /// the second run.
+    #[tokio::test]
+    async fn a_burst_past_the_bound_waits_for_the_writer_instead_of_evicting() {
+        let limit = 16 * 1024;
+        let config = crate::config::Config {
+            max_backpressure: limit,
+            ..Default::default()
+        };
+        let (hub, lanes) = Hub::new(config, crate::callbacks::Callbacks::default());
+        for lane in lanes {
+            tokio::spawn(run_lane(hub.clone(), lane));
+        }
+        let peer = hub.new_peer(None, None);
+        hub.registry.add_peer(peer.clone());
+        hub.registry.join(&peer, &collection_room("posts"), 10);
+        // 400 events of about 1 KB: 400 KB, 25 times the bound, six runs.
+        let pad = "x".repeat(1000);
+        let events = (0..400)
+            .map(|i| json!({"type": "update", "collection": "posts", "id": i, "doc": {"pad": pad}, "timestamp": "t"}))
+            .collect();
+        let delivered = hub.submit_events(events);
+        // The writer: takes what is queued every millisecond, all of it going through.
+        let (mut ids, mut most) = (Vec::new(), 0);
+        let writer = async {
+            while ids.len() < 400 {
+                most = most.max(peer.outbound.queued_bytes());
+                ids.extend(peer.outbound.drain_ids());
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), writer)
+            .await
+            .expect("every event arrives");
+        for d in delivered {
+            assert_eq!(d.unwrap().await.unwrap(), 1);
+        }
+        assert_eq!(ids, (0..400).collect::<Vec<u64>>());
+        assert!(!peer.outbound.was_evicted());
+        assert_eq!(hub.stats.slow_consumers.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert!(
+            most <= limit + RUN_BYTES + 2048,
+            "queued at most the bound and a run: {most}"
+        );
+        assert!(hub.stats.backlog_waits.load(std::sync::atomic::Ordering::Relaxed) >= 5);
         hub.shutdown.cancel();
     }
 }

@@ -7,9 +7,17 @@
 //! per burst, not per message (see the fan-out table in the design facts).
 //!
 //! The queue is bounded in bytes (`maxBackpressure`, counting what the writer has taken but not
-//! yet written). A push past the bound evicts the socket: the queue is dropped and the socket is
-//! closed with 4008 once the write in flight completes, or cut after a grace period if the client
-//! never reads again.
+//! yet written), against clients that do not read: a push past the bound while the socket's send
+//! buffer is full (the last write was refused) evicts the socket. The queue is dropped and the
+//! socket is closed with 4008 once the write in flight completes, or cut after a grace period if
+//! the client never reads again.
+//!
+//! A queue past the bound whose writes still go through is the server being behind, not the
+//! client: the writer has not had its turn yet (10,000 sockets take a while to write), or one
+//! burst was bigger than the bound. That push is kept ([`Push::Behind`]) and the lane that made
+//! it waits for the writer before queuing more (`dispatch`), so an application that emits a few
+//! megabytes at once (a bulk update of large documents) reaches every client that reads, where
+//! evicting on bytes alone closed them all.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -35,8 +43,14 @@ pub enum Push {
     Queued,
     /// The socket is closing; the frame was dropped.
     Closed,
-    /// This push passed `maxBackpressure`: the socket is now evicted (4008).
+    /// This push passed `maxBackpressure` while the client was not taking what is written (its
+    /// send buffer full): the socket is now evicted (4008).
     Evicted,
+    /// Queued, and the queue is now past `maxBackpressure` while the client still takes what is
+    /// written: the server is behind. Queue nothing more for it until [`Outbound::is_behind`]
+    /// turns false (the writer caught up, or the client stopped taking: then the next push
+    /// evicts).
+    Behind,
 }
 
 /// How the writer should end.
@@ -70,6 +84,9 @@ pub struct Outbound {
     cut: AtomicBool,
     /// Set once an ending is queued (read without the lock on every poll of the socket).
     closing: AtomicBool,
+    /// Set while the socket's send buffer is full: its last write was refused and none has gone
+    /// through since. A queue past the bound is the client's doing only then.
+    blocked: AtomicBool,
 }
 
 impl Outbound {
@@ -81,6 +98,7 @@ impl Outbound {
             evicted: AtomicBool::new(false),
             cut: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            blocked: AtomicBool::new(false),
         }
     }
 
@@ -99,7 +117,8 @@ impl Outbound {
         self.cut.load(Ordering::Acquire)
     }
 
-    /// Queues a data frame, unless the socket is closing or this frame passes the bound.
+    /// Queues a data frame, unless the socket is closing, or this frame passes the bound while
+    /// the client is not taking what is written.
     pub fn push(&self, frame: Bytes) -> Push {
         let (push, wake) = self.push_unwoken(frame);
         if wake {
@@ -108,7 +127,7 @@ impl Outbound {
         push
     }
 
-    /// [`Outbound::push`] that leaves the writer asleep: `true` beside [`Push::Queued`] means
+    /// [`Outbound::push`] that leaves the writer asleep: `true` beside a queued push means
     /// the queue was empty and the caller must call [`Outbound::wake`] once it has queued the
     /// rest of its burst (see [`crate::rooms::Wakes`]). An eviction wakes the writer itself.
     pub fn push_unwoken(&self, frame: Bytes) -> (Push, bool) {
@@ -116,7 +135,7 @@ impl Outbound {
         if s.ending.is_some() {
             return (Push::Closed, false);
         }
-        if s.bytes + frame.len() > self.limit {
+        if s.bytes + frame.len() > self.limit && s.bytes > 0 && self.blocked.load(Ordering::Acquire) {
             let queued: usize = s.queue.iter().map(Bytes::len).sum();
             s.bytes -= queued;
             s.queue = VecDeque::new();
@@ -133,7 +152,31 @@ impl Outbound {
         let was_empty = s.queue.is_empty() && s.control.is_empty();
         s.bytes += frame.len();
         s.queue.push_back(frame);
-        (Push::Queued, was_empty)
+        let push = if s.bytes > self.limit {
+            Push::Behind
+        } else {
+            Push::Queued
+        };
+        (push, was_empty)
+    }
+
+    /// Whether the queue is past the bound while the client takes what is written: the writer
+    /// has yet to catch up, and whoever queues for this socket should wait (see [`Push::Behind`]).
+    pub fn is_behind(&self) -> bool {
+        !self.is_closing() && !self.blocked.load(Ordering::Acquire) && self.state.lock().bytes > self.limit
+    }
+
+    /// Marks the socket's send buffer full (a write was refused) or taking again.
+    fn set_blocked(&self, blocked: bool) {
+        if self.blocked.load(Ordering::Relaxed) != blocked {
+            self.blocked.store(blocked, Ordering::Release);
+        }
+    }
+
+    /// As if a write had been refused: the client is not reading (tests without a socket).
+    #[cfg(test)]
+    pub fn block(&self) {
+        self.set_blocked(true);
     }
 
     /// Wakes the writer (after [`Outbound::push_unwoken`]).
@@ -344,10 +387,14 @@ impl Batch {
                 match io.try_write_vectored(&slices) {
                     Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
                     Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Flush::Blocked),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        out.set_blocked(true);
+                        return Ok(Flush::Blocked);
+                    }
                     Err(e) => return Err(e),
                 }
             };
+            out.set_blocked(false);
             self.advance(n);
         }
         out.written(std::mem::take(&mut self.data_bytes));
@@ -469,9 +516,11 @@ mod tests {
     }
 
     #[test]
-    fn passing_the_bound_evicts_with_4008() {
+    fn passing_the_bound_while_the_client_takes_nothing_evicts_with_4008() {
         let out = Outbound::new(1000);
         assert_eq!(out.push(Bytes::from(vec![0u8; 600])), Push::Queued);
+        out.block();
+        assert!(!out.is_behind());
         assert_eq!(out.push(Bytes::from(vec![0u8; 600])), Push::Evicted);
         assert!(out.was_evicted());
         assert_eq!(out.push(Bytes::from(vec![0u8; 1])), Push::Closed);
@@ -480,6 +529,42 @@ mod tests {
         let got = pipe.got.borrow();
         assert_eq!(got[0], 0x88);
         assert_eq!(u16::from_be_bytes([got[2], got[3]]), 4008);
+    }
+
+    /// The server's own backlog is not the client's: past the bound with writes going through,
+    /// the socket is behind (kept, and its queue to wait for); once a write is refused, the next
+    /// push past the bound evicts; a write that goes through again clears that.
+    #[test]
+    fn past_the_bound_with_writes_going_through_is_behind_not_evicted() {
+        let out = Outbound::new(1000);
+        // One buffer bigger than the bound, nothing waiting: queued, and behind.
+        assert_eq!(out.push(Bytes::from(vec![0u8; 1500])), Push::Behind);
+        assert!(out.is_behind());
+        assert_eq!(out.push(Bytes::from(vec![0u8; 100])), Push::Behind);
+        assert!(!out.was_evicted());
+        // A socket that takes 700 bytes a write, refusing every other call.
+        let pipe = Pipe::new(700);
+        let mut batch = Batch::default();
+        out.take_into(&mut batch);
+        assert_eq!(batch.write_to(&out, &pipe).unwrap(), Flush::Blocked);
+        // Refused with 900 bytes left: not behind any more (the client is the one not taking).
+        assert!(!out.is_behind());
+        assert_eq!(out.push(Bytes::from(vec![0u8; 100])), Push::Evicted);
+        assert!(out.was_evicted());
+
+        // Taking again clears it.
+        let out = Outbound::new(1000);
+        out.push(Bytes::from(vec![0u8; 900]));
+        let pipe = Pipe::new(500);
+        let mut batch = Batch::default();
+        out.take_into(&mut batch);
+        assert_eq!(batch.write_to(&out, &pipe).unwrap(), Flush::Blocked);
+        assert_eq!(batch.write_to(&out, &pipe).unwrap(), Flush::Done);
+        assert_eq!(out.push(Bytes::from(vec![0u8; 800])), Push::Queued);
+        assert_eq!(out.push(Bytes::from(vec![0u8; 800])), Push::Behind);
+        assert!(out.is_behind());
+        out.close(1000, "");
+        assert!(!out.is_behind(), "a closing socket is waited for by no one");
     }
 
     #[test]

@@ -304,7 +304,7 @@ impl Registry {
                             }
                             pushes += 1;
                             match wakes.push(peer, frame.clone()) {
-                                Push::Queued => counts[i] += 1,
+                                Push::Queued | Push::Behind => counts[i] += 1,
                                 Push::Closed => dropped += 1,
                                 Push::Evicted => {
                                     evicted.push(peer.clone());
@@ -333,7 +333,7 @@ impl Registry {
                     };
                     pushes += 1;
                     match wakes.push(peer, buf.clone()) {
-                        Push::Queued => merged.sockets += 1,
+                        Push::Queued | Push::Behind => merged.sockets += 1,
                         Push::Closed => dropped += merged.frames.len(),
                         Push::Evicted => {
                             // `evict_all` counts one of them.
@@ -359,7 +359,7 @@ impl Registry {
     /// Sends one frame to one socket; `false` if it is gone or closing.
     pub fn send_to(&self, peer: &Arc<Peer>, frame: Bytes, stats: &Stats) -> bool {
         match peer.outbound.push(frame) {
-            Push::Queued => {
+            Push::Queued | Push::Behind => {
                 Stats::add(&stats.messages_out, 1);
                 true
             }
@@ -420,9 +420,14 @@ impl Merged {
 /// task runs, and they go out in one `writev`. Woken one frame at a time instead, the other
 /// worker thread runs the first sockets while the burst is still being queued and they write
 /// one frame per syscall. Dropping it wakes whoever is left: no socket sleeps on queued frames.
+///
+/// It also keeps the sockets a push left [`Push::Behind`]: the lane waits for their writers
+/// before it queues more (`dispatch`), so the server's own backlog stays within a run of the
+/// bound instead of growing with what the application emits.
 #[derive(Default)]
 pub struct Wakes {
     peers: Vec<Arc<Peer>>,
+    behind: Vec<Arc<Peer>>,
 }
 
 impl Wakes {
@@ -432,7 +437,15 @@ impl Wakes {
         if wake {
             self.peers.push(peer.clone());
         }
+        if push == Push::Behind && !self.behind.last().is_some_and(|p| Arc::ptr_eq(p, peer)) {
+            self.behind.push(peer.clone());
+        }
         push
+    }
+
+    /// The sockets left behind since the last call (the caller waits for them).
+    pub fn take_behind(&mut self) -> Vec<Arc<Peer>> {
+        std::mem::take(&mut self.behind)
     }
 
     /// Wakes every socket queued to since the last flush.
@@ -520,6 +533,8 @@ mod tests {
         let frame = Bytes::from(vec![0u8; 60]);
         let mut wakes = Wakes::default();
         assert_eq!(fan_out(&reg, "r", &frame, Some(3), &stats, &mut wakes), 2);
+        // slow's client takes nothing more (its send buffer is full).
+        slow.outbound.block();
         // The second push passes slow's bound: it is evicted and leaves the room.
         assert_eq!(fan_out(&reg, "r", &frame, Some(3), &stats, &mut wakes), 1);
         // Woken once each, at the end of the burst: fast and slow (evicted, woken at once).

@@ -26,6 +26,9 @@ pub struct Stats {
     pub authorize_errors: AtomicU64,
     /// Custom handler calls that failed.
     pub handler_errors: AtomicU64,
+    /// Times a lane waited for the server's writers before queuing more: events came faster
+    /// than the sockets were written (see `dispatch::catch_up`).
+    pub backlog_waits: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -43,6 +46,7 @@ pub struct Snapshot {
     pub authorize_denied: u64,
     pub authorize_errors: u64,
     pub handler_errors: u64,
+    pub backlog_waits: u64,
     pub broker: Option<crate::broker::BrokerStats>,
 }
 
@@ -65,6 +69,7 @@ impl Stats {
             authorize_denied: self.authorize_denied.load(Relaxed),
             authorize_errors: self.authorize_errors.load(Relaxed),
             handler_errors: self.handler_errors.load(Relaxed),
+            backlog_waits: self.backlog_waits.load(Relaxed),
             broker,
         }
     }
