@@ -70,6 +70,12 @@ export interface ServerOptions {
    * this, emitted at once) does not count: delivery waits for the writers instead.
    */
   maxBackpressure?: number
+  /**
+   * Bytes of emitted events that may wait for the server's writers (events emitted faster than
+   * the sockets are written, for long) before `emitEvent` rejects more (default 128 MiB): what
+   * bounds memory when the application outruns the server. `stats().backlogBytes` shows it.
+   */
+  maxBacklog?: number
   /** Seconds of silence before a socket is closed (default 120; pings are automatic; 0 disables). */
   idleTimeout?: number
   /** Threads that read and write the sockets (default: the CPU cores minus one, at least 1, at most 16); one more thread queues each event for its sockets. */
@@ -146,6 +152,8 @@ export interface RealtimeStats {
    * being closed as slow consumers for the server's backlog.
    */
   backlogWaits: number
+  /** Bytes of emitted events waiting for the server's writers now (at most `maxBacklog`). */
+  backlogBytes: number
   /** Tasks alive on the server's runtime (one per socket plus a few): a leak would show here. */
   tasks: number
   /**

@@ -353,6 +353,44 @@ test('a burst three times maxBackpressure reaches every client that reads: in or
 })
 
 test(
+  'past maxBacklog emitEvent rejects with a clear error; what was accepted arrives, and emitting works again',
+  T,
+  async () => {
+    // Events emitted together are all handed over before any is written, so 200 events of 1 KB
+    // pass a backlog of 64 KB: the first are taken, the rest refused (not numbered, not sent).
+    await withServer({ maxBacklog: 64 * 1024 }, async (ctx) => {
+      const c = await ctx.connectAs('ann')
+      await c.join('posts')
+      const pad = 'x'.repeat(1000)
+      const results = await Promise.allSettled(
+        Array.from({ length: 200 }, (_, i) =>
+          ctx.manager.emitEvent({ type: 'update', collection: 'posts', id: i, doc: { pad } }),
+        ),
+      )
+      const accepted = results.flatMap((r, i) => (r.status === 'fulfilled' ? [i] : []))
+      const rejected = results.filter((r) => r.status === 'rejected')
+      assert.ok(accepted.length >= 50 && rejected.length >= 100, `${accepted.length} taken, ${rejected.length} refused`)
+      assert.deepEqual(
+        accepted,
+        Array.from({ length: accepted.length }, (_, i) => i),
+        'the first ones are taken',
+      )
+      for (const r of rejected) assert.match(r.reason.message, /realtime server is behind.*maxBacklog/)
+      await c.waitFor((m) => m.id === accepted.at(-1), { label: 'the last accepted event' })
+      await waitUntil(() => ctx.manager.stats().backlogBytes === 0, { label: 'an empty backlog' })
+      await ctx.manager.emitEvent({ type: 'update', collection: 'posts', id: 'after', doc: {} })
+      await c.waitFor((m) => m.id === 'after', { label: 'the event emitted after' })
+      assert.deepEqual(
+        c.events('posts').map((e) => e.id),
+        [...accepted, 'after'],
+        'every accepted event once, in order, and nothing refused',
+      )
+      assert.ok(c.isOpen)
+    })
+  },
+)
+
+test(
   'a slow reader is closed with 4008 while the other clients receive every event',
   { timeout: 600_000 },
   async () => {

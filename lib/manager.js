@@ -85,6 +85,7 @@ function nativeOptions(port, options) {
     allowAnonymous: options.allowAnonymous === undefined ? undefined : Boolean(options.allowAnonymous),
     maxPayloadLength: optionalNumber(options, 'maxPayloadLength', { min: 16 }),
     maxBackpressure: optionalNumber(options, 'maxBackpressure', { min: 1024 }),
+    maxBacklog: optionalNumber(options, 'maxBacklog', { min: 1024 }),
     idleTimeout: optionalNumber(options, 'idleTimeout'),
     workerThreads: optionalNumber(options, 'workerThreads', { min: 1, max: 256 }),
     includeCollections: optionalStrings(options, 'includeCollections'),

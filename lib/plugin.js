@@ -23,6 +23,7 @@ const SERVER_OPTION_KEYS = [
   'allowAnonymous',
   'maxPayloadLength',
   'maxBackpressure',
+  'maxBacklog',
   'idleTimeout',
   'workerThreads',
   'authorizeTimeout',

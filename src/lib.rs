@@ -47,6 +47,7 @@ pub struct NativeOptions {
     pub allow_anonymous: Option<bool>,
     pub max_payload_length: Option<u32>,
     pub max_backpressure: Option<u32>,
+    pub max_backlog: Option<u32>,
     /// Seconds; 0 disables the idle timeout.
     pub idle_timeout: Option<u32>,
     pub worker_threads: Option<u32>,
@@ -91,6 +92,7 @@ impl NativeOptions {
             allow_anonymous: self.allow_anonymous.unwrap_or(d.allow_anonymous),
             max_payload_length: self.max_payload_length.map_or(d.max_payload_length, |v| v as usize),
             max_backpressure: self.max_backpressure.map_or(d.max_backpressure, |v| v as usize),
+            max_backlog: self.max_backlog.map_or(d.max_backlog, |v| v as usize),
             idle_timeout: match self.idle_timeout {
                 Some(0) => None,
                 Some(s) => Some(Duration::from_secs(s as u64)),
@@ -152,6 +154,9 @@ pub struct NativeStats {
     /// Times delivery waited for the server's writers: events came faster than the sockets
     /// were written, and `emitEvent` answered later instead of clients being closed.
     pub backlog_waits: f64,
+    /// Bytes of events waiting for the server's writers now; `emitEvent` refuses events while it
+    /// is at `maxBacklog`.
+    pub backlog_bytes: f64,
     /// With Redis: whether the broker is connected, and its counters.
     pub redis: Option<NativeBrokerStats>,
     /// Tasks alive on the server's runtime (one per socket, plus a few): a leak shows here.
@@ -358,6 +363,7 @@ impl RealtimeServer {
             authorize_errors: s.authorize_errors as f64,
             handler_errors: s.handler_errors as f64,
             backlog_waits: s.backlog_waits as f64,
+            backlog_bytes: s.backlog_bytes as f64,
             redis: s.broker.map(|b| NativeBrokerStats {
                 connected: b.connected,
                 published: b.published as f64,

@@ -25,8 +25,13 @@ pub struct Config {
     pub allow_anonymous: bool,
     /// Largest inbound message, in bytes; more closes the socket with 1009.
     pub max_payload_length: usize,
-    /// Outbound bytes queued for one socket before it is closed as a slow consumer (4008).
+    /// Outbound bytes that may wait for a client that takes nothing (its send buffer full)
+    /// before it is closed as a slow consumer (4008).
     pub max_backpressure: usize,
+    /// Bytes of emitted events that may wait for the server's writers (events come faster than
+    /// the sockets are written) before `emitEvent` refuses more: what bounds memory when the
+    /// application outruns the server for long.
+    pub max_backlog: usize,
     /// A socket that sends nothing (not even a pong) for this long is closed; `None` disables.
     pub idle_timeout: Option<Duration>,
     /// Worker threads of the server's own tokio runtime, which read and write the sockets
@@ -68,6 +73,7 @@ impl Default for Config {
             allow_anonymous: false,
             max_payload_length: 64 * 1024,
             max_backpressure: 1024 * 1024,
+            max_backlog: 128 * 1024 * 1024,
             idle_timeout: Some(Duration::from_secs(120)),
             worker_threads: default_worker_threads(),
             include_collections: None,
@@ -102,6 +108,9 @@ impl Config {
         }
         if self.max_backpressure < 1024 {
             return bad("`maxBackpressure` must be at least 1024 bytes".into());
+        }
+        if self.max_backlog < 1024 {
+            return bad("`maxBacklog` must be at least 1024 bytes".into());
         }
         if self.worker_threads == 0 || self.worker_threads > 256 {
             return bad("`workerThreads` must be between 1 and 256".into());

@@ -120,6 +120,8 @@ struct Prepared {
     offset: Option<u64>,
     target: Target,
     done: Option<oneshot::Sender<usize>>,
+    /// What it counts in the hub's backlog (an event's frame; 0 for a broadcast).
+    backlog: usize,
 }
 
 /// Queue pushes one burst makes before its sockets are woken: a few milliseconds of pushing.
@@ -264,6 +266,8 @@ struct Run {
     bytes: usize,
     /// Where each frame's count of sockets goes (`emitEvent`'s result).
     done: Vec<Option<oneshot::Sender<usize>>>,
+    /// What its frames count in the hub's backlog, released once they are queued.
+    backlog: usize,
 }
 
 impl Run {
@@ -274,6 +278,7 @@ impl Run {
             frames: Vec::new(),
             bytes: 0,
             done: Vec::new(),
+            backlog: 0,
         };
         run.add(p);
         run
@@ -286,6 +291,7 @@ impl Run {
 
     fn add(&mut self, p: Prepared) {
         self.bytes += p.frame.len();
+        self.backlog += p.backlog;
         self.frames.push(RunFrame {
             frame: p.frame,
             offset: p.offset,
@@ -303,6 +309,8 @@ impl Run {
         let (_, counts) = hub
             .registry
             .fan_out_run(&self.room, &self.frames, self.except, &hub.stats, wakes);
+        hub.backlog
+            .fetch_sub(self.backlog, std::sync::atomic::Ordering::Relaxed);
         for (done, n) in self.done.into_iter().zip(counts) {
             if let Some(done) = done {
                 let _ = done.send(n);
@@ -368,6 +376,7 @@ fn prepare_now(job: Job) -> Prepared {
             offset: None,
             target: Target::Room(except),
             done: None,
+            backlog: 0,
         },
         Job::Event {
             room,
@@ -377,6 +386,7 @@ fn prepare_now(job: Job) -> Prepared {
             ..
         } => Prepared {
             room,
+            backlog: frame.len(),
             frame,
             offset,
             target: Target::Room(None),
@@ -389,6 +399,7 @@ fn prepare_now(job: Job) -> Prepared {
             offset: None,
             target: Target::Only(AllowedUsers::default()),
             done: None,
+            backlog: 0,
         },
     }
 }
@@ -441,6 +452,7 @@ async fn prepare(hub: Arc<Hub>, job: Job) -> Prepared {
             };
             Prepared {
                 room,
+                backlog: frame.len(),
                 frame,
                 offset,
                 target: Target::Only(allowed),
@@ -469,6 +481,7 @@ pub fn test_hub() -> Arc<Hub> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
     use crate::protocol::collection_room;
     use serde_json::json;
     use std::time::Duration;
@@ -573,6 +586,68 @@ mod tests {
             "queued at most the bound and a run: {most}"
         );
         assert!(hub.stats.backlog_waits.load(std::sync::atomic::Ordering::Relaxed) >= 5);
+        assert_eq!(hub.stats().backlog_bytes, 0);
+        hub.shutdown.cancel();
+    }
+
+    /// While the lane waits for a writer, what is emitted waits on the lane and counts in the
+    /// backlog; past `maxBacklog` events are refused (before they are numbered or published),
+    /// and accepted again once the writer caught up.
+    #[tokio::test]
+    async fn past_max_backlog_events_are_refused_until_the_writer_catches_up() {
+        let config = crate::config::Config {
+            max_backpressure: 1024,
+            max_backlog: 8 * 1024,
+            ..Default::default()
+        };
+        let (hub, lanes) = Hub::new(config, crate::callbacks::Callbacks::default());
+        for lane in lanes {
+            tokio::spawn(run_lane(hub.clone(), lane));
+        }
+        let peer = hub.new_peer(None, None);
+        hub.registry.add_peer(peer.clone());
+        hub.registry.join(&peer, &collection_room("posts"), 10);
+        let pad = "x".repeat(2000);
+        let event =
+            |i: u64| json!({"type": "update", "collection": "posts", "id": i, "doc": {"pad": pad}, "timestamp": "t"});
+        // The first is queued and leaves the socket past its bound: the lane waits for it.
+        assert_eq!(hub.submit_event(event(0)).unwrap().await.unwrap(), 1);
+        assert!(peer.outbound.is_behind());
+        // The next ones wait on the lane, counted, until the backlog reaches 8 KB.
+        let mut waiting = Vec::new();
+        let refused = loop {
+            match hub.submit_event(event(waiting.len() as u64 + 1)) {
+                Ok(done) => waiting.push(done),
+                Err(e) => break e,
+            }
+            assert!(waiting.len() < 10, "refused by then");
+        };
+        assert_eq!(waiting.len(), 4);
+        assert!(matches!(refused, Error::Behind { limit: 8192, .. }), "{refused}");
+        assert!(refused.to_string().contains("maxBacklog"));
+        assert!(hub.stats().backlog_bytes >= 8 * 1024);
+        assert_eq!(hub.stats.events.load(std::sync::atomic::Ordering::Relaxed), 5);
+        // The writer catches up: the waiting ones go out, and events are taken again.
+        let mut ids = Vec::new();
+        let writer = async {
+            while ids.len() < 6 {
+                ids.extend(peer.outbound.drain_ids());
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        let again = async {
+            for done in waiting {
+                assert_eq!(done.await.unwrap(), 1);
+            }
+            assert_eq!(hub.stats().backlog_bytes, 0);
+            hub.submit_event(event(5)).unwrap().await.unwrap()
+        };
+        let ((), n) = tokio::time::timeout(Duration::from_secs(20), futures_util::future::join(writer, again))
+            .await
+            .expect("the writer catches up");
+        assert_eq!(n, 1);
+        assert_eq!(ids, (0..6).collect::<Vec<u64>>());
+        assert!(!peer.outbound.was_evicted());
         hub.shutdown.cancel();
     }
 }

@@ -12,6 +12,8 @@ pub enum Error {
     InvalidInput(String),
     /// The server is closed or closing.
     Closed,
+    /// Events wait to be queued for their sockets past `maxBacklog`: the event was not sent.
+    Behind { backlog: usize, limit: usize },
     /// Anything else that failed inside the server.
     Internal(String),
 }
@@ -29,6 +31,10 @@ impl fmt::Display for Error {
             }
             Error::InvalidInput(m) => write!(f, "{m}"),
             Error::Closed => write!(f, "the realtime server is closed"),
+            Error::Behind { backlog, limit } => write!(
+                f,
+                "the realtime server is behind: {backlog} bytes of events wait to be written to their sockets (maxBacklog is {limit}); this event was not sent"
+            ),
             Error::Internal(m) => write!(f, "internal error: {m}"),
         }
     }

@@ -4,7 +4,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -71,6 +71,9 @@ pub struct Hub {
     appender: OnceLock<mpsc::UnboundedSender<Append>>,
     /// Gives memory back to the system when the server goes idle.
     pub memory: crate::memory::Trim,
+    /// Bytes of event frames on the lanes, not yet queued for their sockets: what waits for
+    /// the server's writers when events come faster than they write (`maxBacklog` bounds it).
+    pub backlog: AtomicUsize,
 }
 
 /// An event for a room with Redis-backed history, waiting for its offset.
@@ -106,6 +109,7 @@ impl Hub {
             presence,
             appender: OnceLock::new(),
             memory: crate::memory::Trim::default(),
+            backlog: AtomicUsize::new(0),
         };
         (Arc::new(hub), receivers)
     }
@@ -239,6 +243,14 @@ impl Hub {
         if self.stopping.is_cancelled() {
             return Err(Error::Closed);
         }
+        // Refused before it is numbered or published: an event is sent everywhere or nowhere.
+        let backlog = self.backlog.load(Ordering::Relaxed);
+        if backlog >= self.config.max_backlog {
+            return Err(Error::Behind {
+                backlog,
+                limit: self.config.max_backlog,
+            });
+        }
         Stats::add(&self.stats.events, 1);
         if let (Some(appender), Some(policy)) = (
             self.appender.get(),
@@ -364,6 +376,7 @@ impl Hub {
             return Ok(false);
         }
         let authorize = self.authorize_rule(collection);
+        self.backlog.fetch_add(frame.len(), Ordering::Relaxed);
         let job = Job::Event {
             room: room.clone(),
             authorize,
@@ -835,8 +848,12 @@ impl Hub {
     }
 
     pub fn stats(&self) -> Snapshot {
-        self.stats
-            .snapshot(self.registry.room_count() as u64, self.broker.get().map(|b| b.stats()))
+        Snapshot {
+            backlog_bytes: self.backlog.load(Ordering::Relaxed) as u64,
+            ..self
+                .stats
+                .snapshot(self.registry.room_count() as u64, self.broker.get().map(|b| b.stats()))
+        }
     }
 
     pub fn register_custom_type(&self, kind: &str) {

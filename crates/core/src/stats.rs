@@ -47,6 +47,8 @@ pub struct Snapshot {
     pub authorize_errors: u64,
     pub handler_errors: u64,
     pub backlog_waits: u64,
+    /// Bytes of events waiting for the server's writers now (see `Hub::backlog`).
+    pub backlog_bytes: u64,
     pub broker: Option<crate::broker::BrokerStats>,
 }
 
@@ -70,6 +72,7 @@ impl Stats {
             authorize_errors: self.authorize_errors.load(Relaxed),
             handler_errors: self.handler_errors.load(Relaxed),
             backlog_waits: self.backlog_waits.load(Relaxed),
+            backlog_bytes: 0,
             broker,
         }
     }
