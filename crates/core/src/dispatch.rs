@@ -471,7 +471,13 @@ async fn deliver(hub: &Hub, p: Prepared, wakes: &mut Wakes) {
 /// A hub with default options and its lanes running on the test's runtime.
 #[cfg(test)]
 pub fn test_hub() -> Arc<Hub> {
-    let (hub, lanes) = Hub::new(crate::config::Config::default(), crate::callbacks::Callbacks::default());
+    test_hub_with(crate::config::Config::default())
+}
+
+/// [`test_hub`] with these options.
+#[cfg(test)]
+pub fn test_hub_with(config: crate::config::Config) -> Arc<Hub> {
+    let (hub, lanes) = Hub::new(config, crate::callbacks::Callbacks::default());
     for lane in lanes {
         tokio::spawn(run_lane(hub.clone(), lane));
     }
@@ -485,6 +491,15 @@ mod tests {
     use crate::protocol::collection_room;
     use serde_json::json;
     use std::time::Duration;
+
+    /// A hub with these options and one socket in `posts`' room (nobody writes it: the test does).
+    fn hub_with_a_posts_reader(config: crate::config::Config) -> (Arc<Hub>, Arc<Peer>) {
+        let hub = test_hub_with(config);
+        let peer = hub.new_peer(None, None);
+        hub.registry.add_peer(peer.clone());
+        hub.registry.join(&peer, &collection_room("posts"), 10);
+        (hub, peer)
+    }
 
     /// A collection whose room shares a lane with `posts`' (so that their events meet in one
     /// burst).
@@ -550,13 +565,7 @@ mod tests {
             max_backpressure: limit,
             ..Default::default()
         };
-        let (hub, lanes) = Hub::new(config, crate::callbacks::Callbacks::default());
-        for lane in lanes {
-            tokio::spawn(run_lane(hub.clone(), lane));
-        }
-        let peer = hub.new_peer(None, None);
-        hub.registry.add_peer(peer.clone());
-        hub.registry.join(&peer, &collection_room("posts"), 10);
+        let (hub, peer) = hub_with_a_posts_reader(config);
         // 400 events of about 1 KB: 400 KB, 25 times the bound, six runs.
         let pad = "x".repeat(1000);
         let events = (0..400)
@@ -600,13 +609,7 @@ mod tests {
             max_backlog: 8 * 1024,
             ..Default::default()
         };
-        let (hub, lanes) = Hub::new(config, crate::callbacks::Callbacks::default());
-        for lane in lanes {
-            tokio::spawn(run_lane(hub.clone(), lane));
-        }
-        let peer = hub.new_peer(None, None);
-        hub.registry.add_peer(peer.clone());
-        hub.registry.join(&peer, &collection_room("posts"), 10);
+        let (hub, peer) = hub_with_a_posts_reader(config);
         let pad = "x".repeat(2000);
         let event =
             |i: u64| json!({"type": "update", "collection": "posts", "id": i, "doc": {"pad": pad}, "timestamp": "t"});
