@@ -27,9 +27,14 @@ pub struct Event {
 impl Event {
     /// The event as a JSON value, for the paths that need one (an authorize rule, a history).
     pub fn body(&self) -> Value {
-        // `json` was written by `normalize` from parsed parts: it is always valid.
-        serde_json::from_str(&self.json).unwrap_or(Value::Null)
+        value_of(&self.json)
     }
+}
+
+/// An event's JSON, written by [`normalize`] from parsed parts (so always valid), read as a
+/// value; `Null` if it somehow is not.
+pub fn value_of(json: &str) -> Value {
+    serde_json::from_str(json).unwrap_or(Value::Null)
 }
 
 /// The fields of an event as they came (each still JSON text); other keys are skipped.

@@ -70,7 +70,7 @@ impl Entry {
 
     /// The event as a value (what an authorize rule sees), read from the frame.
     pub fn body(&self) -> Arc<Value> {
-        Arc::new(serde_json::from_str(self.json()).unwrap_or(Value::Null))
+        Arc::new(crate::event::value_of(self.json()))
     }
 }
 

@@ -226,7 +226,7 @@ impl Hub {
     /// from its JSON only when there is a rule (`Null` otherwise: nothing reads it).
     fn rule_body(&self, collection: &str, json: &str) -> Arc<Value> {
         Arc::new(if self.authorize_rule(collection).is_some() {
-            serde_json::from_str(json).unwrap_or(Value::Null)
+            event::value_of(json)
         } else {
             Value::Null
         })
