@@ -154,6 +154,11 @@ export interface RealtimeStats {
   backlogWaits: number
   /** Bytes of emitted events waiting for the server's writers now (at most `maxBacklog`). */
   backlogBytes: number
+  /**
+   * Bytes handed to sockets by reference rather than copied (Linux `splice`: a large buffer that
+   * many sockets send, such as a burst of events to a big room), since the process started.
+   */
+  splicedBytes: number
   /** Tasks alive on the server's runtime (one per socket plus a few): a leak would show here. */
   tasks: number
   /**

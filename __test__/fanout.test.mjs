@@ -318,6 +318,41 @@ test('events emitted together arrive once each and in order, each socket with wh
   })
 })
 
+test(
+  'a burst to a big room goes by reference (splice) after the first sockets: every event whole, in order',
+  T,
+  async () => {
+    // 100 events of about 1 KB emitted together: each socket's share is a buffer of up to 64 KB,
+    // copied to the first 32 sockets and handed to the others by reference (Linux `splice`).
+    await withServer({}, async (ctx) => {
+      const N = 60
+      const clients = await connectMany(ctx, N, (i) => ({ token: makeToken({ id: `user-${i}` }), label: `c${i}` }))
+      await Promise.all(clients.map((c) => c.join('posts')))
+      const before = ctx.manager.stats().splicedBytes
+      const body = (i) => String.fromCharCode(65 + (i % 26)).repeat(900 + i)
+      await Promise.all(
+        Array.from({ length: 100 }, (_, i) =>
+          ctx.manager.emitEvent({ type: 'update', collection: 'posts', id: i, doc: { body: body(i) } }),
+        ),
+      )
+      for (const c of clients) {
+        await c.waitFor((m) => m.id === 99, { label: `${c.label}: the last event` })
+        const got = c.events('posts')
+        assert.deepEqual(
+          got.map((e) => e.id),
+          Array.from({ length: 100 }, (_, i) => i),
+          `${c.label}: every event once, in order`,
+        )
+        for (const e of got) assert.equal(e.doc.body, body(e.id), `${c.label}: event ${e.id} arrived whole`)
+      }
+      if (process.platform === 'linux') {
+        const spliced = ctx.manager.stats().splicedBytes - before
+        assert.ok(spliced >= (N - 32) * 50_000, `the sockets after the first 32 got it by reference: ${spliced} bytes`)
+      }
+    })
+  },
+)
+
 test('a burst three times maxBackpressure reaches every client that reads: in order, none closed', T, async () => {
   // A bulk change emitted at once (3,000 events of 1 KB, three times the default bound of 1 MB)
   // is the server's backlog, not the clients': the server queues a run, waits for the sockets'

@@ -157,6 +157,9 @@ pub struct NativeStats {
     /// Bytes of events waiting for the server's writers now; `emitEvent` refuses events while it
     /// is at `maxBacklog`.
     pub backlog_bytes: f64,
+    /// Bytes handed to sockets by reference (`splice`) rather than copied, since the process
+    /// started: large buffers that many sockets send.
+    pub spliced_bytes: f64,
     /// With Redis: whether the broker is connected, and its counters.
     pub redis: Option<NativeBrokerStats>,
     /// Tasks alive on the server's runtime (one per socket, plus a few): a leak shows here.
@@ -364,6 +367,7 @@ impl RealtimeServer {
             handler_errors: s.handler_errors as f64,
             backlog_waits: s.backlog_waits as f64,
             backlog_bytes: s.backlog_bytes as f64,
+            spliced_bytes: s.spliced_bytes as f64,
             redis: s.broker.map(|b| NativeBrokerStats {
                 connected: b.connected,
                 published: b.published as f64,

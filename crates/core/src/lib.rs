@@ -9,7 +9,8 @@
 //! - a room fans out in [`rooms::Registry::fan_out_run`], in order per room and in bursts thanks
 //!   to [`dispatch`];
 //! - an authorize rule is applied in [`authorize`];
-//! - a socket's bytes are queued and written by [`outbound`].
+//! - a socket's bytes are queued and written by [`outbound`]; a large buffer that many sockets
+//!   send goes to each by reference, not copied ([`splice`]).
 
 pub mod auth;
 pub mod authorize;
@@ -33,4 +34,5 @@ pub mod protocol;
 pub mod requests;
 pub mod rooms;
 pub mod server;
+pub mod splice;
 pub mod stats;

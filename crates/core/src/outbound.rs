@@ -21,7 +21,9 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::Waker;
 use std::time::Duration;
 
@@ -30,12 +32,34 @@ use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 
 use crate::protocol::{close_code, close_frame};
+use crate::splice::Piped;
 
 /// How long an evicted socket's in-flight write may still take before the TCP connection is cut.
 pub const EVICTION_GRACE: Duration = Duration::from_secs(10);
 
 /// Most frames handed to one `writev` (Linux's IOV_MAX is 1024).
 const MAX_IOVECS: usize = 512;
+
+/// A queued frame: its bytes, and for a large buffer that many sockets send, a pipe holding a
+/// copy that the kernel hands to the socket by reference (see [`crate::splice`]).
+#[derive(Clone)]
+pub struct OutFrame {
+    pub bytes: Bytes,
+    pub piped: Option<Arc<Piped>>,
+}
+
+impl From<Bytes> for OutFrame {
+    fn from(bytes: Bytes) -> OutFrame {
+        OutFrame { bytes, piped: None }
+    }
+}
+
+impl Deref for OutFrame {
+    type Target = Bytes;
+    fn deref(&self) -> &Bytes {
+        &self.bytes
+    }
+}
 
 /// What happened to a pushed frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,11 +88,11 @@ enum Ending {
 
 #[derive(Default)]
 struct State {
-    queue: VecDeque<Bytes>,
+    queue: VecDeque<OutFrame>,
     /// Bytes queued plus bytes taken by the writer and not yet written.
     bytes: usize,
     /// Control frames (pong, ping) that bypass the byte bound and go first.
-    control: Vec<Bytes>,
+    control: Vec<OutFrame>,
     ending: Option<Ending>,
 }
 
@@ -119,7 +143,7 @@ impl Outbound {
 
     /// Queues a data frame, unless the socket is closing, or this frame passes the bound while
     /// the client is not taking what is written.
-    pub fn push(&self, frame: Bytes) -> Push {
+    pub fn push(&self, frame: impl Into<OutFrame>) -> Push {
         let (push, wake) = self.push_unwoken(frame);
         if wake {
             self.wake();
@@ -130,13 +154,14 @@ impl Outbound {
     /// [`Outbound::push`] that leaves the writer asleep: `true` beside a queued push means
     /// the queue was empty and the caller must call [`Outbound::wake`] once it has queued the
     /// rest of its burst (see [`crate::rooms::Wakes`]). An eviction wakes the writer itself.
-    pub fn push_unwoken(&self, frame: Bytes) -> (Push, bool) {
+    pub fn push_unwoken(&self, frame: impl Into<OutFrame>) -> (Push, bool) {
+        let frame = frame.into();
         let mut s = self.state.lock();
         if s.ending.is_some() {
             return (Push::Closed, false);
         }
         if s.bytes + frame.len() > self.limit && s.bytes > 0 && self.blocked.load(Ordering::Acquire) {
-            let queued: usize = s.queue.iter().map(Bytes::len).sum();
+            let queued: usize = s.queue.iter().map(|f| f.len()).sum();
             s.bytes -= queued;
             s.queue = VecDeque::new();
             s.ending = Some(Ending::Now(close_frame(
@@ -190,7 +215,7 @@ impl Outbound {
         if s.ending.is_some() {
             return;
         }
-        s.control.push(frame);
+        s.control.push(frame.into());
         drop(s);
         self.waker.wake();
     }
@@ -209,7 +234,7 @@ impl Outbound {
         let mut s = self.state.lock();
         if s.ending.is_none() {
             if let Ending::Now(_) = ending {
-                let queued: usize = s.queue.iter().map(Bytes::len).sum();
+                let queued: usize = s.queue.iter().map(|f| f.len()).sum();
                 s.bytes -= queued;
                 s.queue.clear();
             }
@@ -244,7 +269,13 @@ impl Outbound {
     /// The buffers waiting to be written, as they are (the same allocation when shared).
     #[cfg(test)]
     pub fn queued(&self) -> Vec<Bytes> {
-        self.state.lock().queue.iter().cloned().collect()
+        self.state.lock().queue.iter().map(|f| f.bytes.clone()).collect()
+    }
+
+    /// Whether each buffer waiting to be written carries a pipe (see [`crate::splice`]).
+    #[cfg(test)]
+    pub fn queued_piped(&self) -> Vec<bool> {
+        self.state.lock().queue.iter().map(|f| f.piped.is_some()).collect()
     }
 
     /// The `id` of each message [`Outbound::drain_messages`] returns.
@@ -304,16 +335,16 @@ impl Outbound {
             // The whole queue, allocation and all: it is freed once written, so a socket keeps
             // no queue memory between bursts.
             frames = Vec::from(std::mem::take(&mut s.queue));
-            data_bytes = frames.iter().map(Bytes::len).sum();
+            data_bytes = frames.iter().map(|f| f.len()).sum();
         } else {
             let n = s.queue.len().min(MAX_IOVECS);
-            data_bytes = s.queue.iter().take(n).map(Bytes::len).sum();
+            data_bytes = s.queue.iter().take(n).map(|f| f.len()).sum();
             frames.extend(s.queue.drain(..n));
         }
         let mut closes = false;
         if s.queue.is_empty() {
             if let Some(Ending::Now(f) | Ending::AfterQueue(f)) = &s.ending {
-                frames.push(f.clone());
+                frames.push(f.clone().into());
                 closes = true;
             }
         }
@@ -335,6 +366,12 @@ impl Outbound {
 /// A socket the writer can write to without waiting (`WouldBlock` when its buffer is full).
 pub trait TryWrite {
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize>;
+
+    /// Sends a piped buffer whole by reference (see [`crate::splice::send`]); any error but
+    /// `WouldBlock` means the bytes are to be written instead.
+    fn try_splice(&self, _piped: &Piped) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
 }
 
 impl TryWrite for tokio::net::TcpStream {
@@ -347,12 +384,20 @@ impl TryWrite for tokio::net::TcpStream {
             socket2::SockRef::from(self).send_vectored(bufs)
         })
     }
+
+    #[cfg(target_os = "linux")]
+    fn try_splice(&self, piped: &Piped) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        self.try_io(tokio::io::Interest::WRITABLE, || {
+            crate::splice::send(piped, self.as_raw_fd())
+        })
+    }
 }
 
 /// Frames taken from the queue and not yet fully written.
 #[derive(Default)]
 pub struct Batch {
-    frames: Vec<Bytes>,
+    frames: Vec<OutFrame>,
     /// First frame not fully written, and how much of it is.
     index: usize,
     offset: usize,
@@ -377,12 +422,32 @@ impl Batch {
     }
 
     /// Writes as much of the batch as the socket takes without waiting, one `writev` per call
-    /// (more only when the kernel takes part of it).
+    /// (more only when the kernel takes part of it), and a piped buffer by `splice` when it
+    /// starts one (the writes before it stop short of it).
     pub fn write_to(&mut self, out: &Outbound, io: &impl TryWrite) -> std::io::Result<Flush> {
         while !self.is_empty() {
+            if let (0, Some(piped)) = (self.offset, &self.frames[self.index].piped) {
+                match io.try_splice(piped) {
+                    Ok(n) => {
+                        out.set_blocked(false);
+                        self.advance(n);
+                        continue;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        out.set_blocked(true);
+                        return Ok(Flush::Blocked);
+                    }
+                    // Not available: written below instead.
+                    Err(_) => {}
+                }
+            }
+            let end = self.frames[self.index + 1..]
+                .iter()
+                .position(|f| f.piped.is_some())
+                .map_or(self.frames.len(), |at| self.index + 1 + at);
             let n = {
                 let slices: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(&self.frames[self.index][self.offset..]))
-                    .chain(self.frames[self.index + 1..].iter().map(|f| IoSlice::new(f)))
+                    .chain(self.frames[self.index + 1..end].iter().map(|f| IoSlice::new(f)))
                     .collect();
                 match io.try_write_vectored(&slices) {
                     Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
@@ -565,6 +630,62 @@ mod tests {
         assert!(out.is_behind());
         out.close(1000, "");
         assert!(!out.is_behind(), "a closing socket is waited for by no one");
+    }
+
+    /// A piped buffer goes by `splice`, the frames around it by `sendmsg`, all in order and
+    /// whole, through a real socket whose buffer fills and drains on the way.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_piped_buffer_goes_by_splice_between_copied_frames_in_order() {
+        use crate::splice::SPLICED_BYTES;
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut got = Vec::new();
+            c.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let (server, _) = listener.accept().await.unwrap();
+        let out = Outbound::new(1 << 24);
+        let big = Bytes::from((0..200_000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+        let piped = Piped::new(&big).expect("a pipe");
+        let before = SPLICED_BYTES.load(Ordering::Relaxed);
+        let mut expect = Vec::new();
+        for i in 0..5 {
+            let small = text_frame(i.to_string().as_bytes());
+            out.push(small.clone());
+            expect.extend_from_slice(&small);
+            out.push(OutFrame {
+                bytes: big.clone(),
+                piped: Some(piped.clone()),
+            });
+            expect.extend_from_slice(&big);
+        }
+        out.close(1000, "");
+        expect.extend_from_slice(&close_frame(1000, ""));
+        // As the connection's task writes.
+        let mut batch = Batch::default();
+        loop {
+            if batch.is_empty() {
+                out.take_into(&mut batch);
+            }
+            match batch.write_to(&out, &server).unwrap() {
+                Flush::Done if batch.closes => break,
+                Flush::Done => {}
+                Flush::Blocked => server.writable().await.unwrap(),
+            }
+        }
+        drop(server);
+        let got = client.await.unwrap();
+        assert_eq!(got.len(), expect.len());
+        assert!(got == expect, "every byte in order");
+        assert!(
+            SPLICED_BYTES.load(Ordering::Relaxed) > before,
+            "some of it went by splice"
+        );
+        assert_eq!(out.queued_bytes(), 0);
     }
 
     #[test]

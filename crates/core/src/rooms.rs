@@ -17,8 +17,9 @@ use parking_lot::RwLock;
 use rustc_hash::FxBuildHasher;
 use serde_json::Value;
 
-use crate::outbound::Push;
+use crate::outbound::{OutFrame, Push};
 use crate::peer::{Peer, PeerId};
+use crate::splice::{self, Piped};
 use crate::stats::Stats;
 
 const SHARDS: usize = 32;
@@ -328,11 +329,11 @@ impl Registry {
                     });
                     let merged = &mut merged[at];
                     denied += run.len() - merged.frames.len();
-                    let Some(buf) = &merged.buf else {
+                    let Some(frame) = merged.next_frame() else {
                         continue;
                     };
                     pushes += 1;
-                    match wakes.push(peer, buf.clone()) {
+                    match wakes.push(peer, frame) {
                         Push::Queued | Push::Behind => merged.sockets += 1,
                         Push::Closed => dropped += merged.frames.len(),
                         Push::Evicted => {
@@ -390,6 +391,10 @@ struct Merged {
     buf: Option<Bytes>,
     frames: Vec<usize>,
     sockets: usize,
+    /// Sockets it was handed to so far, and once that passed [`splice::MIN_SOCKETS`], the pipe
+    /// that hands it to the rest by reference (large buffers only).
+    handed: usize,
+    piped: Option<Arc<Piped>>,
 }
 
 impl Merged {
@@ -409,7 +414,23 @@ impl Merged {
             buf,
             frames: frames.iter().map(|(i, _, _)| *i).collect(),
             sockets: 0,
+            handed: 0,
+            piped: None,
         }
+    }
+
+    /// The buffer for the next socket: by copy for the first [`splice::MIN_SOCKETS`], then with
+    /// a pipe when the buffer is large enough to gain from it (`None`: nothing to send).
+    fn next_frame(&mut self) -> Option<OutFrame> {
+        let buf = self.buf.as_ref()?;
+        self.handed += 1;
+        if self.handed == splice::MIN_SOCKETS + 1 {
+            self.piped = Piped::new(buf);
+        }
+        Some(OutFrame {
+            bytes: buf.clone(),
+            piped: self.piped.clone(),
+        })
     }
 }
 
@@ -432,7 +453,7 @@ pub struct Wakes {
 
 impl Wakes {
     /// Queues `frame` for `peer`, to be woken at the next [`Wakes::flush`].
-    pub fn push(&mut self, peer: &Arc<Peer>, frame: Bytes) -> Push {
+    pub fn push(&mut self, peer: &Arc<Peer>, frame: impl Into<OutFrame>) -> Push {
         let (push, wake) = peer.outbound.push_unwoken(frame);
         if wake {
             self.peers.push(peer.clone());
@@ -517,6 +538,31 @@ mod tests {
             allowed: None,
         }];
         reg.fan_out_run(room, &run, except, stats, wakes).1[0]
+    }
+
+    /// A large buffer goes to the first sockets by copy, then with a pipe to the rest (each
+    /// the same bytes); a small one never has a pipe.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_large_buffer_is_piped_after_the_first_sockets() {
+        let reg = Registry::default();
+        let stats = Stats::default();
+        let peers: Vec<_> = (0..40).map(|i| peer(i, 1 << 20)).collect();
+        for p in &peers {
+            reg.add_peer(p.clone());
+            reg.join(p, "r", 10);
+        }
+        let mut wakes = Wakes::default();
+        let big = Bytes::from(vec![7u8; 20_000]);
+        assert_eq!(fan_out(&reg, "r", &big, None, &stats, &mut wakes), 40);
+        let small = Bytes::from(vec![1u8; 1000]);
+        assert_eq!(fan_out(&reg, "r", &small, None, &stats, &mut wakes), 40);
+        let piped: Vec<Vec<bool>> = peers.iter().map(|p| p.outbound.queued_piped()).collect();
+        assert_eq!(piped.iter().filter(|q| q[0]).count(), 40 - splice::MIN_SOCKETS);
+        assert!(piped.iter().all(|q| !q[1]), "a small buffer is never piped");
+        for p in &peers {
+            assert_eq!(p.outbound.queued(), vec![big.clone(), small.clone()]);
+        }
     }
 
     #[test]

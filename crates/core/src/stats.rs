@@ -49,6 +49,9 @@ pub struct Snapshot {
     pub backlog_waits: u64,
     /// Bytes of events waiting for the server's writers now (see `Hub::backlog`).
     pub backlog_bytes: u64,
+    /// Bytes handed to sockets by reference rather than copied, by every server of the process
+    /// since it started (see `splice`).
+    pub spliced_bytes: u64,
     pub broker: Option<crate::broker::BrokerStats>,
 }
 
@@ -73,6 +76,7 @@ impl Stats {
             handler_errors: self.handler_errors.load(Relaxed),
             backlog_waits: self.backlog_waits.load(Relaxed),
             backlog_bytes: 0,
+            spliced_bytes: crate::splice::SPLICED_BYTES.load(Relaxed) as u64,
             broker,
         }
     }
