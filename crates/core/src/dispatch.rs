@@ -128,8 +128,11 @@ struct Prepared {
 /// Bigger bursts would write more per syscall but hold back the first frames for longer.
 const BURST_PUSHES: usize = 65_536;
 
-/// Most bytes of one room's consecutive events merged into one buffer (see [`Run`]).
-const RUN_BYTES: usize = 64 * 1024;
+/// Most bytes of one room's consecutive events merged into one buffer (see [`Run`]): as much
+/// as one pipe holds ([`crate::splice::MAX_BYTES`]), so that a burst of 100 events of 1 KB is
+/// one `tee` and one `splice` per socket. With 64 KB, two of each: at 1,000 subscribers the
+/// server's CPU per message was 0.25 µs instead of 0.215 (20 rounds each, interleaved).
+const RUN_BYTES: usize = crate::splice::MAX_BYTES;
 
 /// Runs one lane until its channel closes or the server shuts down.
 pub async fn run_lane(hub: Arc<Hub>, mut jobs: mpsc::UnboundedReceiver<Job>) {
@@ -566,16 +569,16 @@ mod tests {
             ..Default::default()
         };
         let (hub, peer) = hub_with_a_posts_reader(config);
-        // 400 events of about 1 KB: 400 KB, 25 times the bound, six runs.
+        // 1,200 events of about 1 KB: 1.2 MB, 75 times the bound, five runs.
         let pad = "x".repeat(1000);
-        let events = (0..400)
+        let events = (0..1200)
             .map(|i| json!({"type": "update", "collection": "posts", "id": i, "doc": {"pad": pad}, "timestamp": "t"}))
             .collect();
         let delivered = hub.submit_events(events);
         // The writer: takes what is queued every millisecond, all of it going through.
         let (mut ids, mut most) = (Vec::new(), 0);
         let writer = async {
-            while ids.len() < 400 {
+            while ids.len() < 1200 {
                 most = most.max(peer.outbound.queued_bytes());
                 ids.extend(peer.outbound.drain_ids());
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -587,14 +590,14 @@ mod tests {
         for d in delivered {
             assert_eq!(d.unwrap().await.unwrap(), 1);
         }
-        assert_eq!(ids, (0..400).collect::<Vec<u64>>());
+        assert_eq!(ids, (0..1200).collect::<Vec<u64>>());
         assert!(!peer.outbound.was_evicted());
         assert_eq!(hub.stats.slow_consumers.load(std::sync::atomic::Ordering::Relaxed), 0);
         assert!(
             most <= limit + RUN_BYTES + 2048,
             "queued at most the bound and a run: {most}"
         );
-        assert!(hub.stats.backlog_waits.load(std::sync::atomic::Ordering::Relaxed) >= 5);
+        assert!(hub.stats.backlog_waits.load(std::sync::atomic::Ordering::Relaxed) >= 4);
         assert_eq!(hub.stats().backlog_bytes, 0);
         hub.shutdown.cancel();
     }

@@ -15,6 +15,10 @@
 //!
 //! Linux only. Elsewhere, or whenever a pipe cannot be had (descriptors, the user's pipe
 //! quota), [`Piped::new`] is `None` and the bytes go through `sendmsg` as before.
+//!
+//! Nothing is written into a pipe after it is filled (the pages `tee` shares are never
+//! changed), and a `splice` into a socket whose peer has gone raises `SIGPIPE`, which Node
+//! (like any Rust binary) ignores: the call fails with `EPIPE`, as `sendmsg` would.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,7 +29,7 @@ pub const MIN_BYTES: usize = 16 * 1024;
 /// Sockets that take one buffer by copy before it is piped for the others.
 pub const MIN_SOCKETS: usize = 32;
 
-/// Largest buffer piped (a pipe of 64 pages; a run of events is at most 64 KB and a frame).
+/// Largest buffer piped: a pipe of 64 pages (a run of events is at most this, see `dispatch`).
 pub const MAX_BYTES: usize = 256 * 1024;
 
 /// Pipes alive at once, at most: each holds a descriptor until the last socket has sent its
@@ -146,11 +150,16 @@ mod sys {
                 )
             };
             if teed <= 0 {
-                return Err(if teed == 0 {
-                    io::Error::other("tee moved nothing")
-                } else {
-                    io::Error::last_os_error()
-                });
+                // Never `WouldBlock` from here: that would have the caller wait for the socket,
+                // which is not what is full. The bytes are written the ordinary way instead.
+                return Err(io::Error::other(format!(
+                    "tee: {}",
+                    if teed == 0 {
+                        "nothing moved".to_string()
+                    } else {
+                        io::Error::last_os_error().to_string()
+                    }
+                )));
             }
             let teed = teed as usize;
             let spliced = unsafe {
