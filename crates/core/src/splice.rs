@@ -43,6 +43,7 @@ pub static SPLICED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// A buffer's bytes held in a pipe, which `tee` can reference any number of times. Dropped
 /// (the pipe closed) with the last queued frame that carries it.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub struct Piped {
     #[cfg(target_os = "linux")]
     read: std::os::fd::OwnedFd,
