@@ -33,8 +33,10 @@ pub const MIN_SOCKETS: usize = 32;
 pub const MAX_BYTES: usize = 256 * 1024;
 
 /// Pipes alive at once, at most: each holds a descriptor until the last socket has sent its
-/// buffer, and the process shares its open-file limit with its sockets.
-const MAX_LIVE: usize = 256;
+/// buffer (the process shares its open-file limit with its sockets), and up to 64 pages of the
+/// user's pipe quota (`fs.pipe-user-pages-soft`, 16,384 pages by default, which the rest of the
+/// process may need too). A burst to one room has one or two alive.
+const MAX_LIVE: usize = 64;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
