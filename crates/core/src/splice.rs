@@ -155,14 +155,12 @@ mod sys {
             if teed <= 0 {
                 // Never `WouldBlock` from here: that would have the caller wait for the socket,
                 // which is not what is full. The bytes are written the ordinary way instead.
-                return Err(io::Error::other(format!(
-                    "tee: {}",
-                    if teed == 0 {
-                        "nothing moved".to_string()
-                    } else {
-                        io::Error::last_os_error().to_string()
-                    }
-                )));
+                let why = if teed < 0 {
+                    io::Error::last_os_error()
+                } else {
+                    io::Error::other("nothing moved")
+                };
+                return Err(io::Error::other(format!("tee: {why}")));
             }
             let teed = teed as usize;
             let spliced = unsafe {
@@ -175,12 +173,13 @@ mod sys {
                     libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
                 )
             };
+            // The error is read before anything else can overwrite it (the closes below).
             let result = if spliced < 0 {
                 Err(io::Error::last_os_error())
             } else {
                 Ok(spliced as usize)
             };
-            let sent = *result.as_ref().unwrap_or(&0);
+            let sent = spliced.max(0) as usize;
             if sent < teed {
                 // What the socket did not take stays in the scratch pipe: a new one is made
                 // for the next send rather than reading this out.
