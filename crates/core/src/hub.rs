@@ -848,12 +848,11 @@ impl Hub {
     }
 
     pub fn stats(&self) -> Snapshot {
-        Snapshot {
-            backlog_bytes: self.backlog.load(Ordering::Relaxed) as u64,
-            ..self
-                .stats
-                .snapshot(self.registry.room_count() as u64, self.broker.get().map(|b| b.stats()))
-        }
+        self.stats.snapshot(
+            self.registry.room_count() as u64,
+            self.backlog.load(Ordering::Relaxed) as u64,
+            self.broker.get().map(|b| b.stats()),
+        )
     }
 
     pub fn register_custom_type(&self, kind: &str) {

@@ -60,7 +60,7 @@ impl Stats {
         counter.fetch_add(n, Relaxed);
     }
 
-    pub fn snapshot(&self, rooms: u64, broker: Option<crate::broker::BrokerStats>) -> Snapshot {
+    pub fn snapshot(&self, rooms: u64, backlog_bytes: u64, broker: Option<crate::broker::BrokerStats>) -> Snapshot {
         Snapshot {
             connections: self.connections.load(Relaxed),
             connections_total: self.connections_total.load(Relaxed),
@@ -75,7 +75,7 @@ impl Stats {
             authorize_errors: self.authorize_errors.load(Relaxed),
             handler_errors: self.handler_errors.load(Relaxed),
             backlog_waits: self.backlog_waits.load(Relaxed),
-            backlog_bytes: 0,
+            backlog_bytes,
             spliced_bytes: crate::splice::SPLICED_BYTES.load(Relaxed) as u64,
             broker,
         }
