@@ -319,6 +319,79 @@ test('events emitted together arrive once each and in order, each socket with wh
 })
 
 test(
+  'one crossing: events every user may read, none may, and some may, over two rooms; a user who joins meanwhile gets none',
+  T,
+  async () => {
+    // Emitted together, these events ask one question each in one crossing, each room's users
+    // sent once (the events of a room share its list). An answer that lets every user read
+    // crosses back as one word and is kept as the list itself; nobody, one word too; a mix, one
+    // answer per user. A user who joins while the questions are out was not asked, so it gets
+    // none of those events, though it is in the room when they are delivered.
+    let joined, asked
+    const lateJoined = new Promise((resolve) => (joined = resolve))
+    const questionsOut = new Promise((resolve) => (asked = resolve))
+    const rule = async (user, event) => {
+      if (event.id === 'p0') {
+        asked()
+        await lateJoined
+      }
+      if (event.doc.who === 'all') return true
+      if (event.doc.who === 'none') return false
+      return user.id === 'ann'
+    }
+    await withServer({ authorize: { posts: rule, pages: rule } }, async (ctx) => {
+      const clients = {}
+      for (const u of ['ann', 'bob', 'cy']) {
+        clients[u] = await ctx.connectAs(u)
+        await clients[u].join('posts')
+      }
+      const pageReader = await ctx.connectAs('dee', { label: 'pageReader' })
+      await pageReader.join('pages')
+      const late = await ctx.connectAs('eve', { label: 'late' })
+      const who = ['all', 'none', 'some', 'all', 'some', 'none', 'all']
+      const emits = []
+      for (const [i, w] of who.entries()) {
+        emits.push(ctx.manager.emitEvent({ type: 'update', collection: 'posts', id: `p${i}`, doc: { who: w } }))
+        emits.push(ctx.manager.emitEvent({ type: 'update', collection: 'pages', id: `g${i}`, doc: { who: w } }))
+      }
+      // The room's events are delivered in order, so none of the posts goes out before p0's
+      // answer, which waits for this join, made once the questions are out.
+      await questionsOut
+      await late.join('posts')
+      joined()
+      await Promise.all(emits)
+      await ctx.manager.emitEvent({ type: 'update', collection: 'posts', id: 'last', doc: { who: 'all' } })
+      const ids = (w) => who.flatMap((x, i) => (w.includes(x) ? [`p${i}`] : []))
+      const expect = {
+        ann: [...ids(['all', 'some']), 'last'],
+        bob: [...ids(['all']), 'last'],
+        cy: [...ids(['all']), 'last'],
+      }
+      for (const [u, want] of Object.entries(expect)) {
+        await clients[u].waitFor((m) => m.id === 'last', { label: `${u}: the last event` })
+        assert.deepEqual(
+          clients[u].events('posts').map((m) => m.id),
+          want,
+          `${u}: what it may read, once each, in order`,
+        )
+      }
+      await late.waitFor((m) => m.id === 'last', { label: 'the late joiner: the event after it joined' })
+      assert.deepEqual(
+        late.events('posts').map((m) => m.id),
+        ['last'],
+        'the late joiner got nothing asked before it was there',
+      )
+      await pageReader.waitFor((m) => m.id === 'g6', { label: 'the last page' })
+      assert.deepEqual(
+        pageReader.events('pages').map((m) => m.id),
+        who.flatMap((x, i) => (x === 'all' ? [`g${i}`] : [])),
+        'the other room: only what every user may read (dee is not ann)',
+      )
+    })
+  },
+)
+
+test(
   'a burst to a big room goes by reference (splice) after the first sockets: every event whole, in order',
   T,
   async () => {

@@ -12,7 +12,8 @@
 //   BENCH_ONLY=a,b           scenarios: fanout, rooms, authorize, idle, storm, redis; the other
 //                            scenarios keep their figures from the JSON this run replaces (each
 //                            section of the report says which run measured it)
-//   BENCH_SERVERS=a,b        contenders: realtime, uws-plugin, uws-publish, ws, ceiling
+//   BENCH_SERVERS=a,b        contenders: realtime, realtime-authorize (fan-out only), uws-plugin,
+//                            uws-publish, ws, ceiling
 //   BENCH_REALTIME_THREADS=n payload-realtime's workerThreads (default: its own default)
 //   BENCH_CEILING_THREADS=n  the ceiling's worker threads (default: payload-realtime's default,
 //                            the cores minus one)
@@ -64,7 +65,7 @@ const cfg = {
   warmup: int(env.BENCH_WARMUP, 1),
   eventSize: int(env.BENCH_EVENT_SIZE, 1024),
   scenarios: list(env.BENCH_ONLY, ['fanout', 'rooms', 'authorize', 'idle', 'storm', 'redis']),
-  servers: list(env.BENCH_SERVERS, ['realtime', 'uws-plugin', 'uws-publish', 'ws', 'ceiling']),
+  servers: list(env.BENCH_SERVERS, ['realtime', 'realtime-authorize', 'uws-plugin', 'uws-publish', 'ws', 'ceiling']),
   fanout: {
     subscribers: list(env.BENCH_FANOUT_SUBSCRIBERS, ['1000', '10000']).map(Number),
     // Events per round; quick: 20 to 1,000 subscribers, 10 to 10,000.
@@ -110,6 +111,17 @@ const CONTENDERS = {
     label: 'payload-realtime',
     note: 'initUWebSocket + manager.emitEvent; verifies each HS256 token',
     script: 'realtime.mjs',
+  },
+  // The issue's fan-out targets hold "with authorize and backpressure on": the same server with an
+  // async rule on the room's collection that lets every signed-in user read, so it delivers what
+  // the others deliver. The rule runs once per distinct user per event (the fan-out's sockets
+  // belong to 1,000 users). Measured in the fan-out scenario only.
+  'realtime-authorize': {
+    label: 'payload-realtime, authorize on',
+    note: 'the same, with an async authorize rule on `posts` that lets every signed-in user read (called once per distinct user per event, 1,000 users)',
+    script: 'realtime.mjs',
+    args: ['--authorize', '1', '--rule', 'any'],
+    fanoutOnly: true,
   },
   'uws-plugin': {
     label: 'uWS.js, old plugin way',
@@ -275,7 +287,7 @@ class Server extends Proc {
     let args = c.binary
       ? ['--host', '127.0.0.1', '--port', '0', '--threads', String(cfg.ceilingThreads), ...extraArgs]
       : ['--expose-gc', path.join(here, 'servers', c.script), ...(c.args ?? []), '--secret', cfg.secret, ...extraArgs]
-    if (id === 'realtime' && cfg.realtimeThreads) args.push('--workerThreads', String(cfg.realtimeThreads))
+    if (c.script === 'realtime.mjs' && cfg.realtimeThreads) args.push('--workerThreads', String(cfg.realtimeThreads))
     if (perfServers.includes(id)) {
       const dir = path.join(here, 'profiles')
       mkdirSync(dir, { recursive: true })
@@ -290,7 +302,7 @@ class Server extends Proc {
       id,
       cmd,
       args,
-      existsSync(addonCopy) && id === 'realtime' ? { NAPI_RS_NATIVE_LIBRARY_PATH: addonCopy } : {},
+      existsSync(addonCopy) && c.script === 'realtime.mjs' ? { NAPI_RS_NATIVE_LIBRARY_PATH: addonCopy } : {},
     )
     const ready = await p.next((m) => m.event === 'listening', 30_000, 'listening')
     p.port = ready.port
@@ -525,10 +537,11 @@ function runSummary(meta) {
   }
 }
 
+/** Runs `fn` for each contender of the run (`only`: these of them; else all but the fan-out-only ones). */
 async function forEachServer(fn, only) {
   const out = {}
   for (const id of cfg.servers) {
-    if (only && !only.includes(id)) continue
+    if (only ? !only.includes(id) : CONTENDERS[id].fanoutOnly) continue
     try {
       out[id] = await fn(id)
     } catch (err) {
@@ -548,13 +561,15 @@ async function scenarioFanout() {
     const events = (eventsBy[n] = cfg.fanout.events(n))
     log(`fan-out: ${events} events of ${cfg.eventSize} B to ${n} subscribers of one room`)
     currentCase = `fanout-${n}`
-    out[n] = await forEachServer((id) =>
-      burstCase(id, {
-        sockets: n,
-        loadgenOpts: { users: Math.min(n, 1000) },
-        emit: { count: events, collection: 'posts' },
-        expectedPerSocket: () => events,
-      }),
+    out[n] = await forEachServer(
+      (id) =>
+        burstCase(id, {
+          sockets: n,
+          loadgenOpts: { users: Math.min(n, 1000) },
+          emit: { count: events, collection: 'posts' },
+          expectedPerSocket: () => events,
+        }),
+      cfg.servers,
     )
   }
   // The same room, events one at a time at a rate below every fast contender's burst rate: the
@@ -568,13 +583,15 @@ async function scenarioFanout() {
     const intervalMs = (n / rate) * 1000
     log(`fan-out, paced: ${events} events, one every ${intervalMs.toFixed(1)} ms, to ${n} subscribers`)
     currentCase = `fanout-paced-${n}`
-    paced[n] = await forEachServer((id) =>
-      burstCase(id, {
-        sockets: n,
-        loadgenOpts: { users: Math.min(n, 1000) },
-        emit: { count: events, collection: 'posts', intervalMs },
-        expectedPerSocket: () => events,
-      }),
+    paced[n] = await forEachServer(
+      (id) =>
+        burstCase(id, {
+          sockets: n,
+          loadgenOpts: { users: Math.min(n, 1000) },
+          emit: { count: events, collection: 'posts', intervalMs },
+          expectedPerSocket: () => events,
+        }),
+      cfg.servers,
     )
   }
   return {
@@ -996,11 +1013,12 @@ function fanoutTable(byId, anchors) {
         `${fmt(r.serverCpuShare * 100, 0)}% | ${fmt(r.loadgenCpuShare * 100, 0)}% | ${r.allComplete ? 'all' : `${r.delivered}/${r.expected}`} |`,
     )
   }
-  const rt = byId?.realtime
-  if (rt && !rt.error && anchors.some((a) => byId[a] && !byId[a].error)) {
+  for (const ours of ['realtime', 'realtime-authorize']) {
+    const rt = byId?.[ours]
+    if (!rt || rt.error || !anchors.some((a) => byId[a] && !byId[a].error)) continue
     rows.push('')
     rows.push(
-      '| payload-realtime vs | msg/s ratio (higher is better) | CPU per msg ratio (lower is better) | p99 ratio |',
+      `| ${label(ours)} vs | msg/s ratio (higher is better) | CPU per msg ratio (lower is better) | p99 ratio |`,
     )
     rows.push('|---|---:|---:|---:|')
     for (const a of anchors) {

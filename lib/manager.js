@@ -165,6 +165,14 @@ function toJson(value, what) {
   return json
 }
 
+/** A rule's answer as it crosses back: `true`, `{ doc }` (deliver this document), or `false`. */
+function decision(allowed) {
+  if (allowed === true) return true
+  // `{ doc }`: deliver, with the document as this user may read it.
+  if (isPlainObject(allowed) && isPlainObject(allowed.doc)) return { doc: allowed.doc }
+  return false
+}
+
 class UWebSocketManager {
   /** @internal use initUWebSocket() */
   constructor(port, options) {
@@ -178,51 +186,60 @@ class UWebSocketManager {
     this._handlers = new Map()
 
     // One call per event with every distinct user in the room; each rule runs concurrently and
-    // a throw, rejection or timeout denies that user only. One timer for the whole batch, and
-    // no promise for a rule that answers synchronously.
+    // a throw, rejection or timeout denies that user only. One timer per event, and no promise
+    // for a rule that answers synchronously.
     const authorize = (collection, event, users) => {
       const rule = rules[collection]
+      if (!rule || users.length === 0) return users.map(() => false)
       const what = `authorize for "${collection}"`
-      const answers = users.map(() => false)
-      if (!rule || users.length === 0) return answers
+      const results = users.map((user) => {
+        try {
+          return rule(user, event)
+        } catch (err) {
+          logFailure(what, err)
+          return false
+        }
+      })
       return new Promise((resolve) => {
-        let pending = users.length
         let done = false
-        const finish = () => {
+        const finish = (answers) => {
+          if (done) return
           done = true
           clearTimeout(timer)
           resolve(answers)
         }
-        const settle = (i, allowed) => {
-          if (done) return
-          if (allowed === true) answers[i] = true
-          // `{ doc }`: deliver, with the document as this user may read it.
-          else if (isPlainObject(allowed) && isPlainObject(allowed.doc)) answers[i] = { doc: allowed.doc }
-          if (--pending === 0) finish()
-        }
-        const fail = (i, err) => {
-          if (done) return
-          logFailure(what, err)
-          settle(i, false)
+        // Each user on its own: after a rejection (it denies that user only) or at the timeout
+        // (the answers so far count, the rest are denied).
+        let answers = null
+        const oneByOne = () => {
+          if (answers) return
+          answers = users.map(() => false)
+          let pending = results.length
+          const settled = () => --pending === 0 && finish(answers)
+          results.forEach((result, i) =>
+            Promise.resolve(result).then(
+              (allowed) => {
+                if (done) return
+                answers[i] = decision(allowed)
+                settled()
+              },
+              (err) => {
+                if (done) return
+                logFailure(what, err)
+                settled()
+              },
+            ),
+          )
         }
         const timer = setTimeout(() => {
           logFailure(what, new Error(`${what} took longer than ${authorizeTimeout} ms`))
-          finish()
+          oneByOne()
+          // The rules that have answered report in the reactions just queued; then it ends.
+          setImmediate(() => finish(answers))
         }, authorizeTimeout)
-        users.forEach((user, i) => {
-          let allowed
-          try {
-            allowed = rule(user, event)
-          } catch (err) {
-            return fail(i, err)
-          }
-          if (allowed !== null && typeof allowed?.then === 'function') {
-            Promise.resolve(allowed).then(
-              (v) => settle(i, v),
-              (err) => fail(i, err),
-            )
-          } else settle(i, allowed)
-        })
+        // Usually every rule answers: one Promise.all for the list, where a reaction per user
+        // cost more than the rules (100 events to 1,000 users: 30-48 ms against 20-37 ms).
+        Promise.all(results).then((values) => finish(values.map(decision)), oneByOne)
       })
     }
 
@@ -270,22 +287,21 @@ class UWebSocketManager {
           }
         : null
 
-    // Questions of several events come in one crossing, as JSON text: `{ users, requests }`,
-    // each request naming its users by index (a user is written once per crossing). Each is
-    // answered on its own; the answers go back as JSON text too.
+    // Questions of several events come in one crossing, as JSON text: `{ users, lists, requests }`,
+    // each list naming users by index and each request naming its list (a user and a list are
+    // written once per crossing: the events of a burst share their room's list). Each request
+    // is answered on its own; the answers go back as JSON text too, `true` or `false` for a
+    // request whose users all got the same plain answer.
     const authorizeBatch = async (json) => {
-      const { users, requests } = JSON.parse(json)
+      const { users, lists, requests } = JSON.parse(json)
+      const asked = lists.map((list) => list.map((i) => users[i]))
       const answers = await Promise.all(
-        requests.map(({ collection, event, users: which }) =>
-          authorize(
-            collection,
-            event,
-            which.map((i) => users[i]),
-          ),
-        ),
+        requests.map(({ collection, event, list }) => authorize(collection, event, asked[list])),
       )
       // A `{ doc }` that cannot be written as JSON (a cycle, a BigInt) denies its event only.
       const parts = answers.map((answer, i) => {
+        if (answer.every((a) => a === true)) return 'true'
+        if (answer.every((a) => a === false)) return 'false'
         try {
           return JSON.stringify(answer)
         } catch (err) {

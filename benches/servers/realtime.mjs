@@ -1,19 +1,23 @@
 // payload-realtime, as an application would run it: initUWebSocket + manager.emitEvent.
-// --authorize 1 adds an async rule on collection `posts` (even user numbers may read);
-// --ruleDelayMs N makes it wait N ms first.
+// --authorize 1 adds an async rule on collection `posts`: even user numbers may read, after
+// awaiting a microtask (--ruleDelayMs N: a timer of N ms); with --rule any, every signed-in user
+// may read, answered from the user alone (an async function that awaits nothing).
 // --redis URL connects it to other instances through Redis (`redis: { url }`).
 import { initUWebSocket } from '../../index.mjs'
-import { allowUser, control, emitEach, makeEvent, parseArgs, roomOf, ruleWait } from './common.mjs'
+import { allowAnyUser, allowUser, control, emitEach, makeEvent, parseArgs, roomOf, ruleWait } from './common.mjs'
 
 const args = parseArgs()
 const options = { host: '127.0.0.1', secret: args.secret ?? 'bench-secret' }
 if (args.authorize === '1') {
   const wait = ruleWait(args)
   options.authorize = {
-    posts: async (user) => {
-      await wait()
-      return allowUser(user)
-    },
+    posts:
+      args.rule === 'any'
+        ? async (user) => allowAnyUser(user)
+        : async (user) => {
+            await wait()
+            return allowUser(user)
+          },
   }
 }
 if (args.workerThreads) options.workerThreads = Number(args.workerThreads)

@@ -11,18 +11,18 @@ use serde_json::Value;
 
 use bytes::Bytes;
 
-use crate::callbacks::{AuthorizeRequest, Authorizer, Decision};
+use crate::callbacks::{AuthorizeRequest, Authorizer, Decision, UserList};
 use crate::protocol::encode_value;
 use crate::rooms::AllowedUsers;
 use crate::stats::Stats;
 use crate::warn;
 
-/// The users (key, user as the host sees it) allowed to receive `event`.
+/// The users of `users` allowed to receive `event`.
 pub async fn allowed_users(
     authorizer: &dyn Authorizer,
     collection: &str,
     event: Arc<Value>,
-    users: Vec<(Arc<str>, Arc<Value>)>,
+    users: Arc<UserList>,
     timeout: Duration,
     stats: &Stats,
 ) -> AllowedUsers {
@@ -30,11 +30,10 @@ pub async fn allowed_users(
         return AllowedUsers::default();
     }
     let asked = users.len();
-    let (keys, users): (Vec<Arc<str>>, Vec<Arc<Value>>) = users.into_iter().unzip();
     let request = AuthorizeRequest {
         collection: collection.to_string(),
         event: event.clone(),
-        users,
+        users: users.clone(),
     };
     // The host applies its own per-user timeout; this one only guards against a host that
     // never answers at all.
@@ -53,15 +52,25 @@ pub async fn allowed_users(
             Vec::new()
         }
     };
-    keys.into_iter()
-        .zip(answers)
-        .filter_map(|(key, answer)| match answer {
-            Decision::Allow => Some((key, None)),
-            // A user-specific doc is encoded once per user, shared by that user's sockets.
-            Decision::AllowWithDoc(doc) => Some((key, Some(frame_with_doc(&event, &doc)))),
-            Decision::Deny => None,
-        })
-        .collect()
+    // Everyone read it as it is (a rule that looks at the user alone, or a public collection):
+    // the list itself says who, with no set of users per event to build and look up.
+    if answers.len() == asked && answers.iter().all(|a| *a == Decision::Allow) {
+        return AllowedUsers::Every(users);
+    }
+    AllowedUsers::Only(
+        users
+            .keys
+            .iter()
+            .cloned()
+            .zip(answers)
+            .filter_map(|(key, answer)| match answer {
+                Decision::Allow => Some((key, None)),
+                // A user-specific doc is encoded once per user, shared by that user's sockets.
+                Decision::AllowWithDoc(doc) => Some((key, Some(frame_with_doc(&event, &doc)))),
+                Decision::Deny => None,
+            })
+            .collect(),
+    )
 }
 
 /// The event with `doc` replaced, encoded as a frame.
@@ -90,6 +99,7 @@ mod tests {
             // Allow even user ids only (user 2 with its own doc); anonymous (null) is denied.
             let answers = req
                 .users
+                .values
                 .iter()
                 .map(|u| match u.get("id").and_then(Value::as_u64) {
                     Some(2) => Decision::AllowWithDoc(json!({"for": 2})),
@@ -108,22 +118,50 @@ mod tests {
         }
     }
 
+    fn list(ids: &[Option<u64>]) -> Arc<UserList> {
+        Arc::new(UserList::new(ids.iter().map(|&id| user(id))))
+    }
+
     #[tokio::test]
     async fn one_question_per_event_for_all_users() {
         let rec = Recorder {
             calls: Mutex::new(vec![]),
         };
-        let users = vec![user(Some(0)), user(Some(1)), user(Some(2)), user(None)];
+        let users = list(&[Some(0), Some(1), Some(2), None]);
         let stats = Stats::default();
         let event = Arc::new(json!({"type": "update", "doc": {"secret": 1}}));
         let allowed = allowed_users(&rec, "posts", event, users, Duration::from_secs(1), &stats).await;
         assert_eq!(*rec.calls.lock(), vec![4]); // users 0, 1, 2 and anonymous: one call
-        let mut keys: Vec<&str> = allowed.keys().map(|k| &**k).collect();
+        let AllowedUsers::Only(ref map) = allowed else {
+            panic!("some were denied: not every user")
+        };
+        let mut keys: Vec<&str> = map.keys().map(|k| &**k).collect();
         keys.sort();
         assert_eq!(keys, vec!["users:0", "users:2"]);
-        assert_eq!(allowed["users:0"], None);
-        let frame = allowed["users:2"].clone().expect("user 2 has its own doc");
+        assert_eq!(allowed.get("users:0"), Some(None));
+        assert_eq!(allowed.get("users:1"), None);
+        assert_eq!(allowed.get(""), None);
+        let frame = allowed.get("users:2").flatten().expect("user 2 has its own doc");
         assert_eq!(&frame[2..], br#"{"type":"update","doc":{"for":2}}"#);
+    }
+
+    #[tokio::test]
+    async fn when_every_user_may_read_the_list_itself_is_kept() {
+        let rec = Recorder {
+            calls: Mutex::new(vec![]),
+        };
+        let users = list(&[Some(0), Some(4), Some(6)]);
+        let stats = Stats::default();
+        let event = Arc::new(json!({"type": "update", "doc": {}}));
+        let allowed = allowed_users(&rec, "posts", event, users.clone(), Duration::from_secs(1), &stats).await;
+        let AllowedUsers::Every(ref kept) = allowed else {
+            panic!("every user was allowed")
+        };
+        assert!(Arc::ptr_eq(kept, &users));
+        assert_eq!(allowed.get("users:4"), Some(None));
+        // A user who was not asked (joined after the question) is not on the list.
+        assert_eq!(allowed.get("users:8"), None);
+        assert_eq!(allowed.get("users:1"), None);
     }
 
     struct Never;
@@ -140,7 +178,7 @@ mod tests {
             &Never,
             "posts",
             Arc::new(json!({})),
-            vec![user(Some(2))],
+            list(&[Some(2)]),
             Duration::from_millis(10),
             &stats,
         )

@@ -29,6 +29,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::authorize::allowed_users;
+use crate::callbacks::UserList;
 use crate::history::Entry;
 use crate::hub::Hub;
 use crate::outbound::EVICTION_GRACE;
@@ -412,12 +413,13 @@ async fn replay_frames(hub: &Hub, authorize: Option<&str>, peer: &Arc<Peer>, ent
     match (authorize, &hub.callbacks.authorizer) {
         (Some(collection), Some(a)) => {
             let key: Arc<str> = Arc::from(peer.user_key());
+            let user = Arc::new(UserList::new([(key.clone(), peer.user_json())]));
             let checks = entries.iter().map(|e| {
                 allowed_users(
                     &**a,
                     collection,
                     e.body(),
-                    vec![(key.clone(), peer.user_json())],
+                    user.clone(),
                     hub.config.authorize_timeout,
                     &hub.stats,
                 )
@@ -426,10 +428,7 @@ async fn replay_frames(hub: &Hub, authorize: Option<&str>, peer: &Arc<Peer>, ent
             entries
                 .iter()
                 .zip(answers)
-                .filter_map(|(e, mut allowed)| {
-                    let own = allowed.remove(&*key)?;
-                    Some(own.unwrap_or_else(|| e.frame.clone()))
-                })
+                .filter_map(|(e, allowed)| Some(allowed.get(&key)?.unwrap_or(&e.frame).clone()))
                 .collect()
         }
         _ => entries.iter().map(|e| e.frame.clone()).collect(),
@@ -451,7 +450,7 @@ async fn prepare(hub: Arc<Hub>, job: Job) -> Prepared {
                 Some(a) => {
                     allowed_users(&**a, &collection, body, users, hub.config.authorize_timeout, &hub.stats).await
                 }
-                None => users.into_iter().map(|(key, _)| (key, None)).collect(),
+                None => AllowedUsers::Every(users),
             };
             Prepared {
                 room,

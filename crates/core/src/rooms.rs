@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxBuildHasher;
 use serde_json::Value;
 
+use crate::callbacks::UserList;
 use crate::outbound::{OutFrame, Push};
 use crate::peer::{Peer, PeerId};
 use crate::splice::{self, Piped};
@@ -32,6 +33,9 @@ struct Room {
     /// those sockets shows it, and how many of them are here. Kept up to date on join and
     /// leave, so an authorized event asks about the room's users without walking its sockets.
     users: HashMap<Arc<str>, (Arc<Value>, usize), FxBuildHasher>,
+    /// `users` as authorize asks about them, made the first time it asks and dropped when a
+    /// user comes or goes: the events of a burst share it (see [`UserList`]).
+    list: Mutex<Option<Arc<UserList>>>,
 }
 
 impl Room {
@@ -42,6 +46,7 @@ impl Room {
             Some((_, n)) => *n += 1,
             None => {
                 self.users.insert(Arc::from(key), (peer.user_json(), 1));
+                *self.list.get_mut() = None;
             }
         }
     }
@@ -55,15 +60,45 @@ impl Room {
             *n -= 1;
             if *n == 0 {
                 self.users.remove(key);
+                *self.list.get_mut() = None;
             }
         }
         true
     }
 }
 
-/// The users allowed to receive one event (by [`Peer::user_key`]), each with its own frame
-/// when its answer carried a document of its own.
-pub type AllowedUsers = HashMap<Arc<str>, Option<Bytes>, FxBuildHasher>;
+/// The users allowed to receive one event (by [`Peer::user_key`]).
+pub enum AllowedUsers {
+    /// Every user of the list that was asked, each with the event's own frame.
+    Every(Arc<UserList>),
+    /// These users, each with a frame of its own when its answer carried a document of its own.
+    Only(HashMap<Arc<str>, Option<Bytes>, FxBuildHasher>),
+}
+
+impl Default for AllowedUsers {
+    /// Nobody.
+    fn default() -> AllowedUsers {
+        AllowedUsers::Only(HashMap::default())
+    }
+}
+
+impl AllowedUsers {
+    /// Whether the user with this key may have the event: `None` if not, else its own frame if
+    /// it has one (`Some(None)`: the event's frame).
+    pub fn get(&self, key: &str) -> Option<Option<&Bytes>> {
+        match self {
+            AllowedUsers::Every(list) => list.contains(key).then_some(None),
+            AllowedUsers::Only(users) => users.get(key).map(Option::as_ref),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match self {
+            AllowedUsers::Every(list) => list.is_empty(),
+            AllowedUsers::Only(users) => users.is_empty(),
+        }
+    }
+}
 
 /// One frame of a run: its history offset, and who may have it (`None`: every member).
 pub struct RunFrame {
@@ -229,13 +264,15 @@ impl Registry {
     }
 
     /// A room's distinct users: the key its sockets are grouped by, and the user as the host
-    /// sees it.
-    pub fn users(&self, room: &str) -> Vec<(Arc<str>, Arc<Value>)> {
-        self.rooms[shard_of(room)]
-            .read()
-            .get(room)
-            .map(|r| r.users.iter().map(|(k, (u, _))| (k.clone(), u.clone())).collect())
-            .unwrap_or_default()
+    /// sees it. The same list (one `Arc`) until a user comes or goes.
+    pub fn users(&self, room: &str) -> Arc<UserList> {
+        let shard = self.rooms[shard_of(room)].read();
+        let Some(r) = shard.get(room) else {
+            return Arc::default();
+        };
+        let mut list = r.list.lock();
+        list.get_or_insert_with(|| Arc::new(UserList::new(r.users.iter().map(|(k, (u, _))| (k.clone(), u.clone())))))
+            .clone()
     }
 
     pub fn member_count(&self, room: &str) -> usize {
@@ -266,15 +303,33 @@ impl Registry {
         wakes: &mut Wakes,
     ) -> (usize, Vec<usize>) {
         let everyone = run.iter().all(|f| f.allowed.is_none());
-        // The frames one user may have, with their places in the run.
+        // The frames one user may have, with their places in the run. The events of a burst
+        // that every user may read share one list: the user is looked up in it once.
         let frames_for = |key: &str| -> Vec<(usize, &Bytes, Option<u64>)> {
+            let mut on_list: Option<(*const UserList, bool)> = None;
             run.iter()
                 .enumerate()
-                .filter_map(|(i, f)| match &f.allowed {
-                    None => Some((i, &f.frame, f.offset)),
-                    Some(allowed) => allowed
-                        .get(key)
-                        .map(|own| (i, own.as_ref().unwrap_or(&f.frame), f.offset)),
+                .filter_map(|(i, f)| {
+                    let own = match &f.allowed {
+                        None => None,
+                        Some(AllowedUsers::Every(list)) => {
+                            let at = Arc::as_ptr(list);
+                            let yes = match on_list {
+                                Some((seen, yes)) if seen == at => yes,
+                                _ => {
+                                    let yes = list.contains(key);
+                                    on_list = Some((at, yes));
+                                    yes
+                                }
+                            };
+                            if !yes {
+                                return None;
+                            }
+                            None
+                        }
+                        Some(AllowedUsers::Only(users)) => users.get(key)?.as_ref(),
+                    };
+                    Some((i, own.unwrap_or(&f.frame), f.offset))
                 })
                 .collect()
         };
@@ -649,16 +704,21 @@ mod tests {
             reg.add_peer(p.clone());
             reg.join(p, "r", 10);
         }
-        let mut users: Vec<_> = reg.users("r").into_iter().map(|(k, _)| k.to_string()).collect();
+        let list = reg.users("r");
+        let mut users: Vec<_> = list.keys.iter().map(|k| k.to_string()).collect();
         users.sort();
         assert_eq!(users, vec!["users:1", "users:2", "users:3"]);
+        assert!(
+            Arc::ptr_eq(&list, &reg.users("r")),
+            "the same list until the users change"
+        );
         let allow = |pairs: &[(&str, Option<&'static [u8]>)]| -> Option<AllowedUsers> {
-            Some(
+            Some(AllowedUsers::Only(
                 pairs
                     .iter()
                     .map(|(k, own)| (Arc::from(*k), own.map(Bytes::from_static)))
                     .collect(),
-            )
+            ))
         };
         let run = vec![
             // Event a: user 1; user 2 with a doc of its own.
@@ -726,12 +786,12 @@ mod tests {
             })
             .collect();
         let allowed = |own2: Option<&'static [u8]>| -> Option<AllowedUsers> {
-            let mut m: AllowedUsers = ["users:1", "users:3", "users:5"]
+            let mut m: HashMap<Arc<str>, Option<Bytes>, FxBuildHasher> = ["users:1", "users:3", "users:5"]
                 .iter()
                 .map(|k| (Arc::from(*k), None))
                 .collect();
             m.insert(Arc::from("users:2"), own2.map(Bytes::from_static));
-            Some(m)
+            Some(AllowedUsers::Only(m))
         };
         // Users 1, 3 and 5 may read both events; user 2 reads the first with a doc of its own
         // and the second as it is; user 4 reads neither.
