@@ -295,9 +295,18 @@ class UWebSocketManager {
     const authorizeBatch = async (json) => {
       const { users, lists, requests } = JSON.parse(json)
       const asked = lists.map((list) => list.map((i) => users[i]))
-      const answers = await Promise.all(
-        requests.map(({ collection, event, list }) => authorize(collection, event, asked[list])),
-      )
+      // One event's rules at a time, each followed by a microtask turn: the rules that answer at
+      // once settle before the next event's are called, so their promises die young. Calling
+      // them all first kept every promise alive together, and the young-generation collector
+      // copying them took more time than the rules (100 events to 1,000 users: 17-43 ms against
+      // 9-11 ms alone, and most of the JS thread's time in the server). A rule that waits on
+      // something still runs concurrently with the next events' rules.
+      const pending = []
+      for (const { collection, event, list } of requests) {
+        pending.push(authorize(collection, event, asked[list]))
+        await null
+      }
+      const answers = await Promise.all(pending)
       // A `{ doc }` that cannot be written as JSON (a cycle, a BigInt) denies its event only.
       const parts = answers.map((answer, i) => {
         if (answer.every((a) => a === true)) return 'true'
