@@ -2,9 +2,10 @@
 //! frame onto every member's queue.
 //!
 //! Rooms and sockets live in sharded maps behind `parking_lot` locks that are never held across
-//! an `.await`. Lock order, everywhere: a peer's room list, then a room shard, then a peer's
-//! outbound queue. Fan-out holds a shard's read lock only while pushing (a pointer copy per
-//! member); sockets evicted during a fan-out are removed after the lock is released.
+//! an `.await`. Lock order, everywhere: a peer's room list, then a room shard (and under it,
+//! only while reading, the room's list of users), then a peer's outbound queue. Fan-out holds a
+//! shard's read lock only while pushing (a pointer copy per member); sockets evicted during a
+//! fan-out are removed after the lock is released.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -325,7 +326,7 @@ impl Registry {
                             if !yes {
                                 return None;
                             }
-                            None
+                            None // on the list: the event's own frame
                         }
                         Some(AllowedUsers::Only(users)) => users.get(key)?.as_ref(),
                     };
