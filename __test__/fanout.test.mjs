@@ -392,6 +392,77 @@ test(
 )
 
 test(
+  'events one at a time while users come and go: each reaches the users in the room when it was asked',
+  T,
+  async () => {
+    // The room's list of users crosses into JS once and is named by id afterwards; a user who
+    // comes or goes makes a new list, which crosses whole again. Each event is emitted alone
+    // (one crossing each) and awaited, so who is in the room is known for each.
+    const calls = []
+    const authorize = {
+      posts: async (user, event) => {
+        calls.push(`${event.id}:${user.id}`)
+        return user.id !== 'blocked'
+      },
+    }
+    await withServer({ authorize }, async (ctx) => {
+      const ann = await ctx.connectAs('ann')
+      const blocked = await ctx.connectAs('blocked')
+      await ann.join('posts')
+      await blocked.join('posts')
+      const emit = (id) => ctx.manager.emitEvent({ type: 'update', collection: 'posts', id, doc: {} })
+      await emit('e1')
+      await emit('e2')
+      const bob = await ctx.connectAs('bob')
+      await bob.join('posts')
+      await emit('e3')
+      await ann.close()
+      await waitUntil(() => ctx.manager.stats().connections === 2, { label: 'ann gone' })
+      await emit('e4')
+      await emit('e5')
+      const ann2 = await ctx.connectAs('ann', { label: 'ann again' })
+      await ann2.join('posts')
+      await emit('e6')
+      await bob.waitFor((m) => m.id === 'e6', { label: 'bob: e6' })
+      await ann2.waitFor((m) => m.id === 'e6', { label: 'ann again: e6' })
+      assert.deepEqual(
+        ann.events('posts').map((m) => m.id),
+        ['e1', 'e2', 'e3'],
+      )
+      assert.deepEqual(
+        bob.events('posts').map((m) => m.id),
+        ['e3', 'e4', 'e5', 'e6'],
+      )
+      assert.deepEqual(
+        ann2.events('posts').map((m) => m.id),
+        ['e6'],
+      )
+      await assertNothingBefore(ctx.manager, blocked, isEvent, 'an event it was denied')
+      // Each event asked each user in the room once.
+      assert.deepEqual(
+        calls.sort(),
+        [
+          'e1:ann',
+          'e1:blocked',
+          'e2:ann',
+          'e2:blocked',
+          'e3:ann',
+          'e3:blocked',
+          'e3:bob',
+          'e4:blocked',
+          'e4:bob',
+          'e5:blocked',
+          'e5:bob',
+          'e6:ann',
+          'e6:blocked',
+          'e6:bob',
+        ].sort(),
+      )
+    })
+  },
+)
+
+test(
   'a burst to a big room goes by reference (splice) after the first sockets: every event whole, in order',
   T,
   async () => {

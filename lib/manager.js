@@ -287,14 +287,22 @@ class UWebSocketManager {
           }
         : null
 
-    // Questions of several events come in one crossing, as JSON text: `{ users, lists, requests }`,
-    // each list naming users by index and each request naming its list (a user and a list are
-    // written once per crossing: the events of a burst share their room's list). Each request
-    // is answered on its own; the answers go back as JSON text too, `true` or `false` for a
-    // request whose users all got the same plain answer.
+    // Questions of several events come in one crossing, as JSON text: `{ users, define, forget,
+    // requests }`. Lists of users are kept here by id: `define` gives new ones (as indices into
+    // `users`, each user written once per crossing), `forget` the ids no question will name again,
+    // and each request names its list, so a room's users cross once, not with every event (the
+    // core decides when: see its `crossing` module). Each request is answered on its own; the
+    // answers go back as JSON text too, `true` or `false` for a request whose users all got the
+    // same plain answer.
+    const lists = new Map()
     const authorizeBatch = async (json) => {
-      const { users, lists, requests } = JSON.parse(json)
-      const asked = lists.map((list) => list.map((i) => users[i]))
+      const { users, define, forget, requests } = JSON.parse(json)
+      for (const id of forget) lists.delete(id)
+      for (const [id, which] of define)
+        lists.set(
+          id,
+          which.map((i) => users[i]),
+        )
       // One event's rules at a time, each followed by a microtask turn: the rules that answer at
       // once settle before the next event's are called, so their promises die young. Calling
       // them all first kept every promise alive together, and the young-generation collector
@@ -303,14 +311,18 @@ class UWebSocketManager {
       // something still runs concurrently with the next events' rules.
       const pending = []
       for (const { collection, event, list } of requests) {
-        pending.push(authorize(collection, event, asked[list]))
+        const asked = lists.get(list)
+        // Never missing (a list is named alone only once a crossing that defined it was
+        // answered); if it were, its users are denied.
+        if (asked === undefined) logFailure(`authorize for "${collection}"`, new Error(`unknown list of users ${list}`))
+        pending.push(asked === undefined ? null : authorize(collection, event, asked))
         await null
       }
       const answers = await Promise.all(pending)
       // A `{ doc }` that cannot be written as JSON (a cycle, a BigInt) denies its event only.
       const parts = answers.map((answer, i) => {
+        if (answer === null || answer.every((a) => a === false)) return 'false'
         if (answer.every((a) => a === true)) return 'true'
-        if (answer.every((a) => a === false)) return 'false'
         try {
           return JSON.stringify(answer)
         } catch (err) {

@@ -17,22 +17,23 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use payload_realtime_core::callbacks::{
-    AuthorizeRequest, Authorizer, BoxFuture, CustomHandlers, Decision, HandlerCall, HandlerOutcome, UserList,
-    UserVerifier,
+    AuthorizeRequest, Authorizer, BoxFuture, CustomHandlers, Decision, HandlerCall, HandlerOutcome, UserVerifier,
 };
+use payload_realtime_core::crossing::{authorize_json, SentLists};
 use payload_realtime_core::protocol::ErrorCode;
 use payload_realtime_core::warn;
 
-/// `(json) => Promise<json>`, both ways JSON text: `{ users, lists, requests }` goes in, with
-/// `lists` as arrays of indices into `users` (each distinct user once per crossing) and
-/// `requests` as `[{ collection, event, list }]` (each distinct list of users once: the events
-/// of a burst share their room's), and `answers` comes back: `answers[i]` is `true` when every
-/// user of `requests[i]` may read it as it is, `false` when none may, else one
+/// `(json) => Promise<json>`, both ways JSON text: `{ users, define, forget, requests }` goes
+/// in and `answers` comes back. JS keeps the lists of users it is sent, by id: `define` is
+/// `[[id, [indices into users]]]` (each distinct user once per crossing), `forget` the ids it may
+/// drop, `requests` `[{ collection, event, list }]` with `list` an id. `answers[i]` is `true`
+/// when every user of `requests[i]` may read it as it is, `false` when none may, else one
 /// `boolean | { doc }` per user. Text, because building JS objects through N-API one property
 /// at a time cost more than the rules (20 events of 100 users: 19 ms before the first rule
-/// ran); `JSON.parse` and `serde_json` do the same in a fraction of that. Lists and one-word
-/// answers, because 100 events to 1,000 users otherwise carried 100,000 indices in and
-/// 100,000 booleans out, which took the two sides longer than the rules.
+/// ran); `JSON.parse` and `serde_json` do the same in a fraction of that. Lists kept on the JS
+/// side and one-word answers, because 100 events to 1,000 users otherwise carried 100,000
+/// indices in and 100,000 booleans out, and a lone event to a room of 1,000 users carried its
+/// 100 KB of users every time (see [`SentLists`]).
 pub type AuthorizeFn = ThreadsafeFunction<FnArgs<(String,)>, Promise<String>, FnArgs<(String,)>, Status, false, true>;
 
 /// `(calls) => Promise<results>`: `calls` is `[{ type, socketId, user, message }]`, each result
@@ -50,7 +51,8 @@ pub struct JsAuthorizer {
 impl JsAuthorizer {
     /// Creates the authorizer and the batching task to spawn on the server's runtime.
     pub fn new(f: Arc<AuthorizeFn>) -> (JsAuthorizer, impl std::future::Future<Output = ()> + Send) {
-        let (batcher, task) = Batcher::new(move |batch| run_authorize(f.clone(), batch));
+        let lists = Arc::new(parking_lot::Mutex::new(SentLists::default()));
+        let (batcher, task) = Batcher::new(move |batch| run_authorize(f.clone(), lists.clone(), batch));
         (JsAuthorizer { batcher }, task)
     }
 }
@@ -62,13 +64,22 @@ impl Authorizer for JsAuthorizer {
     }
 }
 
-async fn run_authorize(f: Arc<AuthorizeFn>, batch: Vec<Pending<AuthorizeRequest, AuthorizeAnswer>>) {
+async fn run_authorize(
+    f: Arc<AuthorizeFn>,
+    lists: Arc<parking_lot::Mutex<SentLists>>,
+    batch: Vec<Pending<AuthorizeRequest, AuthorizeAnswer>>,
+) {
     let asked: Vec<usize> = batch.iter().map(|(q, _)| q.users.len()).collect();
     let send = |requests: Vec<AuthorizeRequest>| async move {
-        let json = authorize_json(&requests).map_err(|e| napi::Error::from_reason(e.to_string()))?;
+        let (whole, forget) = lists.lock().plan(&requests);
+        let json = authorize_json(&requests, &whole, &forget).map_err(|e| napi::Error::from_reason(e.to_string()))?;
         let answers = f.call_async_catch(FnArgs::from((json,))).await?.await?;
-        serde_json::from_str::<Vec<Value>>(&answers)
-            .map_err(|e| napi::Error::from_reason(format!("authorize answered with bad JSON: {e}")))
+        let answers = serde_json::from_str::<Vec<Value>>(&answers)
+            .map_err(|e| napi::Error::from_reason(format!("authorize answered with bad JSON: {e}")))?;
+        lists.lock().answered(&whole);
+        // The questions, and so their lists, are held until here (see `SentLists`).
+        drop(requests);
+        Ok(answers)
     };
     let answer = |i: usize, a: Option<&Value>| match a {
         Some(Value::Array(a)) => Ok(a.iter().map(Decision::from_value).collect()),
@@ -77,50 +88,6 @@ async fn run_authorize(f: Arc<AuthorizeFn>, batch: Vec<Pending<AuthorizeRequest,
     };
     // A failed crossing is logged where its questions were asked (`allowed_users`).
     let _ = cross(batch, send, answer, |e| Err(e.to_string())).await;
-}
-
-/// The questions of one crossing as JSON text, each distinct user written once (the events of
-/// one room share their users' values).
-fn authorize_json(requests: &[AuthorizeRequest]) -> serde_json::Result<String> {
-    #[derive(serde::Serialize)]
-    struct Request<'a> {
-        collection: &'a str,
-        event: &'a Value,
-        list: usize,
-    }
-    #[derive(serde::Serialize)]
-    struct Crossing<'a> {
-        users: Vec<&'a Value>,
-        lists: Vec<Vec<usize>>,
-        requests: Vec<Request<'a>>,
-    }
-    let mut user_at: std::collections::HashMap<*const Value, usize> = Default::default();
-    let mut list_at: std::collections::HashMap<*const UserList, usize> = Default::default();
-    let mut users = Vec::new();
-    let mut lists = Vec::new();
-    let requests = requests
-        .iter()
-        .map(|r| Request {
-            collection: &r.collection,
-            event: &r.event,
-            list: *list_at.entry(Arc::as_ptr(&r.users)).or_insert_with(|| {
-                let list = r
-                    .users
-                    .values
-                    .iter()
-                    .map(|u| {
-                        *user_at.entry(Arc::as_ptr(u)).or_insert_with(|| {
-                            users.push(&**u);
-                            users.len() - 1
-                        })
-                    })
-                    .collect();
-                lists.push(list);
-                lists.len() - 1
-            }),
-        })
-        .collect();
-    serde_json::to_string(&Crossing { users, lists, requests })
 }
 
 /// `(token, claims) => Promise<user | null>`: Payload's own check of the user and session.

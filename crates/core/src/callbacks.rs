@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rustc_hash::FxBuildHasher;
@@ -32,6 +33,9 @@ pub struct AuthorizeRequest {
 /// user of it read is kept as the list itself (`rooms::AllowedUsers::Every`).
 #[derive(Debug, Default)]
 pub struct UserList {
+    /// Never the same for two lists of a process (0 for an empty default): a host may keep a
+    /// list it was sent and be sent only this afterwards.
+    pub id: u64,
     /// Each user's key (`Peer::user_key`): sockets with the same key are the same user.
     pub keys: Vec<Arc<str>>,
     /// Each user as the host sees it (the token claims, or `Value::Null` for anonymous), in
@@ -45,7 +49,14 @@ impl UserList {
     pub fn new(users: impl IntoIterator<Item = (Arc<str>, Arc<Value>)>) -> UserList {
         let (keys, values): (Vec<Arc<str>>, Vec<Arc<Value>>) = users.into_iter().unzip();
         let index = keys.iter().cloned().collect();
-        UserList { keys, values, index }
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        UserList {
+            id,
+            keys,
+            values,
+            index,
+        }
     }
 
     pub fn len(&self) -> usize {

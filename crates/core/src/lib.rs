@@ -8,7 +8,8 @@
 //!   on in [`requests`]; [`connection`] is the socket's one task (reads, writes, timers);
 //! - a room fans out in [`rooms::Registry::fan_out_run`], in order per room and in bursts thanks
 //!   to [`dispatch`];
-//! - an authorize rule is applied in [`authorize`];
+//! - an authorize rule is applied in [`authorize`], its questions written for the host in
+//!   [`crossing`];
 //! - a socket's bytes are queued and written by [`outbound`]; a large buffer that many sockets
 //!   send goes to each by reference, not copied ([`splice`]).
 
@@ -18,6 +19,7 @@ pub mod broker;
 pub mod callbacks;
 pub mod config;
 pub mod connection;
+pub mod crossing;
 pub mod dispatch;
 pub mod error;
 pub mod event;

@@ -1,0 +1,170 @@
+//! What one authorize crossing sends the host: each question's event and list of users, as
+//! JSON text. The host keeps the lists it is sent, so a room's list (about 100 KB of JSON for
+//! 1,000 users) crosses once rather than with every event ([`SentLists`]); the napi layer
+//! (`src/js_callbacks.rs`) hands the text over and reads the answers.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Weak};
+
+use serde_json::Value;
+
+use crate::callbacks::{AuthorizeRequest, UserList};
+
+/// The lists of users (see [`UserList`]) the host has been sent and keeps, so that a room's list
+/// crosses once, not with every event: 1,000 users are about 100 KB of JSON to write, hand
+/// over and parse, which a lone event to such a room paid each time.
+///
+/// Safe with crossings in flight together and taken by the host in any order:
+/// - a list is sent whole until a crossing that carried it has been answered (the host took that
+///   crossing, so it holds the list before any crossing built afterwards arrives); only then
+///   is it named by id alone;
+/// - a list is forgotten once nothing holds it any more (its room has a newer one or is gone):
+///   the questions of a crossing hold their lists until it is answered, so no crossing that
+///   names it can still be on its way, and none can name it again.
+#[derive(Default)]
+pub struct SentLists {
+    /// By id: the list, and whether a crossing that carried it was answered.
+    lists: HashMap<u64, (Weak<UserList>, bool)>,
+}
+
+impl SentLists {
+    /// For a crossing of these requests: the lists to send whole, and the ids the host may drop.
+    pub fn plan(&mut self, requests: &[AuthorizeRequest]) -> (HashSet<u64>, Vec<u64>) {
+        let mut forget = Vec::new();
+        self.lists.retain(|id, (list, _)| {
+            let alive = list.strong_count() > 0;
+            if !alive {
+                forget.push(*id);
+            }
+            alive
+        });
+        let mut whole = HashSet::new();
+        for r in requests {
+            let (_, known) = self
+                .lists
+                .entry(r.users.id)
+                .or_insert_with(|| (Arc::downgrade(&r.users), false));
+            if !*known {
+                whole.insert(r.users.id);
+            }
+        }
+        (whole, forget)
+    }
+
+    /// A crossing that carried these lists was answered: the host holds them.
+    pub fn answered(&mut self, sent: &HashSet<u64>) {
+        for id in sent {
+            if let Some((_, known)) = self.lists.get_mut(id) {
+                *known = true;
+            }
+        }
+    }
+}
+
+/// The questions of one crossing as JSON text: the lists in `whole` written out (each distinct
+/// user once), the others named by id.
+pub fn authorize_json(
+    requests: &[AuthorizeRequest],
+    whole: &HashSet<u64>,
+    forget: &[u64],
+) -> serde_json::Result<String> {
+    #[derive(serde::Serialize)]
+    struct Request<'a> {
+        collection: &'a str,
+        event: &'a Value,
+        list: u64,
+    }
+    #[derive(serde::Serialize)]
+    struct Crossing<'a> {
+        users: Vec<&'a Value>,
+        define: Vec<(u64, Vec<usize>)>,
+        forget: &'a [u64],
+        requests: Vec<Request<'a>>,
+    }
+    let mut user_at: HashMap<*const Value, usize> = HashMap::new();
+    let mut users = Vec::new();
+    let mut define = Vec::new();
+    let mut defined = HashSet::new();
+    for r in requests {
+        if whole.contains(&r.users.id) && defined.insert(r.users.id) {
+            let list = r
+                .users
+                .values
+                .iter()
+                .map(|u| {
+                    *user_at.entry(Arc::as_ptr(u)).or_insert_with(|| {
+                        users.push(&**u);
+                        users.len() - 1
+                    })
+                })
+                .collect();
+            define.push((r.users.id, list));
+        }
+    }
+    let requests = requests
+        .iter()
+        .map(|r| Request {
+            collection: &r.collection,
+            event: &r.event,
+            list: r.users.id,
+        })
+        .collect();
+    serde_json::to_string(&Crossing {
+        users,
+        define,
+        forget,
+        requests,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(users: &Arc<UserList>) -> AuthorizeRequest {
+        AuthorizeRequest {
+            collection: "posts".into(),
+            event: Arc::new(json!({"id": 1})),
+            users: users.clone(),
+        }
+    }
+
+    fn list(ids: &[u64]) -> Arc<UserList> {
+        Arc::new(UserList::new(
+            ids.iter()
+                .map(|i| (Arc::from(format!("users:{i}")), Arc::new(json!({"id": i})))),
+        ))
+    }
+
+    #[test]
+    fn a_list_crosses_whole_until_answered_then_by_id_and_is_forgotten_once_dropped() {
+        let mut sent = SentLists::default();
+        let (a, b) = (list(&[1, 2]), list(&[3]));
+        // Two crossings in flight before either is answered: both carry `a` whole.
+        let (whole1, forget1) = sent.plan(&[request(&a), request(&a)]);
+        let (whole2, _) = sent.plan(&[request(&a), request(&b)]);
+        assert_eq!(whole1, HashSet::from([a.id]));
+        assert!(forget1.is_empty());
+        assert_eq!(whole2, HashSet::from([a.id, b.id]));
+        let json: Value =
+            serde_json::from_str(&authorize_json(&[request(&a), request(&b)], &whole2, &[]).unwrap()).unwrap();
+        assert_eq!(json["define"], json!([[a.id, [0, 1]], [b.id, [2]]]));
+        assert_eq!(json["requests"][1]["list"], json!(b.id));
+        // The first is answered: `a` goes by id from now on; `b` still whole.
+        sent.answered(&whole1);
+        let (whole3, _) = sent.plan(&[request(&a), request(&b)]);
+        assert_eq!(whole3, HashSet::from([b.id]));
+        let json: Value = serde_json::from_str(&authorize_json(&[request(&a)], &whole3, &[]).unwrap()).unwrap();
+        assert_eq!(json["define"], json!([]));
+        assert_eq!(json["users"], json!([]));
+        assert_eq!(json["requests"][0]["list"], json!(a.id));
+        // `a` dropped by its room and by every question: the next crossing lets JS drop it.
+        let a_id = a.id;
+        drop(a);
+        let (_, forget) = sent.plan(&[request(&b)]);
+        assert_eq!(forget, vec![a_id]);
+        let (_, forget) = sent.plan(&[request(&b)]);
+        assert!(forget.is_empty(), "once");
+    }
+}
