@@ -998,19 +998,20 @@ function machine() {
 
 function fanoutTable(byId, anchors) {
   const rows = [
-    '| server | msg/s | server CPU per msg | p50 | p99 | max | server CPU | loadgen CPU | delivered |',
-    '|---|---:|---:|---:|---:|---:|---:|---:|---|',
+    '| server | msg/s | server CPU per msg | p50 | p99 | max | server CPU | loadgen CPU | other CPU | delivered |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|---|',
   ]
   for (const id of cfg.servers) {
     const r = byId?.[id]
     if (!r) continue
     if (r.error) {
-      rows.push(`| ${label(id)} | failed: ${r.error.replace(/\|/g, '/').slice(0, 120)} | | | | | | | |`)
+      rows.push(`| ${label(id)} | failed: ${r.error.replace(/\|/g, '/').slice(0, 120)} | | | | | | | | |`)
       continue
     }
     rows.push(
       `| ${label(id)} | ${fmtInt(r.msgsPerSec)} | ${fmt(r.cpuPerMsgUs)} µs | ${fmt(r.p50Ms, 1)} ms | ${fmt(r.p99Ms, 1)} ms | ${fmt(r.maxMs, 1)} ms | ` +
-        `${fmt(r.serverCpuShare * 100, 0)}% | ${fmt(r.loadgenCpuShare * 100, 0)}% | ${r.allComplete ? 'all' : `${r.delivered}/${r.expected}`} |`,
+        `${fmt(r.serverCpuShare * 100, 0)}% | ${fmt(r.loadgenCpuShare * 100, 0)}% | ${fmt(median((r.rounds ?? []).map((x) => x.otherCpuShare * 100)), 0)}% | ` +
+        `${r.allComplete ? 'all' : `${r.delivered}/${r.expected}`} |`,
     )
   }
   for (const ours of ['realtime', 'realtime-authorize']) {
@@ -1221,7 +1222,7 @@ function report(meta) {
       '- **Tokens**: payload-realtime gets Payload tokens (HS256, key = sha256(secret) hex, first 32 chars) and verifies every one. **The anchors check no tokens**: they accept any handshake (in the authorize scenario the uWS server reads the user id out of the token without checking the signature).',
       '- **Events**: `{ type: "update", collection, id, doc: { t, pad }, timestamp }`, about 1 KB of JSON, the same bytes for every contender; `doc.t` is the wall-clock emit time in ms (`performance.timeOrigin + performance.now()`, or `SystemTime` in the ceiling), set just before each event is emitted.',
       '- **Quick runs** move 20,000 to 100,000 messages per round: their figures are indicative and noisy (tenths of a second per round); publish numbers from a full run.',
-      '- **msg/s** = messages delivered to the generator ÷ (last receive − first emit). **Server CPU per msg** = server CPU time (all threads) during the round ÷ messages delivered: with server and generator sharing 2 cores this is the figure that holds. **Latency** = receive time − `doc.t` (same clock, same machine), over every message. **server CPU / loadgen CPU** = share of one core (100% = one core; the machine has 2) each used during the round: a loadgen near 100% would mean the generator, not the server, set the pace.',
+      '- **msg/s** = messages delivered to the generator ÷ (last receive − first emit). **Server CPU per msg** = server CPU time (all threads) during the round ÷ messages delivered: with server and generator sharing 2 cores this is the figure that holds. **Latency** = receive time − `doc.t` (same clock, same machine), over every message. **server CPU / loadgen CPU** = share of one core (100% = one core; the machine has 2) each used during the round: a loadgen near 100% would mean the generator, not the server, set the pace. **other CPU** = everything else the machine did during the round (other processes, this harness; from `/proc/stat`), median over the rounds: the cores are shared, and a row whose other CPU is high was measured while something else ran.',
       "- **Ceiling**: a bare tokio server with no logic (`benches/loadgen/src/bin/ceiling.rs`): accepts handshakes, acks joins, and writes the same pre-encoded frames with one `writev` per socket per burst. It shows what this machine's loopback TCP can do; every other row reads as a fraction of it. In the many-rooms scenario it writes each room\'s events as one burst (the others get them one event at a time).",
       '- Events are emitted "as fast as accepted": payload-realtime gets every `emitEvent` at once and awaits them together; the JS anchors run their send loops synchronously.',
     ].join('\n'),
