@@ -66,6 +66,10 @@ pub async fn serve(hub: Arc<Hub>, peer: Arc<Peer>, upgraded: Upgraded) {
     // whole read buffer (8 KB or more), so it must not outlive this first step.
     let (io, read_buf) = (parts.io, parts.read_buf);
     let mut conn = Connection::new(hub.clone(), peer.clone(), io.into_inner());
+    // From here fan-out may write to the socket itself (`Outbound::write_through`); the
+    // connection's `Drop` takes that back before the stream closes.
+    #[cfg(unix)]
+    peer.outbound.attach(std::os::fd::AsRawFd::as_raw_fd(&conn.stream));
     // Bytes the client sent right after its handshake were read by hyper.
     if !read_buf.is_empty() {
         conn.on_bytes(&read_buf);
@@ -107,6 +111,14 @@ struct Connection {
     /// Where the timer rests when nothing is due: a fixed instant, so that polls with nothing
     /// due never move the timer (resetting it takes the timer wheel's lock).
     far: Instant,
+}
+
+impl Drop for Connection {
+    /// Runs before the stream (a field) is dropped, on every way out, a panic or a cancelled
+    /// task too: no flusher writes to the descriptor once it may be closed.
+    fn drop(&mut self) {
+        self.peer.outbound.detach();
+    }
 }
 
 /// What the reads found.

@@ -490,13 +490,13 @@ impl Merged {
     }
 }
 
-/// Sockets to wake once a burst of deliveries is queued.
+/// Sockets to write once a burst of deliveries is queued.
 ///
-/// Fan-out queues frames without waking anyone, and wakes each socket that got something once,
-/// at the end of the burst: every frame of the burst is then in the socket's queue when its
-/// task runs, and they go out in one `writev`. Woken one frame at a time instead, the other
-/// worker thread runs the first sockets while the burst is still being queued and they write
-/// one frame per syscall. Dropping it wakes whoever is left: no socket sleeps on queued frames.
+/// Fan-out queues frames without writing or waking anyone, and has each socket that got
+/// something written once, at the end of the burst ([`Wakes::flush`]): every frame of the burst
+/// is then in the socket's queue, and they go out in one `writev`. Written one frame at a time
+/// instead, the first sockets would be written while the burst is still being queued, one
+/// frame per syscall. Dropping it flushes whoever is left: no socket sleeps on queued frames.
 ///
 /// It also keeps the sockets a push left [`Push::Behind`]: the lane waits for their writers
 /// before it queues more (`dispatch`), so the server's own backlog stays within a run of the
@@ -505,10 +505,28 @@ impl Merged {
 pub struct Wakes {
     peers: Vec<Arc<Peer>>,
     behind: Vec<Arc<Peer>>,
+    /// Where the flushers run; without it each socket's task is woken to write.
+    writers: Option<tokio::runtime::Handle>,
 }
 
+/// Sockets a flusher writes before it lets the other tasks of its thread run (handshakes,
+/// reads, pings): 64 writes are about half a millisecond here.
+const FLUSH_TURN: usize = 64;
+
+/// Fewest sockets worth a flusher of their own when a flush is shared among the worker threads.
+const FLUSH_SHARE_MIN: usize = 256;
+
 impl Wakes {
-    /// Queues `frame` for `peer`, to be woken at the next [`Wakes::flush`].
+    /// Wakes whose flush writes the sockets from `writers`' threads (see [`Wakes::flush`]).
+    pub fn on(writers: Option<&tokio::runtime::Handle>) -> Wakes {
+        Wakes {
+            peers: Vec::new(),
+            behind: Vec::new(),
+            writers: writers.cloned(),
+        }
+    }
+
+    /// Queues `frame` for `peer`, to be written or woken at the next [`Wakes::flush`].
     pub fn push(&mut self, peer: &Arc<Peer>, frame: impl Into<OutFrame>) -> Push {
         let (push, wake) = peer.outbound.push_unwoken(frame);
         if wake {
@@ -525,11 +543,39 @@ impl Wakes {
         std::mem::take(&mut self.behind)
     }
 
-    /// Wakes every socket queued to since the last flush.
+    /// Has every socket queued to since the last flush written: by flushers on the sockets'
+    /// threads, one loop over the sockets each (see `Outbound::write_through`), which wake a
+    /// socket's task only for what they cannot write; or, without a runtime, by waking each
+    /// socket's task. The caller goes on at once: frames it queues meanwhile for a socket not
+    /// yet written go out with the rest, in the same write.
     pub fn flush(&mut self) {
-        for peer in self.peers.drain(..) {
-            peer.outbound.wake();
+        if self.peers.is_empty() {
+            return;
         }
+        let Some(writers) = &self.writers else {
+            for peer in self.peers.drain(..) {
+                peer.outbound.wake();
+            }
+            return;
+        };
+        let mut peers = std::mem::take(&mut self.peers);
+        let threads = writers.metrics().num_workers().max(1);
+        let share = peers.len().div_ceil(threads).max(FLUSH_SHARE_MIN);
+        while peers.len() > share {
+            let rest = peers.split_off(share);
+            writers.spawn(write_through(std::mem::replace(&mut peers, rest)));
+        }
+        writers.spawn(write_through(peers));
+    }
+}
+
+/// A flusher: writes each socket's queue, yielding every [`FLUSH_TURN`] sockets.
+async fn write_through(peers: Vec<Arc<Peer>>) {
+    for (i, peer) in peers.iter().enumerate() {
+        if i > 0 && i % FLUSH_TURN == 0 {
+            tokio::task::yield_now().await;
+        }
+        peer.outbound.write_through();
     }
 }
 
