@@ -599,10 +599,17 @@ impl Batch {
                 .position(|f| f.piped.is_some())
                 .map_or(self.frames.len(), |at| self.index + 1 + at);
             let n = {
-                let slices: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(&self.frames[self.index][self.offset..]))
-                    .chain(self.frames[self.index + 1..end].iter().map(|f| IoSlice::new(f)))
-                    .collect();
-                match io.try_write_vectored(&slices) {
+                let first = IoSlice::new(&self.frames[self.index][self.offset..]);
+                let written = if end == self.index + 1 {
+                    // One buffer (a burst to one room is one): no list to allocate.
+                    io.try_write_vectored(&[first])
+                } else {
+                    let slices: Vec<IoSlice<'_>> = std::iter::once(first)
+                        .chain(self.frames[self.index + 1..end].iter().map(|f| IoSlice::new(f)))
+                        .collect();
+                    io.try_write_vectored(&slices)
+                };
+                match written {
                     Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {

@@ -340,6 +340,8 @@ impl Registry {
         // instead of one copy of the run per user.
         let mut merged: Vec<Merged> = Vec::new();
         let mut merged_for: HashMap<&str, usize, FxBuildHasher> = HashMap::default();
+        // With no rule every socket has the same frames: its buffer, found once.
+        let mut everyones: Option<usize> = None;
         let mut by_shape: HashMap<Vec<(usize, usize, usize)>, usize, FxBuildHasher> = HashMap::default();
         let mut counts = vec![0; run.len()];
         let mut evicted = Vec::new();
@@ -371,18 +373,28 @@ impl Registry {
                         }
                         continue;
                     }
-                    let at = *merged_for.entry(key).or_insert_with(|| {
-                        let frames = frames_for(key);
-                        // Same frame, same place, same bytes (the run holds every frame alive).
-                        let shape = frames
-                            .iter()
-                            .map(|(i, f, _)| (*i, f.as_ptr() as usize, f.len()))
-                            .collect();
-                        *by_shape.entry(shape).or_insert_with(|| {
-                            merged.push(Merged::of(&frames));
-                            merged.len() - 1
-                        })
-                    });
+                    let at = match everyones {
+                        Some(at) => at,
+                        None => {
+                            let at = *merged_for.entry(key).or_insert_with(|| {
+                                let frames = frames_for(key);
+                                // Same frame, same place, same bytes (the run holds every frame
+                                // alive).
+                                let shape = frames
+                                    .iter()
+                                    .map(|(i, f, _)| (*i, f.as_ptr() as usize, f.len()))
+                                    .collect();
+                                *by_shape.entry(shape).or_insert_with(|| {
+                                    merged.push(Merged::of(&frames));
+                                    merged.len() - 1
+                                })
+                            });
+                            if everyone {
+                                everyones = Some(at);
+                            }
+                            at
+                        }
+                    };
                     let merged = &mut merged[at];
                     denied += run.len() - merged.frames.len();
                     let Some(frame) = merged.next_frame() else {
