@@ -170,7 +170,7 @@ async fn accept(hub: &Arc<Hub>, pending: &mut Pending, job: Job) {
         }
         Job::Recover { .. } | Job::RecoverStart { .. } | Job::RecoverFinish { .. } => {
             // Barriers: everything before them is delivered first.
-            let mut wakes = Wakes::on(hub.writers.get());
+            let mut wakes = Wakes::on(hub.flushers.get());
             while let Some(ready) = pending.next().await {
                 deliver(hub, ready, &mut wakes).await;
             }
@@ -198,7 +198,7 @@ async fn deliver_burst(hub: &Hub, pending: &mut Pending, first: Prepared) {
             next = Some(ready);
         }
     }
-    let mut wakes = Wakes::on(hub.writers.get());
+    let mut wakes = Wakes::on(hub.flushers.get());
     for run in burst.runs {
         run.deliver(hub, &mut wakes).await;
     }
@@ -366,7 +366,7 @@ async fn run_barrier(hub: &Hub, job: Job) {
         }
         other => {
             let p = prepare_now(other);
-            deliver(hub, p, &mut Wakes::on(hub.writers.get())).await;
+            deliver(hub, p, &mut Wakes::on(hub.flushers.get())).await;
         }
     }
 }

@@ -74,9 +74,9 @@ pub struct Hub {
     /// Bytes of event frames on the lanes, not yet queued for their sockets: what waits for
     /// the server's writers when events come faster than they write (`maxBacklog` bounds it).
     pub backlog: AtomicUsize,
-    /// The sockets' runtime, where fan-out's flushers write (see `rooms::Wakes`); unset in
-    /// tests that run a hub without a server, where each socket's task is woken instead.
-    pub writers: OnceLock<tokio::runtime::Handle>,
+    /// Fan-out's writers, on the sockets' runtime (see `flush`); unset in tests that run a hub
+    /// without a server, where each socket's task is woken instead.
+    pub flushers: OnceLock<Arc<crate::flush::Flushers>>,
 }
 
 /// An event for a room with Redis-backed history, waiting for its offset.
@@ -111,7 +111,7 @@ impl Hub {
             histories,
             presence,
             appender: OnceLock::new(),
-            writers: OnceLock::new(),
+            flushers: OnceLock::new(),
             memory: crate::memory::Trim::default(),
             backlog: AtomicUsize::new(0),
         };

@@ -10,8 +10,9 @@
 //!   to [`dispatch`];
 //! - an authorize rule is applied in [`authorize`], its questions written for the host in
 //!   [`crossing`];
-//! - a socket's bytes are queued and written by [`outbound`]; a large buffer that many sockets
-//!   send goes to each by reference, not copied ([`splice`]).
+//! - a socket's bytes are queued and written by [`outbound`], after a burst by the [`flush`]ers
+//!   that go through the recipients; a large buffer that many sockets send goes to each by
+//!   reference, not copied ([`splice`]).
 
 pub mod auth;
 pub mod authorize;
@@ -23,6 +24,7 @@ pub mod crossing;
 pub mod dispatch;
 pub mod error;
 pub mod event;
+pub mod flush;
 pub mod frame_reader;
 pub mod history;
 pub mod hub;

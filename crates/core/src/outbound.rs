@@ -185,12 +185,15 @@ impl Outbound {
         }
     }
 
-    /// [`Outbound::write_through`] to `io`: `true` when everything queued was written and the
-    /// task has nothing to do.
+    /// [`Outbound::write_through`] to `io`: `true` when everything queued was written (or
+    /// nothing was: a socket can be listed twice) and the task has nothing to do.
     #[cfg_attr(not(unix), allow(dead_code))]
     fn write_through_to(&self, io: &impl TryWrite) -> bool {
         let mut batch = {
             let mut s = self.state.lock();
+            if s.queue.is_empty() && s.control.is_empty() && s.ending.is_none() {
+                return true;
+            }
             if s.taken
                 || s.flushing
                 || s.queue.is_empty()

@@ -19,6 +19,7 @@ use rustc_hash::FxBuildHasher;
 use serde_json::Value;
 
 use crate::callbacks::UserList;
+use crate::flush::Flushers;
 use crate::outbound::{OutFrame, Push};
 use crate::peer::{Peer, PeerId};
 use crate::splice::{self, Piped};
@@ -517,28 +518,21 @@ impl Merged {
 pub struct Wakes {
     peers: Vec<Arc<Peer>>,
     behind: Vec<Arc<Peer>>,
-    /// Where the flushers run; without it each socket's task is woken to write.
-    writers: Option<tokio::runtime::Handle>,
+    /// Who writes the sockets; without them each socket's task is woken to write.
+    flushers: Option<Arc<Flushers>>,
 }
 
-/// Sockets a flusher writes before it lets the other tasks of its thread run (handshakes,
-/// reads, pings): 64 writes are about half a millisecond here.
-const FLUSH_TURN: usize = 64;
-
-/// Fewest sockets worth a flusher of their own when a flush is shared among the worker threads.
-const FLUSH_SHARE_MIN: usize = 256;
-
 impl Wakes {
-    /// Wakes whose flush writes the sockets from `writers`' threads (see [`Wakes::flush`]).
-    pub fn on(writers: Option<&tokio::runtime::Handle>) -> Wakes {
+    /// Wakes whose flush has `flushers` write the sockets (see [`Wakes::flush`]).
+    pub fn on(flushers: Option<&Arc<Flushers>>) -> Wakes {
         Wakes {
             peers: Vec::new(),
             behind: Vec::new(),
-            writers: writers.cloned(),
+            flushers: flushers.cloned(),
         }
     }
 
-    /// Queues `frame` for `peer`, to be written or woken at the next [`Wakes::flush`].
+    /// Queues `frame` for `peer`, to be written at the next [`Wakes::flush`].
     pub fn push(&mut self, peer: &Arc<Peer>, frame: impl Into<OutFrame>) -> Push {
         let (push, wake) = peer.outbound.push_unwoken(frame);
         if wake {
@@ -555,39 +549,21 @@ impl Wakes {
         std::mem::take(&mut self.behind)
     }
 
-    /// Has every socket queued to since the last flush written: by flushers on the sockets'
-    /// threads, one loop over the sockets each (see `Outbound::write_through`), which wake a
-    /// socket's task only for what they cannot write; or, without a runtime, by waking each
-    /// socket's task. The caller goes on at once: frames it queues meanwhile for a socket not
-    /// yet written go out with the rest, in the same write.
+    /// Has every socket queued to since the last flush written, by the flushers (see
+    /// [`crate::flush`]), or without them by waking each socket's task. The caller goes on at
+    /// once: frames it queues meanwhile for a socket not yet written go out in the same write.
     pub fn flush(&mut self) {
         if self.peers.is_empty() {
             return;
         }
-        let Some(writers) = &self.writers else {
-            for peer in self.peers.drain(..) {
-                peer.outbound.wake();
+        match &self.flushers {
+            Some(flushers) => flushers.write(self.peers.drain(..)),
+            None => {
+                for peer in self.peers.drain(..) {
+                    peer.outbound.wake();
+                }
             }
-            return;
-        };
-        let mut peers = std::mem::take(&mut self.peers);
-        let threads = writers.metrics().num_workers().max(1);
-        let share = peers.len().div_ceil(threads).max(FLUSH_SHARE_MIN);
-        while peers.len() > share {
-            let rest = peers.split_off(share);
-            writers.spawn(write_through(std::mem::replace(&mut peers, rest)));
         }
-        writers.spawn(write_through(peers));
-    }
-}
-
-/// A flusher: writes each socket's queue, yielding every [`FLUSH_TURN`] sockets.
-async fn write_through(peers: Vec<Arc<Peer>>) {
-    for (i, peer) in peers.iter().enumerate() {
-        if i > 0 && i % FLUSH_TURN == 0 {
-            tokio::task::yield_now().await;
-        }
-        peer.outbound.write_through();
     }
 }
 

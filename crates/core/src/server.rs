@@ -85,7 +85,7 @@ impl Server {
             .build()
             .map_err(|e| Error::Internal(format!("cannot start the dispatch runtime: {e}")))?;
         let (hub, lanes) = Hub::new(config, callbacks);
-        let _ = hub.writers.set(runtime.handle().clone());
+        let _ = hub.flushers.set(crate::flush::Flushers::new(runtime.handle().clone()));
         let tracker = TaskTracker::new();
         for lane in lanes {
             dispatch.spawn(run_lane(hub.clone(), lane));
