@@ -55,11 +55,17 @@ impl Flushers {
 
     /// Has these sockets' queues written, after any already waiting.
     pub fn write(self: &Arc<Self>, peers: impl IntoIterator<Item = Arc<Peer>>) {
-        let mut w = self.waiting.lock();
-        w.peers.extend(peers);
-        let wanted = w.peers.len().div_ceil(SHARE_MIN).clamp(1, self.threads);
-        while w.active < wanted {
-            w.active += 1;
+        let start = {
+            let mut w = self.waiting.lock();
+            w.peers.extend(peers);
+            let wanted = w.peers.len().div_ceil(SHARE_MIN).clamp(1, self.threads);
+            let start = wanted.saturating_sub(w.active);
+            w.active += start;
+            start
+        };
+        // Spawned without the lock: on a runtime shutting down, `spawn` drops the task at once,
+        // and its `Active` takes the lock to count itself out.
+        for _ in 0..start {
             let active = Active(self.clone());
             self.runtime.spawn(async move { active.run().await });
         }
@@ -162,5 +168,24 @@ mod tests {
                 assert!(rest.is_empty());
             }
         });
+    }
+
+    /// Fan-out after the sockets' runtime has shut down (a server stopping) neither hangs nor
+    /// panics: the flusher is dropped unstarted and counts itself out.
+    #[test]
+    fn writing_after_the_runtime_is_gone_returns() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let flushers = Flushers::new(runtime.handle().clone());
+        drop(runtime);
+        let peer = Arc::new(Peer::new(1, "t", None, 1 << 20));
+        peer.outbound.push(text_frame(b"late"));
+        flushers.write([peer.clone()]);
+        assert_eq!(flushers.waiting.lock().active, 0);
+        // A later write tries again.
+        flushers.write([peer]);
+        assert_eq!(flushers.waiting.lock().active, 0);
     }
 }
