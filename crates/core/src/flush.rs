@@ -109,6 +109,33 @@ mod tests {
     use std::os::fd::AsRawFd;
     use tokio::io::AsyncReadExt;
 
+    /// What a socket's own task does with its queue (`connection::poll_writes`): the flushers
+    /// wake it for what they leave, as when a flusher is still writing a socket that another
+    /// flusher reaches.
+    async fn socket_task(peer: Arc<Peer>, stream: Arc<tokio::net::TcpStream>) {
+        use crate::outbound::{Batch, Flush};
+        let mut batch = Batch::default();
+        std::future::poll_fn(|cx| loop {
+            peer.outbound.register(cx.waker());
+            if batch.is_empty() {
+                peer.outbound.take_into(&mut batch);
+                if batch.is_empty() {
+                    return std::task::Poll::Pending;
+                }
+            }
+            match batch.write_to(&peer.outbound, &*stream) {
+                Ok(Flush::Done) => {}
+                Ok(Flush::Blocked) => {
+                    if stream.poll_write_ready(cx).is_pending() {
+                        return std::task::Poll::Pending;
+                    }
+                }
+                Err(_) => return std::task::Poll::Ready(()),
+            }
+        })
+        .await
+    }
+
     /// Flushers on two threads write every socket's queue, in order, each frame once, and end
     /// when the queue is empty; a socket listed twice is written once.
     #[test]
@@ -122,27 +149,30 @@ mod tests {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let flushers = Flushers::new(tokio::runtime::Handle::current());
-            let mut pairs = Vec::new();
+            let mut sockets = Vec::new();
             // More than one flusher's share, so both threads write.
             for id in 0..(SHARE_MIN as u64 + 100) {
                 let client = tokio::net::TcpStream::connect(addr).await.unwrap();
-                let (server, _) = listener.accept().await.unwrap();
+                let server = Arc::new(listener.accept().await.unwrap().0);
                 let peer = Arc::new(Peer::new(id, "t", None, 1 << 20));
                 peer.outbound.attach(server.as_raw_fd());
-                pairs.push((peer, server, client));
+                let task = tokio::spawn(socket_task(peer.clone(), server.clone()));
+                sockets.push((peer, server, task, client));
             }
+            let peers = || sockets.iter().map(|(p, ..)| p.clone()).collect::<Vec<_>>();
             let frames = [text_frame(b"one"), text_frame(b"two")];
-            for (peer, _, _) in &pairs {
+            for (peer, ..) in &sockets {
                 peer.outbound.push(frames[0].clone());
             }
-            flushers.write(pairs.iter().map(|(p, _, _)| p.clone()));
-            for (peer, _, _) in &pairs {
+            flushers.write(peers());
+            // Queued while the flushers write the first.
+            for (peer, ..) in &sockets {
                 peer.outbound.push(frames[1].clone());
             }
-            flushers.write(pairs.iter().map(|(p, _, _)| p.clone()));
-            flushers.write(pairs.iter().map(|(p, _, _)| p.clone()));
+            flushers.write(peers());
+            flushers.write(peers());
             let expect: Vec<u8> = frames.iter().flat_map(|f| f.to_vec()).collect();
-            for (peer, _, client) in &mut pairs {
+            for (peer, _, _, client) in &mut sockets {
                 let mut got = vec![0u8; expect.len()];
                 client.read_exact(&mut got).await.unwrap();
                 assert_eq!(got, expect);
@@ -161,7 +191,9 @@ mod tests {
             };
             assert_eq!(left, (0, 0));
             // Nothing more was written: every frame went once.
-            for (_, server, mut client) in pairs {
+            for (_, server, task, mut client) in sockets {
+                task.abort();
+                let _ = task.await;
                 drop(server);
                 let mut rest = Vec::new();
                 client.read_to_end(&mut rest).await.unwrap();
