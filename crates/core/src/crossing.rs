@@ -28,8 +28,9 @@ pub struct SentLists {
 }
 
 impl SentLists {
-    /// For a crossing of these requests: the lists to send whole, and the ids the host may drop.
-    pub fn plan(&mut self, requests: &[AuthorizeRequest]) -> (HashSet<u64>, Vec<u64>) {
+    /// For a crossing of these requests: the lists to send whole (each once, in the order the
+    /// requests name them), and the ids the host may drop.
+    pub fn plan(&mut self, requests: &[AuthorizeRequest]) -> (Vec<Arc<UserList>>, Vec<u64>) {
         let mut forget = Vec::new();
         self.lists.retain(|id, (list, _)| {
             let alive = list.strong_count() > 0;
@@ -38,23 +39,24 @@ impl SentLists {
             }
             alive
         });
-        let mut whole = HashSet::new();
+        let mut whole = Vec::new();
+        let mut planned = HashSet::new();
         for r in requests {
             let (_, known) = self
                 .lists
                 .entry(r.users.id)
                 .or_insert_with(|| (Arc::downgrade(&r.users), false));
-            if !*known {
-                whole.insert(r.users.id);
+            if !*known && planned.insert(r.users.id) {
+                whole.push(r.users.clone());
             }
         }
         (whole, forget)
     }
 
     /// A crossing that carried these lists was answered: the host holds them.
-    pub fn answered(&mut self, sent: &HashSet<u64>) {
-        for id in sent {
-            if let Some((_, known)) = self.lists.get_mut(id) {
+    pub fn answered(&mut self, sent: &[Arc<UserList>]) {
+        for list in sent {
+            if let Some((_, known)) = self.lists.get_mut(&list.id) {
                 *known = true;
             }
         }
@@ -62,10 +64,10 @@ impl SentLists {
 }
 
 /// The questions of one crossing as JSON text: the lists in `whole` written out (each distinct
-/// user once), the others named by id.
+/// user once), every request naming its list by id.
 pub fn authorize_json(
     requests: &[AuthorizeRequest],
-    whole: &HashSet<u64>,
+    whole: &[Arc<UserList>],
     forget: &[u64],
 ) -> serde_json::Result<String> {
     #[derive(serde::Serialize)]
@@ -83,12 +85,10 @@ pub fn authorize_json(
     }
     let mut user_at: HashMap<*const Value, usize> = HashMap::new();
     let mut users = Vec::new();
-    let mut define = Vec::new();
-    let mut defined = HashSet::new();
-    for r in requests {
-        if whole.contains(&r.users.id) && defined.insert(r.users.id) {
-            let list = r
-                .users
+    let define = whole
+        .iter()
+        .map(|list| {
+            let at = list
                 .values
                 .iter()
                 .map(|u| {
@@ -98,9 +98,9 @@ pub fn authorize_json(
                     })
                 })
                 .collect();
-            define.push((r.users.id, list));
-        }
-    }
+            (list.id, at)
+        })
+        .collect();
     let requests = requests
         .iter()
         .map(|r| Request {
@@ -142,11 +142,12 @@ mod tests {
         let mut sent = SentLists::default();
         let (a, b) = (list(&[1, 2]), list(&[3]));
         // Two crossings in flight before either is answered: both carry `a` whole.
+        let ids = |lists: &[Arc<UserList>]| lists.iter().map(|l| l.id).collect::<Vec<u64>>();
         let (whole1, forget1) = sent.plan(&[request(&a), request(&a)]);
         let (whole2, _) = sent.plan(&[request(&a), request(&b)]);
-        assert_eq!(whole1, HashSet::from([a.id]));
+        assert_eq!(ids(&whole1), vec![a.id], "once, though named twice");
         assert!(forget1.is_empty());
-        assert_eq!(whole2, HashSet::from([a.id, b.id]));
+        assert_eq!(ids(&whole2), vec![a.id, b.id]);
         let json: Value =
             serde_json::from_str(&authorize_json(&[request(&a), request(&b)], &whole2, &[]).unwrap()).unwrap();
         assert_eq!(json["define"], json!([[a.id, [0, 1]], [b.id, [2]]]));
@@ -154,13 +155,17 @@ mod tests {
         // The first is answered: `a` goes by id from now on; `b` still whole.
         sent.answered(&whole1);
         let (whole3, _) = sent.plan(&[request(&a), request(&b)]);
-        assert_eq!(whole3, HashSet::from([b.id]));
-        let json: Value = serde_json::from_str(&authorize_json(&[request(&a)], &whole3, &[]).unwrap()).unwrap();
+        assert_eq!(ids(&whole3), vec![b.id]);
+        let (whole4, _) = sent.plan(&[request(&a)]);
+        assert!(whole4.is_empty());
+        let json: Value = serde_json::from_str(&authorize_json(&[request(&a)], &whole4, &[]).unwrap()).unwrap();
         assert_eq!(json["define"], json!([]));
         assert_eq!(json["users"], json!([]));
         assert_eq!(json["requests"][0]["list"], json!(a.id));
-        // `a` dropped by its room and by every question: the next crossing lets JS drop it.
+        // `a` dropped by its room and by every question (the crossings above are over, and
+        // what they sent whole with them): the next crossing lets JS drop it.
         let a_id = a.id;
+        drop((whole1, whole2, whole3, whole4));
         drop(a);
         let (_, forget) = sent.plan(&[request(&b)]);
         assert_eq!(forget, vec![a_id]);
