@@ -196,7 +196,6 @@ impl Outbound {
             }
             if s.taken
                 || s.flushing
-                || s.queue.is_empty()
                 || !s.control.is_empty()
                 || s.ending.is_some()
                 || self.blocked.load(Ordering::Acquire)
