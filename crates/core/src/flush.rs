@@ -66,24 +66,38 @@ impl Flushers {
         // Spawned without the lock: on a runtime shutting down, `spawn` drops the task at once,
         // and its `Active` takes the lock to count itself out.
         for _ in 0..start {
-            let active = Active(self.clone());
-            self.runtime.spawn(async move { active.run().await });
+            let active = Active {
+                flushers: self.clone(),
+                counted: true,
+            };
+            self.runtime.spawn(active.run());
         }
     }
 }
 
-/// A running flusher: counted in `active` until it ends, or is dropped unfinished (its runtime
-/// shutting down), so the count never keeps a new flusher from starting.
-struct Active(Arc<Flushers>);
+/// A running flusher: counted in `active` until it finds the queue empty, or is dropped
+/// unfinished (its runtime shutting down), so the count never keeps a new flusher from
+/// starting.
+struct Active {
+    flushers: Arc<Flushers>,
+    /// Still counted in `active`.
+    counted: bool,
+}
 
 impl Active {
-    async fn run(&self) {
+    async fn run(mut self) {
         let mut turn = Vec::with_capacity(TURN);
         loop {
             {
-                let mut w = self.0.waiting.lock();
+                let mut w = self.flushers.waiting.lock();
                 let n = w.peers.len().min(TURN);
                 if n == 0 {
+                    // Counted out under the same lock that saw the queue empty: sockets handed
+                    // over from here on find one flusher fewer and start another. Counted out
+                    // later (when dropped), a hand-over in between found this one still counted
+                    // and started none, and its sockets waited for the next.
+                    w.active -= 1;
+                    self.counted = false;
                     return;
                 }
                 turn.extend(w.peers.drain(..n));
@@ -98,7 +112,9 @@ impl Active {
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.0.waiting.lock().active -= 1;
+        if self.counted {
+            self.flushers.waiting.lock().active -= 1;
+        }
     }
 }
 
@@ -199,6 +215,49 @@ mod tests {
                 client.read_to_end(&mut rest).await.unwrap();
                 assert!(rest.is_empty());
             }
+        });
+    }
+
+    /// Sockets handed over while the last flusher is ending are written all the same: a flusher
+    /// that found the queue empty no longer counts by the time `write` looks (one socket, one
+    /// frame at a time, handed over as the flushers come and go).
+    #[test]
+    fn sockets_handed_over_as_the_last_flusher_ends_are_written() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let server = Arc::new(listener.accept().await.unwrap().0);
+            let peer = Arc::new(Peer::new(1, "t", None, 1 << 20));
+            peer.outbound.attach(server.as_raw_fd());
+            let task = tokio::spawn(socket_task(peer.clone(), server.clone()));
+            let flushers = Flushers::new(tokio::runtime::Handle::current());
+            let frame = text_frame(b"x");
+            let mut got = vec![0u8; frame.len() * 2];
+            for round in 0..3000 {
+                // Two hand-overs back to back: the second often meets the first's flusher as it
+                // ends. The socket's task is not woken for them: only a flusher writes them.
+                for _ in 0..2 {
+                    peer.outbound.push_unwoken(frame.clone());
+                    flushers.write([peer.clone()]);
+                    for _ in 0..round % 50 {
+                        std::hint::spin_loop();
+                    }
+                }
+                let read = client.read_exact(&mut got);
+                tokio::time::timeout(std::time::Duration::from_secs(5), read)
+                    .await
+                    .unwrap_or_else(|_| panic!("round {round}: a frame handed over was never written"))
+                    .unwrap();
+            }
+            peer.outbound.detach();
+            task.abort();
         });
     }
 
