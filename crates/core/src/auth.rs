@@ -209,9 +209,17 @@ pub fn authenticate(config: &Config, parts: &Parts) -> Result<Option<User>, Refu
             ))
         };
     };
-    if source == Source::Cookie && config.allowed_origins.is_none() {
-        // Browsers send cookies to every port of a host, so a page on any other site could open
-        // a socket with the user's cookie. Accept the cookie only from the server's own host.
+    if source == Source::Cookie {
+        // Browsers send cookies to every port of a host from pages of any site, so a cookie
+        // proves nothing of the page that opened the socket: it is accepted from the server's
+        // own host, or from an origin `allowedOrigins` names. Not under `*`, which would let
+        // any site open a socket as the user (cross-site WebSocket hijacking).
+        let vouched = match (&config.allowed_origins, origin) {
+            (Some(allowed), Some(o)) => allowed.iter().any(|a| a != "*" && a.eq_ignore_ascii_case(o)),
+            // No Origin: not a browser, so no page of another site is behind it.
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
         let server_host = parts
             .headers
             .get(header::HOST)
@@ -221,9 +229,9 @@ pub fn authenticate(config: &Config, parts: &Parts) -> Result<Option<User>, Refu
             (Some(o), Some(h)) => o == h,
             _ => false,
         };
-        if !same {
+        if !vouched && !same {
             return Err(Refusal::forbidden_origin(
-                "the payload-token cookie is accepted only from the server's own host; set allowedOrigins or send the token in a header or ?token=",
+                "the payload-token cookie is accepted only from the server's own host or an origin listed in allowedOrigins (not \"*\"); or send the token in a header or ?token=",
             ));
         }
     }
@@ -427,5 +435,38 @@ pub(crate) mod tests {
             &parts("/", &[("cookie", &cookie), ("origin", "https://app.example")])
         )
         .is_ok());
+    }
+
+    #[test]
+    fn a_wildcard_origin_never_vouches_for_a_cookie() {
+        let mut c = config();
+        c.allowed_origins = Some(vec!["*".into()]);
+        let t = payload_token(1, 60);
+        let cookie = format!("payload-token={t}");
+        let from = |origin: &str| {
+            authenticate(
+                &c,
+                &parts(
+                    "/",
+                    &[("cookie", &cookie), ("host", "app.example:3002"), ("origin", origin)],
+                ),
+            )
+        };
+        // Any site may connect with a token it holds, but a cookie only from the server's host.
+        let foreign = from("https://evil.example").unwrap_err();
+        assert_eq!((foreign.status, foreign.error), (403, "forbidden-origin"));
+        assert!(foreign.reason.contains("allowedOrigins"), "{}", foreign.reason);
+        assert!(from("https://app.example").unwrap().is_some());
+        let header = authenticate(
+            &c,
+            &parts(
+                "/",
+                &[
+                    ("authorization", &format!("JWT {t}")),
+                    ("origin", "https://evil.example"),
+                ],
+            ),
+        );
+        assert!(header.unwrap().is_some());
     }
 }
