@@ -64,6 +64,21 @@ pub fn channel_name(channel: &Channel) -> String {
     }
 }
 
+/// The password of a `scheme://[user]:password@host` URL, if it has one.
+fn password_of(url: &str) -> Option<&str> {
+    let authority = url.split_once("://")?.1.split(['/', '?']).next()?;
+    let userinfo = &authority[..authority.rfind('@')?];
+    userinfo.split_once(':').map(|(_, p)| p).filter(|p| !p.is_empty())
+}
+
+/// The URL with its password replaced by `***`: what errors and logs may show of it.
+pub(crate) fn redacted(url: &str) -> String {
+    match password_of(url) {
+        Some(p) => url.replacen(&format!(":{p}@"), ":***@", 1),
+        None => url.to_string(),
+    }
+}
+
 impl RedisBroker {
     /// Connects in the background (never blocks the caller) and starts the broker's tasks on
     /// the current runtime. Only a URL that cannot be parsed fails here.
@@ -74,7 +89,14 @@ impl RedisBroker {
         on_subscribed: Arc<dyn Fn(&str) + Send + Sync>,
         shutdown: CancellationToken,
     ) -> Result<Arc<RedisBroker>, Error> {
-        let mut config = Config::from_url(url).map_err(|e| Error::InvalidOption(format!("redis.url {url:?}: {e}")))?;
+        let mut config = Config::from_url(url).map_err(|e| {
+            let why = e.to_string();
+            let why = match password_of(url) {
+                Some(p) => why.replace(p, "***"),
+                None => why,
+            };
+            Error::InvalidOption(format!("redis.url {:?}: {why}", redacted(url)))
+        })?;
         config.fail_fast = true;
         let sharded = config.server.is_clustered();
         let policy = ReconnectPolicy::new_exponential(0, 100, 2_000, 2);
@@ -346,5 +368,33 @@ async fn subscription_loop(
             .filter(|c| c.starts_with(&format!("{PREFIX}room:")))
             .count();
         counters.subscriptions.store(rooms as u64, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_password_in_errors() {
+        assert_eq!(
+            redacted("redis://user:s3cr@t@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(redacted("rediss://:pw@host"), "rediss://:***@host");
+        assert_eq!(redacted("redis://host:6379"), "redis://host:6379");
+        assert_eq!(redacted("redis://user@host"), "redis://user@host");
+        let err = RedisBroker::start(
+            "redis://:hunter2@localhost:notaport",
+            "i",
+            Arc::new(|_: &str| {}),
+            Arc::new(|_: &str| {}),
+            CancellationToken::new(),
+        )
+        .err()
+        .expect("a URL that cannot be parsed fails at start")
+        .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains(":***@"), "{err}");
     }
 }
