@@ -44,6 +44,8 @@ export interface SocketInfo {
 export type AuthorizeDecision = boolean | { doc: Record<string, unknown> }
 export type AuthorizeRule = (user: SocketUser, event: RealtimeEvent) => AuthorizeDecision | Promise<AuthorizeDecision>
 
+export type JoinRule = (user: SocketUser, room: string) => boolean | Promise<boolean>
+
 export interface HistoryPolicy {
   /** Most events kept per room. */
   size: number
@@ -84,7 +86,14 @@ export interface ServerOptions {
   includeCollections?: string[]
   /** Per-collection rules deciding who receives each event. */
   authorize?: Record<string, AuthorizeRule>
-  /** Milliseconds an authorize rule may take before that user is denied (default 5000). */
+  /**
+   * Who may join which room: `{ [slug or room pattern]: (user, room) => boolean | Promise<boolean> }`
+   * (`'posts'` names `collection:posts`; `'chat:*'` every room starting with `chat:`). Every rule
+   * that names a room must answer `true`; anything else, a throw or `authorizeTimeout` refuses
+   * the join with `forbidden`. Rooms no rule names are joined at once.
+   */
+  rooms?: Record<string, JoinRule>
+  /** Milliseconds an authorize or join rule may take before that user is denied (default 5000). */
   authorizeTimeout?: number
   /** Milliseconds a custom handler may take before the client gets `internal` (default 30000). */
   handlerTimeout?: number
@@ -124,9 +133,11 @@ export interface PluginOptions extends ServerOptions {
   /** When set, the server starts in Payload's `onInit` on this port. */
   port?: number
   /**
-   * Deliver each event only to users whose Payload `read` access allows the document, with the
-   * document as they would read it (field-level access applied): `true` for every collection
-   * or per collection (`{ posts: true }`).
+   * On by default: each event goes only to users whose Payload `read` access allows the
+   * document, with the document as they would read it (published version, field-level access
+   * applied), and a user whose read access allows nothing of a collection is refused its room
+   * (`forbidden`). `false` turns it off for every collection, `{ posts: false }` for one: then
+   * everyone who may connect receives that collection's events whole.
    */
   readAccess?: boolean | Record<string, boolean>
   shouldEmit?: (event: RealtimeEvent) => boolean

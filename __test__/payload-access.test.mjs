@@ -146,17 +146,19 @@ test('readAccess: true covers every included collection; anonymous sockets get o
     const who = await anon.whoami()
     assert.equal(who.user, null)
     const memberSocket = await ctx.connect(member.token, { label: 'member' })
-    for (const c of [anon, memberSocket]) {
-      await c.join('notes')
-      await c.join('posts')
-    }
+    for (const c of [anon, memberSocket]) await c.join('notes')
+    await memberSocket.join('posts')
+    // Posts' read access lets anonymous users read nothing: the room is refused, not silent.
+    const refused = await anon.request({ type: 'join-collection', collection: 'posts' })
+    assert.equal(refused.type, 'error')
+    assert.equal(refused.code, 'forbidden')
     const hidden = await payload.create({ collection: 'notes', data: { body: 'internal', public: false } })
     const shown = await payload.create({ collection: 'notes', data: { body: 'hello world', public: true } })
     const post = await payload.create({ collection: 'posts', data: { title: 'members only', team: 'red' } })
     await payload.delete({ collection: 'notes', id: shown.id })
     await payload.delete({ collection: 'notes', id: hidden.id })
     await ctx.settle([anon, memberSocket], 'notes')
-    await ctx.settle([anon, memberSocket], 'posts')
+    await ctx.settle([memberSocket], 'posts')
     assert.deepEqual(
       anon.events().map((e) => `${e.type}:${e.collection}:${e.id}`),
       [`create:notes:${shown.id}`, `delete:notes:${shown.id}`],

@@ -11,6 +11,7 @@ import {
   makeToken,
   parseFrames,
   rawUpgrade,
+  startServer,
   waitUntil,
   withServer,
 } from './helpers.mjs'
@@ -673,4 +674,91 @@ test('a client that never answers is closed after idleTimeout (after being pinge
       raw.socket.destroy()
     }
   })
+})
+
+test('rooms: a join rule decides who joins; a throw, a rejection or a timeout refuses with forbidden', T, async () => {
+  let release
+  const slow = new Promise((r) => (release = r))
+  const rooms = {
+    posts: (user) => user?.id === 'alice',
+    // Every rule that names the room must allow: both this pattern and `posts` above.
+    'collection:p*': (user, room) => room === 'collection:posts' || user?.id === 'nobody',
+    pages: () => {
+      throw new Error('rule failed')
+    },
+    drafts: () => Promise.reject(new Error('rule rejected')),
+    slow: () => slow,
+  }
+  await withServer(
+    { includeCollections: ['posts', 'pages', 'drafts', 'slow', 'open'], rooms, authorizeTimeout: 200 },
+    async (ctx) => {
+      const alice = await ctx.connectAs('alice')
+      const bob = await ctx.connectAs('bob')
+      assert.equal((await alice.request({ type: 'join-collection', collection: 'posts', id: 1 })).type, 'ack')
+      assertError(await bob.request({ type: 'join-collection', collection: 'posts', id: 2 }), 'forbidden', 2)
+      assertError(await alice.request({ type: 'join-collection', collection: 'pages', id: 3 }), 'forbidden', 3)
+      assertError(await alice.request({ type: 'join-collection', collection: 'drafts', id: 4 }), 'forbidden', 4)
+      // A join naming an allowed and a refused collection joins neither.
+      assertError(await bob.request({ type: 'subscribe', data: ['open', 'posts'], id: 5 }), 'forbidden', 5)
+      // A rule that answers after authorizeTimeout refuses; its late answer changes nothing.
+      assertError(await alice.request({ type: 'join-collection', collection: 'slow', id: 6 }), 'forbidden', 6)
+      release(true)
+      // A collection without a rule is joined at once.
+      assert.equal((await bob.request({ type: 'join-collection', collection: 'open', id: 7 })).type, 'ack')
+
+      assert.deepEqual(
+        ctx.manager.getSocketsInRoom('collection:posts').map((s) => s.user.id),
+        ['alice'],
+      )
+      assert.deepEqual(
+        ctx.manager.getSocketsInRoom('collection:open').map((s) => s.user.id),
+        ['bob'],
+      )
+      for (const c of ['pages', 'drafts', 'slow']) assert.deepEqual(ctx.manager.getSocketsInRoom(`collection:${c}`), [])
+      await ctx.manager.emitEvent({ type: 'create', collection: 'posts', id: 1, doc: { title: 'for alice' } })
+      await alice.waitFor((m) => isEvent(m) && m.id === 1, { label: 'the posts event' })
+      await assertNothingBefore(ctx.manager, bob, (m) => isEvent(m) && m.collection === 'posts', 'a posts event')
+    },
+  )
+})
+
+test('rooms: joins and leaves take effect in the order sent while a join rule is thinking', T, async () => {
+  const answers = []
+  const rooms = {
+    posts: () =>
+      new Promise((resolve) => {
+        answers.push(resolve)
+      }),
+  }
+  await withServer({ rooms }, async (ctx) => {
+    const a = await ctx.connectAs('alice')
+    // join (waits for the rule), leave, join (waits), leave of another collection: sent together.
+    a.send({ type: 'join-collection', collection: 'posts', id: 'j1' })
+    a.send({ type: 'leave-collection', collection: 'posts', id: 'l1' })
+    a.send({ type: 'join-collection', collection: 'posts', id: 'j2' })
+    a.send({ type: 'leave-collection', collection: 'pages', id: 'l2' })
+    await waitUntil(() => answers.length === 1, { label: 'the first rule call' })
+    // Nothing after the first join has happened yet: the leave waits for it.
+    assert.equal(
+      a.all.some((m) => m.type === 'ack'),
+      false,
+    )
+    answers[0](true)
+    await waitUntil(() => answers.length === 2, { label: 'the second rule call' })
+    answers[1](true)
+    const acks = await waitUntil(() => {
+      const ids = a.all.filter((m) => m.type === 'ack').map((m) => m.id)
+      return ids.length === 4 && ids
+    })
+    assert.deepEqual(acks, ['j1', 'l1', 'j2', 'l2'])
+    assert.deepEqual(
+      ctx.manager.getSocketsInRoom('collection:posts').map((s) => s.user.id),
+      ['alice'],
+      'the last join wins',
+    )
+  })
+})
+
+test('rooms: a join rule that is not a function is refused at start', T, async () => {
+  await assert.rejects(startServer({ rooms: { posts: true } }), /`rooms` must map/)
 })

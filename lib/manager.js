@@ -74,6 +74,7 @@ function nativeOptions(port, options) {
     throw new TypeError('payload-realtime: `redis` must be { url: string } (or false)')
   }
   return {
+    joinRules: Object.keys(joinRules(options.rooms)),
     history: historyRules(options.history),
     presence: presenceRooms(options.presence),
     presenceExpiry: optionalNumber(options, 'presenceExpiry', { min: 100 }),
@@ -116,9 +117,31 @@ function historyRules(history) {
   }
   if (!isPlainObject(history)) throw new TypeError('payload-realtime: `history` must be an object')
   if (typeof history.size === 'number') return [rule('collection:*', history)]
-  return Object.entries(history).map(([key, v]) =>
-    rule(key.includes(':') || key.endsWith('*') ? key : `collection:${key}`, v),
-  )
+  return Object.entries(history).map(([key, v]) => rule(roomPattern(key), v))
+}
+
+/** A key of the options that apply to rooms: a collection slug, or a room name or `prefix*`. */
+function roomPattern(key) {
+  return key.includes(':') || key.endsWith('*') ? key : `collection:${key}`
+}
+
+/**
+ * `rooms`: `{ [slug or room pattern]: (user, room) => boolean | Promise<boolean> }`, who may join
+ * which rooms; keyed here by room pattern.
+ */
+function joinRules(rooms) {
+  if (rooms === undefined || rooms === null) return {}
+  if (!isPlainObject(rooms) || Object.values(rooms).some((f) => typeof f !== 'function')) {
+    throw new TypeError(
+      'payload-realtime: `rooms` must map collection slugs or room patterns to functions (user, room) => boolean',
+    )
+  }
+  return Object.fromEntries(Object.entries(rooms).map(([key, rule]) => [roomPattern(key), rule]))
+}
+
+/** Whether `room` is named by `pattern` (a room name, or a prefix ending in `*`). */
+function roomMatches(pattern, room) {
+  return pattern.endsWith('*') ? room.startsWith(pattern.slice(0, -1)) : pattern === room
 }
 
 /** `presence`: `true` (every collection) or a list of collection slugs / room patterns. */
@@ -128,7 +151,7 @@ function presenceRooms(presence) {
   if (!Array.isArray(presence) || presence.some((p) => typeof p !== 'string' || p === '')) {
     throw new TypeError('payload-realtime: `presence` must be true or an array of collection slugs / room patterns')
   }
-  return presence.map((p) => (p.includes(':') || p.endsWith('*') ? p : `collection:${p}`))
+  return presence.map(roomPattern)
 }
 
 /** Rejects after `ms` unless `promise` settles first. */
@@ -332,7 +355,38 @@ class UWebSocketManager {
       })
       return `[${parts.join(',')}]`
     }
-    this._server = native.initUWebSocket(opts, authorizeBatch, handle, () => {}, verifyUser)
+    // Joins of rooms with a rule: every rule whose pattern names the room must answer `true`
+    // (a throw, rejection or timeout refuses). One call per burst of joins.
+    const roomRules = Object.entries(joinRules(options.rooms))
+    const mayJoin = async (questions) =>
+      Promise.all(
+        questions.map(({ user, rooms }) =>
+          Promise.all(
+            rooms.map(async (room) => {
+              const rules = roomRules.filter(([pattern]) => roomMatches(pattern, room))
+              try {
+                const answers = await withTimeout(
+                  Promise.all(rules.map(([, rule]) => rule(user, room))),
+                  authorizeTimeout,
+                  `the join rule of "${room}"`,
+                )
+                return rules.length > 0 && answers.every((a) => a === true)
+              } catch (err) {
+                logFailure(`the join rule of "${room}"`, err)
+                return false
+              }
+            }),
+          ),
+        ),
+      )
+    this._server = native.initUWebSocket(
+      opts,
+      authorizeBatch,
+      handle,
+      () => {},
+      verifyUser,
+      roomRules.length > 0 ? mayJoin : null,
+    )
     this.port = this._server.port
     this.instanceId = this._server.instanceId
     this._closing = null

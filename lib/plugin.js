@@ -6,11 +6,12 @@
 // afterLogout hook that closes the sockets of the ended sessions (4003). In onInit it captures the
 // Payload instance (never the default export), makes commits and rollbacks observable, and, when
 // `port` is set, starts the server with Payload's own checks: `verifyUser` (sessions, deleted users)
-// and, with `readAccess`, delivery filtered by Payload's read access.
+// and, unless `readAccess` turns it off for a collection, delivery filtered by Payload's read
+// access, and joins refused to users who may read nothing of the collection.
 
 const managerModule = require('./manager.js')
 const { afterCommit, installTransactionHooks } = require('./payload/transactions.js')
-const { readAccessDecision, withoutAuthInternals } = require('./payload/access.js')
+const { readAccessDecision, mayReadCollection, withoutAuthInternals } = require('./payload/access.js')
 const { Sessions } = require('./payload/session.js')
 
 const { initUWebSocket, getUWebSocketManager, makeFailureLog } = managerModule
@@ -42,7 +43,7 @@ function isPlainObject(v) {
 
 function checkOptions(options) {
   if (!isPlainObject(options)) throw new TypeError('payload-realtime: uWebSocketPlugin(options) takes an object')
-  const { includeCollections, readAccess, authorize, shouldEmit, transformEvent, verifyUser } = options
+  const { includeCollections, readAccess, authorize, rooms, shouldEmit, transformEvent, verifyUser } = options
   if (
     includeCollections !== undefined &&
     (!Array.isArray(includeCollections) || includeCollections.some((s) => typeof s !== 'string'))
@@ -62,6 +63,11 @@ function checkOptions(options) {
   ) {
     throw new TypeError('payload-realtime: `authorize` must map collection slugs to functions (user, event) => boolean')
   }
+  if (rooms !== undefined && (!isPlainObject(rooms) || Object.values(rooms).some((f) => typeof f !== 'function'))) {
+    throw new TypeError(
+      'payload-realtime: `rooms` must map collection slugs or room patterns to functions (user, room) => boolean',
+    )
+  }
   for (const [name, fn] of Object.entries({ shouldEmit, transformEvent })) {
     if (fn !== undefined && typeof fn !== 'function') {
       throw new TypeError(`payload-realtime: \`${name}\` must be a function`)
@@ -77,6 +83,13 @@ function editorOf(req) {
   const user = req && req.user
   if (!user || user.id === undefined || user.id === null) return undefined
   return user.collection ? { id: user.id, collection: user.collection } : { id: user.id }
+}
+
+/** A join rule that allows only when both rules allow. */
+function bothJoinRules(first, second) {
+  if (!first) return second
+  if (!second) return first
+  return async (user, room) => (await first(user, room)) === true && (await second(user, room)) === true
 }
 
 /** A rule that allows only when both rules allow (the second one's `{ doc }` answer wins). */
@@ -127,8 +140,10 @@ function uWebSocketPlugin(options = {}) {
 
     const sessions = new Sessions({ getPayload: () => state.payload, getManager: currentManager })
 
+    // On by default: only `readAccess: false`, or `{ [slug]: false }`, delivers a collection's
+    // events to everyone who may connect, whole.
     const readAccessFor = (slug) =>
-      options.readAccess === true || (isPlainObject(options.readAccess) && options.readAccess[slug] === true)
+      options.readAccess !== false && !(isPlainObject(options.readAccess) && options.readAccess[slug] === false)
 
     const isAuthSlug = new Set((config.collections ?? []).filter((c) => c.auth).map((c) => c.slug))
 
@@ -237,6 +252,21 @@ function uWebSocketPlugin(options = {}) {
       return { ...collection, hooks }
     })
 
+    /**
+     * A reader's own copy of the document (read access applied), shaped by `transformEvent`
+     * as the event was: `{ doc }`, or false when the transform skips it or drops the doc.
+     */
+    const reshaped = (slug, event, doc) => {
+      if (!options.transformEvent) return { doc }
+      try {
+        const shaped = options.transformEvent({ ...event, doc })
+        return shaped && isPlainObject(shaped.doc) ? { doc: JSON.parse(JSON.stringify(shaped.doc)) } : false
+      } catch (err) {
+        logFailure(`transformEvent for "${slug}"`, err)
+        return false
+      }
+    }
+
     /** The authorize rules: the user's, and Payload's read access where `readAccess` asks for it. */
     const buildAuthorize = (...ruleMaps) => {
       const slugs = new Set(ruleMaps.flatMap((m) => Object.keys(m ?? {})))
@@ -246,7 +276,10 @@ function uWebSocketPlugin(options = {}) {
         let rule
         for (const m of ruleMaps) rule = bothRules(rule, m && m[slug])
         if (readAccessFor(slug)) {
-          rule = bothRules(rule, (user, event) => readAccessDecision(state.payload, slug, event, user))
+          rule = bothRules(rule, async (user, event) => {
+            const answer = await readAccessDecision(state.payload, slug, event, user)
+            return isDocAnswer(answer) ? reshaped(slug, event, answer.doc) : answer
+          })
         }
         if (rule) {
           const judged = rule
@@ -259,6 +292,25 @@ function uWebSocketPlugin(options = {}) {
       return rules
     }
 
+    /**
+     * The join rules: the user's, and (where read access applies) Payload's collection read
+     * access, so a user who may read nothing of a collection is refused its room.
+     */
+    const buildRooms = (...ruleMaps) => {
+      const rules = {}
+      for (const m of ruleMaps) {
+        for (const [key, rule] of Object.entries(m ?? {})) rules[key] = bothJoinRules(rules[key], rule)
+      }
+      for (const slug of include) {
+        if (!readAccessFor(slug)) continue
+        rules[slug] = bothJoinRules(rules[slug], (user) => {
+          const now = users.current(user)
+          return now === undefined ? false : mayReadCollection(state.payload, slug, now)
+        })
+      }
+      return rules
+    }
+
     /** Server options: ours, completed by what `initUWebSocket(port, extra)` was given. */
     const serverOptions = (extra = {}) => {
       const out = {}
@@ -266,8 +318,11 @@ function uWebSocketPlugin(options = {}) {
       out.secret = options.secret ?? state.payload?.config?.secret ?? config.secret
       out.includeCollections = [...include]
       if (options.verifyUser !== false) out.verifyUser = options.verifyUser ?? sessions.verifyUser
-      for (const [key, value] of Object.entries(extra)) if (value !== undefined && key !== 'authorize') out[key] = value
+      for (const [key, value] of Object.entries(extra)) {
+        if (value !== undefined && key !== 'authorize' && key !== 'rooms') out[key] = value
+      }
       out.authorize = buildAuthorize(options.authorize, extra.authorize)
+      out.rooms = buildRooms(options.rooms, extra.rooms)
       Object.defineProperty(out, BUILT, { value: true, enumerable: false })
       return out
     }

@@ -17,7 +17,8 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use payload_realtime_core::callbacks::{
-    AuthorizeRequest, Authorizer, BoxFuture, CustomHandlers, Decision, HandlerCall, HandlerOutcome, UserVerifier,
+    AuthorizeRequest, Authorizer, BoxFuture, CustomHandlers, Decision, HandlerCall, HandlerOutcome, JoinRule,
+    UserVerifier,
 };
 use payload_realtime_core::crossing::{authorize_json, SentLists};
 use payload_realtime_core::protocol::ErrorCode;
@@ -113,6 +114,50 @@ impl UserVerifier for JsVerifier {
             })
         })
     }
+}
+
+/// `(questions) => Promise<answers>`: `questions` is `[{ user, rooms }]`, each answer one boolean
+/// per room (may this user join it?).
+pub type MayJoinFn =
+    ThreadsafeFunction<FnArgs<(Vec<Value>,)>, Promise<Vec<Value>>, FnArgs<(Vec<Value>,)>, Status, false, true>;
+
+type JoinQuestion = (Arc<Value>, Vec<String>);
+type JoinAnswer = Result<Vec<bool>, String>;
+
+/// Join rules through JS, batched: the joins of a reconnecting crowd cross together.
+pub struct JsJoinRule {
+    batcher: Batcher<JoinQuestion, JoinAnswer>,
+}
+
+impl JsJoinRule {
+    /// Creates the join rule and the batching task to spawn on the server's runtime.
+    pub fn new(f: Arc<MayJoinFn>) -> (JsJoinRule, impl std::future::Future<Output = ()> + Send) {
+        let (batcher, task) = Batcher::new(move |batch| run_may_join(f.clone(), batch));
+        (JsJoinRule { batcher }, task)
+    }
+}
+
+impl JoinRule for JsJoinRule {
+    fn may_join(&self, user: Arc<Value>, rooms: Vec<String>) -> BoxFuture<JoinAnswer> {
+        let answer = self.batcher.call((user, rooms));
+        Box::pin(async move { answer.await.unwrap_or_else(|| Err("the server is closing".into())) })
+    }
+}
+
+async fn run_may_join(f: Arc<MayJoinFn>, batch: Vec<Pending<JoinQuestion, JoinAnswer>>) {
+    let send = |questions: Vec<JoinQuestion>| async move {
+        let questions: Vec<Value> = questions
+            .into_iter()
+            .map(|(user, rooms)| json!({ "user": *user, "rooms": rooms }))
+            .collect();
+        f.call_async_catch(FnArgs::from((questions,))).await?.await
+    };
+    let answer = |_, a: Option<&Value>| match a {
+        Some(Value::Array(a)) => Ok(a.iter().map(|v| v == &Value::Bool(true)).collect()),
+        _ => Err("the join rule gave no answer".to_string()),
+    };
+    // A failed crossing refuses its joins, and is logged where they were asked.
+    let _ = cross(batch, send, answer, |e| Err(e.to_string())).await;
 }
 
 /// Most questions sent to JS in one crossing.

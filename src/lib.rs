@@ -25,7 +25,9 @@ use payload_realtime_core::hub::Hub;
 use payload_realtime_core::ingest::{self, Events};
 use payload_realtime_core::server::Server;
 
-use crate::js_callbacks::{AuthorizeFn, HandlerFn, JsAuthorizer, JsHandlers, JsVerifier, VerifyFn};
+use crate::js_callbacks::{
+    AuthorizeFn, HandlerFn, JsAuthorizer, JsHandlers, JsJoinRule, JsVerifier, MayJoinFn, VerifyFn,
+};
 
 /// Maps a core error to a JS error: the one place this happens.
 fn js_error(e: error::Error) -> napi::Error {
@@ -53,6 +55,8 @@ pub struct NativeOptions {
     pub worker_threads: Option<u32>,
     pub include_collections: Option<Vec<String>>,
     pub authorize_collections: Option<Vec<String>>,
+    /// Rooms (names or `prefix*`) a client joins only once `mayJoin` allows it.
+    pub join_rules: Option<Vec<String>>,
     /// Milliseconds.
     pub authorize_timeout: Option<u32>,
     /// Milliseconds.
@@ -101,6 +105,7 @@ impl NativeOptions {
             worker_threads: self.worker_threads.map_or(d.worker_threads, |v| v as usize),
             include_collections: self.include_collections.map(|v| v.into_iter().collect()),
             authorize_collections: self.authorize_collections.unwrap_or_default().into_iter().collect(),
+            join_rules: self.join_rules.unwrap_or_default(),
             authorize_timeout: self
                 .authorize_timeout
                 .map_or(d.authorize_timeout, |ms| Duration::from_millis(ms as u64)),
@@ -195,7 +200,7 @@ pub struct RealtimeServer {
 #[napi(
     js_name = "initUWebSocket",
     catch_unwind,
-    ts_args_type = "options: NativeOptions, authorize?: ((json: string) => Promise<string>) | null, handle?: ((calls: Array<{ type: string, socketId: string, user: any, message: any }>) => Promise<Array<{ ok: boolean, reply?: any, code?: string, message?: string }>>) | null, keepAlive?: (() => void) | null, verifyUser?: ((token: string, claims: any) => Promise<any>) | null"
+    ts_args_type = "options: NativeOptions, authorize?: ((json: string) => Promise<string>) | null, handle?: ((calls: Array<{ type: string, socketId: string, user: any, message: any }>) => Promise<Array<{ ok: boolean, reply?: any, code?: string, message?: string }>>) | null, keepAlive?: (() => void) | null, verifyUser?: ((token: string, claims: any) => Promise<any>) | null, mayJoin?: ((questions: Array<{ user: any, rooms: Array<string> }>) => Promise<Array<Array<boolean>>>) | null"
 )]
 pub fn init_u_web_socket(
     options: NativeOptions,
@@ -203,6 +208,7 @@ pub fn init_u_web_socket(
     handle: Option<HandlerFn>,
     keep_alive: Option<KeepAliveFn>,
     verify_user: Option<VerifyFn>,
+    may_join: Option<MayJoinFn>,
 ) -> Result<RealtimeServer> {
     let config = options.into_config();
     let mut batchers: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = Vec::new();
@@ -217,12 +223,18 @@ pub fn init_u_web_socket(
         batchers.push(Box::pin(task));
         Arc::new(h) as Arc<dyn callbacks::CustomHandlers>
     });
+    let join_rule = may_join.map(|f| {
+        let (j, task) = JsJoinRule::new(Arc::new(f));
+        batchers.push(Box::pin(task));
+        Arc::new(j) as Arc<dyn callbacks::JoinRule>
+    });
     let server = Server::start(
         config,
         Callbacks {
             authorizer,
             handlers,
             verifier: verify_user.map(|f| Arc::new(JsVerifier { f: Arc::new(f) }) as Arc<dyn callbacks::UserVerifier>),
+            join_rule,
         },
     )
     .map_err(js_error)?;

@@ -51,8 +51,7 @@ export default buildConfig({
       host: '127.0.0.1',
       // The demo page on localhost:PORT opens the socket.
       allowedOrigins: [`http://localhost:${httpPort}`, `http://127.0.0.1:${httpPort}`],
-      // Each user receives only what Payload's read access lets them read.
-      readAccess: true,
+      // By default each user receives only what Payload's read access lets them read.
     }),
   ],
 })

@@ -205,6 +205,24 @@ async function readableCurrentDoc(payload, slug, event, user) {
 }
 
 /**
+ * Whether `user` may read anything of collection `slug`: its `read` access answers `true` or a
+ * Where query (which events then match one by one). A throw, or no Payload yet, refuses.
+ */
+async function mayReadCollection(payload, slug, user) {
+  const config = payload?.collections?.[slug]?.config
+  if (!config) return false
+  try {
+    const req = await requestFor(payload, user)
+    const read = config.access && config.access.read
+    // Payload's default: any logged-in user.
+    const access = typeof read === 'function' ? await read({ collectionConfig: config, req }) : Boolean(req.user)
+    return access === true || isPlainObject(access)
+  } catch {
+    return false
+  }
+}
+
+/**
  * The authorize answer for `user`: false (may not read it), true (may read it; the event carries
  * no doc), or `{ doc }` with the document as that user reads it.
  */
@@ -219,4 +237,4 @@ async function readAccessDecision(payload, slug, event, user) {
   return { doc }
 }
 
-module.exports = { readAccessDecision, withoutAuthInternals, stripFields, AUTH_INTERNALS }
+module.exports = { readAccessDecision, mayReadCollection, withoutAuthInternals, stripFields, AUTH_INTERNALS }

@@ -112,6 +112,14 @@ pub trait UserVerifier: Send + Sync + 'static {
     fn verify(&self, token: String, claims: Value) -> BoxFuture<Result<Option<Value>, String>>;
 }
 
+/// Decides who may join the rooms named by `Config::join_rules` (plugin mode: whether Payload's
+/// read access lets the user read anything of the collection).
+pub trait JoinRule: Send + Sync + 'static {
+    /// One answer per room, in order: may this user (`Value::Null` for anonymous) join it? An
+    /// `Err` or a short answer refuses the rooms left without an answer.
+    fn may_join(&self, user: Arc<Value>, rooms: Vec<String>) -> BoxFuture<Result<Vec<bool>, String>>;
+}
+
 /// A client message for a custom handler.
 #[derive(Debug, Clone)]
 pub struct HandlerCall {
@@ -143,4 +151,5 @@ pub struct Callbacks {
     pub authorizer: Option<Arc<dyn Authorizer>>,
     pub handlers: Option<Arc<dyn CustomHandlers>>,
     pub verifier: Option<Arc<dyn UserVerifier>>,
+    pub join_rule: Option<Arc<dyn JoinRule>>,
 }

@@ -41,6 +41,10 @@ pub struct Config {
     pub include_collections: Option<HashSet<String>>,
     /// Collections whose events go through the authorize callback.
     pub authorize_collections: HashSet<String>,
+    /// Rooms a client may join only once the host's join rule allows it (room names or
+    /// `prefix*`); the others are joined at once. Plugin mode: every collection whose events
+    /// follow Payload's read access, so a user who may read none of it is refused.
+    pub join_rules: Vec<String>,
     /// How long one authorize answer may take before that user is denied.
     pub authorize_timeout: Duration,
     /// How long a custom handler may take before the request gets an `internal` error.
@@ -78,6 +82,7 @@ impl Default for Config {
             worker_threads: default_worker_threads(),
             include_collections: None,
             authorize_collections: HashSet::new(),
+            join_rules: Vec::new(),
             authorize_timeout: Duration::from_secs(5),
             handler_timeout: Duration::from_secs(30),
             max_messages_per_second: 100,
@@ -143,6 +148,11 @@ impl Config {
             Some(set) => set.contains(slug),
             None => true,
         }
+    }
+
+    /// Whether joining this room waits for the host's join rule.
+    pub fn join_ruled(&self, room: &str) -> bool {
+        self.join_rules.iter().any(|p| crate::protocol::room_matches(p, room))
     }
 }
 

@@ -41,10 +41,7 @@ pub struct HistoryRule {
 
 impl HistoryRule {
     fn matches(&self, room: &str) -> bool {
-        match self.pattern.strip_suffix('*') {
-            Some(prefix) => room.starts_with(prefix),
-            None => self.pattern == room,
-        }
+        crate::protocol::room_matches(&self.pattern, room)
     }
 }
 

@@ -79,10 +79,7 @@ impl Presence {
     }
 
     pub fn enabled_for(&self, room: &str) -> bool {
-        self.patterns.iter().any(|p| match p.strip_suffix('*') {
-            Some(prefix) => room.starts_with(prefix),
-            None => p == room,
-        })
+        self.patterns.iter().any(|p| crate::protocol::room_matches(p, room))
     }
 
     /// A socket of this user joined the room here.

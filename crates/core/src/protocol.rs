@@ -314,6 +314,15 @@ pub fn collection_room(slug: &str) -> String {
     format!("collection:{slug}")
 }
 
+/// Whether `room` is named by `pattern`: a room name, or a prefix ending in `*` (how the
+/// options that apply to rooms name them: history, presence, join rules).
+pub fn room_matches(pattern: &str, room: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => room.starts_with(prefix),
+        None => pattern == room,
+    }
+}
+
 /// `{ "type": "ack", "id" }`.
 pub fn ack(id: &RequestId) -> Bytes {
     let mut m = Map::new();

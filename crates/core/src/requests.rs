@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use tokio::sync::oneshot;
 
 use crate::callbacks::{HandlerCall, HandlerOutcome};
 use crate::history::Since;
@@ -18,6 +19,10 @@ use crate::stats::Stats;
 /// Custom handler calls one socket may have in flight; more are refused as `rate-limited`.
 const MAX_HANDLERS_IN_FLIGHT: usize = 32;
 
+/// Joins and leaves of one socket that may wait at once (for a join rule or a history in
+/// Redis); more are refused as `rate-limited`.
+const MAX_MEMBERSHIP_IN_FLIGHT: usize = 32;
+
 /// One socket's request state; only its connection task touches it.
 pub struct Requests {
     hub: Arc<Hub>,
@@ -26,6 +31,10 @@ pub struct Requests {
     tokens: f64,
     refilled: Instant,
     handlers_in_flight: Arc<AtomicUsize>,
+    /// The last of this socket's joins and leaves that wait on something, done when it sends:
+    /// a join or leave sent after it waits for it, so they take effect in the client's order.
+    membership: Option<oneshot::Receiver<()>>,
+    membership_in_flight: Arc<AtomicUsize>,
 }
 
 impl Requests {
@@ -34,10 +43,20 @@ impl Requests {
             tokens: hub.config.max_messages_per_second as f64,
             refilled: Instant::now(),
             handlers_in_flight: Arc::new(AtomicUsize::new(0)),
+            membership: None,
+            membership_in_flight: Arc::new(AtomicUsize::new(0)),
             hub,
             peer,
         }
     }
+}
+
+/// The `since` a join gave for this collection.
+fn since_for(since: &[(String, Since)], collection: &str) -> Option<Since> {
+    since
+        .iter()
+        .find(|(slug, _)| slug == collection)
+        .map(|(_, s)| s.clone())
 }
 
 /// The replies to a join: `recovery-failed` for each room that could not recover, then the ack
@@ -154,46 +173,128 @@ impl Requests {
                 if let Some(e) = self.unknown(&collections) {
                     return self.reply_error(ErrorCode::UnknownCollection, &e, id.as_ref());
                 }
-                let since_for = |c: &str| since.iter().find(|(slug, _)| slug == c).map(|(_, s)| s.clone());
-                if collections
+                let ruled: Vec<String> = collections
                     .iter()
-                    .any(|c| hub.remote_history(&collection_room(c)).is_some())
-                {
-                    // The history is in Redis: reading it is asynchronous.
-                    let (hub, peer) = (hub.clone(), self.peer.clone());
-                    let plan: Vec<(String, Option<Since>)> =
-                        collections.iter().map(|c| (c.clone(), since_for(c))).collect();
-                    tokio::spawn(async move {
-                        let mut outcomes = Vec::new();
-                        for (c, s) in plan {
-                            let outcome = hub.join_collection_remote(&peer, &c, s.as_ref()).await;
-                            outcomes.push((c, outcome));
-                        }
-                        for frame in join_replies(id.as_ref(), outcomes) {
-                            hub.registry.send_to(&peer, frame, &hub.stats);
-                        }
-                    });
+                    .map(|c| collection_room(c))
+                    .filter(|room| hub.config.join_ruled(room))
+                    .collect();
+                let rule = hub.callbacks.join_rule.clone().filter(|_| !ruled.is_empty());
+                let remote = collections
+                    .iter()
+                    .any(|c| hub.remote_history(&collection_room(c)).is_some());
+                if rule.is_none() && !remote && !self.membership_pending() {
+                    let outcomes = collections
+                        .iter()
+                        .map(|c| {
+                            (
+                                c.clone(),
+                                hub.join_collection(&self.peer, c, since_for(&since, c).as_ref()),
+                            )
+                        })
+                        .collect();
+                    for frame in join_replies(id.as_ref(), outcomes) {
+                        self.reply(frame);
+                    }
                     return;
                 }
-                let outcomes = collections
-                    .iter()
-                    .map(|c| (c.clone(), hub.join_collection(&self.peer, c, since_for(c).as_ref())))
-                    .collect();
-                for frame in join_replies(id.as_ref(), outcomes) {
-                    self.reply(frame);
-                }
+                // The join rule's answer, or a history in Redis, is asynchronous.
+                let (hub, peer) = (hub.clone(), self.peer.clone());
+                self.in_order(id.clone(), async move {
+                    if let Some(rule) = rule {
+                        let user = peer.user_json();
+                        let asked = ruled.len();
+                        let answers =
+                            tokio::time::timeout(hub.config.authorize_timeout, rule.may_join(user, ruled.clone()))
+                                .await
+                                .map_err(|_| "the join rule took too long".to_string())
+                                .and_then(|r| r);
+                        let refused: Vec<&str> = match &answers {
+                            Ok(a) => (0..asked)
+                                .filter(|&i| a.get(i) != Some(&true))
+                                .map(|i| ruled[i].as_str())
+                                .collect(),
+                            Err(_) => ruled.iter().map(String::as_str).collect(),
+                        };
+                        if let Err(e) = &answers {
+                            crate::warn!("join rule failed: {e}");
+                        }
+                        if !refused.is_empty() {
+                            let names: Vec<&str> =
+                                refused.iter().map(|r| r.trim_start_matches("collection:")).collect();
+                            let msg = format!("not allowed to read: {}", names.join(", "));
+                            let frame = protocol::error(ErrorCode::Forbidden, &msg, id.as_ref());
+                            hub.registry.send_to(&peer, frame, &hub.stats);
+                            return;
+                        }
+                    }
+                    let mut outcomes = Vec::new();
+                    for c in collections {
+                        let s = since_for(&since, &c);
+                        let outcome = hub.join_collection_remote(&peer, &c, s.as_ref()).await;
+                        outcomes.push((c, outcome));
+                    }
+                    for frame in join_replies(id.as_ref(), outcomes) {
+                        hub.registry.send_to(&peer, frame, &hub.stats);
+                    }
+                });
             }
             ClientMessage::Leave { id, collections } => {
                 if let Some(e) = self.unknown(&collections) {
                     return self.reply_error(ErrorCode::UnknownCollection, &e, id.as_ref());
                 }
-                for c in &collections {
-                    hub.registry.leave(&self.peer, &collection_room(c));
+                if !self.membership_pending() {
+                    for c in &collections {
+                        hub.registry.leave(&self.peer, &collection_room(c));
+                    }
+                    return self.ack(id.as_ref());
                 }
-                self.ack(id.as_ref());
+                let (hub, peer) = (hub.clone(), self.peer.clone());
+                self.in_order(id.clone(), async move {
+                    for c in &collections {
+                        hub.registry.leave(&peer, &collection_room(c));
+                    }
+                    if let Some(id) = &id {
+                        hub.registry.send_to(&peer, protocol::ack(id), &hub.stats);
+                    }
+                });
             }
             ClientMessage::Custom { id, kind, message } => self.custom(id, kind, message),
         }
+    }
+
+    /// Whether a join or leave of this socket is still waiting.
+    fn membership_pending(&mut self) -> bool {
+        match self.membership.as_mut().map(|rx| rx.try_recv()) {
+            Some(Err(oneshot::error::TryRecvError::Empty)) => true,
+            _ => {
+                self.membership = None;
+                false
+            }
+        }
+    }
+
+    /// Runs a join or leave that waits on something after the ones before it.
+    fn in_order(&mut self, id: Option<RequestId>, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        let in_flight = self.membership_in_flight.clone();
+        if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_MEMBERSHIP_IN_FLIGHT {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            return self.reply_error(
+                ErrorCode::RateLimited,
+                "too many joins and leaves in flight",
+                id.as_ref(),
+            );
+        }
+        let before = self.membership.take();
+        let (done, after) = oneshot::channel();
+        self.membership = Some(after);
+        tokio::spawn(async move {
+            if let Some(before) = before {
+                let _ = before.await;
+            }
+            work.await;
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            let _ = done.send(());
+        });
     }
 
     /// `{ type: "auth", token }`: a fresh token for the same user moves the socket's expiry.
