@@ -5,9 +5,7 @@
 
 const { loadNative } = require('./native.js')
 const { RealtimeError, ERROR_CODES } = require('./errors.js')
-
-/** @type {Set<UWebSocketManager>} managers started and not yet closed, newest last */
-const running = new Set()
+const lifecycle = require('./lifecycle.js')
 
 /**
  * Set by the Payload plugin once Payload has initialized: fills in what the plugin knows
@@ -201,7 +199,7 @@ class UWebSocketManager {
   constructor(port, options) {
     const native = loadNative()
     const opts = nativeOptions(port, options)
-    const rules = { ...(options.authorize ?? {}) }
+    this._setRules(options)
     const authorizeTimeout = opts.authorizeTimeout ?? 5000
     const handlerTimeout = opts.handlerTimeout ?? 30000
     const logFailure = makeFailureLog()
@@ -212,7 +210,7 @@ class UWebSocketManager {
     // a throw, rejection or timeout denies that user only. One timer per event, and no promise
     // for a rule that answers synchronously.
     const authorize = (collection, event, users) => {
-      const rule = rules[collection]
+      const rule = this._rules[collection]
       if (!rule || users.length === 0) return users.map(() => false)
       const what = `authorize for "${collection}"`
       const results = users.map((user) => {
@@ -301,7 +299,7 @@ class UWebSocketManager {
       typeof options.verifyUser === 'function'
         ? async (token, claims) => {
             try {
-              const user = await options.verifyUser(token, claims)
+              const user = await this._verifyUser(token, claims)
               return isPlainObject(user) ? JSON.parse(toJson(user, 'the verified user')) : null
             } catch (err) {
               logFailure('verifyUser', err)
@@ -357,13 +355,12 @@ class UWebSocketManager {
     }
     // Joins of rooms with a rule: every rule whose pattern names the room must answer `true`
     // (a throw, rejection or timeout refuses). One call per burst of joins.
-    const roomRules = Object.entries(joinRules(options.rooms))
     const mayJoin = async (questions) =>
       Promise.all(
         questions.map(({ user, rooms }) =>
           Promise.all(
             rooms.map(async (room) => {
-              const rules = roomRules.filter(([pattern]) => roomMatches(pattern, room))
+              const rules = this._roomRules.filter(([pattern]) => roomMatches(pattern, room))
               try {
                 const answers = await withTimeout(
                   Promise.all(rules.map(([, rule]) => rule(user, room))),
@@ -379,17 +376,32 @@ class UWebSocketManager {
           ),
         ),
       )
-    this._server = native.initUWebSocket(
-      opts,
-      authorizeBatch,
-      handle,
-      () => {},
-      verifyUser,
-      roomRules.length > 0 ? mayJoin : null,
-    )
+    this._server = native.initUWebSocket(opts, authorizeBatch, handle, () => {}, verifyUser, mayJoin)
     this.port = this._server.port
     this.instanceId = this._server.instanceId
     this._closing = null
+    /** What the native server was started with: options that differ from it need a new server. */
+    this._nativeShape = nativeShape(opts, options)
+  }
+
+  /** The JS rules the native server calls back into; replaced by `_reconfigure`. */
+  _setRules(options) {
+    this._rules = { ...(options.authorize ?? {}) }
+    this._roomRules = Object.entries(joinRules(options.rooms))
+    this._verifyUser = options.verifyUser
+  }
+
+  /**
+   * Takes new options (the plugin's, evaluated again by a dev reload) without dropping a socket:
+   * the rules and `verifyUser` are swapped in place. Returns false, changing nothing, when an
+   * option the native server was started with differs: that needs a new server.
+   */
+  _reconfigure(options) {
+    const opts = nativeOptions(this.port, options)
+    if (nativeShape(opts, options) !== this._nativeShape) return false
+    this._server.setHostRules(opts.includeCollections ?? null, opts.authorizeCollections, opts.joinRules)
+    this._setRules(options)
+    return true
   }
 
   /** Sends a collection event to room `collection:<slug>`, applying its authorize rule. */
@@ -482,11 +494,34 @@ class UWebSocketManager {
   /** Closes every socket with 1001 and frees the port. Safe to call twice. */
   close() {
     if (!this._closing) {
-      running.delete(this)
+      lifecycle.closing(this)
       this._closing = this._server.close()
     }
     return this._closing
   }
+
+  /** `close()` for a process that is exiting: waits here, at most `ms`, for the close frames. */
+  _closeNow(ms) {
+    if (this._closing) return
+    lifecycle.closing(this)
+    this._closing = Promise.resolve()
+    this._server.closeSync(ms)
+  }
+}
+
+/**
+ * What a running native server cannot change: its options but the port (0 picks anew) and the
+ * host's rules (`setHostRules`), and whether it calls `verifyUser`.
+ */
+function nativeShape(opts, options) {
+  return JSON.stringify({
+    ...opts,
+    port: undefined,
+    includeCollections: undefined,
+    authorizeCollections: undefined,
+    joinRules: undefined,
+    verifyUser: typeof options.verifyUser === 'function',
+  })
 }
 
 /**
@@ -497,14 +532,13 @@ class UWebSocketManager {
 async function initUWebSocket(port = DEFAULT_PORT, options = {}) {
   if (pluginDefaults) options = pluginDefaults(options)
   const manager = new UWebSocketManager(port, options)
-  running.add(manager)
+  lifecycle.started(manager)
   return manager
 }
 
 /** The most recently started manager that is still open. */
 function getUWebSocketManager() {
-  let last
-  for (const m of running) last = m
+  const last = lifecycle.latest()
   if (!last) {
     throw new RealtimeError(
       'not-started',

@@ -13,6 +13,7 @@ const managerModule = require('./manager.js')
 const { afterCommit, installTransactionHooks } = require('./payload/transactions.js')
 const { readAccessDecision, mayReadCollection, withoutAuthInternals } = require('./payload/access.js')
 const { Sessions } = require('./payload/session.js')
+const lifecycle = require('./lifecycle.js')
 
 const { initUWebSocket, getUWebSocketManager, makeFailureLog } = managerModule
 
@@ -119,7 +120,11 @@ function uWebSocketPlugin(options = {}) {
     if (options.enabled === false) return config
     const include = new Set(options.includeCollections ?? [])
     const logFailure = makeFailureLog()
-    const state = { payload: undefined, manager: undefined }
+    // A server this plugin started on a fixed port earlier in this process (Next.js evaluates the
+    // config again on every dev reload, but runs onInit once): its state is taken over, so the
+    // hooks below reach that server and it asks the rules below.
+    const fixedPort = Number.isInteger(options.port) && options.port > 0 ? options.port : undefined
+    const state = (fixedPort && lifecycle.byPort().get(fixedPort)) || { payload: undefined, manager: undefined }
 
     const knownSlugs = new Set((config.collections ?? []).map((c) => c.slug))
     for (const slug of include) {
@@ -333,6 +338,23 @@ function uWebSocketPlugin(options = {}) {
       managerModule.setPluginDefaults((extra = {}) => (extra && extra[BUILT] ? extra : serverOptions(extra)))
     }
 
+    /** Starts the server, or takes over the one a previous evaluation of the config started. */
+    const startServer = async (payload) => {
+      const running = state.manager && !state.manager._closing ? state.manager : undefined
+      if (running && running._reconfigure(serverOptions())) return
+      state.manager = undefined
+      // An option the native server holds changed (dev reload): a new server on the same port;
+      // clients reconnect.
+      if (running) await running.close()
+      state.manager = await initUWebSocket(options.port, serverOptions())
+      if (fixedPort) lifecycle.byPort().set(fixedPort, state)
+      const host = options.host ?? '0.0.0.0'
+      payload?.logger?.info?.(`payload-realtime listening on ws://${host}:${state.manager.port}${options.path ?? '/'}`)
+    }
+    if (state.manager) {
+      startServer(state.payload).catch((err) => logFailure('restarting the server after a reload', err))
+    }
+
     const userOnInit = config.onInit
     return {
       ...config,
@@ -351,13 +373,14 @@ function uWebSocketPlugin(options = {}) {
           }
         }
         if (userOnInit) await userOnInit(payload)
-        if (options.port !== undefined && options.port !== null) {
-          state.manager = await initUWebSocket(options.port, serverOptions())
-          const host = options.host ?? '0.0.0.0'
-          payload.logger?.info?.(
-            `payload-realtime listening on ws://${host}:${state.manager.port}${options.path ?? '/'}`,
-          )
+        if (options.port === undefined || options.port === null) return
+        if (process.env.NEXT_PHASE === 'phase-production-build') {
+          // `next build` runs onInit for pages that call getPayload(); the app's server, not
+          // the build, serves sockets (and may hold the port while the next release builds).
+          payload.logger?.info?.('payload-realtime: not listening during `next build`')
+          return
         }
+        await startServer(payload)
       },
     }
   }

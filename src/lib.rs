@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use payload_realtime_core::auth::PayloadKey;
 use payload_realtime_core::callbacks::{self, Callbacks};
-use payload_realtime_core::config::Config;
+use payload_realtime_core::config::{Config, HostRules};
 use payload_realtime_core::error;
 use payload_realtime_core::history::{HistoryPolicy, HistoryRule};
 use payload_realtime_core::hub::Hub;
@@ -81,6 +81,19 @@ pub struct NativeHistoryRule {
     pub ttl_seconds: Option<u32>,
 }
 
+/// The host's rules from their napi shape (also what `setHostRules` takes).
+fn host_rules(
+    include_collections: Option<Vec<String>>,
+    authorize_collections: Option<Vec<String>>,
+    join_rules: Option<Vec<String>>,
+) -> HostRules {
+    HostRules {
+        include_collections: include_collections.map(|v| v.into_iter().collect()),
+        authorize_collections: authorize_collections.unwrap_or_default().into_iter().collect(),
+        join_rules: join_rules.unwrap_or_default(),
+    }
+}
+
 impl NativeOptions {
     fn into_config(self) -> Config {
         let d = Config::default();
@@ -103,9 +116,7 @@ impl NativeOptions {
                 None => d.idle_timeout,
             },
             worker_threads: self.worker_threads.map_or(d.worker_threads, |v| v as usize),
-            include_collections: self.include_collections.map(|v| v.into_iter().collect()),
-            authorize_collections: self.authorize_collections.unwrap_or_default().into_iter().collect(),
-            join_rules: self.join_rules.unwrap_or_default(),
+            host_rules: host_rules(self.include_collections, self.authorize_collections, self.join_rules),
             authorize_timeout: self
                 .authorize_timeout
                 .map_or(d.authorize_timeout, |ms| Duration::from_millis(ms as u64)),
@@ -310,6 +321,24 @@ impl RealtimeServer {
             .map_err(js_error)
     }
 
+    /// Replaces which collections clients may join, which ask authorize, and which rooms ask
+    /// the join rule, without dropping a socket (the app's options changed in a dev reload).
+    #[napi(catch_unwind)]
+    pub fn set_host_rules(
+        &self,
+        include_collections: Option<Vec<String>>,
+        authorize_collections: Vec<String>,
+        join_rules: Vec<String>,
+    ) -> Result<()> {
+        self.hub
+            .set_host_rules(host_rules(
+                include_collections,
+                Some(authorize_collections),
+                Some(join_rules),
+            ))
+            .map_err(js_error)
+    }
+
     /// Declares that JS handles messages of this type.
     #[napi(catch_unwind)]
     pub fn register_custom_handler(&self, kind: String) -> Result<()> {
@@ -392,14 +421,30 @@ impl RealtimeServer {
         }
     }
 
+    /// `close()` for a process that is exiting (`process.on('exit')`, where nothing
+    /// asynchronous runs any more): the same shutdown, waited for on this thread for at most
+    /// `timeout_ms`, so sockets get their 1001 before the process is gone. Returns whether it
+    /// finished in time. Idempotent.
+    #[napi(catch_unwind)]
+    pub fn close_sync(&self, timeout_ms: u32) -> bool {
+        let Some(server) = self.take_for_shutdown() else {
+            return true;
+        };
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let handle = server.handle();
+            handle.block_on(server.shutdown());
+            drop(server);
+            let _ = done.send(());
+        });
+        finished.recv_timeout(Duration::from_millis(timeout_ms as u64)).is_ok()
+    }
+
     /// Closes every socket with 1001, frees the port, and lets Node exit. Idempotent.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn close<'env>(&self, env: &'env Env) -> Result<Object<'env>> {
         let (deferred, promise) = env.create_deferred::<(), fn(Env) -> Result<()>>()?;
-        // Node may exit once the pending promise settles: nothing else holds it now.
-        self.keep_alive.lock().take();
-        let server = self.server.lock().take();
-        match server {
+        match self.take_for_shutdown() {
             None => deferred.resolve(resolved),
             Some(server) => {
                 // Shut down on a plain thread: a runtime cannot be dropped from inside one.
@@ -412,6 +457,15 @@ impl RealtimeServer {
             }
         }
         Ok(promise)
+    }
+}
+
+impl RealtimeServer {
+    /// The server, taken out for shutdown: later calls find nothing to close, and Node may exit
+    /// once nothing else holds it.
+    fn take_for_shutdown(&self) -> Option<Server> {
+        self.keep_alive.lock().take();
+        self.server.lock().take()
     }
 }
 

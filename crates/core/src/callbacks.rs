@@ -112,7 +112,7 @@ pub trait UserVerifier: Send + Sync + 'static {
     fn verify(&self, token: String, claims: Value) -> BoxFuture<Result<Option<Value>, String>>;
 }
 
-/// Decides who may join the rooms named by `Config::join_rules` (plugin mode: whether Payload's
+/// Decides who may join the rooms named by `HostRules::join_rules` (plugin mode: whether Payload's
 /// read access lets the user read anything of the collection).
 pub trait JoinRule: Send + Sync + 'static {
     /// One answer per room, in order: may this user (`Value::Null` for anonymous) join it? An

@@ -37,14 +37,8 @@ pub struct Config {
     /// Worker threads of the server's own tokio runtime, which read and write the sockets
     /// (default: [`default_worker_threads`]); the lanes have a thread of their own (`server`).
     pub worker_threads: usize,
-    /// Collections a client may join; `None` accepts any valid slug.
-    pub include_collections: Option<HashSet<String>>,
-    /// Collections whose events go through the authorize callback.
-    pub authorize_collections: HashSet<String>,
-    /// Rooms a client may join only once the host's join rule allows it (room names or
-    /// `prefix*`); the others are joined at once. Plugin mode: every collection whose events
-    /// follow Payload's read access, so a user who may read none of it is refused.
-    pub join_rules: Vec<String>,
+    /// Which rooms the host decides about, as the server starts (see [`HostRules`]).
+    pub host_rules: HostRules,
     /// How long one authorize answer may take before that user is denied.
     pub authorize_timeout: Duration,
     /// How long a custom handler may take before the request gets an `internal` error.
@@ -80,9 +74,7 @@ impl Default for Config {
             max_backlog: 128 * 1024 * 1024,
             idle_timeout: Some(Duration::from_secs(120)),
             worker_threads: default_worker_threads(),
-            include_collections: None,
-            authorize_collections: HashSet::new(),
-            join_rules: Vec::new(),
+            host_rules: HostRules::default(),
             authorize_timeout: Duration::from_secs(5),
             handler_timeout: Duration::from_secs(30),
             max_messages_per_second: 100,
@@ -129,6 +121,28 @@ impl Config {
                 }
             }
         }
+        self.host_rules.validate()
+    }
+}
+
+/// Which rooms the host decides about: the collections a client may join, those whose events
+/// ask the authorize callback, the rooms whose joins ask the join rule. The host may replace
+/// them while the server runs (a dev reload of the app brings new rules, and its sockets should
+/// not be dropped for it), so the hub holds the current ones (`Hub::host_rules`).
+#[derive(Clone, Debug, Default)]
+pub struct HostRules {
+    /// Collections a client may join; `None` accepts any valid slug.
+    pub include_collections: Option<HashSet<String>>,
+    /// Collections whose events go through the authorize callback.
+    pub authorize_collections: HashSet<String>,
+    /// Rooms a client may join only once the host's join rule allows it (room names or
+    /// `prefix*`); the others are joined at once. Plugin mode: every collection whose events
+    /// follow Payload's read access, so a user who may read none of it is refused.
+    pub join_rules: Vec<String>,
+}
+
+impl HostRules {
+    pub fn validate(&self) -> Result<(), Error> {
         for slug in self
             .include_collections
             .iter()
@@ -136,7 +150,7 @@ impl Config {
             .chain(self.authorize_collections.iter())
         {
             if !is_valid_slug(slug) {
-                return bad(format!("{slug:?} is not a valid collection slug"));
+                return Err(Error::InvalidOption(format!("{slug:?} is not a valid collection slug")));
             }
         }
         Ok(())
@@ -148,6 +162,11 @@ impl Config {
             Some(set) => set.contains(slug),
             None => true,
         }
+    }
+
+    /// Whether this collection's events ask the authorize callback.
+    pub fn authorizes(&self, collection: &str) -> bool {
+        self.authorize_collections.contains(collection)
     }
 
     /// Whether joining this room waits for the host's join rule.
@@ -191,7 +210,7 @@ mod tests {
         c.allowed_origins = Some(vec!["example.com".into()]);
         assert!(c.validate().unwrap_err().to_string().contains("allowedOrigins"));
         c.allowed_origins = None;
-        c.include_collections = Some(["bad slug".to_string()].into());
+        c.host_rules.include_collections = Some(["bad slug".to_string()].into());
         assert!(c.validate().is_err());
     }
 }

@@ -19,7 +19,7 @@ use crate::auth::User;
 use crate::broker::redis_history::{Recovery, RedisHistory};
 use crate::broker::{raw, Broker, Channel, Envelope, Kind};
 use crate::callbacks::Callbacks;
-use crate::config::Config;
+use crate::config::{Config, HostRules};
 use crate::dispatch::{lane_of, Job, LANES};
 use crate::error::Error;
 use crate::event;
@@ -49,6 +49,9 @@ pub struct SocketInfo {
 
 pub struct Hub {
     pub config: Config,
+    /// The host's rules now: `config.host_rules` as the server started, then whatever the host
+    /// set since ([`Hub::set_host_rules`]). Read these, never the config's.
+    host_rules: RwLock<Arc<HostRules>>,
     pub registry: Registry,
     pub stats: Stats,
     pub callbacks: Callbacks,
@@ -96,6 +99,7 @@ impl Hub {
         let histories = Histories::new(config.history.clone(), &instance);
         let presence = Presence::new(config.presence.clone(), config.presence_expiry);
         let hub = Hub {
+            host_rules: RwLock::new(Arc::new(config.host_rules.clone())),
             config,
             registry: Registry::default(),
             stats: Stats::default(),
@@ -158,8 +162,21 @@ impl Hub {
 
     /// The collection whose authorize rule applies to its events, if it has one.
     fn authorize_rule(&self, collection: &str) -> Option<String> {
-        (self.callbacks.authorizer.is_some() && self.config.authorize_collections.contains(collection))
+        (self.callbacks.authorizer.is_some() && self.host_rules().authorizes(collection))
             .then(|| collection.to_string())
+    }
+
+    /// The host's rules now.
+    pub fn host_rules(&self) -> Arc<HostRules> {
+        self.host_rules.read().clone()
+    }
+
+    /// Replaces the host's rules; sockets keep their rooms, and events already handed over keep
+    /// the rules they were judged by.
+    pub fn set_host_rules(&self, rules: HostRules) -> Result<(), Error> {
+        rules.validate()?;
+        *self.host_rules.write() = Arc::new(rules);
+        Ok(())
     }
 
     fn too_many_rooms(&self) -> Error {

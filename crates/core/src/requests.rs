@@ -173,10 +173,11 @@ impl Requests {
                 if let Some(e) = self.unknown(&collections) {
                     return self.reply_error(ErrorCode::UnknownCollection, &e, id.as_ref());
                 }
+                let host_rules = hub.host_rules();
                 let ruled: Vec<String> = collections
                     .iter()
                     .map(|c| collection_room(c))
-                    .filter(|room| hub.config.join_ruled(room))
+                    .filter(|room| host_rules.join_ruled(room))
                     .collect();
                 let rule = hub.callbacks.join_rule.clone().filter(|_| !ruled.is_empty());
                 let remote = collections
@@ -339,9 +340,10 @@ impl Requests {
 
     /// An error message naming the collections a client may not join, if any.
     fn unknown(&self, collections: &[String]) -> Option<String> {
+        let rules = self.hub.host_rules();
         let unknown: Vec<&str> = collections
             .iter()
-            .filter(|c| !self.hub.config.collection_allowed(c))
+            .filter(|c| !rules.collection_allowed(c))
             .map(String::as_str)
             .collect();
         (!unknown.is_empty()).then(|| format!("not a realtime collection: {}", unknown.join(", ")))
