@@ -14,6 +14,7 @@ const { afterCommit, installTransactionHooks } = require('./payload/transactions
 const { readAccessDecision, mayReadCollection, withoutAuthInternals } = require('./payload/access.js')
 const { Sessions } = require('./payload/session.js')
 const lifecycle = require('./lifecycle.js')
+const { LOCKS, announceLocks } = require('./payload/locks.js')
 
 const { initUWebSocket, getUWebSocketManager, makeFailureLog } = managerModule
 
@@ -34,6 +35,9 @@ const SERVER_OPTION_KEYS = [
   'maxRoomsPerSocket',
   'redis',
 ]
+
+/** The admin provider, as Payload's import map names it. */
+const ADMIN_PROVIDER = 'payload-realtime/admin#RealtimeAdminProvider'
 
 /** Marks server options built by a plugin, so they are not completed twice. */
 const BUILT = Symbol.for('payload-realtime.plugin-options')
@@ -73,6 +77,9 @@ function checkOptions(options) {
     if (fn !== undefined && typeof fn !== 'function') {
       throw new TypeError(`payload-realtime: \`${name}\` must be a function`)
     }
+  }
+  if (options.admin !== undefined && typeof options.admin !== 'boolean' && !isPlainObject(options.admin)) {
+    throw new TypeError('payload-realtime: `admin` must be true, false, or { url?, port?, path? }')
   }
   if (verifyUser !== undefined && verifyUser !== false && typeof verifyUser !== 'function') {
     throw new TypeError('payload-realtime: `verifyUser` must be a function (token, claims) => user | null, or false')
@@ -133,6 +140,25 @@ function uWebSocketPlugin(options = {}) {
       }
     }
 
+    // The live admin (on by default) needs to know where the browser finds the server: the
+    // plugin's fixed `port`, or `admin: { url }` / `{ port, path }` for a server the
+    // application starts or attaches itself. It also follows the document locks.
+    const adminOptions = isPlainObject(options.admin) ? options.admin : {}
+    const adminPort = adminOptions.port ?? fixedPort
+    const liveAdmin = options.admin !== false && (adminOptions.url !== undefined || adminPort !== undefined)
+    const adminProvider = liveAdmin && {
+      path: ADMIN_PROVIDER,
+      clientProps: JSON.parse(
+        JSON.stringify({
+          collections: [...include],
+          port: adminPort,
+          path: adminOptions.path ?? options.path,
+          url: adminOptions.url,
+        }),
+      ),
+    }
+    if (liveAdmin) include.add(LOCKS)
+
     /** Our own server while it runs; otherwise the one started with initUWebSocket(). */
     const currentManager = () => {
       if (state.manager) return state.manager
@@ -148,7 +174,13 @@ function uWebSocketPlugin(options = {}) {
     // On by default: only `readAccess: false`, or `{ [slug]: false }`, delivers a collection's
     // events to everyone who may connect, whole.
     const readAccessFor = (slug) =>
-      options.readAccess !== false && !(isPlainObject(options.readAccess) && options.readAccess[slug] === false)
+      slug !== LOCKS &&
+      options.readAccess !== false &&
+      !(isPlainObject(options.readAccess) && options.readAccess[slug] === false)
+    // Locks name a document and its editor by id, which every signed-in user may read
+    // (Payload's own access for them).
+    const signedIn = (user) => user !== null && user !== undefined
+    const lockRules = liveAdmin ? { [LOCKS]: signedIn } : {}
 
     const isAuthSlug = new Set((config.collections ?? []).filter((c) => c.auth).map((c) => c.slug))
 
@@ -321,13 +353,21 @@ function uWebSocketPlugin(options = {}) {
       const out = {}
       for (const key of SERVER_OPTION_KEYS) if (options[key] !== undefined) out[key] = options[key]
       out.secret = options.secret ?? state.payload?.config?.secret ?? config.secret
+      // The admin's own origin may connect without being listed.
+      if (liveAdmin && Array.isArray(options.allowedOrigins) && config.serverURL) {
+        try {
+          out.allowedOrigins = [...new Set([...options.allowedOrigins, new URL(config.serverURL).origin])]
+        } catch {
+          // not a URL: Payload reports it
+        }
+      }
       out.includeCollections = [...include]
       if (options.verifyUser !== false) out.verifyUser = options.verifyUser ?? sessions.verifyUser
       for (const [key, value] of Object.entries(extra)) {
         if (value !== undefined && key !== 'authorize' && key !== 'rooms') out[key] = value
       }
-      out.authorize = buildAuthorize(options.authorize, extra.authorize)
-      out.rooms = buildRooms(options.rooms, extra.rooms)
+      out.authorize = buildAuthorize(options.authorize, extra.authorize, lockRules)
+      out.rooms = buildRooms(options.rooms, extra.rooms, lockRules)
       Object.defineProperty(out, BUILT, { value: true, enumerable: false })
       return out
     }
@@ -356,12 +396,23 @@ function uWebSocketPlugin(options = {}) {
     }
 
     const userOnInit = config.onInit
+    const admin = adminProvider
+      ? {
+          ...config.admin,
+          components: {
+            ...config.admin?.components,
+            providers: [...(config.admin?.components?.providers ?? []), adminProvider],
+          },
+        }
+      : config.admin
     return {
       ...config,
+      ...(admin ? { admin } : {}),
       collections,
       onInit: async (payload) => {
         state.payload = payload
         installTransactionHooks(payload.db)
+        if (liveAdmin) announceLocks(payload.db, send)
         sessions.installLogoutSweep(payload.db)
         if (typeof payload.destroy === 'function') {
           const destroy = payload.destroy
