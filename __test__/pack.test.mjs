@@ -101,9 +101,12 @@ test('npm pack gives a tarball that works as a Payload plugin in a fresh project
       files.some((f) => f.endsWith('.node')),
       `the tarball carries the built addon: ${files.join(', ')}`,
     )
-    for (const f of ['index.js', 'index.mjs', 'index.d.ts', 'binding.js', 'lib/plugin.js', 'lib/manager.js']) {
+    for (const f of ['index.js', 'index.mjs', 'index.d.ts', 'lib/native.js', 'lib/plugin.js', 'lib/manager.js']) {
       assert.ok(files.includes(f), `the tarball has ${f}`)
     }
+    // napi-rs's generated binding.js requires the .node file statically, which bundlers (Next.js)
+    // cannot build; lib/native.js loads it instead, so binding.js is not shipped.
+    assert.ok(!files.includes('binding.js'), 'the tarball has no binding.js')
     assert.ok(!files.some((f) => f.startsWith('__test__/') || f.startsWith('src/') || f.startsWith('target/')))
 
     const project = join(dir, 'app')
