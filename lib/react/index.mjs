@@ -1,3 +1,4 @@
+'use client'
 // payload-realtime/react: a provider holding one client, and hooks. React is a peer dependency.
 
 import {
