@@ -192,6 +192,39 @@ test('allowedOrigins: other origins get 403 forbidden-origin, listed ones are ac
   })
 })
 
+test(
+  "allowedOrigins ['*']: any origin may connect with a token, but a cookie only from the server's host",
+  T,
+  async () => {
+    await withServer({ allowedOrigins: ['*'] }, async (ctx) => {
+      const token = makeToken({ id: 'alice' })
+      const header = await ctx.handshake({ token, origin: 'https://elsewhere.example' })
+      assert.equal(header.status, 101, `${header.status} ${header.body}`)
+      // Cross-site WebSocket hijacking: a foreign page riding the user's cookie.
+      const hijack = await ctx.handshake({ cookie: `payload-token=${token}`, origin: 'https://evil.example' })
+      if (hijack.client) await hijack.client.close()
+      assertRefused(hijack, 403, 'forbidden-origin')
+      const own = await ctx.handshake({ cookie: `payload-token=${token}`, origin: 'http://127.0.0.1:3000' })
+      assert.equal(own.status, 101, `${own.status} ${own.body}`)
+    })
+  },
+)
+
+test('?token=null, undefined or empty is no token: the cookie is used', T, async () => {
+  await withServer({}, async (ctx) => {
+    const cookie = `payload-token=${makeToken({ id: 'alice' })}`
+    for (const query of ['?token=null', '?token=undefined', '?token=']) {
+      const r = await ctx.handshake({ query, cookie, origin: 'http://127.0.0.1:3000' })
+      assert.equal(r.status, 101, `${query}: ${r.status} ${r.body}`)
+      assert.equal((await r.client.whoami()).user.id, 'alice', query)
+      await r.client.close()
+    }
+    const alone = await ctx.handshake({ query: '?token=null' })
+    if (alone.client) await alone.client.close()
+    assertRefused(alone, 401, 'unauthorized')
+  })
+})
+
 test('a token that expires while connected closes the socket with 4001', { timeout: 180_000 }, async (t) => {
   await withServer({}, async (ctx) => {
     // Short-lived token; if this machine is so slow that the handshake lands after `exp`, the

@@ -124,7 +124,9 @@ impl Refusal {
 }
 
 /// Finds the credential: `Authorization: JWT|Bearer`, then `?token=`, then the `payload-token`
-/// cookie. The first one found wins.
+/// cookie. The first one found wins; an empty value, `null` or `undefined` is no credential
+/// (a browser snippet that reads a token it does not have sends `?token=null`), so the next one
+/// can still be used.
 pub fn find_credential(parts: &Parts) -> Option<(String, Source)> {
     find_credential_in(&parts.headers, &parts.uri)
 }
@@ -136,7 +138,7 @@ pub fn find_credential_in(headers: &HeaderMap, uri: &hyper::Uri) -> Option<(Stri
         for scheme in ["JWT ", "Bearer ", "jwt ", "bearer "] {
             if let Some(token) = value.strip_prefix(scheme) {
                 let token = token.trim();
-                if !token.is_empty() {
+                if is_given(token) {
                     return Some((token.to_string(), Source::Header));
                 }
             }
@@ -148,7 +150,7 @@ pub fn find_credential_in(headers: &HeaderMap, uri: &hyper::Uri) -> Option<(Stri
                 let token = percent_encoding::percent_decode_str(raw)
                     .decode_utf8_lossy()
                     .into_owned();
-                if !token.is_empty() {
+                if is_given(&token) {
                     return Some((token, Source::Query));
                 }
             }
@@ -157,13 +159,18 @@ pub fn find_credential_in(headers: &HeaderMap, uri: &hyper::Uri) -> Option<(Stri
     cookie(headers, "payload-token").map(|t| (t, Source::Cookie))
 }
 
+/// Whether a credential's value is one: not empty, and not what JS writes for a missing value.
+fn is_given(token: &str) -> bool {
+    !matches!(token.trim(), "" | "null" | "undefined")
+}
+
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     for value in headers.get_all(header::COOKIE) {
         let Ok(value) = value.to_str() else { continue };
         for pair in value.split(';') {
             let pair = pair.trim();
             if let Some((k, v)) = pair.split_once('=') {
-                if k.trim() == name && !v.trim().is_empty() {
+                if k.trim() == name && is_given(v.trim().trim_matches('"')) {
                     return Some(v.trim().trim_matches('"').to_string());
                 }
             }
@@ -435,6 +442,28 @@ pub(crate) mod tests {
             &parts("/", &[("cookie", &cookie), ("origin", "https://app.example")])
         )
         .is_ok());
+    }
+
+    #[test]
+    fn null_undefined_and_empty_are_no_credential() {
+        let t = payload_token(1, 60);
+        let cookie = format!("payload-token={t}");
+        for query in ["/?token=null", "/?token=undefined", "/?token=", "/?token=%20"] {
+            let p = parts(
+                query,
+                &[
+                    ("cookie", &cookie),
+                    ("host", "localhost:3002"),
+                    ("origin", "http://localhost:3000"),
+                ],
+            );
+            assert_eq!(find_credential(&p).map(|(_, s)| s), Some(Source::Cookie), "{query}");
+            assert!(authenticate(&config(), &p).unwrap().is_some(), "{query}");
+        }
+        let p = parts("/", &[("authorization", "Bearer null")]);
+        assert_eq!(find_credential(&p), None);
+        let p = parts("/", &[("cookie", "payload-token=undefined")]);
+        assert_eq!(find_credential(&p), None);
     }
 
     #[test]
