@@ -117,8 +117,10 @@ export interface ServerOptions {
   /**
    * Several instances through Redis: `redis://`, `rediss://` (TLS), or `redis-cluster://` (sharded
    * pub/sub). Falls back to the `REDIS_URL` environment variable; `false` disables even then.
+   * `prefix` starts every channel and key of this app (default: derived from the secret, so apps
+   * and environments with different secrets never meet on one Redis).
    */
-  redis?: { url: string } | false
+  redis?: { url?: string; prefix?: string } | false
   /**
    * Confirms a user after the token's signature and expiry were checked (the plugin sets this to
    * Payload's own `auth`, which checks sessions). `null` or a throw refuses the connection; an
@@ -179,7 +181,14 @@ export interface RealtimeStats {
    */
   heapBytes?: number
   /** With Redis: the broker's state and counters. */
-  redis?: { connected: boolean; published: number; received: number; errors: number; subscriptions: number }
+  redis?: {
+    connected: boolean
+    published: number
+    received: number
+    errors: number
+    subscriptions: number
+    rejected: number
+  }
 }
 
 export declare class UWebSocketManager {

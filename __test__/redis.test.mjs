@@ -149,11 +149,17 @@ async function client(instance, userId, label) {
   return c
 }
 
-const channel = (room) => `payload-realtime:room:${room}`
-
+/**
+ * Subscribers of a room's channel on the Redis at `port`. The channel's name starts with the app's
+ * prefix, derived from its secret: it is found by its end.
+ */
 function numsub(port, room, sharded = false) {
-  const out = cli(port, sharded ? 'PUBSUB' : 'PUBSUB', sharded ? 'SHARDNUMSUB' : 'NUMSUB', channel(room))
-  return Number(out.split('\n')[1])
+  const names = cli(port, 'PUBSUB', sharded ? 'SHARDCHANNELS' : 'CHANNELS', `*:room:${room}`)
+    .split('\n')
+    .filter(Boolean)
+  let n = 0
+  for (const name of names) n += Number(cli(port, 'PUBSUB', sharded ? 'SHARDNUMSUB' : 'NUMSUB', name).split('\n')[1])
+  return n
 }
 
 const eventsFrom = (c, from) => c.events('posts').filter((e) => e.doc?.from === from)
@@ -339,6 +345,16 @@ test('a bad Redis URL fails initUWebSocket with a clear error', async () => {
     /redis\.url/,
   )
   await assert.rejects(initUWebSocket(0, { host: '127.0.0.1', redis: { host: 'x' } }), /redis/)
+  // The old plugin's production config with REDIS_URL unset runs alone.
+  const saved = process.env.REDIS_URL
+  delete process.env.REDIS_URL
+  try {
+    const alone = await initUWebSocket(0, { host: '127.0.0.1', secret: SECRET, redis: { url: process.env.REDIS_URL } })
+    assert.equal(alone.stats().redis, undefined)
+    await alone.close()
+  } finally {
+    if (saved !== undefined) process.env.REDIS_URL = saved
+  }
 })
 
 test(
@@ -443,5 +459,60 @@ test(
     })
     assert.equal(bad.recovered, false)
     assert.equal((await other.waitFor((m) => m.type === 'recovery-failed')).reason, 'EpochChanged')
+  },
+)
+
+test(
+  'two apps with different secrets on one Redis see nothing of each other; a forged envelope is dropped and counted',
+  T,
+  async () => {
+    const redis = await startRedis(await freePort())
+    const url = `redis://127.0.0.1:${redis.port}`
+    const [secretA, secretB] = ['app-a-secret-8d1f', 'app-b-secret-3c9e']
+    const a1 = await startInstance({ secret: secretA, redis: { url } })
+    const a2 = await startInstance({ secret: secretA, redis: { url } })
+    const b = await startInstance({ secret: secretB, redis: { url } })
+    // The same user id and session in both apps.
+    const on = async (instance, secret, label) => {
+      const c = await connect(`ws://127.0.0.1:${instance.port}/`, {
+        token: makeToken({ id: 'u1', sid: 's1' }, { secret }),
+        label,
+      })
+      cleanups.push(() => c.close())
+      await c.join('posts')
+      return c
+    }
+    const onA2 = await on(a2, secretA, 'a2')
+    const onB = await on(b, secretB, 'b')
+    await waitUntil(() => numsub(redis.port, 'collection:posts') === 2, { label: 'A2 and B subscribed' })
+
+    await a1.call('emit', { n: 5, from: 'A' })
+    await waitUntil(() => eventsFrom(onA2, 'A').length === 5, { label: "app A's events on A2" })
+    await b.call('emit', { n: 3, from: 'B' })
+    await waitUntil(() => eventsFrom(onB, 'B').length === 3, { label: "app B's own events" })
+    // Redis delivers in order: B's own echo came after anything of A's could have.
+    await waitUntil(async () => (await b.stats()).redis.received === 3, { label: "B's echo" })
+    assert.equal((await b.stats()).redis.received, 3, 'B received nothing published by app A')
+    assert.equal(eventsFrom(onB, 'A').length, 0)
+    assert.equal(eventsFrom(onA2, 'B').length, 0)
+
+    // Logging out users:u1 (session s1) in app A closes it there only.
+    await a1.call('revoke', { collection: 'users', id: 'u1', sid: 's1' })
+    assert.equal((await onA2.waitForClose()).code, 4003)
+
+    // A forged revocation on every app's control channel, as someone with access to Redis but
+    // not the secret would write it: dropped and counted by every instance.
+    const controls = cli(redis.port, 'PUBSUB', 'CHANNELS', '*control').split('\n').filter(Boolean)
+    assert.equal(controls.length, 2, `one control channel per app: ${controls}`)
+    const forged = JSON.stringify({ v: 1, from: 'elsewhere', kind: 'revoke', user: 'users:u1', sid: 's1' })
+    for (const name of controls) cli(redis.port, 'PUBLISH', name, forged)
+    for (const instance of [a1, a2, b]) {
+      await waitUntil(async () => (await instance.stats()).redis.rejected === 1, {
+        label: 'the forged envelope counted',
+      })
+    }
+    assert.equal((await onB.whoami()).user.id, 'u1', "B's socket is still open")
+    await b.call('emit', { n: 1, start: 3, from: 'B' })
+    await waitUntil(() => eventsFrom(onB, 'B').length === 4, { label: 'B still delivers' })
   },
 )

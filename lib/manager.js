@@ -67,9 +67,14 @@ function nativeOptions(port, options) {
     redis !== undefined &&
     redis !== null &&
     redis !== false &&
-    !(isPlainObject(redis) && typeof redis.url === 'string')
+    !(
+      isPlainObject(redis) &&
+      Object.keys(redis).every((k) => k === 'url' || k === 'prefix') &&
+      (redis.url === undefined || typeof redis.url === 'string') &&
+      (redis.prefix === undefined || (typeof redis.prefix === 'string' && redis.prefix !== ''))
+    )
   ) {
-    throw new TypeError('payload-realtime: `redis` must be { url: string } (or false)')
+    throw new TypeError('payload-realtime: `redis` must be { url?: string, prefix?: string } (or false)')
   }
   return {
     joinRules: Object.keys(joinRules(options.rooms)),
@@ -95,6 +100,7 @@ function nativeOptions(port, options) {
     maxRoomsPerSocket: optionalNumber(options, 'maxRoomsPerSocket', { min: 1 }),
     // `redis: { url }`, with REDIS_URL as the fallback; `redis: false` runs alone even then.
     redisUrl: redis === false ? undefined : (redis?.url ?? (process.env.REDIS_URL || undefined)),
+    redisPrefix: redis === false ? undefined : redis?.prefix,
   }
 }
 

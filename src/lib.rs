@@ -65,6 +65,8 @@ pub struct NativeOptions {
     pub max_rooms_per_socket: Option<u32>,
     /// `redis://`, `rediss://` or `redis-cluster://` URL for many instances.
     pub redis_url: Option<String>,
+    /// What this app's Redis channels and keys start with (default: derived from the secret).
+    pub redis_prefix: Option<String>,
     /// History rules: a room name or `prefix*`, how many events, for how long.
     pub history: Option<Vec<NativeHistoryRule>>,
     /// Rooms with presence: room names or `prefix*`.
@@ -130,6 +132,7 @@ impl NativeOptions {
                 .presence_expiry
                 .map_or(d.presence_expiry, |ms| Duration::from_millis(ms.max(100) as u64)),
             redis_url: self.redis_url.filter(|u| !u.is_empty()),
+            redis_prefix: self.redis_prefix.filter(|p| !p.is_empty()),
             history: self
                 .history
                 .unwrap_or_default()
@@ -192,6 +195,8 @@ pub struct NativeBrokerStats {
     pub received: f64,
     pub errors: f64,
     pub subscriptions: f64,
+    /// Messages dropped because no instance of this app wrote them.
+    pub rejected: f64,
 }
 
 /// A strong function held while the server runs, so Node stays alive like it does for any
@@ -415,6 +420,7 @@ impl RealtimeServer {
                 received: b.received as f64,
                 errors: b.errors as f64,
                 subscriptions: b.subscriptions as f64,
+                rejected: b.rejected as f64,
             }),
             tasks: self.runtime().map_or(0.0, |h| h.metrics().num_alive_tasks() as f64),
             heap_bytes: payload_realtime_core::memory::heap_in_use().map(|b| b as f64),

@@ -18,6 +18,8 @@ use crate::config::Config;
 #[derive(Clone)]
 pub struct PayloadKey {
     key: DecodingKey,
+    /// Payload's signing secret, from which the server's own keys are derived.
+    signing_secret: String,
 }
 
 impl std::fmt::Debug for PayloadKey {
@@ -29,9 +31,22 @@ impl std::fmt::Debug for PayloadKey {
 impl PayloadKey {
     /// Derives the key from the string given to Payload's `buildConfig({ secret })`.
     pub fn from_payload_secret(secret: &str) -> PayloadKey {
+        let signing_secret = derive_signing_secret(secret);
         PayloadKey {
-            key: DecodingKey::from_secret(derive_signing_secret(secret).as_bytes()),
+            key: DecodingKey::from_secret(signing_secret.as_bytes()),
+            signing_secret,
         }
+    }
+
+    /// A key of the server's own for `purpose`, derived from Payload's secret: instances of the
+    /// same app agree on it, another app (another secret) cannot know it.
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"payload-realtime\0");
+        h.update(purpose.as_bytes());
+        h.update(b"\0");
+        h.update(self.signing_secret.as_bytes());
+        h.finalize().into()
     }
 }
 

@@ -55,6 +55,9 @@ pub struct Config {
     pub presence_expiry: Duration,
     /// Redis URL for many instances (`redis://`, `rediss://`, `redis-cluster://`); `None` runs alone.
     pub redis_url: Option<String>,
+    /// What every Redis channel and key of this app starts with; `None` derives one from the
+    /// secret, so two apps (or environments) on one Redis never meet.
+    pub redis_prefix: Option<String>,
     /// Echo every message back instead of speaking the protocol: for the conformance suite
     /// (Autobahn), which must exercise the very same connection code. Not exposed to JS.
     pub echo_mode: bool,
@@ -83,6 +86,7 @@ impl Default for Config {
             presence: Vec::new(),
             presence_expiry: Duration::from_secs(15),
             redis_url: None,
+            redis_prefix: None,
             echo_mode: false,
         }
     }

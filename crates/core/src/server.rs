@@ -110,7 +110,15 @@ impl Server {
                         }
                     }
                 });
-                let broker = RedisBroker::start(&url, &hub.instance, on_message, on_subscribed, hub.shutdown.clone())?;
+                let namespace = crate::broker::redis::Namespace::new(&hub.config);
+                let broker = RedisBroker::start(
+                    &url,
+                    namespace,
+                    &hub.instance,
+                    on_message,
+                    on_subscribed,
+                    hub.shutdown.clone(),
+                )?;
                 hub.set_broker(broker);
             }
             runtime.spawn(accept_loop(hub.clone(), listener, tracker.clone()));

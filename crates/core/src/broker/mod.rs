@@ -39,6 +39,8 @@ pub struct BrokerStats {
     pub errors: u64,
     /// Rooms this instance is subscribed to.
     pub subscriptions: u64,
+    /// Messages dropped because no instance of this app wrote them (no valid signature).
+    pub rejected: u64,
 }
 
 /// The broker as the hub uses it. Every method returns at once: publishing and subscribing

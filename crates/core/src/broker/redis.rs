@@ -19,6 +19,8 @@ use std::time::Duration;
 use fred::clients::SubscriberClient;
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::prelude::{Builder, Client, Config, ReconnectPolicy};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -30,14 +32,84 @@ use crate::{info, warn};
 /// Publishes waiting for Redis; past this they are dropped (and counted).
 const OUTBOX: usize = 65_536;
 
-/// Every channel name starts with this.
-pub const PREFIX: &str = "payload-realtime:";
+/// What keeps one app's messages apart from another's on a shared Redis (pub/sub ignores the
+/// database index, and a fixed prefix let an app's logout close another app's sockets): every
+/// channel and key starts with `prefix`, by default derived from the secret, and every envelope
+/// carries an HMAC of its text under a key derived from the secret. An envelope without a valid
+/// one was not written by an instance of this app: it is dropped and counted.
+#[derive(Clone, Debug)]
+pub struct Namespace {
+    pub prefix: String,
+    key: Option<[u8; 32]>,
+}
+
+/// Hex digits of an envelope's signature, before the `.` and the text.
+const SIGNATURE_HEX: usize = 64;
+
+impl Namespace {
+    pub fn new(config: &crate::config::Config) -> Namespace {
+        let key = config.key.as_ref().map(|k| k.derive("redis envelopes"));
+        let prefix = match (&config.redis_prefix, &config.key) {
+            (Some(p), _) => p.clone(),
+            (None, Some(k)) => format!("payload-realtime:{}:", hex(&k.derive("redis prefix")[..6])),
+            (None, None) => "payload-realtime:".to_string(),
+        };
+        Namespace { prefix, key }
+    }
+
+    pub fn channel(&self, channel: &Channel) -> String {
+        let p = &self.prefix;
+        match channel {
+            Channel::Room(room) => format!("{p}room:{room}"),
+            Channel::Instance(id) => format!("{p}instance:{id}"),
+            Channel::Control => format!("{p}control"),
+        }
+    }
+
+    fn mac(&self, key: &[u8; 32], text: &str) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any size");
+        mac.update(text.as_bytes());
+        mac
+    }
+
+    /// The envelope as it travels: `<signature>.<text>` (the text alone without a secret).
+    pub fn seal(&self, text: String) -> String {
+        let Some(key) = &self.key else { return text };
+        let signature = hex(&self.mac(key, &text).finalize().into_bytes());
+        format!("{signature}.{text}")
+    }
+
+    /// The text of an envelope this app's instances wrote, or `None`.
+    pub fn open<'a>(&self, sealed: &'a str) -> Option<&'a str> {
+        let Some(key) = &self.key else { return Some(sealed) };
+        let (signature, text) = sealed.split_at_checked(SIGNATURE_HEX)?;
+        let text = text.strip_prefix('.')?;
+        let signature = unhex(signature)?;
+        self.mac(key, text).verify_slice(&signature).ok()?;
+        Some(text)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
 
 #[derive(Default)]
 struct Counters {
     published: AtomicU64,
     received: AtomicU64,
     errors: AtomicU64,
+    rejected: AtomicU64,
     subscriptions: AtomicU64,
     connected: AtomicBool,
 }
@@ -48,20 +120,12 @@ enum Sub {
 }
 
 pub struct RedisBroker {
+    namespace: Namespace,
     history: RedisHistory,
     outbox: mpsc::Sender<(String, String)>,
     subs: mpsc::UnboundedSender<Sub>,
     counters: Arc<Counters>,
     failing: Arc<AtomicBool>,
-}
-
-/// The channel names of this instance's rooms, instance and control channels.
-pub fn channel_name(channel: &Channel) -> String {
-    match channel {
-        Channel::Room(room) => format!("{PREFIX}room:{room}"),
-        Channel::Instance(id) => format!("{PREFIX}instance:{id}"),
-        Channel::Control => format!("{PREFIX}control"),
-    }
 }
 
 /// The password of a `scheme://[user]:password@host` URL, if it has one.
@@ -84,6 +148,7 @@ impl RedisBroker {
     /// the current runtime. Only a URL that cannot be parsed fails here.
     pub fn start(
         url: &str,
+        namespace: Namespace,
         instance: &str,
         on_message: Arc<dyn Fn(&str) + Send + Sync>,
         on_subscribed: Arc<dyn Fn(&str) + Send + Sync>,
@@ -137,18 +202,22 @@ impl RedisBroker {
         ));
         tokio::spawn(receive_loop(
             subscriber.clone(),
+            namespace.clone(),
             on_message,
             counters.clone(),
             shutdown.clone(),
         ));
-        let always = [
-            channel_name(&Channel::Instance(instance.to_string())),
-            channel_name(&Channel::Control),
-        ];
+        let channels = Channels {
+            always: [
+                namespace.channel(&Channel::Instance(instance.to_string())),
+                namespace.channel(&Channel::Control),
+            ],
+            room_prefix: format!("{}room:", namespace.prefix),
+        };
         tokio::spawn(subscription_loop(
             subscriber.clone(),
             sharded,
-            always,
+            channels,
             subs_rx,
             counters.clone(),
             on_subscribed,
@@ -166,7 +235,8 @@ impl RedisBroker {
             .await;
         });
         Ok(Arc::new(RedisBroker {
-            history: RedisHistory::new(publisher),
+            history: RedisHistory::new(publisher, &namespace.prefix),
+            namespace,
             outbox,
             subs,
             counters,
@@ -177,7 +247,12 @@ impl RedisBroker {
 
 impl Broker for RedisBroker {
     fn publish(&self, channel: Channel, envelope: String) {
-        if self.outbox.try_send((channel_name(&channel), envelope)).is_err() {
+        let sealed = self.namespace.seal(envelope);
+        if self
+            .outbox
+            .try_send((self.namespace.channel(&channel), sealed))
+            .is_err()
+        {
             self.counters.errors.fetch_add(1, Relaxed);
             if !self.failing.swap(true, Relaxed) {
                 warn!("redis publish queue is full; cross-instance messages are being dropped");
@@ -186,13 +261,15 @@ impl Broker for RedisBroker {
     }
 
     fn subscribe(&self, room: &str) {
-        let _ = self.subs.send(Sub::Add(channel_name(&Channel::Room(Arc::from(room)))));
+        let _ = self
+            .subs
+            .send(Sub::Add(self.namespace.channel(&Channel::Room(Arc::from(room)))));
     }
 
     fn unsubscribe(&self, room: &str) {
         let _ = self
             .subs
-            .send(Sub::Remove(channel_name(&Channel::Room(Arc::from(room)))));
+            .send(Sub::Remove(self.namespace.channel(&Channel::Room(Arc::from(room)))));
     }
 
     fn history(&self) -> Option<RedisHistory> {
@@ -206,6 +283,7 @@ impl Broker for RedisBroker {
             received: self.counters.received.load(Relaxed),
             errors: self.counters.errors.load(Relaxed),
             subscriptions: self.counters.subscriptions.load(Relaxed),
+            rejected: self.counters.rejected.load(Relaxed),
         }
     }
 }
@@ -261,6 +339,7 @@ async fn publish_loop(
 
 async fn receive_loop(
     client: SubscriberClient,
+    namespace: Namespace,
     on_message: Arc<dyn Fn(&str) + Send + Sync>,
     counters: Arc<Counters>,
     shutdown: CancellationToken,
@@ -274,8 +353,14 @@ async fn receive_loop(
         match message {
             Ok(message) => {
                 counters.received.fetch_add(1, Relaxed);
-                if let Some(text) = message.value.as_bytes().and_then(|b| std::str::from_utf8(b).ok()) {
-                    on_message(text);
+                let text = message.value.as_bytes().and_then(|b| std::str::from_utf8(b).ok());
+                match text.and_then(|t| namespace.open(t)) {
+                    Some(text) => on_message(text),
+                    None => {
+                        if counters.rejected.fetch_add(1, Relaxed) == 0 {
+                            warn!("redis: dropped a message no instance of this app wrote (no valid signature); more are counted in stats().redis.rejected");
+                        }
+                    }
                 }
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -289,10 +374,16 @@ async fn receive_loop(
 
 /// Keeps Redis' subscriptions equal to the wanted set: after every change, after every
 /// (re)connect, and every second while they differ.
+/// The channels an instance subscribes to: its own two always, rooms by their prefix.
+struct Channels {
+    always: [String; 2],
+    room_prefix: String,
+}
+
 async fn subscription_loop(
     client: SubscriberClient,
     sharded: bool,
-    always: [String; 2],
+    Channels { always, room_prefix }: Channels,
     mut changes: mpsc::UnboundedReceiver<Sub>,
     counters: Arc<Counters>,
     on_subscribed: Arc<dyn Fn(&str) + Send + Sync>,
@@ -347,7 +438,7 @@ async fn subscription_loop(
                 client.subscribe(channel.clone()).await
             };
             if r.is_ok() {
-                if let Some(room) = channel.strip_prefix(&format!("{PREFIX}room:")) {
+                if let Some(room) = channel.strip_prefix(&room_prefix) {
                     on_subscribed(room);
                 }
                 active.insert(channel);
@@ -363,10 +454,7 @@ async fn subscription_loop(
                 active.remove(&channel);
             }
         }
-        let rooms = active
-            .iter()
-            .filter(|c| c.starts_with(&format!("{PREFIX}room:")))
-            .count();
+        let rooms = active.iter().filter(|c| c.starts_with(&room_prefix)).count();
         counters.subscriptions.store(rooms as u64, Relaxed);
     }
 }
@@ -374,6 +462,54 @@ async fn subscription_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn namespace(secret: Option<&str>, prefix: Option<&str>) -> Namespace {
+        Namespace::new(&crate::config::Config {
+            key: secret.map(crate::auth::PayloadKey::from_payload_secret),
+            redis_prefix: prefix.map(String::from),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn envelopes_open_only_for_the_app_that_sealed_them() {
+        let ours = namespace(Some("secret-a"), None);
+        let theirs = namespace(Some("secret-b"), None);
+        let text = r#"{"v":1,"from":"x","kind":"control"}"#;
+        let sealed = ours.seal(text.to_string());
+        assert_eq!(ours.open(&sealed), Some(text));
+        assert_eq!(theirs.open(&sealed), None, "another secret");
+        assert_eq!(ours.open(text), None, "unsigned");
+        let tampered = sealed.replace("control", "c0ntrol");
+        assert_eq!(ours.open(&tampered), None, "changed text");
+        assert_eq!(
+            ours.open(&format!("{}é{}", &sealed[..10], &sealed[11..])),
+            None,
+            "not hex"
+        );
+        assert_eq!(ours.open(""), None);
+        // Without a secret nothing is signed (and nothing can be checked).
+        let open = namespace(None, None);
+        assert_eq!(open.seal(text.to_string()), text);
+        assert_eq!(open.open(text), Some(text));
+    }
+
+    #[test]
+    fn the_prefix_is_derived_from_the_secret_unless_given() {
+        let a = namespace(Some("secret-a"), None);
+        let b = namespace(Some("secret-b"), None);
+        assert_ne!(a.prefix, b.prefix);
+        assert_eq!(
+            a.prefix,
+            namespace(Some("secret-a"), None).prefix,
+            "instances of one app agree"
+        );
+        assert!(a.prefix.starts_with("payload-realtime:") && a.prefix.ends_with(':'));
+        assert!(!a.prefix.contains("secret"));
+        assert_eq!(namespace(Some("secret-a"), Some("staging:")).prefix, "staging:");
+        assert_eq!(namespace(None, None).prefix, "payload-realtime:");
+        assert_eq!(a.channel(&Channel::Control), format!("{}control", a.prefix));
+    }
 
     #[test]
     fn urls_lose_their_password_in_errors() {
@@ -386,6 +522,7 @@ mod tests {
         assert_eq!(redacted("redis://user@host"), "redis://user@host");
         let err = RedisBroker::start(
             "redis://:hunter2@localhost:notaport",
+            Namespace::new(&crate::config::Config::default()),
             "i",
             Arc::new(|_: &str| {}),
             Arc::new(|_: &str| {}),

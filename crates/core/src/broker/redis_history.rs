@@ -56,11 +56,9 @@ end
 return {epoch, offset, now, entries}
 "#;
 
-fn keys(room: &str) -> Vec<String> {
-    vec![
-        format!("payload-realtime:{{{room}}}:stream"),
-        format!("payload-realtime:{{{room}}}:meta"),
-    ]
+/// The keys of a room's history (one hash slot per room, for Redis Cluster).
+fn keys(prefix: &str, room: &str) -> Vec<String> {
+    vec![format!("{prefix}{{{room}}}:stream"), format!("{prefix}{{{room}}}:meta")]
 }
 
 /// One recorded event, as Redis gives it back.
@@ -73,11 +71,16 @@ pub struct Stored {
 #[derive(Clone)]
 pub struct RedisHistory {
     client: Client,
+    /// The app's namespace on Redis (`Namespace::prefix`).
+    prefix: String,
 }
 
 impl RedisHistory {
-    pub fn new(client: Client) -> RedisHistory {
-        RedisHistory { client }
+    pub fn new(client: Client, prefix: &str) -> RedisHistory {
+        RedisHistory {
+            client,
+            prefix: prefix.to_string(),
+        }
     }
 
     /// Appends events in order: one script call per room (the room's keys share a shard), the
@@ -99,7 +102,7 @@ impl RedisHistory {
             let mut args = vec![epoch.to_string(), policy.size.to_string(), ttl.to_string()];
             args.extend(idx.iter().map(|&i| items[i].1.clone()));
             async move {
-                let reply: Result<RedisValue, _> = self.client.eval(APPEND, keys(room), args).await;
+                let reply: Result<RedisValue, _> = self.client.eval(APPEND, keys(&self.prefix, room), args).await;
                 let parts = reply.map_err(|e| e.to_string())?.into_array();
                 let first = parts.first().and_then(|v| v.as_u64()).ok_or("bad append reply")?;
                 let epoch = parts.get(1).and_then(|v| v.as_string()).ok_or("bad append reply")?;
@@ -128,7 +131,11 @@ impl RedisHistory {
         let ttl = policy.ttl.map_or(0, |t| t.as_millis() as u64);
         let reply: RedisValue = self
             .client
-            .eval(SINCE, keys(room), vec![from, new_epoch.to_string(), ttl.to_string()])
+            .eval(
+                SINCE,
+                keys(&self.prefix, room),
+                vec![from, new_epoch.to_string(), ttl.to_string()],
+            )
             .await
             .map_err(|e| e.to_string())?;
         let parts = reply.into_array();
