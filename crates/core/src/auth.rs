@@ -213,7 +213,12 @@ fn host_without_port(authority: &str) -> Option<String> {
 
 /// Decides who a handshake belongs to: `Ok(None)` is an anonymous client, `Err` a refusal.
 pub fn authenticate(config: &Config, parts: &Parts) -> Result<Option<User>, Refusal> {
-    let origin = parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    authenticate_in(config, &parts.headers, &parts.uri)
+}
+
+/// [`authenticate`] over headers and a URI.
+pub fn authenticate_in(config: &Config, headers: &HeaderMap, uri: &hyper::Uri) -> Result<Option<User>, Refusal> {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     if let (Some(allowed), Some(origin)) = (&config.allowed_origins, origin) {
         let ok = allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin));
         if !ok {
@@ -222,7 +227,7 @@ pub fn authenticate(config: &Config, parts: &Parts) -> Result<Option<User>, Refu
             )));
         }
     }
-    let Some((token, source)) = find_credential(parts) else {
+    let Some((token, source)) = find_credential_in(headers, uri) else {
         return if config.allow_anonymous {
             Ok(None)
         } else {
@@ -242,8 +247,7 @@ pub fn authenticate(config: &Config, parts: &Parts) -> Result<Option<User>, Refu
             (Some(_), None) => true,
             (None, _) => false,
         };
-        let server_host = parts
-            .headers
+        let server_host = headers
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .and_then(host_without_port);

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWrite;
@@ -59,22 +60,27 @@ pub async fn serve(hub: Arc<Hub>, peer: Arc<Peer>, upgraded: Upgraded) {
             return;
         }
     };
+    // `read_buf` is what hyper read past the handshake; it shares the allocation of hyper's
+    // whole read buffer, so it must not outlive the first step of `serve_stream`.
+    serve_stream(hub, peer, parts.io.into_inner(), parts.read_buf).await;
+}
+
+/// [`serve`] over the TCP stream itself: `early` holds the bytes the client sent right after its
+/// handshake that were read before the socket was handed over (by hyper, or by the host whose
+/// connection was adopted); they are acted on before anything read from the stream.
+pub(crate) async fn serve_stream(hub: Arc<Hub>, peer: Arc<Peer>, stream: TcpStream, early: Bytes) {
     Stats::add(&hub.stats.connections, 1);
     Stats::add(&hub.stats.connections_total, 1);
 
-    // `read_buf` is what hyper read past the handshake; it shares the allocation of hyper's
-    // whole read buffer (8 KB or more), so it must not outlive this first step.
-    let (io, read_buf) = (parts.io, parts.read_buf);
-    let mut conn = Connection::new(hub.clone(), peer.clone(), io.into_inner());
+    let mut conn = Connection::new(hub.clone(), peer.clone(), stream);
     // From here fan-out may write to the socket itself (`Outbound::write_through`); the
     // connection's `Drop` takes that back before the stream closes.
     #[cfg(unix)]
     peer.outbound.attach(std::os::fd::AsRawFd::as_raw_fd(&conn.stream));
-    // Bytes the client sent right after its handshake were read by hyper.
-    if !read_buf.is_empty() {
-        conn.on_bytes(&read_buf);
+    if !early.is_empty() {
+        conn.on_bytes(&early);
     }
-    drop(read_buf);
+    drop(early);
     conn.run().await;
     // Dropping the stream closes the TCP connection.
     drop(conn);

@@ -14,6 +14,9 @@ pub enum Error {
     Closed,
     /// Events wait to be queued for their sockets past `maxBacklog`: the event was not sent.
     Behind { backlog: usize, limit: usize },
+    /// A connection the host accepted cannot be taken over (not a TCP socket, or a platform
+    /// without descriptors to hand over); the reason says which.
+    CannotAdopt(String),
     /// Anything else that failed inside the server.
     Internal(String),
 }
@@ -35,6 +38,7 @@ impl fmt::Display for Error {
                 f,
                 "the realtime server is behind: {backlog} bytes of events wait to be written to their sockets (maxBacklog is {limit}); this event was not sent"
             ),
+            Error::CannotAdopt(m) => write!(f, "cannot adopt the connection: {m}"),
             Error::Internal(m) => write!(f, "internal error: {m}"),
         }
     }

@@ -12,8 +12,11 @@
 //!   [`crossing`];
 //! - a socket's bytes are queued and written by [`outbound`], after a burst by the [`flush`]ers
 //!   that go through the recipients; a large buffer that many sockets send goes to each by
-//!   reference, not copied ([`splice`]).
+//!   reference, not copied ([`splice`]);
+//! - a connection the host's own HTTP server accepted is taken over in [`adopt`] and
+//!   [`server::Server::adopt`], then served like any other.
 
+pub mod adopt;
 pub mod auth;
 pub mod authorize;
 pub mod broker;

@@ -18,11 +18,12 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{header, Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{self, Refusal};
+use crate::auth::{self, Refusal, User};
 use crate::broker::redis::RedisBroker;
 use crate::callbacks::{Callbacks, UserVerifier};
 use crate::config::Config;
@@ -31,15 +32,19 @@ use crate::dispatch::run_lane;
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::ingest::Ingest;
+use crate::peer::Peer;
 use crate::protocol::close_code;
 use crate::stats::Stats;
-use crate::warn;
+use crate::{debug, warn};
 
 /// How long `shutdown()` waits for sockets to finish their close handshake.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// How long a client may take to send its HTTP request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a refused adopted connection is drained after the answer before it is closed.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
 /// A running server: its runtimes, its hub, and the address it listens on.
 pub struct Server {
@@ -170,6 +175,26 @@ impl Server {
             .expect("runtime lives until drop")
             .handle()
             .clone()
+    }
+
+    /// Takes over a connection the host's own HTTP server accepted and read an upgrade request
+    /// from (the stream comes from [`crate::adopt::dup_tcp_stream`]). The upgrade is checked
+    /// and answered as on the server's own port (same refusals, same `path`), and an accepted
+    /// socket runs the same connection code. `early` holds what the host read past the request
+    /// head; it is acted on before anything read from the socket.
+    pub fn adopt(&self, stream: std::net::TcpStream, head: RequestHead, early: Vec<u8>) -> Result<(), Error> {
+        let runtime = self.runtime.as_ref().expect("runtime lives until drop");
+        // The stream is registered with the reactor of the runtime it is entered in.
+        let _guard = runtime.enter();
+        stream
+            .set_nonblocking(true)
+            .map_err(|e| Error::CannotAdopt(format!("the socket cannot be made non-blocking: {e}")))?;
+        let stream = TcpStream::from_std(stream)
+            .map_err(|e| Error::CannotAdopt(format!("the socket cannot be registered: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        self.tracker
+            .spawn(serve_adopted(self.hub.clone(), stream, head, Bytes::from(early)));
+        Ok(())
     }
 
     /// Graceful stop: no new connections, 1001 to every socket, a short wait, then every task
@@ -332,65 +357,65 @@ fn json_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         .expect("static response parts are valid")
 }
 
-fn refuse(hub: &Hub, r: &Refusal) -> Response<Full<Bytes>> {
+/// An upgrade turned away: the status and JSON body of its answer.
+struct Refused {
+    status: StatusCode,
+    body: String,
+}
+
+impl Refused {
+    fn new(status: StatusCode, body: impl Into<String>) -> Refused {
+        Refused {
+            status,
+            body: body.into(),
+        }
+    }
+
+    fn response(self) -> Response<Full<Bytes>> {
+        json_response(self.status, self.body)
+    }
+
+    /// The answer as bytes, for an adopted connection: its last, so it says so.
+    fn into_bytes(self) -> Vec<u8> {
+        let Refused { status, body } = self;
+        let (mut parts, _) = json_response(status, String::new()).into_parts();
+        parts.headers.insert(header::CONTENT_LENGTH, body.len().into());
+        parts
+            .headers
+            .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        let mut out = head_bytes(&parts);
+        out.extend_from_slice(body.as_bytes());
+        out
+    }
+}
+
+fn refuse(hub: &Hub, r: &Refusal) -> Refused {
     Stats::add(&hub.stats.handshakes_refused, 1);
-    json_response(
+    Refused::new(
         StatusCode::from_u16(r.status).unwrap_or(StatusCode::UNAUTHORIZED),
         r.body(),
     )
 }
 
 async fn route(hub: Arc<Hub>, mut req: Request<Incoming>, tracker: TaskTracker) -> Response<Full<Bytes>> {
-    let path = req.uri().path().to_string();
-    if path == "/healthz" && req.method() == Method::GET {
+    if req.uri().path() == "/healthz" && req.method() == Method::GET {
         let s = hub.stats();
         return json_response(
             StatusCode::OK,
             serde_json::json!({ "status": "ok", "connections": s.connections, "rooms": s.rooms }).to_string(),
         );
     }
-    let path_ok = hub.config.path.as_deref().is_none_or(|p| p == path);
-    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
-        return if path_ok && hub.config.path.is_some() {
-            json_response(
-                StatusCode::UPGRADE_REQUIRED,
-                r#"{"error":"upgrade-required","reason":"this path accepts WebSocket connections only"}"#.into(),
-            )
-        } else {
-            json_response(StatusCode::NOT_FOUND, r#"{"error":"not-found"}"#.into())
-        };
-    }
-    if !path_ok {
-        return json_response(StatusCode::NOT_FOUND, r#"{"error":"not-found"}"#.into());
-    }
-    if hub.stopping.is_cancelled() {
-        return json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"error":"shutting-down"}"#.into());
-    }
-    let (parts, body) = req.into_parts();
-    let user = match auth::authenticate(&hub.config, &parts) {
-        Ok(user) => user,
-        Err(refusal) => return refuse(&hub, &refusal),
+    let (user, token) = match check_upgrade(&hub, &req) {
+        Ok(checked) => checked,
+        Err(refused) => return refused.response(),
     };
-    req = Request::from_parts(parts, body);
-    // Plugin mode: Payload itself confirms the user (sessions, disabled or deleted users).
-    let mut user_value = None;
-    if let (Some(verifier), Some(user)) = (&hub.callbacks.verifier, &user) {
-        let token = auth::find_credential_in(req.headers(), req.uri())
-            .map(|(t, _)| t)
-            .unwrap_or_default();
-        match verify_user(&**verifier, token, (*user.claims).clone(), hub.config.authorize_timeout).await {
-            Ok(v) => user_value = Some(v),
-            Err(refusal) => return refuse(&hub, &refusal),
-        }
-    }
+    let user_value = match confirm_user(&hub, user.as_ref(), token).await {
+        Ok(v) => v,
+        Err(refused) => return refused.response(),
+    };
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(r) => r,
-        Err(e) => {
-            return json_response(
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({ "error": "bad-handshake", "reason": e.to_string() }).to_string(),
-            )
-        }
+        Err(e) => return bad_handshake(&e).response(),
     };
     let peer = hub.new_peer(user, user_value);
     // Registered before the 101 goes out: once the client sees the socket open, the server
@@ -411,4 +436,342 @@ async fn route(hub: Arc<Hub>, mut req: Request<Incoming>, tracker: TaskTracker) 
     let (mut parts, _) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Full::new(Bytes::new()))
+}
+
+/// The checks of an upgrade that need no waiting, the same on the server's own port and for an
+/// adopted connection: the path, the shutdown, the credential and the Origin rules. `Ok` gives
+/// the user (`None`: anonymous) and the credential for the host's `verifyUser`; `Err` the
+/// response that refuses the upgrade.
+fn check_upgrade<B>(hub: &Hub, req: &Request<B>) -> Result<(Option<User>, String), Refused> {
+    let path_ok = hub.config.path.as_deref().is_none_or(|p| p == req.uri().path());
+    if !fastwebsockets::upgrade::is_upgrade_request(req) {
+        return Err(if path_ok && hub.config.path.is_some() {
+            Refused::new(
+                StatusCode::UPGRADE_REQUIRED,
+                r#"{"error":"upgrade-required","reason":"this path accepts WebSocket connections only"}"#,
+            )
+        } else {
+            Refused::new(StatusCode::NOT_FOUND, r#"{"error":"not-found"}"#)
+        });
+    }
+    if !path_ok {
+        return Err(Refused::new(StatusCode::NOT_FOUND, r#"{"error":"not-found"}"#));
+    }
+    if hub.stopping.is_cancelled() {
+        return Err(Refused::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"error":"shutting-down"}"#,
+        ));
+    }
+    let user = auth::authenticate_in(&hub.config, req.headers(), req.uri()).map_err(|r| refuse(hub, &r))?;
+    let token = match (&hub.callbacks.verifier, &user) {
+        (Some(_), Some(_)) => auth::find_credential_in(req.headers(), req.uri()).map_or_else(String::new, |(t, _)| t),
+        _ => String::new(),
+    };
+    Ok((user, token))
+}
+
+/// Plugin mode: Payload itself confirms the user (sessions, disabled or deleted users). `Ok`
+/// gives what the host returned for the user (`None` without a verifier or a user).
+async fn confirm_user(hub: &Hub, user: Option<&User>, token: String) -> Result<Option<serde_json::Value>, Refused> {
+    let (Some(verifier), Some(user)) = (&hub.callbacks.verifier, user) else {
+        return Ok(None);
+    };
+    match verify_user(&**verifier, token, (*user.claims).clone(), hub.config.authorize_timeout).await {
+        Ok(v) => Ok(Some(v)),
+        Err(refusal) => Err(refuse(hub, &refusal)),
+    }
+}
+
+fn bad_handshake(e: &fastwebsockets::WebSocketError) -> Refused {
+    Refused::new(
+        StatusCode::BAD_REQUEST,
+        serde_json::json!({ "error": "bad-handshake", "reason": e.to_string() }).to_string(),
+    )
+}
+
+/// An upgrade request's head as the host's HTTP server received it, for [`Server::adopt`]:
+/// bytes as they came, header lines in order with duplicates kept.
+#[derive(Debug, Clone, Default)]
+pub struct RequestHead {
+    pub method: Vec<u8>,
+    /// The request target, e.g. `/realtime?token=...`.
+    pub target: Vec<u8>,
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl RequestHead {
+    /// The request hyper would have parsed from these bytes; `Err` says what it would refuse.
+    fn into_request(self) -> Result<Request<()>, String> {
+        let mut builder = Request::builder()
+            .method(Method::from_bytes(&self.method).map_err(|_| "invalid method".to_string())?)
+            .uri(hyper::Uri::try_from(self.target).map_err(|e| format!("invalid request target: {e}"))?);
+        let headers = builder.headers_mut().expect("method and target are valid");
+        for (name, value) in self.headers {
+            let name = header::HeaderName::from_bytes(&name).map_err(|_| "invalid header name".to_string())?;
+            let value = header::HeaderValue::from_bytes(&value).map_err(|_| "invalid header value".to_string())?;
+            headers.append(name, value);
+        }
+        builder.body(()).map_err(|e| e.to_string())
+    }
+}
+
+/// An adopted connection from its upgrade request to its close.
+async fn serve_adopted(hub: Arc<Hub>, mut stream: TcpStream, head: RequestHead, early: Bytes) {
+    // Before the socket is open it waits on nobody but the host's `verifyUser`, which a
+    // shutdown does not wait for (the server's own port cuts its handshakes likewise).
+    let peer = tokio::select! {
+        peer = answer_adopted(&hub, &mut stream, head) => peer,
+        _ = hub.shutdown.cancelled() => None,
+    };
+    match peer {
+        Some(peer) => connection::serve_stream(hub, peer, stream, early).await,
+        None => linger(&hub, stream).await,
+    }
+}
+
+/// Checks and answers an adopted upgrade; `Some` with the registered peer once the 101 is out.
+async fn answer_adopted(hub: &Arc<Hub>, stream: &mut TcpStream, head: RequestHead) -> Option<Arc<Peer>> {
+    let mut req = match head.into_request() {
+        Ok(req) => req,
+        Err(reason) => {
+            let body = serde_json::json!({ "error": "bad-request", "reason": reason }).to_string();
+            let _ = stream
+                .write_all(&Refused::new(StatusCode::BAD_REQUEST, body).into_bytes())
+                .await;
+            return None;
+        }
+    };
+    let checked = match check_upgrade(hub, &req) {
+        Ok((user, token)) => confirm_user(hub, user.as_ref(), token).await.map(|v| (user, v)),
+        Err(refused) => Err(refused),
+    };
+    let accepted = checked.and_then(|(user, value)| match fastwebsockets::upgrade::upgrade(&mut req) {
+        // No hyper connection behind this request: its upgrade future is not needed.
+        Ok((response, _)) => Ok((user, value, response)),
+        Err(e) => Err(bad_handshake(&e)),
+    });
+    let (user, user_value, response) = match accepted {
+        Ok(accepted) => accepted,
+        Err(refused) => {
+            let _ = stream.write_all(&refused.into_bytes()).await;
+            return None;
+        }
+    };
+    let peer = hub.new_peer(user, user_value);
+    // Registered before the 101 goes out, as on the server's own port.
+    hub.registry.add_peer(peer.clone());
+    let (parts, _) = response.into_parts();
+    if let Err(e) = stream.write_all(&head_bytes(&parts)).await {
+        hub.registry.remove_peer(&peer);
+        debug!("adopted upgrade not answered: {e}");
+        return None;
+    }
+    Some(peer)
+}
+
+/// Closes a connection that was answered with a refusal: our side is shut down first and what
+/// the client still sends is read and dropped for a moment, since closing with unread bytes
+/// resets the connection, and a reset can reach the client before it has read the answer.
+async fn linger(hub: &Hub, mut stream: TcpStream) {
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut buf = [0u8; 1024];
+        while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+    };
+    tokio::select! {
+        _ = tokio::time::timeout(REFUSAL_LINGER, drain) => {}
+        _ = hub.shutdown.cancelled() => {}
+    }
+}
+
+/// A response's status line and headers as HTTP/1.1 bytes, for an adopted connection (hyper
+/// does not serve it).
+fn head_bytes(parts: &hyper::http::response::Parts) -> Vec<u8> {
+    let status = parts.status;
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or("")
+    )
+    .into_bytes();
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream as StdStream;
+
+    use super::*;
+    use crate::auth::tests::{payload_token, SECRET};
+    use crate::auth::PayloadKey;
+
+    fn start() -> Server {
+        let config = Config {
+            host: "127.0.0.1".into(),
+            port: 0,
+            key: Some(PayloadKey::from_payload_secret(SECRET)),
+            worker_threads: 1,
+            ..Config::default()
+        };
+        Server::start(config, Callbacks::default()).unwrap()
+    }
+
+    /// A connection as the host's server holds it: the client's end, and the host's.
+    fn accepted() -> (StdStream, StdStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = StdStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let (host, _) = listener.accept().unwrap();
+        (client, host)
+    }
+
+    /// The upgrade request the host read, with a token in the header as a client sends it.
+    fn request(token: &str) -> RequestHead {
+        let headers = [
+            ("Host", "127.0.0.1:3000".to_string()),
+            ("Upgrade", "websocket".into()),
+            ("Connection", "Upgrade".into()),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==".into()),
+            ("Sec-WebSocket-Version", "13".into()),
+            ("Authorization", format!("JWT {token}")),
+        ];
+        RequestHead {
+            method: b"GET".to_vec(),
+            target: b"/realtime".to_vec(),
+            headers: headers
+                .into_iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes()))
+                .collect(),
+        }
+    }
+
+    /// A client's text frame (masked, as clients must).
+    fn text_frame(text: &str) -> Vec<u8> {
+        let mask = [1u8, 2, 3, 4];
+        let mut frame = vec![0x81, 0x80 | text.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
+    /// Reads until `done` says what came is enough; returns all of it.
+    fn read_until(client: &mut StdStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !done(&got) {
+            let n = client.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    /// The server's unmasked frames after the response head: (opcode, payload).
+    fn frames(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut rest = bytes;
+        while rest.len() >= 2 && rest.len() >= 2 + (rest[1] & 0x7f) as usize {
+            let len = (rest[1] & 0x7f) as usize;
+            out.push((rest[0] & 0x0f, rest[2..2 + len].to_vec()));
+            rest = &rest[2 + len..];
+        }
+        out
+    }
+
+    fn head_end(bytes: &[u8]) -> Option<usize> {
+        bytes.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+    }
+
+    #[test]
+    fn an_adopted_connection_acts_on_the_hosts_bytes_first() {
+        let server = start();
+        let (mut client, host) = accepted();
+        // The host read the request and the client's first message behind it; the second is
+        // still in the socket when the connection is handed over.
+        let early = text_frame(r#"{"type":"ping","id":1}"#);
+        client.write_all(&text_frame(r#"{"type":"ping","id":2}"#)).unwrap();
+        server.adopt(host, request(&payload_token(7, 60)), early).unwrap();
+
+        let pongs = |b: &[u8]| head_end(b).is_some_and(|at| frames(&b[at..]).len() >= 2);
+        let got = read_until(&mut client, pongs);
+        let at = head_end(&got).unwrap();
+        let head = String::from_utf8_lossy(&got[..at]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 101 switching protocols\r\n"), "{head}");
+        // The key of RFC 6455's example gives its accept value.
+        assert!(
+            head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
+            "{head}"
+        );
+        let replies: Vec<String> = frames(&got[at..])
+            .into_iter()
+            .map(|(_, p)| String::from_utf8(p).unwrap())
+            .collect();
+        assert_eq!(replies, [r#"{"type":"pong","id":1}"#, r#"{"type":"pong","id":2}"#]);
+        assert_eq!(server.hub().stats().connections, 1);
+
+        // A shutdown closes it like the sockets of the server's own port.
+        server.handle().block_on(server.shutdown());
+        let close = read_until(&mut client, |b| !frames(b).is_empty());
+        let (opcode, payload) = frames(&close).remove(0);
+        assert_eq!(opcode, 0x8);
+        assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), close_code::GOING_AWAY);
+    }
+
+    #[test]
+    fn an_adopted_connection_is_refused_as_on_the_servers_own_port() {
+        let server = start();
+        let (mut client, host) = accepted();
+        server.adopt(host, request("not-a-token"), Vec::new()).unwrap();
+        let mut got = Vec::new();
+        // Answered, then closed by the server: the read ends.
+        client.read_to_end(&mut got).unwrap();
+        let text = String::from_utf8(got).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{head}");
+        assert!(head.contains("content-type: application/json\r\n"), "{head}");
+        assert!(head.contains(&format!("content-length: {}\r\n", body.len())), "{head}");
+        assert!(head.contains("connection: close"), "{head}");
+        assert_eq!(body, Refusal::unauthorized("malformed token").body());
+        assert_eq!(server.hub().stats().connections, 0);
+        assert_eq!(server.hub().stats().handshakes_refused, 1);
+
+        // A request the server would not take on its own port either: not an upgrade.
+        let (mut client, host) = accepted();
+        let mut plain = request(&payload_token(7, 60));
+        plain.headers.retain(|(k, _)| k != b"Upgrade");
+        server.adopt(host, plain, Vec::new()).unwrap();
+        let mut got = String::new();
+        client.read_to_string(&mut got).unwrap();
+        assert!(got.starts_with("HTTP/1.1 404 Not Found\r\n"), "{got}");
+        assert!(got.ends_with(r#"{"error":"not-found"}"#), "{got}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_duplicated_descriptor_is_served_after_the_host_closes_its_own() {
+        use std::os::fd::AsRawFd;
+
+        let server = start();
+        let (mut client, host) = accepted();
+        // SAFETY: `host` is open for the call.
+        let copy = unsafe { crate::adopt::dup_tcp_stream(host.as_raw_fd()) }.unwrap();
+        drop(host);
+        server
+            .adopt(copy, request(&payload_token(7, 60)), text_frame(r#"{"type":"ping"}"#))
+            .unwrap();
+        let got = read_until(&mut client, |b| {
+            head_end(b).is_some_and(|at| !frames(&b[at..]).is_empty())
+        });
+        let at = head_end(&got).unwrap();
+        assert_eq!(frames(&got[at..])[0].1, br#"{"type":"pong"}"#);
+    }
 }
