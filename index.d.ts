@@ -1,5 +1,8 @@
 // Typings of payload-realtime's public API (the contract in the README).
 
+import type { IncomingMessage, Server as HttpServer } from 'node:http'
+import type { Duplex } from 'node:stream'
+
 /** A Payload config, as far as the plugin needs to know it. */
 export interface PayloadConfigLike {
   secret?: string
@@ -208,6 +211,28 @@ export declare class UWebSocketManager {
   /** Closes with 4003 the sockets of a user's session (every session without `sid`); returns how many. */
   revokeSession(session: { collection: string; id: string | number; sid?: string }): number
   stats(): RealtimeStats
+  /**
+   * Takes over a WebSocket upgrade from your own HTTP server (its `'upgrade'` event): the server
+   * adopts the connection's file descriptor, checks and answers the handshake exactly as on its
+   * own port (token, Origin rules, `verifyUser`, `path`, the same refusals), and serves the socket;
+   * Node's socket is then closed on Node's side only. Call it from the listener itself, or at
+   * least before anything else reads from or writes to the socket.
+   * Returns true once the server has the connection; false when the manager is closed (the
+   * upgrade is then answered 503). Throws a `RealtimeError` with code `'cannot-adopt'`, leaving
+   * the socket untouched, for a TLS socket, a socket without a file descriptor (Windows), or one
+   * that is not a connected TCP socket (a Unix domain socket): serve WebSockets on their own
+   * port there, or route the path to that port from a reverse proxy.
+   */
+  handleUpgrade(req: IncomingMessage, socket: Duplex, head?: Buffer): boolean
+  /**
+   * Adds one `'upgrade'` listener to `server` that hands the upgrades whose path is `path` to
+   * `handleUpgrade`. `path` defaults to the manager's `path` option, else `'/realtime'`; it must
+   * equal the `path` option when that is set, and may not be under `/_next/`. Every other upgrade
+   * (Next.js's HMR socket, another WebSocket server) is left to the server's other `'upgrade'`
+   * listeners, or answered 404 when there are none. Throws `'cannot-adopt'` for an HTTPS server.
+   * Returns a function that removes the listener; `close()` removes it too.
+   */
+  attachTo(server: HttpServer, options?: { path?: string }): () => void
   /** Sends 1001 to every socket and frees the port. */
   close(): Promise<void>
 }

@@ -16,6 +16,7 @@ use napi_derive::napi;
 use parking_lot::Mutex;
 use serde_json::Value;
 
+use payload_realtime_core::adopt;
 use payload_realtime_core::auth::PayloadKey;
 use payload_realtime_core::callbacks::{self, Callbacks};
 use payload_realtime_core::config::{Config, HostRules};
@@ -23,19 +24,52 @@ use payload_realtime_core::error;
 use payload_realtime_core::history::{HistoryPolicy, HistoryRule};
 use payload_realtime_core::hub::Hub;
 use payload_realtime_core::ingest::{self, Events};
-use payload_realtime_core::server::Server;
+use payload_realtime_core::server::{RequestHead, Server};
 
 use crate::js_callbacks::{
     AuthorizeFn, HandlerFn, JsAuthorizer, JsHandlers, JsJoinRule, JsVerifier, MayJoinFn, VerifyFn,
 };
 
-/// Maps a core error to a JS error: the one place this happens.
-fn js_error(e: error::Error) -> napi::Error {
+/// Maps a core error to a JS error: the one place this happens. The JS error's `code` is napi's
+/// status, or, for an error the JS layer acts on, this package's own code: a connection that
+/// cannot be adopted is `cannot-adopt`. A function that can fail so returns
+/// `napi::Error<String>` (a code of any text); the others keep napi's `Status`.
+fn js_error<C: JsCode>(e: error::Error) -> napi::Error<C> {
     let status = match e {
         error::Error::InvalidOption(_) | error::Error::InvalidInput(_) => Status::InvalidArg,
         _ => Status::GenericFailure,
     };
-    napi::Error::new(status, e.to_string())
+    let own = match e {
+        error::Error::CannotAdopt(_) => Some("cannot-adopt"),
+        _ => None,
+    };
+    napi::Error::new(C::of(status, own), e.to_string())
+}
+
+/// What a JS error's `code` can be built from.
+trait JsCode: AsRef<str> {
+    fn of(status: Status, own: Option<&'static str>) -> Self;
+}
+
+impl JsCode for Status {
+    fn of(status: Status, _: Option<&'static str>) -> Status {
+        status
+    }
+}
+
+impl JsCode for String {
+    fn of(status: Status, own: Option<&'static str>) -> String {
+        own.unwrap_or(status.as_ref()).to_string()
+    }
+}
+
+/// Node's HTTP parser gives header lines and the request target as latin1 strings: each
+/// character is one byte as received.
+fn latin1(s: String) -> Vec<u8> {
+    if s.is_ascii() {
+        return s.into_bytes();
+    }
+    s.chars().map(|c| u8::try_from(c).unwrap_or(b'?')).collect()
 }
 
 /// Options of the native server (the JS layer fills in defaults and checks types).
@@ -444,6 +478,42 @@ impl RealtimeServer {
             let _ = done.send(());
         });
         finished.recv_timeout(Duration::from_millis(timeout_ms as u64)).is_ok()
+    }
+
+    /// Takes over a connection of the host's HTTP server that sent an upgrade request: `fd` is
+    /// its descriptor, which is duplicated (the host then closes its own), `raw_headers` the
+    /// header lines as Node received them (name, value, name, value, ...), `head` what Node
+    /// read past them. The server answers it from here on. `false` once the server is closed
+    /// (nothing was taken); a connection that cannot be taken over throws `cannot-adopt`.
+    #[napi(catch_unwind)]
+    pub fn adopt_upgrade(
+        &self,
+        fd: i32,
+        method: String,
+        url: String,
+        raw_headers: Vec<String>,
+        head: Buffer,
+    ) -> std::result::Result<bool, napi::Error<String>> {
+        let server = self.server.lock();
+        let Some(server) = server.as_ref() else {
+            return Ok(false);
+        };
+        // SAFETY: `fd` is the descriptor of the socket the JS layer read it from in this same
+        // synchronous call. Node closes a socket's descriptor only on its own thread, which is
+        // inside this call, so it stays open until the call returns.
+        let stream = unsafe { adopt::dup_tcp_stream(fd) }.map_err(js_error)?;
+        let mut lines = raw_headers.into_iter().map(latin1);
+        let mut headers = Vec::with_capacity(lines.len() / 2);
+        while let (Some(name), Some(value)) = (lines.next(), lines.next()) {
+            headers.push((name, value));
+        }
+        let request = RequestHead {
+            method: method.into_bytes(),
+            target: latin1(url),
+            headers,
+        };
+        server.adopt(stream, request, head.to_vec()).map_err(js_error)?;
+        Ok(true)
     }
 
     /// Closes every socket with 1001, frees the port, and lets Node exit. Idempotent.
