@@ -108,6 +108,20 @@ test('npm pack gives a tarball that works as a Payload plugin in a fresh project
     // cannot build; lib/native.js loads it instead, so binding.js is not shipped.
     assert.ok(!files.includes('binding.js'), 'the tarball has no binding.js')
     assert.ok(!files.some((f) => f.startsWith('__test__/') || f.startsWith('src/') || f.startsWith('target/')))
+    // The README's and docs' links to files of the package resolve in the tarball (npm shows
+    // the README on its own: a link into a file it lacks is dead there).
+    for (const page of files.filter((f) => f === 'README.md' || (f.startsWith('docs/') && f.endsWith('.md')))) {
+      const text = readFileSync(join(root, page), 'utf8')
+      for (const [, target] of text.matchAll(/\]\(([^)#\s]+)(?:#[^)]*)?\)/g)) {
+        if (/^[a-z]+:/.test(target)) continue
+        const file = join(dirname(page), target).replace(/\\/g, '/')
+        if (file.startsWith('examples/')) continue // the repository's, linked for reading
+        assert.ok(
+          files.includes(file) || files.some((f) => f.startsWith(`${file}/`)),
+          `${page} links ${target}, which the tarball lacks`,
+        )
+      }
+    }
 
     const project = join(dir, 'app')
     mkdirSync(project)
