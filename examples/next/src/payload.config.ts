@@ -14,6 +14,8 @@ const dirname = path.dirname(filename)
 export default buildConfig({
   admin: {
     user: Users.slug,
+    // No Gravatar: the admin makes no request to another site.
+    avatar: 'default',
     importMap: { baseDir: path.resolve(dirname) },
   },
   collections: [Users, Posts],
