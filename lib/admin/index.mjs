@@ -5,9 +5,13 @@
 // sends to the realtime server's host), joins the included collections and the document locks,
 // and for changes made by someone else: shows a short notice naming the editor, refreshes the
 // list view of that collection, warns in the edit view of a document changed or deleted since it
-// was opened, and refreshes the lock icons. The connection state shows in a corner.
+// was opened, and refreshes list views when a lock is taken or released (the lock icons). The
+// connection state shows in a corner.
+//
+// Never `router.refresh()` in an edit view: Payload's form replaces its state with the refreshed
+// `initialState`, which would throw away the editor's unsaved changes. There the provider warns.
 
-import { createElement, useEffect, useMemo, useRef, useState } from 'react'
+import { createElement, useEffect, useRef, useState } from 'react'
 import { toast, useAuth, useConfig } from '@payloadcms/ui'
 import { usePathname, useRouter } from 'next/navigation'
 
@@ -38,18 +42,23 @@ export function adminView(pathname, adminRoute = '/admin') {
   if (!pathname || !pathname.startsWith(base)) return null
   const [slug, id] = pathname.slice(base.length).split('/')
   if (!slug) return null
-  if (!id) return { view: 'list', slug }
+  // The trash view lists documents too.
+  if (!id || id === 'trash') return { view: 'list', slug }
   return id === 'create' ? null : { view: 'edit', slug, id: decodeURIComponent(id) }
 }
 
-/** Names users the way the admin does: the auth collection's `useAsTitle`, read with the viewer's access. */
-function userNamer(config) {
+/**
+ * Names users the way the admin does: the auth collection's `useAsTitle`, read with the viewer's
+ * access. `getConfig()` returns the admin's current client config.
+ */
+function userNamer(getConfig) {
   const names = new Map()
-  const api = `${config.serverURL ?? ''}${config.routes?.api ?? '/api'}`
   return (user) => {
     if (!user) return Promise.resolve('Someone')
     const key = `${user.collection}:${user.id}`
     if (!names.has(key)) {
+      const config = getConfig()
+      const api = `${config.serverURL ?? ''}${config.routes?.api ?? '/api'}`
       const collection = config.collections.find((c) => c.slug === user.collection)
       const field = collection?.admin?.useAsTitle ?? 'id'
       names.set(
@@ -119,10 +128,13 @@ export function RealtimeAdminProvider({ children, collections = [], port, path, 
   const [status, setStatus] = useState('connecting')
   const [warning, setWarning] = useState(null)
 
-  // What the handlers below read of the latest render.
+  // What the handlers below read of the latest render. The config, the user and the router are
+  // new objects after every `router.refresh()` and token refresh: the connection must not
+  // depend on their identity (it would reconnect on each event it refreshes for).
   const latest = useRef({})
-  latest.current = { view: adminView(pathname, config.routes?.admin), user, router }
-  const name = useMemo(() => userNamer(config), [config])
+  latest.current = { view: adminView(pathname, config.routes?.admin), user, router, config }
+  const namer = useRef(null)
+  namer.current ??= userNamer(() => latest.current.config)
 
   // A warning belongs to the document it was raised in.
   const warnedFor = warning && `${warning.slug}:${warning.id}`
@@ -132,29 +144,45 @@ export function RealtimeAdminProvider({ children, collections = [], port, path, 
     if (warnedFor && warnedFor !== here) setWarning(null)
   }, [warnedFor, here])
 
-  const signedIn = Boolean(user)
+  // Connect once per signed-in user (a different user has a different cookie).
+  const userKey = user ? `${user.collection ?? config.admin?.user}:${user.id}` : null
+  const slugs = collections.join(',')
   useEffect(() => {
-    if (!signedIn) return undefined
-    const client = createRealtimeClient({ url: realtimeUrl({ url, port, path }) })
+    if (!userKey) return undefined
+    const client = createRealtimeClient({
+      url: realtimeUrl({ url, port, path }),
+      // The browser sends the admin's cookie with every attempt: after the socket's token
+      // expired (4001), reconnect with the cookie the admin has refreshed since.
+      getToken: () => null,
+    })
     const offStatus = client.on('status', setStatus)
     // A collection this user may not read is refused (forbidden): nothing to show of it.
     const offError = client.on('error', (err) => {
       if (err?.code !== 'forbidden') console.warn('[payload-realtime/admin]', err?.message ?? err)
     })
-    const bySlug = new Map(config.collections.map((c) => [c.slug, c]))
+    const collectionOf = (slug) => latest.current.config.collections.find((c) => c.slug === slug)
     const byMe = (event) => {
       const me = latest.current.user
-      return Boolean(
-        me && event.user && event.user.collection === me.collection && String(event.user.id) === String(me.id),
-      )
+      if (!me || !event.user) return false
+      const mine = me.collection ?? latest.current.config.admin?.user
+      return event.user.collection === mine && String(event.user.id) === String(me.id)
+    }
+    // Events come in bursts (a save is an update and a lock released): one refresh for a burst.
+    let refreshTimer = null
+    const refresh = () => {
+      if (refreshTimer) return
+      refreshTimer = setTimeout(() => {
+        refreshTimer = null
+        latest.current.router.refresh()
+      }, 50)
     }
     const onEvent = (event) => {
       if (byMe(event)) return
-      const { view, router } = latest.current
-      const collection = bySlug.get(event.collection)
-      if (view?.slug === event.collection && view.view === 'list') router.refresh()
+      const { view } = latest.current
+      const collection = collectionOf(event.collection)
+      if (view?.view === 'list' && view.slug === event.collection) refresh()
       const verb = VERBS[event.type] ?? event.type
-      name(event.user).then((who) => {
+      namer.current(event.user).then((who) => {
         const what = `${labelOf(collection)} ${titleOf(collection, event)}`
         toast.info(`${who} ${verb} ${what}`)
         const now = latest.current.view
@@ -170,21 +198,36 @@ export function RealtimeAdminProvider({ children, collections = [], port, path, 
         }
       })
     }
-    // A lock taken or released: the lock icons and the edit view's lock come from the server.
+    // A lock taken or released. List views show lock icons: refresh the one of that collection
+    // (a release by query names no document: any list). In the edit view of the locked
+    // document, say who took it (a refresh would discard unsaved changes).
     const onLock = (event) => {
       if (byMe(event)) return
-      const { view, router } = latest.current
-      if (view) router.refresh()
+      const { view } = latest.current
+      const locked = event.doc?.document
+      if (view?.view === 'list' && (!locked || locked.relationTo === view.slug)) refresh()
+      if (
+        event.type === 'create' &&
+        view?.view === 'edit' &&
+        locked?.relationTo === view.slug &&
+        String(locked.value) === view.id
+      ) {
+        const collection = collectionOf(view.slug)
+        namer.current(event.user).then((who) => toast.info(`${who} is editing this ${labelOf(collection)}`))
+      }
     }
-    const offs = [...collections.map((slug) => client.subscribe(slug, onEvent)), client.subscribe(LOCKS, onLock)]
+    const rooms = slugs ? slugs.split(',') : []
+    const offs = [...rooms.map((slug) => client.subscribe(slug, onEvent)), client.subscribe(LOCKS, onLock)]
     return () => {
+      if (refreshTimer) clearTimeout(refreshTimer)
       for (const off of offs) off()
       offStatus()
       offError()
       client.disconnect()
     }
-  }, [signedIn, url, port, path, collections.join(','), config, name])
+  }, [userKey, url, port, path, slugs])
 
+  const signedIn = Boolean(user)
   return createElement(
     'div',
     { className: 'payload-realtime-admin', style: { display: 'contents' } },
