@@ -31,6 +31,7 @@ import { after, before, test } from 'node:test'
 import { fileURLToPath } from 'node:url'
 
 import { launchBrowser } from './browser-support.mjs'
+import { installIntoExample } from '../scripts/install-example.mjs'
 import { connect, handshake, isEvent, waitUntil } from './helpers.mjs'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
@@ -186,21 +187,11 @@ function filesUnder(dir) {
 before(async () => {
   assert.ok(existsSync(nextBin), 'next is installed (a devDependency): run npm ci')
   tmp = mkdtempSync(join(tmpdir(), 'payload-realtime-next-'))
-  const r = spawnSync('npm', ['pack', '--json', '--ignore-scripts', '--pack-destination', tmp, root], {
-    cwd: root,
-    encoding: 'utf8',
-    env: { ...process.env, npm_config_update_notifier: 'false' },
-  })
-  assert.equal(r.status, 0, `npm pack failed:\n${r.stdout}\n${r.stderr}`)
-  const packed = JSON.parse(r.stdout)[0]
+  const files = installIntoExample()
   assert.ok(
-    packed.files.some((f) => f.path.endsWith('.node')),
+    files.some((f) => f.endsWith('.node')),
     'the tarball carries the built addon (run npm run build first)',
   )
-  rmSync(installed, { recursive: true, force: true })
-  mkdirSync(installed, { recursive: true })
-  const x = spawnSync('tar', ['-xzf', join(tmp, packed.filename), '--strip-components=1', '-C', installed])
-  assert.equal(x.status, 0, `tar failed: ${x.stderr}`)
 })
 
 after(() => {
