@@ -58,6 +58,18 @@ export function makeToken(claims = {}, { secret = SECRET, key, expiresIn = 7200 
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
+/** A loopback port nothing listens on now (for servers that need a fixed port). */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer()
+    srv.on('error', reject)
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address()
+      srv.close(() => resolve(port))
+    })
+  })
+}
+
 /** Rejects with a clear message when `promise` has not settled after `ms` (a hang guard). */
 export function withTimeout(promise, ms, label) {
   let timer

@@ -18,23 +18,11 @@ import { buildConfig, getPayload } from 'payload'
 import { sqliteAdapter } from '@payloadcms/db-sqlite'
 
 import { collections, PASSWORD } from './payload-fixture.mjs'
-import { connect, makeToken, SECRET, waitUntil, withTimeout, WAIT } from './helpers.mjs'
+import { SECRET, WAIT, connect, freePort, makeToken, waitUntil, withTimeout } from './helpers.mjs'
 
 const T = { timeout: 120_000 }
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const require = createRequire(import.meta.url)
-
-/** A port nothing listens on now. */
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer()
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address()
-      s.close(() => resolve(port))
-    })
-    s.on('error', reject)
-  })
-}
 
 /** This package as a fresh evaluation of its modules, as a bundler's reload gives it. */
 function freshPackage() {

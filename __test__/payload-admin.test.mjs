@@ -3,24 +3,13 @@
 // database adapter directly (no hooks), are pushed to every signed-in admin.
 
 import assert from 'node:assert/strict'
-import net from 'node:net'
 import { test } from 'node:test'
 
+import { freePort } from './helpers.mjs'
 import { startPayload } from './payload-fixture.mjs'
 
 const T = { timeout: 120_000 }
 const LOCKS = 'payload-locked-documents'
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer()
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address()
-      s.close(() => resolve(port))
-    })
-    s.on('error', reject)
-  })
-}
 
 test('the plugin registers the admin provider with the server it starts, and admin: false does not', T, async () => {
   const port = await freePort()

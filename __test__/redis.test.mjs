@@ -7,13 +7,12 @@
 import assert from 'node:assert/strict'
 import { execFileSync, fork, spawn } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
-import net from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, test } from 'node:test'
 import { fileURLToPath } from 'node:url'
 
-import { connect, isEvent, makeToken, SECRET, sleep, waitUntil } from './helpers.mjs'
+import { SECRET, connect, freePort, isEvent, makeToken, sleep, waitUntil } from './helpers.mjs'
 
 const here = fileURLToPath(new URL('.', import.meta.url))
 const requireAll = process.env.PAYLOAD_REALTIME_REQUIRE_ALL === '1'
@@ -40,17 +39,6 @@ const cleanups = []
 after(async () => {
   for (const c of cleanups.reverse()) await c()
 })
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer()
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address()
-      srv.close(() => resolve(port))
-    })
-    srv.on('error', reject)
-  })
-}
 
 function cli(port, ...args) {
   return execFileSync(redisCli, ['-p', String(port), ...args])
