@@ -145,6 +145,12 @@ export interface PluginOptions extends ServerOptions {
    * everyone who may connect receives that collection's events whole.
    */
   readAccess?: boolean | Record<string, boolean>
+  /**
+   * The live admin (on by default when `port` is set): Payload's admin shows other editors'
+   * changes and document locks as they happen. `false` turns it off; `{ url }` or `{ port, path }`
+   * says where the browser finds a server the application starts or attaches itself.
+   */
+  admin?: boolean | { url?: string; port?: number; path?: string }
   shouldEmit?: (event: RealtimeEvent) => boolean
   transformEvent?: (event: RealtimeEvent) => RealtimeEvent | null | undefined
 }

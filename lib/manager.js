@@ -54,9 +54,50 @@ function optionalString(options, name) {
   return v
 }
 
+/**
+ * The options of the server (`initUWebSocket(port, options)`), which the plugin also takes and
+ * hands on: index.d.ts's `ServerOptions` declares the same names (a test checks it).
+ */
+const SERVER_OPTIONS = [
+  'host',
+  'path',
+  'secret',
+  'allowedOrigins',
+  'allowAnonymous',
+  'maxPayloadLength',
+  'maxBackpressure',
+  'maxBacklog',
+  'idleTimeout',
+  'workerThreads',
+  'includeCollections',
+  'authorize',
+  'rooms',
+  'authorizeTimeout',
+  'handlerTimeout',
+  'maxMessagesPerSecond',
+  'maxRoomsPerSocket',
+  'history',
+  'presence',
+  'presenceExpiry',
+  'redis',
+  'verifyUser',
+]
+
+/** Options only the plugin reads (index.d.ts `PluginOptions`); the server ignores them. */
+const PLUGIN_OPTIONS = ['enabled', 'port', 'readAccess', 'shouldEmit', 'transformEvent', 'admin']
+
+const KNOWN_OPTIONS = new Set([...SERVER_OPTIONS, ...PLUGIN_OPTIONS])
+
 /** Checks the options and builds what the native server takes. */
 function nativeOptions(port, options) {
   if (!isPlainObject(options)) throw new TypeError('payload-realtime: options must be an object')
+  // A misspelt option (say `allowedOrigin`) would otherwise be a default silently kept.
+  const unknown = Object.keys(options).filter((k) => !KNOWN_OPTIONS.has(k))
+  if (unknown.length > 0) {
+    throw new TypeError(
+      `payload-realtime: unknown option${unknown.length > 1 ? 's' : ''} ${unknown.map((k) => `\`${k}\``).join(', ')}`,
+    )
+  }
   if (typeof port !== 'number' || !Number.isInteger(port) || port < 0 || port > 65535) {
     throw new TypeError(`payload-realtime: port must be an integer from 0 to 65535, got ${String(port)}`)
   }
@@ -769,5 +810,7 @@ module.exports = {
   getUWebSocketManager,
   nativeOptions,
   setPluginDefaults,
+  SERVER_OPTIONS,
+  PLUGIN_OPTIONS,
   makeFailureLog,
 }

@@ -18,23 +18,9 @@ const { LOCKS, announceLocks } = require('./payload/locks.js')
 
 const { initUWebSocket, getUWebSocketManager, makeFailureLog } = managerModule
 
-/** Options passed through to the server as they are. */
-const SERVER_OPTION_KEYS = [
-  'host',
-  'path',
-  'allowedOrigins',
-  'allowAnonymous',
-  'maxPayloadLength',
-  'maxBackpressure',
-  'maxBacklog',
-  'idleTimeout',
-  'workerThreads',
-  'authorizeTimeout',
-  'handlerTimeout',
-  'maxMessagesPerSecond',
-  'maxRoomsPerSocket',
-  'redis',
-]
+/** Server options the plugin builds itself; the others are handed on as they are. */
+const BUILT_BY_PLUGIN = new Set(['secret', 'includeCollections', 'authorize', 'rooms', 'verifyUser'])
+const SERVER_OPTION_KEYS = managerModule.SERVER_OPTIONS.filter((k) => !BUILT_BY_PLUGIN.has(k))
 
 /** The admin provider, as Payload's import map names it. */
 const ADMIN_PROVIDER = 'payload-realtime/admin#RealtimeAdminProvider'
