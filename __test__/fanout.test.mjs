@@ -554,7 +554,10 @@ test(
         Array.from({ length: accepted.length }, (_, i) => i),
         'the first ones are taken',
       )
-      for (const r of rejected) assert.match(r.reason.message, /realtime server is behind.*maxBacklog/)
+      for (const r of rejected) {
+        assert.match(r.reason.message, /realtime server is behind.*maxBacklog/)
+        assert.equal(r.reason.code, 'server-behind', 'one stable code, alone or batched')
+      }
       await c.waitFor((m) => m.id === accepted.at(-1), { label: 'the last accepted event' })
       await waitUntil(() => ctx.manager.stats().backlogBytes === 0, { label: 'an empty backlog' })
       await ctx.manager.emitEvent({ type: 'update', collection: 'posts', id: 'after', doc: {} })

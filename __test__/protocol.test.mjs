@@ -6,6 +6,7 @@ import { test } from 'node:test'
 
 import {
   closeCodeIn,
+  connect,
   encodeFrame,
   isEvent,
   makeToken,
@@ -14,6 +15,7 @@ import {
   startServer,
   waitUntil,
   withServer,
+  wsUrl,
 } from './helpers.mjs'
 
 const T = { timeout: 60_000 }
@@ -762,3 +764,26 @@ test('rooms: joins and leaves take effect in the order sent while a join rule is
 test('rooms: a join rule that is not a function is refused at start', T, async () => {
   await assert.rejects(startServer({ rooms: { posts: true } }), /`rooms` must map/)
 })
+
+test(
+  "sendToSocket takes the socket object a handler was given (the old plugin's way), and a closed server's emitEvent says closed",
+  T,
+  async () => {
+    const manager = await startServer()
+    const received = []
+    manager.registerCustomHandler('hello', (socket) => {
+      received.push(manager.sendToSocket(socket, { type: 'welcome', to: socket.user.id }))
+    })
+    const c = await connect(wsUrl(manager), { token: makeToken({ id: 'alice' }) })
+    try {
+      c.send({ type: 'hello' })
+      const m = await c.waitFor((x) => x.type === 'welcome', { label: 'the welcome' })
+      assert.equal(m.to, 'alice')
+      assert.deepEqual(received, [true])
+    } finally {
+      await c.close()
+      await manager.close()
+    }
+    await assert.rejects(manager.emitEvent({ type: 'create', collection: 'posts', id: 1 }), { code: 'closed' })
+  },
+)

@@ -662,6 +662,7 @@ class UWebSocketManager {
   async emitEvent(event) {
     if (!isPlainObject(event)) throw new TypeError('payload-realtime: emitEvent takes an event object')
     const json = toJson(event, 'the event')
+    if (this._closing) throw new RealtimeError('closed', 'payload-realtime: the realtime server is closed')
     // Events emitted in the same tick cross into Rust together (one call, one promise), in order.
     return new Promise((resolve, reject) => {
       if (!this._batch) {
@@ -675,11 +676,6 @@ class UWebSocketManager {
   _flushEvents() {
     const batch = this._batch
     this._batch = null
-    if (batch.length === 1) {
-      const [e] = batch
-      this._server.emitEvent(e.json).then(() => e.resolve(), e.reject)
-      return
-    }
     let results
     try {
       results = this._server.emitEvents(`[${batch.map((e) => e.json).join(',')}]`)
@@ -690,7 +686,9 @@ class UWebSocketManager {
     results.then(
       (answers) =>
         batch.forEach((e, i) =>
-          typeof answers[i] === 'number' ? e.resolve() : e.reject(new Error(String(answers[i] ?? 'not emitted'))),
+          typeof answers[i] === 'number'
+            ? e.resolve()
+            : e.reject(new RealtimeError(answers[i]?.code ?? 'internal', answers[i]?.message ?? 'not emitted')),
         ),
       (err) => batch.forEach((e) => e.reject(err)),
     )
@@ -713,8 +711,10 @@ class UWebSocketManager {
     this._handlers.set(type, handler)
   }
 
-  sendToSocket(socketId, message) {
-    return this._server.sendToSocket(String(socketId), toJson(message, 'the message'))
+  /** `socket` is a socket id, or the socket object a handler was given (as the old plugin took). */
+  sendToSocket(socket, message) {
+    const id = isPlainObject(socket) && socket.id !== undefined ? socket.id : socket
+    return this._server.sendToSocket(String(id), toJson(message, 'the message'))
   }
 
   joinRoom(socketId, room) {

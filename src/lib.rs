@@ -335,8 +335,11 @@ impl RealtimeServer {
 
     /// Several events in one call (the JS layer gathers those emitted in the same tick): one
     /// crossing and one promise for all. Resolves with one entry per event: the number of
-    /// sockets, or the error message for an event that was refused.
-    #[napi(catch_unwind, ts_return_type = "Promise<Array<number | string>>")]
+    /// sockets, or `{ code, message }` for an event that was refused.
+    #[napi(
+        catch_unwind,
+        ts_return_type = "Promise<Array<number | { code: string, message: string }>>"
+    )]
     pub fn emit_events<'env>(&self, env: &'env Env, events_json: String) -> Result<Object<'env>> {
         self.hand_over(env, Events::Many(events_json), |outcomes| {
             Ok(Either::B(
@@ -344,7 +347,7 @@ impl RealtimeServer {
                     .into_iter()
                     .map(|o| match o {
                         Ok(n) => Value::from(n),
-                        Err(e) => Value::String(e.to_string()),
+                        Err(e) => serde_json::json!({ "code": e.code(), "message": e.to_string() }),
                     })
                     .collect(),
             ))

@@ -21,6 +21,22 @@ pub enum Error {
     Internal(String),
 }
 
+impl Error {
+    /// A stable name for the kind of error, for the host's code to act on (the message is for
+    /// people and may change).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidOption(_) => "invalid-option",
+            Error::Bind { .. } => "cannot-listen",
+            Error::InvalidInput(_) => "invalid-input",
+            Error::Closed => "closed",
+            Error::Behind { .. } => "server-behind",
+            Error::CannotAdopt(_) => "cannot-adopt",
+            Error::Internal(_) => "internal",
+        }
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
