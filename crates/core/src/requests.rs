@@ -72,7 +72,12 @@ pub(crate) fn join_replies(
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {
-                frames.push(protocol::error(ErrorCode::TooLarge, &e.to_string(), id));
+                // Too many rooms is the client's to fix; anything else (the server closing) is not.
+                let code = match e {
+                    crate::error::Error::InvalidInput(_) => ErrorCode::TooLarge,
+                    _ => ErrorCode::Internal,
+                };
+                frames.push(protocol::error(code, &e.to_string(), id));
                 return frames;
             }
         };
@@ -394,5 +399,30 @@ impl Requests {
             };
             hub.registry.send_to(&peer, frame, &hub.stats);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+
+    fn code_of(outcome: Result<JoinOutcome, Error>) -> String {
+        let frames = join_replies(Some(&RequestId::Str("j".into())), vec![("posts".into(), outcome)]);
+        let reply: serde_json::Value = serde_json::from_slice(&frames[0][2..]).unwrap();
+        reply["code"].as_str().unwrap_or("").to_string()
+    }
+
+    #[test]
+    fn a_refused_join_names_its_cause() {
+        assert_eq!(
+            code_of(Err(Error::InvalidInput("a socket may be in at most 2 rooms".into()))),
+            "too-large"
+        );
+        assert_eq!(
+            code_of(Err(Error::Closed)),
+            "internal",
+            "a closing server is not the client's doing"
+        );
     }
 }
