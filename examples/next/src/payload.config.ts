@@ -27,5 +27,12 @@ export default buildConfig({
     client: { url: process.env.DATABASE_URI || 'file:./payload.db' },
     prodMigrations: migrations,
   }),
-  plugins: [uWebSocketPlugin({ includeCollections: ['posts'], port: Number(process.env.WS_PORT ?? 3002) })],
+  plugins: [
+    uWebSocketPlugin({
+      includeCollections: ['posts'],
+      port: Number(process.env.WS_PORT ?? 3002),
+      // WS_HOST=127.0.0.1 keeps the plugin's own port on loopback (server.mjs serves /realtime).
+      host: process.env.WS_HOST,
+    }),
+  ],
 })
