@@ -812,9 +812,13 @@ async function waitRedisSubscribed(id, redis) {
   // Socket.IO adapter psubscribes its pattern, then subscribes its request channel, on one
   // connection per instance: both instances on the request channel means both patterns are in
   // place (NUMPAT counts distinct patterns, the same for both).
-  const channel = id === 'socketio' ? 'socket.io-request#/#' : 'payload-realtime:room:collection:posts'
+  // payload-realtime's channels start with a prefix derived from the secret: found by their end.
+  const channel = id === 'socketio' ? 'socket.io-request#/#' : '*:room:collection:posts'
   const want = id === 'socketio' ? 2 : 1
-  const subs = () => Number(redis.call('PUBSUB', 'NUMSUB', channel)?.split('\n')[1])
+  const names = () =>
+    id === 'socketio' ? [channel] : (redis.call('PUBSUB', 'CHANNELS', channel) ?? '').split('\n').filter(Boolean)
+  const subs = () =>
+    names().reduce((n, name) => n + Number(redis.call('PUBSUB', 'NUMSUB', name)?.split('\n')[1] ?? 0), 0)
   for (let i = 0; !(subs() >= want); i++) {
     if (i > 100) throw new Error(`${id}: ${subs()} of ${want} subscriptions to ${channel} in Redis after 10 s`)
     await sleep(100)
