@@ -100,10 +100,26 @@ export interface ServerOptions {
   authorizeTimeout?: number
   /** Milliseconds a custom handler may take before the client gets `internal` (default 30000). */
   handlerTimeout?: number
-  /** Messages per second one client may send (default 100; 0 = no limit). */
+  /**
+   * Messages (pings included) per second one client may send (default 100; 0 = no limit). Past
+   * it messages are dropped unread with one `rate-limited` error; a client that sends another
+   * second's worth without slowing down is closed with 4029.
+   */
   maxMessagesPerSecond?: number
   /** Rooms one socket may be in (default 1000). */
   maxRoomsPerSocket?: number
+  /**
+   * Sockets the server holds at once; past it a handshake is refused with 503
+   * `{ error: 'too-many-connections' }` (default: the process's descriptor limit minus 1024 left
+   * to Payload, at least half of it).
+   */
+  maxConnections?: number
+  /** Sockets one user may hold at once; past it 429 `{ error: 'too-many-connections' }` (default 32; 0 = no limit). */
+  maxConnectionsPerUser?: number
+  /** Sockets one client address may hold at once; past it 429 `{ error: 'too-many-connections' }` (default 256; 0 = no limit). */
+  maxConnectionsPerIp?: number
+  /** Proxies (IP addresses) whose `X-Forwarded-For` names the client's address; from anyone else it is ignored (default none). */
+  trustedProxies?: string[]
   /**
    * Keep recent events so clients can recover what they missed (`since` on join): for every
    * collection (`{ size, ttlSeconds }`) or per collection slug / room pattern
@@ -159,11 +175,19 @@ export interface RealtimeStats {
   connections: number
   connectionsTotal: number
   handshakesRefused: number
+  /** Handshakes refused with 503 for `maxConnections` (also in `handshakesRefused`). */
+  refusedMaxConnections: number
+  /** Handshakes refused with 429 for `maxConnectionsPerUser` (also in `handshakesRefused`). */
+  refusedPerUser: number
+  /** Handshakes refused with 429 for `maxConnectionsPerIp` (also in `handshakesRefused`). */
+  refusedPerIp: number
   rooms: number
   messagesIn: number
   messagesOut: number
   dropped: number
   slowConsumers: number
+  /** Sockets closed with 4029: they kept sending past `maxMessagesPerSecond`. */
+  rateLimited: number
   events: number
   authorizeDenied: number
   authorizeErrors: number

@@ -29,6 +29,9 @@ const server = fork(join(root, '__test__/fixtures/instance.mjs'), [], {
       ...(HISTORY > 0 ? { history: { size: HISTORY } } : {}),
       presence: ['posts'],
       maxMessagesPerSecond: 0,
+      // Every socket comes from 127.0.0.1, many as one user.
+      maxConnectionsPerIp: 0,
+      maxConnectionsPerUser: 0,
     }),
   },
   stdio: ['ignore', 'inherit', 'inherit', 'ipc'],

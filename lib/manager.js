@@ -4,6 +4,7 @@
 // sends: one crossing per event for authorize, one per burst of messages for handlers.
 
 const tls = require('node:tls')
+const net = require('node:net')
 
 const { loadNative } = require('./native.js')
 const { RealtimeError, ERROR_CODES } = require('./errors.js')
@@ -76,6 +77,10 @@ const SERVER_OPTIONS = [
   'handlerTimeout',
   'maxMessagesPerSecond',
   'maxRoomsPerSocket',
+  'maxConnections',
+  'maxConnectionsPerUser',
+  'maxConnectionsPerIp',
+  'trustedProxies',
   'history',
   'presence',
   'presenceExpiry',
@@ -141,10 +146,23 @@ function nativeOptions(port, options) {
     handlerTimeout: optionalNumber(options, 'handlerTimeout', { min: 1 }),
     maxMessagesPerSecond: optionalNumber(options, 'maxMessagesPerSecond'),
     maxRoomsPerSocket: optionalNumber(options, 'maxRoomsPerSocket', { min: 1 }),
+    maxConnections: optionalNumber(options, 'maxConnections', { min: 1 }),
+    maxConnectionsPerUser: optionalNumber(options, 'maxConnectionsPerUser'),
+    maxConnectionsPerIp: optionalNumber(options, 'maxConnectionsPerIp'),
+    trustedProxies: trustedProxies(options.trustedProxies),
     // `redis: { url }`, with REDIS_URL as the fallback; `redis: false` runs alone even then.
     redisUrl: redis === false ? undefined : (redis?.url ?? (process.env.REDIS_URL || undefined)),
     redisPrefix: redis === false ? undefined : redis?.prefix,
   }
+}
+
+/** `trustedProxies`: IP addresses (a hostname would be resolved by no one). */
+function trustedProxies(list) {
+  if (list === undefined || list === null) return undefined
+  if (!Array.isArray(list) || list.some((ip) => typeof ip !== 'string' || net.isIP(ip) === 0)) {
+    throw new TypeError('payload-realtime: `trustedProxies` must be an array of IP addresses')
+  }
+  return list
 }
 
 /**

@@ -97,6 +97,14 @@ pub struct NativeOptions {
     pub handler_timeout: Option<u32>,
     pub max_messages_per_second: Option<u32>,
     pub max_rooms_per_socket: Option<u32>,
+    /// Absent: derived from the descriptor limit (`config::default_max_connections`).
+    pub max_connections: Option<u32>,
+    /// 0 = no limit.
+    pub max_connections_per_user: Option<u32>,
+    /// 0 = no limit.
+    pub max_connections_per_ip: Option<u32>,
+    /// IP addresses whose `X-Forwarded-For` is believed (checked by the JS layer).
+    pub trusted_proxies: Option<Vec<String>>,
     /// `redis://`, `rediss://` or `redis-cluster://` URL for many instances.
     pub redis_url: Option<String>,
     /// What this app's Redis channels and keys start with (default: derived from the secret).
@@ -161,6 +169,19 @@ impl NativeOptions {
                 .map_or(d.handler_timeout, |ms| Duration::from_millis(ms as u64)),
             max_messages_per_second: self.max_messages_per_second.unwrap_or(d.max_messages_per_second),
             max_rooms_per_socket: self.max_rooms_per_socket.map_or(d.max_rooms_per_socket, |v| v as usize),
+            max_connections: self.max_connections.map_or(d.max_connections, |v| v as usize),
+            max_connections_per_user: self
+                .max_connections_per_user
+                .map_or(d.max_connections_per_user, |v| v as usize),
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .map_or(d.max_connections_per_ip, |v| v as usize),
+            trusted_proxies: self
+                .trusted_proxies
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|ip| ip.parse().ok())
+                .collect(),
             presence: self.presence.unwrap_or_default(),
             presence_expiry: self
                 .presence_expiry
@@ -195,11 +216,19 @@ pub struct NativeStats {
     pub connections: f64,
     pub connections_total: f64,
     pub handshakes_refused: f64,
+    /// Handshakes refused with 503 for `maxConnections`.
+    pub refused_max_connections: f64,
+    /// Handshakes refused with 429 for `maxConnectionsPerUser`.
+    pub refused_per_user: f64,
+    /// Handshakes refused with 429 for `maxConnectionsPerIp`.
+    pub refused_per_ip: f64,
     pub rooms: f64,
     pub messages_in: f64,
     pub messages_out: f64,
     pub dropped: f64,
     pub slow_consumers: f64,
+    /// Sockets closed with 4029: they kept sending past `maxMessagesPerSecond`.
+    pub rate_limited: f64,
     pub events: f64,
     pub authorize_denied: f64,
     pub authorize_errors: f64,
@@ -439,11 +468,15 @@ impl RealtimeServer {
             connections: s.connections as f64,
             connections_total: s.connections_total as f64,
             handshakes_refused: s.handshakes_refused as f64,
+            refused_max_connections: s.refused_max_connections as f64,
+            refused_per_user: s.refused_per_user as f64,
+            refused_per_ip: s.refused_per_ip as f64,
             rooms: s.rooms as f64,
             messages_in: s.messages_in as f64,
             messages_out: s.messages_out as f64,
             dropped: s.dropped as f64,
             slow_consumers: s.slow_consumers as f64,
+            rate_limited: s.rate_limited as f64,
             events: s.events as f64,
             authorize_denied: s.authorize_denied as f64,
             authorize_errors: s.authorize_errors as f64,

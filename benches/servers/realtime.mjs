@@ -7,7 +7,13 @@ import { initUWebSocket } from '../../index.mjs'
 import { allowAnyUser, allowUser, control, emitEach, makeEvent, parseArgs, roomOf, ruleWait } from './common.mjs'
 
 const args = parseArgs()
-const options = { host: '127.0.0.1', secret: args.secret ?? 'bench-secret' }
+// Every load-generator socket comes from 127.0.0.1, many of them as one user: no per-client limits.
+const options = {
+  host: '127.0.0.1',
+  secret: args.secret ?? 'bench-secret',
+  maxConnectionsPerIp: 0,
+  maxConnectionsPerUser: 0,
+}
 if (args.authorize === '1') {
   const wait = ruleWait(args)
   options.authorize = {

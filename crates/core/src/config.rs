@@ -47,6 +47,16 @@ pub struct Config {
     pub max_messages_per_second: u32,
     /// Rooms one socket may be in at once.
     pub max_rooms_per_socket: usize,
+    /// Sockets the server holds at once; past it a handshake gets 503 (default:
+    /// [`default_max_connections`]).
+    pub max_connections: usize,
+    /// Sockets one user may hold at once; past it a handshake gets 429. 0 = no limit.
+    pub max_connections_per_user: usize,
+    /// Sockets one client address may hold at once; past it a handshake gets 429. 0 = no limit.
+    pub max_connections_per_ip: usize,
+    /// Proxies whose `X-Forwarded-For` names the client's address (see [`crate::limits::client_ip`]);
+    /// from anyone else the header is ignored.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// History kept per room (rules by room name or `prefix*`), for recovery after reconnects.
     pub history: Vec<crate::history::HistoryRule>,
     /// Rooms with presence (room names or `prefix*`).
@@ -82,6 +92,10 @@ impl Default for Config {
             handler_timeout: Duration::from_secs(30),
             max_messages_per_second: 100,
             max_rooms_per_socket: 1000,
+            max_connections: default_max_connections(),
+            max_connections_per_user: 32,
+            max_connections_per_ip: 256,
+            trusted_proxies: Vec::new(),
             history: Vec::new(),
             presence: Vec::new(),
             presence_expiry: Duration::from_secs(15),
@@ -112,6 +126,9 @@ impl Config {
         }
         if self.max_backlog < 1024 {
             return bad("`maxBacklog` must be at least 1024 bytes".into());
+        }
+        if self.max_connections == 0 {
+            return bad("`maxConnections` must be at least 1".into());
         }
         if self.worker_threads == 0 || self.worker_threads > 256 {
             return bad("`workerThreads` must be between 1 and 256".into());
@@ -187,6 +204,33 @@ impl HostRules {
 pub fn default_worker_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     cores.saturating_sub(1).clamp(1, 16)
+}
+
+/// Descriptors left to the rest of the process: the server shares Node's process with Payload,
+/// whose database pool, uploads, Redis client and (in development) file watchers need their own,
+/// and running out of them fails those, not only new sockets.
+const DESCRIPTOR_RESERVE: u64 = 1024;
+
+/// What the process may open (`RLIMIT_NOFILE`, which Node raises to its hard limit at start)
+/// minus [`DESCRIPTOR_RESERVE`], but at least half of it: each socket is one descriptor, so
+/// past this the server would take the ones Payload needs and `accept` would fail anyway.
+pub fn default_max_connections() -> usize {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct it is given.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+            // `rlim_t` is narrower than `u64` on some targets.
+            #[allow(clippy::useless_conversion)]
+            let soft = u64::from(limit.rlim_cur);
+            let n = soft.saturating_sub(DESCRIPTOR_RESERVE).max(soft / 2);
+            return usize::try_from(n).unwrap_or(usize::MAX).max(1);
+        }
+    }
+    10_000
 }
 
 #[cfg(test)]

@@ -356,6 +356,9 @@ impl Connection {
                 Message::Text(text) if !out.is_closing() => requests.on_text(text),
                 Message::Binary(_) if !out.is_closing() => {
                     Stats::add(&hub.stats.messages_in, 1);
+                    if !requests.admit() {
+                        return;
+                    }
                     requests.reply(protocol::error(
                         ErrorCode::BadMessage,
                         "binary frames are not supported; send JSON text",
@@ -363,7 +366,13 @@ impl Connection {
                     ));
                 }
                 Message::Text(_) | Message::Binary(_) | Message::Pong => {}
-                Message::Ping(payload) => out.push_control(protocol::frame(0xA, payload)),
+                // Pings count against the rate too: answering is work, and a flood of them is
+                // a flood like any other.
+                Message::Ping(payload) => {
+                    if !out.is_closing() && requests.admit() {
+                        out.push_control(protocol::frame(0xA, payload));
+                    }
+                }
                 Message::Close(code) => {
                     *reading = false;
                     if *write_closed {

@@ -54,6 +54,8 @@ pub struct Hub {
     host_rules: RwLock<Arc<HostRules>>,
     pub registry: Registry,
     pub stats: Stats,
+    /// Sockets counted against the connection limits.
+    pub limits: Arc<crate::limits::Limits>,
     pub callbacks: Callbacks,
     /// This server's id, the prefix of every socket id it hands out.
     pub instance: String,
@@ -98,11 +100,13 @@ impl Hub {
         let instance = format!("{:08x}", RandomState::new().hash_one(std::process::id()) as u32);
         let histories = Histories::new(config.history.clone(), &instance);
         let presence = Presence::new(config.presence.clone(), config.presence_expiry);
+        let limits = crate::limits::Limits::new(&config);
         let hub = Hub {
             host_rules: RwLock::new(Arc::new(config.host_rules.clone())),
             config,
             registry: Registry::default(),
             stats: Stats::default(),
+            limits,
             callbacks,
             instance,
             stopping: CancellationToken::new(),

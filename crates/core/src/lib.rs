@@ -32,6 +32,7 @@ pub mod frame_reader;
 pub mod history;
 pub mod hub;
 pub mod ingest;
+pub mod limits;
 pub mod log;
 pub mod memory;
 pub mod outbound;

@@ -40,8 +40,13 @@ use crate::splice::Piped;
 /// How long an evicted socket's in-flight write may still take before the TCP connection is cut.
 pub const EVICTION_GRACE: Duration = Duration::from_secs(10);
 
-/// Most frames handed to one `writev` (Linux's IOV_MAX is 1024).
+/// Most frames taken into one batch: leaves room under [`IOV_MAX`] for the control frames and
+/// the close that go with them.
 const MAX_IOVECS: usize = 512;
+
+/// Most buffers one `sendmsg` may be handed (Linux's `UIO_MAXIOV`): more fails with `EINVAL`,
+/// which would drop the client.
+const IOV_MAX: usize = 1024;
 
 /// A queued frame: its bytes, and for a large buffer that many sockets send, a pipe holding a
 /// copy that the kernel hands to the socket by reference (see [`crate::splice`]).
@@ -92,9 +97,11 @@ enum Ending {
 #[derive(Default)]
 struct State {
     queue: VecDeque<OutFrame>,
-    /// Bytes queued plus bytes taken by the writer and not yet written.
+    /// Bytes queued (control frames too) plus bytes taken by the writer and not yet written.
     bytes: usize,
-    /// Control frames (pong, ping) that bypass the byte bound and go first.
+    /// Control frames (pong, ping) that go before data: at most one pong (the answer to the
+    /// latest ping, as RFC 6455 5.5.3 allows) and our own ping, so a client that pings and
+    /// never reads cannot grow it.
     control: Vec<OutFrame>,
     ending: Option<Ending>,
     /// The socket's task holds a batch it has not fully written ([`Outbound::take_into`] to
@@ -262,17 +269,8 @@ impl Outbound {
             return (Push::Closed, false);
         }
         if s.bytes + frame.len() > self.limit && s.bytes > 0 && self.blocked.load(Ordering::Acquire) {
-            let queued: usize = s.queue.iter().map(|f| f.len()).sum();
-            s.bytes -= queued;
-            s.queue = VecDeque::new();
-            s.ending = Some(Ending::Now(close_frame(
-                close_code::SLOW_CONSUMER,
-                "slow consumer: outbound queue over maxBackpressure",
-            )));
             drop(s);
-            self.closing.store(true, Ordering::Release);
-            self.evicted.store(true, Ordering::Release);
-            self.waker.wake();
+            self.evict();
             return (Push::Evicted, false);
         }
         let was_empty = s.queue.is_empty() && s.control.is_empty();
@@ -310,14 +308,58 @@ impl Outbound {
         self.waker.wake();
     }
 
-    /// Queues a control frame (pong, ping): small, exempt from the bound, sent before data.
+    /// Queues a control frame (pong, ping), sent before data. A pong replaces the one still
+    /// waiting, if any. Its bytes count in the bound: past it while the client takes nothing,
+    /// the socket is evicted as for data.
     pub fn push_control(&self, frame: Bytes) {
         let mut s = self.state.lock();
         if s.ending.is_some() {
             return;
         }
+        let opcode = frame.first().map_or(0, |b| b & 0x0F);
+        if let Some(at) = s
+            .control
+            .iter()
+            .position(|f| f.first().map(|b| b & 0x0F) == Some(opcode))
+        {
+            // Only the latest pong (or our one ping) is worth sending.
+            let old = s.control.remove(at);
+            s.bytes -= old.len();
+        }
+        if s.bytes + frame.len() > self.limit && s.bytes > 0 && self.blocked.load(Ordering::Acquire) {
+            drop(s);
+            self.evict();
+            return;
+        }
+        s.bytes += frame.len();
         s.control.push(frame.into());
         drop(s);
+        self.waker.wake();
+    }
+
+    /// Control frames waiting (tests).
+    #[cfg(test)]
+    pub fn queued_control(&self) -> usize {
+        self.state.lock().control.len()
+    }
+
+    /// Drops what is queued and closes with 4008: the client is not taking what is written.
+    fn evict(&self) {
+        let mut s = self.state.lock();
+        if s.ending.is_some() {
+            return;
+        }
+        let queued: usize = s.queue.iter().chain(s.control.iter()).map(|f| f.len()).sum();
+        s.bytes -= queued;
+        s.queue = VecDeque::new();
+        s.control = Vec::new();
+        s.ending = Some(Ending::Now(close_frame(
+            close_code::SLOW_CONSUMER,
+            "slow consumer: outbound queue over maxBackpressure",
+        )));
+        drop(s);
+        self.closing.store(true, Ordering::Release);
+        self.evicted.store(true, Ordering::Release);
         self.waker.wake();
     }
 
@@ -435,15 +477,15 @@ impl Outbound {
             return;
         }
         let mut frames = std::mem::take(&mut s.control);
-        let data_bytes: usize;
+        let mut data_bytes: usize = frames.iter().map(|f| f.len()).sum();
         if frames.is_empty() && s.queue.len() <= MAX_IOVECS {
             // The whole queue, allocation and all: it is freed once written, so a socket keeps
             // no queue memory between bursts.
             frames = Vec::from(std::mem::take(&mut s.queue));
             data_bytes = frames.iter().map(|f| f.len()).sum();
         } else {
-            let n = s.queue.len().min(MAX_IOVECS);
-            data_bytes = s.queue.iter().take(n).map(|f| f.len()).sum();
+            let n = s.queue.len().min(MAX_IOVECS.saturating_sub(frames.len()));
+            data_bytes += s.queue.iter().take(n).map(|f| f.len()).sum::<usize>();
             frames.extend(s.queue.drain(..n));
         }
         let mut closes = false;
@@ -529,7 +571,8 @@ pub struct Batch {
     /// First frame not fully written, and how much of it is.
     index: usize,
     offset: usize,
-    /// Data bytes in the batch (released from the queue's bound once written).
+    /// Bytes in the batch that count in the queue's bound (all but the close), released once
+    /// written.
     data_bytes: usize,
     /// The batch ends with the close frame: once written, nothing more is sent.
     pub closes: bool,
@@ -599,7 +642,9 @@ impl Batch {
             let end = self.frames[self.index + 1..]
                 .iter()
                 .position(|f| f.piped.is_some())
-                .map_or(self.frames.len(), |at| self.index + 1 + at);
+                .map_or(self.frames.len(), |at| self.index + 1 + at)
+                // The kernel refuses longer lists outright.
+                .min(self.index + IOV_MAX);
             let n = {
                 let first = IoSlice::new(&self.frames[self.index][self.offset..]);
                 let written = if end == self.index + 1 {
@@ -740,6 +785,79 @@ mod tests {
         let pipe = Pipe::new(usize::MAX);
         assert_eq!(drain(&out, &pipe), 3);
         assert_eq!(pipe.got.borrow().len(), (MAX_IOVECS * 2 + 1) * 3 + 4);
+    }
+
+    /// A client that pings and never reads: one pong waits (the latest), its bytes in the
+    /// bound, however many pings came.
+    #[test]
+    fn a_ping_flood_keeps_one_pong_waiting() {
+        let out = Outbound::new(1 << 20);
+        for i in 0..10_000u32 {
+            out.push_control(crate::protocol::frame(0xA, &i.to_be_bytes()));
+        }
+        out.push_control(protocol_ping());
+        assert_eq!(out.queued_control(), 2, "the latest pong and our ping");
+        let pong = crate::protocol::frame(0xA, &9_999u32.to_be_bytes());
+        assert_eq!(out.queued_bytes(), pong.len() + protocol_ping().len());
+        out.close(1000, "");
+        let pipe = Pipe::new(usize::MAX);
+        drain(&out, &pipe);
+        let mut expect = pong.to_vec();
+        expect.extend_from_slice(&protocol_ping());
+        expect.extend_from_slice(&close_frame(1000, ""));
+        assert_eq!(*pipe.got.borrow(), expect, "only the latest pong is sent");
+        assert_eq!(out.queued_bytes(), 0);
+    }
+
+    /// Control bytes count in `maxBackpressure`: a pong past the bound while the client takes
+    /// nothing evicts, as data would.
+    #[test]
+    fn control_bytes_count_in_the_bound() {
+        let out = Outbound::new(1024);
+        assert_eq!(out.push(Bytes::from(vec![0u8; 950])), Push::Queued);
+        out.block();
+        out.push_control(crate::protocol::frame(0xA, &[7u8; 100]));
+        assert!(out.was_evicted());
+        assert_eq!(out.queued_control(), 0, "dropped with the queue");
+        assert_eq!(out.queued_bytes(), 0);
+    }
+
+    /// However long the batch, one write hands the kernel at most `IOV_MAX` buffers (more
+    /// makes `sendmsg` fail with `EINVAL`).
+    #[test]
+    fn one_write_never_hands_the_kernel_more_than_iov_max_buffers() {
+        struct Counts(Cell<usize>);
+        impl TryWrite for Counts {
+            fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+                if bufs.len() > IOV_MAX {
+                    return Err(std::io::ErrorKind::InvalidInput.into());
+                }
+                self.0.set(self.0.get().max(bufs.len()));
+                Ok(bufs.iter().map(|b| b.len()).sum())
+            }
+        }
+        let frames: Vec<OutFrame> = (0..3 * IOV_MAX).map(|_| OutFrame::from(text_frame(b"x"))).collect();
+        let out = Outbound::new(1 << 20);
+        let mut batch = Batch {
+            frames,
+            index: 0,
+            offset: 0,
+            data_bytes: 0,
+            closes: false,
+        };
+        let sink = Counts(Cell::new(0));
+        assert_eq!(batch.write_to(&out, &sink).unwrap(), Flush::Done);
+        assert_eq!(sink.0.get(), IOV_MAX);
+
+        // And what the queue hands out at once, control frames and close included, fits too.
+        for _ in 0..3 * IOV_MAX {
+            out.push(text_frame(b"x"));
+            out.push_control(crate::protocol::frame(0xA, b""));
+        }
+        out.close(1000, "");
+        let mut batch = Batch::default();
+        out.take_into(&mut batch);
+        assert!(batch.frames.len() <= IOV_MAX);
     }
 
     #[test]

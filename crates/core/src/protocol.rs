@@ -30,6 +30,8 @@ pub mod close_code {
     pub const SESSION_REVOKED: u16 = 4003;
     /// The client did not read fast enough: its outbound queue passed `maxBackpressure`.
     pub const SLOW_CONSUMER: u16 = 4008;
+    /// The client kept sending past `maxMessagesPerSecond` after being told to slow down.
+    pub const RATE_LIMITED: u16 = 4029;
 }
 
 /// Error codes carried by `{ "type": "error", "code" }` replies.

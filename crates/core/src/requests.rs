@@ -30,6 +30,9 @@ pub struct Requests {
     /// Token bucket for `maxMessagesPerSecond`.
     tokens: f64,
     refilled: Instant,
+    /// Messages dropped since the client last kept to its rate for a whole second (its bucket
+    /// full again): one episode of going over, answered once, closed if it goes on.
+    over: u32,
     handlers_in_flight: Arc<AtomicUsize>,
     /// The last of this socket's joins and leaves that wait on something, done when it sends:
     /// a join or leave sent after it waits for it, so they take effect in the client's order.
@@ -42,6 +45,7 @@ impl Requests {
         Requests {
             tokens: hub.config.max_messages_per_second as f64,
             refilled: Instant::now(),
+            over: 0,
             handlers_in_flight: Arc::new(AtomicUsize::new(0)),
             membership: None,
             membership_in_flight: Arc::new(AtomicUsize::new(0)),
@@ -128,6 +132,9 @@ impl Requests {
         let now = Instant::now();
         self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(rate);
         self.refilled = now;
+        if self.tokens >= rate {
+            self.over = 0;
+        }
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -136,20 +143,39 @@ impl Requests {
         }
     }
 
+    /// Counts one message (text, binary or ping) against `maxMessagesPerSecond`; `false` when
+    /// it is over the rate and must be dropped unread. Going over is answered with one
+    /// `rate-limited` error per episode, not one per message (a flood would otherwise get a
+    /// flood back); a client still going over by another second's worth of messages is closed
+    /// with 4029, since it is not slowing down.
+    pub(crate) fn admit(&mut self) -> bool {
+        if self.take_token() {
+            return true;
+        }
+        self.over = self.over.saturating_add(1);
+        if self.over == 1 {
+            self.reply_error(ErrorCode::RateLimited, "too many messages; slow down", None);
+        } else if self.over > self.hub.config.max_messages_per_second {
+            let (hub, peer) = (&self.hub, &self.peer);
+            if !peer.outbound.is_closing() {
+                Stats::add(&hub.stats.rate_limited, 1);
+                hub.registry.remove_peer(peer);
+                // After what is queued (the replies it did get, the error saying why); a client
+                // that reads nothing is cut after the grace, its queue bounded meanwhile.
+                peer.outbound.close(
+                    protocol::close_code::RATE_LIMITED,
+                    "rate limited: over maxMessagesPerSecond",
+                );
+            }
+        }
+        false
+    }
+
     /// Acts on one text message.
     pub fn on_text(&mut self, text: &[u8]) {
         let hub = self.hub.clone();
         Stats::add(&hub.stats.messages_in, 1);
-        if !self.take_token() {
-            let id = protocol::parse_client_message(text).ok().and_then(|m| match m {
-                ClientMessage::Join { id, .. }
-                | ClientMessage::Leave { id, .. }
-                | ClientMessage::Ping { id }
-                | ClientMessage::Auth { id, .. }
-                | ClientMessage::Presence { id, .. }
-                | ClientMessage::Custom { id, .. } => id,
-            });
-            self.reply_error(ErrorCode::RateLimited, "too many messages; slow down", id.as_ref());
+        if !self.admit() {
             return;
         }
         let message = match protocol::parse_client_message(text) {
@@ -406,6 +432,7 @@ impl Requests {
 mod tests {
     use super::*;
     use crate::error::Error;
+    use crate::dispatch::test_hub_with;
 
     fn code_of(outcome: Result<JoinOutcome, Error>) -> String {
         let frames = join_replies(Some(&RequestId::Str("j".into())), vec![("posts".into(), outcome)]);
@@ -424,5 +451,57 @@ mod tests {
             "internal",
             "a closing server is not the client's doing"
         );
+    }
+
+
+    fn rate_limited_socket(rate: u32) -> (Arc<Hub>, Arc<Peer>, Requests) {
+        let hub = test_hub_with(crate::config::Config {
+            max_messages_per_second: rate,
+            ..Default::default()
+        });
+        let peer = hub.new_peer(None, None);
+        hub.registry.add_peer(peer.clone());
+        let requests = Requests::new(hub.clone(), peer.clone());
+        (hub, peer, requests)
+    }
+
+    /// Past the rate, messages are dropped unparsed with one `rate-limited` reply for the
+    /// episode; a client that goes on by another second's worth is closed with 4029.
+    #[tokio::test]
+    async fn going_over_the_rate_is_answered_once_then_closed_with_4029() {
+        let (hub, peer, mut requests) = rate_limited_socket(10);
+        let ping = br#"{"type":"ping","id":1}"#;
+        for _ in 0..10 {
+            requests.on_text(ping);
+        }
+        // Over: these are not answered, only the first of them with one error.
+        for _ in 0..10 {
+            requests.on_text(ping);
+        }
+        assert!(!peer.outbound.is_closing(), "a second's worth over is still tolerated");
+        let replies = peer.outbound.drain_messages();
+        let errors: Vec<_> = replies.iter().filter(|m| m["type"] == "error").collect();
+        assert_eq!(replies.len(), 11, "ten pongs and one error: {replies:?}");
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0]["code"], "rate-limited");
+        requests.on_text(b"not even JSON");
+        assert!(peer.outbound.is_closing());
+        assert_eq!(hub.stats.rate_limited.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(hub.registry.all_peers().is_empty(), "out of every room and list");
+        // Nothing was queued for the messages dropped: only the close is left.
+        assert_eq!(peer.outbound.queued_bytes(), 0);
+        let mut batch = crate::outbound::Batch::default();
+        peer.outbound.take_into(&mut batch);
+        assert!(batch.closes);
+    }
+
+    /// A rate of 0 is no limit at all.
+    #[tokio::test]
+    async fn no_rate_means_no_limit() {
+        let (_hub, peer, mut requests) = rate_limited_socket(0);
+        for _ in 0..1000 {
+            assert!(requests.admit());
+        }
+        assert!(!peer.outbound.is_closing());
     }
 }

@@ -32,6 +32,7 @@ use crate::dispatch::run_lane;
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::ingest::Ingest;
+use crate::limits::{client_ip, Over, Slot};
 use crate::peer::Peer;
 use crate::protocol::close_code;
 use crate::stats::Stats;
@@ -286,34 +287,53 @@ async fn sweep_histories(hub: Arc<Hub>) {
     }
 }
 
+/// Shortest and longest wait after a failed `accept` (out of descriptors, most often): doubled
+/// on each failure in a row, so a process at its limit is not woken to fail over and over.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
 async fn accept_loop(hub: Arc<Hub>, listener: TcpListener, tracker: TaskTracker) {
     let stop = hub.stopping.clone();
+    // Set while accepts fail: one log line when it starts and one when it ends, not one per try.
+    let mut backoff: Option<Duration> = None;
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stop.cancelled() => break,
         };
         match accepted {
-            Ok((stream, _)) => {
+            Ok((stream, remote)) => {
+                if backoff.take().is_some() {
+                    warn!("accepting connections again");
+                }
                 let _ = stream.set_nodelay(true);
-                tracker.spawn(serve_http(hub.clone(), stream, tracker.clone()));
+                tracker.spawn(serve_http(hub.clone(), stream, remote, tracker.clone()));
             }
             Err(e) => {
-                // Out of file descriptors and the like: wait and go on; never stop listening.
-                warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Never stop listening: wait for descriptors to be freed and go on.
+                let wait = match backoff {
+                    None => {
+                        warn!("accept failed ({e}); backing off until it succeeds");
+                        ACCEPT_BACKOFF.0
+                    }
+                    Some(w) => (w * 2).min(ACCEPT_BACKOFF.1),
+                };
+                backoff = Some(wait);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.cancelled() => break,
+                }
             }
         }
     }
     // Dropping the listener here frees the port.
 }
 
-async fn serve_http(hub: Arc<Hub>, stream: tokio::net::TcpStream, tracker: TaskTracker) {
+async fn serve_http(hub: Arc<Hub>, stream: tokio::net::TcpStream, remote: SocketAddr, tracker: TaskTracker) {
     let service_hub = hub.clone();
     let service = service_fn(move |req| {
         let hub = service_hub.clone();
         let tracker = tracker.clone();
-        async move { Ok::<_, Infallible>(route(hub, req, tracker).await) }
+        async move { Ok::<_, Infallible>(route(hub, req, remote, tracker).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -397,7 +417,42 @@ fn refuse(hub: &Hub, r: &Refusal) -> Refused {
     )
 }
 
-async fn route(hub: Arc<Hub>, mut req: Request<Incoming>, tracker: TaskTracker) -> Response<Full<Bytes>> {
+/// Takes the socket's place in the connection limits, or the refusal that says which is full.
+fn take_slot<B>(hub: &Hub, req: &Request<B>, user: Option<&User>, remote: Option<SocketAddr>) -> Result<Slot, Refused> {
+    let ip = remote.map(|r| client_ip(r.ip(), req.headers(), &hub.config.trusted_proxies));
+    hub.limits.reserve(user.map(|u| u.key.as_str()), ip).map_err(|over| {
+        Stats::add(&hub.stats.handshakes_refused, 1);
+        let (counter, status, reason) = match over {
+            Over::Total => (
+                &hub.stats.refused_max_connections,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is at maxConnections",
+            ),
+            Over::User => (
+                &hub.stats.refused_per_user,
+                StatusCode::TOO_MANY_REQUESTS,
+                "this user is at maxConnectionsPerUser",
+            ),
+            Over::Ip => (
+                &hub.stats.refused_per_ip,
+                StatusCode::TOO_MANY_REQUESTS,
+                "this address is at maxConnectionsPerIp",
+            ),
+        };
+        Stats::add(counter, 1);
+        Refused::new(
+            status,
+            serde_json::json!({ "error": "too-many-connections", "reason": reason }).to_string(),
+        )
+    })
+}
+
+async fn route(
+    hub: Arc<Hub>,
+    mut req: Request<Incoming>,
+    remote: SocketAddr,
+    tracker: TaskTracker,
+) -> Response<Full<Bytes>> {
     if req.uri().path() == "/healthz" && req.method() == Method::GET {
         let s = hub.stats();
         return json_response(
@@ -407,6 +462,11 @@ async fn route(hub: Arc<Hub>, mut req: Request<Incoming>, tracker: TaskTracker) 
     }
     let (user, token) = match check_upgrade(&hub, &req) {
         Ok(checked) => checked,
+        Err(refused) => return refused.response(),
+    };
+    // Before `verifyUser`: a client past a limit costs no database read.
+    let slot = match take_slot(&hub, &req, user.as_ref(), Some(remote)) {
+        Ok(slot) => slot,
         Err(refused) => return refused.response(),
     };
     let user_value = match confirm_user(&hub, user.as_ref(), token).await {
@@ -426,6 +486,7 @@ async fn route(hub: Arc<Hub>, mut req: Request<Incoming>, tracker: TaskTracker) 
             Ok(ws) => {
                 let upgraded = ws.into_inner().into_inner();
                 connection::serve(hub, peer, upgraded).await;
+                drop(slot);
             }
             Err(e) => {
                 hub.registry.remove_peer(&peer);
@@ -525,13 +586,16 @@ async fn serve_adopted(hub: Arc<Hub>, mut stream: TcpStream, head: RequestHead, 
         _ = hub.shutdown.cancelled() => None,
     };
     match peer {
-        Some(peer) => connection::serve_stream(hub, peer, stream, early).await,
+        Some((peer, slot)) => {
+            connection::serve_stream(hub, peer, stream, early).await;
+            drop(slot);
+        }
         None => linger(&hub, stream).await,
     }
 }
 
 /// Checks and answers an adopted upgrade; `Some` with the registered peer once the 101 is out.
-async fn answer_adopted(hub: &Arc<Hub>, stream: &mut TcpStream, head: RequestHead) -> Option<Arc<Peer>> {
+async fn answer_adopted(hub: &Arc<Hub>, stream: &mut TcpStream, head: RequestHead) -> Option<(Arc<Peer>, Slot)> {
     let mut req = match head.into_request() {
         Ok(req) => req,
         Err(reason) => {
@@ -542,16 +606,20 @@ async fn answer_adopted(hub: &Arc<Hub>, stream: &mut TcpStream, head: RequestHea
             return None;
         }
     };
+    let remote = stream.peer_addr().ok();
     let checked = match check_upgrade(hub, &req) {
-        Ok((user, token)) => confirm_user(hub, user.as_ref(), token).await.map(|v| (user, v)),
+        Ok((user, token)) => match take_slot(hub, &req, user.as_ref(), remote) {
+            Ok(slot) => confirm_user(hub, user.as_ref(), token).await.map(|v| (user, v, slot)),
+            Err(refused) => Err(refused),
+        },
         Err(refused) => Err(refused),
     };
-    let accepted = checked.and_then(|(user, value)| match fastwebsockets::upgrade::upgrade(&mut req) {
+    let accepted = checked.and_then(|(user, value, slot)| match fastwebsockets::upgrade::upgrade(&mut req) {
         // No hyper connection behind this request: its upgrade future is not needed.
-        Ok((response, _)) => Ok((user, value, response)),
+        Ok((response, _)) => Ok((user, value, slot, response)),
         Err(e) => Err(bad_handshake(&e)),
     });
-    let (user, user_value, response) = match accepted {
+    let (user, user_value, slot, response) = match accepted {
         Ok(accepted) => accepted,
         Err(refused) => {
             let _ = stream.write_all(&refused.into_bytes()).await;
@@ -567,7 +635,7 @@ async fn answer_adopted(hub: &Arc<Hub>, stream: &mut TcpStream, head: RequestHea
         debug!("adopted upgrade not answered: {e}");
         return None;
     }
-    Some(peer)
+    Some((peer, slot))
 }
 
 /// Closes a connection that was answered with a refusal: our side is shut down first and what

@@ -8,8 +8,12 @@ pub struct Stats {
     pub connections: AtomicU64,
     /// Sockets accepted since start.
     pub connections_total: AtomicU64,
-    /// Handshakes refused (bad token, origin, path).
+    /// Handshakes refused (bad token, origin, path, a connection limit).
     pub handshakes_refused: AtomicU64,
+    /// Of those, refused for `maxConnections`, `maxConnectionsPerUser`, `maxConnectionsPerIp`.
+    pub refused_max_connections: AtomicU64,
+    pub refused_per_user: AtomicU64,
+    pub refused_per_ip: AtomicU64,
     /// Messages received from clients.
     pub messages_in: AtomicU64,
     /// Frames queued to clients (events, replies, broadcasts).
@@ -18,6 +22,8 @@ pub struct Stats {
     pub dropped: AtomicU64,
     /// Sockets closed with 4008.
     pub slow_consumers: AtomicU64,
+    /// Sockets closed with 4029 (kept sending past `maxMessagesPerSecond`).
+    pub rate_limited: AtomicU64,
     /// Events emitted through `emitEvent`.
     pub events: AtomicU64,
     /// Deliveries withheld by an authorize answer of `false`.
@@ -37,11 +43,15 @@ pub struct Snapshot {
     pub connections: u64,
     pub connections_total: u64,
     pub handshakes_refused: u64,
+    pub refused_max_connections: u64,
+    pub refused_per_user: u64,
+    pub refused_per_ip: u64,
     pub rooms: u64,
     pub messages_in: u64,
     pub messages_out: u64,
     pub dropped: u64,
     pub slow_consumers: u64,
+    pub rate_limited: u64,
     pub events: u64,
     pub authorize_denied: u64,
     pub authorize_errors: u64,
@@ -65,11 +75,15 @@ impl Stats {
             connections: self.connections.load(Relaxed),
             connections_total: self.connections_total.load(Relaxed),
             handshakes_refused: self.handshakes_refused.load(Relaxed),
+            refused_max_connections: self.refused_max_connections.load(Relaxed),
+            refused_per_user: self.refused_per_user.load(Relaxed),
+            refused_per_ip: self.refused_per_ip.load(Relaxed),
             rooms,
             messages_in: self.messages_in.load(Relaxed),
             messages_out: self.messages_out.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
             slow_consumers: self.slow_consumers.load(Relaxed),
+            rate_limited: self.rate_limited.load(Relaxed),
             events: self.events.load(Relaxed),
             authorize_denied: self.authorize_denied.load(Relaxed),
             authorize_errors: self.authorize_errors.load(Relaxed),

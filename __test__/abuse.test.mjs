@@ -1,0 +1,225 @@
+// Attacks a client can make on the server, one test each: what the server bounds, how the
+// attacker's socket ends, and that the other clients keep their events meanwhile.
+//
+// No timing thresholds: every timeout is a hang guard, and bounds are on bytes and counts.
+
+import assert from 'node:assert/strict'
+import net from 'node:net'
+import { test } from 'node:test'
+
+import { closeCodeIn, encodeFrame, makeToken, waitUntil, withServer, withTimeout, WAIT } from './helpers.mjs'
+
+const T = { timeout: 120_000 }
+
+/** Pings answered in the flood: each would have queued a 127-byte pong before the bound. */
+const FLOOD_PINGS = 160_000
+
+/** How much the server's heap may grow while it reads the flood (the pongs it would have kept come to about 20 MiB). */
+const FLOOD_HEAP_BOUND = 8 * 1024 * 1024
+
+/**
+ * A WebSocket that completes its handshake, then stops reading: what the server sends stays in
+ * the kernel's buffers until `resume()`. Resolves once the 101 is in.
+ */
+function silentSocket(port, token) {
+  return withTimeout(
+    new Promise((resolve, reject) => {
+      const socket = net.connect(port, '127.0.0.1')
+      let buf = Buffer.alloc(0)
+      let head = true
+      let ended = false
+      const closed = new Promise((r) => socket.on('close', r))
+      socket.on('error', () => {})
+      socket.on('close', () => (ended = true))
+      const onData = (chunk) => {
+        buf = Buffer.concat([buf, chunk])
+        if (!head) return
+        const i = buf.indexOf('\r\n\r\n')
+        if (i < 0) return
+        head = false
+        const status = Number(buf.subarray(0, i).toString().split(' ')[1])
+        buf = buf.subarray(i + 4)
+        if (status !== 101) return reject(new Error(`handshake refused: ${status}`))
+        socket.pause()
+        resolve({
+          socket,
+          received: () => buf,
+          resume: () => socket.resume(),
+          closed,
+          isEnded: () => ended,
+        })
+      }
+      socket.on('data', onData)
+      socket.on('connect', () => {
+        socket.write(
+          'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+            `Sec-WebSocket-Key: ${Buffer.from('abuse-test-key!!').toString('base64')}\r\n` +
+            `Sec-WebSocket-Version: 13\r\nAuthorization: JWT ${token}\r\n\r\n`,
+        )
+      })
+    }),
+    WAIT,
+    'the silent socket handshake',
+  )
+}
+
+/** Writes `chunk` `times` times, waiting for the kernel to take each; stops if the socket ends. */
+async function writeMany(socket, chunk, times) {
+  for (let i = 0; i < times && !socket.destroyed; i++) {
+    if (!socket.write(chunk)) {
+      await new Promise((r) => {
+        const done = () => {
+          socket.off('drain', done)
+          socket.off('close', done)
+          r()
+        }
+        socket.on('drain', done)
+        socket.on('close', done)
+      })
+    }
+  }
+}
+
+/** A thousand masked pings of the largest control payload, built once. */
+function pingChunk() {
+  return Buffer.concat(Array.from({ length: 1000 }, () => encodeFrame(0x9, Buffer.alloc(125, 7))))
+}
+
+/** `bob`, in `posts`, gets an event emitted now. */
+async function stillDelivers(ctx, bob, n) {
+  await ctx.manager.emitEvent({ type: 'create', collection: 'posts', id: n, doc: { n } })
+  await bob.waitFor((m) => m.type === 'create' && m.id === n, { label: `event ${n}` })
+}
+
+test('a ping flood from a client that reads nothing keeps one pong waiting: the heap stays bounded', T, async () => {
+  // No rate limit: the pong bound alone is what is tested here.
+  await withServer({ maxMessagesPerSecond: 0 }, async (ctx) => {
+    const bob = await ctx.connectAs('bob')
+    await bob.join('posts')
+    const heap = () => ctx.manager.stats().heapBytes ?? process.memoryUsage().rss
+    const flooder = await silentSocket(ctx.manager.port, makeToken({ id: 'mallory' }))
+    const before = heap()
+    await writeMany(flooder.socket, pingChunk(), FLOOD_PINGS / 1000)
+    // Every ping read: the server answered (or replaced the answer to) each of them.
+    await waitUntil(() => ctx.manager.stats().connections === 2, { label: 'both sockets open' })
+    await stillDelivers(ctx, bob, 1)
+    const grown = heap() - before
+    assert.ok(grown < FLOOD_HEAP_BOUND, `the heap grew by ${grown} bytes during the flood`)
+    assert.equal(flooder.isEnded(), false, 'a flood within no rate limit is not a reason to close')
+    flooder.socket.destroy()
+  })
+})
+
+test('a ping flood past maxMessagesPerSecond ends in close 4029 while others keep their events', T, async () => {
+  await withServer({}, async (ctx) => {
+    const bob = await ctx.connectAs('bob')
+    await bob.join('posts')
+    const flooder = await silentSocket(ctx.manager.port, makeToken({ id: 'mallory' }))
+    await writeMany(flooder.socket, pingChunk(), 20)
+    await waitUntil(() => ctx.manager.stats().rateLimited === 1, { label: 'the flooder closed as rate limited' })
+    await stillDelivers(ctx, bob, 1)
+    flooder.resume()
+    await waitUntil(() => closeCodeIn(flooder.received()) !== undefined, { label: 'the close frame' })
+    assert.equal(closeCodeIn(flooder.received()), 4029)
+    await withTimeout(flooder.closed, WAIT, 'the flooder to be disconnected')
+    await waitUntil(() => ctx.manager.stats().connections === 1, { label: 'the flooder gone' })
+    await stillDelivers(ctx, bob, 2)
+  })
+})
+
+test('messages past the rate are dropped unparsed with one error per episode, then 4029', T, async () => {
+  await withServer({ maxMessagesPerSecond: 5 }, async (ctx) => {
+    const bob = await ctx.connectAs('bob')
+    await bob.join('posts')
+    const c = await ctx.connectAs('mallory')
+    // Half of them not even JSON: past the limit nothing is parsed, so nothing says bad-json.
+    for (let i = 0; i < 200; i++) c.send(i % 2 ? 'not json' : { type: 'ping', id: i })
+    const { code } = await c.waitForClose()
+    assert.equal(code, 4029)
+    const limited = c.all.filter((m) => m.type === 'error' && m.code === 'rate-limited')
+    assert.equal(limited.length, 1, 'one rate-limited error for the episode')
+    // The first five fit in the allowance; the rest were neither parsed nor answered (a token
+    // or two may come back while they are read, hence a bound rather than an exact count).
+    assert.ok(c.all.length < 20, `${c.all.length} replies to 200 messages`)
+    assert.ok(c.all.filter((m) => m.type === 'pong').length >= 3)
+    assert.equal(ctx.manager.stats().rateLimited, 1)
+    await stillDelivers(ctx, bob, 1)
+  })
+})
+
+/** A handshake refused for a connection limit: its status and JSON body. */
+function assertTooMany(r, status) {
+  assert.equal(r.status, status, r.body)
+  assert.equal(r.json?.error, 'too-many-connections', r.body)
+  assert.equal(typeof r.json.reason, 'string')
+}
+
+test('maxConnections: a handshake past it is refused with 503 and the others keep their events', T, async () => {
+  await withServer({ maxConnections: 2 }, async (ctx) => {
+    const bob = await ctx.connectAs('bob')
+    await bob.join('posts')
+    const alice = await ctx.connectAs('alice')
+    await alice.join('posts')
+    assertTooMany(await ctx.handshake({ token: makeToken({ id: 'carol' }) }), 503)
+    const s = ctx.manager.stats()
+    assert.equal(s.refusedMaxConnections, 1)
+    assert.equal(s.handshakesRefused, 1)
+    assert.equal(s.connections, 2)
+    await stillDelivers(ctx, bob, 1)
+    await alice.waitFor((m) => m.type === 'create' && m.id === 1)
+    // A place freed is a place taken again.
+    await alice.close()
+    await waitUntil(async () => (await ctx.handshake({ token: makeToken({ id: 'carol' }) })).status === 101, {
+      label: "alice's place to be free",
+    })
+  })
+})
+
+test('maxConnectionsPerUser: one more socket of that user gets 429; other users connect', T, async () => {
+  await withServer({ maxConnectionsPerUser: 2 }, async (ctx) => {
+    const tabs = [await ctx.connectAs('alice'), await ctx.connectAs('alice')]
+    for (const t of tabs) await t.join('posts')
+    assertTooMany(await ctx.handshake({ token: makeToken({ id: 'alice' }) }), 429)
+    const bob = await ctx.connectAs('bob')
+    await bob.join('posts')
+    assert.equal(ctx.manager.stats().refusedPerUser, 1)
+    await stillDelivers(ctx, bob, 1)
+    for (const t of tabs) await t.waitFor((m) => m.type === 'create' && m.id === 1)
+  })
+})
+
+test('maxConnectionsPerIp: by the peer address, or X-Forwarded-For from trustedProxies only', T, async () => {
+  await withServer({ maxConnectionsPerIp: 2 }, async (ctx) => {
+    const bob = await ctx.connectAs('bob')
+    await bob.join('posts')
+    await ctx.connectAs('alice')
+    // Not from a trusted proxy: the header is ignored, and this is a third socket from 127.0.0.1.
+    const spoofed = await ctx.handshake({
+      token: makeToken({ id: 'carol' }),
+      headers: { 'X-Forwarded-For': '203.0.113.9' },
+    })
+    assertTooMany(spoofed, 429)
+    assert.equal(ctx.manager.stats().refusedPerIp, 1)
+    await stillDelivers(ctx, bob, 1)
+  })
+  await withServer({ maxConnectionsPerIp: 1, trustedProxies: ['127.0.0.1'] }, async (ctx) => {
+    const from = (ip, id) => ({ token: makeToken({ id }), headers: { 'X-Forwarded-For': ip } })
+    const bob = await ctx.connect(from('203.0.113.1', 'bob'))
+    await bob.join('posts')
+    assert.equal((await ctx.handshake(from('203.0.113.2', 'alice'))).status, 101)
+    // The client may write its own entries left of the proxy's: only the last one counts.
+    assertTooMany(await ctx.handshake(from('198.51.100.7, 203.0.113.1', 'carol')), 429)
+    await stillDelivers(ctx, bob, 1)
+  })
+})
+
+test('connection options are checked at start', async () => {
+  await assert.rejects(
+    withServer({ trustedProxies: ['proxy.internal'] }, () => {}),
+    /trustedProxies/,
+  )
+  await assert.rejects(
+    withServer({ maxConnections: 0 }, () => {}),
+    /maxConnections/,
+  )
+})

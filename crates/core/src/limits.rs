@@ -1,0 +1,210 @@
+//! How many sockets the server holds: in all, per user and per client address. A handshake past
+//! a limit is refused before the upgrade (503 or 429 with a JSON body), never accepted and then
+//! closed, so a client sees why and a well-behaved one backs off.
+//!
+//! A socket holds a [`Slot`] from its handshake's checks to its close: it is counted while
+//! `verifyUser` runs too, so a burst of handshakes cannot pass a limit by all waiting at once.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use hyper::header::HeaderMap;
+use parking_lot::Mutex;
+
+use crate::config::Config;
+
+/// Which limit a handshake is past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Over {
+    /// `maxConnections`: the server as a whole (503).
+    Total,
+    /// `maxConnectionsPerUser` (429).
+    User,
+    /// `maxConnectionsPerIp` (429).
+    Ip,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    by_user: HashMap<String, usize>,
+    by_ip: HashMap<IpAddr, usize>,
+}
+
+pub struct Limits {
+    max_total: usize,
+    max_per_user: usize,
+    max_per_ip: usize,
+    /// One lock for the three counts: handshakes are rare beside messages, and one lock makes
+    /// a reservation all or nothing.
+    counts: Mutex<Counts>,
+}
+
+/// One socket's place in the counts, given back when dropped.
+pub struct Slot {
+    limits: Arc<Limits>,
+    user: Option<String>,
+    ip: Option<IpAddr>,
+}
+
+impl Limits {
+    pub fn new(config: &Config) -> Arc<Limits> {
+        Arc::new(Limits {
+            max_total: config.max_connections,
+            max_per_user: config.max_connections_per_user,
+            max_per_ip: config.max_connections_per_ip,
+            counts: Mutex::new(Counts::default()),
+        })
+    }
+
+    /// Counts one more socket for this user (`None`: anonymous, counted by address only) from
+    /// this address, unless that passes a limit (0 is no limit, for the two per-client ones).
+    pub fn reserve(self: &Arc<Self>, user: Option<&str>, ip: Option<IpAddr>) -> Result<Slot, Over> {
+        let mut c = self.counts.lock();
+        if c.total >= self.max_total {
+            return Err(Over::Total);
+        }
+        if let Some(user) = user {
+            if self.max_per_user > 0 && c.by_user.get(user).copied().unwrap_or(0) >= self.max_per_user {
+                return Err(Over::User);
+            }
+        }
+        if let Some(ip) = ip {
+            if self.max_per_ip > 0 && c.by_ip.get(&ip).copied().unwrap_or(0) >= self.max_per_ip {
+                return Err(Over::Ip);
+            }
+        }
+        c.total += 1;
+        if let Some(user) = user {
+            *c.by_user.entry(user.to_string()).or_default() += 1;
+        }
+        if let Some(ip) = ip {
+            *c.by_ip.entry(ip).or_default() += 1;
+        }
+        Ok(Slot {
+            limits: self.clone(),
+            user: user.map(str::to_string),
+            ip,
+        })
+    }
+
+    /// Sockets counted now (open, or in their handshake).
+    pub fn total(&self) -> usize {
+        self.counts.lock().total
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.limits.counts.lock();
+        c.total -= 1;
+        // Entries at zero are removed: the maps hold only users and addresses with sockets.
+        if let Some(user) = &self.user {
+            if let Some(n) = c.by_user.get_mut(user) {
+                *n -= 1;
+                if *n == 0 {
+                    c.by_user.remove(user);
+                }
+            }
+        }
+        if let Some(ip) = &self.ip {
+            if let Some(n) = c.by_ip.get_mut(ip) {
+                *n -= 1;
+                if *n == 0 {
+                    c.by_ip.remove(ip);
+                }
+            }
+        }
+    }
+}
+
+/// The client's address: the peer's own, unless the peer is a trusted proxy; then the last
+/// address in `X-Forwarded-For` that is not a trusted proxy (the one the nearest trusted proxy
+/// saw; anything left of it the client may have written itself).
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .map(|ip| ip.to_canonical())
+        .collect();
+    forwarded
+        .iter()
+        .rev()
+        .find(|ip| !trusted.contains(ip))
+        .or(forwarded.first())
+        .copied()
+        .unwrap_or(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(total: usize, per_user: usize, per_ip: usize) -> Arc<Limits> {
+        Limits::new(&Config {
+            max_connections: total,
+            max_connections_per_user: per_user,
+            max_connections_per_ip: per_ip,
+            ..Config::default()
+        })
+    }
+
+    #[test]
+    fn each_limit_refuses_past_it_and_a_closed_socket_frees_its_place() {
+        let ip = |n: u8| Some(IpAddr::from([10, 0, 0, n]));
+        let l = limits(4, 2, 3);
+        let a1 = l.reserve(Some("users:a"), ip(1)).unwrap();
+        let _a2 = l.reserve(Some("users:a"), ip(1)).unwrap();
+        assert_eq!(l.reserve(Some("users:a"), ip(2)).err(), Some(Over::User));
+        let _b1 = l.reserve(Some("users:b"), ip(1)).unwrap();
+        assert_eq!(l.reserve(None, ip(1)).err(), Some(Over::Ip), "anonymous: by address");
+        let _c = l.reserve(None, ip(2)).unwrap();
+        assert_eq!(l.reserve(Some("users:z"), ip(9)).err(), Some(Over::Total));
+        assert_eq!(l.total(), 4, "refusals take no place");
+        drop(a1);
+        assert_eq!(l.total(), 3);
+        let _a3 = l.reserve(Some("users:a"), ip(2)).unwrap();
+        assert!(l.counts.lock().by_user.len() == 2);
+    }
+
+    #[test]
+    fn zero_is_no_limit_per_user_and_address_and_the_maps_forget_what_left() {
+        let l = limits(1000, 0, 0);
+        let slots: Vec<Slot> = (0..100)
+            .map(|_| l.reserve(Some("users:a"), Some(IpAddr::from([127, 0, 0, 1]))).unwrap())
+            .collect();
+        drop(slots);
+        let c = l.counts.lock();
+        assert_eq!(c.total, 0);
+        assert!(c.by_user.is_empty() && c.by_ip.is_empty());
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_from_trusted_proxies_only() {
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "6.6.6.6, 203.0.113.7, 10.0.0.2".parse().unwrap());
+        let trusted = ["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()];
+        // Not from a trusted proxy: the header is the client's own words.
+        let stranger: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(client_ip(stranger, &h, &trusted), stranger);
+        // From one: the nearest address no trusted proxy owns (not the spoofable leftmost).
+        assert_eq!(client_ip(proxy, &h, &trusted), "203.0.113.7".parse::<IpAddr>().unwrap());
+        // IPv4 seen through an IPv6 socket is the same address.
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(
+            client_ip(mapped, &h, &trusted),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+        // No header: the proxy itself.
+        assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy);
+    }
+}
