@@ -4,10 +4,22 @@
 // No timing thresholds: every timeout is a hang guard, and bounds are on bytes and counts.
 
 import assert from 'node:assert/strict'
+import http from 'node:http'
 import net from 'node:net'
 import { test } from 'node:test'
 
-import { closeCodeIn, encodeFrame, makeToken, waitUntil, withServer, withTimeout, WAIT } from './helpers.mjs'
+import {
+  closeCodeIn,
+  connect,
+  encodeFrame,
+  handshake,
+  makeToken,
+  startServer,
+  waitUntil,
+  withServer,
+  withTimeout,
+  WAIT,
+} from './helpers.mjs'
 
 const T = { timeout: 120_000 }
 
@@ -211,6 +223,36 @@ test('maxConnectionsPerIp: by the peer address, or X-Forwarded-For from trustedP
     assertTooMany(await ctx.handshake(from('198.51.100.7, 203.0.113.1', 'carol')), 429)
     await stillDelivers(ctx, bob, 1)
   })
+})
+
+test("the limits hold on the app's own port too (attachTo): refused with the JSON body", T, async () => {
+  const manager = await startServer({ maxConnectionsPerUser: 1 })
+  const server = http.createServer((req, res) => res.end('app'))
+  manager.attachTo(server, { path: '/realtime' })
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const url = `ws://127.0.0.1:${server.address().port}/realtime`
+  try {
+    const alice = await connect(url, { token: makeToken({ id: 'alice' }) })
+    await alice.join('posts')
+    assertTooMany(await handshake(url, { token: makeToken({ id: 'alice' }) }), 429)
+    assert.equal(manager.stats().refusedPerUser, 1)
+    await manager.emitEvent({ type: 'create', collection: 'posts', id: 1, doc: {} })
+    await alice.waitFor((m) => m.type === 'create' && m.id === 1)
+    await alice.close()
+    // Its place is free once its socket is gone.
+    const again = await waitUntil(
+      async () => {
+        const r = await handshake(url, { token: makeToken({ id: 'alice' }) })
+        return r.status === 101 ? r.client : undefined
+      },
+      { label: "alice's place to be free" },
+    )
+    await again.close()
+  } finally {
+    await manager.close()
+    server.closeAllConnections()
+    await new Promise((resolve) => server.close(resolve))
+  }
 })
 
 test('connection options are checked at start', async () => {

@@ -28,7 +28,7 @@ use tokio::time::{Instant, Sleep};
 use crate::auth::now_secs;
 use crate::frame_reader::{FrameReader, Message};
 use crate::hub::Hub;
-use crate::outbound::{Batch, Flush, EVICTION_GRACE};
+use crate::outbound::{Batch, Flush, Push, EVICTION_GRACE};
 use crate::peer::Peer;
 use crate::protocol::{self, close_code, ErrorCode};
 use crate::requests::Requests;
@@ -286,7 +286,9 @@ impl Connection {
                     hub.registry.remove_peer(peer);
                     out.close(close_code::GOING_AWAY, "idle timeout");
                 } else if quiet >= idle / 2 && !self.ping_sent {
-                    out.push_control(protocol::frame(0x9, b""));
+                    if out.push_control(protocol::frame(0x9, b"")) == Push::Evicted {
+                        evicted(hub, peer);
+                    }
                     self.ping_sent = true;
                 }
             }
@@ -369,8 +371,11 @@ impl Connection {
                 // Pings count against the rate too: answering is work, and a flood of them is
                 // a flood like any other.
                 Message::Ping(payload) => {
-                    if !out.is_closing() && requests.admit() {
-                        out.push_control(protocol::frame(0xA, payload));
+                    if !out.is_closing()
+                        && requests.admit()
+                        && out.push_control(protocol::frame(0xA, payload)) == Push::Evicted
+                    {
+                        evicted(hub, peer);
                     }
                 }
                 Message::Close(code) => {
@@ -403,6 +408,13 @@ impl Connection {
         }
         close_answered.then_some(ReadEnd::CloseAnswered)
     }
+}
+
+/// A control frame of ours evicted the socket (its client takes nothing): counted and taken out
+/// of every room as fan-out does for data.
+fn evicted(hub: &Hub, peer: &Arc<Peer>) {
+    Stats::add(&hub.stats.slow_consumers, 1);
+    hub.registry.remove_peer(peer);
 }
 
 /// How often an idle check runs for a given `idleTimeout`.

@@ -311,10 +311,10 @@ impl Outbound {
     /// Queues a control frame (pong, ping), sent before data. A pong replaces the one still
     /// waiting, if any. Its bytes count in the bound: past it while the client takes nothing,
     /// the socket is evicted as for data.
-    pub fn push_control(&self, frame: Bytes) {
+    pub fn push_control(&self, frame: Bytes) -> Push {
         let mut s = self.state.lock();
         if s.ending.is_some() {
-            return;
+            return Push::Closed;
         }
         let opcode = frame.first().map_or(0, |b| b & 0x0F);
         if let Some(at) = s
@@ -329,12 +329,13 @@ impl Outbound {
         if s.bytes + frame.len() > self.limit && s.bytes > 0 && self.blocked.load(Ordering::Acquire) {
             drop(s);
             self.evict();
-            return;
+            return Push::Evicted;
         }
         s.bytes += frame.len();
         s.control.push(frame.into());
         drop(s);
         self.waker.wake();
+        Push::Queued
     }
 
     /// Control frames waiting (tests).
@@ -816,7 +817,10 @@ mod tests {
         let out = Outbound::new(1024);
         assert_eq!(out.push(Bytes::from(vec![0u8; 950])), Push::Queued);
         out.block();
-        out.push_control(crate::protocol::frame(0xA, &[7u8; 100]));
+        assert_eq!(
+            out.push_control(crate::protocol::frame(0xA, &[7u8; 100])),
+            Push::Evicted
+        );
         assert!(out.was_evicted());
         assert_eq!(out.queued_control(), 0, "dropped with the queue");
         assert_eq!(out.queued_bytes(), 0);
