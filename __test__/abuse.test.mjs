@@ -4,6 +4,7 @@
 // No timing thresholds: every timeout is a hang guard, and bounds are on bytes and counts.
 
 import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
 import http from 'node:http'
 import net from 'node:net'
 import { test } from 'node:test'
@@ -254,6 +255,53 @@ test("the limits hold on the app's own port too (attachTo): refused with the JSO
     await new Promise((resolve) => server.close(resolve))
   }
 })
+
+test(
+  'out of descriptors, the accept loop backs off and logs once per episode',
+  { ...T, skip: process.platform === 'win32' },
+  async () => {
+    // A server in a process that may open few descriptors; its port comes back on stdout.
+    const program = `
+    import { initUWebSocket } from ${JSON.stringify(new URL('../index.mjs', import.meta.url).href)}
+    const m = await initUWebSocket(0, { host: '127.0.0.1', secret: 's', maxConnectionsPerIp: 0 })
+    console.log(m.port)
+    process.stdin.on('data', async () => { await m.close(); process.exit(0) })
+  `
+    const child = spawn('sh', ['-c', 'ulimit -n 200 && exec node --input-type=module -e "$0"', program], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    })
+    let stderr = ''
+    child.stderr.on('data', (d) => (stderr += d))
+    const port = await withTimeout(
+      new Promise((resolve) => child.stdout.once('data', (d) => resolve(Number(String(d).trim())))),
+      WAIT,
+      'the server to start',
+    )
+    const sockets = []
+    try {
+      // Idle TCP connections, each a descriptor in the server once accepted, until it has none.
+      for (let i = 0; i < 300; i++) {
+        const s = net.connect(port, '127.0.0.1')
+        s.on('error', () => {})
+        sockets.push(s)
+      }
+      await waitUntil(() => stderr.includes('accept failed'), { label: 'accept to fail' })
+      for (const s of sockets) s.destroy()
+      // Free again: the next connection is accepted, and the episode's end is logged.
+      await waitUntil(() => stderr.includes('accepting connections again'), { label: 'accept to recover' })
+      const r = await handshake(`ws://127.0.0.1:${port}/`, { token: 'x' })
+      assert.equal(r.status, 401, 'the server answers again')
+      // Descriptors can run out again while the queued connections are taken: each episode is one
+      // line as it starts and one as it ends, never a line per failed try.
+      const lines = stderr.split('\n').filter((l) => /accept failed|accepting connections again/.test(l))
+      lines.forEach((l, i) => assert.equal(/accept failed/.test(l), i % 2 === 0, stderr))
+    } finally {
+      for (const s of sockets) s.destroy()
+      child.stdin.write('stop')
+      await new Promise((resolve) => child.once('exit', resolve))
+    }
+  },
+)
 
 test('connection options are checked at start', async () => {
   await assert.rejects(
