@@ -118,7 +118,10 @@ export interface ServerOptions {
   maxConnectionsPerUser?: number
   /** Sockets one client address may hold at once; past it 429 `{ error: 'too-many-connections' }` (default 256; 0 = no limit). */
   maxConnectionsPerIp?: number
-  /** Proxies (IP addresses) whose `X-Forwarded-For` names the client's address; from anyone else it is ignored (default none). */
+  /**
+   * Proxies (IP addresses) whose `Forwarded` (or, without it, `X-Forwarded-For`) names the client's
+   * address, for `maxConnectionsPerIp`; from anyone else these headers are ignored (default none).
+   */
   trustedProxies?: string[]
   /**
    * Keep recent events so clients can recover what they missed (`since` on join): for every

@@ -222,6 +222,13 @@ test('maxConnectionsPerIp: by the peer address, or X-Forwarded-For from trustedP
     assert.equal((await ctx.handshake(from('203.0.113.2', 'alice'))).status, 101)
     // The client may write its own entries left of the proxy's: only the last one counts.
     assertTooMany(await ctx.handshake(from('198.51.100.7, 203.0.113.1', 'carol')), 429)
+    // RFC 7239's header is read the same way.
+    const forwarded = await ctx.handshake({
+      token: makeToken({ id: 'dave' }),
+      headers: { Forwarded: 'for=198.51.100.7, for="203.0.113.2:5000"' },
+    })
+    assertTooMany(forwarded, 429)
+    assert.equal(ctx.manager.stats().refusedPerIp, 2)
     await stillDelivers(ctx, bob, 1)
   })
 })

@@ -103,7 +103,7 @@ pub struct NativeOptions {
     pub max_connections_per_user: Option<u32>,
     /// 0 = no limit.
     pub max_connections_per_ip: Option<u32>,
-    /// IP addresses whose `X-Forwarded-For` is believed (checked by the JS layer).
+    /// IP addresses whose `Forwarded` / `X-Forwarded-For` is believed (checked by the JS layer).
     pub trusted_proxies: Option<Vec<String>>,
     /// `redis://`, `rediss://` or `redis-cluster://` URL for many instances.
     pub redis_url: Option<String>,

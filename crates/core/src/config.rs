@@ -54,8 +54,8 @@ pub struct Config {
     pub max_connections_per_user: usize,
     /// Sockets one client address may hold at once; past it a handshake gets 429. 0 = no limit.
     pub max_connections_per_ip: usize,
-    /// Proxies whose `X-Forwarded-For` names the client's address (see [`crate::limits::client_ip`]);
-    /// from anyone else the header is ignored.
+    /// Proxies whose `Forwarded` or `X-Forwarded-For` names the client's address (see
+    /// [`crate::limits::client_ip`]); from anyone else these headers are ignored.
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// History kept per room (rules by room name or `prefix*`), for recovery after reconnects.
     pub history: Vec<crate::history::HistoryRule>,

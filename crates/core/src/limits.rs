@@ -120,28 +120,69 @@ impl Drop for Slot {
 }
 
 /// The client's address: the peer's own, unless the peer is a trusted proxy; then the last
-/// address in `X-Forwarded-For` that is not a trusted proxy (the one the nearest trusted proxy
-/// saw; anything left of it the client may have written itself).
+/// address in `Forwarded` (RFC 7239), or `X-Forwarded-For` without it, that is not a trusted
+/// proxy: the one the nearest trusted proxy saw (anything left of it the client may have
+/// written itself).
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
     let peer = peer.to_canonical();
     if !trusted.contains(&peer) {
         return peer;
     }
-    let forwarded: Vec<IpAddr> = headers
-        .get_all("x-forwarded-for")
+    let values = |name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::to_string)
+            .collect()
+    };
+    let mut chain = values("forwarded");
+    let forwarded = !chain.is_empty();
+    if !forwarded {
+        chain = values("x-forwarded-for");
+    }
+    let chain: Vec<IpAddr> = chain
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .filter_map(|hop| {
+            if forwarded {
+                forwarded_for(hop)
+            } else {
+                Some(hop.trim())
+            }
+        })
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
         .map(|ip| ip.to_canonical())
         .collect();
-    forwarded
+    chain
         .iter()
         .rev()
         .find(|ip| !trusted.contains(ip))
-        .or(forwarded.first())
+        .or(chain.first())
         .copied()
         .unwrap_or(peer)
+}
+
+/// The address of one `Forwarded` element's `for=` (`for=192.0.2.1`, `for="[2001:db8::1]:4711"`,
+/// `for="192.0.2.1:80"`); `None` for an obfuscated or `unknown` one, or none at all.
+fn forwarded_for(element: &str) -> Option<&str> {
+    let value = element.split(';').find_map(|pair| {
+        let (key, value) = pair.trim().split_once('=')?;
+        key.trim()
+            .eq_ignore_ascii_case("for")
+            .then(|| value.trim().trim_matches('"'))
+    })?;
+    if let Some(v6) = value.strip_prefix('[') {
+        return v6.split(']').next();
+    }
+    // An IPv4 address may come with a port.
+    Some(
+        value
+            .split(':')
+            .next()
+            .filter(|_| value.matches(':').count() == 1)
+            .unwrap_or(value),
+    )
 }
 
 #[cfg(test)]
@@ -206,5 +247,19 @@ mod tests {
         );
         // No header: the proxy itself.
         assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy);
+
+        // RFC 7239's header, with quoted addresses and ports, in place of X-Forwarded-For.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "forwarded",
+            r#"for=6.6.6.6, for="[2001:db8::7]:4711";proto=https, For="10.0.0.2:80""#
+                .parse()
+                .unwrap(),
+        );
+        h.insert("x-forwarded-for", "198.51.100.9".parse().unwrap());
+        assert_eq!(client_ip(proxy, &h, &trusted), "2001:db8::7".parse::<IpAddr>().unwrap());
+        let mut h = HeaderMap::new();
+        h.insert("forwarded", "for=unknown, for=203.0.113.8:1234".parse().unwrap());
+        assert_eq!(client_ip(proxy, &h, &trusted), "203.0.113.8".parse::<IpAddr>().unwrap());
     }
 }
