@@ -431,8 +431,8 @@ impl Requests {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Error;
     use crate::dispatch::test_hub_with;
+    use crate::error::Error;
 
     fn code_of(outcome: Result<JoinOutcome, Error>) -> String {
         let frames = join_replies(Some(&RequestId::Str("j".into())), vec![("posts".into(), outcome)]);
@@ -452,7 +452,6 @@ mod tests {
             "a closing server is not the client's doing"
         );
     }
-
 
     fn rate_limited_socket(rate: u32) -> (Arc<Hub>, Arc<Peer>, Requests) {
         let hub = test_hub_with(crate::config::Config {
