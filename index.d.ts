@@ -119,8 +119,9 @@ export interface ServerOptions {
   /** Sockets one client address may hold at once; past it 429 `{ error: 'too-many-connections' }` (default 256; 0 = no limit). */
   maxConnectionsPerIp?: number
   /**
-   * Proxies (IP addresses) whose `Forwarded` (or, without it, `X-Forwarded-For`) names the client's
-   * address, for `maxConnectionsPerIp`; from anyone else these headers are ignored (default none).
+   * Proxies (IP addresses, or `'loopback'` for every loopback address) whose `Forwarded` (or,
+   * without it, `X-Forwarded-For`) names the client's address, for `maxConnectionsPerIp`; from
+   * anyone else these headers are ignored. Default `['loopback']`: a proxy on the same machine.
    */
   trustedProxies?: string[]
   /**

@@ -202,7 +202,8 @@ test('maxConnectionsPerUser: one more socket of that user gets 429; other users 
 })
 
 test('maxConnectionsPerIp: by the peer address, or X-Forwarded-For from trustedProxies only', T, async () => {
-  await withServer({ maxConnectionsPerIp: 2 }, async (ctx) => {
+  // trustedProxies: [] trusts no one, not even a proxy on this machine (the default trusts loopback).
+  await withServer({ maxConnectionsPerIp: 2, trustedProxies: [] }, async (ctx) => {
     const bob = await ctx.connectAs('bob')
     await bob.join('posts')
     await ctx.connectAs('alice')
@@ -214,6 +215,14 @@ test('maxConnectionsPerIp: by the peer address, or X-Forwarded-For from trustedP
     assertTooMany(spoofed, 429)
     assert.equal(ctx.manager.stats().refusedPerIp, 1)
     await stillDelivers(ctx, bob, 1)
+  })
+  // By default a proxy on this machine (nginx beside the app) is believed: its clients are
+  // counted by the address it names, not all as 127.0.0.1.
+  await withServer({ maxConnectionsPerIp: 1 }, async (ctx) => {
+    const from = (ip, id) => ({ token: makeToken({ id }), headers: { 'X-Forwarded-For': ip } })
+    assert.equal((await ctx.handshake(from('203.0.113.1', 'bob'))).status, 101)
+    assert.equal((await ctx.handshake(from('203.0.113.2', 'alice'))).status, 101)
+    assertTooMany(await ctx.handshake(from('203.0.113.1', 'carol')), 429)
   })
   await withServer({ maxConnectionsPerIp: 1, trustedProxies: ['127.0.0.1'] }, async (ctx) => {
     const from = (ip, id) => ({ token: makeToken({ id }), headers: { 'X-Forwarded-For': ip } })

@@ -156,11 +156,11 @@ function nativeOptions(port, options) {
   }
 }
 
-/** `trustedProxies`: IP addresses (a hostname would be resolved by no one). */
+/** `trustedProxies`: IP addresses and `'loopback'` (a hostname would be resolved by no one). */
 function trustedProxies(list) {
   if (list === undefined || list === null) return undefined
-  if (!Array.isArray(list) || list.some((ip) => typeof ip !== 'string' || net.isIP(ip) === 0)) {
-    throw new TypeError('payload-realtime: `trustedProxies` must be an array of IP addresses')
+  if (!Array.isArray(list) || list.some((ip) => typeof ip !== 'string' || (ip !== 'loopback' && net.isIP(ip) === 0))) {
+    throw new TypeError("payload-realtime: `trustedProxies` must be an array of IP addresses (or 'loopback')")
   }
   return list
 }

@@ -176,6 +176,11 @@ impl NativeOptions {
             max_connections_per_ip: self
                 .max_connections_per_ip
                 .map_or(d.max_connections_per_ip, |v| v as usize),
+            // `loopback` names every loopback address; absent, that is the default.
+            trust_loopback: self
+                .trusted_proxies
+                .as_ref()
+                .is_none_or(|list| list.iter().any(|ip| ip == "loopback")),
             trusted_proxies: self
                 .trusted_proxies
                 .unwrap_or_default()

@@ -57,6 +57,10 @@ pub struct Config {
     /// Proxies whose `Forwarded` or `X-Forwarded-For` names the client's address (see
     /// [`crate::limits::client_ip`]); from anyone else these headers are ignored.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Whether a loopback peer counts as a trusted proxy (default yes: only a process of this
+    /// machine can be one, and a reverse proxy beside the app would otherwise make every client
+    /// one address, capped by `maxConnectionsPerIp`).
+    pub trust_loopback: bool,
     /// History kept per room (rules by room name or `prefix*`), for recovery after reconnects.
     pub history: Vec<crate::history::HistoryRule>,
     /// Rooms with presence (room names or `prefix*`).
@@ -96,6 +100,7 @@ impl Default for Config {
             max_connections_per_user: 32,
             max_connections_per_ip: 256,
             trusted_proxies: Vec::new(),
+            trust_loopback: true,
             history: Vec::new(),
             presence: Vec::new(),
             presence_expiry: Duration::from_secs(15),

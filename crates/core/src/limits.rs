@@ -122,10 +122,11 @@ impl Drop for Slot {
 /// The client's address: the peer's own, unless the peer is a trusted proxy; then the last
 /// address in `Forwarded` (RFC 7239), or `X-Forwarded-For` without it, that is not a trusted
 /// proxy: the one the nearest trusted proxy saw (anything left of it the client may have
-/// written itself).
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+/// written itself). With `loopback`, every loopback address is a trusted proxy too.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr], loopback: bool) -> IpAddr {
     let peer = peer.to_canonical();
-    if !trusted.contains(&peer) {
+    let trusted_ip = |ip: &IpAddr| (loopback && ip.is_loopback()) || trusted.contains(ip);
+    if !trusted_ip(&peer) {
         return peer;
     }
     let values = |name: &str| -> Vec<String> {
@@ -157,7 +158,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAdd
     chain
         .iter()
         .rev()
-        .find(|ip| !trusted.contains(ip))
+        .find(|ip| !trusted_ip(ip))
         .or(chain.first())
         .copied()
         .unwrap_or(peer)
@@ -229,6 +230,28 @@ mod tests {
     }
 
     #[test]
+    fn a_loopback_proxy_is_trusted_without_being_listed() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "198.51.100.4, 127.0.0.1".parse().unwrap());
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(
+            client_ip(local, &h, &[], true),
+            "198.51.100.4".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip("::1".parse().unwrap(), &h, &[], true),
+            "198.51.100.4".parse::<IpAddr>().unwrap()
+        );
+        // Without a header a local client is itself.
+        assert_eq!(client_ip(local, &HeaderMap::new(), &[], true), local);
+        // A remote peer's header is still its own words.
+        let remote: IpAddr = "203.0.113.9".parse().unwrap();
+        assert_eq!(client_ip(remote, &h, &[], true), remote);
+        // trustedProxies without 'loopback': a local peer's header is its own words too.
+        assert_eq!(client_ip(local, &h, &[], false), local);
+    }
+
+    #[test]
     fn forwarded_for_is_believed_from_trusted_proxies_only() {
         let proxy: IpAddr = "10.0.0.1".parse().unwrap();
         let mut h = HeaderMap::new();
@@ -236,17 +259,20 @@ mod tests {
         let trusted = ["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()];
         // Not from a trusted proxy: the header is the client's own words.
         let stranger: IpAddr = "198.51.100.1".parse().unwrap();
-        assert_eq!(client_ip(stranger, &h, &trusted), stranger);
+        assert_eq!(client_ip(stranger, &h, &trusted, false), stranger);
         // From one: the nearest address no trusted proxy owns (not the spoofable leftmost).
-        assert_eq!(client_ip(proxy, &h, &trusted), "203.0.113.7".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(proxy, &h, &trusted, false),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
         // IPv4 seen through an IPv6 socket is the same address.
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         assert_eq!(
-            client_ip(mapped, &h, &trusted),
+            client_ip(mapped, &h, &trusted, false),
             "203.0.113.7".parse::<IpAddr>().unwrap()
         );
         // No header: the proxy itself.
-        assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy);
+        assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted, false), proxy);
 
         // RFC 7239's header, with quoted addresses and ports, in place of X-Forwarded-For.
         let mut h = HeaderMap::new();
@@ -257,9 +283,15 @@ mod tests {
                 .unwrap(),
         );
         h.insert("x-forwarded-for", "198.51.100.9".parse().unwrap());
-        assert_eq!(client_ip(proxy, &h, &trusted), "2001:db8::7".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(proxy, &h, &trusted, false),
+            "2001:db8::7".parse::<IpAddr>().unwrap()
+        );
         let mut h = HeaderMap::new();
         h.insert("forwarded", "for=unknown, for=203.0.113.8:1234".parse().unwrap());
-        assert_eq!(client_ip(proxy, &h, &trusted), "203.0.113.8".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(proxy, &h, &trusted, false),
+            "203.0.113.8".parse::<IpAddr>().unwrap()
+        );
     }
 }

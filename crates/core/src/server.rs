@@ -419,7 +419,14 @@ fn refuse(hub: &Hub, r: &Refusal) -> Refused {
 
 /// Takes the socket's place in the connection limits, or the refusal that says which is full.
 fn take_slot<B>(hub: &Hub, req: &Request<B>, user: Option<&User>, remote: Option<SocketAddr>) -> Result<Slot, Refused> {
-    let ip = remote.map(|r| client_ip(r.ip(), req.headers(), &hub.config.trusted_proxies));
+    let ip = remote.map(|r| {
+        client_ip(
+            r.ip(),
+            req.headers(),
+            &hub.config.trusted_proxies,
+            hub.config.trust_loopback,
+        )
+    });
     hub.limits.reserve(user.map(|u| u.key.as_str()), ip).map_err(|over| {
         Stats::add(&hub.stats.handshakes_refused, 1);
         let (counter, status, reason) = match over {
