@@ -94,14 +94,21 @@ enum Ending {
     Now(Bytes),
 }
 
+/// Pongs that may wait for a client at once: enough to answer every ping of a short burst (a
+/// client checking its connection), few enough that one that pings and never reads holds
+/// little (each is at most 131 bytes).
+pub(crate) const MAX_PENDING_PONGS: usize = 16;
+
+const PONG: u8 = 0xA;
+
 #[derive(Default)]
 struct State {
     queue: VecDeque<OutFrame>,
     /// Bytes queued (control frames too) plus bytes taken by the writer and not yet written.
     bytes: usize,
-    /// Control frames (pong, ping) that go before data: at most one pong (the answer to the
-    /// latest ping, as RFC 6455 5.5.3 allows) and our own ping, so a client that pings and
-    /// never reads cannot grow it.
+    /// Control frames (pong, ping) that go before data: at most [`MAX_PENDING_PONGS`] pongs
+    /// (the answers to the latest pings; RFC 6455 5.5.3 allows answering only the latest) and
+    /// our own ping, so a client that pings and never reads cannot grow it.
     control: Vec<OutFrame>,
     ending: Option<Ending>,
     /// The socket's task holds a batch it has not fully written ([`Outbound::take_into`] to
@@ -308,22 +315,23 @@ impl Outbound {
         self.waker.wake();
     }
 
-    /// Queues a control frame (pong, ping), sent before data. A pong replaces the one still
-    /// waiting, if any. Its bytes count in the bound: past it while the client takes nothing,
-    /// the socket is evicted as for data.
+    /// Queues a control frame (pong, ping), sent before data. Past [`MAX_PENDING_PONGS`]
+    /// waiting pongs, the oldest goes; a ping replaces ours if it still waits. Its bytes count
+    /// in the bound: past it while the client takes nothing, the socket is evicted as for data.
     pub fn push_control(&self, frame: Bytes) -> Push {
         let mut s = self.state.lock();
         if s.ending.is_some() {
             return Push::Closed;
         }
-        let opcode = frame.first().map_or(0, |b| b & 0x0F);
-        if let Some(at) = s
-            .control
-            .iter()
-            .position(|f| f.first().map(|b| b & 0x0F) == Some(opcode))
-        {
-            // Only the latest pong (or our one ping) is worth sending.
-            let old = s.control.remove(at);
+        let opcode_of = |f: &[u8]| f.first().map_or(0, |b| b & 0x0F);
+        let opcode = opcode_of(&frame);
+        let same: Vec<usize> = (0..s.control.len())
+            .filter(|&i| opcode_of(&s.control[i]) == opcode)
+            .collect();
+        let keep = if opcode == PONG { MAX_PENDING_PONGS - 1 } else { 0 };
+        if same.len() > keep {
+            // The latest answers are the ones worth sending.
+            let old = s.control.remove(same[0]);
             s.bytes -= old.len();
         }
         if s.bytes + frame.len() > self.limit && s.bytes > 0 && self.blocked.load(Ordering::Acquire) {
@@ -788,25 +796,31 @@ mod tests {
         assert_eq!(pipe.got.borrow().len(), (MAX_IOVECS * 2 + 1) * 3 + 4);
     }
 
-    /// A client that pings and never reads: one pong waits (the latest), its bytes in the
-    /// bound, however many pings came.
+    /// A client that pings and never reads: the latest `MAX_PENDING_PONGS` pongs wait, their
+    /// bytes in the bound, however many pings came; a short burst is answered whole.
     #[test]
-    fn a_ping_flood_keeps_one_pong_waiting() {
+    fn a_ping_flood_keeps_the_latest_pongs_waiting() {
         let out = Outbound::new(1 << 20);
         for i in 0..10_000u32 {
             out.push_control(crate::protocol::frame(0xA, &i.to_be_bytes()));
         }
         out.push_control(protocol_ping());
-        assert_eq!(out.queued_control(), 2, "the latest pong and our ping");
-        let pong = crate::protocol::frame(0xA, &9_999u32.to_be_bytes());
-        assert_eq!(out.queued_bytes(), pong.len() + protocol_ping().len());
+        assert_eq!(
+            out.queued_control(),
+            MAX_PENDING_PONGS + 1,
+            "the latest pongs and our ping"
+        );
+        let pongs: Vec<u8> = (10_000 - MAX_PENDING_PONGS as u32..10_000)
+            .flat_map(|i| crate::protocol::frame(0xA, &i.to_be_bytes()).to_vec())
+            .collect();
+        assert_eq!(out.queued_bytes(), pongs.len() + protocol_ping().len());
         out.close(1000, "");
         let pipe = Pipe::new(usize::MAX);
         drain(&out, &pipe);
-        let mut expect = pong.to_vec();
+        let mut expect = pongs;
         expect.extend_from_slice(&protocol_ping());
         expect.extend_from_slice(&close_frame(1000, ""));
-        assert_eq!(*pipe.got.borrow(), expect, "only the latest pong is sent");
+        assert_eq!(*pipe.got.borrow(), expect, "only the latest pongs are sent, in order");
         assert_eq!(out.queued_bytes(), 0);
     }
 
