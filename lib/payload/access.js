@@ -150,15 +150,7 @@ async function readableSnapshot(payload, slug, event, user) {
   const config = collection.config
   const req = await requestFor(payload, user)
   const doc = isPlainObject(event.doc) ? JSON.parse(JSON.stringify(event.doc)) : { id: event.id }
-  let access
-  try {
-    access =
-      config.access && typeof config.access.read === 'function'
-        ? await config.access.read({ id: event.id, collectionConfig: config, data: undefined, req })
-        : Boolean(req.user) // Payload's default: any logged-in user
-  } catch {
-    return null
-  }
+  const access = await collectionReadAccess(config, req, event.id)
   if (!access) return null
   if (access !== true) {
     if (!isPlainObject(access) || !matchesWhere(access, { ...doc, id: doc.id ?? event.id })) return null
@@ -205,21 +197,34 @@ async function readableCurrentDoc(payload, slug, event, user) {
 }
 
 /**
+ * The collection's `read` access for `req` (of document `id`, if one): `true`, a Where query,
+ * or falsy. Payload's default is any logged-in user; a throw is `false`.
+ */
+async function collectionReadAccess(config, req, id) {
+  try {
+    return config.access && typeof config.access.read === 'function'
+      ? await config.access.read({ id, collectionConfig: config, data: undefined, req })
+      : Boolean(req.user)
+  } catch {
+    return false
+  }
+}
+
+/**
  * Whether `user` may read anything of collection `slug`: its `read` access answers `true` or a
  * Where query (which events then match one by one). A throw, or no Payload yet, refuses.
  */
 async function mayReadCollection(payload, slug, user) {
   const config = payload?.collections?.[slug]?.config
   if (!config) return false
+  let req
   try {
-    const req = await requestFor(payload, user)
-    const read = config.access && config.access.read
-    // Payload's default: any logged-in user.
-    const access = typeof read === 'function' ? await read({ collectionConfig: config, req }) : Boolean(req.user)
-    return access === true || isPlainObject(access)
+    req = await requestFor(payload, user)
   } catch {
     return false
   }
+  const access = await collectionReadAccess(config, req)
+  return access === true || isPlainObject(access)
 }
 
 /**
