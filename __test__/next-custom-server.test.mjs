@@ -8,7 +8,6 @@
 // The package is installed into examples/next as in next.test.mjs (`npm pack`, unpacked).
 
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import net from 'node:net'
 import { tmpdir } from 'node:os'
@@ -19,6 +18,7 @@ import WebSocket from 'ws'
 
 import { installIntoExample, installedPackage } from '../scripts/install-example.mjs'
 import { connect, freePort, handshake, isEvent, waitUntil, withTimeout } from './helpers.mjs'
+import { postJson, startProcess } from './next-support.mjs'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const app = join(root, 'examples', 'next')
@@ -40,47 +40,15 @@ after(() => {
   if (tmp) rmSync(tmp, { recursive: true, force: true })
 })
 
-/** `node server.mjs` in its own process group, so that stopping it stops whatever it started. */
+/** `node server.mjs` in its own process group. */
 function startServer(env) {
-  const child = spawn(process.execPath, ['server.mjs'], { cwd: app, env: { ...process.env, ...env }, detached: true })
-  let out = ''
-  child.stdout.on('data', (d) => (out += d))
-  child.stderr.on('data', (d) => (out += d))
-  const exited = new Promise((resolve) => child.on('close', (code, signal) => resolve(code ?? signal)))
-  return {
-    output: () => out,
-    ready: () =>
-      waitUntil(() => /> Ready on/.test(out) || child.exitCode !== null, {
-        timeout: COMPILE_WAIT,
-        interval: 100,
-        label: 'server.mjs ready',
-      }),
-    async stop() {
-      try {
-        process.kill(-child.pid, 'SIGTERM')
-      } catch {
-        return
-      }
-      const timer = setTimeout(() => {
-        try {
-          process.kill(-child.pid, 'SIGKILL')
-        } catch {
-          // already gone
-        }
-      }, 10_000)
-      await exited
-      clearTimeout(timer)
-    },
-  }
-}
-
-async function postJson(url, body, headers = {}) {
-  const res = await fetch(url, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', ...headers },
-    body: JSON.stringify(body),
+  return startProcess(['server.mjs'], {
+    cwd: app,
+    env,
+    readyLine: /> Ready on/,
+    label: 'server.mjs ready',
+    timeout: COMPILE_WAIT,
   })
-  return { status: res.status, json: await res.json() }
 }
 
 /** An upgrade request for `path` on a raw socket; `received()` is every byte answered so far. */

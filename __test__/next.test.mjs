@@ -22,8 +22,8 @@
 // directory).
 
 import assert from 'node:assert/strict'
-import { spawn, spawnSync } from 'node:child_process'
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { spawn } from 'node:child_process'
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
@@ -32,7 +32,8 @@ import { fileURLToPath } from 'node:url'
 
 import { launchBrowser } from './browser-support.mjs'
 import { installIntoExample } from '../scripts/install-example.mjs'
-import { connect, handshake, isEvent, waitUntil } from './helpers.mjs'
+import { connect, freePort, handshake, isEvent, waitUntil } from './helpers.mjs'
+import { postJson, startProcess } from './next-support.mjs'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const app = join(root, 'examples', 'next')
@@ -44,17 +45,6 @@ const T = { timeout: 600_000 }
 const UI_WAIT = 60_000
 
 let tmp
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createServer()
-    srv.on('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address()
-      srv.close(() => resolve(port))
-    })
-  })
-}
 
 /** Runs a command to its end, resolving `{ code, out }` (stdout and stderr together). */
 function run(cmd, args, { cwd, env }) {
@@ -68,43 +58,14 @@ function run(cmd, args, { cwd, env }) {
   })
 }
 
-/**
- * `next start` (or `next <command...>`) in its own process group, so that stopping it stops
- * whatever it started.
- */
+/** `next start` (or `next <command...>`) in its own process group. */
 function startNext(env, command = ['start']) {
-  const child = spawn(process.execPath, [nextBin, ...command, '--port', env.PORT], {
+  return startProcess([nextBin, ...command, '--port', env.PORT], {
     cwd: app,
-    env: { ...process.env, ...env },
-    detached: true,
+    env,
+    readyLine: /Ready in/,
+    label: `next ${command[0]} ready`,
   })
-  let out = ''
-  child.stdout.on('data', (d) => (out += d))
-  child.stderr.on('data', (d) => (out += d))
-  const exited = new Promise((resolve) => child.on('close', (code, signal) => resolve(code ?? signal)))
-  return {
-    output: () => out,
-    exited,
-    /** Resolves once Next prints that it is ready; no HTTP request is made. */
-    ready: () =>
-      waitUntil(() => /Ready in/.test(out), { timeout: 120_000, interval: 100, label: `next ${command[0]} ready` }),
-    async stop() {
-      try {
-        process.kill(-child.pid, 'SIGTERM')
-      } catch {
-        return
-      }
-      const timer = setTimeout(() => {
-        try {
-          process.kill(-child.pid, 'SIGKILL')
-        } catch {
-          // already gone
-        }
-      }, 10_000)
-      await exited
-      clearTimeout(timer)
-    },
-  }
 }
 
 /** The handshake's answer once something listens on `url` (refused connections are retried). */
@@ -141,15 +102,6 @@ function canBind(port) {
     srv.once('error', () => resolve(false))
     srv.listen(port, '0.0.0.0', () => srv.close(() => resolve(true)))
   })
-}
-
-async function postJson(url, body, headers = {}) {
-  const res = await fetch(url, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', ...headers },
-    body: JSON.stringify(body),
-  })
-  return { status: res.status, json: await res.json() }
 }
 
 /** The first user, by Payload's first-register, and a second one created by the first. */
