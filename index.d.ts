@@ -150,6 +150,25 @@ export interface ServerOptions {
    * object becomes the socket's `user`.
    */
   verifyUser?: ((token: string, claims: Record<string, unknown>) => Promise<object | null> | object | null) | false
+  /**
+   * `verifyUser` calls (each a database read) in flight at once, for handshakes and
+   * `{ type: 'auth' }` refreshes together (default 64). Past it a handshake gets 503
+   * `{ error: 'too-many-verifications' }` with `Retry-After: 1`, a refresh `rate-limited` (the
+   * socket keeps its session), a `?auth=message` socket close 1013.
+   */
+  maxVerifying?: number
+  /** `verifyUser` calls in flight for one user; past it 429 `{ error: 'too-many-verifications' }` (default 4; 0 = no limit). */
+  maxVerifyingPerUser?: number
+  /**
+   * Milliseconds one `verifyUser` may take (default 5000); no answer in time refuses (401, or
+   * `forbidden` for a refresh) and frees its place under `maxVerifying`.
+   */
+  verifyTimeout?: number
+  /**
+   * Milliseconds a socket opened with `?auth=message` has to send `{ type: 'auth', token }` as
+   * its first message (default 10000); otherwise it is closed with 4004.
+   */
+  authTimeout?: number
 }
 
 export interface PluginOptions extends ServerOptions {
@@ -226,6 +245,14 @@ export interface RealtimeStats {
     subscriptions: number
     rejected: number
   }
+  /** `verifyUser` calls in flight now (handshakes and refreshes). */
+  verifying: number
+  /** Handshakes and refreshes turned away at `maxVerifying` / `maxVerifyingPerUser`. */
+  refusedVerifying: number
+  /** Sockets opened with `?auth=message` that have not sent their token yet. */
+  pendingAuth: number
+  /** Sockets closed with 4004: no `auth` message within `authTimeout`, another message first, or a refused token. */
+  authFailures: number
 }
 
 export declare class UWebSocketManager {

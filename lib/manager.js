@@ -86,6 +86,10 @@ const SERVER_OPTIONS = [
   'presenceExpiry',
   'redis',
   'verifyUser',
+  'maxVerifying',
+  'maxVerifyingPerUser',
+  'verifyTimeout',
+  'authTimeout',
 ]
 
 /** Options only the plugin reads (index.d.ts `PluginOptions`); the server ignores them. */
@@ -153,6 +157,10 @@ function nativeOptions(port, options) {
     // `redis: { url }`, with REDIS_URL as the fallback; `redis: false` runs alone even then.
     redisUrl: redis === false ? undefined : (redis?.url ?? (process.env.REDIS_URL || undefined)),
     redisPrefix: redis === false ? undefined : redis?.prefix,
+    maxVerifying: optionalNumber(options, 'maxVerifying', { min: 1 }),
+    maxVerifyingPerUser: optionalNumber(options, 'maxVerifyingPerUser'),
+    verifyTimeout: optionalNumber(options, 'verifyTimeout', { min: 1 }),
+    authTimeout: optionalNumber(options, 'authTimeout', { min: 1 }),
   }
 }
 

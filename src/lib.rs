@@ -115,6 +115,14 @@ pub struct NativeOptions {
     pub presence: Option<Vec<String>>,
     /// Milliseconds another instance's presence counts without a refresh (default 15000).
     pub presence_expiry: Option<u32>,
+    /// `verifyUser` calls in flight at once (default 64).
+    pub max_verifying: Option<u32>,
+    /// `verifyUser` calls in flight for one user (default 4; 0 = no limit).
+    pub max_verifying_per_user: Option<u32>,
+    /// Milliseconds one `verifyUser` may take (default 5000).
+    pub verify_timeout: Option<u32>,
+    /// Milliseconds a `?auth=message` socket has to send its token (default 10000).
+    pub auth_timeout: Option<u32>,
 }
 
 #[napi(object)]
@@ -206,6 +214,16 @@ impl NativeOptions {
                 })
                 .collect(),
             echo_mode: false,
+            max_verifying: self.max_verifying.map_or(d.max_verifying, |v| v as usize),
+            max_verifying_per_user: self
+                .max_verifying_per_user
+                .map_or(d.max_verifying_per_user, |v| v as usize),
+            verify_timeout: self
+                .verify_timeout
+                .map_or(d.verify_timeout, |ms| Duration::from_millis(ms as u64)),
+            auth_timeout: self
+                .auth_timeout
+                .map_or(d.auth_timeout, |ms| Duration::from_millis(ms as u64)),
         }
     }
 }
@@ -254,6 +272,14 @@ pub struct NativeStats {
     /// Bytes allocated by the process's native heap and not freed (glibc only; includes Node's
     /// own native allocations, not its JS heap).
     pub heap_bytes: Option<f64>,
+    /// `verifyUser` calls in flight now (handshakes and `{ type: "auth" }` together).
+    pub verifying: f64,
+    /// Handshakes and refreshes turned away at `maxVerifying` / `maxVerifyingPerUser`.
+    pub refused_verifying: f64,
+    /// Sockets opened with `?auth=message` still waiting for their token.
+    pub pending_auth: f64,
+    /// Sockets closed with 4004 (no token in time, something else first, a refused token).
+    pub auth_failures: f64,
 }
 
 #[napi(object)]
@@ -499,6 +525,10 @@ impl RealtimeServer {
             }),
             tasks: self.runtime().map_or(0.0, |h| h.metrics().num_alive_tasks() as f64),
             heap_bytes: payload_realtime_core::memory::heap_in_use().map(|b| b as f64),
+            verifying: s.verifying as f64,
+            refused_verifying: s.refused_verifying as f64,
+            pending_auth: s.pending_auth as f64,
+            auth_failures: s.auth_failures as f64,
         }
     }
 

@@ -218,15 +218,8 @@ pub fn authenticate(config: &Config, parts: &Parts) -> Result<Option<User>, Refu
 
 /// [`authenticate`] over headers and a URI.
 pub fn authenticate_in(config: &Config, headers: &HeaderMap, uri: &hyper::Uri) -> Result<Option<User>, Refusal> {
+    check_origin(config, headers)?;
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    if let (Some(allowed), Some(origin)) = (&config.allowed_origins, origin) {
-        let ok = allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin));
-        if !ok {
-            return Err(Refusal::forbidden_origin(format!(
-                "origin {origin} is not in allowedOrigins"
-            )));
-        }
-    }
     let Some((token, source)) = find_credential_in(headers, uri) else {
         return if config.allow_anonymous {
             Ok(None)
@@ -262,6 +255,39 @@ pub fn authenticate_in(config: &Config, headers: &HeaderMap, uri: &hyper::Uri) -
         }
     }
     verify_token(config, &token).map(Some)
+}
+
+/// The `allowedOrigins` rule: a browser page of an origin not listed is refused.
+pub fn check_origin(config: &Config, headers: &HeaderMap) -> Result<(), Refusal> {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    if let (Some(allowed), Some(origin)) = (&config.allowed_origins, origin) {
+        let ok = allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin));
+        if !ok {
+            return Err(Refusal::forbidden_origin(format!(
+                "origin {origin} is not in allowedOrigins"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the upgrade asks to authenticate in its first message (`?auth=message`); `Err` for
+/// another `auth=` value, which is a client's mistake better named than ignored.
+pub fn auth_in_message(uri: &hyper::Uri) -> Result<bool, Refusal> {
+    let Some(query) = uri.query() else { return Ok(false) };
+    for pair in query.split('&') {
+        if let Some(value) = pair.strip_prefix("auth=") {
+            return match value {
+                "message" => Ok(true),
+                _ => Err(Refusal {
+                    status: 400,
+                    error: "bad-request",
+                    reason: "`auth` must be \"message\" (send { type: \"auth\", token } first)".into(),
+                }),
+            };
+        }
+    }
+    Ok(false)
 }
 
 /// Checks a Payload token's signature and expiry.

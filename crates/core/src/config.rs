@@ -75,6 +75,19 @@ pub struct Config {
     /// Echo every message back instead of speaking the protocol: for the conformance suite
     /// (Autobahn), which must exercise the very same connection code. Not exposed to JS.
     pub echo_mode: bool,
+    /// `verifyUser` calls (each a database read through `payload.auth`) in flight at once, for
+    /// handshakes and `{ type: "auth" }` together; past it a handshake gets 503 and a refresh
+    /// `rate-limited`, so a burst of handshakes cannot queue unbounded work on Payload.
+    pub max_verifying: usize,
+    /// `verifyUser` calls in flight for one user (the token's `<collection>:<id>`); past it 429.
+    /// 0 = no limit.
+    pub max_verifying_per_user: usize,
+    /// How long one `verifyUser` may take before it counts as a refusal and frees its place:
+    /// one that never answers cannot hold the cap.
+    pub verify_timeout: Duration,
+    /// How long a socket opened with `?auth=message` has to send its `{ type: "auth" }` message
+    /// before it is closed with 4004.
+    pub auth_timeout: Duration,
 }
 
 impl Default for Config {
@@ -107,6 +120,10 @@ impl Default for Config {
             redis_url: None,
             redis_prefix: None,
             echo_mode: false,
+            max_verifying: 64,
+            max_verifying_per_user: 4,
+            verify_timeout: Duration::from_secs(5),
+            auth_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -134,6 +151,9 @@ impl Config {
         }
         if self.max_connections == 0 {
             return bad("`maxConnections` must be at least 1".into());
+        }
+        if self.max_verifying == 0 {
+            return bad("`maxVerifying` must be at least 1".into());
         }
         if self.worker_threads == 0 || self.worker_threads > 256 {
             return bad("`workerThreads` must be between 1 and 256".into());

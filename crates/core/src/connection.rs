@@ -52,17 +52,20 @@ thread_local! {
 /// Runs a socket until it closes (the handshake registered the peer). It is removed from every room
 /// before this returns.
 pub async fn serve(hub: Arc<Hub>, peer: Arc<Peer>, upgraded: Upgraded) {
-    let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => parts,
-        Err(_) => {
-            hub.registry.remove_peer(&peer);
-            warn!("upgraded connection is not a TCP stream; dropped");
-            return;
-        }
+    let Some((stream, early)) = into_tcp(upgraded) else {
+        hub.registry.remove_peer(&peer);
+        warn!("upgraded connection is not a TCP stream; dropped");
+        return;
     };
-    // `read_buf` is what hyper read past the handshake; it shares the allocation of hyper's
-    // whole read buffer, so it must not outlive the first step of `serve_stream`.
-    serve_stream(hub, peer, parts.io.into_inner(), parts.read_buf).await;
+    serve_stream(hub, peer, stream, early).await;
+}
+
+/// The TCP stream under hyper's upgraded connection, and what hyper read past the handshake.
+/// That `Bytes` shares the allocation of hyper's whole read buffer, so it must not outlive the
+/// first step of whoever reads it.
+pub(crate) fn into_tcp(upgraded: Upgraded) -> Option<(TcpStream, Bytes)> {
+    let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
+    Some((parts.io.into_inner(), parts.read_buf))
 }
 
 /// [`serve`] over the TCP stream itself: `early` holds the bytes the client sent right after its

@@ -81,6 +81,11 @@ pub struct FrameReader {
     failed: Option<FrameError>,
     /// The client's close frame has arrived: nothing after it is read.
     closed: bool,
+    /// Stop parsing after the first data message (first-message auth): what follows is kept
+    /// unparsed for [`FrameReader::into_rest`].
+    first_only: bool,
+    /// A data message came while `first_only`: nothing more is parsed.
+    stopped: bool,
 }
 
 /// A frame header, once all of it (with the mask key) has arrived.
@@ -101,6 +106,22 @@ impl FrameReader {
         }
     }
 
+    /// A reader that stops after the first data message, for a socket that must authenticate
+    /// with it before anything else is acted on.
+    pub(crate) fn first_message_only(max_message: usize) -> FrameReader {
+        FrameReader {
+            max_message,
+            first_only: true,
+            ..FrameReader::default()
+        }
+    }
+
+    /// The bytes after the first data message, unparsed (they start at a frame boundary), to be
+    /// fed to the socket's next reader.
+    pub(crate) fn into_rest(self) -> Vec<u8> {
+        self.partial
+    }
+
     /// Bytes this reader holds (for memory accounting and tests).
     pub fn buffered(&self) -> usize {
         self.partial.capacity() + self.message.capacity()
@@ -112,7 +133,8 @@ impl FrameReader {
         if let Some(e) = self.failed {
             return Err(e);
         }
-        if self.closed {
+        // After a stop, the caller takes the rest with `into_rest` and feeds no more.
+        if self.closed || self.stopped {
             return Ok(());
         }
         let result = if self.partial.is_empty() {
@@ -146,7 +168,7 @@ impl FrameReader {
     /// Parses whole frames from `data`; returns how many bytes they took.
     fn parse(&mut self, data: &[u8], on: &mut dyn FnMut(Message<'_>)) -> Result<usize, FrameError> {
         let mut at = 0;
-        while !self.closed {
+        while !self.closed && !self.stopped {
             let Some(header) = self.header(&data[at..])? else { break };
             let end = at + header.len + header.payload;
             if data.len() < end {
@@ -252,6 +274,7 @@ impl FrameReader {
                         Message::Binary(message)
                     });
                     self.message_opcode = 0;
+                    self.stopped = self.first_only;
                     self.message.clear();
                     if self.message.capacity() > KEEP_CAPACITY {
                         self.message = Vec::new();

@@ -82,6 +82,8 @@ pub struct Hub {
     /// Fan-out's writers, on the sockets' runtime (see `flush`); unset in tests that run a hub
     /// without a server, where each socket's task is woken instead.
     pub flushers: OnceLock<Arc<crate::flush::Flushers>>,
+    /// `verifyUser` calls in flight, against `maxVerifying` and `maxVerifyingPerUser`.
+    pub verifying: Arc<crate::limits::Verifying>,
 }
 
 /// An event for a room with Redis-backed history, waiting for its offset.
@@ -101,6 +103,7 @@ impl Hub {
         let histories = Histories::new(config.history.clone(), &instance);
         let presence = Presence::new(config.presence.clone(), config.presence_expiry);
         let limits = crate::limits::Limits::new(&config);
+        let verifying = crate::limits::Verifying::new(&config);
         let hub = Hub {
             host_rules: RwLock::new(Arc::new(config.host_rules.clone())),
             config,
@@ -122,6 +125,7 @@ impl Hub {
             flushers: OnceLock::new(),
             memory: crate::memory::Trim::default(),
             backlog: AtomicUsize::new(0),
+            verifying,
         };
         (Arc::new(hub), receivers)
     }
@@ -873,11 +877,13 @@ impl Hub {
     }
 
     pub fn stats(&self) -> Snapshot {
-        self.stats.snapshot(
+        let mut s = self.stats.snapshot(
             self.registry.room_count() as u64,
             self.backlog.load(Ordering::Relaxed) as u64,
             self.broker.get().map(|b| b.stats()),
-        )
+        );
+        s.verifying = self.verifying.in_flight() as u64;
+        s
     }
 
     pub fn register_custom_type(&self, kind: &str) {

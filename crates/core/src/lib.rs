@@ -27,6 +27,7 @@ pub mod crossing;
 pub mod dispatch;
 pub mod error;
 pub mod event;
+pub mod first_auth;
 pub mod flush;
 pub mod frame_reader;
 pub mod history;

@@ -119,6 +119,83 @@ impl Drop for Slot {
     }
 }
 
+impl Slot {
+    /// Counts this socket for `user` too, once it has said who it is after the upgrade
+    /// (first-message auth): `Err` when that user is at `maxConnectionsPerUser`.
+    pub fn add_user(&mut self, user: &str) -> Result<(), Over> {
+        let mut c = self.limits.counts.lock();
+        if self.limits.max_per_user > 0 && c.by_user.get(user).copied().unwrap_or(0) >= self.limits.max_per_user {
+            return Err(Over::User);
+        }
+        *c.by_user.entry(user.to_string()).or_default() += 1;
+        drop(c);
+        self.user = Some(user.to_string());
+        Ok(())
+    }
+}
+
+/// How many `verifyUser` calls run at once: in all (`maxVerifying`) and per user
+/// (`maxVerifyingPerUser`). Each is a database read in the host's process, so a burst of
+/// handshakes or refreshes past these is turned away at once rather than queued behind Payload.
+pub struct Verifying {
+    max_total: usize,
+    max_per_user: usize,
+    counts: Mutex<(usize, HashMap<String, usize>)>,
+}
+
+/// One `verifyUser` call's place, given back when dropped (answered, failed, or timed out).
+pub struct VerifySlot {
+    verifying: Arc<Verifying>,
+    user: String,
+}
+
+impl Verifying {
+    pub fn new(config: &Config) -> Arc<Verifying> {
+        Arc::new(Verifying {
+            max_total: config.max_verifying,
+            max_per_user: config.max_verifying_per_user,
+            counts: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    /// A place for one more call for `user`, or which cap is full ([`Over::Total`] or
+    /// [`Over::User`]).
+    pub fn begin(self: &Arc<Self>, user: &str) -> Result<VerifySlot, Over> {
+        let mut c = self.counts.lock();
+        if c.0 >= self.max_total {
+            return Err(Over::Total);
+        }
+        let mine = c.1.get(user).copied().unwrap_or(0);
+        if self.max_per_user > 0 && mine >= self.max_per_user {
+            return Err(Over::User);
+        }
+        c.0 += 1;
+        *c.1.entry(user.to_string()).or_default() += 1;
+        Ok(VerifySlot {
+            verifying: self.clone(),
+            user: user.to_string(),
+        })
+    }
+
+    /// Calls in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.counts.lock().0
+    }
+}
+
+impl Drop for VerifySlot {
+    fn drop(&mut self) {
+        let mut c = self.verifying.counts.lock();
+        c.0 -= 1;
+        if let Some(n) = c.1.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                c.1.remove(&self.user);
+            }
+        }
+    }
+}
+
 /// The client's address: the peer's own, unless the peer is a trusted proxy; then the last
 /// address in `Forwarded` (RFC 7239), or `X-Forwarded-For` without it, that is not a trusted
 /// proxy: the one the nearest trusted proxy saw (anything left of it the client may have
@@ -227,6 +304,53 @@ mod tests {
         let c = l.counts.lock();
         assert_eq!(c.total, 0);
         assert!(c.by_user.is_empty() && c.by_ip.is_empty());
+    }
+
+    #[test]
+    fn verifications_are_capped_in_all_and_per_user_and_freed_when_dropped() {
+        let v = Verifying::new(&Config {
+            max_verifying: 3,
+            max_verifying_per_user: 2,
+            ..Config::default()
+        });
+        let a1 = v.begin("users:a").unwrap();
+        let a2 = v.begin("users:a").unwrap();
+        assert_eq!(v.begin("users:a").err(), Some(Over::User));
+        let _b1 = v.begin("users:b").unwrap();
+        assert_eq!(v.begin("users:c").err(), Some(Over::Total), "the global cap first");
+        assert_eq!(v.in_flight(), 3, "refusals take no place");
+        drop(a1);
+        // A freed place serves anyone, and the user's own count went down with it.
+        let a3 = v.begin("users:a").unwrap();
+        drop((a2, a3));
+        assert_eq!(v.in_flight(), 1);
+        assert!(
+            !v.counts.lock().1.contains_key("users:a"),
+            "users with no call are forgotten"
+        );
+
+        let unlimited = Verifying::new(&Config {
+            max_verifying: 100,
+            max_verifying_per_user: 0,
+            ..Config::default()
+        });
+        let slots: Vec<_> = (0..50).map(|_| unlimited.begin("users:a").unwrap()).collect();
+        assert_eq!(unlimited.in_flight(), 50);
+        drop(slots);
+        assert_eq!(unlimited.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_socket_that_says_who_it_is_later_counts_for_its_user() {
+        let l = limits(10, 1, 0);
+        let _known = l.reserve(Some("users:a"), None).unwrap();
+        let mut pending = l.reserve(None, None).unwrap();
+        assert_eq!(pending.add_user("users:a").err(), Some(Over::User));
+        pending.add_user("users:b").unwrap();
+        assert_eq!(l.reserve(Some("users:b"), None).err(), Some(Over::User));
+        drop(pending);
+        assert!(l.reserve(Some("users:b"), None).is_ok());
+        assert_eq!(l.total(), 2);
     }
 
     #[test]

@@ -24,10 +24,16 @@ pub mod close_code {
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// Something failed inside the server.
     pub const INTERNAL_ERROR: u16 = 1011;
+    /// Try again later: a socket opened with `?auth=message` found its user at
+    /// `maxConnectionsPerUser`, or the server at `maxVerifying`, when its token came.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The token expired while the socket was connected.
     pub const TOKEN_EXPIRED: u16 = 4001;
     /// The session behind the token was revoked (logout).
     pub const SESSION_REVOKED: u16 = 4003;
+    /// A socket opened with `?auth=message` sent no `{ type: "auth" }` first within
+    /// `authTimeout`, sent something else first, or sent a token that was refused.
+    pub const UNAUTHORIZED: u16 = 4004;
     /// The client did not read fast enough: its outbound queue passed `maxBackpressure`.
     pub const SLOW_CONSUMER: u16 = 4008;
     /// The client kept sending past `maxMessagesPerSecond` after being told to slow down.

@@ -348,15 +348,18 @@ impl Requests {
         let peer = self.peer.clone();
         tokio::spawn(async move {
             if let Some(verifier) = &hub.callbacks.verifier {
-                let verified = crate::server::verify_user(
-                    &**verifier,
-                    token,
-                    (*user.claims).clone(),
-                    hub.config.authorize_timeout,
-                )
-                .await;
-                if let Err(refusal) = verified {
-                    let frame = protocol::error(ErrorCode::Forbidden, &refusal.reason, id.as_ref());
+                use crate::server::{verify_capped, Unverified};
+                let refused = match verify_capped(&hub, &**verifier, &user, token).await {
+                    Ok(_) => None,
+                    // Past a cap the socket keeps its session: the client retries later.
+                    Err(Unverified::Busy(_)) => Some((
+                        ErrorCode::RateLimited,
+                        "too many token checks in flight; send the token again shortly".to_string(),
+                    )),
+                    Err(Unverified::Refused(refusal)) => Some((ErrorCode::Forbidden, refusal.reason)),
+                };
+                if let Some((code, message)) = refused {
+                    let frame = protocol::error(code, &message, id.as_ref());
                     hub.registry.send_to(&peer, frame, &hub.stats);
                     return;
                 }

@@ -333,7 +333,17 @@ async fn serve_http(hub: Arc<Hub>, stream: tokio::net::TcpStream, remote: Socket
     let service = service_fn(move |req| {
         let hub = service_hub.clone();
         let tracker = tracker.clone();
-        async move { Ok::<_, Infallible>(route(hub, req, remote, tracker).await) }
+        async move {
+            let mut response = route(hub, req, remote, tracker).await;
+            // Every answer but an upgrade ends the connection: a client that is refused or
+            // asks for something else does not keep a connection (and a task) open here.
+            if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -368,6 +378,33 @@ pub async fn verify_user(
     }
 }
 
+/// Why a capped `verifyUser` gave no user.
+pub(crate) enum Unverified {
+    /// `maxVerifying` ([`Over::Total`]) or `maxVerifyingPerUser` ([`Over::User`]) is full:
+    /// the host was not asked.
+    Busy(Over),
+    /// The host refused, failed, or did not answer within `verifyTimeout`.
+    Refused(Refusal),
+}
+
+/// [`verify_user`] within `maxVerifying` and `maxVerifyingPerUser`, for handshakes and
+/// refreshes alike. A call that times out gives its place back at once, even though the host's
+/// promise may never settle: a `verifyUser` that hangs cannot hold the cap.
+pub(crate) async fn verify_capped(
+    hub: &Hub,
+    verifier: &dyn UserVerifier,
+    user: &User,
+    token: String,
+) -> Result<serde_json::Value, Unverified> {
+    let place = hub.verifying.begin(&user.key).map_err(|over| {
+        Stats::add(&hub.stats.refused_verifying, 1);
+        Unverified::Busy(over)
+    })?;
+    let verified = verify_user(verifier, token, (*user.claims).clone(), hub.config.verify_timeout).await;
+    drop(place);
+    verified.map_err(Unverified::Refused)
+}
+
 fn json_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
@@ -381,6 +418,8 @@ fn json_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 struct Refused {
     status: StatusCode,
     body: String,
+    /// Sent with `Retry-After: 1`: the refusal is about load, not about the client.
+    retry_after: bool,
 }
 
 impl Refused {
@@ -388,17 +427,35 @@ impl Refused {
         Refused {
             status,
             body: body.into(),
+            retry_after: false,
         }
     }
 
     fn response(self) -> Response<Full<Bytes>> {
-        json_response(self.status, self.body)
+        let retry_after = self.retry_after;
+        let mut response = json_response(self.status, self.body);
+        if retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
     }
 
     /// The answer as bytes, for an adopted connection: its last, so it says so.
     fn into_bytes(self) -> Vec<u8> {
-        let Refused { status, body } = self;
-        let (mut parts, _) = json_response(status, String::new()).into_parts();
+        let Refused {
+            status,
+            body,
+            retry_after,
+        } = self;
+        let (mut parts, _) = Refused {
+            status,
+            body: String::new(),
+            retry_after,
+        }
+        .response()
+        .into_parts();
         parts.headers.insert(header::CONTENT_LENGTH, body.len().into());
         parts
             .headers
@@ -468,7 +525,8 @@ async fn route(
         );
     }
     let (user, token) = match check_upgrade(&hub, &req) {
-        Ok(checked) => checked,
+        Ok(Checked::Now(user, token)) => (user, token),
+        Ok(Checked::InMessage) => return upgrade_pending(hub, req, remote, tracker),
         Err(refused) => return refused.response(),
     };
     // Before `verifyUser`: a client past a limit costs no database read.
@@ -506,11 +564,42 @@ async fn route(
     Response::from_parts(parts, Full::new(Bytes::new()))
 }
 
+/// Opens a socket that authenticates in its first message. It counts against
+/// `maxConnections` and `maxConnectionsPerIp` from here, and against its user's limit once it
+/// says who it is.
+fn upgrade_pending(
+    hub: Arc<Hub>,
+    mut req: Request<Incoming>,
+    remote: SocketAddr,
+    tracker: TaskTracker,
+) -> Response<Full<Bytes>> {
+    let slot = match take_slot(&hub, &req, None, Some(remote)) {
+        Ok(slot) => slot,
+        Err(refused) => return refused.response(),
+    };
+    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(r) => r,
+        Err(e) => return bad_handshake(&e).response(),
+    };
+    tracker.spawn(async move {
+        match upgrade.await {
+            Ok(ws) => match connection::into_tcp(ws.into_inner().into_inner()) {
+                Some((stream, early)) => crate::first_auth::serve(hub, stream, early, slot).await,
+                None => warn!("upgraded connection is not a TCP stream; dropped"),
+            },
+            Err(e) => warn!("upgrade failed: {e}"),
+        }
+    });
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Full::new(Bytes::new()))
+}
+
 /// The checks of an upgrade that need no waiting, the same on the server's own port and for an
 /// adopted connection: the path, the shutdown, the credential and the Origin rules. `Ok` gives
 /// the user (`None`: anonymous) and the credential for the host's `verifyUser`; `Err` the
 /// response that refuses the upgrade.
-fn check_upgrade<B>(hub: &Hub, req: &Request<B>) -> Result<(Option<User>, String), Refused> {
+fn check_upgrade<B>(hub: &Hub, req: &Request<B>) -> Result<Checked, Refused> {
     let path_ok = hub.config.path.as_deref().is_none_or(|p| p == req.uri().path());
     if !fastwebsockets::upgrade::is_upgrade_request(req) {
         return Err(if path_ok && hub.config.path.is_some() {
@@ -531,12 +620,30 @@ fn check_upgrade<B>(hub: &Hub, req: &Request<B>) -> Result<(Option<User>, String
             r#"{"error":"shutting-down"}"#,
         ));
     }
+    if auth::auth_in_message(req.uri()).map_err(|r| refuse(hub, &r))? {
+        // The credential comes in the first message; any other one is not looked at.
+        auth::check_origin(&hub.config, req.headers()).map_err(|r| refuse(hub, &r))?;
+        if hub.config.key.is_none() {
+            let r = Refusal::unauthorized("the server has no secret configured and cannot verify tokens");
+            return Err(refuse(hub, &r));
+        }
+        return Ok(Checked::InMessage);
+    }
     let user = auth::authenticate_in(&hub.config, req.headers(), req.uri()).map_err(|r| refuse(hub, &r))?;
     let token = match (&hub.callbacks.verifier, &user) {
         (Some(_), Some(_)) => auth::find_credential_in(req.headers(), req.uri()).map_or_else(String::new, |(t, _)| t),
         _ => String::new(),
     };
-    Ok((user, token))
+    Ok(Checked::Now(user, token))
+}
+
+/// Who an upgrade belongs to, as far as its request says.
+enum Checked {
+    /// The user (`None`: anonymous) and the credential for `verifyUser`.
+    Now(Option<User>, String),
+    /// `?auth=message`: the socket opens unauthenticated and must send `{ type: "auth" }`
+    /// first (see [`crate::first_auth`]).
+    InMessage,
 }
 
 /// Plugin mode: Payload itself confirms the user (sessions, disabled or deleted users). `Ok`
@@ -545,9 +652,26 @@ async fn confirm_user(hub: &Hub, user: Option<&User>, token: String) -> Result<O
     let (Some(verifier), Some(user)) = (&hub.callbacks.verifier, user) else {
         return Ok(None);
     };
-    match verify_user(&**verifier, token, (*user.claims).clone(), hub.config.authorize_timeout).await {
+    match verify_capped(hub, &**verifier, user, token).await {
         Ok(v) => Ok(Some(v)),
-        Err(refusal) => Err(refuse(hub, &refusal)),
+        Err(Unverified::Refused(refusal)) => Err(refuse(hub, &refusal)),
+        Err(Unverified::Busy(over)) => {
+            Stats::add(&hub.stats.handshakes_refused, 1);
+            let (status, reason) = match over {
+                Over::User => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "this user is at maxVerifyingPerUser; retry shortly",
+                ),
+                _ => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the server is at maxVerifying; retry shortly",
+                ),
+            };
+            let body = serde_json::json!({ "error": "too-many-verifications", "reason": reason });
+            let mut refused = Refused::new(status, body.to_string());
+            refused.retry_after = true;
+            Err(refused)
+        }
     }
 }
 
@@ -593,16 +717,22 @@ async fn serve_adopted(hub: Arc<Hub>, mut stream: TcpStream, head: RequestHead, 
         _ = hub.shutdown.cancelled() => None,
     };
     match peer {
-        Some((peer, slot)) => {
+        Some((Some(peer), slot)) => {
             connection::serve_stream(hub, peer, stream, early).await;
             drop(slot);
         }
+        Some((None, slot)) => crate::first_auth::serve(hub, stream, early, slot).await,
         None => linger(&hub, stream).await,
     }
 }
 
-/// Checks and answers an adopted upgrade; `Some` with the registered peer once the 101 is out.
-async fn answer_adopted(hub: &Arc<Hub>, stream: &mut TcpStream, head: RequestHead) -> Option<(Arc<Peer>, Slot)> {
+/// Checks and answers an adopted upgrade; `Some` with the registered peer once the 101 is out
+/// (no peer yet for a socket that authenticates in its first message).
+async fn answer_adopted(
+    hub: &Arc<Hub>,
+    stream: &mut TcpStream,
+    head: RequestHead,
+) -> Option<(Option<Arc<Peer>>, Slot)> {
     let mut req = match head.into_request() {
         Ok(req) => req,
         Err(reason) => {
@@ -615,34 +745,44 @@ async fn answer_adopted(hub: &Arc<Hub>, stream: &mut TcpStream, head: RequestHea
     };
     let remote = stream.peer_addr().ok();
     let checked = match check_upgrade(hub, &req) {
-        Ok((user, token)) => match take_slot(hub, &req, user.as_ref(), remote) {
-            Ok(slot) => confirm_user(hub, user.as_ref(), token).await.map(|v| (user, v, slot)),
+        Ok(Checked::Now(user, token)) => match take_slot(hub, &req, user.as_ref(), remote) {
+            Ok(slot) => confirm_user(hub, user.as_ref(), token)
+                .await
+                .map(|v| (Some((user, v)), slot)),
             Err(refused) => Err(refused),
         },
+        Ok(Checked::InMessage) => take_slot(hub, &req, None, remote).map(|slot| (None, slot)),
         Err(refused) => Err(refused),
     };
-    let accepted = checked.and_then(|(user, value, slot)| match fastwebsockets::upgrade::upgrade(&mut req) {
+    let accepted = checked.and_then(|(who, slot)| match fastwebsockets::upgrade::upgrade(&mut req) {
         // No hyper connection behind this request: its upgrade future is not needed.
-        Ok((response, _)) => Ok((user, value, slot, response)),
+        Ok((response, _)) => Ok((who, slot, response)),
         Err(e) => Err(bad_handshake(&e)),
     });
-    let (user, user_value, slot, response) = match accepted {
+    let (who, slot, response) = match accepted {
         Ok(accepted) => accepted,
         Err(refused) => {
             let _ = stream.write_all(&refused.into_bytes()).await;
             return None;
         }
     };
+    let (parts, _) = response.into_parts();
+    let Some((user, user_value)) = who else {
+        if let Err(e) = stream.write_all(&head_bytes(&parts)).await {
+            debug!("adopted upgrade not answered: {e}");
+            return None;
+        }
+        return Some((None, slot));
+    };
     let peer = hub.new_peer(user, user_value);
     // Registered before the 101 goes out, as on the server's own port.
     hub.registry.add_peer(peer.clone());
-    let (parts, _) = response.into_parts();
     if let Err(e) = stream.write_all(&head_bytes(&parts)).await {
         hub.registry.remove_peer(&peer);
         debug!("adopted upgrade not answered: {e}");
         return None;
     }
-    Some((peer, slot))
+    Some((Some(peer), slot))
 }
 
 /// Closes a connection that was answered with a refusal: our side is shut down first and what

@@ -35,6 +35,12 @@ pub struct Stats {
     /// Times a lane waited for the server's writers before queuing more: events came faster
     /// than the sockets were written (see `dispatch::catch_up`).
     pub backlog_waits: AtomicU64,
+    /// Handshakes and refreshes turned away at `maxVerifying` or `maxVerifyingPerUser`.
+    pub refused_verifying: AtomicU64,
+    /// Sockets opened with `?auth=message` that have not authenticated yet (a gauge).
+    pub pending_auth: AtomicU64,
+    /// Sockets closed with 4004: no `auth` message in time, or a token that was refused.
+    pub auth_failures: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -63,6 +69,11 @@ pub struct Snapshot {
     /// since it started (see `splice`).
     pub spliced_bytes: u64,
     pub broker: Option<crate::broker::BrokerStats>,
+    /// `verifyUser` calls in flight now.
+    pub verifying: u64,
+    pub refused_verifying: u64,
+    pub pending_auth: u64,
+    pub auth_failures: u64,
 }
 
 impl Stats {
@@ -92,6 +103,10 @@ impl Stats {
             backlog_bytes,
             spliced_bytes: crate::splice::SPLICED_BYTES.load(Relaxed) as u64,
             broker,
+            verifying: 0,
+            refused_verifying: self.refused_verifying.load(Relaxed),
+            pending_auth: self.pending_auth.load(Relaxed),
+            auth_failures: self.auth_failures.load(Relaxed),
         }
     }
 }
