@@ -345,8 +345,10 @@ test('no reconnect after disconnect(), whether waiting to retry or connected', (
 test('4001 with a fixed token (no getToken) stops with a token-expired error', () => {
   mock.timers.enable({ apis: ['setTimeout'] })
   try {
-    const { client, sockets, log } = scriptedClient({ token: 'abc', reconnect: { initialDelay: 10 } })
+    // tokenInUrl: the old `?token=`, for servers without first-message auth.
+    const { client, sockets, log } = scriptedClient({ token: 'abc', tokenInUrl: true, reconnect: { initialDelay: 10 } })
     assert.equal(new URL(sockets[0].url).searchParams.get('token'), 'abc')
+    assert.equal(new URL(sockets[0].url).searchParams.get('auth'), null)
     sockets[0].open()
     sockets[0].drop(4001, 'token expired')
     assert.equal(client.status, 'closed')
@@ -698,7 +700,16 @@ test('a server the test controls (ws): malformed messages are reported, not thro
   const make = clientFactory()
   try {
     const connections = []
-    wss.on('connection', (socket, req) => connections.push({ socket, url: req.url }))
+    const auths = []
+    wss.on('connection', (socket, req) => {
+      connections.push({ socket, url: req.url })
+      // First-message auth, as the real server answers it: an ack for the token.
+      socket.once('message', (data) => {
+        const msg = JSON.parse(data.toString())
+        auths.push(msg)
+        socket.send(JSON.stringify({ type: 'ack', id: msg.id }))
+      })
+    })
     const client = make({ url: `ws://127.0.0.1:${wss.address().port}/rt?x=1`, token: 'tok en' })
     const posts = []
     const messages = []
@@ -708,7 +719,11 @@ test('a server the test controls (ws): malformed messages are reported, not thro
     const url = new URL(connections[0].url, 'ws://x')
     assert.equal(url.pathname, '/rt')
     assert.equal(url.searchParams.get('x'), '1')
-    assert.equal(url.searchParams.get('token'), 'tok en')
+    // The token is in the first message, not the URL.
+    assert.equal(url.searchParams.get('token'), null)
+    assert.equal(url.searchParams.get('auth'), 'message')
+    assert.equal(auths[0].type, 'auth')
+    assert.equal(auths[0].token, 'tok en')
 
     const server = connections[0].socket
     for (const bad of [

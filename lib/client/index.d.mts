@@ -34,7 +34,7 @@ export interface ReconnectOptions {
 }
 
 export interface GetTokenContext {
-  /** `'expired'` after a 4001 close: return a fresh token, not a cached one. */
+  /** `'expired'` after a 4001 or 4004 close: return a fresh token, not a cached one. */
   reason: 'connect' | 'reconnect' | 'expired'
   /** Failed attempts since the last stable connection. */
   attempt: number
@@ -43,7 +43,7 @@ export interface GetTokenContext {
 export interface RealtimeClientOptions {
   /** `ws://host:port/` (or `wss://`; `http(s)://` is converted). */
   url: string
-  /** Sent as `?token=`. */
+  /** Sent in the first message after the upgrade (`?auth=message`), never in the URL. */
   token?: string | null
   /** Called before every connection attempt; may be async. Overrides `token`. */
   getToken?: (ctx: GetTokenContext) => string | null | undefined | Promise<string | null | undefined>
@@ -57,12 +57,18 @@ export interface RealtimeClientOptions {
   autoConnect?: boolean
   /** Random source in [0, 1) for the backoff jitter (tests). */
   random?: () => number
+  /**
+   * Send the token as `?token=` instead of in the first message (default false). The weakest
+   * option: proxies, load balancers and APM tools log URLs, token included. Only for servers
+   * that predate first-message auth.
+   */
+  tokenInUrl?: boolean
 }
 
 /**
  * Codes: the server's error codes (`unknown-collection`, `forbidden`, `unknown-type`, ...) and the
  * client's own: `timeout`, `connection-lost`, `disconnected`, `bad-message`, `handler-error`,
- * `listener-error`, `token-error`, `token-expired`, `session-revoked`, `reconnect-failed`,
+ * `listener-error`, `token-error`, `token-expired`, `unauthorized`, `session-revoked`, `reconnect-failed`,
  * `connect-failed`, `send-failed`.
  */
 export declare class RealtimeClientError extends Error {
@@ -137,6 +143,8 @@ export declare const CloseCodes: {
   readonly TOKEN_EXPIRED: 4001
   readonly SESSION_REVOKED: 4003
   readonly SLOW_CONSUMER: 4008
+  readonly UNAUTHORIZED: 4004
+  readonly TRY_AGAIN_LATER: 1013
 }
 
 export declare const DEFAULT_RECONNECT: Required<ReconnectOptions>

@@ -14,6 +14,10 @@ export const CloseCodes = Object.freeze({
   TOKEN_EXPIRED: 4001,
   SESSION_REVOKED: 4003,
   SLOW_CONSUMER: 4008,
+  /** The first-message token was missing, late or refused: ask `getToken` for a fresh one. */
+  UNAUTHORIZED: 4004,
+  /** A limit was full when the token came: retry with backoff. */
+  TRY_AGAIN_LATER: 1013,
 })
 
 /** The reconnect defaults: delays in milliseconds. */
@@ -96,11 +100,17 @@ export function validateMessage(msg) {
   return null
 }
 
-/** Adds (or replaces) `token` in the query of `url`. */
-function withToken(url, token) {
-  if (token === undefined || token === null || token === '') return url
+const hasToken = (token) => token !== undefined && token !== null && token !== ''
+
+/**
+ * The URL to connect to with `token`: `?token=` only with `tokenInUrl`; otherwise `?auth=message`
+ * (the token goes in the first message, never in a URL that proxies and APM tools log).
+ */
+function connectUrl(url, token, tokenInUrl) {
+  if (!hasToken(token)) return url
   const u = new URL(url)
-  u.searchParams.set('token', String(token))
+  if (tokenInUrl) u.searchParams.set('token', String(token))
+  else u.searchParams.set('auth', 'message')
   return u.toString()
 }
 
@@ -132,7 +142,10 @@ function reconnectOptions(reconnect) {
  * - `url`: `ws://host:port/` (http/https are turned into ws/wss)
  * - `token` or `getToken(ctx)` (sync or async, called before every connection attempt with
  *   `{ reason: 'connect' | 'reconnect' | 'expired', attempt }`; return a cached token unless
- *   `reason` is `'expired'`). The token travels as `?token=`.
+ *   `reason` is `'expired'`, as after a 4001 or 4004 close). The token is sent in the first
+ *   message (`?auth=message`), never in the URL
+ * - `tokenInUrl`: send the token as `?token=` instead (the weakest option: proxies, load
+ *   balancers and APM tools log URLs); for servers older than first-message auth
  * - `WebSocket`: a WebSocket implementation (e.g. `ws` on Node 20); default `globalThis.WebSocket`
  * - `reconnect`: `false`, or `{ initialDelay, maxDelay, factor, maxAttempts, stableAfter }`
  * - `requestTimeout`: default timeout of `request()` in ms (10000)
@@ -151,6 +164,7 @@ export class RealtimeClient {
     }
     this._token = options.token ?? null
     this._getToken = options.getToken ?? null
+    this._tokenInUrl = options.tokenInUrl === true
     this._WebSocket = options.WebSocket ?? null
     this._reconnect = reconnectOptions(options.reconnect)
     this._requestTimeout = options.requestTimeout ?? DEFAULT_REQUEST_TIMEOUT
@@ -492,9 +506,10 @@ export class RealtimeClient {
       this._tokenExpired = false
     }
 
+    const inMessage = hasToken(token) && !this._tokenInUrl
     let ws
     try {
-      ws = new this._WebSocket(withToken(this._url, token))
+      ws = new this._WebSocket(connectUrl(this._url, token, this._tokenInUrl))
     } catch (err) {
       this._error('connect-failed', `could not open a WebSocket: ${errorMessage(err)}`, { cause: err })
       this._scheduleReconnect({ code: 0, reason: 'WebSocket constructor failed' })
@@ -504,7 +519,19 @@ export class RealtimeClient {
     let closed = false
     ws.onopen = () => {
       if (this._ws !== ws) return
-      this._onOpen()
+      if (!inMessage) return this._onOpen()
+      // First-message auth: the socket is ours once the server acks the token (a refusal
+      // closes it with 4004 or 1013 instead).
+      const id = this._newId()
+      this._pending.set(id, {
+        internal: true,
+        sent: true,
+        message: { type: 'auth', id },
+        onReply: (reply) => {
+          if (this._ws === ws && reply.type === 'ack') this._onOpen()
+        },
+      })
+      this._sendNow({ type: 'auth', token: String(token), id })
     }
     ws.onmessage = (event) => {
       if (this._ws !== ws) return
@@ -560,6 +587,14 @@ export class RealtimeClient {
     if (info.code === CloseCodes.TOKEN_EXPIRED) {
       if (!this._getToken) {
         this._stop(info, 'token-expired', 'the token expired (4001) and there is no getToken to renew it')
+        return
+      }
+      this._tokenExpired = true
+    }
+    if (info.code === CloseCodes.UNAUTHORIZED) {
+      // The same token would be refused again: only a fresh one from getToken can help.
+      if (!this._getToken) {
+        this._stop(info, 'unauthorized', 'the token was refused (4004) and there is no getToken to renew it')
         return
       }
       this._tokenExpired = true
