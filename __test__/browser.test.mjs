@@ -1,6 +1,7 @@
 // The client SDK in a real browser: headless Chromium loads lib/client/index.mjs as an ES module
-// from a page served on loopback, connects (the token in its first message, not the URL), shows the events the test emits in the
-// DOM, and after the server restarts on the same port receives the next event without a reload.
+// from a page served on loopback, connects (the token in its first message, not in the URL),
+// shows the events the test emits in the DOM, and after the server restarts on the same port
+// receives the next event without a reload.
 // Skipped when /usr/bin/chromium is missing, unless PAYLOAD_REALTIME_REQUIRE_ALL=1.
 
 import assert from 'node:assert/strict'
