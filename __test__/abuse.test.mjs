@@ -14,6 +14,7 @@ import {
   connect,
   encodeFrame,
   handshake,
+  httpGet,
   makeToken,
   startServer,
   waitUntil,
@@ -328,4 +329,276 @@ test('connection options are checked at start', async () => {
     withServer({ maxConnections: 0 }, () => {}),
     /maxConnections/,
   )
+})
+
+// ---------------------------------------------------------------------------------------------
+// Handshake work: verifyUser caps, first-message auth, Connection: close
+
+const isEventMsg = (m) => m.type === 'create' && m.collection === 'posts'
+
+/** A promise the test settles, with whether it has been. */
+function gate() {
+  let open
+  const promise = new Promise((resolve) => (open = resolve))
+  const g = { promise, settled: false, open: (v) => ((g.settled = true), open(v)) }
+  return g
+}
+
+test(
+  'a verifyUser that hangs forever: past maxVerifying 503, the hung ones refused, then others connect',
+  T,
+  async () => {
+    const hung = []
+    const verifyUser = (token, claims) => {
+      if (!String(claims.id).startsWith('hang')) return claims
+      const g = gate()
+      hung.push(g)
+      return g.promise // never settled by the server's doing
+    }
+    await withServer({ maxVerifying: 2, verifyTimeout: 500, verifyUser }, async (ctx) => {
+      const stuck = [
+        ctx.handshake({ token: makeToken({ id: 'hang-1' }) }),
+        ctx.handshake({ token: makeToken({ id: 'hang-2' }) }),
+      ]
+      await waitUntil(() => ctx.manager.stats().verifying === 2, { label: 'two verifyUser calls in flight' })
+
+      const past = await ctx.handshake({ token: makeToken({ id: 'bob' }) })
+      assert.equal(past.status, 503)
+      assert.equal(past.json.error, 'too-many-verifications')
+      assert.equal(past.headers['retry-after'], '1')
+      assert.equal(past.headers.connection, 'close')
+
+      // verifyTimeout refuses the hung ones and frees their places.
+      for (const r of await Promise.all(stuck)) {
+        assert.equal(r.status, 401)
+        assert.equal(r.json.error, 'unauthorized')
+      }
+      assert.equal(ctx.manager.stats().verifying, 0)
+      assert.equal(hung.length, 2)
+      assert.ok(
+        hung.every((g) => !g.settled),
+        'the hung promises are still pending',
+      )
+
+      const bob = await ctx.connectAs('bob')
+      await bob.join('posts')
+      await ctx.manager.emitEvent({ type: 'create', collection: 'posts', id: 1 })
+      assert.equal((await bob.waitFor(isEventMsg, { label: 'the event' })).id, 1)
+      assert.ok(ctx.manager.stats().refusedVerifying >= 1)
+      for (const g of hung) g.open(null)
+    })
+  },
+)
+
+test('maxVerifyingPerUser: 429 for that user; a refresh past it is rate-limited and keeps its session', T, async () => {
+  let held = null
+  const verifyUser = (token, claims) => (held && claims.id === 'alice' ? held.promise.then(() => claims) : claims)
+  await withServer({ maxVerifyingPerUser: 1, verifyUser }, async (ctx) => {
+    const a = await ctx.connectAs('alice')
+    await a.join('posts')
+
+    held = gate()
+    const waiting = ctx.handshake({ token: makeToken({ id: 'alice' }) })
+    await waitUntil(() => ctx.manager.stats().verifying === 1, { label: "alice's check in flight" })
+
+    const past = await ctx.handshake({ token: makeToken({ id: 'alice' }) })
+    assert.equal(past.status, 429)
+    assert.equal(past.json.error, 'too-many-verifications')
+    assert.equal(past.headers['retry-after'], '1')
+    // Another user is not held up by alice's cap.
+    const other = await ctx.connectAs('carol')
+
+    const refresh = await a.request({ type: 'auth', token: makeToken({ id: 'alice' }, { expiresIn: 9000 }) })
+    assert.equal(refresh.type, 'error')
+    assert.equal(refresh.code, 'rate-limited')
+    // Still connected, still receiving.
+    await ctx.manager.emitEvent({ type: 'create', collection: 'posts', id: 2 })
+    assert.equal((await a.waitFor(isEventMsg, { label: 'the event after the refused refresh' })).id, 2)
+    assert.ok(a.isOpen)
+
+    held.open()
+    const late = await waiting
+    assert.equal(late.status, 101)
+    assert.equal(ctx.manager.stats().refusedVerifying, 2)
+    await other.close()
+  })
+})
+
+/**
+ * A reverse proxy in front of the server that records the URL of every upgrade it forwards:
+ * what a proxy's or APM tool's access log would hold.
+ */
+async function urlRecordingProxy(targetPort) {
+  const urls = []
+  const sockets = new Set()
+  const server = http.createServer((req, res) => res.writeHead(404).end())
+  server.on('upgrade', (req, socket, head) => {
+    urls.push(req.url)
+    const upstream = net.connect(targetPort, '127.0.0.1')
+    for (const s of [socket, upstream]) {
+      sockets.add(s)
+      s.on('error', () => {})
+      s.on('close', () => {
+        sockets.delete(s)
+        socket.destroy()
+        upstream.destroy()
+      })
+    }
+    upstream.on('connect', () => {
+      const lines = [`${req.method} ${req.url} HTTP/1.1`]
+      for (let i = 0; i < req.rawHeaders.length; i += 2) lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`)
+      upstream.write(lines.join('\r\n') + '\r\n\r\n')
+      upstream.write(head)
+      socket.pipe(upstream).pipe(socket)
+    })
+  })
+  await new Promise((r) => server.listen(0, '127.0.0.1', r))
+  return {
+    urls,
+    url: `ws://127.0.0.1:${server.address().port}/`,
+    close: () => {
+      for (const s of sockets) s.destroy()
+      return new Promise((r) => server.close(r))
+    },
+  }
+}
+
+test("the SDK's token never appears in the upgrade URL, yet it is authenticated and gets its events", T, async () => {
+  const { createRealtimeClient } = await import('../lib/client/index.mjs')
+  const { default: WebSocket } = await import('ws')
+  const manager = await startServer()
+  const proxy = await urlRecordingProxy(manager.port)
+  const clients = []
+  try {
+    const token = makeToken({ id: 'sdk-user' })
+    const client = createRealtimeClient({ url: proxy.url, token, WebSocket, reconnect: false })
+    clients.push(client)
+    const got = []
+    client.subscribe('posts', (e) => got.push(e))
+    await waitUntil(() => manager.getSocketsInRoom('collection:posts').length === 1, { label: 'the SDK joined' })
+    assert.equal(client.status, 'open')
+    assert.equal(manager.getSocketsInRoom('collection:posts')[0].user.id, 'sdk-user')
+    await manager.emitEvent({ type: 'create', collection: 'posts', id: 7 })
+    await waitUntil(() => got.length === 1, { label: 'the event through the proxy' })
+
+    assert.equal(proxy.urls.length, 1)
+    assert.ok(!proxy.urls[0].includes(token), `the token is in the URL: ${proxy.urls[0]}`)
+    assert.ok(!proxy.urls[0].includes('token='), proxy.urls[0])
+    assert.equal(new URL(proxy.urls[0], 'ws://x').searchParams.get('auth'), 'message')
+    client.disconnect()
+
+    // tokenInUrl: the old way still works (and is what a log would show).
+    const legacy = createRealtimeClient({ url: proxy.url, token, WebSocket, reconnect: false, tokenInUrl: true })
+    clients.push(legacy)
+    const legacyGot = []
+    legacy.subscribe('posts', (e) => legacyGot.push(e))
+    await waitUntil(() => manager.getSocketsInRoom('collection:posts').length === 1 && legacy.status === 'open', {
+      label: 'the legacy client joined',
+    })
+    await manager.emitEvent({ type: 'create', collection: 'posts', id: 8 })
+    await waitUntil(() => legacyGot.length === 1, { label: 'the legacy event' })
+    assert.equal(new URL(proxy.urls[1], 'ws://x').searchParams.get('token'), token)
+  } finally {
+    for (const c of clients) c.disconnect()
+    await proxy.close()
+    await manager.close()
+  }
+})
+
+test('?auth=message: no token in time, a bad token or another message first closes 4004', T, async () => {
+  await withServer({ maxConnections: 3 }, async (ctx) => {
+    const open = () => ctx.connect({ query: '?auth=message' })
+    const [good, bad, other] = [await open(), await open(), await open()]
+    // Pending sockets count against maxConnections, and in stats, but are no peers.
+    assert.equal(ctx.manager.stats().pendingAuth, 3)
+    assert.equal(ctx.manager.stats().connections, 0)
+    const full = await ctx.handshake({ token: makeToken({ id: 'x' }) })
+    assert.equal(full.status, 503)
+    assert.equal(full.json.error, 'too-many-connections')
+
+    bad.send({ type: 'auth', token: 'garbage' })
+    assert.deepEqual(await bad.waitForClose(), { code: 4004, reason: 'malformed token' })
+    other.send({ type: 'join-collection', collection: 'posts' })
+    const closed = await other.waitForClose()
+    assert.equal(closed.code, 4004)
+    assert.match(closed.reason, /first message must be/)
+    assert.deepEqual(other.all, [], 'nothing but the close before authenticating')
+
+    // The good case: acked, then a socket like any other, its later messages in order.
+    good.send({ type: 'auth', token: makeToken({ id: 'dora' }), id: 'a1' })
+    good.send({ type: 'whoami', id: 'w1' })
+    assert.equal((await good.waitFor((m) => m.id === 'a1')).type, 'ack')
+    assert.equal((await good.waitFor((m) => m.id === 'w1')).user.id, 'dora')
+    await good.join('posts')
+    await ctx.manager.emitEvent({ type: 'create', collection: 'posts', id: 3 })
+    assert.equal((await good.waitFor(isEventMsg, { label: 'the event' })).id, 3)
+    const s = ctx.manager.stats()
+    assert.equal(s.authFailures, 2)
+    assert.equal(s.pendingAuth, 0)
+    assert.equal(s.connections, 1)
+  })
+  await withServer({ authTimeout: 300 }, async (ctx) => {
+    const silent = await ctx.connect({ query: '?auth=message' })
+    assert.deepEqual(await silent.waitForClose(), { code: 4004, reason: 'no auth message within authTimeout' })
+    assert.deepEqual(silent.all, [])
+    assert.equal(ctx.manager.stats().authFailures, 1)
+  })
+})
+
+test('?auth=message: a user at maxConnectionsPerUser closes 1013; the SDK renews its token on 4004', T, async () => {
+  const { createRealtimeClient } = await import('../lib/client/index.mjs')
+  const { default: WebSocket } = await import('ws')
+  await withServer({ maxConnectionsPerUser: 1 }, async (ctx) => {
+    const first = await ctx.connectAs('erin')
+    const again = await ctx.connect({ query: '?auth=message' })
+    again.send({ type: 'auth', token: makeToken({ id: 'erin' }) })
+    assert.equal((await again.waitForClose()).code, 1013)
+    await first.close()
+
+    // getToken's first token is refused: 4004, and the next attempt asks for a fresh one.
+    const reasons = []
+    const client = createRealtimeClient({
+      url: ctx.url(),
+      WebSocket,
+      reconnect: { initialDelay: 10, maxDelay: 50 },
+      getToken: ({ reason }) => {
+        reasons.push(reason)
+        return reasons.length === 1 ? 'not-a-token' : makeToken({ id: 'erin' })
+      },
+    })
+    const closes = []
+    client.on('close', (c) => closes.push(c.code))
+    try {
+      await waitUntil(() => client.status === 'open', { label: 'open with the fresh token' })
+      assert.deepEqual(closes, [4004])
+      assert.deepEqual(reasons, ['connect', 'expired'])
+    } finally {
+      client.disconnect()
+    }
+  })
+})
+
+test('every non-upgrade answer says Connection: close and ends the connection', T, async () => {
+  await withServer({}, async (ctx) => {
+    const port = ctx.manager.port
+    for (const path of ['/healthz', '/nowhere']) {
+      const r = await httpGet(port, path)
+      assert.equal(r.headers.connection, 'close', path)
+    }
+    const refused = await ctx.handshake({ token: 'garbage' })
+    assert.equal(refused.status, 401)
+    assert.equal(refused.headers.connection, 'close')
+
+    // A client asking to keep the connection alive still sees it end after the answer.
+    const socket = net.connect(port, '127.0.0.1')
+    socket.on('error', () => {})
+    let got = ''
+    socket.on('data', (c) => (got += c))
+    await new Promise((r) => socket.on('connect', r))
+    socket.write('GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n')
+    await withTimeout(new Promise((r) => socket.on('end', r)), WAIT, 'the server to end the connection')
+    assert.match(got, /^HTTP\/1\.1 200/)
+    assert.match(got, /\r\nconnection: close\r\n/i)
+    socket.destroy()
+  })
 })
