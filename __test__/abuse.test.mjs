@@ -602,3 +602,36 @@ test('every non-upgrade answer says Connection: close and ends the connection', 
     socket.destroy()
   })
 })
+
+test("?auth=message on the app's own port (attachTo): the SDK's URL the app sees has no token", T, async () => {
+  const { createRealtimeClient } = await import('../lib/client/index.mjs')
+  const { default: WebSocket } = await import('ws')
+  const manager = await startServer()
+  const server = http.createServer((req, res) => res.end('app'))
+  const seen = []
+  // The app's own listener, first: what its access log would write.
+  server.on('upgrade', (req) => seen.push(req.url))
+  manager.attachTo(server, { path: '/realtime' })
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const token = makeToken({ id: 'attached' })
+  const client = createRealtimeClient({
+    url: `ws://127.0.0.1:${server.address().port}/realtime`,
+    token,
+    WebSocket,
+    reconnect: false,
+  })
+  try {
+    const got = []
+    client.subscribe('posts', (e) => got.push(e))
+    await waitUntil(() => manager.getSocketsInRoom('collection:posts').length === 1, { label: 'joined' })
+    assert.equal(manager.getSocketsInRoom('collection:posts')[0].user.id, 'attached')
+    await manager.emitEvent({ type: 'create', collection: 'posts', id: 4 })
+    await waitUntil(() => got.length === 1, { label: 'the event' })
+    assert.deepEqual(seen, ['/realtime?auth=message'])
+  } finally {
+    client.disconnect()
+    await manager.close()
+    server.closeAllConnections()
+    await new Promise((resolve) => server.close(resolve))
+  }
+})

@@ -391,6 +391,22 @@ mod tests {
     }
 
     #[test]
+    fn first_message_only_stops_there_and_keeps_the_rest_unparsed() {
+        let mut r = FrameReader::first_message_only(1024);
+        let ping = client_frame(true, 0x9, b"p", true);
+        let auth = client_frame(true, 0x1, br#"{"type":"auth"}"#, true);
+        let next = client_frame(true, 0x1, b"next", true);
+        let mut input = [ping, auth].concat();
+        // The next message's frame, cut by the read.
+        input.extend_from_slice(&next[..3]);
+        let mut got = Vec::new();
+        r.feed(&input, &mut |m| got.push(format!("{m:?}"))).unwrap();
+        assert_eq!(got.len(), 2, "the ping and the first message only: {got:?}");
+        assert!(got[1].starts_with("Text"));
+        assert_eq!(r.into_rest(), next[..3].to_vec());
+    }
+
+    #[test]
     fn messages_come_out_whole_whatever_the_read_sizes() {
         let mut bytes = client_frame(true, 1, b"hello", true);
         bytes.extend(client_frame(true, 2, &vec![7; 70_000], true));
