@@ -23,6 +23,6 @@ export async function start({ port = 3000, host = '127.0.0.1', secret = process.
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const { server, manager } = await start({ port: Number(process.env.PORT ?? 3000) })
   const { port } = server.address()
-  console.log(`the app on http://127.0.0.1:${port}/, its sockets on ws://127.0.0.1:${port}/realtime?token=...`)
+  console.log(`the app on http://127.0.0.1:${port}/, its sockets on ws://127.0.0.1:${port}/realtime?auth=message`)
   setInterval(() => manager.emitEvent({ type: 'update', collection: 'posts', id: 1, doc: { at: Date.now() } }), 3000)
 }

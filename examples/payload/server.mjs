@@ -68,7 +68,7 @@ payload-realtime demo: Payload 3 (SQLite, ${dbFile})
 ${sessions.admin.token}
 
   From another terminal:
-    node -e "const W=require('ws');const s=new W('ws://127.0.0.1:${manager.port}/?token='+process.argv[1]);s.on('open',()=>s.send(JSON.stringify({type:'join-collection',data:['posts','comments'],id:1})));s.on('message',m=>console.log(String(m)))" ${sessions.admin.token}
+    node -e "const W=require('ws');const s=new W('ws://127.0.0.1:${manager.port}/?auth=message');s.on('open',()=>{s.send(JSON.stringify({type:'auth',token:process.argv[1]}));s.send(JSON.stringify({type:'join-collection',data:['posts','comments'],id:1}))});s.on('message',m=>console.log(String(m)))" ${sessions.admin.token}
 
 Writing a document every 3 seconds. Ctrl-C to stop.
 `)

@@ -26,8 +26,9 @@ console.log(`payload-realtime listening on ws://127.0.0.1:${manager.port}/`)
 console.log(`\nA token for user 1 (valid one hour):\n${token}\n`)
 console.log('Try it from another terminal:')
 console.log(
-  `  node -e "const W=require('ws');const s=new W('ws://127.0.0.1:${manager.port}/?token=${token}');` +
-    `s.on('open',()=>s.send(JSON.stringify({type:'join-collection',collection:'posts',id:1})));` +
+  `  node -e "const W=require('ws');const s=new W('ws://127.0.0.1:${manager.port}/?auth=message');` +
+    `s.on('open',()=>{s.send(JSON.stringify({type:'auth',token:'${token}'}));` +
+    `s.send(JSON.stringify({type:'join-collection',collection:'posts',id:1}))});` +
     `s.on('message',m=>console.log(String(m)))"`,
 )
 console.log('\nEmitting a posts event every 3 seconds. Ctrl-C to stop.')
