@@ -171,10 +171,17 @@ type Pending<Q, A> = (Q, oneshot::Sender<A>);
 ///
 /// Crossings in flight at once are not limited: a slow authorize rule or handler (a database,
 /// a remote call) never holds back the questions queued after it, and limiting authorize
-/// crossings to 2 measured no gain.
+/// crossings to 2 measured no gain. Questions are: at most [`MAX_QUESTIONS`] wait or cross at
+/// once, and the next waits for a free place (backpressure on the lane or socket that asks),
+/// so a JS callback that stalls cannot make them pile up.
 pub struct Batcher<Q, A> {
     tx: mpsc::UnboundedSender<Pending<Q, A>>,
+    places: Arc<tokio::sync::Semaphore>,
 }
+
+/// Questions one batcher holds at once (waiting or in a crossing): 16 lanes with 256 authorize
+/// questions in flight each fit four times over.
+pub const MAX_QUESTIONS: usize = 16_384;
 
 impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
     /// `run` sends one batch and answers each question.
@@ -200,18 +207,32 @@ impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
                 tokio::spawn(run(batch));
             }
         };
-        (Batcher { tx }, task)
+        let places = Arc::new(tokio::sync::Semaphore::new(MAX_QUESTIONS));
+        (Batcher { tx, places }, task)
     }
 
-    /// Queues a question; the answer, or `None` when the server is closing.
+    /// Queues a question; the answer, or `None` when the server is closing. Queued at once when
+    /// there is a free place (so the questions asked together cross together), else once one
+    /// frees up.
     pub fn call(&self, q: Q) -> impl std::future::Future<Output = Option<A>> + Send {
         let (reply_tx, reply_rx) = oneshot::channel();
-        let sent = self.tx.send((q, reply_tx)).is_ok();
+        let (tx, places) = (self.tx.clone(), self.places.clone());
+        let mut place = places.clone().try_acquire_owned().ok();
+        let mut later = Some((q, reply_tx));
+        let mut sent = false;
+        if place.is_some() {
+            sent = later.take().is_some_and(|p| tx.send(p).is_ok());
+        }
         async move {
-            if !sent {
+            if let Some(p) = later {
+                place = Some(places.acquire_owned().await.ok()?);
+                tx.send(p).ok()?;
+            } else if !sent {
                 return None;
             }
-            reply_rx.await.ok()
+            let answer = reply_rx.await.ok();
+            drop(place);
+            answer
         }
     }
 }

@@ -21,7 +21,7 @@ use payload_realtime_core::auth::PayloadKey;
 use payload_realtime_core::callbacks::{self, Callbacks};
 use payload_realtime_core::config::{Config, HostRules};
 use payload_realtime_core::error;
-use payload_realtime_core::history::{HistoryPolicy, HistoryRule};
+use payload_realtime_core::history::{HistoryPolicy, HistoryRule, DEFAULT_HISTORY_MAX_BYTES};
 use payload_realtime_core::hub::Hub;
 use payload_realtime_core::ingest::{self, Events};
 use payload_realtime_core::server::{RequestHead, Server};
@@ -123,6 +123,10 @@ pub struct NativeOptions {
     pub verify_timeout: Option<u32>,
     /// Milliseconds a `?auth=message` socket has to send its token (default 10000).
     pub auth_timeout: Option<u32>,
+    /// Recoveries one socket may make of one room per minute (0 = no limit).
+    pub max_recoveries_per_minute: Option<u32>,
+    /// Most events one recovery replays.
+    pub max_recovery_events: Option<u32>,
 }
 
 #[napi(object)]
@@ -131,6 +135,8 @@ pub struct NativeHistoryRule {
     pub size: u32,
     /// Seconds; absent or 0 keeps events until `size` pushes them out.
     pub ttl_seconds: Option<u32>,
+    /// Most bytes of events the room keeps (default 1 MiB).
+    pub max_bytes: Option<u32>,
 }
 
 /// The host's rules from their napi shape (also what `setHostRules` takes).
@@ -210,6 +216,7 @@ impl NativeOptions {
                     policy: HistoryPolicy {
                         size: r.size as usize,
                         ttl: r.ttl_seconds.filter(|s| *s > 0).map(|s| Duration::from_secs(s as u64)),
+                        max_bytes: r.max_bytes.map_or(DEFAULT_HISTORY_MAX_BYTES, |b| b as usize),
                     },
                 })
                 .collect(),
@@ -224,6 +231,8 @@ impl NativeOptions {
             auth_timeout: self
                 .auth_timeout
                 .map_or(d.auth_timeout, |ms| Duration::from_millis(ms as u64)),
+            max_recoveries_per_minute: self.max_recoveries_per_minute.unwrap_or(d.max_recoveries_per_minute),
+            max_recovery_events: self.max_recovery_events.map_or(d.max_recovery_events, |v| v as usize),
         }
     }
 }
@@ -280,6 +289,20 @@ pub struct NativeStats {
     pub pending_auth: f64,
     /// Sockets closed with 4004 (no token in time, something else first, a refused token).
     pub auth_failures: f64,
+    /// Joins with `since` that went on live without a replay for `maxRecoveriesPerMinute`.
+    pub recoveries_limited: f64,
+    /// Joins with `since` that went on live without a replay for `maxRecoveryEvents`.
+    pub recoveries_too_long: f64,
+    /// Events refused at once because the queue from JS was at `maxBacklog`.
+    pub ingest_full: f64,
+    /// Sockets closed with 4008 because messages from Redis or broadcasts brought the backlog
+    /// to `maxBacklog` while delivery waited for them.
+    pub backlog_evictions: f64,
+    /// Messages from Redis and broadcasts dropped at twice `maxBacklog` (their rooms were sent
+    /// `recovery-failed`).
+    pub backlog_dropped: f64,
+    /// Bytes of events dropped from room histories for their `maxBytes`.
+    pub history_evicted_bytes: f64,
 }
 
 #[napi(object)]
@@ -529,6 +552,12 @@ impl RealtimeServer {
             refused_verifying: s.refused_verifying as f64,
             pending_auth: s.pending_auth as f64,
             auth_failures: s.auth_failures as f64,
+            recoveries_limited: s.recoveries_limited as f64,
+            recoveries_too_long: s.recoveries_too_long as f64,
+            ingest_full: s.ingest_full as f64,
+            backlog_evictions: s.backlog_evictions as f64,
+            backlog_dropped: s.backlog_dropped as f64,
+            history_evicted_bytes: s.history_evicted_bytes as f64,
         }
     }
 

@@ -88,6 +88,13 @@ pub struct Config {
     /// How long a socket opened with `?auth=message` has to send its `{ type: "auth" }` message
     /// before it is closed with 4004.
     pub auth_timeout: Duration,
+    /// Recoveries (joins with `since`) one socket may make of one room per minute; past it the
+    /// join goes on live with `recovery-failed` (`Limited`): each replays up to
+    /// `max_recovery_events` events through authorize. 0 = no limit.
+    pub max_recoveries_per_minute: u32,
+    /// Most events one recovery replays; more missed and the join goes on live with
+    /// `recovery-failed` (`TooManyEvents`): refetching is cheaper than a replay that long.
+    pub max_recovery_events: usize,
 }
 
 impl Default for Config {
@@ -124,6 +131,8 @@ impl Default for Config {
             max_verifying_per_user: 4,
             verify_timeout: Duration::from_secs(5),
             auth_timeout: Duration::from_secs(10),
+            max_recoveries_per_minute: 10,
+            max_recovery_events: 1000,
         }
     }
 }
@@ -148,6 +157,17 @@ impl Config {
         }
         if self.max_backlog < 1024 {
             return bad("`maxBacklog` must be at least 1024 bytes".into());
+        }
+        if self.max_recovery_events == 0 {
+            return bad("`maxRecoveryEvents` must be at least 1".into());
+        }
+        for rule in &self.history {
+            if rule.policy.max_bytes < 1024 {
+                return bad(format!(
+                    "history `maxBytes` for {:?} must be at least 1024",
+                    rule.pattern
+                ));
+            }
         }
         if self.max_connections == 0 {
             return bad("`maxConnections` must be at least 1".into());

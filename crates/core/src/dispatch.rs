@@ -17,6 +17,7 @@
 //! instead of the clients being closed as slow consumers for the server's own backlog.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::task::Poll;
@@ -62,19 +63,21 @@ pub enum Job {
         peer: Arc<Peer>,
         ready: oneshot::Sender<bool>,
     },
-    /// Step two (a barrier): replay what was read from Redis (through the authorize rule), then
-    /// release the held-back live frames that come after it.
+    /// Step two (a barrier): send the replay (already through the authorize rule, asked outside
+    /// the lane), then release the held-back live frames that come after it.
     RecoverFinish {
         room: Arc<str>,
-        authorize: Option<String>,
         peer: Arc<Peer>,
-        entries: Vec<Entry>,
-        done: oneshot::Sender<()>,
+        frames: Vec<Bytes>,
+        /// The offsets the replay carried: their live copies are dropped.
+        replayed: HashSet<u64>,
+        done: Option<oneshot::Sender<()>>,
     },
-    /// A socket rejoining with `since`: replay what it missed (each event through the authorize
-    /// rule), then join. A barrier: the lane finishes everything before it first, and prepares
-    /// nothing after it until it is done, so the replay meets live delivery with no gap and no
-    /// duplicate.
+    /// A socket rejoining with `since`: replay what it missed, then join. A barrier: the lane
+    /// finishes everything before it first, so the replay meets live delivery with no gap and no
+    /// duplicate. With an authorize rule the socket joins at once with its live frames of the
+    /// room held back, and the replay is asked about outside the lane and sent by a
+    /// [`Job::RecoverFinish`]: a long replay never stalls the other rooms of the lane.
     Recover {
         room: Arc<str>,
         authorize: Option<String>,
@@ -89,6 +92,10 @@ pub enum Job {
         frame: Bytes,
         except: Option<PeerId>,
     },
+    /// Tells a room's members that messages for them were dropped (`recovery-failed`, reason
+    /// `Dropped`: refetch), in the lane so that it comes after what was delivered before the
+    /// drop (see `Hub::admit_unheld`).
+    Missed { room: Arc<str> },
 }
 
 pub fn lane_of(room: &str) -> usize {
@@ -226,6 +233,14 @@ async fn catch_up(hub: &Hub, wakes: &mut Wakes) {
     let deadline = Instant::now() + EVICTION_GRACE;
     for peer in behind {
         while peer.outbound.is_behind() && Instant::now() < deadline && !hub.shutdown.is_cancelled() {
+            if hub.overflow.load(std::sync::atomic::Ordering::Relaxed) {
+                // Messages that cannot be held back wait behind this reader, past `maxBacklog`:
+                // it is closed as a slow consumer rather than the backlog growing for it.
+                peer.outbound.evict();
+                hub.registry.evict_all(std::slice::from_ref(&peer), &hub.stats);
+                Stats::add(&hub.stats.backlog_evictions, 1);
+                break;
+            }
             tokio::time::sleep(CATCH_UP_POLL).await;
         }
     }
@@ -313,8 +328,13 @@ impl Run {
         let (_, counts) = hub
             .registry
             .fan_out_run(&self.room, &self.frames, self.except, &hub.stats, wakes);
-        hub.backlog
-            .fetch_sub(self.backlog, std::sync::atomic::Ordering::Relaxed);
+        let left = hub
+            .backlog
+            .fetch_sub(self.backlog, std::sync::atomic::Ordering::Relaxed)
+            - self.backlog;
+        if left < hub.config.max_backlog {
+            hub.overflow.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
         for (done, n) in self.done.into_iter().zip(counts) {
             if let Some(done) = done {
                 let _ = done.send(n);
@@ -324,18 +344,41 @@ impl Run {
     }
 }
 
-async fn run_barrier(hub: &Hub, job: Job) {
+async fn run_barrier(hub: &Arc<Hub>, job: Job) {
     match job {
         Job::Recover {
             room,
-            authorize,
+            authorize: Some(collection),
             peer,
             entries,
+        } if hub.callbacks.authorizer.is_some() => {
+            peer.start_recovery(&room);
+            if hub.registry.join(&peer, &room, hub.config.max_rooms_per_socket) != Joined::New {
+                peer.end_recovery(&room, Default::default());
+                return;
+            }
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                let frames = replay_frames(&hub, Some(&collection), &peer, &entries).await;
+                let replayed = entries.iter().map(|e| e.offset).collect();
+                let finish = Job::RecoverFinish {
+                    room: room.clone(),
+                    peer: peer.clone(),
+                    frames,
+                    replayed,
+                    done: None,
+                };
+                if hub.send_job(&room, finish).is_err() {
+                    peer.end_recovery(&room, Default::default());
+                }
+            });
+        }
+        Job::Recover {
+            room, peer, entries, ..
         } => {
-            let frames = replay_frames(hub, authorize.as_deref(), &peer, &entries).await;
             if hub.registry.join(&peer, &room, hub.config.max_rooms_per_socket) == Joined::New {
-                for frame in frames {
-                    hub.registry.send_to(&peer, frame, &hub.stats);
+                for e in entries {
+                    hub.registry.send_to(&peer, e.frame, &hub.stats);
                 }
             }
         }
@@ -349,39 +392,53 @@ async fn run_barrier(hub: &Hub, job: Job) {
         }
         Job::RecoverFinish {
             room,
-            authorize,
             peer,
-            entries,
+            frames,
+            replayed,
             done,
         } => {
-            for frame in replay_frames(hub, authorize.as_deref(), &peer, &entries).await {
+            for frame in frames {
                 hub.registry.send_to(&peer, frame, &hub.stats);
             }
             // Live copies of what the replay carried are dropped: each offset once.
-            let replayed = entries.iter().map(|e| e.offset).collect();
             for (_, frame) in peer.end_recovery(&room, replayed) {
                 hub.registry.send_to(&peer, frame, &hub.stats);
             }
-            let _ = done.send(());
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
         }
         other => {
-            let p = prepare_now(other);
+            let p = prepare_now(hub, other);
             deliver(hub, p, &mut Wakes::on(hub.flushers.get())).await;
         }
     }
 }
 
 /// A job that needs no preparation, as prepared.
-fn prepare_now(job: Job) -> Prepared {
+fn prepare_now(hub: &Hub, job: Job) -> Prepared {
     match job {
         Job::Broadcast { room, frame, except } => Prepared {
             room,
+            backlog: frame.len(),
             frame,
             offset: None,
             target: Target::Room(except),
             done: None,
-            backlog: 0,
         },
+        Job::Missed { room } => {
+            // Drops from here on need a signal of their own.
+            hub.missed.lock().remove(&room);
+            let collection = room.strip_prefix("collection:").unwrap_or("");
+            Prepared {
+                frame: crate::protocol::recovery_failed(&room, collection, "Dropped"),
+                room,
+                offset: None,
+                target: Target::Room(None),
+                done: None,
+                backlog: 0,
+            }
+        }
         Job::Event {
             room,
             frame,
@@ -409,7 +466,12 @@ fn prepare_now(job: Job) -> Prepared {
 }
 
 /// The frames of missed events one socket may see, in order (each through the authorize rule).
-async fn replay_frames(hub: &Hub, authorize: Option<&str>, peer: &Arc<Peer>, entries: &[Entry]) -> Vec<Bytes> {
+pub(crate) async fn replay_frames(
+    hub: &Hub,
+    authorize: Option<&str>,
+    peer: &Arc<Peer>,
+    entries: &[Entry],
+) -> Vec<Bytes> {
     match (authorize, &hub.callbacks.authorizer) {
         (Some(collection), Some(a)) => {
             let key: Arc<str> = Arc::from(peer.user_key());
@@ -461,7 +523,7 @@ async fn prepare(hub: Arc<Hub>, job: Job) -> Prepared {
                 done,
             }
         }
-        other => prepare_now(other),
+        other => prepare_now(&hub, other),
     }
 }
 

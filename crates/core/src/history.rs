@@ -30,7 +30,14 @@ pub struct HistoryPolicy {
     pub size: usize,
     /// Events older than this are dropped; `None` keeps them until `size` pushes them out.
     pub ttl: Option<Duration>,
+    /// Most bytes of events kept (their frames): a room of large documents would otherwise hold
+    /// `size` times the largest one. The oldest go first; an event larger than this alone is
+    /// not kept (a recovery over it fails as trimmed).
+    pub max_bytes: usize,
 }
+
+/// The default of the `history` rule's `maxBytes`: 1 MiB per room.
+pub const DEFAULT_HISTORY_MAX_BYTES: usize = 1024 * 1024;
 
 /// A room name or a prefix ending in `*`, and its policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +94,10 @@ pub enum RecoveryFailed {
     EpochChanged,
     /// The events after `since` are no longer all kept.
     Trimmed,
+    /// More events were missed than one recovery replays (`maxRecoveryEvents`).
+    TooManyEvents,
+    /// The socket recovered this room too often lately (`maxRecoveriesPerMinute`).
+    Limited,
     /// `since` is ahead of the history: not from this history.
     Ahead,
     /// The history could not be read (Redis unavailable).
@@ -98,19 +109,38 @@ pub struct RoomHistory {
     /// The last offset handed out (0: none yet).
     pub last: u64,
     entries: VecDeque<Entry>,
+    /// Bytes of the kept entries' frames (`maxBytes` bounds it).
+    bytes: usize,
     policy: HistoryPolicy,
+    /// Bytes dropped for `maxBytes`, shared by every room ([`Histories::evicted_bytes`]).
+    evicted: Arc<AtomicU64>,
 }
 
 impl RoomHistory {
     fn trim(&mut self, now: Instant) {
         while self.entries.len() > self.policy.size {
-            self.entries.pop_front();
+            self.pop();
+        }
+        while self.bytes > self.policy.max_bytes {
+            let Some(e) = self.pop() else { break };
+            self.evicted.fetch_add(e.frame.len() as u64, Ordering::Relaxed);
         }
         if let Some(ttl) = self.policy.ttl {
             while self.entries.front().is_some_and(|e| now.duration_since(e.at) > ttl) {
-                self.entries.pop_front();
+                self.pop();
             }
         }
+    }
+
+    fn pop(&mut self) -> Option<Entry> {
+        let e = self.entries.pop_front()?;
+        self.bytes -= e.frame.len();
+        Some(e)
+    }
+
+    /// Bytes of the events kept.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Numbers an event, encodes it once, keeps it.
@@ -126,13 +156,14 @@ impl RoomHistory {
             at: now,
             frame: encode_value(&body),
         };
+        self.bytes += entry.frame.len();
         self.entries.push_back(entry.clone());
         self.trim(now);
         entry
     }
 
-    /// The events after `since`, or why they cannot be had.
-    pub fn since(&mut self, since: &Since) -> Result<Vec<Entry>, RecoveryFailed> {
+    /// The events after `since`, at most `max` of them, or why they cannot be had.
+    pub fn since(&mut self, since: &Since, max: usize) -> Result<Vec<Entry>, RecoveryFailed> {
         if since.epoch != self.epoch {
             return Err(RecoveryFailed::EpochChanged);
         }
@@ -143,6 +174,9 @@ impl RoomHistory {
         let first_kept = self.entries.front().map_or(self.last + 1, |e| e.offset);
         if since.offset + 1 < first_kept {
             return Err(RecoveryFailed::Trimmed);
+        }
+        if self.last - since.offset > max as u64 {
+            return Err(RecoveryFailed::TooManyEvents);
         }
         Ok(self
             .entries
@@ -166,6 +200,7 @@ pub struct Histories {
     rooms: Mutex<HashMap<Arc<str>, Arc<Mutex<RoomHistory>>>>,
     epoch_prefix: String,
     epochs: AtomicU64,
+    evicted: Arc<AtomicU64>,
 }
 
 impl Histories {
@@ -178,7 +213,19 @@ impl Histories {
             rooms: Mutex::new(HashMap::new()),
             epoch_prefix: format!("{instance}{started:x}"),
             epochs: AtomicU64::new(0),
+            evicted: Arc::default(),
         }
+    }
+
+    /// Bytes of events dropped from histories for `maxBytes` since start (here and, counted
+    /// by the hub, in Redis).
+    pub fn evicted_bytes(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Counts bytes Redis dropped from a history for `maxBytes`.
+    pub fn count_evicted(&self, bytes: u64) {
+        self.evicted.fetch_add(bytes, Ordering::Relaxed);
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -201,7 +248,9 @@ impl Histories {
             epoch: format!("{}-{n:x}", self.epoch_prefix),
             last: 0,
             entries: VecDeque::new(),
+            bytes: 0,
             policy,
+            evicted: self.evicted.clone(),
         }));
         rooms.insert(Arc::from(room), h.clone());
         Some(h)
@@ -235,7 +284,11 @@ mod tests {
         Histories::new(
             vec![HistoryRule {
                 pattern: "collection:*".into(),
-                policy: HistoryPolicy { size, ttl: None },
+                policy: HistoryPolicy {
+                    size,
+                    ttl: None,
+                    max_bytes: DEFAULT_HISTORY_MAX_BYTES,
+                },
             }],
             "i",
         )
@@ -265,21 +318,21 @@ mod tests {
             offset,
             epoch: epoch.clone(),
         };
-        assert_eq!(room.since(&since(0)).unwrap().len(), 0);
+        assert_eq!(room.since(&since(0), 1000).unwrap().len(), 0);
         for _ in 0..5 {
             room.record(json!({}));
         }
         // Keeps 3, 4, 5.
-        let got: Vec<u64> = room.since(&since(2)).unwrap().iter().map(|e| e.offset).collect();
+        let got: Vec<u64> = room.since(&since(2), 1000).unwrap().iter().map(|e| e.offset).collect();
         assert_eq!(got, vec![3, 4, 5]);
-        assert_eq!(room.since(&since(5)).unwrap().len(), 0);
-        assert_eq!(room.since(&since(1)).unwrap_err(), RecoveryFailed::Trimmed);
-        assert_eq!(room.since(&since(6)).unwrap_err(), RecoveryFailed::Ahead);
+        assert_eq!(room.since(&since(5), 1000).unwrap().len(), 0);
+        assert_eq!(room.since(&since(1), 1000).unwrap_err(), RecoveryFailed::Trimmed);
+        assert_eq!(room.since(&since(6), 1000).unwrap_err(), RecoveryFailed::Ahead);
         let other = Since {
             offset: 4,
             epoch: "old".into(),
         };
-        assert_eq!(room.since(&other).unwrap_err(), RecoveryFailed::EpochChanged);
+        assert_eq!(room.since(&other, 1000).unwrap_err(), RecoveryFailed::EpochChanged);
     }
 
     #[test]
@@ -290,6 +343,7 @@ mod tests {
                 policy: HistoryPolicy {
                     size: 100,
                     ttl: Some(Duration::from_millis(1)),
+                    max_bytes: DEFAULT_HISTORY_MAX_BYTES,
                 },
             }],
             "i",
@@ -298,10 +352,66 @@ mod tests {
         let epoch = room.lock().epoch.clone();
         room.lock().record(json!({}));
         std::thread::sleep(Duration::from_millis(5));
-        let r = room.lock().since(&Since { offset: 0, epoch });
+        let r = room.lock().since(&Since { offset: 0, epoch }, 1000);
         assert_eq!(r.unwrap_err(), RecoveryFailed::Trimmed);
         h.sweep(|_| false);
         assert_eq!(h.room_count(), 0);
+    }
+
+    /// Large events push the oldest out past `maxBytes`, whatever `size` allows, and the bytes
+    /// dropped are counted; an event bigger than the cap is not kept at all.
+    #[test]
+    fn max_bytes_bounds_a_room_of_large_events() {
+        let h = Histories::new(
+            vec![HistoryRule {
+                pattern: "r".into(),
+                policy: HistoryPolicy {
+                    size: 1000,
+                    ttl: None,
+                    max_bytes: 10_000,
+                },
+            }],
+            "i",
+        );
+        let room = h.room("r").unwrap();
+        let mut room = room.lock();
+        let pad = "x".repeat(3000);
+        for _ in 0..10 {
+            room.record(json!({ "pad": pad }));
+            assert!(room.bytes() <= 10_000, "{}", room.bytes());
+        }
+        // Three of about 3 KB fit; the other seven were dropped and counted.
+        assert_eq!(room.entries.len(), 3);
+        let one = room.entries[0].frame.len() as u64;
+        assert_eq!(h.evicted_bytes(), 7 * one);
+        let epoch = room.epoch.clone();
+        let since = |offset| Since {
+            offset,
+            epoch: epoch.clone(),
+        };
+        assert_eq!(room.since(&since(7), 1000).unwrap().len(), 3);
+        assert_eq!(room.since(&since(6), 1000).unwrap_err(), RecoveryFailed::Trimmed);
+        // Larger than the cap alone: not kept.
+        room.record(json!({ "pad": "y".repeat(20_000) }));
+        assert_eq!(room.bytes(), 0);
+        assert_eq!(room.since(&since(10), 1000).unwrap_err(), RecoveryFailed::Trimmed);
+    }
+
+    #[test]
+    fn a_recovery_past_max_events_is_refused() {
+        let h = histories(100);
+        let room = h.room("collection:posts").unwrap();
+        let mut room = room.lock();
+        for _ in 0..20 {
+            room.record(json!({}));
+        }
+        let since = |offset| Since {
+            offset,
+            epoch: room.epoch.clone(),
+        };
+        let (ten, eleven) = (since(10), since(9));
+        assert_eq!(room.since(&ten, 10).unwrap().len(), 10);
+        assert_eq!(room.since(&eleven, 10).unwrap_err(), RecoveryFailed::TooManyEvents);
     }
 
     #[test]

@@ -84,6 +84,12 @@ pub struct Hub {
     pub flushers: OnceLock<Arc<crate::flush::Flushers>>,
     /// `verifyUser` calls in flight, against `maxVerifying` and `maxVerifyingPerUser`.
     pub verifying: Arc<crate::limits::Verifying>,
+    /// Set when a message the server cannot hold back (from Redis, a broadcast) came with the
+    /// backlog at `maxBacklog`: the lanes then stop waiting for slow readers and close them
+    /// (see `dispatch::catch_up`). Cleared once the backlog is back under the bound.
+    pub(crate) overflow: std::sync::atomic::AtomicBool,
+    /// Rooms whose members have a "you missed messages" signal on its way ([`Job::Missed`]).
+    pub(crate) missed: parking_lot::Mutex<HashSet<Arc<str>>>,
 }
 
 /// An event for a room with Redis-backed history, waiting for its offset.
@@ -126,6 +132,8 @@ impl Hub {
             memory: crate::memory::Trim::default(),
             backlog: AtomicUsize::new(0),
             verifying,
+            overflow: Default::default(),
+            missed: Default::default(),
         };
         (Arc::new(hub), receivers)
     }
@@ -194,7 +202,7 @@ impl Hub {
         ))
     }
 
-    fn send_job(&self, room: &str, job: Job) -> Result<(), Error> {
+    pub(crate) fn send_job(&self, room: &str, job: Job) -> Result<(), Error> {
         self.lanes[lane_of(room)].send(job).map_err(|_| Error::Closed)
     }
 
@@ -285,7 +293,9 @@ impl Hub {
             self.appender.get(),
             self.histories.policy_for(&collection_room(&event.collection)),
         ) {
-            // Redis-backed history: Redis numbers the event first (see `run_appender`).
+            // Redis-backed history: Redis numbers the event first (see `run_appender`). It counts
+            // in the backlog while it waits for Redis too.
+            self.backlog.fetch_add(event.json.len(), Ordering::Relaxed);
             let (done, delivered) = oneshot::channel();
             let append = Append {
                 body: event.body(),
@@ -351,7 +361,11 @@ impl Hub {
         let mut history = history.lock();
         let position = Some(history.position());
         let recovery = match since {
-            Some(since) if !peer.in_room(&room) => match history.since(since) {
+            Some(since) if !peer.in_room(&room) => match self.recovery_allowed(peer, &room).and_then(|()| {
+                history
+                    .since(since, self.config.max_recovery_events)
+                    .inspect_err(|why| self.count_failed_recovery(*why))
+            }) {
                 Ok(entries) => {
                     if peer.room_count() >= self.config.max_rooms_per_socket {
                         return Err(self.too_many_rooms());
@@ -384,6 +398,22 @@ impl Hub {
         }
         drop(history);
         Ok(JoinOutcome { position, recovery })
+    }
+
+    /// Counts a recovery of `room` by this socket: `Err(Limited)` past `maxRecoveriesPerMinute`
+    /// (the socket then joins live and is told to refetch).
+    fn recovery_allowed(&self, peer: &Peer, room: &str) -> Result<(), RecoveryFailed> {
+        if peer.may_recover(room, self.config.max_recoveries_per_minute) {
+            return Ok(());
+        }
+        Stats::add(&self.stats.recoveries_limited, 1);
+        Err(RecoveryFailed::Limited)
+    }
+
+    fn count_failed_recovery(&self, why: RecoveryFailed) {
+        if why == RecoveryFailed::TooManyEvents {
+            Stats::add(&self.stats.recoveries_too_long, 1);
+        }
     }
 
     /// Queues an event for local delivery in its room's lane, or into `batch` when given (sent
@@ -449,14 +479,47 @@ impl Hub {
             return Ok(());
         }
         let except = except.and_then(|id| self.local_peer_id(id));
+        self.queue_broadcast(room, text_frame(json), except)
+    }
+
+    /// Queues a frame for a room's members, counted in the backlog (see [`Hub::admit_unheld`]).
+    fn queue_broadcast(&self, room: &str, frame: Bytes, except: Option<PeerId>) -> Result<(), Error> {
+        if !self.admit_unheld(room) {
+            return Ok(());
+        }
+        self.backlog.fetch_add(frame.len(), Ordering::Relaxed);
         self.send_job(
             room,
             Job::Broadcast {
                 room: Arc::from(room),
-                frame: text_frame(json),
+                frame,
                 except,
             },
         )
+    }
+
+    /// Whether a message the server cannot hold back (an event from Redis, a broadcast: unlike
+    /// `emitEvent`, nobody waits for an answer) may be queued for `room`, by the backlog. Up to
+    /// `maxBacklog`, yes. Past it, yes, and the lanes stop waiting for readers that are behind:
+    /// they are closed with 4008 as slow consumers (`dispatch::catch_up`), which lets the
+    /// backlog drain to the readers that keep up. Past twice `maxBacklog` (the server itself
+    /// cannot keep up) it is dropped, counted, and the room's members are sent
+    /// `recovery-failed` (`reason: "Dropped"`): never a message lost without a word.
+    fn admit_unheld(&self, room: &str) -> bool {
+        let backlog = self.backlog.load(Ordering::Relaxed);
+        if backlog < self.config.max_backlog {
+            return true;
+        }
+        self.overflow.store(true, Ordering::Relaxed);
+        if backlog < self.config.max_backlog.saturating_mul(2) {
+            return true;
+        }
+        Stats::add(&self.stats.backlog_dropped, 1);
+        let room: Arc<str> = Arc::from(room);
+        if self.missed.lock().insert(room.clone()) {
+            let _ = self.send_job(&room.clone(), Job::Missed { room });
+        }
+        false
     }
 
     /// Sends a message (JSON text) to one socket. A socket of this instance: `false` if it is
@@ -525,14 +588,7 @@ impl Hub {
     /// Tells the room's local members about a join or leave.
     fn announce(&self, room: &str, change: &Change) {
         let frame = encode_value(&change.message(room));
-        let _ = self.send_job(
-            room,
-            Job::Broadcast {
-                room: Arc::from(room),
-                frame,
-                except: None,
-            },
-        );
+        let _ = self.queue_broadcast(room, frame, None);
     }
 
     /// Sends presence news to the other instances (no-op without a broker).
@@ -628,6 +684,7 @@ impl Hub {
 
     /// Redis numbered an event (or could not): deliver it here and publish it for the others.
     fn finish_append(&self, a: Append, numbered: Result<(u64, String), String>) {
+        self.backlog.fetch_sub(a.json.len(), Ordering::Relaxed);
         let mut body = a.body;
         let offset = match numbered {
             Ok((offset, epoch)) => {
@@ -674,10 +731,17 @@ impl Hub {
         let Some((history, policy)) = self.remote_history(&room) else {
             return self.join_collection(peer, collection, since);
         };
+        let limited = match since {
+            Some(_) if !peer.in_room(&room) => self.recovery_allowed(peer, &room).err(),
+            _ => None,
+        };
         let since = match since {
-            Some(s) if !peer.in_room(&room) => s,
+            Some(s) if !peer.in_room(&room) && limited.is_none() => s,
             other => {
-                let recovery = other.map(|_| Ok(()));
+                let recovery = match limited {
+                    Some(why) => Some(Err(why)),
+                    None => other.map(|_| Ok(())),
+                };
                 if self.registry.join(peer, &room, self.config.max_rooms_per_socket) == Joined::TooMany {
                     return Err(self.too_many_rooms());
                 }
@@ -701,7 +765,16 @@ impl Hub {
         if !joined.await.map_err(|_| Error::Closed)? {
             return Err(self.too_many_rooms());
         }
-        let (position, entries, result) = match history.since(&room, Some(since), policy, &self.new_epoch()).await {
+        let (position, entries, result) = match history
+            .since_at_most(
+                &room,
+                Some(since),
+                policy,
+                &self.new_epoch(),
+                self.config.max_recovery_events,
+            )
+            .await
+        {
             Ok(Recovery {
                 position,
                 result: Ok(stored),
@@ -727,22 +800,28 @@ impl Hub {
             Ok(Recovery {
                 position,
                 result: Err(why),
-            }) => (position, Vec::new(), Err(why)),
+            }) => {
+                self.count_failed_recovery(why);
+                (position, Vec::new(), Err(why))
+            }
             Err(e) => {
                 warn!("could not read the Redis history of {room} ({e})");
                 (None, Vec::new(), Err(RecoveryFailed::Unavailable))
             }
         };
+        // Asked here, not in the lane: the lane's other rooms go on meanwhile (the socket's live
+        // frames of this room wait, held back since `RecoverStart`).
         let authorize = self.authorize_rule(collection);
+        let frames = crate::dispatch::replay_frames(self, authorize.as_deref(), peer, &entries).await;
         let (done, finished) = oneshot::channel();
         self.send_job(
             &room,
             Job::RecoverFinish {
                 room: room.clone(),
-                authorize,
                 peer: peer.clone(),
-                entries,
-                done,
+                frames,
+                replayed: entries.iter().map(|e| e.offset).collect(),
+                done: Some(done),
             },
         )?;
         let _ = finished.await;
@@ -767,6 +846,7 @@ impl Hub {
             return; // our own echo: already delivered locally
         }
         let result = match envelope.kind {
+            Kind::Event { collection, .. } if !self.admit_unheld(&collection_room(collection)) => Ok(()),
             Kind::Event {
                 collection,
                 body,
@@ -877,13 +957,14 @@ impl Hub {
     }
 
     pub fn stats(&self) -> Snapshot {
-        let mut s = self.stats.snapshot(
+        let mut snapshot = self.stats.snapshot(
             self.registry.room_count() as u64,
             self.backlog.load(Ordering::Relaxed) as u64,
             self.broker.get().map(|b| b.stats()),
         );
-        s.verifying = self.verifying.in_flight() as u64;
-        s
+        snapshot.verifying = self.verifying.in_flight() as u64;
+        snapshot.history_evicted_bytes = self.histories.evicted_bytes();
+        snapshot
     }
 
     pub fn register_custom_type(&self, kind: &str) {
@@ -905,7 +986,8 @@ async fn run_appender(hub: std::sync::Weak<Hub>, history: RedisHistory, mut rx: 
             .iter()
             .map(|a| (collection_room(&a.collection), a.json.clone(), a.policy))
             .collect();
-        let results = history.append(&items, &hub.new_epoch()).await;
+        let (results, evicted) = history.append(&items, &hub.new_epoch()).await;
+        hub.histories.count_evicted(evicted);
         for (a, r) in batch.drain(..).zip(results) {
             hub.finish_append(a, r);
         }

@@ -5,7 +5,12 @@
 //!
 //! Parsing and re-encoding 20,000 events of 1 KB cost Node's thread 120-150 ms when it was done
 //! during the call.
+//!
+//! The queue is bounded in bytes by `maxBacklog`, as the lanes are: past it an event is refused
+//! at once (`server-behind`, counted as `ingestFull`), so a host that hands over events faster
+//! than the lanes' thread takes them learns it instead of the queue growing.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
@@ -28,13 +33,24 @@ type Handed = (Events, oneshot::Sender<Result<Outcomes, Error>>);
 /// The host's way in: a queue that one task takes in order.
 pub struct Ingest {
     tx: mpsc::UnboundedSender<Handed>,
+    /// Bytes of text handed over and not yet taken.
+    waiting: Arc<AtomicUsize>,
+    hub: Arc<Hub>,
 }
 
 impl Ingest {
     /// The queue and the task that takes it (to be spawned on the lanes' runtime).
     pub fn new(hub: Arc<Hub>) -> (Ingest, impl std::future::Future<Output = ()> + Send) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Ingest { tx }, take(hub, rx))
+        let waiting = Arc::new(AtomicUsize::new(0));
+        (
+            Ingest {
+                tx,
+                waiting: waiting.clone(),
+                hub: hub.clone(),
+            },
+            take(hub, rx, waiting),
+        )
     }
 
     /// Hands over events. The answer comes once each is queued for its sockets (after its
@@ -42,6 +58,20 @@ impl Ingest {
     /// array, or the server is closed.
     pub fn submit(&self, events: Events) -> oneshot::Receiver<Result<Outcomes, Error>> {
         let (reply, answer) = oneshot::channel();
+        let len = events.len();
+        let limit = self.hub.config.max_backlog;
+        let waiting = self.waiting.fetch_add(len, Ordering::Relaxed);
+        if waiting > 0 && waiting + len > limit {
+            // One text larger than the bound alone still goes (the lanes judge it); a queue
+            // that holds it already does not take more.
+            self.waiting.fetch_sub(len, Ordering::Relaxed);
+            crate::stats::Stats::add(&self.hub.stats.ingest_full, 1);
+            let _ = reply.send(Err(Error::Behind {
+                backlog: waiting,
+                limit,
+            }));
+            return answer;
+        }
         if let Err(mpsc::error::SendError((_, reply))) = self.tx.send((events, reply)) {
             let _ = reply.send(Err(Error::Closed));
         }
@@ -49,9 +79,18 @@ impl Ingest {
     }
 }
 
+impl Events {
+    fn len(&self) -> usize {
+        match self {
+            Events::One(text) | Events::Many(text) => text.len(),
+        }
+    }
+}
+
 /// Takes what was handed over, in order: each is queued on its lane before the next is read.
-async fn take(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<Handed>) {
+async fn take(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<Handed>, waiting: Arc<AtomicUsize>) {
     while let Some((events, reply)) = rx.recv().await {
+        waiting.fetch_sub(events.len(), Ordering::Relaxed);
         let queued = match events {
             // A lone event that is not JSON is refused by its check, as one event.
             Events::One(json) => Ok(vec![hub.submit_text(&json)]),

@@ -353,7 +353,7 @@ impl Outbound {
     }
 
     /// Drops what is queued and closes with 4008: the client is not taking what is written.
-    fn evict(&self) {
+    pub(crate) fn evict(&self) {
         let mut s = self.state.lock();
         if s.ending.is_some() {
             return;

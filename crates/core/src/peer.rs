@@ -37,7 +37,12 @@ pub struct Peer {
     recovering: Mutex<Recovering>,
     /// Whether `recovering` holds anything (read on the fan-out path without locking).
     is_recovering: AtomicBool,
+    /// Recoveries per room in the current minute (`maxRecoveriesPerMinute`).
+    recoveries: Mutex<HashMap<Arc<str>, (std::time::Instant, u32)>>,
 }
+
+/// The window `maxRecoveriesPerMinute` counts in.
+const RECOVERY_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Live frames kept back with their offsets.
 pub type Held = Vec<(Option<u64>, Bytes)>;
@@ -83,7 +88,25 @@ impl Peer {
             last_seen_ms: AtomicU64::new(0),
             recovering: Mutex::new(Recovering::default()),
             is_recovering: AtomicBool::new(false),
+            recoveries: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Counts a recovery of `room`; `false` when this socket already made `limit` of them in
+    /// the last minute (0 = no limit). Rooms whose minute is over are forgotten.
+    pub fn may_recover(&self, room: &str, limit: u32) -> bool {
+        if limit == 0 {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        let mut r = self.recoveries.lock();
+        r.retain(|_, (start, _)| now.duration_since(*start) < RECOVERY_WINDOW);
+        let (_, n) = r.entry(Arc::from(room)).or_insert((now, 0));
+        if *n >= limit {
+            return false;
+        }
+        *n += 1;
+        true
     }
 
     /// Holds live frames of `room` back until [`Peer::end_recovery`].

@@ -348,12 +348,15 @@ pub fn ack_with(id: &RequestId, extra: Map<String, Value>) -> Bytes {
     encode_value(&Value::Object(m))
 }
 
-/// `{ "type": "recovery-failed", "room", "collection", "reason" }`: refetch, then go on live.
+/// `{ "type": "recovery-failed", "room", "collection", "reason" }`: refetch, then go on live
+/// (`collection` only for a collection's room).
 pub fn recovery_failed(room: &str, collection: &str, reason: &str) -> Bytes {
     let mut m = Map::new();
     m.insert("type".into(), Value::String("recovery-failed".into()));
     m.insert("room".into(), Value::String(room.into()));
-    m.insert("collection".into(), Value::String(collection.into()));
+    if !collection.is_empty() {
+        m.insert("collection".into(), Value::String(collection.into()));
+    }
     m.insert("reason".into(), Value::String(reason.into()));
     encode_value(&Value::Object(m))
 }

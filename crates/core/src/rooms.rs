@@ -444,7 +444,7 @@ impl Registry {
         }
     }
 
-    fn evict_all(&self, peers: &[Arc<Peer>], stats: &Stats) {
+    pub(crate) fn evict_all(&self, peers: &[Arc<Peer>], stats: &Stats) {
         for peer in peers {
             Stats::add(&stats.slow_consumers, 1);
             Stats::add(&stats.dropped, 1);

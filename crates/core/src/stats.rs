@@ -41,6 +41,18 @@ pub struct Stats {
     pub pending_auth: AtomicU64,
     /// Sockets closed with 4004: no `auth` message in time, or a token that was refused.
     pub auth_failures: AtomicU64,
+    /// Joins with `since` refused a replay for `maxRecoveriesPerMinute`.
+    pub recoveries_limited: AtomicU64,
+    /// Joins with `since` refused a replay for `maxRecoveryEvents`.
+    pub recoveries_too_long: AtomicU64,
+    /// Events refused before they were read because the queue from the host was at `maxBacklog`.
+    pub ingest_full: AtomicU64,
+    /// Sockets closed with 4008 because messages the server cannot hold back (from Redis,
+    /// broadcasts) brought the backlog to `maxBacklog` while the lane waited for them.
+    pub backlog_evictions: AtomicU64,
+    /// Messages from Redis and broadcasts dropped at twice `maxBacklog` (their rooms' members are
+    /// told `recovery-failed`).
+    pub backlog_dropped: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -74,6 +86,13 @@ pub struct Snapshot {
     pub refused_verifying: u64,
     pub pending_auth: u64,
     pub auth_failures: u64,
+    pub recoveries_limited: u64,
+    pub recoveries_too_long: u64,
+    pub ingest_full: u64,
+    pub backlog_evictions: u64,
+    pub backlog_dropped: u64,
+    /// Bytes of events dropped from room histories for their `maxBytes` (set by the hub).
+    pub history_evicted_bytes: u64,
 }
 
 impl Stats {
@@ -107,6 +126,12 @@ impl Stats {
             refused_verifying: self.refused_verifying.load(Relaxed),
             pending_auth: self.pending_auth.load(Relaxed),
             auth_failures: self.auth_failures.load(Relaxed),
+            recoveries_limited: self.recoveries_limited.load(Relaxed),
+            recoveries_too_long: self.recoveries_too_long.load(Relaxed),
+            ingest_full: self.ingest_full.load(Relaxed),
+            backlog_evictions: self.backlog_evictions.load(Relaxed),
+            backlog_dropped: self.backlog_dropped.load(Relaxed),
+            history_evicted_bytes: 0,
         }
     }
 }

@@ -12,32 +12,55 @@ use fred::prelude::{Client, Value as RedisValue};
 
 use crate::history::{HistoryPolicy, RecoveryFailed, Since};
 
-/// Appends `ARGV[4..]` (event bodies, in order) to one room; returns `{first offset, epoch}`.
+/// Appends `ARGV[5..]` (event bodies, in order) to one room, then drops the oldest while the
+/// stream holds more than `ARGV[2]` events or more than `ARGV[4]` bytes of bodies (kept in the
+/// meta hash as `bytes`); returns `{first offset, epoch, bytes dropped for the byte cap}`.
 const APPEND: &str = r#"
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then
   epoch = ARGV[1]
   redis.call('HSET', KEYS[2], 'epoch', epoch)
 end
-local n = #ARGV - 3
+local n = #ARGV - 4
 local last = redis.call('HINCRBY', KEYS[2], 'offset', n)
 local first = last - n + 1
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local added = 0
 for i = 1, n do
-  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], (first + i - 1) .. '-1', 'b', ARGV[3 + i], 't', now)
+  local b = ARGV[4 + i]
+  redis.call('XADD', KEYS[1], (first + i - 1) .. '-1', 'b', b, 't', now)
+  added = added + #b
 end
+local bytes = redis.call('HINCRBY', KEYS[2], 'bytes', added)
+local size = tonumber(ARGV[2])
+local max_bytes = tonumber(ARGV[4])
+local evicted = 0
+local len = redis.call('XLEN', KEYS[1])
+while len > 0 and (len > size or bytes > max_bytes) do
+  local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+  local fields = oldest[2]
+  local ob = 0
+  for j = 1, #fields, 2 do
+    if fields[j] == 'b' then ob = #fields[j + 1] end
+  end
+  redis.call('XDEL', KEYS[1], oldest[1])
+  if len <= size then evicted = evicted + ob end
+  len = len - 1
+  bytes = math.max(bytes - ob, 0)
+end
+redis.call('HSET', KEYS[2], 'bytes', bytes)
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
-return {first, epoch}
+return {first, epoch, evicted}
 "#;
 
 /// Returns `{epoch, last offset, now ms, [[id, [field, value, ...]], ...]}`; a room without
 /// history gets its epoch (`ARGV[2]`) here, so a client that joins it has a position to recover
-/// from.
+/// from. More than `ARGV[4]` events after `since` are not read (the recovery is refused).
 const SINCE: &str = r#"
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then
@@ -50,7 +73,7 @@ local offset = tonumber(redis.call('HGET', KEYS[2], 'offset') or '0')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local entries = {}
-if ARGV[1] ~= '' then
+if ARGV[1] ~= '' and offset - tonumber(ARGV[1]) <= tonumber(ARGV[4]) then
   entries = redis.call('XRANGE', KEYS[1], (tonumber(ARGV[1]) + 1) .. '-0', '+')
 end
 return {epoch, offset, now, entries}
@@ -84,12 +107,13 @@ impl RedisHistory {
     }
 
     /// Appends events in order: one script call per room (the room's keys share a shard), the
-    /// rooms concurrently. Each event gets its `(offset, epoch)` or an error.
+    /// rooms concurrently. Each event gets its `(offset, epoch)` or an error; beside them, the
+    /// bytes dropped for the rooms' `maxBytes`.
     pub async fn append(
         &self,
         items: &[(String, String, HistoryPolicy)],
         epoch: &str,
-    ) -> Vec<Result<(u64, String), String>> {
+    ) -> (Vec<Result<(u64, String), String>>, u64) {
         let mut rooms: Vec<(&str, HistoryPolicy, Vec<usize>)> = Vec::new();
         for (i, (room, _, policy)) in items.iter().enumerate() {
             match rooms.iter_mut().find(|(r, _, _)| r == room) {
@@ -99,24 +123,32 @@ impl RedisHistory {
         }
         let calls = rooms.iter().map(|(room, policy, idx)| {
             let ttl = policy.ttl.map_or(0, |t| t.as_millis() as u64);
-            let mut args = vec![epoch.to_string(), policy.size.to_string(), ttl.to_string()];
+            let mut args = vec![
+                epoch.to_string(),
+                policy.size.to_string(),
+                ttl.to_string(),
+                policy.max_bytes.to_string(),
+            ];
             args.extend(idx.iter().map(|&i| items[i].1.clone()));
             async move {
                 let reply: Result<RedisValue, _> = self.client.eval(APPEND, keys(&self.prefix, room), args).await;
                 let parts = reply.map_err(|e| e.to_string())?.into_array();
                 let first = parts.first().and_then(|v| v.as_u64()).ok_or("bad append reply")?;
                 let epoch = parts.get(1).and_then(|v| v.as_string()).ok_or("bad append reply")?;
-                Ok::<_, String>((first, epoch))
+                let evicted = parts.get(2).and_then(|v| v.as_u64()).unwrap_or(0);
+                Ok::<_, String>((first, epoch, evicted))
             }
         });
         let answers = futures_util::future::join_all(calls).await;
         let mut out: Vec<Result<(u64, String), String>> = vec![Err("not appended".into()); items.len()];
+        let mut evicted = 0;
         for ((_, _, idx), answer) in rooms.iter().zip(answers) {
+            evicted += answer.as_ref().map_or(0, |(_, _, e)| *e);
             for (k, &i) in idx.iter().enumerate() {
-                out[i] = answer.clone().map(|(first, epoch)| (first + k as u64, epoch));
+                out[i] = answer.clone().map(|(first, epoch, _)| (first + k as u64, epoch));
             }
         }
-        out
+        (out, evicted)
     }
 
     /// The room's position and, with `since`, the events after it or why they cannot be had.
@@ -127,6 +159,19 @@ impl RedisHistory {
         policy: HistoryPolicy,
         new_epoch: &str,
     ) -> Result<Recovery, String> {
+        self.since_at_most(room, since, policy, new_epoch, usize::MAX).await
+    }
+
+    /// [`RedisHistory::since`] refusing (`TooManyEvents`, without reading them) more than `max`
+    /// events after `since`.
+    pub async fn since_at_most(
+        &self,
+        room: &str,
+        since: Option<&Since>,
+        policy: HistoryPolicy,
+        new_epoch: &str,
+        max: usize,
+    ) -> Result<Recovery, String> {
         let from = since.map_or(String::new(), |s| s.offset.to_string());
         let ttl = policy.ttl.map_or(0, |t| t.as_millis() as u64);
         let reply: RedisValue = self
@@ -134,7 +179,12 @@ impl RedisHistory {
             .eval(
                 SINCE,
                 keys(&self.prefix, room),
-                vec![from, new_epoch.to_string(), ttl.to_string()],
+                vec![
+                    from,
+                    new_epoch.to_string(),
+                    ttl.to_string(),
+                    max.min(1 << 52).to_string(),
+                ],
             )
             .await
             .map_err(|e| e.to_string())?;
@@ -163,6 +213,9 @@ impl RedisHistory {
         }
         if since.offset > last {
             return fail(RecoveryFailed::Ahead);
+        }
+        if last - since.offset > max as u64 {
+            return fail(RecoveryFailed::TooManyEvents);
         }
         let mut events = Vec::new();
         for entry in parts.get(3).cloned().map(RedisValue::into_array).unwrap_or_default() {
