@@ -54,6 +54,11 @@ export interface HistoryPolicy {
   size: number
   /** Events older than this many seconds are dropped (default: kept until `size` pushes them out). */
   ttlSeconds?: number
+  /**
+   * Most bytes of events kept per room (default 1 MiB, at least 1024): the oldest go first, and an
+   * event larger than this alone is not kept (a recovery over it gets `recovery-failed`).
+   */
+  maxBytes?: number
 }
 
 export interface ServerOptions {
@@ -169,6 +174,17 @@ export interface ServerOptions {
    * its first message (default 10000); otherwise it is closed with 4004.
    */
   authTimeout?: number
+  /**
+   * Recoveries (joins with `since`) one socket may make of one room per minute (default 10; 0 = no
+   * limit). Past it the join goes on live, with `recovered: false` and `recovery-failed`
+   * (`reason: "Limited"`): the client refetches.
+   */
+  maxRecoveriesPerMinute?: number
+  /**
+   * Most events one recovery replays (default 1000). More missed: the join goes on live with
+   * `recovered: false` and `recovery-failed` (`reason: "TooManyEvents"`): the client refetches.
+   */
+  maxRecoveryEvents?: number
 }
 
 export interface PluginOptions extends ServerOptions {
@@ -253,6 +269,24 @@ export interface RealtimeStats {
   pendingAuth: number
   /** Sockets closed with 4004: no `auth` message within `authTimeout`, another message first, or a refused token. */
   authFailures: number
+  /** Joins with `since` that went on live without a replay, for `maxRecoveriesPerMinute`. */
+  recoveriesLimited: number
+  /** Joins with `since` that went on live without a replay, for `maxRecoveryEvents`. */
+  recoveriesTooLong: number
+  /** Events refused at once (`emitEvent` rejects) because the queue into the server was at `maxBacklog`. */
+  ingestFull: number
+  /**
+   * Sockets closed with 4008 because messages the server cannot hold back (from Redis, broadcasts)
+   * brought the backlog to `maxBacklog` while delivery waited for them.
+   */
+  backlogEvictions: number
+  /**
+   * Messages from Redis and broadcasts dropped at twice `maxBacklog`; their rooms' members were sent
+   * `recovery-failed` (`reason: "Dropped"`).
+   */
+  backlogDropped: number
+  /** Bytes of events dropped from room histories for their `maxBytes`. */
+  historyEvictedBytes: number
 }
 
 export declare class UWebSocketManager {

@@ -90,6 +90,8 @@ const SERVER_OPTIONS = [
   'maxVerifyingPerUser',
   'verifyTimeout',
   'authTimeout',
+  'maxRecoveriesPerMinute',
+  'maxRecoveryEvents',
 ]
 
 /** Options only the plugin reads (index.d.ts `PluginOptions`); the server ignores them. */
@@ -161,6 +163,8 @@ function nativeOptions(port, options) {
     maxVerifyingPerUser: optionalNumber(options, 'maxVerifyingPerUser'),
     verifyTimeout: optionalNumber(options, 'verifyTimeout', { min: 1 }),
     authTimeout: optionalNumber(options, 'authTimeout', { min: 1 }),
+    maxRecoveriesPerMinute: optionalNumber(options, 'maxRecoveriesPerMinute'),
+    maxRecoveryEvents: optionalNumber(options, 'maxRecoveryEvents', { min: 1 }),
   }
 }
 
@@ -174,7 +178,7 @@ function trustedProxies(list) {
 }
 
 /**
- * `history`: `{ size, ttlSeconds }` for every collection, or `{ [slug or room pattern]: { size, ttlSeconds } }`
+ * `history`: `{ size, ttlSeconds, maxBytes }` for every collection, or `{ [slug or room pattern]: { size, ttlSeconds, maxBytes } }`
  * (a key with ':' or '*' is a room name or prefix pattern, any other key a collection slug).
  */
 function historyRules(history) {
@@ -186,7 +190,10 @@ function historyRules(history) {
     if (v.ttlSeconds !== undefined && !(Number.isInteger(v.ttlSeconds) && v.ttlSeconds >= 0)) {
       throw new TypeError(`payload-realtime: history ttlSeconds for "${pattern}" must be a whole number of seconds`)
     }
-    return { pattern, size: v.size, ttlSeconds: v.ttlSeconds }
+    if (v.maxBytes !== undefined && !(Number.isInteger(v.maxBytes) && v.maxBytes >= 1024 && v.maxBytes <= 0xffffffff)) {
+      throw new TypeError(`payload-realtime: history maxBytes for "${pattern}" must be a whole number from 1024`)
+    }
+    return { pattern, size: v.size, ttlSeconds: v.ttlSeconds, maxBytes: v.maxBytes }
   }
   if (!isPlainObject(history)) throw new TypeError('payload-realtime: `history` must be an object')
   if (typeof history.size === 'number') return [rule('collection:*', history)]
