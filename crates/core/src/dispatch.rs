@@ -73,11 +73,10 @@ pub enum Job {
         replayed: HashSet<u64>,
         done: Option<oneshot::Sender<()>>,
     },
-    /// A socket rejoining with `since`: replay what it missed, then join. A barrier: the lane
-    /// finishes everything before it first, so the replay meets live delivery with no gap and no
-    /// duplicate. With an authorize rule the socket joins at once with its live frames of the
-    /// room held back, and the replay is asked about outside the lane and sent by a
-    /// [`Job::RecoverFinish`]: a long replay never stalls the other rooms of the lane.
+    /// A socket rejoining with `since`, already in the room with its live frames of it held
+    /// back: what it missed is asked about (the authorize rule) outside the lane, in a task of
+    /// its own, then sent by a [`Job::RecoverFinish`]. Not a barrier: a long replay never stalls
+    /// the lane's other rooms (it once was, for up to `authorizeTimeout`).
     Recover {
         room: Arc<str>,
         authorize: Option<String>,
@@ -175,7 +174,28 @@ async fn accept(hub: &Arc<Hub>, pending: &mut Pending, job: Job) {
                 Box::pin(accept(hub, pending, job)).await;
             }
         }
-        Job::Recover { .. } | Job::RecoverStart { .. } | Job::RecoverFinish { .. } => {
+        Job::Recover {
+            room,
+            authorize,
+            peer,
+            entries,
+        } => {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                let frames = replay_frames(&hub, authorize.as_deref(), &peer, &entries).await;
+                let finish = Job::RecoverFinish {
+                    room: room.clone(),
+                    peer: peer.clone(),
+                    frames,
+                    replayed: entries.iter().map(|e| e.offset).collect(),
+                    done: None,
+                };
+                if hub.send_job(&room, finish).is_err() {
+                    peer.end_recovery(&room, Default::default());
+                }
+            });
+        }
+        Job::RecoverStart { .. } | Job::RecoverFinish { .. } => {
             // Barriers: everything before them is delivered first.
             let mut wakes = Wakes::on(hub.flushers.get());
             while let Some(ready) = pending.next().await {
@@ -344,44 +364,8 @@ impl Run {
     }
 }
 
-async fn run_barrier(hub: &Arc<Hub>, job: Job) {
+async fn run_barrier(hub: &Hub, job: Job) {
     match job {
-        Job::Recover {
-            room,
-            authorize: Some(collection),
-            peer,
-            entries,
-        } if hub.callbacks.authorizer.is_some() => {
-            peer.start_recovery(&room);
-            if hub.registry.join(&peer, &room, hub.config.max_rooms_per_socket) != Joined::New {
-                peer.end_recovery(&room, Default::default());
-                return;
-            }
-            let hub = hub.clone();
-            tokio::spawn(async move {
-                let frames = replay_frames(&hub, Some(&collection), &peer, &entries).await;
-                let replayed = entries.iter().map(|e| e.offset).collect();
-                let finish = Job::RecoverFinish {
-                    room: room.clone(),
-                    peer: peer.clone(),
-                    frames,
-                    replayed,
-                    done: None,
-                };
-                if hub.send_job(&room, finish).is_err() {
-                    peer.end_recovery(&room, Default::default());
-                }
-            });
-        }
-        Job::Recover {
-            room, peer, entries, ..
-        } => {
-            if hub.registry.join(&peer, &room, hub.config.max_rooms_per_socket) == Joined::New {
-                for e in entries {
-                    hub.registry.send_to(&peer, e.frame, &hub.stats);
-                }
-            }
-        }
         Job::RecoverStart { room, peer, ready } => {
             peer.start_recovery(&room);
             let joined = hub.registry.join(&peer, &room, hub.config.max_rooms_per_socket) == Joined::New;
@@ -715,6 +699,346 @@ mod tests {
         assert_eq!(n, 1);
         assert_eq!(ids, (0..6).collect::<Vec<u64>>());
         assert!(!peer.outbound.was_evicted());
+        hub.shutdown.cancel();
+    }
+
+    /// Authorizes events whose `id` is below 100 (the history's) only once the gate opens;
+    /// later events at once.
+    struct Gate(tokio::sync::watch::Receiver<bool>);
+
+    impl crate::callbacks::Authorizer for Gate {
+        fn authorize(
+            &self,
+            req: crate::callbacks::AuthorizeRequest,
+        ) -> crate::callbacks::BoxFuture<Result<Vec<crate::callbacks::Decision>, String>> {
+            let allow = vec![crate::callbacks::Decision::Allow; req.users.len()];
+            let mut gate = self.0.clone();
+            let held = req.event["id"].as_u64().is_some_and(|id| id < 100);
+            Box::pin(async move {
+                if held {
+                    let _ = gate.wait_for(|open| *open).await;
+                }
+                Ok(allow)
+            })
+        }
+    }
+
+    fn history_config() -> crate::config::Config {
+        crate::config::Config {
+            history: vec![crate::history::HistoryRule {
+                pattern: "collection:*".into(),
+                policy: crate::history::HistoryPolicy {
+                    size: 100,
+                    ttl: None,
+                    max_bytes: crate::history::DEFAULT_HISTORY_MAX_BYTES,
+                },
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn test_user(id: u64) -> crate::auth::User {
+        crate::auth::User {
+            key: format!("users:{id}"),
+            claims: Arc::new(json!({"id": id, "collection": "users"})),
+            expires_at: None,
+        }
+    }
+
+    /// Waits (yielding to the lanes) until the socket is in the room: a recovery joins it in
+    /// the lane.
+    async fn until_in(peer: &Peer, room: &str) {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while !peer.in_room(room) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("joined");
+    }
+
+    fn event(collection: &str, id: u64) -> Value {
+        json!({"type": "update", "collection": collection, "id": id, "timestamp": "t"})
+    }
+
+    fn epoch_of(hub: &Hub, collection: &str) -> String {
+        hub.histories
+            .room(&collection_room(collection))
+            .unwrap()
+            .lock()
+            .epoch
+            .clone()
+    }
+
+    /// A replay waiting for its authorize answers holds back only the recovering socket's own
+    /// frames of that room: a live event for another room of the same lane is delivered
+    /// meanwhile (the replay used to be asked inside the lane's barrier, stalling it for up to
+    /// `authorizeTimeout`), and the recovering socket still gets the replay, then live events,
+    /// in order.
+    #[tokio::test]
+    async fn a_replay_waiting_for_authorize_does_not_stall_its_lane() {
+        let other = lane_mate();
+        let mut config = history_config();
+        config.authorize_timeout = Duration::from_secs(3600);
+        config.host_rules.authorize_collections = ["posts".to_string(), other.clone()].into();
+        let (open, gate) = tokio::sync::watch::channel(false);
+        let callbacks = crate::callbacks::Callbacks {
+            authorizer: Some(Arc::new(Gate(gate))),
+            ..Default::default()
+        };
+        let (hub, lanes) = Hub::new(config, callbacks);
+        for lane in lanes {
+            tokio::spawn(run_lane(hub.clone(), lane));
+        }
+        for id in 0..5 {
+            hub.submit_event(event("posts", id)).unwrap().await.unwrap();
+        }
+        let recovering = hub.new_peer(Some(test_user(1)), None);
+        let bystander = hub.new_peer(Some(test_user(2)), None);
+        hub.registry.add_peer(recovering.clone());
+        hub.registry.add_peer(bystander.clone());
+        hub.registry.join(&bystander, &collection_room(&other), 10);
+        let since = crate::history::Since {
+            offset: 0,
+            epoch: epoch_of(&hub, "posts"),
+        };
+        let outcome = hub.join_collection(&recovering, "posts", Some(&since)).unwrap();
+        assert_eq!(outcome.recovery, Some(Ok(())));
+        // Live events meanwhile: one in the same room, one in the other room of the lane.
+        let live = hub.submit_event(event("posts", 500)).unwrap();
+        let elsewhere = hub.submit_event(event(&other, 501)).unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(30), elsewhere)
+            .await
+            .expect("the lane is not stalled by the replay")
+            .unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(bystander.outbound.drain_ids(), vec![501]);
+        // The recovering socket has nothing yet: its replay waits, and its live frame with it.
+        live.await.unwrap();
+        assert!(recovering.outbound.drain_ids().is_empty());
+        open.send(true).unwrap();
+        let mut ids = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while ids.len() < 6 {
+                ids.extend(recovering.outbound.drain_ids());
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the replay and the held live event arrive");
+        assert_eq!(ids, vec![0, 1, 2, 3, 4, 500]);
+        hub.shutdown.cancel();
+    }
+
+    /// A socket that leaves and rejoins with `since` in a loop gets `maxRecoveriesPerMinute`
+    /// replays, then joins live with `Limited`; the others in the room keep their events.
+    #[tokio::test]
+    async fn rejoining_with_since_in_a_loop_is_limited() {
+        let mut config = history_config();
+        config.max_recoveries_per_minute = 3;
+        let hub = test_hub_with(config);
+        let (looping, other) = (hub.new_peer(None, None), hub.new_peer(None, None));
+        for p in [&looping, &other] {
+            hub.registry.add_peer(p.clone());
+        }
+        hub.registry.join(&other, &collection_room("posts"), 10);
+        let since = crate::history::Since {
+            offset: 0,
+            epoch: epoch_of(&hub, "posts"),
+        };
+        let mut results = Vec::new();
+        for id in 0..6 {
+            assert_eq!(hub.submit_event(event("posts", id)).unwrap().await.unwrap(), 1);
+            let outcome = hub.join_collection(&looping, "posts", Some(&since)).unwrap();
+            results.push(outcome.recovery.unwrap());
+            until_in(&looping, &collection_room("posts")).await;
+            hub.registry.leave(&looping, &collection_room("posts"));
+        }
+        let limited = Err(crate::history::RecoveryFailed::Limited);
+        assert_eq!(results, vec![Ok(()), Ok(()), Ok(()), limited, limited, limited]);
+        assert_eq!(hub.stats().recoveries_limited, 3);
+        assert_eq!(other.outbound.drain_ids(), (0..6).collect::<Vec<u64>>());
+        // Another room has its own count.
+        hub.submit_event(event("pages", 1)).unwrap().await.unwrap();
+        let pages = crate::history::Since {
+            offset: 0,
+            epoch: epoch_of(&hub, "pages"),
+        };
+        let outcome = hub.join_collection(&looping, "pages", Some(&pages)).unwrap();
+        assert_eq!(outcome.recovery, Some(Ok(())));
+        hub.shutdown.cancel();
+    }
+
+    /// More missed events than `maxRecoveryEvents`: no replay, the socket joins live and is told
+    /// to refetch.
+    #[tokio::test]
+    async fn a_recovery_over_max_recovery_events_is_refused() {
+        let mut config = history_config();
+        config.max_recovery_events = 3;
+        let hub = test_hub_with(config);
+        for id in 0..5 {
+            hub.submit_event(event("posts", id)).unwrap().await.unwrap();
+        }
+        let peer = hub.new_peer(None, None);
+        hub.registry.add_peer(peer.clone());
+        let epoch = epoch_of(&hub, "posts");
+        let since = |offset| crate::history::Since {
+            offset,
+            epoch: epoch.clone(),
+        };
+        let outcome = hub.join_collection(&peer, "posts", Some(&since(1))).unwrap();
+        assert_eq!(
+            outcome.recovery,
+            Some(Err(crate::history::RecoveryFailed::TooManyEvents))
+        );
+        // Refused: joined live, at once (no replay job).
+        assert!(peer.in_room(&collection_room("posts")));
+        assert_eq!(hub.stats().recoveries_too_long, 1);
+        hub.submit_event(event("posts", 9)).unwrap().await.unwrap();
+        assert_eq!(peer.outbound.drain_ids(), vec![9], "live only, no replay");
+        hub.registry.leave(&peer, &collection_room("posts"));
+        let outcome = hub.join_collection(&peer, "posts", Some(&since(3))).unwrap();
+        assert_eq!(outcome.recovery, Some(Ok(())));
+        hub.shutdown.cancel();
+    }
+
+    fn remote_event(id: u64, pad: &str) -> String {
+        let body = json!({"type": "update", "collection": "posts", "id": id, "doc": {"pad": pad}, "timestamp": "t"});
+        let body = crate::broker::raw(&body.to_string()).unwrap();
+        crate::broker::Envelope {
+            v: 1,
+            from: "elsewhere",
+            kind: crate::broker::Kind::Event {
+                collection: "posts",
+                body: &body,
+                offset: None,
+            },
+        }
+        .encode()
+    }
+
+    /// Events from Redis cannot be held back like `emitEvent`'s: when they bring the backlog to
+    /// `maxBacklog` while the lane waits for a reader that is behind, the lane stops waiting and
+    /// closes that reader (4008), and the reader that keeps up gets every event. Before, the
+    /// lane waited `EVICTION_GRACE` per run while the events from Redis piled up unbounded.
+    #[tokio::test]
+    async fn a_flood_from_redis_evicts_the_reader_behind_and_the_others_get_everything() {
+        let config = crate::config::Config {
+            max_backpressure: 1024,
+            max_backlog: 64 * 1024,
+            ..Default::default()
+        };
+        let hub = test_hub_with(config);
+        let (slow, normal) = (hub.new_peer(None, None), hub.new_peer(None, None));
+        for p in [&slow, &normal] {
+            hub.registry.add_peer(p.clone());
+            hub.registry.join(p, &collection_room("posts"), 10);
+        }
+        let pad = "x".repeat(900);
+        let mut ids = Vec::new();
+        // The first events leave both readers behind (past maxBackpressure, still taking).
+        for id in 0..4 {
+            hub.on_remote(&remote_event(id, &pad));
+        }
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while !slow.outbound.is_behind() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the first run is queued");
+        // The flood goes on while the lane waits: about 100 KB, past maxBacklog.
+        for id in 4..100 {
+            hub.on_remote(&remote_event(id, &pad));
+        }
+        assert!(hub.stats().backlog_bytes >= 64 * 1024);
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while ids.len() < 100 {
+                ids.extend(normal.outbound.drain_ids());
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the reader that keeps up gets everything");
+        assert_eq!(ids, (0..100).collect::<Vec<u64>>());
+        assert!(slow.outbound.was_evicted());
+        assert!(!normal.outbound.was_evicted());
+        let stats = hub.stats();
+        assert_eq!((stats.backlog_evictions, stats.slow_consumers), (1, 1));
+        assert_eq!(stats.backlog_dropped, 0);
+        assert_eq!(stats.backlog_bytes, 0);
+        hub.shutdown.cancel();
+    }
+
+    /// Past twice `maxBacklog` (the server cannot keep up) events from Redis are dropped, and
+    /// the room is told (`recovery-failed`, `Dropped`) after what it got before: never silently.
+    #[tokio::test]
+    async fn events_from_redis_past_twice_max_backlog_are_dropped_and_said_so() {
+        let config = crate::config::Config {
+            max_backlog: 64 * 1024,
+            ..Default::default()
+        };
+        let hub = test_hub_with(config);
+        let reader = hub.new_peer(None, None);
+        hub.registry.add_peer(reader.clone());
+        hub.registry.join(&reader, &collection_room("posts"), 10);
+        let pad = "x".repeat(900);
+        for id in 0..300 {
+            hub.on_remote(&remote_event(id, &pad));
+        }
+        let dropped = hub.stats().backlog_dropped as usize;
+        assert!(dropped > 0 && dropped < 300, "{dropped}");
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while got.len() < 300 - dropped + 1 {
+                got.extend(reader.outbound.drain_messages());
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("what was admitted, then the signal");
+        let last = got.pop().unwrap();
+        assert_eq!(last["type"], "recovery-failed");
+        assert_eq!(last["reason"], "Dropped");
+        assert_eq!(last["collection"], "posts");
+        let ids: Vec<u64> = got.iter().map(|m| m["id"].as_u64().unwrap()).collect();
+        assert_eq!(ids, (0..ids.len() as u64).collect::<Vec<u64>>());
+        assert!(!reader.outbound.was_evicted());
+        assert_eq!(hub.stats().backlog_bytes, 0);
+        hub.shutdown.cancel();
+    }
+
+    /// Broadcasts count in the backlog like events (they were free of it).
+    #[tokio::test]
+    async fn broadcasts_count_in_the_backlog() {
+        let hub = test_hub_with(crate::config::Config {
+            max_backlog: 4096,
+            ..Default::default()
+        });
+        let peer = hub.new_peer(None, None);
+        hub.registry.add_peer(peer.clone());
+        hub.registry.join(&peer, "chat", 10);
+        let msg = format!(r#"{{"type":"m","pad":"{}"}}"#, "y".repeat(3000));
+        for _ in 0..4 {
+            hub.broadcast_to_room("chat", msg.as_bytes(), None).unwrap();
+        }
+        assert!(hub.stats().backlog_bytes >= 3 * 3000);
+        // Past twice the bound: the fourth was dropped, and the room is told.
+        assert_eq!(hub.stats().backlog_dropped, 1);
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while got.len() < 4 {
+                got.extend(peer.outbound.drain_messages());
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        let types: Vec<&str> = got.iter().map(|m| m["type"].as_str().unwrap()).collect();
+        assert_eq!(types, vec!["m", "m", "m", "recovery-failed"]);
+        assert_eq!(got[3]["room"], "chat");
+        assert!(got[3].get("collection").is_none());
+        assert_eq!(hub.stats().backlog_bytes, 0);
         hub.shutdown.cancel();
     }
 }

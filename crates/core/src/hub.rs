@@ -370,18 +370,41 @@ impl Hub {
                     if peer.room_count() >= self.config.max_rooms_per_socket {
                         return Err(self.too_many_rooms());
                     }
-                    let authorize = self.authorize_rule(collection);
                     let room: Arc<str> = Arc::from(room);
-                    // Queued under the history lock: the seam with live events (see `history`).
-                    self.send_job(
-                        &room.clone(),
-                        Job::Recover {
-                            room,
-                            authorize,
+                    // Joined now, under the history lock, with its live frames of the room held
+                    // back: every event after the snapshot reaches it (an event queued before
+                    // the join found no member otherwise), and the replay is sent before them.
+                    peer.start_recovery(&room);
+                    match self.registry.join(peer, &room, self.config.max_rooms_per_socket) {
+                        Joined::New => {}
+                        joined => {
+                            peer.end_recovery(&room, Default::default());
+                            if joined == Joined::TooMany {
+                                return Err(self.too_many_rooms());
+                            }
+                            return Ok(JoinOutcome {
+                                position,
+                                recovery: Some(Ok(())),
+                            });
+                        }
+                    }
+                    let job = match self.authorize_rule(collection) {
+                        // Asked outside the lane (see `dispatch::Job::Recover`).
+                        Some(collection) => Job::Recover {
+                            room: room.clone(),
+                            authorize: Some(collection),
                             peer: peer.clone(),
                             entries,
                         },
-                    )?;
+                        None => Job::RecoverFinish {
+                            room: room.clone(),
+                            peer: peer.clone(),
+                            replayed: entries.iter().map(|e| e.offset).collect(),
+                            frames: entries.into_iter().map(|e| e.frame).collect(),
+                            done: None,
+                        },
+                    };
+                    self.send_job(&room, job)?;
                     return Ok(JoinOutcome {
                         position,
                         recovery: Some(Ok(())),

@@ -165,4 +165,33 @@ mod tests {
         assert_eq!(peer.outbound.drain_ids(), (0..110).collect::<Vec<u64>>());
         hub.shutdown.cancel();
     }
+
+    /// Texts handed over faster than they are taken are refused past `maxBacklog` bytes, at
+    /// once and counted, instead of the queue growing; taken ones make room again.
+    #[tokio::test]
+    async fn the_queue_refuses_past_max_backlog_bytes() {
+        let hub = crate::dispatch::test_hub_with(crate::config::Config {
+            max_backlog: 2048,
+            ..Default::default()
+        });
+        let (ingest, take) = Ingest::new(hub.clone());
+        let event = |i: u64| {
+            format!(
+                r#"{{"type":"update","collection":"posts","id":{i},"doc":{{"pad":"{}"}},"timestamp":"t"}}"#,
+                "x".repeat(800)
+            )
+        };
+        // Nobody takes yet: two fit, the third is refused.
+        let first = ingest.submit(Events::One(event(0)));
+        let second = ingest.submit(Events::One(event(1)));
+        let refused = ingest.submit(Events::One(event(2)));
+        assert!(matches!(refused.await.unwrap(), Err(Error::Behind { limit: 2048, .. })));
+        assert_eq!(hub.stats().ingest_full, 1);
+        tokio::spawn(take);
+        for answer in [first, second] {
+            assert!(answer.await.unwrap().is_ok());
+        }
+        assert!(ingest.submit(Events::One(event(3))).await.unwrap().is_ok());
+        hub.shutdown.cancel();
+    }
 }
