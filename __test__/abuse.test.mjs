@@ -4,18 +4,22 @@
 // No timing thresholds: every timeout is a hang guard, and bounds are on bytes and counts.
 
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
+import { execFileSync, fork, spawn } from 'node:child_process'
 import http from 'node:http'
 import net from 'node:net'
-import { test } from 'node:test'
+import { tmpdir } from 'node:os'
+import { after, test } from 'node:test'
 
 import {
   closeCodeIn,
   connect,
   encodeFrame,
+  freePort,
   handshake,
   httpGet,
+  isEvent,
   makeToken,
+  SECRET,
   startServer,
   waitUntil,
   withServer,
@@ -421,6 +425,83 @@ test('maxVerifyingPerUser: 429 for that user; a refresh past it is rate-limited 
     assert.equal(late.status, 101)
     assert.equal(ctx.manager.stats().refusedVerifying, 2)
     await other.close()
+// Recovery and memory bounds (issue 18).
+
+/** The room's position from a plain join's ack (rooms with history). */
+async function positionOf(client, collection = 'posts') {
+  const ack = await client.request({ type: 'join-collection', collection })
+  return ack.positions[collection]
+}
+
+async function emitMany(manager, from, n, doc = {}) {
+  for (let i = from; i < from + n; i++) {
+    await manager.emitEvent({ type: 'update', collection: 'posts', id: i, doc: { n: i, ...doc } })
+  }
+}
+
+test('a client that rejoins with since in a loop is limited; the others keep their events', T, async () => {
+  await withServer({ history: { size: 100 }, maxRecoveriesPerMinute: 3 }, async (ctx) => {
+    const bob = await ctx.connectAs('bob')
+    await bob.join('posts')
+    const mallory = await ctx.connectAs('mallory')
+    const { epoch } = await positionOf(mallory)
+    await emitMany(ctx.manager, 1, 5)
+    const replies = []
+    for (let i = 0; i < 8; i++) {
+      await mallory.request({ type: 'leave-collection', collection: 'posts' })
+      replies.push(await mallory.request({ type: 'join-collection', collection: 'posts', since: { offset: 0, epoch } }))
+    }
+    assert.deepEqual(
+      replies.map((r) => [r.type, r.recovered]),
+      [...Array(3).fill(['ack', true]), ...Array(5).fill(['ack', false])],
+    )
+    const failed = mallory.all.filter((m) => m.type === 'recovery-failed')
+    assert.equal(failed.length, 5)
+    assert.ok(failed.every((m) => m.reason === 'Limited' && m.collection === 'posts'))
+    // The five live (joined then), and three replays of them, nothing more.
+    await mallory.request({ type: 'ping' })
+    assert.equal(mallory.events('posts').length, 5 + 3 * 5)
+    assert.equal(ctx.manager.stats().recoveriesLimited, 5)
+    // Limited, not refused: the socket is in the room, live.
+    await ctx.manager.emitEvent({ type: 'create', collection: 'posts', id: 100, doc: {} })
+    await mallory.waitFor((m) => m.type === 'create' && m.id === 100)
+    // bob got every event once, in order, meanwhile.
+    await bob.waitFor((m) => m.type === 'create' && m.id === 100)
+    assert.deepEqual(
+      bob.events('posts').map((e) => e.id),
+      [1, 2, 3, 4, 5, 100],
+    )
+  })
+})
+
+test('a recovery over maxRecoveryEvents is refused: recovered false, recovery-failed TooManyEvents', T, async () => {
+  await withServer({ history: { size: 100 }, maxRecoveryEvents: 5 }, async (ctx) => {
+    const c = await ctx.connectAs('u')
+    const { epoch } = await positionOf(c)
+    c.ws.terminate()
+    await c.waitForClose()
+    await emitMany(ctx.manager, 1, 10)
+
+    const late = await ctx.connectAs('u')
+    const reply = await late.request({ type: 'join-collection', collection: 'posts', since: { offset: 0, epoch } })
+    assert.equal(reply.recovered, false)
+    const failed = await late.waitFor((m) => m.type === 'recovery-failed')
+    assert.equal(failed.reason, 'TooManyEvents')
+    assert.equal(failed.collection, 'posts')
+    assert.equal(ctx.manager.stats().recoveriesTooLong, 1)
+    await ctx.manager.emitEvent({ type: 'create', collection: 'posts', id: 11, doc: {} })
+    const live = await late.waitFor(isEvent)
+    assert.equal(live.id, 11, 'no replay: live from the join on')
+
+    // Five missed is within the bound.
+    const soon = await ctx.connectAs('u')
+    const ok = await soon.request({ type: 'join-collection', collection: 'posts', since: { offset: 6, epoch } })
+    assert.equal(ok.recovered, true)
+    await waitUntil(() => soon.events('posts').length === 5, { label: 'the five missed events' })
+    assert.deepEqual(
+      soon.events('posts').map((e) => e.offset),
+      [7, 8, 9, 10, 11],
+    )
   })
 })
 
@@ -634,4 +715,183 @@ test("?auth=message on the app's own port (attachTo): the SDK's URL the app sees
     server.closeAllConnections()
     await new Promise((resolve) => server.close(resolve))
   }
+ * The events a history keeps, probed from a client: the oldest offset a join with `since` still
+ * recovers from, and the events that replay gives.
+ */
+async function keptEvents(ctx, last, epoch) {
+  for (let since = 0; since <= last; since++) {
+    const c = await ctx.connectAs(`probe-${since}`)
+    const reply = await c.request({ type: 'join-collection', collection: 'posts', since: { offset: since, epoch } })
+    if (reply.recovered) {
+      await waitUntil(() => c.events('posts').length === last - since, { label: `the events after ${since}` })
+      const events = c.events('posts')
+      await c.close()
+      return events
+    }
+    await c.close()
+  }
+  return []
+}
+
+const MAX_HISTORY_BYTES = 16 * 1024
+
+/** 40 events of about 2 KB into a history of 1,000 events but 16 KiB: what is kept is under the cap. */
+async function assertHistoryKeepsWithinMaxBytes(ctx) {
+  const c = await ctx.connectAs('u')
+  const { epoch } = await positionOf(c)
+  const pad = 'x'.repeat(2000)
+  await emitMany(ctx.manager, 1, 40, { pad })
+  const kept = await keptEvents(ctx, 40, epoch)
+  const size = (e) => Buffer.byteLength(JSON.stringify(e))
+  const bytes = kept.reduce((sum, e) => sum + size(e), 0)
+  assert.ok(kept.length >= 4 && kept.length < 10, `${kept.length} events kept`)
+  assert.ok(bytes <= MAX_HISTORY_BYTES, `${bytes} bytes kept`)
+  assert.equal(kept.at(-1).offset, 40, 'the newest are the ones kept')
+  // The one before the oldest kept would not have fitted.
+  assert.ok(bytes + size(kept[0]) > MAX_HISTORY_BYTES - 64 * kept.length)
+  assert.ok(ctx.manager.stats().historyEvictedBytes >= (40 - 10) * 2000)
+  return kept.length
+}
+
+test('a history room with big events keeps within maxBytes', T, async () => {
+  const history = { size: 1000, maxBytes: MAX_HISTORY_BYTES }
+  await withServer({ history, maxRecoveriesPerMinute: 0 }, assertHistoryKeepsWithinMaxBytes)
+  await assert.rejects(
+    withServer({ history: { size: 10, maxBytes: 100 } }, () => {}),
+    /maxBytes/,
+  )
+})
+
+const redisServer = (() => {
+  try {
+    return execFileSync('sh', ['-c', 'command -v redis-server']).toString().trim() || null
+  } catch {
+    return null
+  }
+})()
+const RT = { ...T, skip: redisServer ? false : 'redis-server is not installed' }
+const stops = []
+after(async () => {
+  for (const stop of stops.reverse()) await stop()
+})
+
+/** A redis-server on a free loopback port, stopped after the tests; resolves with its URL. */
+async function startRedis() {
+  const port = await freePort()
+  const proc = spawn(redisServer, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+    stdio: 'ignore',
+    cwd: tmpdir(),
+  })
+  const exited = new Promise((resolve) => proc.once('exit', resolve))
+  stops.push(async () => {
+    proc.kill('SIGKILL')
+    await exited
+  })
+  await waitUntil(
+    () =>
+      new Promise((resolve) => {
+        const s = net.connect(port, '127.0.0.1', () => s.end('PING\r\n'))
+        s.on('data', (d) => resolve(String(d).includes('PONG')))
+        s.on('error', () => resolve(false))
+      }),
+    { label: `redis on ${port}` },
+  )
+  return `redis://127.0.0.1:${port}`
+}
+
+test('the Redis history keeps within maxBytes too', RT, async () => {
+  const url = await startRedis()
+  const history = { size: 1000, maxBytes: MAX_HISTORY_BYTES }
+  await withServer({ history, maxRecoveriesPerMinute: 0, redis: { url } }, assertHistoryKeepsWithinMaxBytes)
+})
+
+/** An instance in a child process (__test__/fixtures/instance.mjs), driven over IPC. */
+async function startInstance(options) {
+  const child = fork(new URL('./fixtures/instance.mjs', import.meta.url), [], {
+    env: { ...process.env, INSTANCE_OPTIONS: JSON.stringify({ secret: SECRET, ...options }) },
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  })
+  const exited = new Promise((resolve) => child.once('exit', resolve))
+  const pending = new Map()
+  let seq = 0
+  const info = await new Promise((resolve, reject) => {
+    child.once('exit', (code) => reject(new Error(`instance exited early (${code})`)))
+    child.on('message', (m) => (m.ready ? resolve(m) : (pending.get(m.re)?.(m), pending.delete(m.re))))
+  })
+  const call = (cmd, args = {}) =>
+    new Promise((resolve) => {
+      const n = ++seq
+      pending.set(n, resolve)
+      child.send({ cmd, seq: n, ...args })
+    })
+  const close = async () => {
+    if (child.exitCode !== null || child.signalCode !== null || !child.connected) return
+    const timer = setTimeout(() => child.kill('SIGKILL'), 5000)
+    await Promise.race([call('close'), exited])
+    await exited
+    clearTimeout(timer)
+  }
+  stops.push(close)
+  return { ...info, call, close }
+}
+
+/** Events in the flood, about 1 KB each: 60 MB, many times what the instance may hold. */
+const FLOOD_EVENTS = 60_000
+
+/** How much the receiving instance's RSS may grow during the flood. */
+const FLOOD_RSS_BOUND = 40 * 1024 * 1024
+
+test('a flood of events from Redis to a reader that stops reading ends in 4008, RSS bounded', RT, async () => {
+  const url = await startRedis()
+  // A holds the readers; B emits, so everything reaches A from Redis.
+  const a = await startInstance({ redis: { url }, maxBacklog: 4 * 1024 * 1024 })
+  const b = await startInstance({ redis: { url } })
+  const normal = await connect(`ws://127.0.0.1:${a.port}/`, { token: makeToken({ id: 'bob' }), label: 'bob' })
+  await normal.join('posts')
+  const slow = await silentSocket(a.port, makeToken({ id: 'mallory' }))
+  slow.socket.write(
+    encodeFrame(0x1, Buffer.from(JSON.stringify({ type: 'join-collection', collection: 'posts', id: 1 }))),
+  )
+  slow.resume()
+  await waitUntil(() => slow.received().includes('"ack"'), { label: "the slow reader's join" })
+  slow.socket.pause()
+  const before = (await a.call('stats')).rss
+  let most = before
+  const sampling = setInterval(async () => (most = Math.max(most, (await a.call('stats')).rss)), 50)
+  try {
+    // A marker first: both readers are subscribed on A once it arrives.
+    await b.call('emit', { n: 1, from: 'marker' })
+    await normal.waitFor(isEvent, { label: 'the first event through Redis' })
+    // Once evicted, the slow reader reads again, to see its close frame.
+    const evicted = waitUntil(async () => (await a.call('stats')).stats.slowConsumers === 1, {
+      timeout: 120_000,
+      label: 'the slow reader evicted',
+    }).then(() => slow.resume())
+    await b.call('emit', { n: FLOOD_EVENTS, from: 'B', start: 0, pad: 1000 })
+    await waitUntil(() => normal.events('posts').length === FLOOD_EVENTS + 1, {
+      timeout: 120_000,
+      label: `bob to get ${FLOOD_EVENTS} events`,
+    })
+    const seqs = normal
+      .events('posts')
+      .slice(1)
+      .map((e) => e.doc.seq)
+    assert.deepEqual(
+      seqs,
+      Array.from({ length: FLOOD_EVENTS }, (_, i) => i),
+      'every event once, in order',
+    )
+    await evicted
+  } finally {
+    clearInterval(sampling)
+  }
+  assert.ok(most - before < FLOOD_RSS_BOUND, `A's RSS grew by ${most - before} bytes during a 60 MB flood`)
+  console.log(`flood: A's RSS grew by ${most - before} bytes`)
+  await waitUntil(() => closeCodeIn(slow.received()) !== undefined, { label: "the slow reader's close frame" })
+  assert.equal(closeCodeIn(slow.received()), 4008)
+  const s = (await a.call('stats')).stats
+  assert.equal(s.backlogDropped, 0, 'nothing dropped: the reader that keeps up got it all')
+  await normal.close()
+  await a.close()
+  await b.close()
 })
