@@ -99,9 +99,12 @@ export interface ClientEvents {
   message: (message: ServerMessage) => void
   /**
    * Events missed while away could not be replayed (the room keeps no history, the history was
-   * trimmed, or the server restarted): refetch what the app shows from that collection.
+   * trimmed, or the server restarted; `reason` `"Limited"` or `"TooManyEvents"` past the server's
+   * recovery bounds), or the server dropped messages for the room while overloaded (`"Dropped"`):
+   * refetch what the app shows from that collection. `collection` is absent for a room that is not
+   * a collection's.
    */
-  'recovery-failed': (info: { collection: string; room: string; reason: string }) => void
+  'recovery-failed': (info: { collection?: string; room: string; reason: string }) => void
 }
 
 export declare class RealtimeClient {
