@@ -71,6 +71,8 @@ pub enum Job {
         frames: Vec<Bytes>,
         /// The offsets the replay carried: their live copies are dropped.
         replayed: HashSet<u64>,
+        /// The client's `since`: live frames at or before it are dropped (it has them).
+        through: u64,
         done: Option<oneshot::Sender<()>>,
     },
     /// A socket rejoining with `since`, already in the room with its live frames of it held
@@ -82,6 +84,8 @@ pub enum Job {
         authorize: Option<String>,
         peer: Arc<Peer>,
         entries: Vec<Entry>,
+        /// The client's `since` (see [`Job::RecoverFinish`]).
+        through: u64,
     },
     /// Jobs sent together (events emitted in one call), taken in order.
     Many(Vec<Job>),
@@ -179,6 +183,7 @@ async fn accept(hub: &Arc<Hub>, pending: &mut Pending, job: Job) {
             authorize,
             peer,
             entries,
+            through,
         } => {
             let hub = hub.clone();
             tokio::spawn(async move {
@@ -188,10 +193,11 @@ async fn accept(hub: &Arc<Hub>, pending: &mut Pending, job: Job) {
                     peer: peer.clone(),
                     frames,
                     replayed: entries.iter().map(|e| e.offset).collect(),
+                    through,
                     done: None,
                 };
                 if hub.send_job(&room, finish).is_err() {
-                    peer.end_recovery(&room, Default::default());
+                    peer.end_recovery(&room, Default::default(), through);
                 }
             });
         }
@@ -370,7 +376,7 @@ async fn run_barrier(hub: &Hub, job: Job) {
             peer.start_recovery(&room);
             let joined = hub.registry.join(&peer, &room, hub.config.max_rooms_per_socket) == Joined::New;
             if !joined {
-                peer.end_recovery(&room, Default::default());
+                peer.end_recovery(&room, Default::default(), 0);
             }
             let _ = ready.send(joined);
         }
@@ -379,13 +385,14 @@ async fn run_barrier(hub: &Hub, job: Job) {
             peer,
             frames,
             replayed,
+            through,
             done,
         } => {
             for frame in frames {
                 hub.registry.send_to(&peer, frame, &hub.stats);
             }
             // Live copies of what the replay carried are dropped: each offset once.
-            for (_, frame) in peer.end_recovery(&room, replayed) {
+            for (_, frame) in peer.end_recovery(&room, replayed, through) {
                 hub.registry.send_to(&peer, frame, &hub.stats);
             }
             if let Some(done) = done {
@@ -827,6 +834,49 @@ mod tests {
         .await
         .expect("the replay and the held live event arrive");
         assert_eq!(ids, vec![0, 1, 2, 3, 4, 500]);
+        hub.shutdown.cancel();
+    }
+
+    /// A socket joins its room at once when it recovers, while events recorded before the
+    /// snapshot may still wait on the lane: their live copies are dropped (those up to `since`
+    /// the client has, the rest the replay carries), so each event arrives once, in order.
+    #[tokio::test]
+    async fn events_still_on_the_lane_at_a_recovery_arrive_once() {
+        let hub = test_hub_with(history_config());
+        let (other, recovering) = (hub.new_peer(None, None), hub.new_peer(None, None));
+        for p in [&other, &recovering] {
+            hub.registry.add_peer(p.clone());
+        }
+        hub.registry.join(&other, &collection_room("posts"), 10);
+        // Queued on the lane, not yet delivered (the lane runs when this test awaits).
+        let queued: Vec<_> = (1..=3)
+            .map(|id| hub.submit_event(event("posts", id)).unwrap())
+            .collect();
+        let since = crate::history::Since {
+            offset: 2,
+            epoch: epoch_of(&hub, "posts"),
+        };
+        let outcome = hub.join_collection(&recovering, "posts", Some(&since)).unwrap();
+        assert_eq!(outcome.recovery, Some(Ok(())));
+        for q in queued {
+            q.await.unwrap();
+        }
+        hub.submit_event(event("posts", 4)).unwrap().await.unwrap();
+        let mut ids = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while ids.len() < 2 {
+                ids.extend(recovering.outbound.drain_ids());
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the replay and the live event");
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        ids.extend(recovering.outbound.drain_ids());
+        assert_eq!(ids, vec![3, 4]);
+        assert_eq!(other.outbound.drain_ids(), vec![1, 2, 3, 4]);
         hub.shutdown.cancel();
     }
 

@@ -378,7 +378,7 @@ impl Hub {
                     match self.registry.join(peer, &room, self.config.max_rooms_per_socket) {
                         Joined::New => {}
                         joined => {
-                            peer.end_recovery(&room, Default::default());
+                            peer.end_recovery(&room, Default::default(), 0);
                             if joined == Joined::TooMany {
                                 return Err(self.too_many_rooms());
                             }
@@ -395,12 +395,14 @@ impl Hub {
                             authorize: Some(collection),
                             peer: peer.clone(),
                             entries,
+                            through: since.offset,
                         },
                         None => Job::RecoverFinish {
                             room: room.clone(),
                             peer: peer.clone(),
                             replayed: entries.iter().map(|e| e.offset).collect(),
                             frames: entries.into_iter().map(|e| e.frame).collect(),
+                            through: since.offset,
                             done: None,
                         },
                     };
@@ -844,6 +846,7 @@ impl Hub {
                 peer: peer.clone(),
                 frames,
                 replayed: entries.iter().map(|e| e.offset).collect(),
+                through: since.offset,
                 done: Some(done),
             },
         )?;

@@ -145,12 +145,14 @@ impl Peer {
         offset.is_some_and(|o| offsets.contains(&o))
     }
 
-    /// Ends a recovery that replayed `replayed`: the live frames held back, in order, without
-    /// the replayed ones; later live copies of those are dropped too.
-    pub fn end_recovery(&self, room: &str, replayed: HashSet<u64>) -> Held {
+    /// Ends a recovery that replayed `replayed` of what came after offset `through`: the live
+    /// frames held back, in order, without the replayed ones and those at or before `through`
+    /// (the client has them); later live copies of the replayed ones are dropped too.
+    pub fn end_recovery(&self, room: &str, replayed: HashSet<u64>, through: u64) -> Held {
         let mut r = self.recovering.lock();
         let mut held = r.held.remove(room).unwrap_or_default();
-        held.retain(|(o, _)| !o.is_some_and(|o| replayed.contains(&o)));
+        // Offsets start at 1: `through` 0 (nothing seen) drops none.
+        held.retain(|(o, _)| !o.is_some_and(|o| (1..=through).contains(&o) || replayed.contains(&o)));
         if !replayed.is_empty() {
             r.replayed
                 .insert(Arc::from(room), (replayed, std::time::Instant::now()));

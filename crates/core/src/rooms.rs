@@ -715,7 +715,7 @@ mod tests {
         assert_eq!(sender.outbound.queued_bytes(), 0);
         // Held back one by one, with their offsets; replayed offset 1 is not delivered twice.
         assert_eq!(recovering.outbound.queued_bytes(), 0);
-        let held = recovering.end_recovery("r", [1u64].into_iter().collect());
+        let held = recovering.end_recovery("r", [1u64].into_iter().collect(), 0);
         let offsets: Vec<_> = held.iter().map(|(o, _)| *o).collect();
         assert_eq!(offsets, vec![Some(0), Some(2)]);
         assert_eq!(stats.messages_out.load(Ordering::Relaxed), 3);
