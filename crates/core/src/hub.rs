@@ -304,7 +304,10 @@ impl Hub {
                 policy,
                 done,
             };
-            appender.send(append).map_err(|_| Error::Closed)?;
+            if let Err(mpsc::error::SendError(a)) = appender.send(append) {
+                self.backlog.fetch_sub(a.json.len(), Ordering::Relaxed);
+                return Err(Error::Closed);
+            }
             return Ok(delivered);
         }
         self.publish_event(&event.collection, &event.json, None);
