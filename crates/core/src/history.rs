@@ -6,11 +6,13 @@
 //! offset replayed (through the same authorize rules as live delivery), then live ones, or
 //! `recovery-failed` when the epoch changed or the events were trimmed.
 //!
-//! The seam between replay and live delivery is closed by ordering, not by deduplication: an
-//! event is recorded and queued on its room's lane under the room's history lock, and a recovery
-//! snapshots the history and queues its own job under the same lock. Every event recorded before
-//! the snapshot is replayed; every event after it is delivered live, after the recovering socket
-//! joined in the lane.
+//! The seam between replay and live delivery: an event is recorded and queued on its room's
+//! lane under the room's history lock, and a recovery snapshots the history and joins the socket
+//! under the same lock, with its live frames of the room held back (`Peer::start_recovery`).
+//! Every event recorded before the snapshot is replayed; every event after it reaches the socket
+//! live, released after the replay. Held copies of events up to the snapshot are dropped (the
+//! client has them, or the replay carries them). The replay's authorize questions are asked
+//! outside the lane, so a long replay never holds back the lane's other rooms.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
