@@ -425,83 +425,6 @@ test('maxVerifyingPerUser: 429 for that user; a refresh past it is rate-limited 
     assert.equal(late.status, 101)
     assert.equal(ctx.manager.stats().refusedVerifying, 2)
     await other.close()
-// Recovery and memory bounds (issue 18).
-
-/** The room's position from a plain join's ack (rooms with history). */
-async function positionOf(client, collection = 'posts') {
-  const ack = await client.request({ type: 'join-collection', collection })
-  return ack.positions[collection]
-}
-
-async function emitMany(manager, from, n, doc = {}) {
-  for (let i = from; i < from + n; i++) {
-    await manager.emitEvent({ type: 'update', collection: 'posts', id: i, doc: { n: i, ...doc } })
-  }
-}
-
-test('a client that rejoins with since in a loop is limited; the others keep their events', T, async () => {
-  await withServer({ history: { size: 100 }, maxRecoveriesPerMinute: 3 }, async (ctx) => {
-    const bob = await ctx.connectAs('bob')
-    await bob.join('posts')
-    const mallory = await ctx.connectAs('mallory')
-    const { epoch } = await positionOf(mallory)
-    await emitMany(ctx.manager, 1, 5)
-    const replies = []
-    for (let i = 0; i < 8; i++) {
-      await mallory.request({ type: 'leave-collection', collection: 'posts' })
-      replies.push(await mallory.request({ type: 'join-collection', collection: 'posts', since: { offset: 0, epoch } }))
-    }
-    assert.deepEqual(
-      replies.map((r) => [r.type, r.recovered]),
-      [...Array(3).fill(['ack', true]), ...Array(5).fill(['ack', false])],
-    )
-    const failed = mallory.all.filter((m) => m.type === 'recovery-failed')
-    assert.equal(failed.length, 5)
-    assert.ok(failed.every((m) => m.reason === 'Limited' && m.collection === 'posts'))
-    // The five live (joined then), and three replays of them, nothing more.
-    await mallory.request({ type: 'ping' })
-    assert.equal(mallory.events('posts').length, 5 + 3 * 5)
-    assert.equal(ctx.manager.stats().recoveriesLimited, 5)
-    // Limited, not refused: the socket is in the room, live.
-    await ctx.manager.emitEvent({ type: 'create', collection: 'posts', id: 100, doc: {} })
-    await mallory.waitFor((m) => m.type === 'create' && m.id === 100)
-    // bob got every event once, in order, meanwhile.
-    await bob.waitFor((m) => m.type === 'create' && m.id === 100)
-    assert.deepEqual(
-      bob.events('posts').map((e) => e.id),
-      [1, 2, 3, 4, 5, 100],
-    )
-  })
-})
-
-test('a recovery over maxRecoveryEvents is refused: recovered false, recovery-failed TooManyEvents', T, async () => {
-  await withServer({ history: { size: 100 }, maxRecoveryEvents: 5 }, async (ctx) => {
-    const c = await ctx.connectAs('u')
-    const { epoch } = await positionOf(c)
-    c.ws.terminate()
-    await c.waitForClose()
-    await emitMany(ctx.manager, 1, 10)
-
-    const late = await ctx.connectAs('u')
-    const reply = await late.request({ type: 'join-collection', collection: 'posts', since: { offset: 0, epoch } })
-    assert.equal(reply.recovered, false)
-    const failed = await late.waitFor((m) => m.type === 'recovery-failed')
-    assert.equal(failed.reason, 'TooManyEvents')
-    assert.equal(failed.collection, 'posts')
-    assert.equal(ctx.manager.stats().recoveriesTooLong, 1)
-    await ctx.manager.emitEvent({ type: 'create', collection: 'posts', id: 11, doc: {} })
-    const live = await late.waitFor(isEvent)
-    assert.equal(live.id, 11, 'no replay: live from the join on')
-
-    // Five missed is within the bound.
-    const soon = await ctx.connectAs('u')
-    const ok = await soon.request({ type: 'join-collection', collection: 'posts', since: { offset: 6, epoch } })
-    assert.equal(ok.recovered, true)
-    await waitUntil(() => soon.events('posts').length === 5, { label: 'the five missed events' })
-    assert.deepEqual(
-      soon.events('posts').map((e) => e.offset),
-      [7, 8, 9, 10, 11],
-    )
   })
 })
 
@@ -715,6 +638,89 @@ test("?auth=message on the app's own port (attachTo): the SDK's URL the app sees
     server.closeAllConnections()
     await new Promise((resolve) => server.close(resolve))
   }
+})
+
+// Recovery and memory bounds (issue 18).
+
+/** The room's position from a plain join's ack (rooms with history). */
+async function positionOf(client, collection = 'posts') {
+  const ack = await client.request({ type: 'join-collection', collection })
+  return ack.positions[collection]
+}
+
+async function emitMany(manager, from, n, doc = {}) {
+  for (let i = from; i < from + n; i++) {
+    await manager.emitEvent({ type: 'update', collection: 'posts', id: i, doc: { n: i, ...doc } })
+  }
+}
+
+test('a client that rejoins with since in a loop is limited; the others keep their events', T, async () => {
+  await withServer({ history: { size: 100 }, maxRecoveriesPerMinute: 3 }, async (ctx) => {
+    const bob = await ctx.connectAs('bob')
+    await bob.join('posts')
+    const mallory = await ctx.connectAs('mallory')
+    const { epoch } = await positionOf(mallory)
+    await emitMany(ctx.manager, 1, 5)
+    const replies = []
+    for (let i = 0; i < 8; i++) {
+      await mallory.request({ type: 'leave-collection', collection: 'posts' })
+      replies.push(await mallory.request({ type: 'join-collection', collection: 'posts', since: { offset: 0, epoch } }))
+    }
+    assert.deepEqual(
+      replies.map((r) => [r.type, r.recovered]),
+      [...Array(3).fill(['ack', true]), ...Array(5).fill(['ack', false])],
+    )
+    const failed = mallory.all.filter((m) => m.type === 'recovery-failed')
+    assert.equal(failed.length, 5)
+    assert.ok(failed.every((m) => m.reason === 'Limited' && m.collection === 'posts'))
+    // The five live (joined then), and three replays of them, nothing more.
+    await mallory.request({ type: 'ping' })
+    assert.equal(mallory.events('posts').length, 5 + 3 * 5)
+    assert.equal(ctx.manager.stats().recoveriesLimited, 5)
+    // Limited, not refused: the socket is in the room, live.
+    await ctx.manager.emitEvent({ type: 'create', collection: 'posts', id: 100, doc: {} })
+    await mallory.waitFor((m) => m.type === 'create' && m.id === 100)
+    // bob got every event once, in order, meanwhile.
+    await bob.waitFor((m) => m.type === 'create' && m.id === 100)
+    assert.deepEqual(
+      bob.events('posts').map((e) => e.id),
+      [1, 2, 3, 4, 5, 100],
+    )
+  })
+})
+
+test('a recovery over maxRecoveryEvents is refused: recovered false, recovery-failed TooManyEvents', T, async () => {
+  await withServer({ history: { size: 100 }, maxRecoveryEvents: 5 }, async (ctx) => {
+    const c = await ctx.connectAs('u')
+    const { epoch } = await positionOf(c)
+    c.ws.terminate()
+    await c.waitForClose()
+    await emitMany(ctx.manager, 1, 10)
+
+    const late = await ctx.connectAs('u')
+    const reply = await late.request({ type: 'join-collection', collection: 'posts', since: { offset: 0, epoch } })
+    assert.equal(reply.recovered, false)
+    const failed = await late.waitFor((m) => m.type === 'recovery-failed')
+    assert.equal(failed.reason, 'TooManyEvents')
+    assert.equal(failed.collection, 'posts')
+    assert.equal(ctx.manager.stats().recoveriesTooLong, 1)
+    await ctx.manager.emitEvent({ type: 'create', collection: 'posts', id: 11, doc: {} })
+    const live = await late.waitFor(isEvent)
+    assert.equal(live.id, 11, 'no replay: live from the join on')
+
+    // Five missed is within the bound.
+    const soon = await ctx.connectAs('u')
+    const ok = await soon.request({ type: 'join-collection', collection: 'posts', since: { offset: 6, epoch } })
+    assert.equal(ok.recovered, true)
+    await waitUntil(() => soon.events('posts').length === 5, { label: 'the five missed events' })
+    assert.deepEqual(
+      soon.events('posts').map((e) => e.offset),
+      [7, 8, 9, 10, 11],
+    )
+  })
+})
+
+/**
  * The events a history keeps, probed from a client: the oldest offset a join with `since` still
  * recovers from, and the events that replay gives.
  */
