@@ -44,6 +44,29 @@ pub type HandlerFn =
 
 type AuthorizeAnswer = Result<Vec<Decision>, String>;
 
+/// Log lines the JS logger may have waiting: past this a line is dropped and counted
+/// (`stats` / `payload_realtime_log_lines_dropped_total`), never queued without bound.
+const LOG_QUEUE: usize = 1024;
+
+/// `(level, line) => void`: the server's log lines, already redacted and rate-limited.
+pub type LogFn =
+    ThreadsafeFunction<FnArgs<(String, String)>, (), FnArgs<(String, String)>, Status, false, true, LOG_QUEUE>;
+
+/// The host's logger, behind a bounded queue.
+pub struct JsLogger {
+    pub f: LogFn,
+}
+
+impl payload_realtime_core::log::LogOut for JsLogger {
+    fn line(&self, level: payload_realtime_core::log::Level, text: &str) -> bool {
+        let status = self.f.call(
+            FnArgs::from((level.as_str().to_string(), text.to_string())),
+            napi::threadsafe_function::ThreadsafeFunctionCallMode::NonBlocking,
+        );
+        status == Status::Ok
+    }
+}
+
 /// Authorize rules through JS, batched across events.
 pub struct JsAuthorizer {
     batcher: Batcher<AuthorizeRequest, AuthorizeAnswer>,

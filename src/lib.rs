@@ -19,7 +19,7 @@ use serde_json::Value;
 use payload_realtime_core::adopt;
 use payload_realtime_core::auth::PayloadKey;
 use payload_realtime_core::callbacks::{self, Callbacks};
-use payload_realtime_core::config::{Config, HostRules};
+use payload_realtime_core::config::{Config, HostRules, MetricsAccess};
 use payload_realtime_core::error;
 use payload_realtime_core::history::{HistoryPolicy, HistoryRule, DEFAULT_HISTORY_MAX_BYTES};
 use payload_realtime_core::hub::Hub;
@@ -27,7 +27,7 @@ use payload_realtime_core::ingest::{self, Events};
 use payload_realtime_core::server::{RequestHead, Server};
 
 use crate::js_callbacks::{
-    AuthorizeFn, HandlerFn, JsAuthorizer, JsHandlers, JsJoinRule, JsVerifier, MayJoinFn, VerifyFn,
+    AuthorizeFn, HandlerFn, JsAuthorizer, JsHandlers, JsJoinRule, JsLogger, JsVerifier, LogFn, MayJoinFn, VerifyFn,
 };
 
 /// Maps a core error to a JS error: the one place this happens. The JS error's `code` is napi's
@@ -127,6 +127,13 @@ pub struct NativeOptions {
     pub max_recoveries_per_minute: Option<u32>,
     /// Most events one recovery replays.
     pub max_recovery_events: Option<u32>,
+    /// `GET /metrics` on the server's port, for `Authorization: Bearer <metrics_token>`.
+    pub metrics_token: Option<String>,
+    /// `GET /metrics` on a listener of its own (0 picks a free port), on `metrics_host`.
+    pub metrics_port: Option<u32>,
+    pub metrics_host: Option<String>,
+    /// Milliseconds a drain gives sockets to go after their 1001 (default 5000).
+    pub drain_timeout: Option<u32>,
 }
 
 #[napi(object)]
@@ -233,6 +240,17 @@ impl NativeOptions {
                 .map_or(d.auth_timeout, |ms| Duration::from_millis(ms as u64)),
             max_recoveries_per_minute: self.max_recoveries_per_minute.unwrap_or(d.max_recoveries_per_minute),
             max_recovery_events: self.max_recovery_events.map_or(d.max_recovery_events, |v| v as usize),
+            metrics: match (self.metrics_token, self.metrics_port) {
+                (Some(token), _) => Some(MetricsAccess::Token(token)),
+                (None, Some(port)) => Some(MetricsAccess::Listen {
+                    host: self.metrics_host.unwrap_or_else(|| "127.0.0.1".into()),
+                    port: port as u16,
+                }),
+                (None, None) => None,
+            },
+            drain_timeout: self
+                .drain_timeout
+                .map_or(d.drain_timeout, |ms| Duration::from_millis(ms as u64)),
         }
     }
 }
@@ -303,6 +321,14 @@ pub struct NativeStats {
     pub backlog_dropped: f64,
     /// Bytes of events dropped from room histories for their `maxBytes`.
     pub history_evicted_bytes: f64,
+    /// Bytes of WebSocket frames read from clients.
+    pub bytes_in: f64,
+    /// Bytes of the frames `messages_out` counts.
+    pub bytes_out: f64,
+    /// Calls of the authorize callback (one per event and room).
+    pub authorize_calls: f64,
+    /// Log lines dropped because the logger's queue was full.
+    pub log_lines_dropped: f64,
 }
 
 #[napi(object)]
@@ -314,6 +340,8 @@ pub struct NativeBrokerStats {
     pub subscriptions: f64,
     /// Messages dropped because no instance of this app wrote them.
     pub rejected: f64,
+    /// Times the connection was established again after a loss.
+    pub reconnects: f64,
 }
 
 /// A strong function held while the server runs, so Node stays alive like it does for any
@@ -327,13 +355,14 @@ pub struct RealtimeServer {
     server: Arc<Mutex<Option<Server>>>,
     keep_alive: Mutex<Option<KeepAliveFn>>,
     port: u16,
+    metrics_port: Option<u16>,
 }
 
 /// Starts the server: binds the port (a busy port throws here) and returns at once.
 #[napi(
     js_name = "initUWebSocket",
     catch_unwind,
-    ts_args_type = "options: NativeOptions, authorize?: ((json: string) => Promise<string>) | null, handle?: ((calls: Array<{ type: string, socketId: string, user: any, message: any }>) => Promise<Array<{ ok: boolean, reply?: any, code?: string, message?: string }>>) | null, keepAlive?: (() => void) | null, verifyUser?: ((token: string, claims: any) => Promise<any>) | null, mayJoin?: ((questions: Array<{ user: any, rooms: Array<string> }>) => Promise<Array<Array<boolean>>>) | null"
+    ts_args_type = "options: NativeOptions, authorize?: ((json: string) => Promise<string>) | null, handle?: ((calls: Array<{ type: string, socketId: string, user: any, message: any }>) => Promise<Array<{ ok: boolean, reply?: any, code?: string, message?: string }>>) | null, keepAlive?: (() => void) | null, verifyUser?: ((token: string, claims: any) => Promise<any>) | null, mayJoin?: ((questions: Array<{ user: any, rooms: Array<string> }>) => Promise<Array<Array<boolean>>>) | null, log?: ((level: 'error' | 'warn' | 'info' | 'debug', line: string) => void) | null"
 )]
 pub fn init_u_web_socket(
     options: NativeOptions,
@@ -342,6 +371,7 @@ pub fn init_u_web_socket(
     keep_alive: Option<KeepAliveFn>,
     verify_user: Option<VerifyFn>,
     may_join: Option<MayJoinFn>,
+    log: Option<LogFn>,
 ) -> Result<RealtimeServer> {
     let config = options.into_config();
     let mut batchers: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = Vec::new();
@@ -368,6 +398,12 @@ pub fn init_u_web_socket(
             handlers,
             verifier: verify_user.map(|f| Arc::new(JsVerifier { f: Arc::new(f) }) as Arc<dyn callbacks::UserVerifier>),
             join_rule,
+            logger: log.map(|f| {
+                Arc::new(payload_realtime_core::log::Sink {
+                    out: Box::new(JsLogger { f }),
+                    dropped: Default::default(),
+                })
+            }),
         },
     )
     .map_err(js_error)?;
@@ -382,6 +418,7 @@ pub fn init_u_web_socket(
     Ok(RealtimeServer {
         hub: server.hub().clone(),
         port: server.local_addr().port(),
+        metrics_port: server.metrics_addr().map(|a| a.port()),
         server: Arc::new(Mutex::new(Some(server))),
         keep_alive: Mutex::new(keep_alive),
     })
@@ -393,6 +430,12 @@ impl RealtimeServer {
     #[napi(getter)]
     pub fn port(&self) -> u32 {
         self.port as u32
+    }
+
+    /// The port of `/metrics`'s own listener (`metrics: { port }`), else `null`.
+    #[napi(getter)]
+    pub fn metrics_port(&self) -> Option<u32> {
+        self.metrics_port.map(u32::from)
     }
 
     /// This server's instance id (the prefix of its socket ids).
@@ -545,6 +588,7 @@ impl RealtimeServer {
                 errors: b.errors as f64,
                 subscriptions: b.subscriptions as f64,
                 rejected: b.rejected as f64,
+                reconnects: b.reconnects as f64,
             }),
             tasks: self.runtime().map_or(0.0, |h| h.metrics().num_alive_tasks() as f64),
             heap_bytes: payload_realtime_core::memory::heap_in_use().map(|b| b as f64),
@@ -558,22 +602,27 @@ impl RealtimeServer {
             backlog_evictions: s.backlog_evictions as f64,
             backlog_dropped: s.backlog_dropped as f64,
             history_evicted_bytes: s.history_evicted_bytes as f64,
+            bytes_in: s.bytes_in as f64,
+            bytes_out: s.bytes_out as f64,
+            authorize_calls: s.authorize_calls as f64,
+            log_lines_dropped: s.log_dropped as f64,
         }
     }
 
     /// `close()` for a process that is exiting (`process.on('exit')`, where nothing
-    /// asynchronous runs any more): the same shutdown, waited for on this thread for at most
-    /// `timeout_ms`, so sockets get their 1001 before the process is gone. Returns whether it
-    /// finished in time. Idempotent.
+    /// asynchronous runs any more): the same drain, with half of `timeout_ms` as its grace,
+    /// waited for on this thread for at most `timeout_ms`, so sockets get their 1001 before the
+    /// process is gone. Returns whether it finished in time. Idempotent.
     #[napi(catch_unwind)]
     pub fn close_sync(&self, timeout_ms: u32) -> bool {
         let Some(server) = self.take_for_shutdown() else {
             return true;
         };
         let (done, finished) = std::sync::mpsc::channel();
+        let grace = Duration::from_millis(timeout_ms as u64 / 2);
         std::thread::spawn(move || {
             let handle = server.handle();
-            handle.block_on(server.shutdown());
+            handle.block_on(server.shutdown(Some(grace)));
             drop(server);
             let _ = done.send(());
         });
@@ -616,9 +665,11 @@ impl RealtimeServer {
         Ok(true)
     }
 
-    /// Closes every socket with 1001, frees the port, and lets Node exit. Idempotent.
+    /// Drains (see `Server::shutdown`: 1001 to every socket, `grace_ms` or `drainTimeout` for
+    /// them to go, then the rest cut), frees the port, and lets Node exit. Idempotent.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn close<'env>(&self, env: &'env Env) -> Result<Object<'env>> {
+    pub fn close<'env>(&self, env: &'env Env, grace_ms: Option<u32>) -> Result<Object<'env>> {
+        let grace = grace_ms.map(|ms| Duration::from_millis(ms as u64));
         let (deferred, promise) = env.create_deferred::<(), fn(Env) -> Result<()>>()?;
         match self.take_for_shutdown() {
             None => deferred.resolve(resolved),
@@ -626,7 +677,7 @@ impl RealtimeServer {
                 // Shut down on a plain thread: a runtime cannot be dropped from inside one.
                 std::thread::spawn(move || {
                     let handle = server.handle();
-                    handle.block_on(server.shutdown());
+                    handle.block_on(server.shutdown(grace));
                     drop(server);
                     deferred.resolve(resolved);
                 });
@@ -643,6 +694,13 @@ impl RealtimeServer {
         self.keep_alive.lock().take();
         self.server.lock().take()
     }
+}
+
+/// A log line of the JS layer with its secrets removed, by the same rules as the server's own
+/// (tokens, cookies, passwords, URL credentials).
+#[napi(catch_unwind)]
+pub fn redact_log_text(text: String) -> String {
+    payload_realtime_core::log::redact(&text)
 }
 
 fn resolved(_: Env) -> Result<()> {

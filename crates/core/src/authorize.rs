@@ -37,7 +37,11 @@ pub async fn allowed_users(
     };
     // The host applies its own per-user timeout; this one only guards against a host that
     // never answers at all.
-    let answers = match tokio::time::timeout(timeout + Duration::from_secs(1), authorizer.authorize(request)).await {
+    Stats::add(&stats.authorize_calls, 1);
+    let asked_at = std::time::Instant::now();
+    let answered = tokio::time::timeout(timeout + Duration::from_secs(1), authorizer.authorize(request)).await;
+    stats.authorize_latency.observe(asked_at.elapsed());
+    let answers = match answered {
         Ok(Ok(answers)) => answers,
         Ok(Err(e)) => {
             Stats::add(&stats.authorize_errors, asked as u64);

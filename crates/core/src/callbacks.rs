@@ -152,4 +152,6 @@ pub struct Callbacks {
     pub handlers: Option<Arc<dyn CustomHandlers>>,
     pub verifier: Option<Arc<dyn UserVerifier>>,
     pub join_rule: Option<Arc<dyn JoinRule>>,
+    /// Where the server's log lines go (the threads of its runtimes); `None`: stderr.
+    pub logger: Option<Arc<crate::log::Sink>>,
 }

@@ -95,7 +95,33 @@ pub struct Config {
     /// Most events one recovery replays; more missed and the join goes on live with
     /// `recovery-failed` (`TooManyEvents`): refetching is cheaper than a replay that long.
     pub max_recovery_events: usize,
+    /// `GET /metrics`: off (`None`, the default), or how it is reached.
+    pub metrics: Option<MetricsAccess>,
+    /// How long a shutdown gives sockets to go after their 1001 before cutting them.
+    pub drain_timeout: Duration,
 }
+
+/// How `GET /metrics` is reached: never anonymously on the port clients use.
+#[derive(Clone, PartialEq, Eq)]
+pub enum MetricsAccess {
+    /// On the server's own port, for requests with `Authorization: Bearer <token>`.
+    Token(String),
+    /// On a listener of its own (loopback by default), without a token.
+    Listen { host: String, port: u16 },
+}
+
+impl std::fmt::Debug for MetricsAccess {
+    /// Never the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MetricsAccess::Token(_) => f.write_str("Token(***)"),
+            MetricsAccess::Listen { host, port } => write!(f, "Listen({host}:{port})"),
+        }
+    }
+}
+
+/// Shortest `metrics.token`: a bearer token must not be guessable.
+pub const MIN_METRICS_TOKEN: usize = 16;
 
 impl Default for Config {
     fn default() -> Self {
@@ -133,6 +159,8 @@ impl Default for Config {
             auth_timeout: Duration::from_secs(10),
             max_recoveries_per_minute: 10,
             max_recovery_events: 1000,
+            metrics: None,
+            drain_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -186,6 +214,20 @@ impl Config {
                     ));
                 }
             }
+        }
+        match &self.metrics {
+            Some(MetricsAccess::Token(t)) if t.len() < MIN_METRICS_TOKEN => {
+                return bad(format!(
+                    "`metrics.token` must be at least {MIN_METRICS_TOKEN} characters"
+                ));
+            }
+            Some(MetricsAccess::Token(t)) if t.bytes().any(|b| !b.is_ascii_graphic()) => {
+                return bad("`metrics.token` must be printable ASCII without spaces".into());
+            }
+            Some(MetricsAccess::Listen { host, .. }) if host.is_empty() => {
+                return bad("`metrics.host` must not be empty".into());
+            }
+            _ => {}
         }
         self.host_rules.validate()
     }

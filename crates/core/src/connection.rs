@@ -349,6 +349,7 @@ impl Connection {
         let out = &peer.outbound;
         let mut close_answered = false;
         let mut any = false;
+        Stats::add(&hub.stats.bytes_in, bytes.len() as u64);
         let result = frames.feed(bytes, &mut |message| {
             any = true;
             match message {

@@ -67,7 +67,7 @@ pub(crate) async fn serve(hub: Arc<Hub>, mut stream: TcpStream, early: Bytes, mu
     let pending = Pending::new(&hub.stats);
     let outcome = tokio::select! {
         outcome = authenticate(&hub, &mut stream, early, &mut slot) => outcome,
-        _ = hub.stopping.cancelled() => Err(End::Close(close_code::GOING_AWAY, "server shutting down".into())),
+        _ = hub.stopping.cancelled() => Err(End::Close(close_code::GOING_AWAY, crate::server::DRAIN_REASON.into())),
     };
     drop(pending);
     match outcome {

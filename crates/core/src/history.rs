@@ -272,6 +272,13 @@ impl Histories {
     pub fn room_count(&self) -> usize {
         self.rooms.lock().len()
     }
+
+    /// Rooms with a history, and the events they keep (for `/metrics`).
+    pub fn sizes(&self) -> (u64, u64) {
+        let rooms = self.rooms.lock();
+        let events = rooms.values().map(|h| h.lock().entries.len() as u64).sum();
+        (rooms.len() as u64, events)
+    }
 }
 
 /// A locked room history (held while queueing on the lane, see the module docs).

@@ -993,7 +993,25 @@ impl Hub {
         );
         snapshot.verifying = self.verifying.in_flight() as u64;
         snapshot.history_evicted_bytes = self.histories.evicted_bytes();
+        (snapshot.history_rooms, snapshot.history_events) = self.histories.sizes();
+        snapshot.log_dropped = self
+            .callbacks
+            .logger
+            .as_ref()
+            .map_or(0, |l| l.dropped.load(Ordering::Relaxed));
         snapshot
+    }
+
+    /// Why the server is not ready for new clients (`/readyz`), or `None` when it is: draining,
+    /// or Redis configured but not connected.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        if self.stopping.is_cancelled() {
+            return Some("draining");
+        }
+        if self.config.redis_url.is_some() && !self.broker.get().is_some_and(|b| b.stats().connected) {
+            return Some("redis-disconnected");
+        }
+        None
     }
 
     pub fn register_custom_type(&self, kind: &str) {

@@ -36,6 +36,7 @@ pub mod ingest;
 pub mod limits;
 pub mod log;
 pub mod memory;
+pub mod metrics;
 pub mod outbound;
 pub mod peer;
 pub mod presence;

@@ -347,6 +347,7 @@ impl Registry {
         let mut counts = vec![0; run.len()];
         let mut evicted = Vec::new();
         let (mut pushes, mut dropped, mut denied) = (0, 0, 0);
+        let mut bytes = 0;
         {
             let shard = self.rooms[shard_of(room)].read();
             if let Some(members) = shard.get(room) {
@@ -364,7 +365,10 @@ impl Registry {
                             }
                             pushes += 1;
                             match wakes.push(peer, frame.clone()) {
-                                Push::Queued | Push::Behind => counts[i] += 1,
+                                Push::Queued | Push::Behind => {
+                                    counts[i] += 1;
+                                    bytes += frame.len();
+                                }
                                 Push::Closed => dropped += 1,
                                 Push::Evicted => {
                                     evicted.push(peer.clone());
@@ -402,8 +406,12 @@ impl Registry {
                         continue;
                     };
                     pushes += 1;
+                    let len = frame.len();
                     match wakes.push(peer, frame) {
-                        Push::Queued | Push::Behind => merged.sockets += 1,
+                        Push::Queued | Push::Behind => {
+                            merged.sockets += 1;
+                            bytes += len;
+                        }
                         Push::Closed => dropped += merged.frames.len(),
                         Push::Evicted => {
                             // `evict_all` counts one of them.
@@ -420,6 +428,7 @@ impl Registry {
             }
         }
         Stats::add(&stats.messages_out, counts.iter().sum::<usize>() as u64);
+        Stats::add(&stats.bytes_out, bytes as u64);
         Stats::add(&stats.dropped, dropped as u64);
         Stats::add(&stats.authorize_denied, denied as u64);
         self.evict_all(&evicted, stats);
@@ -428,9 +437,11 @@ impl Registry {
 
     /// Sends one frame to one socket; `false` if it is gone or closing.
     pub fn send_to(&self, peer: &Arc<Peer>, frame: Bytes, stats: &Stats) -> bool {
+        let len = frame.len() as u64;
         match peer.outbound.push(frame) {
             Push::Queued | Push::Behind => {
                 Stats::add(&stats.messages_out, 1);
+                Stats::add(&stats.bytes_out, len);
                 true
             }
             Push::Closed => {

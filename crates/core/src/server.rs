@@ -1,10 +1,12 @@
-//! The listener: its own tokio runtime, the accept loop, HTTP routes (`/healthz`, the upgrade,
-//! 404/426 for the rest), the handshake checks, and a shutdown every task hears.
+//! The listener: its own tokio runtime, the accept loop, HTTP routes (`/healthz`, `/readyz`,
+//! `/metrics`, the upgrade, 404/426 for the rest), the handshake checks, and a shutdown every
+//! task hears.
 //!
 //! Shaped like mini-redis: one task accepts, one task per HTTP connection, and after the
 //! upgrade one task per socket (see [`crate::connection`]); the HTTP task ends with the
-//! upgrade. `shutdown()` stops accepting, sends 1001 to every socket after what is queued for
-//! it, waits briefly, then cuts what is left.
+//! upgrade. `shutdown()` drains: new upgrades get 503 and `/readyz` 503 while every socket is
+//! sent 1001 after what is queued for it and given the grace to go; then the rest are cut and
+//! the port is freed.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -27,6 +29,7 @@ use crate::auth::{self, Refusal, User};
 use crate::broker::redis::RedisBroker;
 use crate::callbacks::{Callbacks, UserVerifier};
 use crate::config::Config;
+use crate::config::MetricsAccess;
 use crate::connection;
 use crate::dispatch::run_lane;
 use crate::error::Error;
@@ -38,8 +41,8 @@ use crate::protocol::close_code;
 use crate::stats::Stats;
 use crate::{debug, warn};
 
-/// How long `shutdown()` waits for sockets to finish their close handshake.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// The reason of the 1001 a drain sends: clients (the SDK does) reconnect, to another instance.
+pub const DRAIN_REASON: &str = "server shutting down, reconnect elsewhere";
 
 /// How long a client may take to send its HTTP request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,7 +59,14 @@ pub struct Server {
     /// Where the host's events come in (taken on the lanes' thread).
     ingest: Ingest,
     local_addr: SocketAddr,
+    /// The accept loop and the HTTP connections before their upgrade.
     tracker: TaskTracker,
+    /// The sockets, from their upgrade to their close: what a drain waits for.
+    sockets: TaskTracker,
+    /// Stops the accept loop (the port is freed), at the end of a drain.
+    listening: tokio_util::sync::CancellationToken,
+    /// Where `/metrics` listens when it has a listener of its own.
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Server {
@@ -64,9 +74,16 @@ impl Server {
     /// accepting.
     pub fn start(config: Config, callbacks: Callbacks) -> Result<Server, Error> {
         config.validate()?;
+        // Every thread of the server's runtimes logs to the host's logger.
+        let logger = callbacks.logger.clone();
+        let log_to = move || {
+            let logger = logger.clone();
+            move || crate::log::set_thread_sink(logger.clone())
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.worker_threads)
             .thread_name("payload-realtime")
+            .on_thread_start(log_to())
             .enable_all()
             .build()
             .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))?;
@@ -76,6 +93,22 @@ impl Server {
             bind(&addr)?
         };
         let local_addr = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
+        let metrics_listener = match &config.metrics {
+            Some(MetricsAccess::Listen { host, port }) => {
+                let _guard = runtime.enter();
+                let addr = if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                };
+                Some(bind(&addr)?)
+            }
+            _ => None,
+        };
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(l.local_addr().map_err(|e| Error::Internal(e.to_string()))?),
+            None => None,
+        };
         // The lanes (which queue each event for its sockets) run on a thread of their own, not
         // among the sockets' tasks: an event emitted while the workers are still writing the
         // last one is queued at once (a socket still waiting for the last one then writes both
@@ -87,12 +120,15 @@ impl Server {
         let dispatch = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("payload-realtime-dispatch")
+            .on_thread_start(log_to())
             .enable_all()
             .build()
             .map_err(|e| Error::Internal(format!("cannot start the dispatch runtime: {e}")))?;
         let (hub, lanes) = Hub::new(config, callbacks);
         let _ = hub.flushers.set(crate::flush::Flushers::new(runtime.handle().clone()));
         let tracker = TaskTracker::new();
+        let sockets = TaskTracker::new();
+        let listening = tokio_util::sync::CancellationToken::new();
         for lane in lanes {
             dispatch.spawn(run_lane(hub.clone(), lane));
         }
@@ -127,7 +163,16 @@ impl Server {
                 )?;
                 hub.set_broker(broker);
             }
-            runtime.spawn(accept_loop(hub.clone(), listener, tracker.clone()));
+            tracker.spawn(accept_loop(
+                hub.clone(),
+                listener,
+                listening.clone(),
+                tracker.clone(),
+                sockets.clone(),
+            ));
+            if let Some(listener) = metrics_listener {
+                runtime.spawn(metrics_loop(hub.clone(), listener));
+            }
             if hub.histories.is_enabled() {
                 runtime.spawn(sweep_histories(hub.clone()));
             }
@@ -143,7 +188,15 @@ impl Server {
             ingest,
             local_addr,
             tracker,
+            sockets,
+            listening,
+            metrics_addr,
         })
+    }
+
+    /// Where `/metrics` listens when it has a listener of its own (`metrics: { port }`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
@@ -193,33 +246,49 @@ impl Server {
         let stream = TcpStream::from_std(stream)
             .map_err(|e| Error::CannotAdopt(format!("the socket cannot be registered: {e}")))?;
         let _ = stream.set_nodelay(true);
-        self.tracker
+        self.sockets
             .spawn(serve_adopted(self.hub.clone(), stream, head, Bytes::from(early)));
         Ok(())
     }
 
-    /// Graceful stop: no new connections, 1001 to every socket, a short wait, then every task
+    /// Graceful stop (a drain): new upgrades get `503 {"error":"shutting-down"}` and `/readyz`
+    /// 503 from now on; every socket is sent 1001 ([`DRAIN_REASON`]) after what is queued for
+    /// it and has `grace` (default: `drainTimeout`) to go; the rest are then cut, and every task
     /// is told to stop. The port is free when this returns.
-    pub async fn shutdown(&self) {
+    pub async fn shutdown(&self, grace: Option<Duration>) {
+        let grace = grace.unwrap_or(self.hub.config.drain_timeout);
         let hub = self.hub.clone();
         let tracker = self.tracker.clone();
+        let sockets = self.sockets.clone();
+        let listening = self.listening.clone();
         let task = self.handle().spawn(async move {
             hub.stopping.cancel();
-            let peers = hub.registry.all_peers();
+            let mut peers = hub.registry.all_peers();
             for peer in &peers {
                 hub.registry.remove_peer(peer);
-                peer.outbound.close(close_code::GOING_AWAY, "server shutting down");
+                peer.outbound.close(close_code::GOING_AWAY, DRAIN_REASON);
             }
-            tracker.close();
-            if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
-                warn!("some sockets did not close in time; cutting them");
+            sockets.close();
+            if tokio::time::timeout(grace, sockets.wait()).await.is_err() {
+                warn!(
+                    "{} socket(s) had not closed when the drain timeout ({} ms) ended; cutting them",
+                    sockets.len(),
+                    grace.as_millis()
+                );
+                // With any that registered since (an upgrade answered as the drain began).
+                peers.extend(hub.registry.all_peers());
                 for peer in &peers {
+                    hub.registry.remove_peer(peer);
                     peer.outbound.cut();
                 }
             }
             drop(peers);
+            listening.cancel();
+            tracker.close();
+            let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
             hub.shutdown.cancel();
             tracker.wait().await;
+            sockets.wait().await;
         });
         let _ = task.await;
     }
@@ -291,8 +360,13 @@ async fn sweep_histories(hub: Arc<Hub>) {
 /// on each failure in a row, so a process at its limit is not woken to fail over and over.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
-async fn accept_loop(hub: Arc<Hub>, listener: TcpListener, tracker: TaskTracker) {
-    let stop = hub.stopping.clone();
+async fn accept_loop(
+    hub: Arc<Hub>,
+    listener: TcpListener,
+    stop: tokio_util::sync::CancellationToken,
+    tracker: TaskTracker,
+    sockets: TaskTracker,
+) {
     // Set while accepts fail: one log line when it starts and one when it ends, not one per try.
     let mut backoff: Option<Duration> = None;
     loop {
@@ -306,7 +380,7 @@ async fn accept_loop(hub: Arc<Hub>, listener: TcpListener, tracker: TaskTracker)
                     warn!("accepting connections again");
                 }
                 let _ = stream.set_nodelay(true);
-                tracker.spawn(serve_http(hub.clone(), stream, remote, tracker.clone()));
+                tracker.spawn(serve_http(hub.clone(), stream, remote, sockets.clone()));
             }
             Err(e) => {
                 // Never stop listening: wait for descriptors to be freed and go on.
@@ -345,19 +419,138 @@ async fn serve_http(hub: Arc<Hub>, stream: tokio::net::TcpStream, remote: Socket
             Ok::<_, Infallible>(response)
         }
     });
+    // During a drain a connection still gets its answer (a 503, `/readyz`), one per connection.
+    let draining = hub.stopping.is_cancelled();
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(!draining)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);
+    let stop = if draining {
+        hub.shutdown.clone()
+    } else {
+        hub.stopping.clone()
+    };
     tokio::select! {
         _ = &mut conn => {}
-        _ = hub.stopping.cancelled() => {
+        _ = stop.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
         }
     }
+}
+
+/// The listener of `/metrics` (with `/healthz` and `/readyz`) when it has a port of its own;
+/// it answers until the end of a shutdown, so a drain can be watched.
+async fn metrics_loop(hub: Arc<Hub>, listener: TcpListener) {
+    loop {
+        let stream = tokio::select! {
+            a = listener.accept() => match a {
+                Ok((stream, _)) => stream,
+                Err(_) => {
+                    // Out of descriptors, most often: the accept loop logs that.
+                    tokio::time::sleep(ACCEPT_BACKOFF.1).await;
+                    continue;
+                }
+            },
+            _ = hub.shutdown.cancelled() => return,
+        };
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let service_hub = hub.clone();
+            let service = service_fn(move |req: Request<Incoming>| {
+                let hub = service_hub.clone();
+                async move {
+                    Ok::<_, Infallible>(
+                        ops_route(&hub, &req, true)
+                            .unwrap_or_else(|| json_response(StatusCode::NOT_FOUND, r#"{"error":"not-found"}"#.into())),
+                    )
+                }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = conn => {}
+                _ = hub.shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// `/healthz`, `/readyz` and `/metrics`, at the root and under the `path` option; `None` for
+/// any other request. `own_listener`: the metrics listener, where `/metrics` needs no token.
+/// Anonymous callers learn no counts: the probes answer a status only.
+fn ops_route<B>(hub: &Hub, req: &Request<B>, own_listener: bool) -> Option<Response<Full<Bytes>>> {
+    if req.method() != Method::GET {
+        return None;
+    }
+    let full = req.uri().path();
+    let path = match hub.config.path.as_deref().map(|p| p.trim_end_matches('/')) {
+        Some(base) if !base.is_empty() && full.starts_with(base) && full[base.len()..].starts_with('/') => {
+            &full[base.len()..]
+        }
+        _ => full,
+    };
+    match path {
+        "/healthz" => Some(json_response(StatusCode::OK, r#"{"status":"ok"}"#.into())),
+        "/readyz" => Some(match hub.not_ready() {
+            None => json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+            Some(why) => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({ "status": why }).to_string(),
+            ),
+        }),
+        "/metrics" => {
+            let allowed = match &hub.config.metrics {
+                _ if own_listener => true,
+                Some(MetricsAccess::Token(token)) => bearer_matches(req, token),
+                // Not served on this port at all.
+                _ => return None,
+            };
+            if !allowed {
+                let mut refused = json_response(
+                    StatusCode::UNAUTHORIZED,
+                    r#"{"error":"unauthorized","reason":"GET /metrics needs Authorization: Bearer <metrics.token>"}"#
+                        .into(),
+                );
+                refused
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+                return Some(refused);
+            }
+            Some(
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)
+                    .header(header::CACHE_CONTROL, "no-store")
+                    .body(Full::new(Bytes::from(crate::metrics::render(&hub.stats()))))
+                    .expect("static response parts are valid"),
+            )
+        }
+        _ => None,
+    }
+}
+
+/// Whether the request carries `Authorization: Bearer <token>`, compared in constant time.
+fn bearer_matches<B>(req: &Request<B>, token: &str) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.trim()
+                .strip_prefix("Bearer ")
+                .or_else(|| v.trim().strip_prefix("bearer "))
+        })
+    else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Asks the host to confirm a user; a refusal, an error or no answer in time is a 401.
@@ -467,7 +660,7 @@ impl Refused {
 }
 
 fn refuse(hub: &Hub, r: &Refusal) -> Refused {
-    Stats::add(&hub.stats.handshakes_refused, 1);
+    hub.stats.refused(r.error);
     Refused::new(
         StatusCode::from_u16(r.status).unwrap_or(StatusCode::UNAUTHORIZED),
         r.body(),
@@ -485,7 +678,11 @@ fn take_slot<B>(hub: &Hub, req: &Request<B>, user: Option<&User>, remote: Option
         )
     });
     hub.limits.reserve(user.map(|u| u.key.as_str()), ip).map_err(|over| {
-        Stats::add(&hub.stats.handshakes_refused, 1);
+        hub.stats.refused(match over {
+            Over::Total => "max-connections",
+            Over::User => "max-connections-per-user",
+            Over::Ip => "max-connections-per-ip",
+        });
         let (counter, status, reason) = match over {
             Over::Total => (
                 &hub.stats.refused_max_connections,
@@ -515,18 +712,14 @@ async fn route(
     hub: Arc<Hub>,
     mut req: Request<Incoming>,
     remote: SocketAddr,
-    tracker: TaskTracker,
+    sockets: TaskTracker,
 ) -> Response<Full<Bytes>> {
-    if req.uri().path() == "/healthz" && req.method() == Method::GET {
-        let s = hub.stats();
-        return json_response(
-            StatusCode::OK,
-            serde_json::json!({ "status": "ok", "connections": s.connections, "rooms": s.rooms }).to_string(),
-        );
+    if let Some(answer) = ops_route(&hub, &req, false) {
+        return answer;
     }
     let (user, token) = match check_upgrade(&hub, &req) {
         Ok(Checked::Now(user, token)) => (user, token),
-        Ok(Checked::InMessage) => return upgrade_pending(hub, req, remote, tracker),
+        Ok(Checked::InMessage) => return upgrade_pending(hub, req, remote, sockets),
         Err(refused) => return refused.response(),
     };
     // Before `verifyUser`: a client past a limit costs no database read.
@@ -538,15 +731,19 @@ async fn route(
         Ok(v) => v,
         Err(refused) => return refused.response(),
     };
+    // A drain began while `verifyUser` ran: the socket would only be told to go.
+    if hub.stopping.is_cancelled() {
+        return shutting_down(&hub).response();
+    }
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(r) => r,
-        Err(e) => return bad_handshake(&e).response(),
+        Err(e) => return bad_handshake(&hub, &e).response(),
     };
     let peer = hub.new_peer(user, user_value);
     // Registered before the 101 goes out: once the client sees the socket open, the server
     // knows it (a logout right after the handshake must find it; frames queued meanwhile wait).
     hub.registry.add_peer(peer.clone());
-    tracker.spawn(async move {
+    sockets.spawn(async move {
         match upgrade.await {
             Ok(ws) => {
                 let upgraded = ws.into_inner().into_inner();
@@ -571,7 +768,7 @@ fn upgrade_pending(
     hub: Arc<Hub>,
     mut req: Request<Incoming>,
     remote: SocketAddr,
-    tracker: TaskTracker,
+    sockets: TaskTracker,
 ) -> Response<Full<Bytes>> {
     let slot = match take_slot(&hub, &req, None, Some(remote)) {
         Ok(slot) => slot,
@@ -579,9 +776,9 @@ fn upgrade_pending(
     };
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(r) => r,
-        Err(e) => return bad_handshake(&e).response(),
+        Err(e) => return bad_handshake(&hub, &e).response(),
     };
-    tracker.spawn(async move {
+    sockets.spawn(async move {
         match upgrade.await {
             Ok(ws) => match connection::into_tcp(ws.into_inner().into_inner()) {
                 Some((stream, early)) => crate::first_auth::serve(hub, stream, early, slot).await,
@@ -615,10 +812,7 @@ fn check_upgrade<B>(hub: &Hub, req: &Request<B>) -> Result<Checked, Refused> {
         return Err(Refused::new(StatusCode::NOT_FOUND, r#"{"error":"not-found"}"#));
     }
     if hub.stopping.is_cancelled() {
-        return Err(Refused::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            r#"{"error":"shutting-down"}"#,
-        ));
+        return Err(shutting_down(hub));
     }
     if auth::auth_in_message(req.uri()).map_err(|r| refuse(hub, &r))? {
         // The credential comes in the first message; any other one is not looked at.
@@ -675,7 +869,14 @@ async fn confirm_user(hub: &Hub, user: Option<&User>, token: String) -> Result<O
     }
 }
 
-fn bad_handshake(e: &fastwebsockets::WebSocketError) -> Refused {
+/// The answer to an upgrade during a drain.
+fn shutting_down(hub: &Hub) -> Refused {
+    hub.stats.refused("shutting-down");
+    Refused::new(StatusCode::SERVICE_UNAVAILABLE, r#"{"error":"shutting-down"}"#)
+}
+
+fn bad_handshake(hub: &Hub, e: &fastwebsockets::WebSocketError) -> Refused {
+    hub.stats.refused("bad-handshake");
     Refused::new(
         StatusCode::BAD_REQUEST,
         serde_json::json!({ "error": "bad-handshake", "reason": e.to_string() }).to_string(),
@@ -754,10 +955,15 @@ async fn answer_adopted(
         Ok(Checked::InMessage) => take_slot(hub, &req, None, remote).map(|slot| (None, slot)),
         Err(refused) => Err(refused),
     };
-    let accepted = checked.and_then(|(who, slot)| match fastwebsockets::upgrade::upgrade(&mut req) {
-        // No hyper connection behind this request: its upgrade future is not needed.
-        Ok((response, _)) => Ok((who, slot, response)),
-        Err(e) => Err(bad_handshake(&e)),
+    let accepted = checked.and_then(|(who, slot)| {
+        if hub.stopping.is_cancelled() {
+            return Err(shutting_down(hub));
+        }
+        match fastwebsockets::upgrade::upgrade(&mut req) {
+            // No hyper connection behind this request: its upgrade future is not needed.
+            Ok((response, _)) => Ok((who, slot, response)),
+            Err(e) => Err(bad_handshake(hub, &e)),
+        }
     });
     let (who, slot, response) = match accepted {
         Ok(accepted) => accepted,
@@ -934,7 +1140,7 @@ mod tests {
         assert_eq!(server.hub().stats().connections, 1);
 
         // A shutdown closes it like the sockets of the server's own port.
-        server.handle().block_on(server.shutdown());
+        server.handle().block_on(server.shutdown(None));
         let close = read_until(&mut client, |b| !frames(b).is_empty());
         let (opcode, payload) = frames(&close).remove(0);
         assert_eq!(opcode, 0x8);

@@ -1,6 +1,9 @@
 //! Counters read by `stats()`. Relaxed atomics: they are reports, not synchronisation.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use parking_lot::Mutex;
 
 #[derive(Default, Debug)]
 pub struct Stats {
@@ -53,6 +56,69 @@ pub struct Stats {
     /// Messages from Redis and broadcasts dropped at twice `maxBacklog` (their rooms' members are
     /// told `recovery-failed`).
     pub backlog_dropped: AtomicU64,
+    /// Bytes of WebSocket frames read from clients (headers included).
+    pub bytes_in: AtomicU64,
+    /// Bytes of the frames `messages_out` counts.
+    pub bytes_out: AtomicU64,
+    /// Calls of the authorize callback (one per event and room), and how long each took.
+    pub authorize_calls: AtomicU64,
+    pub authorize_latency: Histogram,
+    /// Refused handshakes by the `error` of their answer (a few fixed reasons: a short list,
+    /// and refusals are not a hot path).
+    pub refused_by_reason: Mutex<Vec<(&'static str, u64)>>,
+}
+
+/// Upper bounds of the authorize latency histogram's buckets, in seconds (Prometheus's `le`).
+pub const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// A latency histogram with fixed buckets ([`LATENCY_BUCKETS`]); each bucket counts only its own
+/// range, made cumulative when read.
+#[derive(Default, Debug)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+/// A histogram read at one moment: cumulative counts per bucket (the last is `+Inf`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistogramSnapshot {
+    pub cumulative: Vec<u64>,
+    pub sum_seconds: f64,
+}
+
+impl HistogramSnapshot {
+    pub fn count(&self) -> u64 {
+        self.cumulative.last().copied().unwrap_or(0)
+    }
+}
+
+impl Histogram {
+    pub fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let at = LATENCY_BUCKETS
+            .iter()
+            .position(|le| secs <= *le)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[at].fetch_add(1, Relaxed);
+        self.sum_micros
+            .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut total = 0;
+        let cumulative = self
+            .buckets
+            .iter()
+            .map(|b| {
+                total += b.load(Relaxed);
+                total
+            })
+            .collect();
+        HistogramSnapshot {
+            cumulative,
+            sum_seconds: self.sum_micros.load(Relaxed) as f64 / 1e6,
+        }
+    }
 }
 
 /// A copy of the counters at one moment.
@@ -93,6 +159,17 @@ pub struct Snapshot {
     pub backlog_dropped: u64,
     /// Bytes of events dropped from room histories for their `maxBytes` (set by the hub).
     pub history_evicted_bytes: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub authorize_calls: u64,
+    pub authorize_latency: HistogramSnapshot,
+    /// Refused handshakes by reason, in the order the reasons were first seen.
+    pub refused_by_reason: Vec<(&'static str, u64)>,
+    /// Log lines dropped because the logger's queue was full.
+    pub log_dropped: u64,
+    /// Events kept in this instance's in-memory histories, and the rooms they belong to.
+    pub history_events: u64,
+    pub history_rooms: u64,
 }
 
 impl Stats {
@@ -132,6 +209,56 @@ impl Stats {
             backlog_evictions: self.backlog_evictions.load(Relaxed),
             backlog_dropped: self.backlog_dropped.load(Relaxed),
             history_evicted_bytes: 0,
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            authorize_calls: self.authorize_calls.load(Relaxed),
+            authorize_latency: self.authorize_latency.snapshot(),
+            refused_by_reason: self.refused_by_reason.lock().clone(),
+            log_dropped: 0,
+            history_events: 0,
+            history_rooms: 0,
         }
+    }
+
+    /// Counts a refused handshake under its reason (and in `handshakes_refused`).
+    pub fn refused(&self, reason: &'static str) {
+        Stats::add(&self.handshakes_refused, 1);
+        let mut by = self.refused_by_reason.lock();
+        match by.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, n)) => *n += 1,
+            None => by.push((reason, 1)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_inf_counts_all() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(500)); // <= 1 ms
+        h.observe(Duration::from_millis(3)); // <= 5 ms
+        h.observe(Duration::from_secs(10)); // past the last bucket
+        let s = h.snapshot();
+        assert_eq!(s.cumulative.len(), LATENCY_BUCKETS.len() + 1);
+        assert_eq!(s.cumulative[0], 1);
+        assert_eq!(s.cumulative[1], 1);
+        assert_eq!(s.cumulative[2], 2);
+        assert_eq!(s.cumulative[LATENCY_BUCKETS.len() - 1], 2);
+        assert_eq!(s.count(), 3);
+        assert!((s.sum_seconds - 10.0035).abs() < 1e-9, "{}", s.sum_seconds);
+    }
+
+    #[test]
+    fn refusals_are_counted_by_reason_and_in_total() {
+        let stats = Stats::default();
+        stats.refused("unauthorized");
+        stats.refused("forbidden-origin");
+        stats.refused("unauthorized");
+        let s = stats.snapshot(0, 0, None);
+        assert_eq!(s.handshakes_refused, 3);
+        assert_eq!(s.refused_by_reason, vec![("unauthorized", 2), ("forbidden-origin", 1)]);
     }
 }

@@ -41,6 +41,8 @@ pub struct BrokerStats {
     pub subscriptions: u64,
     /// Messages dropped because no instance of this app wrote them (no valid signature).
     pub rejected: u64,
+    /// Times the connection was established again after a loss.
+    pub reconnects: u64,
 }
 
 /// The broker as the hub uses it. Every method returns at once: publishing and subscribing

@@ -112,6 +112,9 @@ struct Counters {
     rejected: AtomicU64,
     subscriptions: AtomicU64,
     connected: AtomicBool,
+    reconnects: AtomicU64,
+    /// Set at the first connection: later ones are reconnects.
+    connected_once: AtomicBool,
 }
 
 enum Sub {
@@ -284,6 +287,7 @@ impl Broker for RedisBroker {
             errors: self.counters.errors.load(Relaxed),
             subscriptions: self.counters.subscriptions.load(Relaxed),
             rejected: self.counters.rejected.load(Relaxed),
+            reconnects: self.counters.reconnects.load(Relaxed),
         }
     }
 }
@@ -429,6 +433,9 @@ async fn subscription_loop(
             }
             was_connected = false;
             continue;
+        }
+        if !was_connected && counters.connected_once.swap(true, Relaxed) {
+            counters.reconnects.fetch_add(1, Relaxed);
         }
         was_connected = true;
         for channel in wanted.difference(&active).cloned().collect::<Vec<_>>() {
