@@ -185,6 +185,25 @@ export interface ServerOptions {
    * `recovered: false` and `recovery-failed` (`reason: "TooManyEvents"`): the client refetches.
    */
   maxRecoveryEvents?: number
+  /**
+   * Prometheus `GET /metrics` (text format), off by default: `{ token }` (at least 16
+   * characters) serves it on the server's port to `Authorization: Bearer <token>` (401
+   * otherwise); `{ port, host }` on a listener of its own (host default `127.0.0.1`, port 0
+   * picks one: `manager.metricsPort`). See docs/operations.md.
+   */
+  metrics?: { token: string } | { port: number; host?: string } | false
+  /**
+   * Milliseconds `close()` (and SIGTERM) gives sockets to go after their 1001 before the rest are
+   * cut. Default 5000.
+   */
+  drainTimeout?: number
+  /**
+   * Where the server's log lines go: `{ info, warn, error }` (the plugin defaults to Payload's
+   * logger), or `false` for stderr. Lines are redacted, one per kind per episode, and queued
+   * (at most 1024 waiting; more are dropped and counted).
+   */
+  logger?:
+    { info(msg: string): void; warn(msg: string): void; error(msg: string): void; debug?(msg: string): void } | false
 }
 
 export interface PluginOptions extends ServerOptions {
@@ -260,6 +279,8 @@ export interface RealtimeStats {
     errors: number
     subscriptions: number
     rejected: number
+    /** Times the connection was established again after a loss. */
+    reconnects: number
   }
   /** `verifyUser` calls in flight now (handshakes and refreshes). */
   verifying: number
@@ -287,11 +308,21 @@ export interface RealtimeStats {
   backlogDropped: number
   /** Bytes of events dropped from room histories for their `maxBytes`. */
   historyEvictedBytes: number
+  /** Bytes of WebSocket frames read from clients. */
+  bytesIn: number
+  /** Bytes of the frames `messagesOut` counts. */
+  bytesOut: number
+  /** Calls of the authorize callback (one per event and room). */
+  authorizeCalls: number
+  /** Log lines dropped because the logger's queue (1024 lines) was full. */
+  logLinesDropped: number
 }
 
 export declare class UWebSocketManager {
   /** The port the server listens on (useful with port 0). */
   readonly port: number
+  /** The port of `/metrics`'s own listener (`metrics: { port }`), else `null`. */
+  readonly metricsPort: number | null
   /** This server's id, the prefix of its socket ids. */
   readonly instanceId: string
   /** Sends to room `collection:<slug>`, through that collection's authorize rule. */
@@ -329,7 +360,7 @@ export declare class UWebSocketManager {
    */
   attachTo(server: HttpServer, options?: { path?: string }): () => void
   /** Sends 1001 to every socket and frees the port. */
-  close(): Promise<void>
+  close(options?: { grace?: number }): Promise<void>
 }
 
 /** A Payload plugin: `plugins: [uWebSocketPlugin({ includeCollections: ['posts'], port: 3002 })]`. */

@@ -92,6 +92,9 @@ const SERVER_OPTIONS = [
   'authTimeout',
   'maxRecoveriesPerMinute',
   'maxRecoveryEvents',
+  'metrics',
+  'drainTimeout',
+  'logger',
 ]
 
 /** Options only the plugin reads (index.d.ts `PluginOptions`); the server ignores them. */
@@ -165,7 +168,59 @@ function nativeOptions(port, options) {
     authTimeout: optionalNumber(options, 'authTimeout', { min: 1 }),
     maxRecoveriesPerMinute: optionalNumber(options, 'maxRecoveriesPerMinute'),
     maxRecoveryEvents: optionalNumber(options, 'maxRecoveryEvents', { min: 1 }),
+    ...metricsOption(options.metrics),
+    drainTimeout: optionalNumber(options, 'drainTimeout'),
   }
+}
+
+/** Shortest `metrics.token` (the same bound as the server's). */
+const MIN_METRICS_TOKEN = 16
+
+/**
+ * `metrics`: `{ token }` (GET /metrics on the server's port with `Authorization: Bearer <token>`)
+ * or `{ port, host? }` (a listener of its own, on loopback by default); off when absent.
+ */
+function metricsOption(metrics) {
+  if (metrics === undefined || metrics === null || metrics === false) return {}
+  const shape = 'payload-realtime: `metrics` must be { token } (at least 16 characters) or { port, host? }'
+  if (!isPlainObject(metrics)) throw new TypeError(shape)
+  const keys = Object.keys(metrics)
+  if (keys.includes('token')) {
+    const { token } = metrics
+    if (
+      keys.length !== 1 ||
+      typeof token !== 'string' ||
+      token.length < MIN_METRICS_TOKEN ||
+      /[^\x21-\x7e]/.test(token)
+    ) {
+      throw new TypeError(`${shape}; the token is printable ASCII without spaces`)
+    }
+    return { metricsToken: token }
+  }
+  const { port, host = '127.0.0.1' } = metrics
+  if (
+    keys.some((k) => k !== 'port' && k !== 'host') ||
+    !Number.isInteger(port) ||
+    port < 0 ||
+    port > 65535 ||
+    typeof host !== 'string' ||
+    host === ''
+  ) {
+    throw new TypeError(shape)
+  }
+  return { metricsPort: port, metricsHost: host }
+}
+
+/**
+ * `logger`: an object with `info`, `warn` and `error` methods (Payload's pino logger), or
+ * `false` / absent for stderr. Returns the logger or `null`.
+ */
+function loggerOption(logger) {
+  if (logger === undefined || logger === null || logger === false) return null
+  if (typeof logger !== 'object' || ['info', 'warn', 'error'].some((m) => typeof logger[m] !== 'function')) {
+    throw new TypeError('payload-realtime: `logger` must have info, warn and error methods (or be false for stderr)')
+  }
+  return logger
 }
 
 /** `trustedProxies`: IP addresses and `'loopback'` (a hostname would be resolved by no one). */
@@ -243,16 +298,50 @@ function withTimeout(promise, ms, what) {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
 }
 
-/** Logs the first failure of a callback and then every 1000th, never document data. */
-function makeFailureLog() {
-  const counts = new Map()
+/** Occurrences of one kind of failure less than this apart are one episode: one line. */
+const EPISODE_GAP_MS = 60_000
+/** A long episode is logged again this often, with what it held back. */
+const EPISODE_REMINDER_MS = 600_000
+
+/**
+ * Logs failures by kind (`key`): one line per episode (the server's rule, see
+ * crates/core/src/log.rs), redacted, never document data. `logger` is `{ error }` or null
+ * for stderr.
+ */
+function makeFailureLog(getLogger = () => null) {
+  const episodes = new Map()
   return (key, err) => {
-    const n = (counts.get(key) ?? 0) + 1
-    counts.set(key, n)
-    if (n === 1 || n % 1000 === 0) {
-      const msg = err instanceof Error ? err.message : String(err)
-      console.error(`[payload-realtime] ${key} failed (${n} time${n === 1 ? '' : 's'} so far): ${msg}`)
+    const now = Date.now()
+    const e = episodes.get(key)
+    if (e && now - e.seen < EPISODE_GAP_MS && now - e.logged < EPISODE_REMINDER_MS) {
+      e.seen = now
+      e.held += 1
+      return
     }
+    episodes.set(key, { seen: now, logged: now, held: 0 })
+    const msg = err instanceof Error ? err.message : String(err)
+    const more = e?.held ? ` (${e.held} more like this were not logged)` : ''
+    logLine(getLogger(), 'error', `${key} failed: ${msg}${more}`)
+  }
+}
+
+/** Writes one line to `logger` (or stderr), with secrets removed. */
+function logLine(logger, level, text) {
+  let line = text
+  try {
+    line = loadNative().redactLogText(text)
+  } catch {
+    // no addon: nothing logs a token before it loads
+  }
+  if (!logger) {
+    console.error(`[payload-realtime] ${level}: ${line}`)
+    return
+  }
+  try {
+    const write = typeof logger[level] === 'function' ? logger[level] : level === 'debug' ? null : logger.error
+    write?.call(logger, `payload-realtime: ${line}`)
+  } catch {
+    // A logger that throws must not take the server down.
   }
 }
 
@@ -370,7 +459,8 @@ class UWebSocketManager {
     this._setRules(options)
     const authorizeTimeout = opts.authorizeTimeout ?? 5000
     const handlerTimeout = opts.handlerTimeout ?? 30000
-    const logFailure = makeFailureLog()
+    this._logger = loggerOption(options.logger)
+    const logFailure = makeFailureLog(() => this._logger)
     /** @type {Map<string, Function>} */
     this._handlers = new Map()
 
@@ -544,8 +634,12 @@ class UWebSocketManager {
           ),
         ),
       )
-    this._server = native.initUWebSocket(opts, authorizeBatch, handle, () => {}, verifyUser, mayJoin)
+    // The server's lines, already redacted and one per episode; its queue bounds them.
+    const log = this._logger ? (level, line) => logLine(this._logger, level, line) : null
+    this._server = native.initUWebSocket(opts, authorizeBatch, handle, () => {}, verifyUser, mayJoin, log)
     this.port = this._server.port
+    /** The port of `/metrics`'s own listener (`metrics: { port }`), else null. */
+    this.metricsPort = this._server.metricsPort ?? null
     this.instanceId = this._server.instanceId
     this._closing = null
     /** What the native server was started with: options that differ from it need a new server. */
@@ -778,12 +872,21 @@ class UWebSocketManager {
     return this._server.stats()
   }
 
-  /** Closes every socket with 1001 and frees the port. Safe to call twice. */
-  close() {
+  /**
+   * Drains and closes: new upgrades get 503, `/readyz` answers 503, every socket is sent 1001
+   * ("server shutting down, reconnect elsewhere") and has `grace` ms (default: `drainTimeout`,
+   * 5000) to go before the rest are cut; then the port is freed. Safe to call twice.
+   * @param {{ grace?: number }} [options]
+   */
+  close(options = {}) {
     if (!this._closing) {
+      const grace = options?.grace
+      if (grace !== undefined && !(Number.isInteger(grace) && grace >= 0 && grace <= 2 ** 32 - 1)) {
+        return Promise.reject(new TypeError('payload-realtime: close({ grace }) takes whole milliseconds'))
+      }
       lifecycle.closing(this)
       for (const { detach } of [...this._attached.values()]) detach()
-      this._closing = this._server.close()
+      this._closing = this._server.close(grace)
     }
     return this._closing
   }

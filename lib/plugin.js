@@ -112,7 +112,10 @@ function uWebSocketPlugin(options = {}) {
   return (config) => {
     if (options.enabled === false) return config
     const include = new Set(options.includeCollections ?? [])
-    const logFailure = makeFailureLog()
+    // Payload's logger once Payload is up (unless the app chose its own, or `false` for stderr).
+    const logFailure = makeFailureLog(() =>
+      options.logger === false ? null : (options.logger ?? state.payload?.logger ?? null),
+    )
     // A server this plugin started on a fixed port earlier in this process (Next.js evaluates the
     // config again on every dev reload, but runs onInit once): its state is taken over, so the
     // hooks below reach that server and it asks the rules below.
@@ -339,6 +342,8 @@ function uWebSocketPlugin(options = {}) {
       const out = {}
       for (const key of SERVER_OPTION_KEYS) if (options[key] !== undefined) out[key] = options[key]
       out.secret = options.secret ?? state.payload?.config?.secret ?? config.secret
+      // Payload's own logger (pino) unless the app chose one, or `false` for stderr.
+      if (options.logger === undefined && state.payload?.logger) out.logger = state.payload.logger
       // The admin's own origin may connect without being listed.
       if (liveAdmin && Array.isArray(options.allowedOrigins) && config.serverURL) {
         try {
