@@ -401,3 +401,49 @@ test("docs/operations.md's code blocks: the JS runs, the configs say what the se
   assert.ok(grace * 1000 > 5000 + 5000, 'the pod outlives the preStop pause and the drain')
   for (const path of ['/readyz', '/healthz']) assert.ok(kube.code.includes(`path: ${path}`))
 })
+
+test('SIGTERM drains: readyz 503 while a socket stays, 1001 with the reason, then the process ends', T, async () => {
+  // The child starts a server and waits; lib/lifecycle.js closes it on SIGTERM and then lets
+  // the signal end the process. A handshake held in `verifyUser` keeps the drain open.
+  const source = `
+    const h = await import(${JSON.stringify(new URL('./helpers.mjs', import.meta.url).href)})
+    const http = await import('node:http')
+    let release
+    const m = await h.startServer({
+      verifyUser: (token, claims) =>
+        claims.id === 'held' ? new Promise((r) => { release = () => r({ id: 'held' }); console.log('held') }) : { id: claims.id },
+    })
+    const app = http.createServer()
+    m.attachTo(app, { path: '/realtime' })
+    await new Promise((r) => app.listen(0, '127.0.0.1', r))
+    process.stdin.on('data', () => release())
+    console.log(JSON.stringify({ port: m.port, app: app.address().port }))
+  `
+  const child = spawn(process.execPath, ['--input-type=module', '-e', source], {
+    cwd: root,
+    stdio: ['pipe', 'pipe', 'pipe'],
+  })
+  cleanups.push(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'))
+  let out = ''
+  const exited = new Promise((r) => child.once('exit', (code, signal) => r({ code, signal })))
+  child.stderr.on('data', (d) => (out += d))
+  const ports = await new Promise((resolve) =>
+    child.stdout.on('data', (d) => {
+      out += d
+      const line = out.split('\n').find((l) => l.startsWith('{'))
+      if (line) resolve(JSON.parse(line))
+    }),
+  )
+  const client = await connect(`ws://127.0.0.1:${ports.port}/`, { token: makeToken({ id: 'alice' }) })
+  const held = handshake(`ws://127.0.0.1:${ports.app}/realtime`, { token: makeToken({ id: 'held' }) })
+  await waitUntil(() => out.includes('held'), { label: 'the handshake to be held' })
+
+  child.kill('SIGTERM')
+  assert.deepEqual(await client.waitForClose(), { code: 1001, reason: 'server shutting down, reconnect elsewhere' })
+  const ready = await httpGet(ports.port, '/readyz')
+  assert.deepEqual([ready.status, ready.json], [503, { status: 'draining' }])
+  child.stdin.write('release\n')
+  assert.equal((await held).status, 503)
+  const { signal } = await exited
+  assert.equal(signal, 'SIGTERM', `the signal ends the process once drained: ${out}`)
+})

@@ -5,9 +5,10 @@
 // run, and the process hooks that close them, are kept on `globalThis` under a registered
 // symbol, so every copy finds the same ones.
 //
-// Shutdown: on SIGTERM and SIGINT every server closes (1001 to its sockets, port freed); when no
-// one else listens for the signal, the signal is then raised again so the process ends as it
-// would have. Whoever exits the process (Next's own signal handler calls `process.exit`), the
+// Shutdown: on SIGTERM and SIGINT every server drains (`close()`: new upgrades and `/readyz` get
+// 503, every socket 1001 "reconnect elsewhere" and `drainTimeout` to go, then the port is freed);
+// when no one else listens for the signal, the signal is then raised again so the process ends as
+// it would have. Whoever exits the process (Next's own signal handler calls `process.exit`), the
 // `exit` hook closes what still runs, waiting a bounded time for the close frames to go out.
 
 const STATE = Symbol.for('payload-realtime.process')

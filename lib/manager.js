@@ -949,4 +949,5 @@ module.exports = {
   SERVER_OPTIONS,
   PLUGIN_OPTIONS,
   makeFailureLog,
+  logLine,
 }

@@ -10,7 +10,7 @@
 // access, and joins refused to users who may read nothing of the collection.
 
 const managerModule = require('./manager.js')
-const { afterCommit, installTransactionHooks } = require('./payload/transactions.js')
+const { afterCommit, installTransactionHooks, setFailureLog } = require('./payload/transactions.js')
 const { readAccessDecision, mayReadCollection, withoutAuthInternals } = require('./payload/access.js')
 const { Sessions } = require('./payload/session.js')
 const lifecycle = require('./lifecycle.js')
@@ -125,7 +125,11 @@ function uWebSocketPlugin(options = {}) {
     const knownSlugs = new Set((config.collections ?? []).map((c) => c.slug))
     for (const slug of include) {
       if (!knownSlugs.has(slug)) {
-        console.warn(`[payload-realtime] includeCollections names "${slug}", which is not a collection of this config`)
+        managerModule.logLine(
+          options.logger || null,
+          'warn',
+          `includeCollections names "${slug}", which is not a collection of this config`,
+        )
       }
     }
 
@@ -158,7 +162,7 @@ function uWebSocketPlugin(options = {}) {
       }
     }
 
-    const sessions = new Sessions({ getPayload: () => state.payload, getManager: currentManager })
+    const sessions = new Sessions({ getPayload: () => state.payload, getManager: currentManager, logFailure })
 
     // On by default: only `readAccess: false`, or `{ [slug]: false }`, delivers a collection's
     // events to everyone who may connect, whole.
@@ -403,6 +407,7 @@ function uWebSocketPlugin(options = {}) {
       onInit: async (payload) => {
         state.payload = payload
         installTransactionHooks(payload.db)
+        setFailureLog(logFailure)
         if (liveAdmin) announceLocks(payload.db, send)
         sessions.installLogoutSweep(payload.db)
         if (typeof payload.destroy === 'function') {

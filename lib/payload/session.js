@@ -13,6 +13,7 @@
 // (this is how "log out of all sessions" is seen, also from the Local API).
 
 const { afterCommit } = require('./transactions.js')
+const { makeFailureLog } = require('../manager.js')
 const { withoutAuthInternals } = require('./access.js')
 
 const LOGOUT = Symbol('payload-realtime.logout')
@@ -50,16 +51,17 @@ function tokenOf(req) {
 
 class Sessions {
   /**
-   * @param {{ getPayload: () => any, getManager: () => any }} deps
+   * @param {{ getPayload: () => any, getManager: () => any, logFailure?: (what: string, err: unknown) => void }} deps
+   * `logFailure` writes one line per kind of failure per episode (the manager's `makeFailureLog`).
    */
-  constructor({ getPayload, getManager }) {
+  constructor({ getPayload, getManager, logFailure = makeFailureLog() }) {
     this.getPayload = getPayload
     this.getManager = getManager
+    this.logFailure = logFailure
     /** sid -> epoch seconds after which remembering it is pointless (the token has expired) */
     this.revoked = new Map()
     /** `<collection>:<id>` -> Map(sid -> exp): sessions seen connecting, to close on logout-all */
     this.known = new Map()
-    this.warnedNoRevoke = false
   }
 
   _prune(map, now = Date.now() / 1000) {
@@ -96,7 +98,7 @@ class Sessions {
   verifyUser = async (token, claims) => {
     const payload = this.getPayload()
     if (!payload) {
-      console.error('[payload-realtime] a socket was refused: Payload is not initialised yet')
+      this.logFailure('verifyUser', new Error('a socket was refused: Payload is not initialised yet'))
       return null
     }
     const sid = claims && typeof claims.sid === 'string' ? claims.sid : undefined
@@ -122,16 +124,13 @@ class Sessions {
     const manager = this.getManager()
     if (!manager) return 0
     if (typeof manager.revokeSession !== 'function') {
-      if (!this.warnedNoRevoke) {
-        this.warnedNoRevoke = true
-        console.error('[payload-realtime] this server cannot revoke sessions (manager.revokeSession is missing)')
-      }
+      this.logFailure('revoking a session', new Error('this server cannot (manager.revokeSession is missing)'))
       return 0
     }
     try {
       return manager.revokeSession(sid ? { collection, id, sid } : { collection, id })
     } catch (err) {
-      console.error(`[payload-realtime] revoking a session failed: ${err.message}`)
+      this.logFailure('revoking a session', err)
       return 0
     }
   }
@@ -165,7 +164,7 @@ class Sessions {
         afterCommit(req, () => {}, { onRollback: () => this.revoked.delete(sid), what: 'logout' })
       }
     } catch (err) {
-      console.error(`[payload-realtime] afterLogout failed: ${err.message}`)
+      this.logFailure('afterLogout', err)
     }
   }
 
@@ -210,7 +209,7 @@ class Sessions {
           afterCommit(args.req, () => sessions._sweep(mark.collection, mark.id, remaining), { what: 'logout' })
         }
       } catch (err) {
-        console.error(`[payload-realtime] logout bookkeeping failed: ${err.message}`)
+        sessions.logFailure('logout bookkeeping', err)
       }
       return result
     }

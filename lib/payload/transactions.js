@@ -20,8 +20,12 @@ function runSafely(fn, what) {
   }
 }
 
-function logFailure(what, err) {
+/** Where failures of queued work are logged: the plugin sets its own (one line per episode, its logger). */
+let logFailure = (what, err) =>
   console.error(`[payload-realtime] ${what} failed: ${err instanceof Error ? err.message : String(err)}`)
+
+function setFailureLog(fn) {
+  if (typeof fn === 'function') logFailure = fn
 }
 
 /**
@@ -111,4 +115,4 @@ function afterCommit(req, onCommit, { onRollback, what = 'after-commit work' } =
   }
 }
 
-module.exports = { afterCommit, installTransactionHooks }
+module.exports = { afterCommit, installTransactionHooks, setFailureLog }
