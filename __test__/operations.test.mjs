@@ -447,3 +447,20 @@ test('SIGTERM drains: readyz 503 while a socket stays, 1001 with the reason, the
   const { signal } = await exited
   assert.equal(signal, 'SIGTERM', `the signal ends the process once drained: ${out}`)
 })
+
+test("the plugin logs through Payload's own logger unless told otherwise", { timeout: 120_000 }, async () => {
+  const { startPayload } = await import('./payload-fixture.mjs')
+  const ctx = await startPayload()
+  try {
+    assert.equal(ctx.manager._logger, ctx.payload.logger)
+  } finally {
+    await ctx.close()
+  }
+  const own = recorder()
+  const ctx2 = await startPayload({ plugin: { logger: own.logger } })
+  try {
+    assert.equal(ctx2.manager._logger, own.logger)
+  } finally {
+    await ctx2.close()
+  }
+})
