@@ -46,6 +46,9 @@ pub const EPISODE_GAP: Duration = Duration::from_secs(60);
 /// A long episode is logged again this often, with the number of lines it held back.
 pub const EPISODE_REMINDER: Duration = Duration::from_secs(600);
 
+/// Episodes remembered before those that are over are forgotten.
+const MAX_EPISODES: usize = 1024;
+
 /// The host's logger: takes a line without waiting, or says `false` (its queue is full).
 pub trait LogOut: Send + Sync {
     fn line(&self, level: Level, text: &str) -> bool;
@@ -143,6 +146,11 @@ pub fn emit(level: Level, kind: &'static str, args: std::fmt::Arguments<'_>) {
         let mut all = episodes().0.lock();
         let now = Instant::now();
         let (log, episode) = Episode::observe(all.get_mut(&key), now);
+        // Kinds are call sites, but sinks come and go with servers (a dev reload starts new
+        // ones): past a bound, episodes that are over are forgotten.
+        if all.len() >= MAX_EPISODES {
+            all.retain(|_, e| now.saturating_duration_since(e.seen) < EPISODE_GAP);
+        }
         all.insert(key, episode);
         match log {
             Some(held) => held,
