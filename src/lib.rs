@@ -134,6 +134,10 @@ pub struct NativeOptions {
     pub metrics_host: Option<String>,
     /// Milliseconds a drain gives sockets to go after their 1001 (default 5000).
     pub drain_timeout: Option<u32>,
+    /// Revoked sessions remembered per instance (default 100000).
+    pub max_revoked_sessions: Option<u32>,
+    /// Seconds: the longest a token lives (default 7 days); how long revocations are kept.
+    pub max_token_lifetime: Option<u32>,
 }
 
 #[napi(object)]
@@ -251,6 +255,10 @@ impl NativeOptions {
             drain_timeout: self
                 .drain_timeout
                 .map_or(d.drain_timeout, |ms| Duration::from_millis(ms as u64)),
+            max_revoked_sessions: self.max_revoked_sessions.map_or(d.max_revoked_sessions, |v| v as usize),
+            max_token_lifetime: self
+                .max_token_lifetime
+                .map_or(d.max_token_lifetime, |s| Duration::from_secs(s as u64)),
         }
     }
 }
@@ -329,6 +337,17 @@ pub struct NativeStats {
     pub authorize_calls: f64,
     /// Log lines dropped because the logger's queue was full.
     pub log_lines_dropped: f64,
+    /// Revoked sessions: held here, waiting for Redis, forgotten past `maxRevokedSessions`,
+    /// and checks Redis could not answer.
+    pub sessions: NativeSessionStats,
+}
+
+#[napi(object)]
+pub struct NativeSessionStats {
+    pub revoked: f64,
+    pub pending: f64,
+    pub evicted: f64,
+    pub check_failures: f64,
 }
 
 #[napi(object)]
@@ -552,10 +571,29 @@ impl RealtimeServer {
     }
 
     /// Closes with 4003 the sockets of user `<collection>:<id>` on session `sid` (every session
-    /// when `sid` is absent). Returns how many were closed.
+    /// when `sid` is absent) and remembers the revocation until `exp` (the token's expiry,
+    /// seconds) unless `remember` is false. Returns how many were closed here.
     #[napi(catch_unwind)]
-    pub fn revoke_session(&self, collection: String, id: String, sid: Option<String>) -> u32 {
-        self.hub.revoke_session(&format!("{collection}:{id}"), sid.as_deref()) as u32
+    pub fn revoke_session(
+        &self,
+        collection: String,
+        id: String,
+        sid: Option<String>,
+        exp: Option<f64>,
+        remember: Option<bool>,
+    ) -> u32 {
+        let exp = exp.filter(|e| e.is_finite() && *e > 0.0).map(|e| e as u64);
+        let key = format!("{collection}:{id}");
+        self.hub
+            .revoke_session(&key, sid.as_deref(), exp, remember.unwrap_or(true)) as u32
+    }
+
+    /// The user `<collection>:<id>` changed (`doc`) or was deleted (`null`), on every instance.
+    /// Returns how many of its sockets are here.
+    #[napi(catch_unwind)]
+    pub fn update_user(&self, collection: String, id: String, doc: Value) -> u32 {
+        let doc = (!doc.is_null()).then_some(doc);
+        self.hub.update_user(&format!("{collection}:{id}"), doc) as u32
     }
 
     #[napi(catch_unwind)]
@@ -606,6 +644,12 @@ impl RealtimeServer {
             bytes_out: s.bytes_out as f64,
             authorize_calls: s.authorize_calls as f64,
             log_lines_dropped: s.log_dropped as f64,
+            sessions: NativeSessionStats {
+                revoked: s.sessions.revoked as f64,
+                pending: s.sessions.pending as f64,
+                evicted: s.sessions.evicted as f64,
+                check_failures: s.sessions.check_failures as f64,
+            },
         }
     }
 

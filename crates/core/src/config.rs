@@ -99,6 +99,12 @@ pub struct Config {
     pub metrics: Option<MetricsAccess>,
     /// How long a shutdown gives sockets to go after their 1001 before cutting them.
     pub drain_timeout: Duration,
+    /// Revoked sessions each instance remembers; past it the one expiring first is forgotten
+    /// (counted in `stats().sessions.evicted`).
+    pub max_revoked_sessions: usize,
+    /// The longest a token can live (the longest `tokenExpiration` of the auth collections): how
+    /// long a user-wide revocation, or one whose token's expiry is unknown, is kept.
+    pub max_token_lifetime: Duration,
 }
 
 /// How `GET /metrics` is reached: never anonymously on the port clients use.
@@ -161,6 +167,8 @@ impl Default for Config {
             max_recovery_events: 1000,
             metrics: None,
             drain_timeout: Duration::from_secs(5),
+            max_revoked_sessions: 100_000,
+            max_token_lifetime: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -202,6 +210,12 @@ impl Config {
         }
         if self.max_verifying == 0 {
             return bad("`maxVerifying` must be at least 1".into());
+        }
+        if self.max_revoked_sessions == 0 {
+            return bad("`maxRevokedSessions` must be at least 1".into());
+        }
+        if self.max_token_lifetime < Duration::from_secs(1) {
+            return bad("`maxTokenLifetime` must be at least 1 second".into());
         }
         if self.worker_threads == 0 || self.worker_threads > 256 {
             return bad("`workerThreads` must be between 1 and 256".into());

@@ -27,6 +27,7 @@ use crate::history::{Entry, Histories, HistoryPolicy, RecoveryFailed, Since};
 use crate::peer::{Peer, PeerId};
 use crate::presence::{summary_of, Change, Presence};
 use crate::protocol::{close_code, collection_room, encode_value, text_frame};
+use crate::revocations::{Revocation, Revocations, Token, Verdict};
 use crate::rooms::{Joined, Registry};
 use crate::stats::{Snapshot, Stats};
 use crate::warn;
@@ -90,6 +91,8 @@ pub struct Hub {
     pub(crate) overflow: std::sync::atomic::AtomicBool,
     /// Rooms whose members have a "you missed messages" signal on its way ([`Job::Missed`]).
     pub(crate) missed: parking_lot::Mutex<HashSet<Arc<str>>>,
+    /// Revoked sessions: checked at handshake and refresh, shared through Redis when configured.
+    pub revocations: Arc<Revocations>,
 }
 
 /// An event for a room with Redis-backed history, waiting for its offset.
@@ -110,6 +113,7 @@ impl Hub {
         let presence = Presence::new(config.presence.clone(), config.presence_expiry);
         let limits = crate::limits::Limits::new(&config);
         let verifying = crate::limits::Verifying::new(&config);
+        let config_revocations = (config.max_revoked_sessions, config.max_token_lifetime);
         let hub = Hub {
             host_rules: RwLock::new(Arc::new(config.host_rules.clone())),
             config,
@@ -134,6 +138,7 @@ impl Hub {
             verifying,
             overflow: Default::default(),
             missed: Default::default(),
+            revocations: Arc::new(Revocations::new(config_revocations.0, config_revocations.1)),
         };
         (Arc::new(hub), receivers)
     }
@@ -691,6 +696,18 @@ impl Hub {
                 tokio::spawn(run_appender(Arc::downgrade(self), history, rx));
             }
         }
+        if let Some(store) = broker.revocations() {
+            self.revocations.set_store(Arc::new(store));
+            let weak = Arc::downgrade(self);
+            tokio::spawn(self.revocations.clone().run_writer(
+                move |written| {
+                    if let Some(hub) = weak.upgrade() {
+                        hub.announce_revocations(written);
+                    }
+                },
+                self.shutdown.clone(),
+            ));
+        }
         let _ = self.broker.set(broker);
     }
 
@@ -898,8 +915,20 @@ impl Hub {
                 }
                 Ok(())
             }
-            Kind::Revoke { user, sid } => {
+            Kind::Revoke { user, sid, at, exp } => {
+                if let Some(at_ms) = at {
+                    self.revocations.learn(&Revocation {
+                        user: user.to_string(),
+                        sid: sid.map(str::to_string),
+                        at_ms,
+                        expires: exp.unwrap_or(u64::MAX),
+                    });
+                }
                 self.revoke_local(user, sid);
+                Ok(())
+            }
+            Kind::User { user, doc } => {
+                self.apply_user(user, serde_json::from_str(doc.get()).ok());
                 Ok(())
             }
             Kind::Presence { room, op, users } => {
@@ -955,16 +984,124 @@ impl Hub {
 
     /// Closes with 4003 every socket of this user (`<collection>:<id>`) whose session is `sid`,
     /// or all of the user's sockets when `sid` is `None`. Returns how many were closed.
-    pub fn revoke_session(&self, user_key: &str, sid: Option<&str>) -> usize {
-        if let Some(broker) = self.broker.get() {
+    ///
+    /// The revocation is remembered (in Redis too, when configured) until the token expires
+    /// (`exp`, seconds), at most `maxTokenLifetime`: the session is refused at handshake and
+    /// refresh on every instance.
+    /// `remember: false` only closes the sockets (a logout whose write may still be rolled back:
+    /// it is remembered once committed).
+    pub fn revoke_session(&self, user_key: &str, sid: Option<&str>, exp: Option<u64>, remember: bool) -> usize {
+        if remember {
+            let r = self.revocations.revoke(user_key, sid, exp);
+            self.announce_revocations(std::slice::from_ref(&r));
+        } else if let Some(broker) = self.broker.get() {
             let envelope = Envelope {
                 v: 1,
                 from: &self.instance,
-                kind: Kind::Revoke { user: user_key, sid },
+                kind: Kind::Revoke {
+                    user: user_key,
+                    sid,
+                    at: None,
+                    exp: None,
+                },
             };
             broker.publish(Channel::Control, envelope.encode());
         }
         self.revoke_local(user_key, sid)
+    }
+
+    /// Tells the other instances of revocations (they close those sockets and remember them).
+    pub fn announce_revocations(&self, revocations: &[Revocation]) {
+        let Some(broker) = self.broker.get() else { return };
+        for r in revocations {
+            let envelope = Envelope {
+                v: 1,
+                from: &self.instance,
+                kind: Kind::Revoke {
+                    user: &r.user,
+                    sid: r.sid.as_deref(),
+                    at: Some(r.at_ms),
+                    exp: Some(r.expires),
+                },
+            };
+            broker.publish(Channel::Control, envelope.encode());
+        }
+    }
+
+    /// Whether a token (`user`, its current `sid`) may be used: known revocations, then the
+    /// store. A token issued in the second of a user-wide revocation counts as revoked unless
+    /// the host verifies users itself (Payload knows which sessions are left).
+    pub async fn check_session(&self, user: &User, sid: Option<&str>) -> Verdict {
+        let same_second = self.callbacks.verifier.is_none();
+        self.revocations.check(Token::of(user, sid), same_second).await
+    }
+
+    /// After Redis came back: this instance's revocations are written again and its open
+    /// sockets are checked against the store; revoked ones are closed (4003).
+    pub async fn recheck_sessions(&self) {
+        self.revocations.rewrite_all();
+        let peers: Vec<Arc<Peer>> = self
+            .registry
+            .all_peers()
+            .into_iter()
+            .filter(|p| p.user.is_some())
+            .collect();
+        if peers.is_empty() {
+            return;
+        }
+        let tokens: Vec<(Option<String>, Option<u64>)> = peers.iter().map(|p| p.token_sid()).collect();
+        let queries: Vec<Token> = peers
+            .iter()
+            .zip(&tokens)
+            .map(|(p, (sid, iat))| Token {
+                user: p.user_key(),
+                sid: sid.as_deref(),
+                issued_at: *iat,
+            })
+            .collect();
+        let same_second = self.callbacks.verifier.is_none();
+        match self.revocations.check_many(&queries, same_second).await {
+            Ok(revoked) => {
+                for (peer, revoked) in peers.iter().zip(revoked) {
+                    if revoked {
+                        self.registry.remove_peer(peer);
+                        peer.outbound.close(close_code::SESSION_REVOKED, "session revoked");
+                    }
+                }
+            }
+            Err(e) => warn!("could not check open sessions against Redis after a reconnect ({e})"),
+        }
+    }
+
+    /// A user changed (`doc`) or was deleted (`None`): every instance's sockets of that user
+    /// show the new document to rules, read access and handlers; a deleted user's sockets are
+    /// closed (4003) and the user is revoked as a whole. Returns the sockets affected here.
+    pub fn update_user(&self, user_key: &str, doc: Option<Value>) -> usize {
+        if doc.is_none() {
+            return self.revoke_session(user_key, None, None, true);
+        }
+        if let Some(broker) = self.broker.get() {
+            let json = doc.as_ref().map_or_else(|| "null".to_string(), Value::to_string);
+            if let Some(body) = raw(&json) {
+                let envelope = Envelope {
+                    v: 1,
+                    from: &self.instance,
+                    kind: Kind::User {
+                        user: user_key,
+                        doc: &body,
+                    },
+                };
+                broker.publish(Channel::Control, envelope.encode());
+            }
+        }
+        self.apply_user(user_key, doc)
+    }
+
+    fn apply_user(&self, user_key: &str, doc: Option<Value>) -> usize {
+        match doc {
+            Some(doc) if !doc.is_null() => self.registry.replace_user(user_key, Arc::new(doc)),
+            _ => self.revoke_local(user_key, None),
+        }
     }
 
     fn revoke_local(&self, user_key: &str, sid: Option<&str>) -> usize {
@@ -999,6 +1136,7 @@ impl Hub {
             .logger
             .as_ref()
             .map_or(0, |l| l.dropped.load(Ordering::Relaxed));
+        snapshot.sessions = self.revocations.stats();
         snapshot
     }
 

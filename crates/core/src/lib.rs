@@ -42,6 +42,7 @@ pub mod peer;
 pub mod presence;
 pub mod protocol;
 pub mod requests;
+pub mod revocations;
 pub mod rooms;
 pub mod server;
 pub mod splice;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 
 use crate::auth::User;
@@ -21,13 +21,17 @@ pub struct Peer {
     pub public_id: String,
     pub user: Option<User>,
     /// The user as the host sees it (the verified user document in plugin mode, else the
-    /// token's claims), shared with every authorize and handler call.
-    pub user_value: Arc<Value>,
+    /// token's claims), shared with every authorize and handler call; replaced when the user
+    /// changes (`updateUser`, on any instance).
+    user_value: RwLock<Arc<Value>>,
     /// The session id (`sid` claim) of the current token: logout revokes by it.
     pub sid: Mutex<Option<String>>,
     /// When the current token expires (seconds since the epoch; 0 = never). A fresh token sent
     /// with `{ type: "auth" }` moves it.
     pub expires_at: AtomicU64,
+    /// When the current token was issued (`iat`, seconds; 0 = unknown): a user-wide revocation
+    /// covers the tokens issued before it.
+    pub issued_at: AtomicU64,
     pub outbound: Outbound,
     /// Rooms this socket is in; `None` once it has left them all for good (closed).
     pub(crate) rooms: Mutex<Option<Vec<Arc<str>>>>,
@@ -76,13 +80,18 @@ impl Peer {
     ) -> Peer {
         let sid = user.as_ref().and_then(|u| u.sid());
         let expires_at = user.as_ref().and_then(|u| u.expires_at).unwrap_or(0);
+        let issued_at = user
+            .as_ref()
+            .and_then(|u| u.claims.get("iat").and_then(Value::as_u64))
+            .unwrap_or(0);
         Peer {
             id,
             public_id: format!("{instance}.{id}"),
             user,
-            user_value,
+            user_value: RwLock::new(user_value),
             sid: Mutex::new(sid),
             expires_at: AtomicU64::new(expires_at),
+            issued_at: AtomicU64::new(issued_at),
             outbound: Outbound::new(max_backpressure),
             rooms: Mutex::new(Some(Vec::new())),
             last_seen_ms: AtomicU64::new(0),
@@ -184,6 +193,17 @@ impl Peer {
 
     /// The user as JS sees it (`null` for anonymous).
     pub fn user_json(&self) -> Arc<Value> {
-        self.user_value.clone()
+        self.user_value.read().clone()
+    }
+
+    /// The user changed: what rules see of this socket's user from now on.
+    pub fn set_user_json(&self, value: Arc<Value>) {
+        *self.user_value.write() = value;
+    }
+
+    /// The current token as a revocation check sees it.
+    pub fn token_sid(&self) -> (Option<String>, Option<u64>) {
+        let iat = self.issued_at.load(Ordering::Relaxed);
+        (self.sid.lock().clone(), (iat > 0).then_some(iat))
     }
 }

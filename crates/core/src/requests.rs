@@ -347,6 +347,17 @@ impl Requests {
         let hub = hub.clone();
         let peer = self.peer.clone();
         tokio::spawn(async move {
+            let sid = user.sid();
+            let why = match hub.check_session(&user, sid.as_deref()).await {
+                crate::revocations::Verdict::Valid => None,
+                crate::revocations::Verdict::Revoked => Some("session revoked"),
+                crate::revocations::Verdict::Unavailable => Some("revoked sessions cannot be checked now"),
+            };
+            if let Some(why) = why {
+                let frame = protocol::error(ErrorCode::Forbidden, why, id.as_ref());
+                hub.registry.send_to(&peer, frame, &hub.stats);
+                return;
+            }
             if let Some(verifier) = &hub.callbacks.verifier {
                 use crate::server::{verify_capped, Unverified};
                 let refused = match verify_capped(&hub, &**verifier, &user, token).await {
@@ -365,6 +376,8 @@ impl Requests {
                 }
             }
             peer.expires_at.store(user.expires_at.unwrap_or(0), Ordering::Relaxed);
+            let iat = user.claims.get("iat").and_then(serde_json::Value::as_u64);
+            peer.issued_at.store(iat.unwrap_or(0), Ordering::Relaxed);
             *peer.sid.lock() = user.sid();
             if let Some(id) = &id {
                 hub.registry.send_to(&peer, protocol::ack(id), &hub.stats);

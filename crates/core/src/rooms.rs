@@ -172,6 +172,35 @@ impl Registry {
         self.peers[shard_of(&id)].read().get(&id).cloned()
     }
 
+    /// A user changed: its sockets, and the rooms' lists of users that authorize asks about,
+    /// show `value` from now on. Returns how many sockets that user has here.
+    pub fn replace_user(&self, key: &str, value: Arc<Value>) -> usize {
+        let peers: Vec<Arc<Peer>> = self
+            .all_peers()
+            .into_iter()
+            .filter(|p| p.user.is_some() && p.user_key() == key)
+            .collect();
+        let mut rooms: Vec<Arc<str>> = Vec::new();
+        for peer in &peers {
+            peer.set_user_json(value.clone());
+            if let Some(list) = peer.rooms.lock().as_ref() {
+                rooms.extend(list.iter().cloned());
+            }
+        }
+        rooms.sort();
+        rooms.dedup();
+        for room in rooms {
+            let mut shard = self.rooms[shard_of(&*room)].write();
+            if let Some(r) = shard.get_mut(&room) {
+                if let Some((v, _)) = r.users.get_mut(key) {
+                    *v = value.clone();
+                    *r.list.get_mut() = None;
+                }
+            }
+        }
+        peers.len()
+    }
+
     /// Every connected socket (for shutdown).
     pub fn all_peers(&self) -> Vec<Arc<Peer>> {
         self.peers

@@ -152,6 +152,14 @@ impl Server {
                         }
                     }
                 });
+                // Back on the control channel after an outage: what was revoked meanwhile is in
+                // Redis, and this instance's open sockets are checked against it.
+                let weak = Arc::downgrade(&hub);
+                let on_reconnected = Arc::new(move || {
+                    if let Some(hub) = weak.upgrade() {
+                        tokio::spawn(async move { hub.recheck_sessions().await });
+                    }
+                });
                 let namespace = crate::broker::redis::Namespace::new(&hub.config);
                 let broker = RedisBroker::start(
                     &url,
@@ -159,6 +167,7 @@ impl Server {
                     &hub.instance,
                     on_message,
                     on_subscribed,
+                    on_reconnected,
                     hub.shutdown.clone(),
                 )?;
                 hub.set_broker(broker);
@@ -842,13 +851,20 @@ enum Checked {
 
 /// Plugin mode: Payload itself confirms the user (sessions, disabled or deleted users). `Ok`
 /// gives what the host returned for the user (`None` without a verifier or a user).
+///
+/// Before that, the session is checked against the revoked ones (this instance's, then Redis'):
+/// a revoked session gets 401, and when Redis cannot be asked in time, 503 `unavailable`
+/// (never a possibly revoked session).
 async fn confirm_user(hub: &Hub, user: Option<&User>, token: String) -> Result<Option<serde_json::Value>, Refused> {
-    let (Some(verifier), Some(user)) = (&hub.callbacks.verifier, user) else {
+    let Some(user) = user else { return Ok(None) };
+    let sid = user.sid();
+    session_allowed(hub, hub.check_session(user, sid.as_deref()).await)?;
+    let Some(verifier) = &hub.callbacks.verifier else {
         return Ok(None);
     };
-    match verify_capped(hub, &**verifier, user, token).await {
-        Ok(v) => Ok(Some(v)),
-        Err(Unverified::Refused(refusal)) => Err(refuse(hub, &refusal)),
+    let value = match verify_capped(hub, &**verifier, user, token).await {
+        Ok(v) => v,
+        Err(Unverified::Refused(refusal)) => return Err(refuse(hub, &refusal)),
         Err(Unverified::Busy(over)) => {
             Stats::add(&hub.stats.handshakes_refused, 1);
             let (status, reason) = match over {
@@ -864,7 +880,29 @@ async fn confirm_user(hub: &Hub, user: Option<&User>, token: String) -> Result<O
             let body = serde_json::json!({ "error": "too-many-verifications", "reason": reason });
             let mut refused = Refused::new(status, body.to_string());
             refused.retry_after = true;
-            Err(refused)
+            return Err(refused);
+        }
+    };
+    // A logout may have been announced while the host was verifying.
+    let token = crate::revocations::Token::of(user, sid.as_deref());
+    if hub.revocations.known_revoked(&token, false) {
+        return Err(refuse(hub, &Refusal::unauthorized("session revoked")));
+    }
+    Ok(Some(value))
+}
+
+/// The refusal for a session that is revoked, or that cannot be checked.
+fn session_allowed(hub: &Hub, verdict: crate::revocations::Verdict) -> Result<(), Refused> {
+    use crate::revocations::Verdict;
+    match verdict {
+        Verdict::Valid => Ok(()),
+        Verdict::Revoked => Err(refuse(hub, &Refusal::unauthorized("session revoked"))),
+        Verdict::Unavailable => {
+            hub.stats.refused("unavailable");
+            Err(Refused::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"error":"unavailable","reason":"revoked sessions cannot be checked now (Redis is unreachable)"}"#,
+            ))
         }
     }
 }

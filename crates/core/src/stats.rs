@@ -170,6 +170,7 @@ pub struct Snapshot {
     /// Events kept in this instance's in-memory histories, and the rooms they belong to.
     pub history_events: u64,
     pub history_rooms: u64,
+    pub sessions: crate::revocations::SessionStats,
 }
 
 impl Stats {
@@ -217,6 +218,7 @@ impl Stats {
             log_dropped: 0,
             history_events: 0,
             history_rooms: 0,
+            sessions: Default::default(),
         }
     }
 

@@ -10,6 +10,7 @@
 
 pub mod redis;
 pub mod redis_history;
+pub mod redis_revocations;
 
 use std::sync::Arc;
 
@@ -59,6 +60,10 @@ pub trait Broker: Send + Sync + 'static {
     fn history(&self) -> Option<redis_history::RedisHistory> {
         None
     }
+    /// Revoked sessions kept in the broker, shared by every instance.
+    fn revocations(&self) -> Option<redis_revocations::RedisRevocations> {
+        None
+    }
 }
 
 /// What travels between instances.
@@ -88,8 +93,16 @@ pub enum Kind<'a> {
     },
     /// A message for one socket of the receiving instance.
     Send { socket: &'a str, msg: &'a RawValue },
-    /// Close a user's session (logout) on every instance.
-    Revoke { user: &'a str, sid: Option<&'a str> },
+    /// Close a user's session (logout) on every instance. `at` (ms) and `exp` (s) say what to
+    /// remember of it (absent from instances before revocations were stored).
+    Revoke {
+        user: &'a str,
+        sid: Option<&'a str>,
+        at: Option<u64>,
+        exp: Option<u64>,
+    },
+    /// A user's document changed (`null`: deleted): sockets of that user judge rules with it.
+    User { user: &'a str, doc: &'a RawValue },
     /// Presence in a room: `op` is `join` / `leave` (users changed here), `state` (all of this
     /// instance's users, refreshed periodically) or `sync` (asks the others for their state);
     /// `users` is `[[key, { id, collection }], ...]`.
@@ -124,6 +137,10 @@ struct Wire<'a> {
     op: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     offset: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exp: Option<u64>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     body: Option<&'a RawValue>,
 }
@@ -148,6 +165,8 @@ impl Envelope<'_> {
             except: None,
             op: None,
             offset: None,
+            at: None,
+            exp: None,
             body: None,
         };
         match &self.kind {
@@ -172,10 +191,17 @@ impl Envelope<'_> {
                 w.socket = b(socket);
                 w.body = Some(msg);
             }
-            Kind::Revoke { user, sid } => {
+            Kind::Revoke { user, sid, at, exp } => {
                 w.kind = Cow::Borrowed("revoke");
                 w.user = b(user);
                 w.sid = sid.and_then(b);
+                w.at = *at;
+                w.exp = *exp;
+            }
+            Kind::User { user, doc } => {
+                w.kind = Cow::Borrowed("user");
+                w.user = b(user);
+                w.body = Some(doc);
             }
             Kind::Presence { room, op, users } => {
                 w.kind = Cow::Borrowed("presence");
@@ -215,6 +241,12 @@ impl Decoded<'_> {
             "revoke" => Kind::Revoke {
                 user: w.user.as_deref()?,
                 sid: w.sid.as_deref(),
+                at: w.at,
+                exp: w.exp,
+            },
+            "user" => Kind::User {
+                user: w.user.as_deref()?,
+                doc: w.body?,
             },
             "presence" => Kind::Presence {
                 room: w.room.as_deref()?,
@@ -273,6 +305,8 @@ mod tests {
             kind: Kind::Revoke {
                 user: "users:1",
                 sid: None,
+                at: Some(5),
+                exp: None,
             },
         }
         .encode();
@@ -280,9 +314,25 @@ mod tests {
             Envelope::decode(&revoke).unwrap().envelope().unwrap().kind,
             Kind::Revoke {
                 user: "users:1",
-                sid: None
+                sid: None,
+                at: Some(5),
+                exp: None,
             }
         ));
+        let doc = raw(r#"{"id":1,"role":"member"}"#).unwrap();
+        let user = Envelope {
+            v: 1,
+            from: "x",
+            kind: Kind::User {
+                user: "users:1",
+                doc: &doc,
+            },
+        }
+        .encode();
+        match Envelope::decode(&user).unwrap().envelope().unwrap().kind {
+            Kind::User { user, doc } => assert_eq!((user, doc.get()), ("users:1", r#"{"id":1,"role":"member"}"#)),
+            other => panic!("{other:?}"),
+        }
         assert!(Envelope::decode("{\"v\":2,\"from\":\"x\",\"kind\":\"revoke\",\"user\":\"u\"}").is_none());
         assert!(Envelope::decode("garbage").is_none());
         // Escapes in names are fine (they are unescaped into owned strings).

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::redis_history::RedisHistory;
+use super::redis_revocations::RedisRevocations;
 use super::{Broker, BrokerStats, Channel};
 use crate::error::Error;
 use crate::{info, warn};
@@ -125,6 +126,7 @@ enum Sub {
 pub struct RedisBroker {
     namespace: Namespace,
     history: RedisHistory,
+    revocations: RedisRevocations,
     outbox: mpsc::Sender<(String, String)>,
     subs: mpsc::UnboundedSender<Sub>,
     counters: Arc<Counters>,
@@ -155,6 +157,7 @@ impl RedisBroker {
         instance: &str,
         on_message: Arc<dyn Fn(&str) + Send + Sync>,
         on_subscribed: Arc<dyn Fn(&str) + Send + Sync>,
+        on_reconnected: Arc<dyn Fn() + Send + Sync>,
         shutdown: CancellationToken,
     ) -> Result<Arc<RedisBroker>, Error> {
         let mut config = Config::from_url(url).map_err(|e| {
@@ -223,7 +226,10 @@ impl RedisBroker {
             channels,
             subs_rx,
             counters.clone(),
-            on_subscribed,
+            Told {
+                on_subscribed,
+                on_reconnected,
+            },
             shutdown.clone(),
         ));
         let (p, s, c) = (publisher.clone(), subscriber.clone(), counters.clone());
@@ -238,6 +244,7 @@ impl RedisBroker {
             .await;
         });
         Ok(Arc::new(RedisBroker {
+            revocations: RedisRevocations::new(publisher.clone(), &namespace.prefix),
             history: RedisHistory::new(publisher, &namespace.prefix),
             namespace,
             outbox,
@@ -277,6 +284,10 @@ impl Broker for RedisBroker {
 
     fn history(&self) -> Option<RedisHistory> {
         Some(self.history.clone())
+    }
+
+    fn revocations(&self) -> Option<RedisRevocations> {
+        Some(self.revocations.clone())
     }
 
     fn stats(&self) -> BrokerStats {
@@ -384,13 +395,23 @@ struct Channels {
     room_prefix: String,
 }
 
+/// Who the subscription loop tells: a room subscribed, and the control channel subscribed again
+/// after a (re)connect.
+struct Told {
+    on_subscribed: Arc<dyn Fn(&str) + Send + Sync>,
+    on_reconnected: Arc<dyn Fn() + Send + Sync>,
+}
+
 async fn subscription_loop(
     client: SubscriberClient,
     sharded: bool,
     Channels { always, room_prefix }: Channels,
     mut changes: mpsc::UnboundedReceiver<Sub>,
     counters: Arc<Counters>,
-    on_subscribed: Arc<dyn Fn(&str) + Send + Sync>,
+    Told {
+        on_subscribed,
+        on_reconnected,
+    }: Told,
     shutdown: CancellationToken,
 ) {
     let mut wanted: HashSet<String> = always.iter().cloned().collect();
@@ -447,6 +468,10 @@ async fn subscription_loop(
             if r.is_ok() {
                 if let Some(room) = channel.strip_prefix(&room_prefix) {
                     on_subscribed(room);
+                } else if channel == always[1] {
+                    // Subscribed to the control channel again: what was announced from now on
+                    // is heard, what was missed meanwhile is in the store.
+                    on_reconnected();
                 }
                 active.insert(channel);
             }
@@ -533,6 +558,7 @@ mod tests {
             "i",
             Arc::new(|_: &str| {}),
             Arc::new(|_: &str| {}),
+            Arc::new(|| {}),
             CancellationToken::new(),
         )
         .err()
