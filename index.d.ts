@@ -204,6 +204,16 @@ export interface ServerOptions {
    */
   logger?:
     { info(msg: string): void; warn(msg: string): void; error(msg: string): void; debug?(msg: string): void } | false
+  /**
+   * Revoked sessions each instance remembers (default 100000); past it the one that expires
+   * first is forgotten (`stats().sessions.evicted`). With Redis they are also kept there.
+   */
+  maxRevokedSessions?: number
+  /**
+   * Seconds: the longest a token can live (default 7 days; the plugin sets the longest
+   * `auth.tokenExpiration` of its auth collections). Revocations are kept this long at most.
+   */
+  maxTokenLifetime?: number
 }
 
 export interface PluginOptions extends ServerOptions {
@@ -316,6 +326,11 @@ export interface RealtimeStats {
   authorizeCalls: number
   /** Log lines dropped because the logger's queue (1024 lines) was full. */
   logLinesDropped: number
+  /**
+   * Revoked sessions: held by this instance now, waiting to be written to Redis, forgotten to
+   * stay within `maxRevokedSessions`, and checks Redis could not answer (each refused).
+   */
+  sessions: { revoked: number; pending: number; evicted: number; checkFailures: number }
 }
 
 export declare class UWebSocketManager {
@@ -335,7 +350,15 @@ export declare class UWebSocketManager {
   leaveRoom(socketId: string, room: string): boolean
   getSocketsInRoom(room: string): Array<{ id: string; user: SocketUser }>
   /** Closes with 4003 the sockets of a user's session (every session without `sid`); returns how many. */
-  revokeSession(session: { collection: string; id: string | number; sid?: string }): number
+  revokeSession(session: {
+    collection: string
+    id: string | number
+    sid?: string
+    exp?: number
+    remember?: boolean
+  }): number
+  /** A user changed (`doc`) or was deleted (`null`), on every instance. */
+  updateUser(user: { collection: string; id: string | number; doc: object | null }): number
   stats(): RealtimeStats
   /**
    * Takes over a WebSocket upgrade from your own HTTP server (its `'upgrade'` event): the server

@@ -53,7 +53,7 @@ for (const transactions of [false, true]) {
 
       const again = await ctx.handshake(laptop.token)
       assert.equal(again.status, 401, 'the logged-out token cannot reconnect')
-      assert.equal(again.json?.reason, 'session is not valid')
+      assert.equal(again.json?.reason, 'session revoked', 'refused by the remembered revocation')
 
       // A refresh over an open socket with a logged-out token is refused; with a live one, acked.
       const refused = await phone1.request({ type: 'auth', token: laptop.token })

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 
-import { isEvent, makeToken, sleep, withServer } from './helpers.mjs'
+import { isEvent, makeToken, sleep, startServer, withServer } from './helpers.mjs'
 
 const T = { timeout: 60_000 }
 
@@ -126,4 +126,58 @@ test('an authorize rule may answer { doc }: that user gets the event with its ow
     assert.equal((await guest.request({ type: 'ping' })).type, 'pong')
     assert.deepEqual(guest.events(), [])
   })
+})
+
+test(
+  'revoked sessions are refused at the handshake, within maxRevokedSessions (oldest-expiring forgotten)',
+  T,
+  async () => {
+    await withServer({ maxRevokedSessions: 2 }, async (ctx) => {
+      const now = Math.floor(Date.now() / 1000)
+      // Three sessions, revoked in turn; the one whose token expires first is forgotten.
+      const tokens = [300, 100, 200].map((life, i) => makeToken({ id: 'a', sid: `s${i}`, exp: now + life }))
+      for (const [i, life] of [300, 100, 200].entries()) {
+        ctx.manager.revokeSession({ collection: 'users', id: 'a', sid: `s${i}`, exp: now + life })
+      }
+      const { sessions } = ctx.manager.stats()
+      assert.deepEqual(sessions, { revoked: 2, pending: 0, evicted: 1, checkFailures: 0 })
+      for (const i of [0, 2]) {
+        const r = await ctx.handshake({ token: tokens[i] })
+        assert.equal(r.status, 401, `s${i}`)
+        assert.deepEqual(r.json, { error: 'unauthorized', reason: 'session revoked' })
+      }
+      // s1 expired first, so it was the one forgotten (without Redis or verifyUser nobody else knows).
+      assert.equal((await ctx.handshake({ token: tokens[1] })).status, 101)
+      // Another session of the user is not affected.
+      assert.equal((await ctx.handshake({ token: makeToken({ id: 'a', sid: 'other' }) })).status, 101)
+    })
+  },
+)
+
+test(
+  'a user revoked as a whole: tokens issued before are refused, later ones and refreshes are checked',
+  T,
+  async () => {
+    await withServer({}, async (ctx) => {
+      const now = Math.floor(Date.now() / 1000)
+      const before = makeToken({ id: 'u', sid: 'old', iat: now - 10 })
+      const open = await ctx.connect({ token: makeToken({ id: 'u', sid: 'x', iat: now - 10 }), label: 'open' })
+      assert.equal(ctx.manager.revokeSession({ collection: 'users', id: 'u' }), 1)
+      assert.equal((await open.waitForClose()).code, 4003)
+      assert.equal((await ctx.handshake({ token: before })).status, 401)
+      const later = makeToken({ id: 'u', sid: 'new', iat: now + 2 })
+      const c = await ctx.connect({ token: later, label: 'later' })
+      // A refresh with a revoked token is refused; the socket stays.
+      const refused = await c.request({ type: 'auth', token: before })
+      assert.equal(refused.code, 'forbidden')
+      assert.match(refused.message, /revoked/)
+      assert.equal((await c.request({ type: 'ping' })).type, 'pong')
+    })
+  },
+)
+
+test('maxRevokedSessions and maxTokenLifetime are checked', T, async () => {
+  await assert.rejects(startServer({ maxRevokedSessions: 0 }), /maxRevokedSessions/)
+  await assert.rejects(startServer({ maxTokenLifetime: 0 }), /maxTokenLifetime/)
+  await assert.rejects(startServer({ maxTokenLifetime: 1.5 }), /maxTokenLifetime/)
 })

@@ -95,6 +95,8 @@ const SERVER_OPTIONS = [
   'metrics',
   'drainTimeout',
   'logger',
+  'maxRevokedSessions',
+  'maxTokenLifetime',
 ]
 
 /** Options only the plugin reads (index.d.ts `PluginOptions`); the server ignores them. */
@@ -170,6 +172,8 @@ function nativeOptions(port, options) {
     maxRecoveryEvents: optionalNumber(options, 'maxRecoveryEvents', { min: 1 }),
     ...metricsOption(options.metrics),
     drainTimeout: optionalNumber(options, 'drainTimeout'),
+    maxRevokedSessions: optionalNumber(options, 'maxRevokedSessions', { min: 1 }),
+    maxTokenLifetime: optionalNumber(options, 'maxTokenLifetime', { min: 1 }),
   }
 }
 
@@ -858,14 +862,43 @@ class UWebSocketManager {
   }
 
   /**
-   * Closes with 4003 the sockets of a user's session (logout). Without `sid`, every session of
-   * that user. Returns how many sockets were closed.
+   * Closes with 4003 the sockets of a user's session (logout), on every instance. Without `sid`,
+   * every session of that user issued so far. The revocation is remembered (in Redis too, when
+   * configured) until `exp` (the token's expiry, seconds since the epoch; at most
+   * `maxTokenLifetime`), so the session is refused at any instance's handshake. Returns how many
+   * sockets were closed here. `remember: false` closes the sockets without remembering the
+   * revocation (for a logout that may still be rolled back; call again once it is committed).
    */
-  revokeSession({ collection, id, sid } = {}) {
+  revokeSession({ collection, id, sid, exp, remember = true } = {}) {
     if (typeof collection !== 'string' || (typeof id !== 'string' && typeof id !== 'number')) {
-      throw new TypeError('payload-realtime: revokeSession takes { collection, id, sid? }')
+      throw new TypeError('payload-realtime: revokeSession takes { collection, id, sid?, exp? }')
     }
-    return this._server.revokeSession(collection, String(id), typeof sid === 'string' ? sid : undefined)
+    if (exp !== undefined && !(typeof exp === 'number' && Number.isFinite(exp) && exp > 0)) {
+      throw new TypeError('payload-realtime: revokeSession `exp` must be seconds since the epoch')
+    }
+    // `remember: false` only closes the sockets (a logout not committed yet; see session.js).
+    return this._server.revokeSession(
+      collection,
+      String(id),
+      typeof sid === 'string' ? sid : undefined,
+      exp,
+      remember !== false,
+    )
+  }
+
+  /**
+   * A user changed: every instance's sockets of that user show `doc` to rules, read access,
+   * presence and handlers from now on. `doc: null` means the user was deleted: its sockets are
+   * closed (4003) everywhere and its sessions revoked. Returns how many of its sockets are here.
+   */
+  updateUser({ collection, id, doc } = {}) {
+    if (typeof collection !== 'string' || (typeof id !== 'string' && typeof id !== 'number')) {
+      throw new TypeError('payload-realtime: updateUser takes { collection, id, doc }')
+    }
+    if (doc !== null && !isPlainObject(doc)) {
+      throw new TypeError('payload-realtime: updateUser `doc` must be the user document, or null when deleted')
+    }
+    return this._server.updateUser(collection, String(id), doc === null ? null : JSON.parse(JSON.stringify(doc)))
   }
 
   stats() {

@@ -214,32 +214,36 @@ function uWebSocketPlugin(options = {}) {
       afterCommit(req, () => send(event), { what: `the "${slug}" event` })
     }
 
-    /** The latest committed version of users changed since start (or DELETED). */
-    const DELETED = Symbol('deleted')
+    /**
+     * Users changed or deleted (after the commit): every instance's sockets of that user show the
+     * new document to rules, read access and presence (`manager.updateUser`, over Redis when
+     * configured); a deleted user's sockets are closed (4003) everywhere.
+     */
     const users = {
-      latest: new Map(),
-      key: (user) =>
-        user && typeof user === 'object' && user.collection !== undefined && user.id !== undefined
-          ? `${user.collection}:${user.id}`
-          : undefined,
       changed(slug, doc) {
-        this.latest.set(
-          `${slug}:${doc.id}`,
-          JSON.parse(JSON.stringify({ ...withoutAuthInternals(doc), collection: slug })),
-        )
+        const manager = currentManager()
+        if (!manager || typeof manager.updateUser !== 'function') return
+        try {
+          const current = JSON.parse(JSON.stringify({ ...withoutAuthInternals(doc), collection: slug }))
+          manager.updateUser({ collection: slug, id: doc.id, doc: current })
+        } catch (err) {
+          logFailure(`sharing the change of user ${slug}:${doc.id}`, err)
+        }
       },
       deleted(slug, id) {
-        this.latest.set(`${slug}:${id}`, DELETED)
         sessions.revokeUser(slug, id)
       },
-      /** The user as rules should see it now: undefined when the user was deleted. */
-      current(user) {
-        const key = this.key(user)
-        if (!key || !this.latest.has(key)) return user
-        const latest = this.latest.get(key)
-        return latest === DELETED ? undefined : latest
-      },
     }
+
+    // The longest a token of this config lives: how long revocations are kept.
+    const longestTokenLifetime = Math.max(
+      7200,
+      ...(config.collections ?? [])
+        .filter((c) => c.auth)
+        .map((c) =>
+          typeof c.auth === 'object' && Number.isInteger(c.auth.tokenExpiration) ? c.auth.tokenExpiration : 7200,
+        ),
+    )
 
     const collections = (config.collections ?? []).map((collection) => {
       const wantsEvents = include.has(collection.slug)
@@ -263,8 +267,8 @@ function uWebSocketPlugin(options = {}) {
       if (collection.auth) {
         const slug = collection.slug
         hooks.afterLogout = [...(hooks.afterLogout ?? []), sessions.afterLogout]
-        // Sockets keep the user document they connected with; rules must judge the user as it
-        // is now: a committed change replaces it, a deleted user's sockets are closed.
+        // Rules must judge the user as it is now, on every instance: a committed change replaces
+        // the sockets' user document (manager.updateUser), a deleted user's sockets are closed.
         hooks.afterChange = [
           ...(hooks.afterChange ?? []),
           ({ doc, req }) => {
@@ -311,13 +315,7 @@ function uWebSocketPlugin(options = {}) {
             return isDocAnswer(answer) ? reshaped(slug, event, answer.doc) : answer
           })
         }
-        if (rule) {
-          const judged = rule
-          rules[slug] = (user, event) => {
-            const now = users.current(user)
-            return now === undefined ? false : judged(now, event)
-          }
-        }
+        if (rule) rules[slug] = rule
       }
       return rules
     }
@@ -333,10 +331,7 @@ function uWebSocketPlugin(options = {}) {
       }
       for (const slug of include) {
         if (!readAccessFor(slug)) continue
-        rules[slug] = bothJoinRules(rules[slug], (user) => {
-          const now = users.current(user)
-          return now === undefined ? false : mayReadCollection(state.payload, slug, now)
-        })
+        rules[slug] = bothJoinRules(rules[slug], (user) => mayReadCollection(state.payload, slug, user))
       }
       return rules
     }
@@ -356,6 +351,7 @@ function uWebSocketPlugin(options = {}) {
           // not a URL: Payload reports it
         }
       }
+      if (out.maxTokenLifetime === undefined) out.maxTokenLifetime = longestTokenLifetime
       out.includeCollections = [...include]
       if (options.verifyUser !== false) out.verifyUser = options.verifyUser ?? sessions.verifyUser
       for (const [key, value] of Object.entries(extra)) {

@@ -6,8 +6,10 @@
 // verified, ...) through `payload.auth()`. The socket's user becomes the user document without
 // auth internals (hash, salt, sessions, tokens).
 //
-// Logout: an `afterLogout` hook closes that session's sockets (4003) at once and remembers the
-// sid as revoked, so that a client reconnecting before the logout is written is still refused.
+// Logout: an `afterLogout` hook closes that session's sockets (4003) at once, on every instance,
+// and holds the sid here until the logout is committed, so that a client reconnecting before the
+// logout is written is still refused. Once committed, the server remembers the revocation (in
+// Redis too, on every instance: see `revokeSession`); a rolled-back logout is forgotten.
 // Payload's logout writes the remaining sessions with `db.updateOne` after the hooks: a wrapper
 // on it closes, once that write is committed, every other session of the user that is gone too
 // (this is how "log out of all sessions" is seen, also from the Local API).
@@ -19,6 +21,19 @@ const { withoutAuthInternals } = require('./access.js')
 const LOGOUT = Symbol('payload-realtime.logout')
 const SWEEP = Symbol.for('payload-realtime.logout-sweep')
 const DEFAULT_SESSION_SECONDS = 7200
+/**
+ * Logouts waiting for their commit, and users whose sessions were seen connecting, held at most:
+ * past it the oldest is forgotten (the server's own revocations are bounded by
+ * `maxRevokedSessions`; these only bridge a commit, or find the sessions a logout-all ends).
+ */
+const MAX_TRACKED = 100_000
+
+/** Sets `key` in a Map kept to `max` entries (the oldest inserted goes first). */
+function setBounded(map, key, value, max = MAX_TRACKED) {
+  map.delete(key)
+  map.set(key, value)
+  while (map.size > max) map.delete(map.keys().next().value)
+}
 
 function userKey(collection, id) {
   return `${collection}:${id}`
@@ -58,9 +73,9 @@ class Sessions {
     this.getPayload = getPayload
     this.getManager = getManager
     this.logFailure = logFailure
-    /** sid -> epoch seconds after which remembering it is pointless (the token has expired) */
+    /** sid -> exp of logouts not committed yet (the server remembers committed ones); bounded */
     this.revoked = new Map()
-    /** `<collection>:<id>` -> Map(sid -> exp): sessions seen connecting, to close on logout-all */
+    /** `<collection>:<id>` -> Map(sid -> exp): sessions seen connecting, to close on logout-all; bounded */
     this.known = new Map()
   }
 
@@ -71,7 +86,7 @@ class Sessions {
   markRevoked(sid, exp) {
     if (!sid) return
     this._prune(this.revoked)
-    this.revoked.set(sid, exp ?? Date.now() / 1000 + DEFAULT_SESSION_SECONDS)
+    setBounded(this.revoked, sid, exp ?? Date.now() / 1000 + DEFAULT_SESSION_SECONDS)
   }
 
   isRevoked(sid) {
@@ -89,9 +104,10 @@ class Sessions {
     if (!sid) return
     const key = userKey(collection, id)
     let sids = this.known.get(key)
-    if (!sids) this.known.set(key, (sids = new Map()))
+    if (!sids) sids = new Map()
+    setBounded(this.known, key, sids)
     this._prune(sids)
-    sids.set(sid, typeof exp === 'number' ? exp : Date.now() / 1000 + DEFAULT_SESSION_SECONDS)
+    setBounded(sids, sid, typeof exp === 'number' ? exp : Date.now() / 1000 + DEFAULT_SESSION_SECONDS, 1000)
   }
 
   /** The server's `verifyUser`: the user document Payload accepts for this token, or null. */
@@ -120,7 +136,8 @@ class Sessions {
     return JSON.parse(JSON.stringify(clean))
   }
 
-  _revoke(collection, id, sid) {
+  /** Closes the sessions' sockets on every instance; `remember`: and refuses them from now on. */
+  _revoke(collection, id, sid, { exp, remember = true } = {}) {
     const manager = this.getManager()
     if (!manager) return 0
     if (typeof manager.revokeSession !== 'function') {
@@ -128,16 +145,25 @@ class Sessions {
       return 0
     }
     try {
-      return manager.revokeSession(sid ? { collection, id, sid } : { collection, id })
+      return manager.revokeSession({ collection, id, ...(sid ? { sid } : {}), ...(exp ? { exp } : {}), remember })
     } catch (err) {
       this.logFailure('revoking a session', err)
       return 0
     }
   }
 
-  /** Closes every socket of a user (deleted users). */
+  /** A user was deleted: its sockets are closed and its sessions revoked, on every instance. */
   revokeUser(collection, id) {
     this.known.delete(userKey(collection, id))
+    const manager = this.getManager()
+    if (manager && typeof manager.updateUser === 'function') {
+      try {
+        manager.updateUser({ collection, id, doc: null })
+        return
+      } catch (err) {
+        this.logFailure("closing a deleted user's sockets", err)
+      }
+    }
     this._revoke(collection, id)
   }
 
@@ -156,12 +182,21 @@ class Sessions {
       req[LOGOUT] = { collection: slug, id: user.id }
       const allSessions =
         req.searchParams && typeof req.searchParams.get === 'function' && req.searchParams.get('allSessions') === 'true'
+      // Closed now everywhere; remembered (refused at every instance's handshake) once the
+      // logout is committed: a rolled-back logout does not lock the session out.
       if (allSessions) {
-        this._revoke(slug, user.id)
+        this._revoke(slug, user.id, undefined, { remember: false })
       } else {
         this.markRevoked(sid, exp)
-        this._revoke(slug, user.id, sid)
-        afterCommit(req, () => {}, { onRollback: () => this.revoked.delete(sid), what: 'logout' })
+        this._revoke(slug, user.id, sid, { exp, remember: false })
+        afterCommit(
+          req,
+          () => {
+            this.revoked.delete(sid)
+            this._revoke(slug, user.id, sid, { exp })
+          },
+          { onRollback: () => this.revoked.delete(sid), what: 'logout' },
+        )
       }
     } catch (err) {
       this.logFailure('afterLogout', err)
@@ -173,8 +208,8 @@ class Sessions {
     const key = userKey(collection, id)
     const sids = this.known.get(key)
     if (remaining.size === 0) {
+      // Every session is gone: the user is revoked as a whole (tokens issued before now).
       this._revoke(collection, id)
-      if (sids) for (const [sid, exp] of sids) this.markRevoked(sid, exp)
       this.known.delete(key)
       return
     }
@@ -182,8 +217,7 @@ class Sessions {
     for (const [sid, exp] of [...sids]) {
       if (remaining.has(sid)) continue
       sids.delete(sid)
-      this.markRevoked(sid, exp)
-      this._revoke(collection, id, sid)
+      this._revoke(collection, id, sid, { exp })
     }
   }
 
