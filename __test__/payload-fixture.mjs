@@ -73,11 +73,17 @@ export function collections() {
 /**
  * Starts Payload with the plugin. `plugin` are the plugin options (`port: 0`, loopback host and
  * `includeCollections: ['posts']` by default); `transactions: true` turns on SQLite transactions
- * (off by default in @payloadcms/db-sqlite). Returns `{ payload, manager, secret, url, ... }`.
+ * (off by default in @payloadcms/db-sqlite). `secret` and `dbFile` let several instances (processes)
+ * share one app. Returns `{ payload, manager, secret, url, ... }`.
  */
-export async function startPayload({ plugin = {}, transactions = false, configure = (c) => c } = {}) {
+export async function startPayload({
+  plugin = {},
+  transactions = false,
+  configure = (c) => c,
+  secret = randomBytes(24).toString('hex'),
+  dbFile,
+} = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'payload-realtime-'))
-  const secret = randomBytes(24).toString('hex')
   const pluginOptions = { port: 0, host: '127.0.0.1', includeCollections: ['posts'], ...plugin }
   const config = await buildConfig(
     configure({
@@ -88,7 +94,7 @@ export async function startPayload({ plugin = {}, transactions = false, configur
       email: undefined,
       logger: { options: { level: 'error' } },
       db: sqliteAdapter({
-        client: { url: `file:${join(dir, 'test.db')}` },
+        client: { url: `file:${dbFile ?? join(dir, 'test.db')}` },
         ...(transactions ? { transactionOptions: {} } : {}),
       }),
       collections: collections(),

@@ -2,82 +2,21 @@
 // delivery across two Node processes, authorize on the receiving instance, subscriptions only
 // where there are local members, surviving a Redis SIGKILL and restart, and a three-master Redis
 // Cluster with sharded pub/sub. Without redis-server these tests skip, except in CI
-// (PAYLOAD_REALTIME_REQUIRE_ALL=1), where a missing Redis fails.
+// (PAYLOAD_REALTIME_REQUIRE_ALL=1), where a missing Redis fails (see redis-helpers.mjs).
 
 import assert from 'node:assert/strict'
-import { execFileSync, fork, spawn } from 'node:child_process'
+import { execFileSync } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, test } from 'node:test'
-import { fileURLToPath } from 'node:url'
 
 import { SECRET, connect, freePort, isEvent, makeToken, sleep, waitUntil } from './helpers.mjs'
-
-const here = fileURLToPath(new URL('.', import.meta.url))
-const requireAll = process.env.PAYLOAD_REALTIME_REQUIRE_ALL === '1'
-
-function which(cmd) {
-  try {
-    return (
-      execFileSync('sh', ['-c', `command -v ${cmd}`])
-        .toString()
-        .trim() || null
-    )
-  } catch {
-    return null
-  }
-}
-
-const redisServer = which('redis-server')
-const redisCli = which('redis-cli')
-const skip = !redisServer || !redisCli ? 'redis-server is not installed' : false
-if (skip && requireAll) throw new Error('redis-server and redis-cli are required here (PAYLOAD_REALTIME_REQUIRE_ALL=1)')
+import { cleanups, cli, redisCli, runCleanups, skip, startInstance, startRedis } from './redis-helpers.mjs'
 
 const T = { timeout: 180_000, skip }
-const cleanups = []
-after(async () => {
-  for (const c of cleanups.reverse()) await c()
-})
+after(runCleanups)
 
-function cli(port, ...args) {
-  return execFileSync(redisCli, ['-p', String(port), ...args])
-    .toString()
-    .trim()
-}
-
-/** Starts redis-server on a loopback port and waits until it answers PING. */
-async function startRedis(port, extra = [], dir) {
-  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...extra]
-  const proc = spawn(redisServer, args, { stdio: 'ignore', cwd: dir ?? tmpdir() })
-  const exited = new Promise((resolve) => proc.once('exit', resolve))
-  cleanups.push(async () => {
-    if (proc.exitCode === null && proc.signalCode === null) {
-      proc.kill('SIGKILL')
-      await exited
-    }
-  })
-  await waitUntil(
-    () => {
-      try {
-        return cli(port, 'PING') === 'PONG'
-      } catch {
-        return false
-      }
-    },
-    { label: `redis on ${port}` },
-  )
-  return {
-    port,
-    proc,
-    async kill() {
-      proc.kill('SIGKILL')
-      await exited
-    },
-  }
-}
-
-/** Starts an instance in a child process; `call(cmd)` sends a command and waits for the reply. */
 /** A fresh redis-server and two instances on it, A and B (`onlyB`: options for B alone). */
 async function twoInstances(options = {}, onlyB = {}) {
   const redis = await startRedis(await freePort())
@@ -85,50 +24,6 @@ async function twoInstances(options = {}, onlyB = {}) {
   const a = await startInstance(opts)
   const b = await startInstance({ ...opts, ...onlyB })
   return { redis, a, b }
-}
-
-async function startInstance(options) {
-  const child = fork(join(here, 'fixtures', 'instance.mjs'), [], {
-    env: { ...process.env, INSTANCE_OPTIONS: JSON.stringify({ secret: SECRET, ...options }) },
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-  })
-  const exited = new Promise((resolve) => child.once('exit', resolve))
-  const pending = new Map()
-  let seq = 0
-  const ready = new Promise((resolve, reject) => {
-    child.once('exit', (code) => reject(new Error(`instance exited early (${code})`)))
-    child.on('message', (m) => {
-      if (m.ready) return resolve(m)
-      pending.get(m.re)?.(m)
-      pending.delete(m.re)
-    })
-  })
-  const info = await ready
-  const instance = {
-    ...info,
-    child,
-    exited,
-    call(cmd, args = {}) {
-      const n = ++seq
-      return new Promise((resolve) => {
-        pending.set(n, resolve)
-        child.send({ cmd, seq: n, ...args })
-      })
-    },
-    async stats() {
-      return (await instance.call('stats')).stats
-    },
-    async close() {
-      if (child.exitCode !== null || child.signalCode !== null || !child.connected) return
-      // A child that does not answer in time is killed: teardown never hangs.
-      const timer = setTimeout(() => child.kill('SIGKILL'), 5000)
-      await Promise.race([instance.call('close'), exited])
-      await exited
-      clearTimeout(timer)
-    },
-  }
-  cleanups.push(() => instance.close().catch(() => child.kill('SIGKILL')))
-  return instance
 }
 
 async function client(instance, userId, label) {
