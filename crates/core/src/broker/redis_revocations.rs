@@ -98,3 +98,150 @@ impl RevocationStore for RedisRevocations {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fred::interfaces::ClientLike;
+    use fred::prelude::{Builder, Config};
+
+    /// A redis-server of its own on a free loopback port, killed on drop; `None` without one.
+    struct RedisServer(std::process::Child, u16);
+
+    impl RedisServer {
+        fn start() -> Option<RedisServer> {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .ok()?
+                .local_addr()
+                .ok()?
+                .port();
+            let child = std::process::Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .ok()?;
+            Some(RedisServer(child, port))
+        }
+    }
+
+    impl Drop for RedisServer {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[tokio::test]
+    async fn revocations_round_trip_through_a_real_redis() {
+        let Some(server) = RedisServer::start() else {
+            eprintln!("redis-server is not installed: skipped");
+            return;
+        };
+        let config = Config::from_url(&format!("redis://127.0.0.1:{}", server.1)).unwrap();
+        let client = Builder::from_config(config).build().unwrap();
+        let mut connected = false;
+        for _ in 0..100 {
+            if client.init().await.is_ok() {
+                connected = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(connected, "redis-server answers");
+        let store = RedisRevocations::new(client.clone(), "app:");
+        let now_s = now_ms() / 1000;
+        let q = |user: &str, sid: Option<&str>| Query {
+            user: user.into(),
+            sid: sid.map(Into::into),
+        };
+        store
+            .write(vec![
+                Revocation {
+                    user: "users:1".into(),
+                    sid: Some("s1".into()),
+                    at_ms: 1,
+                    expires: now_s + 60,
+                },
+                Revocation {
+                    user: "users:2".into(),
+                    sid: None,
+                    at_ms: 5_000,
+                    expires: now_s + 600,
+                },
+            ])
+            .await
+            .unwrap();
+        // An older user-wide revocation does not move the time back.
+        store
+            .write(vec![Revocation {
+                user: "users:2".into(),
+                sid: None,
+                at_ms: 4_000,
+                expires: now_s + 30,
+            }])
+            .await
+            .unwrap();
+        let found = store
+            .lookup(vec![
+                q("users:1", Some("s1")),
+                q("users:1", Some("s2")),
+                q("users:2", Some("x")),
+                q("users:3", None),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            found,
+            vec![
+                Found {
+                    session: true,
+                    user_at_ms: None
+                },
+                Found::default(),
+                Found {
+                    session: false,
+                    user_at_ms: Some(5_000)
+                },
+                Found::default(),
+            ]
+        );
+        // Keys live under the app's prefix and expire with the tokens they cover.
+        let ttl: i64 = client
+            .eval(
+                "return redis.call('TTL', KEYS[1])",
+                vec!["app:revoked:{users:1}:sid:s1"],
+                Vec::<String>::new(),
+            )
+            .await
+            .unwrap();
+        assert!((1..=60).contains(&ttl), "{ttl}");
+        let ttl: i64 = client
+            .eval(
+                "return redis.call('TTL', KEYS[1])",
+                vec!["app:revoked:{users:2}:all"],
+                Vec::<String>::new(),
+            )
+            .await
+            .unwrap();
+        assert!((31..=600).contains(&ttl), "the longer life is kept: {ttl}");
+        drop(server);
+        assert!(
+            tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                store.lookup(vec![q("users:1", None)])
+            )
+            .await
+            .map_or(true, |r| r.is_err()),
+            "no answer without Redis"
+        );
+    }
+}
