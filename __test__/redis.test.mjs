@@ -201,6 +201,8 @@ test('a three-master Redis Cluster: delivery across instances through sharded pu
   const url = `redis-cluster://127.0.0.1:${ports[0]}`
   const a = await startInstance({ redis: { url } })
   const b = await startInstance({ redis: { url } })
+  // Handshakes ask the cluster about revoked sessions: each instance has reached it first.
+  for (const i of [a, b]) await waitUntil(async () => (await i.stats()).redis.connected, { label: 'connected' })
   const onA = await client(a, 'u1', 'a1')
   const onB = await client(b, 'u2', 'b1')
   await onA.join('posts')

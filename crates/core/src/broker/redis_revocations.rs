@@ -4,7 +4,7 @@
 //! (its value: when the user was revoked, in milliseconds); each expires with the tokens it covers.
 //! A user's keys share a hash tag, so one script reads both on a Redis Cluster.
 
-use fred::interfaces::LuaInterface;
+use fred::interfaces::{ClientLike, LuaInterface};
 use fred::prelude::{Client, Value as RedisValue};
 
 use crate::revocations::{now_ms, Found, Query, Revocation, RevocationStore, StoreFuture};
@@ -76,6 +76,12 @@ impl RevocationStore for RedisRevocations {
     fn lookup(&self, queries: Vec<Query>) -> StoreFuture<Vec<Found>> {
         let me = self.clone();
         Box::pin(async move {
+            // Commands fail at once while disconnected (`fail_fast`): a check waits for the
+            // connection instead (the caller's deadline bounds it), so a server that has just
+            // started, or Redis back within the deadline, does not refuse anyone.
+            if !me.client.is_connected() {
+                me.client.wait_for_connect().await.map_err(|e| e.to_string())?;
+            }
             let reads = queries.iter().map(|q| {
                 let mut keys = vec![me.user_key(&q.user)];
                 if let Some(sid) = &q.sid {
@@ -102,7 +108,6 @@ impl RevocationStore for RedisRevocations {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fred::interfaces::ClientLike;
     use fred::prelude::{Builder, Config};
 
     /// A redis-server of its own on a free loopback port, killed on drop; `None` without one.
