@@ -181,3 +181,37 @@ test('maxRevokedSessions and maxTokenLifetime are checked', T, async () => {
   await assert.rejects(startServer({ maxTokenLifetime: 0 }), /maxTokenLifetime/)
   await assert.rejects(startServer({ maxTokenLifetime: 1.5 }), /maxTokenLifetime/)
 })
+
+test('updateUser: rules see the new document at once; a deleted user is closed and refused', T, async () => {
+  const verifyUser = async (token, claims) => ({ id: claims.id, collection: 'users', role: 'editor' })
+  const authorize = { posts: (user) => user?.role === 'editor' }
+  await withServer({ verifyUser, authorize }, async (ctx) => {
+    // Issued a while ago: a token of the very second of a user-wide revocation is left to verifyUser.
+    const token = makeToken({ id: 'u', sid: 's', iat: Math.floor(Date.now() / 1000) - 5 })
+    const u = await ctx.connect({ token, label: 'u' })
+    const other = await ctx.connect({ token: makeToken({ id: 'w' }), label: 'w' })
+    for (const c of [u, other]) await c.join('posts')
+    await ctx.manager.emitEvent({ type: 'create', collection: 'posts', id: 1 })
+    await u.waitFor(isEvent)
+
+    assert.equal(ctx.manager.updateUser({ collection: 'users', id: 'u', doc: { id: 'u', role: 'viewer' } }), 1)
+    const users = Object.fromEntries(ctx.manager.getSocketsInRoom('collection:posts').map((s) => [s.user.id, s.user]))
+    assert.deepEqual(users.u, { id: 'u', role: 'viewer' })
+    await ctx.manager.emitEvent({ type: 'create', collection: 'posts', id: 2 })
+    await other.waitFor((m) => isEvent(m) && m.id === 2)
+    ctx.manager.broadcastToRoom('collection:posts', { type: 'marker' })
+    await u.waitFor((m) => m.type === 'marker')
+    assert.deepEqual(
+      u.events('posts').map((e) => e.id),
+      [1],
+      'the demoted user no longer passes the rule',
+    )
+
+    assert.equal(ctx.manager.updateUser({ collection: 'users', id: 'u', doc: null }), 1)
+    assert.equal((await u.waitForClose()).code, 4003)
+    assert.equal((await ctx.handshake({ token })).status, 401, 'its tokens are refused')
+    assert.equal(other.isOpen, true)
+    assert.throws(() => ctx.manager.updateUser({ collection: 'users', id: 'u', doc: 'nope' }), TypeError)
+    assert.throws(() => ctx.manager.updateUser({ id: 'u', doc: null }), TypeError)
+  })
+})
