@@ -235,15 +235,13 @@ function uWebSocketPlugin(options = {}) {
       },
     }
 
-    // The longest a token of this config lives: how long revocations are kept.
-    const longestTokenLifetime = Math.max(
-      7200,
-      ...(config.collections ?? [])
-        .filter((c) => c.auth)
-        .map((c) =>
-          typeof c.auth === 'object' && Number.isInteger(c.auth.tokenExpiration) ? c.auth.tokenExpiration : 7200,
-        ),
-    )
+    // The longest a token of this config lives (Payload's default `tokenExpiration` is 7200 s):
+    // how long revocations are kept. Without auth collections, the server's default.
+    const lifetimes = (config.collections ?? [])
+      .filter((c) => c.auth)
+      .map((c) => (isPlainObject(c.auth) && Number.isInteger(c.auth.tokenExpiration) ? c.auth.tokenExpiration : 7200))
+      .filter((s) => s > 0)
+    const longestTokenLifetime = lifetimes.length > 0 ? Math.max(...lifetimes) : undefined
 
     const collections = (config.collections ?? []).map((collection) => {
       const wantsEvents = include.has(collection.slug)
