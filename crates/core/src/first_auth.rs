@@ -5,8 +5,9 @@
 //! Until then the socket is no peer: it is in no room, gets no event, and nothing but that one
 //! message is acted on. It holds its place in `maxConnections` and `maxConnectionsPerIp` from the
 //! upgrade, and in `maxConnectionsPerUser` once the token names its user. The token is checked
-//! as a handshake's would be (signature, expiry, then `verifyUser` within its caps); a refusal
-//! closes the socket with 4004, a full limit with 1013.
+//! as a handshake's would be (signature, expiry, revoked sessions, then `verifyUser` within its
+//! caps); a refusal closes the socket with 4004, a full limit (or revoked sessions that cannot be
+//! checked now) with 1013.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -176,6 +177,18 @@ async fn authenticate(
             close_code::TRY_AGAIN_LATER,
             "this user is at maxConnectionsPerUser".into(),
         ));
+    }
+    // Revoked sessions, as at a handshake: refused (4004), or 1013 when Redis cannot be asked.
+    let sid = user.sid();
+    match hub.check_session(&user, sid.as_deref()).await {
+        crate::revocations::Verdict::Valid => {}
+        crate::revocations::Verdict::Revoked => return Err(unauthorized("session revoked")),
+        crate::revocations::Verdict::Unavailable => {
+            return Err(End::Close(
+                close_code::TRY_AGAIN_LATER,
+                "revoked sessions cannot be checked now; retry shortly".into(),
+            ))
+        }
     }
     let user_value = match &hub.callbacks.verifier {
         None => None,
