@@ -30,6 +30,8 @@ use crate::auth::User;
 
 /// How long a handshake waits for the store before it is refused (fail closed).
 pub(crate) const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Open sockets checked against the store in one round, after a reconnect.
+const RECHECK_CHUNK: usize = 500;
 /// How often pending writes are retried while the store is away.
 pub(crate) const RETRY_EVERY: Duration = Duration::from_secs(1);
 
@@ -389,16 +391,21 @@ impl Revocations {
         let Some(store) = self.store.get() else {
             return Ok(tokens.iter().map(|t| self.known_revoked(t, same_second)).collect());
         };
-        let queries = tokens
-            .iter()
-            .map(|t| Query {
-                user: t.user.to_string(),
-                sid: t.sid.map(str::to_string),
-            })
-            .collect();
-        let found = tokio::time::timeout(CHECK_TIMEOUT * 5, store.lookup(queries))
-            .await
-            .map_err(|_| "timed out".to_string())??;
+        let mut found = Vec::with_capacity(tokens.len());
+        // A chunk at a time: a reconnect with many sockets open does not flood Redis.
+        for chunk in tokens.chunks(RECHECK_CHUNK) {
+            let queries = chunk
+                .iter()
+                .map(|t| Query {
+                    user: t.user.to_string(),
+                    sid: t.sid.map(str::to_string),
+                })
+                .collect();
+            let answers = tokio::time::timeout(CHECK_TIMEOUT, store.lookup(queries))
+                .await
+                .map_err(|_| "timed out".to_string())??;
+            found.extend(answers);
+        }
         Ok(tokens
             .iter()
             .zip(found)
@@ -649,6 +656,29 @@ mod tests {
         );
         assert!(other.known_revoked(&token("users:1", Some("s1"), None), false));
         stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn open_sockets_are_checked_against_the_store_in_chunks() {
+        let store = Arc::new(Scripted::default());
+        store.up.store(true, Relaxed);
+        store.written.lock().push(rev("users:1", None, 10_000_000, u64::MAX));
+        let revs = Revocations::new(100, Duration::from_secs(3600));
+        revs.set_store(Arc::new(store.clone()));
+        let users: Vec<String> = (0..RECHECK_CHUNK + 3).map(|i| format!("users:{}", i % 3)).collect();
+        let tokens: Vec<Token> = users.iter().map(|u| token(u, Some("s"), Some(5))).collect();
+        let revoked = revs.check_many(&tokens, false).await.unwrap();
+        assert_eq!(revoked.len(), tokens.len());
+        for (t, r) in tokens.iter().zip(&revoked) {
+            assert_eq!(*r, t.user == "users:1", "{}", t.user);
+        }
+        // Issued after the revocation: not covered.
+        assert_eq!(
+            revs.check_many(&[token("users:1", None, Some(20_000))], false).await,
+            Ok(vec![false])
+        );
+        store.up.store(false, Relaxed);
+        assert!(revs.check_many(&tokens, false).await.is_err());
     }
 
     #[test]
