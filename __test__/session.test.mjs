@@ -165,10 +165,10 @@ test(
       assert.equal(ctx.manager.revokeSession({ collection: 'users', id: 'u' }), 1)
       assert.equal((await open.waitForClose()).code, 4003)
       assert.equal((await ctx.handshake({ token: before })).status, 401)
-    // Sent as the first message instead of in the request: refused the same way.
-    const first = await ctx.connect({ query: '?auth=message', label: 'first message' })
-    first.send({ type: 'auth', token: before })
-    assert.deepEqual(await first.waitForClose(), { code: 4004, reason: 'session revoked' })
+      // Sent as the first message instead of in the request: refused the same way.
+      const first = await ctx.connect({ query: '?auth=message', label: 'first message' })
+      first.send({ type: 'auth', token: before })
+      assert.deepEqual(await first.waitForClose(), { code: 4004, reason: 'session revoked' })
       const later = makeToken({ id: 'u', sid: 'new', iat: now + 2 })
       const c = await ctx.connect({ token: later, label: 'later' })
       // A refresh with a revoked token is refused; the socket stays.
