@@ -227,7 +227,7 @@ function uWebSocketPlugin(options = {}) {
           const current = JSON.parse(JSON.stringify({ ...withoutAuthInternals(doc), collection: slug }))
           manager.updateUser({ collection: slug, id: doc.id, doc: current })
         } catch (err) {
-          logFailure(`sharing the change of user ${slug}:${doc.id}`, err)
+          logFailure(`sharing a change of a "${slug}" user`, err)
         }
       },
       deleted(slug, id) {
