@@ -215,6 +215,30 @@ pub static METRICS: &[Metric] = &[
         help: "Log lines dropped because the logger's queue was full.",
         value: |s| Value::One(s.log_dropped),
     },
+    Metric {
+        name: "payload_realtime_revoked_sessions",
+        kind: Kind::Gauge,
+        help: "Revoked sessions this instance remembers now (at most maxRevokedSessions).",
+        value: |s| Value::One(s.sessions.revoked),
+    },
+    Metric {
+        name: "payload_realtime_revocations_pending",
+        kind: Kind::Gauge,
+        help: "Revocations waiting to be written to Redis.",
+        value: |s| Value::One(s.sessions.pending),
+    },
+    Metric {
+        name: "payload_realtime_revocations_evicted_total",
+        kind: Kind::Counter,
+        help: "Revoked sessions forgotten to stay within maxRevokedSessions.",
+        value: |s| Value::One(s.sessions.evicted),
+    },
+    Metric {
+        name: "payload_realtime_session_check_failures_total",
+        kind: Kind::Counter,
+        help: "Session checks Redis could not answer in time (each refused its handshake or refresh).",
+        value: |s| Value::One(s.sessions.check_failures),
+    },
 ];
 
 /// Help text as the format wants it: `\` and newlines escaped.
