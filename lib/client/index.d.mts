@@ -143,11 +143,16 @@ export declare function validateMessage(message: unknown): string | null
 export declare const CloseCodes: {
   readonly NORMAL: 1000
   readonly GOING_AWAY: 1001
+  readonly PROTOCOL_ERROR: 1002
+  readonly INVALID_PAYLOAD: 1007
+  readonly MESSAGE_TOO_BIG: 1009
+  readonly INTERNAL_ERROR: 1011
+  readonly TRY_AGAIN_LATER: 1013
   readonly TOKEN_EXPIRED: 4001
   readonly SESSION_REVOKED: 4003
-  readonly SLOW_CONSUMER: 4008
   readonly UNAUTHORIZED: 4004
-  readonly TRY_AGAIN_LATER: 1013
+  readonly SLOW_CONSUMER: 4008
+  readonly RATE_LIMITED: 4029
 }
 
 export declare const DEFAULT_RECONNECT: Required<ReconnectOptions>

@@ -10,14 +10,21 @@ const EVENT_TYPES = new Set(['create', 'update', 'delete'])
 /** Close codes with a meaning for the client (see the contract). */
 export const CloseCodes = Object.freeze({
   NORMAL: 1000,
+  /** The server is draining or the socket was idle: reconnect (elsewhere). */
   GOING_AWAY: 1001,
-  TOKEN_EXPIRED: 4001,
-  SESSION_REVOKED: 4003,
-  SLOW_CONSUMER: 4008,
-  /** The first-message token was missing, late or refused: ask `getToken` for a fresh one. */
-  UNAUTHORIZED: 4004,
+  PROTOCOL_ERROR: 1002,
+  INVALID_PAYLOAD: 1007,
+  MESSAGE_TOO_BIG: 1009,
+  INTERNAL_ERROR: 1011,
   /** A limit was full when the token came: retry with backoff. */
   TRY_AGAIN_LATER: 1013,
+  TOKEN_EXPIRED: 4001,
+  SESSION_REVOKED: 4003,
+  /** The first-message token was missing, late or refused: ask `getToken` for a fresh one. */
+  UNAUTHORIZED: 4004,
+  SLOW_CONSUMER: 4008,
+  /** Kept sending past the rate limit after `rate-limited`. */
+  RATE_LIMITED: 4029,
 })
 
 /** The reconnect defaults: delays in milliseconds. */
