@@ -807,11 +807,17 @@ class UWebSocketManager {
   _flushEvents() {
     const batch = this._batch
     this._batch = null
+    // The core refuses a single event with its own code (`{ code, message }`); the whole call fails
+    // only when the server went away under it (closed in the same tick), which is 'closed' too.
+    const failed = (err) => {
+      const refusal = new RealtimeError(this._closing ? 'closed' : 'internal', String(err?.message ?? err))
+      for (const e of batch) e.reject(refusal)
+    }
     let results
     try {
       results = this._server.emitEvents(`[${batch.map((e) => e.json).join(',')}]`)
     } catch (err) {
-      for (const e of batch) e.reject(err)
+      failed(err)
       return
     }
     results.then(
@@ -821,7 +827,7 @@ class UWebSocketManager {
             ? e.resolve()
             : e.reject(new RealtimeError(answers[i]?.code ?? 'internal', answers[i]?.message ?? 'not emitted')),
         ),
-      (err) => batch.forEach((e) => e.reject(err)),
+      failed,
     )
   }
 
