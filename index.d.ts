@@ -345,7 +345,8 @@ export declare class UWebSocketManager {
   broadcastToRoom(room: string, message: object, opts?: { except?: string }): void
   /** The handler's return value (when not undefined) is the reply, with the request's `id`. */
   registerCustomHandler(type: string, handler: (socket: SocketInfo, msg: any) => unknown): void
-  sendToSocket(socketId: string, message: object): boolean
+  /** `socket`: a socket id, or the socket a custom handler was given. `false` if it is gone. */
+  sendToSocket(socket: string | SocketInfo, message: object): boolean
   joinRoom(socketId: string, room: string): boolean
   leaveRoom(socketId: string, room: string): boolean
   getSocketsInRoom(room: string): Array<{ id: string; user: SocketUser }>
@@ -398,6 +399,28 @@ export declare function getUWebSocketManager(): UWebSocketManager
 export declare class RealtimeError extends Error {
   constructor(code: string, message: string)
   code: string
+}
+
+// The type names of payload-uwebsocket-plugin, for code written against it. Its handlers took
+// `user: any` and `doc?: any`; these keep that, so its code compiles unchanged where it is typed
+// with them (`const options: UWebSocketPluginOptions = { ... }`).
+export type RealtimeEventPayload = RealtimeEvent<any>
+export type CollectionAuthorizationHandler = (
+  user: any,
+  event: RealtimeEventPayload,
+) => AuthorizeDecision | Promise<AuthorizeDecision>
+export type UWebSocketPluginOptions = Omit<PluginOptions, 'authorize'> & {
+  authorize?: { [collectionSlug: string]: CollectionAuthorizationHandler }
+}
+export type AuthenticatedWebSocket = SocketInfo
+export interface WebSocketUserData {
+  user?: SocketUser
+  id?: string
+}
+export interface WebSocketMessage {
+  type: string
+  data?: any
+  [key: string]: unknown
 }
 
 declare const _default: {
