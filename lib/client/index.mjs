@@ -41,6 +41,18 @@ const SEEN_OFFSETS = 4096
 
 const DEFAULT_REQUEST_TIMEOUT = 10_000
 
+/**
+ * The liveness defaults, in ms: after `interval` with nothing received the client sends a
+ * `{ type: 'ping' }`; if nothing at all arrives within `timeout` after it, the connection is
+ * taken for dead (a server that vanished without a close, a NAT that forgot the flow, a laptop
+ * that slept) and replaced. Well under the server's `idleTimeout` (120 s), so the pings also
+ * keep a quiet connection from being closed as idle.
+ */
+export const DEFAULT_LIVENESS = Object.freeze({
+  interval: 25_000,
+  timeout: 10_000,
+})
+
 /** An error reported by the client or the server; `code` tells which. */
 export class RealtimeClientError extends Error {
   constructor(code, message, details) {
@@ -132,6 +144,20 @@ function normalizeUrl(url) {
   return u.toString()
 }
 
+function livenessOptions(liveness) {
+  if (liveness === false) return null
+  if (liveness !== undefined && liveness !== true && !isObject(liveness)) {
+    throw new TypeError('payload-realtime/client: `liveness` must be false or { interval, timeout }')
+  }
+  const o = { ...DEFAULT_LIVENESS, ...(isObject(liveness) ? liveness : {}) }
+  for (const k of ['interval', 'timeout']) {
+    if (typeof o[k] !== 'number' || !(o[k] > 0) || !Number.isFinite(o[k])) {
+      throw new TypeError(`payload-realtime/client: liveness.${k} must be a finite number > 0`)
+    }
+  }
+  return o
+}
+
 function reconnectOptions(reconnect) {
   if (reconnect === false) return null
   const o = { ...DEFAULT_RECONNECT, ...(isObject(reconnect) ? reconnect : {}) }
@@ -157,6 +183,9 @@ function reconnectOptions(reconnect) {
  * - `reconnect`: `false`, or `{ initialDelay, maxDelay, factor, maxAttempts, stableAfter }`
  * - `requestTimeout`: default timeout of `request()` in ms (10000)
  * - `autoConnect`: connect right away (default true); otherwise call `connect()`
+ * - `liveness`: `false`, or `{ interval, timeout }` (see `DEFAULT_LIVENESS`)
+ * - `reconnectOnResume`: reconnect at once, skipping the backoff delay, when the browser comes
+ *   back online or the page becomes visible again (default true; only where `window` exists)
  */
 export function createRealtimeClient(options) {
   return new RealtimeClient(options)
@@ -176,6 +205,13 @@ export class RealtimeClient {
     this._reconnect = reconnectOptions(options.reconnect)
     this._requestTimeout = options.requestTimeout ?? DEFAULT_REQUEST_TIMEOUT
     this._random = typeof options.random === 'function' ? options.random : Math.random
+    this._liveness = livenessOptions(options.liveness)
+    this._reconnectOnResume = options.reconnectOnResume !== false
+    this._livenessTimer = null
+    this._received = 0 // messages received on the current socket (liveness)
+    this._quietSince = 0 // when the current socket last received something (or was created)
+    this._probe = null // { received, at }: the ping in flight, with the count when it was sent
+    this._resumeListeners = null
 
     /** @type {'connecting' | 'open' | 'reconnecting' | 'closed'} */
     this._status = 'closed'
@@ -292,8 +328,14 @@ export class RealtimeClient {
       room = { collection, handlers: new Set(), joined: false }
       this._rooms.set(collection, room)
     }
-    const entry = { type, fn: handler }
-    room.handlers.add(entry)
+    // The same handler for the same subscription is one entry: called once per message, and
+    // removed by either of the functions returned.
+    let entry = null
+    for (const e of room.handlers) if (e.type === type && e.fn === handler) entry = e
+    if (!entry) {
+      entry = { type, fn: handler }
+      room.handlers.add(entry)
+    }
     if (isNew && this._isOpen()) this._join(room)
 
     let active = true
@@ -401,6 +443,19 @@ export class RealtimeClient {
     })
   }
 
+  /**
+   * Sends `message` (an object with a string `type`) as it is, without waiting for a reply.
+   * Returns true if it was sent, false if the connection is not open (nothing is queued: use
+   * `request()` for messages that must arrive, `subscribe()` for rooms).
+   */
+  send(message) {
+    if (!isObject(message) || typeof message.type !== 'string' || message.type === '') {
+      throw new TypeError('payload-realtime/client: send() takes an object with a string `type`')
+    }
+    if (!this._isOpen()) return false
+    return this._sendNow(message)
+  }
+
   _newId() {
     return `rt:${this._nextId++}`
   }
@@ -467,6 +522,7 @@ export class RealtimeClient {
     this._WebSocket = WS
     this._wanted = true
     this._attempt = 0
+    this._listenForResume()
     this._open('connect')
   }
 
@@ -490,8 +546,119 @@ export class RealtimeClient {
   _clearTimers() {
     if (this._retryTimer) clearTimeout(this._retryTimer)
     if (this._stableTimer) clearTimeout(this._stableTimer)
+    if (this._livenessTimer) clearTimeout(this._livenessTimer)
     this._retryTimer = null
     this._stableTimer = null
+    this._livenessTimer = null
+    this._unlistenForResume()
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Liveness: a connection can die without a close (server host gone, NAT timeout, sleep); only
+  // traffic proves it alive. Any message counts; when there is none for `interval`, a ping asks
+  // for one, and `timeout` later with still nothing the socket is dropped and replaced.
+
+  _watch(ws) {
+    if (!this._liveness) return
+    this._received = 0
+    this._quietSince = Date.now()
+    this._probe = null
+    this._armLiveness(ws, this._liveness.interval)
+  }
+
+  _armLiveness(ws, delay) {
+    if (this._livenessTimer) clearTimeout(this._livenessTimer)
+    this._livenessTimer = setTimeout(
+      () => {
+        this._livenessTimer = null
+        this._checkLiveness(ws)
+      },
+      Math.max(0, delay),
+    )
+  }
+
+  _checkLiveness(ws) {
+    if (this._ws !== ws || !this._liveness) return
+    const { interval, timeout } = this._liveness
+    const now = Date.now()
+    if (this._probe) {
+      if (this._received > this._probe.received) {
+        this._probe = null // answered (by the pong or anything else)
+      } else {
+        const waited = now - this._probe.at
+        if (waited >= timeout) return this._dead(ws, `no reply to a ping within ${timeout} ms`)
+        return this._armLiveness(ws, timeout - waited)
+      }
+    }
+    const quiet = now - this._quietSince
+    if (!this._isOpen()) {
+      // Still handshaking or authenticating (no ping may go before the auth ack).
+      if (quiet >= interval + timeout) return this._dead(ws, `not open within ${interval + timeout} ms`)
+      return this._armLiveness(ws, interval + timeout - quiet)
+    }
+    if (quiet < interval) return this._armLiveness(ws, interval - quiet)
+    this._ping(ws)
+  }
+
+  /** Sends a ping now (its pong is consumed here) and expects traffic within `timeout`. */
+  _ping(ws) {
+    this._probe = { received: this._received, at: Date.now() }
+    const id = this._newId()
+    this._pending.set(id, { internal: true, sent: true, message: { type: 'ping', id }, onReply: () => {} })
+    this._sendNow({ type: 'ping', id })
+    this._armLiveness(ws, this._liveness.timeout)
+  }
+
+  /** Drops a socket found dead: no close handshake can complete on it, so none is awaited. */
+  _dead(ws, why) {
+    if (this._ws !== ws) return
+    this._ws = null
+    terminate(ws)
+    this._onClose({ code: 1006, reason: `liveness: ${why}`, wasClean: false })
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Resume: back online, or the page visible again (a phone unlocked, a laptop woken, a tab
+  // returned to), is when a connection is most likely needed and most likely dead.
+
+  _listenForResume() {
+    if (!this._reconnectOnResume || this._resumeListeners) return
+    const win = typeof window !== 'undefined' ? window : null
+    const doc = typeof document !== 'undefined' ? document : null
+    if (!win || typeof win.addEventListener !== 'function') return
+    const onOnline = () => this._resume('online')
+    const onVisible = () => {
+      if (doc && doc.visibilityState === 'visible') this._resume('visible')
+    }
+    win.addEventListener('online', onOnline)
+    doc?.addEventListener?.('visibilitychange', onVisible)
+    this._resumeListeners = () => {
+      win.removeEventListener('online', onOnline)
+      doc?.removeEventListener?.('visibilitychange', onVisible)
+    }
+  }
+
+  _unlistenForResume() {
+    if (!this._resumeListeners) return
+    this._resumeListeners()
+    this._resumeListeners = null
+  }
+
+  /**
+   * Waiting for a retry: retry now, from the first backoff step. Open: check the connection
+   * with a ping at once rather than after `interval` (it may have died while asleep).
+   */
+  _resume(why) {
+    if (!this._wanted) return
+    if (this._retryTimer) {
+      clearTimeout(this._retryTimer)
+      this._retryTimer = null
+      this._attempt = 0
+      this._emit('resume', { reason: why })
+      this._open('reconnect')
+    } else if (this._isOpen() && this._liveness && !this._probe) {
+      this._ping(this._ws)
+    }
   }
 
   async _open(reason) {
@@ -523,6 +690,7 @@ export class RealtimeClient {
       return
     }
     this._ws = ws
+    this._watch(ws)
     let closed = false
     ws.onopen = () => {
       if (this._ws !== ws) return
@@ -542,6 +710,8 @@ export class RealtimeClient {
     }
     ws.onmessage = (event) => {
       if (this._ws !== ws) return
+      this._received++
+      this._quietSince = Date.now()
       this._onMessage(event.data)
     }
     ws.onerror = () => {
@@ -581,7 +751,10 @@ export class RealtimeClient {
 
   _onClose(info) {
     if (this._stableTimer) clearTimeout(this._stableTimer)
+    if (this._livenessTimer) clearTimeout(this._livenessTimer)
     this._stableTimer = null
+    this._livenessTimer = null
+    this._probe = null
     for (const room of this._rooms.values()) room.joined = false
     this._failSent('connection-lost', `the connection closed (${info.code}) before the reply`)
     this._emit('close', info)
@@ -670,6 +843,8 @@ export class RealtimeClient {
       return
     }
     if (msg.type === 'error') {
+      // Not a reply to anything pending: also a `message`, for listeners of any type.
+      this._emit('message', msg)
       this._error(msg.code, msg.message ?? msg.code, { reply: msg })
       return
     }
@@ -729,6 +904,24 @@ export class RealtimeClient {
 
 function errorMessage(err) {
   return err instanceof Error ? err.message : String(err)
+}
+
+/** Closes at once, without the closing handshake a dead peer cannot answer. */
+function terminate(ws) {
+  if (typeof ws.terminate === 'function') {
+    // `ws` (Node): destroys the TCP socket; its close() would wait 30 s for the peer.
+    ws.onopen = null
+    ws.onmessage = null
+    ws.onclose = null
+    ws.onerror = () => {}
+    try {
+      ws.terminate()
+    } catch {
+      // already gone
+    }
+    return
+  }
+  closeQuietly(ws, 4000, 'liveness timeout')
 }
 
 function closeQuietly(ws, code, reason) {
