@@ -2,23 +2,133 @@
 
 export type ConnectionStatus = 'connecting' | 'open' | 'reconnecting' | 'closed'
 
-/** A collection event as the server sends it. */
-export interface RealtimeEvent<Doc = Record<string, unknown>> {
-  type: 'create' | 'update' | 'delete' | (string & {})
-  collection: string
+/** The editor of a change, as events and presence name users: never an email. */
+export interface RealtimeUser {
   id: string | number
-  doc?: Doc
-  user?: { id: string | number; collection: string }
-  timestamp?: string
-  [field: string]: unknown
+  collection: string
 }
 
-/** Any message from the server (events, replies, room broadcasts). */
-export interface ServerMessage {
-  type: string
+/** A room's position in its history, as `ack` replies to joins carry it. */
+export interface RoomPosition {
+  offset: number
+  epoch: string
+}
+
+/** A collection event as the server sends it. */
+export interface RealtimeEvent<Doc = Record<string, unknown>> {
+  type: 'create' | 'update' | 'delete'
+  collection: string
+  id: string | number
+  doc?: Doc | null
+  user?: RealtimeUser
+  timestamp: string
+  /** Position in the room's history (with the `history` server option). */
+  offset?: number
+  epoch?: string
+}
+
+/** The success reply to a request with an `id` (joins add the rooms' positions). */
+export interface AckMessage {
+  type: 'ack'
+  id: string | number
+  /** Joins: each joined collection's position, when it keeps history. */
+  positions?: Record<string, RoomPosition>
+  /** Joins with `since`: whether the missed events were replayed. */
+  recovered?: boolean
+}
+
+/** The reply to `{ type: 'ping' }`. */
+export interface PongMessage {
+  type: 'pong'
+  id?: string | number
+}
+
+/** The server's error codes (see the contract). */
+export type ServerErrorCode =
+  | 'bad-json'
+  | 'bad-message'
+  | 'unknown-type'
+  | 'unknown-collection'
+  | 'forbidden'
+  | 'rate-limited'
+  | 'too-large'
+  | 'internal'
+  | (string & {})
+
+/** A refused request (with its `id`), or a problem with a message that had none. */
+export interface ErrorMessage {
+  type: 'error'
+  code: ServerErrorCode
+  message: string
+  id?: string | number
+}
+
+/** The reply to a `presence` request: who is in the room (distinct users). */
+export interface PresenceMessage {
+  type: 'presence'
+  id?: string | number
+  room: string
+  collection: string
+  members: RealtimeUser[]
+}
+
+/** Someone entered (`presence-join`) or left (`presence-leave`) a room with presence. */
+export interface PresenceChangeMessage {
+  type: 'presence-join' | 'presence-leave'
+  room: string
+  /** Only for a collection's room. */
+  collection?: string
+  user: RealtimeUser
+}
+
+/** Missed events could not be replayed: refetch (`reason`: see the `recovery-failed` event). */
+export interface RecoveryFailedMessage {
+  type: 'recovery-failed'
+  room: string
+  collection?: string
+  reason: string
+}
+
+/**
+ * Every message of the protocol itself, discriminated by `type`: `switch (message.type)`
+ * narrows it.
+ */
+export type KnownServerMessage =
+  | RealtimeEvent
+  | AckMessage
+  | PongMessage
+  | ErrorMessage
+  | PresenceMessage
+  | PresenceChangeMessage
+  | RecoveryFailedMessage
+
+/** The `type` of a protocol message. */
+export type KnownMessageType = KnownServerMessage['type']
+
+/**
+ * A message of the application's own: a room broadcast, a custom handler's reply, an app event.
+ * Declare yours as `{ type: 'order.created'; ... }` and pass them to `ServerMessage<...>`.
+ */
+export interface CustomMessage<Type extends string = string> {
+  type: Type
   id?: string | number
   [field: string]: unknown
 }
+
+/**
+ * Any message from the server. With your own messages as `Custom` (a union of interfaces with
+ * literal `type`s), the whole union narrows on `type`; with the default `CustomMessage` (any
+ * `type`), narrow `KnownServerMessage` or use `MessageOfType`.
+ */
+export type ServerMessage<Custom extends { type: string } = CustomMessage> = KnownServerMessage | Custom
+
+/** The message of type `Type`: the protocol's own, or a `CustomMessage<Type>`. */
+export type MessageOfType<Type extends string> = [KnownOfType<KnownServerMessage, Type>] extends [never]
+  ? CustomMessage<Type>
+  : KnownOfType<KnownServerMessage, Type>
+
+/** The members of `M` whose `type` admits `Type`. */
+type KnownOfType<M, Type extends string> = M extends { type: infer T } ? (Type extends T ? M : never) : never
 
 export interface ReconnectOptions {
   /** Ceiling of the first delay, ms (default 500). */
@@ -31,6 +141,13 @@ export interface ReconnectOptions {
   maxAttempts?: number
   /** A connection open this long (ms) resets the attempt count (default 5000). */
   stableAfter?: number
+}
+
+export interface LivenessOptions {
+  /** With nothing received for this long (ms), send a `ping` (default 25000). */
+  interval?: number
+  /** With still nothing received this long (ms) after the ping, reconnect (default 10000). */
+  timeout?: number
 }
 
 export interface GetTokenContext {
@@ -63,6 +180,16 @@ export interface RealtimeClientOptions {
    * that predate first-message auth.
    */
   tokenInUrl?: boolean
+  /**
+   * Notice a dead connection (no data, no pong) and replace it; `false` disables. Defaults:
+   * `DEFAULT_LIVENESS`.
+   */
+  liveness?: false | LivenessOptions
+  /**
+   * In browsers: when back `online` or the page becomes visible again, retry at once instead of
+   * waiting out the backoff, or check an open connection with a ping (default true).
+   */
+  reconnectOnResume?: boolean
 }
 
 /**
@@ -75,7 +202,7 @@ export declare class RealtimeClientError extends Error {
   constructor(code: string, message: string, details?: Record<string, unknown>)
   code: string
   /** The server's reply, for server errors. */
-  reply?: ServerMessage
+  reply?: ErrorMessage
   /** The collection concerned (join errors, handler errors). */
   collection?: string
   /** The close code that stopped the client (`session-revoked`, `token-expired`). */
@@ -95,8 +222,10 @@ export interface ClientEvents {
   close: (info: CloseInfo) => void
   reconnecting: (info: { attempt: number; delay: number; code: number; reason: string }) => void
   error: (error: RealtimeClientError) => void
-  /** Every valid message that is not a reply to a request. */
+  /** Every valid message that is not a reply to a request (unsolicited errors included). */
   message: (message: ServerMessage) => void
+  /** A retry made at once, skipping the backoff delay: back `online`, or the page `visible`. */
+  resume: (info: { reason: 'online' | 'visible' }) => void
   /**
    * Events missed while away could not be replayed (the room keeps no history, the history was
    * trimmed, or the server restarted; `reason` `"Limited"` or `"TooManyEvents"` past the server's
@@ -118,13 +247,18 @@ export declare class RealtimeClient {
     handler: (event: RealtimeEvent<Doc>) => unknown,
   ): () => void
   /** Sends `{ ...data, type, id }`; resolves with the reply, rejects with a `RealtimeClientError`. */
-  request<Reply extends ServerMessage = ServerMessage>(
+  request<Reply extends { type: string } = ServerMessage>(
     type: string,
     data?: Record<string, unknown>,
     options?: { timeout?: number },
   ): Promise<Reply>
   on<E extends keyof ClientEvents>(event: E, listener: ClientEvents[E]): () => void
   once<E extends keyof ClientEvents>(event: E, listener: ClientEvents[E]): () => void
+  /**
+   * Sends `message` as it is, with no reply awaited; false (nothing queued) when not open.
+   * Throws a TypeError unless it is an object with a string `type`.
+   */
+  send(message: { type: string; [field: string]: unknown }): boolean
   connect(): void
   /** Closes with 1000 and stops reconnecting; subscriptions are kept for a later `connect()`. */
   disconnect(): void
@@ -156,5 +290,7 @@ export declare const CloseCodes: {
 }
 
 export declare const DEFAULT_RECONNECT: Required<ReconnectOptions>
+
+export declare const DEFAULT_LIVENESS: Required<LivenessOptions>
 
 export default createRealtimeClient

@@ -1,0 +1,21 @@
+// The typings of payload-realtime/client and payload-realtime/react, checked by TypeScript:
+// `tsc --noEmit` over __test__/types/usage.ts, which imports every export through the package's
+// own export map, narrows the server-message union on `type`, and holds `@ts-expect-error` lines
+// for what the typings must refuse. Any type error (or an expected error that does not happen)
+// fails the test with tsc's output.
+
+import assert from 'node:assert/strict'
+import { spawnSync } from 'node:child_process'
+import { createRequire } from 'node:module'
+import { test } from 'node:test'
+import { fileURLToPath } from 'node:url'
+
+const require = createRequire(import.meta.url)
+const project = fileURLToPath(new URL('./types/tsconfig.json', import.meta.url))
+
+test('tsc --noEmit: every client and React typing in use, the message union narrowing', { timeout: 120_000 }, () => {
+  const tsc = require.resolve('typescript/bin/tsc')
+  const run = spawnSync(process.execPath, [tsc, '--noEmit', '-p', project], { encoding: 'utf8' })
+  assert.equal(run.error, undefined)
+  assert.equal(run.status, 0, `tsc failed:\n${run.stdout}${run.stderr}`)
+})
