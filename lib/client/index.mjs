@@ -712,6 +712,11 @@ export class RealtimeClient {
       if (this._ws !== ws) return
       this._received++
       this._quietSince = Date.now()
+      if (this._probe) {
+        // The ping is answered (by its pong or anything else): next check after `interval`.
+        this._probe = null
+        this._armLiveness(ws, this._liveness.interval)
+      }
       this._onMessage(event.data)
     }
     ws.onerror = () => {
