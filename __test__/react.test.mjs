@@ -210,3 +210,107 @@ test(
     }
   },
 )
+
+// ---------------------------------------------------------------------------------------------
+// Chromium: useRealtimeMessage, and usePayloadWebSocket for code written against the original
+// design's hook (outside any provider, on a client it owns)
+
+const MESSAGES_PAGE = `<!doctype html>
+<html>
+<head><meta charset="utf-8"><title>payload-realtime react messages</title>${REACT_HEAD}</head>
+<body>
+<div id="root"></div>
+<div id="seed"></div>
+<script type="module">
+  import { StrictMode, createElement as h, useState } from 'react'
+  import { createRoot } from 'react-dom/client'
+  import { RealtimeProvider, useRealtime, useRealtimeMessage, usePayloadWebSocket } from '/lib/react/index.mjs'
+
+  const params = new URLSearchParams(location.search)
+
+  function Messages() {
+    const [seen, setSeen] = useState([])
+    useRealtime('posts', () => {}) // joins the room the broadcasts go to
+    useRealtimeMessage('announcement', (m) => setSeen((list) => [...list, 'announcement:' + m.text]))
+    useRealtimeMessage(['error'], (m) => setSeen((list) => [...list, 'error:' + m.code]))
+    return h('ul', { id: 'messages' }, seen.map((text, i) => h('li', { key: i }, text)))
+  }
+
+  function App() {
+    return h(RealtimeProvider, { url: params.get('ws'), token: params.get('token') }, h(Messages))
+  }
+
+  // As code written against the original design uses it: no provider, a URL.
+  function Seed() {
+    const { isConnected, lastMessage, sendMessage } = usePayloadWebSocket({
+      url: params.get('ws'),
+      token: params.get('token'),
+    })
+    window.seedSend = sendMessage
+    return [
+      h('p', { id: 'seed-connected', key: 'c' }, String(isConnected)),
+      h('p', { id: 'seed-last', key: 'l' }, lastMessage ? lastMessage.type + ' ' + (lastMessage.id ?? '') : 'none'),
+    ]
+  }
+
+  createRoot(document.getElementById('root')).render(h(StrictMode, null, h(App)))
+  const seed = createRoot(document.getElementById('seed'))
+  seed.render(h(StrictMode, null, h(Seed)))
+  window.unmountSeed = () => seed.unmount()
+</script>
+</body>
+</html>`
+
+test(
+  'in Chromium: useRealtimeMessage for any type, usePayloadWebSocket in the seed shape',
+  { timeout: 120_000 },
+  async (t) => {
+    const browser = await launchBrowser(t)
+    if (!browser) return
+    const manager = await startServer()
+    const web = await startHttpServer({ '/': MESSAGES_PAGE })
+    const inRoom = () => manager.getSocketsInRoom('collection:posts').length
+    const messagesOf = (page) => page.$$eval('#messages li', (lis) => lis.map((li) => li.textContent))
+    try {
+      const page = await openPage(browser)
+      const query = new URLSearchParams({ ws: `ws://127.0.0.1:${manager.port}/`, token: makeToken({ id: 'seeded' }) })
+      await page.goto(`${web.origin}/?${query}`)
+
+      // Both clients connect (StrictMode's double effects leave one each); only the provider's joined.
+      await waitForText(page, '#seed-connected', 'true')
+      await waitUntil(() => manager.stats().connections === 2 && inRoom() === 1, {
+        label: 'two sockets, one in the room',
+      })
+
+      // A room broadcast of the app's own type reaches its hook once; an event does not.
+      await manager.emitEvent({ type: 'create', collection: 'posts', id: 1 })
+      manager.broadcastToRoom('collection:posts', { type: 'announcement', text: 'hello' })
+      await waitInPage(page, () => document.querySelectorAll('#messages li').length === 1)
+      assert.deepEqual(await messagesOf(page), ['announcement:hello'])
+
+      // The seed's way to join a collection, then its lastMessage follows the events.
+      assert.equal(await page.evaluate(() => window.seedSend({ type: 'join-collection', collection: 'posts' })), true)
+      await waitUntil(() => inRoom() === 2, { label: 'the seed hook joined' })
+      await manager.emitEvent({ type: 'update', collection: 'posts', id: 7 })
+      await waitForText(page, '#seed-last', 'update 7')
+      // A raw message with no id: the server's unknown-type error reaches lastMessage; the
+      // provider's client never sent it, so its error hook stays quiet.
+      assert.equal(await page.evaluate(() => window.seedSend('{"type":"no-such-type"}')), true)
+      await waitForText(page, '#seed-last', 'error ')
+      assert.deepEqual(await messagesOf(page), ['announcement:hello'])
+
+      // Unmounting the seed component disconnects the client it created.
+      await page.evaluate(() => window.unmountSeed())
+      await waitUntil(() => manager.stats().connections === 1 && inRoom() === 1, { label: 'the seed client gone' })
+      assert.deepEqual(
+        page.problems.filter((p) => !/no-such-type|unknown-type/.test(p)),
+        [],
+      )
+      await page.close()
+    } finally {
+      await browser.close()
+      await web.close()
+      await manager.close()
+    }
+  },
+)
