@@ -6,7 +6,8 @@
 //   the client reconnects at once, rejoins and gets the next event.
 // - Visible again: headless Chromium keeps every page visible (switching or minimizing tabs does
 //   not change document.visibilityState there), so the page's visibilityState is overridden and
-//   the event dispatched in the page: hidden does nothing, visible reconnects at once.
+//   the event dispatched in the page: hidden does nothing, visible reconnects at once, and
+//   visible while open checks the connection with a ping at once.
 // Skipped when /usr/bin/chromium is missing, unless PAYLOAD_REALTIME_REQUIRE_ALL=1.
 
 import assert from 'node:assert/strict'
@@ -94,6 +95,18 @@ test('Chromium: back online or visible again, the client reconnects at once', { 
     await manager.emitEvent({ type: 'update', collection: 'posts', id: 1 })
     await page.waitForFunction(() => window.events.length === 2, null, { timeout: WAIT })
     assert.deepEqual(await page.evaluate(() => window.events), ['create 1', 'update 1'])
+    // Visible again while open: the connection is checked with a ping at once.
+    await page.evaluate(() => {
+      window.sent = []
+      const send = WebSocket.prototype.send
+      WebSocket.prototype.send = function (data) {
+        window.sent.push(JSON.parse(data).type)
+        return send.call(this, data)
+      }
+    })
+    await setVisibility('visible')
+    await page.waitForFunction(() => window.sent.includes('ping'), null, { timeout: WAIT })
+    assert.equal(await page.evaluate(() => document.getElementById('status').textContent), 'open')
     assert.deepEqual(page.problems, [])
 
     await page.evaluate(() => window.client.disconnect())

@@ -1,7 +1,8 @@
 // The client SDK surviving real life, on Node with `ws` against the real server:
 // - liveness: a TCP proxy between client and server stops forwarding without closing anything
 //   (a server host gone, a NAT that forgot the flow); the client notices (no data, no pong),
-//   drops that socket, reconnects through a new connection and gets events again;
+//   drops that socket, reconnects through a new connection and gets events again; a handshake
+//   that never completes is given up and retried;
 // - a quiet healthy connection is kept: pings get pongs, no reconnect, and pongs are not
 //   surfaced as messages;
 // - the same handler subscribed twice to one subscription is called once and removed once;
@@ -129,6 +130,41 @@ test('a path that goes dead without a close: the client reconnects through a new
     client.disconnect()
     await proxy.close()
     await manager.close()
+  }
+})
+
+test('a handshake that never completes is given up and retried', T, async () => {
+  // Accepts TCP connections and never answers the upgrade request (`ws` has no handshake
+  // timeout of its own: without liveness the client would wait forever).
+  const sockets = []
+  let closed = 0
+  const silent = net.createServer((socket) => {
+    sockets.push(socket)
+    socket.on('error', () => {})
+    socket.on('close', () => closed++)
+    socket.resume() // read (and drop) the upgrade request, so the peer's FIN is seen
+  })
+  await new Promise((resolve) => silent.listen(0, '127.0.0.1', resolve))
+  const closes = []
+  const client = createRealtimeClient({
+    url: `ws://127.0.0.1:${silent.address().port}/`,
+    token: makeToken({ id: 'stuck' }),
+    WebSocket,
+    reconnect: FAST,
+    liveness: { interval: 100, timeout: 100 },
+  })
+  client.on('close', (info) => closes.push(info))
+  client.on('error', () => {})
+  try {
+    await waitUntil(() => sockets.length >= 3 && closes.length >= 2, { label: 'three attempts' })
+    for (const info of closes)
+      assert.deepEqual(info, { code: 1006, reason: 'liveness: not open within 200 ms', wasClean: false })
+    // Each abandoned attempt's TCP connection is closed by the client, not left behind.
+    await waitUntil(() => closed >= 2, { label: 'the abandoned attempts closed' })
+  } finally {
+    client.disconnect()
+    for (const s of sockets) s.destroy()
+    await new Promise((r) => silent.close(r))
   }
 })
 
