@@ -3,8 +3,9 @@
 // provider fails clearly). In headless Chromium, with React 19 from node_modules: the provider
 // connects, useRealtime delivers events and always calls the latest handler without
 // resubscribing, unmounting leaves the room, useRealtimeStatus follows a server restart, and
-// unmounting the provider disconnects. The browser part is skipped when /usr/bin/chromium is
-// missing, unless PAYLOAD_REALTIME_REQUIRE_ALL=1.
+// unmounting the provider disconnects; useRealtimeMessage gets the app's own message types once,
+// and usePayloadWebSocket (the original design's hook shape) works outside any provider. The
+// browser part is skipped when /usr/bin/chromium is missing, unless PAYLOAD_REALTIME_REQUIRE_ALL=1.
 
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
@@ -13,7 +14,14 @@ import { renderToString } from 'react-dom/server'
 import WebSocket from 'ws'
 
 import { createRealtimeClient } from '../lib/client/index.mjs'
-import { RealtimeProvider, useRealtime, useRealtimeClient, useRealtimeStatus } from '../lib/react/index.mjs'
+import {
+  RealtimeProvider,
+  usePayloadWebSocket,
+  useRealtime,
+  useRealtimeClient,
+  useRealtimeMessage,
+  useRealtimeStatus,
+} from '../lib/react/index.mjs'
 import { launchBrowser, openPage, restartOn, startServer, REACT_HEAD, startHttpServer } from './browser-support.mjs'
 import { makeToken, waitUntil, WAIT } from './helpers.mjs'
 
@@ -57,6 +65,30 @@ test('server rendering: provider and hooks render; nothing connects or subscribe
   )
   assert.match(owned, /status:closed/)
   assert.equal(counter.created, 0)
+})
+
+test('server rendering: useRealtimeMessage and usePayloadWebSocket render; nothing connects', () => {
+  const { CountingWebSocket, counter } = countingWebSocket()
+  function Messages() {
+    useRealtimeMessage('presence-join', () => {})
+    useRealtimeMessage(['a', 'b'], () => {})
+    useRealtimeMessage(null, () => {})
+    return h('p', null, 'messages')
+  }
+  function Seed({ options }) {
+    const { isConnected, lastMessage, sendMessage } = usePayloadWebSocket(options)
+    return h('p', null, `connected:${isConnected} last:${lastMessage} sent:${sendMessage({ type: 'x' })}`)
+  }
+  const client = createRealtimeClient({ url: 'ws://127.0.0.1:9/', WebSocket: CountingWebSocket, autoConnect: false })
+  const inProvider = renderToString(h(RealtimeProvider, { client }, h(Messages), h(Seed)))
+  assert.match(inProvider, /messages/)
+  assert.match(inProvider, /connected:false last:null sent:false/)
+  // Outside a provider, on a client of its own (created, not connected, on the server).
+  const alone = renderToString(h(Seed, { options: { url: 'ws://127.0.0.1:9/', WebSocket: CountingWebSocket } }))
+  assert.match(alone, /connected:false last:null sent:false/)
+  assert.equal(counter.created, 0)
+  assert.throws(() => renderToString(h(Seed)), /usePayloadWebSocket needs a <RealtimeProvider> or a `url`/)
+  assert.throws(() => renderToString(h(Messages)), /RealtimeProvider/)
 })
 
 test('hooks outside a RealtimeProvider throw a clear error', () => {
