@@ -361,15 +361,48 @@ async function runReact(block) {
     apply: `const apply = (list) => list`,
     List: `const List = ({ items }) => <ul>{items.map((i) => <li key={i.id}>{i.id}</li>)}</ul>`,
   })
-  const { code } = await transform(`${provided}\n${source}`, { loader: 'jsx', jsx: 'automatic', format: 'esm' })
+  // A block that only defines a component (`function Progress() {...}`) renders it in a provider.
+  const components = [...source.matchAll(/^function ([A-Z]\w*)\(/gm)].map((m) => m[1])
+  const last = components.at(-1)
+  const exposed = last ? `\nglobalThis.__docComponent = ${last}` : ''
+  const { code } = await transform(`${provided}\n${source}${exposed}`, {
+    loader: 'jsx',
+    jsx: 'automatic',
+    format: 'esm',
+  })
   globalThis.__docElement = undefined
+  globalThis.__docComponent = undefined
   const mod = await importModule(code)
-  const element = globalThis.__docElement ?? (mod.App && { type: mod.App, props: {} })
-  assert.ok(element, `${where(block)}: an element or an App to render`)
   const { createElement } = await import('react')
+  const { RealtimeProvider } = await import('payload-realtime/react')
+  const element =
+    globalThis.__docElement ??
+    (mod.App && { type: mod.App, props: {} }) ??
+    (globalThis.__docComponent &&
+      createElement(RealtimeProvider, { url: 'ws://127.0.0.1:9/' }, createElement(globalThis.__docComponent)))
+  assert.ok(element, `${where(block)}: an element, an App or a component to render`)
   const html = renderToString(element.$$typeof ? element : createElement(element.type, element.props))
   assert.equal(typeof html, 'string')
   if (/useRealtimeStatus/.test(block.code) && /<span>\{status\}/.test(block.code)) assert.match(html, /closed/)
+}
+
+/** A TypeScript block, checked by `tsc --noEmit` with the settings of __test__/types (strict). */
+async function runTypes(block) {
+  const dir = mkdtempSync(join(root, '__test__', 'types', '.doc-'))
+  try {
+    writeFileSync(join(dir, 'block.ts'), `${block.code}\nexport {}\n`)
+    const base = JSON.parse(readFileSync(join(root, '__test__', 'types', 'tsconfig.json'), 'utf8'))
+    writeFileSync(join(dir, 'tsconfig.json'), JSON.stringify({ ...base, files: ['block.ts'] }))
+    const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc')
+    const out = await new Promise((resolve) =>
+      execFile(process.execPath, [tsc, '--noEmit', '-p', dir], (error, stdout, stderr) =>
+        resolve({ code: error ? (error.code ?? 1) : 0, text: stdout + stderr }),
+      ),
+    )
+    assert.equal(out.code, 0, `${where(block)}: tsc failed:\n${out.text}`)
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
 }
 
 /** An event as JSON: the contract's fields only, an ISO timestamp, an editor by id and collection. */
@@ -424,6 +457,7 @@ const RUNNERS = {
   'payload-script': runPayloadScript,
   client: runClient,
   react: runReact,
+  types: runTypes,
   'event-json': runEventJson,
 }
 
