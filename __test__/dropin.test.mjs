@@ -20,7 +20,7 @@ import { fileURLToPath } from 'node:url'
 
 import { getUWebSocketManager, initUWebSocket, uWebSocketPlugin } from 'payload-realtime'
 
-import { connect, freePort, registerWhoami, waitUntil } from './helpers.mjs'
+import { SECRET, connect, freePort, makeToken, registerWhoami, waitUntil } from './helpers.mjs'
 import { startPayload } from './payload-fixture.mjs'
 
 const T = { timeout: 180_000 }
@@ -166,6 +166,20 @@ test('the production config with REDIS_URL unset starts (alone), as does the dev
     const post = await ctx.payload.create({ collection: 'posts', data: { title: 'prod' } })
     await client.waitFor((m) => m.type === 'create' && m.id === post.id)
   }
+})
+
+test("once that Payload is destroyed, a server started later in the process is the application's own", T, async () => {
+  const ctx = await startPayload({ plugin: { port: undefined, host: undefined }, configure: withMedia })
+  await ctx.close()
+  // With the plugin's defaults still in force, this server would ask the destroyed Payload's
+  // verifyUser (user 'standalone' is in no database) and use its secret instead of ours.
+  const manager = await initUWebSocket(0, { host: '127.0.0.1', secret: SECRET, includeCollections: ['posts'] })
+  cleanups.push(() => manager.close())
+  const client = await connect(`ws://127.0.0.1:${manager.port}/?token=${makeToken({ id: 'standalone' })}`)
+  cleanups.push(() => client.close())
+  await client.join('posts')
+  await manager.emitEvent({ type: 'create', collection: 'posts', id: 1, doc: { title: 'mine' } })
+  await client.waitFor((m) => m.type === 'create' && m.id === 1)
 })
 
 test("its type names: tsc --noEmit over the old README's usage", T, async () => {

@@ -11,15 +11,21 @@ const { RealtimeError, ERROR_CODES } = require('./errors.js')
 const lifecycle = require('./lifecycle.js')
 
 /**
- * Set by the Payload plugin once Payload has initialized: fills in what the plugin knows
- * (secret, verifyUser, includeCollections, authorize and read-access rules) when the user calls
- * `initUWebSocket(port)` themselves after `getPayload()`.
+ * Set by the Payload plugin while its Payload runs (from `onInit` to `payload.destroy()`): fills
+ * in what the plugin knows (secret, verifyUser, includeCollections, authorize and read-access
+ * rules) when the user calls `initUWebSocket(port)` themselves after `getPayload()`. Once that
+ * Payload is gone, a server started later in the process is the application's own again.
  * @type {((options: object) => object) | null}
  */
 let pluginDefaults = null
 
 function setPluginDefaults(fn) {
   pluginDefaults = typeof fn === 'function' ? fn : null
+}
+
+/** Forgets `fn` if it is still the defaults (a later Payload's are kept). */
+function clearPluginDefaults(fn) {
+  if (pluginDefaults === fn) pluginDefaults = null
 }
 
 const DEFAULT_PORT = 3002
@@ -985,6 +991,7 @@ module.exports = {
   getUWebSocketManager,
   nativeOptions,
   setPluginDefaults,
+  clearPluginDefaults,
   SERVER_OPTIONS,
   PLUGIN_OPTIONS,
   makeFailureLog,

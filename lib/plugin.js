@@ -362,10 +362,10 @@ function uWebSocketPlugin(options = {}) {
     }
 
     // `initUWebSocket(port)` called by the application after getPayload(): give it the same
-    // options as `port` would (needs the manager to accept a defaults provider; see docs).
-    if (typeof managerModule.setPluginDefaults === 'function') {
-      managerModule.setPluginDefaults((extra = {}) => (extra && extra[BUILT] ? extra : serverOptions(extra)))
-    }
+    // options as `port` would, while this Payload runs (set in onInit, dropped on destroy).
+    const pluginDefaults = (extra = {}) => (extra && extra[BUILT] ? extra : serverOptions(extra))
+    // A dev reload evaluates the config again while the same Payload runs: the new rules apply.
+    if (state.payload) managerModule.setPluginDefaults(pluginDefaults)
 
     /** Starts the server, or takes over the one a previous evaluation of the config started. */
     const startServer = async (payload) => {
@@ -400,6 +400,7 @@ function uWebSocketPlugin(options = {}) {
       collections,
       onInit: async (payload) => {
         state.payload = payload
+        managerModule.setPluginDefaults(pluginDefaults)
         installTransactionHooks(payload.db)
         setFailureLog(logFailure)
         if (liveAdmin) announceLocks(payload.db, send)
@@ -407,6 +408,7 @@ function uWebSocketPlugin(options = {}) {
         if (typeof payload.destroy === 'function') {
           const destroy = payload.destroy
           payload.destroy = async (...args) => {
+            managerModule.clearPluginDefaults(pluginDefaults)
             const manager = state.manager
             state.manager = undefined
             if (manager) await manager.close()
