@@ -101,7 +101,8 @@ export async function startPayload({
       plugins: [uWebSocketPlugin(pluginOptions)],
     }),
   )
-  const payload = await getPayload({ config, key: randomUUID() })
+  const key = randomUUID()
+  const payload = await getPayload({ config, key })
   const manager = pluginOptions.port === undefined || pluginOptions.port === null ? null : getUWebSocketManager()
   const ctx = {
     /** Every event the plugin handed to the manager, with the promise of its delivery. */
@@ -129,6 +130,8 @@ export async function startPayload({
       )
     },
     payload,
+    /** The key of this instance in Payload's cache (`handleEndpoints({ payloadInstanceCacheKey })`). */
+    key,
     manager,
     secret,
     dir,

@@ -942,3 +942,5 @@ function closeQuietly(ws, code, reason) {
 }
 
 export default createRealtimeClient
+
+export { liveQuery, LiveQuery, LIVE_QUERY_DEFAULTS, matchWhere, makeComparator, toQueryString } from './live-query.mjs'
