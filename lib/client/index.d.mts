@@ -294,3 +294,79 @@ export declare const DEFAULT_RECONNECT: Required<ReconnectOptions>
 export declare const DEFAULT_LIVENESS: Required<LivenessOptions>
 
 export default createRealtimeClient
+
+/** A Payload `Where` query (the subset `liveQuery` evaluates locally; anything else refetches). */
+export type Where = { [field: string]: unknown; and?: Where[]; or?: Where[] }
+
+export type LiveQueryStatus = 'loading' | 'ready' | 'refreshing' | 'error' | 'closed'
+
+export interface LiveQuerySnapshot<Doc = Record<string, unknown>> {
+  /** The list as a fresh query would return it (frozen; a new array on every change). */
+  docs: readonly Doc[]
+  /** `'loading'` until the first load, `'refreshing'` while reloading with `docs` shown. */
+  status: LiveQueryStatus
+  /** Code `query-failed` (with the HTTP `status`) or the server's join error, when `status` is `'error'`. */
+  error: RealtimeClientError | null
+}
+
+export interface LiveQueryOptions {
+  where?: Where
+  /** `'-title'`, `'-title,createdAt'` or `['-title', 'createdAt']`; default Payload's `-createdAt`. */
+  sort?: string | readonly string[]
+  /** Payload's page size (default: Payload's, 10); 0 for every match. */
+  limit?: number
+  /** Default 0: relationships as ids, as events carry them (deeper refetches on each relevant event). */
+  depth?: number
+  /** The REST API's base (default `'/api'`). */
+  apiUrl?: string
+  /** Payload's `serverURL`: the API is `<serverURL>/api`. */
+  serverURL?: string
+  /** `fetch`'s `credentials` (default `'include'`: the viewer's `payload-token` cookie). */
+  credentials?: 'include' | 'same-origin' | 'omit'
+  /** Extra request headers, e.g. `{ Authorization: 'JWT ' + token }`; a function is called per load. */
+  headers?: Record<string, string> | (() => Record<string, string> | Promise<Record<string, string>>)
+  /** Default `globalThis.fetch`. */
+  fetch?: typeof fetch
+  /** Refetches asked for within this many ms become one (default 50). */
+  debounce?: number
+  /** Default true; `false` to call `start()` yourself. */
+  autoStart?: boolean
+}
+
+export declare class LiveQuery<Doc = Record<string, unknown>> {
+  constructor(client: RealtimeClient, collection: string, options?: LiveQueryOptions)
+  readonly client: RealtimeClient
+  readonly collection: string
+  getSnapshot(): LiveQuerySnapshot<Doc>
+  subscribe(listener: () => void): () => void
+  /** Resolves once nothing is loading or scheduled. */
+  settled(): Promise<LiveQuerySnapshot<Doc>>
+  refetch(): void
+  start(): void
+  close(): void
+}
+
+/** A live query: a store giving `{ docs, status, error }`, kept equal to a fresh REST query. */
+export declare function liveQuery<Doc = Record<string, unknown>>(
+  client: RealtimeClient,
+  collection: string,
+  options?: LiveQueryOptions,
+): LiveQuery<Doc>
+
+export declare const LIVE_QUERY_DEFAULTS: {
+  readonly debounce: 50
+  readonly apiUrl: '/api'
+  readonly credentials: 'include'
+  readonly depth: 0
+}
+
+/** `true`, `false`, or `undefined` when `doc` cannot tell (then a live query refetches). */
+export declare function matchWhere(where: Where | null | undefined, doc: Record<string, unknown>): boolean | undefined
+
+/** Payload's order of two documents for `sort`; `undefined` when a sort field is absent. */
+export declare function makeComparator(
+  sort?: string | readonly string[],
+): (a: Record<string, unknown>, b: Record<string, unknown>) => number | undefined
+
+/** Payload's `qs` bracket query string: `where[title][equals]=a&limit=3`. */
+export declare function toQueryString(params: Record<string, unknown>): string

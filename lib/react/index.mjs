@@ -206,3 +206,5 @@ function roomNames(msg) {
 }
 
 export { RealtimeContext }
+
+export { useLiveQuery } from './live-query.mjs'
