@@ -341,7 +341,8 @@ export declare class LiveQuery<Doc = Record<string, unknown>> {
   subscribe(listener: () => void): () => void
   /** Resolves once nothing is loading or scheduled. */
   settled(): Promise<LiveQuerySnapshot<Doc>>
-  refetch(): void
+  /** Loads again now (also the way out of `'error'`); bound, so it can be passed around. */
+  refetch: () => void
   start(): void
   close(): void
 }

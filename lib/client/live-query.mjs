@@ -383,6 +383,7 @@ export class LiveQuery {
         this._joined = false
       }),
       client.on('open', () => {
+        if (this._inFlight?.waiting) return // that load joins and reads after this open
         if (this._recoverable) {
           // The client rejoins with `since`: the missed events are replayed, or `recovery-failed`
           // follows (and refetches). Either way the list stays in step with the room.
@@ -392,7 +393,9 @@ export class LiveQuery {
         this._scheduleRefetch(0)
       }),
     ]
-    this._load()
+    // On the next turn: a provider connecting its client in the same commit is then
+    // `connecting`, and the first load waits for that socket instead of loading twice.
+    this._scheduleRefetch(0)
   }
 
   /** Stops following events and fetching; `start()` begins again. */
@@ -404,6 +407,7 @@ export class LiveQuery {
     this._offs = []
     if (this._timer) clearTimeout(this._timer)
     this._timer = null
+    if (this._stopWaiting) this._stopWaiting()
     if (this._abort) this._abort.abort()
     this._abort = null
     this._inFlight = null
@@ -428,7 +432,7 @@ export class LiveQuery {
   }
 
   /** Loads the list again now (also the way out of `'error'`). */
-  refetch() {
+  refetch = () => {
     if (!this._running) return
     this._scheduleRefetch(0)
   }
@@ -484,7 +488,7 @@ export class LiveQuery {
     this._abort = abort
     let body
     try {
-      this._joined = await this._join()
+      this._joined = await this._join(flight)
       if (generation !== this._generation) return
       body = await this._request(abort?.signal)
     } catch (err) {
@@ -492,6 +496,7 @@ export class LiveQuery {
       this._inFlight = null
       this._abort = null
       this._synced = false
+      this._refused = err?.status >= 400 && err.status < 500 && err.status !== 408 && err.status !== 429
       const error =
         err instanceof RealtimeClientError
           ? err
@@ -510,6 +515,7 @@ export class LiveQuery {
     this._window = body.limit
     this._hasMore = Boolean(body.hasNextPage)
     this._synced = true
+    this._refused = false
     for (const msg of flight.events) this._apply(msg)
     if (this._again) this._scheduleRefetch()
     this._publish()
@@ -520,7 +526,23 @@ export class LiveQuery {
    * falls between the two: the client's own join may still be on its way, and this one's ack
    * comes once the socket is in. `false` when offline (the next `open` refetches).
    */
-  async _join() {
+  async _join(flight) {
+    if (this.client.status === 'connecting') {
+      // A connection attempt under way: load once it is open (or has failed) rather than twice.
+      flight.waiting = true
+      await new Promise((resolve) => {
+        const off = this.client.on('status', () => {
+          off()
+          resolve()
+        })
+        this._stopWaiting = () => {
+          off()
+          resolve()
+        }
+      })
+      flight.waiting = false
+      this._stopWaiting = null
+    }
     if (this.client.status !== 'open') return false
     try {
       await this.client.request('join-collection', { collection: this.collection })
@@ -576,7 +598,8 @@ export class LiveQuery {
       return
     }
     if (!this._synced) {
-      this._scheduleRefetch()
+      // A refusal (401, 403, 404, ...) would come again: only `refetch()` or a reconnect retries.
+      if (!this._refused) this._scheduleRefetch()
       return
     }
     this._apply(msg)

@@ -70,10 +70,10 @@ export declare function usePayloadWebSocket(
   options?: string | Omit<RealtimeClientOptions, 'autoConnect'>,
 ): PayloadWebSocketState
 /**
- * A live Payload query on the provider's client: `{ docs, status, error }`, kept equal to what
+ * A live Payload query on the provider's client: `{ docs, status, error, refetch }`, kept equal to what
  * a fresh REST query would return. Restarts when the JSON of the options changes.
  */
 export declare function useLiveQuery<Doc = Record<string, unknown>>(
   collection: string,
   options?: Omit<import('../client/index.mjs').LiveQueryOptions, 'autoStart'>,
-): import('../client/index.mjs').LiveQuerySnapshot<Doc>
+): import('../client/index.mjs').LiveQuerySnapshot<Doc> & { refetch: () => void }

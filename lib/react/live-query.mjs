@@ -9,8 +9,8 @@ import { useRealtimeClient } from './index.mjs'
 const SERVER_SNAPSHOT = Object.freeze({ docs: Object.freeze([]), status: 'loading', error: null })
 
 /**
- * `{ docs, status, error }` of `liveQuery(client, collection, options)` on the provider's client,
- * re-rendering on change. The query restarts when `collection` or the JSON of `where`, `sort`,
+ * `{ docs, status, error, refetch }` of `liveQuery(client, collection, options)` on the
+ * provider's client, re-rendering on change. The query restarts when `collection` or the JSON of `where`, `sort`,
  * `limit`, `depth`, `apiUrl`, `serverURL`, `credentials` or `debounce` changes; the latest
  * `headers` and `fetch` are used without restarting. During server rendering the status is
  * `'loading'` and nothing is fetched.
@@ -45,5 +45,6 @@ export function useLiveQuery(collection, options = {}) {
     store.start()
     return () => store.close()
   }, [store])
-  return useSyncExternalStore(store.subscribe, store.getSnapshot, () => SERVER_SNAPSHOT)
+  const snapshot = useSyncExternalStore(store.subscribe, store.getSnapshot, () => SERVER_SNAPSHOT)
+  return useMemo(() => ({ ...snapshot, refetch: store.refetch }), [snapshot, store])
 }
