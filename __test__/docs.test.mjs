@@ -347,6 +347,54 @@ async function runClient(block) {
 }
 
 /**
+ * A live-query script: run as written in a child process against a real Payload (the fixture's,
+ * with its REST API served by payload-rest.mjs on the block's :3000 and the plugin's server on
+ * its :3002), with `PAYLOAD_TOKEN` an admin's token. It must print `ready` with the published post
+ * the test wrote, then the post the test publishes while it runs (the live part).
+ */
+async function runLiveQuery(block) {
+  const { startPayload } = await import(fixture)
+  const { startRest } = await import(pathToFileURL(join(root, '__test__', 'payload-rest.mjs')).href)
+  const ctx = await startPayload({})
+  const rest = await startRest(ctx)
+  const file = join(root, `.doc-client-${process.pid}-${randomUUID()}.mjs`)
+  let child
+  try {
+    const { token } = await ctx.createUser('docs-admin@example.com', { role: 'admin' })
+    await ctx.payload.create({ collection: 'posts', data: { title: 'first', status: 'published' } })
+    const code = block.code
+      .replace(/http:\/\/127\.0\.0\.1:3000/g, rest.origin)
+      .replace(/ws:\/\/127\.0\.0\.1:3002\//g, ctx.url())
+    assert.ok(!/:3000|:3002/.test(code), `${where(block)}: every URL points at the test's servers`)
+    writeFileSync(file, code)
+    const { spawn } = await import('node:child_process')
+    child = spawn(process.execPath, [file], { cwd: root, env: { ...process.env, PAYLOAD_TOKEN: token } })
+    let out = ''
+    child.stdout.on('data', (d) => (out += d))
+    child.stderr.on('data', (d) => (out += d))
+    const seen = (re) =>
+      withTimeout(
+        new Promise((resolve) => {
+          const check = () => (re.test(out) ? resolve() : setTimeout(check, 20))
+          check()
+        }),
+        WAIT,
+        `${where(block)}: ${re} in its output:\n${out}`,
+      )
+    await seen(/^ready \[ 'first' \]/m)
+    await ctx.payload.create({ collection: 'posts', data: { title: 'second', status: 'published' } })
+    await ctx.payload.create({ collection: 'posts', data: { title: 'a draft', status: 'draft' } })
+    await seen(/^ready \[ 'first', 'second' \]/m)
+    assert.doesNotMatch(out, /a draft|Error/, out)
+  } finally {
+    child?.kill('SIGINT')
+    rmSync(file, { force: true })
+    await rest.close()
+    await ctx.close()
+  }
+}
+
+/**
  * A React snippet: compiled as JSX, rendered with react-dom/server the way react.test.mjs does
  * (nothing connects during a server render). The element it writes (`<RealtimeProvider ...>`)
  * or its exported `App` is what is rendered.
@@ -360,6 +408,7 @@ async function runReact(block) {
     setPosts: `const setPosts = () => {}`,
     apply: `const apply = (list) => list`,
     List: `const List = ({ items }) => <ul>{items.map((i) => <li key={i.id}>{i.id}</li>)}</ul>`,
+    Spinner: `const Spinner = () => null`,
   })
   // A block that only defines a component (`function Progress() {...}`) renders it in a provider.
   const components = [...source.matchAll(/^function ([A-Z]\w*)\(/gm)].map((m) => m[1])
@@ -456,6 +505,7 @@ const RUNNERS = {
   server: runServerScript,
   'payload-script': runPayloadScript,
   client: runClient,
+  'live-query': runLiveQuery,
   react: runReact,
   types: runTypes,
   'event-json': runEventJson,
