@@ -329,6 +329,8 @@ export interface LiveQueryOptions {
   fetch?: typeof fetch
   /** Refetches asked for within this many ms become one (default 50). */
   debounce?: number
+  /** Events kept while a load runs, to apply to its result (default 1000); past it, it loads again. */
+  maxPendingEvents?: number
   /** Default true; `false` to call `start()` yourself. */
   autoStart?: boolean
 }
@@ -359,6 +361,7 @@ export declare const LIVE_QUERY_DEFAULTS: {
   readonly apiUrl: '/api'
   readonly credentials: 'include'
   readonly depth: 0
+  readonly maxPendingEvents: 1000
 }
 
 /** `true`, `false`, or `undefined` when `doc` cannot tell (then a live query refetches). */

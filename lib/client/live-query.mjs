@@ -17,6 +17,8 @@ export const LIVE_QUERY_DEFAULTS = Object.freeze({
   credentials: 'include',
   /** Relationships as ids, as the events carry them. */
   depth: 0,
+  /** Events kept while a load is under way, to apply to its result; past it, it loads again. */
+  maxPendingEvents: 1000,
 })
 
 const OPERATORS = new Set([
@@ -279,7 +281,8 @@ function apiBase(options) {
  * - `apiUrl` (default `'/api'`) or `serverURL` (then `<serverURL>/api`)
  * - `credentials` (default `'include'`: the viewer's `payload-token` cookie), `headers` (an object,
  *   or a function returning one, maybe async, e.g. `{ Authorization: 'JWT ' + token }`)
- * - `fetch` (default `globalThis.fetch`), `debounce` (ms, default 50)
+ * - `fetch` (default `globalThis.fetch`), `debounce` (ms, default 50), `maxPendingEvents`
+ *   (default 1000: events kept while a load runs; past it, it loads again)
  * - `autoStart` (default true): `false` to call `start()` yourself
  * Returns a store: `subscribe(listener)`, `getSnapshot()` -> `{ docs, status, error }`,
  * `refetch()`, `close()` and `start()` (again after `close()`).
@@ -297,7 +300,14 @@ export class LiveQuery {
       throw new TypeError('payload-realtime/client: liveQuery needs a collection slug like "posts"')
     }
     if (!isPlainObject(options)) throw new TypeError('payload-realtime/client: liveQuery options must be an object')
-    const { where, sort, limit, depth = LIVE_QUERY_DEFAULTS.depth, debounce = LIVE_QUERY_DEFAULTS.debounce } = options
+    const {
+      where,
+      sort,
+      limit,
+      depth = LIVE_QUERY_DEFAULTS.depth,
+      debounce = LIVE_QUERY_DEFAULTS.debounce,
+      maxPendingEvents = LIVE_QUERY_DEFAULTS.maxPendingEvents,
+    } = options
     if (where !== undefined && where !== null && !isPlainObject(where)) {
       throw new TypeError('payload-realtime/client: `where` must be a Payload Where object')
     }
@@ -306,6 +316,9 @@ export class LiveQuery {
     }
     if (!(Number.isInteger(depth) && depth >= 0)) {
       throw new TypeError('payload-realtime/client: `depth` must be an integer >= 0')
+    }
+    if (!(Number.isInteger(maxPendingEvents) && maxPendingEvents >= 0)) {
+      throw new TypeError('payload-realtime/client: `maxPendingEvents` must be an integer >= 0')
     }
     if (!(typeof debounce === 'number' && debounce >= 0 && Number.isFinite(debounce))) {
       throw new TypeError('payload-realtime/client: `debounce` must be a finite number >= 0')
@@ -324,6 +337,7 @@ export class LiveQuery {
     this._limit = limit
     this._depth = depth
     this._debounce = debounce
+    this._maxPendingEvents = maxPendingEvents
     this._fetch = fetchFn
     this._headers = options.headers
     this._credentials = options.credentials ?? LIVE_QUERY_DEFAULTS.credentials
@@ -594,7 +608,9 @@ export class LiveQuery {
     if (msg.type !== 'create' && msg.type !== 'update' && msg.type !== 'delete') return
     if (!this._running) return
     if (this._inFlight) {
-      this._inFlight.events.push(msg)
+      // Kept for the load's result, up to a bound; past it the load is simply done again.
+      if (this._inFlight.events.length < this._maxPendingEvents) this._inFlight.events.push(msg)
+      else this._again = true
       return
     }
     if (!this._synced) {
@@ -602,39 +618,43 @@ export class LiveQuery {
       if (!this._refused) this._scheduleRefetch()
       return
     }
-    this._apply(msg)
-    this._publish()
+    if (this._apply(msg)) this._publish()
   }
 
   /**
-   * Applies one event to `_docs` when the outcome is certain; otherwise asks for a refetch (the
-   * list keeps its last certain state until then).
+   * Applies one event to `_docs` when the outcome is certain, and says whether the list changed;
+   * otherwise asks for a refetch (the list keeps its last certain state until then).
    */
   _apply(msg) {
     const docs = this._docs
     const index = docs.findIndex((d) => sameId(d.id, msg.id))
+    const refetch = () => {
+      this._scheduleRefetch()
+      return false
+    }
     const remove = () => {
-      if (index < 0) return
-      docs.splice(index, 1)
+      if (index < 0) return false
+      this._docs = docs.filter((_, i) => i !== index)
       // Something past the window moves up into it: only the server knows which.
       if (this._hasMore) this._scheduleRefetch()
+      return true
     }
     if (msg.type === 'delete') return remove()
 
     const doc = isPlainObject(msg.doc) ? { ...msg.doc, id: msg.doc.id ?? msg.id } : null
-    if (!doc) return this._scheduleRefetch()
+    if (!doc) return refetch()
     const matches = matchWhere(this._where, doc)
-    if (matches === undefined) return this._scheduleRefetch()
+    if (matches === undefined) return refetch()
     if (matches === false) return remove()
 
     // The event's document is at depth 0; a deeper list needs the server's copy.
-    if (this._depth > 0) return this._scheduleRefetch()
+    if (this._depth > 0) return refetch()
 
     const rest = index >= 0 ? docs.filter((_, i) => i !== index) : docs.slice()
     let at = rest.length
     for (let i = 0; i < rest.length; i++) {
       const c = this._compare(doc, rest[i])
-      if (c === undefined) return this._scheduleRefetch()
+      if (c === undefined) return refetch()
       if (c < 0) {
         at = i
         break
@@ -645,16 +665,14 @@ export class LiveQuery {
       if (this._hasMore) {
         // It sorts after the last one shown, and more exist: which come first is unknown when it
         // was shown before; a new one simply stays outside the window.
-        if (index >= 0) {
-          this._docs = rest
-          this._scheduleRefetch()
-        }
-        return
+        if (index < 0) return false
+        this._docs = rest
+        this._scheduleRefetch()
+        return true
       }
       if (rest.length >= limit) {
         this._hasMore = true
-        this._docs = rest
-        return
+        return false
       }
     }
     rest.splice(at, 0, doc)
@@ -663,6 +681,7 @@ export class LiveQuery {
       this._hasMore = true
     }
     this._docs = rest
+    return true
   }
 }
 

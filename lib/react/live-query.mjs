@@ -11,7 +11,7 @@ const SERVER_SNAPSHOT = Object.freeze({ docs: Object.freeze([]), status: 'loadin
 /**
  * `{ docs, status, error, refetch }` of `liveQuery(client, collection, options)` on the
  * provider's client, re-rendering on change. The query restarts when `collection` or the JSON of `where`, `sort`,
- * `limit`, `depth`, `apiUrl`, `serverURL`, `credentials` or `debounce` changes; the latest
+ * `limit`, `depth`, `apiUrl`, `serverURL`, `credentials`, `debounce` or `maxPendingEvents` changes; the latest
  * `headers` and `fetch` are used without restarting. During server rendering the status is
  * `'loading'` and nothing is fetched.
  */
@@ -19,8 +19,19 @@ export function useLiveQuery(collection, options = {}) {
   const client = useRealtimeClient()
   const latest = useRef(options)
   latest.current = options
-  const { where, sort, limit, depth, apiUrl, serverURL, credentials, debounce } = options
-  const key = JSON.stringify([collection, where, sort, limit, depth, apiUrl, serverURL, credentials, debounce])
+  const { where, sort, limit, depth, apiUrl, serverURL, credentials, debounce, maxPendingEvents } = options
+  const key = JSON.stringify([
+    collection,
+    where,
+    sort,
+    limit,
+    depth,
+    apiUrl,
+    serverURL,
+    credentials,
+    debounce,
+    maxPendingEvents,
+  ])
   const store = useMemo(() => {
     const o = JSON.parse(key)
     const config = {
@@ -32,6 +43,7 @@ export function useLiveQuery(collection, options = {}) {
       serverURL: o[6] ?? undefined,
       credentials: o[7] ?? undefined,
       debounce: o[8] ?? undefined,
+      maxPendingEvents: o[9] ?? undefined,
       headers: () => {
         const h = latest.current.headers
         return typeof h === 'function' ? h() : h
