@@ -365,7 +365,7 @@ async function runLiveQuery(block) {
     const code = block.code
       .replace(/http:\/\/127\.0\.0\.1:3000/g, rest.origin)
       .replace(/ws:\/\/127\.0\.0\.1:3002\//g, ctx.url())
-    assert.ok(!/:3000|:3002/.test(code), `${where(block)}: every URL points at the test's servers`)
+    assert.ok(!/127\.0\.0\.1:(3000|3002)/.test(code), `${where(block)}: every URL points at the test's servers`)
     writeFileSync(file, code)
     const { spawn } = await import('node:child_process')
     child = spawn(process.execPath, [file], { cwd: root, env: { ...process.env, PAYLOAD_TOKEN: token } })
