@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, test } from 'node:test'
 
-import { SECRET, connect, freePort, isEvent, makeToken, sleep, waitUntil } from './helpers.mjs'
+import { SECRET, connect, freePort, httpGet, isEvent, makeToken, sleep, startServer, waitUntil } from './helpers.mjs'
 import { cleanups, cli, redisCli, runCleanups, skip, startInstance, startRedis } from './redis-helpers.mjs'
 
 const T = { timeout: 180_000, skip }
@@ -221,6 +221,27 @@ test('a three-master Redis Cluster: delivery across instances through sharded pu
       )
     }
   }
+})
+
+test('an instance started before Redis connects once Redis is up, and delivers across instances', T, async () => {
+  const port = await freePort()
+  const url = `redis://127.0.0.1:${port}`
+  const early = await startServer({ includeCollections: ['posts'], redis: { url } })
+  cleanups.push(() => early.close())
+  assert.equal((await httpGet(early.port, '/readyz')).status, 503, 'not ready without Redis')
+  await sleep(1500) // its first attempts fail
+  await startRedis(port)
+  await waitUntil(async () => (await httpGet(early.port, '/readyz')).status === 200, { label: 'early instance ready' })
+  assert.equal(early.stats().redis.connected, true)
+
+  const late = await startServer({ includeCollections: ['posts'], redis: { url } })
+  cleanups.push(() => late.close())
+  const reader = await connect(`ws://127.0.0.1:${early.port}/`, { token: makeToken({ id: 'r' }) })
+  cleanups.push(() => reader.close())
+  await reader.join('posts')
+  await waitUntil(() => early.stats().redis.subscriptions === 1, { label: 'subscribed to the room' })
+  await late.emitEvent({ type: 'create', collection: 'posts', id: 7 })
+  assert.equal((await reader.waitFor(isEvent)).id, 7)
 })
 
 test('a bad Redis URL fails initUWebSocket with a clear error', async () => {

@@ -2,8 +2,8 @@
 //!
 //! - Publishing goes through a bounded queue drained by one task, in order (Redis keeps the
 //!   order of one connection's publishes, so each emitter's events arrive in order). While Redis
-//!   is down publishes fail fast (`fail_fast`), are counted, and the failure is logged once per
-//!   outage, not per message; local delivery is not affected.
+//!   is down publishes fail within the command timeout, are counted, and the failure is logged
+//!   once per outage, not per message; local delivery is not affected.
 //! - Subscriptions follow the registry: this instance subscribes to a room's channel when the
 //!   room gains its first local member and unsubscribes after the last leaves. The broker keeps
 //!   the set it wants and reconciles it with Redis after every change and every reconnect, so
@@ -168,7 +168,10 @@ impl RedisBroker {
             };
             Error::InvalidOption(format!("redis.url {:?}: {why}", redacted(url)))
         })?;
-        config.fail_fast = true;
+        // The first connection is retried by the policy like any later one: Redis may come up
+        // after the application (a compose file, a restart of both), and a server that gave up
+        // at start would stay alone, and `/readyz` 503, until restarted.
+        config.fail_fast = false;
         let sharded = config.server.is_clustered();
         let policy = ReconnectPolicy::new_exponential(0, 100, 2_000, 2);
         let mut builder = Builder::from_config(config);
