@@ -92,13 +92,18 @@ export interface ServerOptions {
   workerThreads?: number
   /** Collections clients may join; when set, others get `unknown-collection`. */
   includeCollections?: string[]
-  /** Per-collection rules deciding who receives each event. */
+  /**
+   * Rules deciding who receives each event, keyed by collection slug (its events) or by room name
+   * or `prefix*` pattern (app events `publish`ed there; a bare name is both a slug and the room of
+   * that name; the most specific key applies: the exact name, else the longest prefix).
+   */
   authorize?: Record<string, AuthorizeRule>
   /**
    * Who may join which room: `{ [slug or room pattern]: (user, room) => boolean | Promise<boolean> }`
    * (`'posts'` names `collection:posts`; `'chat:*'` every room starting with `chat:`). Every rule
    * that names a room must answer `true`; anything else, a throw or `authorizeTimeout` refuses
-   * the join with `forbidden`. Rooms no rule names are joined at once.
+   * the join with `forbidden`. Collection rooms no rule names are joined at once; a client's
+   * `{ type: 'join', room }` of any other room needs a rule (none: `forbidden`).
    */
   rooms?: Record<string, JoinRule>
   /** Milliseconds an authorize or join rule may take before that user is denied (default 5000). */
@@ -343,6 +348,18 @@ export declare class UWebSocketManager {
   /** Sends to room `collection:<slug>`, through that collection's authorize rule. */
   emitEvent(event: RealtimeEvent): Promise<void>
   broadcastToRoom(room: string, message: object, opts?: { except?: string }): void
+  /**
+   * An application event for `room`, on the path of collection events: through the authorize
+   * rule whose key names the room, numbered and recoverable when the room has history, to every
+   * instance, in order with the room's other events. The client gets `{ ...message, room }` (and
+   * `offset`, `epoch` with history). `except`: a socket (id or object) or a user `{ collection, id }`.
+   * Resolves with the number of sockets it was queued to here.
+   */
+  publish(
+    room: string,
+    message: { type: string; [key: string]: unknown },
+    opts?: { except?: string | SocketInfo | { collection: string; id: string | number } },
+  ): Promise<number>
   /** The handler's return value (when not undefined) is the reply, with the request's `id`. */
   registerCustomHandler(type: string, handler: (socket: SocketInfo, msg: any) => unknown): void
   /** `socket`: a socket id, or the socket a custom handler was given. `false` if it is gone. */

@@ -125,7 +125,9 @@ function nativeOptions(port, options) {
   }
   const authorize = options.authorize ?? {}
   if (!isPlainObject(authorize) || Object.values(authorize).some((f) => typeof f !== 'function')) {
-    throw new TypeError('payload-realtime: `authorize` must map collection slugs to functions (user, event) => boolean')
+    throw new TypeError(
+      'payload-realtime: `authorize` must map collection slugs or room patterns to functions (user, event) => boolean',
+    )
   }
   const redis = options.redis
   if (
@@ -262,12 +264,16 @@ function historyRules(history) {
   }
   if (!isPlainObject(history)) throw new TypeError('payload-realtime: `history` must be an object')
   if (typeof history.size === 'number') return [rule('collection:*', history)]
-  return Object.entries(history).map(([key, v]) => rule(roomPattern(key), v))
+  return Object.entries(history).flatMap(([key, v]) => roomPatterns(key).map((p) => rule(p, v)))
 }
 
-/** A key of the options that apply to rooms: a collection slug, or a room name or `prefix*`. */
-function roomPattern(key) {
-  return key.includes(':') || key.endsWith('*') ? key : `collection:${key}`
+/**
+ * The rooms a key of the options that apply to rooms names: a room name or `prefix*` (a key
+ * with ':' or ending in '*'), or a bare name, which is both a collection's slug (its room
+ * `collection:<slug>`) and the app room of that exact name.
+ */
+function roomPatterns(key) {
+  return key.includes(':') || key.endsWith('*') ? [key] : [`collection:${key}`, key]
 }
 
 /**
@@ -281,7 +287,7 @@ function joinRules(rooms) {
       'payload-realtime: `rooms` must map collection slugs or room patterns to functions (user, room) => boolean',
     )
   }
-  return Object.fromEntries(Object.entries(rooms).map(([key, rule]) => [roomPattern(key), rule]))
+  return Object.fromEntries(Object.entries(rooms).flatMap(([key, rule]) => roomPatterns(key).map((p) => [p, rule])))
 }
 
 /** Whether `room` is named by `pattern` (a room name, or a prefix ending in `*`). */
@@ -296,7 +302,7 @@ function presenceRooms(presence) {
   if (!Array.isArray(presence) || presence.some((p) => typeof p !== 'string' || p === '')) {
     throw new TypeError('payload-realtime: `presence` must be true or an array of collection slugs / room patterns')
   }
-  return presence.map(roomPattern)
+  return presence.flatMap(roomPatterns)
 }
 
 /** Rejects after `ms` unless `promise` settles first. */
@@ -443,6 +449,28 @@ function attachPath(path, own) {
     )
   }
   return path
+}
+
+/**
+ * `{ except }` of `publish`: a socket id, a socket object (`{ id }`, as handlers are given), or
+ * a user `{ collection, id }` (every socket of that user). Returns `{ socket, user }` (a user
+ * key `<collection>:<id>`, as the core groups sockets).
+ */
+function exceptOption(opts, what) {
+  if (opts === undefined || opts === null) return {}
+  if (!isPlainObject(opts)) throw new TypeError(`payload-realtime: ${what} options must be an object`)
+  const except = opts.except
+  if (except === undefined || except === null) return {}
+  if (typeof except === 'string' && except !== '') return { socket: except }
+  if (isPlainObject(except) && typeof except.collection === 'string' && except.collection !== '') {
+    if (typeof except.id === 'string' || typeof except.id === 'number') {
+      return { user: `${except.collection}:${except.id}` }
+    }
+  }
+  if (isPlainObject(except) && typeof except.id === 'string' && typeof except.send === 'function') {
+    return { socket: except.id }
+  }
+  throw new TypeError(`payload-realtime: ${what}: \`except\` is a socket id, a socket, or a user { collection, id }`)
 }
 
 /**
@@ -812,6 +840,7 @@ class UWebSocketManager {
 
   _flushEvents() {
     const batch = this._batch
+    if (!batch) return // flushed early by a publish
     this._batch = null
     // The core refuses a single event with its own code (`{ code, message }`); the whole call fails
     // only when the server went away under it (closed in the same tick), which is 'closed' too.
@@ -834,6 +863,44 @@ class UWebSocketManager {
             : e.reject(new RealtimeError(answers[i]?.code ?? 'internal', answers[i]?.message ?? 'not emitted')),
         ),
       failed,
+    )
+  }
+
+  /**
+   * Publishes an application event to `room` on the path of collection events: written once,
+   * numbered when the room has history (`offset`, `epoch`: recoverable), through the authorize
+   * rule whose key names the room, to every instance, in order with the events emitted before
+   * it. `message` is an object with a string `type`; the server adds `room`. `opts.except` is a
+   * socket (id or object) or a user (`{ collection, id }`) that does not get it. Resolves with
+   * the number of local sockets it was queued to.
+   * @returns {Promise<number>}
+   */
+  publish(room, message, opts = {}) {
+    if (typeof room !== 'string' || room === '')
+      throw new TypeError('payload-realtime: publish: room must be a non-empty string')
+    if (!isPlainObject(message) || typeof message.type !== 'string' || message.type === '') {
+      throw new TypeError('payload-realtime: publish takes a message object with a string `type`')
+    }
+    const { socket, user } = exceptOption(opts, 'publish')
+    const json = toJson(message, 'the message')
+    if (this._closing)
+      return Promise.reject(new RealtimeError('closed', 'payload-realtime: the realtime server is closed'))
+    // Events emitted earlier in this tick go first: one queue into the core keeps the order.
+    this._flushEvents()
+    let answer
+    try {
+      answer = this._server.publish(room, json, socket, user)
+    } catch (err) {
+      return Promise.reject(new RealtimeError(this._closing ? 'closed' : 'internal', String(err?.message ?? err)))
+    }
+    return answer.then(
+      ([n]) => {
+        if (typeof n === 'number') return n
+        throw new RealtimeError(n?.code ?? 'internal', n?.message ?? 'not published')
+      },
+      (err) => {
+        throw new RealtimeError(this._closing ? 'closed' : 'internal', String(err?.message ?? err))
+      },
     )
   }
 

@@ -499,6 +499,42 @@ impl RealtimeServer {
         })
     }
 
+    /// Publishes an app event to `room` (see `Hub::submit_app`), in order with the events
+    /// handed over before it; resolves with the number of local sockets it was queued to.
+    /// `except_user` is a user key, `<collection>:<id>`. Resolves with `[count]`, or
+    /// `[{ code, message }]` when refused.
+    #[napi(
+        catch_unwind,
+        ts_return_type = "Promise<Array<number | { code: string, message: string }>>"
+    )]
+    pub fn publish<'env>(
+        &self,
+        env: &'env Env,
+        room: String,
+        message_json: String,
+        except_socket: Option<String>,
+        except_user: Option<String>,
+    ) -> Result<Object<'env>> {
+        let events = Events::App {
+            room,
+            json: message_json,
+            except_socket,
+            except_user,
+        };
+        // One entry, as `emitEvents` answers: a refusal keeps its own code.
+        self.hand_over(env, events, |outcomes| {
+            Ok(Either::B(
+                outcomes
+                    .into_iter()
+                    .map(|o| match o {
+                        Ok(n) => Value::from(n),
+                        Err(e) => serde_json::json!({ "code": e.code(), "message": e.to_string() }),
+                    })
+                    .collect(),
+            ))
+        })
+    }
+
     #[napi(catch_unwind)]
     /// `message_json` is the message as JSON text (JS stringifies it: faster than walking the
     /// object through napi, and it honours `toJSON`).

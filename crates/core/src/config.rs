@@ -255,7 +255,9 @@ impl Config {
 pub struct HostRules {
     /// Collections a client may join; `None` accepts any valid slug.
     pub include_collections: Option<HashSet<String>>,
-    /// Collections whose events go through the authorize callback.
+    /// The keys of the authorize rules: collection slugs (their events), and room names or
+    /// `prefix*` patterns, which may contain ':' (app events published to those rooms; a bare
+    /// name is both a slug and a room's exact name).
     pub authorize_collections: HashSet<String>,
     /// Rooms a client may join only once the host's join rule allows it (room names or
     /// `prefix*`); the others are joined at once. Plugin mode: every collection whose events
@@ -265,12 +267,15 @@ pub struct HostRules {
 
 impl HostRules {
     pub fn validate(&self) -> Result<(), Error> {
-        for slug in self
-            .include_collections
-            .iter()
-            .flatten()
-            .chain(self.authorize_collections.iter())
-        {
+        for key in &self.authorize_collections {
+            let pattern = key.len() <= 256 && (key.contains(':') || key.ends_with('*'));
+            if !is_valid_slug(key) && !pattern {
+                return Err(Error::InvalidOption(format!(
+                    "{key:?} is neither a collection slug nor a room pattern"
+                )));
+            }
+        }
+        for slug in self.include_collections.iter().flatten() {
             if !is_valid_slug(slug) {
                 return Err(Error::InvalidOption(format!("{slug:?} is not a valid collection slug")));
             }
@@ -289,6 +294,25 @@ impl HostRules {
     /// Whether this collection's events ask the authorize callback.
     pub fn authorizes(&self, collection: &str) -> bool {
         self.authorize_collections.contains(collection)
+    }
+
+    /// The key of the authorize rule that events of `room` ask, if one applies: a collection's
+    /// slug for its room; else the most specific key naming the room (its exact name, else the
+    /// longest `prefix*`), so that one answer never depends on a set's order.
+    pub fn authorize_key(&self, room: &str) -> Option<String> {
+        if let Some(slug) = crate::protocol::collection_of_room(room) {
+            if self.authorizes(slug) {
+                return Some(slug.to_string());
+            }
+        }
+        if self.authorize_collections.contains(room) {
+            return Some(room.to_string());
+        }
+        self.authorize_collections
+            .iter()
+            .filter(|k| k.ends_with('*') && crate::protocol::room_matches(k, room))
+            .max_by(|a, b| a.len().cmp(&b.len()).then_with(|| b.cmp(a)))
+            .cloned()
     }
 
     /// Whether joining this room waits for the host's join rule.
@@ -361,5 +385,34 @@ mod tests {
         c.allowed_origins = None;
         c.host_rules.include_collections = Some(["bad slug".to_string()].into());
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn authorize_keys_name_collections_and_rooms_the_most_specific_first() {
+        let rules = HostRules {
+            authorize_collections: ["posts", "orders:*", "orders:vip:*", "orders:public", "ops"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            ..Default::default()
+        };
+        rules.validate().unwrap();
+        let key = |room: &str| rules.authorize_key(room);
+        assert_eq!(key("collection:posts").as_deref(), Some("posts"));
+        assert_eq!(
+            key("posts").as_deref(),
+            Some("posts"),
+            "a bare key is also the room of that name"
+        );
+        assert_eq!(key("orders:1").as_deref(), Some("orders:*"));
+        assert_eq!(key("orders:vip:2").as_deref(), Some("orders:vip:*"));
+        assert_eq!(key("orders:public").as_deref(), Some("orders:public"));
+        assert_eq!(key("ops:1"), None);
+        assert_eq!(key("collection:pages"), None);
+        let bad = HostRules {
+            authorize_collections: ["not a slug".to_string()].into_iter().collect(),
+            ..Default::default()
+        };
+        assert!(bad.validate().is_err());
     }
 }

@@ -35,7 +35,7 @@ use crate::history::Entry;
 use crate::hub::Hub;
 use crate::outbound::EVICTION_GRACE;
 use crate::peer::{Peer, PeerId};
-use crate::rooms::{AllowedUsers, Joined, RunFrame, Wakes};
+use crate::rooms::{AllowedUsers, Except, Joined, RunFrame, Wakes};
 use crate::stats::Stats;
 
 /// Lanes per server.
@@ -55,6 +55,8 @@ pub enum Job {
         /// Its offset in the room's history, if it has one.
         offset: Option<u64>,
         done: Option<oneshot::Sender<usize>>,
+        /// Who it is not for (an app event's `except`).
+        except: Except,
     },
     /// Redis-backed recovery, step one (a barrier): the socket joins, its live frames of the
     /// room held back until step two.
@@ -107,22 +109,13 @@ pub fn lane_of(room: &str) -> usize {
     (h.finish() as usize) % LANES
 }
 
-/// Who a prepared job goes to.
+/// Who a prepared job goes to (but its `except`).
 enum Target {
-    /// Every member at delivery time, but `except`.
-    Room(Option<PeerId>),
+    /// Every member at delivery time.
+    Room,
     /// The members whose user was allowed (some with a frame of their own), as the room is
     /// at delivery time.
     Only(AllowedUsers),
-}
-
-impl Target {
-    fn except(&self) -> Option<PeerId> {
-        match self {
-            Target::Room(except) => *except,
-            Target::Only(_) => None,
-        }
-    }
 }
 
 struct Prepared {
@@ -130,6 +123,7 @@ struct Prepared {
     frame: Bytes,
     offset: Option<u64>,
     target: Target,
+    except: Except,
     done: Option<oneshot::Sender<usize>>,
     /// What it counts in the hub's backlog (an event's frame; 0 for a broadcast).
     backlog: usize,
@@ -306,7 +300,7 @@ impl Burst {
 /// (10,000 members, 100 events: a million pushes, a third of the burst's CPU).
 struct Run {
     room: Arc<str>,
-    except: Option<PeerId>,
+    except: Except,
     frames: Vec<RunFrame>,
     bytes: usize,
     /// Where each frame's count of sockets goes (`emitEvent`'s result).
@@ -319,7 +313,7 @@ impl Run {
     fn new(p: Prepared) -> Run {
         let mut run = Run {
             room: p.room.clone(),
-            except: p.target.except(),
+            except: p.except.clone(),
             frames: Vec::new(),
             bytes: 0,
             done: Vec::new(),
@@ -331,7 +325,7 @@ impl Run {
 
     /// Whether `p` can join this run (of its room): same `except`, and room left in the buffer.
     fn takes(&self, p: &Prepared) -> bool {
-        self.room == p.room && self.except == p.target.except() && self.bytes + p.frame.len() <= RUN_BYTES
+        self.room == p.room && self.except == p.except && self.bytes + p.frame.len() <= RUN_BYTES
     }
 
     fn add(&mut self, p: Prepared) {
@@ -341,7 +335,7 @@ impl Run {
             frame: p.frame,
             offset: p.offset,
             allowed: match p.target {
-                Target::Room(_) => None,
+                Target::Room => None,
                 Target::Only(allowed) => Some(allowed),
             },
         });
@@ -414,7 +408,8 @@ fn prepare_now(hub: &Hub, job: Job) -> Prepared {
             backlog: frame.len(),
             frame,
             offset: None,
-            target: Target::Room(except),
+            target: Target::Room,
+            except: except.into(),
             done: None,
         },
         Job::Missed { room } => {
@@ -425,7 +420,8 @@ fn prepare_now(hub: &Hub, job: Job) -> Prepared {
                 frame: crate::protocol::recovery_failed(&room, collection, "Dropped"),
                 room,
                 offset: None,
-                target: Target::Room(None),
+                target: Target::Room,
+                except: Except::default(),
                 done: None,
                 backlog: 0,
             }
@@ -435,13 +431,15 @@ fn prepare_now(hub: &Hub, job: Job) -> Prepared {
             frame,
             offset,
             done,
+            except,
             ..
         } => Prepared {
             room,
             backlog: frame.len(),
             frame,
             offset,
-            target: Target::Room(None),
+            target: Target::Room,
+            except,
             done,
         },
         // Not prepared (`accept` runs barriers and unpacks batches): nothing to deliver.
@@ -450,6 +448,7 @@ fn prepare_now(hub: &Hub, job: Job) -> Prepared {
             frame: Bytes::new(),
             offset: None,
             target: Target::Only(AllowedUsers::default()),
+            except: Except::default(),
             done: None,
             backlog: 0,
         },
@@ -497,6 +496,7 @@ async fn prepare(hub: Arc<Hub>, job: Job) -> Prepared {
             frame,
             offset,
             done,
+            except,
         } => {
             let users = hub.registry.users(&room);
             let allowed = match &hub.callbacks.authorizer {
@@ -511,6 +511,7 @@ async fn prepare(hub: Arc<Hub>, job: Job) -> Prepared {
                 frame,
                 offset,
                 target: Target::Only(allowed),
+                except,
                 done,
             }
         }
@@ -960,8 +961,11 @@ mod tests {
             from: "elsewhere",
             kind: crate::broker::Kind::Event {
                 collection: "posts",
+                room: None,
                 body: &body,
                 offset: None,
+                except: None,
+                except_user: None,
             },
         }
         .encode()

@@ -19,7 +19,12 @@ use crate::protocol::is_valid_slug;
 /// A checked event, ready to encode.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
-    pub collection: String,
+    /// The room it goes to: `collection:<slug>` for a collection event.
+    pub room: String,
+    /// Who it is not for (an app event's `except`).
+    pub except: crate::rooms::Except,
+    /// The socket id it is not for, as the host named it (for the other instances).
+    pub except_socket: Option<String>,
     /// `{ type, collection, id, doc?, user?, timestamp }`, in that key order.
     pub json: String,
 }
@@ -134,7 +139,49 @@ pub fn normalize(text: &str) -> Result<Event, Error> {
     json.push_str(",\"timestamp\":");
     json.push_str(&timestamp);
     json.push('}');
-    Ok(Event { collection, json })
+    Ok(Event {
+        room: crate::protocol::collection_room(&collection),
+        except: Default::default(),
+        except_socket: None,
+        json,
+    })
+}
+
+/// Message types of the protocol itself, which an app event may not take (a client would read
+/// it as the server's own reply).
+const RESERVED_TYPES: [&str; 6] = ["ack", "error", "pong", "presence", "recovery-failed", "auth"];
+
+/// Checks an application event (`publish(room, message)`): a JSON object with a non-empty
+/// string `type` that is not one of the protocol's own. Returns it with `room` set (the server
+/// sets `room`, `offset` and `epoch`: whatever the message said of them is dropped).
+pub fn normalize_app(room: &str, text: &str) -> Result<Event, Error> {
+    let bad = |m: &str| Err(Error::InvalidInput(format!("publish: {m}")));
+    if !crate::protocol::is_valid_room(room) {
+        return bad("the room is 1 to 256 characters, none of them a control character");
+    }
+    let mut message = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => return bad("the message must be an object"),
+        Err(e) => return bad(&format!("the message is not JSON: {e}")),
+    };
+    match message.get("type") {
+        Some(Value::String(t)) if !t.is_empty() && !RESERVED_TYPES.contains(&t.as_str()) => {}
+        Some(Value::String(t)) if !t.is_empty() => {
+            return bad(&format!(
+                "`type` {t:?} is the protocol's own; name app events otherwise"
+            ))
+        }
+        _ => return bad("the message needs a `type` (a non-empty string)"),
+    }
+    message.remove("offset");
+    message.remove("epoch");
+    message.insert("room".into(), Value::String(room.to_string()));
+    Ok(Event {
+        room: room.to_string(),
+        except: Default::default(),
+        except_socket: None,
+        json: Value::Object(message).to_string(),
+    })
 }
 
 /// The current time as ISO 8601 in UTC with milliseconds, like JS's `toISOString()`.
@@ -188,7 +235,7 @@ mod tests {
             .to_string(),
         )
         .unwrap();
-        assert_eq!(e.collection, "posts");
+        assert_eq!(e.room, "collection:posts");
         assert_eq!(
             e.json,
             r#"{"type":"update","collection":"posts","id":5,"doc":{"title":"x"},"user":{"id":1,"collection":"users"},"timestamp":"t"}"#
@@ -249,5 +296,29 @@ mod tests {
             panic!()
         };
         assert!(m.starts_with("emitEvent: the event is not JSON"), "{m}");
+    }
+
+    #[test]
+    fn app_events_get_their_room_and_lose_what_the_server_sets() {
+        let e = normalize_app(
+            "ops:1",
+            r#"{"type":"step","i":1,"room":"other","offset":9,"epoch":"x"}"#,
+        )
+        .unwrap();
+        assert_eq!(e.room, "ops:1");
+        let v: Value = serde_json::from_str(&e.json).unwrap();
+        assert_eq!(v, serde_json::json!({ "type": "step", "i": 1, "room": "ops:1" }));
+        for (room, text) in [
+            ("ops:1", r#"[1]"#),
+            ("ops:1", r#"{"i":1}"#),
+            ("ops:1", r#"{"type":""}"#),
+            ("ops:1", r#"{"type":"error"}"#),
+            ("ops:1", r#"{"type":"ack"}"#),
+            ("ops:*", r#"{"type":"x"}"#),
+            ("", r#"{"type":"x"}"#),
+            ("a\nb", r#"{"type":"x"}"#),
+        ] {
+            assert!(normalize_app(room, text).is_err(), "{room} {text}");
+        }
     }
 }

@@ -28,7 +28,7 @@ use crate::peer::{Peer, PeerId};
 use crate::presence::{summary_of, Change, Presence};
 use crate::protocol::{close_code, collection_room, encode_value, text_frame};
 use crate::revocations::{Revocation, Revocations, Token, Verdict};
-use crate::rooms::{Joined, Registry};
+use crate::rooms::{Except, Joined, Registry};
 use crate::stats::{Snapshot, Stats};
 use crate::warn;
 
@@ -97,7 +97,9 @@ pub struct Hub {
 
 /// An event for a room with Redis-backed history, waiting for its offset.
 struct Append {
-    collection: String,
+    room: String,
+    except: Except,
+    except_socket: Option<String>,
     body: Value,
     json: String,
     policy: HistoryPolicy,
@@ -181,10 +183,10 @@ impl Hub {
         self.registry.peer(self.local_peer_id(socket_id)?)
     }
 
-    /// The collection whose authorize rule applies to its events, if it has one.
-    fn authorize_rule(&self, collection: &str) -> Option<String> {
-        (self.callbacks.authorizer.is_some() && self.host_rules().authorizes(collection))
-            .then(|| collection.to_string())
+    /// The key of the authorize rule that applies to a room's events, if one does.
+    fn authorize_rule(&self, room: &str) -> Option<String> {
+        self.callbacks.authorizer.as_ref()?;
+        self.host_rules().authorize_key(room)
     }
 
     /// The host's rules now.
@@ -238,6 +240,31 @@ impl Hub {
         self.submit_texts(texts.iter().map(String::as_str))
     }
 
+    /// Publishes an application event (`publish(room, message, { except })`, JSON text) on the
+    /// same path as a collection event: checked and written once, numbered by the room's
+    /// history, asked through the authorize rule whose key names the room, sent to the other
+    /// instances, and delivered in order with the room's other events. `except_socket` is a
+    /// socket id, `except_user` a user key (`<collection>:<id>`): none of that user's sockets
+    /// get it, on any instance.
+    pub fn submit_app(
+        &self,
+        room: &str,
+        text: &str,
+        except_socket: Option<&str>,
+        except_user: Option<&str>,
+    ) -> Result<oneshot::Receiver<usize>, Error> {
+        if self.stopping.is_cancelled() {
+            return Err(Error::Closed);
+        }
+        let mut event = event::normalize_app(room, text)?;
+        event.except = Except {
+            peer: except_socket.and_then(|id| self.local_peer_id(id)),
+            user: except_user.map(Arc::from),
+        };
+        event.except_socket = except_socket.map(str::to_string);
+        self.queue_checked(event, None)
+    }
+
     /// [`Hub::submit_events`] for events as JSON text.
     pub fn submit_texts<'a>(
         &self,
@@ -266,8 +293,8 @@ impl Hub {
 
     /// What the collection's authorize rule is shown of an event: the event as a value, read
     /// from its JSON only when there is a rule (`Null` otherwise: nothing reads it).
-    fn rule_body(&self, collection: &str, json: &str) -> Arc<Value> {
-        Arc::new(if self.authorize_rule(collection).is_some() {
+    fn rule_body(&self, room: &str, json: &str) -> Arc<Value> {
+        Arc::new(if self.authorize_rule(room).is_some() {
             event::value_of(json)
         } else {
             Value::Null
@@ -294,17 +321,16 @@ impl Hub {
             });
         }
         Stats::add(&self.stats.events, 1);
-        if let (Some(appender), Some(policy)) = (
-            self.appender.get(),
-            self.histories.policy_for(&collection_room(&event.collection)),
-        ) {
+        if let (Some(appender), Some(policy)) = (self.appender.get(), self.histories.policy_for(&event.room)) {
             // Redis-backed history: Redis numbers the event first (see `run_appender`). It counts
             // in the backlog while it waits for Redis too.
             self.backlog.fetch_add(event.json.len(), Ordering::Relaxed);
             let (done, delivered) = oneshot::channel();
             let append = Append {
                 body: event.body(),
-                collection: event.collection,
+                room: event.room,
+                except: event.except,
+                except_socket: event.except_socket,
                 json: event.json,
                 policy,
                 done,
@@ -315,30 +341,32 @@ impl Hub {
             }
             return Ok(delivered);
         }
-        self.publish_event(&event.collection, &event.json, None);
+        self.publish_event(&event.room, &event.json, None, &event);
         let (done, delivered) = oneshot::channel();
-        let room = collection_room(&event.collection);
+        let room = event.room.clone();
         let queued = match self.histories.room(&room) {
             // Numbered and queued under the room's history lock (see `history`).
             Some(history) => {
                 let mut history = history.lock();
                 let entry = history.record(event.body());
                 self.queue_event(
-                    &event.collection,
-                    self.rule_body(&event.collection, entry.json()),
+                    &room,
+                    self.rule_body(&room, entry.json()),
                     entry.frame,
                     Some(entry.offset),
                     Some(done),
                     None,
+                    event.except,
                 )?
             }
             None => self.queue_event(
-                &event.collection,
-                self.rule_body(&event.collection, &event.json),
+                &room,
+                self.rule_body(&room, &event.json),
                 text_frame(event.json.as_bytes()),
                 None,
                 Some(done),
                 batch,
+                event.except,
             )?,
         };
         // Not queued (no local member): `done` already got 0.
@@ -355,7 +383,12 @@ impl Hub {
         collection: &str,
         since: Option<&Since>,
     ) -> Result<JoinOutcome, Error> {
-        let room = collection_room(collection);
+        self.join_with_history(peer, &collection_room(collection), since)
+    }
+
+    /// [`Hub::join_collection`] for any room (a client's `join` of a room with a rule).
+    pub fn join_with_history(&self, peer: &Arc<Peer>, room: &str, since: Option<&Since>) -> Result<JoinOutcome, Error> {
+        let room = room.to_string();
         let Some(history) = self.histories.room(&room) else {
             if self.registry.join(peer, &room, self.config.max_rooms_per_socket) == Joined::TooMany {
                 return Err(self.too_many_rooms());
@@ -396,7 +429,7 @@ impl Hub {
                             });
                         }
                     }
-                    let job = match self.authorize_rule(collection) {
+                    let job = match self.authorize_rule(&room) {
                         // Asked outside the lane (see `dispatch::Job::Recover`).
                         Some(collection) => Job::Recover {
                             room: room.clone(),
@@ -451,23 +484,25 @@ impl Hub {
 
     /// Queues an event for local delivery in its room's lane, or into `batch` when given (sent
     /// with the others of its call); `false` if the room has no local member.
+    #[allow(clippy::too_many_arguments)]
     fn queue_event(
         &self,
-        collection: &str,
+        room: &str,
         body: Arc<Value>,
         frame: Bytes,
         offset: Option<u64>,
         done: Option<oneshot::Sender<usize>>,
         batch: Option<&mut LaneBatch>,
+        except: Except,
     ) -> Result<bool, Error> {
-        let room: Arc<str> = Arc::from(collection_room(collection));
+        let room: Arc<str> = Arc::from(room);
         if self.registry.member_count(&room) == 0 {
             if let Some(done) = done {
                 let _ = done.send(0);
             }
             return Ok(false);
         }
-        let authorize = self.authorize_rule(collection);
+        let authorize = self.authorize_rule(&room);
         self.backlog.fetch_add(frame.len(), Ordering::Relaxed);
         let job = Job::Event {
             room: room.clone(),
@@ -476,6 +511,7 @@ impl Hub {
             frame,
             offset,
             done,
+            except,
         };
         match batch {
             Some(batch) => batch.push(lane_of(&room), job),
@@ -711,25 +747,34 @@ impl Hub {
         let _ = self.broker.set(broker);
     }
 
-    /// Publishes an event (JSON) for the other instances.
-    fn publish_event(&self, collection: &str, json: &str, offset: Option<u64>) {
+    /// Publishes an event (JSON) for the other instances: a collection's under its slug (as
+    /// always), an app event under its room, with whom it is not for.
+    fn publish_event(&self, room: &str, json: &str, offset: Option<u64>, except: &impl ExceptOf) {
         let Some(broker) = self.broker.get() else { return };
         let Some(body) = raw(json) else { return };
+        let collection = crate::protocol::collection_of_room(room);
         let envelope = Envelope {
             v: 1,
             from: &self.instance,
             kind: Kind::Event {
-                collection,
+                collection: collection.unwrap_or(""),
+                room: collection.is_none().then_some(room),
                 body: &body,
                 offset,
+                except: except.socket(),
+                except_user: except.user(),
             },
         };
-        broker.publish(Channel::Room(Arc::from(collection_room(collection))), envelope.encode());
+        broker.publish(Channel::Room(Arc::from(room)), envelope.encode());
     }
 
     /// Redis numbered an event (or could not): deliver it here and publish it for the others.
     fn finish_append(&self, a: Append, numbered: Result<(u64, String), String>) {
         self.backlog.fetch_sub(a.json.len(), Ordering::Relaxed);
+        let skip = Skipped {
+            socket: a.except_socket.clone(),
+            except: a.except.clone(),
+        };
         let mut body = a.body;
         let offset = match numbered {
             Ok((offset, epoch)) => {
@@ -749,9 +794,9 @@ impl Hub {
         } else {
             a.json
         };
-        self.publish_event(&a.collection, &json, offset);
+        self.publish_event(&a.room, &json, offset, &skip);
         let frame = text_frame(json.as_bytes());
-        if let Err(e) = self.queue_event(&a.collection, Arc::new(body), frame, offset, Some(a.done), None) {
+        if let Err(e) = self.queue_event(&a.room, Arc::new(body), frame, offset, Some(a.done), None, skip.except) {
             warn!("could not deliver an event: {e}");
         }
     }
@@ -772,9 +817,20 @@ impl Hub {
         collection: &str,
         since: Option<&Since>,
     ) -> Result<JoinOutcome, Error> {
-        let room: Arc<str> = Arc::from(collection_room(collection));
+        self.join_with_history_remote(peer, &collection_room(collection), since)
+            .await
+    }
+
+    /// [`Hub::join_collection_remote`] for any room.
+    pub async fn join_with_history_remote(
+        &self,
+        peer: &Arc<Peer>,
+        room: &str,
+        since: Option<&Since>,
+    ) -> Result<JoinOutcome, Error> {
+        let room: Arc<str> = Arc::from(room);
         let Some((history, policy)) = self.remote_history(&room) else {
-            return self.join_collection(peer, collection, since);
+            return self.join_with_history(peer, &room, since);
         };
         let limited = match since {
             Some(_) if !peer.in_room(&room) => self.recovery_allowed(peer, &room).err(),
@@ -856,7 +912,7 @@ impl Hub {
         };
         // Asked here, not in the lane: the lane's other rooms go on meanwhile (the socket's live
         // frames of this room wait, held back since `RecoverStart`).
-        let authorize = self.authorize_rule(collection);
+        let authorize = self.authorize_rule(&room);
         let frames = crate::dispatch::replay_frames(self, authorize.as_deref(), peer, &entries).await;
         let (done, finished) = oneshot::channel();
         self.send_job(
@@ -892,21 +948,36 @@ impl Hub {
             return; // our own echo: already delivered locally
         }
         let result = match envelope.kind {
-            Kind::Event { collection, .. } if !self.admit_unheld(&collection_room(collection)) => Ok(()),
             Kind::Event {
                 collection,
+                room,
                 body,
                 offset,
-            } => self
-                .queue_event(
-                    collection,
-                    self.rule_body(collection, body.get()),
+                except,
+                except_user,
+            } => {
+                let room = match room {
+                    Some(room) => room.to_string(),
+                    None => collection_room(collection),
+                };
+                if !self.admit_unheld(&room) {
+                    return;
+                }
+                let except = Except {
+                    peer: except.and_then(|id| self.local_peer_id(id)),
+                    user: except_user.map(Arc::from),
+                };
+                self.queue_event(
+                    &room,
+                    self.rule_body(&room, body.get()),
                     text_frame(body.get().as_bytes()),
                     offset,
                     None,
                     None,
+                    except,
                 )
-                .map(|_| ()),
+                .map(|_| ())
+            }
             Kind::Broadcast { room, msg, except } => self.broadcast_local(room, msg.get().as_bytes(), except),
             Kind::Send { socket, msg } => {
                 if let Some(peer) = self.peer_by_public_id(socket) {
@@ -1169,7 +1240,7 @@ async fn run_appender(hub: std::sync::Weak<Hub>, history: RedisHistory, mut rx: 
         let Some(hub) = hub.upgrade() else { return };
         let items: Vec<(String, String, HistoryPolicy)> = batch
             .iter()
-            .map(|a| (collection_room(&a.collection), a.json.clone(), a.policy))
+            .map(|a| (a.room.clone(), a.json.clone(), a.policy))
             .collect();
         let (results, evicted) = history.append(&items, &hub.new_epoch()).await;
         hub.histories.count_evicted(evicted);
@@ -1192,5 +1263,35 @@ impl LaneBatch {
             Some((_, jobs)) => jobs.push(job),
             None => self.jobs.push((lane, vec![job])),
         }
+    }
+}
+
+/// Whom an event is not for, as the other instances are told: a socket id and a user key.
+trait ExceptOf {
+    fn socket(&self) -> Option<&str>;
+    fn user(&self) -> Option<&str>;
+}
+
+impl ExceptOf for event::Event {
+    fn socket(&self) -> Option<&str> {
+        self.except_socket.as_deref()
+    }
+    fn user(&self) -> Option<&str> {
+        self.except.user.as_deref()
+    }
+}
+
+/// An appended event's `except`, kept while its JSON moves on.
+struct Skipped {
+    socket: Option<String>,
+    except: Except,
+}
+
+impl ExceptOf for Skipped {
+    fn socket(&self) -> Option<&str> {
+        self.socket.as_deref()
+    }
+    fn user(&self) -> Option<&str> {
+        self.except.user.as_deref()
     }
 }

@@ -26,6 +26,14 @@ pub type Outcomes = Vec<Result<usize, Error>>;
 pub enum Events {
     One(String),
     Many(String),
+    /// An app event (`publish`): in the same queue, so it keeps its place among the events
+    /// handed over before and after it.
+    App {
+        room: String,
+        json: String,
+        except_socket: Option<String>,
+        except_user: Option<String>,
+    },
 }
 
 type Handed = (Events, oneshot::Sender<Result<Outcomes, Error>>);
@@ -82,7 +90,7 @@ impl Ingest {
 impl Events {
     fn len(&self) -> usize {
         match self {
-            Events::One(text) | Events::Many(text) => text.len(),
+            Events::One(text) | Events::Many(text) | Events::App { json: text, .. } => text.len(),
         }
     }
 }
@@ -94,6 +102,17 @@ async fn take(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<Handed>, waiting: A
         let queued = match events {
             // A lone event that is not JSON is refused by its check, as one event.
             Events::One(json) => Ok(vec![hub.submit_text(&json)]),
+            Events::App {
+                room,
+                json,
+                except_socket,
+                except_user,
+            } => Ok(vec![hub.submit_app(
+                &room,
+                &json,
+                except_socket.as_deref(),
+                except_user.as_deref(),
+            )]),
             // Each event stays text (see `event`): only the array is read here.
             Events::Many(json) => serde_json::from_str::<Vec<&RawValue>>(&json)
                 .map_err(|e| Error::InvalidInput(format!("emitEvents: not a JSON array: {e}")))

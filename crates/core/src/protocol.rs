@@ -115,6 +115,17 @@ pub enum ClientMessage {
         id: Option<RequestId>,
         collections: Vec<String>,
     },
+    /// `{ "type": "join", "room", "since"? }`: a room that is not a collection's, allowed by
+    /// a rule of the `rooms` option.
+    JoinRoom {
+        id: Option<RequestId>,
+        room: String,
+        since: Option<Since>,
+    },
+    LeaveRoom {
+        id: Option<RequestId>,
+        room: String,
+    },
     Ping {
         id: Option<RequestId>,
     },
@@ -196,6 +207,39 @@ pub fn parse_client_message(text: &[u8]) -> Result<ClientMessage, Rejection> {
         "leave-collection" | "unsubscribe" => {
             let collections = collections_of(&object, &id)?;
             Ok(ClientMessage::Leave { id, collections })
+        }
+        "join" | "leave" => {
+            let room = match object.get("room") {
+                Some(Value::String(r)) if is_valid_room(r) => r.clone(),
+                _ => {
+                    return Err(Rejection::new(
+                        id,
+                        ErrorCode::BadMessage,
+                        "`room` must be a room name: 1 to 256 characters, no control characters, not ending in '*'",
+                    ))
+                }
+            };
+            // A collection's room is joined as a collection (its list, its read access).
+            if let Some(slug) = collection_of_room(&room) {
+                let collections = vec![slug.to_string()];
+                if kind == "leave" {
+                    return Ok(ClientMessage::Leave { id, collections });
+                }
+                let mut object = object;
+                object.insert("collection".into(), Value::String(slug.to_string()));
+                let since = since_of(&object, &collections, &id)?;
+                return Ok(ClientMessage::Join { id, collections, since });
+            }
+            if kind == "leave" {
+                return Ok(ClientMessage::LeaveRoom { id, room });
+            }
+            let since = match object.get("since") {
+                None | Some(Value::Null) => None,
+                Some(_) => since_of(&object, std::slice::from_ref(&room), &id)?
+                    .pop()
+                    .map(|(_, s)| s),
+            };
+            Ok(ClientMessage::JoinRoom { id, room, since })
         }
         "ping" => Ok(ClientMessage::Ping { id }),
         "presence" => {
@@ -315,6 +359,17 @@ fn since_of(
 /// Payload slugs are kebab- or camel-case identifiers; anything else cannot name a collection.
 pub fn is_valid_slug(s: &str) -> bool {
     !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Whether `room` may name a room a client joins or an app event goes to: 1 to 256 bytes, no
+/// control characters, and not `*` at the end (that names a pattern, in the options).
+pub fn is_valid_room(room: &str) -> bool {
+    !room.is_empty() && room.len() <= 256 && !room.ends_with('*') && !room.chars().any(char::is_control)
+}
+
+/// The collection whose room this is, if it is one.
+pub fn collection_of_room(room: &str) -> Option<&str> {
+    room.strip_prefix("collection:").filter(|slug| is_valid_slug(slug))
 }
 
 /// The room a collection's events go to.
@@ -658,5 +713,44 @@ mod tests {
         assert_eq!(f[0], 0x88);
         assert_eq!(f[1] as usize, 125);
         assert_eq!(u16::from_be_bytes([f[2], f[3]]), 4008);
+    }
+
+    #[test]
+    fn join_and_leave_name_a_room_and_a_collections_room_is_a_collection_join() {
+        let parse = |t: &str| parse_client_message(t.as_bytes());
+        assert_eq!(
+            parse(r#"{"type":"join","room":"role:admin","id":1}"#).unwrap(),
+            ClientMessage::JoinRoom {
+                id: Some(RequestId::Num(1.into())),
+                room: "role:admin".into(),
+                since: None
+            }
+        );
+        assert!(matches!(
+            parse(r#"{"type":"join","room":"feed:x","since":{"offset":3,"epoch":"e"}}"#).unwrap(),
+            ClientMessage::JoinRoom {
+                since: Some(Since { offset: 3, .. }),
+                ..
+            }
+        ));
+        assert_eq!(
+            parse(r#"{"type":"leave","room":"admins"}"#).unwrap(),
+            ClientMessage::LeaveRoom {
+                id: None,
+                room: "admins".into()
+            }
+        );
+        assert!(matches!(
+            parse(r#"{"type":"join","room":"collection:posts"}"#).unwrap(),
+            ClientMessage::Join { collections, .. } if collections == ["posts"]
+        ));
+        for bad in [
+            r#"{"type":"join"}"#,
+            r#"{"type":"join","room":""}"#,
+            r#"{"type":"join","room":"orders:*"}"#,
+            r#"{"type":"leave","room":7}"#,
+        ] {
+            assert_eq!(parse(bad).unwrap_err().code, ErrorCode::BadMessage, "{bad}");
+        }
     }
 }

@@ -64,10 +64,19 @@ fn since_for(since: &[(String, Since)], collection: &str) -> Option<Since> {
 }
 
 /// The replies to a join: `recovery-failed` for each room that could not recover, then the ack
-/// (with `recovered` and the rooms' `positions`), or the first error.
+/// (with `recovered` and the rooms' `positions`), or the first error. Outcomes are named by
+/// collection slug (`join-collection`), or by room name (`join`).
 pub(crate) fn join_replies(
     id: Option<&RequestId>,
     outcomes: Vec<(String, Result<JoinOutcome, crate::error::Error>)>,
+) -> Vec<Bytes> {
+    replies_of_join(id, outcomes, |c| (collection_room(c), c.to_string()))
+}
+
+fn replies_of_join(
+    id: Option<&RequestId>,
+    outcomes: Vec<(String, Result<JoinOutcome, crate::error::Error>)>,
+    room_of: impl Fn(&str) -> (String, String),
 ) -> Vec<Bytes> {
     let mut frames = Vec::new();
     let mut positions = serde_json::Map::new();
@@ -91,7 +100,8 @@ pub(crate) fn join_replies(
         if let Some(result) = outcome.recovery {
             recovered = Some(recovered.unwrap_or(true) && result.is_ok());
             if let Err(why) = result {
-                frames.push(protocol::recovery_failed(&collection_room(&c), &c, &format!("{why:?}")));
+                let (room, collection) = room_of(&c);
+                frames.push(protocol::recovery_failed(&room, &collection, &format!("{why:?}")));
             }
         }
     }
@@ -290,8 +300,67 @@ impl Requests {
                     }
                 });
             }
+            ClientMessage::JoinRoom { id, room, since } => self.join_room(id, room, since),
+            ClientMessage::LeaveRoom { id, room } => {
+                if !self.membership_pending() {
+                    hub.registry.leave(&self.peer, &room);
+                    return self.ack(id.as_ref());
+                }
+                let (hub, peer) = (hub.clone(), self.peer.clone());
+                self.in_order(id.clone(), async move {
+                    hub.registry.leave(&peer, &room);
+                    if let Some(id) = &id {
+                        hub.registry.send_to(&peer, protocol::ack(id), &hub.stats);
+                    }
+                });
+            }
             ClientMessage::Custom { id, kind, message } => self.custom(id, kind, message),
         }
+    }
+
+    /// `{ type: "join", room }`: only a room that a rule of the `rooms` option names, and only
+    /// once every such rule allowed this socket's user (secure by default: a room without a
+    /// rule is the server's to fill, with `joinRoom` or `onConnect`). Recovers with `since`
+    /// when the room has history, as a collection join does.
+    fn join_room(&mut self, id: Option<RequestId>, room: String, since: Option<Since>) {
+        let hub = self.hub.clone();
+        let rule = hub
+            .callbacks
+            .join_rule
+            .clone()
+            .filter(|_| hub.host_rules().join_ruled(&room));
+        let Some(rule) = rule else {
+            let msg = format!("no rule of the `rooms` option lets clients join {room:?}");
+            return self.reply_error(ErrorCode::Forbidden, &msg, id.as_ref());
+        };
+        let peer = self.peer.clone();
+        self.in_order(id.clone(), async move {
+            let answer = tokio::time::timeout(
+                hub.config.authorize_timeout,
+                rule.may_join(peer.user_json(), vec![room.clone()]),
+            )
+            .await
+            .map_err(|_| "the join rule took too long".to_string())
+            .and_then(|r| r);
+            let allowed = match answer {
+                Ok(a) => a.first() == Some(&true),
+                Err(e) => {
+                    crate::warn!("join rule failed: {e}");
+                    false
+                }
+            };
+            if !allowed {
+                let msg = format!("not allowed to join {room:?}");
+                let frame = protocol::error(ErrorCode::Forbidden, &msg, id.as_ref());
+                hub.registry.send_to(&peer, frame, &hub.stats);
+                return;
+            }
+            let outcome = hub.join_with_history_remote(&peer, &room, since.as_ref()).await;
+            let frames = replies_of_join(id.as_ref(), vec![(room, outcome)], |r| (r.to_string(), String::new()));
+            for frame in frames {
+                hub.registry.send_to(&peer, frame, &hub.stats);
+            }
+        });
     }
 
     /// Whether a join or leave of this socket is still waiting.

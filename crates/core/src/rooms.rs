@@ -102,6 +102,30 @@ impl AllowedUsers {
     }
 }
 
+/// Who a fan-out leaves out: one socket (the sender of a broadcast), and every socket of one
+/// user (by [`Peer::user_key`]: an app event published "to everyone but the user who caused it").
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Except {
+    pub peer: Option<PeerId>,
+    pub user: Option<Arc<str>>,
+}
+
+impl Except {
+    fn skips(&self, peer: &Peer) -> bool {
+        Some(peer.id) == self.peer
+            || self
+                .user
+                .as_deref()
+                .is_some_and(|u| peer.user.is_some() && peer.user_key() == u)
+    }
+}
+
+impl From<Option<PeerId>> for Except {
+    fn from(peer: Option<PeerId>) -> Except {
+        Except { peer, user: None }
+    }
+}
+
 /// One frame of a run: its history offset, and who may have it (`None`: every member).
 pub struct RunFrame {
     pub frame: Bytes,
@@ -329,10 +353,11 @@ impl Registry {
         &self,
         room: &str,
         run: &[RunFrame],
-        except: Option<PeerId>,
+        except: impl Into<Except>,
         stats: &Stats,
         wakes: &mut Wakes,
     ) -> (usize, Vec<usize>) {
+        let except = except.into();
         let everyone = run.iter().all(|f| f.allowed.is_none());
         // The frames one user may have, with their places in the run. The events of a burst
         // that every user may read share one list: the user is looked up in it once.
@@ -381,7 +406,7 @@ impl Registry {
             let shard = self.rooms[shard_of(room)].read();
             if let Some(members) = shard.get(room) {
                 for peer in members.members.values() {
-                    if Some(peer.id) == except {
+                    if except.skips(peer) {
                         continue;
                     }
                     let key = if everyone { "" } else { peer.user_key() };

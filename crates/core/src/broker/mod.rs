@@ -78,12 +78,18 @@ pub struct Envelope<'a> {
 
 #[derive(Debug)]
 pub enum Kind<'a> {
-    /// A collection event (already normalized); each instance applies its own authorize rule.
+    /// An event (already normalized); each instance applies its own authorize rule. A
+    /// collection's names its slug (`room` absent, as before app events); an app event names
+    /// its `room` (and `collection` is empty).
     Event {
         collection: &'a str,
+        room: Option<&'a str>,
         body: &'a RawValue,
         /// Its offset in the room's history (Redis-backed history only).
         offset: Option<u64>,
+        /// A socket id and a user key (`<collection>:<id>`) it is not for.
+        except: Option<&'a str>,
+        except_user: Option<&'a str>,
     },
     /// A room broadcast: the message as JSON, `except` a socket id.
     Broadcast {
@@ -172,13 +178,19 @@ impl Envelope<'_> {
         match &self.kind {
             Kind::Event {
                 collection,
+                room,
                 body,
                 offset,
+                except,
+                except_user,
             } => {
                 w.kind = Cow::Borrowed("event");
-                w.collection = b(collection);
+                w.collection = Some(collection).filter(|c| !c.is_empty()).and_then(|c| b(c));
+                w.room = room.and_then(b);
                 w.body = Some(body);
                 w.offset = *offset;
+                w.except = except.and_then(b);
+                w.user = except_user.and_then(b);
             }
             Kind::Broadcast { room, msg, except } => {
                 w.kind = Cow::Borrowed("broadcast");
@@ -224,11 +236,20 @@ impl Decoded<'_> {
     pub fn envelope(&self) -> Option<Envelope<'_>> {
         let w = &self.wire;
         let kind = match &*w.kind {
-            "event" => Kind::Event {
-                collection: w.collection.as_deref()?,
-                body: w.body?,
-                offset: w.offset,
-            },
+            "event" => {
+                let room = w.room.as_deref();
+                Kind::Event {
+                    collection: match room {
+                        Some(_) => "",
+                        None => w.collection.as_deref()?,
+                    },
+                    room,
+                    body: w.body?,
+                    offset: w.offset,
+                    except: w.except.as_deref(),
+                    except_user: w.user.as_deref(),
+                }
+            }
             "broadcast" => Kind::Broadcast {
                 room: w.room.as_deref()?,
                 msg: w.body?,
@@ -280,8 +301,11 @@ mod tests {
             from: "abc",
             kind: Kind::Event {
                 collection: "posts",
+                room: None,
                 body: &body,
                 offset: None,
+                except: None,
+                except_user: None,
             },
         };
         let text = e.encode();
@@ -297,6 +321,37 @@ mod tests {
                 assert_eq!(collection, "posts");
                 assert_eq!(body.get(), r#"{"type":"update","collection":"posts","id":1}"#);
             }
+            other => panic!("{other:?}"),
+        }
+        // An app event names its room and whom it is not for; no `collection` travels.
+        let msg = raw(r#"{"type":"step","room":"ops:1"}"#).unwrap();
+        let app = Envelope {
+            v: 1,
+            from: "abc",
+            kind: Kind::Event {
+                collection: "",
+                room: Some("ops:1"),
+                body: &msg,
+                offset: Some(4),
+                except: Some("abc.7"),
+                except_user: Some("users:me"),
+            },
+        }
+        .encode();
+        assert!(!app.contains("\"collection\""), "{app}");
+        let decoded = Envelope::decode(&app).unwrap();
+        match decoded.envelope().unwrap().kind {
+            Kind::Event {
+                collection,
+                room,
+                offset,
+                except,
+                except_user,
+                ..
+            } => assert_eq!(
+                (collection, room, offset, except, except_user),
+                ("", Some("ops:1"), Some(4), Some("abc.7"), Some("users:me"))
+            ),
             other => panic!("{other:?}"),
         }
         let revoke = Envelope {
