@@ -792,3 +792,70 @@ test('errors never escape: a throwing error listener and throwing status listene
     await manager.close()
   }
 })
+
+test(
+  'subscribe to app events: room.type names, a collection fallback, and a name that can never match warns once',
+  T,
+  async () => {
+    const options = { rooms: { order: () => true, 'role:*': (user) => user?.id === 'boss' } }
+    let manager = await startServer(options)
+    const port = manager.port
+    const make = clientFactory()
+    try {
+      const { RecordingWebSocket, sent } = recordingWebSocket()
+      const client = make({
+        url: `ws://127.0.0.1:${port}/`,
+        token: makeToken({ id: 'boss' }),
+        WebSocket: RecordingWebSocket,
+      })
+      const got = { created: [], admin: [], posts: [] }
+      client.subscribe('order.created', (m) => got.created.push(m))
+      client.subscribe('role:admin', (m) => got.admin.push(m))
+      client.subscribe('posts.progress', (m) => got.posts.push(m))
+      client.subscribe('nowhere.x', () => assert.fail('never called'))
+      const joined = () =>
+        manager.getSocketsInRoom('order').length === 1 &&
+        manager.getSocketsInRoom('role:admin').length === 1 &&
+        inRoom(manager, 'posts') === 1
+      await waitUntil(joined, { label: 'joined the app rooms' })
+      const warnings = () => client.errors.filter((e) => e.code === 'unknown-collection')
+      await waitUntil(() => warnings().length === 1, { label: 'the warning' })
+      assert.match(warnings()[0].message, /"nowhere"/)
+      // A bare name is tried as a collection first; a name with ':' is a room at once.
+      const joins = sent
+        .filter((m) => m.type === 'join' || m.type === 'join-collection')
+        .map((m) => `${m.type} ${m.room ?? m.collection}`)
+      for (const j of [
+        'join-collection order',
+        'join order',
+        'join role:admin',
+        'join-collection nowhere',
+        'join nowhere',
+      ]) {
+        assert.ok(joins.includes(j), `${j} in ${joins}`)
+      }
+      assert.ok(!joins.includes('join-collection role:admin'))
+
+      await manager.publish('order', { type: 'created', id: 7 })
+      await manager.publish('order', { type: 'cancelled', id: 7 })
+      await manager.publish('role:admin', { type: 'plugin-installed', plugin: 'seo' })
+      await manager.publish('collection:posts', { type: 'progress', pct: 50 })
+      await waitUntil(() => got.created.length === 1 && got.admin.length === 1 && got.posts.length === 1)
+      assert.deepEqual(got.created, [{ type: 'created', id: 7, room: 'order' }])
+      assert.deepEqual(got.admin, [{ type: 'plugin-installed', plugin: 'seo', room: 'role:admin' }])
+      assert.deepEqual(got.posts, [{ type: 'progress', pct: 50, room: 'collection:posts' }])
+
+      // After a restart the rooms are joined again, and the warning is not repeated.
+      await manager.close()
+      manager = await restartOn(port, options)
+      await waitUntil(joined, { label: 'joined again' })
+      await manager.publish('order', { type: 'created', id: 8 })
+      await waitUntil(() => got.created.length === 2)
+      await client.request('ping')
+      assert.equal(warnings().length, 1, 'warned once')
+    } finally {
+      make.done()
+      await manager.close()
+    }
+  },
+)

@@ -241,7 +241,12 @@ export declare class RealtimeClient {
   readonly status: ConnectionStatus
   /** The collections subscribed to. */
   readonly collections: string[]
-  /** `'posts'`, `'posts.*'` (every type) or `'posts.update'`; returns the unsubscribe function. */
+  /**
+   * `'posts'`, `'posts.*'` (every type) or `'posts.update'`; returns the unsubscribe function.
+   * App rooms the same way: `'role:admin.plugin-installed'`, or `'order.created'` (room `order`
+   * when the server has no collection `order`). A name the server refuses as both is reported
+   * once as an `error` event (code `unknown-collection` for a bare name).
+   */
   subscribe<Doc = Record<string, unknown>>(
     subscription: string,
     handler: (event: RealtimeEvent<Doc>) => unknown,

@@ -81,7 +81,9 @@ export function backoffDelay(attempt, options = {}, random = Math.random) {
 
 /**
  * Parses a subscription: `'posts'` and `'posts.*'` (every message of collection `posts`) or
- * `'posts.update'` (only `update` messages). The part after the last dot is the type.
+ * `'posts.update'` (only `update` messages). The part after the last dot is the type. The same
+ * names app rooms (`publish`): `'order.created'` is type `created` of room `order`, and
+ * `'role:admin.plugin-installed'` of room `role:admin` (see `subscribe`).
  */
 export function parseSubscription(subscription) {
   if (typeof subscription !== 'string' || subscription.trim() === '') {
@@ -318,6 +320,13 @@ export class RealtimeClient {
    * Calls `handler(message)` for every message of a collection: `'posts'` or `'posts.*'` (all
    * types) or `'posts.update'` (one type). Returns the function that unsubscribes. The room is
    * joined for the first handler of a collection and left after the last one.
+   *
+   * App events (`manager.publish(room, ...)`) are subscribed to the same way, by room and type:
+   * a name with ':' (`'role:admin'`, `'orders:42.shipped'`) is an app room, joined with
+   * `{ type: 'join', room }`; a bare name (`'order.created'`) is a collection, and an app room
+   * when the server says it is no collection (`unknown-collection`). A name that is neither
+   * (the server refuses both) can never match: it is reported once, as an `error` event
+   * (`unknown-collection` for a bare name, else the server's code), not at every reconnect.
    */
   subscribe(subscription, handler) {
     const { collection, type } = parseSubscription(subscription)
@@ -325,7 +334,7 @@ export class RealtimeClient {
     let room = this._rooms.get(collection)
     const isNew = !room
     if (isNew) {
-      room = { collection, handlers: new Set(), joined: false }
+      room = { collection, handlers: new Set(), joined: false, app: collection.includes(':') }
       this._rooms.set(collection, room)
     }
     // The same handler for the same subscription is one entry: called once per message, and
@@ -352,7 +361,9 @@ export class RealtimeClient {
 
   /** The message that joins `room`, with `since` when the room's position is known. */
   _joinMessage(room, id) {
-    const msg = { type: 'join-collection', collection: room.collection, id }
+    const msg = room.app
+      ? { type: 'join', room: room.collection, id }
+      : { type: 'join-collection', collection: room.collection, id }
     if (typeof room.epoch === 'string' && Number.isInteger(room.offset)) {
       msg.since = { offset: room.offset, epoch: room.epoch }
     }
@@ -364,7 +375,20 @@ export class RealtimeClient {
     const id = this._newId()
     this._internalRequest(this._joinMessage(room, id), (reply) => {
       if (this._ws !== ws || this._rooms.get(room.collection) !== room) return
-      if (reply.type === 'error') {
+      if (reply.type === 'error' && reply.code === 'unknown-collection' && !room.app) {
+        // No such collection: an app room of that name, then.
+        room.app = true
+        this._join(room)
+      } else if (reply.type === 'error' && room.app && (reply.code === 'forbidden' || reply.code === 'bad-message')) {
+        room.joined = false
+        // A bare name was no collection either: still reported as `unknown-collection`.
+        this._warnOnce(
+          room.collection,
+          room.collection.includes(':') ? reply.code : 'unknown-collection',
+          `"${room.collection}" is neither a collection nor a room this client may join (${reply.code}): its subscriptions get no message`,
+          reply,
+        )
+      } else if (reply.type === 'error') {
         room.joined = false
         this._error(reply.code, `could not join "${room.collection}": ${reply.message ?? reply.code}`, {
           collection: room.collection,
@@ -384,10 +408,21 @@ export class RealtimeClient {
     })
   }
 
+  /** Reports a subscription that can never match, once per name for this client. */
+  _warnOnce(name, code, message, reply) {
+    this._warned ??= new Set()
+    if (this._warned.has(name)) return
+    this._warned.add(name)
+    this._error(code, message, { collection: name, reply })
+  }
+
   _leave(room) {
     room.joined = false
     const id = this._newId()
-    this._internalRequest({ type: 'leave-collection', collection: room.collection, id }, (reply) => {
+    const message = room.app
+      ? { type: 'leave', room: room.collection, id }
+      : { type: 'leave-collection', collection: room.collection, id }
+    this._internalRequest(message, (reply) => {
       if (reply.type === 'error') {
         this._error(reply.code, `could not leave "${room.collection}": ${reply.message ?? reply.code}`, {
           collection: room.collection,
@@ -861,11 +896,19 @@ export class RealtimeClient {
       this._emit('recovery-failed', { collection: msg.collection, room: msg.room, reason: msg.reason })
       return
     }
-    if (typeof msg.collection === 'string') this._dispatch(msg)
+    if (typeof msg.collection === 'string') this._dispatch(msg, this._rooms.get(msg.collection))
+    else if (typeof msg.room === 'string') this._dispatch(msg, this._appRoom(msg.room))
   }
 
-  _dispatch(msg) {
-    const room = this._rooms.get(msg.collection)
+  /** The subscription an app event of `room` goes to (one in a collection's room: that collection's). */
+  _appRoom(name) {
+    const room = this._rooms.get(name)
+    if (room?.app) return room
+    const collection = name.startsWith('collection:') ? this._rooms.get(name.slice('collection:'.length)) : undefined
+    return collection && !collection.app ? collection : undefined
+  }
+
+  _dispatch(msg, room) {
     if (!room) return
     if (Number.isInteger(msg.offset) && typeof msg.epoch === 'string') {
       // Each event once: a replayed event the client already has is dropped. Offsets are
@@ -899,9 +942,9 @@ export class RealtimeClient {
   }
 
   _handlerFailed(msg, err) {
-    this._error('handler-error', `a handler for "${msg.collection}" threw: ${errorMessage(err)}`, {
+    this._error('handler-error', `a handler for "${msg.collection ?? msg.room}" threw: ${errorMessage(err)}`, {
       cause: err,
-      collection: msg.collection,
+      collection: msg.collection ?? msg.room,
       event: msg,
     })
   }
