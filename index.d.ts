@@ -219,6 +219,21 @@ export interface ServerOptions {
    * `auth.tokenExpiration` of its auth collections). Revocations are kept this long at most.
    */
   maxTokenLifetime?: number
+  /**
+   * Runs for every new socket once it is authenticated. `socket.join(room)` (or `rooms` in the
+   * answer) joins it to rooms without a rule (role rooms); `initial` (a message or a list) is sent
+   * first, before any event: the socket's own joins wait for it. A throw, a bad answer or
+   * `handlerTimeout` is logged and leaves the socket as it is.
+   */
+  onConnect?: (
+    socket: SocketInfo & { join(room: string): void },
+  ) => OnConnectAnswer | void | Promise<OnConnectAnswer | void>
+}
+
+/** What `onConnect` may answer. */
+export interface OnConnectAnswer {
+  rooms?: string[]
+  initial?: object | object[]
 }
 
 export interface PluginOptions extends ServerOptions {
@@ -367,6 +382,16 @@ export declare class UWebSocketManager {
   joinRoom(socketId: string, room: string): boolean
   leaveRoom(socketId: string, room: string): boolean
   getSocketsInRoom(room: string): Array<{ id: string; user: SocketUser }>
+  /** Sends to every socket connected, on every instance; returns how many sockets here got it. */
+  broadcast(message: object): number
+  /**
+   * This instance's sockets in connection order, `limit` (default 100, at most 1000) per page;
+   * pass `next` as `after` for the next page.
+   */
+  listSockets(options?: { limit?: number; after?: string }): {
+    sockets: Array<{ id: string; user: SocketUser; rooms: string[] }>
+    next?: string
+  }
   /** Closes with 4003 the sockets of a user's session (every session without `sid`); returns how many. */
   revokeSession(session: {
     collection: string

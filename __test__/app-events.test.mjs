@@ -234,3 +234,106 @@ test(
     )
   },
 )
+
+test(
+  'onConnect: the initial state comes first, then the rooms it joined, before the client’s own joins',
+  T,
+  async () => {
+    const seen = []
+    await withServer(
+      {
+        onConnect: async (socket) => {
+          seen.push({ id: socket.id, user: socket.user?.id })
+          if (socket.user?.id === 'boss') socket.join('role:admin')
+          return { rooms: ['lobby:1'], initial: [{ type: 'state', plugins: ['seo'] }, { type: 'hello' }] }
+        },
+        history: { posts: { size: 10 } },
+      },
+      async (ctx) => {
+        const boss = await ctx.connectAs('boss')
+        // Sent at once: acted on only after onConnect's joins, so after the initial state.
+        const ack = boss.request({ type: 'join-collection', collection: 'posts' })
+        await ack
+        const { socketId } = await boss.whoami()
+        assert.deepEqual(seen, [{ id: socketId, user: 'boss' }])
+        assert.deepEqual(
+          boss.all.slice(0, 2).map((m) => m.type),
+          ['state', 'hello'],
+          'the initial messages are the first the socket gets',
+        )
+        assert.equal(await ctx.manager.publish('role:admin', { type: 'admins-only' }), 1)
+        await boss.waitFor((m) => m.type === 'admins-only')
+        const listed = ctx.manager.listSockets()
+        assert.deepEqual(listed.sockets[0].rooms.sort(), ['collection:posts', 'lobby:1', 'role:admin'])
+        const clerk = await ctx.connectAs('clerk')
+        await clerk.waitFor((m) => m.type === 'hello')
+        assert.equal(await ctx.manager.publish('role:admin', { type: 'admins-only' }), 1, 'not the clerk')
+        assert.equal(await ctx.manager.publish('lobby:1', { type: 'lobby' }), 2)
+      },
+    )
+  },
+)
+
+test('onConnect failures are contained: a throw, a bad answer or a timeout leave the socket served', T, async () => {
+  let mode = 'throw'
+  await withServer(
+    {
+      handlerTimeout: 200,
+      logger: { info() {}, warn() {}, error() {} },
+      onConnect: () => {
+        if (mode === 'throw') throw new Error('boom')
+        if (mode === 'bad') return { rooms: 'not-a-list' }
+        return new Promise(() => {})
+      },
+    },
+    async (ctx) => {
+      for (const m of ['throw', 'bad', 'hang']) {
+        mode = m
+        const c = await ctx.connectAs(`u-${m}`)
+        const pong = await c.request({ type: 'ping' })
+        assert.equal(pong.type, 'pong')
+        // A join waits for onConnect (here until its timeout): then it is served as usual.
+        assert.equal((await c.request({ type: 'join-collection', collection: 'posts' })).type, 'ack', m)
+        assert.ok(c.isOpen)
+      }
+      assert.throws(() => ctx.manager.listSockets({ limit: 0 }), TypeError)
+    },
+  )
+})
+
+test('broadcast reaches every socket; listSockets pages through them', T, async () => {
+  await withServer({}, async (ctx) => {
+    const clients = []
+    for (let i = 0; i < 5; i++) clients.push(await ctx.connectAs(`u${i}`))
+    assert.equal(ctx.manager.broadcast({ type: 'maintenance', in: 300 }), 5)
+    for (const c of clients)
+      assert.deepEqual(await c.waitFor((m) => m.type === 'maintenance'), { type: 'maintenance', in: 300 })
+    assert.throws(() => ctx.manager.broadcast('text'), TypeError)
+    const ids = []
+    let page = ctx.manager.listSockets({ limit: 2 })
+    for (;;) {
+      ids.push(...page.sockets.map((s) => s.id))
+      assert.ok(page.sockets.every((s) => typeof s.user?.id === 'string' && Array.isArray(s.rooms)))
+      if (!page.next) break
+      page = ctx.manager.listSockets({ limit: 2, after: page.next })
+    }
+    assert.equal(ids.length, 5)
+    assert.equal(new Set(ids).size, 5)
+  })
+})
+
+test('broadcast crosses instances through Redis', { ...T, skip }, async () => {
+  const redis = await startRedis(await freePort())
+  const opts = { redis: { url: `redis://127.0.0.1:${redis.port}` } }
+  const a = await startInstance(opts)
+  const b = await startInstance(opts)
+  const onB = await connect(`ws://127.0.0.1:${b.port}/`, { token: makeToken({ id: 'y' }) })
+  cleanups.push(() => onB.close())
+  await waitUntil(
+    async () => {
+      await a.call('broadcastAll', { message: { type: 'everyone' } })
+      return onB.all.some((m) => m.type === 'everyone')
+    },
+    { interval: 100, label: 'B heard A' },
+  )
+})

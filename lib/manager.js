@@ -103,6 +103,7 @@ const SERVER_OPTIONS = [
   'logger',
   'maxRevokedSessions',
   'maxTokenLifetime',
+  'onConnect',
 ]
 
 /** Options only the plugin reads (index.d.ts `PluginOptions`); the server ignores them. */
@@ -182,8 +183,21 @@ function nativeOptions(port, options) {
     drainTimeout: optionalNumber(options, 'drainTimeout'),
     maxRevokedSessions: optionalNumber(options, 'maxRevokedSessions', { min: 1 }),
     maxTokenLifetime: optionalNumber(options, 'maxTokenLifetime', { min: 1 }),
+    onConnect: onConnectOption(options.onConnect),
   }
 }
+
+/** `onConnect`: a function, or absent. Tells the native server whether to call it. */
+function onConnectOption(onConnect) {
+  if (onConnect === undefined || onConnect === null) return undefined
+  if (typeof onConnect !== 'function') {
+    throw new TypeError('payload-realtime: `onConnect` must be a function (socket) => { rooms?, initial? } | void')
+  }
+  return true
+}
+
+/** Most sockets one `listSockets` page holds. */
+const MAX_SOCKETS_PAGE = 1000
 
 /** Shortest `metrics.token` (the same bound as the server's). */
 const MIN_METRICS_TOKEN = 16
@@ -560,10 +574,53 @@ class UWebSocketManager {
       })
     }
 
+    // `onConnect` for a new socket (type '': no client can send it). Rooms named by
+    // `socket.join()` or the answer are joined after the initial messages are sent. A throw,
+    // rejection, timeout or bad answer is logged and leaves the socket as it is.
+    const connected = async (call) => {
+      const rooms = []
+      const socket = {
+        id: call.socketId,
+        user: call.user,
+        send: (message) => this.sendToSocket(call.socketId, message),
+        join: (room) => {
+          if (typeof room !== 'string' || room === '')
+            throw new TypeError('payload-realtime: socket.join takes a room name')
+          rooms.push(room)
+        },
+      }
+      try {
+        const answer = await withTimeout(
+          Promise.resolve().then(() => this._onConnect(socket)),
+          handlerTimeout,
+          'onConnect',
+        )
+        let initial = []
+        if (answer !== undefined && answer !== null) {
+          const shape = 'onConnect returns nothing or { rooms?: string[], initial?: message | message[] }'
+          if (!isPlainObject(answer)) throw new TypeError(shape)
+          if (answer.rooms !== undefined) {
+            if (!Array.isArray(answer.rooms) || answer.rooms.some((r) => typeof r !== 'string' || r === '')) {
+              throw new TypeError(shape)
+            }
+            rooms.push(...answer.rooms)
+          }
+          if (answer.initial !== undefined) initial = Array.isArray(answer.initial) ? answer.initial : [answer.initial]
+          if (initial.some((m) => !isPlainObject(m))) throw new TypeError(shape)
+        }
+        if (rooms.length === 0 && initial.length === 0) return { ok: true }
+        return { ok: true, reply: { initial: JSON.parse(toJson(initial, 'the initial state')), rooms } }
+      } catch (err) {
+        logFailure('onConnect', err)
+        return { ok: true }
+      }
+    }
+
     // One call per burst of custom messages.
     const handle = async (calls) =>
       Promise.all(
         calls.map(async (call) => {
+          if (call.type === '' && this._onConnect) return connected(call)
           const handler = this._handlers.get(call.type)
           if (!handler) return { ok: false, code: 'unknown-type', message: `no handler for type "${call.type}"` }
           const socket = {
@@ -693,6 +750,7 @@ class UWebSocketManager {
     this._rules = { ...(options.authorize ?? {}) }
     this._roomRules = Object.entries(joinRules(options.rooms))
     this._verifyUser = options.verifyUser
+    this._onConnect = options.onConnect
   }
 
   /**
@@ -902,6 +960,34 @@ class UWebSocketManager {
         throw new RealtimeError(this._closing ? 'closed' : 'internal', String(err?.message ?? err))
       },
     )
+  }
+
+  /**
+   * Sends `message` to every socket connected, on every instance (through Redis when
+   * configured). Returns how many sockets of this instance it was queued to.
+   */
+  broadcast(message) {
+    if (!isPlainObject(message)) throw new TypeError('payload-realtime: broadcast takes a message object')
+    return this._server.broadcast(toJson(message, 'the message'))
+  }
+
+  /**
+   * This instance's sockets, for admin tools: `{ sockets: [{ id, user, rooms }], next? }`, in
+   * connection order, at most `limit` (default 100, at most 1000) per page; pass `next` as
+   * `after` for the next page.
+   * @param {{ limit?: number, after?: string }} [options]
+   */
+  listSockets(options = {}) {
+    if (!isPlainObject(options ?? {})) throw new TypeError('payload-realtime: listSockets options must be an object')
+    const { limit = 100, after } = options ?? {}
+    if (!Number.isInteger(limit) || limit < 1 || limit > MAX_SOCKETS_PAGE) {
+      throw new TypeError(`payload-realtime: listSockets limit is a whole number from 1 to ${MAX_SOCKETS_PAGE}`)
+    }
+    if (after !== undefined && typeof after !== 'string') {
+      throw new TypeError("payload-realtime: listSockets after is a socket id (the previous page's next)")
+    }
+    const page = this._server.listSockets(after, limit)
+    return page.next === undefined ? { sockets: page.sockets } : page
   }
 
   /** Sends `message` to every socket in `room` (but `opts.except`, a socket id). */

@@ -138,6 +138,8 @@ pub struct NativeOptions {
     pub max_revoked_sessions: Option<u32>,
     /// Seconds: the longest a token lives (default 7 days); how long revocations are kept.
     pub max_token_lifetime: Option<u32>,
+    /// Whether the host has an `onConnect` (called through `handle` with type `""`).
+    pub on_connect: Option<bool>,
 }
 
 #[napi(object)]
@@ -259,6 +261,7 @@ impl NativeOptions {
             max_token_lifetime: self
                 .max_token_lifetime
                 .map_or(d.max_token_lifetime, |s| Duration::from_secs(s as u64)),
+            on_connect: self.on_connect.unwrap_or(d.on_connect),
         }
     }
 }
@@ -604,6 +607,32 @@ impl RealtimeServer {
                 user: (*s.user).clone(),
             })
             .collect()
+    }
+
+    /// Sends a message (JSON text) to every socket connected, on every instance; returns how
+    /// many sockets here it was queued to.
+    #[napi(catch_unwind)]
+    pub fn broadcast(&self, message_json: String) -> u32 {
+        self.hub.broadcast_all(message_json.as_bytes()) as u32
+    }
+
+    /// A page of this instance's sockets (id order, after `after`, at most `limit`), and the id
+    /// to pass for the next page (absent on the last).
+    #[napi(
+        catch_unwind,
+        ts_return_type = "{ sockets: Array<{ id: string, user: any, rooms: string[] }>, next?: string }"
+    )]
+    pub fn list_sockets(&self, after: Option<String>, limit: u32) -> Value {
+        let (page, next) = self.hub.list_sockets(after.as_deref(), limit as usize);
+        let sockets: Vec<Value> = page
+            .into_iter()
+            .map(|(s, rooms)| serde_json::json!({ "id": s.id, "user": *s.user, "rooms": rooms }))
+            .collect();
+        let mut out = serde_json::json!({ "sockets": sockets });
+        if let Some(next) = next {
+            out["next"] = Value::String(next);
+        }
+        out
     }
 
     /// Closes with 4003 the sockets of user `<collection>:<id>` on session `sid` (every session

@@ -105,6 +105,10 @@ pub struct Config {
     /// The longest a token can live (the longest `tokenExpiration` of the auth collections): how
     /// long a user-wide revocation, or one whose token's expiry is unknown, is kept.
     pub max_token_lifetime: Duration,
+    /// The host's `onConnect` runs for every new socket (through the custom-handler crossing,
+    /// as kind `""`, a type no client can send): it may send the socket its initial state and
+    /// join it to rooms, before the socket's own joins are acted on.
+    pub on_connect: bool,
 }
 
 /// How `GET /metrics` is reached: never anonymously on the port clients use.
@@ -169,6 +173,7 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(5),
             max_revoked_sessions: 100_000,
             max_token_lifetime: Duration::from_secs(7 * 24 * 3600),
+            on_connect: false,
         }
     }
 }

@@ -76,6 +76,7 @@ pub(crate) async fn serve_stream(hub: Arc<Hub>, peer: Arc<Peer>, stream: TcpStre
     Stats::add(&hub.stats.connections_total, 1);
 
     let mut conn = Connection::new(hub.clone(), peer.clone(), stream);
+    conn.requests.on_connect();
     // From here fan-out may write to the socket itself (`Outbound::write_through`); the
     // connection's `Drop` takes that back before the stream closes.
     #[cfg(unix)]

@@ -32,6 +32,10 @@ use crate::rooms::{Except, Joined, Registry};
 use crate::stats::{Snapshot, Stats};
 use crate::warn;
 
+/// The room name a broadcast to everyone travels under: never a real room (a room name cannot
+/// end in `*`), so an instance that does not know it delivers it to nobody.
+const EVERYONE: &str = "*";
+
 /// What a collection join did.
 #[derive(Debug)]
 pub struct JoinOutcome {
@@ -543,6 +547,59 @@ impl Hub {
         self.broadcast_local(room, json, except)
     }
 
+    /// Sends a message (JSON text) to every authenticated socket connected, on every instance
+    /// (`broadcast`), framed once. Returns how many local sockets it was queued to.
+    pub fn broadcast_all(&self, json: &[u8]) -> usize {
+        if let (Some(broker), Ok(text)) = (self.broker.get(), std::str::from_utf8(json)) {
+            if let Some(msg) = raw(text) {
+                let envelope = Envelope {
+                    v: 1,
+                    from: &self.instance,
+                    kind: Kind::Broadcast {
+                        room: EVERYONE,
+                        msg: &msg,
+                        except: None,
+                    },
+                };
+                broker.publish(Channel::Control, envelope.encode());
+            }
+        }
+        self.broadcast_all_local(json)
+    }
+
+    fn broadcast_all_local(&self, json: &[u8]) -> usize {
+        let frame = text_frame(json);
+        self.registry
+            .all_peers()
+            .iter()
+            .filter(|p| self.registry.send_to(p, frame.clone(), &self.stats))
+            .count()
+    }
+
+    /// This instance's sockets in id order, after the socket `after` (a page's last id), at most
+    /// `limit`: each with its user and rooms. The id to pass for the next page, if there is one.
+    pub fn list_sockets(&self, after: Option<&str>, limit: usize) -> (Vec<(SocketInfo, Vec<String>)>, Option<String>) {
+        let after = after.and_then(|id| self.local_peer_id(id)).unwrap_or(0);
+        let mut peers: Vec<Arc<Peer>> = self.registry.all_peers().into_iter().filter(|p| p.id > after).collect();
+        peers.sort_by_key(|p| p.id);
+        let more = peers.len() > limit;
+        peers.truncate(limit);
+        let next = more.then(|| peers.last().map(|p| p.public_id.clone())).flatten();
+        let page = peers
+            .iter()
+            .map(|p| {
+                let rooms = p
+                    .rooms
+                    .lock()
+                    .as_ref()
+                    .map(|r| r.iter().map(|x| x.to_string()).collect())
+                    .unwrap_or_default();
+                (self.socket_info(p), rooms)
+            })
+            .collect();
+        (page, next)
+    }
+
     fn broadcast_local(&self, room: &str, json: &[u8], except: Option<&str>) -> Result<(), Error> {
         if self.registry.member_count(room) == 0 {
             return Ok(());
@@ -977,6 +1034,10 @@ impl Hub {
                     except,
                 )
                 .map(|_| ())
+            }
+            Kind::Broadcast { room, msg, .. } if room == EVERYONE => {
+                self.broadcast_all_local(msg.get().as_bytes());
+                Ok(())
             }
             Kind::Broadcast { room, msg, except } => self.broadcast_local(room, msg.get().as_bytes(), except),
             Kind::Send { socket, msg } => {

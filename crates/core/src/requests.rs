@@ -363,6 +363,40 @@ impl Requests {
         });
     }
 
+    /// Runs the host's `onConnect` for this new socket, first in its line of joins and leaves:
+    /// the initial messages it returns are sent, then the rooms it names are joined, before any
+    /// join the client sent meanwhile is acted on, so the initial state comes before any event.
+    /// A failure or timeout leaves the socket as it is (the host logs its own failures).
+    pub(crate) fn on_connect(&mut self) {
+        let hub = self.hub.clone();
+        let Some(handlers) = hub.callbacks.handlers.clone().filter(|_| hub.config.on_connect) else {
+            return;
+        };
+        let call = HandlerCall {
+            kind: String::new(),
+            socket_id: self.peer.public_id.clone(),
+            user: self.peer.user.as_ref().map(|_| self.peer.user_json()),
+            message: serde_json::Value::Null,
+        };
+        let peer = self.peer.clone();
+        self.in_order(None, async move {
+            let Ok(HandlerOutcome::Reply(reply)) =
+                tokio::time::timeout(hub.config.handler_timeout, handlers.call(call)).await
+            else {
+                return;
+            };
+            let (initial, rooms) = connect_plan(&reply);
+            for message in initial {
+                hub.registry.send_to(&peer, protocol::encode_value(message), &hub.stats);
+            }
+            for room in rooms {
+                if let Err(e) = hub.join_with_history_remote(&peer, room, None).await {
+                    crate::warn!("onConnect could not join a socket to {room:?}: {e}");
+                }
+            }
+        });
+    }
+
     /// Whether a join or leave of this socket is still waiting.
     fn membership_pending(&mut self) -> bool {
         match self.membership.as_mut().map(|rx| rx.try_recv()) {
@@ -513,8 +547,40 @@ impl Requests {
     }
 }
 
+/// What an `onConnect` answered (`{ initial?: object | object[], rooms?: string[] }`, checked
+/// by the host): the messages to send first, and the valid room names to join.
+fn connect_plan(reply: &serde_json::Value) -> (Vec<&serde_json::Value>, Vec<&str>) {
+    let initial = match reply.get("initial") {
+        Some(serde_json::Value::Array(items)) => items.iter().filter(|m| m.is_object()).collect(),
+        Some(m) if m.is_object() => vec![m],
+        _ => Vec::new(),
+    };
+    let rooms = reply
+        .get("rooms")
+        .and_then(serde_json::Value::as_array)
+        .map(|rooms| {
+            rooms
+                .iter()
+                .filter_map(serde_json::Value::as_str)
+                .filter(|r| protocol::is_valid_room(r))
+                .collect()
+        })
+        .unwrap_or_default();
+    (initial, rooms)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_on_connect_answer_gives_the_messages_then_the_valid_rooms() {
+        let reply = serde_json::json!({ "initial": [{ "type": "state" }, 3], "rooms": ["role:admin", "", "x*", 7] });
+        let (initial, rooms) = super::connect_plan(&reply);
+        assert_eq!(initial, vec![&serde_json::json!({ "type": "state" })]);
+        assert_eq!(rooms, vec!["role:admin"]);
+        let (initial, rooms) = super::connect_plan(&serde_json::json!({ "initial": { "type": "one" } }));
+        assert_eq!((initial.len(), rooms.len()), (1, 0));
+    }
+
     use super::*;
     use crate::dispatch::test_hub_with;
     use crate::error::Error;
