@@ -577,7 +577,8 @@ mod tests {
         let (initial, rooms) = super::connect_plan(&reply);
         assert_eq!(initial, vec![&serde_json::json!({ "type": "state" })]);
         assert_eq!(rooms, vec!["role:admin"]);
-        let (initial, rooms) = super::connect_plan(&serde_json::json!({ "initial": { "type": "one" } }));
+        let one = serde_json::json!({ "initial": { "type": "one" } });
+        let (initial, rooms) = super::connect_plan(&one);
         assert_eq!((initial.len(), rooms.len()), (1, 0));
     }
 
