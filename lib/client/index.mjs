@@ -896,8 +896,11 @@ export class RealtimeClient {
       this._emit('recovery-failed', { collection: msg.collection, room: msg.room, reason: msg.reason })
       return
     }
-    if (typeof msg.collection === 'string') this._dispatch(msg, this._rooms.get(msg.collection))
+    // Collection events by their collection; anything naming its room (app events, presence) by
+    // the room, whatever its own fields say (an app event may well carry a `collection`).
+    if (isEvent) this._dispatch(msg, this._rooms.get(msg.collection))
     else if (typeof msg.room === 'string') this._dispatch(msg, this._appRoom(msg.room))
+    else if (typeof msg.collection === 'string') this._dispatch(msg, this._rooms.get(msg.collection))
   }
 
   /** The subscription an app event of `room` goes to (one in a collection's room: that collection's). */
