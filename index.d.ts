@@ -297,7 +297,7 @@ export interface RealtimeStats {
   tasks: number
   /**
    * Bytes held by the process's native heap (glibc's `mallinfo2`; Node's own native allocations
-   * included, its JS heap not), or `undefined` on other allocators. Beside RSS it separates
+   * included, its JS heap not), or `undefined` on other allocators and on glibc older than 2.33. Beside RSS it separates
    * memory in use from memory freed but not yet given back.
    */
   heapBytes?: number

@@ -307,7 +307,7 @@ pub struct NativeStats {
     pub redis: Option<NativeBrokerStats>,
     /// Tasks alive on the server's runtime (one per socket, plus a few): a leak shows here.
     pub tasks: f64,
-    /// Bytes allocated by the process's native heap and not freed (glibc only; includes Node's
+    /// Bytes allocated by the process's native heap and not freed (glibc 2.33+ only; includes Node's
     /// own native allocations, not its JS heap).
     pub heap_bytes: Option<f64>,
     /// `verifyUser` calls in flight now (handshakes and `{ type: "auth" }` together).

@@ -43,8 +43,16 @@ fn release_free_memory() {}
 /// Bytes the process's allocator has handed out and not had back (glibc's `mallinfo2`: small
 /// blocks in use plus mmapped ones); `None` on other allocators. Beside RSS it tells memory
 /// held by the server from memory freed but not yet returned to the system.
+///
+/// `mallinfo2` is glibc 2.33+, while the published binaries are linked against an older glibc
+/// (the baseline in the README) so that they load on Debian 11, Ubuntu 20.04, RHEL 8 and
+/// Amazon Linux 2. A direct reference would make the loader refuse the addon there, so it is
+/// looked up once at run time; on an older glibc the figure is `None` (`mallinfo`'s `int`
+/// fields wrap at 2 GiB, so they would report wrong numbers, not just coarse ones).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn heap_in_use() -> Option<u64> {
+    use std::sync::OnceLock;
+
     #[repr(C)]
     struct MallInfo2 {
         arena: usize,
@@ -58,11 +66,17 @@ pub fn heap_in_use() -> Option<u64> {
         fordblks: usize,
         keepcost: usize,
     }
-    extern "C" {
-        fn mallinfo2() -> MallInfo2;
-    }
-    // SAFETY: mallinfo2 (glibc 2.33+) only reads the allocator's counters.
-    let info = unsafe { mallinfo2() };
+    type MallInfo2Fn = unsafe extern "C" fn() -> MallInfo2;
+
+    static MALLINFO2: OnceLock<Option<MallInfo2Fn>> = OnceLock::new();
+    let f = (*MALLINFO2.get_or_init(|| {
+        // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only searches the loaded
+        // objects; a non-null result for "mallinfo2" is glibc's function of that signature.
+        let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"mallinfo2".as_ptr()) };
+        (!sym.is_null()).then(|| unsafe { std::mem::transmute::<*mut libc::c_void, MallInfo2Fn>(sym) })
+    }))?;
+    // SAFETY: mallinfo2 only reads the allocator's counters.
+    let info = unsafe { f() };
     Some((info.uordblks + info.hblkhd) as u64)
 }
 
@@ -84,5 +98,16 @@ mod tests {
         assert_eq!(t.at_connections.load(Ordering::Relaxed), 1_500);
         t.on_idle(2_000);
         assert_eq!(t.at_connections.load(Ordering::Relaxed), 1_500);
+    }
+
+    /// The run-time lookup finds `mallinfo2` on a glibc that has it (this machine's, 2.36) and
+    /// reports the live heap: at least a block this test holds.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn heap_in_use_is_read_through_the_runtime_lookup() {
+        let block = vec![1u8; 4 << 20];
+        let bytes = heap_in_use().expect("mallinfo2 on glibc >= 2.33");
+        assert!(bytes >= block.len() as u64, "{bytes}");
+        drop(block);
     }
 }
