@@ -87,8 +87,8 @@ function loadAddon() {
   const platformPackage = `${PACKAGE}-${name}`
   if (!SUPPORTED.includes(name)) {
     throw new Error(
-      `payload-realtime: there is no native addon for this platform (${name}); ` +
-        `it is built for ${SUPPORTED.join(', ')}.`,
+      `payload-realtime: there is no native addon for this platform (${name}): the package ` +
+        `${platformPackage} does not exist; binaries are published for ${SUPPORTED.join(', ')}.`,
     )
   }
   const dirs = packageDirs()
@@ -145,4 +145,4 @@ function hintPackageUrl(url) {
   }
 }
 
-module.exports = { loadNative, hintPackageUrl, platformName }
+module.exports = { loadNative, hintPackageUrl, platformName, SUPPORTED }
