@@ -297,8 +297,8 @@ export interface RealtimeStats {
   tasks: number
   /**
    * Bytes held by the process's native heap (glibc's `mallinfo2`; Node's own native allocations
-   * included, its JS heap not), or `undefined` on other allocators and on glibc older than 2.33. Beside RSS it separates
-   * memory in use from memory freed but not yet given back.
+   * included, its JS heap not), or `undefined` on other allocators and on glibc older than 2.33.
+   * Beside RSS it separates memory in use from memory freed but not yet given back.
    */
   heapBytes?: number
   /** With Redis: the broker's state and counters. */
