@@ -1,7 +1,8 @@
 // The published layout (napi-rs's): the main package names every per-platform package of npm/
 // in `optionalDependencies` at its own version, the loader says which package it looked for on
 // a platform with none, and the Linux binaries load where they claim to: no glibc symbol
-// version above the baseline, musl ones linked against musl's libc only.
+// version above the baseline, musl ones linked against musl's libc only; and the assembled main
+// package (without a binary) and this platform's package install together and serve.
 //
 // The binaries checked are those `npm run release` (scripts/release.mjs) left in dist/npm/; CI
 // builds the x64 glibc one there (.ci/run). With PAYLOAD_REALTIME_REQUIRE_ALL=1 a missing
@@ -9,8 +10,9 @@
 
 import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
-import { existsSync, readdirSync, readFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
+import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { test } from 'node:test'
 import { fileURLToPath } from 'node:url'
@@ -119,3 +121,59 @@ for (const triple of pkg.napi.targets.filter((t) => t.includes('-linux-'))) {
     },
   )
 }
+
+// The packages as published: the main one (no .node in it) and this platform's, installed
+// together by npm into a fresh project, load and serve through both entries.
+const here = createRequire(import.meta.url)('../lib/native.js').platformName()
+const assembled = existsSync(built(here)) && existsSync(join(root, 'dist', pkg.name, 'package.json'))
+test(
+  `the assembled main and ${here} packages install together and serve`,
+  {
+    skip: !assembled && !(requireAll && here === 'linux-x64-gnu') && 'no dist/ packages (npm run release)',
+    timeout: 300_000,
+  },
+  () => {
+    const dir = mkdtempSync(join(tmpdir(), 'payload-realtime-dist-'))
+    try {
+      const npm = (args, cwd) => {
+        const r = spawnSync('npm', args, {
+          cwd,
+          encoding: 'utf8',
+          env: { ...process.env, npm_config_update_notifier: 'false' },
+        })
+        assert.equal(r.status, 0, `npm ${args.join(' ')}: ${r.stdout}${r.stderr}`)
+        return r.stdout
+      }
+      const tarballs = [join(root, 'dist', pkg.name), join(root, 'dist', 'npm', here)].map((p) => {
+        const [info] = JSON.parse(npm(['pack', '--json', '--ignore-scripts', '--pack-destination', dir], p))
+        return { path: join(dir, info.filename), files: info.files.map((f) => f.path) }
+      })
+      assert.ok(!tarballs[0].files.some((f) => f.endsWith('.node')), 'the main package carries no binary')
+      assert.ok(tarballs[1].files.includes(`${pkg.name}.${here}.node`))
+      const app = join(dir, 'app')
+      mkdirSync(app)
+      writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'app', private: true, type: 'module' }))
+      npm(['install', '--offline', '--no-audit', '--no-fund', ...tarballs.map((t) => t.path)], app)
+      for (const [flag, code] of [
+        [
+          '--input-type=module',
+          `const m = await import('payload-realtime'); const s = await m.initUWebSocket(0, { secret: 's', host: '127.0.0.1' }); console.log('port', s.port); await s.close()`,
+        ],
+        [
+          '--input-type=commonjs',
+          `require('payload-realtime').initUWebSocket(0, { secret: 's', host: '127.0.0.1' }).then(async (s) => { console.log('port', s.port); await s.close() })`,
+        ],
+      ]) {
+        const r = spawnSync(process.execPath, [flag, '-e', code], {
+          cwd: app,
+          encoding: 'utf8',
+          env: { ...process.env, NAPI_RS_NATIVE_LIBRARY_PATH: '' },
+        })
+        assert.equal(r.status, 0, r.stdout + r.stderr)
+        assert.match(r.stdout, /^port \d+$/m)
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
+  },
+)
