@@ -1,5 +1,5 @@
-// The published layout (napi-rs's): the main package names every per-platform package of npm/
-// in `optionalDependencies` at its own version, the loader says which package it looked for on
+// The published layout (napi-rs's): the main package as scripts/release.mjs assembles it names
+// every per-platform package of npm/ in `optionalDependencies` at its own version, the loader says which package it looked for on
 // a platform with none, and the Linux binaries load where they claim to: no glibc symbol
 // version above the baseline, musl ones linked against musl's libc only; and the assembled main
 // package (without a binary) and this platform's package install together and serve.
@@ -17,7 +17,7 @@ import { dirname, join } from 'node:path'
 import { test } from 'node:test'
 import { fileURLToPath } from 'node:url'
 import { GLIBC_BASELINE, compareVersions, glibcAbove, glibcSymbols } from '../scripts/elf-check.mjs'
-import { checkBinary, platformOf } from '../scripts/release.mjs'
+import { checkBinary, optionalDependencies, platformOf } from '../scripts/release.mjs'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const read = (f) => JSON.parse(readFileSync(join(root, f), 'utf8'))
@@ -29,8 +29,10 @@ test('every platform package is an optional dependency at the main package versi
   const platforms = readdirSync(join(root, 'npm')).sort()
   assert.deepEqual(platforms, pkg.napi.targets.map(platformOf).sort(), 'npm/ matches napi.targets')
   assert.deepEqual(platforms, [...SUPPORTED].sort(), 'npm/ matches the loader list')
+  // What the published package.json carries (scripts/release.mjs writes it into dist/).
+  const deps = optionalDependencies()
   assert.deepEqual(
-    Object.keys(pkg.optionalDependencies).sort(),
+    Object.keys(deps).sort(),
     platforms.map((p) => `${pkg.name}-${p}`),
     'optionalDependencies names every npm/ package and nothing else',
   )
@@ -39,7 +41,7 @@ test('every platform package is an optional dependency at the main package versi
     const name = `${pkg.name}-${p}`
     assert.equal(sub.name, name)
     assert.equal(sub.version, pkg.version, `${name} is at the main version`)
-    assert.equal(pkg.optionalDependencies[name], pkg.version, `optionalDependencies pins ${name} exactly`)
+    assert.equal(deps[name], pkg.version, `optionalDependencies pins ${name} exactly`)
     assert.equal(sub.main, `${pkg.name}.${p}.node`)
     assert.deepEqual(sub.files, [sub.main])
     assert.deepEqual(sub.engines, pkg.engines)
@@ -50,8 +52,9 @@ test('every platform package is an optional dependency at the main package versi
     if (os === 'linux') assert.deepEqual(sub.libc, [abi === 'gnu' ? 'glibc' : 'musl'])
     else assert.equal(sub.libc, undefined)
   }
-  // package-lock.json records them too, so `npm ci` agrees with package.json.
-  assert.deepEqual(read('package-lock.json').packages[''].optionalDependencies, pkg.optionalDependencies)
+  // Not in the repository's package.json: `npm ci` would need them in package-lock.json, which
+  // cannot lock a package that is not on the registry yet.
+  assert.equal(pkg.optionalDependencies, undefined)
 })
 
 /** Loads the package with `process.platform`/`arch` replaced; returns the child's output. */
@@ -150,6 +153,8 @@ test(
       })
       assert.ok(!tarballs[0].files.some((f) => f.endsWith('.node')), 'the main package carries no binary')
       assert.ok(tarballs[1].files.includes(`${pkg.name}.${here}.node`))
+      const published = JSON.parse(readFileSync(join(root, 'dist', pkg.name, 'package.json'), 'utf8'))
+      assert.deepEqual(published.optionalDependencies, optionalDependencies())
       const app = join(dir, 'app')
       mkdirSync(app)
       writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'app', private: true, type: 'module' }))

@@ -37,6 +37,26 @@ export function platformOf(triple) {
   throw new Error(`unsupported target ${triple}`)
 }
 
+/**
+ * The main package's `optionalDependencies` as published: every npm/<platform> package of
+ * `napi.targets`, pinned to the main version (what `napi prepublish` writes). They are added
+ * when the package is assembled, not kept in the repository's package.json: `npm ci` needs every
+ * dependency in package-lock.json, and a package not yet on the registry cannot be locked.
+ * Throws when a platform package's name or version disagrees with the main package.
+ */
+export function optionalDependencies() {
+  const deps = {}
+  for (const triple of pkg.napi.targets) {
+    const platform = platformOf(triple)
+    const name = `${pkg.name}-${platform}`
+    const sub = JSON.parse(readFileSync(join(root, 'npm', platform, 'package.json'), 'utf8'))
+    if (sub.name !== name) throw new Error(`npm/${platform}/package.json is named ${sub.name}, not ${name}`)
+    if (sub.version !== pkg.version) throw new Error(`${name} is at ${sub.version}, the main package at ${pkg.version}`)
+    deps[name] = pkg.version
+  }
+  return deps
+}
+
 /** The file cargo writes for a cdylib on `triple`. */
 function cargoOutput(triple, profile) {
   const dir = join(process.env.CARGO_TARGET_DIR || join(root, 'target'), triple, profile === 'dev' ? 'debug' : profile)
@@ -101,6 +121,7 @@ function dryRun(dir, { mustHave = [], mustNotHave = () => false } = {}) {
 }
 
 function main() {
+  optionalDependencies() // every platform package agrees with the main one, before any build
   const { values } = parseArgs({
     options: {
       targets: { type: 'string' },
@@ -118,15 +139,7 @@ function main() {
 
   for (const triple of targets) {
     const platform = platformOf(triple)
-    const name = `${pkg.name}-${platform}`
     const src = join(root, 'npm', platform)
-    const platformPkg = JSON.parse(readFileSync(join(src, 'package.json'), 'utf8'))
-    if (platformPkg.name !== name) throw new Error(`npm/${platform}/package.json is named ${platformPkg.name}`)
-    if (platformPkg.version !== pkg.version || pkg.optionalDependencies?.[name] !== pkg.version) {
-      throw new Error(
-        `${name}: version ${platformPkg.version}, optionalDependencies ${pkg.optionalDependencies?.[name]}, package ${pkg.version}`,
-      )
-    }
     const out = join(dist, 'npm', platform)
     const node = join(out, `${pkg.name}.${platform}.node`)
     if (!values['skip-build']) {
@@ -154,7 +167,7 @@ function main() {
     mkdirSync(dirname(join(main, f)), { recursive: true })
     cpSync(join(root, f), join(main, f))
   }
-  const mainPkg = { ...pkg }
+  const mainPkg = { ...pkg, optionalDependencies: optionalDependencies() }
   delete mainPkg.scripts // prepack would rebuild the addon; the published package needs none
   delete mainPkg.devDependencies
   writeFileSync(join(main, 'package.json'), `${JSON.stringify(mainPkg, null, 2)}\n`)
