@@ -46,4 +46,5 @@ pub mod revocations;
 pub mod rooms;
 pub mod server;
 pub mod splice;
+pub mod sse;
 pub mod stats;

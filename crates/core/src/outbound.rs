@@ -514,6 +514,28 @@ impl Outbound {
         };
     }
 
+    /// For a writer that never writes to a socket itself (an SSE stream): every push past the
+    /// bound is the client not taking, so it evicts.
+    pub(crate) fn mark_blocked(&self) {
+        self.set_blocked(true);
+    }
+
+    /// Takes everything queued for a writer of another framing (an SSE stream): control frames
+    /// and data in order, their bytes released from the bound at once, and the ending's close
+    /// frame once the queue is empty.
+    pub(crate) fn take_all(&self) -> (Vec<Bytes>, Option<Bytes>) {
+        let mut s = self.state.lock();
+        let mut frames: Vec<Bytes> = std::mem::take(&mut s.control).into_iter().map(|f| f.bytes).collect();
+        frames.extend(std::mem::take(&mut s.queue).into_iter().map(|f| f.bytes));
+        let taken: usize = frames.iter().map(Bytes::len).sum();
+        s.bytes -= taken;
+        let ending = match &s.ending {
+            Some(Ending::Now(f) | Ending::AfterQueue(f)) => Some(f.clone()),
+            None => None,
+        };
+        (frames, ending)
+    }
+
     /// Marks a batch written whole: its data bytes leave the bound, and the task holds nothing.
     fn written(&self, n: usize) {
         let mut s = self.state.lock();

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -413,11 +413,20 @@ async fn accept_loop(
 
 async fn serve_http(hub: Arc<Hub>, stream: tokio::net::TcpStream, remote: SocketAddr, tracker: TaskTracker) {
     let service_hub = hub.clone();
-    let service = service_fn(move |req| {
+    // Set when this connection carries an SSE stream: a drain lets the stream end itself.
+    let streaming = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let service_streaming = streaming.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
         let hub = service_hub.clone();
         let tracker = tracker.clone();
+        let streaming = service_streaming.clone();
         async move {
-            let mut response = route(hub, req, remote, tracker).await;
+            let mut response = if crate::sse::is_sse_request(hub.config.path.as_deref(), &req) {
+                streaming.store(true, std::sync::atomic::Ordering::Relaxed);
+                sse_route(hub, req, remote, tracker).await
+            } else {
+                route(hub, req, remote, tracker).await.map(Either::Left)
+            };
             // Every answer but an upgrade ends the connection: a client that is refused or
             // asks for something else does not keep a connection (and a task) open here.
             if response.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -446,9 +455,103 @@ async fn serve_http(hub: Arc<Hub>, stream: tokio::net::TcpStream, remote: Socket
         _ = &mut conn => {}
         _ = stop.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+            if streaming.load(std::sync::atomic::Ordering::Relaxed) {
+                // The drain closes the stream after what is queued for it, within its grace.
+                tokio::select! {
+                    _ = &mut conn => {}
+                    _ = hub.shutdown.cancelled() => {}
+                }
+            } else {
+                let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+            }
         }
     }
+}
+
+/// `GET <path>/sse`: the checks of an upgrade (credentials, Origin rule, limits, the host's
+/// `verifyUser`, revoked sessions), then a stream that is a peer like a socket (see
+/// [`crate::sse`]).
+async fn sse_route(
+    hub: Arc<Hub>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    sockets: TaskTracker,
+) -> Response<Either<Full<Bytes>, crate::sse::SseBody>> {
+    let (parts, _) = req.into_parts();
+    let req = Request::from_parts(parts, ());
+    match open_sse(&hub, &req, remote, &sockets).await {
+        Ok(body) => crate::sse::response(&req, Either::Right(body)),
+        Err(refused) => refused.response().map(Either::Left),
+    }
+}
+
+async fn open_sse(
+    hub: &Arc<Hub>,
+    req: &Request<()>,
+    remote: SocketAddr,
+    sockets: &TaskTracker,
+) -> Result<crate::sse::SseBody, Refused> {
+    if hub.stopping.is_cancelled() {
+        return Err(shutting_down(hub));
+    }
+    let bad = |reason: String| {
+        hub.stats.refused("bad-request");
+        Refused::new(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": "bad-request", "reason": reason }).to_string(),
+        )
+    };
+    let rooms = crate::sse::rooms_of(req.uri().query()).map_err(bad)?;
+    if auth::auth_in_message(req.uri()).map_err(|r| refuse(hub, &r))? {
+        return Err(bad(
+            "an SSE stream sends nothing: give the token in the Authorization header, the cookie or ?token=".into(),
+        ));
+    }
+    let rules = hub.host_rules();
+    let unknown: Vec<&str> = rooms
+        .iter()
+        .filter(|c| !rules.collection_allowed(c))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        hub.stats.refused("unknown-collection");
+        return Err(Refused::new(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({
+                "error": "unknown-collection",
+                "reason": format!("not a realtime collection: {}", unknown.join(", ")),
+            })
+            .to_string(),
+        ));
+    }
+    let user = auth::authenticate_in(&hub.config, req.headers(), req.uri()).map_err(|r| refuse(hub, &r))?;
+    let token = match (&hub.callbacks.verifier, &user) {
+        (Some(_), Some(_)) => auth::find_credential_in(req.headers(), req.uri()).map_or_else(String::new, |(t, _)| t),
+        _ => String::new(),
+    };
+    let slot = take_slot(hub, req, user.as_ref(), Some(remote))?;
+    let user_value = confirm_user(hub, user.as_ref(), token).await?;
+    if hub.stopping.is_cancelled() {
+        return Err(shutting_down(hub));
+    }
+    let last = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| crate::sse::query_param(req.uri().query(), "lastEventId"))
+        .map(|id| crate::sse::parse_last_event_id(&id, &rooms))
+        .unwrap_or_default();
+    let peer = hub.new_peer(user, user_value);
+    hub.registry.add_peer(peer.clone());
+    Ok(crate::sse::SseBody::open(
+        hub.clone(),
+        peer,
+        slot,
+        sockets.token(),
+        rooms,
+        last,
+    ))
 }
 
 /// The listener of `/metrics` (with `/healthz` and `/readyz`) when it has a port of its own;

@@ -1,0 +1,496 @@
+//! Server-Sent Events on the WebSocket's port: `GET <path>/sse?rooms=posts,comments`, for
+//! networks and hosts where WebSockets are blocked.
+//!
+//! An SSE stream is a peer like a socket: it is registered in the hub, joins its rooms with a
+//! `join-collection` handled by the same [`Requests`] as a socket's (join rules, history
+//! recovery, authorize and read access), and fan-out queues the same shared frames on its
+//! outbound queue. Its writer is the response body: each poll takes what is queued and writes
+//! every frame's JSON (the payload of the shared WebSocket frame, serialized once) as an SSE
+//! message, `event:` its `type`, `id:` the stream's history positions. A close (drain 1001,
+//! revocation 4003, token expiry 4001, slow consumer 4008) becomes a last `event: close` with
+//! `{ code, reason }` and the stream ends.
+//!
+//! The slow-consumer bound: hyper takes from the body only while its own write buffer has room
+//! (at most 16 buffers), so a client that stops reading leaves frames in the outbound queue;
+//! past `maxBackpressure` the stream is closed. Unlike a socket, an SSE stream cannot tell a
+//! slow server from a slow client, so one burst larger than the bound closes it too.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use hyper::body::{Body, Frame};
+use hyper::{header, Request, Response, StatusCode};
+use serde::Deserialize;
+use tokio::time::{Instant, Sleep};
+
+use crate::auth::now_secs;
+use crate::hub::Hub;
+use crate::limits::Slot;
+use crate::peer::Peer;
+use crate::protocol::{self, close_code};
+use crate::requests::Requests;
+use crate::stats::Stats;
+
+/// Longest wait between two writes on a quiet stream: a comment line keeps proxies (which often
+/// cut a response silent for 60 s) and the client's liveness check satisfied. Shorter with a
+/// short `idleTimeout` (half of it).
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// Most rooms one stream may name in `rooms=` (each a join, as over a socket; the server's
+/// `maxRoomsPerSocket` applies too).
+const MAX_ROOMS_IN_QUERY: usize = 64;
+
+/// Whether a request is for the SSE endpoint: `<path>/sse` (any path ending in `/sse` when no
+/// `path` is set, as a socket may connect on any path then).
+pub(crate) fn is_sse_request<B>(path: Option<&str>, req: &Request<B>) -> bool {
+    if req.method() != hyper::Method::GET || req.headers().contains_key(header::UPGRADE) {
+        return false;
+    }
+    let p = req.uri().path();
+    match path {
+        Some(base) => p.strip_suffix("/sse") == Some(base.trim_end_matches('/')),
+        None => p == "/sse" || p.ends_with("/sse"),
+    }
+}
+
+/// A query parameter's value, percent-decoded (`None` when absent).
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The collections of `rooms=posts,comments`: `Err` says why the list is not acceptable.
+pub(crate) fn rooms_of(query: Option<&str>) -> Result<Vec<String>, String> {
+    let Some(list) = query_param(query, "rooms") else {
+        return Err("name the collections to follow: ?rooms=posts,comments".into());
+    };
+    let mut rooms: Vec<String> = Vec::new();
+    for slug in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if !protocol::is_valid_slug(slug) {
+            return Err(format!("not a collection slug: {slug:?}"));
+        }
+        if !rooms.iter().any(|r| r == slug) {
+            rooms.push(slug.to_string());
+        }
+    }
+    if rooms.is_empty() {
+        return Err("`rooms` is empty: name the collections to follow".into());
+    }
+    if rooms.len() > MAX_ROOMS_IN_QUERY {
+        return Err(format!("at most {MAX_ROOMS_IN_QUERY} rooms per stream"));
+    }
+    Ok(rooms)
+}
+
+/// Where a stream is in each room with history: the collection's `(epoch, offset)`.
+pub(crate) type Positions = BTreeMap<String, (String, u64)>;
+
+/// Reads a `Last-Event-ID`: `<epoch>:<offset>` for a stream of one room, or
+/// `<slug>/<epoch>:<offset>` entries joined by `,` for several. Entries for other rooms, and
+/// malformed ones, are ignored (those rooms join live).
+pub(crate) fn parse_last_event_id(id: &str, rooms: &[String]) -> Positions {
+    let mut out = Positions::new();
+    for entry in id.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (slug, rest) = match entry.split_once('/') {
+            Some((slug, rest)) => (slug.to_string(), rest),
+            None if rooms.len() == 1 => (rooms[0].clone(), entry),
+            None => continue,
+        };
+        let Some((epoch, offset)) = rest.rsplit_once(':') else {
+            continue;
+        };
+        let Ok(offset) = offset.parse::<u64>() else { continue };
+        if epoch.is_empty() || !rooms.contains(&slug) {
+            continue;
+        }
+        out.insert(slug, (epoch.to_string(), offset));
+    }
+    out
+}
+
+/// The `id:` of a stream at `positions`; `None` before it has any.
+pub(crate) fn event_id(positions: &Positions, single: bool) -> Option<String> {
+    if positions.is_empty() {
+        return None;
+    }
+    if single && positions.len() == 1 {
+        let (epoch, offset) = positions.values().next()?;
+        return Some(format!("{epoch}:{offset}"));
+    }
+    let parts: Vec<String> = positions
+        .iter()
+        .map(|(slug, (epoch, offset))| format!("{slug}/{epoch}:{offset}"))
+        .collect();
+    Some(parts.join(","))
+}
+
+/// The fields of a message the SSE framing needs (the rest is passed through as it is).
+#[derive(Deserialize)]
+struct Head {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    collection: Option<String>,
+    offset: Option<u64>,
+    epoch: Option<String>,
+    /// An ack's `positions` (`{ [slug]: { offset, epoch } }`).
+    positions: Option<BTreeMap<String, Position>>,
+}
+
+#[derive(Deserialize)]
+struct Position {
+    offset: u64,
+    epoch: String,
+}
+
+/// Appends one message (a queued frame's JSON) to `out` as an SSE message, moving `positions`
+/// on for an event of a room with history (or a join's ack). `event:` is the message's `type`
+/// when it is a plain token; the data is one line (JSON never holds a raw newline).
+pub(crate) fn write_message(out: &mut BytesMut, json: &[u8], positions: &mut Positions, single: bool) {
+    let head: Option<Head> = serde_json::from_slice(json).ok();
+    let mut moved = false;
+    if let Some(head) = &head {
+        if let (Some(c), Some(o), Some(e)) = (&head.collection, head.offset, &head.epoch) {
+            positions.insert(c.clone(), (e.clone(), o));
+            moved = true;
+        }
+        if head.kind.as_deref() == Some("ack") {
+            for (c, p) in head.positions.iter().flatten() {
+                positions.insert(c.clone(), (p.epoch.clone(), p.offset));
+                moved = true;
+            }
+        }
+    }
+    let kind = head.as_ref().and_then(|h| h.kind.as_deref());
+    if let Some(kind) = kind.filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_graphic())) {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(b"\n");
+    }
+    if moved {
+        if let Some(id) = event_id(positions, single) {
+            out.extend_from_slice(b"id: ");
+            out.extend_from_slice(id.as_bytes());
+            out.extend_from_slice(b"\n");
+        }
+    }
+    // Serialized JSON has no raw line breaks; one split anyway keeps the framing whole if a
+    // host's broadcast was pretty-printed.
+    for line in json.split(|&b| b == b'\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+        out.extend_from_slice(b"\n");
+    }
+    out.extend_from_slice(b"\n");
+}
+
+/// Appends the last message of a stream: `event: close` with the close frame's code and reason.
+pub(crate) fn write_close(out: &mut BytesMut, close_frame: &[u8]) {
+    let payload = protocol::payload(close_frame);
+    let (code, reason) = match payload {
+        [a, b, rest @ ..] => (u16::from_be_bytes([*a, *b]), String::from_utf8_lossy(rest).into_owned()),
+        _ => (close_code::NORMAL, String::new()),
+    };
+    let json = serde_json::json!({ "type": "close", "code": code, "reason": reason }).to_string();
+    out.extend_from_slice(b"event: close\ndata: ");
+    out.extend_from_slice(json.as_bytes());
+    out.extend_from_slice(b"\n\n");
+}
+
+/// The response body of one SSE stream: the peer's writer for as long as it is polled.
+pub(crate) struct SseBody {
+    hub: Arc<Hub>,
+    peer: Arc<Peer>,
+    /// Kept for the stream's life: its place in the connection limits.
+    _slot: Slot,
+    /// Kept for the stream's life: a drain waits for it as for a socket.
+    _token: tokio_util::task::task_tracker::TaskTrackerToken,
+    /// Joins and leaves sent on the stream's behalf (only the first join).
+    _requests: Requests,
+    positions: Positions,
+    single: bool,
+    heartbeat: Duration,
+    timer: Pin<Box<Sleep>>,
+    /// The first poll writes a comment at once (the client sees the stream open).
+    started: bool,
+    done: bool,
+}
+
+impl SseBody {
+    /// Opens a stream for a registered peer: joins `rooms` (recovering from `last` where given)
+    /// as the socket message `join-collection` does.
+    pub(crate) fn open(
+        hub: Arc<Hub>,
+        peer: Arc<Peer>,
+        slot: Slot,
+        token: tokio_util::task::task_tracker::TaskTrackerToken,
+        rooms: Vec<String>,
+        last: Positions,
+    ) -> SseBody {
+        Stats::add(&hub.stats.connections, 1);
+        Stats::add(&hub.stats.connections_total, 1);
+        // Never written to a socket by the shared writers: every push past the bound is the
+        // client not reading (see the module's note).
+        peer.outbound.mark_blocked();
+        let mut requests = Requests::new(hub.clone(), peer.clone());
+        let mut join = serde_json::json!({ "type": "join-collection", "id": "sse", "data": rooms });
+        if !last.is_empty() {
+            let since: serde_json::Map<String, serde_json::Value> = last
+                .iter()
+                .map(|(c, (epoch, offset))| (c.clone(), serde_json::json!({ "offset": offset, "epoch": epoch })))
+                .collect();
+            join["since"] = serde_json::Value::Object(since);
+        }
+        requests.on_text(join.to_string().as_bytes());
+        let heartbeat = hub
+            .config
+            .idle_timeout
+            .map_or(HEARTBEAT, |idle| (idle / 2).min(HEARTBEAT));
+        let heartbeat = heartbeat.max(Duration::from_millis(100));
+        let timer = Box::pin(tokio::time::sleep(heartbeat));
+        SseBody {
+            single: rooms.len() == 1,
+            positions: last,
+            heartbeat,
+            timer,
+            started: false,
+            done: false,
+            _slot: slot,
+            _token: token,
+            _requests: requests,
+            hub,
+            peer,
+        }
+    }
+
+    /// Due at the next heartbeat, or at the token's expiry when sooner.
+    fn next_wake(&self) -> Instant {
+        let beat = Instant::now() + self.heartbeat;
+        match self.peer.expires_at.load(Ordering::Relaxed) {
+            0 => beat,
+            exp => beat.min(Instant::now() + Duration::from_secs(exp.saturating_sub(now_secs()))),
+        }
+    }
+}
+
+impl Body for SseBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if this.done || this.peer.outbound.is_cut() {
+            this.done = true;
+            return Poll::Ready(None);
+        }
+        let out = &this.peer.outbound;
+        out.register(cx.waker());
+        let mut buf = BytesMut::new();
+        if !this.started {
+            this.started = true;
+            buf.extend_from_slice(b": stream open\n\n");
+        }
+        let (frames, ending) = out.take_all();
+        let mut sent = 0u64;
+        for frame in &frames {
+            // Pings and pongs are a socket's; a stream has its heartbeat comments.
+            if frame.first().map(|b| b & 0x0F) == Some(0x1) {
+                write_message(&mut buf, protocol::payload(frame), &mut this.positions, this.single);
+                sent += 1;
+            }
+        }
+        if sent > 0 {
+            Stats::add(&this.hub.stats.messages_out, sent);
+        }
+        if let Some(close) = ending {
+            write_close(&mut buf, &close);
+            this.done = true;
+        }
+        if buf.is_empty() {
+            loop {
+                match this.timer.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(()) => {
+                        let exp = this.peer.expires_at.load(Ordering::Relaxed);
+                        let at = this.next_wake();
+                        this.timer.as_mut().reset(at);
+                        if exp != 0 && exp <= now_secs() {
+                            this.hub.registry.remove_peer(&this.peer);
+                            this.peer.outbound.close(close_code::TOKEN_EXPIRED, "token expired");
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                        buf.extend_from_slice(b":\n\n");
+                        break;
+                    }
+                }
+            }
+        } else {
+            let at = this.next_wake();
+            this.timer.as_mut().reset(at);
+        }
+        Stats::add(&this.hub.stats.bytes_out, buf.len() as u64);
+        Poll::Ready(Some(Ok(Frame::data(buf.freeze()))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+impl Drop for SseBody {
+    fn drop(&mut self) {
+        self.hub.registry.remove_peer(&self.peer);
+        self.peer.outbound.close(close_code::NORMAL, "");
+        if self.hub.stats.connections.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.hub
+                .memory
+                .on_idle(self.hub.stats.connections_total.load(Ordering::Relaxed));
+        }
+    }
+}
+
+/// The headers of a stream's response (with CORS for an allowed page of another origin:
+/// the credential rules were applied already, so echoing the origin gives nothing away).
+pub(crate) fn response<B>(req: &Request<()>, body: B) -> Response<B> {
+    let mut builder = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-cache, no-transform")
+        .header("x-accel-buffering", "no");
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        builder = builder
+            .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone())
+            .header(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")
+            .header(header::VARY, "Origin");
+    }
+    builder.body(body).expect("static response parts are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(json: &str, positions: &mut Positions, single: bool) -> String {
+        let mut out = BytesMut::new();
+        write_message(&mut out, json.as_bytes(), positions, single);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn an_event_is_one_message_named_by_its_type() {
+        let mut p = Positions::new();
+        let s = framed(r#"{"type":"create","collection":"posts","id":1}"#, &mut p, true);
+        assert_eq!(
+            s,
+            "event: create\ndata: {\"type\":\"create\",\"collection\":\"posts\",\"id\":1}\n\n"
+        );
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn an_event_with_history_carries_the_streams_position() {
+        let mut p = Positions::new();
+        let one = r#"{"type":"update","collection":"posts","offset":7,"epoch":"e1"}"#;
+        assert!(framed(one, &mut p, true).contains("\nid: e1:7\n"));
+        let mut p = Positions::new();
+        p.insert("comments".into(), ("e2".into(), 3));
+        let s = framed(one, &mut p, false);
+        assert!(s.contains("\nid: comments/e2:3,posts/e1:7\n"), "{s}");
+    }
+
+    #[test]
+    fn an_ack_sets_every_rooms_position() {
+        let mut p = Positions::new();
+        let ack = r#"{"type":"ack","id":"sse","positions":{"posts":{"offset":4,"epoch":"a"},"pages":{"offset":0,"epoch":"b"}}}"#;
+        let s = framed(ack, &mut p, false);
+        assert!(s.starts_with("event: ack\nid: pages/b:0,posts/a:4\n"), "{s}");
+    }
+
+    #[test]
+    fn a_line_break_in_the_data_stays_inside_the_message() {
+        let mut p = Positions::new();
+        let s = framed("{\"type\":\"x\",\n\"a\":1}", &mut p, true);
+        assert_eq!(s, "event: x\ndata: {\"type\":\"x\",\ndata: \"a\":1}\n\n");
+        // A type that is not a plain token is not an event name (the data still says it).
+        let s = framed(r#"{"type":"a b\nevent: evil"}"#, &mut p, true);
+        assert!(s.starts_with("data: "), "{s}");
+    }
+
+    #[test]
+    fn a_close_is_the_last_message_with_its_code() {
+        let mut out = BytesMut::new();
+        write_close(&mut out, &protocol::close_frame(4003, "session revoked"));
+        let text = std::str::from_utf8(&out).unwrap();
+        let data = text.strip_prefix("event: close\ndata: ").unwrap().strip_suffix("\n\n").unwrap();
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v, serde_json::json!({ "type": "close", "code": 4003, "reason": "session revoked" }));
+    }
+
+    #[test]
+    fn last_event_ids_are_read_for_one_or_many_rooms() {
+        let one = vec!["posts".to_string()];
+        let p = parse_last_event_id("inst1-0:12", &one);
+        assert_eq!(p.get("posts"), Some(&("inst1-0".to_string(), 12)));
+        let many = vec!["posts".to_string(), "pages".to_string()];
+        let p = parse_last_event_id("posts/a-1:3,pages/b-2:9,other/c:1,bad,posts/x:y", &many);
+        assert_eq!(p.len(), 2);
+        assert_eq!(p.get("pages"), Some(&("b-2".to_string(), 9)));
+        assert!(parse_last_event_id("a-1:3", &many).is_empty());
+        assert_eq!(
+            event_id(&parse_last_event_id("posts/a:3,pages/b:9", &many), false).unwrap(),
+            "pages/b:9,posts/a:3"
+        );
+    }
+
+    #[test]
+    fn rooms_and_paths_are_checked() {
+        assert_eq!(
+            rooms_of(Some("rooms=posts,comments,posts")).unwrap(),
+            vec!["posts", "comments"]
+        );
+        assert_eq!(
+            rooms_of(Some("x=1&rooms=posts%2Cpages")).unwrap(),
+            vec!["posts", "pages"]
+        );
+        assert!(rooms_of(Some("rooms=")).is_err());
+        assert!(rooms_of(None).is_err());
+        assert!(rooms_of(Some("rooms=po%20sts")).is_err());
+        let get = |uri: &str| Request::get(uri).body(()).unwrap();
+        assert!(is_sse_request(Some("/realtime"), &get("/realtime/sse?rooms=a")));
+        assert!(!is_sse_request(Some("/realtime"), &get("/other/sse")));
+        assert!(is_sse_request(None, &get("/sse")));
+        assert!(!is_sse_request(None, &get("/ssex")));
+    }
+}
