@@ -290,3 +290,75 @@ test('a real browser EventSource, cross-origin with ?token=, gets the events', T
     await browser.close()
   }
 })
+
+/** A proxy that refuses WebSocket upgrades and passes plain requests on (a network that blocks WebSockets). */
+async function blockingProxy(target) {
+  const sockets = new Set()
+  const server = http.createServer((req, res) => {
+    const up = http.request(
+      { host: '127.0.0.1', port: target, path: req.url, method: req.method, headers: req.headers, agent: false },
+      (r) => {
+        res.writeHead(r.statusCode, r.headers)
+        r.pipe(res)
+      },
+    )
+    up.on('error', () => res.destroy())
+    res.on('close', () => up.destroy())
+    req.pipe(up)
+  })
+  server.on('connection', (s) => {
+    sockets.add(s)
+    s.on('close', () => sockets.delete(s))
+  })
+  server.on('upgrade', (req, socket) => socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n'))
+  await new Promise((r) => server.listen(0, '127.0.0.1', r))
+  return {
+    port: server.address().port,
+    cut: () => sockets.forEach((s) => s.destroy()),
+    close: () => {
+      sockets.forEach((s) => s.destroy())
+      return new Promise((r) => server.close(r))
+    },
+  }
+}
+
+test('the SDK falls back to SSE when upgrades are blocked: subscribe, recovery, requests', T, async () => {
+  const { createRealtimeClient } = await import('../lib/client/index.mjs')
+  const { default: WebSocket } = await import('ws')
+  await withServer({ includeCollections: ['posts'], history: { posts: { size: 100 } } }, async (ctx) => {
+    const proxy = await blockingProxy(ctx.manager.port)
+    const client = createRealtimeClient({
+      url: `ws://127.0.0.1:${proxy.port}/`,
+      WebSocket,
+      token: makeToken({ id: 'ivy' }),
+      reconnect: { initialDelay: 10, maxDelay: 50 },
+    })
+    const transports = []
+    client.on('transport', (t) => transports.push(t.transport))
+    const got = []
+    try {
+      client.subscribe('posts', (e) => got.push(e.id))
+      await waitUntil(() => client.status === 'open' && client.transport === 'sse', { label: 'open over SSE' })
+      await waitUntil(() => ctx.manager.stats().connections === 1, { label: 'the stream at the server' })
+      // A join is answered before events flow: the first emit below reaches the stream.
+      await waitUntil(() => ctx.manager.getSocketsInRoom('collection:posts').length === 1)
+      for (let i = 1; i <= 3; i++) await ctx.manager.emitEvent({ type: 'create', collection: 'posts', id: i })
+      await waitUntil(() => got.length === 3, { label: 'three events through the fallback' })
+      await assert.rejects(client.request('whoami'), { code: 'transport-unsupported' })
+
+      // The stream breaks (the proxy drops it); events go on; the client recovers them once.
+      proxy.cut()
+      await waitUntil(() => ctx.manager.stats().connections === 0, { label: 'the stream gone' })
+      for (let i = 4; i <= 6; i++) await ctx.manager.emitEvent({ type: 'create', collection: 'posts', id: i })
+      await waitUntil(() => ctx.manager.getSocketsInRoom('collection:posts').length === 1, { label: 'back' })
+      await ctx.manager.emitEvent({ type: 'create', collection: 'posts', id: 7 })
+      await waitUntil(() => got.length === 7, { label: 'missed and live events' })
+      assert.deepEqual(got, [1, 2, 3, 4, 5, 6, 7])
+      assert.equal(client.transport, 'sse')
+      assert.ok(transports.includes('sse'))
+    } finally {
+      client.disconnect()
+      await proxy.close()
+    }
+  })
+})

@@ -190,6 +190,14 @@ export interface RealtimeClientOptions {
    * waiting out the backoff, or check an open connection with a ping (default true).
    */
   reconnectOnResume?: boolean
+  /**
+   * How to connect: a WebSocket, then Server-Sent Events (`GET <path>/sse`) when a WebSocket
+   * handshake cannot be made (default `['websocket', 'sse']`). Over SSE, requests other than
+   * joins, leaves and pings reject with the code `transport-unsupported`.
+   */
+  transports?: Array<'websocket' | 'sse'>
+  /** The fetch the SSE transport uses (default `globalThis.fetch`). */
+  fetch?: typeof fetch
 }
 
 /**
@@ -226,6 +234,8 @@ export interface ClientEvents {
   message: (message: ServerMessage) => void
   /** A retry made at once, skipping the backoff delay: back `online`, or the page `visible`. */
   resume: (info: { reason: 'online' | 'visible' }) => void
+  /** The transport changed: `'sse'` after a WebSocket handshake failed, back to `'websocket'` when SSE failed too. */
+  transport: (info: { transport: 'websocket' | 'sse'; code: number }) => void
   /**
    * Events missed while away could not be replayed (the room keeps no history, the history was
    * trimmed, or the server restarted; `reason` `"Limited"` or `"TooManyEvents"` past the server's
@@ -239,6 +249,8 @@ export interface ClientEvents {
 export declare class RealtimeClient {
   constructor(options: RealtimeClientOptions)
   readonly status: ConnectionStatus
+  /** What the client connects with: `'sse'` after falling back from a blocked WebSocket. */
+  readonly transport: 'websocket' | 'sse'
   /** The collections subscribed to. */
   readonly collections: string[]
   /**

@@ -5,6 +5,8 @@
 // subscriptions made while offline and rooms held before a reconnect are (re)joined the same way.
 // Nothing here throws into user code: failures are `error` events (see `RealtimeClientError`).
 
+import { SseTransport } from './sse.mjs'
+
 const EVENT_TYPES = new Set(['create', 'update', 'delete'])
 
 /** Close codes with a meaning for the client (see the contract). */
@@ -135,6 +137,16 @@ function connectUrl(url, token, tokenInUrl) {
   return u.toString()
 }
 
+function transportsOption(transports) {
+  if (transports === undefined) return ['websocket', 'sse']
+  const ok =
+    Array.isArray(transports) && transports.length > 0 && transports.every((t) => t === 'websocket' || t === 'sse')
+  if (!ok) {
+    throw new TypeError("payload-realtime/client: `transports` is a non-empty list of 'websocket' and 'sse'")
+  }
+  return [...new Set(transports)]
+}
+
 function normalizeUrl(url) {
   if (typeof url !== 'string' || url === '') throw new TypeError('payload-realtime/client: `url` is required')
   const u = new URL(url, typeof location !== 'undefined' ? location.href : undefined)
@@ -188,6 +200,9 @@ function reconnectOptions(reconnect) {
  * - `liveness`: `false`, or `{ interval, timeout }` (see `DEFAULT_LIVENESS`)
  * - `reconnectOnResume`: reconnect at once, skipping the backoff delay, when the browser comes
  *   back online or the page becomes visible again (default true; only where `window` exists)
+ * - `transports`: `['websocket', 'sse']` (default): a WebSocket, and Server-Sent Events when a
+ *   WebSocket handshake cannot be made (blocked by a proxy); `['sse']` or `['websocket']` for one
+ * - `fetch`: the fetch implementation the SSE transport uses (default `globalThis.fetch`)
  */
 export function createRealtimeClient(options) {
   return new RealtimeClient(options)
@@ -204,6 +219,10 @@ export class RealtimeClient {
     this._getToken = options.getToken ?? null
     this._tokenInUrl = options.tokenInUrl === true
     this._WebSocket = options.WebSocket ?? null
+    this._transports = transportsOption(options.transports)
+    this._fetch = options.fetch ?? null
+    /** @type {'websocket' | 'sse'} the transport of the next connection attempts */
+    this._transport = this._transports[0]
     this._reconnect = reconnectOptions(options.reconnect)
     this._requestTimeout = options.requestTimeout ?? DEFAULT_REQUEST_TIMEOUT
     this._random = typeof options.random === 'function' ? options.random : Math.random
@@ -245,6 +264,11 @@ export class RealtimeClient {
   /** `'connecting' | 'open' | 'reconnecting' | 'closed'` */
   get status() {
     return this._status
+  }
+
+  /** `'websocket'` or `'sse'`: what the client connects with (SSE after a WebSocket fallback). */
+  get transport() {
+    return this._transport
   }
 
   /** The collections this client is subscribed to. */
@@ -549,7 +573,9 @@ export class RealtimeClient {
   connect() {
     if (this._wanted) return
     const WS = this._WebSocket ?? globalThis.WebSocket
-    if (typeof WS !== 'function') {
+    if (typeof WS !== 'function' && this._sseAvailable()) {
+      this._transport = 'sse'
+    } else if (typeof WS !== 'function') {
       throw new TypeError(
         'payload-realtime/client: no WebSocket implementation; pass `WebSocket` (e.g. from the `ws` package on Node 20)',
       )
@@ -715,10 +741,14 @@ export class RealtimeClient {
       this._tokenExpired = false
     }
 
-    const inMessage = hasToken(token) && !this._tokenInUrl
+    const sse = this._transport === 'sse'
+    const inMessage = hasToken(token) && !this._tokenInUrl && !sse
     let ws
+    let opened = false
     try {
-      ws = new this._WebSocket(connectUrl(this._url, token, this._tokenInUrl))
+      ws = sse
+        ? new SseTransport({ url: this._url, token, fetch: this._fetch ?? undefined })
+        : new this._WebSocket(connectUrl(this._url, token, this._tokenInUrl))
     } catch (err) {
       this._error('connect-failed', `could not open a WebSocket: ${errorMessage(err)}`, { cause: err })
       this._scheduleReconnect({ code: 0, reason: 'WebSocket constructor failed' })
@@ -728,6 +758,7 @@ export class RealtimeClient {
     this._watch(ws)
     let closed = false
     ws.onopen = () => {
+      opened = true
       if (this._ws !== ws) return
       if (!inMessage) return this._onOpen()
       // First-message auth: the socket is ours once the server acks the token (a refusal
@@ -762,8 +793,22 @@ export class RealtimeClient {
       closed = true
       if (this._ws !== ws) return
       this._ws = null
+      if (!sse && !opened && this._transports.includes('sse') && this._sseAvailable()) {
+        // The WebSocket handshake could not be made (a proxy that refuses upgrades, a network
+        // that blocks them): Server-Sent Events from the next attempt on.
+        this._transport = 'sse'
+        this._emit('transport', { transport: 'sse', code: event?.code ?? 1006 })
+      } else if (sse && !ws.streamed && this._transports.includes('websocket')) {
+        // No stream either (the server is down, or refused it): the WebSocket again next time.
+        this._transport = 'websocket'
+        this._emit('transport', { transport: 'websocket', code: event?.code ?? 1006 })
+      }
       this._onClose({ code: event?.code ?? 1006, reason: event?.reason ?? '', wasClean: Boolean(event?.wasClean) })
     }
+  }
+
+  _sseAvailable() {
+    return this._transports.includes('sse') && typeof (this._fetch ?? globalThis.fetch) === 'function'
   }
 
   _onOpen() {

@@ -1,0 +1,237 @@
+// The SSE transport of payload-realtime/client: an object shaped like the WebSocket the client
+// drives (onopen, onmessage, onclose, send, close), over `GET <path>/sse?rooms=...` read with
+// `fetch` (so the token goes in the Authorization header, never in a URL, and cookies work with
+// `credentials: 'include'`).
+//
+// An SSE stream names its rooms when it opens. The client's joins are gathered (those sent as
+// the transport opens go in one stream) and answered from the stream's own join ack; a join or
+// leave later opens a new stream with the new set of rooms, from the positions reached
+// (`Last-Event-ID`), so nothing is missed. `ping` is answered here (the server's heartbeats
+// keep the stream and its proxies alive; a broken stream ends the fetch). Anything else that
+// needs a socket (custom handlers, presence, `auth`) is answered with the error
+// `transport-unsupported`.
+
+/** The error code of a request that needs a WebSocket, made while connected over SSE. */
+export const TRANSPORT_UNSUPPORTED = 'transport-unsupported'
+
+/** The SSE endpoint for the client's WebSocket URL: same host and path, `/sse` appended. */
+export function sseUrl(wsUrl, rooms, lastEventId) {
+  const u = new URL(wsUrl)
+  u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:'
+  u.pathname = `${u.pathname.replace(/\/+$/, '')}/sse`
+  u.searchParams.delete('auth')
+  u.searchParams.delete('token')
+  u.searchParams.set('rooms', rooms.join(','))
+  if (lastEventId) u.searchParams.set('lastEventId', lastEventId)
+  return u.toString()
+}
+
+/** Parses SSE text as it arrives; `onMessage({ event, id, data })` for each message. */
+export function sseParser(onMessage) {
+  let buf = ''
+  return (chunk) => {
+    buf += chunk
+    let at
+    while ((at = buf.search(/\r?\n\r?\n/)) >= 0) {
+      const block = buf.slice(0, at)
+      buf = buf.slice(at).replace(/^\r?\n\r?\n/, '')
+      let event = 'message'
+      let id
+      const data = []
+      for (const line of block.split(/\r?\n/)) {
+        if (line === '' || line.startsWith(':')) continue
+        const colon = line.indexOf(':')
+        const field = colon < 0 ? line : line.slice(0, colon)
+        const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '')
+        if (field === 'event') event = value
+        else if (field === 'id') id = value
+        else if (field === 'data') data.push(value)
+      }
+      if (data.length > 0) onMessage({ event, id, data: data.join('\n') })
+    }
+  }
+}
+
+export class SseTransport {
+  /**
+   * `url`: the client's WebSocket URL; `token`: sent as `Authorization: JWT <token>` (none:
+   * the cookie); `fetch`: a fetch implementation (default `globalThis.fetch`).
+   */
+  constructor({ url, token, fetch }) {
+    this._url = url
+    this._token = token
+    this._fetch = fetch ?? globalThis.fetch
+    this.readyState = 0
+    /** A stream was answered (200): the transport works, whatever ends it later. */
+    this.streamed = false
+    this.onopen = null
+    this.onmessage = null
+    this.onclose = null
+    this.onerror = null
+    /** Joined collections, and where each stands (`{ epoch, offset }`, from the stream). */
+    this._rooms = new Map()
+    this._lastEventId = null
+    this._joins = [] // { id, collection, since } waiting for the stream's ack
+    this._reopen = null
+    this._abort = null
+    this._streamId = 0
+    // Open at once: the client then sends its joins, which decide the stream's rooms.
+    queueMicrotask(() => {
+      if (this.readyState !== 0) return
+      this.readyState = 1
+      this.onopen?.()
+    })
+  }
+
+  send(text) {
+    if (this.readyState !== 1) return
+    const msg = JSON.parse(text)
+    const reply = (m) => queueMicrotask(() => this.readyState === 1 && this.onmessage?.({ data: JSON.stringify(m) }))
+    switch (msg.type) {
+      case 'ping':
+        return reply({ type: 'pong', id: msg.id })
+      case 'join-collection':
+      case 'subscribe': {
+        const slugs = [].concat(msg.collection ?? msg.data ?? [])
+        for (const c of slugs) {
+          const since = msg.since?.epoch !== undefined ? msg.since : msg.since?.[c]
+          if (since && !this._rooms.get(c)) this._rooms.set(c, { epoch: since.epoch, offset: since.offset })
+          else if (!this._rooms.has(c)) this._rooms.set(c, null)
+        }
+        this._joins.push({ id: msg.id, collections: slugs, recovering: slugs.some((c) => this._rooms.get(c)) })
+        return this._restart()
+      }
+      case 'leave-collection':
+      case 'unsubscribe': {
+        for (const c of [].concat(msg.collection ?? msg.data ?? [])) this._rooms.delete(c)
+        if (msg.id !== undefined) reply({ type: 'ack', id: msg.id })
+        return this._restart()
+      }
+      default:
+        if (msg.id !== undefined) {
+          reply({
+            type: 'error',
+            code: TRANSPORT_UNSUPPORTED,
+            message: `"${msg.type}" needs a WebSocket; this client is connected over Server-Sent Events`,
+            id: msg.id,
+          })
+        }
+    }
+  }
+
+  close(code = 1000, reason = '') {
+    this._end({ code, reason, wasClean: true }, false)
+  }
+
+  /** Opens a stream for the rooms now wanted, once the joins sent together are in. */
+  _restart() {
+    if (this._reopen) return
+    this._reopen = Promise.resolve().then(() => {
+      this._reopen = null
+      if (this.readyState !== 1) return
+      this._abort?.abort()
+      if (this._rooms.size === 0) return
+      this._stream()
+    })
+  }
+
+  _lastId() {
+    const known = [...this._rooms].filter(([, p]) => p)
+    if (known.length === 0) return null
+    if (this._rooms.size === 1) return `${known[0][1].epoch}:${known[0][1].offset}`
+    return known.map(([c, p]) => `${c}/${p.epoch}:${p.offset}`).join(',')
+  }
+
+  async _stream() {
+    const id = ++this._streamId
+    const abort = new AbortController()
+    this._abort = abort
+    const rooms = [...this._rooms.keys()]
+    const headers = { accept: 'text/event-stream' }
+    if (this._token !== undefined && this._token !== null && this._token !== '') {
+      headers.authorization = `JWT ${this._token}`
+    }
+    let res
+    try {
+      res = await this._fetch(sseUrl(this._url, rooms, this._lastId()), {
+        headers,
+        credentials: 'include',
+        cache: 'no-store',
+        signal: abort.signal,
+      })
+    } catch (err) {
+      if (id === this._streamId && !abort.signal.aborted) this._fail(1006, `SSE request failed: ${err?.message ?? err}`)
+      return
+    }
+    if (id !== this._streamId) return abort.abort()
+    if (!res.ok || !res.body) {
+      let body = ''
+      try {
+        body = await res.text()
+      } catch {}
+      // As a refused WebSocket handshake: the client retries with its backoff (4004 for 401,
+      // which takes a fresh token from getToken).
+      return this._fail(res.status === 401 ? 4004 : 1006, `SSE refused (${res.status}) ${body}`.trim())
+    }
+    this.streamed = true
+    const parse = sseParser((m) => this._onSse(m, id))
+    const reader = res.body.pipeThrough(new TextDecoderStream()).getReader()
+    try {
+      for (;;) {
+        const { done, value } = await reader.read()
+        if (done || id !== this._streamId) break
+        parse(value)
+      }
+    } catch {
+      // aborted or broken: below
+    }
+    if (id === this._streamId && this.readyState === 1) this._fail(1006, 'the SSE stream ended')
+  }
+
+  _onSse({ event, id, data }, stream) {
+    if (stream !== this._streamId || this.readyState !== 1) return
+    let msg
+    try {
+      msg = JSON.parse(data)
+    } catch {
+      return this.onmessage?.({ data })
+    }
+    if (id) this._lastEventId = id
+    if (typeof msg.collection === 'string' && Number.isInteger(msg.offset) && typeof msg.epoch === 'string') {
+      if (this._rooms.has(msg.collection)) this._rooms.set(msg.collection, { epoch: msg.epoch, offset: msg.offset })
+    }
+    if (event === 'close') return this._end({ code: msg.code, reason: msg.reason ?? '', wasClean: true }, true)
+    if (event === 'ack' && msg.id === 'sse') {
+      for (const [c, p] of Object.entries(msg.positions ?? {})) {
+        if (this._rooms.has(c) && (!this._rooms.get(c) || msg.recovered === false)) this._rooms.set(c, p)
+      }
+      // Each join waiting gets its own ack, as over a socket.
+      for (const join of this._joins.splice(0)) {
+        if (join.id === undefined) continue
+        const ack = { type: 'ack', id: join.id, positions: msg.positions }
+        if (msg.recovered !== undefined && join.recovering) ack.recovered = msg.recovered
+        this.onmessage?.({ data: JSON.stringify(ack) })
+      }
+      return
+    }
+    if (msg.type === 'error' && msg.id === 'sse') {
+      for (const join of this._joins.splice(0)) {
+        if (join.id !== undefined) this.onmessage?.({ data: JSON.stringify({ ...msg, id: join.id }) })
+      }
+      return
+    }
+    this.onmessage?.({ data })
+  }
+
+  _fail(code, reason) {
+    this._end({ code, reason, wasClean: false }, true)
+  }
+
+  _end(info, notify) {
+    if (this.readyState === 3) return
+    this.readyState = 3
+    this._streamId++
+    this._abort?.abort()
+    if (notify) this.onclose?.(info)
+  }
+}
