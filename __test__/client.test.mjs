@@ -187,7 +187,8 @@ test('createRealtimeClient checks its options; with no WebSocket at all it says 
   assert.throws(() => createRealtimeClient({ url: 'ws://x/', WebSocket, getToken: 'nope' }), TypeError)
   assert.throws(() => createRealtimeClient({ url: 'ws://x/', WebSocket, reconnect: { maxDelay: -1 } }), TypeError)
   if (typeof globalThis.WebSocket !== 'function') {
-    assert.throws(() => createRealtimeClient({ url: 'ws://127.0.0.1:9/' }), /WebSocket/)
+    // Without SSE to fall back to (with it, the client connects over SSE).
+    assert.throws(() => createRealtimeClient({ url: 'ws://127.0.0.1:9/', transports: ['websocket'] }), /WebSocket/)
   }
   // Not connecting: nothing to clean up.
   const c = createRealtimeClient({ url: 'http://127.0.0.1:9/x', WebSocket, autoConnect: false })
@@ -228,7 +229,13 @@ function scriptedWebSocket() {
 
 function scriptedClient(options) {
   const { ScriptedWebSocket, sockets } = scriptedWebSocket()
-  const client = createRealtimeClient({ url: 'ws://realtime.invalid/', WebSocket: ScriptedWebSocket, ...options })
+  // WebSocket only: these scripts test its reconnect schedule, not the SSE fallback (sse.test.mjs).
+  const client = createRealtimeClient({
+    url: 'ws://realtime.invalid/',
+    WebSocket: ScriptedWebSocket,
+    transports: ['websocket'],
+    ...options,
+  })
   const log = { errors: [], statuses: [client.status], reconnecting: [] }
   client.on('error', (e) => log.errors.push(e))
   client.on('status', (s) => log.statuses.push(s))
