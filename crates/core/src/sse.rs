@@ -322,45 +322,36 @@ impl Body for SseBody {
             buf.extend_from_slice(b": stream open\n\n");
         }
         let (frames, ending) = out.take_all();
-        let mut sent = 0u64;
+        // Counted in `messagesOut` and `bytesOut` when queued, as for a socket.
         for frame in &frames {
             // Pings and pongs are a socket's; a stream has its heartbeat comments.
             if frame.first().map(|b| b & 0x0F) == Some(0x1) {
                 write_message(&mut buf, protocol::payload(frame), &mut this.positions, this.single);
-                sent += 1;
             }
-        }
-        if sent > 0 {
-            Stats::add(&this.hub.stats.messages_out, sent);
         }
         if let Some(close) = ending {
             write_close(&mut buf, &close);
             this.done = true;
         }
         if buf.is_empty() {
-            loop {
-                match this.timer.as_mut().poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(()) => {
-                        let exp = this.peer.expires_at.load(Ordering::Relaxed);
-                        let at = this.next_wake();
-                        this.timer.as_mut().reset(at);
-                        if exp != 0 && exp <= now_secs() {
-                            this.hub.registry.remove_peer(&this.peer);
-                            this.peer.outbound.close(close_code::TOKEN_EXPIRED, "token expired");
-                            cx.waker().wake_by_ref();
-                            return Poll::Pending;
-                        }
-                        buf.extend_from_slice(b":\n\n");
-                        break;
-                    }
-                }
+            if this.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
+            let exp = this.peer.expires_at.load(Ordering::Relaxed);
+            let at = this.next_wake();
+            this.timer.as_mut().reset(at);
+            if exp != 0 && exp <= now_secs() {
+                // Ends as a socket's would: 4001, then the close event on the next poll.
+                this.hub.registry.remove_peer(&this.peer);
+                this.peer.outbound.close(close_code::TOKEN_EXPIRED, "token expired");
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            buf.extend_from_slice(b":\n\n");
         } else {
             let at = this.next_wake();
             this.timer.as_mut().reset(at);
         }
-        Stats::add(&this.hub.stats.bytes_out, buf.len() as u64);
         Poll::Ready(Some(Ok(Frame::data(buf.freeze()))))
     }
 
@@ -453,9 +444,16 @@ mod tests {
         let mut out = BytesMut::new();
         write_close(&mut out, &protocol::close_frame(4003, "session revoked"));
         let text = std::str::from_utf8(&out).unwrap();
-        let data = text.strip_prefix("event: close\ndata: ").unwrap().strip_suffix("\n\n").unwrap();
+        let data = text
+            .strip_prefix("event: close\ndata: ")
+            .unwrap()
+            .strip_suffix("\n\n")
+            .unwrap();
         let v: serde_json::Value = serde_json::from_str(data).unwrap();
-        assert_eq!(v, serde_json::json!({ "type": "close", "code": 4003, "reason": "session revoked" }));
+        assert_eq!(
+            v,
+            serde_json::json!({ "type": "close", "code": 4003, "reason": "session revoked" })
+        );
     }
 
     #[test]
