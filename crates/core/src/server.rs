@@ -501,7 +501,7 @@ async fn open_sse(
             serde_json::json!({ "error": "bad-request", "reason": reason }).to_string(),
         )
     };
-    let rooms = crate::sse::rooms_of(req.uri().query()).map_err(bad)?;
+    let rooms = crate::sse::rooms_of(req.uri().query(), hub.config.max_rooms_per_socket).map_err(bad)?;
     if auth::auth_in_message(req.uri()).map_err(|r| refuse(hub, &r))? {
         return Err(bad(
             "an SSE stream sends nothing: give the token in the Authorization header, the cookie or ?token=".into(),

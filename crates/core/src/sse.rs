@@ -42,10 +42,6 @@ use crate::stats::Stats;
 /// short `idleTimeout` (half of it).
 const HEARTBEAT: Duration = Duration::from_secs(15);
 
-/// Most rooms one stream may name in `rooms=` (each a join, as over a socket; the server's
-/// `maxRoomsPerSocket` applies too).
-const MAX_ROOMS_IN_QUERY: usize = 64;
-
 /// Whether a request is for the SSE endpoint: `<path>/sse` (any path ending in `/sse` when no
 /// `path` is set, as a socket may connect on any path then).
 pub(crate) fn is_sse_request<B>(path: Option<&str>, req: &Request<B>) -> bool {
@@ -92,7 +88,8 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// The collections of `rooms=posts,comments`: `Err` says why the list is not acceptable.
-pub(crate) fn rooms_of(query: Option<&str>) -> Result<Vec<String>, String> {
+/// At most `max` of them (`maxRoomsPerSocket`, as for a socket's joins).
+pub(crate) fn rooms_of(query: Option<&str>, max: usize) -> Result<Vec<String>, String> {
     let Some(list) = query_param(query, "rooms") else {
         return Err("name the collections to follow: ?rooms=posts,comments".into());
     };
@@ -108,8 +105,8 @@ pub(crate) fn rooms_of(query: Option<&str>) -> Result<Vec<String>, String> {
     if rooms.is_empty() {
         return Err("`rooms` is empty: name the collections to follow".into());
     }
-    if rooms.len() > MAX_ROOMS_IN_QUERY {
-        return Err(format!("at most {MAX_ROOMS_IN_QUERY} rooms per stream"));
+    if rooms.len() > max {
+        return Err(format!("at most {max} rooms per stream (maxRoomsPerSocket)"));
     }
     Ok(rooms)
 }
@@ -475,16 +472,17 @@ mod tests {
     #[test]
     fn rooms_and_paths_are_checked() {
         assert_eq!(
-            rooms_of(Some("rooms=posts,comments,posts")).unwrap(),
+            rooms_of(Some("rooms=posts,comments,posts"), 2).unwrap(),
             vec!["posts", "comments"]
         );
         assert_eq!(
-            rooms_of(Some("x=1&rooms=posts%2Cpages")).unwrap(),
+            rooms_of(Some("x=1&rooms=posts%2Cpages"), 9).unwrap(),
             vec!["posts", "pages"]
         );
-        assert!(rooms_of(Some("rooms=")).is_err());
-        assert!(rooms_of(None).is_err());
-        assert!(rooms_of(Some("rooms=po%20sts")).is_err());
+        assert!(rooms_of(Some("rooms=a,b,c"), 2).is_err());
+        assert!(rooms_of(Some("rooms="), 9).is_err());
+        assert!(rooms_of(None, 9).is_err());
+        assert!(rooms_of(Some("rooms=po%20sts"), 9).is_err());
         let get = |uri: &str| Request::get(uri).body(()).unwrap();
         assert!(is_sse_request(Some("/realtime"), &get("/realtime/sse?rooms=a")));
         assert!(!is_sse_request(Some("/realtime"), &get("/other/sse")));
