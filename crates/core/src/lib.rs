@@ -35,6 +35,7 @@ pub mod hub;
 pub mod ingest;
 pub mod limits;
 pub mod log;
+pub mod longpoll;
 pub mod memory;
 pub mod metrics;
 pub mod outbound;

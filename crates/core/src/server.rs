@@ -421,7 +421,9 @@ async fn serve_http(hub: Arc<Hub>, stream: tokio::net::TcpStream, remote: Socket
         let tracker = tracker.clone();
         let streaming = service_streaming.clone();
         async move {
-            let mut response = if crate::sse::is_sse_request(hub.config.path.as_deref(), &req) {
+            let mut response = if crate::longpoll::is_poll_request(hub.config.path.as_deref(), &req) {
+                poll_route(hub, req, remote).await.map(Either::Left)
+            } else if crate::sse::is_sse_request(hub.config.path.as_deref(), &req) {
                 streaming.store(true, std::sync::atomic::Ordering::Relaxed);
                 sse_route(hub, req, remote, tracker).await
             } else {
@@ -491,6 +493,24 @@ async fn open_sse(
     remote: SocketAddr,
     sockets: &TaskTracker,
 ) -> Result<crate::sse::SseBody, Refused> {
+    let (peer, slot, rooms, last) = admit_stream(hub, req, remote).await?;
+    Ok(crate::sse::SseBody::open(
+        hub.clone(),
+        peer,
+        slot,
+        sockets.token(),
+        rooms,
+        last,
+    ))
+}
+
+/// What a stream or a poll is, once admitted: its registered peer, its place in the limits,
+/// its rooms, and where it stands in them (`Last-Event-ID`, `lastEventId=` or `cursor=`).
+type Admitted = (Arc<Peer>, Slot, Vec<String>, crate::sse::Positions);
+
+/// The checks of an upgrade for `GET <path>/sse` and `/poll`: path parameters, credentials,
+/// the Origin rule, limits, the host's `verifyUser`, revoked sessions.
+async fn admit_stream(hub: &Arc<Hub>, req: &Request<()>, remote: SocketAddr) -> Result<Admitted, Refused> {
     if hub.stopping.is_cancelled() {
         return Err(shutting_down(hub));
     }
@@ -540,18 +560,26 @@ async fn open_sse(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .or_else(|| crate::sse::query_param(req.uri().query(), "lastEventId"))
+        .or_else(|| crate::sse::query_param(req.uri().query(), "cursor"))
         .map(|id| crate::sse::parse_last_event_id(&id, &rooms))
         .unwrap_or_default();
     let peer = hub.new_peer(user, user_value);
     hub.registry.add_peer(peer.clone());
-    Ok(crate::sse::SseBody::open(
-        hub.clone(),
-        peer,
-        slot,
-        sockets.token(),
-        rooms,
-        last,
-    ))
+    Ok((peer, slot, rooms, last))
+}
+
+/// `GET <path>/poll`: admitted as a stream, answered by [`crate::longpoll`].
+async fn poll_route(hub: Arc<Hub>, req: Request<Incoming>, remote: SocketAddr) -> Response<Full<Bytes>> {
+    let (parts, _) = req.into_parts();
+    let req = Request::from_parts(parts, ());
+    match admit_stream(&hub, &req, remote).await {
+        Ok((peer, slot, rooms, last)) => {
+            let body = crate::longpoll::answer(&hub, peer, rooms, last).await;
+            drop(slot);
+            crate::sse::response(&req, Full::new(Bytes::from(body)))
+        }
+        Err(refused) => refused.response(),
+    }
 }
 
 /// The listener of `/metrics` (with `/healthz` and `/readyz`) when it has a port of its own;

@@ -45,13 +45,18 @@ const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Whether a request is for the SSE endpoint: `<path>/sse` (any path ending in `/sse` when no
 /// `path` is set, as a socket may connect on any path then).
 pub(crate) fn is_sse_request<B>(path: Option<&str>, req: &Request<B>) -> bool {
+    is_get_of(path, req, "/sse")
+}
+
+/// A plain GET (no upgrade) of `<path><leaf>`, or of any path ending in `leaf` without `path`.
+pub(crate) fn is_get_of<B>(path: Option<&str>, req: &Request<B>, leaf: &str) -> bool {
     if req.method() != hyper::Method::GET || req.headers().contains_key(header::UPGRADE) {
         return false;
     }
     let p = req.uri().path();
     match path {
-        Some(base) => p.strip_suffix("/sse") == Some(base.trim_end_matches('/')),
-        None => p == "/sse" || p.ends_with("/sse"),
+        Some(base) => p.strip_suffix(leaf) == Some(base.trim_end_matches('/')),
+        None => p.ends_with(leaf),
     }
 }
 
@@ -163,6 +168,7 @@ struct Head {
     epoch: Option<String>,
     /// An ack's `positions` (`{ [slug]: { offset, epoch } }`).
     positions: Option<BTreeMap<String, Position>>,
+    recovered: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -176,31 +182,52 @@ struct Position {
 /// when it is a plain token; the data is one line (JSON never holds a raw newline).
 pub(crate) fn write_message(out: &mut BytesMut, json: &[u8], positions: &mut Positions, single: bool) {
     let head: Option<Head> = serde_json::from_slice(json).ok();
+    let moved = head.as_ref().is_some_and(|h| move_positions(h, positions));
+    let kind = head.as_ref().and_then(|h| h.kind.as_deref());
+    write_framed(out, json, kind, moved.then(|| event_id(positions, single)).flatten());
+}
+
+/// Moves `positions` on for a message: an event of a room with history, or a join's ack.
+fn move_positions(head: &Head, positions: &mut Positions) -> bool {
     let mut moved = false;
-    if let Some(head) = &head {
+    {
         if let (Some(c), Some(o), Some(e)) = (&head.collection, head.offset, &head.epoch) {
             positions.insert(c.clone(), (e.clone(), o));
             moved = true;
         }
         if head.kind.as_deref() == Some("ack") {
+            // A room being recovered keeps the position it came with: the replay moves it
+            // (taking the ack's, the room's latest, would skip the replay on a reconnect).
             for (c, p) in head.positions.iter().flatten() {
-                positions.insert(c.clone(), (p.epoch.clone(), p.offset));
-                moved = true;
+                if !positions.contains_key(c) || head.recovered == Some(false) {
+                    positions.insert(c.clone(), (p.epoch.clone(), p.offset));
+                    moved = true;
+                }
             }
         }
     }
-    let kind = head.as_ref().and_then(|h| h.kind.as_deref());
+    moved
+}
+
+/// Moves `positions` on for one message's JSON; whether it is an event of a collection.
+pub(crate) fn track(json: &[u8], positions: &mut Positions) -> bool {
+    let Ok(head) = serde_json::from_slice::<Head>(json) else {
+        return false;
+    };
+    move_positions(&head, positions);
+    head.collection.is_some() && matches!(head.kind.as_deref(), Some("create" | "update" | "delete"))
+}
+
+fn write_framed(out: &mut BytesMut, json: &[u8], kind: Option<&str>, id: Option<String>) {
     if let Some(kind) = kind.filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_graphic())) {
         out.extend_from_slice(b"event: ");
         out.extend_from_slice(kind.as_bytes());
         out.extend_from_slice(b"\n");
     }
-    if moved {
-        if let Some(id) = event_id(positions, single) {
-            out.extend_from_slice(b"id: ");
-            out.extend_from_slice(id.as_bytes());
-            out.extend_from_slice(b"\n");
-        }
+    if let Some(id) = id {
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(b"\n");
     }
     // Serialized JSON has no raw line breaks; one split anyway keeps the framing whole if a
     // host's broadcast was pretty-printed.
