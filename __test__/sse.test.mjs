@@ -362,3 +362,60 @@ test('the SDK falls back to SSE when upgrades are blocked: subscribe, recovery, 
     }
   })
 })
+
+/** A long poll: `{ status, json }`. */
+function poll(port, path, headers) {
+  return new Promise((resolve, reject) => {
+    http
+      .get({ host: '127.0.0.1', port, path, headers, agent: false }, (res) => {
+        let body = ''
+        res.on('data', (c) => (body += c))
+        res.on('end', () => resolve({ status: res.statusCode, json: JSON.parse(body) }))
+      })
+      .on('error', reject)
+  })
+}
+
+test('long polling: a cursor from the first poll, then every event after it, authorize applied', T, async () => {
+  const options = {
+    includeCollections: ['posts'],
+    history: { posts: { size: 100 } },
+    authorize: { posts: (user, event) => event.doc?.owner === user?.id },
+  }
+  await withServer(options, async (ctx) => {
+    const port = ctx.manager.port
+    const refused = await poll(port, '/poll?rooms=posts')
+    assert.equal(refused.status, 401)
+    const start = await poll(port, '/poll?rooms=posts', auth('jo'))
+    assert.equal(start.status, 200)
+    assert.equal(start.json.messages[0].type, 'ack')
+    let cursor = start.json.cursor
+    assert.match(cursor, /^posts\/.+:0$/)
+    for (const owner of ['jo', 'kim', 'jo']) {
+      await ctx.manager.emitEvent({ type: 'create', collection: 'posts', id: owner, doc: { owner } })
+    }
+    const got = []
+    while (got.length < 2) {
+      const r = await poll(port, `/poll?rooms=posts&cursor=${encodeURIComponent(cursor)}`, auth('jo'))
+      assert.equal(r.status, 200)
+      got.push(...r.json.messages.filter(isEvent))
+      cursor = r.json.cursor
+    }
+    assert.deepEqual(
+      got.map((e) => [e.offset, e.doc.owner]),
+      [
+        [1, 'jo'],
+        [3, 'jo'],
+      ],
+    )
+    // A poll waiting for the next event is answered when it comes.
+    const waiting = poll(port, `/poll?rooms=posts&cursor=${encodeURIComponent(cursor)}`, auth('jo'))
+    await waitUntil(() => ctx.manager.getSocketsInRoom('collection:posts').length === 1, { label: 'the poll waiting' })
+    await ctx.manager.emitEvent({ type: 'update', collection: 'posts', id: 'x', doc: { owner: 'jo' } })
+    const next = await waiting
+    assert.deepEqual(
+      next.json.messages.filter(isEvent).map((e) => e.offset),
+      [4],
+    )
+  })
+})
