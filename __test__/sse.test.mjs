@@ -337,7 +337,7 @@ test('the SDK falls back to SSE when upgrades are blocked: subscribe, recovery, 
     client.on('transport', (t) => transports.push(t.transport))
     const got = []
     try {
-      client.subscribe('posts', (e) => got.push(e.id))
+      const offPosts = client.subscribe('posts', (e) => got.push(e.id))
       await waitUntil(() => client.status === 'open' && client.transport === 'sse', { label: 'open over SSE' })
       await waitUntil(() => ctx.manager.stats().connections === 1, { label: 'the stream at the server' })
       // A join is answered before events flow: the first emit below reaches the stream.
@@ -356,6 +356,20 @@ test('the SDK falls back to SSE when upgrades are blocked: subscribe, recovery, 
       assert.deepEqual(got, [1, 2, 3, 4, 5, 6, 7])
       assert.equal(client.transport, 'sse')
       assert.ok(transports.includes('sse'))
+
+      // Leaving every room ends the stream quietly; a new subscription opens another.
+      const closes = []
+      client.on('close', (c) => closes.push(c))
+      offPosts()
+      await waitUntil(() => ctx.manager.stats().connections === 0, { label: 'the stream ended' })
+      assert.equal(client.status, 'open')
+      assert.deepEqual(closes, [])
+      const again = []
+      client.subscribe('posts', (e) => again.push(e.id))
+      await waitUntil(() => ctx.manager.getSocketsInRoom('collection:posts').length === 1, { label: 'rejoined' })
+      await ctx.manager.emitEvent({ type: 'create', collection: 'posts', id: 8 })
+      await waitUntil(() => again.includes(8), { label: 'an event on the new stream' })
+      assert.deepEqual(closes, [])
     } finally {
       client.disconnect()
       await proxy.close()

@@ -129,6 +129,8 @@ export class SseTransport {
     this._reopen = Promise.resolve().then(() => {
       this._reopen = null
       if (this.readyState !== 1) return
+      // The stream being replaced ends quietly (its reads see another stream id).
+      this._streamId++
       this._abort?.abort()
       if (this._rooms.size === 0) return
       this._stream()
