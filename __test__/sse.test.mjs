@@ -294,7 +294,9 @@ test('a real browser EventSource, cross-origin with ?token=, gets the events', T
 /** A proxy that refuses WebSocket upgrades and passes plain requests on (a network that blocks WebSockets). */
 async function blockingProxy(target) {
   const sockets = new Set()
+  const state = { down: false }
   const server = http.createServer((req, res) => {
+    if (state.down) return res.writeHead(503).end()
     const up = http.request(
       { host: '127.0.0.1', port: target, path: req.url, method: req.method, headers: req.headers, agent: false },
       (r) => {
@@ -314,6 +316,7 @@ async function blockingProxy(target) {
   await new Promise((r) => server.listen(0, '127.0.0.1', r))
   return {
     port: server.address().port,
+    state,
     cut: () => sockets.forEach((s) => s.destroy()),
     close: () => {
       sockets.forEach((s) => s.destroy())
@@ -346,10 +349,13 @@ test('the SDK falls back to SSE when upgrades are blocked: subscribe, recovery, 
       await waitUntil(() => got.length === 3, { label: 'three events through the fallback' })
       await assert.rejects(client.request('whoami'), { code: 'transport-unsupported' })
 
-      // The stream breaks (the proxy drops it); events go on; the client recovers them once.
+      // The stream breaks (the proxy drops it, and refuses for a while); events go on; the
+      // client recovers them once it is back.
+      proxy.state.down = true
       proxy.cut()
       await waitUntil(() => ctx.manager.stats().connections === 0, { label: 'the stream gone' })
       for (let i = 4; i <= 6; i++) await ctx.manager.emitEvent({ type: 'create', collection: 'posts', id: i })
+      proxy.state.down = false
       await waitUntil(() => ctx.manager.getSocketsInRoom('collection:posts').length === 1, { label: 'back' })
       await ctx.manager.emitEvent({ type: 'create', collection: 'posts', id: 7 })
       await waitUntil(() => got.length === 7, { label: 'missed and live events' })

@@ -514,10 +514,11 @@ impl Outbound {
         };
     }
 
-    /// For a writer that never writes to a socket itself (an SSE stream): every push past the
-    /// bound is the client not taking, so it evicts.
-    pub(crate) fn mark_blocked(&self) {
-        self.set_blocked(true);
+    /// For a writer that does not write to the socket itself (an SSE stream, whose bytes hyper
+    /// writes): `true` while what it handed over has not been taken further (see
+    /// [`Outbound::set_blocked`]).
+    pub(crate) fn mark_blocked(&self, blocked: bool) {
+        self.set_blocked(blocked);
     }
 
     /// Takes everything queued for a writer of another framing (an SSE stream): control frames

@@ -11,9 +11,10 @@
 //! `{ code, reason }` and the stream ends.
 //!
 //! The slow-consumer bound: hyper takes from the body only while its own write buffer has room
-//! (at most 16 buffers), so a client that stops reading leaves frames in the outbound queue;
-//! past `maxBackpressure` the stream is closed. Unlike a socket, an SSE stream cannot tell a
-//! slow server from a slow client, so one burst larger than the bound closes it too.
+//! (at most 16 buffers), and polls again at once while it has. So a stream whose last chunk
+//! was not followed by a poll is a client not reading (the queue's `blocked`): a push past
+//! `maxBackpressure` then closes it with 4008. A stream hyper has not polled yet since it was
+//! woken is the server behind, as for a socket ([`crate::outbound::Push::Behind`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -284,9 +285,6 @@ impl SseBody {
     ) -> SseBody {
         Stats::add(&hub.stats.connections, 1);
         Stats::add(&hub.stats.connections_total, 1);
-        // Never written to a socket by the shared writers: every push past the bound is the
-        // client not reading (see the module's note).
-        peer.outbound.mark_blocked();
         let mut requests = Requests::new(hub.clone(), peer.clone());
         let mut join = serde_json::json!({ "type": "join-collection", "id": "sse", "data": rooms });
         if !last.is_empty() {
@@ -339,6 +337,8 @@ impl Body for SseBody {
             return Poll::Ready(None);
         }
         let out = &this.peer.outbound;
+        // Polled: hyper has room for more, the client is taking what is written.
+        out.mark_blocked(false);
         out.register(cx.waker());
         let mut buf = BytesMut::new();
         if !this.started {
@@ -376,6 +376,9 @@ impl Body for SseBody {
             let at = this.next_wake();
             this.timer.as_mut().reset(at);
         }
+        // Until hyper polls again: it does at once while its buffer has room, and not while
+        // the client is not reading (then a push past the bound evicts).
+        out.mark_blocked(true);
         Poll::Ready(Some(Ok(Frame::data(buf.freeze()))))
     }
 
