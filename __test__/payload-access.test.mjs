@@ -219,3 +219,51 @@ test(
     }
   },
 )
+
+test('read access keys the collection room only: an app room named like a collection is the app’s', T, async () => {
+  // Without a `rooms` rule of its own, the app room `posts` is refused, although read access
+  // lets the member into the collection's room.
+  const bare = await startPayload({ plugin: { readAccess: { posts: true } } })
+  try {
+    const member = await bare.createUser('m@example.com', { role: 'member', team: 'red' })
+    const socket = await bare.connect(member.token, { label: 'member' })
+    await socket.join('posts')
+    const refused = await socket.request({ type: 'join', room: 'posts' })
+    assert.deepEqual([refused.type, refused.code], ['error', 'forbidden'])
+  } finally {
+    await bare.close()
+  }
+
+  // With one, the app room's events are the app's: Payload's read access (which would ask for
+  // a document these events do not have) does not judge them; the user's bare rule still
+  // judges both rooms, as documented.
+  const ctx = await startPayload({
+    plugin: {
+      readAccess: { posts: true },
+      rooms: { posts: (user) => Boolean(user) },
+      authorize: { posts: (user, event) => event.type !== 'secret' },
+    },
+  })
+  try {
+    const member = await ctx.createUser('m2@example.com', { role: 'member', team: 'red' })
+    const socket = await ctx.connect(member.token, { label: 'member' })
+    await socket.join('posts')
+    assert.equal((await socket.request({ type: 'join', room: 'posts' })).type, 'ack')
+    await ctx.manager.publish('posts', { type: 'secret' })
+    await ctx.manager.publish('posts', { type: 'notice', text: 'hello' })
+    const notice = await socket.waitFor((m) => m.type === 'notice')
+    assert.deepEqual(notice, { type: 'notice', text: 'hello', room: 'posts' })
+    assert.equal(socket.all.filter((m) => m.type === 'secret').length, 0)
+    // The collection's room still follows read access: another team's post never arrives.
+    const hidden = await ctx.payload.create({ collection: 'posts', data: { title: 'blue', team: 'blue' } })
+    const shown = await ctx.payload.create({ collection: 'posts', data: { title: 'red', team: 'red' } })
+    await ctx.settle([socket], 'posts')
+    assert.deepEqual(
+      socket.events('posts').map((e) => e.id),
+      [shown.id],
+    )
+    assert.notEqual(hidden.id, shown.id)
+  } finally {
+    await ctx.close()
+  }
+})

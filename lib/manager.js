@@ -145,7 +145,7 @@ function nativeOptions(port, options) {
     throw new TypeError('payload-realtime: `redis` must be { url?: string, prefix?: string } (or false)')
   }
   return {
-    joinRules: Object.keys(joinRules(options.rooms)),
+    joinRules: [...new Set(joinRules(options.rooms).map(([pattern]) => pattern))],
     history: historyRules(options.history),
     presence: presenceRooms(options.presence),
     presenceExpiry: optionalNumber(options, 'presenceExpiry', { min: 100 }),
@@ -301,7 +301,9 @@ function joinRules(rooms) {
       'payload-realtime: `rooms` must map collection slugs or room patterns to functions (user, room) => boolean',
     )
   }
-  return Object.fromEntries(Object.entries(rooms).flatMap(([key, rule]) => roomPatterns(key).map((p) => [p, rule])))
+  // A list, not an object: a bare `posts` and an explicit `collection:posts` both name the
+  // collection's room, and each of their rules must allow the join.
+  return Object.entries(rooms).flatMap(([key, rule]) => roomPatterns(key).map((p) => [p, rule]))
 }
 
 /** Whether `room` is named by `pattern` (a room name, or a prefix ending in `*`). */
@@ -748,7 +750,7 @@ class UWebSocketManager {
   /** The JS rules the native server calls back into; replaced by `_reconfigure`. */
   _setRules(options) {
     this._rules = { ...(options.authorize ?? {}) }
-    this._roomRules = Object.entries(joinRules(options.rooms))
+    this._roomRules = joinRules(options.rooms)
     this._verifyUser = options.verifyUser
     this._onConnect = options.onConnect
   }

@@ -299,21 +299,27 @@ function uWebSocketPlugin(options = {}) {
       }
     }
 
-    /** The authorize rules: the user's, and Payload's read access where `readAccess` asks for it. */
+    /**
+     * The authorize rules: the user's, and Payload's read access where `readAccess` asks for it.
+     * Read access is keyed by the collection's room (`collection:<slug>`), which the server
+     * prefers to a bare `<slug>` key, so an app room named like a collection never gets it; a
+     * user's bare `<slug>` rule still judges both, as documented.
+     */
     const buildAuthorize = (...ruleMaps) => {
-      const slugs = new Set(ruleMaps.flatMap((m) => Object.keys(m ?? {})))
-      for (const slug of include) if (readAccessFor(slug)) slugs.add(slug)
+      const keys = new Set(ruleMaps.flatMap((m) => Object.keys(m ?? {})))
       const rules = {}
-      for (const slug of slugs) {
+      for (const key of keys) {
         let rule
-        for (const m of ruleMaps) rule = bothRules(rule, m && m[slug])
-        if (readAccessFor(slug)) {
-          rule = bothRules(rule, async (user, event) => {
-            const answer = await readAccessDecision(state.payload, slug, event, user)
-            return isDocAnswer(answer) ? reshaped(slug, event, answer.doc) : answer
-          })
-        }
-        if (rule) rules[slug] = rule
+        for (const m of ruleMaps) rule = bothRules(rule, m && m[key])
+        if (rule) rules[key] = rule
+      }
+      for (const slug of include) {
+        if (!readAccessFor(slug)) continue
+        const room = `collection:${slug}`
+        rules[room] = bothRules(bothRules(rules[slug], rules[room]), async (user, event) => {
+          const answer = await readAccessDecision(state.payload, slug, event, user)
+          return isDocAnswer(answer) ? reshaped(slug, event, answer.doc) : answer
+        })
       }
       return rules
     }
@@ -327,9 +333,12 @@ function uWebSocketPlugin(options = {}) {
       for (const m of ruleMaps) {
         for (const [key, rule] of Object.entries(m ?? {})) rules[key] = bothJoinRules(rules[key], rule)
       }
+      // Keyed by the collection's room only: an app room named like a collection is the app's
+      // and needs a `rooms` rule of its own.
       for (const slug of include) {
         if (!readAccessFor(slug)) continue
-        rules[slug] = bothJoinRules(rules[slug], (user) => mayReadCollection(state.payload, slug, user))
+        const room = `collection:${slug}`
+        rules[room] = bothJoinRules(rules[room], (user) => mayReadCollection(state.payload, slug, user))
       }
       return rules
     }

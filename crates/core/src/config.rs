@@ -301,17 +301,19 @@ impl HostRules {
         self.authorize_collections.contains(collection)
     }
 
-    /// The key of the authorize rule that events of `room` ask, if one applies: a collection's
-    /// slug for its room; else the most specific key naming the room (its exact name, else the
-    /// longest `prefix*`), so that one answer never depends on a set's order.
+    /// The key of the authorize rule that events of `room` ask, if one applies: the most
+    /// specific key naming the room (its exact name, then for a collection's room its slug, else
+    /// the longest `prefix*`), so that one answer never depends on a set's order. The exact name
+    /// comes first so a host can give `collection:posts` a rule of its own (the plugin's read
+    /// access) that the app room `posts`, also named by a bare `posts` key, does not get.
     pub fn authorize_key(&self, room: &str) -> Option<String> {
+        if self.authorize_collections.contains(room) {
+            return Some(room.to_string());
+        }
         if let Some(slug) = crate::protocol::collection_of_room(room) {
             if self.authorizes(slug) {
                 return Some(slug.to_string());
             }
-        }
-        if self.authorize_collections.contains(room) {
-            return Some(room.to_string());
         }
         self.authorize_collections
             .iter()
@@ -414,6 +416,16 @@ mod tests {
         assert_eq!(key("orders:public").as_deref(), Some("orders:public"));
         assert_eq!(key("ops:1"), None);
         assert_eq!(key("collection:pages"), None);
+        let explicit = HostRules {
+            authorize_collections: ["posts", "collection:posts"].into_iter().map(String::from).collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            explicit.authorize_key("collection:posts").as_deref(),
+            Some("collection:posts"),
+            "the exact name is more specific than the slug"
+        );
+        assert_eq!(explicit.authorize_key("posts").as_deref(), Some("posts"));
         let bad = HostRules {
             authorize_collections: ["not a slug".to_string()].into_iter().collect(),
             ..Default::default()
