@@ -142,7 +142,7 @@ export interface ServerOptions {
   history?: HistoryPolicy | Record<string, HistoryPolicy>
   /**
    * Presence (opt-in): `true` for every collection, or a list of slugs / room patterns. Clients
-   * ask `{ type: 'presence', collection }` and members get `presence-join` / `presence-leave`.
+   * ask `{ type: 'presence', collection }` (or `room` for an app room) and members get `presence-join` / `presence-leave`.
    */
   presence?: boolean | string[]
   /** Milliseconds another instance's members count without a refresh (default 15000). */

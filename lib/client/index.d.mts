@@ -63,12 +63,16 @@ export interface ErrorMessage {
   id?: string | number
 }
 
-/** The reply to a `presence` request: who is in the room (distinct users). */
+/**
+ * The reply to a `presence` request (`{ type: 'presence', collection }` or `{ type: 'presence', room }`):
+ * who is in the room (distinct users).
+ */
 export interface PresenceMessage {
   type: 'presence'
   id?: string | number
   room: string
-  collection: string
+  /** Only for a collection's room. */
+  collection?: string
   members: RealtimeUser[]
 }
 

@@ -129,10 +129,12 @@ pub enum ClientMessage {
     Ping {
         id: Option<RequestId>,
     },
-    /// Who is in a collection's room.
+    /// Who is in a room: a collection's (`collection`) or an app room (`room`).
     Presence {
         id: Option<RequestId>,
-        collection: String,
+        room: String,
+        /// The collection's slug for a collection's room, else `None`.
+        collection: Option<String>,
     },
     /// A fresh token for the same user, before the current one expires.
     Auth {
@@ -243,17 +245,33 @@ pub fn parse_client_message(text: &[u8]) -> Result<ClientMessage, Rejection> {
         }
         "ping" => Ok(ClientMessage::Ping { id }),
         "presence" => {
+            // `room` names any room (a collection's too); else `collection` names one collection.
+            if let Some(room) = object.get("room") {
+                let room =
+                    match room {
+                        Value::String(r) if is_valid_room(r) => r.clone(),
+                        _ => return Err(Rejection::new(
+                            id,
+                            ErrorCode::BadMessage,
+                            "`room` must be a room name: 1 to 256 characters, no control characters, not ending in '*'",
+                        )),
+                    };
+                let collection = collection_of_room(&room).map(str::to_string);
+                return Ok(ClientMessage::Presence { id, room, collection });
+            }
             let mut collections = collections_of(&object, &id)?;
             if collections.len() != 1 {
                 return Err(Rejection::new(
                     id,
                     ErrorCode::BadMessage,
-                    "`presence` names one collection",
+                    "`presence` names one collection or one `room`",
                 ));
             }
+            let collection = collections.remove(0);
             Ok(ClientMessage::Presence {
                 id,
-                collection: collections.remove(0),
+                room: collection_room(&collection),
+                collection: Some(collection),
             })
         }
         "auth" => match object.get("token") {
@@ -416,15 +434,18 @@ pub fn recovery_failed(room: &str, collection: &str, reason: &str) -> Bytes {
     encode_value(&Value::Object(m))
 }
 
-/// `{ "type": "presence", "id"?, "room", "collection", "members" }`.
-pub fn presence(id: Option<&RequestId>, room: &str, collection: &str, members: Vec<Value>) -> Bytes {
+/// `{ "type": "presence", "id"?, "room", "collection"?, "members" }` (`collection` only for a
+/// collection's room).
+pub fn presence(id: Option<&RequestId>, room: &str, collection: Option<&str>, members: Vec<Value>) -> Bytes {
     let mut m = Map::new();
     m.insert("type".into(), Value::String("presence".into()));
     if let Some(id) = id {
         m.insert("id".into(), id.to_value());
     }
     m.insert("room".into(), Value::String(room.into()));
-    m.insert("collection".into(), Value::String(collection.into()));
+    if let Some(collection) = collection {
+        m.insert("collection".into(), Value::String(collection.into()));
+    }
     m.insert("members".into(), Value::Array(members));
     encode_value(&Value::Object(m))
 }

@@ -195,20 +195,23 @@ impl Requests {
         match message {
             ClientMessage::Ping { id } => self.reply(protocol::pong(id.as_ref())),
             ClientMessage::Auth { id, token } => self.refresh_token(id, token),
-            ClientMessage::Presence { id, collection } => {
-                if let Some(e) = self.unknown(std::slice::from_ref(&collection)) {
-                    return self.reply_error(ErrorCode::UnknownCollection, &e, id.as_ref());
+            ClientMessage::Presence { id, room, collection } => {
+                if let Some(slug) = &collection {
+                    if let Some(e) = self.unknown(std::slice::from_ref(slug)) {
+                        return self.reply_error(ErrorCode::UnknownCollection, &e, id.as_ref());
+                    }
                 }
-                let room = collection_room(&collection);
+                let name = collection.as_deref().unwrap_or(&room);
                 let Some(members) = hub.presence_members(&room) else {
-                    let msg = format!("presence is not enabled for {collection:?}");
+                    let msg = format!("presence is not enabled for {name:?}");
                     return self.reply_error(ErrorCode::BadMessage, &msg, id.as_ref());
                 };
+                // Only members see who is there: the same rules that let them in.
                 if !self.peer.in_room(&room) {
-                    let msg = format!("join {collection:?} to see who is there");
+                    let msg = format!("join {name:?} to see who is there");
                     return self.reply_error(ErrorCode::Forbidden, &msg, id.as_ref());
                 }
-                self.reply(protocol::presence(id.as_ref(), &room, &collection, members));
+                self.reply(protocol::presence(id.as_ref(), &room, collection.as_deref(), members));
             }
             ClientMessage::Join { id, collections, since } => {
                 if let Some(e) = self.unknown(&collections) {
