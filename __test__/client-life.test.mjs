@@ -32,6 +32,7 @@ const startServer = (options = {}) =>
 async function startProxy(port) {
   const links = []
   const server = net.createServer((down) => {
+    if (proxy.blocked) return down.destroy()
     const up = net.connect(port, '127.0.0.1')
     const link = { down, up, frozen: false }
     links.push(link)
@@ -48,11 +49,20 @@ async function startProxy(port) {
     up.on('error', () => {})
   })
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
-  return {
+  const proxy = {
     url: `ws://127.0.0.1:${server.address().port}/`,
     links,
+    /** While true, new connections are closed at once (the server is out of reach). */
+    blocked: false,
     freeze() {
       for (const link of links) link.frozen = true
+    },
+    /** Resets every connection made so far, as a network drop does. */
+    cut() {
+      for (const { down, up } of links) {
+        down.destroy()
+        up.destroy()
+      }
     },
     close() {
       for (const { down, up } of links) {
@@ -62,6 +72,7 @@ async function startProxy(port) {
       return new Promise((r) => server.close(r))
     },
   }
+  return proxy
 }
 
 /** A `ws` WebSocket class that records what the client sends. */
@@ -279,6 +290,42 @@ test('send(): a message without a reply; unsolicited errors are also messages', 
     assert.equal(messages[0].code, 'unknown-type')
   } finally {
     client.disconnect()
+    await manager.close()
+  }
+})
+
+test('app events missed while disconnected are recovered on reconnect, in order, once', T, async () => {
+  const manager = await startServer({ rooms: { 'orders:*': () => true }, history: { 'orders:*': { size: 100 } } })
+  const proxy = await startProxy(manager.port)
+  const shipped = []
+  const statuses = []
+  const client = createRealtimeClient({ url: proxy.url, token: makeToken({ id: 'clerk' }), WebSocket, reconnect: FAST })
+  client.on('status', (s) => statuses.push(s))
+  client.on('error', () => {})
+  const members = () => manager.getSocketsInRoom('orders:42').length
+  try {
+    client.subscribe('orders:42.shipped', (m) => shipped.push(m.n))
+    await waitUntil(() => client.status === 'open' && members() === 1, { label: 'joined orders:42' })
+    await manager.publish('orders:42', { type: 'shipped', n: 1 })
+    await waitUntil(() => shipped.length === 1, { label: 'the live event' })
+
+    // The network drops and the server stays out of reach: these are published to nobody.
+    proxy.blocked = true
+    proxy.cut()
+    await waitUntil(() => members() === 0 && client.status === 'reconnecting', { label: 'disconnected' })
+    for (const n of [2, 3, 4]) await manager.publish('orders:42', { type: 'shipped', n })
+    await manager.publish('orders:42', { type: 'packed', n: 0 })
+    assert.deepEqual(shipped, [1])
+
+    proxy.blocked = false
+    await waitUntil(() => client.status === 'open' && members() === 1, { label: 'rejoined' })
+    await manager.publish('orders:42', { type: 'shipped', n: 5 })
+    await waitUntil(() => shipped.includes(5), { label: 'the live event after the reconnect' })
+    assert.deepEqual(shipped, [1, 2, 3, 4, 5], 'the missed events, then live ones: no gap, no duplicate')
+    assert.ok(statuses.includes('reconnecting'))
+  } finally {
+    client.disconnect()
+    await proxy.close()
     await manager.close()
   }
 })
