@@ -170,6 +170,9 @@ async function requests(): Promise<void> {
   const reply = await client.request('sum', { a: 1, b: 2 }, { timeout: 1000 })
   const presence = await client.request<PresenceMessage>('presence', { collection: 'posts' })
   ;(void reply, presence.members)
+  const admins = await client.request<PresenceMessage>('presence', { room: 'role:admin' })
+  const adminsCollection: string | undefined = admins.collection
+  ;(void admins.room, adminsCollection)
   try {
     await client.request('nope')
   } catch (err) {
