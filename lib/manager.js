@@ -292,10 +292,10 @@ function roomPatterns(key) {
 
 /**
  * `rooms`: `{ [slug or room pattern]: (user, room) => boolean | Promise<boolean> }`, who may join
- * which rooms; keyed here by room pattern.
+ * which rooms; here a list of `[room pattern, rule]`.
  */
 function joinRules(rooms) {
-  if (rooms === undefined || rooms === null) return {}
+  if (rooms === undefined || rooms === null) return []
   if (!isPlainObject(rooms) || Object.values(rooms).some((f) => typeof f !== 'function')) {
     throw new TypeError(
       'payload-realtime: `rooms` must map collection slugs or room patterns to functions (user, room) => boolean',
