@@ -299,9 +299,18 @@ test('app events missed while disconnected are recovered on reconnect, in order,
   const proxy = await startProxy(manager.port)
   const shipped = []
   const statuses = []
-  const client = createRealtimeClient({ url: proxy.url, token: makeToken({ id: 'clerk' }), WebSocket, reconnect: FAST })
+  // WebSocket only: a refused handshake would otherwise fall back to SSE, which serves
+  // collection rooms only.
+  const client = createRealtimeClient({
+    url: proxy.url,
+    token: makeToken({ id: 'clerk' }),
+    WebSocket,
+    reconnect: FAST,
+    transports: ['websocket'],
+  })
   client.on('status', (s) => statuses.push(s))
-  client.on('error', () => {})
+  const errors = []
+  client.on('error', (e) => errors.push(e.code))
   const members = () => manager.getSocketsInRoom('orders:42').length
   try {
     client.subscribe('orders:42.shipped', (m) => shipped.push(m.n))
@@ -323,6 +332,7 @@ test('app events missed while disconnected are recovered on reconnect, in order,
     await waitUntil(() => shipped.includes(5), { label: 'the live event after the reconnect' })
     assert.deepEqual(shipped, [1, 2, 3, 4, 5], 'the missed events, then live ones: no gap, no duplicate')
     assert.ok(statuses.includes('reconnecting'))
+    assert.deepEqual(errors, [])
   } finally {
     client.disconnect()
     await proxy.close()
