@@ -774,4 +774,40 @@ mod tests {
             assert_eq!(parse(bad).unwrap_err().code, ErrorCode::BadMessage, "{bad}");
         }
     }
+
+    #[test]
+    fn presence_names_a_collection_or_a_room() {
+        let parse = |t: &str| parse_client_message(t.as_bytes());
+        let asked = |room: &str, collection: Option<&str>| ClientMessage::Presence {
+            id: None,
+            room: room.into(),
+            collection: collection.map(String::from),
+        };
+        assert_eq!(
+            parse(r#"{"type":"presence","collection":"posts"}"#).unwrap(),
+            asked("collection:posts", Some("posts"))
+        );
+        assert_eq!(
+            parse(r#"{"type":"presence","room":"collection:posts"}"#).unwrap(),
+            asked("collection:posts", Some("posts"))
+        );
+        assert_eq!(
+            parse(r#"{"type":"presence","room":"role:admin"}"#).unwrap(),
+            asked("role:admin", None)
+        );
+        for bad in [
+            r#"{"type":"presence"}"#,
+            r#"{"type":"presence","room":"chat:*"}"#,
+            r#"{"type":"presence","room":5}"#,
+            r#"{"type":"presence","data":["posts","pages"]}"#,
+        ] {
+            assert_eq!(parse(bad).unwrap_err().code, ErrorCode::BadMessage, "{bad}");
+        }
+        let reply = payload_of(&presence(None, "role:admin", None, Vec::new()));
+        assert_eq!(
+            reply,
+            serde_json::json!({"type": "presence", "room": "role:admin", "members": []}),
+            "no collection for an app room"
+        );
+    }
 }
