@@ -171,9 +171,10 @@ function uWebSocketPlugin(options = {}) {
       options.readAccess !== false &&
       !(isPlainObject(options.readAccess) && options.readAccess[slug] === false)
     // Locks name a document and its editor by id, which every signed-in user may read
-    // (Payload's own access for them).
+    // (Payload's own access for them). Keyed by the collection's room: an app room of that
+    // name is the app's.
     const signedIn = (user) => user !== null && user !== undefined
-    const lockRules = liveAdmin ? { [LOCKS]: signedIn } : {}
+    const lockRules = liveAdmin ? { [`collection:${LOCKS}`]: signedIn } : {}
 
     const isAuthSlug = new Set((config.collections ?? []).filter((c) => c.auth).map((c) => c.slug))
 
