@@ -188,12 +188,8 @@ impl NativeOptions {
             },
             worker_threads: self.worker_threads.map_or(d.worker_threads, |v| v as usize),
             host_rules: host_rules(self.include_collections, self.authorize_collections, self.join_rules),
-            authorize_timeout: self
-                .authorize_timeout
-                .map_or(d.authorize_timeout, |ms| Duration::from_millis(ms as u64)),
-            handler_timeout: self
-                .handler_timeout
-                .map_or(d.handler_timeout, |ms| Duration::from_millis(ms as u64)),
+            authorize_timeout: millis(self.authorize_timeout, d.authorize_timeout),
+            handler_timeout: millis(self.handler_timeout, d.handler_timeout),
             max_messages_per_second: self.max_messages_per_second.unwrap_or(d.max_messages_per_second),
             max_rooms_per_socket: self.max_rooms_per_socket.map_or(d.max_rooms_per_socket, |v| v as usize),
             max_connections: self.max_connections.map_or(d.max_connections, |v| v as usize),
@@ -238,12 +234,8 @@ impl NativeOptions {
             max_verifying_per_user: self
                 .max_verifying_per_user
                 .map_or(d.max_verifying_per_user, |v| v as usize),
-            verify_timeout: self
-                .verify_timeout
-                .map_or(d.verify_timeout, |ms| Duration::from_millis(ms as u64)),
-            auth_timeout: self
-                .auth_timeout
-                .map_or(d.auth_timeout, |ms| Duration::from_millis(ms as u64)),
+            verify_timeout: millis(self.verify_timeout, d.verify_timeout),
+            auth_timeout: millis(self.auth_timeout, d.auth_timeout),
             max_recoveries_per_minute: self.max_recoveries_per_minute.unwrap_or(d.max_recoveries_per_minute),
             max_recovery_events: self.max_recovery_events.map_or(d.max_recovery_events, |v| v as usize),
             metrics: match (self.metrics_token, self.metrics_port) {
@@ -254,9 +246,7 @@ impl NativeOptions {
                 }),
                 (None, None) => None,
             },
-            drain_timeout: self
-                .drain_timeout
-                .map_or(d.drain_timeout, |ms| Duration::from_millis(ms as u64)),
+            drain_timeout: millis(self.drain_timeout, d.drain_timeout),
             max_revoked_sessions: self.max_revoked_sessions.map_or(d.max_revoked_sessions, |v| v as usize),
             max_token_lifetime: self
                 .max_token_lifetime
@@ -264,6 +254,11 @@ impl NativeOptions {
             on_connect: self.on_connect.unwrap_or(d.on_connect),
         }
     }
+}
+
+/// An option given in milliseconds, or the default.
+fn millis(option: Option<u32>, default: Duration) -> Duration {
+    option.map_or(default, |ms| Duration::from_millis(u64::from(ms)))
 }
 
 #[napi(object)]

@@ -530,6 +530,19 @@ impl Hub {
         if room.is_empty() {
             return Err(Error::InvalidInput("broadcastToRoom: the room name is empty".into()));
         }
+        self.publish_broadcast(Channel::Room(Arc::from(room)), room, json, except);
+        self.broadcast_local(room, json, except)
+    }
+
+    /// Sends a message (JSON text) to every authenticated socket connected, on every instance
+    /// (`broadcast`), framed once. Returns how many local sockets it was queued to.
+    pub fn broadcast_all(&self, json: &[u8]) -> usize {
+        self.publish_broadcast(Channel::Control, EVERYONE, json, None);
+        self.broadcast_all_local(json)
+    }
+
+    /// Hands a broadcast to the other instances (with Redis), on `channel`.
+    fn publish_broadcast(&self, channel: Channel, room: &str, json: &[u8], except: Option<&str>) {
         if let (Some(broker), Ok(text)) = (self.broker.get(), std::str::from_utf8(json)) {
             if let Some(msg) = raw(text) {
                 let envelope = Envelope {
@@ -541,30 +554,9 @@ impl Hub {
                         except,
                     },
                 };
-                broker.publish(Channel::Room(Arc::from(room)), envelope.encode());
+                broker.publish(channel, envelope.encode());
             }
         }
-        self.broadcast_local(room, json, except)
-    }
-
-    /// Sends a message (JSON text) to every authenticated socket connected, on every instance
-    /// (`broadcast`), framed once. Returns how many local sockets it was queued to.
-    pub fn broadcast_all(&self, json: &[u8]) -> usize {
-        if let (Some(broker), Ok(text)) = (self.broker.get(), std::str::from_utf8(json)) {
-            if let Some(msg) = raw(text) {
-                let envelope = Envelope {
-                    v: 1,
-                    from: &self.instance,
-                    kind: Kind::Broadcast {
-                        room: EVERYONE,
-                        msg: &msg,
-                        except: None,
-                    },
-                };
-                broker.publish(Channel::Control, envelope.encode());
-            }
-        }
-        self.broadcast_all_local(json)
     }
 
     fn broadcast_all_local(&self, json: &[u8]) -> usize {
