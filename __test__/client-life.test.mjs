@@ -16,7 +16,7 @@ import WebSocket from 'ws'
 
 import { initUWebSocket } from '../index.mjs'
 import { createRealtimeClient, DEFAULT_LIVENESS } from '../lib/client/index.mjs'
-import { makeToken, SECRET, waitUntil } from './helpers.mjs'
+import { makeToken, recordingWebSocket, SECRET, waitUntil } from './helpers.mjs'
 
 const T = { timeout: 60_000 }
 const FAST = { initialDelay: 20, maxDelay: 200, stableAfter: 1000 }
@@ -73,18 +73,6 @@ async function startProxy(port) {
     },
   }
   return proxy
-}
-
-/** A `ws` WebSocket class that records what the client sends. */
-function recordingWebSocket() {
-  const sent = []
-  class RecordingWebSocket extends WebSocket {
-    send(data, ...rest) {
-      sent.push(JSON.parse(data))
-      return super.send(data, ...rest)
-    }
-  }
-  return { RecordingWebSocket, sent }
 }
 
 test('liveness options: defaults, false, and bad values refused', () => {

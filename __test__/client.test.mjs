@@ -19,7 +19,16 @@ import {
   RealtimeClientError,
   validateMessage,
 } from '../lib/client/index.mjs'
-import { SECRET, makeToken, registerWhoami, sleep, waitUntil, withTimeout, WAIT } from './helpers.mjs'
+import {
+  SECRET,
+  makeToken,
+  recordingWebSocket,
+  registerWhoami,
+  sleep,
+  waitUntil,
+  withTimeout,
+  WAIT,
+} from './helpers.mjs'
 
 const T = { timeout: 60_000 }
 // Short delays so reconnects in these tests happen quickly (never asserted as timing).
@@ -28,18 +37,6 @@ const COLLECTIONS = ['posts', 'pages', 'media']
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/** A `ws` WebSocket that records every message the client sends. */
-function recordingWebSocket() {
-  const sent = []
-  class RecordingWebSocket extends WebSocket {
-    send(data, ...rest) {
-      sent.push(JSON.parse(data))
-      return super.send(data, ...rest)
-    }
-  }
-  return { RecordingWebSocket, sent }
-}
 
 /** Creates a client on `ws` that records its errors and statuses; `done()` disconnects them all. */
 function clientFactory() {

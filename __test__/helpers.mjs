@@ -502,3 +502,15 @@ export async function connectMany(ctx, n, makeOpts, { concurrency = 50 } = {}) {
   await Promise.all(Array.from({ length: Math.min(concurrency, n) }, worker))
   return out
 }
+
+/** A `ws` WebSocket that records every message the client sends. */
+export function recordingWebSocket() {
+  const sent = []
+  class RecordingWebSocket extends WebSocket {
+    send(data, ...rest) {
+      sent.push(JSON.parse(data))
+      return super.send(data, ...rest)
+    }
+  }
+  return { RecordingWebSocket, sent }
+}
