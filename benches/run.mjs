@@ -9,7 +9,7 @@
 //   BENCH_SKIP_BUILD=1       do not rebuild the addon (uses the root .node if newer than benches/.addon/)
 //   BENCH_ADDON=file.node    use this addon (e.g. a release build with symbols, for profiles)
 //   BENCH_ROUNDS=n           measured rounds per case (default 5, quick 2); BENCH_WARMUP=n (1)
-//   BENCH_ONLY=a,b           scenarios: fanout, rooms, authorize, idle, storm, redis; the other
+//   BENCH_ONLY=a,b           scenarios: fanout, clients, rooms, authorize, idle, storm, redis; the other
 //                            scenarios keep their figures from the JSON this run replaces (each
 //                            section of the report says which run measured it)
 //   BENCH_SERVERS=a,b        contenders: realtime, realtime-authorize (fan-out only), uws-plugin,
@@ -20,6 +20,9 @@
 //   BENCH_FANOUT_SUBSCRIBERS=1000,10000   BENCH_FANOUT_EVENTS=100 (events per round, every size)
 //   BENCH_FANOUT_PACED_RATE=100000 (messages/s offered in the paced fan-out case; 0 leaves it out)
 //   BENCH_LOADGEN_BUF=262144 the load generator's read buffer (one per process, shared by its sockets)
+//   BENCH_CLIENTS=tungstenite the clients scenario's generators: tungstenite (tokio-tungstenite 0.24,
+//                            benches/loadgen/src/bin/tungstenite.rs), loadgen (the bench's own)
+//   BENCH_CLIENTS_SUBSCRIBERS=10000  BENCH_CLIENTS_EVENTS=100 (quick: 20)
 //   BENCH_EVENT_SIZE=1024    BENCH_ROOMS_EVENTS  BENCH_IDLE_COUNTS=10000,19000
 //   BENCH_AUTH_EVENTS=1,20,100 (events per round, one case each)  BENCH_AUTH_SLOW_MS=1 (the lone
 //                            event's case whose rule waits that long; 0 leaves it out)
@@ -64,7 +67,7 @@ const cfg = {
   rounds: int(env.BENCH_ROUNDS, QUICK ? 2 : 5),
   warmup: int(env.BENCH_WARMUP, 1),
   eventSize: int(env.BENCH_EVENT_SIZE, 1024),
-  scenarios: list(env.BENCH_ONLY, ['fanout', 'rooms', 'authorize', 'idle', 'storm', 'redis']),
+  scenarios: list(env.BENCH_ONLY, ['fanout', 'clients', 'rooms', 'authorize', 'idle', 'storm', 'redis']),
   servers: list(env.BENCH_SERVERS, ['realtime', 'realtime-authorize', 'uws-plugin', 'uws-publish', 'ws', 'ceiling']),
   fanout: {
     subscribers: list(env.BENCH_FANOUT_SUBSCRIBERS, ['1000', '10000']).map(Number),
@@ -73,6 +76,13 @@ const cfg = {
     // The paced case: messages/s offered, and events per round.
     pacedRate: int(env.BENCH_FANOUT_PACED_RATE, 100_000),
     pacedEvents: (n) => (n >= 10_000 ? (QUICK ? 10 : 40) : QUICK ? 50 : 200),
+  },
+  // Fan-out to clients built on a real client library (see scenarioClients), against uWS.js publish.
+  clients: {
+    generators: list(env.BENCH_CLIENTS, ['tungstenite']),
+    subscribers: int(env.BENCH_CLIENTS_SUBSCRIBERS, 10_000),
+    events: int(env.BENCH_CLIENTS_EVENTS, QUICK ? 20 : 100),
+    servers: ['realtime', 'uws-publish'],
   },
   rooms: { sockets: 10_000, rooms: 1_000, events: int(env.BENCH_ROOMS_EVENTS, QUICK ? 3_000 : 20_000) },
   // Events per round, one case each: a lone event (how a saved document reaches the sockets),
@@ -150,6 +160,11 @@ const CONTENDERS = {
   },
 }
 const ANCHORS = ['uws-plugin', 'uws-publish', 'ws', 'ceiling']
+/** The load generators: the bench's own (reads a whole burst per socket at once) and clients on a real library. */
+const GENERATORS = {
+  loadgen: { label: "the bench's own generator", binary: 'loadgen' },
+  tungstenite: { label: 'tokio-tungstenite 0.24', binary: 'tungstenite' },
+}
 /** Events per case of the redis scenario (functions stay out of `cfg`, which is saved as JSON). */
 const redisEvents = {
   paced: (n) => int(env.BENCH_REDIS_PACED_EVENTS, n >= 10_000 ? (QUICK ? 10 : 20) : QUICK ? 50 : 100),
@@ -344,7 +359,8 @@ async function startLoadgens(port, conns, opts = {}) {
     if (opts.kernelTs) args.push('--kernel-ts', '1')
     if (opts.protocol) args.push('--protocol', opts.protocol)
     if (opts.path) args.push('--path', opts.path)
-    const g = new Proc(`loadgen#${i}`, loadgenBin('loadgen'), args)
+    const gen = GENERATORS[opts.generator ?? 'loadgen']
+    const g = new Proc(`${gen.binary}#${i}`, loadgenBin(gen.binary), args)
     g.offset = offset
     g.conns = n
     gens.push(g)
@@ -430,6 +446,7 @@ async function burst(server, gens, emit, expectedOf, { cpu = serverCpu(server) }
   const armed = Math.min(...results.map((r) => r.armed_us))
   const secs = Math.max(1e-6, (last - emitted.t0_us) / 1e6)
   const cpuUs = c1.total - c0.total
+  const machineUs = busy1 - busy0
   const cpuParts = Object.fromEntries(Object.keys(c1.parts).map((k) => [k, c1.parts[k] - c0.parts[k]]))
   const lgCpu = results.reduce((a, r) => a + r.cpu_us, 0)
   const roundSecs = Math.max(1e-6, (Math.max(last, emitted.t1_us) - armed) / 1e6)
@@ -469,7 +486,13 @@ async function burst(server, gens, emit, expectedOf, { cpu = serverCpu(server) }
     serverRss: c1.rss,
     // Everything else the machine did during the round (other processes, this script), in cores:
     // a sign that something outside the benchmark competed for the 2 cores.
-    otherCpuShare: Math.max(0, busy1 - busy0 - cpuUs - lgCpu) / 1e6 / roundSecs,
+    otherCpuShare: Math.max(0, machineUs - cpuUs - lgCpu) / 1e6 / roundSecs,
+    // The whole machine (all cores, /proc/stat) and server + generators, per delivered message:
+    // on loopback a send the reader's window cannot take yet is transmitted later in the
+    // reader's context, so server CPU alone flatters a server that leaves its transmit work to
+    // the clients' core (see scenarioClients).
+    machineCpuPerMsgUs: delivered ? machineUs / delivered : null,
+    pairCpuPerMsgUs: delivered ? (cpuUs + lgCpu) / delivered : null,
   }
 }
 
@@ -481,7 +504,19 @@ function median(xs) {
 }
 
 function summarize(rounds) {
-  const keys = ['msgsPerSec', 'cpuPerMsgUs', 'p50Ms', 'p99Ms', 'maxMs', 'loadgenCpuShare', 'serverCpuShare', 'emitSecs']
+  const keys = [
+    'msgsPerSec',
+    'cpuPerMsgUs',
+    'p50Ms',
+    'p99Ms',
+    'maxMs',
+    'loadgenCpuShare',
+    'serverCpuShare',
+    'emitSecs',
+    'machineCpuPerMsgUs',
+    'pairCpuPerMsgUs',
+    'otherCpuShare',
+  ]
   const out = { rounds: rounds.length }
   for (const k of keys) out[k] = median(rounds.map((r) => r[k]))
   out.allComplete = rounds.every((r) => r.complete)
@@ -599,6 +634,69 @@ async function scenarioFanout() {
     bySubscribers: out,
     paced,
   }
+}
+
+/**
+ * Fan-out to clients on a real client library (`tokio-tungstenite`: a task per socket, frame by
+ * frame, 4 KB reads), payload-realtime against uWS.js publish. Both servers hold their sockets
+ * at once and take turns round by round, so a noisy stretch of the machine hits both alike.
+ */
+async function scenarioClients() {
+  const { generators, subscribers: n, events } = cfg.clients
+  const servers = cfg.clients.servers.filter((id) => cfg.servers.includes(id))
+  const out = {}
+  for (const gen of generators) {
+    if (!GENERATORS[gen]) throw new Error(`BENCH_CLIENTS: ${gen}? (${Object.keys(GENERATORS).join(', ')})`)
+    log(
+      `real clients (${GENERATORS[gen].label}): ${events} events of ${cfg.eventSize} B to ${n} subscribers of one room, ${servers.join(' and ')} in turns`,
+    )
+    currentCase = `clients-${gen}`
+    const byId = (out[gen] = {})
+    const live = {}
+    const fail = (id, err) => {
+      log(`  ${id}: FAILED: ${err.message}`)
+      problem(`${id} failed: ${err.message}`)
+      byId[id] = { error: String(err.message).slice(0, 500) }
+    }
+    try {
+      for (const id of servers) {
+        try {
+          live[id] = { server: await Server.start(id), rounds: [] }
+          live[id].gens = await startLoadgens(live[id].server.port, n, { users: Math.min(n, 1000), generator: gen })
+          live[id].ready = readySummary(live[id].gens)
+        } catch (err) {
+          fail(id, err)
+        }
+      }
+      for (let r = -cfg.warmup; r < cfg.rounds; r++) {
+        for (const id of servers) {
+          const l = live[id]
+          if (!l?.gens || byId[id]) continue
+          try {
+            const res = await burst(l.server, l.gens, { count: events, collection: 'posts' }, (g) => g.conns * events)
+            log(
+              `  ${id} round ${r < 0 ? 'warm-up' : r + 1}: ${res.delivered}/${res.expected} in ${res.secs.toFixed(3)} s = ${Math.round(res.msgsPerSec)} msg/s, ` +
+                `server ${res.cpuPerMsgUs?.toFixed(2)} / machine ${res.machineCpuPerMsgUs?.toFixed(2)} us CPU/msg, p50 ${res.p50Ms.toFixed(1)} ms, p99 ${res.p99Ms.toFixed(1)} ms, ` +
+                `server ${(res.serverCpuShare * 100).toFixed(0)}%, client ${(res.loadgenCpuShare * 100).toFixed(0)}%, other ${(res.otherCpuShare * 100).toFixed(0)}%`,
+            )
+            if (r >= 0) l.rounds.push(res)
+          } catch (err) {
+            fail(id, err)
+          }
+        }
+      }
+      for (const id of servers) {
+        if (!byId[id] && live[id])
+          byId[id] = { ready: live[id].ready, ...summarize(live[id].rounds), rounds: live[id].rounds }
+      }
+    } finally {
+      for (const l of Object.values(live)) {
+        if (l.gens) await stopLoadgens(l.gens)
+        await l.server.stopServer()
+      }
+    }
+  }
+  return { params: { subscribers: n, events, eventSize: cfg.eventSize, generators, servers }, byGenerator: out }
 }
 
 async function scenarioRooms() {
@@ -1037,6 +1135,60 @@ function fanoutTable(byId, anchors) {
   return rows.join('\n')
 }
 
+/** Section 1b, fan-out to clients on a real client library. */
+function clientsSection(c, provenance) {
+  const p = c.params
+  const out = [
+    `## 1b. Fan-out to a real client library: ${p.subscribers.toLocaleString('en-US')} subscribers of one room, ${p.events} events of ${p.eventSize} B per round`,
+    '',
+  ]
+  provenance()
+  out.push(
+    "The same fan-out as section 1, read by clients built on a real WebSocket client library instead of the bench's own generator: `tokio-tungstenite` 0.24 (`benches/loadgen/src/bin/tungstenite.rs`: one current-thread runtime, a task per socket, `connect_async` with `?token=`, then message by message; the library reads 4 KB per `read`). Both servers hold their sockets at once and take turns round by round. " +
+      "**server CPU per msg** is the server alone; **server + client** adds the generator; **machine** is every core of the machine from `/proc/stat` (other processes included: see **other CPU**). On loopback, bytes the reader's window cannot take yet are transmitted later in the reader's context, so server CPU alone flatters a server that leaves its transmit work to the clients' core; the machine figure is the fair one on one box.",
+  )
+  out.push('')
+  out.push(
+    '| client | server | msg/s | p50 | p99 | max | server CPU per msg | server + client CPU per msg | machine CPU per msg | server CPU | client CPU | other CPU | delivered |',
+  )
+  out.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|')
+  const pct = (v) => (v == null ? '-' : `${(v * 100).toFixed(0)}%`)
+  for (const gen of p.generators) {
+    for (const id of p.servers) {
+      const r = c.byGenerator[gen]?.[id]
+      if (!r) continue
+      const g = GENERATORS[gen]?.label ?? gen
+      if (r.error) {
+        out.push(`| ${g} | ${label(id)} | failed: ${r.error.replace(/\|/g, '/').slice(0, 120)} | | | | | | | | | | |`)
+        continue
+      }
+      out.push(
+        `| ${g} | ${label(id)} | ${fmtInt(r.msgsPerSec)} | ${fmt(r.p50Ms, 1)} ms | ${fmt(r.p99Ms, 1)} ms | ${fmt(r.maxMs, 1)} ms | ${fmt(r.cpuPerMsgUs)} µs | ${fmt(r.pairCpuPerMsgUs)} µs | ${fmt(r.machineCpuPerMsgUs)} µs | ` +
+          `${pct(r.serverCpuShare)} | ${pct(r.loadgenCpuShare)} | ${pct(r.otherCpuShare)} | ${r.allComplete ? 'all' : `${r.delivered}/${r.expected}`} |`,
+      )
+    }
+  }
+  const rows = []
+  for (const gen of p.generators) {
+    const rt = c.byGenerator[gen]?.realtime
+    const u = c.byGenerator[gen]?.['uws-publish']
+    if (!rt || rt.error || !u || u.error) continue
+    rows.push(
+      `| ${GENERATORS[gen]?.label ?? gen} | ${ratio(rt.msgsPerSec, u.msgsPerSec)} | ${ratio(rt.p50Ms, u.p50Ms)} | ${ratio(rt.p99Ms, u.p99Ms)} | ${ratio(rt.cpuPerMsgUs, u.cpuPerMsgUs)} | ${ratio(rt.pairCpuPerMsgUs, u.pairCpuPerMsgUs)} | ${ratio(rt.machineCpuPerMsgUs, u.machineCpuPerMsgUs)} |`,
+    )
+  }
+  if (rows.length) {
+    out.push('')
+    out.push(
+      '| payload-realtime vs uWS.js publish, client | msg/s ratio (higher is better) | p50 ratio | p99 ratio | server CPU per msg ratio | server + client CPU per msg ratio | machine CPU per msg ratio |',
+    )
+    out.push('|---|---:|---:|---:|---:|---:|---:|')
+    out.push(...rows)
+  }
+  out.push('')
+  return out
+}
+
 /** A redis case's latency at the socket (kernel receive timestamp), or as read where it has none. */
 const at = (c, k) => c[`${k}ArrivalMs`] ?? c[`${k}Ms`]
 
@@ -1267,6 +1419,7 @@ function report(meta) {
       }
     }
   }
+  if (s.clients) out.push(...clientsSection(s.clients, () => provenance('clients')))
   if (s.rooms) {
     const p = s.rooms.params
     out.push(
@@ -1492,6 +1645,7 @@ async function main() {
   log('machine:', JSON.stringify(meta.machine))
   const scenarios = {
     fanout: scenarioFanout,
+    clients: scenarioClients,
     rooms: scenarioRooms,
     authorize: scenarioAuthorize,
     idle: scenarioIdle,

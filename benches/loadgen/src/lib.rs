@@ -1,6 +1,10 @@
 //! Small helpers shared by the load generator and the ceiling server.
 
 use std::collections::HashMap;
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Wall-clock time in microseconds since the Unix epoch (comparable with JS
@@ -199,6 +203,39 @@ pub fn embedded_uint(payload: &[u8], key: &[u8]) -> Option<u64> {
     let rest = &payload[at..];
     let end = rest.iter().position(|b| !b.is_ascii_digit()).unwrap_or(rest.len());
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+/// The key Payload 3 signs its tokens with: sha256(secret) as hex, the first 32 characters.
+pub fn payload_key(secret: &str) -> Vec<u8> {
+    let hex: String = Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    hex.as_bytes()[..32].to_vec()
+}
+
+/// A token as Payload 3 mints it (HS256, key = sha256(secret) hex, first 32 chars).
+pub fn make_token(key: &[u8], user: u64, now: u64) -> String {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(br#"{"alg":"HS256","typ":"JWT","authVersion":1}"#);
+    let claims = format!(
+        r#"{{"id":"u{user}","collection":"users","email":"u{user}@example.com","sid":"bench-sid-{user}","iat":{now},"exp":{}}}"#,
+        now + 7200
+    );
+    let body = format!("{header}.{}", b64.encode(claims.as_bytes()));
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("hmac key");
+    mac.update(body.as_bytes());
+    let sig = b64.encode(mac.finalize().into_bytes());
+    format!("{body}.{sig}")
+}
+
+/// The `p` quantile (0 to 1) of sorted samples, or 0 when there are none.
+pub fn percentile(sorted: &[u32], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as u64
 }
 
 #[cfg(test)]

@@ -32,12 +32,10 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use hmac::{Hmac, Mac};
 use payload_realtime_loadgen::{
-    client_frame, cpu_us, embedded_time_us, embedded_uint, find, frame_header, now_us, rss_bytes, Args,
+    client_frame, cpu_us, embedded_time_us, embedded_uint, find, frame_header, make_token, now_us, payload_key,
+    percentile, rss_bytes, Args,
 };
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Notify, Semaphore};
@@ -133,29 +131,6 @@ impl Conf {
     fn id_words(&self) -> usize {
         self.check_ids.div_ceil(64)
     }
-}
-
-fn payload_key(secret: &str) -> Vec<u8> {
-    let hex: String = Sha256::digest(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    hex.as_bytes()[..32].to_vec()
-}
-
-/// A token as Payload 3 mints it (HS256, key = sha256(secret) hex, first 32 chars).
-fn make_token(key: &[u8], user: u64, now: u64) -> String {
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let header = b64.encode(br#"{"alg":"HS256","typ":"JWT","authVersion":1}"#);
-    let claims = format!(
-        r#"{{"id":"u{user}","collection":"users","email":"u{user}@example.com","sid":"bench-sid-{user}","iat":{now},"exp":{}}}"#,
-        now + 7200
-    );
-    let body = format!("{header}.{}", b64.encode(claims.as_bytes()));
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("hmac key");
-    mac.update(body.as_bytes());
-    let sig = b64.encode(mac.finalize().into_bytes());
-    format!("{body}.{sig}")
 }
 
 fn settle(shared: &Shared, conf: &Conf) {
@@ -538,14 +513,6 @@ async fn conn_task(
         }
     }
     client.ended();
-}
-
-fn percentile(sorted: &[u32], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as u64
 }
 
 async fn run(args: Args) {
