@@ -34,7 +34,8 @@
 //                            the JSON goes next to it (same name, .json) instead of benches/results.json
 //   BENCH_STRICT=1           exit with 1 if any case failed or lost an event (CI's smoke run)
 //   BENCH_REPORT_ONLY=1      measure nothing: rewrite the Markdown from the JSON of an earlier run
-//   BENCH_PERF=id,id         record a CPU profile of these servers (e.g. `realtime`) with
+//   BENCH_PERF=id,id         record a CPU profile of these servers (e.g. `realtime`; or of the
+//                            load generators: `loadgen`, `tungstenite`) with
 //                            `perf record -e cpu-clock -g` (node gets --perf-basic-prof) into
 //                            benches/profiles/<case>-<server>.perf.data; read with `perf report -i`.
 //                            Profiles slow the server down: do not mix them with published numbers.
@@ -360,7 +361,17 @@ async function startLoadgens(port, conns, opts = {}) {
     if (opts.protocol) args.push('--protocol', opts.protocol)
     if (opts.path) args.push('--path', opts.path)
     const gen = GENERATORS[opts.generator ?? 'loadgen']
-    const g = new Proc(`${gen.binary}#${i}`, loadgenBin(gen.binary), args)
+    let cmd = loadgenBin(gen.binary)
+    if (perfServers.includes(gen.binary)) {
+      // BENCH_PERF=tungstenite (or loadgen): the generators' profiles, named by the server they read.
+      const dir = path.join(here, 'profiles')
+      mkdirSync(dir, { recursive: true })
+      const file = path.join(dir, `${currentCase}-${opts.serverId ?? 'server'}-${gen.binary}-${i}.perf.data`)
+      log(`  profiling ${gen.binary}#${i} into ${path.relative(root, file)}`)
+      args.unshift('record', '-q', '-e', 'cpu-clock', '-F', '999', '-g', '-o', file, '--', cmd)
+      cmd = 'perf'
+    }
+    const g = new Proc(`${gen.binary}#${i}`, cmd, args)
     g.offset = offset
     g.conns = n
     gens.push(g)
@@ -424,6 +435,12 @@ const serverCpu = (server) => async () => {
   return { total: s.cpu_us, rss: s.rss, parts: { server: s.cpu_us } }
 }
 
+/** Pages (4 KiB) all TCP sockets of the machine hold now (`/proc/net/sockstat`, "TCP: ... mem N"). */
+function tcpMemPages() {
+  const m = readFileSync('/proc/net/sockstat', 'utf8').match(/^TCP:.* mem (\d+)/m)
+  return m ? Number(m[1]) : 0
+}
+
 async function burst(server, gens, emit, expectedOf, { cpu = serverCpu(server) } = {}) {
   const expected = gens.map(expectedOf)
   const total = expected.reduce((a, b) => a + b, 0)
@@ -437,8 +454,14 @@ async function burst(server, gens, emit, expectedOf, { cpu = serverCpu(server) }
   )
   const busy0 = machineBusyUs()
   const c0 = await cpu()
+  // What the burst parks in the kernel's socket buffers (sampled every 50 ms; the machine's, so
+  // it includes the little the rest of the machine holds).
+  let tcpMemPeak = tcpMemPages()
+  const sampler = setInterval(() => (tcpMemPeak = Math.max(tcpMemPeak, tcpMemPages())), 50)
   const emitted = await server.cmd({ cmd: 'emit', size: cfg.eventSize, ...emit }, timeout + 10_000)
-  const results = await Promise.all(gens.map((g) => g.next((m) => m.event === 'result', timeout + 10_000, 'result')))
+  const results = await Promise.all(
+    gens.map((g) => g.next((m) => m.event === 'result', timeout + 10_000, 'result')),
+  ).finally(() => clearInterval(sampler))
   const c1 = await cpu()
   const busy1 = machineBusyUs()
   const delivered = results.reduce((a, r) => a + r.delivered, 0)
@@ -493,6 +516,16 @@ async function burst(server, gens, emit, expectedOf, { cpu = serverCpu(server) }
     // the clients' core (see scenarioClients).
     machineCpuPerMsgUs: delivered ? machineUs / delivered : null,
     pairCpuPerMsgUs: delivered ? (cpuUs + lgCpu) / delivered : null,
+    tcpMemPeakBytes: tcpMemPeak * 4096,
+    // When the whole burst had arrived, at half of it and at 99% of it, from the first emit:
+    // the same clock for a server that accepts a burst at once and one whose emit loop blocks
+    // while it sends (whose per-event latency starts each event's clock late).
+    ...(results.every((r) => r.recv_p50_us > 0)
+      ? {
+          deliveredHalfMs: (Math.max(...results.map((r) => r.recv_p50_us)) - emitted.t0_us) / 1000,
+          delivered99Ms: (Math.max(...results.map((r) => r.recv_p99_us)) - emitted.t0_us) / 1000,
+        }
+      : {}),
   }
 }
 
@@ -516,6 +549,9 @@ function summarize(rounds) {
     'machineCpuPerMsgUs',
     'pairCpuPerMsgUs',
     'otherCpuShare',
+    'tcpMemPeakBytes',
+    'deliveredHalfMs',
+    'delivered99Ms',
   ]
   const out = { rounds: rounds.length }
   for (const k of keys) out[k] = median(rounds.map((r) => r[k]))
@@ -662,7 +698,11 @@ async function scenarioClients() {
       for (const id of servers) {
         try {
           live[id] = { server: await Server.start(id), rounds: [] }
-          live[id].gens = await startLoadgens(live[id].server.port, n, { users: Math.min(n, 1000), generator: gen })
+          live[id].gens = await startLoadgens(live[id].server.port, n, {
+            users: Math.min(n, 1000),
+            generator: gen,
+            serverId: id,
+          })
           live[id].ready = readySummary(live[id].gens)
         } catch (err) {
           fail(id, err)
@@ -676,7 +716,8 @@ async function scenarioClients() {
             const res = await burst(l.server, l.gens, { count: events, collection: 'posts' }, (g) => g.conns * events)
             log(
               `  ${id} round ${r < 0 ? 'warm-up' : r + 1}: ${res.delivered}/${res.expected} in ${res.secs.toFixed(3)} s = ${Math.round(res.msgsPerSec)} msg/s, ` +
-                `server ${res.cpuPerMsgUs?.toFixed(2)} / machine ${res.machineCpuPerMsgUs?.toFixed(2)} us CPU/msg, p50 ${res.p50Ms.toFixed(1)} ms, p99 ${res.p99Ms.toFixed(1)} ms, ` +
+                `server ${res.cpuPerMsgUs?.toFixed(2)} / +client ${res.pairCpuPerMsgUs?.toFixed(2)} / machine ${res.machineCpuPerMsgUs?.toFixed(2)} us CPU/msg, p50 ${res.p50Ms.toFixed(1)} ms, p99 ${res.p99Ms.toFixed(1)} ms, ` +
+                `99% in ${res.delivered99Ms?.toFixed(0)} ms, TCP mem ${mb(res.tcpMemPeakBytes)}, ` +
                 `server ${(res.serverCpuShare * 100).toFixed(0)}%, client ${(res.loadgenCpuShare * 100).toFixed(0)}%, other ${(res.otherCpuShare * 100).toFixed(0)}%`,
             )
             if (r >= 0) l.rounds.push(res)

@@ -38,6 +38,9 @@ struct Shared {
     first_recv_us: Cell<u64>,
     last_recv_us: Cell<u64>,
     lat: RefCell<Vec<u32>>,
+    /// When each message arrived, µs after the measurement was armed.
+    recv: RefCell<Vec<u32>>,
+    armed_us: Cell<u64>,
     per_socket: RefCell<Vec<u32>>,
     closed: Cell<u64>,
     notify: Notify,
@@ -69,6 +72,9 @@ impl Shared {
             self.first_recv_us.set(now);
         }
         self.last_recv_us.set(now);
+        self.recv
+            .borrow_mut()
+            .push(now.saturating_sub(self.armed_us.get()).min(u32::MAX as u64) as u32);
         if let Some(t) = embedded_time_us(payload) {
             self.lat
                 .borrow_mut()
@@ -250,11 +256,13 @@ async fn run(args: Args) {
                 shared.first_recv_us.set(0);
                 shared.last_recv_us.set(0);
                 shared.lat.borrow_mut().clear();
+                shared.recv.borrow_mut().clear();
                 shared.per_socket.borrow_mut().iter_mut().for_each(|c| *c = 0);
                 shared.expected.set(expected);
                 let closed0 = shared.closed.get();
                 let cpu0 = cpu_us();
                 let armed_us = now_us();
+                shared.armed_us.set(armed_us);
                 shared.armed.set(true);
                 println!("{}", serde_json::json!({ "event": "armed", "armed_us": armed_us }));
                 let deadline = tokio::time::Instant::now() + timeout;
@@ -270,6 +278,15 @@ async fn run(args: Args) {
                 let cpu = cpu_us() - cpu0;
                 let mut lat = std::mem::take(&mut *shared.lat.borrow_mut());
                 lat.sort_unstable();
+                // Arrival order is already sorted.
+                let recv = std::mem::take(&mut *shared.recv.borrow_mut());
+                let recv_at = |p: f64| {
+                    if recv.is_empty() {
+                        0
+                    } else {
+                        armed_us + percentile(&recv, p)
+                    }
+                };
                 let per = shared.per_socket.borrow();
                 let receiving: Vec<u32> = per.iter().copied().filter(|&c| c > 0).collect();
                 let mean = if lat.is_empty() {
@@ -292,6 +309,8 @@ async fn run(args: Args) {
                         "p50_us": percentile(&lat, 0.50),
                         "p99_us": percentile(&lat, 0.99),
                         "max_us": lat.last().copied().unwrap_or(0),
+                        "recv_p50_us": recv_at(0.50),
+                        "recv_p99_us": recv_at(0.99),
                         "arrival_samples": 0,
                         "mean_us": mean,
                         "sockets_receiving": receiving.len(),
