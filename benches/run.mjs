@@ -1186,13 +1186,15 @@ function clientsSection(c, provenance) {
   provenance()
   out.push(
     "The same fan-out as section 1, read by clients built on a real WebSocket client library instead of the bench's own generator: `tokio-tungstenite` 0.24 (`benches/loadgen/src/bin/tungstenite.rs`: one current-thread runtime, a task per socket, `connect_async` with `?token=`, then message by message; the library reads 4 KB per `read`). Both servers hold their sockets at once and take turns round by round. " +
-      "**server CPU per msg** is the server alone; **server + client** adds the generator; **machine** is every core of the machine from `/proc/stat` (other processes included: see **other CPU**). On loopback, bytes the reader's window cannot take yet are transmitted later in the reader's context, so server CPU alone flatters a server that leaves its transmit work to the clients' core; the machine figure is the fair one on one box.",
+      "**server CPU per msg** is the server alone; **server + client** adds the generator; **machine** is every core of the machine from `/proc/stat` (other processes included: see **other CPU**). On loopback, bytes the reader's window cannot take yet are transmitted later in the reader's context, so server CPU alone flatters a server that leaves its transmit work to the clients' core; the machine figure is the fair one on one box. " +
+      "**p50 / p99** are per event, from each event's emit (as in section 1): uWS.js's emit loop blocks while it sends (about 1 s of a 1.3 s round at 10,000 × 100), so its later events start their clocks late, where payload-realtime takes the whole burst at once; **50% / 99% delivered** is the time from the round's first emit until half and 99% of its messages had arrived, the same clock for both. " +
+      "**TCP memory peak**: the most the machine's TCP sockets held during the round (`/proc/net/sockstat`, sampled every 50 ms): what a burst parks in socket buffers (Linux stops every socket of the machine from growing at `tcp_mem`'s high mark).",
   )
   out.push('')
   out.push(
-    '| client | server | msg/s | p50 | p99 | max | server CPU per msg | server + client CPU per msg | machine CPU per msg | server CPU | client CPU | other CPU | delivered |',
+    '| client | server | msg/s | p50 | p99 | max | 50% / 99% delivered | server CPU per msg | server + client CPU per msg | machine CPU per msg | server CPU | client CPU | other CPU | TCP memory peak | delivered |',
   )
-  out.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|')
+  out.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|')
   const pct = (v) => (v == null ? '-' : `${(v * 100).toFixed(0)}%`)
   for (const gen of p.generators) {
     for (const id of p.servers) {
@@ -1200,12 +1202,15 @@ function clientsSection(c, provenance) {
       if (!r) continue
       const g = GENERATORS[gen]?.label ?? gen
       if (r.error) {
-        out.push(`| ${g} | ${label(id)} | failed: ${r.error.replace(/\|/g, '/').slice(0, 120)} | | | | | | | | | | |`)
+        out.push(
+          `| ${g} | ${label(id)} | failed: ${r.error.replace(/\|/g, '/').slice(0, 120)} | | | | | | | | | | | | |`,
+        )
         continue
       }
       out.push(
-        `| ${g} | ${label(id)} | ${fmtInt(r.msgsPerSec)} | ${fmt(r.p50Ms, 1)} ms | ${fmt(r.p99Ms, 1)} ms | ${fmt(r.maxMs, 1)} ms | ${fmt(r.cpuPerMsgUs)} µs | ${fmt(r.pairCpuPerMsgUs)} µs | ${fmt(r.machineCpuPerMsgUs)} µs | ` +
-          `${pct(r.serverCpuShare)} | ${pct(r.loadgenCpuShare)} | ${pct(r.otherCpuShare)} | ${r.allComplete ? 'all' : `${r.delivered}/${r.expected}`} |`,
+        `| ${g} | ${label(id)} | ${fmtInt(r.msgsPerSec)} | ${fmt(r.p50Ms, 1)} ms | ${fmt(r.p99Ms, 1)} ms | ${fmt(r.maxMs, 1)} ms | ${fmt(r.deliveredHalfMs, 0)} / ${fmt(r.delivered99Ms, 0)} ms | ` +
+          `${fmt(r.cpuPerMsgUs)} µs | ${fmt(r.pairCpuPerMsgUs)} µs | ${fmt(r.machineCpuPerMsgUs)} µs | ` +
+          `${pct(r.serverCpuShare)} | ${pct(r.loadgenCpuShare)} | ${pct(r.otherCpuShare)} | ${r.tcpMemPeakBytes == null ? '-' : mb(r.tcpMemPeakBytes)} | ${r.allComplete ? 'all' : `${r.delivered}/${r.expected}`} |`,
       )
     }
   }
@@ -1215,15 +1220,15 @@ function clientsSection(c, provenance) {
     const u = c.byGenerator[gen]?.['uws-publish']
     if (!rt || rt.error || !u || u.error) continue
     rows.push(
-      `| ${GENERATORS[gen]?.label ?? gen} | ${ratio(rt.msgsPerSec, u.msgsPerSec)} | ${ratio(rt.p50Ms, u.p50Ms)} | ${ratio(rt.p99Ms, u.p99Ms)} | ${ratio(rt.cpuPerMsgUs, u.cpuPerMsgUs)} | ${ratio(rt.pairCpuPerMsgUs, u.pairCpuPerMsgUs)} | ${ratio(rt.machineCpuPerMsgUs, u.machineCpuPerMsgUs)} |`,
+      `| ${GENERATORS[gen]?.label ?? gen} | ${ratio(rt.msgsPerSec, u.msgsPerSec)} | ${ratio(rt.p50Ms, u.p50Ms)} | ${ratio(rt.p99Ms, u.p99Ms)} | ${ratio(rt.delivered99Ms, u.delivered99Ms)} | ${ratio(rt.cpuPerMsgUs, u.cpuPerMsgUs)} | ${ratio(rt.pairCpuPerMsgUs, u.pairCpuPerMsgUs)} | ${ratio(rt.machineCpuPerMsgUs, u.machineCpuPerMsgUs)} |`,
     )
   }
   if (rows.length) {
     out.push('')
     out.push(
-      '| payload-realtime vs uWS.js publish, client | msg/s ratio (higher is better) | p50 ratio | p99 ratio | server CPU per msg ratio | server + client CPU per msg ratio | machine CPU per msg ratio |',
+      '| payload-realtime vs uWS.js publish, client | msg/s ratio (higher is better) | p50 ratio | p99 ratio | 99% delivered ratio | server CPU per msg ratio | server + client CPU per msg ratio | machine CPU per msg ratio |',
     )
-    out.push('|---|---:|---:|---:|---:|---:|---:|')
+    out.push('|---|---:|---:|---:|---:|---:|---:|---:|')
     out.push(...rows)
   }
   out.push('')
@@ -1422,6 +1427,7 @@ function report(meta) {
       '- **msg/s** = messages delivered to the generator ÷ (last receive − first emit). **Server CPU per msg** = server CPU time (all threads) during the round ÷ messages delivered: with server and generator sharing 2 cores this is the figure that holds. **Latency** = receive time − `doc.t` (same clock, same machine), over every message. **server CPU / loadgen CPU** = share of one core (100% = one core; the machine has 2) each used during the round: a loadgen near 100% would mean the generator, not the server, set the pace. **other CPU** = everything else the machine did during the round (other processes, this harness; from `/proc/stat`), median over the rounds: the cores are shared, and a row whose other CPU is high was measured while something else ran.',
       "- **Ceiling**: a bare tokio server with no logic (`benches/loadgen/src/bin/ceiling.rs`): accepts handshakes, acks joins, and writes the same pre-encoded frames with one `writev` per socket per burst. It shows what this machine's loopback TCP can do; every other row reads as a fraction of it. In the many-rooms scenario it writes each room\'s events as one burst (the others get them one event at a time).",
       '- Events are emitted "as fast as accepted": payload-realtime gets every `emitEvent` at once and awaits them together; the JS anchors run their send loops synchronously.',
+      "- **Second load generator, a real client library** (section 1b): `benches/loadgen/src/bin/tungstenite.rs`, clients built on `tokio-tungstenite` 0.24 as an application uses it: one current-thread runtime, a task per socket, `connect_async(\"ws://host:port/?token=...\")`, the join sent with `send`, then `next()` message by message (the library reads 4 KB per `read` and parses frame by frame, where the bench's own generator takes a whole burst per socket in one read). Same stdin protocol and figures as the first generator; payload-realtime and uWS.js publish hold their sockets at once and take turns round by round. Its rows add server + client and whole-machine CPU per message (`/proc/stat`), the time from a round's first emit until 50% and 99% of its messages arrived, and the peak of the machine's TCP memory during the round (`/proc/net/sockstat`). `BENCH_CLIENTS=tungstenite,loadgen` measures both generators the same way; `BENCH_PERF=tungstenite` profiles the clients.",
     ].join('\n'),
   )
   out.push('')
