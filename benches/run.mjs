@@ -23,6 +23,8 @@
 //   BENCH_CLIENTS=tungstenite the clients scenario's generators: tungstenite (tokio-tungstenite 0.24,
 //                            benches/loadgen/src/bin/tungstenite.rs), loadgen (the bench's own)
 //   BENCH_CLIENTS_SUBSCRIBERS=10000  BENCH_CLIENTS_EVENTS=100 (quick: 20)
+//   BENCH_CLIENTS_PACED_RATE=100000 (messages/s offered, one event at a time; 0 leaves it out)
+//   BENCH_CLIENTS_PACED_EVENTS=20 (quick: 10)
 //   BENCH_EVENT_SIZE=1024    BENCH_ROOMS_EVENTS  BENCH_IDLE_COUNTS=10000,19000
 //   BENCH_AUTH_EVENTS=1,20,100 (events per round, one case each)  BENCH_AUTH_SLOW_MS=1 (the lone
 //                            event's case whose rule waits that long; 0 leaves it out)
@@ -83,6 +85,9 @@ const cfg = {
     generators: list(env.BENCH_CLIENTS, ['tungstenite']),
     subscribers: int(env.BENCH_CLIENTS_SUBSCRIBERS, 10_000),
     events: int(env.BENCH_CLIENTS_EVENTS, QUICK ? 20 : 100),
+    // And events one at a time, this many messages/s offered (0 leaves the paced case out).
+    pacedRate: int(env.BENCH_CLIENTS_PACED_RATE, 100_000),
+    pacedEvents: int(env.BENCH_CLIENTS_PACED_EVENTS, QUICK ? 10 : 20),
     servers: ['realtime', 'uws-publish'],
   },
   rooms: { sockets: 10_000, rooms: 1_000, events: int(env.BENCH_ROOMS_EVENTS, QUICK ? 3_000 : 20_000) },
@@ -678,9 +683,14 @@ async function scenarioFanout() {
  * at once and take turns round by round, so a noisy stretch of the machine hits both alike.
  */
 async function scenarioClients() {
-  const { generators, subscribers: n, events } = cfg.clients
+  const { generators, subscribers: n, events, pacedRate, pacedEvents } = cfg.clients
   const servers = cfg.clients.servers.filter((id) => cfg.servers.includes(id))
+  const intervalMs = pacedRate > 0 ? (n / pacedRate) * 1000 : 0
+  const modes = [{ key: 'burst', emit: { count: events, collection: 'posts' }, events }]
+  if (pacedRate > 0)
+    modes.push({ key: 'paced', emit: { count: pacedEvents, collection: 'posts', intervalMs }, events: pacedEvents })
   const out = {}
+  const paced = {}
   for (const gen of generators) {
     if (!GENERATORS[gen]) throw new Error(`BENCH_CLIENTS: ${gen}? (${Object.keys(GENERATORS).join(', ')})`)
     log(
@@ -688,6 +698,7 @@ async function scenarioClients() {
     )
     currentCase = `clients-${gen}`
     const byId = (out[gen] = {})
+    const pacedById = (paced[gen] = {})
     const live = {}
     const fail = (id, err) => {
       log(`  ${id}: FAILED: ${err.message}`)
@@ -697,7 +708,7 @@ async function scenarioClients() {
     try {
       for (const id of servers) {
         try {
-          live[id] = { server: await Server.start(id), rounds: [] }
+          live[id] = { server: await Server.start(id), rounds: { burst: [], paced: [] } }
           live[id].gens = await startLoadgens(live[id].server.port, n, {
             users: Math.min(n, 1000),
             generator: gen,
@@ -708,27 +719,33 @@ async function scenarioClients() {
           fail(id, err)
         }
       }
-      for (let r = -cfg.warmup; r < cfg.rounds; r++) {
-        for (const id of servers) {
-          const l = live[id]
-          if (!l?.gens || byId[id]) continue
-          try {
-            const res = await burst(l.server, l.gens, { count: events, collection: 'posts' }, (g) => g.conns * events)
-            log(
-              `  ${id} round ${r < 0 ? 'warm-up' : r + 1}: ${res.delivered}/${res.expected} in ${res.secs.toFixed(3)} s = ${Math.round(res.msgsPerSec)} msg/s, ` +
-                `server ${res.cpuPerMsgUs?.toFixed(2)} / +client ${res.pairCpuPerMsgUs?.toFixed(2)} / machine ${res.machineCpuPerMsgUs?.toFixed(2)} us CPU/msg, p50 ${res.p50Ms.toFixed(1)} ms, p99 ${res.p99Ms.toFixed(1)} ms, ` +
-                `99% in ${res.delivered99Ms?.toFixed(0)} ms, TCP mem ${mb(res.tcpMemPeakBytes)}, ` +
-                `server ${(res.serverCpuShare * 100).toFixed(0)}%, client ${(res.loadgenCpuShare * 100).toFixed(0)}%, other ${(res.otherCpuShare * 100).toFixed(0)}%`,
-            )
-            if (r >= 0) l.rounds.push(res)
-          } catch (err) {
-            fail(id, err)
+      for (const mode of modes) {
+        if (mode.key === 'paced')
+          log(`  paced: ${pacedEvents} events, one every ${intervalMs.toFixed(0)} ms (${pacedRate} messages/s offered)`)
+        for (let r = -cfg.warmup; r < cfg.rounds; r++) {
+          for (const id of servers) {
+            const l = live[id]
+            if (!l?.gens || byId[id]) continue
+            try {
+              const res = await burst(l.server, l.gens, mode.emit, (g) => g.conns * mode.events)
+              log(
+                `  ${id} ${mode.key} round ${r < 0 ? 'warm-up' : r + 1}: ${res.delivered}/${res.expected} in ${res.secs.toFixed(3)} s = ${Math.round(res.msgsPerSec)} msg/s, ` +
+                  `server ${res.cpuPerMsgUs?.toFixed(2)} / +client ${res.pairCpuPerMsgUs?.toFixed(2)} / machine ${res.machineCpuPerMsgUs?.toFixed(2)} us CPU/msg, p50 ${res.p50Ms.toFixed(1)} ms, p99 ${res.p99Ms.toFixed(1)} ms, ` +
+                  `99% in ${res.delivered99Ms?.toFixed(0)} ms, TCP mem ${mb(res.tcpMemPeakBytes)}, ` +
+                  `server ${(res.serverCpuShare * 100).toFixed(0)}%, client ${(res.loadgenCpuShare * 100).toFixed(0)}%, other ${(res.otherCpuShare * 100).toFixed(0)}%`,
+              )
+              if (r >= 0) l.rounds[mode.key].push(res)
+            } catch (err) {
+              fail(id, err)
+            }
           }
         }
       }
       for (const id of servers) {
-        if (!byId[id] && live[id])
-          byId[id] = { ready: live[id].ready, ...summarize(live[id].rounds), rounds: live[id].rounds }
+        if (byId[id] || !live[id]) continue
+        const rounds = live[id].rounds
+        byId[id] = { ready: live[id].ready, ...summarize(rounds.burst), rounds: rounds.burst }
+        if (rounds.paced.length) pacedById[id] = { ...summarize(rounds.paced), rounds: rounds.paced }
       }
     } finally {
       for (const l of Object.values(live)) {
@@ -737,7 +754,11 @@ async function scenarioClients() {
       }
     }
   }
-  return { params: { subscribers: n, events, eventSize: cfg.eventSize, generators, servers }, byGenerator: out }
+  return {
+    params: { subscribers: n, events, eventSize: cfg.eventSize, generators, servers, pacedRate, pacedEvents },
+    byGenerator: out,
+    pacedByGenerator: paced,
+  }
 }
 
 async function scenarioRooms() {
@@ -1187,48 +1208,59 @@ function clientsSection(c, provenance) {
   out.push(
     "The same fan-out as section 1, read by clients built on a real WebSocket client library instead of the bench's own generator: `tokio-tungstenite` 0.24 (`benches/loadgen/src/bin/tungstenite.rs`: one current-thread runtime, a task per socket, `connect_async` with `?token=`, then message by message; the library reads 4 KB per `read`). Both servers hold their sockets at once and take turns round by round. " +
       "**server CPU per msg** is the server alone; **server + client** adds the generator; **machine** is every core of the machine from `/proc/stat` (other processes included: see **other CPU**). On loopback, bytes the reader's window cannot take yet are transmitted later in the reader's context, so server CPU alone flatters a server that leaves its transmit work to the clients' core; the machine figure is the fair one on one box. " +
-      "**p50 / p99** are per event, from each event's emit (as in section 1): uWS.js's emit loop blocks while it sends (about 1 s of a 1.3 s round at 10,000 × 100), so its later events start their clocks late, where payload-realtime takes the whole burst at once; **50% / 99% delivered** is the time from the round's first emit until half and 99% of its messages had arrived, the same clock for both. " +
+      "**p50 / p99** are per event, from each event's emit (as in section 1): uWS.js's emit loop blocks while it sends (about 1 s of a 1.3 s round at 10,000 × 100), so its later events start their clocks late, where payload-realtime takes the whole burst at once; **50% / 99% delivered** is the time from the round's first emit until half and 99% of its messages had arrived, the same clock for both. In the paced rows events come one at a time at a rate both servers sustain, so p50 / p99 are the path's latency with these clients, not a queue's. " +
       "**TCP memory peak**: the most the machine's TCP sockets held during the round (`/proc/net/sockstat`, sampled every 50 ms): what a burst parks in socket buffers (Linux stops every socket of the machine from growing at `tcp_mem`'s high mark).",
   )
   out.push('')
   out.push(
-    '| client | server | msg/s | p50 | p99 | max | 50% / 99% delivered | server CPU per msg | server + client CPU per msg | machine CPU per msg | server CPU | client CPU | other CPU | TCP memory peak | delivered |',
+    '| client | server | events | msg/s | p50 | p99 | max | 50% / 99% delivered | server CPU per msg | server + client CPU per msg | machine CPU per msg | server CPU | client CPU | other CPU | TCP memory peak | delivered |',
   )
-  out.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|')
+  out.push('|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|')
   const pct = (v) => (v == null ? '-' : `${(v * 100).toFixed(0)}%`)
-  for (const gen of p.generators) {
-    for (const id of p.servers) {
-      const r = c.byGenerator[gen]?.[id]
-      if (!r) continue
-      const g = GENERATORS[gen]?.label ?? gen
-      if (r.error) {
+  // Runs before the paced case have none.
+  const modes = [[`${p.events} at once`, c.byGenerator]]
+  if (c.pacedByGenerator && p.pacedRate > 0)
+    modes.push([
+      `${p.pacedEvents}, one every ${((p.subscribers / p.pacedRate) * 1000).toFixed(0)} ms`,
+      c.pacedByGenerator,
+    ])
+  for (const [events, byGen] of modes) {
+    for (const gen of p.generators) {
+      for (const id of p.servers) {
+        const r = byGen[gen]?.[id]
+        if (!r) continue
+        const g = GENERATORS[gen]?.label ?? gen
+        if (r.error) {
+          out.push(
+            `| ${g} | ${label(id)} | ${events} | failed: ${r.error.replace(/\|/g, '/').slice(0, 120)} | | | | | | | | | | | | |`,
+          )
+          continue
+        }
         out.push(
-          `| ${g} | ${label(id)} | failed: ${r.error.replace(/\|/g, '/').slice(0, 120)} | | | | | | | | | | | | |`,
+          `| ${g} | ${label(id)} | ${events} | ${fmtInt(r.msgsPerSec)} | ${fmt(r.p50Ms, 1)} ms | ${fmt(r.p99Ms, 1)} ms | ${fmt(r.maxMs, 1)} ms | ${fmt(r.deliveredHalfMs, 0)} / ${fmt(r.delivered99Ms, 0)} ms | ` +
+            `${fmt(r.cpuPerMsgUs)} µs | ${fmt(r.pairCpuPerMsgUs)} µs | ${fmt(r.machineCpuPerMsgUs)} µs | ` +
+            `${pct(r.serverCpuShare)} | ${pct(r.loadgenCpuShare)} | ${pct(r.otherCpuShare)} | ${r.tcpMemPeakBytes == null ? '-' : mb(r.tcpMemPeakBytes)} | ${r.allComplete ? 'all' : `${r.delivered}/${r.expected}`} |`,
         )
-        continue
       }
-      out.push(
-        `| ${g} | ${label(id)} | ${fmtInt(r.msgsPerSec)} | ${fmt(r.p50Ms, 1)} ms | ${fmt(r.p99Ms, 1)} ms | ${fmt(r.maxMs, 1)} ms | ${fmt(r.deliveredHalfMs, 0)} / ${fmt(r.delivered99Ms, 0)} ms | ` +
-          `${fmt(r.cpuPerMsgUs)} µs | ${fmt(r.pairCpuPerMsgUs)} µs | ${fmt(r.machineCpuPerMsgUs)} µs | ` +
-          `${pct(r.serverCpuShare)} | ${pct(r.loadgenCpuShare)} | ${pct(r.otherCpuShare)} | ${r.tcpMemPeakBytes == null ? '-' : mb(r.tcpMemPeakBytes)} | ${r.allComplete ? 'all' : `${r.delivered}/${r.expected}`} |`,
-      )
     }
   }
   const rows = []
-  for (const gen of p.generators) {
-    const rt = c.byGenerator[gen]?.realtime
-    const u = c.byGenerator[gen]?.['uws-publish']
-    if (!rt || rt.error || !u || u.error) continue
-    rows.push(
-      `| ${GENERATORS[gen]?.label ?? gen} | ${ratio(rt.msgsPerSec, u.msgsPerSec)} | ${ratio(rt.p50Ms, u.p50Ms)} | ${ratio(rt.p99Ms, u.p99Ms)} | ${ratio(rt.delivered99Ms, u.delivered99Ms)} | ${ratio(rt.cpuPerMsgUs, u.cpuPerMsgUs)} | ${ratio(rt.pairCpuPerMsgUs, u.pairCpuPerMsgUs)} | ${ratio(rt.machineCpuPerMsgUs, u.machineCpuPerMsgUs)} |`,
-    )
+  for (const [events, byGen] of modes) {
+    for (const gen of p.generators) {
+      const rt = byGen[gen]?.realtime
+      const u = byGen[gen]?.['uws-publish']
+      if (!rt || rt.error || !u || u.error) continue
+      rows.push(
+        `| ${GENERATORS[gen]?.label ?? gen} | ${events} | ${ratio(rt.msgsPerSec, u.msgsPerSec)} | ${ratio(rt.p50Ms, u.p50Ms)} | ${ratio(rt.p99Ms, u.p99Ms)} | ${ratio(rt.delivered99Ms, u.delivered99Ms)} | ${ratio(rt.cpuPerMsgUs, u.cpuPerMsgUs)} | ${ratio(rt.pairCpuPerMsgUs, u.pairCpuPerMsgUs)} | ${ratio(rt.machineCpuPerMsgUs, u.machineCpuPerMsgUs)} |`,
+      )
+    }
   }
   if (rows.length) {
     out.push('')
     out.push(
-      '| payload-realtime vs uWS.js publish, client | msg/s ratio (higher is better) | p50 ratio | p99 ratio | 99% delivered ratio | server CPU per msg ratio | server + client CPU per msg ratio | machine CPU per msg ratio |',
+      '| payload-realtime vs uWS.js publish, client | events | msg/s ratio (higher is better) | p50 ratio | p99 ratio | 99% delivered ratio | server CPU per msg ratio | server + client CPU per msg ratio | machine CPU per msg ratio |',
     )
-    out.push('|---|---:|---:|---:|---:|---:|---:|---:|')
+    out.push('|---|---|---:|---:|---:|---:|---:|---:|---:|')
     out.push(...rows)
   }
   out.push('')
