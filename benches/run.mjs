@@ -23,7 +23,7 @@
 //   BENCH_CLIENTS=tungstenite the clients scenario's generators: tungstenite (tokio-tungstenite 0.24,
 //                            benches/loadgen/src/bin/tungstenite.rs), loadgen (the bench's own)
 //   BENCH_CLIENTS_SUBSCRIBERS=10000  BENCH_CLIENTS_EVENTS=100 (quick: 20)
-//   BENCH_CLIENTS_PACED_RATE=100000 (messages/s offered, one event at a time; 0 leaves it out)
+//   BENCH_CLIENTS_PACED_RATE=50000 (messages/s offered, one event at a time; 0 leaves it out)
 //   BENCH_CLIENTS_PACED_EVENTS=20 (quick: 10)
 //   BENCH_EVENT_SIZE=1024    BENCH_ROOMS_EVENTS  BENCH_IDLE_COUNTS=10000,19000
 //   BENCH_AUTH_EVENTS=1,20,100 (events per round, one case each)  BENCH_AUTH_SLOW_MS=1 (the lone
@@ -86,7 +86,7 @@ const cfg = {
     subscribers: int(env.BENCH_CLIENTS_SUBSCRIBERS, 10_000),
     events: int(env.BENCH_CLIENTS_EVENTS, QUICK ? 20 : 100),
     // And events one at a time, this many messages/s offered (0 leaves the paced case out).
-    pacedRate: int(env.BENCH_CLIENTS_PACED_RATE, 100_000),
+    pacedRate: int(env.BENCH_CLIENTS_PACED_RATE, 50_000),
     pacedEvents: int(env.BENCH_CLIENTS_PACED_EVENTS, QUICK ? 10 : 20),
     servers: ['realtime', 'uws-publish'],
   },
