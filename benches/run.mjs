@@ -20,8 +20,12 @@
 //   BENCH_FANOUT_SUBSCRIBERS=1000,10000   BENCH_FANOUT_EVENTS=100 (events per round, every size)
 //   BENCH_FANOUT_PACED_RATE=100000 (messages/s offered in the paced fan-out case; 0 leaves it out)
 //   BENCH_LOADGEN_BUF=262144 the load generator's read buffer (one per process, shared by its sockets)
-//   BENCH_CLIENTS=tungstenite the clients scenario's generators: tungstenite (tokio-tungstenite 0.24,
-//                            benches/loadgen/src/bin/tungstenite.rs), loadgen (the bench's own)
+//   BENCH_CLIENTS=tungstenite,browser the clients scenario's generators: tungstenite (tokio-tungstenite
+//                            0.24, benches/loadgen/src/bin/tungstenite.rs), browser (headless Chromium
+//                            pages, benches/clients/browser.mjs; default where /usr/bin/chromium is),
+//                            loadgen (the bench's own)
+//   BENCH_BROWSER_SOCKETS=200  BENCH_BROWSER_PAGES=4 (the browser case's sockets, over that many pages)
+//   BENCH_BROWSER_EVENTS=20  BENCH_BROWSER_PACED_RATE=2000 (its burst, and its paced rate)
 //   BENCH_CLIENTS_SUBSCRIBERS=10000  BENCH_CLIENTS_EVENTS=100 (quick: 20)
 //   BENCH_CLIENTS_PACED_RATE=50000 (messages/s offered, one event at a time; 0 leaves it out)
 //   BENCH_CLIENTS_PACED_EVENTS=20 (quick: 10)
@@ -82,7 +86,18 @@ const cfg = {
   },
   // Fan-out to clients built on a real client library (see scenarioClients), against uWS.js publish.
   clients: {
-    generators: list(env.BENCH_CLIENTS, ['tungstenite']),
+    // The browser case runs where Debian's Chromium is (CI has it).
+    generators: list(
+      env.BENCH_CLIENTS,
+      existsSync(env.PAYLOAD_REALTIME_CHROMIUM || '/usr/bin/chromium') ? ['tungstenite', 'browser'] : ['tungstenite'],
+    ),
+    // Real browser WebSockets: a few hundred, over a few pages (each page is a renderer).
+    // A browser takes about 150-250 µs of CPU per message here (every message crosses from its
+    // network process to a renderer): fewer events, and a paced rate it sustains.
+    browserSockets: int(env.BENCH_BROWSER_SOCKETS, 200),
+    browserPages: int(env.BENCH_BROWSER_PAGES, 4),
+    browserEvents: int(env.BENCH_BROWSER_EVENTS, 20),
+    browserPacedRate: int(env.BENCH_BROWSER_PACED_RATE, 2_000),
     subscribers: int(env.BENCH_CLIENTS_SUBSCRIBERS, 10_000),
     events: int(env.BENCH_CLIENTS_EVENTS, QUICK ? 20 : 100),
     // And events one at a time, this many messages/s offered (0 leaves the paced case out).
@@ -170,6 +185,7 @@ const ANCHORS = ['uws-plugin', 'uws-publish', 'ws', 'ceiling']
 const GENERATORS = {
   loadgen: { label: "the bench's own generator", binary: 'loadgen' },
   tungstenite: { label: 'tokio-tungstenite 0.24', binary: 'tungstenite' },
+  browser: { label: 'Chromium, headless', script: 'clients/browser.mjs' },
 }
 /** Events per case of the redis scenario (functions stay out of `cfg`, which is saved as JSON). */
 const redisEvents = {
@@ -366,7 +382,9 @@ async function startLoadgens(port, conns, opts = {}) {
     if (opts.protocol) args.push('--protocol', opts.protocol)
     if (opts.path) args.push('--path', opts.path)
     const gen = GENERATORS[opts.generator ?? 'loadgen']
-    let cmd = loadgenBin(gen.binary)
+    let cmd = gen.script ? process.execPath : loadgenBin(gen.binary)
+    if (gen.script) args.unshift(path.join(here, gen.script))
+    if (opts.pages) args.push('--pages', String(opts.pages))
     if (perfServers.includes(gen.binary)) {
       // BENCH_PERF=tungstenite (or loadgen): the generators' profiles, named by the server they read.
       const dir = path.join(here, 'profiles')
@@ -376,7 +394,7 @@ async function startLoadgens(port, conns, opts = {}) {
       args.unshift('record', '-q', '-e', 'cpu-clock', '-F', '999', '-g', '-o', file, '--', cmd)
       cmd = 'perf'
     }
-    const g = new Proc(`${gen.binary}#${i}`, cmd, args)
+    const g = new Proc(`${gen.binary ?? opts.generator}#${i}`, cmd, args)
     g.offset = offset
     g.conns = n
     gens.push(g)
@@ -683,16 +701,24 @@ async function scenarioFanout() {
  * at once and take turns round by round, so a noisy stretch of the machine hits both alike.
  */
 async function scenarioClients() {
-  const { generators, subscribers: n, events, pacedRate, pacedEvents } = cfg.clients
+  const { generators, subscribers, pacedRate, pacedEvents } = cfg.clients
   const servers = cfg.clients.servers.filter((id) => cfg.servers.includes(id))
-  const intervalMs = pacedRate > 0 ? (n / pacedRate) * 1000 : 0
-  const modes = [{ key: 'burst', emit: { count: events, collection: 'posts' }, events }]
-  if (pacedRate > 0)
-    modes.push({ key: 'paced', emit: { count: pacedEvents, collection: 'posts', intervalMs }, events: pacedEvents })
   const out = {}
   const paced = {}
+  const socketsBy = {}
+  const eventsBy = {}
+  const pacedRateBy = {}
   for (const gen of generators) {
     if (!GENERATORS[gen]) throw new Error(`BENCH_CLIENTS: ${gen}? (${Object.keys(GENERATORS).join(', ')})`)
+    // The same offered rate for the browser's few hundred sockets: more events, closer together.
+    const browser = gen === 'browser'
+    const n = (socketsBy[gen] = browser ? cfg.clients.browserSockets : cfg.clients.subscribers)
+    const events = (eventsBy[gen] = browser ? cfg.clients.browserEvents : cfg.clients.events)
+    const rate = (pacedRateBy[gen] = browser ? cfg.clients.browserPacedRate : pacedRate)
+    const intervalMs = rate > 0 ? (n / rate) * 1000 : 0
+    const modes = [{ key: 'burst', emit: { count: events, collection: 'posts' }, events }]
+    if (rate > 0)
+      modes.push({ key: 'paced', emit: { count: pacedEvents, collection: 'posts', intervalMs }, events: pacedEvents })
     log(
       `real clients (${GENERATORS[gen].label}): ${events} events of ${cfg.eventSize} B to ${n} subscribers of one room, ${servers.join(' and ')} in turns`,
     )
@@ -713,6 +739,7 @@ async function scenarioClients() {
             users: Math.min(n, 1000),
             generator: gen,
             serverId: id,
+            pages: cfg.clients.browserPages,
           })
           live[id].ready = readySummary(live[id].gens)
         } catch (err) {
@@ -721,7 +748,7 @@ async function scenarioClients() {
       }
       for (const mode of modes) {
         if (mode.key === 'paced')
-          log(`  paced: ${pacedEvents} events, one every ${intervalMs.toFixed(0)} ms (${pacedRate} messages/s offered)`)
+          log(`  paced: ${pacedEvents} events, one every ${intervalMs.toFixed(0)} ms (${rate} messages/s offered)`)
         for (let r = -cfg.warmup; r < cfg.rounds; r++) {
           for (const id of servers) {
             const l = live[id]
@@ -755,7 +782,18 @@ async function scenarioClients() {
     }
   }
   return {
-    params: { subscribers: n, events, eventSize: cfg.eventSize, generators, servers, pacedRate, pacedEvents },
+    params: {
+      subscribers,
+      socketsBy,
+      events: cfg.clients.events,
+      eventsBy,
+      eventSize: cfg.eventSize,
+      generators,
+      servers,
+      pacedRate,
+      pacedRateBy,
+      pacedEvents,
+    },
     byGenerator: out,
     pacedByGenerator: paced,
   }
@@ -1201,12 +1239,12 @@ function fanoutTable(byId, anchors) {
 function clientsSection(c, provenance) {
   const p = c.params
   const out = [
-    `## 1b. Fan-out to a real client library: ${p.subscribers.toLocaleString('en-US')} subscribers of one room, ${p.events} events of ${p.eventSize} B per round`,
+    `## 1b. Fan-out to real clients: a client library and a browser, events of ${p.eventSize} B to every subscriber of one room`,
     '',
   ]
   provenance()
   out.push(
-    "The same fan-out as section 1, read by clients built on a real WebSocket client library instead of the bench's own generator: `tokio-tungstenite` 0.24 (`benches/loadgen/src/bin/tungstenite.rs`: one current-thread runtime, a task per socket, `connect_async` with `?token=`, then message by message; the library reads 4 KB per `read`). Both servers hold their sockets at once and take turns round by round. " +
+    "The same fan-out as section 1, read by clients built on a real WebSocket client library instead of the bench's own generator: `tokio-tungstenite` 0.24 (`benches/loadgen/src/bin/tungstenite.rs`: one current-thread runtime, a task per socket, `connect_async` with `?token=`, then message by message; the library reads 4 KB per `read`), and, where Chromium is installed, by real browser WebSockets: headless Chromium driven by playwright-core, a few hundred sockets spread over a few pages, each a plain `new WebSocket(url)` whose `onmessage` records the event (`benches/clients/browser.mjs`; its client CPU is the whole browser's, every process of it). Both servers hold their sockets at once and take turns round by round. " +
       "**server CPU per msg** is the server alone; **server + client** adds the generator; **machine** is every core of the machine from `/proc/stat` (other processes included: see **other CPU**). On loopback, bytes the reader's window cannot take yet are transmitted later in the reader's context, so server CPU alone flatters a server that leaves its transmit work to the clients' core; the machine figure is the fair one on one box. " +
       "**p50 / p99** are per event, from each event's emit (as in section 1): uWS.js's emit loop blocks while it sends (about 1 s of a 1.3 s round at 10,000 × 100), so its later events start their clocks late, where payload-realtime takes the whole burst at once; **50% / 99% delivered** is the time from the round's first emit until half and 99% of its messages had arrived, the same clock for both. In the paced rows events come one at a time at a rate both servers sustain, so p50 / p99 are the path's latency with these clients, not a queue's. " +
       "**TCP memory peak**: the most the machine's TCP sockets held during the round (`/proc/net/sockstat`, sampled every 50 ms): what a burst parks in socket buffers (Linux stops every socket of the machine from growing at `tcp_mem`'s high mark).",
@@ -1218,18 +1256,22 @@ function clientsSection(c, provenance) {
   out.push('|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|')
   const pct = (v) => (v == null ? '-' : `${(v * 100).toFixed(0)}%`)
   // Runs before the paced case have none.
-  const modes = [[`${p.events} at once`, c.byGenerator]]
-  if (c.pacedByGenerator && p.pacedRate > 0)
+  const socketsOf = (gen) => p.socketsBy?.[gen] ?? p.subscribers
+  const modes = [[(gen) => `${p.eventsBy?.[gen] ?? p.events} at once`, c.byGenerator]]
+  const rateOf = (gen) => p.pacedRateBy?.[gen] ?? p.pacedRate
+  if (c.pacedByGenerator)
     modes.push([
-      `${p.pacedEvents}, one every ${((p.subscribers / p.pacedRate) * 1000).toFixed(0)} ms`,
+      (gen) => `${p.pacedEvents}, one every ${((socketsOf(gen) / rateOf(gen)) * 1000).toFixed(0)} ms`,
       c.pacedByGenerator,
     ])
-  for (const [events, byGen] of modes) {
+  const client = (gen) => `${GENERATORS[gen]?.label ?? gen}, ${socketsOf(gen).toLocaleString('en-US')} sockets`
+  for (const [eventsOf, byGen] of modes) {
     for (const gen of p.generators) {
+      const events = eventsOf(gen)
       for (const id of p.servers) {
         const r = byGen[gen]?.[id]
         if (!r) continue
-        const g = GENERATORS[gen]?.label ?? gen
+        const g = client(gen)
         if (r.error) {
           out.push(
             `| ${g} | ${label(id)} | ${events} | failed: ${r.error.replace(/\|/g, '/').slice(0, 120)} | | | | | | | | | | | | |`,
@@ -1245,13 +1287,13 @@ function clientsSection(c, provenance) {
     }
   }
   const rows = []
-  for (const [events, byGen] of modes) {
+  for (const [eventsOf, byGen] of modes) {
     for (const gen of p.generators) {
       const rt = byGen[gen]?.realtime
       const u = byGen[gen]?.['uws-publish']
       if (!rt || rt.error || !u || u.error) continue
       rows.push(
-        `| ${GENERATORS[gen]?.label ?? gen} | ${events} | ${ratio(rt.msgsPerSec, u.msgsPerSec)} | ${ratio(rt.p50Ms, u.p50Ms)} | ${ratio(rt.p99Ms, u.p99Ms)} | ${ratio(rt.delivered99Ms, u.delivered99Ms)} | ${ratio(rt.cpuPerMsgUs, u.cpuPerMsgUs)} | ${ratio(rt.pairCpuPerMsgUs, u.pairCpuPerMsgUs)} | ${ratio(rt.machineCpuPerMsgUs, u.machineCpuPerMsgUs)} |`,
+        `| ${client(gen)} | ${eventsOf(gen)} | ${ratio(rt.msgsPerSec, u.msgsPerSec)} | ${ratio(rt.p50Ms, u.p50Ms)} | ${ratio(rt.p99Ms, u.p99Ms)} | ${ratio(rt.delivered99Ms, u.delivered99Ms)} | ${ratio(rt.cpuPerMsgUs, u.cpuPerMsgUs)} | ${ratio(rt.pairCpuPerMsgUs, u.pairCpuPerMsgUs)} | ${ratio(rt.machineCpuPerMsgUs, u.machineCpuPerMsgUs)} |`,
       )
     }
   }
@@ -1459,7 +1501,7 @@ function report(meta) {
       '- **msg/s** = messages delivered to the generator ÷ (last receive − first emit). **Server CPU per msg** = server CPU time (all threads) during the round ÷ messages delivered: with server and generator sharing 2 cores this is the figure that holds. **Latency** = receive time − `doc.t` (same clock, same machine), over every message. **server CPU / loadgen CPU** = share of one core (100% = one core; the machine has 2) each used during the round: a loadgen near 100% would mean the generator, not the server, set the pace. **other CPU** = everything else the machine did during the round (other processes, this harness; from `/proc/stat`), median over the rounds: the cores are shared, and a row whose other CPU is high was measured while something else ran.',
       "- **Ceiling**: a bare tokio server with no logic (`benches/loadgen/src/bin/ceiling.rs`): accepts handshakes, acks joins, and writes the same pre-encoded frames with one `writev` per socket per burst. It shows what this machine's loopback TCP can do; every other row reads as a fraction of it. In the many-rooms scenario it writes each room\'s events as one burst (the others get them one event at a time).",
       '- Events are emitted "as fast as accepted": payload-realtime gets every `emitEvent` at once and awaits them together; the JS anchors run their send loops synchronously.',
-      "- **Second load generator, a real client library** (section 1b): `benches/loadgen/src/bin/tungstenite.rs`, clients built on `tokio-tungstenite` 0.24 as an application uses it: one current-thread runtime, a task per socket, `connect_async(\"ws://host:port/?token=...\")`, the join sent with `send`, then `next()` message by message (the library reads 4 KB per `read` and parses frame by frame, where the bench's own generator takes a whole burst per socket in one read). Same stdin protocol and figures as the first generator; payload-realtime and uWS.js publish hold their sockets at once and take turns round by round. Its rows add server + client and whole-machine CPU per message (`/proc/stat`), the time from a round's first emit until 50% and 99% of its messages arrived, and the peak of the machine's TCP memory during the round (`/proc/net/sockstat`). `BENCH_CLIENTS=tungstenite,loadgen` measures both generators the same way; `BENCH_PERF=tungstenite` profiles the clients.",
+      "- **Second load generator, a real client library** (section 1b): `benches/loadgen/src/bin/tungstenite.rs`, clients built on `tokio-tungstenite` 0.24 as an application uses it: one current-thread runtime, a task per socket, `connect_async(\"ws://host:port/?token=...\")`, the join sent with `send`, then `next()` message by message (the library reads 4 KB per `read` and parses frame by frame, where the bench's own generator takes a whole burst per socket in one read). Same stdin protocol and figures as the first generator; payload-realtime and uWS.js publish hold their sockets at once and take turns round by round. Its rows add server + client and whole-machine CPU per message (`/proc/stat`), the time from a round's first emit until 50% and 99% of its messages arrived, and the peak of the machine's TCP memory during the round (`/proc/net/sockstat`). `BENCH_CLIENTS=tungstenite,loadgen` measures both generators the same way; `BENCH_PERF=tungstenite` profiles the clients. **Real browsers** (section 1b, where `/usr/bin/chromium` is): `benches/clients/browser.mjs` launches Debian's Chromium headless through playwright-core and opens 200 plain `new WebSocket(\"ws://host:port/?token=...\")` over 4 pages; each page's `onmessage` takes the receive time (`performance.timeOrigin + performance.now()`) and the event's `doc.t`, and the harness reads the pages' counts over the same stdin protocol. A browser spends 150-250 µs of CPU per message here (each message crosses from its network process to a renderer), so its case is small: 20 events per burst, paced at 2,000 messages/s; its client CPU is every process of the browser.",
     ].join('\n'),
   )
   out.push('')
