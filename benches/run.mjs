@@ -23,9 +23,11 @@
 //   BENCH_CLIENTS=tungstenite,browser the clients scenario's generators: tungstenite (tokio-tungstenite
 //                            0.24, benches/loadgen/src/bin/tungstenite.rs), browser (headless Chromium
 //                            pages, benches/clients/browser.mjs; default where /usr/bin/chromium is),
+//                            ws (Node's ws 8 clients in one process, benches/clients/ws.mjs),
 //                            loadgen (the bench's own)
 //   BENCH_BROWSER_SOCKETS=200  BENCH_BROWSER_PAGES=4 (the browser case's sockets, over that many pages)
 //   BENCH_BROWSER_EVENTS=20  BENCH_BROWSER_PACED_RATE=2000 (its burst, and its paced rate)
+//   BENCH_WS_CLIENTS=2000 (the ws generator's sockets; it takes the tungstenite case's events and rate)
 //   BENCH_CLIENTS_SUBSCRIBERS=10000  BENCH_CLIENTS_EVENTS=100 (quick: 20)
 //   BENCH_CLIENTS_PACED_RATE=50000 (messages/s offered, one event at a time; 0 leaves it out)
 //   BENCH_CLIENTS_PACED_EVENTS=20 (quick: 10)
@@ -98,6 +100,8 @@ const cfg = {
     browserPages: int(env.BENCH_BROWSER_PAGES, 4),
     browserEvents: int(env.BENCH_BROWSER_EVENTS, 20),
     browserPacedRate: int(env.BENCH_BROWSER_PACED_RATE, 2_000),
+    // Node's ws client costs several µs per message: fewer sockets.
+    wsSockets: int(env.BENCH_WS_CLIENTS, 2_000),
     subscribers: int(env.BENCH_CLIENTS_SUBSCRIBERS, 10_000),
     events: int(env.BENCH_CLIENTS_EVENTS, QUICK ? 20 : 100),
     // And events one at a time, this many messages/s offered (0 leaves the paced case out).
@@ -186,6 +190,7 @@ const GENERATORS = {
   loadgen: { label: "the bench's own generator", binary: 'loadgen' },
   tungstenite: { label: 'tokio-tungstenite 0.24', binary: 'tungstenite' },
   browser: { label: 'Chromium, headless', script: 'clients/browser.mjs' },
+  ws: { label: 'ws 8 (Node)', script: 'clients/ws.mjs' },
 }
 /** Events per case of the redis scenario (functions stay out of `cfg`, which is saved as JSON). */
 const redisEvents = {
@@ -385,12 +390,14 @@ async function startLoadgens(port, conns, opts = {}) {
     let cmd = gen.script ? process.execPath : loadgenBin(gen.binary)
     if (gen.script) args.unshift(path.join(here, gen.script))
     if (opts.pages) args.push('--pages', String(opts.pages))
-    if (perfServers.includes(gen.binary)) {
-      // BENCH_PERF=tungstenite (or loadgen): the generators' profiles, named by the server they read.
+    const genId = opts.generator ?? 'loadgen'
+    if (perfServers.includes(genId)) {
+      // BENCH_PERF=tungstenite (or loadgen, ws): the generators' profiles, named by the server they read.
       const dir = path.join(here, 'profiles')
       mkdirSync(dir, { recursive: true })
-      const file = path.join(dir, `${currentCase}-${opts.serverId ?? 'server'}-${gen.binary}-${i}.perf.data`)
-      log(`  profiling ${gen.binary}#${i} into ${path.relative(root, file)}`)
+      const file = path.join(dir, `${currentCase}-${opts.serverId ?? 'server'}-${genId}-${i}.perf.data`)
+      log(`  profiling ${genId}#${i} into ${path.relative(root, file)}`)
+      if (gen.script) args.unshift('--perf-basic-prof')
       args.unshift('record', '-q', '-e', 'cpu-clock', '-F', '999', '-g', '-o', file, '--', cmd)
       cmd = 'perf'
     }
@@ -712,7 +719,11 @@ async function scenarioClients() {
     if (!GENERATORS[gen]) throw new Error(`BENCH_CLIENTS: ${gen}? (${Object.keys(GENERATORS).join(', ')})`)
     // The same offered rate for the browser's few hundred sockets: more events, closer together.
     const browser = gen === 'browser'
-    const n = (socketsBy[gen] = browser ? cfg.clients.browserSockets : cfg.clients.subscribers)
+    const n = (socketsBy[gen] = browser
+      ? cfg.clients.browserSockets
+      : gen === 'ws'
+        ? cfg.clients.wsSockets
+        : cfg.clients.subscribers)
     const events = (eventsBy[gen] = browser ? cfg.clients.browserEvents : cfg.clients.events)
     const rate = (pacedRateBy[gen] = browser ? cfg.clients.browserPacedRate : pacedRate)
     const intervalMs = rate > 0 ? (n / rate) * 1000 : 0
@@ -1501,7 +1512,7 @@ function report(meta) {
       '- **msg/s** = messages delivered to the generator ÷ (last receive − first emit). **Server CPU per msg** = server CPU time (all threads) during the round ÷ messages delivered: with server and generator sharing 2 cores this is the figure that holds. **Latency** = receive time − `doc.t` (same clock, same machine), over every message. **server CPU / loadgen CPU** = share of one core (100% = one core; the machine has 2) each used during the round: a loadgen near 100% would mean the generator, not the server, set the pace. **other CPU** = everything else the machine did during the round (other processes, this harness; from `/proc/stat`), median over the rounds: the cores are shared, and a row whose other CPU is high was measured while something else ran.',
       "- **Ceiling**: a bare tokio server with no logic (`benches/loadgen/src/bin/ceiling.rs`): accepts handshakes, acks joins, and writes the same pre-encoded frames with one `writev` per socket per burst. It shows what this machine's loopback TCP can do; every other row reads as a fraction of it. In the many-rooms scenario it writes each room\'s events as one burst (the others get them one event at a time).",
       '- Events are emitted "as fast as accepted": payload-realtime gets every `emitEvent` at once and awaits them together; the JS anchors run their send loops synchronously.',
-      "- **Second load generator, a real client library** (section 1b): `benches/loadgen/src/bin/tungstenite.rs`, clients built on `tokio-tungstenite` 0.24 as an application uses it: one current-thread runtime, a task per socket, `connect_async(\"ws://host:port/?token=...\")`, the join sent with `send`, then `next()` message by message (the library reads 4 KB per `read` and parses frame by frame, where the bench's own generator takes a whole burst per socket in one read). Same stdin protocol and figures as the first generator; payload-realtime and uWS.js publish hold their sockets at once and take turns round by round. Its rows add server + client and whole-machine CPU per message (`/proc/stat`), the time from a round's first emit until 50% and 99% of its messages arrived, and the peak of the machine's TCP memory during the round (`/proc/net/sockstat`). `BENCH_CLIENTS=tungstenite,loadgen` measures both generators the same way; `BENCH_PERF=tungstenite` profiles the clients. **Real browsers** (section 1b, where `/usr/bin/chromium` is): `benches/clients/browser.mjs` launches Debian's Chromium headless through playwright-core and opens 200 plain `new WebSocket(\"ws://host:port/?token=...\")` over 4 pages; each page's `onmessage` takes the receive time (`performance.timeOrigin + performance.now()`) and the event's `doc.t`, and the harness reads the pages' counts over the same stdin protocol. A browser spends 150-250 µs of CPU per message here (each message crosses from its network process to a renderer), so its case is small: 20 events per burst, paced at 2,000 messages/s; its client CPU is every process of the browser.",
+      "- **Second load generator, a real client library** (section 1b): `benches/loadgen/src/bin/tungstenite.rs`, clients built on `tokio-tungstenite` 0.24 as an application uses it: one current-thread runtime, a task per socket, `connect_async(\"ws://host:port/?token=...\")`, the join sent with `send`, then `next()` message by message (the library reads 4 KB per `read` and parses frame by frame, where the bench's own generator takes a whole burst per socket in one read). Same stdin protocol and figures as the first generator; payload-realtime and uWS.js publish hold their sockets at once and take turns round by round. Its rows add server + client and whole-machine CPU per message (`/proc/stat`), the time from a round's first emit until 50% and 99% of its messages arrived, and the peak of the machine's TCP memory during the round (`/proc/net/sockstat`). `BENCH_CLIENTS=tungstenite,loadgen` measures both generators the same way; `BENCH_PERF=tungstenite` profiles the clients. **Real browsers** (section 1b, where `/usr/bin/chromium` is): `benches/clients/browser.mjs` launches Debian's Chromium headless through playwright-core and opens 200 plain `new WebSocket(\"ws://host:port/?token=...\")` over 4 pages; each page's `onmessage` takes the receive time (`performance.timeOrigin + performance.now()`) and the event's `doc.t`, and the harness reads the pages' counts over the same stdin protocol. A browser spends 150-250 µs of CPU per message here (each message crosses from its network process to a renderer), so its case is small: 20 events per burst, paced at 2,000 messages/s; its client CPU is every process of the browser. **Node's `ws` 8** (`BENCH_CLIENTS=...,ws`, not in the default run): `benches/clients/ws.mjs`, 2,000 `ws` clients in one Node process (`BENCH_WS_CLIENTS`), the same events and rates as the tokio-tungstenite case.",
     ].join('\n'),
   )
   out.push('')
