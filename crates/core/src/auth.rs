@@ -65,7 +65,7 @@ pub fn derive_signing_secret(secret: &str) -> String {
 #[derive(Debug, Clone, PartialEq)]
 pub struct User {
     /// `<collection>:<id>`: sockets with the same key are the same user (one authorize call).
-    pub key: String,
+    pub key: Arc<str>,
     /// The token's claims (`id`, `collection`, `email`, `sid`, ...), handed to JS as the user;
     /// shared, not copied, with every socket structure that needs them.
     pub claims: Arc<Value>,
@@ -93,7 +93,7 @@ impl User {
             .to_string();
         let expires_at = claims.get("exp").and_then(Value::as_u64);
         Some(User {
-            key: format!("{collection}:{id}"),
+            key: Arc::from(format!("{collection}:{id}")),
             claims: Arc::new(claims),
             expires_at,
         })
@@ -387,7 +387,7 @@ pub(crate) mod tests {
         let user = authenticate(&config(), &parts("/", &[("authorization", &format!("JWT {t}"))]))
             .unwrap()
             .unwrap();
-        assert_eq!(user.key, "users:42");
+        assert_eq!(&*user.key, "users:42");
         assert_eq!(user.claims["email"], "a@b.c");
     }
 

@@ -747,7 +747,7 @@ mod tests {
 
     fn test_user(id: u64) -> crate::auth::User {
         crate::auth::User {
-            key: format!("users:{id}"),
+            key: format!("users:{id}").into(),
             claims: Arc::new(json!({"id": id, "collection": "users"})),
             expires_at: None,
         }

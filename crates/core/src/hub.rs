@@ -97,6 +97,8 @@ pub struct Hub {
     pub(crate) missed: parking_lot::Mutex<HashSet<Arc<str>>>,
     /// Revoked sessions: checked at handshake and refresh, shared through Redis when configured.
     pub revocations: Arc<Revocations>,
+    /// One copy of each user for all of its sockets.
+    users: crate::users::SharedUsers,
 }
 
 /// An event for a room with Redis-backed history, waiting for its offset.
@@ -145,6 +147,7 @@ impl Hub {
             overflow: Default::default(),
             missed: Default::default(),
             revocations: Arc::new(Revocations::new(config_revocations.0, config_revocations.1)),
+            users: Default::default(),
         };
         (Arc::new(hub), receivers)
     }
@@ -166,11 +169,22 @@ impl Hub {
     /// to use the token's claims.
     pub fn new_peer(&self, user: Option<User>, user_value: Option<Value>) -> Arc<Peer> {
         let id = self.next_peer.fetch_add(1, Ordering::Relaxed);
-        let value = match user_value {
-            Some(v) => Arc::new(v),
-            None => user
-                .as_ref()
-                .map_or_else(|| Arc::new(Value::Null), |u| u.claims.clone()),
+        let (user, value) = match user {
+            Some(mut u) => {
+                // The user's other sockets may hold the same claims and document already.
+                let (key, claims) = self.users.share(&u.key, u.claims);
+                u.key = key;
+                u.claims = claims;
+                let value = match user_value {
+                    Some(v) => self.users.share(&u.key, Arc::new(v)).1,
+                    None => u.claims.clone(),
+                };
+                (Some(u), value)
+            }
+            None => (
+                None,
+                user_value.map_or_else(crate::users::SharedUsers::anonymous, Arc::new),
+            ),
         };
         let peer = Arc::new(Peer::with_user_value(
             id,
@@ -695,7 +709,7 @@ impl Hub {
             hub.publish_presence(
                 room,
                 if joined { "join" } else { "leave" },
-                &[(user.key.clone(), summary)],
+                &[(user.key.to_string(), summary)],
             );
             if let Some(change) = change {
                 hub.announce(room, &change);

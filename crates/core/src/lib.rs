@@ -49,3 +49,4 @@ pub mod server;
 pub mod splice;
 pub mod sse;
 pub mod stats;
+pub(crate) mod users;

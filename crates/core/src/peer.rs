@@ -37,12 +37,20 @@ pub struct Peer {
     pub(crate) rooms: Mutex<Option<Vec<Arc<str>>>>,
     /// Milliseconds (server clock) of the last frame received: the idle timer reads it.
     pub last_seen_ms: AtomicU64,
-    /// Recoveries from Redis history (see [`Recovering`]).
-    recovering: Mutex<Recovering>,
-    /// Whether `recovering` holds anything (read on the fan-out path without locking).
+    /// Recoveries (see [`Recovery`]): boxed on a socket's first recovery, since most sockets
+    /// never recover and an idle socket's size is what the server holds most of.
+    recovery: Mutex<Option<Box<Recovery>>>,
+    /// Whether `recovery` holds frames to keep back or drop (read on the fan-out path without
+    /// locking).
     is_recovering: AtomicBool,
+}
+
+/// What a socket that has recovered keeps.
+#[derive(Default)]
+struct Recovery {
+    recovering: Recovering,
     /// Recoveries per room in the current minute (`maxRecoveriesPerMinute`).
-    recoveries: Mutex<HashMap<Arc<str>, (std::time::Instant, u32)>>,
+    recoveries: HashMap<Arc<str>, (std::time::Instant, u32)>,
 }
 
 /// The window `maxRecoveriesPerMinute` counts in.
@@ -95,9 +103,8 @@ impl Peer {
             outbound: Outbound::new(max_backpressure),
             rooms: Mutex::new(Some(Vec::new())),
             last_seen_ms: AtomicU64::new(0),
-            recovering: Mutex::new(Recovering::default()),
+            recovery: Mutex::new(None),
             is_recovering: AtomicBool::new(false),
-            recoveries: Mutex::new(HashMap::new()),
         }
     }
 
@@ -108,7 +115,8 @@ impl Peer {
             return true;
         }
         let now = std::time::Instant::now();
-        let mut r = self.recoveries.lock();
+        let mut recovery = self.recovery.lock();
+        let r = &mut recovery.get_or_insert_with(Box::default).recoveries;
         r.retain(|_, (start, _)| now.duration_since(*start) < RECOVERY_WINDOW);
         let (_, n) = r.entry(Arc::from(room)).or_insert((now, 0));
         if *n >= limit {
@@ -120,7 +128,8 @@ impl Peer {
 
     /// Holds live frames of `room` back until [`Peer::end_recovery`].
     pub fn start_recovery(&self, room: &Arc<str>) {
-        let mut r = self.recovering.lock();
+        let mut recovery = self.recovery.lock();
+        let r = &mut recovery.get_or_insert_with(Box::default).recovering;
         r.held.insert(room.clone(), Vec::new());
         r.replayed.remove(room);
         self.is_recovering.store(true, Ordering::Release);
@@ -137,7 +146,10 @@ impl Peer {
         if !self.is_recovering.load(Ordering::Acquire) {
             return false;
         }
-        let mut r = self.recovering.lock();
+        let mut recovery = self.recovery.lock();
+        let Some(r) = recovery.as_mut().map(|r| &mut r.recovering) else {
+            return false;
+        };
         if let Some(held) = r.held.get_mut(room) {
             held.push((offset, frame.clone()));
             return true;
@@ -158,7 +170,8 @@ impl Peer {
     /// frames held back, in order, without the replayed ones and those at or before `through`
     /// (the client has them); later live copies of the replayed ones are dropped too.
     pub fn end_recovery(&self, room: &str, replayed: HashSet<u64>, through: u64) -> Held {
-        let mut r = self.recovering.lock();
+        let mut recovery = self.recovery.lock();
+        let r = &mut recovery.get_or_insert_with(Box::default).recovering;
         let mut held = r.held.remove(room).unwrap_or_default();
         // Offsets start at 1: `through` 0 (nothing seen) drops none.
         held.retain(|(o, _)| !o.is_some_and(|o| (1..=through).contains(&o) || replayed.contains(&o)));
@@ -173,7 +186,7 @@ impl Peer {
 
     /// The key that groups sockets of one user for authorize.
     pub fn user_key(&self) -> &str {
-        self.user.as_ref().map(|u| u.key.as_str()).unwrap_or("")
+        self.user.as_ref().map(|u| &*u.key).unwrap_or("")
     }
 
     pub fn in_room(&self, room: &str) -> bool {

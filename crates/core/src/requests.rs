@@ -33,11 +33,12 @@ pub struct Requests {
     /// Messages dropped since the client last kept to its rate for a whole second (its bucket
     /// full again): one episode of going over, answered once, closed if it goes on.
     over: u32,
-    handlers_in_flight: Arc<AtomicUsize>,
+    /// Created on the first handler call or waiting join (most sockets never make one).
+    handlers_in_flight: Option<Arc<AtomicUsize>>,
     /// The last of this socket's joins and leaves that wait on something, done when it sends:
     /// a join or leave sent after it waits for it, so they take effect in the client's order.
     membership: Option<oneshot::Receiver<()>>,
-    membership_in_flight: Arc<AtomicUsize>,
+    membership_in_flight: Option<Arc<AtomicUsize>>,
 }
 
 impl Requests {
@@ -46,9 +47,9 @@ impl Requests {
             tokens: hub.config.max_messages_per_second as f64,
             refilled: Instant::now(),
             over: 0,
-            handlers_in_flight: Arc::new(AtomicUsize::new(0)),
+            handlers_in_flight: None,
             membership: None,
-            membership_in_flight: Arc::new(AtomicUsize::new(0)),
+            membership_in_flight: None,
             hub,
             peer,
         }
@@ -413,7 +414,7 @@ impl Requests {
 
     /// Runs a join or leave that waits on something after the ones before it.
     fn in_order(&mut self, id: Option<RequestId>, work: impl std::future::Future<Output = ()> + Send + 'static) {
-        let in_flight = self.membership_in_flight.clone();
+        let in_flight = self.membership_in_flight.get_or_insert_with(Arc::default).clone();
         if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_MEMBERSHIP_IN_FLIGHT {
             in_flight.fetch_sub(1, Ordering::AcqRel);
             return self.reply_error(
@@ -502,7 +503,7 @@ impl Requests {
         (!unknown.is_empty()).then(|| format!("not a realtime collection: {}", unknown.join(", ")))
     }
 
-    fn custom(&self, id: Option<RequestId>, kind: String, message: serde_json::Value) {
+    fn custom(&mut self, id: Option<RequestId>, kind: String, message: serde_json::Value) {
         let hub = &self.hub;
         let Some(handlers) = hub.callbacks.handlers.clone().filter(|_| hub.has_custom_type(&kind)) else {
             return self.reply_error(
@@ -511,7 +512,7 @@ impl Requests {
                 id.as_ref(),
             );
         };
-        let in_flight = self.handlers_in_flight.clone();
+        let in_flight = self.handlers_in_flight.get_or_insert_with(Arc::default).clone();
         if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_HANDLERS_IN_FLIGHT {
             in_flight.fetch_sub(1, Ordering::AcqRel);
             return self.reply_error(ErrorCode::RateLimited, "too many requests in flight", id.as_ref());

@@ -292,6 +292,10 @@ impl Registry {
         if let Some(hook) = self.member_hook.get() {
             hook(room, peer, true);
         }
+        // Most sockets are in one or two rooms: grow one at a time at first, not to four.
+        if list.len() < 4 {
+            list.reserve_exact(1);
+        }
         list.push(key);
         Joined::New
     }
