@@ -81,6 +81,8 @@ impl Piped {
         let mut at = 0;
         while at < bytes.len() {
             // Non-blocking, sized to hold it all: a short write means it cannot.
+            // SAFETY: the pointer and length name the initialized tail of `bytes`, which
+            // outlives the call; `write` is an open descriptor this function owns.
             let n = unsafe {
                 libc::write(
                     std::os::fd::AsRawFd::as_raw_fd(&write),
@@ -122,11 +124,14 @@ mod sys {
     /// A non-blocking pipe with room for `len` bytes: (read end, write end).
     pub fn pipe(len: usize) -> Option<(OwnedFd, OwnedFd)> {
         let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
             return None;
         }
+        // SAFETY: pipe2 succeeded, so both are new open descriptors owned by no one else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let size = len.next_multiple_of(4096).max(16 * 4096);
+        // SAFETY: F_SETPIPE_SZ on an open pipe descriptor takes an int and touches no memory.
         let got = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
         (got >= 0 && got as usize >= len).then_some((read, write))
     }
@@ -144,6 +149,8 @@ mod sys {
                 *scratch = Some(pipe(MAX_BYTES).ok_or_else(|| io::Error::other("no scratch pipe"))?);
             }
             let (read, write) = scratch.as_ref().expect("made above");
+            // SAFETY: both are open pipe descriptors (the piped frame's read end, owned by
+            // `piped`, and this thread's scratch pipe); tee touches no memory of ours.
             let teed = unsafe {
                 libc::tee(
                     piped.read.as_raw_fd(),
@@ -163,6 +170,10 @@ mod sys {
                 return Err(io::Error::other(format!("tee: {why}")));
             }
             let teed = teed as usize;
+            // SAFETY: `read` is the scratch pipe's open read end; `fd` is the socket, which the
+            // caller keeps open for the call (a flusher holds the outbound's sink lock, see
+            // `Outbound::write_through`); null offsets are what splice takes for a pipe and a
+            // socket.
             let spliced = unsafe {
                 libc::splice(
                     read.as_raw_fd(),
