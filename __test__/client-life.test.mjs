@@ -287,14 +287,12 @@ test('app events missed while disconnected are recovered on reconnect, in order,
   const proxy = await startProxy(manager.port)
   const shipped = []
   const statuses = []
-  // WebSocket only: a refused handshake would otherwise fall back to SSE, which serves
-  // collection rooms only.
+  // A refused handshake may fall back to SSE: app rooms recover there the same way.
   const client = createRealtimeClient({
     url: proxy.url,
     token: makeToken({ id: 'clerk' }),
     WebSocket,
     reconnect: FAST,
-    transports: ['websocket'],
   })
   client.on('status', (s) => statuses.push(s))
   const errors = []

@@ -439,3 +439,194 @@ test('long polling: a cursor from the first poll, then every event after it, aut
     )
   })
 })
+
+test(
+  'app rooms over SSE: ?room= under the rooms rules, the same JSON as a socket, recovery by Last-Event-ID',
+  T,
+  async () => {
+    const options = {
+      includeCollections: ['posts'],
+      rooms: { admins: (user) => user?.role === 'admin', 'orders:*': () => true },
+      history: { 'orders:*': { size: 100 } },
+    }
+    await withServer(options, async (ctx) => {
+      const port = ctx.manager.port
+      const admin = { Authorization: `JWT ${makeToken({ id: 'ann', role: 'admin' })}` }
+      const ws = await ctx.connect({ token: makeToken({ id: 'ann', role: 'admin' }) })
+      await ws.request({ type: 'join', room: 'admins' })
+      const sse = await openStream(port, `/sse?rooms=posts&room=admins&room=${encodeURIComponent('orders:4,2')}`, admin)
+      assert.equal(sse.status, 200)
+      await sse.waitFor((m) => m.event === 'ack' && m.data.id === 'sse:admins', 'the ack of admins')
+      await sse.waitFor((m) => m.event === 'ack' && m.data.id === 'sse:orders:4,2', 'the ack of the order')
+      await ctx.manager.publish('admins', { type: 'plugin-installed', name: 'seo' })
+      await ws.waitFor((m) => m.type === 'plugin-installed')
+      const got = await sse.waitFor((m) => m.event === 'plugin-installed', 'the app event')
+      assert.deepEqual(
+        got.data,
+        ws.all.find((m) => m.type === 'plugin-installed'),
+        'the same JSON as the socket',
+      )
+      assert.deepEqual(got.data, { type: 'plugin-installed', name: 'seo', room: 'admins' })
+
+      // A room with no rule, and a rule that says no, are refused as a socket's join is.
+      const bob = await openStream(port, '/sse?room=admins&room=secret', auth('bob'))
+      const refusals = await waitUntil(() => {
+        const e = bob.messages.filter((m) => m.data.type === 'error')
+        return e.length === 2 && e
+      })
+      assert.deepEqual(refusals.map((m) => [m.data.id, m.data.code]).sort(), [
+        ['sse:admins', 'forbidden'],
+        ['sse:secret', 'forbidden'],
+      ])
+      assert.equal(ctx.manager.getSocketsInRoom('secret').length, 0)
+      assert.equal(ctx.manager.getSocketsInRoom('admins').length, 2, 'the socket and ann’s stream')
+      bob.close()
+
+      // Missed app events come back from the stream's last id, in order.
+      const order = 'orders:4,2'
+      await ctx.manager.publish(order, { type: 'shipped', n: 1 })
+      const one = await sse.waitFor((m) => m.event === 'shipped', 'the live order event')
+      assert.equal(one.data.offset, 1)
+      assert.match(one.id, /^@orders:4%2C2\/[^,/]+:1$/, 'the app room named by `@` and its name encoded')
+      sse.close()
+      await sse.ended
+      await waitUntil(() => ctx.manager.getSocketsInRoom(order).length === 0, { label: 'the stream gone' })
+      for (const n of [2, 3]) await ctx.manager.publish(order, { type: 'shipped', n })
+      const back = await openStream(port, `/sse?rooms=posts&room=admins&room=${encodeURIComponent(order)}`, {
+        ...admin,
+        'Last-Event-ID': one.id,
+      })
+      const ack = await back.waitFor((m) => m.event === 'ack' && m.data.id === `sse:${order}`, 'the rejoin')
+      assert.equal(ack.data.recovered, true)
+      await ctx.manager.publish(order, { type: 'shipped', n: 4 })
+      await waitUntil(() => back.messages.filter((m) => m.event === 'shipped').length === 3, { label: 'missed + live' })
+      assert.deepEqual(
+        back.messages.filter((m) => m.event === 'shipped').map((m) => m.data.n),
+        [2, 3, 4],
+      )
+      back.close()
+    })
+  },
+)
+
+test('onConnect runs for a stream as for a socket: its initial state, its rooms, recovered too', T, async () => {
+  const options = {
+    history: { 'role:*': { size: 100 } },
+    onConnect: (socket) => ({
+      initial: { type: 'hello', user: socket.user?.id },
+      rooms: [`role:${socket.user?.role}`],
+    }),
+  }
+  await withServer(options, async (ctx) => {
+    const port = ctx.manager.port
+    const headers = { Authorization: `JWT ${makeToken({ id: 'eve', role: 'editor' })}` }
+    // `lobby` has no rule (refused in the stream); onConnect's room is the server's to join.
+    const s = await openStream(port, '/sse?room=lobby', headers)
+    const hello = await s.waitFor((m) => m.event === 'hello', 'the initial state')
+    assert.equal(hello.data.user, 'eve')
+    await waitUntil(() => ctx.manager.getSocketsInRoom('role:editor').length === 1, { label: 'onConnect’s room' })
+    await ctx.manager.publish('role:editor', { type: 'memo', n: 1 })
+    const memo = await s.waitFor((m) => m.event === 'memo', 'an event of onConnect’s room')
+    assert.equal(s.messages.indexOf(hello) < s.messages.indexOf(memo), true, 'the initial state first')
+    s.close()
+    await waitUntil(() => ctx.manager.getSocketsInRoom('role:editor').length === 0, { label: 'gone' })
+    await ctx.manager.publish('role:editor', { type: 'memo', n: 2 })
+    const again = await openStream(port, '/sse?room=lobby', { ...headers, 'Last-Event-ID': memo.id })
+    await again.waitFor((m) => m.event === 'memo', 'the missed memo')
+    await ctx.manager.publish('role:editor', { type: 'memo', n: 3 })
+    await waitUntil(() => again.messages.filter((m) => m.event === 'memo').length === 2, { label: 'missed + live' })
+    assert.deepEqual(
+      again.messages.filter((m) => m.event === 'memo').map((m) => m.data.n),
+      [2, 3],
+    )
+    again.close()
+  })
+})
+
+test('long polling serves app rooms: their events, their refusals, from a cursor', T, async () => {
+  const options = { rooms: { 'orders:*': () => true }, history: { 'orders:*': { size: 100 } } }
+  await withServer(options, async (ctx) => {
+    const port = ctx.manager.port
+    const start = await poll(port, '/poll?room=orders:7&room=nope', auth('jo'))
+    assert.equal(start.status, 200)
+    assert.deepEqual(start.json.messages.map((m) => [m.type, m.id]).sort(), [
+      ['ack', 'poll:orders:7'],
+      ['error', 'poll:nope'],
+    ])
+    let cursor = start.json.cursor
+    assert.match(cursor, /^@orders:7\/[^,/]+:0$/)
+    for (const n of [1, 2]) await ctx.manager.publish('orders:7', { type: 'paid', n })
+    const r = await poll(port, `/poll?room=orders:7&cursor=${encodeURIComponent(cursor)}`, auth('jo'))
+    assert.deepEqual(
+      r.json.messages.filter((m) => m.type === 'paid').map((m) => m.n),
+      [1, 2],
+    )
+    cursor = r.json.cursor
+    // Waiting for the next app event: answered when it comes.
+    const waiting = poll(port, `/poll?room=orders:7&cursor=${encodeURIComponent(cursor)}`, auth('jo'))
+    await waitUntil(() => ctx.manager.getSocketsInRoom('orders:7').length === 1, { label: 'the poll waiting' })
+    await ctx.manager.publish('orders:7', { type: 'paid', n: 3 })
+    const next = await waiting
+    assert.deepEqual(
+      next.json.messages.filter((m) => m.type === 'paid').map((m) => m.n),
+      [3],
+    )
+  })
+})
+
+test('the SDK over SSE keeps its app rooms: events, a refused room, recovery after a break', T, async () => {
+  const { createRealtimeClient } = await import('../lib/client/index.mjs')
+  const { default: WebSocket } = await import('ws')
+  const options = {
+    includeCollections: ['posts'],
+    rooms: { 'orders:*': () => true, desk: () => true },
+    history: { 'orders:*': { size: 100 } },
+  }
+  await withServer(options, async (ctx) => {
+    const proxy = await blockingProxy(ctx.manager.port)
+    const client = createRealtimeClient({
+      url: `ws://127.0.0.1:${proxy.port}/`,
+      WebSocket,
+      token: makeToken({ id: 'ivy' }),
+      reconnect: { initialDelay: 10, maxDelay: 50 },
+    })
+    const shipped = []
+    const posts = []
+    const errors = []
+    client.on('error', (e) => errors.push(e.code))
+    const members = () => ctx.manager.getSocketsInRoom('orders:42').length
+    try {
+      client.subscribe('orders:42.shipped', (m) => shipped.push(m.n))
+      client.subscribe('posts', (e) => posts.push(e.id))
+      // A bare name that is no collection is tried as an app room, as over a socket.
+      const pings = []
+      client.subscribe('desk.ping', (m) => pings.push(m.n))
+      // `secret:1` has no rule: refused, as over a socket.
+      client.subscribe('secret:1.x', () => {})
+      await waitUntil(() => client.transport === 'sse' && members() === 1, { label: 'joined over SSE' })
+      await waitUntil(() => errors.length > 0, { label: 'the refused room reported' })
+      await ctx.manager.publish('orders:42', { type: 'shipped', n: 1 })
+      await ctx.manager.emitEvent({ type: 'create', collection: 'posts', id: 1 })
+      await waitUntil(() => shipped.length === 1 && posts.length === 1, { label: 'app and collection events' })
+      await waitUntil(() => ctx.manager.getSocketsInRoom('desk').length === 1, { label: 'desk joined' })
+      await ctx.manager.publish('desk', { type: 'ping', n: 1 })
+      await waitUntil(() => pings.length === 1, { label: 'an event of a bare-named app room' })
+
+      proxy.state.down = true
+      proxy.cut()
+      await waitUntil(() => members() === 0, { label: 'the stream gone' })
+      for (const n of [2, 3]) await ctx.manager.publish('orders:42', { type: 'shipped', n })
+      proxy.state.down = false
+      await waitUntil(() => members() === 1, { label: 'back' })
+      await ctx.manager.publish('orders:42', { type: 'shipped', n: 4 })
+      await waitUntil(() => shipped.length === 4, { label: 'missed and live app events' })
+      assert.deepEqual(shipped, [1, 2, 3, 4])
+      assert.equal(client.transport, 'sse')
+      assert.equal(ctx.manager.getSocketsInRoom('secret:1').length, 0)
+      assert.deepEqual([...new Set(errors)], ['forbidden'])
+    } finally {
+      client.disconnect()
+      await proxy.close()
+    }
+  })
+})

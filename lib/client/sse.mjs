@@ -3,8 +3,10 @@
 // `fetch` (so the token goes in the Authorization header, never in a URL, and cookies work with
 // `credentials: 'include'`).
 //
-// An SSE stream names its rooms when it opens. The client's joins are gathered (those sent as
-// the transport opens go in one stream) and answered from the stream's own join ack; a join or
+// An SSE stream names its rooms when it opens: collections in `rooms=`, app rooms each in a
+// `room=`. The client's joins (`join-collection`, and `join` for app rooms) are gathered (those
+// sent as the transport opens go in one stream) and answered from the stream's own join acks
+// (`sse` for the collections, `sse:<room>` for each app room); a join or
 // leave later opens a new stream with the new set of rooms, from the positions reached
 // (`Last-Event-ID`), so nothing is missed. `ping` is answered here (the server's heartbeats
 // keep the stream and its proxies alive; a broken stream ends the fetch). Anything else that
@@ -14,17 +16,33 @@
 /** The error code of a request that needs a WebSocket, made while connected over SSE. */
 export const TRANSPORT_UNSUPPORTED = 'transport-unsupported'
 
-/** The SSE endpoint for the client's WebSocket URL: same host and path, `/sse` appended. */
+const COLLECTION = 'collection:'
+
+/** The room a collection's events go to. */
+const collectionRoom = (slug) => `${COLLECTION}${slug}`
+
+/**
+ * The SSE endpoint for the client's WebSocket URL: same host and path, `/sse` appended, with
+ * `rooms` (room names: `collection:<slug>` for a collection's) as `rooms=` and `room=`.
+ */
 export function sseUrl(wsUrl, rooms, lastEventId) {
   const u = new URL(wsUrl)
   u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:'
   u.pathname = `${u.pathname.replace(/\/+$/, '')}/sse`
   u.searchParams.delete('auth')
   u.searchParams.delete('token')
-  u.searchParams.set('rooms', rooms.join(','))
+  const collections = rooms.filter((r) => r.startsWith(COLLECTION)).map((r) => r.slice(COLLECTION.length))
+  if (collections.length > 0) u.searchParams.set('rooms', collections.join(','))
+  for (const r of rooms) if (!r.startsWith(COLLECTION)) u.searchParams.append('room', r)
   if (lastEventId) u.searchParams.set('lastEventId', lastEventId)
   return u.toString()
 }
+
+/** A room's key in an event id: a collection's slug, or `@` and the app room encoded. */
+const idKey = (room) => (room.startsWith(COLLECTION) ? room.slice(COLLECTION.length) : `@${encodeURIComponent(room)}`)
+
+/** Rooms the stream follows without the client asking (`onConnect`'s) whose position is kept. */
+const MAX_OTHER_ROOMS = 100
 
 /** Parses SSE text as it arrives; `onMessage({ event, id, data })` for each message. */
 export function sseParser(onMessage) {
@@ -68,10 +86,12 @@ export class SseTransport {
     this.onmessage = null
     this.onclose = null
     this.onerror = null
-    /** Joined collections, and where each stands (`{ epoch, offset }`, from the stream). */
+    /** Joined rooms by room name, and where each stands (`{ epoch, offset }`, from the stream). */
     this._rooms = new Map()
+    /** Where the stream stands in rooms the server joined for it (`onConnect`'s). */
+    this._others = new Map()
     this._lastEventId = null
-    this._joins = [] // { id, collection, since } waiting for the stream's ack
+    this._joins = [] // { id, rooms, app, recovering } waiting for the stream's acks
     this._reopen = null
     this._abort = null
     this._streamId = 0
@@ -91,19 +111,27 @@ export class SseTransport {
       case 'ping':
         return reply({ type: 'pong', id: msg.id })
       case 'join-collection':
-      case 'subscribe': {
-        const slugs = [].concat(msg.collection ?? msg.data ?? [])
-        for (const c of slugs) {
-          const since = msg.since?.epoch !== undefined ? msg.since : msg.since?.[c]
-          if (since && !this._rooms.get(c)) this._rooms.set(c, { epoch: since.epoch, offset: since.offset })
-          else if (!this._rooms.has(c)) this._rooms.set(c, null)
+      case 'subscribe':
+      case 'join': {
+        const app = msg.type === 'join'
+        const names = app ? [msg.room] : [].concat(msg.collection ?? msg.data ?? [])
+        const rooms = names.map((n) => (app ? n : collectionRoom(n)))
+        for (let i = 0; i < rooms.length; i++) {
+          const since = msg.since?.epoch !== undefined ? msg.since : msg.since?.[names[i]]
+          const r = rooms[i]
+          if (since && !this._rooms.get(r)) this._rooms.set(r, { epoch: since.epoch, offset: since.offset })
+          else if (!this._rooms.has(r)) this._rooms.set(r, null)
+          this._others.delete(r)
         }
-        this._joins.push({ id: msg.id, collections: slugs, recovering: slugs.some((c) => this._rooms.get(c)) })
+        this._joins.push({ id: msg.id, rooms, app, recovering: rooms.some((r) => this._rooms.get(r)) })
         return this._restart()
       }
       case 'leave-collection':
-      case 'unsubscribe': {
-        for (const c of [].concat(msg.collection ?? msg.data ?? [])) this._rooms.delete(c)
+      case 'unsubscribe':
+      case 'leave': {
+        const rooms =
+          msg.type === 'leave' ? [msg.room] : [].concat(msg.collection ?? msg.data ?? []).map(collectionRoom)
+        for (const r of rooms) this._rooms.delete(r)
         if (msg.id !== undefined) reply({ type: 'ack', id: msg.id })
         return this._restart()
       }
@@ -139,9 +167,10 @@ export class SseTransport {
 
   _lastId() {
     const known = [...this._rooms].filter(([, p]) => p)
-    if (known.length === 0) return null
-    if (this._rooms.size === 1) return `${known[0][1].epoch}:${known[0][1].offset}`
-    return known.map(([c, p]) => `${c}/${p.epoch}:${p.offset}`).join(',')
+    const others = [...this._others]
+    if (known.length + others.length === 0) return null
+    if (this._rooms.size === 1 && others.length === 0) return `${known[0][1].epoch}:${known[0][1].offset}`
+    return [...known, ...others].map(([r, p]) => `${idKey(r)}/${p.epoch}:${p.offset}`).join(',')
   }
 
   async _stream() {
@@ -173,6 +202,7 @@ export class SseTransport {
       } catch {}
       // As a refused WebSocket handshake: the client retries with its backoff (4004 for 401,
       // which takes a fresh token from getToken).
+      if (res.status === 404 && this._unknown(body)) return this._restart()
       return this._fail(res.status === 401 ? 4004 : 1006, `SSE refused (${res.status}) ${body}`.trim())
     }
     this.streamed = true
@@ -199,16 +229,26 @@ export class SseTransport {
       return this.onmessage?.({ data })
     }
     if (id) this._lastEventId = id
-    if (typeof msg.collection === 'string' && Number.isInteger(msg.offset) && typeof msg.epoch === 'string') {
-      if (this._rooms.has(msg.collection)) this._rooms.set(msg.collection, { epoch: msg.epoch, offset: msg.offset })
+    const room =
+      typeof msg.room === 'string'
+        ? msg.room
+        : typeof msg.collection === 'string'
+          ? collectionRoom(msg.collection)
+          : null
+    if (room && msg.type !== 'ack' && Number.isInteger(msg.offset) && typeof msg.epoch === 'string') {
+      const p = { epoch: msg.epoch, offset: msg.offset }
+      if (this._rooms.has(room)) this._rooms.set(room, p)
+      else if (this._others.has(room) || this._others.size < MAX_OTHER_ROOMS) this._others.set(room, p)
     }
     if (event === 'close') return this._end({ code: msg.code, reason: msg.reason ?? '', wasClean: true }, true)
-    if (event === 'ack' && msg.id === 'sse') {
-      for (const [c, p] of Object.entries(msg.positions ?? {})) {
-        if (this._rooms.has(c) && (!this._rooms.get(c) || msg.recovered === false)) this._rooms.set(c, p)
+    const forRoom = typeof msg.id === 'string' && msg.id.startsWith('sse:') ? msg.id.slice(4) : null
+    if (event === 'ack' && (msg.id === 'sse' || forRoom !== null)) {
+      for (const [k, p] of Object.entries(msg.positions ?? {})) {
+        const r = forRoom !== null ? k : collectionRoom(k)
+        if (this._rooms.has(r) && (!this._rooms.get(r) || msg.recovered === false)) this._rooms.set(r, p)
       }
       // Each join waiting gets its own ack, as over a socket.
-      for (const join of this._joins.splice(0)) {
+      for (const join of this._answered(forRoom)) {
         if (join.id === undefined) continue
         const ack = { type: 'ack', id: join.id, positions: msg.positions }
         if (msg.recovered !== undefined && join.recovering) ack.recovered = msg.recovered
@@ -216,13 +256,52 @@ export class SseTransport {
       }
       return
     }
-    if (msg.type === 'error' && msg.id === 'sse') {
-      for (const join of this._joins.splice(0)) {
+    if (msg.type === 'error' && (msg.id === 'sse' || forRoom !== null)) {
+      // A refused app room is not asked for again by the next stream (as a refused join).
+      if (forRoom !== null) this._rooms.delete(forRoom)
+      for (const join of this._answered(forRoom)) {
         if (join.id !== undefined) this.onmessage?.({ data: JSON.stringify({ ...msg, id: join.id }) })
       }
       return
     }
     this.onmessage?.({ data })
+  }
+
+  /**
+   * A stream refused for naming a collection the server does not serve: the joins that named
+   * it get `unknown-collection`, as over a socket (the client then tries an app room of that
+   * name), and the other rooms open again. Whether the refusal was that.
+   */
+  _unknown(body) {
+    let refusal
+    try {
+      refusal = JSON.parse(body)
+    } catch {
+      return false
+    }
+    if (refusal?.error !== 'unknown-collection' || typeof refusal.reason !== 'string') return false
+    const named = refusal.reason
+      .replace(/^[^:]*:\s*/, '')
+      .split(/,\s*/)
+      .map(collectionRoom)
+    const unknown = named.filter((r) => this._rooms.has(r))
+    if (unknown.length === 0) return false
+    for (const r of unknown) this._rooms.delete(r)
+    const refused = this._joins.filter((j) => !j.app && j.rooms.some((r) => unknown.includes(r)))
+    this._joins = this._joins.filter((j) => !refused.includes(j))
+    for (const join of refused) {
+      if (join.id === undefined) continue
+      const error = { type: 'error', code: 'unknown-collection', message: refusal.reason, id: join.id }
+      queueMicrotask(() => this.readyState === 1 && this.onmessage?.({ data: JSON.stringify(error) }))
+    }
+    return true
+  }
+
+  /** The joins the stream's reply answers: the collections' (`room` null), or an app room's. */
+  _answered(room) {
+    const answered = this._joins.filter((j) => (room === null ? !j.app : j.app && j.rooms[0] === room))
+    this._joins = this._joins.filter((j) => !answered.includes(j))
+    return answered
   }
 
   _fail(code, reason) {

@@ -34,17 +34,16 @@ pub(crate) fn is_poll_request<B>(path: Option<&str>, req: &Request<B>) -> bool {
 /// JSON body; the peer is gone when this returns.
 pub(crate) async fn answer(hub: &Arc<Hub>, peer: Arc<Peer>, rooms: Vec<String>, mut positions: Positions) -> String {
     let mut requests = Requests::new(hub.clone(), peer.clone());
-    let mut join = serde_json::json!({ "type": "join-collection", "id": "poll", "data": rooms });
-    if !positions.is_empty() {
-        let since: serde_json::Map<String, Value> = positions
-            .iter()
-            .map(|(c, (epoch, offset))| (c.clone(), serde_json::json!({ "offset": offset, "epoch": epoch })))
-            .collect();
-        join["since"] = Value::Object(since);
-    }
-    requests.on_text(join.to_string().as_bytes());
-    // A first poll (no cursor) answers with the join's ack and the cursor to poll from.
+    // Each poll is a request, not a connection: `onConnect` is not run for it.
+    sse::join_rooms(&mut requests, "poll", &rooms, &positions);
+    // A first poll (no cursor) answers once every join is answered (its ack or its refusal),
+    // with the cursor to poll from.
     let first = positions.is_empty();
+    let mut joins = rooms
+        .iter()
+        .filter(|r| protocol::collection_of_room(r).is_none())
+        .count()
+        + usize::from(rooms.iter().any(|r| protocol::collection_of_room(r).is_some()));
     let deadline = tokio::time::Instant::now() + POLL_WAIT;
     let mut messages: Vec<Value> = Vec::new();
     let mut closed = None;
@@ -76,6 +75,12 @@ pub(crate) async fn answer(hub: &Arc<Hub>, peer: Arc<Peer>, rooms: Vec<String>, 
             if let Ok(v) = serde_json::from_slice::<Value>(json) {
                 // A refused join (a join rule) ends the poll: waiting would show nothing.
                 events |= v["type"] == "error";
+                let ours = v["id"]
+                    .as_str()
+                    .is_some_and(|id| id == "poll" || id.starts_with("poll:"));
+                if ours && (v["type"] == "ack" || v["type"] == "error") {
+                    joins = joins.saturating_sub(1);
+                }
                 messages.push(v);
             }
         }
@@ -91,7 +96,7 @@ pub(crate) async fn answer(hub: &Arc<Hub>, peer: Arc<Peer>, rooms: Vec<String>, 
             }));
             break;
         }
-        if events || (first && !messages.is_empty()) {
+        if events || (first && joins == 0) {
             break;
         }
     }
@@ -100,7 +105,7 @@ pub(crate) async fn answer(hub: &Arc<Hub>, peer: Arc<Peer>, rooms: Vec<String>, 
     peer.outbound.close(close_code::NORMAL, "");
     let mut body = serde_json::json!({
         "messages": messages,
-        "cursor": sse::event_id(&positions, false),
+        "cursor": sse::event_id(&positions, None),
     });
     if let Some(closed) = closed {
         body["close"] = closed;

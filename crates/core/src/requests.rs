@@ -328,41 +328,25 @@ impl Requests {
     /// when the room has history, as a collection join does.
     fn join_room(&mut self, id: Option<RequestId>, room: String, since: Option<Since>) {
         let hub = self.hub.clone();
-        let rule = hub
-            .callbacks
-            .join_rule
-            .clone()
-            .filter(|_| hub.host_rules().join_ruled(&room));
-        let Some(rule) = rule else {
+        if !hub.host_rules().join_ruled(&room) || hub.callbacks.join_rule.is_none() {
             let msg = format!("no rule of the `rooms` option lets clients join {room:?}");
             return self.reply_error(ErrorCode::Forbidden, &msg, id.as_ref());
-        };
+        }
         let peer = self.peer.clone();
-        self.in_order(id.clone(), async move {
-            let answer = tokio::time::timeout(
-                hub.config.authorize_timeout,
-                rule.may_join(peer.user_json(), vec![room.clone()]),
-            )
-            .await
-            .map_err(|_| "the join rule took too long".to_string())
-            .and_then(|r| r);
-            let allowed = match answer {
-                Ok(a) => a.first() == Some(&true),
-                Err(e) => {
-                    crate::warn!("join rule failed: {e}");
-                    false
-                }
-            };
-            if !allowed {
-                let msg = format!("not allowed to join {room:?}");
-                let frame = protocol::error(ErrorCode::Forbidden, &msg, id.as_ref());
-                hub.registry.send_to(&peer, frame, &hub.stats);
-                return;
-            }
-            let outcome = hub.join_with_history_remote(&peer, &room, since.as_ref()).await;
-            let frames = replies_of_join(id.as_ref(), vec![(room, outcome)], |r| (r.to_string(), String::new()));
-            for frame in frames {
-                hub.registry.send_to(&peer, frame, &hub.stats);
+        self.in_order(
+            id.clone(),
+            async move { join_room_now(&hub, &peer, id, room, since).await },
+        );
+    }
+
+    /// The app rooms an SSE stream or a poll names, each joined as `{ type: "join", room, id }`
+    /// would be (its rule, its recovery, its reply), one after the other in one step of the
+    /// line of joins (a stream may name up to `maxRoomsPerSocket` of them at once).
+    pub(crate) fn join_rooms(&mut self, rooms: Vec<(String, String, Option<Since>)>) {
+        let (hub, peer) = (self.hub.clone(), self.peer.clone());
+        self.in_order(None, async move {
+            for (id, room, since) in rooms {
+                join_room_now(&hub, &peer, Some(RequestId::Str(id)), room, since).await;
             }
         });
     }
@@ -372,6 +356,13 @@ impl Requests {
     /// join the client sent meanwhile is acted on, so the initial state comes before any event.
     /// A failure or timeout leaves the socket as it is (the host logs its own failures).
     pub(crate) fn on_connect(&mut self) {
+        self.on_connect_from(&Default::default());
+    }
+
+    /// [`Requests::on_connect`], the rooms it joins recovering from `last` (an SSE stream's
+    /// `Last-Event-ID`: `room -> (epoch, offset)`) where it names them.
+    pub(crate) fn on_connect_from(&mut self, last: &std::collections::BTreeMap<String, (String, u64)>) {
+        let last = last.clone();
         let hub = self.hub.clone();
         let Some(handlers) = hub.callbacks.handlers.clone().filter(|_| hub.config.on_connect) else {
             return;
@@ -394,7 +385,11 @@ impl Requests {
                 hub.registry.send_to(&peer, protocol::encode_value(message), &hub.stats);
             }
             for room in rooms {
-                if let Err(e) = hub.join_with_history_remote(&peer, room, None).await {
+                let since = last.get(room).map(|(epoch, offset)| Since {
+                    offset: *offset,
+                    epoch: epoch.clone(),
+                });
+                if let Err(e) = hub.join_with_history_remote(&peer, room, since.as_ref()).await {
                     crate::warn!("onConnect could not join a socket to {room:?}: {e}");
                 }
             }
@@ -548,6 +543,44 @@ impl Requests {
             };
             hub.registry.send_to(&peer, frame, &hub.stats);
         });
+    }
+}
+
+/// Joins `room` for `peer` if the join rule allows its user, answering as a `join` does.
+async fn join_room_now(hub: &Arc<Hub>, peer: &Arc<Peer>, id: Option<RequestId>, room: String, since: Option<Since>) {
+    let refuse = |msg: String| {
+        let frame = protocol::error(ErrorCode::Forbidden, &msg, id.as_ref());
+        hub.registry.send_to(peer, frame, &hub.stats);
+    };
+    let Some(rule) = hub
+        .callbacks
+        .join_rule
+        .clone()
+        .filter(|_| hub.host_rules().join_ruled(&room))
+    else {
+        return refuse(format!("no rule of the `rooms` option lets clients join {room:?}"));
+    };
+    let answer = tokio::time::timeout(
+        hub.config.authorize_timeout,
+        rule.may_join(peer.user_json(), vec![room.clone()]),
+    )
+    .await
+    .map_err(|_| "the join rule took too long".to_string())
+    .and_then(|r| r);
+    let allowed = match answer {
+        Ok(a) => a.first() == Some(&true),
+        Err(e) => {
+            crate::warn!("join rule failed: {e}");
+            false
+        }
+    };
+    if !allowed {
+        return refuse(format!("not allowed to join {room:?}"));
+    }
+    let outcome = hub.join_with_history_remote(peer, &room, since.as_ref()).await;
+    let frames = replies_of_join(id.as_ref(), vec![(room, outcome)], |r| (r.to_string(), String::new()));
+    for frame in frames {
+        hub.registry.send_to(peer, frame, &hub.stats);
     }
 }
 

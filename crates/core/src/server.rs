@@ -530,8 +530,8 @@ async fn admit_stream(hub: &Arc<Hub>, req: &Request<()>, remote: SocketAddr) -> 
     let rules = hub.host_rules();
     let unknown: Vec<&str> = rooms
         .iter()
+        .filter_map(|r| crate::protocol::collection_of_room(r))
         .filter(|c| !rules.collection_allowed(c))
-        .map(String::as_str)
         .collect();
     if !unknown.is_empty() {
         hub.stats.refused("unknown-collection");

@@ -93,23 +93,58 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The collections of `rooms=posts,comments`: `Err` says why the list is not acceptable.
+/// Every value of a query parameter, percent-decoded, in order (`room=a&room=b`).
+pub(crate) fn query_params(query: Option<&str>, name: &str) -> Vec<String> {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then(|| percent_decode(v))
+        })
+        .collect()
+}
+
+/// The rooms of a stream or a poll, by their room names (`collection:<slug>` for a collection's):
+/// the collections of `rooms=posts,comments` (as `join-collection` names them), then each app
+/// room of `room=admins&room=orders:42` (as `{ type: "join", room }` names one; a
+/// `collection:<slug>` there is that collection). `Err` says why the query is not acceptable.
 /// At most `max` of them (`maxRoomsPerSocket`, as for a socket's joins).
 pub(crate) fn rooms_of(query: Option<&str>, max: usize) -> Result<Vec<String>, String> {
-    let Some(list) = query_param(query, "rooms") else {
-        return Err("name the collections to follow: ?rooms=posts,comments".into());
-    };
+    let collections = query_param(query, "rooms");
+    let apps = query_params(query, "room");
+    if collections.is_none() && apps.is_empty() {
+        return Err(
+            "name the rooms to follow: ?rooms=posts,comments (collections) and/or ?room=admins (app rooms)".into(),
+        );
+    }
     let mut rooms: Vec<String> = Vec::new();
-    for slug in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for slug in collections
+        .iter()
+        .flat_map(|l| l.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         if !protocol::is_valid_slug(slug) {
             return Err(format!("not a collection slug: {slug:?}"));
         }
-        if !rooms.iter().any(|r| r == slug) {
-            rooms.push(slug.to_string());
+        let room = protocol::collection_room(slug);
+        if !rooms.contains(&room) {
+            rooms.push(room);
+        }
+    }
+    for room in apps {
+        if !protocol::is_valid_room(&room) {
+            return Err(format!(
+                "not a room name: {room:?} (1 to 256 characters, no control characters, not ending in '*')"
+            ));
+        }
+        if !rooms.contains(&room) {
+            rooms.push(room);
         }
     }
     if rooms.is_empty() {
-        return Err("`rooms` is empty: name the collections to follow".into());
+        return Err("`rooms` is empty: name the rooms to follow".into());
     }
     if rooms.len() > max {
         return Err(format!("at most {max} rooms per stream (maxRoomsPerSocket)"));
@@ -117,17 +152,46 @@ pub(crate) fn rooms_of(query: Option<&str>, max: usize) -> Result<Vec<String>, S
     Ok(rooms)
 }
 
-/// Where a stream is in each room with history: the collection's `(epoch, offset)`.
+/// Where a stream is in each room with history, by room name: the room's `(epoch, offset)`.
 pub(crate) type Positions = BTreeMap<String, (String, u64)>;
 
-/// Reads a `Last-Event-ID`: `<epoch>:<offset>` for a stream of one room, or
-/// `<slug>/<epoch>:<offset>` entries joined by `,` for several. Entries for other rooms, and
-/// malformed ones, are ignored (those rooms join live).
+/// A room's key in an event id: a collection's slug, or `@` and the app room's name
+/// percent-encoded (so `,` `/` and the rest of a room name cannot break the id apart).
+fn id_key(room: &str) -> String {
+    if let Some(slug) = protocol::collection_of_room(room) {
+        return slug.to_string();
+    }
+    let mut out = String::from("@");
+    for b in room.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The room an event id's key names (see [`id_key`]).
+fn room_of_key(key: &str) -> Option<String> {
+    match key.strip_prefix('@') {
+        Some(encoded) => Some(percent_decode(&encoded.replace('+', "%2B"))).filter(|r| protocol::is_valid_room(r)),
+        None => protocol::is_valid_slug(key).then(|| protocol::collection_room(key)),
+    }
+}
+
+/// Reads a `Last-Event-ID`: `<epoch>:<offset>` for a stream of one room, or `<key>/<epoch>:<offset>`
+/// entries joined by `,` for several (`key`: a collection's slug, or `@` and an app room's
+/// percent-encoded name). Malformed entries are ignored (those rooms join live). Entries of rooms
+/// the stream does not name are kept: the rooms `onConnect` joins recover from them.
 pub(crate) fn parse_last_event_id(id: &str, rooms: &[String]) -> Positions {
     let mut out = Positions::new();
     for entry in id.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let (slug, rest) = match entry.split_once('/') {
-            Some((slug, rest)) => (slug.to_string(), rest),
+        let (room, rest) = match entry.split_once('/') {
+            Some((key, rest)) => match room_of_key(key) {
+                Some(room) => (room, rest),
+                None => continue,
+            },
             None if rooms.len() == 1 => (rooms[0].clone(), entry),
             None => continue,
         };
@@ -135,28 +199,37 @@ pub(crate) fn parse_last_event_id(id: &str, rooms: &[String]) -> Positions {
             continue;
         };
         let Ok(offset) = offset.parse::<u64>() else { continue };
-        if epoch.is_empty() || !rooms.contains(&slug) {
+        // A header is bounded already; the rooms recovered are too.
+        if epoch.is_empty() || out.len() >= 2 * rooms.len().max(32) {
             continue;
         }
-        out.insert(slug, (epoch.to_string(), offset));
+        out.insert(room, (epoch.to_string(), offset));
     }
     out
 }
 
-/// The `id:` of a stream at `positions`; `None` before it has any.
-pub(crate) fn event_id(positions: &Positions, single: bool) -> Option<String> {
+/// The `id:` of a stream at `positions`; `None` before it has any. `only`: the stream's room
+/// when it names one (its position alone is then written without the room's key).
+pub(crate) fn event_id(positions: &Positions, only: Option<&str>) -> Option<String> {
     if positions.is_empty() {
         return None;
     }
-    if single && positions.len() == 1 {
-        let (epoch, offset) = positions.values().next()?;
-        return Some(format!("{epoch}:{offset}"));
+    if let (1, Some((room, (epoch, offset)))) = (positions.len(), positions.iter().next()) {
+        if only == Some(room.as_str()) {
+            return Some(format!("{epoch}:{offset}"));
+        }
     }
     let parts: Vec<String> = positions
         .iter()
-        .map(|(slug, (epoch, offset))| format!("{slug}/{epoch}:{offset}"))
+        .map(|(room, (epoch, offset))| format!("{}/{epoch}:{offset}", id_key(room)))
         .collect();
     Some(parts.join(","))
+}
+
+/// The request id of the join of an app room made for a stream or poll: `<prefix>:<room>`
+/// (the collections' join is `<prefix>`), so its ack or refusal says which room it is.
+pub(crate) fn room_join_id(prefix: &str, room: &str) -> String {
+    format!("{prefix}:{room}")
 }
 
 /// The fields of a message the SSE framing needs (the rest is passed through as it is).
@@ -165,11 +238,42 @@ struct Head {
     #[serde(rename = "type")]
     kind: Option<String>,
     collection: Option<String>,
+    /// An app event's room (it names the room even when the event has a `collection`).
+    room: Option<String>,
     offset: Option<u64>,
     epoch: Option<String>,
-    /// An ack's `positions` (`{ [slug]: { offset, epoch } }`).
+    /// An ack's request id: the collections' join (`sse`, `poll`) or an app room's (`sse:<room>`).
+    id: Option<serde_json::Value>,
+    /// An ack's `positions` (`{ [slug or room]: { offset, epoch } }`).
     positions: Option<BTreeMap<String, Position>>,
     recovered: Option<bool>,
+}
+
+impl Head {
+    /// The room of an event: its `room`, else its collection's.
+    fn room(&self) -> Option<String> {
+        match (&self.room, &self.collection) {
+            (Some(r), _) => Some(r.clone()),
+            (None, Some(c)) => Some(protocol::collection_room(c)),
+            _ => None,
+        }
+    }
+
+    /// Whether this is an event for the client (a collection's change, or an app event), not
+    /// a reply or an announcement of the protocol's own.
+    fn is_event(&self) -> bool {
+        let kind = self.kind.as_deref().unwrap_or("");
+        match (&self.room, &self.collection) {
+            (None, Some(_)) => matches!(kind, "create" | "update" | "delete"),
+            (Some(_), _) => {
+                self.offset.is_some()
+                    || !(kind.is_empty()
+                        || kind.starts_with("presence")
+                        || matches!(kind, "ack" | "error" | "pong" | "recovery-failed" | "auth"))
+            }
+            (None, None) => false,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -181,42 +285,54 @@ struct Position {
 /// Appends one message (a queued frame's JSON) to `out` as an SSE message, moving `positions`
 /// on for an event of a room with history (or a join's ack). `event:` is the message's `type`
 /// when it is a plain token; the data is one line (JSON never holds a raw newline).
-pub(crate) fn write_message(out: &mut BytesMut, json: &[u8], positions: &mut Positions, single: bool) {
+pub(crate) fn write_message(out: &mut BytesMut, json: &[u8], positions: &mut Positions, only: Option<&str>) {
     let head: Option<Head> = serde_json::from_slice(json).ok();
     let moved = head.as_ref().is_some_and(|h| move_positions(h, positions));
     let kind = head.as_ref().and_then(|h| h.kind.as_deref());
-    write_framed(out, json, kind, moved.then(|| event_id(positions, single)).flatten());
+    write_framed(out, json, kind, moved.then(|| event_id(positions, only)).flatten());
 }
 
 /// Moves `positions` on for a message: an event of a room with history, or a join's ack.
 fn move_positions(head: &Head, positions: &mut Positions) -> bool {
     let mut moved = false;
-    {
-        if let (Some(c), Some(o), Some(e)) = (&head.collection, head.offset, &head.epoch) {
-            positions.insert(c.clone(), (e.clone(), o));
+    if let (Some(room), Some(o), Some(e)) = (head.room(), head.offset, &head.epoch) {
+        if head.kind.as_deref() != Some("ack") {
+            positions.insert(room, (e.clone(), o));
             moved = true;
         }
-        if head.kind.as_deref() == Some("ack") {
-            // A room being recovered keeps the position it came with: the replay moves it
-            // (taking the ack's, the room's latest, would skip the replay on a reconnect).
-            for (c, p) in head.positions.iter().flatten() {
-                if !positions.contains_key(c) || head.recovered == Some(false) {
-                    positions.insert(c.clone(), (p.epoch.clone(), p.offset));
-                    moved = true;
-                }
+    }
+    if head.kind.as_deref() == Some("ack") {
+        // The ack of an app room's join names it by room; the collections' join by slug.
+        let app = head
+            .id
+            .as_ref()
+            .and_then(|id| id.as_str())
+            .is_some_and(|id| id.contains(':'));
+        // A room being recovered keeps the position it came with: the replay moves it
+        // (taking the ack's, the room's latest, would skip the replay on a reconnect).
+        for (key, p) in head.positions.iter().flatten() {
+            let room = if app {
+                key.clone()
+            } else {
+                protocol::collection_room(key)
+            };
+            if !positions.contains_key(&room) || head.recovered == Some(false) {
+                positions.insert(room, (p.epoch.clone(), p.offset));
+                moved = true;
             }
         }
     }
     moved
 }
 
-/// Moves `positions` on for one message's JSON; whether it is an event of a collection.
+/// Moves `positions` on for one message's JSON; whether it is an event (a collection's change
+/// or an app event), which a waiting poll answers with.
 pub(crate) fn track(json: &[u8], positions: &mut Positions) -> bool {
     let Ok(head) = serde_json::from_slice::<Head>(json) else {
         return false;
     };
     move_positions(&head, positions);
-    head.collection.is_some() && matches!(head.kind.as_deref(), Some("create" | "update" | "delete"))
+    head.is_event()
 }
 
 fn write_framed(out: &mut BytesMut, json: &[u8], kind: Option<&str>, id: Option<String>) {
@@ -253,6 +369,45 @@ pub(crate) fn write_close(out: &mut BytesMut, close_frame: &[u8]) {
     out.extend_from_slice(b"\n\n");
 }
 
+/// Joins a stream's or a poll's rooms for it, recovering from `last` where it has a position:
+/// its collections with one `join-collection` (request id `prefix`), as a socket would, then
+/// its app rooms, each as `{ type: "join", room }` would (request id `<prefix>:<room>`), under
+/// the same rules (a room no rule of `rooms` names is refused).
+pub(crate) fn join_rooms(requests: &mut Requests, prefix: &str, rooms: &[String], last: &Positions) {
+    let since = |room: &str| {
+        last.get(room).map(|(epoch, offset)| crate::history::Since {
+            offset: *offset,
+            epoch: epoch.clone(),
+        })
+    };
+    let collections: Vec<&str> = rooms.iter().filter_map(|r| protocol::collection_of_room(r)).collect();
+    if !collections.is_empty() {
+        let mut join = serde_json::json!({ "type": "join-collection", "id": prefix, "data": collections });
+        let from: serde_json::Map<String, serde_json::Value> = collections
+            .iter()
+            .filter_map(|c| {
+                let s = since(&protocol::collection_room(c))?;
+                Some((
+                    c.to_string(),
+                    serde_json::json!({ "offset": s.offset, "epoch": s.epoch }),
+                ))
+            })
+            .collect();
+        if !from.is_empty() {
+            join["since"] = serde_json::Value::Object(from);
+        }
+        requests.on_text(join.to_string().as_bytes());
+    }
+    let apps: Vec<(String, String, Option<crate::history::Since>)> = rooms
+        .iter()
+        .filter(|r| protocol::collection_of_room(r).is_none())
+        .map(|r| (room_join_id(prefix, r), r.clone(), since(r)))
+        .collect();
+    if !apps.is_empty() {
+        requests.join_rooms(apps);
+    }
+}
+
 /// The response body of one SSE stream: the peer's writer for as long as it is polled.
 pub(crate) struct SseBody {
     hub: Arc<Hub>,
@@ -264,7 +419,8 @@ pub(crate) struct SseBody {
     /// Joins and leaves sent on the stream's behalf (only the first join).
     _requests: Requests,
     positions: Positions,
-    single: bool,
+    /// The stream's room when it names only one.
+    only: Option<String>,
     heartbeat: Duration,
     timer: Pin<Box<Sleep>>,
     /// The first poll writes a comment at once (the client sees the stream open).
@@ -286,15 +442,15 @@ impl SseBody {
         Stats::add(&hub.stats.connections, 1);
         Stats::add(&hub.stats.connections_total, 1);
         let mut requests = Requests::new(hub.clone(), peer.clone());
-        let mut join = serde_json::json!({ "type": "join-collection", "id": "sse", "data": rooms });
-        if !last.is_empty() {
-            let since: serde_json::Map<String, serde_json::Value> = last
-                .iter()
-                .map(|(c, (epoch, offset))| (c.clone(), serde_json::json!({ "offset": offset, "epoch": epoch })))
-                .collect();
-            join["since"] = serde_json::Value::Object(since);
-        }
-        requests.on_text(join.to_string().as_bytes());
+        // As a socket: `onConnect` first (its initial state, its rooms, recovered from the
+        // positions the id gives for them), then the rooms the stream names.
+        let elsewhere: Positions = last
+            .iter()
+            .filter(|(room, _)| !rooms.contains(room))
+            .map(|(r, p)| (r.clone(), p.clone()))
+            .collect();
+        requests.on_connect_from(&elsewhere);
+        join_rooms(&mut requests, "sse", &rooms, &last);
         let heartbeat = hub
             .config
             .idle_timeout
@@ -302,7 +458,7 @@ impl SseBody {
         let heartbeat = heartbeat.max(Duration::from_millis(100));
         let timer = Box::pin(tokio::time::sleep(heartbeat));
         SseBody {
-            single: rooms.len() == 1,
+            only: (rooms.len() == 1).then(|| rooms[0].clone()),
             positions: last,
             heartbeat,
             timer,
@@ -350,7 +506,12 @@ impl Body for SseBody {
         for frame in &frames {
             // Pings and pongs are a socket's; a stream has its heartbeat comments.
             if frame.first().map(|b| b & 0x0F) == Some(0x1) {
-                write_message(&mut buf, protocol::payload(frame), &mut this.positions, this.single);
+                write_message(
+                    &mut buf,
+                    protocol::payload(frame),
+                    &mut this.positions,
+                    this.only.as_deref(),
+                );
             }
         }
         if let Some(close) = ending {
@@ -422,7 +583,12 @@ mod tests {
 
     fn framed(json: &str, positions: &mut Positions, single: bool) -> String {
         let mut out = BytesMut::new();
-        write_message(&mut out, json.as_bytes(), positions, single);
+        write_message(
+            &mut out,
+            json.as_bytes(),
+            positions,
+            single.then_some("collection:posts"),
+        );
         String::from_utf8(out.to_vec()).unwrap()
     }
 
@@ -443,9 +609,23 @@ mod tests {
         let one = r#"{"type":"update","collection":"posts","offset":7,"epoch":"e1"}"#;
         assert!(framed(one, &mut p, true).contains("\nid: e1:7\n"));
         let mut p = Positions::new();
-        p.insert("comments".into(), ("e2".into(), 3));
+        p.insert("collection:comments".into(), ("e2".into(), 3));
         let s = framed(one, &mut p, false);
         assert!(s.contains("\nid: comments/e2:3,posts/e1:7\n"), "{s}");
+        // An app event's position is its room's, named by `@` and the room percent-encoded.
+        let app = r#"{"type":"shipped","room":"orders:4/2,x","collection":"posts","offset":2,"epoch":"e3"}"#;
+        let s = framed(app, &mut p, false);
+        assert!(
+            s.contains("\nid: comments/e2:3,posts/e1:7,@orders:4%2F2%2Cx/e3:2\n"),
+            "{s}"
+        );
+        assert_eq!(p["orders:4/2,x"], ("e3".to_string(), 2));
+        // A stream of one room with a position only in another (`onConnect`'s) names it.
+        let mut p = Positions::new();
+        assert!(
+            framed(r#"{"type":"m","room":"role:a","offset":1,"epoch":"r"}"#, &mut p, true)
+                .contains("\nid: @role:a/r:1\n")
+        );
     }
 
     #[test]
@@ -454,6 +634,10 @@ mod tests {
         let ack = r#"{"type":"ack","id":"sse","positions":{"posts":{"offset":4,"epoch":"a"},"pages":{"offset":0,"epoch":"b"}}}"#;
         let s = framed(ack, &mut p, false);
         assert!(s.starts_with("event: ack\nid: pages/b:0,posts/a:4\n"), "{s}");
+        // An app room's join names its room: its ack's positions are by room name.
+        let ack = r#"{"type":"ack","id":"sse:posts","positions":{"posts":{"offset":1,"epoch":"c"}}}"#;
+        let s = framed(ack, &mut p, false);
+        assert!(s.starts_with("event: ack\nid: pages/b:0,posts/a:4,@posts/c:1\n"), "{s}");
     }
 
     #[test]
@@ -485,17 +669,21 @@ mod tests {
 
     #[test]
     fn last_event_ids_are_read_for_one_or_many_rooms() {
-        let one = vec!["posts".to_string()];
+        let one = vec!["collection:posts".to_string()];
         let p = parse_last_event_id("inst1-0:12", &one);
-        assert_eq!(p.get("posts"), Some(&("inst1-0".to_string(), 12)));
-        let many = vec!["posts".to_string(), "pages".to_string()];
-        let p = parse_last_event_id("posts/a-1:3,pages/b-2:9,other/c:1,bad,posts/x:y", &many);
-        assert_eq!(p.len(), 2);
-        assert_eq!(p.get("pages"), Some(&("b-2".to_string(), 9)));
+        assert_eq!(p.get("collection:posts"), Some(&("inst1-0".to_string(), 12)));
+        let one_app = vec!["role:admin".to_string()];
+        assert!(parse_last_event_id("e:1", &one_app).contains_key("role:admin"));
+        let many = vec!["collection:posts".to_string(), "collection:pages".to_string()];
+        let p = parse_last_event_id("posts/a-1:3,pages/b-2:9,bad,posts/x:y,@a%2Cb%2Fc/d:4,@/e:1", &many);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert_eq!(p.get("collection:pages"), Some(&("b-2".to_string(), 9)));
+        // Rooms the stream does not name are kept (for the rooms `onConnect` joins).
+        assert_eq!(p.get("a,b/c"), Some(&("d".to_string(), 4)));
         assert!(parse_last_event_id("a-1:3", &many).is_empty());
         assert_eq!(
-            event_id(&parse_last_event_id("posts/a:3,pages/b:9", &many), false).unwrap(),
-            "pages/b:9,posts/a:3"
+            event_id(&parse_last_event_id("posts/a:3,pages/b:9,@ops%3A1/c:2", &many), None).unwrap(),
+            "pages/b:9,posts/a:3,@ops:1/c:2"
         );
     }
 
@@ -503,12 +691,25 @@ mod tests {
     fn rooms_and_paths_are_checked() {
         assert_eq!(
             rooms_of(Some("rooms=posts,comments,posts"), 2).unwrap(),
-            vec!["posts", "comments"]
+            vec!["collection:posts", "collection:comments"]
         );
         assert_eq!(
             rooms_of(Some("x=1&rooms=posts%2Cpages"), 9).unwrap(),
-            vec!["posts", "pages"]
+            vec!["collection:posts", "collection:pages"]
         );
+        // App rooms one by one (a name may hold a comma); a collection's room is the collection.
+        assert_eq!(
+            rooms_of(
+                Some("room=admins&rooms=posts&room=orders%3A4%2C2&room=collection%3Aposts"),
+                9
+            )
+            .unwrap(),
+            vec!["collection:posts", "admins", "orders:4,2"]
+        );
+        assert_eq!(rooms_of(Some("room=admins"), 9).unwrap(), vec!["admins"]);
+        assert!(rooms_of(Some("room=orders%3A*"), 9).is_err());
+        assert!(rooms_of(Some("room="), 9).is_err());
+        assert!(rooms_of(Some("rooms=a&room=b&room=c"), 2).is_err());
         assert!(rooms_of(Some("rooms=a,b,c"), 2).is_err());
         assert!(rooms_of(Some("rooms="), 9).is_err());
         assert!(rooms_of(None, 9).is_err());
