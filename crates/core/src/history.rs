@@ -196,10 +196,23 @@ impl RoomHistory {
     }
 }
 
+/// Swept histories whose position is kept (see [`Histories::sweep`]); past this many the
+/// oldest is forgotten, and its room starts a new epoch when used again.
+pub const SWEPT_POSITIONS_KEPT: usize = 10_000;
+
+/// The positions of swept histories, oldest first.
+#[derive(Default)]
+struct Swept {
+    by_room: HashMap<Arc<str>, (String, u64)>,
+    order: VecDeque<Arc<str>>,
+}
+
 /// Every room's history.
 pub struct Histories {
     rules: Vec<HistoryRule>,
     rooms: Mutex<HashMap<Arc<str>, Arc<Mutex<RoomHistory>>>>,
+    /// Where swept rooms were: taken up again when they are used again.
+    swept: Mutex<Swept>,
     epoch_prefix: String,
     epochs: AtomicU64,
     evicted: Arc<AtomicU64>,
@@ -213,6 +226,7 @@ impl Histories {
         Histories {
             rules,
             rooms: Mutex::new(HashMap::new()),
+            swept: Mutex::default(),
             epoch_prefix: format!("{instance}{started:x}"),
             epochs: AtomicU64::new(0),
             evicted: Arc::default(),
@@ -245,10 +259,14 @@ impl Histories {
         if let Some(h) = rooms.get(room) {
             return Some(h.clone());
         }
-        let n = self.epochs.fetch_add(1, Ordering::Relaxed);
+        // A swept room goes on from where it was: its epoch, its offsets.
+        let (epoch, last) = self.take_swept(room).unwrap_or_else(|| {
+            let n = self.epochs.fetch_add(1, Ordering::Relaxed);
+            (format!("{}-{n:x}", self.epoch_prefix), 0)
+        });
         let h = Arc::new(Mutex::new(RoomHistory {
-            epoch: format!("{}-{n:x}", self.epoch_prefix),
-            last: 0,
+            epoch,
+            last,
             entries: VecDeque::new(),
             bytes: 0,
             policy,
@@ -260,13 +278,44 @@ impl Histories {
 
     /// Drops the history of rooms whose events have all expired and that nobody is in, so that
     /// rooms do not accumulate forever. `in_use` says whether a room has members.
+    ///
+    /// The room's position (epoch and last offset, not its events) is kept, up to
+    /// [`SWEPT_POSITIONS_KEPT`] rooms: used again, the room goes on in the same epoch, so a
+    /// client that saw its last event recovers with nothing missed, and one that did not is
+    /// told the events were trimmed. A new epoch there would say "history lost" to a client
+    /// that missed nothing. A room whose position was forgotten starts a new epoch: then
+    /// nobody can tell what was missed, and recovery fails, as it must.
     pub fn sweep(&self, in_use: impl Fn(&str) -> bool) {
         let now = Instant::now();
+        let mut gone = Vec::new();
         self.rooms.lock().retain(|room, h| {
             let mut h = h.lock();
             h.trim(now);
-            !h.entries.is_empty() || in_use(room)
+            let keep = !h.entries.is_empty() || in_use(room);
+            if !keep {
+                gone.push((room.clone(), h.epoch.clone(), h.last));
+            }
+            keep
         });
+        let mut swept = self.swept.lock();
+        for (room, epoch, last) in gone {
+            if swept.by_room.insert(room.clone(), (epoch, last)).is_none() {
+                swept.order.push_back(room);
+            }
+        }
+        while swept.order.len() > SWEPT_POSITIONS_KEPT {
+            if let Some(old) = swept.order.pop_front() {
+                swept.by_room.remove(&old);
+            }
+        }
+    }
+
+    /// The position a swept room was at, forgotten here (the room is in use again).
+    fn take_swept(&self, room: &str) -> Option<(String, u64)> {
+        let mut swept = self.swept.lock();
+        let position = swept.by_room.remove(room)?;
+        swept.order.retain(|r| &**r != room);
+        Some(position)
     }
 
     pub fn room_count(&self) -> usize {
@@ -301,6 +350,59 @@ mod tests {
             }],
             "i",
         )
+    }
+
+    /// A history swept once its events expired goes on in the same epoch: a client that saw
+    /// its last event recovers (nothing missed); one that missed expired events is told so.
+    #[test]
+    fn a_swept_history_keeps_its_position() {
+        let h = Histories::new(
+            vec![HistoryRule {
+                pattern: "feed:*".into(),
+                policy: HistoryPolicy {
+                    size: 10,
+                    ttl: Some(Duration::from_millis(1)),
+                    max_bytes: DEFAULT_HISTORY_MAX_BYTES,
+                },
+            }],
+            "i",
+        );
+        let (epoch, last) = {
+            let room = h.room("feed:1").unwrap();
+            let mut room = room.lock();
+            room.record(json!({"type": "a"}));
+            room.record(json!({"type": "b"}));
+            (room.epoch.clone(), room.last)
+        };
+        std::thread::sleep(Duration::from_millis(5));
+        h.sweep(|_| false);
+        assert_eq!(h.room_count(), 0, "swept");
+        let room = h.room("feed:1").unwrap();
+        let mut room = room.lock();
+        let since = |offset| Since {
+            offset,
+            epoch: epoch.clone(),
+        };
+        assert_eq!(
+            room.since(&since(last), 100).unwrap().len(),
+            0,
+            "saw everything: recovered"
+        );
+        assert_eq!(room.since(&since(1), 100).unwrap_err(), RecoveryFailed::Trimmed);
+        assert_eq!(room.record(json!({"type": "c"})).offset, last + 1);
+        assert_eq!(room.since(&since(last), 100).unwrap().len(), 1);
+        drop(room);
+        // Forgotten past the bound (the oldest first): a new epoch, so recovery from it fails.
+        let old = h.room("feed:x0").unwrap().lock().epoch.clone();
+        h.sweep(|room| room != "feed:x0");
+        for i in 1..=SWEPT_POSITIONS_KEPT {
+            h.room(&format!("feed:x{i}")).unwrap();
+        }
+        let kept = h.room("feed:x9").unwrap().lock().epoch.clone();
+        h.sweep(|_| false);
+        assert!(h.swept.lock().by_room.len() <= SWEPT_POSITIONS_KEPT);
+        assert!(h.room("feed:x0").unwrap().lock().epoch != old);
+        assert_eq!(h.room("feed:x9").unwrap().lock().epoch, kept, "a recent one is kept");
     }
 
     #[test]
