@@ -262,6 +262,8 @@ export interface PluginOptions extends ServerOptions {
 export interface RealtimeStats {
   connections: number
   connectionsTotal: number
+  /** Of `connections`: Server-Sent Events streams open and long polls waiting now. */
+  streams: number
   handshakesRefused: number
   /** Handshakes refused with 503 for `maxConnections` (also in `handshakesRefused`). */
   refusedMaxConnections: number

@@ -467,6 +467,8 @@ test(
         'the same JSON as the socket',
       )
       assert.deepEqual(got.data, { type: 'plugin-installed', name: 'seo', room: 'admins' })
+      // The stream is a connection, and one of the `streams`; the socket is not.
+      assert.deepEqual([ctx.manager.stats().connections, ctx.manager.stats().streams], [2, 1])
 
       // A room with no rule, and a rule that says no, are refused as a socket's join is.
       const bob = await openStream(port, '/sse?room=admins&room=secret', auth('bob'))
@@ -565,8 +567,11 @@ test('long polling serves app rooms: their events, their refusals, from a cursor
     // Waiting for the next app event: answered when it comes.
     const waiting = poll(port, `/poll?room=orders:7&cursor=${encodeURIComponent(cursor)}`, auth('jo'))
     await waitUntil(() => ctx.manager.getSocketsInRoom('orders:7').length === 1, { label: 'the poll waiting' })
+    assert.deepEqual([ctx.manager.stats().connections, ctx.manager.stats().streams], [1, 1], 'a waiting poll')
     await ctx.manager.publish('orders:7', { type: 'paid', n: 3 })
     const next = await waiting
+    await waitUntil(() => ctx.manager.stats().streams === 0, { label: 'the poll answered and gone' })
+    assert.equal(ctx.manager.stats().connections, 0)
     assert.deepEqual(
       next.json.messages.filter((m) => m.type === 'paid').map((m) => m.n),
       [3],

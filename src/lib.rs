@@ -271,6 +271,8 @@ pub struct NativeSocketInfo {
 pub struct NativeStats {
     pub connections: f64,
     pub connections_total: f64,
+    /// Of `connections`: SSE streams open and long polls waiting now.
+    pub streams: f64,
     pub handshakes_refused: f64,
     /// Handshakes refused with 503 for `maxConnections`.
     pub refused_max_connections: f64,
@@ -662,6 +664,7 @@ impl RealtimeServer {
         NativeStats {
             connections: s.connections as f64,
             connections_total: s.connections_total as f64,
+            streams: s.streams as f64,
             handshakes_refused: s.handshakes_refused as f64,
             refused_max_connections: s.refused_max_connections as f64,
             refused_per_user: s.refused_per_user as f64,

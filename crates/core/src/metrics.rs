@@ -60,6 +60,12 @@ pub static METRICS: &[Metric] = &[
         value: |s| Value::One(s.connections_total),
     },
     Metric {
+        name: "payload_realtime_streams",
+        kind: Kind::Gauge,
+        help: "Of the connections: SSE streams open and long polls waiting now.",
+        value: |s| Value::One(s.streams),
+    },
+    Metric {
         name: "payload_realtime_handshakes_refused_total",
         kind: Kind::Counter,
         help: "Upgrade requests refused, by the error of the answer.",

@@ -574,8 +574,9 @@ async fn poll_route(hub: Arc<Hub>, req: Request<Incoming>, remote: SocketAddr) -
     let req = Request::from_parts(parts, ());
     match admit_stream(&hub, &req, remote).await {
         Ok((peer, slot, rooms, last)) => {
+            let counted = crate::sse::Counted::new(hub.clone());
             let body = crate::longpoll::answer(&hub, peer, rooms, last).await;
-            drop(slot);
+            drop((counted, slot));
             crate::sse::response(&req, Full::new(Bytes::from(body)))
         }
         Err(refused) => refused.response(),

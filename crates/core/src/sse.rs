@@ -414,6 +414,8 @@ pub(crate) struct SseBody {
     peer: Arc<Peer>,
     /// Kept for the stream's life: its place in the connection limits.
     _slot: Slot,
+    /// Kept for the stream's life: counted in `connections` and `streams`.
+    _counted: Counted,
     /// Kept for the stream's life: a drain waits for it as for a socket.
     _token: tokio_util::task::task_tracker::TaskTrackerToken,
     /// Joins and leaves sent on the stream's behalf (only the first join).
@@ -439,8 +441,7 @@ impl SseBody {
         rooms: Vec<String>,
         last: Positions,
     ) -> SseBody {
-        Stats::add(&hub.stats.connections, 1);
-        Stats::add(&hub.stats.connections_total, 1);
+        let counted = Counted::new(hub.clone());
         let mut requests = Requests::new(hub.clone(), peer.clone());
         // As a socket: `onConnect` first (its initial state, its rooms, recovered from the
         // positions the id gives for them), then the rooms the stream names.
@@ -465,6 +466,7 @@ impl SseBody {
             started: false,
             done: false,
             _slot: slot,
+            _counted: counted,
             _token: token,
             _requests: requests,
             hub,
@@ -552,10 +554,28 @@ impl Drop for SseBody {
     fn drop(&mut self) {
         self.hub.registry.remove_peer(&self.peer);
         self.peer.outbound.close(close_code::NORMAL, "");
-        if self.hub.stats.connections.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.hub
-                .memory
-                .on_idle(self.hub.stats.connections_total.load(Ordering::Relaxed));
+    }
+}
+
+/// An SSE stream or a waiting long poll, counted in `connections` (as a socket) and `streams`
+/// for as long as it is kept.
+pub(crate) struct Counted(Arc<Hub>);
+
+impl Counted {
+    pub(crate) fn new(hub: Arc<Hub>) -> Counted {
+        Stats::add(&hub.stats.connections, 1);
+        Stats::add(&hub.stats.connections_total, 1);
+        Stats::add(&hub.stats.streams, 1);
+        Counted(hub)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let stats = &self.0.stats;
+        stats.streams.fetch_sub(1, Ordering::Relaxed);
+        if stats.connections.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.memory.on_idle(stats.connections_total.load(Ordering::Relaxed));
         }
     }
 }

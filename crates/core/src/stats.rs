@@ -11,6 +11,8 @@ pub struct Stats {
     pub connections: AtomicU64,
     /// Sockets accepted since start.
     pub connections_total: AtomicU64,
+    /// Of `connections`: SSE streams open and long polls waiting now.
+    pub streams: AtomicU64,
     /// Handshakes refused (bad token, origin, path, a connection limit).
     pub handshakes_refused: AtomicU64,
     /// Of those, refused for `maxConnections`, `maxConnectionsPerUser`, `maxConnectionsPerIp`.
@@ -126,6 +128,7 @@ impl Histogram {
 pub struct Snapshot {
     pub connections: u64,
     pub connections_total: u64,
+    pub streams: u64,
     pub handshakes_refused: u64,
     pub refused_max_connections: u64,
     pub refused_per_user: u64,
@@ -182,6 +185,7 @@ impl Stats {
         Snapshot {
             connections: self.connections.load(Relaxed),
             connections_total: self.connections_total.load(Relaxed),
+            streams: self.streams.load(Relaxed),
             handshakes_refused: self.handshakes_refused.load(Relaxed),
             refused_max_connections: self.refused_max_connections.load(Relaxed),
             refused_per_user: self.refused_per_user.load(Relaxed),
