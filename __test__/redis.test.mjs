@@ -422,3 +422,46 @@ test(
     await waitUntil(() => eventsFrom(onB, 'B').length === 4, { label: 'B still delivers' })
   },
 )
+
+test(
+  'presence of app rooms across two instances: joins, leaves and the member list; a killed instance leaves',
+  T,
+  async () => {
+    const { redis, a, b } = await twoInstances({
+      allowRooms: ['role:*'],
+      presence: ['role:*'],
+      presenceExpiry: 1500,
+    })
+    const members = async (c) =>
+      (await c.request({ type: 'presence', room: 'role:admin' })).members.map((m) => m.id).sort()
+    const u1 = await client(a, 'u1', 'u1@A')
+    assert.equal((await u1.request({ type: 'join', room: 'role:admin' })).type, 'ack')
+    await waitUntil(() => numsub(redis.port, 'role:admin') === 1, { label: 'A subscribed' })
+    const u2 = await client(b, 'u2', 'u2@B')
+    assert.equal((await u2.request({ type: 'join', room: 'role:admin' })).type, 'ack')
+    const joined = await u1.waitFor((m) => m.type === 'presence-join' && m.user.id === 'u2')
+    assert.deepEqual(joined, { type: 'presence-join', room: 'role:admin', user: { id: 'u2', collection: 'users' } })
+    const u3 = await client(b, 'u3', 'u3@B')
+    assert.equal((await u3.request({ type: 'join', room: 'role:admin' })).type, 'ack')
+    await u1.waitFor((m) => m.type === 'presence-join' && m.user.id === 'u3')
+    await u2.waitFor((m) => m.type === 'presence-join' && m.user.id === 'u3')
+    // Each instance lists the members of both (B learned of u1 when it subscribed).
+    await waitUntil(async () => (await members(u2)).join() === 'u1,u2,u3', { label: 'B sees all three' })
+    assert.deepEqual(await members(u1), ['u1', 'u2', 'u3'])
+    // App events published on A reach B's members with the room.
+    await a.call('publish', { room: 'role:admin', message: { type: 'memo', n: 1 } })
+    assert.deepEqual(await u3.waitFor((m) => m.type === 'memo'), { type: 'memo', n: 1, room: 'role:admin' })
+
+    // u3 leaves: seen on A, and gone from both lists.
+    assert.equal((await u3.request({ type: 'leave', room: 'role:admin' })).type, 'ack')
+    await u1.waitFor((m) => m.type === 'presence-leave' && m.user.id === 'u3')
+    assert.deepEqual(await members(u1), ['u1', 'u2'])
+    assert.deepEqual(await members(u2), ['u1', 'u2'])
+
+    // B dies: its users leave for A's sockets within the expiry.
+    b.child.kill('SIGKILL')
+    await b.exited
+    await u1.waitFor((m) => m.type === 'presence-leave' && m.user.id === 'u2', { timeout: 15_000 })
+    assert.deepEqual(await members(u1), ['u1'])
+  },
+)
