@@ -257,23 +257,31 @@ test('heartbeats keep a quiet stream alive as SSE comments', T, async () => {
   })
 })
 
-test('a real browser EventSource, cross-origin with ?token=, gets the events', T, async (t) => {
+test('a real browser EventSource, cross-origin with ?token=, gets the events, of an app room too', T, async (t) => {
   const browser = await launchBrowser(t)
   if (!browser) return
   const site = await startHttpServer({ '/': '<!doctype html><title>sse</title>' })
   try {
-    await withServer({ includeCollections: ['posts'], history: { posts: { size: 10 } } }, async (ctx) => {
+    const options = { includeCollections: ['posts'], history: { posts: { size: 10 } }, rooms: { 'desk:*': () => true } }
+    await withServer(options, async (ctx) => {
       const page = await openPage(browser)
       await page.goto(`${site.origin}/`)
-      const url = `http://127.0.0.1:${ctx.manager.port}/sse?rooms=posts&token=${encodeURIComponent(makeToken({ id: 'hal' }))}`
+      const token = encodeURIComponent(makeToken({ id: 'hal' }))
+      const url = `http://127.0.0.1:${ctx.manager.port}/sse?rooms=posts&room=desk%3A1&token=${token}`
       await page.evaluate((url) => {
         window.got = []
+        window.memos = []
+        window.acks = 0
         const es = new EventSource(url)
-        es.addEventListener('ack', () => (window.opened = true))
+        es.addEventListener('ack', () => window.acks++)
         es.addEventListener('create', (e) => window.got.push({ id: e.lastEventId, data: JSON.parse(e.data) }))
+        es.addEventListener('memo', (e) => window.memos.push(JSON.parse(e.data)))
         window.es = es
       }, url)
-      await waitUntil(() => page.evaluate(() => window.opened === true), { label: 'the ack in the page' })
+      await waitUntil(() => page.evaluate(() => window.acks === 2), { label: 'both acks in the page' })
+      await ctx.manager.publish('desk:1', { type: 'memo', text: 'hi' })
+      await waitUntil(() => page.evaluate(() => window.memos.length === 1), { label: 'the app event in the page' })
+      assert.deepEqual(await page.evaluate(() => window.memos[0]), { type: 'memo', text: 'hi', room: 'desk:1' })
       for (let i = 1; i <= 3; i++) await ctx.manager.emitEvent({ type: 'create', collection: 'posts', id: i })
       await waitUntil(() => page.evaluate(() => window.got.length === 3), { label: 'three events in the page' })
       const got = await page.evaluate(() => window.got)
@@ -281,7 +289,7 @@ test('a real browser EventSource, cross-origin with ?token=, gets the events', T
         got.map((g) => g.data.id),
         [1, 2, 3],
       )
-      assert.equal(got[2].id, `${got[2].data.epoch}:3`)
+      assert.equal(got[2].id, `posts/${got[2].data.epoch}:3`, 'two rooms: the id names them')
       await page.evaluate(() => window.es.close())
       assert.deepEqual(page.problems, [])
     })
