@@ -495,3 +495,50 @@ test('after close, handleUpgrade answers 503 and returns false', T, async () => 
     await closeServer(server)
   }
 })
+
+test("attachTo serves Server-Sent Events and long polls on the app's port, before the app's handler", T, async () => {
+  const seen = []
+  const handler = (req, res) => {
+    seen.push(req.url)
+    res.end('hello from the app\n')
+  }
+  await withApp(
+    async ({ manager, port }) => {
+      const auth = { Authorization: `JWT ${makeToken({ id: 'sue' })}` }
+      let text = ''
+      const messages = () =>
+        text
+          .split('\n')
+          .filter((l) => l.startsWith('data: '))
+          .map((l) => JSON.parse(l.slice(6)))
+      const res = await new Promise((resolve, reject) => {
+        const path = '/realtime/sse?rooms=posts'
+        http.get({ host: '127.0.0.1', port, path, headers: auth, agent: false }, resolve).on('error', reject)
+      })
+      assert.equal(res.statusCode, 200)
+      assert.match(res.headers['content-type'], /^text\/event-stream/)
+      res.setEncoding('utf8')
+      res.on('data', (c) => (text += c))
+      await waitUntil(() => messages().some((m) => m.type === 'ack'), { label: 'the join ack' })
+      assert.deepEqual([manager.stats().connections, manager.stats().streams], [1, 1])
+      await manager.emitEvent(event(7))
+      const e = await waitUntil(() => messages().find((m) => m.type === 'update'), { label: 'the event' })
+      assert.deepEqual([e.collection, e.id], ['posts', 7])
+      assert.match(text, /event: update\n/)
+      // A refusal is the server's own, as on its port.
+      const refused = await httpGet(port, '/realtime/sse?rooms=posts')
+      assert.equal(refused.status, 401)
+      assert.equal(JSON.parse(refused.body).error, 'unauthorized')
+      // A long poll: the first answers at once with the ack and a cursor.
+      const poll = await httpGet(port, '/realtime/poll?rooms=posts', auth)
+      assert.equal(poll.status, 200)
+      assert.equal(JSON.parse(poll.body).messages[0].type, 'ack')
+      // The app's own requests are still the app's; the streams never reached it.
+      assert.equal((await httpGet(port, '/realtime/other')).body, 'hello from the app\n')
+      assert.deepEqual(seen, ['/realtime/other'])
+      res.destroy()
+      await waitUntil(() => manager.stats().connections === 0, { label: 'the stream gone at the server' })
+    },
+    { handler },
+  )
+})

@@ -821,6 +821,24 @@ class UWebSocketManager {
   }
 
   /**
+   * Hands an SSE or long-poll request (`GET <path>/sse`, `<path>/poll`) that Node's HTTP server
+   * read over to the Rust server, which answers it as on its own port. False when the manager
+   * is closed (answered 503 here).
+   * @internal used by attachTo
+   */
+  _takeRequest(req) {
+    const socket = req.socket
+    const fd = adoptableFd(socket)
+    if (this._closing || !this._server.adoptUpgrade(fd, req.method, req.url, req.rawHeaders, Buffer.alloc(0))) {
+      answerUpgrade(socket, 503, 'Service Unavailable', { error: 'shutting-down' })
+      return true
+    }
+    socket.on('error', () => {})
+    socket.destroy()
+    return true
+  }
+
+  /**
    * Listens for upgrades on your HTTP server and takes those whose path is `path` (default: the
    * manager's `path` option, else '/realtime'); every other upgrade, such as Next.js's HMR socket,
    * is left to the server's other `'upgrade'` listeners, or answered 404 when there is none.
@@ -875,8 +893,33 @@ class UWebSocketManager {
     }
     onUpgrade[ATTACHED_PATH] = path
     server.on('upgrade', onUpgrade)
+    // `<path>/sse` and `<path>/poll` are plain requests: taken before the server's own request
+    // handler (Next.js's) sees them, by the same hand-over as an upgrade.
+    const streams = new Set(['/sse', '/poll'].map((leaf) => `${path.replace(/\/+$/, '')}${leaf}`))
+    const emit = server.emit
+    let taking = true
+    const takeRequests = function (event, req, res) {
+      if (taking && event === 'request' && req?.method === 'GET' && streams.has(targetPath(req.url))) {
+        try {
+          if (manager._takeRequest(req)) return true
+        } catch (err) {
+          manager._logFailure('attachTo', err)
+          if (!res.headersSent) {
+            res.writeHead(500, { 'content-type': 'application/json', connection: 'close' })
+            res.end(JSON.stringify({ error: err?.code === 'cannot-adopt' ? 'cannot-adopt' : 'internal' }))
+          }
+          return true
+        }
+      }
+      return emit.apply(this, arguments)
+    }
+    const manager = this
+    server.emit = takeRequests
     const detach = () => {
       server.removeListener('upgrade', onUpgrade)
+      taking = false
+      // Wrapped again by someone since: ours stays in their chain, passing everything on.
+      if (server.emit === takeRequests) server.emit = emit
       if (this._attached.get(server)?.detach === detach) this._attached.delete(server)
     }
     this._attached.set(server, { path, detach })

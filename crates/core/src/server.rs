@@ -255,8 +255,13 @@ impl Server {
         let stream = TcpStream::from_std(stream)
             .map_err(|e| Error::CannotAdopt(format!("the socket cannot be registered: {e}")))?;
         let _ = stream.set_nodelay(true);
-        self.sockets
-            .spawn(serve_adopted(self.hub.clone(), stream, head, Bytes::from(early)));
+        self.sockets.spawn(serve_adopted(
+            self.hub.clone(),
+            stream,
+            head,
+            Bytes::from(early),
+            self.sockets.clone(),
+        ));
         Ok(())
     }
 
@@ -1080,11 +1085,18 @@ impl RequestHead {
 }
 
 /// An adopted connection from its upgrade request to its close.
-async fn serve_adopted(hub: Arc<Hub>, mut stream: TcpStream, head: RequestHead, early: Bytes) {
+async fn serve_adopted(hub: Arc<Hub>, mut stream: TcpStream, head: RequestHead, early: Bytes, sockets: TaskTracker) {
+    let parsed = head.into_request();
+    if let Ok(req) = &parsed {
+        let path = hub.config.path.as_deref();
+        if crate::sse::is_sse_request(path, req) || crate::longpoll::is_poll_request(path, req) {
+            return serve_adopted_stream(hub, stream, parsed.expect("matched Ok"), sockets).await;
+        }
+    }
     // Before the socket is open it waits on nobody but the host's `verifyUser`, which a
     // shutdown does not wait for (the server's own port cuts its handshakes likewise).
     let peer = tokio::select! {
-        peer = answer_adopted(&hub, &mut stream, head) => peer,
+        peer = answer_adopted(&hub, &mut stream, parsed) => peer,
         _ = hub.shutdown.cancelled() => None,
     };
     match peer {
@@ -1102,9 +1114,9 @@ async fn serve_adopted(hub: Arc<Hub>, mut stream: TcpStream, head: RequestHead, 
 async fn answer_adopted(
     hub: &Arc<Hub>,
     stream: &mut TcpStream,
-    head: RequestHead,
+    parsed: Result<Request<()>, String>,
 ) -> Option<(Option<Arc<Peer>>, Slot)> {
-    let mut req = match head.into_request() {
+    let mut req = match parsed {
         Ok(req) => req,
         Err(reason) => {
             let body = serde_json::json!({ "error": "bad-request", "reason": reason }).to_string();
@@ -1159,6 +1171,67 @@ async fn answer_adopted(
         return None;
     }
     Some((Some(peer), slot))
+}
+
+/// An SSE stream or a long poll the host's HTTP server read the request of (its `'request'`
+/// event): admitted and answered as on the server's own port, the response written here
+/// (`Connection: close`, the body until the end of the connection).
+async fn serve_adopted_stream(hub: Arc<Hub>, mut stream: TcpStream, req: Request<()>, sockets: TaskTracker) {
+    let Ok(remote) = stream.peer_addr() else { return };
+    let admitted = tokio::select! {
+        a = admit_stream(&hub, &req, remote) => a,
+        _ = hub.shutdown.cancelled() => return,
+    };
+    let (peer, slot, rooms, last) = match admitted {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            let _ = stream.write_all(&refused.into_bytes()).await;
+            return linger(&hub, stream).await;
+        }
+    };
+    let closing = |mut parts: hyper::http::response::Parts| {
+        parts
+            .headers
+            .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        parts
+    };
+    if crate::longpoll::is_poll_request(hub.config.path.as_deref(), &req) {
+        let counted = crate::sse::Counted::new(hub.clone());
+        let body = crate::longpoll::answer(&hub, peer, rooms, last).await;
+        drop((counted, slot));
+        let (mut parts, ()) = crate::sse::response(&req, ()).into_parts();
+        parts.headers.insert(header::CONTENT_LENGTH, body.len().into());
+        let mut out = head_bytes(&closing(parts));
+        out.extend_from_slice(body.as_bytes());
+        let _ = stream.write_all(&out).await;
+        return linger(&hub, stream).await;
+    }
+    let body = crate::sse::SseBody::open(hub.clone(), peer, slot, sockets.token(), rooms, last);
+    let (parts, ()) = crate::sse::response(&req, ()).into_parts();
+    let (mut rd, mut wr) = stream.into_split();
+    if wr.write_all(&head_bytes(&closing(parts))).await.is_err() {
+        return;
+    }
+    let mut body = std::pin::pin!(body);
+    let mut scratch = [0u8; 512];
+    loop {
+        let frame = tokio::select! {
+            f = std::future::poll_fn(|cx| hyper::body::Body::poll_frame(body.as_mut(), cx)) => f,
+            // The client went away (or sent something a stream does not read).
+            r = rd.read(&mut scratch) => match r {
+                Ok(n) if n > 0 => continue,
+                _ => break,
+            },
+            _ = hub.shutdown.cancelled() => break,
+        };
+        let Some(Ok(frame)) = frame else { break };
+        if let Ok(data) = frame.into_data() {
+            if wr.write_all(&data).await.is_err() {
+                break;
+            }
+        }
+    }
+    let _ = wr.shutdown().await;
 }
 
 /// Closes a connection that was answered with a refusal: our side is shut down first and what
