@@ -340,13 +340,15 @@ impl Requests {
     }
 
     /// The app rooms an SSE stream or a poll names, each joined as `{ type: "join", room, id }`
-    /// would be (its rule, its recovery, its reply), one after the other in one step of the
-    /// line of joins (a stream may name up to `maxRoomsPerSocket` of them at once).
+    /// would be (its rule, its recovery, its reply), in one step of the line of joins: the join
+    /// rule is asked once for all of them (a stream may name up to `maxRoomsPerSocket`).
     pub(crate) fn join_rooms(&mut self, rooms: Vec<(String, String, Option<Since>)>) {
         let (hub, peer) = (self.hub.clone(), self.peer.clone());
         self.in_order(None, async move {
-            for (id, room, since) in rooms {
-                join_room_now(&hub, &peer, Some(RequestId::Str(id)), room, since).await;
+            let names: Vec<String> = rooms.iter().map(|(_, room, _)| room.clone()).collect();
+            let verdicts = may_join_rooms(&hub, &peer, &names).await;
+            for ((id, room, since), verdict) in rooms.into_iter().zip(verdicts) {
+                join_if_allowed(&hub, &peer, Some(RequestId::Str(id)), room, since, verdict).await;
             }
         });
     }
@@ -546,36 +548,67 @@ impl Requests {
     }
 }
 
+/// Whether the join rule lets `peer`'s user join each of `rooms` (`Err`: the refusal's
+/// message), asked in one call for all of them.
+async fn may_join_rooms(hub: &Arc<Hub>, peer: &Peer, rooms: &[String]) -> Vec<Result<(), String>> {
+    let rules = hub.host_rules();
+    let rule = hub.callbacks.join_rule.clone();
+    let ruled: Vec<String> = rooms
+        .iter()
+        .filter(|r| rule.is_some() && rules.join_ruled(r))
+        .cloned()
+        .collect();
+    let answers = match rule.filter(|_| !ruled.is_empty()) {
+        None => Vec::new(),
+        Some(rule) => tokio::time::timeout(
+            hub.config.authorize_timeout,
+            rule.may_join(peer.user_json(), ruled.clone()),
+        )
+        .await
+        .map_err(|_| "the join rule took too long".to_string())
+        .and_then(|r| r)
+        .unwrap_or_else(|e| {
+            crate::warn!("join rule failed: {e}");
+            Vec::new()
+        }),
+    };
+    rooms
+        .iter()
+        .map(|room| match ruled.iter().position(|r| r == room) {
+            None => Err(format!("no rule of the `rooms` option lets clients join {room:?}")),
+            Some(i) if answers.get(i) == Some(&true) => Ok(()),
+            Some(_) => Err(format!("not allowed to join {room:?}")),
+        })
+        .collect()
+}
+
 /// Joins `room` for `peer` if the join rule allows its user, answering as a `join` does.
 async fn join_room_now(hub: &Arc<Hub>, peer: &Arc<Peer>, id: Option<RequestId>, room: String, since: Option<Since>) {
-    let refuse = |msg: String| {
+    let verdict = may_join_rooms(hub, peer, std::slice::from_ref(&room)).await;
+    join_if_allowed(
+        hub,
+        peer,
+        id,
+        room,
+        since,
+        verdict.into_iter().next().unwrap_or(Err(String::new())),
+    )
+    .await;
+}
+
+/// Joins an app room the join rule allowed (with its recovery) and answers, or answers the refusal.
+async fn join_if_allowed(
+    hub: &Arc<Hub>,
+    peer: &Arc<Peer>,
+    id: Option<RequestId>,
+    room: String,
+    since: Option<Since>,
+    verdict: Result<(), String>,
+) {
+    if let Err(msg) = verdict {
         let frame = protocol::error(ErrorCode::Forbidden, &msg, id.as_ref());
         hub.registry.send_to(peer, frame, &hub.stats);
-    };
-    let Some(rule) = hub
-        .callbacks
-        .join_rule
-        .clone()
-        .filter(|_| hub.host_rules().join_ruled(&room))
-    else {
-        return refuse(format!("no rule of the `rooms` option lets clients join {room:?}"));
-    };
-    let answer = tokio::time::timeout(
-        hub.config.authorize_timeout,
-        rule.may_join(peer.user_json(), vec![room.clone()]),
-    )
-    .await
-    .map_err(|_| "the join rule took too long".to_string())
-    .and_then(|r| r);
-    let allowed = match answer {
-        Ok(a) => a.first() == Some(&true),
-        Err(e) => {
-            crate::warn!("join rule failed: {e}");
-            false
-        }
-    };
-    if !allowed {
-        return refuse(format!("not allowed to join {room:?}"));
+        return;
     }
     let outcome = hub.join_with_history_remote(peer, &room, since.as_ref()).await;
     let frames = replies_of_join(id.as_ref(), vec![(room, outcome)], |r| (r.to_string(), String::new()));
