@@ -4,6 +4,9 @@
 // PAYLOAD_REALTIME_REQUIRE_ALL=1 (set by .ci/run) makes optional parts mandatory: a missing
 // Python 2.7 for Autobahn fails instead of skipping.
 // PAYLOAD_REALTIME_DEBUG=1 builds the addon in debug (faster to iterate).
+// PAYLOAD_REALTIME_NODE_VERSIONS=22,24 (set by .ci/run) also runs NODE_SUBSET on each of those
+// Node majors, with the official binaries of the npm registry's `node` package (`npx -p node@22`):
+// the same addon (N-API is one ABI across Node versions) loaded and used by core and Payload tests.
 import { existsSync } from 'node:fs'
 import { execSync } from 'node:child_process'
 import { ensureAddon, ensureDependencies, root, run } from './ensure.mjs'
@@ -14,6 +17,18 @@ ensureDependencies()
 ensureAddon({ debug: process.env.PAYLOAD_REALTIME_DEBUG === '1' })
 run('cargo', ['test', '--workspace'])
 run('node', ['--test', '--test-concurrency=1', '__test__/'])
+
+/** The tests run on every other Node major too: the addon's load and API, the wire protocol,
+ * auth, SSE, lifecycle, app events, the client and the Payload plugin (about 1 min per version). */
+const NODE_SUBSET = ['native', 'protocol', 'auth', 'sse', 'lifecycle', 'app-events', 'client', 'payload'].map(
+  (name) => `__test__/${name}.test.mjs`,
+)
+
+for (const major of (process.env.PAYLOAD_REALTIME_NODE_VERSIONS ?? '').split(',').filter(Boolean)) {
+  const npx = ['-y', '-p', `node@${major}`, 'node']
+  run('npx', [...npx, '-e', 'console.log(`Node ${process.version}, N-API ${process.versions.napi}`)'])
+  run('npx', [...npx, '--test', '--test-concurrency=1', ...NODE_SUBSET])
+}
 
 function hasPython27() {
   try {
