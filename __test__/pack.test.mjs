@@ -6,91 +6,11 @@
 // @payloadcms/db-sqlite and graphql as this repository's devDependencies.
 
 import assert from 'node:assert/strict'
-import { spawn, spawnSync } from 'node:child_process'
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { test } from 'node:test'
-import { fileURLToPath, pathToFileURL } from 'node:url'
-
-const root = join(dirname(fileURLToPath(import.meta.url)), '..')
-const versionOf = (name) =>
-  JSON.parse(readFileSync(join(root, 'node_modules', ...name.split('/'), 'package.json'), 'utf8')).version
-
-function npm(args, cwd) {
-  const r = spawnSync('npm', args, {
-    cwd,
-    encoding: 'utf8',
-    env: { ...process.env, npm_config_update_notifier: 'false' },
-  })
-  if (r.status !== 0) throw new Error(`npm ${args.join(' ')} failed (${r.status}):\n${r.stdout}\n${r.stderr}`)
-  return r.stdout
-}
-
-/** Runs `node file` in `cwd` and resolves with its stdout (rejects on a non-zero exit). */
-function runNode(file, cwd, env) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [file], { cwd, env: { ...process.env, ...env } })
-    let out = ''
-    let err = ''
-    child.stdout.on('data', (d) => (out += d))
-    child.stderr.on('data', (d) => (err += d))
-    child.on('error', reject)
-    child.on('close', (code, signal) => {
-      if (code === 0) resolve(out)
-      else reject(new Error(`node ${file} exited with ${code ?? signal}\n${out}\n${err}`))
-    })
-  })
-}
-
-// The application a user writes: plain Node ESM, headless Payload on SQLite, our plugin.
-const APP = (wsModule) => `
-import { createRequire } from 'node:module'
-import { buildConfig, getPayload } from 'payload'
-import { sqliteAdapter } from '@payloadcms/db-sqlite'
-import { uWebSocketPlugin, getUWebSocketManager } from 'payload-realtime'
-import WebSocket from ${JSON.stringify(wsModule)}
-
-const require = createRequire(import.meta.url)
-const cjs = require('payload-realtime')
-if (typeof cjs.uWebSocketPlugin !== 'function') throw new Error('the CommonJS entry lacks uWebSocketPlugin')
-
-const config = buildConfig({
-  secret: 'pack-test-secret',
-  telemetry: false,
-  typescript: { autoGenerate: false },
-  logger: { options: { level: 'error' } },
-  db: sqliteAdapter({ client: { url: 'file:./app.db' } }),
-  collections: [
-    { slug: 'users', auth: true, fields: [] },
-    { slug: 'posts', fields: [{ name: 'title', type: 'text' }] },
-  ],
-  plugins: [uWebSocketPlugin({ includeCollections: ['posts'], port: 0, host: '127.0.0.1' })],
-})
-const payload = await getPayload({ config })
-const manager = getUWebSocketManager()
-await payload.create({ collection: 'users', data: { email: 'dev@example.com', password: 'secret-password' } })
-const { token, user } = await payload.login({ collection: 'users', data: { email: 'dev@example.com', password: 'secret-password' } })
-
-const ws = new WebSocket('ws://127.0.0.1:' + manager.port + '/', { headers: { Authorization: 'JWT ' + token } })
-const event = await new Promise((resolve, reject) => {
-  const guard = setTimeout(() => reject(new Error('no event within 30 s')), 30000)
-  ws.on('error', reject)
-  ws.on('open', () => ws.send(JSON.stringify({ type: 'join-collection', collection: 'posts', id: 'join' })))
-  ws.on('message', async (data) => {
-    const msg = JSON.parse(String(data))
-    if (msg.type === 'ack' && msg.id === 'join') {
-      await payload.create({ collection: 'posts', data: { title: 'from the tarball' }, user })
-    } else if (msg.type === 'create') {
-      clearTimeout(guard)
-      resolve(msg)
-    }
-  })
-})
-ws.close()
-await payload.destroy()
-console.log(JSON.stringify({ event, userId: user.id, resolved: require.resolve('payload-realtime') }))
-`
+import { checkPayloadEvent, npm, root, runPayloadApp, versionOf } from './consumer.mjs'
 
 test('npm pack gives a tarball that works as a Payload plugin in a fresh project', { timeout: 300_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'payload-realtime-pack-'))
@@ -139,15 +59,9 @@ test('npm pack gives a tarball that works as a Payload plugin in a fresh project
       ],
       project,
     )
-    // The client side of the test only: `ws` from this repository.
-    writeFileSync(join(project, 'app.mjs'), APP(pathToFileURL(join(root, 'node_modules', 'ws', 'wrapper.mjs')).href))
-    const out = await runNode('app.mjs', project, { DISABLE_PAYLOAD_HMR: 'true', NODE_ENV: 'development' })
-    const result = JSON.parse(out.trim().split('\n').pop())
+    const result = await runPayloadApp(project)
     assert.ok(result.resolved.startsWith(join(project, 'node_modules', 'payload-realtime')), result.resolved)
-    assert.equal(result.event.type, 'create')
-    assert.equal(result.event.collection, 'posts')
-    assert.equal(result.event.doc.title, 'from the tarball')
-    assert.deepEqual(result.event.user, { id: result.userId, collection: 'users' })
+    checkPayloadEvent(assert, result)
   } finally {
     rmSync(dir, { recursive: true, force: true })
   }
