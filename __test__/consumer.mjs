@@ -28,6 +28,14 @@ export function sh(cmd, args, cwd, env = {}) {
 
 export const npm = (args, cwd) => sh('npm', args, cwd)
 
+/**
+ * Removes a temp project in a detached `rm -rf` that outlives the test: Payload's node_modules
+ * are tens of thousands of files, and deleting a few of them took 15-120 s on a busy machine.
+ */
+export function removeLater(dir) {
+  spawn('rm', ['-rf', dir], { detached: true, stdio: 'ignore' }).unref()
+}
+
 /** Runs `node file` in `cwd` and resolves with its stdout (rejects on a non-zero exit). */
 export function runNode(file, cwd, env) {
   return new Promise((resolve, reject) => {

@@ -9,11 +9,11 @@
 // PAYLOAD_REALTIME_REQUIRE_ALL=1 (CI). Installs use npm's cache first (`--prefer-offline`).
 
 import assert from 'node:assert/strict'
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, test } from 'node:test'
-import { checkPayloadEvent, installedVersion, npm, root, runPayloadApp, versionOf } from './consumer.mjs'
+import { checkPayloadEvent, removeLater, installedVersion, npm, root, runPayloadApp, versionOf } from './consumer.mjs'
 
 const LOWEST = '3.0.2'
 const requireAll = process.env.PAYLOAD_REALTIME_REQUIRE_ALL === '1'
@@ -53,7 +53,7 @@ before(() => {
   const [packed] = JSON.parse(npm(['pack', '--json', '--ignore-scripts', '--pack-destination', dir, root], root))
   tarball = join(dir, packed.filename)
 })
-after(() => rmSync(dir, { recursive: true, force: true }))
+after(() => removeLater(dir))
 
 for (const [label, version] of [
   ['the lowest claimed', LOWEST],

@@ -120,6 +120,31 @@ function dryRun(dir, { mustHave = [], mustNotHave = () => false } = {}) {
   return info
 }
 
+/**
+ * Writes the main package as published into `main` (emptied first): the files `npm pack` would
+ * take from the repository except any .node (each platform's binary comes from its own package),
+ * and a package.json with the platform packages in `optionalDependencies` and no scripts.
+ * Checked with `npm pack --dry-run`; returns `main`. The install tests assemble one in a temp dir.
+ */
+export function assembleMain(main) {
+  rmSync(main, { recursive: true, force: true })
+  mkdirSync(main, { recursive: true })
+  const listed = JSON.parse(
+    execFileSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: root, encoding: 'utf8' }),
+  )[0].files.map((f) => f.path)
+  for (const f of listed) {
+    if (f.endsWith('.node')) continue
+    mkdirSync(dirname(join(main, f)), { recursive: true })
+    cpSync(join(root, f), join(main, f))
+  }
+  const mainPkg = { ...pkg, optionalDependencies: optionalDependencies() }
+  delete mainPkg.scripts // prepack would rebuild the addon; the published package needs none
+  delete mainPkg.devDependencies
+  writeFileSync(join(main, 'package.json'), `${JSON.stringify(mainPkg, null, 2)}\n`)
+  dryRun(main, { mustHave: ['package.json', 'index.js', 'lib/native.js'], mustNotHave: (f) => f.endsWith('.node') })
+  return main
+}
+
 function main() {
   optionalDependencies() // every platform package agrees with the main one, before any build
   const { values } = parseArgs({
@@ -155,23 +180,7 @@ function main() {
     if (values.pack) run('npm', ['pack', '--ignore-scripts', '--pack-destination', dist], { cwd: out })
   }
 
-  // The main package without any .node: each platform's binary comes from its own package.
-  const main = join(dist, pkg.name)
-  rmSync(main, { recursive: true, force: true })
-  mkdirSync(main, { recursive: true })
-  const listed = JSON.parse(
-    execFileSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: root, encoding: 'utf8' }),
-  )[0].files.map((f) => f.path)
-  for (const f of listed) {
-    if (f.endsWith('.node')) continue
-    mkdirSync(dirname(join(main, f)), { recursive: true })
-    cpSync(join(root, f), join(main, f))
-  }
-  const mainPkg = { ...pkg, optionalDependencies: optionalDependencies() }
-  delete mainPkg.scripts // prepack would rebuild the addon; the published package needs none
-  delete mainPkg.devDependencies
-  writeFileSync(join(main, 'package.json'), `${JSON.stringify(mainPkg, null, 2)}\n`)
-  dryRun(main, { mustHave: ['package.json', 'index.js', 'lib/native.js'], mustNotHave: (f) => f.endsWith('.node') })
+  const main = assembleMain(join(dist, pkg.name))
   if (values.pack) run('npm', ['pack', '--ignore-scripts', '--pack-destination', dist], { cwd: main })
 }
 
