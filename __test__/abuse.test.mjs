@@ -4,10 +4,9 @@
 // No timing thresholds: every timeout is a hang guard, and bounds are on bytes and counts.
 
 import assert from 'node:assert/strict'
-import { execFileSync, fork, spawn } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import http from 'node:http'
 import net from 'node:net'
-import { tmpdir } from 'node:os'
 import { after, test } from 'node:test'
 
 import {
@@ -26,6 +25,7 @@ import {
   withTimeout,
   WAIT,
 } from './helpers.mjs'
+import { runCleanups, skip as redisSkip, startInstance, startRedis } from './redis-helpers.mjs'
 
 const T = { timeout: 120_000 }
 
@@ -772,78 +772,20 @@ test('a history room with big events keeps within maxBytes', T, async () => {
   )
 })
 
-const redisServer = (() => {
-  try {
-    return execFileSync('sh', ['-c', 'command -v redis-server']).toString().trim() || null
-  } catch {
-    return null
-  }
-})()
-const RT = { ...T, skip: redisServer ? false : 'redis-server is not installed' }
-const stops = []
-after(async () => {
-  for (const stop of stops.reverse()) await stop()
-})
+const RT = { ...T, skip: redisSkip }
+after(runCleanups)
 
 /** A redis-server on a free loopback port, stopped after the tests; resolves with its URL. */
-async function startRedis() {
-  const port = await freePort()
-  const proc = spawn(redisServer, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
-    stdio: 'ignore',
-    cwd: tmpdir(),
-  })
-  const exited = new Promise((resolve) => proc.once('exit', resolve))
-  stops.push(async () => {
-    proc.kill('SIGKILL')
-    await exited
-  })
-  await waitUntil(
-    () =>
-      new Promise((resolve) => {
-        const s = net.connect(port, '127.0.0.1', () => s.end('PING\r\n'))
-        s.on('data', (d) => resolve(String(d).includes('PONG')))
-        s.on('error', () => resolve(false))
-      }),
-    { label: `redis on ${port}` },
-  )
+async function redisUrl() {
+  const { port } = await startRedis(await freePort())
   return `redis://127.0.0.1:${port}`
 }
 
 test('the Redis history keeps within maxBytes too', RT, async () => {
-  const url = await startRedis()
+  const url = await redisUrl()
   const history = { size: 1000, maxBytes: MAX_HISTORY_BYTES }
   await withServer({ history, maxRecoveriesPerMinute: 0, redis: { url } }, assertHistoryKeepsWithinMaxBytes)
 })
-
-/** An instance in a child process (__test__/fixtures/instance.mjs), driven over IPC. */
-async function startInstance(options) {
-  const child = fork(new URL('./fixtures/instance.mjs', import.meta.url), [], {
-    env: { ...process.env, INSTANCE_OPTIONS: JSON.stringify({ secret: SECRET, ...options }) },
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-  })
-  const exited = new Promise((resolve) => child.once('exit', resolve))
-  const pending = new Map()
-  let seq = 0
-  const info = await new Promise((resolve, reject) => {
-    child.once('exit', (code) => reject(new Error(`instance exited early (${code})`)))
-    child.on('message', (m) => (m.ready ? resolve(m) : (pending.get(m.re)?.(m), pending.delete(m.re))))
-  })
-  const call = (cmd, args = {}) =>
-    new Promise((resolve) => {
-      const n = ++seq
-      pending.set(n, resolve)
-      child.send({ cmd, seq: n, ...args })
-    })
-  const close = async () => {
-    if (child.exitCode !== null || child.signalCode !== null || !child.connected) return
-    const timer = setTimeout(() => child.kill('SIGKILL'), 5000)
-    await Promise.race([call('close'), exited])
-    await exited
-    clearTimeout(timer)
-  }
-  stops.push(close)
-  return { ...info, call, close }
-}
 
 /** Events in the flood, about 1 KB each: 60 MB, many times what the instance may hold. */
 const FLOOD_EVENTS = 60_000
@@ -852,7 +794,7 @@ const FLOOD_EVENTS = 60_000
 const FLOOD_RSS_BOUND = 40 * 1024 * 1024
 
 test('a flood of events from Redis to a reader that stops reading ends in 4008, RSS bounded', RT, async () => {
-  const url = await startRedis()
+  const url = await redisUrl()
   // A holds the readers; B emits, so everything reaches A from Redis.
   const a = await startInstance({ redis: { url }, maxBacklog: 4 * 1024 * 1024 })
   const b = await startInstance({ redis: { url } })

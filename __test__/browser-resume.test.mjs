@@ -13,7 +13,7 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 
-import { launchBrowser, openPage, restartOn, startServer, startHttpServer } from './browser-support.mjs'
+import { openPage, withChromium } from './browser-support.mjs'
 import { makeToken, waitUntil, WAIT } from './helpers.mjs'
 
 const LONG = 600_000
@@ -49,12 +49,9 @@ const statusIs = (page, status) =>
   page.waitForFunction((s) => document.getElementById('status').textContent === s, status, { timeout: WAIT })
 
 test('Chromium: back online or visible again, the client reconnects at once', { timeout: 120_000 }, async (t) => {
-  const browser = await launchBrowser(t)
-  if (!browser) return
-  let manager = await startServer()
-  const port = manager.port
-  const web = await startHttpServer({ '/': PAGE })
-  try {
+  return withChromium(t, { '/': PAGE }, async (env) => {
+    const { browser, web, port } = env
+    let { manager } = env
     const context = await browser.newContext()
     const page = await openPage(context)
     const query = new URLSearchParams({ ws: `ws://127.0.0.1:${port}/`, token: makeToken({ id: 'sleeper' }) })
@@ -66,7 +63,7 @@ test('Chromium: back online or visible again, the client reconnects at once', { 
     await context.setOffline(true)
     await manager.close()
     await statusIs(page, 'reconnecting')
-    manager = await restartOn(port)
+    manager = await env.restart()
     assert.deepEqual(await page.evaluate(() => window.log), [`reconnecting ${LONG}`])
 
     await context.setOffline(false) // the browser's own `online` event
@@ -80,7 +77,7 @@ test('Chromium: back online or visible again, the client reconnects at once', { 
     // The server restarts again; the page is hidden, then visible.
     await manager.close()
     await statusIs(page, 'reconnecting')
-    manager = await restartOn(port)
+    manager = await env.restart()
     const setVisibility = (state) =>
       page.evaluate((s) => {
         Object.defineProperty(document, 'visibilityState', { value: s, configurable: true })
@@ -112,9 +109,5 @@ test('Chromium: back online or visible again, the client reconnects at once', { 
     await page.evaluate(() => window.client.disconnect())
     await waitUntil(() => manager.stats().connections === 0, { label: 'disconnected' })
     await context.close()
-  } finally {
-    await browser.close()
-    await web.close()
-    await manager.close()
-  }
+  })
 })

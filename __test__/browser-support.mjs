@@ -168,3 +168,34 @@ window.__vendorRequire = req;
   }
   return { 'cjs.js': cjs, 'react.mjs': shim('react'), 'react-dom-client.mjs': shim('react-dom/client') }
 }
+
+/**
+ * Runs `body(env)` with headless Chromium (`env.browser`), a page server over `pages`
+ * (`env.web`) and the WebSocket server (`env.manager` on `env.port`; after closing it,
+ * `env.restart()` starts it again on that port), and closes all three however `body` ends.
+ * Returns at once, the test skipped, when there is no browser (see `launchBrowser`).
+ * @param {import('node:test').TestContext} t
+ * @param {Record<string, string>} pages
+ * @param {(env: { browser: any, web: any, manager: any, port: number, restart: () => Promise<any> }) => Promise<void>} body
+ */
+export async function withChromium(t, pages, body) {
+  const browser = await launchBrowser(t)
+  if (!browser) return
+  const env = {
+    browser,
+    web: null,
+    manager: null,
+    port: 0,
+    restart: async () => (env.manager = await restartOn(env.port)),
+  }
+  try {
+    env.manager = await startServer()
+    env.port = env.manager.port
+    env.web = await startHttpServer(pages)
+    await body(env)
+  } finally {
+    await browser.close()
+    await env.web?.close()
+    await env.manager?.close()
+  }
+}

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 
-import { launchBrowser, openPage, restartOn, startServer, startHttpServer } from './browser-support.mjs'
+import { openPage, withChromium } from './browser-support.mjs'
 import { makeToken, waitUntil, WAIT } from './helpers.mjs'
 
 const PAGE = `<!doctype html>
@@ -48,12 +48,9 @@ test(
   'the SDK in Chromium: events reach the DOM, and keep coming after a server restart',
   { timeout: 120_000 },
   async (t) => {
-    const browser = await launchBrowser(t)
-    if (!browser) return
-    let manager = await startServer()
-    const port = manager.port
-    const web = await startHttpServer({ '/': PAGE })
-    try {
+    return withChromium(t, { '/': PAGE }, async (env) => {
+      const { browser, web, port } = env
+      let { manager } = env
       const page = await openPage(browser)
       const token = makeToken({ id: 'browser-user' })
       const query = new URLSearchParams({ ws: `ws://127.0.0.1:${port}/`, token })
@@ -75,7 +72,7 @@ test(
       await page.waitForFunction(() => document.getElementById('status').textContent === 'reconnecting', null, {
         timeout: WAIT,
       })
-      manager = await restartOn(port)
+      manager = await env.restart()
       await page.waitForFunction(() => document.getElementById('status').textContent === 'open', null, {
         timeout: WAIT,
       })
@@ -92,10 +89,6 @@ test(
       await page.evaluate(() => window.client.disconnect())
       await waitUntil(() => manager.stats().connections === 0, { label: 'the page disconnected' })
       await page.close()
-    } finally {
-      await browser.close()
-      await web.close()
-      await manager.close()
-    }
+    })
   },
 )

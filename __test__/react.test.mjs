@@ -22,7 +22,7 @@ import {
   useRealtimeMessage,
   useRealtimeStatus,
 } from '../lib/react/index.mjs'
-import { launchBrowser, openPage, restartOn, startServer, REACT_HEAD, startHttpServer } from './browser-support.mjs'
+import { openPage, REACT_HEAD, withChromium } from './browser-support.mjs'
 import { makeToken, waitUntil, WAIT } from './helpers.mjs'
 
 // ---------------------------------------------------------------------------------------------
@@ -183,13 +183,10 @@ test(
   'in Chromium: RealtimeProvider, useRealtime and useRealtimeStatus with React 19',
   { timeout: 120_000 },
   async (t) => {
-    const browser = await launchBrowser(t)
-    if (!browser) return
-    let manager = await startServer()
-    const port = manager.port
-    const web = await startHttpServer({ '/': PAGE })
-    const inRoom = () => manager.getSocketsInRoom('collection:posts').length
-    try {
+    return withChromium(t, { '/': PAGE }, async (env) => {
+      const { browser, web, port } = env
+      let { manager } = env
+      const inRoom = () => manager.getSocketsInRoom('collection:posts').length
       const page = await openPage(browser)
       const query = new URLSearchParams({ ws: `ws://127.0.0.1:${port}/`, token: makeToken({ id: 'react-user' }) })
       await page.goto(`${web.origin}/?${query}`)
@@ -214,7 +211,7 @@ test(
       // The status follows the connection through a server restart.
       await manager.close()
       await waitForText(page, '#status', 'reconnecting')
-      manager = await restartOn(port)
+      manager = await env.restart()
       await waitForText(page, '#status', 'open')
       await waitUntil(() => inRoom() === 1, { label: 'the room joined again' })
       await manager.emitEvent({ type: 'delete', collection: 'posts', id: 1 })
@@ -235,11 +232,7 @@ test(
       assert.equal(await page.evaluate(() => window.client.status), 'closed')
       assert.deepEqual(page.problems, [])
       await page.close()
-    } finally {
-      await browser.close()
-      await web.close()
-      await manager.close()
-    }
+    })
   },
 )
 
@@ -297,13 +290,10 @@ test(
   'in Chromium: useRealtimeMessage for any type, usePayloadWebSocket in the seed shape',
   { timeout: 120_000 },
   async (t) => {
-    const browser = await launchBrowser(t)
-    if (!browser) return
-    const manager = await startServer()
-    const web = await startHttpServer({ '/': MESSAGES_PAGE })
-    const inRoom = () => manager.getSocketsInRoom('collection:posts').length
-    const messagesOf = (page) => page.$$eval('#messages li', (lis) => lis.map((li) => li.textContent))
-    try {
+    return withChromium(t, { '/': MESSAGES_PAGE }, async (env) => {
+      const { browser, web, manager } = env
+      const inRoom = () => manager.getSocketsInRoom('collection:posts').length
+      const messagesOf = (page) => page.$$eval('#messages li', (lis) => lis.map((li) => li.textContent))
       const page = await openPage(browser)
       const query = new URLSearchParams({ ws: `ws://127.0.0.1:${manager.port}/`, token: makeToken({ id: 'seeded' }) })
       await page.goto(`${web.origin}/?${query}`)
@@ -339,10 +329,6 @@ test(
         [],
       )
       await page.close()
-    } finally {
-      await browser.close()
-      await web.close()
-      await manager.close()
-    }
+    })
   },
 )

@@ -9,6 +9,7 @@ const net = require('node:net')
 const { loadNative } = require('./native.js')
 const { RealtimeError, ERROR_CODES } = require('./errors.js')
 const lifecycle = require('./lifecycle.js')
+const { isPlainObject, userKey, jsonCopy, withTimeout } = require('./util.js')
 
 /**
  * Set by the Payload plugin while its Payload runs (from `onInit` to `payload.destroy()`): fills
@@ -29,10 +30,6 @@ function clearPluginDefaults(fn) {
 }
 
 const DEFAULT_PORT = 3002
-
-function isPlainObject(v) {
-  return v !== null && typeof v === 'object' && !Array.isArray(v)
-}
 
 function optionalNumber(options, name, { min = 0, max = 2 ** 32 - 1 } = {}) {
   const v = options[name]
@@ -321,15 +318,6 @@ function presenceRooms(presence) {
   return presence.flatMap(roomPatterns)
 }
 
-/** Rejects after `ms` unless `promise` settles first. */
-function withTimeout(promise, ms, what) {
-  let timer
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} took longer than ${ms} ms`)), ms)
-  })
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
-}
-
 /** Occurrences of one kind of failure less than this apart are one episode: one line. */
 const EPISODE_GAP_MS = 60_000
 /** A long episode is logged again this often, with what it held back. */
@@ -480,7 +468,7 @@ function exceptOption(opts, what) {
   if (typeof except === 'string' && except !== '') return { socket: except }
   if (isPlainObject(except) && typeof except.collection === 'string' && except.collection !== '') {
     if (typeof except.id === 'string' || typeof except.id === 'number') {
-      return { user: `${except.collection}:${except.id}` }
+      return { user: userKey(except.collection, except.id) }
     }
   }
   if (isPlainObject(except) && typeof except.id === 'string' && typeof except.send === 'function') {
@@ -1108,7 +1096,7 @@ class UWebSocketManager {
     if (doc !== null && !isPlainObject(doc)) {
       throw new TypeError('payload-realtime: updateUser `doc` must be the user document, or null when deleted')
     }
-    return this._server.updateUser(collection, String(id), doc === null ? null : JSON.parse(JSON.stringify(doc)))
+    return this._server.updateUser(collection, String(id), doc === null ? null : jsonCopy(doc))
   }
 
   stats() {

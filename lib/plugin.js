@@ -15,6 +15,7 @@ const { readAccessDecision, mayReadCollection, withoutAuthInternals } = require(
 const { Sessions } = require('./payload/session.js')
 const lifecycle = require('./lifecycle.js')
 const { LOCKS, announceLocks } = require('./payload/locks.js')
+const { isPlainObject, jsonCopy } = require('./util.js')
 
 const { initUWebSocket, getUWebSocketManager, makeFailureLog } = managerModule
 
@@ -27,10 +28,6 @@ const ADMIN_PROVIDER = 'payload-realtime/admin#RealtimeAdminProvider'
 
 /** Marks server options built by a plugin, so they are not completed twice. */
 const BUILT = Symbol.for('payload-realtime.plugin-options')
-
-function isPlainObject(v) {
-  return v !== null && typeof v === 'object' && !Array.isArray(v)
-}
 
 function checkOptions(options) {
   if (!isPlainObject(options)) throw new TypeError('payload-realtime: uWebSocketPlugin(options) takes an object')
@@ -207,7 +204,7 @@ function uWebSocketPlugin(options = {}) {
         if (options.transformEvent) event = options.transformEvent(event)
         if (!event) return
         // Later hooks may still change the doc before the commit: send it as it is now.
-        event = JSON.parse(JSON.stringify(event))
+        event = jsonCopy(event)
       } catch (err) {
         logFailure(`shouldEmit/transformEvent for "${slug}"`, err)
         return
@@ -225,7 +222,7 @@ function uWebSocketPlugin(options = {}) {
         const manager = currentManager()
         if (!manager || typeof manager.updateUser !== 'function') return
         try {
-          const current = JSON.parse(JSON.stringify({ ...withoutAuthInternals(doc), collection: slug }))
+          const current = jsonCopy({ ...withoutAuthInternals(doc), collection: slug })
           manager.updateUser({ collection: slug, id: doc.id, doc: current })
         } catch (err) {
           logFailure(`sharing a change of a "${slug}" user`, err)
@@ -293,7 +290,7 @@ function uWebSocketPlugin(options = {}) {
       if (!options.transformEvent) return { doc }
       try {
         const shaped = options.transformEvent({ ...event, doc })
-        return shaped && isPlainObject(shaped.doc) ? { doc: JSON.parse(JSON.stringify(shaped.doc)) } : false
+        return shaped && isPlainObject(shaped.doc) ? { doc: jsonCopy(shaped.doc) } : false
       } catch (err) {
         logFailure(`transformEvent for "${slug}"`, err)
         return false

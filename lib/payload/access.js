@@ -14,6 +14,7 @@
 // never on the write path.
 
 const { matchesWhere } = require('./where.js')
+const { isPlainObject, jsonCopy } = require('../util.js')
 
 /** Fields of auth collections that never leave the server, whatever the access rules say. */
 const AUTH_INTERNALS = [
@@ -29,10 +30,6 @@ const AUTH_INTERNALS = [
   'apiKey',
   'apiKeyIndex',
 ]
-
-function isPlainObject(v) {
-  return v !== null && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Date)
-}
 
 /** A copy of `doc` without the auth internals (for documents of auth collections). */
 function withoutAuthInternals(doc) {
@@ -149,7 +146,7 @@ async function readableSnapshot(payload, slug, event, user) {
   if (!collection) return null
   const config = collection.config
   const req = await requestFor(payload, user)
-  const doc = isPlainObject(event.doc) ? JSON.parse(JSON.stringify(event.doc)) : { id: event.id }
+  const doc = isPlainObject(event.doc) ? jsonCopy(event.doc) : { id: event.id }
   const access = await collectionReadAccess(config, req, event.id)
   if (!access) return null
   if (access !== true) {

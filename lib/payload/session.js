@@ -17,6 +17,7 @@
 const { afterCommit } = require('./transactions.js')
 const { makeFailureLog } = require('../manager.js')
 const { withoutAuthInternals } = require('./access.js')
+const { jsonCopy, userKey } = require('../util.js')
 
 const LOGOUT = Symbol('payload-realtime.logout')
 const SWEEP = Symbol.for('payload-realtime.logout-sweep')
@@ -33,10 +34,6 @@ function setBounded(map, key, value, max = MAX_TRACKED) {
   map.delete(key)
   map.set(key, value)
   while (map.size > max) map.delete(map.keys().next().value)
-}
-
-function userKey(collection, id) {
-  return `${collection}:${id}`
 }
 
 /** The claims of a JWT, unverified (for tokens Payload has already accepted). */
@@ -133,7 +130,7 @@ class Sessions {
     this._remember(user.collection, user.id, sid, claims.exp)
     const clean = withoutAuthInternals(user)
     delete clean._sid
-    return JSON.parse(JSON.stringify(clean))
+    return jsonCopy(clean)
   }
 
   /** Closes the sessions' sockets on every instance; `remember`: and refuses them from now on. */

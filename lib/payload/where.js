@@ -3,13 +3,11 @@
 // longer in the database (delete events). Supported: equals, not_equals, in, not_in, exists,
 // and/or, dotted paths. Anything else cannot be evaluated here and denies (returns false).
 
+const { isPlainObject } = require('../util.js')
+
 class Unsupported extends Error {}
 
 const SUPPORTED = new Set(['equals', 'not_equals', 'in', 'not_in', 'exists'])
-
-function isPlainObject(v) {
-  return v !== null && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Date)
-}
 
 /** A relationship value as its id: `{ id }` (populated), `{ relationTo, value }` (polymorphic). */
 function scalarOf(v) {

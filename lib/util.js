@@ -1,0 +1,51 @@
+'use strict'
+// Small helpers every part of the server side uses: defined here once.
+
+/**
+ * An object of keys and values: not null, an array or a Date (a Date in a document or a Where
+ * query is a value, never a map of fields).
+ * @param {unknown} v
+ * @returns {v is Record<string, any>}
+ */
+function isPlainObject(v) {
+  return v !== null && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Date)
+}
+
+/**
+ * The key the core groups a user's sockets by: `<collection>:<id>`.
+ * @param {string} collection
+ * @param {string | number} id
+ */
+function userKey(collection, id) {
+  return `${collection}:${id}`
+}
+
+/**
+ * A copy of `value` as JSON carries it (dates as strings, no functions or undefined): what a
+ * client will see, taken now so that later changes to the original do not show.
+ * @template T
+ * @param {T} value
+ * @returns {any}
+ */
+function jsonCopy(value) {
+  return JSON.parse(JSON.stringify(value))
+}
+
+/**
+ * Rejects after `ms` unless `promise` settles first.
+ * @template T
+ * @param {Promise<T>} promise
+ * @param {number} ms
+ * @param {string} what
+ * @returns {Promise<T>}
+ */
+function withTimeout(promise, ms, what) {
+  /** @type {NodeJS.Timeout | undefined} */
+  let timer
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} took longer than ${ms} ms`)), ms)
+  })
+  return /** @type {Promise<T>} */ (Promise.race([promise, timeout]).finally(() => clearTimeout(timer)))
+}
+
+module.exports = { isPlainObject, userKey, jsonCopy, withTimeout }
