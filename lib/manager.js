@@ -10,6 +10,7 @@ const { loadNative } = require('./native.js')
 const { RealtimeError, ERROR_CODES } = require('./errors.js')
 const lifecycle = require('./lifecycle.js')
 const { isPlainObject, userKey, jsonCopy, withTimeout } = require('./util.js')
+const { createAuthorizer } = require('./authorize.js')
 
 /**
  * Set by the Payload plugin while its Payload runs (from `onInit` to `payload.destroy()`): fills
@@ -377,14 +378,6 @@ function toJson(value, what) {
   return json
 }
 
-/** A rule's answer as it crosses back: `true`, `{ doc }` (deliver this document), or `false`. */
-function decision(allowed) {
-  if (allowed === true) return true
-  // `{ doc }`: deliver, with the document as this user may read it.
-  if (isPlainObject(allowed) && isPlainObject(allowed.doc)) return { doc: allowed.doc }
-  return false
-}
-
 /** Where `attachTo` takes upgrades when neither its `path` nor the manager's is given. */
 const DEFAULT_ATTACH_PATH = '/realtime'
 
@@ -506,63 +499,11 @@ class UWebSocketManager {
     /** @type {Map<string, Function>} */
     this._handlers = new Map()
 
-    // One call per event with every distinct user in the room; each rule runs concurrently and
-    // a throw, rejection or timeout denies that user only. One timer per event, and no promise
-    // for a rule that answers synchronously.
-    const authorize = (collection, event, users) => {
-      const rule = this._rules[collection]
-      if (!rule || users.length === 0) return users.map(() => false)
-      const what = `authorize for "${collection}"`
-      const results = users.map((user) => {
-        try {
-          return rule(user, event)
-        } catch (err) {
-          logFailure(what, err)
-          return false
-        }
-      })
-      return new Promise((resolve) => {
-        let done = false
-        const finish = (answers) => {
-          if (done) return
-          done = true
-          clearTimeout(timer)
-          resolve(answers)
-        }
-        // Each user on its own: after a rejection (it denies that user only) or at the timeout
-        // (the answers so far count, the rest are denied).
-        let answers = null
-        const oneByOne = () => {
-          if (answers) return
-          answers = users.map(() => false)
-          let pending = results.length
-          const settled = () => --pending === 0 && finish(answers)
-          results.forEach((result, i) =>
-            Promise.resolve(result).then(
-              (allowed) => {
-                if (done) return
-                answers[i] = decision(allowed)
-                settled()
-              },
-              (err) => {
-                if (done) return
-                logFailure(what, err)
-                settled()
-              },
-            ),
-          )
-        }
-        const timer = setTimeout(() => {
-          logFailure(what, new Error(`${what} took longer than ${authorizeTimeout} ms`))
-          oneByOne()
-          // The rules that have answered report in the reactions just queued; then it ends.
-          setImmediate(() => finish(answers))
-        }, authorizeTimeout)
-        // Usually every rule answers: one Promise.all for the list, where a reaction per user
-        // cost more than the rules (100 events to 1,000 users: 30-48 ms against 20-37 ms).
-        Promise.all(results).then((values) => finish(values.map(decision)), oneByOne)
-      })
-    }
+    const { authorizeBatch } = createAuthorizer({
+      getRule: (collection) => this._rules[collection],
+      timeout: authorizeTimeout,
+      logFailure,
+    })
 
     // `onConnect` for a new socket (type '': no client can send it). Rooms named by
     // `socket.join()` or the answer are joined after the initial messages are sent. A throw,
@@ -651,51 +592,6 @@ class UWebSocketManager {
           }
         : null
 
-    // Questions of several events come in one crossing, as JSON text: `{ users, define, forget,
-    // requests }`. Lists of users are kept here by id: `define` gives new ones (as indices into
-    // `users`, each user written once per crossing), `forget` the ids no question will name again,
-    // and each request names its list, so a room's users cross once, not with every event (the
-    // core decides when: see its `crossing` module). Each request is answered on its own; the
-    // answers go back as JSON text too, `true` or `false` for a request whose users all got the
-    // same plain answer.
-    const lists = new Map()
-    const authorizeBatch = async (json) => {
-      const { users, define, forget, requests } = JSON.parse(json)
-      for (const id of forget) lists.delete(id)
-      for (const [id, which] of define)
-        lists.set(
-          id,
-          which.map((i) => users[i]),
-        )
-      // One event's rules at a time, each followed by a microtask turn: the rules that answer at
-      // once settle before the next event's are called, so their promises die young. Calling
-      // them all first kept every promise alive together, and the young-generation collector
-      // copying them took more time than the rules (100 events to 1,000 users: 17-43 ms against
-      // 9-11 ms alone, and most of the JS thread's time in the server). A rule that waits on
-      // something still runs concurrently with the next events' rules.
-      const pending = []
-      for (const { collection, event, list } of requests) {
-        const asked = lists.get(list)
-        // Never missing (a list is named alone only once a crossing that defined it was
-        // answered); if it were, its users are denied.
-        if (asked === undefined) logFailure(`authorize for "${collection}"`, new Error(`unknown list of users ${list}`))
-        pending.push(asked === undefined ? null : authorize(collection, event, asked))
-        await null
-      }
-      const answers = await Promise.all(pending)
-      // A `{ doc }` that cannot be written as JSON (a cycle, a BigInt) denies its event only.
-      const parts = answers.map((answer, i) => {
-        if (answer === null || answer.every((a) => a === false)) return 'false'
-        if (answer.every((a) => a === true)) return 'true'
-        try {
-          return JSON.stringify(answer)
-        } catch (err) {
-          logFailure(`authorize for "${requests[i].collection}"`, err)
-          return JSON.stringify(answer.map(() => false))
-        }
-      })
-      return `[${parts.join(',')}]`
-    }
     // Joins of rooms with a rule: every rule whose pattern names the room must answer `true`
     // (a throw, rejection or timeout refuses). One call per burst of joins.
     const mayJoin = async (questions) =>
