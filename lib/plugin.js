@@ -1,111 +1,43 @@
 'use strict'
-// The Payload plugin. For each collection in `includeCollections` it appends afterChange and
-// afterDelete hooks that send `{ type, collection, id, doc, timestamp, user: { id, collection } }`
-// to room `collection:<slug>` once the write is committed (never an uncommitted or rolled-back
-// write; hooks never wait on sockets or authorize). On every auth collection it appends an
-// afterLogout hook that closes the sockets of the ended sessions (4003). In onInit it captures the
-// Payload instance (never the default export), makes commits and rollbacks observable, and, when
-// `port` is set, starts the server with Payload's own checks: `verifyUser` (sessions, deleted users)
-// and, unless `readAccess` turns it off for a collection, delivery filtered by Payload's read
-// access, and joins refused to users who may read nothing of the collection.
+// The Payload plugin: one call per Payload config, which appends the collection hooks
+// (payload/hooks.js) and the live admin (payload/admin.js). In onInit it captures the Payload
+// instance (never the default export), makes commits and rollbacks observable, and, when `port`
+// is set, starts the server with Payload's own checks (payload/server-options.js):
+// `verifyUser` (sessions, deleted users) and, unless `readAccess` turns it off for a
+// collection, delivery filtered by Payload's read access, and joins refused to users who may
+// read nothing of the collection (payload/rules.js).
 
 const managerModule = require('./manager.js')
-const { afterCommit, installTransactionHooks, setFailureLog } = require('./payload/transactions.js')
-const { readAccessDecision, mayReadCollection, withoutAuthInternals } = require('./payload/access.js')
+const { installTransactionHooks, setFailureLog } = require('./payload/transactions.js')
 const { Sessions } = require('./payload/session.js')
 const lifecycle = require('./lifecycle.js')
 const { LOCKS, announceLocks } = require('./payload/locks.js')
-const { isPlainObject, jsonCopy } = require('./util.js')
+const { checkPluginOptions } = require('./payload/options.js')
+const { liveAdminOf, adminWithProvider } = require('./payload/admin.js')
+const { makeSender, collectionsWithHooks } = require('./payload/hooks.js')
+const { makeServerOptions, pluginDefaultsOf } = require('./payload/server-options.js')
 
 const { initUWebSocket, getUWebSocketManager, makeFailureLog } = managerModule
 
-/** Server options the plugin builds itself; the others are handed on as they are. */
-const BUILT_BY_PLUGIN = new Set(['secret', 'includeCollections', 'authorize', 'rooms', 'verifyUser'])
-const SERVER_OPTION_KEYS = managerModule.SERVER_OPTIONS.filter((k) => !BUILT_BY_PLUGIN.has(k))
-
-/** The admin provider, as Payload's import map names it. */
-const ADMIN_PROVIDER = 'payload-realtime/admin#RealtimeAdminProvider'
-
-/** Marks server options built by a plugin, so they are not completed twice. */
-const BUILT = Symbol.for('payload-realtime.plugin-options')
-
-function checkOptions(options) {
-  if (!isPlainObject(options)) throw new TypeError('payload-realtime: uWebSocketPlugin(options) takes an object')
-  const { includeCollections, readAccess, authorize, rooms, shouldEmit, transformEvent, verifyUser } = options
-  if (
-    includeCollections !== undefined &&
-    (!Array.isArray(includeCollections) || includeCollections.some((s) => typeof s !== 'string'))
-  ) {
-    throw new TypeError('payload-realtime: `includeCollections` must be an array of collection slugs')
-  }
-  if (
-    readAccess !== undefined &&
-    typeof readAccess !== 'boolean' &&
-    !(isPlainObject(readAccess) && Object.values(readAccess).every((v) => typeof v === 'boolean'))
-  ) {
-    throw new TypeError('payload-realtime: `readAccess` must be true, false, or { [slug]: boolean }')
-  }
-  if (
-    authorize !== undefined &&
-    (!isPlainObject(authorize) || Object.values(authorize).some((f) => typeof f !== 'function'))
-  ) {
-    throw new TypeError('payload-realtime: `authorize` must map collection slugs to functions (user, event) => boolean')
-  }
-  if (rooms !== undefined && (!isPlainObject(rooms) || Object.values(rooms).some((f) => typeof f !== 'function'))) {
-    throw new TypeError(
-      'payload-realtime: `rooms` must map collection slugs or room patterns to functions (user, room) => boolean',
-    )
-  }
-  for (const [name, fn] of Object.entries({ shouldEmit, transformEvent })) {
-    if (fn !== undefined && typeof fn !== 'function') {
-      throw new TypeError(`payload-realtime: \`${name}\` must be a function`)
-    }
-  }
-  if (options.admin !== undefined && typeof options.admin !== 'boolean' && !isPlainObject(options.admin)) {
-    throw new TypeError('payload-realtime: `admin` must be true, false, or { url?, port?, path? }')
-  }
-  if (verifyUser !== undefined && verifyUser !== false && typeof verifyUser !== 'function') {
-    throw new TypeError('payload-realtime: `verifyUser` must be a function (token, claims) => user | null, or false')
-  }
-}
-
-/** The editor, named by id and collection only (never the email). */
-function editorOf(req) {
-  const user = req && req.user
-  if (!user || user.id === undefined || user.id === null) return undefined
-  return user.collection ? { id: user.id, collection: user.collection } : { id: user.id }
-}
-
-/** A join rule that allows only when both rules allow. */
-function bothJoinRules(first, second) {
-  if (!first) return second
-  if (!second) return first
-  return async (user, room) => (await first(user, room)) === true && (await second(user, room)) === true
-}
-
-/** A rule that allows only when both rules allow (the second one's `{ doc }` answer wins). */
-function bothRules(first, second) {
-  if (!first) return second
-  if (!second) return first
-  return async (user, event) => {
-    const a = await first(user, event)
-    if (!(a === true || isDocAnswer(a))) return false
-    const b = await second(user, event)
-    if (b === true) return a
-    return isDocAnswer(b) ? b : false
-  }
-}
-
-function isDocAnswer(v) {
-  return isPlainObject(v) && 'doc' in v
-}
+/**
+ * What the parts of one plugin (one evaluation of one config) share.
+ * @typedef {object} PluginContext
+ * @property {Record<string, any>} options the plugin options
+ * @property {Record<string, any>} config the Payload config as the plugin got it
+ * @property {Set<string>} include the collections whose events are sent (with the locks', for the live admin)
+ * @property {{ payload: any, manager: any }} state this Payload, and the server the plugin started
+ * @property {(what: string, err: unknown) => void} logFailure one line per kind of failure per episode
+ * @property {() => any} currentManager our own server while it runs; otherwise the one started with initUWebSocket()
+ * @property {import('./payload/session.js').Sessions} sessions
+ * @property {boolean} liveAdmin
+ */
 
 /**
  * @param {import('../index').PluginOptions & { readAccess?: boolean | Record<string, boolean> }} [options]
- * @returns {(config: object) => object}
+ * @returns {(config: any) => any}
  */
 function uWebSocketPlugin(options = {}) {
-  checkOptions(options)
+  checkPluginOptions(options)
   return (config) => {
     if (options.enabled === false) return config
     const include = new Set(options.includeCollections ?? [])
@@ -130,26 +62,9 @@ function uWebSocketPlugin(options = {}) {
       }
     }
 
-    // The live admin (on by default) needs to know where the browser finds the server: the
-    // plugin's fixed `port`, or `admin: { url }` / `{ port, path }` for a server the
-    // application starts or attaches itself. It also follows the document locks.
-    const adminOptions = isPlainObject(options.admin) ? options.admin : {}
-    const adminPort = adminOptions.port ?? fixedPort
-    const liveAdmin = options.admin !== false && (adminOptions.url !== undefined || adminPort !== undefined)
-    const adminProvider = liveAdmin && {
-      path: ADMIN_PROVIDER,
-      clientProps: JSON.parse(
-        JSON.stringify({
-          collections: [...include],
-          port: adminPort,
-          path: adminOptions.path ?? options.path,
-          url: adminOptions.url,
-        }),
-      ),
-    }
+    const { liveAdmin, provider: adminProvider } = liveAdminOf(options, include, fixedPort)
     if (liveAdmin) include.add(LOCKS)
 
-    /** Our own server while it runs; otherwise the one started with initUWebSocket(). */
     const currentManager = () => {
       if (state.manager) return state.manager
       try {
@@ -161,216 +76,15 @@ function uWebSocketPlugin(options = {}) {
 
     const sessions = new Sessions({ getPayload: () => state.payload, getManager: currentManager, logFailure })
 
-    // On by default: only `readAccess: false`, or `{ [slug]: false }`, delivers a collection's
-    // events to everyone who may connect, whole.
-    const readAccessFor = (slug) =>
-      slug !== LOCKS &&
-      options.readAccess !== false &&
-      !(isPlainObject(options.readAccess) && options.readAccess[slug] === false)
-    // Locks name a document and its editor by id, which every signed-in user may read
-    // (Payload's own access for them). Keyed by the collection's room: an app room of that
-    // name is the app's.
-    const signedIn = (user) => user !== null && user !== undefined
-    const lockRules = liveAdmin ? { [`collection:${LOCKS}`]: signedIn } : {}
-
-    const isAuthSlug = new Set((config.collections ?? []).filter((c) => c.auth).map((c) => c.slug))
-
-    const send = (event) => {
-      const manager = currentManager()
-      if (!manager) return // no server (yet): nobody to tell
-      let sending
-      try {
-        sending = manager.emitEvent(event)
-      } catch (err) {
-        logFailure(`emitting a "${event.collection}" event`, err)
-        return
-      }
-      Promise.resolve(sending).catch((err) => logFailure(`emitting a "${event.collection}" event`, err))
-    }
-
-    const emitFrom = (slug) => (type, doc, id, req) => {
-      if (!state.payload && req && req.payload) state.payload = req.payload
-      let event = {
-        type,
-        collection: slug,
-        id,
-        doc: isAuthSlug.has(slug) ? withoutAuthInternals(doc) : doc,
-        timestamp: new Date().toISOString(),
-      }
-      const user = editorOf(req)
-      if (user) event.user = user
-      try {
-        if (options.shouldEmit && !options.shouldEmit(event)) return
-        if (options.transformEvent) event = options.transformEvent(event)
-        if (!event) return
-        // Later hooks may still change the doc before the commit: send it as it is now.
-        event = jsonCopy(event)
-      } catch (err) {
-        logFailure(`shouldEmit/transformEvent for "${slug}"`, err)
-        return
-      }
-      afterCommit(req, () => send(event), { what: `the "${slug}" event` })
-    }
-
-    /**
-     * Users changed or deleted (after the commit): every instance's sockets of that user show the
-     * new document to rules, read access and presence (`manager.updateUser`, over Redis when
-     * configured); a deleted user's sockets are closed (4003) everywhere.
-     */
-    const users = {
-      changed(slug, doc) {
-        const manager = currentManager()
-        if (!manager || typeof manager.updateUser !== 'function') return
-        try {
-          const current = jsonCopy({ ...withoutAuthInternals(doc), collection: slug })
-          manager.updateUser({ collection: slug, id: doc.id, doc: current })
-        } catch (err) {
-          logFailure(`sharing a change of a "${slug}" user`, err)
-        }
-      },
-      deleted(slug, id) {
-        sessions.revokeUser(slug, id)
-      },
-    }
-
-    // The longest a token of this config lives (Payload's default `tokenExpiration` is 7200 s):
-    // how long revocations are kept. Without auth collections, the server's default.
-    const lifetimes = (config.collections ?? [])
-      .filter((c) => c.auth)
-      .map((c) => (isPlainObject(c.auth) && Number.isInteger(c.auth.tokenExpiration) ? c.auth.tokenExpiration : 7200))
-      .filter((s) => s > 0)
-    const longestTokenLifetime = lifetimes.length > 0 ? Math.max(...lifetimes) : undefined
-
-    const collections = (config.collections ?? []).map((collection) => {
-      const wantsEvents = include.has(collection.slug)
-      if (!wantsEvents && !collection.auth) return collection
-      const hooks = { ...(collection.hooks ?? {}) }
-      if (wantsEvents) {
-        const emit = emitFrom(collection.slug)
-        hooks.afterChange = [
-          ...(hooks.afterChange ?? []),
-          ({ doc, operation, req }) => {
-            if (operation === 'create' || operation === 'update') emit(operation, doc, doc && doc.id, req)
-          },
-        ]
-        hooks.afterDelete = [
-          ...(hooks.afterDelete ?? []),
-          ({ doc, id, req }) => {
-            emit('delete', doc, id ?? (doc && doc.id), req)
-          },
-        ]
-      }
-      if (collection.auth) {
-        const slug = collection.slug
-        hooks.afterLogout = [...(hooks.afterLogout ?? []), sessions.afterLogout]
-        // Rules must judge the user as it is now, on every instance: a committed change replaces
-        // the sockets' user document (manager.updateUser), a deleted user's sockets are closed.
-        hooks.afterChange = [
-          ...(hooks.afterChange ?? []),
-          ({ doc, req }) => {
-            if (doc && doc.id !== undefined) afterCommit(req, () => users.changed(slug, doc), { what: 'user tracking' })
-          },
-        ]
-        hooks.afterDelete = [
-          ...(hooks.afterDelete ?? []),
-          ({ doc, id, req }) => {
-            const userId = id ?? (doc && doc.id)
-            if (userId !== undefined) afterCommit(req, () => users.deleted(slug, userId), { what: 'user tracking' })
-          },
-        ]
-      }
-      return { ...collection, hooks }
-    })
-
-    /**
-     * A reader's own copy of the document (read access applied), shaped by `transformEvent`
-     * as the event was: `{ doc }`, or false when the transform skips it or drops the doc.
-     */
-    const reshaped = (slug, event, doc) => {
-      if (!options.transformEvent) return { doc }
-      try {
-        const shaped = options.transformEvent({ ...event, doc })
-        return shaped && isPlainObject(shaped.doc) ? { doc: jsonCopy(shaped.doc) } : false
-      } catch (err) {
-        logFailure(`transformEvent for "${slug}"`, err)
-        return false
-      }
-    }
-
-    /**
-     * The authorize rules: the user's, and Payload's read access where `readAccess` asks for it.
-     * Read access is keyed by the collection's room (`collection:<slug>`), which the server
-     * prefers to a bare `<slug>` key, so an app room named like a collection never gets it; a
-     * user's bare `<slug>` rule still judges both, as documented.
-     */
-    const buildAuthorize = (...ruleMaps) => {
-      const keys = new Set(ruleMaps.flatMap((m) => Object.keys(m ?? {})))
-      const rules = {}
-      for (const key of keys) {
-        let rule
-        for (const m of ruleMaps) rule = bothRules(rule, m && m[key])
-        if (rule) rules[key] = rule
-      }
-      for (const slug of include) {
-        if (!readAccessFor(slug)) continue
-        const room = `collection:${slug}`
-        rules[room] = bothRules(bothRules(rules[slug], rules[room]), async (user, event) => {
-          const answer = await readAccessDecision(state.payload, slug, event, user)
-          return isDocAnswer(answer) ? reshaped(slug, event, answer.doc) : answer
-        })
-      }
-      return rules
-    }
-
-    /**
-     * The join rules: the user's, and (where read access applies) Payload's collection read
-     * access, so a user who may read nothing of a collection is refused its room.
-     */
-    const buildRooms = (...ruleMaps) => {
-      const rules = {}
-      for (const m of ruleMaps) {
-        for (const [key, rule] of Object.entries(m ?? {})) rules[key] = bothJoinRules(rules[key], rule)
-      }
-      // Keyed by the collection's room only: an app room named like a collection is the app's
-      // and needs a `rooms` rule of its own.
-      for (const slug of include) {
-        if (!readAccessFor(slug)) continue
-        const room = `collection:${slug}`
-        rules[room] = bothJoinRules(rules[room], (user) => mayReadCollection(state.payload, slug, user))
-      }
-      return rules
-    }
-
-    /** Server options: ours, completed by what `initUWebSocket(port, extra)` was given. */
-    const serverOptions = (extra = {}) => {
-      const out = {}
-      for (const key of SERVER_OPTION_KEYS) if (options[key] !== undefined) out[key] = options[key]
-      out.secret = options.secret ?? state.payload?.config?.secret ?? config.secret
-      // Payload's own logger (pino) unless the app chose one, or `false` for stderr.
-      if (options.logger === undefined && state.payload?.logger) out.logger = state.payload.logger
-      // The admin's own origin may connect without being listed.
-      if (liveAdmin && Array.isArray(options.allowedOrigins) && config.serverURL) {
-        try {
-          out.allowedOrigins = [...new Set([...options.allowedOrigins, new URL(config.serverURL).origin])]
-        } catch {
-          // not a URL: Payload reports it
-        }
-      }
-      if (out.maxTokenLifetime === undefined) out.maxTokenLifetime = longestTokenLifetime
-      out.includeCollections = [...include]
-      if (options.verifyUser !== false) out.verifyUser = options.verifyUser ?? sessions.verifyUser
-      for (const [key, value] of Object.entries(extra)) {
-        if (value !== undefined && key !== 'authorize' && key !== 'rooms') out[key] = value
-      }
-      out.authorize = buildAuthorize(options.authorize, extra.authorize, lockRules)
-      out.rooms = buildRooms(options.rooms, extra.rooms, lockRules)
-      Object.defineProperty(out, BUILT, { value: true, enumerable: false })
-      return out
-    }
+    /** @type {PluginContext} */
+    const ctx = { options, config, include, state, logFailure, currentManager, sessions, liveAdmin }
+    const send = makeSender(ctx)
+    const collections = collectionsWithHooks(ctx, send)
+    const serverOptions = makeServerOptions(ctx)
 
     // `initUWebSocket(port)` called by the application after getPayload(): give it the same
     // options as `port` would, while this Payload runs (set in onInit, dropped on destroy).
-    const pluginDefaults = (extra = {}) => (extra && extra[BUILT] ? extra : serverOptions(extra))
+    const pluginDefaults = pluginDefaultsOf(serverOptions)
     // A dev reload evaluates the config again while the same Payload runs: the new rules apply.
     if (state.payload) managerModule.setPluginDefaults(pluginDefaults)
 
@@ -392,15 +106,7 @@ function uWebSocketPlugin(options = {}) {
     }
 
     const userOnInit = config.onInit
-    const admin = adminProvider
-      ? {
-          ...config.admin,
-          components: {
-            ...config.admin?.components,
-            providers: [...(config.admin?.components?.providers ?? []), adminProvider],
-          },
-        }
-      : config.admin
+    const admin = adminWithProvider(config, adminProvider)
     return {
       ...config,
       ...(admin ? { admin } : {}),
