@@ -304,3 +304,53 @@ test(
     }
   },
 )
+
+test(
+  "two Payloads in one process: initUWebSocket(port) gets the last one's options, then, once it is destroyed, the other's",
+  T,
+  async () => {
+    const first = await startPayload({ plugin: { port: undefined, includeCollections: ['posts'] } })
+    const second = await startPayload({ plugin: { port: undefined, includeCollections: ['notes'] } })
+    const managers = []
+    let secondClosed = false
+    /** A manager started by the application, as after getPayload(), serving `ctx`'s sockets. */
+    const startFor = async (ctx) => {
+      const manager = await initUWebSocket(0, { host: '127.0.0.1' })
+      managers.push(manager)
+      ctx.manager = manager
+      registerWhoami(manager)
+      return manager
+    }
+    try {
+      assert.notEqual(first.secret, second.secret)
+      const fromFirst = await first.createUser('first@example.com', { role: 'admin' })
+      const fromSecond = await second.createUser('second@example.com', { role: 'admin' })
+
+      // The second Payload was initialised last: its secret, users and collections.
+      await startFor(second)
+      assert.equal((await second.handshake(fromFirst.token)).status, 401, "the first Payload's token is refused")
+      const b = await second.connect(fromSecond.token)
+      assert.equal((await b.whoami()).user.email, 'second@example.com')
+      assert.equal((await b.request({ type: 'join-collection', collection: 'posts' })).code, 'unknown-collection')
+      await b.join('notes')
+      await b.close()
+
+      // Once it is destroyed, the first Payload's options apply again (not none).
+      await managers.pop().close()
+      await second.close()
+      secondClosed = true
+      await startFor(first)
+      assert.equal((await first.handshake(fromSecond.token)).status, 401, "the second Payload's token is refused")
+      const a = await first.connect(fromFirst.token)
+      assert.equal((await a.whoami()).user.email, 'first@example.com', 'verifyUser of the first Payload ran')
+      assert.equal((await a.request({ type: 'join-collection', collection: 'notes' })).code, 'unknown-collection')
+      await a.join('posts')
+      const post = await first.payload.create({ collection: 'posts', data: { title: 'first' }, user: fromFirst.user })
+      assert.equal((await a.waitFor(isEvent, { label: 'the create event' })).id, post.id)
+    } finally {
+      for (const m of managers) await m.close()
+      await first.close()
+      if (!secondClosed) await second.close()
+    }
+  },
+)

@@ -13,21 +13,38 @@ const { isPlainObject, userKey, jsonCopy, withTimeout } = require('./util.js')
 const { createAuthorizer } = require('./authorize.js')
 
 /**
- * Set by the Payload plugin while its Payload runs (from `onInit` to `payload.destroy()`): fills
- * in what the plugin knows (secret, verifyUser, includeCollections, authorize and read-access
- * rules) when the user calls `initUWebSocket(port)` themselves after `getPayload()`. Once that
- * Payload is gone, a server started later in the process is the application's own again.
- * @type {((options: object) => object) | null}
+ * Set by each Payload plugin while its Payload runs (from `onInit` to `payload.destroy()`), under
+ * that Payload: fills in what the plugin knows (secret, verifyUser, includeCollections,
+ * authorize and read-access rules) when the user calls `initUWebSocket(port)` themselves after
+ * `getPayload()`. With several Payloads in one process the one initialised last applies; once it
+ * is destroyed, the one before it again. With none left, a server started later in the process
+ * is the application's own.
+ * @type {Map<object, (options: object) => object>}
  */
-let pluginDefaults = null
+const pluginDefaults = new Map()
 
-function setPluginDefaults(fn) {
-  pluginDefaults = typeof fn === 'function' ? fn : null
+/**
+ * Sets the defaults of the Payload `owner` (a dev reload of its config replaces them in place).
+ * @param {(options: object) => object} fn
+ * @param {object} [owner] the Payload (by default `fn` itself)
+ */
+function setPluginDefaults(fn, owner = fn) {
+  if (typeof fn === 'function') pluginDefaults.set(owner, fn)
 }
 
-/** Forgets `fn` if it is still the defaults (a later Payload's are kept). */
-function clearPluginDefaults(fn) {
-  if (pluginDefaults === fn) pluginDefaults = null
+/**
+ * Forgets the defaults of `owner` (those of the other Payloads are kept).
+ * @param {object} owner
+ */
+function clearPluginDefaults(owner) {
+  pluginDefaults.delete(owner)
+}
+
+/** The defaults of the Payload initialised last that still runs, or null. */
+function currentPluginDefaults() {
+  let last = null
+  for (const fn of pluginDefaults.values()) last = fn
+  return last
 }
 
 const DEFAULT_PORT = 3002
@@ -1049,7 +1066,8 @@ function nativeShape(opts, options) {
  * @param {object} [options]
  */
 async function initUWebSocket(port = DEFAULT_PORT, options = {}) {
-  if (pluginDefaults) options = pluginDefaults(options)
+  const defaults = currentPluginDefaults()
+  if (defaults) options = defaults(options)
   const manager = new UWebSocketManager(port, options)
   lifecycle.started(manager)
   return manager

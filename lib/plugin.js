@@ -8,7 +8,7 @@
 // read nothing of the collection (payload/rules.js).
 
 const managerModule = require('./manager.js')
-const { installTransactionHooks, setFailureLog } = require('./payload/transactions.js')
+const { installTransactionHooks } = require('./payload/transactions.js')
 const { Sessions } = require('./payload/session.js')
 const lifecycle = require('./lifecycle.js')
 const { LOCKS, announceLocks } = require('./payload/locks.js')
@@ -86,7 +86,7 @@ function uWebSocketPlugin(options = {}) {
     // options as `port` would, while this Payload runs (set in onInit, dropped on destroy).
     const pluginDefaults = pluginDefaultsOf(serverOptions)
     // A dev reload evaluates the config again while the same Payload runs: the new rules apply.
-    if (state.payload) managerModule.setPluginDefaults(pluginDefaults)
+    if (state.payload) managerModule.setPluginDefaults(pluginDefaults, state.payload)
 
     /** Starts the server, or takes over the one a previous evaluation of the config started. */
     const startServer = async (payload) => {
@@ -113,15 +113,14 @@ function uWebSocketPlugin(options = {}) {
       collections,
       onInit: async (payload) => {
         state.payload = payload
-        managerModule.setPluginDefaults(pluginDefaults)
+        managerModule.setPluginDefaults(pluginDefaults, payload)
         installTransactionHooks(payload.db)
-        setFailureLog(logFailure)
         if (liveAdmin) announceLocks(payload.db, send)
         sessions.installLogoutSweep(payload.db)
         if (typeof payload.destroy === 'function') {
           const destroy = payload.destroy
           payload.destroy = async (...args) => {
-            managerModule.clearPluginDefaults(pluginDefaults)
+            managerModule.clearPluginDefaults(payload)
             const manager = state.manager
             state.manager = undefined
             if (manager) await manager.close()

@@ -77,7 +77,7 @@ function collectionsWithHooks(ctx, send) {
       logFailure(`shouldEmit/transformEvent for "${slug}"`, err)
       return
     }
-    afterCommit(req, () => send(event), { what: `the "${slug}" event` })
+    afterCommit(req, () => send(event), { what: `the "${slug}" event`, logFailure })
   }
 
   /**
@@ -129,7 +129,7 @@ function collectionsWithHooks(ctx, send) {
         ...(hooks.afterChange ?? []),
         ({ doc, req }) => {
           if (doc && doc.id !== undefined)
-            afterCommit(req, () => users.changed(slug, doc), { what: 'user tracking' })
+            afterCommit(req, () => users.changed(slug, doc), { what: 'user tracking', logFailure })
         },
       ]
       hooks.afterDelete = [
@@ -137,7 +137,7 @@ function collectionsWithHooks(ctx, send) {
         ({ doc, id, req }) => {
           const userId = id ?? (doc && doc.id)
           if (userId !== undefined)
-            afterCommit(req, () => users.deleted(slug, userId), { what: 'user tracking' })
+            afterCommit(req, () => users.deleted(slug, userId), { what: 'user tracking', logFailure })
         },
       ]
     }

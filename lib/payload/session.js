@@ -192,7 +192,7 @@ class Sessions {
             this.revoked.delete(sid)
             this._revoke(slug, user.id, sid, { exp })
           },
-          { onRollback: () => this.revoked.delete(sid), what: 'logout' },
+          { onRollback: () => this.revoked.delete(sid), what: 'logout', logFailure: this.logFailure },
         )
       }
     } catch (err) {
@@ -237,7 +237,10 @@ class Sessions {
         ) {
           delete args.req[LOGOUT]
           const remaining = new Set(args.data.sessions.map((s) => s && s.id))
-          afterCommit(args.req, () => sessions._sweep(mark.collection, mark.id, remaining), { what: 'logout' })
+          afterCommit(args.req, () => sessions._sweep(mark.collection, mark.id, remaining), {
+            what: 'logout',
+            logFailure: sessions.logFailure,
+          })
         }
       } catch (err) {
         sessions.logFailure('logout bookkeeping', err)

@@ -7,11 +7,35 @@
 
 const STATE = Symbol.for('payload-realtime.transactions')
 
+/**
+ * @param {unknown} v
+ * @returns {v is PromiseLike<unknown>}
+ */
 function isThenable(v) {
-  return v !== null && (typeof v === 'object' || typeof v === 'function') && typeof v.then === 'function'
+  return (
+    v !== null &&
+    (typeof v === 'object' || typeof v === 'function') &&
+    typeof (/** @type {any} */ (v).then) === 'function'
+  )
 }
 
-function runSafely(fn, what) {
+/**
+ * Where failures of queued work are logged when the caller names no log of its own (the
+ * plugin's parts pass theirs: one line per episode, their Payload's logger).
+ * @param {string} what
+ * @param {unknown} err
+ */
+function logToStderr(what, err) {
+  console.error(`[payload-realtime] ${what} failed: ${err instanceof Error ? err.message : String(err)}`)
+}
+
+/**
+ * Runs `fn`, logging a throw or a rejection.
+ * @param {() => unknown} fn
+ * @param {string} what
+ * @param {(what: string, err: unknown) => void} logFailure
+ */
+function runSafely(fn, what, logFailure) {
   try {
     const r = fn()
     if (isThenable(r)) r.then(undefined, (err) => logFailure(what, err))
@@ -20,19 +44,11 @@ function runSafely(fn, what) {
   }
 }
 
-/** Where failures of queued work are logged: the plugin sets its own (one line per episode, its logger). */
-let logFailure = (what, err) =>
-  console.error(`[payload-realtime] ${what} failed: ${err instanceof Error ? err.message : String(err)}`)
-
-function setFailureLog(fn) {
-  if (typeof fn === 'function') logFailure = fn
-}
-
 /**
  * Wraps the adapter's commitTransaction / rollbackTransaction (and killTransaction where an adapter
  * has one) so that queued work follows the transaction's fate. Idempotent; the wrapped methods
  * behave exactly as before (same arguments, result and errors).
- * @returns {{ pending: Map<unknown, Array<{ onCommit: Function, onRollback?: Function, what: string }>> }}
+ * @returns {{ pending: Map<unknown, Array<{ onCommit: () => unknown, onRollback?: () => unknown, what: string, logFailure: (what: string, err: unknown) => void }>> } | undefined}
  */
 function installTransactionHooks(db) {
   if (!db || typeof db !== 'object') return undefined
@@ -45,8 +61,8 @@ function installTransactionHooks(db) {
     if (!list) return
     state.pending.delete(key)
     for (const item of list) {
-      if (committed) runSafely(item.onCommit, item.what)
-      else if (item.onRollback) runSafely(item.onRollback, `${item.what} (rollback)`)
+      if (committed) runSafely(item.onCommit, item.what, item.logFailure)
+      else if (item.onRollback) runSafely(item.onRollback, `${item.what} (rollback)`, item.logFailure)
     }
   }
 
@@ -90,29 +106,32 @@ async function resolveKey(id) {
 /**
  * Runs `onCommit` once the write behind `req` is final: at once without a transaction, after the
  * commit with one. `onRollback` runs instead if the transaction is rolled back. Never throws and
- * never makes the caller wait.
+ * never makes the caller wait. A failure of either is logged with `logFailure`.
+ * @param {any} req
+ * @param {() => unknown} onCommit
+ * @param {{ onRollback?: () => unknown, what?: string, logFailure?: (what: string, err: unknown) => void }} [options]
  */
-function afterCommit(req, onCommit, { onRollback, what = 'after-commit work' } = {}) {
+function afterCommit(req, onCommit, { onRollback, what = 'after-commit work', logFailure = logToStderr } = {}) {
   const tid = req ? req.transactionID : undefined
-  if (!tid) return runSafely(onCommit, what)
+  if (!tid) return runSafely(onCommit, what, logFailure)
   const db = req.payload && req.payload.db
   const state = installTransactionHooks(db)
-  if (!state) return runSafely(onCommit, what)
+  if (!state) return runSafely(onCommit, what, logFailure)
   const enqueue = (key) => {
     // A Promise that resolved to nothing: the adapter has no transactions (SQLite's default).
-    if (key === null || key === undefined || key === false) return runSafely(onCommit, what)
+    if (key === null || key === undefined || key === false) return runSafely(onCommit, what, logFailure)
     let list = state.pending.get(key)
     if (!list) state.pending.set(key, (list = []))
-    list.push({ onCommit, onRollback, what })
+    list.push({ onCommit, onRollback, what, logFailure })
   }
   if (isThenable(tid)) {
     // initTransaction leaves the Promise on req while (or when) no id was produced.
     Promise.resolve(tid).then(enqueue, () => {
-      if (onRollback) runSafely(onRollback, `${what} (rollback)`)
+      if (onRollback) runSafely(onRollback, `${what} (rollback)`, logFailure)
     })
   } else {
     enqueue(tid)
   }
 }
 
-module.exports = { afterCommit, installTransactionHooks, setFailureLog }
+module.exports = { afterCommit, installTransactionHooks }
