@@ -2,7 +2,8 @@
 // `tsc --noEmit` over __test__/types/usage.ts, which imports every export through the package's
 // own export map, narrows the server-message union on `type`, and holds `@ts-expect-error` lines
 // for what the typings must refuse. Any type error (or an expected error that does not happen)
-// fails the test with tsc's output.
+// fails the test with tsc's output. The server side's JavaScript is checked too (checkJs over
+// lib/*.js and lib/payload/*.js, JSDoc types), and its exports against index.d.ts.
 
 import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
@@ -19,3 +20,15 @@ test('tsc --noEmit: every client and React typing in use, the message union narr
   assert.equal(run.error, undefined)
   assert.equal(run.status, 0, `tsc failed:\n${run.stdout}${run.stderr}`)
 })
+
+test(
+  'tsc --noEmit with checkJs: lib/ type-checks, and its exports are usable as index.d.ts declares',
+  { timeout: 120_000 },
+  () => {
+    const tsc = require.resolve('typescript/bin/tsc')
+    const lib = fileURLToPath(new URL('./types/tsconfig.lib.json', import.meta.url))
+    const run = spawnSync(process.execPath, [tsc, '--noEmit', '-p', lib], { encoding: 'utf8' })
+    assert.equal(run.error, undefined)
+    assert.equal(run.status, 0, `tsc failed:\n${run.stdout}${run.stderr}`)
+  },
+)

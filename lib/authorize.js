@@ -71,7 +71,7 @@ function createAuthorizer({ getRule, timeout, logFailure }) {
       let answers = null
       const oneByOne = () => {
         if (answers) return
-        const own = (answers = users.map(() => false))
+        const own = (answers = /** @type {Decision[]} */ (users.map(() => false)))
         let pending = results.length
         const settled = () => --pending === 0 && finish(own)
         results.forEach((result, i) =>

@@ -979,8 +979,10 @@ class UWebSocketManager {
    * `maxTokenLifetime`), so the session is refused at any instance's handshake. Returns how many
    * sockets were closed here. `remember: false` closes the sockets without remembering the
    * revocation (for a logout that may still be rolled back; call again once it is committed).
+   * @param {{ collection: string, id: string | number, sid?: string, exp?: number, remember?: boolean }} session
+   * @returns {number}
    */
-  revokeSession({ collection, id, sid, exp, remember = true } = {}) {
+  revokeSession({ collection, id, sid, exp, remember = true } = /** @type {any} */ ({})) {
     if (typeof collection !== 'string' || (typeof id !== 'string' && typeof id !== 'number')) {
       throw new TypeError('payload-realtime: revokeSession takes { collection, id, sid?, exp? }')
     }
@@ -1001,8 +1003,10 @@ class UWebSocketManager {
    * A user changed: every instance's sockets of that user show `doc` to rules, read access,
    * presence and handlers from now on. `doc: null` means the user was deleted: its sockets are
    * closed (4003) everywhere and its sessions revoked. Returns how many of its sockets are here.
+   * @param {{ collection: string, id: string | number, doc: object | null }} user
+   * @returns {number}
    */
-  updateUser({ collection, id, doc } = {}) {
+  updateUser({ collection, id, doc } = /** @type {any} */ ({})) {
     if (typeof collection !== 'string' || (typeof id !== 'string' && typeof id !== 'number')) {
       throw new TypeError('payload-realtime: updateUser takes { collection, id, doc }')
     }
@@ -1021,6 +1025,7 @@ class UWebSocketManager {
    * ("server shutting down, reconnect elsewhere") and has `grace` ms (default: `drainTimeout`,
    * 5000) to go before the rest are cut; then the port is freed. Safe to call twice.
    * @param {{ grace?: number }} [options]
+   * @returns {Promise<void>}
    */
   close(options = {}) {
     if (!this._closing) {

@@ -41,7 +41,8 @@ function isMusl() {
     // no ldd: ask Node which C library it runs on
   }
   const report = typeof process.report?.getReport === 'function' ? process.report.getReport() : null
-  return Boolean(report && !report.header?.glibcVersionRuntime)
+  // `getReport()` is typed as a bare object; its header names the C library.
+  return Boolean(report && !(/** @type {any} */ (report).header?.glibcVersionRuntime))
 }
 
 /** This process's platform in napi-rs's naming, e.g. `linux-x64-gnu`. */

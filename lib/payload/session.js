@@ -133,7 +133,13 @@ class Sessions {
     return jsonCopy(clean)
   }
 
-  /** Closes the sessions' sockets on every instance; `remember`: and refuses them from now on. */
+  /**
+   * Closes the sessions' sockets on every instance; `remember`: and refuses them from now on.
+   * @param {string} collection
+   * @param {string | number} id
+   * @param {string} [sid]
+   * @param {{ exp?: number, remember?: boolean }} [options]
+   */
   _revoke(collection, id, sid, { exp, remember = true } = {}) {
     const manager = this.getManager()
     if (!manager) return 0
