@@ -1,7 +1,8 @@
-// Every option is defined once (lib/manager.js SERVER_OPTIONS and PLUGIN_OPTIONS) and the rest
-// follows or is checked here: the typings declare the same names, the README's table lists every
-// server option, a misspelt option is an error, and the plugin hands every server option on
-// (history, presence and presenceExpiry were once dropped on the way).
+// Every option is defined once (lib/manager.js SERVER_OPTION_SPECS and PLUGIN_OPTIONS) and the
+// rest follows or is checked here: the typings declare the same names, the README's table lists
+// every server option, the defaults the table, the README and the typings state are one and the
+// validator accepts them, a misspelt option is an error, and the plugin hands every server option
+// on (history, presence and presenceExpiry were once dropped on the way).
 
 import assert from 'node:assert/strict'
 import { readFileSync } from 'node:fs'
@@ -10,11 +11,14 @@ import { test } from 'node:test'
 import { fileURLToPath } from 'node:url'
 import { createRequire } from 'node:module'
 
+import { markdownTable } from './doc-tables.mjs'
 import { startServer } from './helpers.mjs'
 import { startPayload } from './payload-fixture.mjs'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
-const { SERVER_OPTIONS, PLUGIN_OPTIONS } = createRequire(import.meta.url)('../lib/manager.js')
+const { SERVER_OPTIONS, SERVER_OPTION_SPECS, PLUGIN_OPTIONS, nativeOptions } = createRequire(import.meta.url)(
+  '../lib/manager.js',
+)
 
 /** The property names an interface of index.d.ts declares itself. */
 function declared(name) {
@@ -35,6 +39,88 @@ test("the README's option table has a row for every server option", () => {
   const rows = new Set([...readme.matchAll(/^\| `(\w+)` \|/gm)].map((m) => m[1]))
   const missing = SERVER_OPTIONS.filter((o) => !rows.has(o))
   assert.deepEqual(missing, [], `README.md's option table lacks ${missing.join(', ')}`)
+})
+
+/** Units a default is written in, as a factor to milliseconds or bytes. */
+const UNITS = { ms: 1, s: 1000, day: 86_400_000, days: 86_400_000, KiB: 1024, MiB: 1024 * 1024 }
+const BASE = { ms: 1, s: 1000, bytes: 1, undefined: 1 }
+
+/**
+ * A default as the docs write it (`64 KiB`, `120 s`, `5000`, `7 days`, `false`, `` `0.0.0.0` ``,
+ * `` `['loopback']` ``), in milliseconds or bytes for a number (one without a unit is in the
+ * option's `unit`); null when it is no fixed value ("none", "any", "CPU cores − 1", "(plugin: ...)").
+ */
+function parseDefault(text, unit) {
+  const t = text
+    .replace(/^\(plugin[^)]*\)\s*/, '')
+    .replace(/\s*\([^)]*\)$/, '')
+    .trim()
+  const n = /^`?(\d[\d_]*)`?(?:\s*(ms|s|days?|KiB|MiB))?$/.exec(t)
+  if (n) return Number(n[1].replace(/_/g, '')) * (n[2] ? UNITS[n[2]] : BASE[unit])
+  if (/^`?(true|false)`?$/.test(t)) return t.replace(/`/g, '') === 'true'
+  // An environment variable (`REDIS_URL`) names where the value comes from, not a value.
+  if (/^`[A-Z][A-Z_]*`$/.test(t)) return null
+  const literal = /^`([^`]+)`$/.exec(t)
+  if (literal) return literal[1].startsWith('[') ? JSON.parse(literal[1].replace(/'/g, '"')) : literal[1]
+  return null
+}
+
+/** The default an option of the table states, as `parseDefault` reads the docs' (null: none). */
+function tableDefault(spec) {
+  if (spec.default === undefined) return null
+  return typeof spec.default === 'number' ? spec.default * BASE[spec.unit] : spec.default
+}
+
+/** The default index.d.ts's doc comment of each `ServerOptions` member states, if any. */
+function declaredDefaults() {
+  const dts = readFileSync(join(root, 'index.d.ts'), 'utf8')
+  const start = dts.indexOf('export interface ServerOptions ')
+  const body = dts.slice(start, dts.indexOf('\n}', start))
+  const out = new Map()
+  for (const m of body.matchAll(/\/\*\*([\s\S]*?)\*\/\s*\n {2}(\w+)\??:/g)) {
+    const doc = m[1].replace(/\n\s*\*\s?/g, ' ')
+    // "(default 120; ...", "Default false.", "(default: the CPU cores ...": the first one that
+    // opens a sentence or a parenthesis ("host default" is another value's).
+    const d = /(?:^|\(|\.\s)\s*[Dd]efault:?\s+(`[^`]*`|[^;,:)]*?)(?:[;,:)]|\.\s|\.?\s*$)/.exec(doc.trim())
+    out.set(m[2], d ? parseDefault(d[1].trim(), SERVER_OPTION_SPECS[m[2]]?.unit) : null)
+  }
+  return out
+}
+
+/** The second cell (the default) of each server option's row in the README's option table. */
+function readmeDefaults() {
+  const readme = readFileSync(join(root, 'README.md'), 'utf8')
+  return new Map(markdownTable(readme, '## Options').map(([name, dflt]) => [name.replace(/`/g, ''), dflt]))
+}
+
+test('the README, the typings and the option table state the same default for every server option', () => {
+  const readme = readmeDefaults()
+  const declaredDefault = declaredDefaults()
+  const stated = SERVER_OPTIONS.filter((o) => SERVER_OPTION_SPECS[o].default !== undefined)
+  assert.ok(stated.length >= 20, `defaults in the table: ${stated.join(', ')}`)
+  for (const option of SERVER_OPTIONS) {
+    const expected = tableDefault(SERVER_OPTION_SPECS[option])
+    assert.ok(readme.has(option), `README.md's option table has ${option}`)
+    assert.deepEqual(
+      parseDefault(readme.get(option), SERVER_OPTION_SPECS[option].unit),
+      expected,
+      `${option}: README.md says "${readme.get(option)}"`,
+    )
+    assert.ok(declaredDefault.has(option), `index.d.ts documents ${option}`)
+    assert.deepEqual(declaredDefault.get(option), expected, `${option}: the default index.d.ts states`)
+  }
+})
+
+test("the validator accepts every option's default, and refuses values under an integer option's minimum", () => {
+  for (const [option, spec] of Object.entries(SERVER_OPTION_SPECS)) {
+    if (spec.default !== undefined) {
+      assert.doesNotThrow(() => nativeOptions(0, { [option]: spec.default }), `${option}: ${spec.default}`)
+    }
+    if (spec.check === 'integer') {
+      assert.throws(() => nativeOptions(0, { [option]: (spec.min ?? 0) - 1 }), new RegExp(`\`${option}\``))
+      assert.throws(() => nativeOptions(0, { [option]: 1.5 }), new RegExp(`\`${option}\``))
+    }
+  }
 })
 
 test('a misspelt option is an error that names it', async () => {

@@ -12,30 +12,14 @@ import { fileURLToPath } from 'node:url'
 import { createRequire } from 'node:module'
 
 import { CloseCodes } from '../lib/client/index.mjs'
+import { markdownTable } from './doc-tables.mjs'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const { SERVER_OPTIONS } = createRequire(import.meta.url)('../lib/manager.js')
 const readme = readFileSync(join(root, 'README.md'), 'utf8')
 
 /** The rows (cells trimmed) of the first table after `heading` in the README. */
-function table(heading) {
-  const start = readme.indexOf(`\n${heading}\n`)
-  assert.ok(start >= 0, `README.md has "${heading}"`)
-  const lines = readme.slice(start).split('\n')
-  const first = lines.findIndex((l) => l.startsWith('|'))
-  const rows = []
-  for (const line of lines.slice(first + 2)) {
-    if (!line.startsWith('|')) break
-    rows.push(
-      line
-        .slice(1, -1)
-        .split(/(?<!\\)\|/)
-        .map((c) => c.trim()),
-    )
-  }
-  assert.ok(rows.length > 0, `a table follows "${heading}"`)
-  return rows
-}
+const table = (heading) => markdownTable(readme, heading)
 
 /** Rust source without its test modules. */
 function rust(file) {

@@ -77,56 +77,98 @@ function optionalString(options, name) {
 }
 
 /**
- * The options of the server (`initUWebSocket(port, options)`), which the plugin also takes and
- * hands on: index.d.ts's `ServerOptions` declares the same names (a test checks it).
+ * How the JS side checks one server option, and its documented default:
+ * - `check`: `'string'`, `'strings'` (an array of them), `'boolean'`, `'integer'` (from `min`,
+ *   default 0, to `max`, default 2^32 - 1), or `'own'` (a shape of its own, checked by its
+ *   function below);
+ * - `default`: the value the server uses when the option is absent, as README.md's options
+ *   table and index.d.ts state it (a test checks all three agree), in `unit` (`'ms'`, `'s'`,
+ *   `'bytes'`; none: a count); absent where it is computed (CPU cores, the open-file limit)
+ *   or there is none.
+ * @typedef {{ check: 'string' | 'strings' | 'boolean' | 'integer' | 'own', min?: number, max?: number,
+ *   default?: string | number | boolean | string[], unit?: 'ms' | 's' | 'bytes' }} OptionSpec
  */
-const SERVER_OPTIONS = [
-  'host',
-  'path',
-  'secret',
-  'allowedOrigins',
-  'allowAnonymous',
-  'maxPayloadLength',
-  'maxBackpressure',
-  'maxBacklog',
-  'idleTimeout',
-  'workerThreads',
-  'includeCollections',
-  'authorize',
-  'rooms',
-  'authorizeTimeout',
-  'handlerTimeout',
-  'maxMessagesPerSecond',
-  'maxRoomsPerSocket',
-  'maxConnections',
-  'maxConnectionsPerUser',
-  'maxConnectionsPerIp',
-  'trustedProxies',
-  'history',
-  'presence',
-  'presenceExpiry',
-  'redis',
-  'verifyUser',
-  'maxVerifying',
-  'maxVerifyingPerUser',
-  'verifyTimeout',
-  'authTimeout',
-  'maxRecoveriesPerMinute',
-  'maxRecoveryEvents',
-  'metrics',
-  'drainTimeout',
-  'logger',
-  'maxRevokedSessions',
-  'maxTokenLifetime',
-  'onConnect',
-]
+
+/**
+ * The options of the server (`initUWebSocket(port, options)`), which the plugin also takes and
+ * hands on, in one table: index.d.ts's `ServerOptions` declares the same names and README.md's
+ * options table has a row for each, with the same defaults (options.test.mjs checks them).
+ * A new option goes at the end.
+ * @type {Record<string, OptionSpec>}
+ */
+const SERVER_OPTION_SPECS = {
+  host: { check: 'string', default: '0.0.0.0' },
+  path: { check: 'string' },
+  secret: { check: 'string' },
+  allowedOrigins: { check: 'strings' },
+  allowAnonymous: { check: 'boolean', default: false },
+  maxPayloadLength: { check: 'integer', min: 16, default: 64 * 1024, unit: 'bytes' },
+  maxBackpressure: { check: 'integer', min: 1024, default: 1024 * 1024, unit: 'bytes' },
+  maxBacklog: { check: 'integer', min: 1024, default: 128 * 1024 * 1024, unit: 'bytes' },
+  idleTimeout: { check: 'integer', default: 120, unit: 's' },
+  workerThreads: { check: 'integer', min: 1, max: 256 },
+  includeCollections: { check: 'strings' },
+  authorize: { check: 'own' },
+  rooms: { check: 'own' },
+  authorizeTimeout: { check: 'integer', min: 1, default: 5000, unit: 'ms' },
+  handlerTimeout: { check: 'integer', min: 1, default: 30000, unit: 'ms' },
+  maxMessagesPerSecond: { check: 'integer', default: 100 },
+  maxRoomsPerSocket: { check: 'integer', min: 1, default: 1000 },
+  maxConnections: { check: 'integer', min: 1 },
+  maxConnectionsPerUser: { check: 'integer', default: 32 },
+  maxConnectionsPerIp: { check: 'integer', default: 256 },
+  trustedProxies: { check: 'own', default: ['loopback'] },
+  history: { check: 'own' },
+  presence: { check: 'own' },
+  presenceExpiry: { check: 'integer', min: 100, default: 15000, unit: 'ms' },
+  redis: { check: 'own' },
+  verifyUser: { check: 'own' },
+  maxVerifying: { check: 'integer', min: 1, default: 64 },
+  maxVerifyingPerUser: { check: 'integer', default: 4 },
+  verifyTimeout: { check: 'integer', min: 1, default: 5000, unit: 'ms' },
+  authTimeout: { check: 'integer', min: 1, default: 10000, unit: 'ms' },
+  maxRecoveriesPerMinute: { check: 'integer', default: 10 },
+  maxRecoveryEvents: { check: 'integer', min: 1, default: 1000 },
+  metrics: { check: 'own' },
+  drainTimeout: { check: 'integer', default: 5000, unit: 'ms' },
+  logger: { check: 'own' },
+  maxRevokedSessions: { check: 'integer', min: 1, default: 100000 },
+  maxTokenLifetime: { check: 'integer', min: 1, default: 7 * 24 * 3600, unit: 's' },
+  onConnect: { check: 'own' },
+}
+
+/** The names of the server options, in the table's order. */
+const SERVER_OPTIONS = Object.keys(SERVER_OPTION_SPECS)
+
+/**
+ * The options of the table with a check of a common kind, checked as the table says: the value
+ * the native server takes for each (undefined when absent).
+ * @param {Record<string, any>} options
+ * @returns {Record<string, any>}
+ */
+function tableOptions(options) {
+  /** @type {Record<string, any>} */
+  const out = {}
+  for (const [name, spec] of Object.entries(SERVER_OPTION_SPECS)) {
+    if (spec.check === 'string') out[name] = optionalString(options, name)
+    else if (spec.check === 'strings') out[name] = optionalStrings(options, name)
+    else if (spec.check === 'integer') out[name] = optionalNumber(options, name, spec)
+    else if (spec.check === 'boolean') out[name] = options[name] === undefined ? undefined : Boolean(options[name])
+  }
+  return out
+}
 
 /** Options only the plugin reads (index.d.ts `PluginOptions`); the server ignores them. */
 const PLUGIN_OPTIONS = ['enabled', 'port', 'readAccess', 'shouldEmit', 'transformEvent', 'admin']
 
 const KNOWN_OPTIONS = new Set([...SERVER_OPTIONS, ...PLUGIN_OPTIONS])
 
-/** Checks the options and builds what the native server takes. */
+/**
+ * Checks the options and builds what the native server takes.
+ * @param {number} port
+ * @param {Record<string, any>} options
+ * @returns {Record<string, any>}
+ */
 function nativeOptions(port, options) {
   if (!isPlainObject(options)) throw new TypeError('payload-realtime: options must be an object')
   // A misspelt option (say `allowedOrigin`) would otherwise be a default silently kept.
@@ -160,44 +202,17 @@ function nativeOptions(port, options) {
     throw new TypeError('payload-realtime: `redis` must be { url?: string, prefix?: string } (or false)')
   }
   return {
+    ...tableOptions(options),
+    port,
     joinRules: [...new Set(joinRules(options.rooms).map(([pattern]) => pattern))],
     history: historyRules(options.history),
     presence: presenceRooms(options.presence),
-    presenceExpiry: optionalNumber(options, 'presenceExpiry', { min: 100 }),
-    host: optionalString(options, 'host'),
-    port,
-    path: optionalString(options, 'path'),
-    secret: optionalString(options, 'secret'),
-    allowedOrigins: optionalStrings(options, 'allowedOrigins'),
-    allowAnonymous: options.allowAnonymous === undefined ? undefined : Boolean(options.allowAnonymous),
-    maxPayloadLength: optionalNumber(options, 'maxPayloadLength', { min: 16 }),
-    maxBackpressure: optionalNumber(options, 'maxBackpressure', { min: 1024 }),
-    maxBacklog: optionalNumber(options, 'maxBacklog', { min: 1024 }),
-    idleTimeout: optionalNumber(options, 'idleTimeout'),
-    workerThreads: optionalNumber(options, 'workerThreads', { min: 1, max: 256 }),
-    includeCollections: optionalStrings(options, 'includeCollections'),
     authorizeCollections: Object.keys(authorize),
-    authorizeTimeout: optionalNumber(options, 'authorizeTimeout', { min: 1 }),
-    handlerTimeout: optionalNumber(options, 'handlerTimeout', { min: 1 }),
-    maxMessagesPerSecond: optionalNumber(options, 'maxMessagesPerSecond'),
-    maxRoomsPerSocket: optionalNumber(options, 'maxRoomsPerSocket', { min: 1 }),
-    maxConnections: optionalNumber(options, 'maxConnections', { min: 1 }),
-    maxConnectionsPerUser: optionalNumber(options, 'maxConnectionsPerUser'),
-    maxConnectionsPerIp: optionalNumber(options, 'maxConnectionsPerIp'),
     trustedProxies: trustedProxies(options.trustedProxies),
     // `redis: { url }`, with REDIS_URL as the fallback; `redis: false` runs alone even then.
     redisUrl: redis === false ? undefined : (redis?.url ?? (process.env.REDIS_URL || undefined)),
     redisPrefix: redis === false ? undefined : redis?.prefix,
-    maxVerifying: optionalNumber(options, 'maxVerifying', { min: 1 }),
-    maxVerifyingPerUser: optionalNumber(options, 'maxVerifyingPerUser'),
-    verifyTimeout: optionalNumber(options, 'verifyTimeout', { min: 1 }),
-    authTimeout: optionalNumber(options, 'authTimeout', { min: 1 }),
-    maxRecoveriesPerMinute: optionalNumber(options, 'maxRecoveriesPerMinute'),
-    maxRecoveryEvents: optionalNumber(options, 'maxRecoveryEvents', { min: 1 }),
     ...metricsOption(options.metrics),
-    drainTimeout: optionalNumber(options, 'drainTimeout'),
-    maxRevokedSessions: optionalNumber(options, 'maxRevokedSessions', { min: 1 }),
-    maxTokenLifetime: optionalNumber(options, 'maxTokenLifetime', { min: 1 }),
     onConnect: onConnectOption(options.onConnect),
   }
 }
@@ -509,8 +524,8 @@ class UWebSocketManager {
     const native = loadNative()
     const opts = nativeOptions(port, options)
     this._setRules(options)
-    const authorizeTimeout = opts.authorizeTimeout ?? 5000
-    const handlerTimeout = opts.handlerTimeout ?? 30000
+    const authorizeTimeout = opts.authorizeTimeout ?? SERVER_OPTION_SPECS.authorizeTimeout.default
+    const handlerTimeout = opts.handlerTimeout ?? SERVER_OPTION_SPECS.handlerTimeout.default
     this._logger = loggerOption(options.logger)
     const logFailure = makeFailureLog(() => this._logger)
     /** @type {Map<string, Function>} */
@@ -1098,6 +1113,7 @@ module.exports = {
   setPluginDefaults,
   clearPluginDefaults,
   SERVER_OPTIONS,
+  SERVER_OPTION_SPECS,
   PLUGIN_OPTIONS,
   makeFailureLog,
   logLine,
