@@ -169,6 +169,8 @@ test('the production config with REDIS_URL unset starts (alone), as does the dev
 })
 
 test("once that Payload is destroyed, a server started later in the process is the application's own", T, async () => {
+  // The Payloads of the tests above are gone first: while one still runs, its defaults apply.
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup()
   const ctx = await startPayload({ plugin: { port: undefined, host: undefined }, configure: withMedia })
   await ctx.close()
   // With the plugin's defaults still in force, this server would ask the destroyed Payload's
