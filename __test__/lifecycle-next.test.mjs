@@ -120,6 +120,16 @@ test(
       rmSync(dir, { recursive: true, force: true })
     }
     await assert.rejects(async () => pkg.getUWebSocketManager(), /not started/, 'destroy closed the restarted server')
+    // The reloaded copy's defaults went with that Payload (the destroy hook was the first copy's):
+    // a server started now is the application's own, with no Payload's verifyUser.
+    const own = await pkg.initUWebSocket(0, { host: '127.0.0.1', secret: SECRET, includeCollections: ['posts'] })
+    try {
+      const standalone = await connect(`ws://127.0.0.1:${own.port}/`, { token: makeToken({ id: 'standalone' }) })
+      await standalone.join('posts')
+      await standalone.close()
+    } finally {
+      await own.close()
+    }
   },
 )
 

@@ -28,6 +28,9 @@ function state() {
       hooks: null,
     }
   }
+  // Each Payload's defaults for `initUWebSocket(port)` (see manager.js), kept here so that the
+  // destroy hook an earlier evaluation of the plugin installed forgets what a later one set.
+  globalThis[STATE].pluginDefaults ??= new Map()
   return globalThis[STATE]
 }
 
@@ -79,4 +82,10 @@ function latest() {
   return last
 }
 
-module.exports = { started, closing, latest, byPort: () => state().byPort }
+module.exports = {
+  started,
+  closing,
+  latest,
+  byPort: () => state().byPort,
+  pluginDefaults: () => state().pluginDefaults,
+}

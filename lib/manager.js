@@ -18,10 +18,10 @@ const { createAuthorizer } = require('./authorize.js')
  * authorize and read-access rules) when the user calls `initUWebSocket(port)` themselves after
  * `getPayload()`. With several Payloads in one process the one initialised last applies; once it
  * is destroyed, the one before it again. With none left, a server started later in the process
- * is the application's own.
- * @type {Map<object, (options: object) => object>}
+ * is the application's own. Kept for the process (lifecycle.js), not for this copy of the module.
+ * @type {() => Map<object, (options: object) => object>}
  */
-const pluginDefaults = new Map()
+const pluginDefaults = lifecycle.pluginDefaults
 
 /**
  * Sets the defaults of the Payload `owner` (a dev reload of its config replaces them in place).
@@ -29,7 +29,7 @@ const pluginDefaults = new Map()
  * @param {object} [owner] the Payload (by default `fn` itself)
  */
 function setPluginDefaults(fn, owner = fn) {
-  if (typeof fn === 'function') pluginDefaults.set(owner, fn)
+  if (typeof fn === 'function') pluginDefaults().set(owner, fn)
 }
 
 /**
@@ -37,13 +37,13 @@ function setPluginDefaults(fn, owner = fn) {
  * @param {object} owner
  */
 function clearPluginDefaults(owner) {
-  pluginDefaults.delete(owner)
+  pluginDefaults().delete(owner)
 }
 
 /** The defaults of the Payload initialised last that still runs, or null. */
 function currentPluginDefaults() {
   let last = null
-  for (const fn of pluginDefaults.values()) last = fn
+  for (const fn of pluginDefaults().values()) last = fn
   return last
 }
 
