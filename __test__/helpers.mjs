@@ -240,6 +240,25 @@ function wsOptions({ token, scheme = 'JWT', query, cookie, origin, headers = {},
 }
 
 /**
+ * Reads an HTTP response in full, then calls `done({ status, headers, body, json })` (`json`:
+ * the body parsed, or undefined when it is not JSON).
+ */
+function readResponse(res, done) {
+  const chunks = []
+  res.on('data', (c) => chunks.push(c))
+  res.on('end', () => {
+    const body = Buffer.concat(chunks).toString()
+    let json
+    try {
+      json = JSON.parse(body)
+    } catch {
+      json = undefined
+    }
+    done({ status: res.statusCode, headers: res.headers, body, json })
+  })
+}
+
+/**
  * Attempts a handshake. Resolves `{ status: 101, client }` when the upgrade succeeds, or
  * `{ status, body, json, headers }` for a refused handshake (HTTP status and body read in full).
  */
@@ -255,22 +274,13 @@ export function handshake(url, opts = {}) {
           reject(err)
         }
       })
-      ws.once('unexpected-response', (req, res) => {
-        const chunks = []
-        res.on('data', (c) => chunks.push(c))
-        res.on('end', () => {
-          const body = Buffer.concat(chunks).toString()
-          let json
-          try {
-            json = JSON.parse(body)
-          } catch {
-            json = undefined
-          }
+      ws.once('unexpected-response', (req, res) =>
+        readResponse(res, (r) => {
           settled = true
           ws.terminate()
-          resolve({ status: res.statusCode, body, json, headers: res.headers })
-        })
-      })
+          resolve(r)
+        }),
+      )
       ws.once('open', () => {
         settled = true
         resolve({ status: 101, client: new Client(ws, label) })
@@ -301,18 +311,7 @@ export function httpGet(port, path, headers = {}) {
   return withTimeout(
     new Promise((resolve, reject) => {
       const req = http.get({ host: '127.0.0.1', port, path, headers, agent: false }, (res) => {
-        const chunks = []
-        res.on('data', (c) => chunks.push(c))
-        res.on('end', () => {
-          const body = Buffer.concat(chunks).toString()
-          let json
-          try {
-            json = JSON.parse(body)
-          } catch {
-            json = undefined
-          }
-          resolve({ status: res.statusCode, headers: res.headers, body, json })
-        })
+        readResponse(res, resolve)
         res.on('error', reject)
       })
       req.on('error', reject)
