@@ -1,6 +1,6 @@
 // The authorize side of the manager (lib/authorize.js) on its own, as the core drives it: JSON
 // crossings of several events over lists of users, rules that answer at once, later, never, or
-// fail. What goes wrong denies only the users or the event it concerns, and is logged; nothing
+// fail; and the join check, one burst of joins at a time. What goes wrong denies only the users or the event it concerns, and is logged; nothing
 // outlives an answer (no timer left running).
 
 import assert from 'node:assert/strict'
@@ -8,7 +8,7 @@ import { createRequire } from 'node:module'
 import { test } from 'node:test'
 
 const require = createRequire(import.meta.url)
-const { createAuthorizer, decision } = require('../lib/authorize.js')
+const { createAuthorizer, createJoinCheck, decision } = require('../lib/authorize.js')
 
 /** An authorizer over `rules` (collection -> rule) whose failures are recorded in `failures`. */
 function authorizer(rules, { timeout = 5000 } = {}) {
@@ -255,4 +255,56 @@ test('the rule is looked up per event: a rule swapped in applies to the next cro
   assert.equal(await ask(), '[false]')
   rules.posts = () => true
   assert.equal(await ask(), '[true]')
+})
+
+/** A join check over `rules` (room -> its rules) whose failures are recorded in `failures`. */
+function joinCheck(rules, { timeout = 5000 } = {}) {
+  const failures = []
+  const check = createJoinCheck({
+    getRules: (room) => rules[room] ?? [],
+    timeout,
+    logFailure: (what, err) => failures.push(`${what}: ${err instanceof Error ? err.message : String(err)}`),
+  })
+  return { check, failures }
+}
+
+test('a join needs every rule of the room to answer true; a room without a rule is refused', async () => {
+  const { check, failures } = joinCheck({
+    'chat:a': [() => true, async (user) => user.id === 'alice'],
+    'chat:b': [(user, room) => room === 'chat:b' && user.id !== 'carol'],
+    'chat:c': [() => 'yes'],
+  })
+  const answers = await check([
+    { user: alice, rooms: ['chat:a', 'chat:b', 'chat:c', 'chat:none'] },
+    { user: bob, rooms: ['chat:a', 'chat:b'] },
+    { user: carol, rooms: ['chat:b'] },
+  ])
+  assert.deepEqual(answers, [[true, true, false, false], [false, true], [false]])
+  assert.deepEqual(failures, [])
+})
+
+test('a join rule that throws, rejects or answers too late refuses that room only, and is logged', async () => {
+  const { check, failures } = joinCheck(
+    {
+      thrown: [
+        () => {
+          throw new Error('no')
+        },
+      ],
+      rejected: [async () => Promise.reject(new Error('not today'))],
+      late: [() => new Promise(() => {})],
+      open: [() => true],
+    },
+    { timeout: 50 },
+  )
+  const before = timers()
+  assert.deepEqual(await check([{ user: alice, rooms: ['thrown', 'rejected', 'late', 'open'] }]), [
+    [false, false, false, true],
+  ])
+  assert.deepEqual(failures.sort(), [
+    'the join rule of "late": the join rule of "late" took longer than 50 ms',
+    'the join rule of "rejected": not today',
+    'the join rule of "thrown": no',
+  ])
+  assert.equal(timers(), before, 'no timer outlives the answers')
 })

@@ -1,11 +1,11 @@
 'use strict'
 // The answers to the core's authorize questions: for each event, which of the users in its room
-// may receive it. The core asks in crossings of several events (`authorizeBatch`, JSON text) and
+// may receive it (`createAuthorizer`), and which users may join which rooms (`createJoinCheck`). The core asks in crossings of several events (`authorizeBatch`, JSON text) and
 // names the users by lists it defines once and reuses; each event's rule runs once per user,
 // all of them concurrently, and whatever goes wrong (a throw, a rejection, the timeout, an
 // answer JSON cannot carry) denies only the users or the event it concerns.
 
-const { isPlainObject } = require('./util.js')
+const { isPlainObject, withTimeout } = require('./util.js')
 
 /**
  * A rule's answer as it crosses back: `true`, `{ doc }` (deliver this document), or `false`.
@@ -157,4 +157,36 @@ function createAuthorizer({ getRule, timeout, logFailure }) {
   return { authorize, authorizeBatch, lists }
 }
 
-module.exports = { createAuthorizer, decision }
+/**
+ * Makes the join check of one server: for each question `{ user, rooms }` of a burst of joins,
+ * whether that user may join each room. Every rule that names the room must answer `true`
+ * within `timeout` ms; none, a throw, a rejection or the timeout refuses (and is logged).
+ * @param {{ getRules: (room: string) => ((user: any, room: string) => unknown)[], timeout: number,
+ *   logFailure: (what: string, err: unknown) => void }} options
+ * @returns {(questions: { user: any, rooms: string[] }[]) => Promise<boolean[][]>}
+ */
+function createJoinCheck({ getRules, timeout, logFailure }) {
+  return async (questions) =>
+    Promise.all(
+      questions.map(({ user, rooms }) =>
+        Promise.all(
+          rooms.map(async (room) => {
+            const rules = getRules(room)
+            try {
+              const answers = await withTimeout(
+                Promise.all(rules.map((rule) => rule(user, room))),
+                timeout,
+                `the join rule of "${room}"`,
+              )
+              return rules.length > 0 && answers.every((a) => a === true)
+            } catch (err) {
+              logFailure(`the join rule of "${room}"`, err)
+              return false
+            }
+          }),
+        ),
+      ),
+    )
+}
+
+module.exports = { createAuthorizer, createJoinCheck, decision }

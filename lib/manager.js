@@ -10,7 +10,7 @@ const { loadNative } = require('./native.js')
 const { RealtimeError, ERROR_CODES } = require('./errors.js')
 const lifecycle = require('./lifecycle.js')
 const { isPlainObject, userKey, jsonCopy, withTimeout } = require('./util.js')
-const { createAuthorizer } = require('./authorize.js')
+const { createAuthorizer, createJoinCheck } = require('./authorize.js')
 
 /**
  * Set by each Payload plugin while its Payload runs (from `onInit` to `payload.destroy()`), under
@@ -624,29 +624,11 @@ class UWebSocketManager {
           }
         : null
 
-    // Joins of rooms with a rule: every rule whose pattern names the room must answer `true`
-    // (a throw, rejection or timeout refuses). One call per burst of joins.
-    const mayJoin = async (questions) =>
-      Promise.all(
-        questions.map(({ user, rooms }) =>
-          Promise.all(
-            rooms.map(async (room) => {
-              const rules = this._roomRules.filter(([pattern]) => roomMatches(pattern, room))
-              try {
-                const answers = await withTimeout(
-                  Promise.all(rules.map(([, rule]) => rule(user, room))),
-                  authorizeTimeout,
-                  `the join rule of "${room}"`,
-                )
-                return rules.length > 0 && answers.every((a) => a === true)
-              } catch (err) {
-                logFailure(`the join rule of "${room}"`, err)
-                return false
-              }
-            }),
-          ),
-        ),
-      )
+    const mayJoin = createJoinCheck({
+      getRules: (room) => this._roomRules.filter(([pattern]) => roomMatches(pattern, room)).map(([, rule]) => rule),
+      timeout: authorizeTimeout,
+      logFailure,
+    })
     // The server's lines, already redacted and one per episode; its queue bounds them.
     const log = this._logger ? (level, line) => logLine(this._logger, level, line) : null
     this._server = native.initUWebSocket(opts, authorizeBatch, handle, () => {}, verifyUser, mayJoin, log)
