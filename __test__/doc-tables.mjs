@@ -5,11 +5,12 @@ import assert from 'node:assert/strict'
 /**
  * The rows (cells trimmed) of the first table after the line `heading` in `text`.
  * @param {string} text
- * @param {string} heading e.g. '## Options'
+ * @param {string} heading e.g. '# Options' (docs/options.md)
  * @returns {string[][]}
  */
 export function markdownTable(text, heading) {
-  const start = text.indexOf(`\n${heading}\n`)
+  // A heading on the first line (a page's title) has no newline before it.
+  const start = `\n${text}`.indexOf(`\n${heading}\n`)
   assert.ok(start >= 0, `the document has "${heading}"`)
   const lines = text.slice(start).split('\n')
   const first = lines.findIndex((l) => l.startsWith('|'))

@@ -1,6 +1,6 @@
 // Every option is defined once (lib/manager.js SERVER_OPTION_SPECS and PLUGIN_OPTIONS) and the
-// rest follows or is checked here: the typings declare the same names, the README's table lists
-// every server option, the defaults the table, the README and the typings state are one and the
+// rest follows or is checked here: the typings declare the same names, docs/options.md's table lists
+// every server option, the defaults the table, docs/options.md and the typings state are one and the
 // validator accepts them, a misspelt option is an error, and the plugin hands every server option
 // on (history, presence and presenceExpiry were once dropped on the way).
 
@@ -34,11 +34,13 @@ test('the typings declare exactly the options the server and the plugin read', (
   assert.deepEqual(declared('PluginOptions'), [...PLUGIN_OPTIONS].sort())
 })
 
-test("the README's option table has a row for every server option", () => {
-  const readme = readFileSync(join(root, 'README.md'), 'utf8')
-  const rows = new Set([...readme.matchAll(/^\| `(\w+)` \|/gm)].map((m) => m[1]))
+/** The rows of the option table (the first table under the title of docs/options.md). */
+const optionRows = () => markdownTable(readFileSync(join(root, 'docs/options.md'), 'utf8'), '# Options')
+
+test("docs/options.md's option table has a row for every server option", () => {
+  const rows = new Set(optionRows().map(([name]) => name.replace(/`/g, '')))
   const missing = SERVER_OPTIONS.filter((o) => !rows.has(o))
-  assert.deepEqual(missing, [], `README.md's option table lacks ${missing.join(', ')}`)
+  assert.deepEqual(missing, [], `docs/options.md's option table lacks ${missing.join(', ')}`)
 })
 
 /** Units a default is written in, as a factor to milliseconds or bytes. */
@@ -87,24 +89,23 @@ function declaredDefaults() {
   return out
 }
 
-/** The second cell (the default) of each server option's row in the README's option table. */
+/** The second cell (the default) of each server option's row in docs/options.md's option table. */
 function readmeDefaults() {
-  const readme = readFileSync(join(root, 'README.md'), 'utf8')
-  return new Map(markdownTable(readme, '## Options').map(([name, dflt]) => [name.replace(/`/g, ''), dflt]))
+  return new Map(optionRows().map(([name, dflt]) => [name.replace(/`/g, ''), dflt]))
 }
 
-test('the README, the typings and the option table state the same default for every server option', () => {
+test('docs/options.md, the typings and the option table state the same default for every server option', () => {
   const readme = readmeDefaults()
   const declaredDefault = declaredDefaults()
   const stated = SERVER_OPTIONS.filter((o) => SERVER_OPTION_SPECS[o].default !== undefined)
   assert.ok(stated.length >= 20, `defaults in the table: ${stated.join(', ')}`)
   for (const option of SERVER_OPTIONS) {
     const expected = tableDefault(SERVER_OPTION_SPECS[option])
-    assert.ok(readme.has(option), `README.md's option table has ${option}`)
+    assert.ok(readme.has(option), `docs/options.md's option table has ${option}`)
     assert.deepEqual(
       parseDefault(readme.get(option), SERVER_OPTION_SPECS[option].unit),
       expected,
-      `${option}: README.md says "${readme.get(option)}"`,
+      `${option}: docs/options.md says "${readme.get(option)}"`,
     )
     assert.ok(declaredDefault.has(option), `index.d.ts documents ${option}`)
     assert.deepEqual(declaredDefault.get(option), expected, `${option}: the default index.d.ts states`)

@@ -81,7 +81,7 @@ function optionalString(options, name) {
  * - `check`: `'string'`, `'strings'` (an array of them), `'boolean'`, `'integer'` (from `min`,
  *   default 0, to `max`, default 2^32 - 1), or `'own'` (a shape of its own, checked by its
  *   function below);
- * - `default`: the value the server uses when the option is absent, as README.md's options
+ * - `default`: the value the server uses when the option is absent, as docs/options.md's options
  *   table and index.d.ts state it (a test checks all three agree), in `unit` (`'ms'`, `'s'`,
  *   `'bytes'`; none: a count); absent where it is computed (CPU cores, the open-file limit)
  *   or there is none.
@@ -91,7 +91,7 @@ function optionalString(options, name) {
 
 /**
  * The options of the server (`initUWebSocket(port, options)`), which the plugin also takes and
- * hands on, in one table: index.d.ts's `ServerOptions` declares the same names and README.md's
+ * hands on, in one table: index.d.ts's `ServerOptions` declares the same names and docs/options.md's
  * options table has a row for each, with the same defaults (options.test.mjs checks them).
  * A new option goes at the end.
  * @type {Record<string, OptionSpec>}
