@@ -1,4 +1,4 @@
-// Typings of payload-realtime's public API (the contract in the README).
+// Typings of payload-realtime's public API (the contract in docs/protocol.md and docs/options.md).
 
 import type { IncomingMessage, Server as HttpServer } from 'node:http'
 import type { Duplex } from 'node:stream'

@@ -3,7 +3,7 @@
 // emitted in the same tick as close() (they were 'GenericFailure'). 'server-behind' past
 // maxBacklog is checked on every refused event by fanout.test.mjs; a lone event takes the same
 // path (a batch of one). The protocol's error codes are one list: lib/errors.js's ERROR_CODES,
-// the core's ErrorCode, the README and the client's typings name the same codes.
+// the core's ErrorCode, docs/protocol.md and the client's typings name the same codes.
 
 import assert from 'node:assert/strict'
 import { readdirSync, readFileSync } from 'node:fs'
@@ -37,7 +37,7 @@ function rustFiles(dir) {
   )
 }
 
-test("the protocol's error codes: lib/errors.js, the core, the README and the client's typings agree", () => {
+test("the protocol's error codes: lib/errors.js, the core, docs/protocol.md and the client's typings agree", () => {
   const { ERROR_CODES } = createRequire(import.meta.url)('../lib/errors.js')
   const js = [...ERROR_CODES].sort()
   const core = new Set()
@@ -45,10 +45,10 @@ test("the protocol's error codes: lib/errors.js, the core, the README and the cl
     for (const m of readFileSync(file, 'utf8').matchAll(/ErrorCode::\w+ => "([a-z-]+)"/g)) core.add(m[1])
   }
   assert.deepEqual([...core].sort(), js, "the core's ErrorCode names")
-  const readme = readFileSync(join(root, 'README.md'), 'utf8')
-  const errors = /- errors: `\{ "type": "error", "code"[^`]*` with `code` one of ([^;]+);/.exec(readme)
-  assert.ok(errors, "README.md's protocol lists the error codes")
-  assert.deepEqual([...errors[1].matchAll(/`([a-z-]+)`/g)].map((m) => m[1]).sort(), js, 'README.md')
+  const protocol = readFileSync(join(root, 'docs/protocol.md'), 'utf8')
+  const errors = /- errors: `\{ "type": "error", "code"[^`]*` with `code` one of ([^;]+);/.exec(protocol)
+  assert.ok(errors, 'docs/protocol.md lists the error codes')
+  assert.deepEqual([...errors[1].matchAll(/`([a-z-]+)`/g)].map((m) => m[1]).sort(), js, 'docs/protocol.md')
   const dts = readFileSync(join(root, 'lib/client/index.d.mts'), 'utf8')
   const union = dts.slice(dts.indexOf('export type ServerErrorCode'), dts.indexOf('(string & {})'))
   assert.deepEqual([...union.matchAll(/\| '([a-z-]+)'/g)].map((m) => m[1]).sort(), js, 'lib/client/index.d.mts')

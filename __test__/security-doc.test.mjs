@@ -1,4 +1,4 @@
-// The README's security section is checked against the code it describes: its close-code table
+// The security page (docs/security.md) is checked against the code it describes: its close-code table
 // against `close_code` in crates/core/src/protocol.rs and the SDK's `CloseCodes`, its table of
 // refused handshakes against every `error` the server answers with, and its table of limits
 // against the options (every `max*` and `*Timeout` option has a row, with the same default as
@@ -16,10 +16,11 @@ import { markdownTable } from './doc-tables.mjs'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const { SERVER_OPTIONS } = createRequire(import.meta.url)('../lib/manager.js')
-const readme = readFileSync(join(root, 'README.md'), 'utf8')
+const security = readFileSync(join(root, 'docs/security.md'), 'utf8')
+const optionsPage = readFileSync(join(root, 'docs/options.md'), 'utf8')
 
-/** The rows (cells trimmed) of the first table after `heading` in the README. */
-const table = (heading) => markdownTable(readme, heading)
+/** The rows (cells trimmed) of the first table after `heading` in docs/security.md. */
+const table = (heading) => markdownTable(security, heading)
 
 /** Rust source without its test modules. */
 function rust(file) {
@@ -45,7 +46,7 @@ test('the close-code table lists exactly the codes of protocol.rs and the SDK, b
   )
   assert.ok(Object.keys(server).length >= 10, 'close codes found in protocol.rs')
   const documented = Object.fromEntries(
-    table('### Close codes').map(([code, name]) => [name.replace(/`/g, ''), Number(code)]),
+    table('## Close codes').map(([code, name]) => [name.replace(/`/g, ''), Number(code)]),
   )
   assert.deepEqual(documented, server)
   assert.deepEqual({ ...CloseCodes }, server)
@@ -66,13 +67,13 @@ test('the refused-handshake table lists every error the server answers a handsha
     for (const m of code.matchAll(/\brefused\("([a-z-]+)"\)/g)) errors.add(m[1])
   }
   assert.ok(errors.has('too-many-connections') && errors.has('forbidden-origin'), [...errors].join(', '))
-  const documented = new Set(table('### Refused handshakes').map((row) => row[1].replace(/`/g, '')))
+  const documented = new Set(table('## Refused handshakes').map((row) => row[1].replace(/`/g, '')))
   assert.deepEqual([...documented].sort(), [...errors].sort())
 })
 
 test('the limits table has every max* and *Timeout option, with the default of the option table', () => {
-  const limits = new Map(table('### Limits').map(([name, dflt]) => [name, dflt]))
-  const options = new Map(table('## Options').map(([name, dflt]) => [name, dflt]))
+  const limits = new Map(table('## Limits').map(([name, dflt]) => [name, dflt]))
+  const options = new Map(markdownTable(optionsPage, '# Options').map(([name, dflt]) => [name, dflt]))
   const bounded = SERVER_OPTIONS.filter((o) => /^max|Timeout$/.test(o))
   assert.ok(bounded.length >= 15, bounded.join(', '))
   for (const option of [...bounded, 'history']) {
