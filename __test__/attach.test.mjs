@@ -33,7 +33,7 @@ import {
 const T = { timeout: 120_000 }
 const LINUX = process.platform === 'linux'
 
-/** The example's app (the README's code) on a free port; `fn` gets `{ server, manager, url }`. */
+/** The example's app (the code docs/next.md shows) on a free port; `fn` gets `{ server, manager, url }`. */
 async function withApp(fn, options = {}) {
   const { server, manager } = await start({ port: 0, secret: SECRET, ...options })
   const port = server.address().port
@@ -105,14 +105,16 @@ test('the example: a client connects on the app port, joins, and receives events
   })
 })
 
-test("the README's example is the example file's code", () => {
-  const readme = fs.readFileSync(new URL('../README.md', import.meta.url), 'utf8')
-  const section = readme.slice(readme.indexOf("### On the app's own port"))
+test("docs/next.md's example is the example file's code", () => {
+  const page = fs.readFileSync(new URL('../docs/next.md', import.meta.url), 'utf8')
+  const at = page.indexOf("### On the app's own port")
+  assert.ok(at >= 0, 'docs/next.md has "On the app\'s own port"')
+  const section = page.slice(at)
   const from = section.indexOf('```js\n') + 6
   const shown = section.slice(from, section.indexOf('\n```', from))
   const file = fs.readFileSync(new URL('../examples/attach/server.mjs', import.meta.url), 'utf8')
   const lines = shown.split('\n').filter((l) => l.trim() !== '')
-  assert.ok(lines.length > 5, 'the README shows the example')
+  assert.ok(lines.length > 5, 'docs/next.md shows the example')
   for (const line of lines) assert.ok(file.includes(line), `examples/attach/server.mjs has: ${line}`)
 })
 

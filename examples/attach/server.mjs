@@ -1,6 +1,6 @@
 // WebSockets on the app's own HTTP port: one `http.Server` serves the app's pages and hands the
 // upgrades of `/realtime` to payload-realtime, whose Rust server takes the connection over. The
-// README's "On the app's own port" shows this file; the tests run it.
+// docs/next.md's "On the app's own port" shows this file; the tests run it.
 import http from 'node:http'
 import { fileURLToPath } from 'node:url'
 
