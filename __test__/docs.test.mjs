@@ -1,4 +1,5 @@
-// Every fenced code block of README.md and docs/*.md is run here, or checked, as written.
+// Every fenced code block of README.md and docs/*.md is run here, or checked, as written, and
+// every relative link and #anchor between them resolves.
 //
 // Each block carries a marker on the line above its fence that says how:
 // - `<!-- run: KIND -->`: run by the runner KIND below (a plugin config inside a real Payload, a
@@ -15,7 +16,7 @@
 
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
@@ -526,6 +527,50 @@ test('every code block of README.md and docs/*.md has a runner or a checked mark
     [],
     'each block needs <!-- run: KIND --> (a runner here), <!-- excerpt: FILE --> or <!-- config: NAME --> above it',
   )
+})
+
+/** A Markdown file's text without its fenced blocks and code spans (they hold no links). */
+function prose(file) {
+  return readFileSync(join(root, file), 'utf8')
+    .replace(/^\s*```[\s\S]*?^\s*```\s*$/gm, '')
+    .replace(/`[^`\n]*`/g, '')
+}
+
+/** The anchors GitHub and npm give a file's headings: lower case, punctuation dropped, `-` for spaces, `-1` for a repeat. */
+function anchorsOf(file) {
+  const seen = new Map()
+  const text = readFileSync(join(root, file), 'utf8').replace(/^\s*```[\s\S]*?^\s*```\s*$/gm, '')
+  return new Set(
+    [...text.matchAll(/^#{1,6} +(.+?) *#* *$/gm)].map(([, heading]) => {
+      const slug = heading
+        .toLowerCase()
+        .replace(/[^\p{L}\p{N} _-]/gu, '')
+        .replace(/ /g, '-')
+      const n = seen.get(slug) ?? 0
+      seen.set(slug, n + 1)
+      return n ? `${slug}-${n}` : slug
+    }),
+  )
+}
+
+test('every relative link and #anchor of README.md and docs/*.md resolves', () => {
+  const broken = []
+  let checked = 0
+  for (const file of DOCS) {
+    for (const [, href] of prose(file).matchAll(/\]\(([^)\s]+)\)/g)) {
+      if (/^[a-z][a-z+.-]*:/i.test(href)) continue // https:, mailto:
+      const [path, hash] = href.split('#')
+      const target = path ? join(dirname(file), path) : file
+      checked++
+      if (!existsSync(join(root, target))) broken.push(`${file}: ${href} (no ${target})`)
+      else if (hash !== undefined && !target.endsWith('.md'))
+        broken.push(`${file}: ${href} (an anchor into a file that is not Markdown)`)
+      else if (hash !== undefined && !anchorsOf(target).has(hash))
+        broken.push(`${file}: ${href} (no heading #${hash} in ${target})`)
+    }
+  }
+  assert.ok(checked >= 40, `links found: ${checked}`)
+  assert.deepEqual(broken, [])
 })
 
 for (const block of ALL) {
