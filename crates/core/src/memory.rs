@@ -45,7 +45,7 @@ fn release_free_memory() {}
 /// held by the server from memory freed but not yet returned to the system.
 ///
 /// `mallinfo2` is glibc 2.33+, while the published binaries are linked against an older glibc
-/// (the baseline in the README) so that they load on Debian 11, Ubuntu 20.04, RHEL 8 and
+/// (the baseline in docs/install.md) so that they load on Debian 11, Ubuntu 20.04, RHEL 8 and
 /// Amazon Linux 2. A direct reference would make the loader refuse the addon there, so it is
 /// looked up once at run time; on an older glibc the figure is `None` (`mallinfo`'s `int`
 /// fields wrap at 2 GiB, so they would report wrong numbers, not just coarse ones).
