@@ -43,7 +43,9 @@ const MANAGERS = {
   },
   // With node_modules: under Plug'n'Play (Yarn 4's default) Payload 3.90 itself fails to start
   // (@payloadcms/drizzle requires drizzle-kit, which it does not declare).
-  'yarn 4': { cmd: ['npx', '-y', '@yarnpkg/cli-dist@4', 'install'], berry: true },
+  // --no-immutable: with CI set (as in .ci/run) Yarn 4 refuses to write a lockfile, and this
+  // fresh project's lockfile is empty.
+  'yarn 4': { cmd: ['npx', '-y', '@yarnpkg/cli-dist@4', 'install', '--no-immutable'], berry: true },
 }
 
 async function reachable() {
