@@ -1,11 +1,19 @@
-//! Small helpers shared by the load generator and the ceiling server.
+//! What the load generators (`loadgen`, `tungstenite`) and the ceiling server share: frames,
+//! tokens, the connect phase, the stdin command loop and its reports.
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::{Notify, Semaphore};
 
 /// Wall-clock time in microseconds since the Unix epoch (comparable with JS
 /// `performance.timeOrigin + performance.now()` on the same machine).
@@ -236,6 +244,319 @@ pub fn percentile(sorted: &[u32], p: f64) -> u64 {
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i] as u64
+}
+
+/// The `--key value` arguments both load generators share: where to connect, how many sockets,
+/// which rooms they join, with whose tokens.
+pub struct Setup {
+    pub host: String,
+    pub port: u64,
+    pub conns: u64,
+    /// Global index of this process's first socket (rooms and users are picked by it).
+    pub offset: u64,
+    pub rooms: u64,
+    pub room: String,
+    pub prefix: String,
+    pub join: bool,
+    pub users: u64,
+    pub secret: String,
+    pub concurrency: usize,
+    pub connect_timeout: Duration,
+    pub path: String,
+}
+
+impl Setup {
+    pub fn from_args(args: &Args) -> Setup {
+        let conns = args.num("conns", 1000);
+        Setup {
+            host: args.str("host", "127.0.0.1"),
+            port: args.num("port", 3002),
+            conns,
+            offset: args.num("offset", 0),
+            rooms: args.num("rooms", 1),
+            room: args.str("room", "posts"),
+            prefix: args.str("room-prefix", "r"),
+            join: args.num("join", 1) == 1,
+            users: args.num("users", conns).max(1),
+            secret: args.str("secret", "bench-secret"),
+            concurrency: args.num("concurrency", 200) as usize,
+            connect_timeout: Duration::from_millis(args.num("connect-timeout-ms", 120_000)),
+            path: args.str("path", "/"),
+        }
+    }
+
+    /// The room the socket with global index `g` joins (`None` without `--join 1`).
+    fn room_for(&self, g: u64) -> Option<String> {
+        self.join.then(|| {
+            if self.rooms <= 1 {
+                self.room.clone()
+            } else {
+                format!("{}{}", self.prefix, g % self.rooms)
+            }
+        })
+    }
+}
+
+/// The counters of the connect phase and of a measurement round that both generators keep alike.
+pub struct Counters {
+    pub conns: u64,
+    // connect phase
+    pub handshakes: Cell<u64>,
+    pub last_handshake_us: Cell<u64>,
+    pub joined: Cell<u64>,
+    pub failed: Cell<u64>,
+    pub retries: Cell<u64>,
+    pub join_errors: Cell<u64>,
+    pub settled: Cell<u64>,
+    // measurement
+    pub armed: Cell<bool>,
+    pub armed_us: Cell<u64>,
+    pub expected: Cell<u64>,
+    pub delivered: Cell<u64>,
+    pub stray: Cell<u64>,
+    pub first_recv_us: Cell<u64>,
+    pub last_recv_us: Cell<u64>,
+    pub lat: RefCell<Vec<u32>>,
+    pub per_socket: RefCell<Vec<u32>>,
+    pub closed: Cell<u64>,
+    pub notify: Notify,
+}
+
+impl Counters {
+    pub fn new(conns: u64) -> Counters {
+        Counters {
+            conns,
+            handshakes: Cell::new(0),
+            last_handshake_us: Cell::new(0),
+            joined: Cell::new(0),
+            failed: Cell::new(0),
+            retries: Cell::new(0),
+            join_errors: Cell::new(0),
+            settled: Cell::new(0),
+            armed: Cell::new(false),
+            armed_us: Cell::new(0),
+            expected: Cell::new(0),
+            delivered: Cell::new(0),
+            stray: Cell::new(0),
+            first_recv_us: Cell::new(0),
+            last_recv_us: Cell::new(0),
+            lat: RefCell::new(Vec::new()),
+            per_socket: RefCell::new(vec![0; conns as usize]),
+            closed: Cell::new(0),
+            notify: Notify::new(),
+        }
+    }
+
+    /// One socket is done connecting (joined, refused, failed or not joining).
+    pub fn settle(&self) {
+        self.settled.set(self.settled.get() + 1);
+        if self.settled.get() == self.conns {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// One handshake completed.
+    pub fn handshake(&self) {
+        self.handshakes.set(self.handshakes.get() + 1);
+        self.last_handshake_us.set(now_us());
+    }
+
+    /// Counts one message received at `now` on socket `idx` (a stray one outside a measurement);
+    /// `extra` records what only one generator keeps, given the message's emit time.
+    pub fn record(&self, idx: usize, payload: &[u8], now: u64, extra: impl FnOnce(Option<u64>)) {
+        if !self.armed.get() {
+            self.stray.set(self.stray.get() + 1);
+            return;
+        }
+        let d = self.delivered.get() + 1;
+        self.delivered.set(d);
+        if self.first_recv_us.get() == 0 {
+            self.first_recv_us.set(now);
+        }
+        self.last_recv_us.set(now);
+        let t = embedded_time_us(payload);
+        if let Some(t) = t {
+            self.lat.borrow_mut().push(micros_since(t, now));
+        }
+        self.per_socket.borrow_mut()[idx] += 1;
+        extra(t);
+        if d == self.expected.get() {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+/// `now - then` in µs, as a sample (saturating at both ends).
+pub fn micros_since(then: u64, now: u64) -> u32 {
+    now.saturating_sub(then).min(u32::MAX as u64) as u32
+}
+
+/// Signs the tokens (before the clock starts), starts one client per socket with
+/// `spawn(index, token, room, connect permits)`, waits until every socket settled (or the connect
+/// timeout) and returns the `ready` report.
+pub async fn connect_all(
+    setup: &Setup,
+    counters: &Counters,
+    mut spawn: impl FnMut(usize, Rc<String>, Option<String>, Rc<Semaphore>),
+) -> Map<String, Value> {
+    let key = payload_key(&setup.secret);
+    let now = now_us() / 1_000_000;
+    let tokens: Vec<Rc<String>> = (0..setup.users).map(|u| Rc::new(make_token(&key, u, now))).collect();
+
+    let sem = Rc::new(Semaphore::new(setup.concurrency));
+    let started = Instant::now();
+    let started_us = now_us();
+    let cpu0 = cpu_us();
+    for i in 0..setup.conns {
+        let g = i + setup.offset;
+        let token = tokens[(g % setup.users) as usize].clone();
+        spawn(i as usize, token, setup.room_for(g), sem.clone());
+    }
+    let deadline = tokio::time::Instant::now() + setup.connect_timeout;
+    while counters.settled.get() < setup.conns {
+        tokio::select! {
+            _ = counters.notify.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    let hs = counters.handshakes.get();
+    let hs_secs = (counters.last_handshake_us.get().saturating_sub(started_us)) as f64 / 1e6;
+    let ready = serde_json::json!({
+        "event": "ready",
+        "conns": setup.conns,
+        "handshakes": hs,
+        "joined": counters.joined.get(),
+        "join_errors": counters.join_errors.get(),
+        "failed": counters.failed.get(),
+        "retries": counters.retries.get(),
+        "timed_out": counters.settled.get() < setup.conns,
+        "connect_ms": started.elapsed().as_secs_f64() * 1e3,
+        "handshake_secs": hs_secs,
+        "handshakes_per_s": if hs_secs > 0.0 { hs as f64 / hs_secs } else { 0.0 },
+        "cpu_us": cpu_us() - cpu0,
+        "rss": rss_bytes(),
+    });
+    match ready {
+        Value::Object(m) => m,
+        _ => unreachable!("json! of an object"),
+    }
+}
+
+/// What a generator keeps per round beyond [`Counters`].
+pub trait Round {
+    /// Clears it before a round is armed.
+    fn reset(&self);
+    /// Adds its fields to the round's `result` report (called after the round's CPU time was taken).
+    fn report(&self, armed_us: u64, out: &mut Map<String, Value>);
+}
+
+/// Obeys the stdin commands (`measure <expected> <timeout_ms>`, `stats`, `quit`) until `quit` or
+/// EOF, then exits the process (the kernel closes every socket).
+pub async fn command_loop(name: &str, c: &Counters, round: &impl Round) {
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        match parts.as_slice() {
+            ["measure", expected, timeout_ms] => {
+                let expected: u64 = expected.parse().unwrap_or(0);
+                let timeout = Duration::from_millis(timeout_ms.parse().unwrap_or(60_000));
+                let result = measure(c, round, expected, timeout).await;
+                println!("{}", Value::Object(result));
+            }
+            ["stats"] => println!(
+                "{}",
+                serde_json::json!({
+                    "event": "stats",
+                    "closed": c.closed.get(),
+                    "stray": c.stray.get(),
+                    "cpu_us": cpu_us(),
+                    "rss": rss_bytes(),
+                })
+            ),
+            ["quit"] => break,
+            _ => eprintln!("{name}: unknown command {line:?}"),
+        }
+    }
+    std::process::exit(0);
+}
+
+/// One round: resets the counters, prints `armed`, waits for `expected` messages (or the timeout)
+/// and returns the `result` report.
+async fn measure(c: &Counters, round: &impl Round, expected: u64, timeout: Duration) -> Map<String, Value> {
+    c.delivered.set(0);
+    // Messages that arrived while not measuring (late ones from an earlier round).
+    let stray_before = c.stray.replace(0);
+    c.first_recv_us.set(0);
+    c.last_recv_us.set(0);
+    c.lat.borrow_mut().clear();
+    c.per_socket.borrow_mut().iter_mut().for_each(|n| *n = 0);
+    round.reset();
+    c.expected.set(expected);
+    let closed0 = c.closed.get();
+    let cpu0 = cpu_us();
+    let armed_us = now_us();
+    c.armed_us.set(armed_us);
+    c.armed.set(true);
+    println!("{}", serde_json::json!({ "event": "armed", "armed_us": armed_us }));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut timed_out = false;
+    while c.delivered.get() < expected {
+        tokio::select! {
+            _ = c.notify.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = tokio::time::sleep_until(deadline) => { timed_out = true; break }
+        }
+    }
+    c.armed.set(false);
+    let cpu = cpu_us() - cpu0;
+    let mut lat = std::mem::take(&mut *c.lat.borrow_mut());
+    lat.sort_unstable();
+    let mut out = Map::new();
+    round.report(armed_us, &mut out);
+    let per = c.per_socket.borrow();
+    let receiving: Vec<u32> = per.iter().copied().filter(|&n| n > 0).collect();
+    let mean = if lat.is_empty() {
+        0.0
+    } else {
+        lat.iter().map(|&v| v as f64).sum::<f64>() / lat.len() as f64
+    };
+    let common = serde_json::json!({
+        "event": "result",
+        "stray_before": stray_before,
+        "expected": expected,
+        "delivered": c.delivered.get(),
+        "timed_out": timed_out,
+        "armed_us": armed_us,
+        "first_recv_us": c.first_recv_us.get(),
+        "last_recv_us": c.last_recv_us.get(),
+        "latency_samples": lat.len(),
+        "p50_us": percentile(&lat, 0.50),
+        "p99_us": percentile(&lat, 0.99),
+        "max_us": lat.last().copied().unwrap_or(0),
+        "mean_us": mean,
+        "sockets_receiving": receiving.len(),
+        "min_per_socket": receiving.iter().min().copied().unwrap_or(0),
+        "max_per_socket": receiving.iter().max().copied().unwrap_or(0),
+        "closed_during": c.closed.get() - closed0,
+        "cpu_us": cpu,
+        "rss": rss_bytes(),
+    });
+    if let Value::Object(m) = common {
+        out.extend(m);
+    }
+    out
+}
+
+/// Runs a generator: one tokio current_thread runtime and a `LocalSet` (the clients share `Rc`s).
+pub fn run_local<F: Future<Output = ()>>(run: impl FnOnce(Args) -> F) {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, run(args));
 }
 
 #[cfg(test)]

@@ -30,45 +30,27 @@
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use payload_realtime_loadgen::{
-    client_frame, cpu_us, embedded_time_us, embedded_uint, find, frame_header, make_token, now_us, payload_key,
-    percentile, rss_bytes, Args,
+    client_frame, command_loop, connect_all, embedded_uint, find, frame_header, micros_since, now_us, percentile,
+    run_local, Args, Counters, Round, Setup,
 };
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use serde_json::{json, Map, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 
-#[derive(Default)]
 struct Shared {
-    // connect phase
-    handshakes: Cell<u64>,
-    last_handshake_us: Cell<u64>,
-    joined: Cell<u64>,
-    failed: Cell<u64>,
-    retries: Cell<u64>,
-    join_errors: Cell<u64>,
-    settled: Cell<u64>,
-    // measurement
-    armed: Cell<bool>,
-    expected: Cell<u64>,
-    delivered: Cell<u64>,
-    stray: Cell<u64>,
-    first_recv_us: Cell<u64>,
-    last_recv_us: Cell<u64>,
-    lat: RefCell<Vec<u32>>,
+    c: Counters,
     /// --kernel-ts: latency to the kernel's receive timestamp.
     lat_arrival: RefCell<Vec<u32>>,
-    per_socket: RefCell<Vec<u32>>,
-    closed: Cell<u64>,
     // exactly-once check (--check-ids): a bitset of ids per socket, the last id per socket
     seen: RefCell<Vec<u64>>,
     last_id: RefCell<Vec<i64>>,
     duplicates: Cell<u64>,
     out_of_order: Cell<u64>,
     id_out_of_range: Cell<u64>,
-    notify: Notify,
     /// The read buffer every socket of this thread reads into (see `conn_task`).
     scratch: RefCell<Vec<u8>>,
 }
@@ -77,10 +59,8 @@ struct Conf {
     addr: SocketAddr,
     host_header: String,
     path: String,
-    join: bool,
     /// Size of the shared read buffer.
     buf: usize,
-    conns: u64,
     /// Source address to connect from (a distinct 127.x address per process avoids sharing
     /// ephemeral ports and TIME_WAIT entries between runs).
     src: Option<std::net::IpAddr>,
@@ -133,17 +113,10 @@ impl Conf {
     }
 }
 
-fn settle(shared: &Shared, conf: &Conf) {
-    shared.settled.set(shared.settled.get() + 1);
-    if shared.settled.get() == conf.conns {
-        shared.notify.notify_waiters();
-    }
-}
-
 async fn open(conf: &Conf, shared: &Shared, token: &str) -> Option<(TcpStream, Vec<u8>)> {
     for attempt in 0..5u64 {
         if attempt > 0 {
-            shared.retries.set(shared.retries.get() + 1);
+            shared.c.retries.set(shared.c.retries.get() + 1);
             tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
         }
         let Ok(sock) = TcpSocket::new_v4() else {
@@ -223,51 +196,53 @@ async fn open(conf: &Conf, shared: &Shared, token: &str) -> Option<(TcpStream, V
 /// `now`: when the read that completed the frame returned (one clock read per read, not per
 /// frame: the frames of one read arrived together).
 fn record_event(shared: &Shared, conf: &Conf, idx: usize, payload: &[u8], now: u64, arrival: Option<u64>) {
-    if !shared.armed.get() {
-        shared.stray.set(shared.stray.get() + 1);
-        return;
-    }
-    let d = shared.delivered.get() + 1;
-    shared.delivered.set(d);
-    if shared.first_recv_us.get() == 0 {
-        shared.first_recv_us.set(now);
-    }
-    shared.last_recv_us.set(now);
-    if let Some(t) = embedded_time_us(payload) {
-        shared
-            .lat
-            .borrow_mut()
-            .push(now.saturating_sub(t).min(u32::MAX as u64) as u32);
-        if let Some(at) = arrival {
-            shared
-                .lat_arrival
-                .borrow_mut()
-                .push(at.saturating_sub(t).min(u32::MAX as u64) as u32);
+    shared.c.record(idx, payload, now, |t| {
+        if let (Some(t), Some(at)) = (t, arrival) {
+            shared.lat_arrival.borrow_mut().push(micros_since(t, at));
         }
-    }
-    shared.per_socket.borrow_mut()[idx] += 1;
-    if conf.check_ids > 0 {
-        match embedded_uint(payload, b"\"id\":") {
-            Some(id) if (id as usize) < conf.check_ids => {
-                let id = id as usize;
-                let word = idx * conf.id_words() + id / 64;
-                let bit = 1u64 << (id % 64);
-                let mut seen = shared.seen.borrow_mut();
-                if seen[word] & bit != 0 {
-                    shared.duplicates.set(shared.duplicates.get() + 1);
+        if conf.check_ids > 0 {
+            match embedded_uint(payload, b"\"id\":") {
+                Some(id) if (id as usize) < conf.check_ids => {
+                    let id = id as usize;
+                    let word = idx * conf.id_words() + id / 64;
+                    let bit = 1u64 << (id % 64);
+                    let mut seen = shared.seen.borrow_mut();
+                    if seen[word] & bit != 0 {
+                        shared.duplicates.set(shared.duplicates.get() + 1);
+                    }
+                    seen[word] |= bit;
+                    let mut last = shared.last_id.borrow_mut();
+                    if (id as i64) <= last[idx] {
+                        shared.out_of_order.set(shared.out_of_order.get() + 1);
+                    }
+                    last[idx] = id as i64;
                 }
-                seen[word] |= bit;
-                let mut last = shared.last_id.borrow_mut();
-                if (id as i64) <= last[idx] {
-                    shared.out_of_order.set(shared.out_of_order.get() + 1);
-                }
-                last[idx] = id as i64;
+                _ => shared.id_out_of_range.set(shared.id_out_of_range.get() + 1),
             }
-            _ => shared.id_out_of_range.set(shared.id_out_of_range.get() + 1),
         }
+    });
+}
+
+impl Round for Shared {
+    fn reset(&self) {
+        self.lat_arrival.borrow_mut().clear();
+        self.seen.borrow_mut().iter_mut().for_each(|w| *w = 0);
+        self.last_id.borrow_mut().iter_mut().for_each(|l| *l = -1);
+        self.duplicates.set(0);
+        self.out_of_order.set(0);
+        self.id_out_of_range.set(0);
     }
-    if d == shared.expected.get() {
-        shared.notify.notify_waiters();
+
+    fn report(&self, _armed_us: u64, out: &mut Map<String, Value>) {
+        let mut lat_arrival = std::mem::take(&mut *self.lat_arrival.borrow_mut());
+        lat_arrival.sort_unstable();
+        out.insert("arrival_samples".into(), json!(lat_arrival.len()));
+        out.insert("p50_arrival_us".into(), json!(percentile(&lat_arrival, 0.50)));
+        out.insert("p99_arrival_us".into(), json!(percentile(&lat_arrival, 0.99)));
+        out.insert("max_arrival_us".into(), json!(lat_arrival.last().copied().unwrap_or(0)));
+        out.insert("duplicates".into(), json!(self.duplicates.get()));
+        out.insert("out_of_order".into(), json!(self.out_of_order.get()));
+        out.insert("id_out_of_range".into(), json!(self.id_out_of_range.get()));
     }
 }
 
@@ -299,7 +274,7 @@ struct Client<'s> {
 impl Client<'_> {
     fn settle(&mut self) {
         self.permit.take();
-        settle(&self.shared, &self.conf);
+        self.shared.c.settle();
     }
 
     /// Takes every complete frame at the start of `data`, queueing what must be written back in
@@ -344,13 +319,13 @@ impl Client<'_> {
                         }
                     }
                 } else if p.starts_with(b"43") && self.awaiting_ack {
-                    shared.joined.set(shared.joined.get() + 1);
+                    shared.c.joined.set(shared.c.joined.get() + 1);
                     self.awaiting_ack = false;
                     self.settle();
                     None
                 } else if p.starts_with(b"44") && (self.sio_pending || self.awaiting_ack) {
                     // connect_error
-                    shared.join_errors.set(shared.join_errors.get() + 1);
+                    shared.c.join_errors.set(shared.c.join_errors.get() + 1);
                     self.sio_pending = false;
                     self.awaiting_ack = false;
                     self.settle();
@@ -365,9 +340,9 @@ impl Client<'_> {
             0x0..=0x2 => {
                 if self.awaiting_ack {
                     if find(p, b"\"ack\"").is_some() {
-                        shared.joined.set(shared.joined.get() + 1);
+                        shared.c.joined.set(shared.c.joined.get() + 1);
                     } else {
-                        shared.join_errors.set(shared.join_errors.get() + 1);
+                        shared.c.join_errors.set(shared.c.join_errors.get() + 1);
                     }
                     self.awaiting_ack = false;
                     self.settle();
@@ -387,10 +362,10 @@ impl Client<'_> {
 
     /// The connection ended: counted, and a socket that never settled fails.
     fn ended(&mut self) {
-        let shared = &self.shared;
-        shared.closed.set(shared.closed.get() + 1);
+        let c = &self.shared.c;
+        c.closed.set(c.closed.get() + 1);
         if self.awaiting_ack || self.sio_pending {
-            shared.failed.set(shared.failed.get() + 1);
+            c.failed.set(c.failed.get() + 1);
             self.settle();
         }
     }
@@ -452,12 +427,11 @@ async fn conn_task(
 ) {
     let permit = Some(sem.acquire().await.expect("semaphore"));
     let Some((mut stream, leftover)) = open(&conf, &shared, &token).await else {
-        shared.failed.set(shared.failed.get() + 1);
-        settle(&shared, &conf);
+        shared.c.failed.set(shared.c.failed.get() + 1);
+        shared.c.settle();
         return;
     };
-    shared.handshakes.set(shared.handshakes.get() + 1);
-    shared.last_handshake_us.set(now_us());
+    shared.c.handshake();
     let mut client = Client {
         idx,
         mask: (idx as u32).wrapping_mul(2_654_435_761).to_be_bytes(),
@@ -480,7 +454,7 @@ async fn conn_task(
                 .await
                 .is_err()
             {
-                client.shared.failed.set(client.shared.failed.get() + 1);
+                client.shared.c.failed.set(client.shared.c.failed.get() + 1);
                 client.settle();
                 return;
             }
@@ -516,25 +490,13 @@ async fn conn_task(
 }
 
 async fn run(args: Args) {
-    let host = args.str("host", "127.0.0.1");
-    let port = args.num("port", 3002);
-    let conns = args.num("conns", 1000);
-    let offset = args.num("offset", 0);
-    let rooms = args.num("rooms", 1);
-    let room = args.str("room", "posts");
-    let prefix = args.str("room-prefix", "r");
-    let join = args.num("join", 1) == 1;
-    let users = args.num("users", conns).max(1);
-    let secret = args.str("secret", "bench-secret");
-    let concurrency = args.num("concurrency", 200) as usize;
-    let connect_timeout = Duration::from_millis(args.num("connect-timeout-ms", 120_000));
+    let setup = Setup::from_args(&args);
+    let conns = setup.conns as usize;
     let conf = Rc::new(Conf {
-        addr: format!("{host}:{port}").parse().expect("address"),
-        host_header: format!("{host}:{port}"),
-        path: args.str("path", "/"),
-        join,
+        addr: format!("{}:{}", setup.host, setup.port).parse().expect("address"),
+        host_header: format!("{}:{}", setup.host, setup.port),
+        path: setup.path.clone(),
         buf: (args.num("buf", 256 * 1024) as usize).max(4096),
-        conns,
         src: match args.str("src", "").as_str() {
             "" => None,
             ip => Some(ip.parse().expect("--src: an IP address")),
@@ -547,174 +509,24 @@ async fn run(args: Args) {
         check_ids: args.num("check-ids", 0) as usize,
         kernel_ts: args.num("kernel-ts", 0) == 1,
     });
-    let shared = Rc::new(Shared::default());
-    shared.scratch.replace(vec![0; conf.buf]);
-    shared.per_socket.replace(vec![0; conns as usize]);
-    shared.seen.replace(vec![0; conns as usize * conf.id_words()]);
-    shared
-        .last_id
-        .replace(vec![-1; if conf.check_ids > 0 { conns as usize } else { 0 }]);
-
-    // Tokens are signed before the clock starts.
-    let key = payload_key(&secret);
-    let now = now_us() / 1_000_000;
-    let tokens: Vec<Rc<String>> = (0..users).map(|u| Rc::new(make_token(&key, u, now))).collect();
-
-    let sem = Rc::new(Semaphore::new(concurrency));
-    let started = Instant::now();
-    let started_us = now_us();
-    let cpu0 = cpu_us();
-    for i in 0..conns {
-        let g = i + offset;
-        let token = tokens[(g % users) as usize].clone();
-        let room = conf.join.then(|| {
-            if rooms <= 1 {
-                room.clone()
-            } else {
-                format!("{prefix}{}", g % rooms)
-            }
-        });
-        tokio::task::spawn_local(conn_task(
-            i as usize,
-            conf.clone(),
-            shared.clone(),
-            token,
-            room,
-            sem.clone(),
-        ));
-    }
-    let deadline = tokio::time::Instant::now() + connect_timeout;
-    while shared.settled.get() < conns {
-        tokio::select! {
-            _ = shared.notify.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-            _ = tokio::time::sleep_until(deadline) => break,
-        }
-    }
-    let hs = shared.handshakes.get();
-    let hs_secs = (shared.last_handshake_us.get().saturating_sub(started_us)) as f64 / 1e6;
-    println!(
-        "{}",
-        serde_json::json!({
-            "event": "ready",
-            "conns": conns,
-            "handshakes": hs,
-            "joined": shared.joined.get(),
-            "join_errors": shared.join_errors.get(),
-            "failed": shared.failed.get(),
-            "retries": shared.retries.get(),
-            "timed_out": shared.settled.get() < conns,
-            "connect_ms": started.elapsed().as_secs_f64() * 1e3,
-            "handshake_secs": hs_secs,
-            "handshakes_per_s": if hs_secs > 0.0 { hs as f64 / hs_secs } else { 0.0 },
-            "cpu_us": cpu_us() - cpu0,
-            "rss": rss_bytes(),
-        })
-    );
-
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let parts: Vec<&str> = line.split_whitespace().collect();
-        match parts.as_slice() {
-            ["measure", expected, timeout_ms] => {
-                let expected: u64 = expected.parse().unwrap_or(0);
-                let timeout = Duration::from_millis(timeout_ms.parse().unwrap_or(60_000));
-                shared.delivered.set(0);
-                // Messages that arrived while not measuring (late ones from an earlier round).
-                let stray_before = shared.stray.replace(0);
-                shared.first_recv_us.set(0);
-                shared.last_recv_us.set(0);
-                shared.lat.borrow_mut().clear();
-                shared.lat_arrival.borrow_mut().clear();
-                shared.per_socket.borrow_mut().iter_mut().for_each(|c| *c = 0);
-                shared.seen.borrow_mut().iter_mut().for_each(|w| *w = 0);
-                shared.last_id.borrow_mut().iter_mut().for_each(|l| *l = -1);
-                shared.duplicates.set(0);
-                shared.out_of_order.set(0);
-                shared.id_out_of_range.set(0);
-                shared.expected.set(expected);
-                let closed0 = shared.closed.get();
-                let cpu0 = cpu_us();
-                let armed_us = now_us();
-                shared.armed.set(true);
-                println!("{}", serde_json::json!({ "event": "armed", "armed_us": armed_us }));
-                let deadline = tokio::time::Instant::now() + timeout;
-                let mut timed_out = false;
-                while shared.delivered.get() < expected {
-                    tokio::select! {
-                        _ = shared.notify.notified() => {}
-                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                        _ = tokio::time::sleep_until(deadline) => { timed_out = true; break }
-                    }
-                }
-                shared.armed.set(false);
-                let cpu = cpu_us() - cpu0;
-                let mut lat = std::mem::take(&mut *shared.lat.borrow_mut());
-                lat.sort_unstable();
-                let mut lat_arrival = std::mem::take(&mut *shared.lat_arrival.borrow_mut());
-                lat_arrival.sort_unstable();
-                let per = shared.per_socket.borrow();
-                let receiving: Vec<u32> = per.iter().copied().filter(|&c| c > 0).collect();
-                let mean = if lat.is_empty() {
-                    0.0
-                } else {
-                    lat.iter().map(|&v| v as f64).sum::<f64>() / lat.len() as f64
-                };
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "event": "result",
-                        "stray_before": stray_before,
-                        "expected": expected,
-                        "delivered": shared.delivered.get(),
-                        "timed_out": timed_out,
-                        "armed_us": armed_us,
-                        "first_recv_us": shared.first_recv_us.get(),
-                        "last_recv_us": shared.last_recv_us.get(),
-                        "latency_samples": lat.len(),
-                        "p50_us": percentile(&lat, 0.50),
-                        "p99_us": percentile(&lat, 0.99),
-                        "max_us": lat.last().copied().unwrap_or(0),
-                        "arrival_samples": lat_arrival.len(),
-                        "p50_arrival_us": percentile(&lat_arrival, 0.50),
-                        "p99_arrival_us": percentile(&lat_arrival, 0.99),
-                        "max_arrival_us": lat_arrival.last().copied().unwrap_or(0),
-                        "mean_us": mean,
-                        "sockets_receiving": receiving.len(),
-                        "min_per_socket": receiving.iter().min().copied().unwrap_or(0),
-                        "max_per_socket": receiving.iter().max().copied().unwrap_or(0),
-                        "closed_during": shared.closed.get() - closed0,
-                        "duplicates": shared.duplicates.get(),
-                        "out_of_order": shared.out_of_order.get(),
-                        "id_out_of_range": shared.id_out_of_range.get(),
-                        "cpu_us": cpu,
-                        "rss": rss_bytes(),
-                    })
-                );
-            }
-            ["stats"] => println!(
-                "{}",
-                serde_json::json!({
-                    "event": "stats",
-                    "closed": shared.closed.get(),
-                    "stray": shared.stray.get(),
-                    "cpu_us": cpu_us(),
-                    "rss": rss_bytes(),
-                })
-            ),
-            ["quit"] => break,
-            _ => eprintln!("loadgen: unknown command {line:?}"),
-        }
-    }
-    std::process::exit(0);
+    let shared = Rc::new(Shared {
+        c: Counters::new(setup.conns),
+        lat_arrival: RefCell::new(Vec::new()),
+        seen: RefCell::new(vec![0; conns * conf.id_words()]),
+        last_id: RefCell::new(vec![-1; if conf.check_ids > 0 { conns } else { 0 }]),
+        duplicates: Cell::new(0),
+        out_of_order: Cell::new(0),
+        id_out_of_range: Cell::new(0),
+        scratch: RefCell::new(vec![0; conf.buf]),
+    });
+    let ready = connect_all(&setup, &shared.c, |i, token, room, sem| {
+        tokio::task::spawn_local(conn_task(i, conf.clone(), shared.clone(), token, room, sem));
+    })
+    .await;
+    println!("{}", Value::Object(ready));
+    command_loop("loadgen", &shared.c, &*shared).await;
 }
 
 fn main() {
-    let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, run(args));
+    run_local(run);
 }
