@@ -8,44 +8,15 @@
 // the same wall clock as the emitter's on one machine). CPU is the whole browser's: every process
 // under this one (the browser, its renderers, its network service), from /proc.
 
-import { createHash, createHmac } from 'node:crypto'
 import { existsSync, readdirSync, readFileSync } from 'node:fs'
-import { createInterface } from 'node:readline'
+import { arg, commandLoop, options, out, result, token } from './common.mjs'
 
-const argv = process.argv.slice(2)
-const arg = (k, d) => {
-  const i = argv.indexOf(`--${k}`)
-  return i >= 0 ? argv[i + 1] : d
-}
-const host = arg('host', '127.0.0.1')
-const port = Number(arg('port', '3002'))
-const conns = Number(arg('conns', '200'))
-const offset = Number(arg('offset', '0'))
-const users = Math.max(1, Number(arg('users', String(conns))))
-const room = arg('room', 'posts')
+const { host, port, conns, offset, users, room, secret } = options(200)
 const pagesWanted = Number(arg('pages', '4'))
-const secret = arg('secret', 'bench-secret')
 const chromiumPath = process.env.PAYLOAD_REALTIME_CHROMIUM || '/usr/bin/chromium'
 
-const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
 const nowUs = () => Math.round((performance.timeOrigin + performance.now()) * 1000)
 const clockTicks = 100
-
-/** A token as Payload 3 mints it (HS256, key = sha256(secret) hex, first 32 characters). */
-function token(user) {
-  const key = createHash('sha256').update(secret).digest('hex').slice(0, 32)
-  const now = Math.floor(Date.now() / 1000)
-  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url')
-  const body = `${b64({ alg: 'HS256', typ: 'JWT', authVersion: 1 })}.${b64({
-    id: `u${user}`,
-    collection: 'users',
-    email: `u${user}@example.com`,
-    sid: `bench-sid-${user}`,
-    iat: now,
-    exp: now + 7200,
-  })}`
-  return `${body}.${createHmac('sha256', key).update(body).digest('base64url')}`
-}
 
 /** CPU time (µs) of every process under `pid` (not `pid` itself). */
 function treeCpuUs(pid) {
@@ -143,7 +114,8 @@ for (let p = 0; p < pageCount; p++) {
   const page = await browser.newPage()
   // Sockets p, p + pages, ... of this generator.
   const urls = []
-  for (let i = p; i < conns; i += pageCount) urls.push(`ws://${host}:${port}/?token=${token((i + offset) % users)}`)
+  for (let i = p; i < conns; i += pageCount)
+    urls.push(`ws://${host}:${port}/?token=${token(secret, (i + offset) % users)}`)
   await page.evaluate(pageSetup, { urls, room })
   pages.push({ page, count: urls.length })
 }
@@ -170,75 +142,54 @@ out({
   cpu_us: browserPid ? treeCpuUs(browserPid) - cpu0 : 0,
 })
 
-const pct = (sorted, p) => (sorted.length ? sorted[Math.round((sorted.length - 1) * p)] : 0)
-for await (const line of createInterface({ input: process.stdin })) {
-  const [cmd, expectedS, timeoutS] = line.trim().split(/\s+/)
-  if (cmd === 'quit') break
-  if (cmd === 'stats') {
-    out({ event: 'stats', closed: await sum('window.bench.closed'), stray: await sum('window.bench.stray') })
-    continue
-  }
-  if (cmd !== 'measure') continue
-  const expected = Number(expectedS)
-  const timeout = Number(timeoutS)
-  const strayBefore = await sum('(() => { const s = window.bench.stray; window.bench.stray = 0; return s })()')
-  const closed0 = await sum('window.bench.closed')
-  await Promise.all(
-    pages.map((p) =>
-      p.page.evaluate(() => {
-        const b = window.bench
-        Object.assign(b, { lat: [], recv: [], first: 0, last: 0, armed: true })
-        b.perSocket.fill(0)
+await commandLoop({
+  stats: async () => ({ closed: await sum('window.bench.closed'), stray: await sum('window.bench.stray') }),
+  async measure(expected, timeout) {
+    const strayBefore = await sum('(() => { const s = window.bench.stray; window.bench.stray = 0; return s })()')
+    const closed0 = await sum('window.bench.closed')
+    await Promise.all(
+      pages.map((p) =>
+        p.page.evaluate(() => {
+          const b = window.bench
+          Object.assign(b, { lat: [], recv: [], first: 0, last: 0, armed: true })
+          b.perSocket.fill(0)
+        }),
+      ),
+    )
+    const cpu0 = browserPid ? treeCpuUs(browserPid) : 0
+    const armedUs = nowUs()
+    out({ event: 'armed', armed_us: armedUs })
+    const end = Date.now() + timeout
+    let delivered = 0
+    while ((delivered = await sum('window.bench.recv.length')) < expected && Date.now() < end) {
+      await new Promise((r) => setTimeout(r, 20))
+    }
+    const got = await Promise.all(
+      pages.map((p) =>
+        p.page.evaluate(() => {
+          const b = window.bench
+          b.armed = false
+          return { lat: b.lat, recv: b.recv, first: b.first, last: b.last, per: b.perSocket }
+        }),
+      ),
+    )
+    const cpu = browserPid ? treeCpuUs(browserPid) - cpu0 : 0
+    out(
+      result({
+        strayBefore,
+        expected,
+        delivered,
+        armedUs,
+        first: Math.min(...got.map((g) => g.first || Infinity)),
+        last: Math.max(...got.map((g) => g.last)),
+        lat: got.flatMap((g) => g.lat).sort((a, b) => a - b),
+        recv: got.flatMap((g) => g.recv).sort((a, b) => a - b),
+        per: got.flatMap((g) => g.per).filter((c) => c > 0),
+        closedDuring: (await sum('window.bench.closed')) - closed0,
+        cpuUs: cpu,
       }),
-    ),
-  )
-  const cpu0 = browserPid ? treeCpuUs(browserPid) : 0
-  const armedUs = nowUs()
-  out({ event: 'armed', armed_us: armedUs })
-  const end = Date.now() + timeout
-  let delivered = 0
-  while ((delivered = await sum('window.bench.recv.length')) < expected && Date.now() < end) {
-    await new Promise((r) => setTimeout(r, 20))
-  }
-  const got = await Promise.all(
-    pages.map((p) =>
-      p.page.evaluate(() => {
-        const b = window.bench
-        b.armed = false
-        return { lat: b.lat, recv: b.recv, first: b.first, last: b.last, per: b.perSocket }
-      }),
-    ),
-  )
-  const cpu = browserPid ? treeCpuUs(browserPid) - cpu0 : 0
-  const lat = got.flatMap((g) => g.lat).sort((a, b) => a - b)
-  const recv = got.flatMap((g) => g.recv).sort((a, b) => a - b)
-  const per = got.flatMap((g) => g.per).filter((c) => c > 0)
-  const ms2us = (v) => Math.round(v * 1000)
-  out({
-    event: 'result',
-    stray_before: strayBefore,
-    expected,
-    delivered,
-    timed_out: delivered < expected,
-    armed_us: armedUs,
-    first_recv_us: ms2us(Math.min(...got.map((g) => g.first || Infinity))) || 0,
-    last_recv_us: ms2us(Math.max(...got.map((g) => g.last))),
-    latency_samples: lat.length,
-    p50_us: ms2us(pct(lat, 0.5)),
-    p99_us: ms2us(pct(lat, 0.99)),
-    max_us: ms2us(lat.at(-1) ?? 0),
-    recv_p50_us: ms2us(pct(recv, 0.5)),
-    recv_p99_us: ms2us(pct(recv, 0.99)),
-    arrival_samples: 0,
-    sockets_receiving: per.length,
-    min_per_socket: per.length ? Math.min(...per) : 0,
-    max_per_socket: per.length ? Math.max(...per) : 0,
-    closed_during: (await sum('window.bench.closed')) - closed0,
-    duplicates: 0,
-    out_of_order: 0,
-    id_out_of_range: 0,
-    cpu_us: cpu,
-  })
-}
+    )
+  },
+})
 await browser.close()
 process.exit(0)

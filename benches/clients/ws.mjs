@@ -4,45 +4,16 @@
 // (`measure <expected> <timeout_ms>`, `stats`, `quit`), so benches/run.mjs drives it like the others.
 // Latency is emit-to-receive on the wall clock (`performance.timeOrigin + performance.now()`).
 
-import { createHash, createHmac } from 'node:crypto'
-import { createInterface } from 'node:readline'
 import WebSocket from 'ws'
+import { arg, commandLoop, options, out, ms2us, result, token } from './common.mjs'
 
-const argv = process.argv.slice(2)
-const arg = (k, d) => {
-  const i = argv.indexOf(`--${k}`)
-  return i >= 0 ? argv[i + 1] : d
-}
-const host = arg('host', '127.0.0.1')
-const port = Number(arg('port', '3002'))
-const conns = Number(arg('conns', '1000'))
-const offset = Number(arg('offset', '0'))
-const users = Math.max(1, Number(arg('users', String(conns))))
-const room = arg('room', 'posts')
-const secret = arg('secret', 'bench-secret')
+const { host, port, conns, offset, users, room, secret } = options(1000)
 const concurrency = Number(arg('concurrency', '200'))
 
-const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
 const nowMs = () => performance.timeOrigin + performance.now()
 const cpuUs = () => {
   const c = process.cpuUsage()
   return c.user + c.system
-}
-
-/** A token as Payload 3 mints it (HS256, key = sha256(secret) hex, first 32 characters). */
-function token(user) {
-  const key = createHash('sha256').update(secret).digest('hex').slice(0, 32)
-  const now = Math.floor(Date.now() / 1000)
-  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url')
-  const body = `${b64({ alg: 'HS256', typ: 'JWT', authVersion: 1 })}.${b64({
-    id: `u${user}`,
-    collection: 'users',
-    email: `u${user}@example.com`,
-    sid: `bench-sid-${user}`,
-    iat: now,
-    exp: now + 7200,
-  })}`
-  return `${body}.${createHmac('sha256', key).update(body).digest('base64url')}`
 }
 
 const s = { joined: 0, failed: 0, closed: 0, stray: 0, armed: false, expected: 0, lat: [], recv: [], first: 0, last: 0 }
@@ -53,7 +24,7 @@ const tRe = /"t":([0-9.eE+-]+)/
 /** Opens socket `i`, joins, and resolves once it is settled (joined or failed). */
 function open(i) {
   return new Promise((resolve) => {
-    const ws = new WebSocket(`ws://${host}:${port}/?token=${token((i + offset) % users)}`)
+    const ws = new WebSocket(`ws://${host}:${port}/?token=${token(secret, (i + offset) % users)}`)
     let awaiting = true
     const settle = (ok) => {
       if (!awaiting) return
@@ -107,60 +78,44 @@ out({
   cpu_us: cpuUs() - cpu0,
 })
 
-const pct = (sorted, p) => (sorted.length ? sorted[Math.round((sorted.length - 1) * p)] : 0)
-const ms2us = (v) => Math.round(v * 1000)
-for await (const line of createInterface({ input: process.stdin })) {
-  const [cmd, expectedS, timeoutS] = line.trim().split(/\s+/)
-  if (cmd === 'quit') break
-  if (cmd === 'stats') {
-    out({ event: 'stats', closed: s.closed, stray: s.stray, cpu_us: cpuUs() })
-    continue
-  }
-  if (cmd !== 'measure') continue
-  const strayBefore = s.stray
-  Object.assign(s, { stray: 0, lat: [], recv: [], first: 0, last: 0, expected: Number(expectedS) })
-  perSocket.fill(0)
-  const closed0 = s.closed
-  const c0 = cpuUs()
-  const armedUs = ms2us(nowMs())
-  s.armed = true
-  out({ event: 'armed', armed_us: armedUs })
-  await new Promise((resolve) => {
-    const timer = setTimeout(resolve, Number(timeoutS))
-    wake = () => {
-      clearTimeout(timer)
-      resolve()
-    }
-  })
-  wake = () => {}
-  s.armed = false
-  const lat = s.lat.sort((a, b) => a - b)
-  const per = perSocket.filter((c) => c > 0)
-  out({
-    event: 'result',
-    stray_before: strayBefore,
-    expected: s.expected,
-    delivered: s.recv.length,
-    timed_out: s.recv.length < s.expected,
-    armed_us: armedUs,
-    first_recv_us: ms2us(s.first),
-    last_recv_us: ms2us(s.last),
-    latency_samples: lat.length,
-    p50_us: ms2us(pct(lat, 0.5)),
-    p99_us: ms2us(pct(lat, 0.99)),
-    max_us: ms2us(lat.at(-1) ?? 0),
-    // Arrival order is already sorted.
-    recv_p50_us: ms2us(pct(s.recv, 0.5)),
-    recv_p99_us: ms2us(pct(s.recv, 0.99)),
-    arrival_samples: 0,
-    sockets_receiving: per.length,
-    min_per_socket: per.length ? per.reduce((a, b) => Math.min(a, b)) : 0,
-    max_per_socket: per.length ? per.reduce((a, b) => Math.max(a, b)) : 0,
-    closed_during: s.closed - closed0,
-    duplicates: 0,
-    out_of_order: 0,
-    id_out_of_range: 0,
-    cpu_us: cpuUs() - c0,
-  })
-}
+await commandLoop({
+  stats: () => ({ closed: s.closed, stray: s.stray, cpu_us: cpuUs() }),
+  async measure(expected, timeout) {
+    const strayBefore = s.stray
+    Object.assign(s, { stray: 0, lat: [], recv: [], first: 0, last: 0, expected })
+    perSocket.fill(0)
+    const closed0 = s.closed
+    const c0 = cpuUs()
+    const armedUs = ms2us(nowMs())
+    s.armed = true
+    out({ event: 'armed', armed_us: armedUs })
+    await new Promise((resolve) => {
+      const timer = setTimeout(resolve, timeout)
+      wake = () => {
+        clearTimeout(timer)
+        resolve()
+      }
+    })
+    wake = () => {}
+    s.armed = false
+    const lat = s.lat.sort((a, b) => a - b)
+    const per = perSocket.filter((c) => c > 0)
+    out(
+      result({
+        strayBefore,
+        expected,
+        delivered: s.recv.length,
+        armedUs,
+        first: s.first,
+        last: s.last,
+        lat,
+        // Arrival order is already sorted.
+        recv: s.recv,
+        per,
+        closedDuring: s.closed - closed0,
+        cpuUs: cpuUs() - c0,
+      }),
+    )
+  },
+})
 process.exit(0)
