@@ -298,6 +298,7 @@ impl Setup {
 }
 
 /// The counters of the connect phase and of a measurement round that both generators keep alike.
+#[derive(Default)]
 pub struct Counters {
     pub conns: u64,
     // connect phase
@@ -326,24 +327,8 @@ impl Counters {
     pub fn new(conns: u64) -> Counters {
         Counters {
             conns,
-            handshakes: Cell::new(0),
-            last_handshake_us: Cell::new(0),
-            joined: Cell::new(0),
-            failed: Cell::new(0),
-            retries: Cell::new(0),
-            join_errors: Cell::new(0),
-            settled: Cell::new(0),
-            armed: Cell::new(false),
-            armed_us: Cell::new(0),
-            expected: Cell::new(0),
-            delivered: Cell::new(0),
-            stray: Cell::new(0),
-            first_recv_us: Cell::new(0),
-            last_recv_us: Cell::new(0),
-            lat: RefCell::new(Vec::new()),
             per_socket: RefCell::new(vec![0; conns as usize]),
-            closed: Cell::new(0),
-            notify: Notify::new(),
+            ..Counters::default()
         }
     }
 
