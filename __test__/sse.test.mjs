@@ -333,17 +333,23 @@ async function blockingProxy(target) {
   }
 }
 
-test('the SDK falls back to SSE when upgrades are blocked: subscribe, recovery, requests', T, async () => {
+/** The SDK (as user ivy, reconnecting fast) pointed at ctx's server through a blockingProxy(). */
+async function sdkBehindBlockingProxy(ctx) {
   const { createRealtimeClient } = await import('../lib/client/index.mjs')
   const { default: WebSocket } = await import('ws')
+  const proxy = await blockingProxy(ctx.manager.port)
+  const client = createRealtimeClient({
+    url: `ws://127.0.0.1:${proxy.port}/`,
+    WebSocket,
+    token: makeToken({ id: 'ivy' }),
+    reconnect: { initialDelay: 10, maxDelay: 50 },
+  })
+  return { proxy, client }
+}
+
+test('the SDK falls back to SSE when upgrades are blocked: subscribe, recovery, requests', T, async () => {
   await withServer({ includeCollections: ['posts'], history: { posts: { size: 100 } } }, async (ctx) => {
-    const proxy = await blockingProxy(ctx.manager.port)
-    const client = createRealtimeClient({
-      url: `ws://127.0.0.1:${proxy.port}/`,
-      WebSocket,
-      token: makeToken({ id: 'ivy' }),
-      reconnect: { initialDelay: 10, maxDelay: 50 },
-    })
+    const { proxy, client } = await sdkBehindBlockingProxy(ctx)
     const transports = []
     client.on('transport', (t) => transports.push(t.transport))
     const got = []
@@ -588,21 +594,13 @@ test('long polling serves app rooms: their events, their refusals, from a cursor
 })
 
 test('the SDK over SSE keeps its app rooms: events, a refused room, recovery after a break', T, async () => {
-  const { createRealtimeClient } = await import('../lib/client/index.mjs')
-  const { default: WebSocket } = await import('ws')
   const options = {
     includeCollections: ['posts'],
     rooms: { 'orders:*': () => true, desk: () => true },
     history: { 'orders:*': { size: 100 } },
   }
   await withServer(options, async (ctx) => {
-    const proxy = await blockingProxy(ctx.manager.port)
-    const client = createRealtimeClient({
-      url: `ws://127.0.0.1:${proxy.port}/`,
-      WebSocket,
-      token: makeToken({ id: 'ivy' }),
-      reconnect: { initialDelay: 10, maxDelay: 50 },
-    })
+    const { proxy, client } = await sdkBehindBlockingProxy(ctx)
     const shipped = []
     const posts = []
     const errors = []
