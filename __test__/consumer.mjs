@@ -3,7 +3,7 @@
 // Payload 3) and install.test.mjs (npm, pnpm and yarn; ESM and CommonJS).
 
 import { spawn, spawnSync } from 'node:child_process'
-import { readFileSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 
@@ -133,6 +133,27 @@ export async function runPayloadApp(dir, { esm = true, env = {} } = {}) {
   const file = esm ? 'app.mjs' : 'app.cjs'
   writeFileSync(join(dir, file), payloadApp({ esm, db: `${file}.db` }))
   return lastJson(await runNode(file, dir, { DISABLE_PAYLOAD_HMR: 'true', NODE_ENV: 'development', ...env }))
+}
+
+/** Makes the fresh ESM project `dir` and installs into it the package `tarball` with `payload` and
+ * `@payloadcms/db-sqlite` at `payloadVersion`/`dbVersion` and this repository's graphql (npm's
+ * cache first). */
+export function installApp(dir, tarball, payloadVersion, dbVersion = payloadVersion) {
+  mkdirSync(dir)
+  writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'app', private: true, type: 'module' }))
+  npm(
+    [
+      'install',
+      '--prefer-offline',
+      '--no-audit',
+      '--no-fund',
+      tarball,
+      `payload@${payloadVersion}`,
+      `@payloadcms/db-sqlite@${dbVersion}`,
+      `graphql@${versionOf('graphql')}`,
+    ],
+    dir,
+  )
 }
 
 /** The version of `name` installed in the project `dir`. */

@@ -6,11 +6,11 @@
 // @payloadcms/db-sqlite and graphql as this repository's devDependencies.
 
 import assert from 'node:assert/strict'
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { test } from 'node:test'
-import { checkPayloadEvent, npm, root, runPayloadApp, versionOf } from './consumer.mjs'
+import { checkPayloadEvent, installApp, npm, root, runPayloadApp, versionOf } from './consumer.mjs'
 
 test('npm pack gives a tarball that works as a Payload plugin in a fresh project', { timeout: 300_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'payload-realtime-pack-'))
@@ -44,21 +44,7 @@ test('npm pack gives a tarball that works as a Payload plugin in a fresh project
     }
 
     const project = join(dir, 'app')
-    mkdirSync(project)
-    writeFileSync(join(project, 'package.json'), JSON.stringify({ name: 'app', private: true, type: 'module' }))
-    npm(
-      [
-        'install',
-        '--prefer-offline',
-        '--no-audit',
-        '--no-fund',
-        join(dir, packed[0].filename),
-        `payload@${versionOf('payload')}`,
-        `@payloadcms/db-sqlite@${versionOf('@payloadcms/db-sqlite')}`,
-        `graphql@${versionOf('graphql')}`,
-      ],
-      project,
-    )
+    installApp(project, join(dir, packed[0].filename), versionOf('payload'), versionOf('@payloadcms/db-sqlite'))
     const result = await runPayloadApp(project)
     assert.ok(result.resolved.startsWith(join(project, 'node_modules', 'payload-realtime')), result.resolved)
     checkPayloadEvent(assert, result)

@@ -9,11 +9,11 @@
 // PAYLOAD_REALTIME_REQUIRE_ALL=1 (CI). Installs use npm's cache first (`--prefer-offline`).
 
 import assert from 'node:assert/strict'
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, test } from 'node:test'
-import { checkPayloadEvent, removeLater, installedVersion, npm, root, runPayloadApp, versionOf } from './consumer.mjs'
+import { checkPayloadEvent, installApp, installedVersion, npm, removeLater, root, runPayloadApp } from './consumer.mjs'
 
 const LOWEST = '3.0.2'
 const requireAll = process.env.PAYLOAD_REALTIME_REQUIRE_ALL === '1'
@@ -69,21 +69,7 @@ for (const [label, version] of [
     async () => {
       if (offline) throw version
       const project = join(dir, `payload-${version}`)
-      mkdirSync(project)
-      writeFileSync(join(project, 'package.json'), JSON.stringify({ name: 'app', private: true, type: 'module' }))
-      npm(
-        [
-          'install',
-          '--prefer-offline',
-          '--no-audit',
-          '--no-fund',
-          tarball,
-          `payload@${version}`,
-          `@payloadcms/db-sqlite@${version}`,
-          `graphql@${versionOf('graphql')}`,
-        ],
-        project,
-      )
+      installApp(project, tarball, version)
       assert.equal(installedVersion(project, 'payload'), version)
       assert.equal(installedVersion(project, '@payloadcms/db-sqlite'), version)
       checkPayloadEvent(assert, await runPayloadApp(project))
