@@ -572,12 +572,14 @@ test('long polling serves app rooms: their events, their refusals, from a cursor
     let cursor = start.json.cursor
     assert.match(cursor, /^@orders:7\/[^,/]+:0$/)
     for (const n of [1, 2]) await ctx.manager.publish('orders:7', { type: 'paid', n })
-    const r = await poll(port, `/poll?room=orders:7&cursor=${encodeURIComponent(cursor)}`, auth('jo'))
-    assert.deepEqual(
-      r.json.messages.filter((m) => m.type === 'paid').map((m) => m.n),
-      [1, 2],
-    )
-    cursor = r.json.cursor
+    // A poll answers with what it has: the second event may come in the next one, from the cursor.
+    const paid = []
+    for (let i = 0; i < 5 && paid.length < 2; i++) {
+      const r = await poll(port, `/poll?room=orders:7&cursor=${encodeURIComponent(cursor)}`, auth('jo'))
+      paid.push(...r.json.messages.filter((m) => m.type === 'paid').map((m) => m.n))
+      cursor = r.json.cursor
+    }
+    assert.deepEqual(paid, [1, 2])
     // Waiting for the next app event: answered when it comes.
     const waiting = poll(port, `/poll?room=orders:7&cursor=${encodeURIComponent(cursor)}`, auth('jo'))
     await waitUntil(() => ctx.manager.getSocketsInRoom('orders:7').length === 1, { label: 'the poll waiting' })
