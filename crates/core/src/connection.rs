@@ -28,6 +28,7 @@ use tokio::time::{Instant, Sleep};
 use crate::auth::now_secs;
 use crate::frame_reader::{FrameReader, Message};
 use crate::hub::Hub;
+use crate::limits::Slot;
 use crate::outbound::{Batch, Flush, Push, EVICTION_GRACE};
 use crate::peer::Peer;
 use crate::protocol::{self, close_code, ErrorCode};
@@ -57,43 +58,92 @@ pub async fn serve(hub: Arc<Hub>, peer: Arc<Peer>, upgraded: Upgraded) {
         warn!("upgraded connection is not a TCP stream; dropped");
         return;
     };
-    serve_stream(hub, peer, stream, early).await;
+    Serving::new(hub, peer, stream, early, None).await;
 }
 
 /// The TCP stream under hyper's upgraded connection, and what hyper read past the handshake.
 /// That `Bytes` shares the allocation of hyper's whole read buffer, so it must not outlive the
 /// first step of whoever reads it.
 pub(crate) fn into_tcp(upgraded: Upgraded) -> Option<(TcpStream, Bytes)> {
-    let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
-    Some((parts.io.into_inner(), parts.read_buf))
+    let parts = upgraded.downcast::<TokioIo<crate::head::Rewind>>().ok()?;
+    let rewind = parts.io.into_inner();
+    // Hyper read the bytes put back before anything else, so they are gone by now; should any
+    // be left, they come first.
+    let early = if rewind.prefix.is_empty() {
+        parts.read_buf
+    } else {
+        [rewind.prefix, parts.read_buf].concat().into()
+    };
+    Some((rewind.inner, early))
 }
 
-/// [`serve`] over the TCP stream itself: `early` holds the bytes the client sent right after its
-/// handshake that were read before the socket was handed over (by hyper, or by the host whose
-/// connection was adopted); they are acted on before anything read from the stream.
-pub(crate) async fn serve_stream(hub: Arc<Hub>, peer: Arc<Peer>, stream: TcpStream, early: Bytes) {
-    Stats::add(&hub.stats.connections, 1);
-    Stats::add(&hub.stats.connections_total, 1);
-
-    let mut conn = Connection::new(hub.clone(), peer.clone(), stream);
-    conn.requests.on_connect();
-    // From here fan-out may write to the socket itself (`Outbound::write_through`); the
-    // connection's `Drop` takes that back before the stream closes.
-    #[cfg(unix)]
-    peer.outbound.attach(std::os::fd::AsRawFd::as_raw_fd(&conn.stream));
-    if !early.is_empty() {
-        conn.on_bytes(&early);
+pin_project_lite::pin_project! {
+    /// A socket from its open to its close, as a future written out by hand. `early` holds the
+    /// bytes the client sent right after its handshake that were read before the socket was
+    /// handed over (by hyper, by the host whose connection was adopted, or by the server's own
+    /// head reader); they are acted on before anything read from the stream.
+    ///
+    /// Written out by hand: an idle socket is
+    /// most of what the server holds, and this is all its task holds (an `async fn` would also
+    /// keep room for its arguments and for every step before the socket opened).
+    pub(crate) struct Serving {
+        // `None` once the connection is over.
+        conn: Option<Connection>,
+        // The task's one timer, set to whatever is due next.
+        #[pin]
+        timer: Sleep,
+        // The socket's place under the connection limits, given back when it closes.
+        slot: Option<Slot>,
     }
-    drop(early);
-    conn.run().await;
-    // Dropping the stream closes the TCP connection.
-    drop(conn);
+}
 
-    hub.registry.remove_peer(&peer);
-    if hub.stats.connections.fetch_sub(1, Ordering::Relaxed) == 1 {
-        hub.memory.on_idle(hub.stats.connections_total.load(Ordering::Relaxed));
+impl Serving {
+    /// The socket is open (the handshake registered the peer): from here fan-out may write to
+    /// it. `early` is acted on at once.
+    pub(crate) fn new(hub: Arc<Hub>, peer: Arc<Peer>, stream: TcpStream, early: Bytes, slot: Option<Slot>) -> Serving {
+        Stats::add(&hub.stats.connections, 1);
+        Stats::add(&hub.stats.connections_total, 1);
+        let mut conn = Connection::new(hub, peer, stream);
+        conn.requests.on_connect();
+        // From here fan-out may write to the socket itself (`Outbound::write_through`); the
+        // connection's `Drop` takes that back before the stream closes.
+        #[cfg(unix)]
+        conn.peer.outbound.attach(std::os::fd::AsRawFd::as_raw_fd(&conn.stream));
+        if !early.is_empty() {
+            conn.on_bytes(&early);
+        }
+        drop(early);
+        let timer = tokio::time::sleep_until(conn.next_wake());
+        Serving {
+            conn: Some(conn),
+            timer,
+            slot,
+        }
     }
-    debug!("socket {} closed", peer.public_id);
+}
+
+impl Future for Serving {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let Some(conn) = this.conn else {
+            return Poll::Ready(());
+        };
+        if conn.poll_run(cx, this.timer).is_pending() {
+            return Poll::Pending;
+        }
+        let (hub, peer) = (conn.hub.clone(), conn.peer.clone());
+        // Dropping the stream closes the TCP connection.
+        *this.conn = None;
+        hub.registry.remove_peer(&peer);
+        if hub.stats.connections.fetch_sub(1, Ordering::Relaxed) == 1 {
+            hub.memory.on_idle(hub.stats.connections_total.load(Ordering::Relaxed));
+        }
+        drop(this.slot.take());
+        debug!("socket {} closed", peer.public_id);
+        Poll::Ready(())
+    }
 }
 
 struct Connection {
@@ -116,11 +166,6 @@ struct Connection {
     expiry: Option<Instant>,
     /// When the connection must be over: a close being sent, or a close handshake under way.
     deadline: Option<Instant>,
-    /// What the task's one timer is set to.
-    timer_at: Instant,
-    /// Where the timer rests when nothing is due: a fixed instant, so that polls with nothing
-    /// due never move the timer (resetting it takes the timer wheel's lock).
-    far: Instant,
 }
 
 impl Drop for Connection {
@@ -164,18 +209,9 @@ impl Connection {
             next_tick,
             expiry: expiry_of(&peer),
             deadline: None,
-            timer_at: now,
-            far: now + Duration::from_secs(86_400 * 365),
             hub,
             peer,
         }
-    }
-
-    async fn run(&mut self) {
-        let timer = tokio::time::sleep_until(self.next_wake());
-        tokio::pin!(timer);
-        self.timer_at = timer.deadline();
-        std::future::poll_fn(|cx| self.poll_run(cx, timer.as_mut())).await;
     }
 
     /// The socket's whole life: reads, writes, timers, until every one of them waits; ready
@@ -209,9 +245,8 @@ impl Connection {
                 self.deadline = Some(Instant::now() + EVICTION_GRACE);
             }
             let next = self.next_wake();
-            if next != self.timer_at {
+            if next != timer.deadline() {
                 timer.as_mut().reset(next);
-                self.timer_at = next;
             }
             match timer.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -270,7 +305,7 @@ impl Connection {
             .into_iter()
             .flatten()
             .min()
-            .unwrap_or(self.far)
+            .unwrap_or_else(far)
     }
 
     /// Handles whatever is due: the deadline, the idle check, the token's expiry.
@@ -420,6 +455,13 @@ impl Connection {
 fn evicted(hub: &Hub, peer: &Arc<Peer>) {
     Stats::add(&hub.stats.slow_consumers, 1);
     hub.registry.remove_peer(peer);
+}
+
+/// Where a timer rests when nothing is due: one fixed instant, so that polls with nothing due
+/// never move the timer (resetting it takes the timer wheel's lock).
+fn far() -> Instant {
+    static FAR: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *FAR.get_or_init(|| Instant::now() + Duration::from_secs(86_400 * 365))
 }
 
 /// How often an idle check runs for a given `idleTimeout`.

@@ -64,7 +64,20 @@ impl Drop for Pending<'_> {
 /// Runs a socket opened with `?auth=message`: waits for its token, then serves it as any other
 /// socket, or closes it with the code that says why not. `early` holds the bytes read past the
 /// upgrade request.
-pub(crate) async fn serve(hub: Arc<Hub>, mut stream: TcpStream, early: Bytes, mut slot: Slot) {
+pub(crate) async fn serve(hub: Arc<Hub>, stream: TcpStream, early: Bytes, slot: Slot) {
+    if let Some(serving) = open(hub, stream, early, slot).await {
+        serving.await;
+    }
+}
+
+/// [`serve`] until the socket is open: `Some` with the socket to serve, `None` once a socket
+/// that did not authenticate is closed.
+pub(crate) async fn open(
+    hub: Arc<Hub>,
+    mut stream: TcpStream,
+    early: Bytes,
+    mut slot: Slot,
+) -> Option<crate::connection::Serving> {
     let pending = Pending::new(&hub.stats);
     let outcome = tokio::select! {
         outcome = authenticate(&hub, &mut stream, early, &mut slot) => outcome,
@@ -82,8 +95,7 @@ pub(crate) async fn serve(hub: Arc<Hub>, mut stream: TcpStream, early: Bytes, mu
                 hub.registry.remove_peer(&peer);
                 peer.outbound.close(close_code::GOING_AWAY, "server shutting down");
             }
-            crate::connection::serve_stream(hub, peer, stream, rest).await;
-            drop(slot);
+            Some(crate::connection::Serving::new(hub, peer, stream, rest, Some(slot)))
         }
         Err(end) => {
             let frame = match &end {
@@ -107,6 +119,7 @@ pub(crate) async fn serve(hub: Arc<Hub>, mut stream: TcpStream, early: Bytes, mu
                 _ = hub.shutdown.cancelled() => {}
             }
             drop(slot);
+            None
         }
     }
 }

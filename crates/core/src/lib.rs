@@ -30,6 +30,7 @@ pub mod event;
 pub mod first_auth;
 pub mod flush;
 pub mod frame_reader;
+pub(crate) mod head;
 pub mod history;
 pub mod hub;
 pub mod ingest;

@@ -2,15 +2,19 @@
 //! `/metrics`, the upgrade, 404/426 for the rest), the handshake checks, and a shutdown every
 //! task hears.
 //!
-//! Shaped like mini-redis: one task accepts, one task per HTTP connection, and after the
-//! upgrade one task per socket (see [`crate::connection`]); the HTTP task ends with the
-//! upgrade. `shutdown()` drains: new upgrades get 503 and `/readyz` 503 while every socket is
+//! Shaped like mini-redis: one task accepts, and one task per connection. A connection's head
+//! is read here ([`crate::head`]): an upgrade is answered in that task, which then serves the
+//! socket (see [`crate::connection`]) and holds nothing of its handshake; anything else is
+//! served by hyper. `shutdown()` drains: new upgrades get 503 and `/readyz` 503 while every socket is
 //! sent 1001 after what is queued for it and given the grace to go; then the rest are cut and
 //! the port is freed.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,6 +27,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, Refusal, User};
@@ -30,9 +35,10 @@ use crate::broker::redis::RedisBroker;
 use crate::callbacks::{Callbacks, UserVerifier};
 use crate::config::Config;
 use crate::config::MetricsAccess;
-use crate::connection;
+use crate::connection::{self, Serving};
 use crate::dispatch::run_lane;
 use crate::error::Error;
+use crate::head::{Head, Rewind};
 use crate::hub::Hub;
 use crate::ingest::Ingest;
 use crate::limits::{client_ip, Over, Slot};
@@ -255,13 +261,13 @@ impl Server {
         let stream = TcpStream::from_std(stream)
             .map_err(|e| Error::CannotAdopt(format!("the socket cannot be registered: {e}")))?;
         let _ = stream.set_nodelay(true);
-        self.sockets.spawn(serve_adopted(
+        self.sockets.spawn(ConnectionTask::new(open_adopted(
             self.hub.clone(),
             stream,
             head,
             Bytes::from(early),
             self.sockets.clone(),
-        ));
+        )));
         Ok(())
     }
 
@@ -394,7 +400,7 @@ async fn accept_loop(
                     warn!("accepting connections again");
                 }
                 let _ = stream.set_nodelay(true);
-                tracker.spawn(serve_http(hub.clone(), stream, remote, sockets.clone()));
+                tracker.spawn(serve_tcp(hub.clone(), stream, remote, sockets.clone()));
             }
             Err(e) => {
                 // Never stop listening: wait for descriptors to be freed and go on.
@@ -416,7 +422,58 @@ async fn accept_loop(
     // Dropping the listener here frees the port.
 }
 
-async fn serve_http(hub: Arc<Hub>, stream: tokio::net::TcpStream, remote: SocketAddr, tracker: TaskTracker) {
+/// A connection on the server's own port. A WebSocket upgrade is answered and served here, in
+/// this task (see [`crate::head`]); anything else is hyper's.
+fn serve_tcp(hub: Arc<Hub>, stream: TcpStream, remote: SocketAddr, sockets: TaskTracker) -> ConnectionTask {
+    ConnectionTask::new(open_tcp(hub, stream, remote, sockets))
+}
+
+/// A connection on the server's own port until its socket is open (or to its close, when it is
+/// not one).
+async fn open_tcp(
+    hub: Arc<Hub>,
+    mut stream: TcpStream,
+    remote: SocketAddr,
+    sockets: TaskTracker,
+) -> Option<(Serving, Option<TaskTrackerToken>)> {
+    let head = tokio::select! {
+        head = tokio::time::timeout(HEADER_TIMEOUT, crate::head::read(&mut stream)) => head,
+        _ = hub.shutdown.cancelled() => return None,
+    };
+    let read = match head {
+        Ok(Head::Upgrade { req, read, len }) => {
+            let path = hub.config.path.as_deref();
+            if ops_route(&hub, &req, false).is_none()
+                && !crate::sse::is_sse_request(path, &req)
+                && !crate::longpoll::is_poll_request(path, &req)
+            {
+                // Counted as a socket from here, as an adopted connection is: a drain waits
+                // for it.
+                let socket = sockets.token();
+                let serving = open_upgrade(hub, stream, Some(remote), Ok(req), read.slice(len..)).await?;
+                return Some((serving, Some(socket)));
+            }
+            // Not ours to answer here: hyper reads the head again.
+            read
+        }
+        Ok(Head::Other(read)) => read,
+        // Closed, or no whole head within the timeout (hyper's `header_read_timeout` did the same).
+        Ok(Head::Closed) | Err(_) => return None,
+    };
+    serve_http(
+        hub,
+        Rewind {
+            prefix: read,
+            inner: stream,
+        },
+        remote,
+        sockets,
+    )
+    .await;
+    None
+}
+
+async fn serve_http(hub: Arc<Hub>, stream: Rewind, remote: SocketAddr, tracker: TaskTracker) {
     let service_hub = hub.clone();
     // Set when this connection carries an SSE stream: a drain lets the stream end itself.
     let streaming = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1084,28 +1141,97 @@ impl RequestHead {
     }
 }
 
-/// An adopted connection from its upgrade request to its close.
-async fn serve_adopted(hub: Arc<Hub>, mut stream: TcpStream, head: RequestHead, early: Bytes, sockets: TaskTracker) {
+/// An adopted connection until its socket is open (or to its close, when it is not one).
+async fn open_adopted(
+    hub: Arc<Hub>,
+    stream: TcpStream,
+    head: RequestHead,
+    early: Bytes,
+    sockets: TaskTracker,
+) -> Option<(Serving, Option<TaskTrackerToken>)> {
     let parsed = head.into_request();
     if let Ok(req) = &parsed {
         let path = hub.config.path.as_deref();
         if crate::sse::is_sse_request(path, req) || crate::longpoll::is_poll_request(path, req) {
-            return serve_adopted_stream(hub, stream, parsed.expect("matched Ok"), sockets).await;
+            serve_adopted_stream(hub, stream, parsed.expect("matched Ok"), sockets).await;
+            return None;
         }
     }
+    // The whole task is a socket's (spawned on the sockets' tracker).
+    Some((open_upgrade(hub, stream, None, parsed, early).await?, None))
+}
+
+/// An upgrade whose head was read here (on the server's own port, or by the host for an
+/// adopted connection): answered, and the socket ready to serve once it is open.
+async fn open_upgrade(
+    hub: Arc<Hub>,
+    mut stream: TcpStream,
+    remote: Option<SocketAddr>,
+    parsed: Result<Request<()>, String>,
+    early: Bytes,
+) -> Option<Serving> {
     // Before the socket is open it waits on nobody but the host's `verifyUser`, which a
-    // shutdown does not wait for (the server's own port cuts its handshakes likewise).
+    // shutdown does not wait for.
     let peer = tokio::select! {
-        peer = answer_adopted(&hub, &mut stream, parsed) => peer,
+        peer = answer_adopted(&hub, &mut stream, remote, parsed) => peer,
         _ = hub.shutdown.cancelled() => None,
     };
     match peer {
-        Some((Some(peer), slot)) => {
-            connection::serve_stream(hub, peer, stream, early).await;
-            drop(slot);
+        Some((Some(peer), slot)) => Some(Serving::new(hub, peer, stream, early, Some(slot))),
+        Some((None, slot)) => crate::first_auth::open(hub, stream, early, slot).await,
+        None => {
+            linger(&hub, stream).await;
+            None
         }
-        Some((None, slot)) => crate::first_auth::serve(hub, stream, early, slot).await,
-        None => linger(&hub, stream).await,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The task of a connection whose head is read here: while it opens, a boxed future (the
+    /// handshake; or all of a connection that is not a socket); once a socket is open, the
+    /// socket itself. An idle socket's task so holds the socket and nothing of its handshake.
+    struct ConnectionTask {
+        opening: Option<Pin<Box<dyn Future<Output = Option<(Serving, Option<TaskTrackerToken>)>> + Send>>>,
+        #[pin]
+        serving: Option<Serving>,
+        // Counts the socket among those a drain waits for (the task itself may be tracked as
+        // an HTTP connection).
+        socket: Option<TaskTrackerToken>,
+    }
+}
+
+impl ConnectionTask {
+    fn new(opening: impl Future<Output = Option<(Serving, Option<TaskTrackerToken>)>> + Send + 'static) -> Self {
+        ConnectionTask {
+            opening: Some(Box::pin(opening)),
+            serving: None,
+            socket: None,
+        }
+    }
+}
+
+impl Future for ConnectionTask {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        if let Some(opening) = this.opening.as_mut() {
+            let Poll::Ready(opened) = opening.as_mut().poll(cx) else {
+                return Poll::Pending;
+            };
+            *this.opening = None;
+            match opened {
+                Some((serving, socket)) => {
+                    this.serving.set(Some(serving));
+                    *this.socket = socket;
+                }
+                None => return Poll::Ready(()),
+            }
+        }
+        match this.serving.as_pin_mut() {
+            Some(serving) => serving.poll(cx),
+            None => Poll::Ready(()),
+        }
     }
 }
 
@@ -1114,6 +1240,7 @@ async fn serve_adopted(hub: Arc<Hub>, mut stream: TcpStream, head: RequestHead, 
 async fn answer_adopted(
     hub: &Arc<Hub>,
     stream: &mut TcpStream,
+    remote: Option<SocketAddr>,
     parsed: Result<Request<()>, String>,
 ) -> Option<(Option<Arc<Peer>>, Slot)> {
     let mut req = match parsed {
@@ -1126,7 +1253,7 @@ async fn answer_adopted(
             return None;
         }
     };
-    let remote = stream.peer_addr().ok();
+    let remote = remote.or_else(|| stream.peer_addr().ok());
     let checked = match check_upgrade(hub, &req) {
         Ok(Checked::Now(user, token)) => match take_slot(hub, &req, user.as_ref(), remote) {
             Ok(slot) => confirm_user(hub, user.as_ref(), token)
