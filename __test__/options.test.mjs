@@ -1,4 +1,4 @@
-// Every option is defined once (lib/manager.js SERVER_OPTION_SPECS and PLUGIN_OPTIONS) and the
+// Every option is defined once (lib/options.js SERVER_OPTION_SPECS and PLUGIN_OPTIONS) and the
 // rest follows or is checked here: the typings declare the same names, docs/options.md's table lists
 // every server option, the defaults the table, docs/options.md and the typings state are one and the
 // validator accepts them, a misspelt option is an error, and the plugin hands every server option
@@ -17,7 +17,7 @@ import { startPayload } from './payload-fixture.mjs'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const { SERVER_OPTIONS, SERVER_OPTION_SPECS, PLUGIN_OPTIONS, nativeOptions } = createRequire(import.meta.url)(
-  '../lib/manager.js',
+  '../lib/options.js',
 )
 
 /** The property names an interface of index.d.ts declares itself. */

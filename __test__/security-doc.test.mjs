@@ -15,7 +15,7 @@ import { CloseCodes } from '../lib/client/index.mjs'
 import { markdownTable } from './doc-tables.mjs'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
-const { SERVER_OPTIONS } = createRequire(import.meta.url)('../lib/manager.js')
+const { SERVER_OPTIONS } = createRequire(import.meta.url)('../lib/options.js')
 const security = readFileSync(join(root, 'docs/security.md'), 'utf8')
 const optionsPage = readFileSync(join(root, 'docs/options.md'), 'utf8')
 

@@ -8,6 +8,7 @@
 // read nothing of the collection (payload/rules.js).
 
 const managerModule = require('./manager.js')
+const { makeFailureLog, logLine } = require('./log.js')
 const { installTransactionHooks } = require('./payload/transactions.js')
 const { Sessions } = require('./payload/session.js')
 const lifecycle = require('./lifecycle.js')
@@ -17,7 +18,7 @@ const { liveAdminOf, adminWithProvider } = require('./payload/admin.js')
 const { makeSender, collectionsWithHooks } = require('./payload/hooks.js')
 const { makeServerOptions, pluginDefaultsOf } = require('./payload/server-options.js')
 
-const { initUWebSocket, getUWebSocketManager, makeFailureLog } = managerModule
+const { initUWebSocket, getUWebSocketManager } = managerModule
 
 /**
  * What the parts of one plugin (one evaluation of one config) share.
@@ -54,7 +55,7 @@ function uWebSocketPlugin(options = {}) {
     const knownSlugs = new Set((config.collections ?? []).map((c) => c.slug))
     for (const slug of include) {
       if (!knownSlugs.has(slug)) {
-        managerModule.logLine(
+        logLine(
           options.logger || null,
           'warn',
           `includeCollections names "${slug}", which is not a collection of this config`,

@@ -32,6 +32,23 @@ function jsonCopy(value) {
 }
 
 /**
+ * JSON text of a value, or a clear error for what JSON cannot carry.
+ * @param {unknown} value
+ * @param {string} what names the value in the error
+ * @returns {string}
+ */
+function toJson(value, what) {
+  let json
+  try {
+    json = JSON.stringify(value)
+  } catch (err) {
+    throw new TypeError(`payload-realtime: ${what} cannot be serialized to JSON: ${err.message}`)
+  }
+  if (json === undefined) throw new TypeError(`payload-realtime: ${what} cannot be serialized to JSON`)
+  return json
+}
+
+/**
  * Rejects after `ms` unless `promise` settles first.
  * @template T
  * @param {Promise<T>} promise
@@ -48,4 +65,4 @@ function withTimeout(promise, ms, what) {
   return /** @type {Promise<T>} */ (Promise.race([promise, timeout]).finally(() => clearTimeout(timer)))
 }
 
-module.exports = { isPlainObject, userKey, jsonCopy, withTimeout }
+module.exports = { isPlainObject, userKey, jsonCopy, toJson, withTimeout }

@@ -3,7 +3,7 @@
 // from Payload (the secret, its logger, the longest token lifetime, the collections, Payload's
 // `verifyUser` and read access) and with what `initUWebSocket(port, extra)` was given.
 
-const { SERVER_OPTIONS } = require('../manager.js')
+const { SERVER_OPTIONS } = require('../options.js')
 const { buildAuthorize, buildRooms, lockRules } = require('./rules.js')
 const { isPlainObject } = require('../util.js')
 

@@ -15,7 +15,7 @@
 // (this is how "log out of all sessions" is seen, also from the Local API).
 
 const { afterCommit } = require('./transactions.js')
-const { makeFailureLog } = require('../manager.js')
+const { makeFailureLog } = require('../log.js')
 const { withoutAuthInternals } = require('./access.js')
 const { jsonCopy, userKey } = require('../util.js')
 
