@@ -2,10 +2,12 @@
 // rest follows or is checked here: the typings declare the same names, docs/options.md's table lists
 // every server option, the defaults the table, docs/options.md and the typings state are one and the
 // validator accepts them, a misspelt option is an error, and the plugin hands every server option
-// on (history, presence and presenceExpiry were once dropped on the way).
+// on (history, presence and presenceExpiry were once dropped on the way). The native addon's
+// `#[napi(object)] NativeOptions` (read from the Rust source, found wherever it moves) has exactly
+// the fields the table's options become, of the types the table checks.
 
 import assert from 'node:assert/strict'
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { test } from 'node:test'
 import { fileURLToPath } from 'node:url'
@@ -145,4 +147,78 @@ test('the plugin hands history, presence and presenceExpiry on to the server', {
   } finally {
     await ctx.close()
   }
+})
+
+/** The .rs files under `dir` (build output and dependencies aside), wherever they were moved. */
+function rustFiles(dir) {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
+    if (e.isDirectory()) return ['target', 'node_modules', '.git'].includes(e.name) ? [] : rustFiles(join(dir, e.name))
+    return e.name.endsWith('.rs') ? [join(dir, e.name)] : []
+  })
+}
+
+/**
+ * The fields of the addon's `#[napi(object)] NativeOptions` (what `initUWebSocket` of the native
+ * module takes), with napi-rs's names for JS (snake_case to camelCase) and their Rust types.
+ */
+function addonOptionFields() {
+  const found = []
+  for (const file of [...rustFiles(join(root, 'src')), ...rustFiles(join(root, 'crates'))]) {
+    const m = /#\[napi\(object\)\]\s*pub struct NativeOptions\s*\{([\s\S]*?)\n\}/.exec(readFileSync(file, 'utf8'))
+    if (m) found.push(m[1])
+  }
+  assert.equal(found.length, 1, 'one #[napi(object)] struct NativeOptions in the Rust sources')
+  const camel = (s) => s.replace(/_([a-z0-9])/g, (_, c) => c.toUpperCase())
+  return new Map([...found[0].matchAll(/^\s*pub (\w+): ([^\n]+),$/gm)].map(([, name, type]) => [camel(name), type]))
+}
+
+/** A value of each `'own'` option the validator takes (metrics twice: both of its shapes). */
+const OWN_SAMPLES = {
+  authorize: [{ posts: () => true }],
+  rooms: [{ 'room:*': () => true }],
+  trustedProxies: [['127.0.0.1']],
+  history: [{ size: 5 }],
+  presence: [true],
+  redis: [{ url: 'redis://127.0.0.1:6379', prefix: 'app' }],
+  verifyUser: [async () => null],
+  metrics: [{ token: 'a-metrics-token-of-16+' }, { port: 0, host: '127.0.0.1' }],
+  logger: [{ info() {}, warn() {}, error() {} }],
+  onConnect: [() => {}],
+}
+
+test("the option table and the native addon's NativeOptions name the same fields, of matching types", () => {
+  const fields = addonOptionFields()
+  const RUST_TYPE = {
+    string: 'Option<String>',
+    strings: 'Option<Vec<String>>',
+    boolean: 'Option<bool>',
+    integer: 'Option<u32>',
+  }
+  const expected = new Set(['port'])
+  // What each option becomes, as nativeOptions() builds it: the fields a value changes.
+  const baseline = nativeOptions(0, { redis: false })
+  for (const [name, spec] of Object.entries(SERVER_OPTION_SPECS)) {
+    if (spec.check !== 'own') {
+      assert.equal(spec.native, undefined, `${name}: an option of a common check is the native field of its name`)
+      assert.equal(
+        fields.get(name),
+        RUST_TYPE[spec.check],
+        `${name}: NativeOptions.${name} is ${RUST_TYPE[spec.check]}`,
+      )
+      expected.add(name)
+      continue
+    }
+    assert.ok(Array.isArray(spec.native), `${name}: an 'own' option says which native fields it becomes`)
+    assert.ok(OWN_SAMPLES[name], `${name}: the test has a sample value`)
+    const changed = new Set()
+    for (const value of OWN_SAMPLES[name]) {
+      const out = nativeOptions(0, { redis: false, [name]: value })
+      for (const [k, v] of Object.entries(out)) {
+        if (JSON.stringify(v) !== JSON.stringify(baseline[k])) changed.add(k)
+      }
+    }
+    assert.deepEqual([...changed].sort(), [...spec.native].sort(), `${name}: the native fields nativeOptions() sets`)
+    for (const f of spec.native) expected.add(f)
+  }
+  assert.deepEqual([...fields.keys()].sort(), [...expected].sort(), 'NativeOptions fields vs the option table')
 })

@@ -1,7 +1,7 @@
 'use strict'
 // The server's options: the one table of them (SERVER_OPTION_SPECS), their checks, and what the
 // native server is started with. index.d.ts's `ServerOptions` and docs/options.md's table follow
-// it; __test__/options.test.mjs checks they agree.
+// it; __test__/options.test.mjs checks they agree, and with the native addon's `NativeOptions`.
 
 const net = require('node:net')
 
@@ -42,9 +42,13 @@ function optionalString(options, name) {
  * - `default`: the value the server uses when the option is absent, as docs/options.md's options
  *   table and index.d.ts state it (a test checks all three agree), in `unit` (`'ms'`, `'s'`,
  *   `'bytes'`; none: a count); absent where it is computed (CPU cores, the open-file limit)
- *   or there is none.
+ *   or there is none;
+ * - `native`: for an `'own'` option, the fields of the native server's options (the addon's
+ *   `NativeOptions`, as JS names them) it becomes; `[]` for a function the host keeps. An option
+ *   of a common check is the native field of its own name. options.test.mjs checks that these
+ *   and the `port` argument are the addon's fields, no more and no fewer.
  * @typedef {{ check: 'string' | 'strings' | 'boolean' | 'integer' | 'own', min?: number, max?: number,
- *   default?: string | number | boolean | string[], unit?: 'ms' | 's' | 'bytes' }} OptionSpec
+ *   default?: string | number | boolean | string[], unit?: 'ms' | 's' | 'bytes', native?: string[] }} OptionSpec
  */
 
 /**
@@ -66,8 +70,8 @@ const SERVER_OPTION_SPECS = {
   idleTimeout: { check: 'integer', default: 120, unit: 's' },
   workerThreads: { check: 'integer', min: 1, max: 256 },
   includeCollections: { check: 'strings' },
-  authorize: { check: 'own' },
-  rooms: { check: 'own' },
+  authorize: { check: 'own', native: ['authorizeCollections'] },
+  rooms: { check: 'own', native: ['joinRules'] },
   authorizeTimeout: { check: 'integer', min: 1, default: 5000, unit: 'ms' },
   handlerTimeout: { check: 'integer', min: 1, default: 30000, unit: 'ms' },
   maxMessagesPerSecond: { check: 'integer', default: 100 },
@@ -75,24 +79,24 @@ const SERVER_OPTION_SPECS = {
   maxConnections: { check: 'integer', min: 1 },
   maxConnectionsPerUser: { check: 'integer', default: 32 },
   maxConnectionsPerIp: { check: 'integer', default: 256 },
-  trustedProxies: { check: 'own', default: ['loopback'] },
-  history: { check: 'own' },
-  presence: { check: 'own' },
+  trustedProxies: { check: 'own', default: ['loopback'], native: ['trustedProxies'] },
+  history: { check: 'own', native: ['history'] },
+  presence: { check: 'own', native: ['presence'] },
   presenceExpiry: { check: 'integer', min: 100, default: 15000, unit: 'ms' },
-  redis: { check: 'own' },
-  verifyUser: { check: 'own' },
+  redis: { check: 'own', native: ['redisUrl', 'redisPrefix'] },
+  verifyUser: { check: 'own', native: [] },
   maxVerifying: { check: 'integer', min: 1, default: 64 },
   maxVerifyingPerUser: { check: 'integer', default: 4 },
   verifyTimeout: { check: 'integer', min: 1, default: 5000, unit: 'ms' },
   authTimeout: { check: 'integer', min: 1, default: 10000, unit: 'ms' },
   maxRecoveriesPerMinute: { check: 'integer', default: 10 },
   maxRecoveryEvents: { check: 'integer', min: 1, default: 1000 },
-  metrics: { check: 'own' },
+  metrics: { check: 'own', native: ['metricsToken', 'metricsPort', 'metricsHost'] },
   drainTimeout: { check: 'integer', default: 5000, unit: 'ms' },
-  logger: { check: 'own' },
+  logger: { check: 'own', native: [] },
   maxRevokedSessions: { check: 'integer', min: 1, default: 100000 },
   maxTokenLifetime: { check: 'integer', min: 1, default: 7 * 24 * 3600, unit: 's' },
-  onConnect: { check: 'own' },
+  onConnect: { check: 'own', native: ['onConnect'] },
 }
 
 /** The names of the server options, in the table's order. */
