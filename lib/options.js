@@ -5,7 +5,7 @@
 
 const net = require('node:net')
 
-const { isPlainObject } = require('./util.js')
+const { isPlainObject, collectionRoom } = require('./util.js')
 
 function optionalNumber(options, name, { min = 0, max = 2 ** 32 - 1 } = {}) {
   const v = options[name]
@@ -267,7 +267,7 @@ function historyRules(history) {
     return { pattern, size: v.size, ttlSeconds: v.ttlSeconds, maxBytes: v.maxBytes }
   }
   if (!isPlainObject(history)) throw new TypeError('payload-realtime: `history` must be an object')
-  if (typeof history.size === 'number') return [rule('collection:*', history)]
+  if (typeof history.size === 'number') return [rule(collectionRoom('*'), history)]
   return Object.entries(history).flatMap(([key, v]) => roomPatterns(key).map((p) => rule(p, v)))
 }
 
@@ -277,7 +277,7 @@ function historyRules(history) {
  * `collection:<slug>`) and the app room of that exact name.
  */
 function roomPatterns(key) {
-  return key.includes(':') || key.endsWith('*') ? [key] : [`collection:${key}`, key]
+  return key.includes(':') || key.endsWith('*') ? [key] : [collectionRoom(key), key]
 }
 
 /**
@@ -304,7 +304,7 @@ function roomMatches(pattern, room) {
 /** `presence`: `true` (every collection) or a list of collection slugs / room patterns. */
 function presenceRooms(presence) {
   if (presence === undefined || presence === null || presence === false) return undefined
-  if (presence === true) return ['collection:*']
+  if (presence === true) return [collectionRoom('*')]
   if (!Array.isArray(presence) || presence.some((p) => typeof p !== 'string' || p === '')) {
     throw new TypeError('payload-realtime: `presence` must be true or an array of collection slugs / room patterns')
   }

@@ -21,6 +21,14 @@ function userKey(collection, id) {
 }
 
 /**
+ * The room of a collection's events, `collection:<slug>` (`collection:*`: every collection's).
+ * @param {string} slug
+ */
+function collectionRoom(slug) {
+  return `collection:${slug}`
+}
+
+/**
  * A copy of `value` as JSON carries it (dates as strings, no functions or undefined): what a
  * client will see, taken now so that later changes to the original do not show.
  * @template T
@@ -65,4 +73,4 @@ function withTimeout(promise, ms, what) {
   return /** @type {Promise<T>} */ (Promise.race([promise, timeout]).finally(() => clearTimeout(timer)))
 }
 
-module.exports = { isPlainObject, userKey, jsonCopy, toJson, withTimeout }
+module.exports = { isPlainObject, userKey, collectionRoom, jsonCopy, toJson, withTimeout }

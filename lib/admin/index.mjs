@@ -48,6 +48,14 @@ export function adminView(pathname, adminRoute = '/admin') {
 }
 
 /**
+ * A user's key, `<collection>:<id>`, as the server groups a user's sockets (lib/util.js's
+ * `userKey`; this module runs in the browser, which cannot load that CommonJS file).
+ */
+function userKey(collection, id) {
+  return `${collection}:${id}`
+}
+
+/**
  * Names users the way the admin does: the auth collection's `useAsTitle`, read with the viewer's
  * access. `getConfig()` returns the admin's current client config.
  */
@@ -55,7 +63,7 @@ function userNamer(getConfig) {
   const names = new Map()
   return (user) => {
     if (!user) return Promise.resolve('Someone')
-    const key = `${user.collection}:${user.id}`
+    const key = userKey(user.collection, user.id)
     if (!names.has(key)) {
       const config = getConfig()
       const api = `${config.serverURL ?? ''}${config.routes?.api ?? '/api'}`
@@ -145,10 +153,10 @@ export function RealtimeAdminProvider({ children, collections = [], port, path, 
   }, [warnedFor, here])
 
   // Connect once per signed-in user (a different user has a different cookie).
-  const userKey = user ? `${user.collection ?? config.admin?.user}:${user.id}` : null
+  const connectAs = user ? userKey(user.collection ?? config.admin?.user, user.id) : null
   const slugs = collections.join(',')
   useEffect(() => {
-    if (!userKey) return undefined
+    if (!connectAs) return undefined
     const client = createRealtimeClient({
       url: realtimeUrl({ url, port, path }),
       // The browser sends the admin's cookie with every attempt: after the socket's token
@@ -225,7 +233,7 @@ export function RealtimeAdminProvider({ children, collections = [], port, path, 
       offError()
       client.disconnect()
     }
-  }, [userKey, url, port, path, slugs])
+  }, [connectAs, url, port, path, slugs])
 
   const signedIn = Boolean(user)
   return createElement(

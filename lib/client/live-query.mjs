@@ -113,10 +113,13 @@ function testOperator(op, have, want) {
   if (!isScalar(have)) return undefined // hasMany values, groups, populated relationships
   switch (op) {
     case 'equals':
-      if (want === null || want === 'null') return have === null
+      if (want === null) return have === null
+      // 'null' is null for a relationship or date field, the text itself for a text field.
+      if (want === 'null') return have === null || have === 'null' ? undefined : false
       return have === null ? false : same(have, want)
     case 'not_equals':
-      if (want === null || want === 'null') return have !== null
+      if (want === null) return have !== null
+      if (want === 'null') return have === null || have === 'null' ? undefined : true
       if (have === null) return true // Payload: `IS NULL OR <>`
       return negate(same(have, want))
     case 'in':

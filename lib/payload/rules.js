@@ -5,7 +5,7 @@
 
 const { readAccessDecision, mayReadCollection } = require('./access.js')
 const { LOCKS } = require('./locks.js')
-const { isPlainObject, jsonCopy } = require('../util.js')
+const { isPlainObject, jsonCopy, collectionRoom } = require('../util.js')
 
 /** @typedef {import('../plugin.js').PluginContext} PluginContext */
 /** @typedef {(user: any, event: any) => unknown} Rule */
@@ -72,7 +72,7 @@ function readAccessFor(options, slug) {
  */
 function lockRules(liveAdmin) {
   const signedIn = (user) => user !== null && user !== undefined
-  return liveAdmin ? { [`collection:${LOCKS}`]: signedIn } : {}
+  return liveAdmin ? { [collectionRoom(LOCKS)]: signedIn } : {}
 }
 
 /**
@@ -114,7 +114,7 @@ function buildAuthorize(ctx, ...ruleMaps) {
   }
   for (const slug of include) {
     if (!readAccessFor(options, slug)) continue
-    const room = `collection:${slug}`
+    const room = collectionRoom(slug)
     rules[room] = /** @type {Rule} */ (
       bothRules(bothRules(rules[slug], rules[room]), async (user, event) => {
         const answer = await readAccessDecision(state.payload, slug, event, user)
@@ -142,7 +142,7 @@ function buildRooms({ options, include, state }, ...ruleMaps) {
   // and needs a `rooms` rule of its own.
   for (const slug of include) {
     if (!readAccessFor(options, slug)) continue
-    const room = `collection:${slug}`
+    const room = collectionRoom(slug)
     rules[room] = /** @type {JoinRule} */ (
       bothJoinRules(rules[room], (user) => mayReadCollection(state.payload, slug, user))
     )

@@ -27,6 +27,10 @@ function same(a, b) {
     return (a === null || a === undefined) && (b === null || b === undefined)
   }
   if (typeof a === 'object' || typeof b === 'object') throw new Unsupported('cannot compare an object')
+  // A number field is queried by number: Payload reads '4.0' as 4.
+  if (typeof a === 'number' && typeof b === 'string' && b.trim() !== '' && Number.isFinite(Number(b))) {
+    return a === Number(b)
+  }
   return a === b || String(a) === String(b)
 }
 
@@ -121,16 +125,30 @@ function matchNode(doc, where) {
 }
 
 /**
- * Whether `doc` matches `where`. Returns false for anything it cannot evaluate (unknown
- * operators, objects compared to objects, malformed queries): deny by default.
+ * Whether `doc` matches `where`: true, false, or undefined for what it cannot evaluate (unknown
+ * operators, objects compared to objects, malformed queries). The client's live queries answer
+ * the same way (lib/client/live-query.mjs `matchWhere`); __test__/contract.test.mjs runs both over
+ * one table of cases and fails where both answer and differ.
+ * @param {unknown} where
+ * @param {unknown} doc
+ * @returns {boolean | undefined}
  */
-function matchesWhere(where, doc) {
+function whereAnswer(where, doc) {
   try {
     return matchNode(doc, where)
   } catch (err) {
-    if (err instanceof Unsupported) return false
+    if (err instanceof Unsupported) return undefined
     throw err
   }
 }
 
-module.exports = { matchesWhere }
+/**
+ * Whether `doc` matches `where`. Returns false for anything it cannot evaluate: deny by default.
+ * @param {unknown} where
+ * @param {unknown} doc
+ */
+function matchesWhere(where, doc) {
+  return whereAnswer(where, doc) === true
+}
+
+module.exports = { matchesWhere, whereAnswer }
