@@ -440,9 +440,30 @@ export declare function initUWebSocket(port?: number, options?: ServerOptions): 
 /** The running manager; throws if none was started. */
 export declare function getUWebSocketManager(): UWebSocketManager
 
+/**
+ * The `code` of a `RealtimeError` the manager throws or rejects with: `'closed'` (the server is
+ * closing or closed), `'server-behind'` (`maxBacklog` reached), `'invalid-input'` (an event the
+ * core refuses), `'invalid-option'` and `'cannot-listen'` (the server did not start),
+ * `'cannot-adopt'` (`handleUpgrade`, `attachTo`), `'not-started'` (`getUWebSocketManager`),
+ * `'internal'`.
+ */
+export type RealtimeErrorCode =
+  | 'invalid-option'
+  | 'cannot-listen'
+  | 'invalid-input'
+  | 'closed'
+  | 'server-behind'
+  | 'cannot-adopt'
+  | 'internal'
+  | 'not-started'
+
+/**
+ * An error with a code: one of `RealtimeErrorCode` from the manager; thrown by a custom handler
+ * with a protocol error code (`'forbidden'`, ...), sent to the client.
+ */
 export declare class RealtimeError extends Error {
   constructor(code: string, message: string)
-  code: string
+  code: RealtimeErrorCode | (string & {})
 }
 
 // The type names of payload-uwebsocket-plugin, for code written against it. Its handlers took

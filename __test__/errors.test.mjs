@@ -3,7 +3,11 @@
 // emitted in the same tick as close() (they were 'GenericFailure'). 'server-behind' past
 // maxBacklog is checked on every refused event by fanout.test.mjs; a lone event takes the same
 // path (a batch of one). The protocol's error codes are one list: lib/errors.js's ERROR_CODES,
-// the core's ErrorCode, docs/protocol.md and the client's typings name the same codes.
+// the core's ErrorCode, docs/protocol.md and the client's typings name the same codes. So are the
+// codes of the RealtimeErrors a host gets: lib/errors.js's HOST_ERROR_CODES, what lib/ throws,
+// the core's Error::code, the addon's own codes and index.d.ts's RealtimeErrorCode; a server that
+// cannot start carries the core's code ('cannot-listen', 'invalid-option'; it was napi's
+// 'GenericFailure' / 'InvalidArg').
 
 import assert from 'node:assert/strict'
 import { readdirSync, readFileSync } from 'node:fs'
@@ -12,7 +16,8 @@ import { join } from 'node:path'
 import { test } from 'node:test'
 import { fileURLToPath } from 'node:url'
 
-import { startServer } from './helpers.mjs'
+import { initUWebSocket, RealtimeError } from '../index.mjs'
+import { SECRET, startServer } from './helpers.mjs'
 
 const T = { timeout: 60_000 }
 
@@ -52,4 +57,77 @@ test("the protocol's error codes: lib/errors.js, the core, docs/protocol.md and 
   const dts = readFileSync(join(root, 'lib/client/index.d.mts'), 'utf8')
   const union = dts.slice(dts.indexOf('export type ServerErrorCode'), dts.indexOf('(string & {})'))
   assert.deepEqual([...union.matchAll(/\| '([a-z-]+)'/g)].map((m) => m[1]).sort(), js, 'lib/client/index.d.mts')
+})
+
+/** Every string literal passed as the code of a `new RealtimeError(...)` in the server's JS. */
+function jsThrownCodes(dir = join(root, 'lib')) {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
+    if (e.isDirectory()) return ['client', 'react', 'admin'].includes(e.name) ? [] : jsThrownCodes(join(dir, e.name))
+    if (!e.name.endsWith('.js')) return []
+    const text = readFileSync(join(dir, e.name), 'utf8')
+    return [...text.matchAll(/new RealtimeError\(\s*([^,]+),/g)].flatMap((m) =>
+      [...m[1].matchAll(/'([a-z-]+)'/g)].map((c) => c[1]),
+    )
+  })
+}
+
+test("the host's error codes: lib/errors.js, what lib/ throws, the core, the addon and index.d.ts agree", () => {
+  const { HOST_ERROR_CODES, NATIVE_START_ERRORS } = createRequire(import.meta.url)('../lib/errors.js')
+  const host = [...HOST_ERROR_CODES].sort()
+  // The core's `Error::code` (not the protocol's `ErrorCode`), and the addon's codes of its own.
+  const core = new Set()
+  const coreText = rustFiles(join(root, 'crates/core/src'))
+    .map((f) => readFileSync(f, 'utf8'))
+    .join('\n')
+  for (const m of coreText.matchAll(/\bError::\w+(?:\([^)]*\)|\s*\{[^}]*\})?\s*=>\s*"([a-z-]+)"/g)) core.add(m[1])
+  assert.ok(core.has('server-behind') && core.has('closed'), `the core's codes found: ${[...core]}`)
+  const addon = new Set()
+  for (const file of rustFiles(join(root, 'src'))) {
+    for (const m of readFileSync(file, 'utf8').matchAll(/=>\s*Some\("([a-z-]+)"\)/g)) addon.add(m[1])
+  }
+  const js = new Set(jsThrownCodes())
+  for (const [from, codes] of [
+    ['the core', core],
+    ['the addon', addon],
+    ['lib/', js],
+  ]) {
+    const unlisted = [...codes].filter((c) => !HOST_ERROR_CODES.has(c))
+    assert.deepEqual(unlisted, [], `codes of ${from} missing from HOST_ERROR_CODES`)
+  }
+  const reached = new Set([...core, ...addon, ...js])
+  assert.deepEqual(
+    host.filter((c) => !reached.has(c)),
+    [],
+    'HOST_ERROR_CODES names only codes something gives',
+  )
+  const dts = readFileSync(join(root, 'index.d.ts'), 'utf8')
+  const union = dts.slice(
+    dts.indexOf('export type RealtimeErrorCode'),
+    dts.indexOf('export declare class RealtimeError'),
+  )
+  assert.deepEqual([...union.matchAll(/\| '([a-z-]+)'/g)].map((m) => m[1]).sort(), host, 'index.d.ts RealtimeErrorCode')
+  // The openings by which a start error is told apart are the core's messages.
+  for (const [opening, code] of NATIVE_START_ERRORS) {
+    assert.ok(HOST_ERROR_CODES.has(code), code)
+    assert.ok(coreText.includes(`"${opening}`), `the core writes "${opening}..."`)
+  }
+})
+
+test("a server that cannot start rejects with the core's code, not napi's status", T, async () => {
+  const manager = await startServer({})
+  try {
+    await assert.rejects(initUWebSocket(manager.port, { host: '127.0.0.1', secret: SECRET }), (err) => {
+      assert.equal(err.code, 'cannot-listen', `${err.code}: ${err.message}`)
+      assert.ok(err instanceof RealtimeError)
+      assert.match(err.message, /in use/)
+      return true
+    })
+  } finally {
+    await manager.close()
+  }
+  await assert.rejects(startServer({ includeCollections: ['not a slug!'] }), (err) => {
+    assert.equal(err.code, 'invalid-option', `${err.code}: ${err.message}`)
+    assert.ok(err instanceof RealtimeError)
+    return true
+  })
 })

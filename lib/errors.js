@@ -13,10 +13,31 @@ const ERROR_CODES = new Set([
 ])
 
 /**
+ * Codes of the `RealtimeError`s the manager throws or rejects with (index.d.ts
+ * `RealtimeErrorCode`): the core's (its `Error::code`, for a refused event, a port it cannot
+ * listen on, ...) and `not-started`, the JS layer's own. errors.test.mjs checks the list against
+ * the core, the addon and the typings.
+ */
+const HOST_ERROR_CODES = new Set([
+  'invalid-option',
+  'cannot-listen',
+  'invalid-input',
+  'closed',
+  'server-behind',
+  'cannot-adopt',
+  'internal',
+  'not-started',
+])
+
+/**
  * An error with a code. Thrown from a custom handler with a protocol code (e.g. 'forbidden'),
  * its code and message are sent to the client; any other error is sent as 'internal'.
  */
 class RealtimeError extends Error {
+  /**
+   * @param {string} code
+   * @param {string} message
+   */
   constructor(code, message) {
     super(message)
     this.name = 'RealtimeError'
@@ -24,4 +45,25 @@ class RealtimeError extends Error {
   }
 }
 
-module.exports = { RealtimeError, ERROR_CODES }
+/**
+ * The addon starts a server with napi's status as the error's code ('InvalidArg',
+ * 'GenericFailure'); the core's message says which of its errors it was, by these openings
+ * (its `Display`; errors.test.mjs checks the core still writes them).
+ */
+const NATIVE_START_ERRORS = [
+  ['invalid option: ', 'invalid-option'],
+  ['cannot listen on ', 'cannot-listen'],
+]
+
+/**
+ * The error of a native server that did not start, with the core's code.
+ * @param {any} err
+ * @returns {Error}
+ */
+function startError(err) {
+  const message = String(err?.message ?? err)
+  const known = NATIVE_START_ERRORS.find(([opening]) => message.startsWith(opening))
+  return known ? new RealtimeError(known[1], message) : err
+}
+
+module.exports = { RealtimeError, ERROR_CODES, HOST_ERROR_CODES, NATIVE_START_ERRORS, startError }

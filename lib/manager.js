@@ -7,7 +7,7 @@
 // over from the application's HTTP server), log.js.
 
 const { loadNative } = require('./native.js')
-const { RealtimeError } = require('./errors.js')
+const { RealtimeError, startError } = require('./errors.js')
 const lifecycle = require('./lifecycle.js')
 const { isPlainObject, jsonCopy, toJson } = require('./util.js')
 const { createAuthorizer, createJoinCheck } = require('./authorize.js')
@@ -94,7 +94,11 @@ class UWebSocketManager {
     })
     // The server's lines, already redacted and one per episode; its queue bounds them.
     const log = this._logger ? (level, line) => logLine(this._logger, level, line) : null
-    this._server = native.initUWebSocket(opts, authorizeBatch, handle, () => {}, verifyUser, mayJoin, log)
+    try {
+      this._server = native.initUWebSocket(opts, authorizeBatch, handle, () => {}, verifyUser, mayJoin, log)
+    } catch (err) {
+      throw startError(err)
+    }
     this.port = this._server.port
     /** The port of `/metrics`'s own listener (`metrics: { port }`), else null. */
     this.metricsPort = this._server.metricsPort ?? null
