@@ -2,8 +2,11 @@
 // `tsc --noEmit` over __test__/types/usage.ts, which imports every export through the package's
 // own export map, narrows the server-message union on `type`, and holds `@ts-expect-error` lines
 // for what the typings must refuse. Any type error (or an expected error that does not happen)
-// fails the test with tsc's output. The server side's JavaScript is checked too (checkJs over
-// lib/*.js and lib/payload/*.js, JSDoc types), and its exports against index.d.ts.
+// fails the test with tsc's output. The JavaScript is checked too, with strictNullChecks (not yet
+// the whole of `strict`: parameters without a JSDoc type stay `any`): the server side's (checkJs
+// over lib/*.js and lib/payload/*.js), with its exports against index.d.ts, and the client's and
+// React's (lib/client/*.mjs, lib/react/*.mjs), whose imports of each other are checked against
+// their .d.mts typings. lib/admin/ is not: it needs Next.js's and Payload's UI typings.
 
 import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
@@ -28,6 +31,18 @@ test(
     const tsc = require.resolve('typescript/bin/tsc')
     const lib = fileURLToPath(new URL('./types/tsconfig.lib.json', import.meta.url))
     const run = spawnSync(process.execPath, [tsc, '--noEmit', '-p', lib], { encoding: 'utf8' })
+    assert.equal(run.error, undefined)
+    assert.equal(run.status, 0, `tsc failed:\n${run.stdout}${run.stderr}`)
+  },
+)
+
+test(
+  'tsc --noEmit with checkJs: lib/client and lib/react type-check, against the typings they import',
+  { timeout: 120_000 },
+  () => {
+    const tsc = require.resolve('typescript/bin/tsc')
+    const client = fileURLToPath(new URL('./types/tsconfig.client.json', import.meta.url))
+    const run = spawnSync(process.execPath, [tsc, '--noEmit', '-p', client], { encoding: 'utf8' })
     assert.equal(run.error, undefined)
     assert.equal(run.status, 0, `tsc failed:\n${run.stdout}${run.stderr}`)
   },

@@ -88,7 +88,10 @@ class UWebSocketManager {
     const { handle, verifyUser } = hostCallbacks(this, options, { handlerTimeout, logFailure })
 
     const mayJoin = createJoinCheck({
-      getRules: (room) => this._roomRules.filter(([pattern]) => roomMatches(pattern, room)).map(([, rule]) => rule),
+      getRules: (room) =>
+        /** @type {[string, (user: any, room: string) => unknown][]} */ (this._roomRules)
+          .filter(([pattern]) => roomMatches(pattern, room))
+          .map(([, rule]) => rule),
       timeout: authorizeTimeout,
       logFailure,
     })

@@ -49,7 +49,8 @@ function uWebSocketPlugin(options = {}) {
     // A server this plugin started on a fixed port earlier in this process (Next.js evaluates the
     // config again on every dev reload, but runs onInit once): its state is taken over, so the
     // hooks below reach that server and it asks the rules below.
-    const fixedPort = Number.isInteger(options.port) && options.port > 0 ? options.port : undefined
+    const fixedPort =
+      typeof options.port === 'number' && Number.isInteger(options.port) && options.port > 0 ? options.port : undefined
     const state = (fixedPort && lifecycle.byPort().get(fixedPort)) || { payload: undefined, manager: undefined }
 
     const knownSlugs = new Set((config.collections ?? []).map((c) => c.slug))

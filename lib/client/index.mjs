@@ -243,7 +243,7 @@ export class RealtimeClient {
      * offset, epoch }`. `offset` / `epoch` are the room's position (from the join ack, then from
      * every event): sent as `since` when the room is joined again after a reconnect, so the
      * server replays what was missed; events at or before it are duplicates and are dropped.
-     * @type {Map<string, { collection: string, handlers: Set<{ type: string | null, fn: Function }>, joined: boolean, offset?: number, epoch?: string }>}
+     * @type {Map<string, { collection: string, handlers: Set<{ type: string | null, fn: Function }>, joined: boolean, app?: boolean, offset?: number, epoch?: string }>}
      */
     this._rooms = new Map()
     /** Requests by id: `{ resolve, reject, timer, message, sent, internal }`. */
@@ -251,6 +251,8 @@ export class RealtimeClient {
     this._nextId = 1
     this._ws = null
     this._wanted = false // connect() called and disconnect() not since
+    /** @type {Set<string> | undefined} subscriptions already reported as never matching */
+    this._warned = undefined
     this._generation = 0 // bumps on every connection attempt and on disconnect()
     this._attempt = 0 // failed attempts since the last stable connection
     this._retryTimer = null
@@ -355,12 +357,10 @@ export class RealtimeClient {
   subscribe(subscription, handler) {
     const { collection, type } = parseSubscription(subscription)
     if (typeof handler !== 'function') throw new TypeError('payload-realtime/client: a handler must be a function')
-    let room = this._rooms.get(collection)
-    const isNew = !room
-    if (isNew) {
-      room = { collection, handlers: new Set(), joined: false, app: collection.includes(':') }
-      this._rooms.set(collection, room)
-    }
+    const existing = this._rooms.get(collection)
+    const isNew = !existing
+    const room = existing ?? { collection, handlers: new Set(), joined: false, app: collection.includes(':') }
+    if (isNew) this._rooms.set(collection, room)
     // The same handler for the same subscription is one entry: called once per message, and
     // removed by either of the functions returned.
     let entry = null
@@ -487,7 +487,14 @@ export class RealtimeClient {
     const message = { ...(data ?? {}), type, id }
     const timeout = options.timeout ?? this._requestTimeout
     return new Promise((resolve, reject) => {
-      const pending = { internal: false, resolve, reject, message, sent: false, timer: null }
+      const pending = {
+        internal: false,
+        resolve,
+        reject,
+        message,
+        sent: false,
+        timer: /** @type {ReturnType<typeof setTimeout> | null} */ (null),
+      }
       if (timeout > 0 && Number.isFinite(timeout)) {
         pending.timer = setTimeout(() => {
           this._pending.delete(id)

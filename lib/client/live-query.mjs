@@ -246,6 +246,7 @@ function compareValues(a, b) {
  * `undefined` when a sort field is absent from either document or not a scalar.
  */
 export function makeComparator(sort) {
+  /** @type {{ path: string, desc: boolean, fallback?: boolean }[]} */
   const keys = parseSort(sort)
   if (keys.length === 0) keys.push({ path: 'createdAt', desc: true })
   if (!keys.some((k) => k.path === 'createdAt')) keys.push({ path: 'createdAt', desc: true, fallback: true })
@@ -378,7 +379,8 @@ export class LiveQuery {
     /** The last fetch began after the room was joined on the current connection. */
     this._joined = false
     this._recoverable = false
-    this._inFlight = null // { generation, events: [] } while a fetch runs
+    /** @type {{ events: any[], waiting?: boolean } | null} while a fetch runs */
+    this._inFlight = null
     this._again = false
     this._timer = null
     this._setSnapshot({ docs: this._snapshot.docs, status: 'loading', error: null })
@@ -420,7 +422,7 @@ export class LiveQuery {
     if (!this._running) return
     this._running = false
     this._generation++
-    for (const off of this._offs) off()
+    for (const off of /** @type {(() => void)[]} */ (this._offs)) off()
     this._offs = []
     if (this._timer) clearTimeout(this._timer)
     this._timer = null
@@ -547,16 +549,18 @@ export class LiveQuery {
     if (this.client.status === 'connecting') {
       // A connection attempt under way: load once it is open (or has failed) rather than twice.
       flight.waiting = true
-      await new Promise((resolve) => {
-        const off = this.client.on('status', () => {
-          off()
-          resolve()
+      await /** @type {Promise<void>} */ (
+        new Promise((resolve) => {
+          const off = this.client.on('status', () => {
+            off()
+            resolve()
+          })
+          this._stopWaiting = () => {
+            off()
+            resolve()
+          }
         })
-        this._stopWaiting = () => {
-          off()
-          resolve()
-        }
-      })
+      )
       flight.waiting = false
       this._stopWaiting = null
     }

@@ -15,7 +15,7 @@ import {
 
 import { createRealtimeClient } from '../client/index.mjs'
 
-const RealtimeContext = createContext(null)
+const RealtimeContext = createContext(/** @type {import('../client/index.mjs').RealtimeClient | null} */ (null))
 
 // The handler ref is updated during the commit, so an event arriving after a re-render is
 // handled by that render's handler (useEffect would leave a gap until after paint). On the
@@ -30,7 +30,9 @@ const useCommitEffect = typeof document !== 'undefined' ? useLayoutEffect : useE
  * the provider (e.g. with a `key`). Nothing connects during server rendering.
  */
 export function RealtimeProvider({ client, children, ...options }) {
-  const [owned] = useState(() => (client ? null : createRealtimeClient({ ...options, autoConnect: false })))
+  const [owned] = useState(() =>
+    client ? null : createRealtimeClient(/** @type {any} */ ({ ...options, autoConnect: false })),
+  )
   const current = client ?? owned
   useEffect(() => {
     if (!owned) return undefined
@@ -139,7 +141,7 @@ export function usePayloadWebSocket(options) {
     }
     return createRealtimeClient({ ...opts, autoConnect: false })
   })
-  const client = provided ?? owned
+  const client = /** @type {import('../client/index.mjs').RealtimeClient} */ (provided ?? owned)
   useEffect(() => {
     if (!owned) return undefined
     owned.connect()
@@ -150,7 +152,9 @@ export function usePayloadWebSocket(options) {
   const getSnapshot = useCallback(() => client.status, [client])
   const status = useSyncExternalStore(subscribe, getSnapshot, getSnapshot)
 
-  const [lastMessage, setLastMessage] = useState(null)
+  const [lastMessage, setLastMessage] = useState(
+    /** @type {import('../client/index.mjs').ServerMessage | null} */ (null),
+  )
   useEffect(() => client.on('message', (message) => setLastMessage(message)), [client])
 
   // Rooms joined through sendMessage, by collection: the client's own subscriptions, so they
