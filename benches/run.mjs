@@ -58,6 +58,8 @@ import path from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 
+import { wrapReport } from './markdown.mjs'
+
 const here = path.dirname(fileURLToPath(import.meta.url))
 const root = path.resolve(here, '..')
 const env = process.env
@@ -1721,10 +1723,11 @@ const jsonPath = env.BENCH_OUT ? mdPath.replace(/\.md$/, '') + '.json' : path.jo
  * Writes the report, keeping the sections written elsewhere (the churn soak's, from
  * benches/soak.mjs, and the hand-written reading of the targets), marked `<!-- name:start -->`.
  */
-function writeReport(markdown) {
+async function writeReport(markdown) {
   const old = existsSync(mdPath) ? readFileSync(mdPath, 'utf8') : ''
   const kept = [...old.matchAll(/<!-- (\w+):start -->[\s\S]*?<!-- \1:end -->/g)].map((m) => m[0])
-  writeFileSync(mdPath, kept.length ? `${markdown.trimEnd()}\n\n${kept.join('\n\n')}\n` : markdown)
+  const text = kept.length ? `${markdown.trimEnd()}\n\n${kept.join('\n\n')}\n` : markdown
+  writeFileSync(mdPath, await wrapReport(text))
 }
 
 async function main() {
@@ -1735,7 +1738,7 @@ async function main() {
     results.scenarios = saved.scenarios
     results.runs =
       saved.runs ?? Object.fromEntries(Object.keys(saved.scenarios).map((k) => [k, runSummary(saved.meta)]))
-    writeReport(report(saved.meta))
+    await writeReport(report(saved.meta))
     log(`rewrote ${path.relative(root, mdPath)} from ${path.relative(root, jsonPath)}`)
     return
   }
@@ -1811,7 +1814,7 @@ async function main() {
   mkdirSync(path.dirname(json), { recursive: true })
   mkdirSync(path.dirname(mdPath), { recursive: true })
   writeFileSync(json, JSON.stringify({ meta, ...results }, null, 2) + '\n')
-  writeReport(report(meta))
+  await writeReport(report(meta))
   // Keep results.json in the repository's formatting (prettier --check runs in CI).
   const prettier = path.join(root, 'node_modules', '.bin', 'prettier')
   if (existsSync(prettier)) {

@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url'
 import WebSocket from 'ws'
 
 import { makeToken, SECRET, sleep } from '../__test__/helpers.mjs'
+import { wrapReport } from './markdown.mjs'
 
 const root = join(fileURLToPath(new URL('.', import.meta.url)), '..')
 const SECONDS = Number(process.env.SOAK_SECONDS ?? 180)
@@ -169,7 +170,7 @@ let md = readFileSync(mdPath, 'utf8')
 md = md.includes('<!-- soak:start -->')
   ? md.replace(/<!-- soak:start -->[\s\S]*<!-- soak:end -->/, section)
   : `${md.trimEnd()}\n\n${section}\n`
-writeFileSync(mdPath, md)
+writeFileSync(mdPath, await wrapReport(md))
 
 assert.equal(summary.end.connections, 0, 'every socket is gone')
 assert.equal(summary.end.rooms, 0, 'no room is left')
