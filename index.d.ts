@@ -442,8 +442,8 @@ export declare function getUWebSocketManager(): UWebSocketManager
 
 /**
  * The `code` of a `RealtimeError` the manager throws or rejects with: `'closed'` (the server is
- * closing or closed), `'server-behind'` (`maxBacklog` reached), `'invalid-input'` (an event the
- * core refuses), `'invalid-option'` and `'cannot-listen'` (the server did not start),
+ * closing or closed), `'server-behind'` (`maxBacklog` reached), `'invalid-input'` (an event or a
+ * call the core refuses), `'invalid-option'` and `'cannot-listen'` (the server did not start),
  * `'cannot-adopt'` (`handleUpgrade`, `attachTo`), `'not-started'` (`getUWebSocketManager`),
  * `'internal'`.
  */

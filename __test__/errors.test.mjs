@@ -6,8 +6,8 @@
 // the core's ErrorCode, docs/protocol.md and the client's typings name the same codes. So are the
 // codes of the RealtimeErrors a host gets: lib/errors.js's HOST_ERROR_CODES, what lib/ throws,
 // the core's Error::code, the addon's own codes and index.d.ts's RealtimeErrorCode; a server that
-// cannot start carries the core's code ('cannot-listen', 'invalid-option'; it was napi's
-// 'GenericFailure' / 'InvalidArg').
+// cannot start, or a call the core refuses, carries the core's code ('cannot-listen',
+// 'invalid-option', 'invalid-input'; it was napi's 'GenericFailure' / 'InvalidArg').
 
 import assert from 'node:assert/strict'
 import { readdirSync, readFileSync } from 'node:fs'
@@ -72,7 +72,7 @@ function jsThrownCodes(dir = join(root, 'lib')) {
 }
 
 test("the host's error codes: lib/errors.js, what lib/ throws, the core, the addon and index.d.ts agree", () => {
-  const { HOST_ERROR_CODES, NATIVE_START_ERRORS } = createRequire(import.meta.url)('../lib/errors.js')
+  const { HOST_ERROR_CODES, NATIVE_MESSAGES } = createRequire(import.meta.url)('../lib/errors.js')
   const host = [...HOST_ERROR_CODES].sort()
   // The core's `Error::code` (not the protocol's `ErrorCode`), and the addon's codes of its own.
   const core = new Set()
@@ -106,8 +106,8 @@ test("the host's error codes: lib/errors.js, what lib/ throws, the core, the add
     dts.indexOf('export declare class RealtimeError'),
   )
   assert.deepEqual([...union.matchAll(/\| '([a-z-]+)'/g)].map((m) => m[1]).sort(), host, 'index.d.ts RealtimeErrorCode')
-  // The openings by which a start error is told apart are the core's messages.
-  for (const [opening, code] of NATIVE_START_ERRORS) {
+  // The openings by which the core's errors are told apart are the core's messages.
+  for (const [opening, code] of NATIVE_MESSAGES) {
     assert.ok(HOST_ERROR_CODES.has(code), code)
     assert.ok(coreText.includes(`"${opening}`), `the core writes "${opening}..."`)
   }
@@ -130,4 +130,16 @@ test("a server that cannot start rejects with the core's code, not napi's status
     assert.ok(err instanceof RealtimeError)
     return true
   })
+})
+
+test("a call the core refuses throws the core's code, not napi's status", T, async () => {
+  const manager = await startServer({})
+  try {
+    assert.throws(
+      () => manager.registerCustomHandler('ping', () => {}),
+      (err) => err instanceof RealtimeError && err.code === 'invalid-input' && /built-in/.test(err.message),
+    )
+  } finally {
+    await manager.close()
+  }
 })

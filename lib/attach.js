@@ -4,7 +4,7 @@
 
 const tls = require('node:tls')
 
-const { RealtimeError } = require('./errors.js')
+const { RealtimeError, nativeError } = require('./errors.js')
 const { isPlainObject } = require('./util.js')
 
 /** Where `attachTo` takes upgrades when neither its `path` nor the manager's is given. */
@@ -130,7 +130,7 @@ function handleUpgrade(manager, req, socket, head) {
   } catch (err) {
     if (err?.code === 'cannot-adopt')
       throw cannotAdopt(String(err.message).replace(/^cannot adopt the connection: /, ''))
-    throw err
+    throw nativeError(err)
   }
   if (!adopted) {
     answerUpgrade(socket, 503, 'Service Unavailable', { error: 'shutting-down' })

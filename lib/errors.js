@@ -46,24 +46,34 @@ class RealtimeError extends Error {
 }
 
 /**
- * The addon starts a server with napi's status as the error's code ('InvalidArg',
- * 'GenericFailure'); the core's message says which of its errors it was, by these openings
- * (its `Display`; errors.test.mjs checks the core still writes them).
+ * The addon gives a call's error napi's status as its code ('InvalidArg' for an option or input
+ * the core refuses, else 'GenericFailure'; 'cannot-adopt' is its own); the core's message says
+ * which of its errors it was, by these openings (its `Display`; errors.test.mjs checks the core
+ * still writes them).
  */
-const NATIVE_START_ERRORS = [
+const NATIVE_MESSAGES = [
   ['invalid option: ', 'invalid-option'],
   ['cannot listen on ', 'cannot-listen'],
+  ['the realtime server is closed', 'closed'],
+  ['the realtime server is behind', 'server-behind'],
+  ['cannot adopt the connection: ', 'cannot-adopt'],
+  ['internal error: ', 'internal'],
 ]
 
 /**
- * The error of a native server that did not start, with the core's code.
+ * The error a native call threw, as a RealtimeError with the core's code; anything else (a
+ * TypeError of napi's own) as it is.
  * @param {any} err
  * @returns {Error}
  */
-function startError(err) {
+function nativeError(err) {
+  if (err instanceof RealtimeError) return err
   const message = String(err?.message ?? err)
-  const known = NATIVE_START_ERRORS.find(([opening]) => message.startsWith(opening))
-  return known ? new RealtimeError(known[1], message) : err
+  const known = NATIVE_MESSAGES.find(([opening]) => message.startsWith(opening))
+  if (known) return new RealtimeError(known[1], message)
+  if (err?.code === 'InvalidArg') return new RealtimeError('invalid-input', message)
+  if (err?.code === 'GenericFailure') return new RealtimeError('internal', message)
+  return err
 }
 
-module.exports = { RealtimeError, ERROR_CODES, HOST_ERROR_CODES, NATIVE_START_ERRORS, startError }
+module.exports = { RealtimeError, ERROR_CODES, HOST_ERROR_CODES, NATIVE_MESSAGES, nativeError }

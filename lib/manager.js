@@ -7,7 +7,7 @@
 // over from the application's HTTP server), log.js.
 
 const { loadNative } = require('./native.js')
-const { RealtimeError, startError } = require('./errors.js')
+const { RealtimeError, nativeError } = require('./errors.js')
 const lifecycle = require('./lifecycle.js')
 const { isPlainObject, jsonCopy, toJson } = require('./util.js')
 const { createAuthorizer, createJoinCheck } = require('./authorize.js')
@@ -100,7 +100,7 @@ class UWebSocketManager {
     try {
       this._server = native.initUWebSocket(opts, authorizeBatch, handle, () => {}, verifyUser, mayJoin, log)
     } catch (err) {
-      throw startError(err)
+      throw nativeError(err)
     }
     this.port = this._server.port
     /** The port of `/metrics`'s own listener (`metrics: { port }`), else null. */
@@ -131,7 +131,11 @@ class UWebSocketManager {
   _reconfigure(options) {
     const opts = nativeOptions(this.port, options)
     if (nativeShape(opts, options) !== this._nativeShape) return false
-    this._server.setHostRules(opts.includeCollections ?? null, opts.authorizeCollections, opts.joinRules)
+    try {
+      this._server.setHostRules(opts.includeCollections ?? null, opts.authorizeCollections, opts.joinRules)
+    } catch (err) {
+      throw nativeError(err)
+    }
     this._setRules(options)
     return true
   }
@@ -230,7 +234,11 @@ class UWebSocketManager {
     if (typeof room !== 'string' || room === '')
       throw new TypeError('payload-realtime: room must be a non-empty string')
     const except = opts && typeof opts.except === 'string' ? opts.except : undefined
-    this._server.broadcastToRoom(room, toJson(message, 'the message'), except)
+    try {
+      this._server.broadcastToRoom(room, toJson(message, 'the message'), except)
+    } catch (err) {
+      throw nativeError(err)
+    }
   }
 
   /** Handles client messages of `type`: the return value (or resolved value) is the reply. */
@@ -238,7 +246,11 @@ class UWebSocketManager {
     if (typeof type !== 'string' || type === '')
       throw new TypeError('payload-realtime: type must be a non-empty string')
     if (typeof handler !== 'function') throw new TypeError('payload-realtime: handler must be a function')
-    this._server.registerCustomHandler(type)
+    try {
+      this._server.registerCustomHandler(type)
+    } catch (err) {
+      throw nativeError(err)
+    }
     this._handlers.set(type, handler)
   }
 
@@ -249,7 +261,11 @@ class UWebSocketManager {
   }
 
   joinRoom(socketId, room) {
-    return this._server.joinRoom(String(socketId), String(room))
+    try {
+      return this._server.joinRoom(String(socketId), String(room))
+    } catch (err) {
+      throw nativeError(err)
+    }
   }
 
   leaveRoom(socketId, room) {
