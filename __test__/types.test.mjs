@@ -2,8 +2,8 @@
 // `tsc --noEmit` over __test__/types/usage.ts, which imports every export through the package's
 // own export map, narrows the server-message union on `type`, and holds `@ts-expect-error` lines
 // for what the typings must refuse. Any type error (or an expected error that does not happen)
-// fails the test with tsc's output. The JavaScript is checked too, with strictNullChecks (not yet
-// the whole of `strict`: parameters without a JSDoc type stay `any`): the server side's (checkJs
+// fails the test with tsc's output. The JavaScript is checked too, with `strict` but for
+// noImplicitAny (parameters without a JSDoc type stay `any`): the server side's (checkJs
 // over lib/*.js and lib/payload/*.js), with its exports against index.d.ts, and the client's and
 // React's (lib/client/*.mjs, lib/react/*.mjs), whose imports of each other are checked against
 // their .d.mts typings. lib/admin/ is not: it needs Next.js's and Payload's UI typings.

@@ -127,7 +127,7 @@ function handleUpgrade(manager, req, socket, head) {
   let adopted
   try {
     adopted = manager._server.adoptUpgrade(fd, req.method, req.url, req.rawHeaders, early)
-  } catch (err) {
+  } catch (/** @type {any} */ err) {
     if (err?.code === 'cannot-adopt')
       throw cannotAdopt(String(err.message).replace(/^cannot adopt the connection: /, ''))
     throw nativeError(err)
@@ -209,7 +209,7 @@ function attachTo(manager, server, options = {}) {
     }
     try {
       manager.handleUpgrade(req, socket, head)
-    } catch (err) {
+    } catch (/** @type {any} */ err) {
       // An exception in an event listener would take the process down.
       manager._logFailure('attachTo', err)
       answerUpgrade(socket, 500, 'Internal Server Error', {
@@ -225,11 +225,12 @@ function attachTo(manager, server, options = {}) {
   const streams = new Set(['/sse', '/poll'].map((leaf) => `${path.replace(/\/+$/, '')}${leaf}`))
   const emit = server.emit
   let taking = true
+  /** @this {any} */
   const takeRequests = function (event, req, res) {
     if (taking && event === 'request' && req?.method === 'GET' && streams.has(targetPath(req.url))) {
       try {
         if (manager._takeRequest(req)) return true
-      } catch (err) {
+      } catch (/** @type {any} */ err) {
         manager._logFailure('attachTo', err)
         if (!res.headersSent) {
           res.writeHead(500, { 'content-type': 'application/json', connection: 'close' })
@@ -238,7 +239,7 @@ function attachTo(manager, server, options = {}) {
         return true
       }
     }
-    return emit.apply(this, arguments)
+    return emit.apply(this, /** @type {any} */ (arguments))
   }
   server.emit = takeRequests
   const detach = () => {

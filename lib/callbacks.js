@@ -50,7 +50,7 @@ function hostCallbacks(manager, options, { handlerTimeout, logFailure }) {
       }
       if (rooms.length === 0 && initial.length === 0) return { ok: true }
       return { ok: true, reply: { initial: JSON.parse(toJson(initial, 'the initial state')), rooms } }
-    } catch (err) {
+    } catch (/** @type {any} */ err) {
       logFailure('onConnect', err)
       return { ok: true }
     }
@@ -76,7 +76,7 @@ function hostCallbacks(manager, options, { handlerTimeout, logFailure }) {
           )
           if (reply === undefined) return { ok: true }
           return { ok: true, reply: JSON.parse(toJson(reply, `the reply of handler "${call.type}"`)) }
-        } catch (err) {
+        } catch (/** @type {any} */ err) {
           const code = err && typeof err.code === 'string' && ERROR_CODES.has(err.code) ? err.code : 'internal'
           if (code === 'internal') {
             logFailure(`handler for "${call.type}"`, err)
@@ -94,7 +94,7 @@ function hostCallbacks(manager, options, { handlerTimeout, logFailure }) {
           try {
             const user = await manager._verifyUser(token, claims)
             return isPlainObject(user) ? JSON.parse(toJson(user, 'the verified user')) : null
-          } catch (err) {
+          } catch (/** @type {any} */ err) {
             logFailure('verifyUser', err)
             return null
           }

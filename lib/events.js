@@ -63,7 +63,7 @@ function flushEvents(manager) {
   let results
   try {
     results = manager._server.emitEvents(`[${batch.map((e) => e.json).join(',')}]`)
-  } catch (err) {
+  } catch (/** @type {any} */ err) {
     failed(err)
     return
   }
@@ -106,7 +106,7 @@ function publish(manager, room, message, opts = {}) {
   let answer
   try {
     answer = manager._server.publish(room, json, socket, user)
-  } catch (err) {
+  } catch (/** @type {any} */ err) {
     return Promise.reject(new RealtimeError(manager._closing ? 'closed' : 'internal', String(err?.message ?? err)))
   }
   return answer.then(

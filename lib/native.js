@@ -100,7 +100,7 @@ function loadAddon() {
     if (fs.existsSync(local)) {
       try {
         return req(local)
-      } catch (err) {
+      } catch (/** @type {any} */ err) {
         failures.push(`${local}: ${err.message}`)
         continue
       }
@@ -113,7 +113,7 @@ function loadAddon() {
     }
     try {
       return req(resolved)
-    } catch (err) {
+    } catch (/** @type {any} */ err) {
       failures.push(`${resolved}: ${err.message}`)
     }
   }

@@ -49,7 +49,7 @@ function toJson(value, what) {
   let json
   try {
     json = JSON.stringify(value)
-  } catch (err) {
+  } catch (/** @type {any} */ err) {
     throw new TypeError(`payload-realtime: ${what} cannot be serialized to JSON: ${err.message}`)
   }
   if (json === undefined) throw new TypeError(`payload-realtime: ${what} cannot be serialized to JSON`)

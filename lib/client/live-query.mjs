@@ -463,7 +463,7 @@ export class LiveQuery {
     for (const l of [...this._listeners]) {
       try {
         l()
-      } catch (err) {
+      } catch (/** @type {any} */ err) {
         if (typeof console !== 'undefined' && console.error)
           console.error('[payload-realtime/client] liveQuery listener', err)
       }
@@ -510,7 +510,7 @@ export class LiveQuery {
       this._joined = await this._join(flight)
       if (generation !== this._generation) return
       body = await this._request(abort?.signal)
-    } catch (err) {
+    } catch (/** @type {any} */ err) {
       if (generation !== this._generation) return
       this._inFlight = null
       this._abort = null
@@ -568,7 +568,7 @@ export class LiveQuery {
     try {
       await this.client.request('join-collection', { collection: this.collection })
       return this.client.status === 'open'
-    } catch (err) {
+    } catch (/** @type {any} */ err) {
       if (err?.reply) throw err // refused by the server: forbidden, unknown-collection
       return false // the connection went meanwhile
     }

@@ -190,7 +190,7 @@ export class SseTransport {
         cache: 'no-store',
         signal: abort.signal,
       })
-    } catch (err) {
+    } catch (/** @type {any} */ err) {
       if (id === this._streamId && !abort.signal.aborted) this._fail(1006, `SSE request failed: ${err?.message ?? err}`)
       return
     }
