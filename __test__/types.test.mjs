@@ -6,7 +6,8 @@
 // noImplicitAny (parameters without a JSDoc type stay `any`): the server side's (checkJs
 // over lib/*.js and lib/payload/*.js), with its exports against index.d.ts, and the client's and
 // React's (lib/client/*.mjs, lib/react/*.mjs), whose imports of each other are checked against
-// their .d.mts typings. lib/admin/ is not: it needs Next.js's and Payload's UI typings.
+// their .d.mts typings, and export at run time the values those typings declare. lib/admin/ is
+// not: it needs Next.js's and Payload's UI typings.
 
 import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
@@ -47,3 +48,27 @@ test(
     assert.equal(run.status, 0, `tsc failed:\n${run.stdout}${run.stderr}`)
   },
 )
+
+test('payload-realtime/client and /react export at run time exactly the values their typings declare', async () => {
+  const ts = require('typescript')
+  for (const entry of ['client', 'react']) {
+    const dts = fileURLToPath(new URL(`../lib/${entry}/index.d.mts`, import.meta.url))
+    const program = ts.createProgram([dts], {
+      module: ts.ModuleKind.NodeNext,
+      moduleResolution: ts.ModuleResolutionKind.NodeNext,
+      target: ts.ScriptTarget.ES2022,
+      noEmit: true,
+      skipLibCheck: true,
+      lib: ['lib.es2022.d.ts', 'lib.dom.d.ts'],
+    })
+    const checker = program.getTypeChecker()
+    const declared = checker
+      .getExportsOfModule(checker.getSymbolAtLocation(program.getSourceFile(dts)))
+      .filter((s) => (s.flags & ts.SymbolFlags.Alias ? checker.getAliasedSymbol(s) : s).flags & ts.SymbolFlags.Value)
+      .map((s) => s.name)
+      .sort()
+    const exported = Object.keys(await import(`../lib/${entry}/index.mjs`)).sort()
+    assert.ok(declared.length > 5, `${entry}: values declared: ${declared}`)
+    assert.deepEqual(exported, declared, `lib/${entry}/index.mjs vs its index.d.mts`)
+  }
+})
