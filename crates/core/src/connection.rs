@@ -351,7 +351,7 @@ impl Connection {
         READ_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             for _ in 0..READS_PER_WAKE {
-                match self.stream.try_read(&mut buf[..]) {
+                match crate::head::read_drained(&self.stream, &mut buf[..]) {
                     Ok(0) => return ReadEnd::Gone,
                     Ok(n) => {
                         if let Some(end) = self.on_bytes(&buf[..n]) {

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::{header, Method, Request};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The most head bytes read here; a longer head goes to hyper, which answers it as before.
@@ -44,18 +44,53 @@ pub(crate) async fn read(stream: &mut TcpStream) -> Head {
         if buf.len() >= MAX_HEAD {
             return Head::Other(buf.freeze());
         }
-        buf.reserve(1024);
-        match stream.try_read_buf(&mut buf) {
+        let start = buf.len();
+        buf.resize(start + 1024, 0);
+        match read_drained(stream, &mut buf[start..]) {
             Ok(0) => return Head::Closed,
-            Ok(_) => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Ok(n) => buf.truncate(start + n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                buf.truncate(start);
+                if stream.readable().await.is_err() {
+                    return Head::Closed;
+                }
+            }
             Err(_) => return Head::Closed,
         }
-        match stream.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return Head::Closed,
-            Ok(_) => {}
+    }
+}
+
+/// Reads what the socket has, as `try_read` does; but a read that leaves `buf` short also
+/// clears the socket's readiness, as tokio's own `poll_read` does: TCP gave all it had, so the
+/// `recv` that would only answer `WouldBlock` is not made (one system call per wake-up, not
+/// two). Bytes that arrive meanwhile raise a new readiness event, which this does not clear.
+pub(crate) fn read_drained(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        let mut short = 0;
+        let read = stream.try_io(tokio::io::Interest::READABLE, || {
+            // SAFETY: `buf` is writable for `buf.len()` bytes for the whole call, and the
+            // descriptor is the stream's own, open while `stream` is borrowed.
+            let n = unsafe { libc::recv(stream.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let n = n as usize;
+            if n > 0 && n < buf.len() {
+                // `WouldBlock` is what tells tokio to clear the readiness.
+                short = n;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        match read {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && short > 0 => Ok(short),
+            other => other,
         }
     }
+    #[cfg(not(unix))]
+    stream.try_read(buf)
 }
 
 /// `Some` once the bytes say what the connection is.
