@@ -1,5 +1,5 @@
 // The security page (docs/security.md) is checked against the code it describes: its close-code table
-// against `close_code` in crates/core/src/protocol.rs and the SDK's `CloseCodes`, its table of
+// against `close_code` in crates/core/src/protocol/mod.rs and the SDK's `CloseCodes`, its table of
 // refused handshakes against every `error` the server answers with, and its table of limits
 // against the options (every `max*` and `*Timeout` option has a row, with the same default as
 // the option table).
@@ -35,8 +35,8 @@ function rustFiles(dir) {
   )
 }
 
-test('the close-code table lists exactly the codes of protocol.rs and the SDK, by the same names', () => {
-  const protocol = rust(join(root, 'crates/core/src/protocol.rs'))
+test('the close-code table lists exactly the codes of protocol/mod.rs and the SDK, by the same names', () => {
+  const protocol = rust(join(root, 'crates/core/src/protocol/mod.rs'))
   const mod = protocol.slice(
     protocol.indexOf('pub mod close_code'),
     protocol.indexOf('\n}\n', protocol.indexOf('pub mod close_code')),
@@ -44,7 +44,7 @@ test('the close-code table lists exactly the codes of protocol.rs and the SDK, b
   const server = Object.fromEntries(
     [...mod.matchAll(/pub const (\w+): u16 = (\d+);/g)].map((m) => [m[1], Number(m[2])]),
   )
-  assert.ok(Object.keys(server).length >= 10, 'close codes found in protocol.rs')
+  assert.ok(Object.keys(server).length >= 10, 'close codes found in protocol/mod.rs')
   const documented = Object.fromEntries(
     table('## Close codes').map(([code, name]) => [name.replace(/`/g, ''), Number(code)]),
   )

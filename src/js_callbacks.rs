@@ -16,11 +16,11 @@ use napi::Status;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use payload_realtime_core::callbacks::{
+use payload_realtime_core::host::callbacks::{
     AuthorizeRequest, Authorizer, BoxFuture, CustomHandlers, Decision, HandlerCall, HandlerOutcome, JoinRule,
     UserVerifier,
 };
-use payload_realtime_core::crossing::{authorize_json, SentLists};
+use payload_realtime_core::host::crossing::{authorize_json, SentLists};
 use payload_realtime_core::protocol::ErrorCode;
 use payload_realtime_core::warn;
 

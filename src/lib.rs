@@ -16,15 +16,15 @@ use napi_derive::napi;
 use parking_lot::Mutex;
 use serde_json::Value;
 
-use payload_realtime_core::adopt;
 use payload_realtime_core::auth::PayloadKey;
-use payload_realtime_core::callbacks::{self, Callbacks};
+use payload_realtime_core::cluster::history::{HistoryPolicy, HistoryRule, DEFAULT_HISTORY_MAX_BYTES};
 use payload_realtime_core::config::{Config, HostRules, MetricsAccess};
+use payload_realtime_core::delivery::hub::Hub;
+use payload_realtime_core::delivery::ingest::{self, Events};
 use payload_realtime_core::error;
-use payload_realtime_core::history::{HistoryPolicy, HistoryRule, DEFAULT_HISTORY_MAX_BYTES};
-use payload_realtime_core::hub::Hub;
-use payload_realtime_core::ingest::{self, Events};
-use payload_realtime_core::server::{RequestHead, Server};
+use payload_realtime_core::host::callbacks::{self, Callbacks};
+use payload_realtime_core::net::adopt;
+use payload_realtime_core::net::server::{RequestHead, Server};
 
 use crate::js_callbacks::{
     AuthorizeFn, HandlerFn, JsAuthorizer, JsHandlers, JsJoinRule, JsLogger, JsVerifier, LogFn, MayJoinFn, VerifyFn,

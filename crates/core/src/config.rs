@@ -62,7 +62,7 @@ pub struct Config {
     /// one address, capped by `maxConnectionsPerIp`).
     pub trust_loopback: bool,
     /// History kept per room (rules by room name or `prefix*`), for recovery after reconnects.
-    pub history: Vec<crate::history::HistoryRule>,
+    pub history: Vec<crate::cluster::history::HistoryRule>,
     /// Rooms with presence (room names or `prefix*`).
     pub presence: Vec<String>,
     /// How long another instance's presence counts without a fresh state (it died otherwise).

@@ -16,38 +16,17 @@
 //! - a connection the host's own HTTP server accepted is taken over in [`adopt`] and
 //!   [`server::Server::adopt`], then served like any other.
 
-pub mod adopt;
 pub mod auth;
-pub mod authorize;
-pub mod broker;
-pub mod callbacks;
+pub mod cluster;
 pub mod config;
-pub mod connection;
-pub mod crossing;
-pub mod dispatch;
+pub mod delivery;
 pub mod error;
-pub mod event;
-pub mod first_auth;
-pub mod flush;
-pub mod frame_reader;
-pub(crate) mod head;
-pub mod history;
-pub mod hub;
-pub mod ingest;
+pub mod host;
 pub mod limits;
 pub mod log;
-pub mod longpoll;
 pub mod memory;
 pub mod metrics;
-pub mod outbound;
-pub mod peer;
-pub mod presence;
+pub mod net;
 pub mod protocol;
-pub mod requests;
-pub mod revocations;
-pub mod rooms;
-pub mod server;
-pub mod splice;
-pub mod sse;
 pub mod stats;
-pub(crate) mod users;
+pub mod write;

@@ -41,7 +41,7 @@ pub struct Metric {
     pub value: fn(&Snapshot) -> Value<'_>,
 }
 
-fn redis(s: &Snapshot, f: fn(&crate::broker::BrokerStats) -> u64) -> Value<'_> {
+fn redis(s: &Snapshot, f: fn(&crate::cluster::broker::BrokerStats) -> u64) -> Value<'_> {
     Value::One(s.broker.as_ref().map_or(0, f))
 }
 

@@ -149,7 +149,7 @@ pub struct Snapshot {
     /// Bytes handed to sockets by reference rather than copied, by every server of the process
     /// since it started (see `splice`).
     pub spliced_bytes: u64,
-    pub broker: Option<crate::broker::BrokerStats>,
+    pub broker: Option<crate::cluster::broker::BrokerStats>,
     /// `verifyUser` calls in flight now.
     pub verifying: u64,
     pub refused_verifying: u64,
@@ -173,7 +173,7 @@ pub struct Snapshot {
     /// Events kept in this instance's in-memory histories, and the rooms they belong to.
     pub history_events: u64,
     pub history_rooms: u64,
-    pub sessions: crate::revocations::SessionStats,
+    pub sessions: crate::auth::revocations::SessionStats,
 }
 
 impl Stats {
@@ -181,7 +181,12 @@ impl Stats {
         counter.fetch_add(n, Relaxed);
     }
 
-    pub fn snapshot(&self, rooms: u64, backlog_bytes: u64, broker: Option<crate::broker::BrokerStats>) -> Snapshot {
+    pub fn snapshot(
+        &self,
+        rooms: u64,
+        backlog_bytes: u64,
+        broker: Option<crate::cluster::broker::BrokerStats>,
+    ) -> Snapshot {
         Snapshot {
             connections: self.connections.load(Relaxed),
             connections_total: self.connections_total.load(Relaxed),
@@ -202,7 +207,7 @@ impl Stats {
             handler_errors: self.handler_errors.load(Relaxed),
             backlog_waits: self.backlog_waits.load(Relaxed),
             backlog_bytes,
-            spliced_bytes: crate::splice::SPLICED_BYTES.load(Relaxed) as u64,
+            spliced_bytes: crate::write::splice::SPLICED_BYTES.load(Relaxed) as u64,
             broker,
             verifying: 0,
             refused_verifying: self.refused_verifying.load(Relaxed),

@@ -4,9 +4,9 @@
 //! Usage: `autobahn-echo [HOST:PORT]` (default 127.0.0.1:9001). Prints `listening on ADDR` once
 //! it accepts connections.
 
-use payload_realtime_core::callbacks::Callbacks;
 use payload_realtime_core::config::Config;
-use payload_realtime_core::server::Server;
+use payload_realtime_core::host::callbacks::Callbacks;
+use payload_realtime_core::net::server::Server;
 
 fn main() {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9001".into());

@@ -7,7 +7,7 @@
 //! wake-up. Here the task polls the socket's readiness (one waker slot per direction), its
 //! outbound queue (an `AtomicWaker`) and one timer set to whatever is due next (idle check,
 //! token expiry, close deadline). Reads go into a buffer shared by the thread's sockets (see
-//! [`crate::frame_reader`]); writes are non-blocking `writev`s of the queued batch. An idle
+//! [`crate::protocol::frame_reader`]); writes are non-blocking `writev`s of the queued batch. An idle
 //! socket holds no buffer at all.
 
 use std::cell::RefCell;
@@ -26,14 +26,14 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::auth::now_secs;
-use crate::frame_reader::{FrameReader, Message};
-use crate::hub::Hub;
+use crate::delivery::hub::Hub;
 use crate::limits::Slot;
-use crate::outbound::{Batch, Flush, Push, EVICTION_GRACE};
-use crate::peer::Peer;
+use crate::net::requests::Requests;
+use crate::protocol::frame_reader::{FrameReader, Message};
 use crate::protocol::{self, close_code, ErrorCode};
-use crate::requests::Requests;
 use crate::stats::Stats;
+use crate::write::outbound::{Batch, Flush, Push, EVICTION_GRACE};
+use crate::write::peer::Peer;
 use crate::{debug, warn};
 
 /// How long to wait for the client's close frame after ours is out before dropping the
@@ -65,7 +65,7 @@ pub async fn serve(hub: Arc<Hub>, peer: Arc<Peer>, upgraded: Upgraded) {
 /// That `Bytes` shares the allocation of hyper's whole read buffer, so it must not outlive the
 /// first step of whoever reads it.
 pub(crate) fn into_tcp(upgraded: Upgraded) -> Option<(TcpStream, Bytes)> {
-    let parts = upgraded.downcast::<TokioIo<crate::head::Rewind>>().ok()?;
+    let parts = upgraded.downcast::<TokioIo<crate::net::head::Rewind>>().ok()?;
     let rewind = parts.io.into_inner();
     // Hyper read the bytes put back before anything else, so they are gone by now; should any
     // be left, they come first.
@@ -351,7 +351,7 @@ impl Connection {
         READ_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             for _ in 0..READS_PER_WAKE {
-                match crate::head::read_drained(&self.stream, &mut buf[..]) {
+                match crate::net::head::read_drained(&self.stream, &mut buf[..]) {
                     Ok(0) => return ReadEnd::Gone,
                     Ok(n) => {
                         if let Some(end) = self.on_bytes(&buf[..n]) {

@@ -35,7 +35,7 @@ use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 
 use crate::protocol::{close_code, close_frame};
-use crate::splice::Piped;
+use crate::write::splice::Piped;
 
 /// How long an evicted socket's in-flight write may still take before the TCP connection is cut.
 pub const EVICTION_GRACE: Duration = Duration::from_secs(10);
@@ -49,7 +49,7 @@ const MAX_IOVECS: usize = 512;
 const IOV_MAX: usize = 1024;
 
 /// A queued frame: its bytes, and for a large buffer that many sockets send, a pipe holding a
-/// copy that the kernel hands to the socket by reference (see [`crate::splice`]).
+/// copy that the kernel hands to the socket by reference (see [`crate::write::splice`]).
 #[derive(Clone)]
 pub struct OutFrame {
     pub bytes: Bytes,
@@ -268,7 +268,7 @@ impl Outbound {
 
     /// [`Outbound::push`] that leaves the writer asleep: `true` beside a queued push means
     /// the queue was empty and the caller must call [`Outbound::wake`] once it has queued the
-    /// rest of its burst (see [`crate::rooms::Wakes`]). An eviction wakes the writer itself.
+    /// rest of its burst (see [`crate::delivery::rooms::Wakes`]). An eviction wakes the writer itself.
     pub fn push_unwoken(&self, frame: impl Into<OutFrame>) -> (Push, bool) {
         let frame = frame.into();
         let mut s = self.state.lock();
@@ -424,7 +424,7 @@ impl Outbound {
         self.state.lock().queue.iter().map(|f| f.bytes.clone()).collect()
     }
 
-    /// Whether each buffer waiting to be written carries a pipe (see [`crate::splice`]).
+    /// Whether each buffer waiting to be written carries a pipe (see [`crate::write::splice`]).
     #[cfg(test)]
     pub fn queued_piped(&self) -> Vec<bool> {
         self.state.lock().queue.iter().map(|f| f.piped.is_some()).collect()
@@ -549,7 +549,7 @@ impl Outbound {
 pub trait TryWrite {
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize>;
 
-    /// Sends a piped buffer whole by reference (see [`crate::splice::send`]); any error but
+    /// Sends a piped buffer whole by reference (see [`crate::write::splice::send`]); any error but
     /// `WouldBlock` means the bytes are to be written instead.
     fn try_splice(&self, _piped: &Piped) -> std::io::Result<usize> {
         Err(std::io::ErrorKind::Unsupported.into())
@@ -571,7 +571,7 @@ impl TryWrite for tokio::net::TcpStream {
     fn try_splice(&self, piped: &Piped) -> std::io::Result<usize> {
         use std::os::fd::AsRawFd;
         self.try_io(tokio::io::Interest::WRITABLE, || {
-            crate::splice::send(piped, self.as_raw_fd())
+            crate::write::splice::send(piped, self.as_raw_fd())
         })
     }
 }
@@ -592,7 +592,7 @@ impl TryWrite for FdSink {
 
     #[cfg(target_os = "linux")]
     fn try_splice(&self, piped: &Piped) -> std::io::Result<usize> {
-        crate::splice::send(piped, self.0)
+        crate::write::splice::send(piped, self.0)
     }
 }
 
@@ -958,7 +958,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_piped_buffer_goes_by_splice_between_copied_frames_in_order() {
-        use crate::splice::SPLICED_BYTES;
+        use crate::write::splice::SPLICED_BYTES;
         use tokio::io::AsyncReadExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::delivery::hub::Hub;
 use crate::error::Error;
-use crate::hub::Hub;
 
 /// For each event, the number of sockets it was queued to, or why it was refused.
 pub type Outcomes = Vec<Result<usize, Error>>;
@@ -142,7 +142,7 @@ async fn take(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<Handed>, waiting: A
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dispatch::test_hub;
+    use crate::delivery::dispatch::test_hub;
     use crate::protocol::collection_room;
 
     #[tokio::test]
@@ -189,7 +189,7 @@ mod tests {
     /// once and counted, instead of the queue growing; taken ones make room again.
     #[tokio::test]
     async fn the_queue_refuses_past_max_backlog_bytes() {
-        let hub = crate::dispatch::test_hub_with(crate::config::Config {
+        let hub = crate::delivery::dispatch::test_hub_with(crate::config::Config {
             max_backlog: 2048,
             ..Default::default()
         });

@@ -14,7 +14,7 @@
 //! (at most 16 buffers), and polls again at once while it has. So a stream whose last chunk
 //! was not followed by a poll is a client not reading (the queue's `blocked`): a push past
 //! `maxBackpressure` then closes it with 4008. A stream hyper has not polled yet since it was
-//! woken is the server behind, as for a socket ([`crate::outbound::Push::Behind`]).
+//! woken is the server behind, as for a socket ([`crate::write::outbound::Push::Behind`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -31,12 +31,12 @@ use serde::Deserialize;
 use tokio::time::{Instant, Sleep};
 
 use crate::auth::now_secs;
-use crate::hub::Hub;
+use crate::delivery::hub::Hub;
 use crate::limits::Slot;
-use crate::peer::Peer;
+use crate::net::requests::Requests;
 use crate::protocol::{self, close_code};
-use crate::requests::Requests;
 use crate::stats::Stats;
+use crate::write::peer::Peer;
 
 /// Longest wait between two writes on a quiet stream: a comment line keeps proxies (which often
 /// cut a response silent for 60 s) and the client's liveness check satisfied. Shorter with a
@@ -375,7 +375,7 @@ pub(crate) fn write_close(out: &mut BytesMut, close_frame: &[u8]) {
 /// the same rules (a room no rule of `rooms` names is refused).
 pub(crate) fn join_rooms(requests: &mut Requests, prefix: &str, rooms: &[String], last: &Positions) {
     let since = |room: &str| {
-        last.get(room).map(|(epoch, offset)| crate::history::Since {
+        last.get(room).map(|(epoch, offset)| crate::cluster::history::Since {
             offset: *offset,
             epoch: epoch.clone(),
         })
@@ -398,7 +398,7 @@ pub(crate) fn join_rooms(requests: &mut Requests, prefix: &str, rooms: &[String]
         }
         requests.on_text(join.to_string().as_bytes());
     }
-    let apps: Vec<(String, String, Option<crate::history::Since>)> = rooms
+    let apps: Vec<(String, String, Option<crate::cluster::history::Since>)> = rooms
         .iter()
         .filter(|r| protocol::collection_of_room(r).is_none())
         .map(|r| (room_join_id(prefix, r), r.clone(), since(r)))

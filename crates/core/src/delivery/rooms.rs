@@ -18,12 +18,12 @@ use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxBuildHasher;
 use serde_json::Value;
 
-use crate::callbacks::UserList;
-use crate::flush::Flushers;
-use crate::outbound::{OutFrame, Push};
-use crate::peer::{Peer, PeerId};
-use crate::splice::{self, Piped};
+use crate::host::callbacks::UserList;
 use crate::stats::Stats;
+use crate::write::flush::Flushers;
+use crate::write::outbound::{OutFrame, Push};
+use crate::write::peer::{Peer, PeerId};
+use crate::write::splice::{self, Piped};
 
 const SHARDS: usize = 32;
 
@@ -619,7 +619,7 @@ impl Wakes {
     }
 
     /// Has every socket queued to since the last flush written, by the flushers (see
-    /// [`crate::flush`]), or without them by waking each socket's task. The caller goes on at
+    /// [`crate::write::flush`]), or without them by waking each socket's task. The caller goes on at
     /// once: frames it queues meanwhile for a socket not yet written go out in the same write.
     pub fn flush(&mut self) {
         if self.peers.is_empty() {
@@ -788,7 +788,7 @@ mod tests {
         let offsets: Vec<_> = held.iter().map(|(o, _)| *o).collect();
         assert_eq!(offsets, vec![Some(0), Some(2)]);
         assert_eq!(stats.messages_out.load(Ordering::Relaxed), 3);
-        let mut batch = crate::outbound::Batch::default();
+        let mut batch = crate::write::outbound::Batch::default();
         live.outbound.take_into(&mut batch);
         assert!(!batch.is_empty());
     }
@@ -848,10 +848,10 @@ mod tests {
         let (pushes, counts) = reg.fan_out_run("r", &run, None, &stats, &mut wakes);
         assert_eq!((pushes, counts), (4, vec![3, 1, 4]));
         let queued = |p: &Arc<Peer>| {
-            let mut batch = crate::outbound::Batch::default();
+            let mut batch = crate::write::outbound::Batch::default();
             p.outbound.take_into(&mut batch);
             struct Sink(std::cell::RefCell<Vec<u8>>);
-            impl crate::outbound::TryWrite for Sink {
+            impl crate::write::outbound::TryWrite for Sink {
                 fn try_write_vectored(&self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
                     let mut n = 0;
                     for b in bufs {

@@ -11,7 +11,7 @@ use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 
 use crate::auth::User;
-use crate::outbound::Outbound;
+use crate::write::outbound::Outbound;
 
 pub type PeerId = u64;
 

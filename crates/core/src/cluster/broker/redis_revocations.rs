@@ -1,4 +1,4 @@
-//! Revoked sessions in Redis, shared by every instance of the app (see [`crate::revocations`]).
+//! Revoked sessions in Redis, shared by every instance of the app (see [`crate::auth::revocations`]).
 //!
 //! A session's key is `<prefix>revoked:{<user>}:sid:<sid>`, a user's `<prefix>revoked:{<user>}:all`
 //! (its value: when the user was revoked, in milliseconds); each expires with the tokens it covers.
@@ -7,7 +7,7 @@
 use fred::interfaces::{ClientLike, LuaInterface};
 use fred::prelude::{Client, Value as RedisValue};
 
-use crate::revocations::{now_ms, Found, Query, Revocation, RevocationStore, StoreFuture};
+use crate::auth::revocations::{now_ms, Found, Query, Revocation, RevocationStore, StoreFuture};
 
 /// Writes one revocation: a session's key, or a user's (keeping the later time and the longer
 /// life when there is one already).

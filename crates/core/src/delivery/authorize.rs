@@ -11,9 +11,9 @@ use serde_json::Value;
 
 use bytes::Bytes;
 
-use crate::callbacks::{AuthorizeRequest, Authorizer, Decision, UserList};
+use crate::delivery::rooms::AllowedUsers;
+use crate::host::callbacks::{AuthorizeRequest, Authorizer, Decision, UserList};
 use crate::protocol::encode_value;
-use crate::rooms::AllowedUsers;
 use crate::stats::Stats;
 use crate::warn;
 
@@ -89,7 +89,7 @@ fn frame_with_doc(event: &Value, doc: &Value) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::callbacks::BoxFuture;
+    use crate::host::callbacks::BoxFuture;
     use parking_lot::Mutex;
     use serde_json::json;
 

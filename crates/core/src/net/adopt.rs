@@ -1,5 +1,5 @@
 //! Taking over a connection the host's own HTTP server accepted, once it has read an upgrade
-//! request from it (see [`crate::server::Server::adopt`]). The platform-specific part lives
+//! request from it (see [`crate::net::server::Server::adopt`]). The platform-specific part lives
 //! here and only here.
 //!
 //! The descriptor is duplicated, not taken: the host keeps its own copy and closes it when it

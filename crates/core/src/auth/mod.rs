@@ -4,6 +4,9 @@
 //! Payload signs its tokens with HS256 over the UTF-8 bytes of `sha256(secret).hex()[..32]`, not
 //! over the raw secret, so the server derives that key once at start-up.
 
+pub mod revocations;
+pub(crate) mod users;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hyper::http::{header, request::Parts, HeaderMap};

@@ -17,13 +17,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 
-use crate::frame_reader::{FrameReader, Message};
-use crate::hub::Hub;
+use crate::delivery::hub::Hub;
 use crate::limits::Slot;
-use crate::peer::Peer;
+use crate::net::server::{verify_capped, Unverified};
+use crate::protocol::frame_reader::{FrameReader, Message};
 use crate::protocol::{self, close_code, ClientMessage, RequestId};
-use crate::server::{verify_capped, Unverified};
 use crate::stats::Stats;
+use crate::write::peer::Peer;
 
 /// How long the close that ends an unauthenticated socket may take to write, and how long what
 /// the client still sends is then read and dropped (closing with unread bytes resets the
@@ -77,11 +77,11 @@ pub(crate) async fn open(
     mut stream: TcpStream,
     early: Bytes,
     mut slot: Slot,
-) -> Option<crate::connection::Serving> {
+) -> Option<crate::net::connection::Serving> {
     let pending = Pending::new(&hub.stats);
     let outcome = tokio::select! {
         outcome = authenticate(&hub, &mut stream, early, &mut slot) => outcome,
-        _ = hub.stopping.cancelled() => Err(End::Close(close_code::GOING_AWAY, crate::server::DRAIN_REASON.into())),
+        _ = hub.stopping.cancelled() => Err(End::Close(close_code::GOING_AWAY, crate::net::server::DRAIN_REASON.into())),
     };
     drop(pending);
     match outcome {
@@ -95,7 +95,13 @@ pub(crate) async fn open(
                 hub.registry.remove_peer(&peer);
                 peer.outbound.close(close_code::GOING_AWAY, "server shutting down");
             }
-            Some(crate::connection::Serving::new(hub, peer, stream, rest, Some(slot)))
+            Some(crate::net::connection::Serving::new(
+                hub,
+                peer,
+                stream,
+                rest,
+                Some(slot),
+            ))
         }
         Err(end) => {
             let frame = match &end {
@@ -194,9 +200,9 @@ async fn authenticate(
     // Revoked sessions, as at a handshake: refused (4004), or 1013 when Redis cannot be asked.
     let sid = user.sid();
     match hub.check_session(&user, sid.as_deref()).await {
-        crate::revocations::Verdict::Valid => {}
-        crate::revocations::Verdict::Revoked => return Err(unauthorized("session revoked")),
-        crate::revocations::Verdict::Unavailable => {
+        crate::auth::revocations::Verdict::Valid => {}
+        crate::auth::revocations::Verdict::Revoked => return Err(unauthorized("session revoked")),
+        crate::auth::revocations::Verdict::Unavailable => {
             return Err(End::Close(
                 close_code::TRY_AGAIN_LATER,
                 "revoked sessions cannot be checked now; retry shortly".into(),

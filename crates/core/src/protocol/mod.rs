@@ -5,10 +5,12 @@
 //! become bytes. Every outgoing message is encoded into a complete, unmasked WebSocket text frame
 //! exactly once, as a [`Bytes`] that every recipient shares (cloning it is a reference count bump).
 
+pub mod frame_reader;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{Map, Value};
 
-use crate::history::Since;
+use crate::cluster::history::Since;
 
 /// Close codes of the contract.
 pub mod close_code {

@@ -9,12 +9,12 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::callbacks::{HandlerCall, HandlerOutcome};
-use crate::history::Since;
-use crate::hub::{Hub, JoinOutcome};
-use crate::peer::Peer;
+use crate::cluster::history::Since;
+use crate::delivery::hub::{Hub, JoinOutcome};
+use crate::host::callbacks::{HandlerCall, HandlerOutcome};
 use crate::protocol::{self, collection_room, ClientMessage, ErrorCode, RequestId};
 use crate::stats::Stats;
+use crate::write::peer::Peer;
 
 /// Custom handler calls one socket may have in flight; more are refused as `rate-limited`.
 const MAX_HANDLERS_IN_FLIGHT: usize = 32;
@@ -453,9 +453,9 @@ impl Requests {
         tokio::spawn(async move {
             let sid = user.sid();
             let why = match hub.check_session(&user, sid.as_deref()).await {
-                crate::revocations::Verdict::Valid => None,
-                crate::revocations::Verdict::Revoked => Some("session revoked"),
-                crate::revocations::Verdict::Unavailable => Some("revoked sessions cannot be checked now"),
+                crate::auth::revocations::Verdict::Valid => None,
+                crate::auth::revocations::Verdict::Revoked => Some("session revoked"),
+                crate::auth::revocations::Verdict::Unavailable => Some("revoked sessions cannot be checked now"),
             };
             if let Some(why) = why {
                 let frame = protocol::error(ErrorCode::Forbidden, why, id.as_ref());
@@ -463,7 +463,7 @@ impl Requests {
                 return;
             }
             if let Some(verifier) = &hub.callbacks.verifier {
-                use crate::server::{verify_capped, Unverified};
+                use crate::net::server::{verify_capped, Unverified};
                 let refused = match verify_capped(&hub, &**verifier, &user, token).await {
                     Ok(_) => None,
                     // Past a cap the socket keeps its session: the client retries later.
@@ -653,7 +653,7 @@ mod tests {
     }
 
     use super::*;
-    use crate::dispatch::test_hub_with;
+    use crate::delivery::dispatch::test_hub_with;
     use crate::error::Error;
 
     fn code_of(outcome: Result<JoinOutcome, Error>) -> String {
@@ -711,7 +711,7 @@ mod tests {
         assert!(hub.registry.all_peers().is_empty(), "out of every room and list");
         // Nothing was queued for the messages dropped: only the close is left.
         assert_eq!(peer.outbound.queued_bytes(), 0);
-        let mut batch = crate::outbound::Batch::default();
+        let mut batch = crate::write::outbound::Batch::default();
         peer.outbound.take_into(&mut batch);
         assert!(batch.closes);
     }

@@ -76,7 +76,7 @@ impl Entry {
 
     /// The event as a value (what an authorize rule sees), read from the frame.
     pub fn body(&self) -> Arc<Value> {
-        Arc::new(crate::event::value_of(self.json()))
+        Arc::new(crate::delivery::event::value_of(self.json()))
     }
 }
 

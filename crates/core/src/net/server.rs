@@ -3,8 +3,8 @@
 //! task hears.
 //!
 //! Shaped like mini-redis: one task accepts, and one task per connection. A connection's head
-//! is read here ([`crate::head`]): an upgrade is answered in that task, which then serves the
-//! socket (see [`crate::connection`]) and holds nothing of its handshake; anything else is
+//! is read here ([`crate::net::head`]): an upgrade is answered in that task, which then serves the
+//! socket (see [`crate::net::connection`]) and holds nothing of its handshake; anything else is
 //! served by hyper. `shutdown()` drains: new upgrades get 503 and `/readyz` 503 while every socket is
 //! sent 1001 after what is queued for it and given the grace to go; then the rest are cut and
 //! the port is freed.
@@ -31,20 +31,20 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, Refusal, User};
-use crate::broker::redis::RedisBroker;
-use crate::callbacks::{Callbacks, UserVerifier};
+use crate::cluster::broker::redis::RedisBroker;
 use crate::config::Config;
 use crate::config::MetricsAccess;
-use crate::connection::{self, Serving};
-use crate::dispatch::run_lane;
+use crate::delivery::dispatch::run_lane;
+use crate::delivery::hub::Hub;
+use crate::delivery::ingest::Ingest;
 use crate::error::Error;
-use crate::head::{Head, Rewind};
-use crate::hub::Hub;
-use crate::ingest::Ingest;
+use crate::host::callbacks::{Callbacks, UserVerifier};
 use crate::limits::{client_ip, Over, Slot};
-use crate::peer::Peer;
+use crate::net::connection::{self, Serving};
+use crate::net::head::{Head, Rewind};
 use crate::protocol::close_code;
 use crate::stats::Stats;
+use crate::write::peer::Peer;
 use crate::{debug, warn};
 
 /// The reason of the 1001 a drain sends: clients (the SDK does) reconnect, to another instance.
@@ -131,7 +131,9 @@ impl Server {
             .build()
             .map_err(|e| Error::Internal(format!("cannot start the dispatch runtime: {e}")))?;
         let (hub, lanes) = Hub::new(config, callbacks);
-        let _ = hub.flushers.set(crate::flush::Flushers::new(runtime.handle().clone()));
+        let _ = hub
+            .flushers
+            .set(crate::write::flush::Flushers::new(runtime.handle().clone()));
         let tracker = TaskTracker::new();
         let sockets = TaskTracker::new();
         let listening = tokio_util::sync::CancellationToken::new();
@@ -166,7 +168,7 @@ impl Server {
                         tokio::spawn(async move { hub.recheck_sessions().await });
                     }
                 });
-                let namespace = crate::broker::redis::Namespace::new(&hub.config);
+                let namespace = crate::cluster::broker::redis::Namespace::new(&hub.config);
                 let broker = RedisBroker::start(
                     &url,
                     namespace,
@@ -247,7 +249,7 @@ impl Server {
     }
 
     /// Takes over a connection the host's own HTTP server accepted and read an upgrade request
-    /// from (the stream comes from [`crate::adopt::dup_tcp_stream`]). The upgrade is checked
+    /// from (the stream comes from [`crate::net::adopt::dup_tcp_stream`]). The upgrade is checked
     /// and answered as on the server's own port (same refusals, same `path`), and an accepted
     /// socket runs the same connection code. `early` holds what the host read past the request
     /// head; it is acted on before anything read from the socket.
@@ -423,7 +425,7 @@ async fn accept_loop(
 }
 
 /// A connection on the server's own port. A WebSocket upgrade is answered and served here, in
-/// this task (see [`crate::head`]); anything else is hyper's.
+/// this task (see [`crate::net::head`]); anything else is hyper's.
 fn serve_tcp(hub: Arc<Hub>, stream: TcpStream, remote: SocketAddr, sockets: TaskTracker) -> ConnectionTask {
     ConnectionTask::new(open_tcp(hub, stream, remote, sockets))
 }
@@ -437,15 +439,15 @@ async fn open_tcp(
     sockets: TaskTracker,
 ) -> Option<(Serving, Option<TaskTrackerToken>)> {
     let head = tokio::select! {
-        head = tokio::time::timeout(HEADER_TIMEOUT, crate::head::read(&mut stream)) => head,
+        head = tokio::time::timeout(HEADER_TIMEOUT, crate::net::head::read(&mut stream)) => head,
         _ = hub.shutdown.cancelled() => return None,
     };
     let read = match head {
         Ok(Head::Upgrade { req, read, len }) => {
             let path = hub.config.path.as_deref();
             if ops_route(&hub, &req, false).is_none()
-                && !crate::sse::is_sse_request(path, &req)
-                && !crate::longpoll::is_poll_request(path, &req)
+                && !crate::net::sse::is_sse_request(path, &req)
+                && !crate::net::longpoll::is_poll_request(path, &req)
             {
                 // Counted as a socket from here, as an adopted connection is: a drain waits
                 // for it.
@@ -483,9 +485,9 @@ async fn serve_http(hub: Arc<Hub>, stream: Rewind, remote: SocketAddr, tracker: 
         let tracker = tracker.clone();
         let streaming = service_streaming.clone();
         async move {
-            let mut response = if crate::longpoll::is_poll_request(hub.config.path.as_deref(), &req) {
+            let mut response = if crate::net::longpoll::is_poll_request(hub.config.path.as_deref(), &req) {
                 poll_route(hub, req, remote).await.map(Either::Left)
-            } else if crate::sse::is_sse_request(hub.config.path.as_deref(), &req) {
+            } else if crate::net::sse::is_sse_request(hub.config.path.as_deref(), &req) {
                 streaming.store(true, std::sync::atomic::Ordering::Relaxed);
                 sse_route(hub, req, remote, tracker).await
             } else {
@@ -534,17 +536,17 @@ async fn serve_http(hub: Arc<Hub>, stream: Rewind, remote: SocketAddr, tracker: 
 
 /// `GET <path>/sse`: the checks of an upgrade (credentials, Origin rule, limits, the host's
 /// `verifyUser`, revoked sessions), then a stream that is a peer like a socket (see
-/// [`crate::sse`]).
+/// [`crate::net::sse`]).
 async fn sse_route(
     hub: Arc<Hub>,
     req: Request<Incoming>,
     remote: SocketAddr,
     sockets: TaskTracker,
-) -> Response<Either<Full<Bytes>, crate::sse::SseBody>> {
+) -> Response<Either<Full<Bytes>, crate::net::sse::SseBody>> {
     let (parts, _) = req.into_parts();
     let req = Request::from_parts(parts, ());
     match open_sse(&hub, &req, remote, &sockets).await {
-        Ok(body) => crate::sse::response(&req, Either::Right(body)),
+        Ok(body) => crate::net::sse::response(&req, Either::Right(body)),
         Err(refused) => refused.response().map(Either::Left),
     }
 }
@@ -554,9 +556,9 @@ async fn open_sse(
     req: &Request<()>,
     remote: SocketAddr,
     sockets: &TaskTracker,
-) -> Result<crate::sse::SseBody, Refused> {
+) -> Result<crate::net::sse::SseBody, Refused> {
     let (peer, slot, rooms, last) = admit_stream(hub, req, remote).await?;
-    Ok(crate::sse::SseBody::open(
+    Ok(crate::net::sse::SseBody::open(
         hub.clone(),
         peer,
         slot,
@@ -568,7 +570,7 @@ async fn open_sse(
 
 /// What a stream or a poll is, once admitted: its registered peer, its place in the limits,
 /// its rooms, and where it stands in them (`Last-Event-ID`, `lastEventId=` or `cursor=`).
-type Admitted = (Arc<Peer>, Slot, Vec<String>, crate::sse::Positions);
+type Admitted = (Arc<Peer>, Slot, Vec<String>, crate::net::sse::Positions);
 
 /// The checks of an upgrade for `GET <path>/sse` and `/poll`: path parameters, credentials,
 /// the Origin rule, limits, the host's `verifyUser`, revoked sessions.
@@ -583,7 +585,7 @@ async fn admit_stream(hub: &Arc<Hub>, req: &Request<()>, remote: SocketAddr) -> 
             serde_json::json!({ "error": "bad-request", "reason": reason }).to_string(),
         )
     };
-    let rooms = crate::sse::rooms_of(req.uri().query(), hub.config.max_rooms_per_socket).map_err(bad)?;
+    let rooms = crate::net::sse::rooms_of(req.uri().query(), hub.config.max_rooms_per_socket).map_err(bad)?;
     if auth::auth_in_message(req.uri()).map_err(|r| refuse(hub, &r))? {
         return Err(bad(
             "an SSE stream sends nothing: give the token in the Authorization header, the cookie or ?token=".into(),
@@ -621,25 +623,25 @@ async fn admit_stream(hub: &Arc<Hub>, req: &Request<()>, remote: SocketAddr) -> 
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
-        .or_else(|| crate::sse::query_param(req.uri().query(), "lastEventId"))
-        .or_else(|| crate::sse::query_param(req.uri().query(), "cursor"))
-        .map(|id| crate::sse::parse_last_event_id(&id, &rooms))
+        .or_else(|| crate::net::sse::query_param(req.uri().query(), "lastEventId"))
+        .or_else(|| crate::net::sse::query_param(req.uri().query(), "cursor"))
+        .map(|id| crate::net::sse::parse_last_event_id(&id, &rooms))
         .unwrap_or_default();
     let peer = hub.new_peer(user, user_value);
     hub.registry.add_peer(peer.clone());
     Ok((peer, slot, rooms, last))
 }
 
-/// `GET <path>/poll`: admitted as a stream, answered by [`crate::longpoll`].
+/// `GET <path>/poll`: admitted as a stream, answered by [`crate::net::longpoll`].
 async fn poll_route(hub: Arc<Hub>, req: Request<Incoming>, remote: SocketAddr) -> Response<Full<Bytes>> {
     let (parts, _) = req.into_parts();
     let req = Request::from_parts(parts, ());
     match admit_stream(&hub, &req, remote).await {
         Ok((peer, slot, rooms, last)) => {
-            let counted = crate::sse::Counted::new(hub.clone());
-            let body = crate::longpoll::answer(&hub, peer, rooms, last).await;
+            let counted = crate::net::sse::Counted::new(hub.clone());
+            let body = crate::net::longpoll::answer(&hub, peer, rooms, last).await;
             drop((counted, slot));
-            crate::sse::response(&req, Full::new(Bytes::from(body)))
+            crate::net::sse::response(&req, Full::new(Bytes::from(body)))
         }
         Err(refused) => refused.response(),
     }
@@ -984,7 +986,7 @@ fn upgrade_pending(
     sockets.spawn(async move {
         match upgrade.await {
             Ok(ws) => match connection::into_tcp(ws.into_inner().into_inner()) {
-                Some((stream, early)) => crate::first_auth::serve(hub, stream, early, slot).await,
+                Some((stream, early)) => crate::net::first_auth::serve(hub, stream, early, slot).await,
                 None => warn!("upgraded connection is not a TCP stream; dropped"),
             },
             Err(e) => warn!("upgrade failed: {e}"),
@@ -1039,7 +1041,7 @@ enum Checked {
     /// The user (`None`: anonymous) and the credential for `verifyUser`.
     Now(Option<User>, String),
     /// `?auth=message`: the socket opens unauthenticated and must send `{ type: "auth" }`
-    /// first (see [`crate::first_auth`]).
+    /// first (see [`crate::net::first_auth`]).
     InMessage,
 }
 
@@ -1078,7 +1080,7 @@ async fn confirm_user(hub: &Hub, user: Option<&User>, token: String) -> Result<O
         }
     };
     // A logout may have been announced while the host was verifying.
-    let token = crate::revocations::Token::of(user, sid.as_deref());
+    let token = crate::auth::revocations::Token::of(user, sid.as_deref());
     if hub.revocations.known_revoked(&token, false) {
         return Err(refuse(hub, &Refusal::unauthorized("session revoked")));
     }
@@ -1086,8 +1088,8 @@ async fn confirm_user(hub: &Hub, user: Option<&User>, token: String) -> Result<O
 }
 
 /// The refusal for a session that is revoked, or that cannot be checked.
-fn session_allowed(hub: &Hub, verdict: crate::revocations::Verdict) -> Result<(), Refused> {
-    use crate::revocations::Verdict;
+fn session_allowed(hub: &Hub, verdict: crate::auth::revocations::Verdict) -> Result<(), Refused> {
+    use crate::auth::revocations::Verdict;
     match verdict {
         Verdict::Valid => Ok(()),
         Verdict::Revoked => Err(refuse(hub, &Refusal::unauthorized("session revoked"))),
@@ -1152,7 +1154,7 @@ async fn open_adopted(
     let parsed = head.into_request();
     if let Ok(req) = &parsed {
         let path = hub.config.path.as_deref();
-        if crate::sse::is_sse_request(path, req) || crate::longpoll::is_poll_request(path, req) {
+        if crate::net::sse::is_sse_request(path, req) || crate::net::longpoll::is_poll_request(path, req) {
             serve_adopted_stream(hub, stream, parsed.expect("matched Ok"), sockets).await;
             return None;
         }
@@ -1178,7 +1180,7 @@ async fn open_upgrade(
     };
     match peer {
         Some((Some(peer), slot)) => Some(Serving::new(hub, peer, stream, early, Some(slot))),
-        Some((None, slot)) => crate::first_auth::open(hub, stream, early, slot).await,
+        Some((None, slot)) => crate::net::first_auth::open(hub, stream, early, slot).await,
         None => {
             linger(&hub, stream).await;
             None
@@ -1322,19 +1324,19 @@ async fn serve_adopted_stream(hub: Arc<Hub>, mut stream: TcpStream, req: Request
             .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
         parts
     };
-    if crate::longpoll::is_poll_request(hub.config.path.as_deref(), &req) {
-        let counted = crate::sse::Counted::new(hub.clone());
-        let body = crate::longpoll::answer(&hub, peer, rooms, last).await;
+    if crate::net::longpoll::is_poll_request(hub.config.path.as_deref(), &req) {
+        let counted = crate::net::sse::Counted::new(hub.clone());
+        let body = crate::net::longpoll::answer(&hub, peer, rooms, last).await;
         drop((counted, slot));
-        let (mut parts, ()) = crate::sse::response(&req, ()).into_parts();
+        let (mut parts, ()) = crate::net::sse::response(&req, ()).into_parts();
         parts.headers.insert(header::CONTENT_LENGTH, body.len().into());
         let mut out = head_bytes(&closing(parts));
         out.extend_from_slice(body.as_bytes());
         let _ = stream.write_all(&out).await;
         return linger(&hub, stream).await;
     }
-    let body = crate::sse::SseBody::open(hub.clone(), peer, slot, sockets.token(), rooms, last);
-    let (parts, ()) = crate::sse::response(&req, ()).into_parts();
+    let body = crate::net::sse::SseBody::open(hub.clone(), peer, slot, sockets.token(), rooms, last);
+    let (parts, ()) = crate::net::sse::response(&req, ()).into_parts();
     let (mut rd, mut wr) = stream.into_split();
     if wr.write_all(&head_bytes(&closing(parts))).await.is_err() {
         return;
@@ -1554,7 +1556,7 @@ mod tests {
         let server = start();
         let (mut client, host) = accepted();
         // SAFETY: `host` is open for the call.
-        let copy = unsafe { crate::adopt::dup_tcp_stream(host.as_raw_fd()) }.unwrap();
+        let copy = unsafe { crate::net::adopt::dup_tcp_stream(host.as_raw_fd()) }.unwrap();
         drop(host);
         server
             .adopt(copy, request(&payload_token(7, 60)), text_frame(r#"{"type":"ping"}"#))

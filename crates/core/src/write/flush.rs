@@ -5,7 +5,7 @@
 //! timer, queue), with its state brought back into cache: about 1.5 µs of the 10 µs a socket
 //! costs per event on this machine, where the write itself is the rest. A flusher pays only
 //! the write, as uWS.js's `publish` does in its loop over subscribers
-//! ([`crate::outbound::Outbound::write_through`]; the socket's task still writes whatever the
+//! ([`crate::write::outbound::Outbound::write_through`]; the socket's task still writes whatever the
 //! flusher cannot: a full send buffer, control frames, a close).
 //!
 //! The sockets to write wait in one queue, in the order their bursts were queued, so the tail
@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::peer::Peer;
+use crate::write::peer::Peer;
 
 /// Sockets a flusher writes before it lets the other tasks of its thread run: 64 writes are
 /// about half a millisecond here.
@@ -129,7 +129,7 @@ mod tests {
     /// wake it for what they leave, as when a flusher is still writing a socket that another
     /// flusher reaches.
     async fn socket_task(peer: Arc<Peer>, stream: Arc<tokio::net::TcpStream>) {
-        use crate::outbound::{Batch, Flush};
+        use crate::write::outbound::{Batch, Flush};
         let mut batch = Batch::default();
         std::future::poll_fn(|cx| loop {
             peer.outbound.register(cx.waker());

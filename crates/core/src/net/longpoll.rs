@@ -16,11 +16,11 @@ use std::time::Duration;
 use hyper::Request;
 use serde_json::Value;
 
-use crate::hub::Hub;
-use crate::peer::Peer;
+use crate::delivery::hub::Hub;
+use crate::net::requests::Requests;
+use crate::net::sse::{self, Positions};
 use crate::protocol::{self, close_code};
-use crate::requests::Requests;
-use crate::sse::{self, Positions};
+use crate::write::peer::Peer;
 
 /// Longest a poll waits for an event: under the 30 s many proxies allow a silent response.
 pub(crate) const POLL_WAIT: Duration = Duration::from_secs(25);

@@ -22,7 +22,7 @@ pub struct Event {
     /// The room it goes to: `collection:<slug>` for a collection event.
     pub room: String,
     /// Who it is not for (an app event's `except`).
-    pub except: crate::rooms::Except,
+    pub except: crate::delivery::rooms::Except,
     /// The socket id it is not for, as the host named it (for the other instances).
     pub except_socket: Option<String>,
     /// `{ type, collection, id, doc?, user?, timestamp }`, in that key order.

@@ -15,22 +15,22 @@ use tokio_util::sync::CancellationToken;
 
 use bytes::Bytes;
 
+use crate::auth::revocations::{Revocation, Revocations, Token, Verdict};
 use crate::auth::User;
-use crate::broker::redis_history::{Recovery, RedisHistory};
-use crate::broker::{raw, Broker, Channel, Envelope, Kind};
-use crate::callbacks::Callbacks;
+use crate::cluster::broker::redis_history::{Recovery, RedisHistory};
+use crate::cluster::broker::{raw, Broker, Channel, Envelope, Kind};
+use crate::cluster::history::{Entry, Histories, HistoryPolicy, RecoveryFailed, Since};
+use crate::cluster::presence::{summary_of, Change, Presence};
 use crate::config::{Config, HostRules};
-use crate::dispatch::{lane_of, Job, LANES};
+use crate::delivery::dispatch::{lane_of, Job, LANES};
+use crate::delivery::event;
+use crate::delivery::rooms::{Except, Joined, Registry};
 use crate::error::Error;
-use crate::event;
-use crate::history::{Entry, Histories, HistoryPolicy, RecoveryFailed, Since};
-use crate::peer::{Peer, PeerId};
-use crate::presence::{summary_of, Change, Presence};
+use crate::host::callbacks::Callbacks;
 use crate::protocol::{close_code, collection_room, encode_value, text_frame};
-use crate::revocations::{Revocation, Revocations, Token, Verdict};
-use crate::rooms::{Except, Joined, Registry};
 use crate::stats::{Snapshot, Stats};
 use crate::warn;
+use crate::write::peer::{Peer, PeerId};
 
 /// The room name a broadcast to everyone travels under: never a real room (a room name cannot
 /// end in `*`), so an instance that does not know it delivers it to nobody.
@@ -86,7 +86,7 @@ pub struct Hub {
     pub backlog: AtomicUsize,
     /// Fan-out's writers, on the sockets' runtime (see `flush`); unset in tests that run a hub
     /// without a server, where each socket's task is woken instead.
-    pub flushers: OnceLock<Arc<crate::flush::Flushers>>,
+    pub flushers: OnceLock<Arc<crate::write::flush::Flushers>>,
     /// `verifyUser` calls in flight, against `maxVerifying` and `maxVerifyingPerUser`.
     pub verifying: Arc<crate::limits::Verifying>,
     /// Set when a message the server cannot hold back (from Redis, a broadcast) came with the
@@ -98,7 +98,7 @@ pub struct Hub {
     /// Revoked sessions: checked at handshake and refresh, shared through Redis when configured.
     pub revocations: Arc<Revocations>,
     /// One copy of each user for all of its sockets.
-    users: crate::users::SharedUsers,
+    users: crate::auth::users::SharedUsers,
 }
 
 /// An event for a room with Redis-backed history, waiting for its offset.
@@ -183,7 +183,7 @@ impl Hub {
             }
             None => (
                 None,
-                user_value.map_or_else(crate::users::SharedUsers::anonymous, Arc::new),
+                user_value.map_or_else(crate::auth::users::SharedUsers::anonymous, Arc::new),
             ),
         };
         let peer = Arc::new(Peer::with_user_value(
@@ -976,7 +976,7 @@ impl Hub {
         // Asked here, not in the lane: the lane's other rooms go on meanwhile (the socket's live
         // frames of this room wait, held back since `RecoverStart`).
         let authorize = self.authorize_rule(&room);
-        let frames = crate::dispatch::replay_frames(self, authorize.as_deref(), peer, &entries).await;
+        let frames = crate::delivery::dispatch::replay_frames(self, authorize.as_deref(), peer, &entries).await;
         let (done, finished) = oneshot::channel();
         self.send_job(
             &room,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 
 use serde_json::Value;
 
-use crate::callbacks::{AuthorizeRequest, UserList};
+use crate::host::callbacks::{AuthorizeRequest, UserList};
 
 /// The lists of users (see [`UserList`]) the host has been sent and keeps, so that a room's list
 /// crosses once, not with every event: 1,000 users are about 100 KB of JSON to write, hand

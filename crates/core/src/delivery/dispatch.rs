@@ -29,14 +29,14 @@ use rustc_hash::FxHashMap;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::authorize::allowed_users;
-use crate::callbacks::UserList;
-use crate::history::Entry;
-use crate::hub::Hub;
-use crate::outbound::EVICTION_GRACE;
-use crate::peer::{Peer, PeerId};
-use crate::rooms::{AllowedUsers, Except, Joined, RunFrame, Wakes};
+use crate::cluster::history::Entry;
+use crate::delivery::authorize::allowed_users;
+use crate::delivery::hub::Hub;
+use crate::delivery::rooms::{AllowedUsers, Except, Joined, RunFrame, Wakes};
+use crate::host::callbacks::UserList;
 use crate::stats::Stats;
+use crate::write::outbound::EVICTION_GRACE;
+use crate::write::peer::{Peer, PeerId};
 
 /// Lanes per server.
 pub const LANES: usize = 16;
@@ -134,10 +134,10 @@ struct Prepared {
 const BURST_PUSHES: usize = 65_536;
 
 /// Most bytes of one room's consecutive events merged into one buffer (see [`Run`]): as much
-/// as one pipe holds ([`crate::splice::MAX_BYTES`]), so that a burst of 100 events of 1 KB is
+/// as one pipe holds ([`crate::write::splice::MAX_BYTES`]), so that a burst of 100 events of 1 KB is
 /// one `tee` and one `splice` per socket. With 64 KB, two of each: at 1,000 subscribers the
 /// server's CPU per message was 0.25 µs instead of 0.215 (20 rounds each, interleaved).
-const RUN_BYTES: usize = crate::splice::MAX_BYTES;
+const RUN_BYTES: usize = crate::write::splice::MAX_BYTES;
 
 /// Runs one lane until its channel closes or the server shuts down.
 pub async fn run_lane(hub: Arc<Hub>, mut jobs: mpsc::UnboundedReceiver<Job>) {
@@ -533,7 +533,7 @@ pub fn test_hub() -> Arc<Hub> {
 /// [`test_hub`] with these options.
 #[cfg(test)]
 pub fn test_hub_with(config: crate::config::Config) -> Arc<Hub> {
-    let (hub, lanes) = Hub::new(config, crate::callbacks::Callbacks::default());
+    let (hub, lanes) = Hub::new(config, crate::host::callbacks::Callbacks::default());
     for lane in lanes {
         tokio::spawn(run_lane(hub.clone(), lane));
     }
@@ -714,12 +714,12 @@ mod tests {
     /// later events at once.
     struct Gate(tokio::sync::watch::Receiver<bool>);
 
-    impl crate::callbacks::Authorizer for Gate {
+    impl crate::host::callbacks::Authorizer for Gate {
         fn authorize(
             &self,
-            req: crate::callbacks::AuthorizeRequest,
-        ) -> crate::callbacks::BoxFuture<Result<Vec<crate::callbacks::Decision>, String>> {
-            let allow = vec![crate::callbacks::Decision::Allow; req.users.len()];
+            req: crate::host::callbacks::AuthorizeRequest,
+        ) -> crate::host::callbacks::BoxFuture<Result<Vec<crate::host::callbacks::Decision>, String>> {
+            let allow = vec![crate::host::callbacks::Decision::Allow; req.users.len()];
             let mut gate = self.0.clone();
             let held = req.event["id"].as_u64().is_some_and(|id| id < 100);
             Box::pin(async move {
@@ -733,12 +733,12 @@ mod tests {
 
     fn history_config() -> crate::config::Config {
         crate::config::Config {
-            history: vec![crate::history::HistoryRule {
+            history: vec![crate::cluster::history::HistoryRule {
                 pattern: "collection:*".into(),
-                policy: crate::history::HistoryPolicy {
+                policy: crate::cluster::history::HistoryPolicy {
                     size: 100,
                     ttl: None,
-                    max_bytes: crate::history::DEFAULT_HISTORY_MAX_BYTES,
+                    max_bytes: crate::cluster::history::DEFAULT_HISTORY_MAX_BYTES,
                 },
             }],
             ..Default::default()
@@ -790,7 +790,7 @@ mod tests {
         config.authorize_timeout = Duration::from_secs(3600);
         config.host_rules.authorize_collections = ["posts".to_string(), other.clone()].into();
         let (open, gate) = tokio::sync::watch::channel(false);
-        let callbacks = crate::callbacks::Callbacks {
+        let callbacks = crate::host::callbacks::Callbacks {
             authorizer: Some(Arc::new(Gate(gate))),
             ..Default::default()
         };
@@ -806,7 +806,7 @@ mod tests {
         hub.registry.add_peer(recovering.clone());
         hub.registry.add_peer(bystander.clone());
         hub.registry.join(&bystander, &collection_room(&other), 10);
-        let since = crate::history::Since {
+        let since = crate::cluster::history::Since {
             offset: 0,
             epoch: epoch_of(&hub, "posts"),
         };
@@ -853,7 +853,7 @@ mod tests {
         let queued: Vec<_> = (1..=3)
             .map(|id| hub.submit_event(event("posts", id)).unwrap())
             .collect();
-        let since = crate::history::Since {
+        let since = crate::cluster::history::Since {
             offset: 2,
             epoch: epoch_of(&hub, "posts"),
         };
@@ -893,7 +893,7 @@ mod tests {
             hub.registry.add_peer(p.clone());
         }
         hub.registry.join(&other, &collection_room("posts"), 10);
-        let since = crate::history::Since {
+        let since = crate::cluster::history::Since {
             offset: 0,
             epoch: epoch_of(&hub, "posts"),
         };
@@ -905,13 +905,13 @@ mod tests {
             until_in(&looping, &collection_room("posts")).await;
             hub.registry.leave(&looping, &collection_room("posts"));
         }
-        let limited = Err(crate::history::RecoveryFailed::Limited);
+        let limited = Err(crate::cluster::history::RecoveryFailed::Limited);
         assert_eq!(results, vec![Ok(()), Ok(()), Ok(()), limited, limited, limited]);
         assert_eq!(hub.stats().recoveries_limited, 3);
         assert_eq!(other.outbound.drain_ids(), (0..6).collect::<Vec<u64>>());
         // Another room has its own count.
         hub.submit_event(event("pages", 1)).unwrap().await.unwrap();
-        let pages = crate::history::Since {
+        let pages = crate::cluster::history::Since {
             offset: 0,
             epoch: epoch_of(&hub, "pages"),
         };
@@ -933,14 +933,14 @@ mod tests {
         let peer = hub.new_peer(None, None);
         hub.registry.add_peer(peer.clone());
         let epoch = epoch_of(&hub, "posts");
-        let since = |offset| crate::history::Since {
+        let since = |offset| crate::cluster::history::Since {
             offset,
             epoch: epoch.clone(),
         };
         let outcome = hub.join_collection(&peer, "posts", Some(&since(1))).unwrap();
         assert_eq!(
             outcome.recovery,
-            Some(Err(crate::history::RecoveryFailed::TooManyEvents))
+            Some(Err(crate::cluster::history::RecoveryFailed::TooManyEvents))
         );
         // Refused: joined live, at once (no replay job).
         assert!(peer.in_room(&collection_room("posts")));
@@ -955,11 +955,11 @@ mod tests {
 
     fn remote_event(id: u64, pad: &str) -> String {
         let body = json!({"type": "update", "collection": "posts", "id": id, "doc": {"pad": pad}, "timestamp": "t"});
-        let body = crate::broker::raw(&body.to_string()).unwrap();
-        crate::broker::Envelope {
+        let body = crate::cluster::broker::raw(&body.to_string()).unwrap();
+        crate::cluster::broker::Envelope {
             v: 1,
             from: "elsewhere",
-            kind: crate::broker::Kind::Event {
+            kind: crate::cluster::broker::Kind::Event {
                 collection: "posts",
                 room: None,
                 body: &body,
