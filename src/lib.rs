@@ -16,9 +16,9 @@ use napi_derive::napi;
 use parking_lot::Mutex;
 use serde_json::Value;
 
-use payload_realtime_core::auth::PayloadKey;
-use payload_realtime_core::cluster::history::{HistoryPolicy, HistoryRule, DEFAULT_HISTORY_MAX_BYTES};
-use payload_realtime_core::config::{Config, HostRules, MetricsAccess};
+use payload_realtime_core::config::{
+    Config, HistoryPolicy, HistoryRule, HostRules, MetricsAccess, PayloadKey, DEFAULT_HISTORY_MAX_BYTES,
+};
 use payload_realtime_core::delivery::hub::Hub;
 use payload_realtime_core::delivery::ingest::{self, Events};
 use payload_realtime_core::error;

@@ -4,7 +4,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::auth::PayloadKey;
+use jsonwebtoken::DecodingKey;
+use sha2::{Digest, Sha256};
+
 use crate::error::Error;
 use crate::protocol::is_valid_slug;
 
@@ -62,7 +64,7 @@ pub struct Config {
     /// one address, capped by `maxConnectionsPerIp`).
     pub trust_loopback: bool,
     /// History kept per room (rules by room name or `prefix*`), for recovery after reconnects.
-    pub history: Vec<crate::cluster::history::HistoryRule>,
+    pub history: Vec<HistoryRule>,
     /// Rooms with presence (room names or `prefix*`).
     pub presence: Vec<String>,
     /// How long another instance's presence counts without a fresh state (it died otherwise).
@@ -363,6 +365,88 @@ pub fn default_max_connections() -> usize {
         }
     }
     10_000
+}
+
+/// The key Payload signs tokens with.
+#[derive(Clone)]
+pub struct PayloadKey {
+    key: DecodingKey,
+    /// Payload's signing secret, from which the server's own keys are derived.
+    signing_secret: String,
+}
+
+impl std::fmt::Debug for PayloadKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PayloadKey(..)")
+    }
+}
+
+impl PayloadKey {
+    /// Derives the key from the string given to Payload's `buildConfig({ secret })`.
+    pub fn from_payload_secret(secret: &str) -> PayloadKey {
+        let signing_secret = derive_signing_secret(secret);
+        PayloadKey {
+            key: DecodingKey::from_secret(signing_secret.as_bytes()),
+            signing_secret,
+        }
+    }
+
+    /// The key that checks a token's signature.
+    pub(crate) fn decoding_key(&self) -> &DecodingKey {
+        &self.key
+    }
+
+    /// A key of the server's own for `purpose`, derived from Payload's secret: instances of the
+    /// same app agree on it, another app (another secret) cannot know it.
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"payload-realtime\0");
+        h.update(purpose.as_bytes());
+        h.update(b"\0");
+        h.update(self.signing_secret.as_bytes());
+        h.finalize().into()
+    }
+}
+
+/// `sha256(secret)` as lowercase hex, first 32 characters: what Payload calls `payload.secret`.
+pub fn derive_signing_secret(secret: &str) -> String {
+    let digest = Sha256::digest(secret.as_bytes());
+    let mut hex = String::with_capacity(64);
+    for b in digest {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    hex.truncate(32);
+    hex
+}
+
+/// How much history a room keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryPolicy {
+    /// Most events kept.
+    pub size: usize,
+    /// Events older than this are dropped; `None` keeps them until `size` pushes them out.
+    pub ttl: Option<Duration>,
+    /// Most bytes of events kept (their frames): a room of large documents would otherwise hold
+    /// `size` times the largest one. The oldest go first; an event larger than this alone is
+    /// not kept (a recovery over it fails as trimmed).
+    pub max_bytes: usize,
+}
+
+/// The default of the `history` rule's `maxBytes`: 1 MiB per room.
+pub const DEFAULT_HISTORY_MAX_BYTES: usize = 1024 * 1024;
+
+/// A room name or a prefix ending in `*`, and its policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRule {
+    pub pattern: String,
+    pub policy: HistoryPolicy,
+}
+
+impl HistoryRule {
+    /// Whether the rule applies to `room`.
+    pub fn matches(&self, room: &str) -> bool {
+        crate::protocol::room_matches(&self.pattern, room)
+    }
 }
 
 #[cfg(test)]

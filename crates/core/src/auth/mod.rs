@@ -10,59 +10,11 @@ pub(crate) mod users;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hyper::http::{header, request::Parts, HeaderMap};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, Validation};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 use crate::config::Config;
-
-/// The key Payload signs tokens with.
-#[derive(Clone)]
-pub struct PayloadKey {
-    key: DecodingKey,
-    /// Payload's signing secret, from which the server's own keys are derived.
-    signing_secret: String,
-}
-
-impl std::fmt::Debug for PayloadKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PayloadKey(..)")
-    }
-}
-
-impl PayloadKey {
-    /// Derives the key from the string given to Payload's `buildConfig({ secret })`.
-    pub fn from_payload_secret(secret: &str) -> PayloadKey {
-        let signing_secret = derive_signing_secret(secret);
-        PayloadKey {
-            key: DecodingKey::from_secret(signing_secret.as_bytes()),
-            signing_secret,
-        }
-    }
-
-    /// A key of the server's own for `purpose`, derived from Payload's secret: instances of the
-    /// same app agree on it, another app (another secret) cannot know it.
-    pub fn derive(&self, purpose: &str) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update(b"payload-realtime\0");
-        h.update(purpose.as_bytes());
-        h.update(b"\0");
-        h.update(self.signing_secret.as_bytes());
-        h.finalize().into()
-    }
-}
-
-/// `sha256(secret)` as lowercase hex, first 32 characters: what Payload calls `payload.secret`.
-pub fn derive_signing_secret(secret: &str) -> String {
-    let digest = Sha256::digest(secret.as_bytes());
-    let mut hex = String::with_capacity(64);
-    for b in digest {
-        hex.push_str(&format!("{b:02x}"));
-    }
-    hex.truncate(32);
-    hex
-}
 
 /// An authenticated user, as the token describes them.
 #[derive(Debug, Clone, PartialEq)]
@@ -303,7 +255,7 @@ pub fn verify_token(config: &Config, token: &str) -> Result<User, Refusal> {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = 0;
     validation.set_required_spec_claims(&["exp"]);
-    let data = jsonwebtoken::decode::<Value>(token, &key.key, &validation).map_err(|e| {
+    let data = jsonwebtoken::decode::<Value>(token, key.decoding_key(), &validation).map_err(|e| {
         use jsonwebtoken::errors::ErrorKind;
         Refusal::unauthorized(match e.kind() {
             ErrorKind::ExpiredSignature => "token expired",
@@ -327,6 +279,7 @@ pub fn now_secs() -> u64 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::config::{derive_signing_secret, PayloadKey};
     use jsonwebtoken::{encode, EncodingKey, Header};
 
     pub const SECRET: &str = "test-secret-please-change";

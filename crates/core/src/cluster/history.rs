@@ -17,42 +17,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
 use serde_json::Value;
 
-use crate::protocol::encode_value;
-
-/// How much history a room keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HistoryPolicy {
-    /// Most events kept.
-    pub size: usize,
-    /// Events older than this are dropped; `None` keeps them until `size` pushes them out.
-    pub ttl: Option<Duration>,
-    /// Most bytes of events kept (their frames): a room of large documents would otherwise hold
-    /// `size` times the largest one. The oldest go first; an event larger than this alone is
-    /// not kept (a recovery over it fails as trimmed).
-    pub max_bytes: usize,
-}
-
-/// The default of the `history` rule's `maxBytes`: 1 MiB per room.
-pub const DEFAULT_HISTORY_MAX_BYTES: usize = 1024 * 1024;
-
-/// A room name or a prefix ending in `*`, and its policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistoryRule {
-    pub pattern: String,
-    pub policy: HistoryPolicy,
-}
-
-impl HistoryRule {
-    fn matches(&self, room: &str) -> bool {
-        crate::protocol::room_matches(&self.pattern, room)
-    }
-}
+use crate::config::{HistoryPolicy, HistoryRule};
+use crate::protocol::{encode_value, Since};
 
 /// One recorded event: its frame alone. A history keeps its entries for a long time while
 /// sockets come and go around them; one allocation each (not a tree of values) keeps them from
@@ -76,15 +48,8 @@ impl Entry {
 
     /// The event as a value (what an authorize rule sees), read from the frame.
     pub fn body(&self) -> Arc<Value> {
-        Arc::new(crate::delivery::event::value_of(self.json()))
+        Arc::new(crate::protocol::value_of(self.json()))
     }
-}
-
-/// Where a client last was in a room.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Since {
-    pub offset: u64,
-    pub epoch: String,
 }
 
 /// Why a recovery cannot be done; the client must refetch.
@@ -336,7 +301,9 @@ pub type Locked<'a> = MutexGuard<'a, RoomHistory>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DEFAULT_HISTORY_MAX_BYTES;
     use serde_json::json;
+    use std::time::Duration;
 
     fn histories(size: usize) -> Histories {
         Histories::new(

@@ -16,9 +16,6 @@
 //! emits faster than the server writes is held back there (its `emitEvent` answers later)
 //! instead of the clients being closed as slow consumers for the server's own backlog.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -26,88 +23,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use rustc_hash::FxHashMap;
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::cluster::history::Entry;
 use crate::delivery::authorize::allowed_users;
-use crate::delivery::hub::Hub;
+use crate::delivery::hub::{replay_frames, Hub};
+use crate::delivery::lanes::Job;
 use crate::delivery::rooms::{AllowedUsers, Except, Joined, RunFrame, Wakes};
-use crate::host::callbacks::UserList;
 use crate::stats::Stats;
 use crate::write::outbound::EVICTION_GRACE;
-use crate::write::peer::{Peer, PeerId};
-
-/// Lanes per server.
-pub const LANES: usize = 16;
 
 /// Authorize questions one lane keeps in flight before it stops taking new jobs.
 const MAX_IN_FLIGHT: usize = 256;
-
-/// Work for a lane.
-pub enum Job {
-    /// A collection event; `authorize` names the collection when a rule applies.
-    Event {
-        room: Arc<str>,
-        authorize: Option<String>,
-        body: Arc<Value>,
-        frame: Bytes,
-        /// Its offset in the room's history, if it has one.
-        offset: Option<u64>,
-        done: Option<oneshot::Sender<usize>>,
-        /// Who it is not for (an app event's `except`).
-        except: Except,
-    },
-    /// Redis-backed recovery, step one (a barrier): the socket joins, its live frames of the
-    /// room held back until step two.
-    RecoverStart {
-        room: Arc<str>,
-        peer: Arc<Peer>,
-        ready: oneshot::Sender<bool>,
-    },
-    /// Step two (a barrier): send the replay (already through the authorize rule, asked outside
-    /// the lane), then release the held-back live frames that come after it.
-    RecoverFinish {
-        room: Arc<str>,
-        peer: Arc<Peer>,
-        frames: Vec<Bytes>,
-        /// The offsets the replay carried: their live copies are dropped.
-        replayed: HashSet<u64>,
-        /// The client's `since`: live frames at or before it are dropped (it has them).
-        through: u64,
-        done: Option<oneshot::Sender<()>>,
-    },
-    /// A socket rejoining with `since`, already in the room with its live frames of it held
-    /// back: what it missed is asked about (the authorize rule) outside the lane, in a task of
-    /// its own, then sent by a [`Job::RecoverFinish`]. Not a barrier: a long replay never stalls
-    /// the lane's other rooms (it once was, for up to `authorizeTimeout`).
-    Recover {
-        room: Arc<str>,
-        authorize: Option<String>,
-        peer: Arc<Peer>,
-        entries: Vec<Entry>,
-        /// The client's `since` (see [`Job::RecoverFinish`]).
-        through: u64,
-    },
-    /// Jobs sent together (events emitted in one call), taken in order.
-    Many(Vec<Job>),
-    /// A room broadcast (no authorize rule).
-    Broadcast {
-        room: Arc<str>,
-        frame: Bytes,
-        except: Option<PeerId>,
-    },
-    /// Tells a room's members that messages for them were dropped (`recovery-failed`, reason
-    /// `Dropped`: refetch), in the lane so that it comes after what was delivered before the
-    /// drop (see `Hub::admit_unheld`).
-    Missed { room: Arc<str> },
-}
-
-pub fn lane_of(room: &str) -> usize {
-    let mut h = DefaultHasher::new();
-    room.hash(&mut h);
-    (h.finish() as usize) % LANES
-}
 
 /// Who a prepared job goes to (but its `except`).
 enum Target {
@@ -455,38 +381,6 @@ fn prepare_now(hub: &Hub, job: Job) -> Prepared {
     }
 }
 
-/// The frames of missed events one socket may see, in order (each through the authorize rule).
-pub(crate) async fn replay_frames(
-    hub: &Hub,
-    authorize: Option<&str>,
-    peer: &Arc<Peer>,
-    entries: &[Entry],
-) -> Vec<Bytes> {
-    match (authorize, &hub.callbacks.authorizer) {
-        (Some(collection), Some(a)) => {
-            let key: Arc<str> = Arc::from(peer.user_key());
-            let user = Arc::new(UserList::new([(key.clone(), peer.user_json())]));
-            let checks = entries.iter().map(|e| {
-                allowed_users(
-                    &**a,
-                    collection,
-                    e.body(),
-                    user.clone(),
-                    hub.config.authorize_timeout,
-                    &hub.stats,
-                )
-            });
-            let answers = futures_util::future::join_all(checks).await;
-            entries
-                .iter()
-                .zip(answers)
-                .filter_map(|(e, allowed)| Some(allowed.get(&key)?.unwrap_or(&e.frame).clone()))
-                .collect()
-        }
-        _ => entries.iter().map(|e| e.frame.clone()).collect(),
-    }
-}
-
 async fn prepare(hub: Arc<Hub>, job: Job) -> Prepared {
     match job {
         Job::Event {
@@ -543,9 +437,11 @@ pub fn test_hub_with(config: crate::config::Config) -> Arc<Hub> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::lanes::lane_of;
     use crate::error::Error;
     use crate::protocol::collection_room;
-    use serde_json::json;
+    use crate::write::peer::Peer;
+    use serde_json::{json, Value};
     use std::time::Duration;
 
     /// A hub with these options and one socket in `posts`' room (nobody writes it: the test does).
@@ -733,12 +629,12 @@ mod tests {
 
     fn history_config() -> crate::config::Config {
         crate::config::Config {
-            history: vec![crate::cluster::history::HistoryRule {
+            history: vec![crate::config::HistoryRule {
                 pattern: "collection:*".into(),
-                policy: crate::cluster::history::HistoryPolicy {
+                policy: crate::config::HistoryPolicy {
                     size: 100,
                     ttl: None,
-                    max_bytes: crate::cluster::history::DEFAULT_HISTORY_MAX_BYTES,
+                    max_bytes: crate::config::DEFAULT_HISTORY_MAX_BYTES,
                 },
             }],
             ..Default::default()
@@ -806,7 +702,7 @@ mod tests {
         hub.registry.add_peer(recovering.clone());
         hub.registry.add_peer(bystander.clone());
         hub.registry.join(&bystander, &collection_room(&other), 10);
-        let since = crate::cluster::history::Since {
+        let since = crate::protocol::Since {
             offset: 0,
             epoch: epoch_of(&hub, "posts"),
         };
@@ -853,7 +749,7 @@ mod tests {
         let queued: Vec<_> = (1..=3)
             .map(|id| hub.submit_event(event("posts", id)).unwrap())
             .collect();
-        let since = crate::cluster::history::Since {
+        let since = crate::protocol::Since {
             offset: 2,
             epoch: epoch_of(&hub, "posts"),
         };
@@ -893,7 +789,7 @@ mod tests {
             hub.registry.add_peer(p.clone());
         }
         hub.registry.join(&other, &collection_room("posts"), 10);
-        let since = crate::cluster::history::Since {
+        let since = crate::protocol::Since {
             offset: 0,
             epoch: epoch_of(&hub, "posts"),
         };
@@ -911,7 +807,7 @@ mod tests {
         assert_eq!(other.outbound.drain_ids(), (0..6).collect::<Vec<u64>>());
         // Another room has its own count.
         hub.submit_event(event("pages", 1)).unwrap().await.unwrap();
-        let pages = crate::cluster::history::Since {
+        let pages = crate::protocol::Since {
             offset: 0,
             epoch: epoch_of(&hub, "pages"),
         };
@@ -933,7 +829,7 @@ mod tests {
         let peer = hub.new_peer(None, None);
         hub.registry.add_peer(peer.clone());
         let epoch = epoch_of(&hub, "posts");
-        let since = |offset| crate::cluster::history::Since {
+        let since = |offset| crate::protocol::Since {
             offset,
             epoch: epoch.clone(),
         };

@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::Error;
-use crate::protocol::is_valid_slug;
+use crate::protocol::{is_valid_slug, value_of};
 
 /// A checked event, ready to encode.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,12 +34,6 @@ impl Event {
     pub fn body(&self) -> Value {
         value_of(&self.json)
     }
-}
-
-/// An event's JSON, written by [`normalize`] from parsed parts (so always valid), read as a
-/// value; `Null` if it somehow is not.
-pub fn value_of(json: &str) -> Value {
-    serde_json::from_str(json).unwrap_or(Value::Null)
 }
 
 /// The fields of an event as they came (each still JSON text); other keys are skipped.

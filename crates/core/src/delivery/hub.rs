@@ -19,14 +19,16 @@ use crate::auth::revocations::{Revocation, Revocations, Token, Verdict};
 use crate::auth::User;
 use crate::cluster::broker::redis_history::{Recovery, RedisHistory};
 use crate::cluster::broker::{raw, Broker, Channel, Envelope, Kind};
-use crate::cluster::history::{Entry, Histories, HistoryPolicy, RecoveryFailed, Since};
+use crate::cluster::history::{Entry, Histories, RecoveryFailed};
 use crate::cluster::presence::{summary_of, Change, Presence};
-use crate::config::{Config, HostRules};
-use crate::delivery::dispatch::{lane_of, Job, LANES};
+use crate::config::{Config, HistoryPolicy, HostRules};
+use crate::delivery::authorize::allowed_users;
 use crate::delivery::event;
+use crate::delivery::lanes::{lane_of, Job, LANES};
 use crate::delivery::rooms::{Except, Joined, Registry};
 use crate::error::Error;
-use crate::host::callbacks::Callbacks;
+use crate::host::callbacks::{Callbacks, UserList};
+use crate::protocol::Since;
 use crate::protocol::{close_code, collection_room, encode_value, text_frame};
 use crate::stats::{Snapshot, Stats};
 use crate::warn;
@@ -313,7 +315,7 @@ impl Hub {
     /// from its JSON only when there is a rule (`Null` otherwise: nothing reads it).
     fn rule_body(&self, room: &str, json: &str) -> Arc<Value> {
         Arc::new(if self.authorize_rule(room).is_some() {
-            event::value_of(json)
+            crate::protocol::value_of(json)
         } else {
             Value::Null
         })
@@ -976,7 +978,7 @@ impl Hub {
         // Asked here, not in the lane: the lane's other rooms go on meanwhile (the socket's live
         // frames of this room wait, held back since `RecoverStart`).
         let authorize = self.authorize_rule(&room);
-        let frames = crate::delivery::dispatch::replay_frames(self, authorize.as_deref(), peer, &entries).await;
+        let frames = replay_frames(self, authorize.as_deref(), peer, &entries).await;
         let (done, finished) = oneshot::channel();
         self.send_job(
             &room,
@@ -1301,6 +1303,38 @@ impl Hub {
 
 /// Numbers events in Redis in order, a pipeline per burst, then delivers and publishes them.
 /// One task, so events leave in the order they were emitted.
+/// The frames of missed events one socket may see, in order (each through the authorize rule).
+pub(crate) async fn replay_frames(
+    hub: &Hub,
+    authorize: Option<&str>,
+    peer: &Arc<Peer>,
+    entries: &[Entry],
+) -> Vec<Bytes> {
+    match (authorize, &hub.callbacks.authorizer) {
+        (Some(collection), Some(a)) => {
+            let key: Arc<str> = Arc::from(peer.user_key());
+            let user = Arc::new(UserList::new([(key.clone(), peer.user_json())]));
+            let checks = entries.iter().map(|e| {
+                allowed_users(
+                    &**a,
+                    collection,
+                    e.body(),
+                    user.clone(),
+                    hub.config.authorize_timeout,
+                    &hub.stats,
+                )
+            });
+            let answers = futures_util::future::join_all(checks).await;
+            entries
+                .iter()
+                .zip(answers)
+                .filter_map(|(e, allowed)| Some(allowed.get(&key)?.unwrap_or(&e.frame).clone()))
+                .collect()
+        }
+        _ => entries.iter().map(|e| e.frame.clone()).collect(),
+    }
+}
+
 async fn run_appender(hub: std::sync::Weak<Hub>, history: RedisHistory, mut rx: mpsc::UnboundedReceiver<Append>) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 256).await > 0 {

@@ -6,4 +6,5 @@ pub mod dispatch;
 pub mod event;
 pub mod hub;
 pub mod ingest;
+pub mod lanes;
 pub mod rooms;

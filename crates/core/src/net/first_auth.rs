@@ -19,7 +19,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::delivery::hub::Hub;
 use crate::limits::Slot;
-use crate::net::server::{verify_capped, Unverified};
+use crate::net::verify::{verify_capped, Unverified};
 use crate::protocol::frame_reader::{FrameReader, Message};
 use crate::protocol::{self, close_code, ClientMessage, RequestId};
 use crate::stats::Stats;
@@ -81,7 +81,7 @@ pub(crate) async fn open(
     let pending = Pending::new(&hub.stats);
     let outcome = tokio::select! {
         outcome = authenticate(&hub, &mut stream, early, &mut slot) => outcome,
-        _ = hub.stopping.cancelled() => Err(End::Close(close_code::GOING_AWAY, crate::net::server::DRAIN_REASON.into())),
+        _ = hub.stopping.cancelled() => Err(End::Close(close_code::GOING_AWAY, crate::net::DRAIN_REASON.into())),
     };
     drop(pending);
     match outcome {

@@ -9,3 +9,7 @@ pub mod longpoll;
 pub mod requests;
 pub mod server;
 pub mod sse;
+pub mod verify;
+
+/// The reason of the 1001 a drain sends: clients (the SDK does) reconnect, to another instance.
+pub const DRAIN_REASON: &str = "server shutting down, reconnect elsewhere";

@@ -9,9 +9,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::cluster::history::Since;
 use crate::delivery::hub::{Hub, JoinOutcome};
 use crate::host::callbacks::{HandlerCall, HandlerOutcome};
+use crate::protocol::Since;
 use crate::protocol::{self, collection_room, ClientMessage, ErrorCode, RequestId};
 use crate::stats::Stats;
 use crate::write::peer::Peer;
@@ -463,7 +463,7 @@ impl Requests {
                 return;
             }
             if let Some(verifier) = &hub.callbacks.verifier {
-                use crate::net::server::{verify_capped, Unverified};
+                use crate::net::verify::{verify_capped, Unverified};
                 let refused = match verify_capped(&hub, &**verifier, &user, token).await {
                     Ok(_) => None,
                     // Past a cap the socket keeps its session: the client retries later.

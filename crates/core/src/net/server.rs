@@ -38,17 +38,16 @@ use crate::delivery::dispatch::run_lane;
 use crate::delivery::hub::Hub;
 use crate::delivery::ingest::Ingest;
 use crate::error::Error;
-use crate::host::callbacks::{Callbacks, UserVerifier};
+use crate::host::callbacks::Callbacks;
 use crate::limits::{client_ip, Over, Slot};
 use crate::net::connection::{self, Serving};
 use crate::net::head::{Head, Rewind};
+use crate::net::verify::{verify_capped, Unverified};
+use crate::net::DRAIN_REASON;
 use crate::protocol::close_code;
 use crate::stats::Stats;
 use crate::write::peer::Peer;
 use crate::{debug, warn};
-
-/// The reason of the 1001 a drain sends: clients (the SDK does) reconnect, to another instance.
-pub const DRAIN_REASON: &str = "server shutting down, reconnect elsewhere";
 
 /// How long a client may take to send its HTTP request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -758,51 +757,6 @@ fn bearer_matches<B>(req: &Request<B>, token: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Asks the host to confirm a user; a refusal, an error or no answer in time is a 401.
-pub async fn verify_user(
-    verifier: &dyn UserVerifier,
-    token: String,
-    claims: serde_json::Value,
-    timeout: Duration,
-) -> Result<serde_json::Value, Refusal> {
-    match tokio::time::timeout(timeout, verifier.verify(token, claims)).await {
-        Ok(Ok(Some(user))) => Ok(user),
-        Ok(Ok(None)) => Err(Refusal::unauthorized("session is not valid")),
-        Ok(Err(e)) => {
-            warn!("verifyUser failed: {e}");
-            Err(Refusal::unauthorized("session could not be verified"))
-        }
-        Err(_) => Err(Refusal::unauthorized("session could not be verified in time")),
-    }
-}
-
-/// Why a capped `verifyUser` gave no user.
-pub(crate) enum Unverified {
-    /// `maxVerifying` ([`Over::Total`]) or `maxVerifyingPerUser` ([`Over::User`]) is full:
-    /// the host was not asked.
-    Busy(Over),
-    /// The host refused, failed, or did not answer within `verifyTimeout`.
-    Refused(Refusal),
-}
-
-/// [`verify_user`] within `maxVerifying` and `maxVerifyingPerUser`, for handshakes and
-/// refreshes alike. A call that times out gives its place back at once, even though the host's
-/// promise may never settle: a `verifyUser` that hangs cannot hold the cap.
-pub(crate) async fn verify_capped(
-    hub: &Hub,
-    verifier: &dyn UserVerifier,
-    user: &User,
-    token: String,
-) -> Result<serde_json::Value, Unverified> {
-    let place = hub.verifying.begin(&user.key).map_err(|over| {
-        Stats::add(&hub.stats.refused_verifying, 1);
-        Unverified::Busy(over)
-    })?;
-    let verified = verify_user(verifier, token, (*user.claims).clone(), hub.config.verify_timeout).await;
-    drop(place);
-    verified.map_err(Unverified::Refused)
-}
-
 fn json_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
@@ -1405,7 +1359,7 @@ mod tests {
 
     use super::*;
     use crate::auth::tests::{payload_token, SECRET};
-    use crate::auth::PayloadKey;
+    use crate::config::PayloadKey;
 
     fn start() -> Server {
         let config = Config {

@@ -375,7 +375,7 @@ pub(crate) fn write_close(out: &mut BytesMut, close_frame: &[u8]) {
 /// the same rules (a room no rule of `rooms` names is refused).
 pub(crate) fn join_rooms(requests: &mut Requests, prefix: &str, rooms: &[String], last: &Positions) {
     let since = |room: &str| {
-        last.get(room).map(|(epoch, offset)| crate::cluster::history::Since {
+        last.get(room).map(|(epoch, offset)| crate::protocol::Since {
             offset: *offset,
             epoch: epoch.clone(),
         })
@@ -398,7 +398,7 @@ pub(crate) fn join_rooms(requests: &mut Requests, prefix: &str, rooms: &[String]
         }
         requests.on_text(join.to_string().as_bytes());
     }
-    let apps: Vec<(String, String, Option<crate::cluster::history::Since>)> = rooms
+    let apps: Vec<(String, String, Option<crate::protocol::Since>)> = rooms
         .iter()
         .filter(|r| protocol::collection_of_room(r).is_none())
         .map(|r| (room_join_id(prefix, r), r.clone(), since(r)))

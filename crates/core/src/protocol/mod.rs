@@ -10,7 +10,12 @@ pub mod frame_reader;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{Map, Value};
 
-use crate::cluster::history::Since;
+/// Where a client last was in a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    pub offset: u64,
+    pub epoch: String,
+}
 
 /// Close codes of the contract.
 pub mod close_code {
@@ -549,6 +554,12 @@ pub fn payload(frame: &[u8]) -> &[u8] {
         None => return &[],
     };
     frame.get(head..).unwrap_or(&[])
+}
+
+/// An event's JSON, written from parsed parts when the event came in (so always valid), read
+/// as a value; `Null` if it somehow is not.
+pub fn value_of(json: &str) -> Value {
+    serde_json::from_str(json).unwrap_or(Value::Null)
 }
 
 #[cfg(test)]

@@ -500,7 +500,7 @@ mod tests {
 
     fn namespace(secret: Option<&str>, prefix: Option<&str>) -> Namespace {
         Namespace::new(&crate::config::Config {
-            key: secret.map(crate::auth::PayloadKey::from_payload_secret),
+            key: secret.map(crate::config::PayloadKey::from_payload_secret),
             redis_prefix: prefix.map(String::from),
             ..Default::default()
         })

@@ -10,7 +10,9 @@
 use fred::interfaces::LuaInterface;
 use fred::prelude::{Client, Value as RedisValue};
 
-use crate::cluster::history::{HistoryPolicy, RecoveryFailed, Since};
+use crate::cluster::history::RecoveryFailed;
+use crate::config::HistoryPolicy;
+use crate::protocol::Since;
 
 /// Appends `ARGV[5..]` (event bodies, in order) to one room, then drops the oldest while the
 /// stream holds more than `ARGV[2]` events or more than `ARGV[4]` bytes of bodies (kept in the
