@@ -35,11 +35,12 @@ use payload_realtime_core::warn;
 /// side and one-word answers, because 100 events to 1,000 users otherwise carried 100,000
 /// indices in and 100,000 booleans out, and a lone event to a room of 1,000 users carried its
 /// 100 KB of users every time (see [`SentLists`]).
-pub type AuthorizeFn = ThreadsafeFunction<FnArgs<(String,)>, Promise<String>, FnArgs<(String,)>, Status, false, true>;
+pub(crate) type AuthorizeFn =
+    ThreadsafeFunction<FnArgs<(String,)>, Promise<String>, FnArgs<(String,)>, Status, false, true>;
 
 /// `(calls) => Promise<results>`: `calls` is `[{ type, socketId, user, message }]`, each result
 /// `{ ok: true, reply?: any } | { ok: false, code?: string, message: string }`.
-pub type HandlerFn =
+pub(crate) type HandlerFn =
     ThreadsafeFunction<FnArgs<(Vec<Value>,)>, Promise<Vec<Value>>, FnArgs<(Vec<Value>,)>, Status, false, true>;
 
 type AuthorizeAnswer = Result<Vec<Decision>, String>;
@@ -49,11 +50,11 @@ type AuthorizeAnswer = Result<Vec<Decision>, String>;
 const LOG_QUEUE: usize = 1024;
 
 /// `(level, line) => void`: the server's log lines, already redacted and rate-limited.
-pub type LogFn =
+pub(crate) type LogFn =
     ThreadsafeFunction<FnArgs<(String, String)>, (), FnArgs<(String, String)>, Status, false, true, LOG_QUEUE>;
 
 /// The host's logger, behind a bounded queue.
-pub struct JsLogger {
+pub(crate) struct JsLogger {
     pub f: LogFn,
 }
 
@@ -68,13 +69,13 @@ impl payload_realtime_core::log::LogOut for JsLogger {
 }
 
 /// Authorize rules through JS, batched across events.
-pub struct JsAuthorizer {
+pub(crate) struct JsAuthorizer {
     batcher: Batcher<AuthorizeRequest, AuthorizeAnswer>,
 }
 
 impl JsAuthorizer {
     /// Creates the authorizer and the batching task to spawn on the server's runtime.
-    pub fn new(f: Arc<AuthorizeFn>) -> (JsAuthorizer, impl std::future::Future<Output = ()> + Send) {
+    pub(crate) fn new(f: Arc<AuthorizeFn>) -> (JsAuthorizer, impl std::future::Future<Output = ()> + Send) {
         let lists = Arc::new(parking_lot::Mutex::new(SentLists::default()));
         let (batcher, task) = Batcher::new(move |batch| run_authorize(f.clone(), lists.clone(), batch));
         (JsAuthorizer { batcher }, task)
@@ -115,10 +116,10 @@ async fn run_authorize(
 }
 
 /// `(token, claims) => Promise<user | null>`: Payload's own check of the user and session.
-pub type VerifyFn =
+pub(crate) type VerifyFn =
     ThreadsafeFunction<FnArgs<(String, Value)>, Promise<Value>, FnArgs<(String, Value)>, Status, false, true>;
 
-pub struct JsVerifier {
+pub(crate) struct JsVerifier {
     pub f: Arc<VerifyFn>,
 }
 
@@ -141,20 +142,20 @@ impl UserVerifier for JsVerifier {
 
 /// `(questions) => Promise<answers>`: `questions` is `[{ user, rooms }]`, each answer one boolean
 /// per room (may this user join it?).
-pub type MayJoinFn =
+pub(crate) type MayJoinFn =
     ThreadsafeFunction<FnArgs<(Vec<Value>,)>, Promise<Vec<Value>>, FnArgs<(Vec<Value>,)>, Status, false, true>;
 
 type JoinQuestion = (Arc<Value>, Vec<String>);
 type JoinAnswer = Result<Vec<bool>, String>;
 
 /// Join rules through JS, batched: the joins of a reconnecting crowd cross together.
-pub struct JsJoinRule {
+pub(crate) struct JsJoinRule {
     batcher: Batcher<JoinQuestion, JoinAnswer>,
 }
 
 impl JsJoinRule {
     /// Creates the join rule and the batching task to spawn on the server's runtime.
-    pub fn new(f: Arc<MayJoinFn>) -> (JsJoinRule, impl std::future::Future<Output = ()> + Send) {
+    pub(crate) fn new(f: Arc<MayJoinFn>) -> (JsJoinRule, impl std::future::Future<Output = ()> + Send) {
         let (batcher, task) = Batcher::new(move |batch| run_may_join(f.clone(), batch));
         (JsJoinRule { batcher }, task)
     }
@@ -197,18 +198,18 @@ type Pending<Q, A> = (Q, oneshot::Sender<A>);
 /// crossings to 2 measured no gain. Questions are: at most [`MAX_QUESTIONS`] wait or cross at
 /// once, and the next waits for a free place (backpressure on the lane or socket that asks),
 /// so a JS callback that stalls cannot make them pile up.
-pub struct Batcher<Q, A> {
+pub(crate) struct Batcher<Q, A> {
     tx: mpsc::UnboundedSender<Pending<Q, A>>,
     places: Arc<tokio::sync::Semaphore>,
 }
 
 /// Questions one batcher holds at once (waiting or in a crossing): 16 lanes with 256 authorize
 /// questions in flight each fit four times over.
-pub const MAX_QUESTIONS: usize = 16_384;
+pub(crate) const MAX_QUESTIONS: usize = 16_384;
 
 impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
     /// `run` sends one batch and answers each question.
-    pub fn new<F, Fut>(run: F) -> (Batcher<Q, A>, impl std::future::Future<Output = ()> + Send)
+    pub(crate) fn new<F, Fut>(run: F) -> (Batcher<Q, A>, impl std::future::Future<Output = ()> + Send)
     where
         F: Fn(Vec<Pending<Q, A>>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -237,7 +238,7 @@ impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
     /// Queues a question; the answer, or `None` when the server is closing. Queued at once when
     /// there is a free place (so the questions asked together cross together), else once one
     /// frees up.
-    pub fn call(&self, q: Q) -> impl std::future::Future<Output = Option<A>> + Send {
+    pub(crate) fn call(&self, q: Q) -> impl std::future::Future<Output = Option<A>> + Send {
         let (reply_tx, reply_rx) = oneshot::channel();
         let (tx, places) = (self.tx.clone(), self.places.clone());
         let mut place = places.clone().try_acquire_owned().ok();
@@ -261,13 +262,13 @@ impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
 }
 
 /// Custom handlers through JS, batched.
-pub struct JsHandlers {
+pub(crate) struct JsHandlers {
     batcher: Batcher<HandlerCall, HandlerOutcome>,
 }
 
 impl JsHandlers {
     /// Creates the handler front and the batching task to spawn on the server's runtime.
-    pub fn new(f: Arc<HandlerFn>) -> (JsHandlers, impl std::future::Future<Output = ()> + Send) {
+    pub(crate) fn new(f: Arc<HandlerFn>) -> (JsHandlers, impl std::future::Future<Output = ()> + Send) {
         let (batcher, task) = Batcher::new(move |batch| run_batch(f.clone(), batch));
         (JsHandlers { batcher }, task)
     }

@@ -133,7 +133,7 @@ impl std::fmt::Debug for MetricsAccess {
 }
 
 /// Shortest `metrics.token`: a bearer token must not be guessable.
-pub const MIN_METRICS_TOKEN: usize = 16;
+pub(crate) const MIN_METRICS_TOKEN: usize = 16;
 
 impl Default for Config {
     fn default() -> Self {
@@ -182,7 +182,7 @@ impl Default for Config {
 
 impl Config {
     /// Checks the options that can be wrong in ways the type does not prevent.
-    pub fn validate(&self) -> Result<(), Error> {
+    pub(crate) fn validate(&self) -> Result<(), Error> {
         let bad = |msg: String| Err(Error::InvalidOption(msg));
         if self.host.is_empty() {
             return bad("`host` must not be empty".into());
@@ -273,7 +273,7 @@ pub struct HostRules {
 }
 
 impl HostRules {
-    pub fn validate(&self) -> Result<(), Error> {
+    pub(crate) fn validate(&self) -> Result<(), Error> {
         for key in &self.authorize_collections {
             let pattern = key.len() <= 256 && (key.contains(':') || key.ends_with('*'));
             if !is_valid_slug(key) && !pattern {
@@ -291,7 +291,7 @@ impl HostRules {
     }
 
     /// Whether a client may join this collection.
-    pub fn collection_allowed(&self, slug: &str) -> bool {
+    pub(crate) fn collection_allowed(&self, slug: &str) -> bool {
         match &self.include_collections {
             Some(set) => set.contains(slug),
             None => true,
@@ -299,7 +299,7 @@ impl HostRules {
     }
 
     /// Whether this collection's events ask the authorize callback.
-    pub fn authorizes(&self, collection: &str) -> bool {
+    pub(crate) fn authorizes(&self, collection: &str) -> bool {
         self.authorize_collections.contains(collection)
     }
 
@@ -308,7 +308,7 @@ impl HostRules {
     /// the longest `prefix*`), so that one answer never depends on a set's order. The exact name
     /// comes first so a host can give `collection:posts` a rule of its own (the plugin's read
     /// access) that the app room `posts`, also named by a bare `posts` key, does not get.
-    pub fn authorize_key(&self, room: &str) -> Option<String> {
+    pub(crate) fn authorize_key(&self, room: &str) -> Option<String> {
         if self.authorize_collections.contains(room) {
             return Some(room.to_string());
         }
@@ -325,7 +325,7 @@ impl HostRules {
     }
 
     /// Whether joining this room waits for the host's join rule.
-    pub fn join_ruled(&self, room: &str) -> bool {
+    pub(crate) fn join_ruled(&self, room: &str) -> bool {
         self.join_rules.iter().any(|p| crate::protocol::room_matches(p, room))
     }
 }
@@ -335,7 +335,7 @@ impl HostRules {
 /// worker cost 0.38-0.45 µs of CPU per fanned-out message where two cost 0.63 µs, and paced
 /// events had a p99 of 28-36 ms instead of 49 ms (BENCHMARKS.md): two workers competed with the
 /// JS thread for two cores, and woke each other's sockets across threads.
-pub fn default_worker_threads() -> usize {
+pub(crate) fn default_worker_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     cores.saturating_sub(1).clamp(1, 16)
 }
@@ -348,7 +348,7 @@ const DESCRIPTOR_RESERVE: u64 = 1024;
 /// What the process may open (`RLIMIT_NOFILE`, which Node raises to its hard limit at start)
 /// minus [`DESCRIPTOR_RESERVE`], but at least half of it: each socket is one descriptor, so
 /// past this the server would take the ones Payload needs and `accept` would fail anyway.
-pub fn default_max_connections() -> usize {
+pub(crate) fn default_max_connections() -> usize {
     #[cfg(unix)]
     {
         let mut limit = libc::rlimit {
@@ -398,7 +398,7 @@ impl PayloadKey {
 
     /// A key of the server's own for `purpose`, derived from Payload's secret: instances of the
     /// same app agree on it, another app (another secret) cannot know it.
-    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+    pub(crate) fn derive(&self, purpose: &str) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update(b"payload-realtime\0");
         h.update(purpose.as_bytes());
@@ -409,7 +409,7 @@ impl PayloadKey {
 }
 
 /// `sha256(secret)` as lowercase hex, first 32 characters: what Payload calls `payload.secret`.
-pub fn derive_signing_secret(secret: &str) -> String {
+pub(crate) fn derive_signing_secret(secret: &str) -> String {
     let digest = Sha256::digest(secret.as_bytes());
     let mut hex = String::with_capacity(64);
     for b in digest {
@@ -444,7 +444,7 @@ pub struct HistoryRule {
 
 impl HistoryRule {
     /// Whether the rule applies to `room`.
-    pub fn matches(&self, room: &str) -> bool {
+    pub(crate) fn matches(&self, room: &str) -> bool {
         crate::protocol::room_matches(&self.pattern, room)
     }
 }

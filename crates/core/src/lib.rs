@@ -16,17 +16,17 @@
 //! - a connection the host's own HTTP server accepted is taken over in [`adopt`] and
 //!   [`server::Server::adopt`], then served like any other.
 
-pub mod auth;
-pub mod cluster;
+pub(crate) mod auth;
+pub(crate) mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod error;
 pub mod host;
-pub mod limits;
+pub(crate) mod limits;
 pub mod log;
 pub mod memory;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod net;
 pub mod protocol;
-pub mod stats;
-pub mod write;
+pub(crate) mod stats;
+pub(crate) mod write;

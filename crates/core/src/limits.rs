@@ -16,7 +16,7 @@ use crate::config::Config;
 
 /// Which limit a handshake is past.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Over {
+pub(crate) enum Over {
     /// `maxConnections`: the server as a whole (503).
     Total,
     /// `maxConnectionsPerUser` (429).
@@ -32,7 +32,7 @@ struct Counts {
     by_ip: HashMap<IpAddr, usize>,
 }
 
-pub struct Limits {
+pub(crate) struct Limits {
     max_total: usize,
     max_per_user: usize,
     max_per_ip: usize,
@@ -42,14 +42,14 @@ pub struct Limits {
 }
 
 /// One socket's place in the counts, given back when dropped.
-pub struct Slot {
+pub(crate) struct Slot {
     limits: Arc<Limits>,
     user: Option<String>,
     ip: Option<IpAddr>,
 }
 
 impl Limits {
-    pub fn new(config: &Config) -> Arc<Limits> {
+    pub(crate) fn new(config: &Config) -> Arc<Limits> {
         Arc::new(Limits {
             max_total: config.max_connections,
             max_per_user: config.max_connections_per_user,
@@ -60,7 +60,7 @@ impl Limits {
 
     /// Counts one more socket for this user (`None`: anonymous, counted by address only) from
     /// this address, unless that passes a limit (0 is no limit, for the two per-client ones).
-    pub fn reserve(self: &Arc<Self>, user: Option<&str>, ip: Option<IpAddr>) -> Result<Slot, Over> {
+    pub(crate) fn reserve(self: &Arc<Self>, user: Option<&str>, ip: Option<IpAddr>) -> Result<Slot, Over> {
         let mut c = self.counts.lock();
         if c.total >= self.max_total {
             return Err(Over::Total);
@@ -90,7 +90,8 @@ impl Limits {
     }
 
     /// Sockets counted now (open, or in their handshake).
-    pub fn total(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn total(&self) -> usize {
         self.counts.lock().total
     }
 }
@@ -122,7 +123,7 @@ impl Drop for Slot {
 impl Slot {
     /// Counts this socket for `user` too, once it has said who it is after the upgrade
     /// (first-message auth): `Err` when that user is at `maxConnectionsPerUser`.
-    pub fn add_user(&mut self, user: &str) -> Result<(), Over> {
+    pub(crate) fn add_user(&mut self, user: &str) -> Result<(), Over> {
         let mut c = self.limits.counts.lock();
         if self.limits.max_per_user > 0 && c.by_user.get(user).copied().unwrap_or(0) >= self.limits.max_per_user {
             return Err(Over::User);
@@ -137,20 +138,20 @@ impl Slot {
 /// How many `verifyUser` calls run at once: in all (`maxVerifying`) and per user
 /// (`maxVerifyingPerUser`). Each is a database read in the host's process, so a burst of
 /// handshakes or refreshes past these is turned away at once rather than queued behind Payload.
-pub struct Verifying {
+pub(crate) struct Verifying {
     max_total: usize,
     max_per_user: usize,
     counts: Mutex<(usize, HashMap<String, usize>)>,
 }
 
 /// One `verifyUser` call's place, given back when dropped (answered, failed, or timed out).
-pub struct VerifySlot {
+pub(crate) struct VerifySlot {
     verifying: Arc<Verifying>,
     user: String,
 }
 
 impl Verifying {
-    pub fn new(config: &Config) -> Arc<Verifying> {
+    pub(crate) fn new(config: &Config) -> Arc<Verifying> {
         Arc::new(Verifying {
             max_total: config.max_verifying,
             max_per_user: config.max_verifying_per_user,
@@ -160,7 +161,7 @@ impl Verifying {
 
     /// A place for one more call for `user`, or which cap is full ([`Over::Total`] or
     /// [`Over::User`]).
-    pub fn begin(self: &Arc<Self>, user: &str) -> Result<VerifySlot, Over> {
+    pub(crate) fn begin(self: &Arc<Self>, user: &str) -> Result<VerifySlot, Over> {
         let mut c = self.counts.lock();
         if c.0 >= self.max_total {
             return Err(Over::Total);
@@ -178,7 +179,7 @@ impl Verifying {
     }
 
     /// Calls in flight now.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.counts.lock().0
     }
 }
@@ -200,7 +201,7 @@ impl Drop for VerifySlot {
 /// address in `Forwarded` (RFC 7239), or `X-Forwarded-For` without it, that is not a trusted
 /// proxy: the one the nearest trusted proxy saw (anything left of it the client may have
 /// written itself). With `loopback`, every loopback address is a trusted proxy too.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr], loopback: bool) -> IpAddr {
+pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr], loopback: bool) -> IpAddr {
     let peer = peer.to_canonical();
     let trusted_ip = |ip: &IpAddr| (loopback && ip.is_loopback()) || trusted.contains(ip);
     if !trusted_ip(&peer) {

@@ -41,10 +41,10 @@ impl Level {
 }
 
 /// Occurrences of one kind less than this apart are one episode (one line).
-pub const EPISODE_GAP: Duration = Duration::from_secs(60);
+pub(crate) const EPISODE_GAP: Duration = Duration::from_secs(60);
 
 /// A long episode is logged again this often, with the number of lines it held back.
-pub const EPISODE_REMINDER: Duration = Duration::from_secs(600);
+pub(crate) const EPISODE_REMINDER: Duration = Duration::from_secs(600);
 
 /// Episodes remembered before those that are over are forgotten.
 const MAX_EPISODES: usize = 1024;
@@ -65,7 +65,7 @@ thread_local! {
 }
 
 /// Sends this thread's lines to `sink` (called as each thread of a server's runtimes starts).
-pub fn set_thread_sink(sink: Option<Arc<Sink>>) {
+pub(crate) fn set_thread_sink(sink: Option<Arc<Sink>>) {
     SINK.with(|s| *s.borrow_mut() = sink);
 }
 
@@ -93,7 +93,7 @@ pub fn enabled(level: Level) -> bool {
 
 /// One kind's episode: when it was last seen and logged, and what it held back since.
 #[derive(Debug, Clone, Copy)]
-pub struct Episode {
+pub(crate) struct Episode {
     seen: Instant,
     logged: Instant,
     held: u64,
@@ -102,7 +102,7 @@ pub struct Episode {
 impl Episode {
     /// An occurrence at `now` of a kind last seen as `prev`: `Some(held back lines)` when it is
     /// to be logged, `None` when it belongs to an episode already logged.
-    pub fn observe(prev: Option<&mut Episode>, now: Instant) -> (Option<u64>, Episode) {
+    pub(crate) fn observe(prev: Option<&mut Episode>, now: Instant) -> (Option<u64>, Episode) {
         match prev {
             Some(e)
                 if now.saturating_duration_since(e.seen) < EPISODE_GAP

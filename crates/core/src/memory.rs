@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const TRIM_AFTER: u64 = 1_000;
 
 #[derive(Default)]
-pub struct Trim {
+pub(crate) struct Trim {
     at_connections: AtomicU64,
 }
 
 impl Trim {
     /// The server has no socket left; `total` is the number of connections since start.
-    pub fn on_idle(&self, total: u64) {
+    pub(crate) fn on_idle(&self, total: u64) {
         let last = self.at_connections.load(Ordering::Relaxed);
         if total.saturating_sub(last) < TRIM_AFTER {
             return;
@@ -81,7 +81,7 @@ pub fn heap_in_use() -> Option<u64> {
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn heap_in_use() -> Option<u64> {
+pub(crate) fn heap_in_use() -> Option<u64> {
     None
 }
 

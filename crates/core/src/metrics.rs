@@ -7,17 +7,17 @@ use std::fmt::Write;
 use crate::stats::{HistogramSnapshot, Snapshot, LATENCY_BUCKETS};
 
 /// The `Content-Type` of the exposition.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Counter,
     Gauge,
     Histogram,
 }
 
 impl Kind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
@@ -27,18 +27,18 @@ impl Kind {
 }
 
 /// What a metric reads from a snapshot.
-pub enum Value<'a> {
+pub(crate) enum Value<'a> {
     One(u64),
     /// One sample per value of the label.
     Labeled(&'static str, Vec<(&'a str, u64)>),
     Histogram(&'a HistogramSnapshot),
 }
 
-pub struct Metric {
-    pub name: &'static str,
-    pub kind: Kind,
-    pub help: &'static str,
-    pub value: fn(&Snapshot) -> Value<'_>,
+pub(crate) struct Metric {
+    pub(crate) name: &'static str,
+    pub(crate) kind: Kind,
+    pub(crate) help: &'static str,
+    pub(crate) value: fn(&Snapshot) -> Value<'_>,
 }
 
 fn redis(s: &Snapshot, f: fn(&crate::cluster::broker::BrokerStats) -> u64) -> Value<'_> {
@@ -46,7 +46,7 @@ fn redis(s: &Snapshot, f: fn(&crate::cluster::broker::BrokerStats) -> u64) -> Va
 }
 
 /// Every exported metric, in the order they are written.
-pub static METRICS: &[Metric] = &[
+pub(crate) static METRICS: &[Metric] = &[
     Metric {
         name: "payload_realtime_connections",
         kind: Kind::Gauge,
@@ -267,7 +267,7 @@ fn float(v: f64) -> String {
 }
 
 /// The exposition of `metrics` over `s`.
-pub fn render_with(metrics: &[Metric], s: &Snapshot) -> String {
+pub(crate) fn render_with(metrics: &[Metric], s: &Snapshot) -> String {
     let mut out = String::with_capacity(metrics.len() * 160);
     for m in metrics {
         let _ = writeln!(out, "# HELP {} {}", m.name, escape_help(m.help));
@@ -295,7 +295,7 @@ pub fn render_with(metrics: &[Metric], s: &Snapshot) -> String {
 }
 
 /// The exposition of every metric of [`METRICS`].
-pub fn render(s: &Snapshot) -> String {
+pub(crate) fn render(s: &Snapshot) -> String {
     render_with(METRICS, s)
 }
 

@@ -6,96 +6,96 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 #[derive(Default, Debug)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// Sockets open now.
-    pub connections: AtomicU64,
+    pub(crate) connections: AtomicU64,
     /// Sockets accepted since start.
-    pub connections_total: AtomicU64,
+    pub(crate) connections_total: AtomicU64,
     /// Of `connections`: SSE streams open and long polls waiting now.
-    pub streams: AtomicU64,
+    pub(crate) streams: AtomicU64,
     /// Handshakes refused (bad token, origin, path, a connection limit).
-    pub handshakes_refused: AtomicU64,
+    pub(crate) handshakes_refused: AtomicU64,
     /// Of those, refused for `maxConnections`, `maxConnectionsPerUser`, `maxConnectionsPerIp`.
-    pub refused_max_connections: AtomicU64,
-    pub refused_per_user: AtomicU64,
-    pub refused_per_ip: AtomicU64,
+    pub(crate) refused_max_connections: AtomicU64,
+    pub(crate) refused_per_user: AtomicU64,
+    pub(crate) refused_per_ip: AtomicU64,
     /// Messages received from clients.
-    pub messages_in: AtomicU64,
+    pub(crate) messages_in: AtomicU64,
     /// Frames queued to clients (events, replies, broadcasts).
-    pub messages_out: AtomicU64,
+    pub(crate) messages_out: AtomicU64,
     /// Frames not delivered because their socket was evicted or closing.
-    pub dropped: AtomicU64,
+    pub(crate) dropped: AtomicU64,
     /// Sockets closed with 4008.
-    pub slow_consumers: AtomicU64,
+    pub(crate) slow_consumers: AtomicU64,
     /// Sockets closed with 4029 (kept sending past `maxMessagesPerSecond`).
-    pub rate_limited: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
     /// Events emitted through `emitEvent`.
-    pub events: AtomicU64,
+    pub(crate) events: AtomicU64,
     /// Deliveries withheld by an authorize answer of `false`.
-    pub authorize_denied: AtomicU64,
+    pub(crate) authorize_denied: AtomicU64,
     /// Authorize answers that failed (throw, rejection, timeout) and so denied.
-    pub authorize_errors: AtomicU64,
+    pub(crate) authorize_errors: AtomicU64,
     /// Custom handler calls that failed.
-    pub handler_errors: AtomicU64,
+    pub(crate) handler_errors: AtomicU64,
     /// Times a lane waited for the server's writers before queuing more: events came faster
     /// than the sockets were written (see `dispatch::catch_up`).
-    pub backlog_waits: AtomicU64,
+    pub(crate) backlog_waits: AtomicU64,
     /// Handshakes and refreshes turned away at `maxVerifying` or `maxVerifyingPerUser`.
-    pub refused_verifying: AtomicU64,
+    pub(crate) refused_verifying: AtomicU64,
     /// Sockets opened with `?auth=message` that have not authenticated yet (a gauge).
-    pub pending_auth: AtomicU64,
+    pub(crate) pending_auth: AtomicU64,
     /// Sockets closed with 4004: no `auth` message in time, or a token that was refused.
-    pub auth_failures: AtomicU64,
+    pub(crate) auth_failures: AtomicU64,
     /// Joins with `since` refused a replay for `maxRecoveriesPerMinute`.
-    pub recoveries_limited: AtomicU64,
+    pub(crate) recoveries_limited: AtomicU64,
     /// Joins with `since` refused a replay for `maxRecoveryEvents`.
-    pub recoveries_too_long: AtomicU64,
+    pub(crate) recoveries_too_long: AtomicU64,
     /// Events refused before they were read because the queue from the host was at `maxBacklog`.
-    pub ingest_full: AtomicU64,
+    pub(crate) ingest_full: AtomicU64,
     /// Sockets closed with 4008 because messages the server cannot hold back (from Redis,
     /// broadcasts) brought the backlog to `maxBacklog` while the lane waited for them.
-    pub backlog_evictions: AtomicU64,
+    pub(crate) backlog_evictions: AtomicU64,
     /// Messages from Redis and broadcasts dropped at twice `maxBacklog` (their rooms' members are
     /// told `recovery-failed`).
-    pub backlog_dropped: AtomicU64,
+    pub(crate) backlog_dropped: AtomicU64,
     /// Bytes of WebSocket frames read from clients (headers included).
-    pub bytes_in: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
     /// Bytes of the frames `messages_out` counts.
-    pub bytes_out: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
     /// Calls of the authorize callback (one per event and room), and how long each took.
-    pub authorize_calls: AtomicU64,
-    pub authorize_latency: Histogram,
+    pub(crate) authorize_calls: AtomicU64,
+    pub(crate) authorize_latency: Histogram,
     /// Refused handshakes by the `error` of their answer (a few fixed reasons: a short list,
     /// and refusals are not a hot path).
-    pub refused_by_reason: Mutex<Vec<(&'static str, u64)>>,
+    pub(crate) refused_by_reason: Mutex<Vec<(&'static str, u64)>>,
 }
 
 /// Upper bounds of the authorize latency histogram's buckets, in seconds (Prometheus's `le`).
-pub const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+pub(crate) const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
 /// A latency histogram with fixed buckets ([`LATENCY_BUCKETS`]); each bucket counts only its own
 /// range, made cumulative when read.
 #[derive(Default, Debug)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     sum_micros: AtomicU64,
 }
 
 /// A histogram read at one moment: cumulative counts per bucket (the last is `+Inf`).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct HistogramSnapshot {
-    pub cumulative: Vec<u64>,
-    pub sum_seconds: f64,
+pub(crate) struct HistogramSnapshot {
+    pub(crate) cumulative: Vec<u64>,
+    pub(crate) sum_seconds: f64,
 }
 
 impl HistogramSnapshot {
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.cumulative.last().copied().unwrap_or(0)
     }
 }
 
 impl Histogram {
-    pub fn observe(&self, took: Duration) {
+    pub(crate) fn observe(&self, took: Duration) {
         let secs = took.as_secs_f64();
         let at = LATENCY_BUCKETS
             .iter()
@@ -106,7 +106,7 @@ impl Histogram {
             .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
     }
 
-    pub fn snapshot(&self) -> HistogramSnapshot {
+    pub(crate) fn snapshot(&self) -> HistogramSnapshot {
         let mut total = 0;
         let cumulative = self
             .buckets
@@ -165,23 +165,23 @@ pub struct Snapshot {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub authorize_calls: u64,
-    pub authorize_latency: HistogramSnapshot,
+    pub(crate) authorize_latency: HistogramSnapshot,
     /// Refused handshakes by reason, in the order the reasons were first seen.
-    pub refused_by_reason: Vec<(&'static str, u64)>,
+    pub(crate) refused_by_reason: Vec<(&'static str, u64)>,
     /// Log lines dropped because the logger's queue was full.
     pub log_dropped: u64,
     /// Events kept in this instance's in-memory histories, and the rooms they belong to.
-    pub history_events: u64,
-    pub history_rooms: u64,
+    pub(crate) history_events: u64,
+    pub(crate) history_rooms: u64,
     pub sessions: crate::auth::revocations::SessionStats,
 }
 
 impl Stats {
-    pub fn add(counter: &AtomicU64, n: u64) {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
     }
 
-    pub fn snapshot(
+    pub(crate) fn snapshot(
         &self,
         rooms: u64,
         backlog_bytes: u64,
@@ -232,7 +232,7 @@ impl Stats {
     }
 
     /// Counts a refused handshake under its reason (and in `handshakes_refused`).
-    pub fn refused(&self, reason: &'static str) {
+    pub(crate) fn refused(&self, reason: &'static str) {
         Stats::add(&self.handshakes_refused, 1);
         let mut by = self.refused_by_reason.lock();
         match by.iter_mut().find(|(r, _)| *r == reason) {

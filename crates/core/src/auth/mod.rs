@@ -4,12 +4,12 @@
 //! Payload signs its tokens with HS256 over the UTF-8 bytes of `sha256(secret).hex()[..32]`, not
 //! over the raw secret, so the server derives that key once at start-up.
 
-pub mod revocations;
+pub(crate) mod revocations;
 pub(crate) mod users;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hyper::http::{header, request::Parts, HeaderMap};
+use hyper::http::{header, HeaderMap};
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::Value;
 use std::sync::Arc;
@@ -18,24 +18,24 @@ use crate::config::Config;
 
 /// An authenticated user, as the token describes them.
 #[derive(Debug, Clone, PartialEq)]
-pub struct User {
+pub(crate) struct User {
     /// `<collection>:<id>`: sockets with the same key are the same user (one authorize call).
-    pub key: Arc<str>,
+    pub(crate) key: Arc<str>,
     /// The token's claims (`id`, `collection`, `email`, `sid`, ...), handed to JS as the user;
     /// shared, not copied, with every socket structure that needs them.
-    pub claims: Arc<Value>,
+    pub(crate) claims: Arc<Value>,
     /// When the token expires, in seconds since the Unix epoch.
-    pub expires_at: Option<u64>,
+    pub(crate) expires_at: Option<u64>,
 }
 
 impl User {
     /// The session id claim, if the token has one.
-    pub fn sid(&self) -> Option<String> {
+    pub(crate) fn sid(&self) -> Option<String> {
         self.claims.get("sid").and_then(Value::as_str).map(str::to_string)
     }
 
     /// Builds a user from verified claims; `None` when the claims name no user.
-    pub fn from_claims(claims: Value) -> Option<User> {
+    pub(crate) fn from_claims(claims: Value) -> Option<User> {
         let id = match claims.get("id")? {
             Value::String(s) if !s.is_empty() => s.clone(),
             Value::Number(n) => n.to_string(),
@@ -57,7 +57,7 @@ impl User {
 
 /// Where the credential came from; cookies are subject to the Origin rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     Header,
     Query,
     Cookie,
@@ -65,14 +65,14 @@ pub enum Source {
 
 /// Why a handshake is refused: an HTTP status and the JSON body of the contract.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Refusal {
-    pub status: u16,
-    pub error: &'static str,
-    pub reason: String,
+pub(crate) struct Refusal {
+    pub(crate) status: u16,
+    pub(crate) error: &'static str,
+    pub(crate) reason: String,
 }
 
 impl Refusal {
-    pub fn unauthorized(reason: impl Into<String>) -> Refusal {
+    pub(crate) fn unauthorized(reason: impl Into<String>) -> Refusal {
         Refusal {
             status: 401,
             error: "unauthorized",
@@ -88,7 +88,7 @@ impl Refusal {
         }
     }
 
-    pub fn body(&self) -> String {
+    pub(crate) fn body(&self) -> String {
         serde_json::json!({ "error": self.error, "reason": self.reason }).to_string()
     }
 }
@@ -97,12 +97,7 @@ impl Refusal {
 /// cookie. The first one found wins; an empty value, `null` or `undefined` is no credential
 /// (a browser snippet that reads a token it does not have sends `?token=null`), so the next one
 /// can still be used.
-pub fn find_credential(parts: &Parts) -> Option<(String, Source)> {
-    find_credential_in(&parts.headers, &parts.uri)
-}
-
-/// [`find_credential`] over headers and a URI.
-pub fn find_credential_in(headers: &HeaderMap, uri: &hyper::Uri) -> Option<(String, Source)> {
+pub(crate) fn find_credential_in(headers: &HeaderMap, uri: &hyper::Uri) -> Option<(String, Source)> {
     if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let value = value.trim();
         for scheme in ["JWT ", "Bearer ", "jwt ", "bearer "] {
@@ -167,12 +162,7 @@ fn host_without_port(authority: &str) -> Option<String> {
 }
 
 /// Decides who a handshake belongs to: `Ok(None)` is an anonymous client, `Err` a refusal.
-pub fn authenticate(config: &Config, parts: &Parts) -> Result<Option<User>, Refusal> {
-    authenticate_in(config, &parts.headers, &parts.uri)
-}
-
-/// [`authenticate`] over headers and a URI.
-pub fn authenticate_in(config: &Config, headers: &HeaderMap, uri: &hyper::Uri) -> Result<Option<User>, Refusal> {
+pub(crate) fn authenticate_in(config: &Config, headers: &HeaderMap, uri: &hyper::Uri) -> Result<Option<User>, Refusal> {
     check_origin(config, headers)?;
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let Some((token, source)) = find_credential_in(headers, uri) else {
@@ -213,7 +203,7 @@ pub fn authenticate_in(config: &Config, headers: &HeaderMap, uri: &hyper::Uri) -
 }
 
 /// The `allowedOrigins` rule: a browser page of an origin not listed is refused.
-pub fn check_origin(config: &Config, headers: &HeaderMap) -> Result<(), Refusal> {
+pub(crate) fn check_origin(config: &Config, headers: &HeaderMap) -> Result<(), Refusal> {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     if let (Some(allowed), Some(origin)) = (&config.allowed_origins, origin) {
         let ok = allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin));
@@ -228,7 +218,7 @@ pub fn check_origin(config: &Config, headers: &HeaderMap) -> Result<(), Refusal>
 
 /// Whether the upgrade asks to authenticate in its first message (`?auth=message`); `Err` for
 /// another `auth=` value, which is a client's mistake better named than ignored.
-pub fn auth_in_message(uri: &hyper::Uri) -> Result<bool, Refusal> {
+pub(crate) fn auth_in_message(uri: &hyper::Uri) -> Result<bool, Refusal> {
     let Some(query) = uri.query() else { return Ok(false) };
     for pair in query.split('&') {
         if let Some(value) = pair.strip_prefix("auth=") {
@@ -246,7 +236,7 @@ pub fn auth_in_message(uri: &hyper::Uri) -> Result<bool, Refusal> {
 }
 
 /// Checks a Payload token's signature and expiry.
-pub fn verify_token(config: &Config, token: &str) -> Result<User, Refusal> {
+pub(crate) fn verify_token(config: &Config, token: &str) -> Result<User, Refusal> {
     let Some(key) = &config.key else {
         return Err(Refusal::unauthorized(
             "the server has no secret configured and cannot verify tokens",
@@ -269,7 +259,7 @@ pub fn verify_token(config: &Config, token: &str) -> Result<User, Refusal> {
 }
 
 /// Seconds since the Unix epoch.
-pub fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -280,11 +270,22 @@ pub fn now_secs() -> u64 {
 pub(crate) mod tests {
     use super::*;
     use crate::config::{derive_signing_secret, PayloadKey};
+    use hyper::http::request::Parts;
     use jsonwebtoken::{encode, EncodingKey, Header};
 
-    pub const SECRET: &str = "test-secret-please-change";
+    /// [`find_credential_in`] over a request's parts.
+    fn find_credential(parts: &Parts) -> Option<(String, Source)> {
+        find_credential_in(&parts.headers, &parts.uri)
+    }
 
-    pub fn token_with(key: &str, claims: Value) -> String {
+    /// [`authenticate_in`] over a request's parts.
+    fn authenticate(config: &Config, parts: &Parts) -> Result<Option<User>, Refusal> {
+        authenticate_in(config, &parts.headers, &parts.uri)
+    }
+
+    pub(crate) const SECRET: &str = "test-secret-please-change";
+
+    pub(crate) fn token_with(key: &str, claims: Value) -> String {
         encode(
             &Header::new(Algorithm::HS256),
             &claims,
@@ -293,7 +294,7 @@ pub(crate) mod tests {
         .unwrap()
     }
 
-    pub fn payload_token(id: u64, exp_in: i64) -> String {
+    pub(crate) fn payload_token(id: u64, exp_in: i64) -> String {
         let exp = now_secs() as i64 + exp_in;
         token_with(
             &derive_signing_secret(SECRET),

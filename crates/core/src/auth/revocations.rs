@@ -37,15 +37,15 @@ pub(crate) const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// One revocation, as stored and as announced to the other instances.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Revocation {
+pub(crate) struct Revocation {
     /// `<collection>:<id>`.
-    pub user: String,
+    pub(crate) user: String,
     /// The session; `None`: every session of the user issued before `at_ms`.
-    pub sid: Option<String>,
+    pub(crate) sid: Option<String>,
     /// When it was revoked (milliseconds since the epoch).
-    pub at_ms: u64,
+    pub(crate) at_ms: u64,
     /// Seconds since the epoch after which no token it covers is valid any more.
-    pub expires: u64,
+    pub(crate) expires: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -63,31 +63,31 @@ impl Revocation {
     }
 
     /// The seconds it still has to live in the store (at least 1).
-    pub fn ttl(&self, now_s: u64) -> u64 {
+    pub(crate) fn ttl(&self, now_s: u64) -> u64 {
         self.expires.saturating_sub(now_s).max(1)
     }
 }
 
 /// What the store knows of one session.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Found {
+pub(crate) struct Found {
     /// The session itself was revoked.
-    pub session: bool,
+    pub(crate) session: bool,
     /// The user was revoked as a whole at this time (milliseconds).
-    pub user_at_ms: Option<u64>,
+    pub(crate) user_at_ms: Option<u64>,
 }
 
 /// What a check asks about: a user and, if the token has one, its session.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Query {
-    pub user: String,
-    pub sid: Option<String>,
+pub(crate) struct Query {
+    pub(crate) user: String,
+    pub(crate) sid: Option<String>,
 }
 
-pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send>>;
+pub(crate) type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send>>;
 
 /// Where revocations are shared between instances (Redis).
-pub trait RevocationStore: Send + Sync + 'static {
+pub(crate) trait RevocationStore: Send + Sync + 'static {
     fn write(&self, items: Vec<Revocation>) -> StoreFuture<()>;
     /// One answer per query, in order.
     fn lookup(&self, queries: Vec<Query>) -> StoreFuture<Vec<Found>>;
@@ -95,15 +95,15 @@ pub trait RevocationStore: Send + Sync + 'static {
 
 /// A token as a check sees it.
 #[derive(Debug, Clone, Copy)]
-pub struct Token<'a> {
-    pub user: &'a str,
-    pub sid: Option<&'a str>,
+pub(crate) struct Token<'a> {
+    pub(crate) user: &'a str,
+    pub(crate) sid: Option<&'a str>,
     /// `iat` (seconds); `None` counts as issued before any revocation.
-    pub issued_at: Option<u64>,
+    pub(crate) issued_at: Option<u64>,
 }
 
 impl<'a> Token<'a> {
-    pub fn of(user: &'a User, sid: Option<&'a str>) -> Token<'a> {
+    pub(crate) fn of(user: &'a User, sid: Option<&'a str>) -> Token<'a> {
         Token {
             user: &user.key,
             sid,
@@ -223,7 +223,7 @@ impl Cache {
 
 /// The answer of a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Valid,
     Revoked,
     /// The store could not be asked in time: refuse (fail closed).
@@ -243,7 +243,7 @@ pub struct SessionStats {
     pub check_failures: u64,
 }
 
-pub struct Revocations {
+pub(crate) struct Revocations {
     max_lifetime: u64,
     cache: Mutex<Cache>,
     pending: Mutex<Cache>,
@@ -255,14 +255,14 @@ pub struct Revocations {
     check_failures: AtomicU64,
 }
 
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Revocations {
-    pub fn new(max_entries: usize, max_token_lifetime: Duration) -> Revocations {
+    pub(crate) fn new(max_entries: usize, max_token_lifetime: Duration) -> Revocations {
         Revocations {
             max_lifetime: max_token_lifetime.as_secs().max(1),
             cache: Mutex::new(Cache::new(max_entries)),
@@ -275,17 +275,17 @@ impl Revocations {
         }
     }
 
-    pub fn set_store(&self, store: Arc<dyn RevocationStore>) {
+    pub(crate) fn set_store(&self, store: Arc<dyn RevocationStore>) {
         let _ = self.store.set(store);
     }
 
-    pub fn has_store(&self) -> bool {
+    pub(crate) fn has_store(&self) -> bool {
         self.store.get().is_some()
     }
 
     /// A revocation made here now: of session `sid` (whose token expires at `exp`, seconds), or
     /// of the whole user. Remembered, and written to the store in the background.
-    pub fn revoke(&self, user: &str, sid: Option<&str>, exp: Option<u64>) -> Revocation {
+    pub(crate) fn revoke(&self, user: &str, sid: Option<&str>, exp: Option<u64>) -> Revocation {
         let at_ms = now_ms();
         let now_s = at_ms / 1000;
         let cap = now_s + self.max_lifetime;
@@ -308,7 +308,7 @@ impl Revocations {
     }
 
     /// A revocation another instance announced.
-    pub fn learn(&self, r: &Revocation) {
+    pub(crate) fn learn(&self, r: &Revocation) {
         let now_s = now_ms() / 1000;
         let capped = Revocation {
             expires: r.expires.min(now_s + self.max_lifetime),
@@ -324,7 +324,7 @@ impl Revocations {
     }
 
     /// Whether this instance already knows the token is revoked (no round trip).
-    pub fn known_revoked(&self, token: &Token, same_second: bool) -> bool {
+    pub(crate) fn known_revoked(&self, token: &Token, same_second: bool) -> bool {
         let found = self.cache.lock().found(token, now_ms() / 1000);
         found.session
             || found
@@ -333,7 +333,7 @@ impl Revocations {
     }
 
     /// The full check of a handshake or a refresh: this instance's cache, then the store.
-    pub async fn check(&self, token: Token<'_>, same_second: bool) -> Verdict {
+    pub(crate) async fn check(&self, token: Token<'_>, same_second: bool) -> Verdict {
         if self.known_revoked(&token, same_second) {
             return Verdict::Revoked;
         }
@@ -387,7 +387,7 @@ impl Revocations {
     }
 
     /// Which of these tokens are revoked, by the store (`Err`: it could not be asked).
-    pub async fn check_many(&self, tokens: &[Token<'_>], same_second: bool) -> Result<Vec<bool>, String> {
+    pub(crate) async fn check_many(&self, tokens: &[Token<'_>], same_second: bool) -> Result<Vec<bool>, String> {
         let Some(store) = self.store.get() else {
             return Ok(tokens.iter().map(|t| self.known_revoked(t, same_second)).collect());
         };
@@ -418,7 +418,7 @@ impl Revocations {
 
     /// After a reconnect: writes every revocation this instance knows again (the store may have
     /// lost them) and retries the pending ones at once.
-    pub fn rewrite_all(&self) {
+    pub(crate) fn rewrite_all(&self) {
         if !self.has_store() {
             return;
         }
@@ -433,7 +433,7 @@ impl Revocations {
     /// Writes pending revocations until `stop`: at once when there are new ones, every
     /// [`RETRY_EVERY`] while the store fails. `announce` is told of those whose write was
     /// delayed, so instances that missed their first announcement (Redis was away) hear of them.
-    pub async fn run_writer(
+    pub(crate) async fn run_writer(
         self: Arc<Self>,
         announce: impl Fn(&[Revocation]) + Send + 'static,
         stop: tokio_util::sync::CancellationToken,
@@ -482,7 +482,7 @@ impl Revocations {
         }
     }
 
-    pub fn stats(&self) -> SessionStats {
+    pub(crate) fn stats(&self) -> SessionStats {
         SessionStats {
             revoked: self.cache.lock().len() as u64,
             pending: self.pending.lock().len() as u64,

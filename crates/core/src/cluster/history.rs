@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 use serde_json::Value;
 
 use crate::config::{HistoryPolicy, HistoryRule};
@@ -31,30 +31,30 @@ use crate::protocol::{encode_value, Since};
 /// pinning pages all over the heap (the churn soak's RSS rose with the waves when entries held
 /// their event as a value too).
 #[derive(Debug, Clone)]
-pub struct Entry {
-    pub offset: u64,
-    pub at: Instant,
+pub(crate) struct Entry {
+    pub(crate) offset: u64,
+    pub(crate) at: Instant,
     /// The encoded frame (the event with its `offset` and `epoch`), shared by live delivery and
     /// every replay.
-    pub frame: Bytes,
+    pub(crate) frame: Bytes,
 }
 
 impl Entry {
     /// The event's JSON text.
-    pub fn json(&self) -> &str {
+    pub(crate) fn json(&self) -> &str {
         // The frame was encoded from a value: valid UTF-8.
         std::str::from_utf8(crate::protocol::payload(&self.frame)).unwrap_or("null")
     }
 
     /// The event as a value (what an authorize rule sees), read from the frame.
-    pub fn body(&self) -> Arc<Value> {
+    pub(crate) fn body(&self) -> Arc<Value> {
         Arc::new(crate::protocol::value_of(self.json()))
     }
 }
 
 /// Why a recovery cannot be done; the client must refetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecoveryFailed {
+pub(crate) enum RecoveryFailed {
     /// The room keeps no history.
     NoHistory,
     /// The history was lost since (another epoch).
@@ -71,10 +71,10 @@ pub enum RecoveryFailed {
     Unavailable,
 }
 
-pub struct RoomHistory {
-    pub epoch: String,
+pub(crate) struct RoomHistory {
+    pub(crate) epoch: String,
     /// The last offset handed out (0: none yet).
-    pub last: u64,
+    pub(crate) last: u64,
     entries: VecDeque<Entry>,
     /// Bytes of the kept entries' frames (`maxBytes` bounds it).
     bytes: usize,
@@ -106,12 +106,13 @@ impl RoomHistory {
     }
 
     /// Bytes of the events kept.
-    pub fn bytes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
 
     /// Numbers an event, encodes it once, keeps it.
-    pub fn record(&mut self, mut body: Value) -> Entry {
+    pub(crate) fn record(&mut self, mut body: Value) -> Entry {
         self.last += 1;
         if let Value::Object(m) = &mut body {
             m.insert("offset".into(), Value::from(self.last));
@@ -130,7 +131,7 @@ impl RoomHistory {
     }
 
     /// The events after `since`, at most `max` of them, or why they cannot be had.
-    pub fn since(&mut self, since: &Since, max: usize) -> Result<Vec<Entry>, RecoveryFailed> {
+    pub(crate) fn since(&mut self, since: &Since, max: usize) -> Result<Vec<Entry>, RecoveryFailed> {
         if since.epoch != self.epoch {
             return Err(RecoveryFailed::EpochChanged);
         }
@@ -153,7 +154,7 @@ impl RoomHistory {
             .collect())
     }
 
-    pub fn position(&self) -> Since {
+    pub(crate) fn position(&self) -> Since {
         Since {
             offset: self.last,
             epoch: self.epoch.clone(),
@@ -163,7 +164,7 @@ impl RoomHistory {
 
 /// Swept histories whose position is kept (see [`Histories::sweep`]); past this many the
 /// oldest is forgotten, and its room starts a new epoch when used again.
-pub const SWEPT_POSITIONS_KEPT: usize = 10_000;
+pub(crate) const SWEPT_POSITIONS_KEPT: usize = 10_000;
 
 /// The positions of swept histories, oldest first.
 #[derive(Default)]
@@ -173,7 +174,7 @@ struct Swept {
 }
 
 /// Every room's history.
-pub struct Histories {
+pub(crate) struct Histories {
     rules: Vec<HistoryRule>,
     rooms: Mutex<HashMap<Arc<str>, Arc<Mutex<RoomHistory>>>>,
     /// Where swept rooms were: taken up again when they are used again.
@@ -184,7 +185,7 @@ pub struct Histories {
 }
 
 impl Histories {
-    pub fn new(rules: Vec<HistoryRule>, instance: &str) -> Histories {
+    pub(crate) fn new(rules: Vec<HistoryRule>, instance: &str) -> Histories {
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
@@ -200,25 +201,25 @@ impl Histories {
 
     /// Bytes of events dropped from histories for `maxBytes` since start (here and, counted
     /// by the hub, in Redis).
-    pub fn evicted_bytes(&self) -> u64 {
+    pub(crate) fn evicted_bytes(&self) -> u64 {
         self.evicted.load(Ordering::Relaxed)
     }
 
     /// Counts bytes Redis dropped from a history for `maxBytes`.
-    pub fn count_evicted(&self, bytes: u64) {
+    pub(crate) fn count_evicted(&self, bytes: u64) {
         self.evicted.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    pub fn is_enabled(&self) -> bool {
+    pub(crate) fn is_enabled(&self) -> bool {
         !self.rules.is_empty()
     }
 
-    pub fn policy_for(&self, room: &str) -> Option<HistoryPolicy> {
+    pub(crate) fn policy_for(&self, room: &str) -> Option<HistoryPolicy> {
         self.rules.iter().find(|r| r.matches(room)).map(|r| r.policy)
     }
 
     /// The room's history, created (with a new epoch) on first use; `None` without a policy.
-    pub fn room(&self, room: &str) -> Option<Arc<Mutex<RoomHistory>>> {
+    pub(crate) fn room(&self, room: &str) -> Option<Arc<Mutex<RoomHistory>>> {
         let policy = self.policy_for(room)?;
         let mut rooms = self.rooms.lock();
         if let Some(h) = rooms.get(room) {
@@ -250,7 +251,7 @@ impl Histories {
     /// told the events were trimmed. A new epoch there would say "history lost" to a client
     /// that missed nothing. A room whose position was forgotten starts a new epoch: then
     /// nobody can tell what was missed, and recovery fails, as it must.
-    pub fn sweep(&self, in_use: impl Fn(&str) -> bool) {
+    pub(crate) fn sweep(&self, in_use: impl Fn(&str) -> bool) {
         let now = Instant::now();
         let mut gone = Vec::new();
         self.rooms.lock().retain(|room, h| {
@@ -283,20 +284,18 @@ impl Histories {
         Some(position)
     }
 
-    pub fn room_count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn room_count(&self) -> usize {
         self.rooms.lock().len()
     }
 
     /// Rooms with a history, and the events they keep (for `/metrics`).
-    pub fn sizes(&self) -> (u64, u64) {
+    pub(crate) fn sizes(&self) -> (u64, u64) {
         let rooms = self.rooms.lock();
         let events = rooms.values().map(|h| h.lock().entries.len() as u64).sum();
         (rooms.len() as u64, events)
     }
 }
-
-/// A locked room history (held while queueing on the lane, see the module docs).
-pub type Locked<'a> = MutexGuard<'a, RoomHistory>;
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,5 @@
 //! What instances share through Redis: the broker, each room's history and recovery, presence.
 
-pub mod broker;
-pub mod history;
-pub mod presence;
+pub(crate) mod broker;
+pub(crate) mod history;
+pub(crate) mod presence;

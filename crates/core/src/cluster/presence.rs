@@ -16,14 +16,14 @@ use serde_json::{json, Value};
 
 /// A change in a room's membership to announce.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Change {
+pub(crate) enum Change {
     Join(Value),
     Leave(Value),
 }
 
 impl Change {
     /// `{ type: "presence-join" | "presence-leave", room, collection?, user }`.
-    pub fn message(&self, room: &str) -> Value {
+    pub(crate) fn message(&self, room: &str) -> Value {
         let (kind, user) = match self {
             Change::Join(u) => ("presence-join", u),
             Change::Leave(u) => ("presence-leave", u),
@@ -56,17 +56,17 @@ impl RoomState {
 }
 
 /// A user key and what others see of that user.
-pub type Member = (String, Value);
+pub(crate) type Member = (String, Value);
 
-pub struct Presence {
+pub(crate) struct Presence {
     patterns: Vec<String>,
     rooms: Mutex<HashMap<Arc<str>, RoomState>>,
     /// How long another instance's users count without a fresh state message.
-    pub expiry: Duration,
+    pub(crate) expiry: Duration,
 }
 
 impl Presence {
-    pub fn new(patterns: Vec<String>, expiry: Duration) -> Presence {
+    pub(crate) fn new(patterns: Vec<String>, expiry: Duration) -> Presence {
         Presence {
             patterns,
             rooms: Mutex::new(HashMap::new()),
@@ -74,16 +74,16 @@ impl Presence {
         }
     }
 
-    pub fn is_enabled(&self) -> bool {
+    pub(crate) fn is_enabled(&self) -> bool {
         !self.patterns.is_empty()
     }
 
-    pub fn enabled_for(&self, room: &str) -> bool {
+    pub(crate) fn enabled_for(&self, room: &str) -> bool {
         self.patterns.iter().any(|p| crate::protocol::room_matches(p, room))
     }
 
     /// A socket of this user joined the room here.
-    pub fn local_join(&self, room: &str, key: &str, user: &Value) -> Option<Change> {
+    pub(crate) fn local_join(&self, room: &str, key: &str, user: &Value) -> Option<Change> {
         let now = Instant::now();
         let mut rooms = self.rooms.lock();
         let state = rooms.entry(Arc::from(room)).or_default();
@@ -94,7 +94,7 @@ impl Presence {
     }
 
     /// A socket of this user left the room here.
-    pub fn local_leave(&self, room: &str, key: &str) -> Option<Change> {
+    pub(crate) fn local_leave(&self, room: &str, key: &str) -> Option<Change> {
         let now = Instant::now();
         let mut rooms = self.rooms.lock();
         let state = rooms.get_mut(room)?;
@@ -112,7 +112,7 @@ impl Presence {
     }
 
     /// Another instance says these are its users in the room (replacing what it said before).
-    pub fn remote_state(&self, room: &str, instance: &str, users: &[(String, Value)]) -> Vec<Change> {
+    pub(crate) fn remote_state(&self, room: &str, instance: &str, users: &[(String, Value)]) -> Vec<Change> {
         let now = Instant::now();
         let expires = now + self.expiry;
         let mut rooms = self.rooms.lock();
@@ -156,7 +156,14 @@ impl Presence {
     }
 
     /// Another instance's user joined (`true`) or left the room.
-    pub fn remote_change(&self, room: &str, instance: &str, key: &str, user: &Value, joined: bool) -> Option<Change> {
+    pub(crate) fn remote_change(
+        &self,
+        room: &str,
+        instance: &str,
+        key: &str,
+        user: &Value,
+        joined: bool,
+    ) -> Option<Change> {
         let now = Instant::now();
         let mut rooms = self.rooms.lock();
         let state = rooms.entry(Arc::from(room)).or_default();
@@ -182,7 +189,7 @@ impl Presence {
     }
 
     /// Drops other instances' entries that were not refreshed in time; the users that leave.
-    pub fn expire(&self) -> Vec<(Arc<str>, Change)> {
+    pub(crate) fn expire(&self) -> Vec<(Arc<str>, Change)> {
         let now = Instant::now();
         let mut changes = Vec::new();
         let mut rooms = self.rooms.lock();
@@ -208,7 +215,7 @@ impl Presence {
     }
 
     /// The room's members: one summary per distinct user.
-    pub fn members(&self, room: &str) -> Vec<Value> {
+    pub(crate) fn members(&self, room: &str) -> Vec<Value> {
         let now = Instant::now();
         let rooms = self.rooms.lock();
         let Some(state) = rooms.get(room) else {
@@ -233,7 +240,7 @@ impl Presence {
     }
 
     /// This instance's users per room, for the state message other instances expire by.
-    pub fn local_state(&self) -> Vec<(Arc<str>, Vec<Member>)> {
+    pub(crate) fn local_state(&self) -> Vec<(Arc<str>, Vec<Member>)> {
         self.rooms
             .lock()
             .iter()
@@ -246,7 +253,7 @@ impl Presence {
     }
 
     /// This instance's users in one room.
-    pub fn local_users(&self, room: &str) -> Vec<(String, Value)> {
+    pub(crate) fn local_users(&self, room: &str) -> Vec<(String, Value)> {
         self.rooms
             .lock()
             .get(room)
@@ -256,7 +263,7 @@ impl Presence {
 }
 
 /// What a member looks like to others: `{ id, collection }`, never an email.
-pub fn summary_of(claims: &Value) -> Value {
+pub(crate) fn summary_of(claims: &Value) -> Value {
     let mut m = serde_json::Map::new();
     if let Some(id) = claims.get("id") {
         m.insert("id".into(), id.clone());

@@ -18,7 +18,7 @@ use crate::stats::Stats;
 use crate::warn;
 
 /// The users of `users` allowed to receive `event`.
-pub async fn allowed_users(
+pub(crate) async fn allowed_users(
     authorizer: &dyn Authorizer,
     collection: &str,
     event: Arc<Value>,

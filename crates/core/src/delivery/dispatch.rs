@@ -66,7 +66,7 @@ const BURST_PUSHES: usize = 65_536;
 const RUN_BYTES: usize = crate::write::splice::MAX_BYTES;
 
 /// Runs one lane until its channel closes or the server shuts down.
-pub async fn run_lane(hub: Arc<Hub>, mut jobs: mpsc::UnboundedReceiver<Job>) {
+pub(crate) async fn run_lane(hub: Arc<Hub>, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let mut pending = FuturesOrdered::new();
     loop {
         tokio::select! {
@@ -420,13 +420,13 @@ async fn deliver(hub: &Hub, p: Prepared, wakes: &mut Wakes) {
 
 /// A hub with default options and its lanes running on the test's runtime.
 #[cfg(test)]
-pub fn test_hub() -> Arc<Hub> {
+pub(crate) fn test_hub() -> Arc<Hub> {
     test_hub_with(crate::config::Config::default())
 }
 
 /// [`test_hub`] with these options.
 #[cfg(test)]
-pub fn test_hub_with(config: crate::config::Config) -> Arc<Hub> {
+pub(crate) fn test_hub_with(config: crate::config::Config) -> Arc<Hub> {
     let (hub, lanes) = Hub::new(config, crate::host::callbacks::Callbacks::default());
     for lane in lanes {
         tokio::spawn(run_lane(hub.clone(), lane));

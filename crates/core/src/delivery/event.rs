@@ -18,20 +18,20 @@ use crate::protocol::{is_valid_slug, value_of};
 
 /// A checked event, ready to encode.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Event {
+pub(crate) struct Event {
     /// The room it goes to: `collection:<slug>` for a collection event.
-    pub room: String,
+    pub(crate) room: String,
     /// Who it is not for (an app event's `except`).
-    pub except: crate::delivery::rooms::Except,
+    pub(crate) except: crate::delivery::rooms::Except,
     /// The socket id it is not for, as the host named it (for the other instances).
-    pub except_socket: Option<String>,
+    pub(crate) except_socket: Option<String>,
     /// `{ type, collection, id, doc?, user?, timestamp }`, in that key order.
-    pub json: String,
+    pub(crate) json: String,
 }
 
 impl Event {
     /// The event as a JSON value, for the paths that need one (an authorize rule, a history).
-    pub fn body(&self) -> Value {
+    pub(crate) fn body(&self) -> Value {
         value_of(&self.json)
     }
 }
@@ -72,7 +72,7 @@ fn string_of(raw: &RawValue) -> Option<String> {
 /// Checks an event (JSON text) and puts it in the contract's shape: `user` is cut down to
 /// `{ id, collection }` (never an email), a missing `timestamp` is set to now, other keys are
 /// dropped, and `doc` is kept byte for byte.
-pub fn normalize(text: &str) -> Result<Event, Error> {
+pub(crate) fn normalize(text: &str) -> Result<Event, Error> {
     let bad = |m: &str| Err(Error::InvalidInput(format!("emitEvent: {m}")));
     if !text.trim_start().starts_with('{') {
         return match serde_json::from_str::<&RawValue>(text) {
@@ -148,7 +148,7 @@ const RESERVED_TYPES: [&str; 6] = ["ack", "error", "pong", "presence", "recovery
 /// Checks an application event (`publish(room, message)`): a JSON object with a non-empty
 /// string `type` that is not one of the protocol's own. Returns it with `room` set (the server
 /// sets `room`, `offset` and `epoch`: whatever the message said of them is dropped).
-pub fn normalize_app(room: &str, text: &str) -> Result<Event, Error> {
+pub(crate) fn normalize_app(room: &str, text: &str) -> Result<Event, Error> {
     let bad = |m: &str| Err(Error::InvalidInput(format!("publish: {m}")));
     if !crate::protocol::is_valid_room(room) {
         return bad("the room is 1 to 256 characters, none of them a control character");
@@ -179,12 +179,12 @@ pub fn normalize_app(room: &str, text: &str) -> Result<Event, Error> {
 }
 
 /// The current time as ISO 8601 in UTC with milliseconds, like JS's `toISOString()`.
-pub fn iso_now() -> String {
+pub(crate) fn iso_now() -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     iso_from_millis(now.as_millis() as i64)
 }
 
-pub fn iso_from_millis(ms: i64) -> String {
+pub(crate) fn iso_from_millis(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let millis = ms.rem_euclid(1000);
     let days = secs.div_euclid(86_400);

@@ -40,11 +40,11 @@ const EVERYONE: &str = "*";
 
 /// What a collection join did.
 #[derive(Debug)]
-pub struct JoinOutcome {
+pub(crate) struct JoinOutcome {
     /// The room's position (last offset and epoch), for rooms with history.
-    pub position: Option<Since>,
+    pub(crate) position: Option<Since>,
     /// With `since`: `Ok` when the missed events are being replayed, else why not.
-    pub recovery: Option<Result<(), RecoveryFailed>>,
+    pub(crate) recovery: Option<Result<(), RecoveryFailed>>,
 }
 
 /// A socket as the host sees it.
@@ -55,42 +55,42 @@ pub struct SocketInfo {
 }
 
 pub struct Hub {
-    pub config: Config,
+    pub(crate) config: Config,
     /// The host's rules now: `config.host_rules` as the server started, then whatever the host
     /// set since ([`Hub::set_host_rules`]). Read these, never the config's.
     host_rules: RwLock<Arc<HostRules>>,
-    pub registry: Registry,
-    pub stats: Stats,
+    pub(crate) registry: Registry,
+    pub(crate) stats: Stats,
     /// Sockets counted against the connection limits.
-    pub limits: Arc<crate::limits::Limits>,
-    pub callbacks: Callbacks,
+    pub(crate) limits: Arc<crate::limits::Limits>,
+    pub(crate) callbacks: Callbacks,
     /// This server's id, the prefix of every socket id it hands out.
     pub instance: String,
     /// Cancelled when `shutdown()` starts: no new sockets, no new events.
-    pub stopping: CancellationToken,
+    pub(crate) stopping: CancellationToken,
     /// Cancelled when the server must stop now; every task listens to it.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     custom_types: RwLock<HashSet<String>>,
     next_peer: AtomicU64,
     lanes: Vec<mpsc::UnboundedSender<Job>>,
     started: Instant,
     broker: OnceLock<Arc<dyn Broker>>,
     /// Per-room history for recovery.
-    pub histories: Histories,
+    pub(crate) histories: Histories,
     /// Who is in presence-enabled rooms.
-    pub presence: Presence,
+    pub(crate) presence: Presence,
     /// With Redis and history: the queue of events waiting for Redis to number them.
     appender: OnceLock<mpsc::UnboundedSender<Append>>,
     /// Gives memory back to the system when the server goes idle.
-    pub memory: crate::memory::Trim,
+    pub(crate) memory: crate::memory::Trim,
     /// Bytes of event frames on the lanes, not yet queued for their sockets: what waits for
     /// the server's writers when events come faster than they write (`maxBacklog` bounds it).
-    pub backlog: AtomicUsize,
+    pub(crate) backlog: AtomicUsize,
     /// Fan-out's writers, on the sockets' runtime (see `flush`); unset in tests that run a hub
     /// without a server, where each socket's task is woken instead.
-    pub flushers: OnceLock<Arc<crate::write::flush::Flushers>>,
+    pub(crate) flushers: OnceLock<Arc<crate::write::flush::Flushers>>,
     /// `verifyUser` calls in flight, against `maxVerifying` and `maxVerifyingPerUser`.
-    pub verifying: Arc<crate::limits::Verifying>,
+    pub(crate) verifying: Arc<crate::limits::Verifying>,
     /// Set when a message the server cannot hold back (from Redis, a broadcast) came with the
     /// backlog at `maxBacklog`: the lanes then stop waiting for slow readers and close them
     /// (see `dispatch::catch_up`). Cleared once the backlog is back under the bound.
@@ -98,7 +98,7 @@ pub struct Hub {
     /// Rooms whose members have a "you missed messages" signal on its way ([`Job::Missed`]).
     pub(crate) missed: parking_lot::Mutex<HashSet<Arc<str>>>,
     /// Revoked sessions: checked at handshake and refresh, shared through Redis when configured.
-    pub revocations: Arc<Revocations>,
+    pub(crate) revocations: Arc<Revocations>,
     /// One copy of each user for all of its sockets.
     users: crate::auth::users::SharedUsers,
 }
@@ -116,7 +116,7 @@ struct Append {
 
 impl Hub {
     /// Builds the hub and the receiving ends of its lanes (the server spawns their tasks).
-    pub fn new(config: Config, callbacks: Callbacks) -> (Arc<Hub>, Vec<mpsc::UnboundedReceiver<Job>>) {
+    pub(crate) fn new(config: Config, callbacks: Callbacks) -> (Arc<Hub>, Vec<mpsc::UnboundedReceiver<Job>>) {
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..LANES).map(|_| mpsc::unbounded_channel()).unzip();
         let instance = format!("{:08x}", RandomState::new().hash_one(std::process::id()) as u32);
         let histories = Histories::new(config.history.clone(), &instance);
@@ -163,13 +163,13 @@ impl Hub {
     }
 
     /// Milliseconds since the server started (the idle timer's clock).
-    pub fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 
     /// A socket for this user; `user_value` is what the host verified (plugin mode), or `None`
     /// to use the token's claims.
-    pub fn new_peer(&self, user: Option<User>, user_value: Option<Value>) -> Arc<Peer> {
+    pub(crate) fn new_peer(&self, user: Option<User>, user_value: Option<Value>) -> Arc<Peer> {
         let id = self.next_peer.fetch_add(1, Ordering::Relaxed);
         let (user, value) = match user {
             Some(mut u) => {
@@ -210,7 +210,7 @@ impl Hub {
     }
 
     /// The host's rules now.
-    pub fn host_rules(&self) -> Arc<HostRules> {
+    pub(crate) fn host_rules(&self) -> Arc<HostRules> {
         self.host_rules.read().clone()
     }
 
@@ -233,29 +233,24 @@ impl Hub {
         self.lanes[lane_of(room)].send(job).map_err(|_| Error::Closed)
     }
 
-    /// Sends a collection event to room `collection:<slug>`, through the collection's authorize
-    /// rule if it has one, and publishes it for the other instances. Resolves with the number of
-    /// local sockets it was queued to.
-    pub async fn emit_event(&self, input: Value) -> Result<usize, Error> {
-        self.submit_event(input)?.await.map_err(|_| Error::Closed)
-    }
-
     /// [`Hub::emit_event`] in two steps: queues the event now (in call order: events emitted one
     /// after the other are delivered in that order), and returns what resolves with the number
     /// of local sockets once it was queued to them.
-    pub fn submit_event(&self, input: Value) -> Result<oneshot::Receiver<usize>, Error> {
+    #[cfg(test)]
+    pub(crate) fn submit_event(&self, input: Value) -> Result<oneshot::Receiver<usize>, Error> {
         self.submit_text(&input.to_string())
     }
 
     /// [`Hub::submit_event`] for an event as JSON text (as the host hands it over).
-    pub fn submit_text(&self, text: &str) -> Result<oneshot::Receiver<usize>, Error> {
+    pub(crate) fn submit_text(&self, text: &str) -> Result<oneshot::Receiver<usize>, Error> {
         self.queue_checked(self.check_event(text)?, None)
     }
 
     /// [`Hub::submit_event`] for several events, in order: all are checked and encoded first,
     /// then queued one right after the other, so the lane finds them together and delivers
     /// them as one burst (see `dispatch`).
-    pub fn submit_events(&self, inputs: Vec<Value>) -> Vec<Result<oneshot::Receiver<usize>, Error>> {
+    #[cfg(test)]
+    pub(crate) fn submit_events(&self, inputs: Vec<Value>) -> Vec<Result<oneshot::Receiver<usize>, Error>> {
         let texts: Vec<String> = inputs.iter().map(Value::to_string).collect();
         self.submit_texts(texts.iter().map(String::as_str))
     }
@@ -266,7 +261,7 @@ impl Hub {
     /// instances, and delivered in order with the room's other events. `except_socket` is a
     /// socket id, `except_user` a user key (`<collection>:<id>`): none of that user's sockets
     /// get it, on any instance.
-    pub fn submit_app(
+    pub(crate) fn submit_app(
         &self,
         room: &str,
         text: &str,
@@ -286,7 +281,7 @@ impl Hub {
     }
 
     /// [`Hub::submit_events`] for events as JSON text.
-    pub fn submit_texts<'a>(
+    pub(crate) fn submit_texts<'a>(
         &self,
         texts: impl IntoIterator<Item = &'a str>,
     ) -> Vec<Result<oneshot::Receiver<usize>, Error>> {
@@ -397,7 +392,7 @@ impl Hub {
     /// Joins a socket to a collection's room, recovering what it missed since `since` when
     /// given. Returns the room's position (for rooms with history) and, with `since`, whether
     /// recovery is under way (`Err` says why it cannot be: the socket joined live instead).
-    pub fn join_collection(
+    pub(crate) fn join_collection(
         &self,
         peer: &Arc<Peer>,
         collection: &str,
@@ -407,7 +402,12 @@ impl Hub {
     }
 
     /// [`Hub::join_collection`] for any room (a client's `join` of a room with a rule).
-    pub fn join_with_history(&self, peer: &Arc<Peer>, room: &str, since: Option<&Since>) -> Result<JoinOutcome, Error> {
+    pub(crate) fn join_with_history(
+        &self,
+        peer: &Arc<Peer>,
+        room: &str,
+        since: Option<&Since>,
+    ) -> Result<JoinOutcome, Error> {
         let room = room.to_string();
         let Some(history) = self.histories.room(&room) else {
             if self.registry.join(peer, &room, self.config.max_rooms_per_socket) == Joined::TooMany {
@@ -691,7 +691,7 @@ impl Hub {
     /// Watches memberships of presence-enabled rooms: the first socket of a user makes it a
     /// member, its last socket's leave makes it leave; both are announced to the room and told
     /// to the other instances.
-    pub fn install_presence(self: &Arc<Self>) {
+    pub(crate) fn install_presence(self: &Arc<Self>) {
         if !self.presence.is_enabled() {
             return;
         }
@@ -726,7 +726,7 @@ impl Hub {
     }
 
     /// Sends presence news to the other instances (no-op without a broker).
-    pub fn publish_presence(&self, room: &str, op: &str, users: &[(String, Value)]) {
+    pub(crate) fn publish_presence(&self, room: &str, op: &str, users: &[(String, Value)]) {
         let Some(broker) = self.broker.get() else { return };
         let Some(list) = raw(&serde_json::to_string(users).unwrap_or_else(|_| "[]".into())) else {
             return;
@@ -766,7 +766,7 @@ impl Hub {
 
     /// Periodic presence work: refresh this instance's state for the others, and let the users
     /// of instances that stopped refreshing (died) leave.
-    pub fn presence_tick(&self) {
+    pub(crate) fn presence_tick(&self) {
         for (room, users) in self.presence.local_state() {
             self.publish_presence(&room, "state", &users);
         }
@@ -776,12 +776,12 @@ impl Hub {
     }
 
     /// A room's members, one per distinct user, across instances.
-    pub fn presence_members(&self, room: &str) -> Option<Vec<Value>> {
+    pub(crate) fn presence_members(&self, room: &str) -> Option<Vec<Value>> {
         self.presence.enabled_for(room).then(|| self.presence.members(room))
     }
 
     /// Connects the broker: publishes go to it, and rooms subscribe as they gain local members.
-    pub fn set_broker(self: &Arc<Self>, broker: Arc<dyn Broker>) {
+    pub(crate) fn set_broker(self: &Arc<Self>, broker: Arc<dyn Broker>) {
         let hooked = broker.clone();
         self.registry.set_room_hook(Box::new(move |room, created| {
             if created {
@@ -867,7 +867,7 @@ impl Hub {
     }
 
     /// Whether a room's history lives in Redis (history configured, Redis connected).
-    pub fn remote_history(&self, room: &str) -> Option<(RedisHistory, HistoryPolicy)> {
+    pub(crate) fn remote_history(&self, room: &str) -> Option<(RedisHistory, HistoryPolicy)> {
         let policy = self.histories.policy_for(room)?;
         self.appender.get()?;
         Some((self.broker.get()?.history()?, policy))
@@ -876,7 +876,7 @@ impl Hub {
     /// [`Hub::join_collection`] for a room whose history is in Redis: the socket joins with its
     /// live frames held back, the missed events are read from Redis and replayed, then the held
     /// frames that come after them are released (see `dispatch::Job::RecoverStart`).
-    pub async fn join_collection_remote(
+    pub(crate) async fn join_collection_remote(
         &self,
         peer: &Arc<Peer>,
         collection: &str,
@@ -887,7 +887,7 @@ impl Hub {
     }
 
     /// [`Hub::join_collection_remote`] for any room.
-    pub async fn join_with_history_remote(
+    pub(crate) async fn join_with_history_remote(
         &self,
         peer: &Arc<Peer>,
         room: &str,
@@ -1000,7 +1000,7 @@ impl Hub {
 
     /// Delivers what another instance published, to this instance's sockets only, through this
     /// instance's authorize rules. Never published again.
-    pub fn on_remote(&self, text: &str) {
+    pub(crate) fn on_remote(&self, text: &str) {
         let Some(decoded) = Envelope::decode(text) else {
             warn!("ignored a malformed message from the broker");
             return;
@@ -1115,7 +1115,7 @@ impl Hub {
             .collect()
     }
 
-    pub fn socket_info(&self, peer: &Peer) -> SocketInfo {
+    pub(crate) fn socket_info(&self, peer: &Peer) -> SocketInfo {
         SocketInfo {
             id: peer.public_id.clone(),
             user: peer.user_json(),
@@ -1151,7 +1151,7 @@ impl Hub {
     }
 
     /// Tells the other instances of revocations (they close those sockets and remember them).
-    pub fn announce_revocations(&self, revocations: &[Revocation]) {
+    pub(crate) fn announce_revocations(&self, revocations: &[Revocation]) {
         let Some(broker) = self.broker.get() else { return };
         for r in revocations {
             let envelope = Envelope {
@@ -1171,14 +1171,14 @@ impl Hub {
     /// Whether a token (`user`, its current `sid`) may be used: known revocations, then the
     /// store. A token issued in the second of a user-wide revocation counts as revoked unless
     /// the host verifies users itself (Payload knows which sessions are left).
-    pub async fn check_session(&self, user: &User, sid: Option<&str>) -> Verdict {
+    pub(crate) async fn check_session(&self, user: &User, sid: Option<&str>) -> Verdict {
         let same_second = self.callbacks.verifier.is_none();
         self.revocations.check(Token::of(user, sid), same_second).await
     }
 
     /// After Redis came back: this instance's revocations are written again and its open
     /// sockets are checked against the store; revoked ones are closed (4003).
-    pub async fn recheck_sessions(&self) {
+    pub(crate) async fn recheck_sessions(&self) {
         self.revocations.rewrite_all();
         let peers: Vec<Arc<Peer>> = self
             .registry
@@ -1282,7 +1282,7 @@ impl Hub {
 
     /// Why the server is not ready for new clients (`/readyz`), or `None` when it is: draining,
     /// or Redis configured but not connected.
-    pub fn not_ready(&self) -> Option<&'static str> {
+    pub(crate) fn not_ready(&self) -> Option<&'static str> {
         if self.stopping.is_cancelled() {
             return Some("draining");
         }
@@ -1296,7 +1296,7 @@ impl Hub {
         self.custom_types.write().insert(kind.to_string());
     }
 
-    pub fn has_custom_type(&self, kind: &str) -> bool {
+    pub(crate) fn has_custom_type(&self, kind: &str) -> bool {
         self.callbacks.handlers.is_some() && self.custom_types.read().contains(kind)
     }
 }

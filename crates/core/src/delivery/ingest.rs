@@ -48,7 +48,7 @@ pub struct Ingest {
 
 impl Ingest {
     /// The queue and the task that takes it (to be spawned on the lanes' runtime).
-    pub fn new(hub: Arc<Hub>) -> (Ingest, impl std::future::Future<Output = ()> + Send) {
+    pub(crate) fn new(hub: Arc<Hub>) -> (Ingest, impl std::future::Future<Output = ()> + Send) {
         let (tx, rx) = mpsc::unbounded_channel();
         let waiting = Arc::new(AtomicUsize::new(0));
         (

@@ -16,10 +16,10 @@ use crate::delivery::rooms::Except;
 use crate::write::peer::{Peer, PeerId};
 
 /// Lanes per server.
-pub const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 /// Work for a lane.
-pub enum Job {
+pub(crate) enum Job {
     /// A collection event; `authorize` names the collection when a rule applies.
     Event {
         room: Arc<str>,
@@ -78,7 +78,7 @@ pub enum Job {
 }
 
 /// The lane of a room's jobs.
-pub fn lane_of(room: &str) -> usize {
+pub(crate) fn lane_of(room: &str) -> usize {
     let mut h = DefaultHasher::new();
     room.hash(&mut h);
     (h.finish() as usize) % LANES

@@ -70,7 +70,7 @@ impl Room {
 }
 
 /// The users allowed to receive one event (by [`Peer::user_key`]).
-pub enum AllowedUsers {
+pub(crate) enum AllowedUsers {
     /// Every user of the list that was asked, each with the event's own frame.
     Every(Arc<UserList>),
     /// These users, each with a frame of its own when its answer carried a document of its own.
@@ -87,14 +87,15 @@ impl Default for AllowedUsers {
 impl AllowedUsers {
     /// Whether the user with this key may have the event: `None` if not, else its own frame if
     /// it has one (`Some(None)`: the event's frame).
-    pub fn get(&self, key: &str) -> Option<Option<&Bytes>> {
+    pub(crate) fn get(&self, key: &str) -> Option<Option<&Bytes>> {
         match self {
             AllowedUsers::Every(list) => list.contains(key).then_some(None),
             AllowedUsers::Only(users) => users.get(key).map(Option::as_ref),
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         match self {
             AllowedUsers::Every(list) => list.is_empty(),
             AllowedUsers::Only(users) => users.is_empty(),
@@ -105,9 +106,9 @@ impl AllowedUsers {
 /// Who a fan-out leaves out: one socket (the sender of a broadcast), and every socket of one
 /// user (by [`Peer::user_key`]: an app event published "to everyone but the user who caused it").
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Except {
-    pub peer: Option<PeerId>,
-    pub user: Option<Arc<str>>,
+pub(crate) struct Except {
+    pub(crate) peer: Option<PeerId>,
+    pub(crate) user: Option<Arc<str>>,
 }
 
 impl Except {
@@ -127,21 +128,21 @@ impl From<Option<PeerId>> for Except {
 }
 
 /// One frame of a run: its history offset, and who may have it (`None`: every member).
-pub struct RunFrame {
-    pub frame: Bytes,
-    pub offset: Option<u64>,
-    pub allowed: Option<AllowedUsers>,
+pub(crate) struct RunFrame {
+    pub(crate) frame: Bytes,
+    pub(crate) offset: Option<u64>,
+    pub(crate) allowed: Option<AllowedUsers>,
 }
 
 /// Told when a room gains its first member (`true`) or loses its last (`false`), under the
 /// room's shard lock, so the calls for one room come in order. It must not block.
-pub type RoomHook = Box<dyn Fn(&str, bool) + Send + Sync>;
+pub(crate) type RoomHook = Box<dyn Fn(&str, bool) + Send + Sync>;
 
 /// Told when a socket joins (`true`) or leaves a room, under the room's shard lock: it must not
 /// block nor touch the registry (presence queues its announcements on the room's lane).
-pub type MemberHook = Box<dyn Fn(&str, &Peer, bool) + Send + Sync>;
+pub(crate) type MemberHook = Box<dyn Fn(&str, &Peer, bool) + Send + Sync>;
 
-pub struct Registry {
+pub(crate) struct Registry {
     peers: Vec<RwLock<HashMap<PeerId, Arc<Peer>>>>,
     rooms: Vec<RwLock<HashMap<Arc<str>, Room>>>,
     hook: OnceLock<RoomHook>,
@@ -151,7 +152,7 @@ pub struct Registry {
 
 /// The result of a join.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Joined {
+pub(crate) enum Joined {
     New,
     Already,
     /// The socket is closed.
@@ -180,25 +181,25 @@ impl Default for Registry {
 
 impl Registry {
     /// Sets the member hook (presence). Once.
-    pub fn set_member_hook(&self, hook: MemberHook) {
+    pub(crate) fn set_member_hook(&self, hook: MemberHook) {
         let _ = self.member_hook.set(hook);
     }
 
     /// Sets the room hook (the broker's subscribe and unsubscribe). Once.
-    pub fn set_room_hook(&self, hook: RoomHook) {
+    pub(crate) fn set_room_hook(&self, hook: RoomHook) {
         let _ = self.hook.set(hook);
     }
-    pub fn add_peer(&self, peer: Arc<Peer>) {
+    pub(crate) fn add_peer(&self, peer: Arc<Peer>) {
         self.peers[shard_of(&peer.id)].write().insert(peer.id, peer);
     }
 
-    pub fn peer(&self, id: PeerId) -> Option<Arc<Peer>> {
+    pub(crate) fn peer(&self, id: PeerId) -> Option<Arc<Peer>> {
         self.peers[shard_of(&id)].read().get(&id).cloned()
     }
 
     /// A user changed: its sockets, and the rooms' lists of users that authorize asks about,
     /// show `value` from now on. Returns how many sockets that user has here.
-    pub fn replace_user(&self, key: &str, value: Arc<Value>) -> usize {
+    pub(crate) fn replace_user(&self, key: &str, value: Arc<Value>) -> usize {
         let peers: Vec<Arc<Peer>> = self
             .all_peers()
             .into_iter()
@@ -226,7 +227,7 @@ impl Registry {
     }
 
     /// Every connected socket (for shutdown).
-    pub fn all_peers(&self) -> Vec<Arc<Peer>> {
+    pub(crate) fn all_peers(&self) -> Vec<Arc<Peer>> {
         self.peers
             .iter()
             .flat_map(|s| s.read().values().cloned().collect::<Vec<_>>())
@@ -235,7 +236,7 @@ impl Registry {
 
     /// Removes a socket from every room and from the socket map, in one step: after this no
     /// fan-out can reach it. Idempotent.
-    pub fn remove_peer(&self, peer: &Peer) -> bool {
+    pub(crate) fn remove_peer(&self, peer: &Peer) -> bool {
         let rooms = peer.rooms.lock().take();
         if let Some(rooms) = &rooms {
             for room in rooms {
@@ -264,7 +265,7 @@ impl Registry {
         }
     }
 
-    pub fn join(&self, peer: &Arc<Peer>, room: &str, max_rooms: usize) -> Joined {
+    pub(crate) fn join(&self, peer: &Arc<Peer>, room: &str, max_rooms: usize) -> Joined {
         let mut rooms = peer.rooms.lock();
         let Some(list) = rooms.as_mut() else {
             return Joined::Closed;
@@ -300,7 +301,7 @@ impl Registry {
         Joined::New
     }
 
-    pub fn leave(&self, peer: &Peer, room: &str) -> bool {
+    pub(crate) fn leave(&self, peer: &Peer, room: &str) -> bool {
         let mut rooms = peer.rooms.lock();
         let Some(list) = rooms.as_mut() else {
             return false;
@@ -314,7 +315,7 @@ impl Registry {
     }
 
     /// A snapshot of a room's members.
-    pub fn members(&self, room: &str) -> Vec<Arc<Peer>> {
+    pub(crate) fn members(&self, room: &str) -> Vec<Arc<Peer>> {
         self.rooms[shard_of(room)]
             .read()
             .get(room)
@@ -324,7 +325,7 @@ impl Registry {
 
     /// A room's distinct users: the key its sockets are grouped by, and the user as the host
     /// sees it. The same list (one `Arc`) until a user comes or goes.
-    pub fn users(&self, room: &str) -> Arc<UserList> {
+    pub(crate) fn users(&self, room: &str) -> Arc<UserList> {
         let shard = self.rooms[shard_of(room)].read();
         let Some(r) = shard.get(room) else {
             return Arc::default();
@@ -334,14 +335,14 @@ impl Registry {
             .clone()
     }
 
-    pub fn member_count(&self, room: &str) -> usize {
+    pub(crate) fn member_count(&self, room: &str) -> usize {
         self.rooms[shard_of(room)]
             .read()
             .get(room)
             .map_or(0, |r| r.members.len())
     }
 
-    pub fn room_count(&self) -> usize {
+    pub(crate) fn room_count(&self) -> usize {
         self.room_count.load(Ordering::Relaxed)
     }
 
@@ -353,7 +354,7 @@ impl Registry {
     /// its frames one by one, each through [`Peer::hold_back`]. Membership is read now: a
     /// socket that left meanwhile gets nothing, and one whose user was not asked is skipped.
     /// Returns the queue pushes made, and how many sockets each frame was queued to.
-    pub fn fan_out_run(
+    pub(crate) fn fan_out_run(
         &self,
         room: &str,
         run: &[RunFrame],
@@ -494,7 +495,7 @@ impl Registry {
     }
 
     /// Sends one frame to one socket; `false` if it is gone or closing.
-    pub fn send_to(&self, peer: &Arc<Peer>, frame: Bytes, stats: &Stats) -> bool {
+    pub(crate) fn send_to(&self, peer: &Arc<Peer>, frame: Bytes, stats: &Stats) -> bool {
         let len = frame.len() as u64;
         match peer.outbound.push(frame) {
             Push::Queued | Push::Behind => {
@@ -584,7 +585,7 @@ impl Merged {
 /// before it queues more (`dispatch`), so the server's own backlog stays within a run of the
 /// bound instead of growing with what the application emits.
 #[derive(Default)]
-pub struct Wakes {
+pub(crate) struct Wakes {
     peers: Vec<Arc<Peer>>,
     behind: Vec<Arc<Peer>>,
     /// Who writes the sockets; without them each socket's task is woken to write.
@@ -593,7 +594,7 @@ pub struct Wakes {
 
 impl Wakes {
     /// Wakes whose flush has `flushers` write the sockets (see [`Wakes::flush`]).
-    pub fn on(flushers: Option<&Arc<Flushers>>) -> Wakes {
+    pub(crate) fn on(flushers: Option<&Arc<Flushers>>) -> Wakes {
         Wakes {
             peers: Vec::new(),
             behind: Vec::new(),
@@ -602,7 +603,7 @@ impl Wakes {
     }
 
     /// Queues `frame` for `peer`, to be written at the next [`Wakes::flush`].
-    pub fn push(&mut self, peer: &Arc<Peer>, frame: impl Into<OutFrame>) -> Push {
+    pub(crate) fn push(&mut self, peer: &Arc<Peer>, frame: impl Into<OutFrame>) -> Push {
         let (push, wake) = peer.outbound.push_unwoken(frame);
         if wake {
             self.peers.push(peer.clone());
@@ -614,14 +615,14 @@ impl Wakes {
     }
 
     /// The sockets left behind since the last call (the caller waits for them).
-    pub fn take_behind(&mut self) -> Vec<Arc<Peer>> {
+    pub(crate) fn take_behind(&mut self) -> Vec<Arc<Peer>> {
         std::mem::take(&mut self.behind)
     }
 
     /// Has every socket queued to since the last flush written, by the flushers (see
     /// [`crate::write::flush`]), or without them by waking each socket's task. The caller goes on at
     /// once: frames it queues meanwhile for a socket not yet written go out in the same write.
-    pub fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         if self.peers.is_empty() {
             return;
         }

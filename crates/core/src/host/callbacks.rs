@@ -20,8 +20,8 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// One authorize question: may each of these users receive this event?
 #[derive(Debug, Clone)]
 pub struct AuthorizeRequest {
-    pub collection: String,
-    pub event: Arc<Value>,
+    pub(crate) collection: String,
+    pub(crate) event: Arc<Value>,
     /// Distinct users of the room's sockets. The events of one burst share the list (a room
     /// keeps it until its users change), so the host is sent each list once per crossing.
     pub users: Arc<UserList>,
@@ -35,18 +35,18 @@ pub struct AuthorizeRequest {
 pub struct UserList {
     /// Never the same for two lists of a process (0 for an empty default): a host may keep a
     /// list it was sent and be sent only this afterwards.
-    pub id: u64,
+    pub(crate) id: u64,
     /// Each user's key (`Peer::user_key`): sockets with the same key are the same user.
-    pub keys: Vec<Arc<str>>,
+    pub(crate) keys: Vec<Arc<str>>,
     /// Each user as the host sees it (the token claims, or `Value::Null` for anonymous), in
     /// the order of `keys`.
-    pub values: Vec<Arc<Value>>,
+    pub(crate) values: Vec<Arc<Value>>,
     /// The keys again, to look one up.
     index: HashSet<Arc<str>, FxBuildHasher>,
 }
 
 impl UserList {
-    pub fn new(users: impl IntoIterator<Item = (Arc<str>, Arc<Value>)>) -> UserList {
+    pub(crate) fn new(users: impl IntoIterator<Item = (Arc<str>, Arc<Value>)>) -> UserList {
         let (keys, values): (Vec<Arc<str>>, Vec<Arc<Value>>) = users.into_iter().unzip();
         let index = keys.iter().cloned().collect();
         static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -68,7 +68,7 @@ impl UserList {
     }
 
     /// Whether the user with this key is on the list.
-    pub fn contains(&self, key: &str) -> bool {
+    pub(crate) fn contains(&self, key: &str) -> bool {
         self.index.contains(key)
     }
 }

@@ -52,7 +52,7 @@ thread_local! {
 
 /// Runs a socket until it closes (the handshake registered the peer). It is removed from every room
 /// before this returns.
-pub async fn serve(hub: Arc<Hub>, peer: Arc<Peer>, upgraded: Upgraded) {
+pub(crate) async fn serve(hub: Arc<Hub>, peer: Arc<Peer>, upgraded: Upgraded) {
     let Some((stream, early)) = into_tcp(upgraded) else {
         hub.registry.remove_peer(&peer);
         warn!("upgraded connection is not a TCP stream; dropped");

@@ -2,14 +2,14 @@
 //! client sends, first-message auth, SSE and long-poll, adopted connections.
 
 pub mod adopt;
-pub mod connection;
-pub mod first_auth;
+pub(crate) mod connection;
+pub(crate) mod first_auth;
 pub(crate) mod head;
-pub mod longpoll;
-pub mod requests;
+pub(crate) mod longpoll;
+pub(crate) mod requests;
 pub mod server;
-pub mod sse;
-pub mod verify;
+pub(crate) mod sse;
+pub(crate) mod verify;
 
 /// The reason of the 1001 a drain sends: clients (the SDK does) reconnect, to another instance.
-pub const DRAIN_REASON: &str = "server shutting down, reconnect elsewhere";
+pub(crate) const DRAIN_REASON: &str = "server shutting down, reconnect elsewhere";

@@ -24,7 +24,7 @@ const MAX_HANDLERS_IN_FLIGHT: usize = 32;
 const MAX_MEMBERSHIP_IN_FLIGHT: usize = 32;
 
 /// One socket's request state; only its connection task touches it.
-pub struct Requests {
+pub(crate) struct Requests {
     hub: Arc<Hub>,
     peer: Arc<Peer>,
     /// Token bucket for `maxMessagesPerSecond`.
@@ -42,7 +42,7 @@ pub struct Requests {
 }
 
 impl Requests {
-    pub fn new(hub: Arc<Hub>, peer: Arc<Peer>) -> Requests {
+    pub(crate) fn new(hub: Arc<Hub>, peer: Arc<Peer>) -> Requests {
         Requests {
             tokens: hub.config.max_messages_per_second as f64,
             refilled: Instant::now(),
@@ -120,7 +120,7 @@ fn replies_of_join(
 }
 
 impl Requests {
-    pub fn reply(&self, frame: Bytes) {
+    pub(crate) fn reply(&self, frame: Bytes) {
         self.hub.registry.send_to(&self.peer, frame, &self.hub.stats);
     }
 
@@ -183,7 +183,7 @@ impl Requests {
     }
 
     /// Acts on one text message.
-    pub fn on_text(&mut self, text: &[u8]) {
+    pub(crate) fn on_text(&mut self, text: &[u8]) {
         let hub = self.hub.clone();
         Stats::add(&hub.stats.messages_in, 1);
         if !self.admit() {

@@ -11,7 +11,7 @@ use crate::stats::Stats;
 use crate::warn;
 
 /// Asks the host to confirm a user; a refusal, an error or no answer in time is a 401.
-pub async fn verify_user(
+pub(crate) async fn verify_user(
     verifier: &dyn UserVerifier,
     token: String,
     claims: serde_json::Value,

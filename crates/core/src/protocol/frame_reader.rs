@@ -14,7 +14,7 @@ use crate::protocol::close_code;
 /// A complete message (or control frame) from the client. Slices borrow the reader's buffers
 /// until the callback returns.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Message<'a> {
+pub(crate) enum Message<'a> {
     Text(&'a [u8]),
     Binary(&'a [u8]),
     Ping(&'a [u8]),
@@ -25,7 +25,7 @@ pub enum Message<'a> {
 
 /// A broken rule: the connection fails with [`FrameError::close`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrameError {
+pub(crate) enum FrameError {
     /// A client frame without the mask bit (RFC 6455 5.1).
     Unmasked,
     /// A message (all its fragments together) larger than `maxPayloadLength`.
@@ -42,7 +42,7 @@ pub enum FrameError {
 
 impl FrameError {
     /// The close code and reason the server answers with.
-    pub fn close(self) -> (u16, &'static str) {
+    pub(crate) fn close(self) -> (u16, &'static str) {
         match self {
             FrameError::Unmasked => (close_code::PROTOCOL_ERROR, "client frames must be masked"),
             FrameError::TooLarge => (close_code::MESSAGE_TOO_BIG, "message exceeds maxPayloadLength"),
@@ -58,13 +58,13 @@ impl FrameError {
 }
 
 /// Close codes a peer may send (RFC 6455 7.4, and the IANA registry's 1012/1013).
-pub fn close_code_allowed(code: u16) -> bool {
+pub(crate) fn close_code_allowed(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1013 | 3000..=4999)
 }
 
 /// One socket's parser state.
 #[derive(Default)]
-pub struct FrameReader {
+pub(crate) struct FrameReader {
     /// Bytes of a frame the last read cut short (empty between frames).
     partial: Vec<u8>,
     /// Payload of the fragmented data message being assembled (unmasked).
@@ -95,7 +95,7 @@ struct Header {
 }
 
 impl FrameReader {
-    pub fn new(max_message: usize) -> FrameReader {
+    pub(crate) fn new(max_message: usize) -> FrameReader {
         FrameReader {
             max_message,
             ..FrameReader::default()
@@ -119,13 +119,14 @@ impl FrameReader {
     }
 
     /// Bytes this reader holds (for memory accounting and tests).
-    pub fn buffered(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn buffered(&self) -> usize {
         self.partial.capacity() + self.message.capacity()
     }
 
     /// Parses `input` (the next bytes of the stream), calling `on` for each complete message in
     /// order. After an error the reader stays failed: the connection must close.
-    pub fn feed(&mut self, input: &[u8], on: &mut dyn FnMut(Message<'_>)) -> Result<(), FrameError> {
+    pub(crate) fn feed(&mut self, input: &[u8], on: &mut dyn FnMut(Message<'_>)) -> Result<(), FrameError> {
         if let Some(e) = self.failed {
             return Err(e);
         }

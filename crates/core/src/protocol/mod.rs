@@ -5,46 +5,48 @@
 //! become bytes. Every outgoing message is encoded into a complete, unmasked WebSocket text frame
 //! exactly once, as a [`Bytes`] that every recipient shares (cloning it is a reference count bump).
 
-pub mod frame_reader;
+pub(crate) mod frame_reader;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{Map, Value};
 
 /// Where a client last was in a room.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Since {
-    pub offset: u64,
-    pub epoch: String,
+pub(crate) struct Since {
+    pub(crate) offset: u64,
+    pub(crate) epoch: String,
 }
 
 /// Close codes of the contract.
-pub mod close_code {
+pub(crate) mod close_code {
     /// Normal closure.
-    pub const NORMAL: u16 = 1000;
+    pub(crate) const NORMAL: u16 = 1000;
     /// The server is shutting down (`close()`), or the socket was idle for too long.
-    pub const GOING_AWAY: u16 = 1001;
+    pub(crate) const GOING_AWAY: u16 = 1001;
     /// Protocol error, e.g. an unmasked client frame.
-    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub(crate) const PROTOCOL_ERROR: u16 = 1002;
     /// A text frame that is not valid UTF-8 (RFC 6455 7.4.1).
-    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub(crate) const INVALID_PAYLOAD: u16 = 1007;
     /// A message larger than `maxPayloadLength`.
-    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    pub(crate) const MESSAGE_TOO_BIG: u16 = 1009;
     /// Something failed inside the server.
-    pub const INTERNAL_ERROR: u16 = 1011;
+    // In the contract's table (docs/security.md, the SDK's CloseCodes); nothing sends it today.
+    #[allow(dead_code)]
+    pub(crate) const INTERNAL_ERROR: u16 = 1011;
     /// Try again later: a socket opened with `?auth=message` found its user at
     /// `maxConnectionsPerUser`, or the server at `maxVerifying`, when its token came.
-    pub const TRY_AGAIN_LATER: u16 = 1013;
+    pub(crate) const TRY_AGAIN_LATER: u16 = 1013;
     /// The token expired while the socket was connected.
-    pub const TOKEN_EXPIRED: u16 = 4001;
+    pub(crate) const TOKEN_EXPIRED: u16 = 4001;
     /// The session behind the token was revoked (logout).
-    pub const SESSION_REVOKED: u16 = 4003;
+    pub(crate) const SESSION_REVOKED: u16 = 4003;
     /// A socket opened with `?auth=message` sent no `{ type: "auth" }` first within
     /// `authTimeout`, sent something else first, or sent a token that was refused.
-    pub const UNAUTHORIZED: u16 = 4004;
+    pub(crate) const UNAUTHORIZED: u16 = 4004;
     /// The client did not read fast enough: its outbound queue passed `maxBackpressure`.
-    pub const SLOW_CONSUMER: u16 = 4008;
+    pub(crate) const SLOW_CONSUMER: u16 = 4008;
     /// The client kept sending past `maxMessagesPerSecond` after being told to slow down.
-    pub const RATE_LIMITED: u16 = 4029;
+    pub(crate) const RATE_LIMITED: u16 = 4029;
 }
 
 /// Error codes carried by `{ "type": "error", "code" }` replies.
@@ -61,7 +63,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadJson => "bad-json",
             ErrorCode::BadMessage => "bad-message",
@@ -92,13 +94,13 @@ impl ErrorCode {
 
 /// The `id` a client attached to a request, echoed in the `ack` or `error` reply.
 #[derive(Debug, Clone, PartialEq)]
-pub enum RequestId {
+pub(crate) enum RequestId {
     Str(String),
     Num(serde_json::Number),
 }
 
 impl RequestId {
-    pub fn to_value(&self) -> Value {
+    pub(crate) fn to_value(&self) -> Value {
         match self {
             RequestId::Str(s) => Value::String(s.clone()),
             RequestId::Num(n) => Value::Number(n.clone()),
@@ -107,11 +109,11 @@ impl RequestId {
 }
 
 /// Most collections one `join-collection` may name at once; more is `too-large`.
-pub const MAX_COLLECTIONS_PER_REQUEST: usize = 100;
+pub(crate) const MAX_COLLECTIONS_PER_REQUEST: usize = 100;
 
 /// A request from a client, parsed and checked for shape (not yet for permission).
 #[derive(Debug, Clone, PartialEq)]
-pub enum ClientMessage {
+pub(crate) enum ClientMessage {
     Join {
         id: Option<RequestId>,
         collections: Vec<String>,
@@ -158,10 +160,10 @@ pub enum ClientMessage {
 
 /// Why a client message was refused before it reached any handler.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Rejection {
-    pub id: Option<RequestId>,
-    pub code: ErrorCode,
-    pub message: String,
+pub(crate) struct Rejection {
+    pub(crate) id: Option<RequestId>,
+    pub(crate) code: ErrorCode,
+    pub(crate) message: String,
 }
 
 impl Rejection {
@@ -175,7 +177,7 @@ impl Rejection {
 }
 
 /// Parses one text message from a client.
-pub fn parse_client_message(text: &[u8]) -> Result<ClientMessage, Rejection> {
+pub(crate) fn parse_client_message(text: &[u8]) -> Result<ClientMessage, Rejection> {
     let value: Value = serde_json::from_slice(text)
         .map_err(|e| Rejection::new(None, ErrorCode::BadJson, format!("invalid JSON: {e}")))?;
     let Value::Object(mut object) = value else {
@@ -382,29 +384,29 @@ fn since_of(
 }
 
 /// Payload slugs are kebab- or camel-case identifiers; anything else cannot name a collection.
-pub fn is_valid_slug(s: &str) -> bool {
+pub(crate) fn is_valid_slug(s: &str) -> bool {
     !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Whether `room` may name a room a client joins or an app event goes to: 1 to 256 bytes, no
 /// control characters, and not `*` at the end (that names a pattern, in the options).
-pub fn is_valid_room(room: &str) -> bool {
+pub(crate) fn is_valid_room(room: &str) -> bool {
     !room.is_empty() && room.len() <= 256 && !room.ends_with('*') && !room.chars().any(char::is_control)
 }
 
 /// The collection whose room this is, if it is one.
-pub fn collection_of_room(room: &str) -> Option<&str> {
+pub(crate) fn collection_of_room(room: &str) -> Option<&str> {
     room.strip_prefix("collection:").filter(|slug| is_valid_slug(slug))
 }
 
 /// The room a collection's events go to.
-pub fn collection_room(slug: &str) -> String {
+pub(crate) fn collection_room(slug: &str) -> String {
     format!("collection:{slug}")
 }
 
 /// Whether `room` is named by `pattern`: a room name, or a prefix ending in `*` (how the
 /// options that apply to rooms name them: history, presence, join rules).
-pub fn room_matches(pattern: &str, room: &str) -> bool {
+pub(crate) fn room_matches(pattern: &str, room: &str) -> bool {
     match pattern.strip_suffix('*') {
         Some(prefix) => room.starts_with(prefix),
         None => pattern == room,
@@ -412,7 +414,7 @@ pub fn room_matches(pattern: &str, room: &str) -> bool {
 }
 
 /// `{ "type": "ack", "id" }`.
-pub fn ack(id: &RequestId) -> Bytes {
+pub(crate) fn ack(id: &RequestId) -> Bytes {
     let mut m = Map::new();
     m.insert("type".into(), Value::String("ack".into()));
     m.insert("id".into(), id.to_value());
@@ -420,7 +422,7 @@ pub fn ack(id: &RequestId) -> Bytes {
 }
 
 /// `{ "type": "ack", "id", ...extra }`.
-pub fn ack_with(id: &RequestId, extra: Map<String, Value>) -> Bytes {
+pub(crate) fn ack_with(id: &RequestId, extra: Map<String, Value>) -> Bytes {
     let mut m = Map::new();
     m.insert("type".into(), Value::String("ack".into()));
     m.insert("id".into(), id.to_value());
@@ -430,7 +432,7 @@ pub fn ack_with(id: &RequestId, extra: Map<String, Value>) -> Bytes {
 
 /// `{ "type": "recovery-failed", "room", "collection", "reason" }`: refetch, then go on live
 /// (`collection` only for a collection's room).
-pub fn recovery_failed(room: &str, collection: &str, reason: &str) -> Bytes {
+pub(crate) fn recovery_failed(room: &str, collection: &str, reason: &str) -> Bytes {
     let mut m = Map::new();
     m.insert("type".into(), Value::String("recovery-failed".into()));
     m.insert("room".into(), Value::String(room.into()));
@@ -443,7 +445,7 @@ pub fn recovery_failed(room: &str, collection: &str, reason: &str) -> Bytes {
 
 /// `{ "type": "presence", "id"?, "room", "collection"?, "members" }` (`collection` only for a
 /// collection's room).
-pub fn presence(id: Option<&RequestId>, room: &str, collection: Option<&str>, members: Vec<Value>) -> Bytes {
+pub(crate) fn presence(id: Option<&RequestId>, room: &str, collection: Option<&str>, members: Vec<Value>) -> Bytes {
     let mut m = Map::new();
     m.insert("type".into(), Value::String("presence".into()));
     if let Some(id) = id {
@@ -458,7 +460,7 @@ pub fn presence(id: Option<&RequestId>, room: &str, collection: Option<&str>, me
 }
 
 /// `{ "type": "pong", "id"? }`.
-pub fn pong(id: Option<&RequestId>) -> Bytes {
+pub(crate) fn pong(id: Option<&RequestId>) -> Bytes {
     let mut m = Map::new();
     m.insert("type".into(), Value::String("pong".into()));
     if let Some(id) = id {
@@ -468,7 +470,7 @@ pub fn pong(id: Option<&RequestId>) -> Bytes {
 }
 
 /// `{ "type": "error", "code", "message", "id"? }`.
-pub fn error(code: ErrorCode, message: &str, id: Option<&RequestId>) -> Bytes {
+pub(crate) fn error(code: ErrorCode, message: &str, id: Option<&RequestId>) -> Bytes {
     let mut m = Map::new();
     m.insert("type".into(), Value::String("error".into()));
     m.insert("code".into(), Value::String(code.as_str().into()));
@@ -481,7 +483,7 @@ pub fn error(code: ErrorCode, message: &str, id: Option<&RequestId>) -> Bytes {
 
 /// The reply to a custom request: an object is sent as it is, with the request's `id` added and
 /// its `type` defaulting to the request's; any other value is wrapped as `{ type, id, data }`.
-pub fn custom_reply(kind: &str, id: Option<&RequestId>, value: Value) -> Bytes {
+pub(crate) fn custom_reply(kind: &str, id: Option<&RequestId>, value: Value) -> Bytes {
     let mut m = match value {
         Value::Object(m) => m,
         other => {
@@ -500,19 +502,19 @@ pub fn custom_reply(kind: &str, id: Option<&RequestId>, value: Value) -> Bytes {
 }
 
 /// Serializes a value and wraps it in a text frame, once, for every recipient.
-pub fn encode_value(value: &Value) -> Bytes {
+pub(crate) fn encode_value(value: &Value) -> Bytes {
     // serde_json cannot fail on a `Value` (keys are strings, numbers are finite).
     let json = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
     text_frame(&json)
 }
 
 /// A complete server-to-client text frame: FIN, opcode 1, no mask.
-pub fn text_frame(payload: &[u8]) -> Bytes {
+pub(crate) fn text_frame(payload: &[u8]) -> Bytes {
     frame(0x1, payload)
 }
 
 /// A close frame with a status code and a reason (truncated to fit a control frame).
-pub fn close_frame(code: u16, reason: &str) -> Bytes {
+pub(crate) fn close_frame(code: u16, reason: &str) -> Bytes {
     let mut reason = reason.as_bytes();
     if reason.len() > 123 {
         let mut cut = 123;
@@ -528,7 +530,7 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
 }
 
 /// A frame with the given opcode and payload, as a server sends it (unmasked).
-pub fn frame(opcode: u8, payload: &[u8]) -> Bytes {
+pub(crate) fn frame(opcode: u8, payload: &[u8]) -> Bytes {
     let len = payload.len();
     let mut buf = BytesMut::with_capacity(len + 10);
     buf.put_u8(0x80 | (opcode & 0x0f));
@@ -546,7 +548,7 @@ pub fn frame(opcode: u8, payload: &[u8]) -> Bytes {
 }
 
 /// The payload of a frame made by [`frame`] (unmasked, its length in the header).
-pub fn payload(frame: &[u8]) -> &[u8] {
+pub(crate) fn payload(frame: &[u8]) -> &[u8] {
     let head = match frame.get(1).map(|b| b & 0x7f) {
         Some(126) => 4,
         Some(127) => 10,
@@ -558,7 +560,7 @@ pub fn payload(frame: &[u8]) -> &[u8] {
 
 /// An event's JSON, written from parsed parts when the event came in (so always valid), read
 /// as a value; `Null` if it somehow is not.
-pub fn value_of(json: &str) -> Value {
+pub(crate) fn value_of(json: &str) -> Value {
     serde_json::from_str(json).unwrap_or(Value::Null)
 }
 

@@ -29,7 +29,7 @@ const TURN: usize = 64;
 const SHARE_MIN: usize = 256;
 
 /// The queue of sockets to write and the flushers that drain it.
-pub struct Flushers {
+pub(crate) struct Flushers {
     runtime: tokio::runtime::Handle,
     threads: usize,
     waiting: Mutex<Waiting>,
@@ -44,7 +44,7 @@ struct Waiting {
 
 impl Flushers {
     /// Flushers on `runtime`'s worker threads.
-    pub fn new(runtime: tokio::runtime::Handle) -> Arc<Flushers> {
+    pub(crate) fn new(runtime: tokio::runtime::Handle) -> Arc<Flushers> {
         let threads = runtime.metrics().num_workers().max(1);
         Arc::new(Flushers {
             runtime,
@@ -54,7 +54,7 @@ impl Flushers {
     }
 
     /// Has these sockets' queues written, after any already waiting.
-    pub fn write(self: &Arc<Self>, peers: impl IntoIterator<Item = Arc<Peer>>) {
+    pub(crate) fn write(self: &Arc<Self>, peers: impl IntoIterator<Item = Arc<Peer>>) {
         let start = {
             let mut w = self.waiting.lock();
             w.peers.extend(peers);

@@ -1,6 +1,6 @@
 //! A socket and the bytes on their way to it: the outbound queue, the flushers, splice.
 
-pub mod flush;
-pub mod outbound;
-pub mod peer;
-pub mod splice;
+pub(crate) mod flush;
+pub(crate) mod outbound;
+pub(crate) mod peer;
+pub(crate) mod splice;

@@ -38,7 +38,7 @@ use crate::protocol::{close_code, close_frame};
 use crate::write::splice::Piped;
 
 /// How long an evicted socket's in-flight write may still take before the TCP connection is cut.
-pub const EVICTION_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const EVICTION_GRACE: Duration = Duration::from_secs(10);
 
 /// Most frames taken into one batch: leaves room under [`IOV_MAX`] for the control frames and
 /// the close that go with them.
@@ -51,9 +51,9 @@ const IOV_MAX: usize = 1024;
 /// A queued frame: its bytes, and for a large buffer that many sockets send, a pipe holding a
 /// copy that the kernel hands to the socket by reference (see [`crate::write::splice`]).
 #[derive(Clone)]
-pub struct OutFrame {
-    pub bytes: Bytes,
-    pub piped: Option<Arc<Piped>>,
+pub(crate) struct OutFrame {
+    pub(crate) bytes: Bytes,
+    pub(crate) piped: Option<Arc<Piped>>,
 }
 
 impl From<Bytes> for OutFrame {
@@ -71,7 +71,7 @@ impl Deref for OutFrame {
 
 /// What happened to a pushed frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Push {
+pub(crate) enum Push {
     Queued,
     /// The socket is closing; the frame was dropped.
     Closed,
@@ -119,7 +119,7 @@ struct State {
     flushing: bool,
 }
 
-pub struct Outbound {
+pub(crate) struct Outbound {
     state: Mutex<State>,
     /// The socket's task, woken when the queue goes from empty to not, and on any ending.
     /// Waking it is a couple of atomic operations: fan-out does it for every socket.
@@ -143,7 +143,7 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    pub fn new(limit: usize) -> Outbound {
+    pub(crate) fn new(limit: usize) -> Outbound {
         Outbound {
             state: Mutex::new(State::default()),
             waker: AtomicWaker::new(),
@@ -159,13 +159,13 @@ impl Outbound {
 
     /// Lets [`Outbound::write_through`] write to this descriptor, until [`Outbound::detach`].
     #[cfg(unix)]
-    pub fn attach(&self, fd: std::os::fd::RawFd) {
+    pub(crate) fn attach(&self, fd: std::os::fd::RawFd) {
         *self.sink.lock() = Some(fd);
     }
 
     /// Stops every write through the descriptor, waiting for one under way: call before the
     /// stream is closed.
-    pub fn detach(&self) {
+    pub(crate) fn detach(&self) {
         #[cfg(unix)]
         {
             *self.sink.lock() = None;
@@ -181,7 +181,7 @@ impl Outbound {
     /// socket on this machine (9-10 µs a write); a flusher that goes through the recipients in
     /// one loop, as uWS.js's `publish` does, pays only the write. Its writes hold
     /// [`Outbound::sink`] so the connection cannot close the descriptor under them.
-    pub fn write_through(&self) {
+    pub(crate) fn write_through(&self) {
         #[cfg(unix)]
         let written = match self.sink.try_lock() {
             Some(sink) => match *sink {
@@ -242,23 +242,23 @@ impl Outbound {
     }
 
     /// Registers the task to wake. Call before checking for work, so a push in between is seen.
-    pub fn register(&self, waker: &Waker) {
+    pub(crate) fn register(&self, waker: &Waker) {
         self.waker.register(waker);
     }
 
     /// Stops the connection at once (what is queued is dropped).
-    pub fn cut(&self) {
+    pub(crate) fn cut(&self) {
         self.cut.store(true, Ordering::Release);
         self.waker.wake();
     }
 
-    pub fn is_cut(&self) -> bool {
+    pub(crate) fn is_cut(&self) -> bool {
         self.cut.load(Ordering::Acquire)
     }
 
     /// Queues a data frame, unless the socket is closing, or this frame passes the bound while
     /// the client is not taking what is written.
-    pub fn push(&self, frame: impl Into<OutFrame>) -> Push {
+    pub(crate) fn push(&self, frame: impl Into<OutFrame>) -> Push {
         let (push, wake) = self.push_unwoken(frame);
         if wake {
             self.wake();
@@ -269,7 +269,7 @@ impl Outbound {
     /// [`Outbound::push`] that leaves the writer asleep: `true` beside a queued push means
     /// the queue was empty and the caller must call [`Outbound::wake`] once it has queued the
     /// rest of its burst (see [`crate::delivery::rooms::Wakes`]). An eviction wakes the writer itself.
-    pub fn push_unwoken(&self, frame: impl Into<OutFrame>) -> (Push, bool) {
+    pub(crate) fn push_unwoken(&self, frame: impl Into<OutFrame>) -> (Push, bool) {
         let frame = frame.into();
         let mut s = self.state.lock();
         if s.ending.is_some() {
@@ -293,7 +293,7 @@ impl Outbound {
 
     /// Whether the queue is past the bound while the client takes what is written: the writer
     /// has yet to catch up, and whoever queues for this socket should wait (see [`Push::Behind`]).
-    pub fn is_behind(&self) -> bool {
+    pub(crate) fn is_behind(&self) -> bool {
         !self.is_closing() && !self.blocked.load(Ordering::Acquire) && self.state.lock().bytes > self.limit
     }
 
@@ -306,19 +306,19 @@ impl Outbound {
 
     /// As if a write had been refused: the client is not reading (tests without a socket).
     #[cfg(test)]
-    pub fn block(&self) {
+    pub(crate) fn block(&self) {
         self.set_blocked(true);
     }
 
     /// Wakes the writer (after [`Outbound::push_unwoken`]).
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         self.waker.wake();
     }
 
     /// Queues a control frame (pong, ping), sent before data. Past [`MAX_PENDING_PONGS`]
     /// waiting pongs, the oldest goes; a ping replaces ours if it still waits. Its bytes count
     /// in the bound: past it while the client takes nothing, the socket is evicted as for data.
-    pub fn push_control(&self, frame: Bytes) -> Push {
+    pub(crate) fn push_control(&self, frame: Bytes) -> Push {
         let mut s = self.state.lock();
         if s.ending.is_some() {
             return Push::Closed;
@@ -348,7 +348,7 @@ impl Outbound {
 
     /// Control frames waiting (tests).
     #[cfg(test)]
-    pub fn queued_control(&self) -> usize {
+    pub(crate) fn queued_control(&self) -> usize {
         self.state.lock().control.len()
     }
 
@@ -373,12 +373,12 @@ impl Outbound {
     }
 
     /// Closes after what is already queued has been written. The first ending wins.
-    pub fn close(&self, code: u16, reason: &str) {
+    pub(crate) fn close(&self, code: u16, reason: &str) {
         self.end(Ending::AfterQueue(close_frame(code, reason)));
     }
 
     /// Closes at once, dropping what is queued (protocol errors, the client's own close).
-    pub fn close_now(&self, frame: Bytes) {
+    pub(crate) fn close_now(&self, frame: Bytes) {
         self.end(Ending::Now(frame));
     }
 
@@ -398,41 +398,43 @@ impl Outbound {
     }
 
     /// Whether the socket is closing (nothing more will be queued).
-    pub fn is_closing(&self) -> bool {
+    pub(crate) fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
     }
 
     /// Whether the socket was evicted as a slow consumer.
-    pub fn was_evicted(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn was_evicted(&self) -> bool {
         self.evicted.load(Ordering::Acquire)
     }
 
     /// Bytes waiting to be written.
-    pub fn queued_bytes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn queued_bytes(&self) -> usize {
         self.state.lock().bytes
     }
 
     /// Buffers waiting to be written (each push one).
     #[cfg(test)]
-    pub fn queued_buffers(&self) -> usize {
+    pub(crate) fn queued_buffers(&self) -> usize {
         self.state.lock().queue.len()
     }
 
     /// The buffers waiting to be written, as they are (the same allocation when shared).
     #[cfg(test)]
-    pub fn queued(&self) -> Vec<Bytes> {
+    pub(crate) fn queued(&self) -> Vec<Bytes> {
         self.state.lock().queue.iter().map(|f| f.bytes.clone()).collect()
     }
 
     /// Whether each buffer waiting to be written carries a pipe (see [`crate::write::splice`]).
     #[cfg(test)]
-    pub fn queued_piped(&self) -> Vec<bool> {
+    pub(crate) fn queued_piped(&self) -> Vec<bool> {
         self.state.lock().queue.iter().map(|f| f.piped.is_some()).collect()
     }
 
     /// The `id` of each message [`Outbound::drain_messages`] returns.
     #[cfg(test)]
-    pub fn drain_ids(&self) -> Vec<u64> {
+    pub(crate) fn drain_ids(&self) -> Vec<u64> {
         self.drain_messages()
             .iter()
             .map(|m| m["id"].as_u64().expect("an id"))
@@ -441,7 +443,7 @@ impl Outbound {
 
     /// Writes out everything queued, as a socket would, and returns the messages (JSON).
     #[cfg(test)]
-    pub fn drain_messages(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn drain_messages(&self) -> Vec<serde_json::Value> {
         struct Sink(std::cell::RefCell<Vec<u8>>);
         impl TryWrite for Sink {
             fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
@@ -478,7 +480,7 @@ impl Outbound {
 
     /// Moves the next batch into `batch` (which must be empty): control frames first, then up to
     /// `MAX_IOVECS` (512) data frames, then the close frame once the queue is empty.
-    pub fn take_into(&self, batch: &mut Batch) {
+    pub(crate) fn take_into(&self, batch: &mut Batch) {
         debug_assert!(batch.is_empty());
         let mut s = self.state.lock();
         if s.flushing {
@@ -546,7 +548,7 @@ impl Outbound {
 }
 
 /// A socket the writer can write to without waiting (`WouldBlock` when its buffer is full).
-pub trait TryWrite {
+pub(crate) trait TryWrite {
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize>;
 
     /// Sends a piped buffer whole by reference (see [`crate::write::splice::send`]); any error but
@@ -598,7 +600,7 @@ impl TryWrite for FdSink {
 
 /// Frames taken from the queue and not yet fully written.
 #[derive(Default)]
-pub struct Batch {
+pub(crate) struct Batch {
     frames: Vec<OutFrame>,
     /// First frame not fully written, and how much of it is.
     index: usize,
@@ -607,12 +609,12 @@ pub struct Batch {
     /// written.
     data_bytes: usize,
     /// The batch ends with the close frame: once written, nothing more is sent.
-    pub closes: bool,
+    pub(crate) closes: bool,
 }
 
 /// How far a write got.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Flush {
+pub(crate) enum Flush {
     /// The whole batch is written.
     Done,
     /// The socket's send buffer is full: wait until it is writable, then write again.
@@ -647,14 +649,14 @@ impl Batch {
         (rest, self.data_bytes - left)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.index >= self.frames.len()
     }
 
     /// Writes as much of the batch as the socket takes without waiting, one `writev` per call
     /// (more only when the kernel takes part of it), and a piped buffer by `splice` when it
     /// starts one (the writes before it stop short of it).
-    pub fn write_to(&mut self, out: &Outbound, io: &impl TryWrite) -> std::io::Result<Flush> {
+    pub(crate) fn write_to(&mut self, out: &Outbound, io: &impl TryWrite) -> std::io::Result<Flush> {
         while !self.is_empty() {
             if let (0, Some(piped)) = (self.offset, &self.frames[self.index].piped) {
                 match io.try_splice(piped) {

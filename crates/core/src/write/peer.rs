@@ -13,30 +13,30 @@ use serde_json::Value;
 use crate::auth::User;
 use crate::write::outbound::Outbound;
 
-pub type PeerId = u64;
+pub(crate) type PeerId = u64;
 
-pub struct Peer {
-    pub id: PeerId,
+pub(crate) struct Peer {
+    pub(crate) id: PeerId,
     /// The id as JS and clients see it: `<instance>.<n>`.
-    pub public_id: String,
-    pub user: Option<User>,
+    pub(crate) public_id: String,
+    pub(crate) user: Option<User>,
     /// The user as the host sees it (the verified user document in plugin mode, else the
     /// token's claims), shared with every authorize and handler call; replaced when the user
     /// changes (`updateUser`, on any instance).
     user_value: RwLock<Arc<Value>>,
     /// The session id (`sid` claim) of the current token: logout revokes by it.
-    pub sid: Mutex<Option<String>>,
+    pub(crate) sid: Mutex<Option<String>>,
     /// When the current token expires (seconds since the epoch; 0 = never). A fresh token sent
     /// with `{ type: "auth" }` moves it.
-    pub expires_at: AtomicU64,
+    pub(crate) expires_at: AtomicU64,
     /// When the current token was issued (`iat`, seconds; 0 = unknown): a user-wide revocation
     /// covers the tokens issued before it.
-    pub issued_at: AtomicU64,
-    pub outbound: Outbound,
+    pub(crate) issued_at: AtomicU64,
+    pub(crate) outbound: Outbound,
     /// Rooms this socket is in; `None` once it has left them all for good (closed).
     pub(crate) rooms: Mutex<Option<Vec<Arc<str>>>>,
     /// Milliseconds (server clock) of the last frame received: the idle timer reads it.
-    pub last_seen_ms: AtomicU64,
+    pub(crate) last_seen_ms: AtomicU64,
     /// Recoveries (see [`Recovery`]): boxed on a socket's first recovery, since most sockets
     /// never recover and an idle socket's size is what the server holds most of.
     recovery: Mutex<Option<Box<Recovery>>>,
@@ -57,14 +57,14 @@ struct Recovery {
 const RECOVERY_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Live frames kept back with their offsets.
-pub type Held = Vec<(Option<u64>, Bytes)>;
+pub(crate) type Held = Vec<(Option<u64>, Bytes)>;
 
 /// How long live copies of replayed events are watched for after a recovery: an event can be
 /// in Redis (and so replayed) before its publish reaches this instance.
 const REPLAYED_WATCH: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Default)]
-pub struct Recovering {
+pub(crate) struct Recovering {
     /// Rooms being recovered: live frames wait here until the replay is sent.
     held: HashMap<Arc<str>, Held>,
     /// Rooms recovered lately: the offsets replayed, whose live copies are dropped.
@@ -72,14 +72,15 @@ pub struct Recovering {
 }
 
 impl Peer {
-    pub fn new(id: PeerId, instance: &str, user: Option<User>, max_backpressure: usize) -> Peer {
+    #[cfg(test)]
+    pub(crate) fn new(id: PeerId, instance: &str, user: Option<User>, max_backpressure: usize) -> Peer {
         let user_value = user
             .as_ref()
             .map_or_else(|| Arc::new(Value::Null), |u| u.claims.clone());
         Peer::with_user_value(id, instance, user, user_value, max_backpressure)
     }
 
-    pub fn with_user_value(
+    pub(crate) fn with_user_value(
         id: PeerId,
         instance: &str,
         user: Option<User>,
@@ -110,7 +111,7 @@ impl Peer {
 
     /// Counts a recovery of `room`; `false` when this socket already made `limit` of them in
     /// the last minute (0 = no limit). Rooms whose minute is over are forgotten.
-    pub fn may_recover(&self, room: &str, limit: u32) -> bool {
+    pub(crate) fn may_recover(&self, room: &str, limit: u32) -> bool {
         if limit == 0 {
             return true;
         }
@@ -127,7 +128,7 @@ impl Peer {
     }
 
     /// Holds live frames of `room` back until [`Peer::end_recovery`].
-    pub fn start_recovery(&self, room: &Arc<str>) {
+    pub(crate) fn start_recovery(&self, room: &Arc<str>) {
         let mut recovery = self.recovery.lock();
         let r = &mut recovery.get_or_insert_with(Box::default).recovering;
         r.held.insert(room.clone(), Vec::new());
@@ -136,13 +137,13 @@ impl Peer {
     }
 
     /// Whether live frames may be held back or dropped ([`Peer::hold_back`] has work to do).
-    pub fn is_recovering(&self) -> bool {
+    pub(crate) fn is_recovering(&self) -> bool {
         self.is_recovering.load(Ordering::Acquire)
     }
 
     /// Takes a live frame out of normal delivery: kept back while the room is being recovered,
     /// dropped when it is a live copy of an event just replayed. `false`: deliver it.
-    pub fn hold_back(&self, room: &str, offset: Option<u64>, frame: &Bytes) -> bool {
+    pub(crate) fn hold_back(&self, room: &str, offset: Option<u64>, frame: &Bytes) -> bool {
         if !self.is_recovering.load(Ordering::Acquire) {
             return false;
         }
@@ -169,7 +170,7 @@ impl Peer {
     /// Ends a recovery that replayed `replayed` of what came after offset `through`: the live
     /// frames held back, in order, without the replayed ones and those at or before `through`
     /// (the client has them); later live copies of the replayed ones are dropped too.
-    pub fn end_recovery(&self, room: &str, replayed: HashSet<u64>, through: u64) -> Held {
+    pub(crate) fn end_recovery(&self, room: &str, replayed: HashSet<u64>, through: u64) -> Held {
         let mut recovery = self.recovery.lock();
         let r = &mut recovery.get_or_insert_with(Box::default).recovering;
         let mut held = r.held.remove(room).unwrap_or_default();
@@ -185,37 +186,37 @@ impl Peer {
     }
 
     /// The key that groups sockets of one user for authorize.
-    pub fn user_key(&self) -> &str {
+    pub(crate) fn user_key(&self) -> &str {
         self.user.as_ref().map(|u| &*u.key).unwrap_or("")
     }
 
-    pub fn in_room(&self, room: &str) -> bool {
+    pub(crate) fn in_room(&self, room: &str) -> bool {
         self.rooms
             .lock()
             .as_ref()
             .is_some_and(|r| r.iter().any(|x| &**x == room))
     }
 
-    pub fn room_count(&self) -> usize {
+    pub(crate) fn room_count(&self) -> usize {
         self.rooms.lock().as_ref().map_or(0, Vec::len)
     }
 
-    pub fn touch(&self, now_ms: u64) {
+    pub(crate) fn touch(&self, now_ms: u64) {
         self.last_seen_ms.store(now_ms, Ordering::Relaxed);
     }
 
     /// The user as JS sees it (`null` for anonymous).
-    pub fn user_json(&self) -> Arc<Value> {
+    pub(crate) fn user_json(&self) -> Arc<Value> {
         self.user_value.read().clone()
     }
 
     /// The user changed: what rules see of this socket's user from now on.
-    pub fn set_user_json(&self, value: Arc<Value>) {
+    pub(crate) fn set_user_json(&self, value: Arc<Value>) {
         *self.user_value.write() = value;
     }
 
     /// The current token as a revocation check sees it.
-    pub fn token_sid(&self) -> (Option<String>, Option<u64>) {
+    pub(crate) fn token_sid(&self) -> (Option<String>, Option<u64>) {
         let iat = self.issued_at.load(Ordering::Relaxed);
         (self.sid.lock().clone(), (iat > 0).then_some(iat))
     }

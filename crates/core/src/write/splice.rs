@@ -24,13 +24,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Smallest buffer worth piping.
-pub const MIN_BYTES: usize = 16 * 1024;
+pub(crate) const MIN_BYTES: usize = 16 * 1024;
 
 /// Sockets that take one buffer by copy before it is piped for the others.
-pub const MIN_SOCKETS: usize = 32;
+pub(crate) const MIN_SOCKETS: usize = 32;
 
 /// Largest buffer piped: a pipe of 64 pages (a run of events is at most this, see `dispatch`).
-pub const MAX_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_BYTES: usize = 256 * 1024;
 
 /// Pipes alive at once, at most: each holds a descriptor until the last socket has sent its
 /// buffer (the process shares its open-file limit with its sockets), and up to 64 pages of the
@@ -41,12 +41,12 @@ const MAX_LIVE: usize = 64;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
 /// Bytes handed to sockets by reference since the process started (see `stats`).
-pub static SPLICED_BYTES: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static SPLICED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// A buffer's bytes held in a pipe, which `tee` can reference any number of times. Dropped
 /// (the pipe closed) with the last queued frame that carries it.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-pub struct Piped {
+pub(crate) struct Piped {
     #[cfg(target_os = "linux")]
     read: std::os::fd::OwnedFd,
     len: usize,
@@ -60,7 +60,7 @@ impl Drop for Piped {
 
 impl Piped {
     /// A pipe holding `bytes`, or `None` when it is not worth it or cannot be had.
-    pub fn new(bytes: &[u8]) -> Option<Arc<Piped>> {
+    pub(crate) fn new(bytes: &[u8]) -> Option<Arc<Piped>> {
         if !(MIN_BYTES..=MAX_BYTES).contains(&bytes.len()) {
             return None;
         }
@@ -109,7 +109,7 @@ impl Piped {
 /// rest from the bytes themselves); `WouldBlock` when none did; any other error means this
 /// way is not available and the caller should write the bytes instead.
 #[cfg(target_os = "linux")]
-pub fn send(piped: &Piped, fd: std::os::fd::RawFd) -> std::io::Result<usize> {
+pub(crate) fn send(piped: &Piped, fd: std::os::fd::RawFd) -> std::io::Result<usize> {
     sys::send(piped, fd)
 }
 
@@ -122,7 +122,7 @@ mod sys {
     use super::{Piped, MAX_BYTES, SPLICED_BYTES};
 
     /// A non-blocking pipe with room for `len` bytes: (read end, write end).
-    pub fn pipe(len: usize) -> Option<(OwnedFd, OwnedFd)> {
+    pub(crate) fn pipe(len: usize) -> Option<(OwnedFd, OwnedFd)> {
         let mut fds = [0; 2];
         // SAFETY: `fds` has room for the two descriptors pipe2 writes.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
@@ -142,7 +142,7 @@ mod sys {
         static SCRATCH: RefCell<Option<(OwnedFd, OwnedFd)>> = const { RefCell::new(None) };
     }
 
-    pub fn send(piped: &Piped, fd: RawFd) -> io::Result<usize> {
+    pub(crate) fn send(piped: &Piped, fd: RawFd) -> io::Result<usize> {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             if scratch.is_none() {

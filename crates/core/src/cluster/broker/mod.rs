@@ -8,9 +8,9 @@
 //! broker when a room gains its first or loses its last local member), plus its own instance
 //! channel (`sendToSocket` for its sockets) and the control channel (session revocation).
 
-pub mod redis;
-pub mod redis_history;
-pub mod redis_revocations;
+pub(crate) mod redis;
+pub(crate) mod redis_history;
+pub(crate) mod redis_revocations;
 
 use std::sync::Arc;
 
@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 
 /// Where an envelope goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Channel {
+pub(crate) enum Channel {
     /// Everyone with local members in the room.
     Room(Arc<str>),
     /// One instance (messages for its sockets).
@@ -49,7 +49,7 @@ pub struct BrokerStats {
 /// The broker as the hub uses it. Every method returns at once: publishing and subscribing
 /// happen on the broker's own tasks, so a slow or absent Redis never blocks a write, an emit or
 /// the JS event loop.
-pub trait Broker: Send + Sync + 'static {
+pub(crate) trait Broker: Send + Sync + 'static {
     fn publish(&self, channel: Channel, envelope: String);
     /// The room gained its first local member.
     fn subscribe(&self, room: &str);
@@ -68,16 +68,16 @@ pub trait Broker: Send + Sync + 'static {
 
 /// What travels between instances.
 #[derive(Debug)]
-pub struct Envelope<'a> {
+pub(crate) struct Envelope<'a> {
     /// Format version.
-    pub v: u8,
+    pub(crate) v: u8,
     /// The instance that published it.
-    pub from: &'a str,
-    pub kind: Kind<'a>,
+    pub(crate) from: &'a str,
+    pub(crate) kind: Kind<'a>,
 }
 
 #[derive(Debug)]
-pub enum Kind<'a> {
+pub(crate) enum Kind<'a> {
     /// An event (already normalized); each instance applies its own authorize rule. A
     /// collection's names its slug (`room` absent, as before app events); an app event names
     /// its `room` (and `collection` is empty).
@@ -152,12 +152,12 @@ struct Wire<'a> {
 }
 
 /// A decoded envelope; it owns what it borrowed when the JSON had escapes.
-pub struct Decoded<'a> {
+pub(crate) struct Decoded<'a> {
     wire: Wire<'a>,
 }
 
 impl Envelope<'_> {
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let b = |s: &str| Some(Cow::Owned(s.to_string()));
         let mut w = Wire {
             v: self.v,
@@ -226,14 +226,14 @@ impl Envelope<'_> {
     }
 
     /// Parses an envelope of version 1; `None` for anything else.
-    pub fn decode(text: &str) -> Option<Decoded<'_>> {
+    pub(crate) fn decode(text: &str) -> Option<Decoded<'_>> {
         let wire: Wire = serde_json::from_str(text).ok()?;
         (wire.v == 1).then_some(Decoded { wire })
     }
 }
 
 impl Decoded<'_> {
-    pub fn envelope(&self) -> Option<Envelope<'_>> {
+    pub(crate) fn envelope(&self) -> Option<Envelope<'_>> {
         let w = &self.wire;
         let kind = match &*w.kind {
             "event" => {
@@ -285,7 +285,7 @@ impl Decoded<'_> {
 }
 
 /// A JSON text as a raw value (it is embedded as it is, never escaped or parsed again).
-pub fn raw(json: &str) -> Option<Box<RawValue>> {
+pub(crate) fn raw(json: &str) -> Option<Box<RawValue>> {
     RawValue::from_string(json.to_string()).ok()
 }
 

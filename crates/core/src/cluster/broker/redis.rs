@@ -39,8 +39,8 @@ const OUTBOX: usize = 65_536;
 /// carries an HMAC of its text under a key derived from the secret. An envelope without a valid
 /// one was not written by an instance of this app: it is dropped and counted.
 #[derive(Clone, Debug)]
-pub struct Namespace {
-    pub prefix: String,
+pub(crate) struct Namespace {
+    pub(crate) prefix: String,
     key: Option<[u8; 32]>,
 }
 
@@ -48,7 +48,7 @@ pub struct Namespace {
 const SIGNATURE_HEX: usize = 64;
 
 impl Namespace {
-    pub fn new(config: &crate::config::Config) -> Namespace {
+    pub(crate) fn new(config: &crate::config::Config) -> Namespace {
         let key = config.key.as_ref().map(|k| k.derive("redis envelopes"));
         let prefix = match (&config.redis_prefix, &config.key) {
             (Some(p), _) => p.clone(),
@@ -58,7 +58,7 @@ impl Namespace {
         Namespace { prefix, key }
     }
 
-    pub fn channel(&self, channel: &Channel) -> String {
+    pub(crate) fn channel(&self, channel: &Channel) -> String {
         let p = &self.prefix;
         match channel {
             Channel::Room(room) => format!("{p}room:{room}"),
@@ -74,14 +74,14 @@ impl Namespace {
     }
 
     /// The envelope as it travels: `<signature>.<text>` (the text alone without a secret).
-    pub fn seal(&self, text: String) -> String {
+    pub(crate) fn seal(&self, text: String) -> String {
         let Some(key) = &self.key else { return text };
         let signature = hex(&self.mac(key, &text).finalize().into_bytes());
         format!("{signature}.{text}")
     }
 
     /// The text of an envelope this app's instances wrote, or `None`.
-    pub fn open<'a>(&self, sealed: &'a str) -> Option<&'a str> {
+    pub(crate) fn open<'a>(&self, sealed: &'a str) -> Option<&'a str> {
         let Some(key) = &self.key else { return Some(sealed) };
         let (signature, text) = sealed.split_at_checked(SIGNATURE_HEX)?;
         let text = text.strip_prefix('.')?;
@@ -123,7 +123,7 @@ enum Sub {
     Remove(String),
 }
 
-pub struct RedisBroker {
+pub(crate) struct RedisBroker {
     namespace: Namespace,
     history: RedisHistory,
     revocations: RedisRevocations,
@@ -151,7 +151,7 @@ pub(crate) fn redacted(url: &str) -> String {
 impl RedisBroker {
     /// Connects in the background (never blocks the caller) and starts the broker's tasks on
     /// the current runtime. Only a URL that cannot be parsed fails here.
-    pub fn start(
+    pub(crate) fn start(
         url: &str,
         namespace: Namespace,
         instance: &str,

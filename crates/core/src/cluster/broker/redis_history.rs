@@ -88,20 +88,20 @@ fn keys(prefix: &str, room: &str) -> Vec<String> {
 
 /// One recorded event, as Redis gives it back.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Stored {
-    pub offset: u64,
-    pub body: String,
+pub(crate) struct Stored {
+    pub(crate) offset: u64,
+    pub(crate) body: String,
 }
 
 #[derive(Clone)]
-pub struct RedisHistory {
+pub(crate) struct RedisHistory {
     client: Client,
     /// The app's namespace on Redis (`Namespace::prefix`).
     prefix: String,
 }
 
 impl RedisHistory {
-    pub fn new(client: Client, prefix: &str) -> RedisHistory {
+    pub(crate) fn new(client: Client, prefix: &str) -> RedisHistory {
         RedisHistory {
             client,
             prefix: prefix.to_string(),
@@ -111,7 +111,7 @@ impl RedisHistory {
     /// Appends events in order: one script call per room (the room's keys share a shard), the
     /// rooms concurrently. Each event gets its `(offset, epoch)` or an error; beside them, the
     /// bytes dropped for the rooms' `maxBytes`.
-    pub async fn append(
+    pub(crate) async fn append(
         &self,
         items: &[(String, String, HistoryPolicy)],
         epoch: &str,
@@ -154,7 +154,7 @@ impl RedisHistory {
     }
 
     /// The room's position and, with `since`, the events after it or why they cannot be had.
-    pub async fn since(
+    pub(crate) async fn since(
         &self,
         room: &str,
         since: Option<&Since>,
@@ -166,7 +166,7 @@ impl RedisHistory {
 
     /// [`RedisHistory::since`] refusing (`TooManyEvents`, without reading them) more than `max`
     /// events after `since`.
-    pub async fn since_at_most(
+    pub(crate) async fn since_at_most(
         &self,
         room: &str,
         since: Option<&Since>,
@@ -257,7 +257,7 @@ impl RedisHistory {
 
 /// A room's position, and the events after `since` (or why not).
 #[derive(Debug)]
-pub struct Recovery {
-    pub position: Option<Since>,
-    pub result: Result<Vec<Stored>, RecoveryFailed>,
+pub(crate) struct Recovery {
+    pub(crate) position: Option<Since>,
+    pub(crate) result: Result<Vec<Stored>, RecoveryFailed>,
 }

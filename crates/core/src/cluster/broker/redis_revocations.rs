@@ -30,13 +30,13 @@ return {session, redis.call('GET', KEYS[1])}
 "#;
 
 #[derive(Clone)]
-pub struct RedisRevocations {
+pub(crate) struct RedisRevocations {
     client: Client,
     prefix: String,
 }
 
 impl RedisRevocations {
-    pub fn new(client: Client, prefix: &str) -> RedisRevocations {
+    pub(crate) fn new(client: Client, prefix: &str) -> RedisRevocations {
         RedisRevocations {
             client,
             prefix: prefix.to_string(),
