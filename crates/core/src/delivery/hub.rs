@@ -1301,8 +1301,6 @@ impl Hub {
     }
 }
 
-/// Numbers events in Redis in order, a pipeline per burst, then delivers and publishes them.
-/// One task, so events leave in the order they were emitted.
 /// The frames of missed events one socket may see, in order (each through the authorize rule).
 pub(crate) async fn replay_frames(
     hub: &Hub,
@@ -1335,6 +1333,8 @@ pub(crate) async fn replay_frames(
     }
 }
 
+/// Numbers events in Redis in order, a pipeline per burst, then delivers and publishes them.
+/// One task, so events leave in the order they were emitted.
 async fn run_appender(hub: std::sync::Weak<Hub>, history: RedisHistory, mut rx: mpsc::UnboundedReceiver<Append>) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 256).await > 0 {
