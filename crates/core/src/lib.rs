@@ -38,7 +38,12 @@
 //!   authorize.rs          one event through a collection's authorize rule, once per user
 //!   dispatch.rs           the lanes: ordered delivery, bursts, catching up with the writers
 //!   event.rs              the checks and normalisation of an emitted event
-//!   hub.rs                the shared state and the operations the host calls
+//!   hub/                  the shared state and the operations the host calls
+//!     mod.rs              the hub: its registries, event intake, routing to the lanes
+//!     presence.rs         presence announced to a room and told to the other instances
+//!     recovery.rs         joining with `since`: the missed events, from here or Redis
+//!     remote.rs           the broker's envelopes out (one publish) and in; the Redis appender
+//!     sessions.rs         revoked sessions and changed users, on every instance
 //!   ingest.rs             events from the host, parsed and queued off the host's thread
 //!   lanes.rs              the jobs a lane is given, and which lane a room's jobs go to
 //!   rooms.rs              the room registry: memberships, and the fan-out of a run

@@ -1,6 +1,8 @@
 //! The module map at the top of `src/lib.rs` is the code's: every `.rs` file under `src/` is in
 //! it and nothing else, and no module reaches itself through `crate::` paths, neither a file
-//! nor a top-level group (`net`, `delivery`, ... or a file beside `lib.rs`).
+//! nor a top-level group (`net`, `delivery`, ... or a file beside `lib.rs`). A folder's own
+//! submodules are its parts: what its `mod.rs` takes from them (by bare paths, not scanned)
+//! does not count, what they take from it (`super::`) does.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

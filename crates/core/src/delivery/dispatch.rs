@@ -26,7 +26,8 @@ use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::delivery::authorize::allowed_users;
-use crate::delivery::hub::{replay_frames, Hub};
+use crate::delivery::hub::recovery::replay_frames;
+use crate::delivery::hub::Hub;
 use crate::delivery::lanes::Job;
 use crate::delivery::rooms::{AllowedUsers, Except, Joined, RunFrame, Wakes};
 use crate::stats::Stats;

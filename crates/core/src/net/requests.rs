@@ -9,7 +9,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::delivery::hub::{Hub, JoinOutcome};
+use crate::delivery::hub::recovery::JoinOutcome;
+use crate::delivery::hub::Hub;
 use crate::host::callbacks::{HandlerCall, HandlerOutcome};
 use crate::protocol::Since;
 use crate::protocol::{self, collection_room, ClientMessage, ErrorCode, RequestId};
