@@ -29,8 +29,9 @@ use crate::delivery::authorize::allowed_users;
 use crate::delivery::hub::recovery::replay_frames;
 use crate::delivery::hub::Hub;
 use crate::delivery::lanes::Job;
-use crate::delivery::rooms::{AllowedUsers, Except, Joined, RunFrame, Wakes};
+use crate::delivery::rooms::{AllowedUsers, Except, Joined, RunFrame};
 use crate::stats::Stats;
+use crate::write::flush::Wakes;
 use crate::write::outbound::EVICTION_GRACE;
 
 /// Authorize questions one lane keeps in flight before it stops taking new jobs.

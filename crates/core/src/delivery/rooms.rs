@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::host::callbacks::UserList;
 use crate::stats::Stats;
-use crate::write::flush::Flushers;
+use crate::write::flush::Wakes;
 use crate::write::outbound::{OutFrame, Push};
 use crate::write::peer::{Peer, PeerId};
 use crate::write::splice::{self, Piped};
@@ -364,134 +364,28 @@ impl Registry {
     ) -> (usize, Vec<usize>) {
         let except = except.into();
         let everyone = run.iter().all(|f| f.allowed.is_none());
-        // The frames one user may have, with their places in the run. The events of a burst
-        // that every user may read share one list: the user is looked up in it once.
-        let frames_for = |key: &str| -> Vec<(usize, &Bytes, Option<u64>)> {
-            let mut on_list: Option<(*const UserList, bool)> = None;
-            run.iter()
-                .enumerate()
-                .filter_map(|(i, f)| {
-                    let own = match &f.allowed {
-                        None => None,
-                        Some(AllowedUsers::Every(list)) => {
-                            let at = Arc::as_ptr(list);
-                            let yes = match on_list {
-                                Some((seen, yes)) if seen == at => yes,
-                                _ => {
-                                    let yes = list.contains(key);
-                                    on_list = Some((at, yes));
-                                    yes
-                                }
-                            };
-                            if !yes {
-                                return None;
-                            }
-                            None // on the list: the event's own frame
-                        }
-                        Some(AllowedUsers::Only(users)) => users.get(key)?.as_ref(),
-                    };
-                    Some((i, own.unwrap_or(&f.frame), f.offset))
-                })
-                .collect()
-        };
-        // Each user's buffer, found by user key; users whose frames are the same (the same
-        // frames of the run, no doc of their own: most users of most rules) share one buffer,
-        // built once. The kernel then copies the same bytes into every socket, hot in cache,
-        // instead of one copy of the run per user.
-        let mut merged: Vec<Merged> = Vec::new();
-        let mut merged_for: HashMap<&str, usize, FxBuildHasher> = HashMap::default();
-        // With no rule every socket has the same frames: its buffer, found once.
-        let mut everyones: Option<usize> = None;
-        let mut by_shape: HashMap<Vec<(usize, usize, usize)>, usize, FxBuildHasher> = HashMap::default();
-        let mut counts = vec![0; run.len()];
-        let mut evicted = Vec::new();
-        let (mut pushes, mut dropped, mut denied) = (0, 0, 0);
-        let mut bytes = 0;
+        let mut tally = Tally::new(run.len());
         {
             let shard = self.rooms[shard_of(room)].read();
             if let Some(members) = shard.get(room) {
+                let mut buffers = Buffers::default();
                 for peer in members.members.values() {
                     if except.skips(peer) {
                         continue;
                     }
                     let key = if everyone { "" } else { peer.user_key() };
                     if peer.is_recovering() {
-                        let frames = frames_for(key);
-                        denied += run.len() - frames.len();
-                        for (i, frame, offset) in frames {
-                            if peer.hold_back(room, offset, frame) {
-                                continue;
-                            }
-                            pushes += 1;
-                            match wakes.push(peer, frame.clone()) {
-                                Push::Queued | Push::Behind => {
-                                    counts[i] += 1;
-                                    bytes += frame.len();
-                                }
-                                Push::Closed => dropped += 1,
-                                Push::Evicted => {
-                                    evicted.push(peer.clone());
-                                    break;
-                                }
-                            }
-                        }
-                        continue;
-                    }
-                    let at = match everyones {
-                        Some(at) => at,
-                        None => {
-                            let at = *merged_for.entry(key).or_insert_with(|| {
-                                let frames = frames_for(key);
-                                // Same frame, same place, same bytes (the run holds every frame
-                                // alive).
-                                let shape = frames
-                                    .iter()
-                                    .map(|(i, f, _)| (*i, f.as_ptr() as usize, f.len()))
-                                    .collect();
-                                *by_shape.entry(shape).or_insert_with(|| {
-                                    merged.push(Merged::of(&frames));
-                                    merged.len() - 1
-                                })
-                            });
-                            if everyone {
-                                everyones = Some(at);
-                            }
-                            at
-                        }
-                    };
-                    let merged = &mut merged[at];
-                    denied += run.len() - merged.frames.len();
-                    let Some(frame) = merged.next_frame() else {
-                        continue;
-                    };
-                    pushes += 1;
-                    let len = frame.len();
-                    match wakes.push(peer, frame) {
-                        Push::Queued | Push::Behind => {
-                            merged.sockets += 1;
-                            bytes += len;
-                        }
-                        Push::Closed => dropped += merged.frames.len(),
-                        Push::Evicted => {
-                            // `evict_all` counts one of them.
-                            dropped += merged.frames.len() - 1;
-                            evicted.push(peer.clone());
-                        }
+                        tally.push_one_by_one(room, peer, frames_of(run, key), wakes);
+                    } else {
+                        tally.push_merged(peer, buffers.of_user(run, key, everyone), wakes);
                     }
                 }
-            }
-            for merged in &merged {
-                for &i in &merged.frames {
-                    counts[i] += merged.sockets;
-                }
+                buffers.count_into(&mut tally.counts);
             }
         }
-        Stats::add(&stats.messages_out, counts.iter().sum::<usize>() as u64);
-        Stats::add(&stats.bytes_out, bytes as u64);
-        Stats::add(&stats.dropped, dropped as u64);
-        Stats::add(&stats.authorize_denied, denied as u64);
-        self.evict_all(&evicted, stats);
-        (pushes, counts)
+        tally.record(stats);
+        self.evict_all(&tally.evicted, stats);
+        (tally.pushes, tally.counts)
     }
 
     /// Sends one frame to one socket; `false` if it is gone or closing.
@@ -520,6 +414,177 @@ impl Registry {
             Stats::add(&stats.dropped, 1);
             self.remove_peer(peer);
         }
+    }
+}
+
+/// The frames of a run one user may have, with their places in the run.
+fn frames_of<'r>(run: &'r [RunFrame], key: &str) -> Vec<(usize, &'r Bytes, Option<u64>)> {
+    // The events of a burst that every user may read share one list: the user is looked up in
+    // it once, the list known by its address.
+    let mut on_list: Option<(*const UserList, bool)> = None;
+    run.iter()
+        .enumerate()
+        .filter_map(|(i, f)| {
+            let own = match &f.allowed {
+                None => None,
+                Some(AllowedUsers::Every(list)) => {
+                    let at = Arc::as_ptr(list);
+                    let yes = match on_list {
+                        Some((seen, yes)) if seen == at => yes,
+                        _ => {
+                            let yes = list.contains(key);
+                            on_list = Some((at, yes));
+                            yes
+                        }
+                    };
+                    if !yes {
+                        return None;
+                    }
+                    None // on the list: the event's own frame
+                }
+                Some(AllowedUsers::Only(users)) => users.get(key)?.as_ref(),
+            };
+            Some((i, own.unwrap_or(&f.frame), f.offset))
+        })
+        .collect()
+}
+
+/// Each user's buffer of one fan-out, found by user key. Users whose frames are the same (the
+/// same frames of the run, no doc of their own: most users of most rules) share one buffer,
+/// built once. The kernel then copies the same bytes into every socket, hot in cache, instead
+/// of one copy of the run per user.
+#[derive(Default)]
+struct Buffers<'a> {
+    merged: Vec<Merged>,
+    by_user: HashMap<&'a str, usize, FxBuildHasher>,
+    /// With no rule every socket has the same frames: their buffer, found once.
+    everyones: Option<usize>,
+    /// Buffers by the frames they hold: same frame, same place, same bytes (the run holds
+    /// every frame alive).
+    by_shape: HashMap<Vec<(usize, usize, usize)>, usize, FxBuildHasher>,
+}
+
+impl<'a> Buffers<'a> {
+    /// The buffer of user `key` (of everyone when `everyone`), built on first use.
+    fn of_user(&mut self, run: &[RunFrame], key: &'a str, everyone: bool) -> &mut Merged {
+        let at = match self.everyones {
+            Some(at) => at,
+            None => {
+                let (merged, by_shape) = (&mut self.merged, &mut self.by_shape);
+                let at = *self.by_user.entry(key).or_insert_with(|| {
+                    let frames = frames_of(run, key);
+                    let shape = frames
+                        .iter()
+                        .map(|(i, f, _)| (*i, f.as_ptr() as usize, f.len()))
+                        .collect();
+                    *by_shape.entry(shape).or_insert_with(|| {
+                        merged.push(Merged::of(&frames));
+                        merged.len() - 1
+                    })
+                });
+                if everyone {
+                    self.everyones = Some(at);
+                }
+                at
+            }
+        };
+        &mut self.merged[at]
+    }
+
+    /// Adds to each frame's count the sockets its buffers were queued to.
+    fn count_into(&self, counts: &mut [usize]) {
+        for merged in &self.merged {
+            for &i in &merged.frames {
+                counts[i] += merged.sockets;
+            }
+        }
+    }
+}
+
+/// What one fan-out did: its result, and what goes into the counters.
+struct Tally {
+    /// How many sockets each frame of the run was queued to.
+    counts: Vec<usize>,
+    /// Queue pushes made.
+    pushes: usize,
+    /// Frames not queued: the socket was closing, or is evicted.
+    dropped: usize,
+    /// Frames the authorize rule kept from a member.
+    denied: usize,
+    /// Bytes queued.
+    bytes: usize,
+    /// Members whose queue overflowed, removed once the room's shard is unlocked.
+    evicted: Vec<Arc<Peer>>,
+}
+
+impl Tally {
+    fn new(frames: usize) -> Tally {
+        Tally {
+            counts: vec![0; frames],
+            pushes: 0,
+            dropped: 0,
+            denied: 0,
+            bytes: 0,
+            evicted: Vec::new(),
+        }
+    }
+
+    /// A member recovering missed events gets its frames of the run one by one, each through
+    /// [`Peer::hold_back`] (its live frames of the room wait behind the replay).
+    fn push_one_by_one(
+        &mut self,
+        room: &str,
+        peer: &Arc<Peer>,
+        frames: Vec<(usize, &Bytes, Option<u64>)>,
+        wakes: &mut Wakes,
+    ) {
+        self.denied += self.counts.len() - frames.len();
+        for (i, frame, offset) in frames {
+            if peer.hold_back(room, offset, frame) {
+                continue;
+            }
+            self.pushes += 1;
+            match wakes.push(peer, frame.clone()) {
+                Push::Queued | Push::Behind => {
+                    self.counts[i] += 1;
+                    self.bytes += frame.len();
+                }
+                Push::Closed => self.dropped += 1,
+                Push::Evicted => {
+                    self.evicted.push(peer.clone());
+                    break;
+                }
+            }
+        }
+    }
+
+    /// A member gets its user's frames of the run as one buffer.
+    fn push_merged(&mut self, peer: &Arc<Peer>, merged: &mut Merged, wakes: &mut Wakes) {
+        self.denied += self.counts.len() - merged.frames.len();
+        let Some(frame) = merged.next_frame() else {
+            return;
+        };
+        self.pushes += 1;
+        let len = frame.len();
+        match wakes.push(peer, frame) {
+            Push::Queued | Push::Behind => {
+                merged.sockets += 1;
+                self.bytes += len;
+            }
+            Push::Closed => self.dropped += merged.frames.len(),
+            Push::Evicted => {
+                // `evict_all` counts one of them.
+                self.dropped += merged.frames.len() - 1;
+                self.evicted.push(peer.clone());
+            }
+        }
+    }
+
+    fn record(&self, stats: &Stats) {
+        Stats::add(&stats.messages_out, self.counts.iter().sum::<usize>() as u64);
+        Stats::add(&stats.bytes_out, self.bytes as u64);
+        Stats::add(&stats.dropped, self.dropped as u64);
+        Stats::add(&stats.authorize_denied, self.denied as u64);
     }
 }
 
@@ -570,76 +635,6 @@ impl Merged {
             bytes: buf.clone(),
             piped: self.piped.clone(),
         })
-    }
-}
-
-/// Sockets to write once a burst of deliveries is queued.
-///
-/// Fan-out queues frames without writing or waking anyone, and has each socket that got
-/// something written once, at the end of the burst ([`Wakes::flush`]): every frame of the burst
-/// is then in the socket's queue, and they go out in one `writev`. Written one frame at a time
-/// instead, the first sockets would be written while the burst is still being queued, one
-/// frame per syscall. Dropping it flushes whoever is left: no socket sleeps on queued frames.
-///
-/// It also keeps the sockets a push left [`Push::Behind`]: the lane waits for their writers
-/// before it queues more (`dispatch`), so the server's own backlog stays within a run of the
-/// bound instead of growing with what the application emits.
-#[derive(Default)]
-pub(crate) struct Wakes {
-    peers: Vec<Arc<Peer>>,
-    behind: Vec<Arc<Peer>>,
-    /// Who writes the sockets; without them each socket's task is woken to write.
-    flushers: Option<Arc<Flushers>>,
-}
-
-impl Wakes {
-    /// Wakes whose flush has `flushers` write the sockets (see [`Wakes::flush`]).
-    pub(crate) fn on(flushers: Option<&Arc<Flushers>>) -> Wakes {
-        Wakes {
-            peers: Vec::new(),
-            behind: Vec::new(),
-            flushers: flushers.cloned(),
-        }
-    }
-
-    /// Queues `frame` for `peer`, to be written at the next [`Wakes::flush`].
-    pub(crate) fn push(&mut self, peer: &Arc<Peer>, frame: impl Into<OutFrame>) -> Push {
-        let (push, wake) = peer.outbound.push_unwoken(frame);
-        if wake {
-            self.peers.push(peer.clone());
-        }
-        if push == Push::Behind && !self.behind.last().is_some_and(|p| Arc::ptr_eq(p, peer)) {
-            self.behind.push(peer.clone());
-        }
-        push
-    }
-
-    /// The sockets left behind since the last call (the caller waits for them).
-    pub(crate) fn take_behind(&mut self) -> Vec<Arc<Peer>> {
-        std::mem::take(&mut self.behind)
-    }
-
-    /// Has every socket queued to since the last flush written, by the flushers (see
-    /// [`crate::write::flush`]), or without them by waking each socket's task. The caller goes on at
-    /// once: frames it queues meanwhile for a socket not yet written go out in the same write.
-    pub(crate) fn flush(&mut self) {
-        if self.peers.is_empty() {
-            return;
-        }
-        match &self.flushers {
-            Some(flushers) => flushers.write(self.peers.drain(..)),
-            None => {
-                for peer in self.peers.drain(..) {
-                    peer.outbound.wake();
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Wakes {
-    fn drop(&mut self) {
-        self.flush();
     }
 }
 
@@ -744,7 +739,7 @@ mod tests {
         // The second push passes slow's bound: it is evicted and leaves the room.
         assert_eq!(fan_out(&reg, "r", &frame, Some(3), &stats, &mut wakes), 1);
         // Woken once each, at the end of the burst: fast and slow (evicted, woken at once).
-        assert_eq!(wakes.peers.len(), 2);
+        assert_eq!(wakes.to_write(), 2);
         assert!(slow.outbound.was_evicted());
         assert!(!slow.in_room("r"));
         assert_eq!(reg.member_count("r"), 2);
@@ -780,7 +775,7 @@ mod tests {
             (1, vec![1, 1, 1])
         );
         // Nobody woken before the burst is over; then each socket that got something, once.
-        assert_eq!(wakes.peers.len(), 1);
+        assert_eq!(wakes.to_write(), 1);
         assert_eq!(live.outbound.queued_bytes(), 30);
         assert_eq!(sender.outbound.queued_bytes(), 0);
         // Held back one by one, with their offsets; replayed offset 1 is not delivered twice.

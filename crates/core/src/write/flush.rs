@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::write::outbound::{OutFrame, Push};
 use crate::write::peer::Peer;
 
 /// Sockets a flusher writes before it lets the other tasks of its thread run: 64 writes are
@@ -115,6 +116,82 @@ impl Drop for Active {
         if self.counted {
             self.flushers.waiting.lock().active -= 1;
         }
+    }
+}
+
+/// Sockets to write once a burst of deliveries is queued.
+///
+/// Fan-out queues frames without writing or waking anyone, and has each socket that got
+/// something written once, at the end of the burst ([`Wakes::flush`]): every frame of the burst
+/// is then in the socket's queue, and they go out in one `writev`. Written one frame at a time
+/// instead, the first sockets would be written while the burst is still being queued, one
+/// frame per syscall. Dropping it flushes whoever is left: no socket sleeps on queued frames.
+///
+/// It also keeps the sockets a push left [`Push::Behind`]: the lane waits for their writers
+/// before it queues more (`dispatch`), so the server's own backlog stays within a run of the
+/// bound instead of growing with what the application emits.
+#[derive(Default)]
+pub(crate) struct Wakes {
+    peers: Vec<Arc<Peer>>,
+    behind: Vec<Arc<Peer>>,
+    /// Who writes the sockets; without them each socket's task is woken to write.
+    flushers: Option<Arc<Flushers>>,
+}
+
+impl Wakes {
+    /// Wakes whose flush has `flushers` write the sockets (see [`Wakes::flush`]).
+    pub(crate) fn on(flushers: Option<&Arc<Flushers>>) -> Wakes {
+        Wakes {
+            peers: Vec::new(),
+            behind: Vec::new(),
+            flushers: flushers.cloned(),
+        }
+    }
+
+    /// Queues `frame` for `peer`, to be written at the next [`Wakes::flush`].
+    pub(crate) fn push(&mut self, peer: &Arc<Peer>, frame: impl Into<OutFrame>) -> Push {
+        let (push, wake) = peer.outbound.push_unwoken(frame);
+        if wake {
+            self.peers.push(peer.clone());
+        }
+        if push == Push::Behind && !self.behind.last().is_some_and(|p| Arc::ptr_eq(p, peer)) {
+            self.behind.push(peer.clone());
+        }
+        push
+    }
+
+    /// How many sockets the next flush writes.
+    #[cfg(test)]
+    pub(crate) fn to_write(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// The sockets left behind since the last call (the caller waits for them).
+    pub(crate) fn take_behind(&mut self) -> Vec<Arc<Peer>> {
+        std::mem::take(&mut self.behind)
+    }
+
+    /// Has every socket queued to since the last flush written, by the flushers (see
+    /// [`crate::write::flush`]), or without them by waking each socket's task. The caller goes on at
+    /// once: frames it queues meanwhile for a socket not yet written go out in the same write.
+    pub(crate) fn flush(&mut self) {
+        if self.peers.is_empty() {
+            return;
+        }
+        match &self.flushers {
+            Some(flushers) => flushers.write(self.peers.drain(..)),
+            None => {
+                for peer in self.peers.drain(..) {
+                    peer.outbound.wake();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Wakes {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 

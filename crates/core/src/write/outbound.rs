@@ -268,7 +268,7 @@ impl Outbound {
 
     /// [`Outbound::push`] that leaves the writer asleep: `true` beside a queued push means
     /// the queue was empty and the caller must call [`Outbound::wake`] once it has queued the
-    /// rest of its burst (see [`crate::delivery::rooms::Wakes`]). An eviction wakes the writer itself.
+    /// rest of its burst (see [`crate::write::flush::Wakes`]). An eviction wakes the writer itself.
     pub(crate) fn push_unwoken(&self, frame: impl Into<OutFrame>) -> (Push, bool) {
         let frame = frame.into();
         let mut s = self.state.lock();
