@@ -37,12 +37,10 @@ function rustFiles(dir) {
 
 test('the close-code table lists exactly the codes of protocol/mod.rs and the SDK, by the same names', () => {
   const protocol = rust(join(root, 'crates/core/src/protocol/mod.rs'))
-  const mod = protocol.slice(
-    protocol.indexOf('pub mod close_code'),
-    protocol.indexOf('\n}\n', protocol.indexOf('pub mod close_code')),
-  )
+  const start = protocol.search(/pub(\(crate\))? mod close_code/)
+  const mod = protocol.slice(start, protocol.indexOf('\n}\n', start))
   const server = Object.fromEntries(
-    [...mod.matchAll(/pub const (\w+): u16 = (\d+);/g)].map((m) => [m[1], Number(m[2])]),
+    [...mod.matchAll(/pub(?:\(crate\))? const (\w+): u16 = (\d+);/g)].map((m) => [m[1], Number(m[2])]),
   )
   assert.ok(Object.keys(server).length >= 10, 'close codes found in protocol/mod.rs')
   const documented = Object.fromEntries(
