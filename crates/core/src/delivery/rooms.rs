@@ -47,7 +47,7 @@ impl Room {
         match self.users.get_mut(key) {
             Some((_, n)) => *n += 1,
             None => {
-                self.users.insert(Arc::from(key), (peer.user_json(), 1));
+                self.users.insert(Arc::from(key), (peer.user_doc(), 1));
                 *self.list.get_mut() = None;
             }
         }
@@ -207,7 +207,7 @@ impl Registry {
             .collect();
         let mut rooms: Vec<Arc<str>> = Vec::new();
         for peer in &peers {
-            peer.set_user_json(value.clone());
+            peer.set_user_doc(value.clone());
             if let Some(list) = peer.rooms.lock().as_ref() {
                 rooms.extend(list.iter().cloned());
             }

@@ -248,7 +248,7 @@ impl Requests {
                 let (hub, peer) = (hub.clone(), self.peer.clone());
                 self.in_order(id.clone(), async move {
                     if let Some(rule) = rule {
-                        let user = peer.user_json();
+                        let user = peer.user_doc();
                         let asked = ruled.len();
                         let answers =
                             tokio::time::timeout(hub.config.authorize_timeout, rule.may_join(user, ruled.clone()))
@@ -373,7 +373,7 @@ impl Requests {
         let call = HandlerCall {
             kind: String::new(),
             socket_id: self.peer.public_id.clone(),
-            user: self.peer.user.as_ref().map(|_| self.peer.user_json()),
+            user: self.peer.user.as_ref().map(|_| self.peer.user_doc()),
             message: serde_json::Value::Null,
         };
         let peer = self.peer.clone();
@@ -518,7 +518,7 @@ impl Requests {
         let call = HandlerCall {
             kind: kind.clone(),
             socket_id: self.peer.public_id.clone(),
-            user: self.peer.user.as_ref().map(|_| self.peer.user_json()),
+            user: self.peer.user.as_ref().map(|_| self.peer.user_doc()),
             message,
         };
         let hub = hub.clone();
@@ -563,7 +563,7 @@ async fn may_join_rooms(hub: &Arc<Hub>, peer: &Peer, rooms: &[String]) -> Vec<Re
         None => Vec::new(),
         Some(rule) => tokio::time::timeout(
             hub.config.authorize_timeout,
-            rule.may_join(peer.user_json(), ruled.clone()),
+            rule.may_join(peer.user_doc(), ruled.clone()),
         )
         .await
         .map_err(|_| "the join rule took too long".to_string())

@@ -206,12 +206,12 @@ impl Peer {
     }
 
     /// The user as JS sees it (`null` for anonymous).
-    pub(crate) fn user_json(&self) -> Arc<Value> {
+    pub(crate) fn user_doc(&self) -> Arc<Value> {
         self.user_value.read().clone()
     }
 
     /// The user changed: what rules see of this socket's user from now on.
-    pub(crate) fn set_user_json(&self, value: Arc<Value>) {
+    pub(crate) fn set_user_doc(&self, value: Arc<Value>) {
         *self.user_value.write() = value;
     }
 

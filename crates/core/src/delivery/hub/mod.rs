@@ -588,7 +588,7 @@ impl Hub {
             .into_iter()
             .map(|p| SocketInfo {
                 id: p.public_id.clone(),
-                user: p.user_json(),
+                user: p.user_doc(),
             })
             .collect()
     }
@@ -596,7 +596,7 @@ impl Hub {
     pub(crate) fn socket_info(&self, peer: &Peer) -> SocketInfo {
         SocketInfo {
             id: peer.public_id.clone(),
-            user: peer.user_json(),
+            user: peer.user_doc(),
         }
     }
 

@@ -288,7 +288,7 @@ pub(crate) async fn replay_frames(
     match (authorize, &hub.callbacks.authorizer) {
         (Some(collection), Some(a)) => {
             let key: Arc<str> = Arc::from(peer.user_key());
-            let user = Arc::new(UserList::new([(key.clone(), peer.user_json())]));
+            let user = Arc::new(UserList::new([(key.clone(), peer.user_doc())]));
             let checks = entries.iter().map(|e| {
                 allowed_users(
                     &**a,
