@@ -30,8 +30,7 @@ use payload_realtime_core::warn;
 /// drop, `requests` `[{ collection, event, list }]` with `list` an id. `answers[i]` is `true`
 /// when every user of `requests[i]` may read it as it is, `false` when none may, else one
 /// `boolean | { doc }` per user. Text, because building JS objects through N-API one property
-/// at a time cost more than the rules (20 events of 100 users: 19 ms before the first rule
-/// ran); `JSON.parse` and `serde_json` do the same in a fraction of that. Lists kept on the JS
+/// at a time cost more than the rules (docs/design.md); `JSON.parse` and `serde_json` do the same in a fraction of that. Lists kept on the JS
 /// side and one-word answers, because 100 events to 1,000 users otherwise carried 100,000
 /// indices in and 100,000 booleans out, and a lone event to a room of 1,000 users carried its
 /// 100 KB of users every time (see [`SentLists`]).
@@ -195,7 +194,7 @@ type Pending<Q, A> = (Q, oneshot::Sender<A>);
 ///
 /// Crossings in flight at once are not limited: a slow authorize rule or handler (a database,
 /// a remote call) never holds back the questions queued after it, and limiting authorize
-/// crossings to 2 measured no gain. Questions are: at most [`MAX_QUESTIONS`] wait or cross at
+/// crossings gained nothing (docs/design.md). Questions are: at most [`MAX_QUESTIONS`] wait or cross at
 /// once, and the next waits for a free place (backpressure on the lane or socket that asks),
 /// so a JS callback that stalls cannot make them pile up.
 pub(crate) struct Batcher<Q, A> {

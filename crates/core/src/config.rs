@@ -331,10 +331,9 @@ impl HostRules {
 }
 
 /// The CPU cores this process may use, minus one for Node's own thread (where Payload runs),
-/// at least 1 and at most 16. On a 2-core machine that is one worker: measured there, one
-/// worker cost 0.38-0.45 µs of CPU per fanned-out message where two cost 0.63 µs, and paced
-/// events had a p99 of 28-36 ms instead of 49 ms (BENCHMARKS.md): two workers competed with the
-/// JS thread for two cores, and woke each other's sockets across threads.
+/// at least 1 and at most 16. On a 2-core machine that is one worker: two competed with the JS
+/// thread for two cores and woke each other's sockets across threads, at more CPU per message
+/// and a higher p99 (measured in docs/design.md).
 pub(crate) fn default_worker_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     cores.saturating_sub(1).clamp(1, 16)

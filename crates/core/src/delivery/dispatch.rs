@@ -62,9 +62,9 @@ struct Prepared {
 const BURST_PUSHES: usize = 65_536;
 
 /// Most bytes of one room's consecutive events merged into one buffer (see [`Run`]): as much
-/// as one pipe holds ([`crate::write::splice::MAX_BYTES`]), so that a burst of 100 events of 1 KB is
-/// one `tee` and one `splice` per socket. With 64 KB, two of each: at 1,000 subscribers the
-/// server's CPU per message was 0.25 µs instead of 0.215 (20 rounds each, interleaved).
+/// as one pipe holds ([`crate::write::splice::MAX_BYTES`]), so that a burst of 100 events of 1 KB
+/// is one `tee` and one `splice` per socket; smaller runs cost more CPU per message (measured in
+/// docs/design.md).
 const RUN_BYTES: usize = crate::write::splice::MAX_BYTES;
 
 /// Runs one lane until its channel closes or the server shuts down.

@@ -3,8 +3,8 @@
 //! over the JSON text. One task takes them in the order they were handed over, so events keep
 //! the order they were emitted in.
 //!
-//! Parsing and re-encoding 20,000 events of 1 KB cost Node's thread 120-150 ms when it was done
-//! during the call.
+//! Parsed and re-encoded during the call, a burst of events held Node's thread for a noticeable
+//! time (docs/design.md).
 //!
 //! The queue is bounded in bytes by `maxBacklog`, as the lanes are: past it an event is refused
 //! at once (`server-behind`, counted as `ingestFull`), so a host that hands over events faster

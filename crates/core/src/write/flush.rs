@@ -2,8 +2,8 @@
 //! another, instead of waking each socket's task to write its own.
 //!
 //! Why: waking a socket's task costs a schedule and a poll of the whole connection (readiness,
-//! timer, queue), with its state brought back into cache: about 1.5 µs of the 10 µs a socket
-//! costs per event on this machine, where the write itself is the rest. A flusher pays only
+//! timer, queue), with its state brought back into cache: a sixth of what a socket costs per
+//! event, where the write itself is the rest (docs/design.md). A flusher pays only
 //! the write, as uWS.js's `publish` does in its loop over subscribers
 //! ([`crate::write::outbound::Outbound::write_through`]; the socket's task still writes whatever the
 //! flusher cannot: a full send buffer, control frames, a close).

@@ -177,8 +177,8 @@ impl Outbound {
     /// write, control frames, a close) or when it cannot write now.
     ///
     /// Why: fan-out wakes every recipient's task, and each wake is a schedule, a poll of the
-    /// whole connection (readiness, timer, queue) and its caches warmed again, about 1.5 µs per
-    /// socket on this machine (9-10 µs a write); a flusher that goes through the recipients in
+    /// whole connection (readiness, timer, queue) and its caches warmed again (measured in
+    /// docs/design.md); a flusher that goes through the recipients in
     /// one loop, as uWS.js's `publish` does, pays only the write. Its writes hold
     /// [`Outbound::sink`] so the connection cannot close the descriptor under them.
     pub(crate) fn write_through(&self) {
@@ -560,8 +560,8 @@ pub(crate) trait TryWrite {
 
 impl TryWrite for tokio::net::TcpStream {
     /// `sendmsg`, not tokio's `writev`: on a socket it goes straight to the socket layer, where
-    /// `writev` first walks the file layer (`vfs_writev`, `fdget_pos`: 6% of the worker's time
-    /// when events come one at a time). Readiness is cleared on `WouldBlock` as tokio's own
+    /// `writev` first walks the file layer (`vfs_writev`, `fdget_pos`), which shows when events
+    /// come one at a time (docs/design.md). Readiness is cleared on `WouldBlock` as tokio's own
     /// writes do.
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
         self.try_io(tokio::io::Interest::WRITABLE, || {

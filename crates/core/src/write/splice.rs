@@ -1,15 +1,13 @@
 //! Large buffers that many sockets send, handed to each socket by reference instead of copied.
 //!
 //! `sendmsg` copies what it sends into the socket's buffers: a burst of 100 KB to each of
-//! 10,000 sockets is a gigabyte of copying (27% of the server's CPU in the fan-out profile, all
-//! in `_copy_from_iter`), and the reader then copies out of a gigabyte of distinct pages. Here
+//! 10,000 sockets is a gigabyte of copying, and the reader then copies out of a gigabyte of distinct pages. Here
 //! the buffer is written once into a pipe ([`Piped`]); each socket gets it with `tee` (the
 //! pipe's pages referenced again, into a scratch pipe of the thread) and `splice` (those
 //! references moved into the socket), so the segments of every socket point at the same few
-//! pages, hot in cache. Measured on this machine with a standalone writer and 2,000 loopback
-//! sockets drained by a reader thread, writer CPU per socket write, `sendmsg` vs `tee` +
-//! `splice`: 100 KB 32-36 vs 15-17 µs (and the pair of them moved 2.7-3.0 vs 5.6-6.3 GB/s);
-//! 32 KB 14 vs 9 µs; 16 KB 10.5 vs 9.8 µs; 4 KB and less, no gain. Hence [`MIN_BYTES`], and
+//! pages, hot in cache. The writer's CPU per socket write falls by half for 100 KB, less for
+//! smaller buffers, and not at all for 4 KB and less (measured in docs/design.md). Hence
+//! [`MIN_BYTES`], and
 //! a buffer is piped only once [`MIN_SOCKETS`] sockets have taken it (making the pipe costs a
 //! few syscalls and one copy).
 //!
