@@ -5,6 +5,9 @@
 //! (the `payload-realtime-core` crate in `crates/core`) knows nothing of JS
 //! and is tested with `cargo test`.
 
+// Every `unsafe` block says why it is sound; clippy checks it.
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 mod js_callbacks;
 
 use std::sync::Arc;

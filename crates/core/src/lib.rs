@@ -106,6 +106,9 @@
 //!   revocations through the **broker** (Redis).
 //! - **host**: the program that embeds the core, the Node addon.
 
+// Every `unsafe` block says why it is sound; clippy checks it.
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub(crate) mod auth;
 pub(crate) mod cluster;
 pub mod config;

@@ -73,6 +73,8 @@ pub fn heap_in_use() -> Option<u64> {
         // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only searches the loaded
         // objects; a non-null result for "mallinfo2" is glibc's function of that signature.
         let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"mallinfo2".as_ptr()) };
+        // SAFETY: `sym` is non-null here and is glibc's `mallinfo2`, whose signature is
+        // `MallInfo2Fn`.
         (!sym.is_null()).then(|| unsafe { std::mem::transmute::<*mut libc::c_void, MallInfo2Fn>(sym) })
     }))?;
     // SAFETY: mallinfo2 only reads the allocator's counters.

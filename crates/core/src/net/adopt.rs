@@ -63,7 +63,7 @@ pub unsafe fn dup_tcp_stream(fd: i32) -> Result<std::net::TcpStream, Error> {
 ///
 /// Nothing is done with `fd`; `unsafe` only to keep one signature on every platform.
 #[cfg(not(unix))]
-pub(crate) unsafe fn dup_tcp_stream(_fd: i32) -> Result<std::net::TcpStream, Error> {
+pub unsafe fn dup_tcp_stream(_fd: i32) -> Result<std::net::TcpStream, Error> {
     Err(cannot(
         "adopting a connection is supported on Linux and macOS only (not on Windows)",
     ))
