@@ -84,14 +84,14 @@ pub enum Decision {
 }
 
 impl Decision {
-    /// Reads a host answer: `true`, `{ doc }`, anything else denies.
+    /// Reads a host answer as JS writes it (`decision()` in lib/authorize.js): `true` allows,
+    /// `{ doc }` with an object `doc` allows with that document, anything else denies.
     pub fn from_value(v: &Value) -> Decision {
         match v {
             Value::Bool(true) => Decision::Allow,
             Value::Object(m) => match m.get("doc") {
-                Some(doc) => Decision::AllowWithDoc(doc.clone()),
-                None if m.get("allow") == Some(&Value::Bool(true)) => Decision::Allow,
-                None => Decision::Deny,
+                Some(doc @ Value::Object(_)) => Decision::AllowWithDoc(doc.clone()),
+                _ => Decision::Deny,
             },
             _ => Decision::Deny,
         }
@@ -154,4 +154,34 @@ pub struct Callbacks {
     pub join_rule: Option<Arc<dyn JoinRule>>,
     /// Where the server's log lines go (the threads of its runtimes); `None`: stderr.
     pub logger: Option<Arc<crate::log::Sink>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_host_answer_allows_as_js_writes_it_and_denies_anything_else() {
+        assert_eq!(Decision::from_value(&json!(true)), Decision::Allow);
+        assert_eq!(
+            Decision::from_value(&json!({ "doc": { "title": "x" } })),
+            Decision::AllowWithDoc(json!({ "title": "x" }))
+        );
+        // What JS never sends denies, as it does in lib/authorize.js.
+        for answer in [
+            json!(false),
+            json!(null),
+            json!(1),
+            json!("yes"),
+            json!({}),
+            json!({ "allow": true }),
+            json!({ "doc": "text" }),
+            json!({ "doc": [1] }),
+            json!({ "doc": null }),
+            json!({ "doc": true }),
+        ] {
+            assert_eq!(Decision::from_value(&answer), Decision::Deny, "{answer}");
+        }
+    }
 }
