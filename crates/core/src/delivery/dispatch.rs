@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::delivery::authorize::allowed_users;
 use crate::delivery::hub::recovery::replay_frames;
 use crate::delivery::hub::Hub;
-use crate::delivery::lanes::Job;
+use crate::delivery::lanes::{Barrier, Delivery, Job};
 use crate::delivery::rooms::{AllowedUsers, Except, Joined, RunFrame};
 use crate::stats::Stats;
 use crate::write::flush::Wakes;
@@ -110,29 +110,29 @@ async fn accept(hub: &Arc<Hub>, pending: &mut Pending, job: Job) {
             let hub = hub.clone();
             tokio::spawn(async move {
                 let frames = replay_frames(&hub, authorize.as_deref(), &peer, &entries).await;
-                let finish = Job::RecoverFinish {
+                let finish = Job::Barrier(Barrier::RecoverFinish {
                     room: room.clone(),
                     peer: peer.clone(),
                     frames,
                     replayed: entries.iter().map(|e| e.offset).collect(),
                     through,
                     done: None,
-                };
+                });
                 if hub.send_job(&room, finish).is_err() {
                     peer.end_recovery(&room, Default::default(), through);
                 }
             });
         }
-        Job::RecoverStart { .. } | Job::RecoverFinish { .. } => {
-            // Barriers: everything before them is delivered first.
+        Job::Barrier(barrier) => {
+            // Everything before it is delivered first.
             let mut wakes = Wakes::on(hub.flushers.get());
             while let Some(ready) = pending.next().await {
                 deliver(hub, ready, &mut wakes).await;
             }
             wakes.flush();
-            run_barrier(hub, job).await;
+            run_barrier(hub, barrier).await;
         }
-        job => pending.push_back(Box::pin(prepare(hub.clone(), job))),
+        Job::Deliver(delivery) => pending.push_back(Box::pin(prepare(hub.clone(), delivery))),
     }
 }
 
@@ -292,9 +292,9 @@ impl Run {
     }
 }
 
-async fn run_barrier(hub: &Hub, job: Job) {
-    match job {
-        Job::RecoverStart { room, peer, ready } => {
+async fn run_barrier(hub: &Hub, barrier: Barrier) {
+    match barrier {
+        Barrier::RecoverStart { room, peer, ready } => {
             peer.start_recovery(&room);
             let joined = hub.registry.join(&peer, &room, hub.config.max_rooms_per_socket) == Joined::New;
             if !joined {
@@ -302,7 +302,7 @@ async fn run_barrier(hub: &Hub, job: Job) {
             }
             let _ = ready.send(joined);
         }
-        Job::RecoverFinish {
+        Barrier::RecoverFinish {
             room,
             peer,
             frames,
@@ -321,17 +321,13 @@ async fn run_barrier(hub: &Hub, job: Job) {
                 let _ = done.send(());
             }
         }
-        other => {
-            let p = prepare_now(hub, other);
-            deliver(hub, p, &mut Wakes::on(hub.flushers.get())).await;
-        }
     }
 }
 
-/// A job that needs no preparation, as prepared.
-fn prepare_now(hub: &Hub, job: Job) -> Prepared {
-    match job {
-        Job::Broadcast { room, frame, except } => Prepared {
+/// A delivery that needs no preparation, as prepared.
+fn prepare_now(hub: &Hub, delivery: Delivery) -> Prepared {
+    match delivery {
+        Delivery::Broadcast { room, frame, except } => Prepared {
             room,
             backlog: frame.len(),
             frame,
@@ -340,7 +336,7 @@ fn prepare_now(hub: &Hub, job: Job) -> Prepared {
             except: except.into(),
             done: None,
         },
-        Job::Missed { room } => {
+        Delivery::Missed { room } => {
             // Drops from here on need a signal of their own.
             hub.missed.lock().remove(&room);
             let collection = room.strip_prefix("collection:").unwrap_or("");
@@ -354,7 +350,7 @@ fn prepare_now(hub: &Hub, job: Job) -> Prepared {
                 backlog: 0,
             }
         }
-        Job::Event {
+        Delivery::Event {
             room,
             frame,
             offset,
@@ -370,22 +366,12 @@ fn prepare_now(hub: &Hub, job: Job) -> Prepared {
             except,
             done,
         },
-        // Not prepared (`accept` runs barriers and unpacks batches): nothing to deliver.
-        Job::Recover { .. } | Job::RecoverStart { .. } | Job::RecoverFinish { .. } | Job::Many(_) => Prepared {
-            room: Arc::from(""),
-            frame: Bytes::new(),
-            offset: None,
-            target: Target::Only(AllowedUsers::default()),
-            except: Except::default(),
-            done: None,
-            backlog: 0,
-        },
     }
 }
 
-async fn prepare(hub: Arc<Hub>, job: Job) -> Prepared {
-    match job {
-        Job::Event {
+async fn prepare(hub: Arc<Hub>, delivery: Delivery) -> Prepared {
+    match delivery {
+        Delivery::Event {
             room,
             authorize: Some(collection),
             body,

@@ -20,6 +20,29 @@ pub(crate) const LANES: usize = 16;
 
 /// Work for a lane.
 pub(crate) enum Job {
+    /// Delivered to a room's members in the lane's order, after its authorize question (asked
+    /// while the lane goes on) if it has one.
+    Deliver(Delivery),
+    /// Run once everything before it in the lane is delivered.
+    Barrier(Barrier),
+    /// A socket rejoining with `since`, already in the room with its live frames of it held
+    /// back: what it missed is asked about (the authorize rule) outside the lane, in a task of
+    /// its own, then sent by a [`Barrier::RecoverFinish`]. Not a barrier: a long replay never stalls
+    /// the lane's other rooms (it once was, for up to `authorizeTimeout`).
+    Recover {
+        room: Arc<str>,
+        authorize: Option<String>,
+        peer: Arc<Peer>,
+        entries: Vec<Entry>,
+        /// The client's `since` (see [`Barrier::RecoverFinish`]).
+        through: u64,
+    },
+    /// Jobs sent together (events emitted in one call), taken in order.
+    Many(Vec<Job>),
+}
+
+/// What a lane delivers to a room's members.
+pub(crate) enum Delivery {
     /// A collection event; `authorize` names the collection when a rule applies.
     Event {
         room: Arc<str>,
@@ -32,14 +55,28 @@ pub(crate) enum Job {
         /// Who it is not for (an app event's `except`).
         except: Except,
     },
-    /// Redis-backed recovery, step one (a barrier): the socket joins, its live frames of the
+    /// A room broadcast (no authorize rule).
+    Broadcast {
+        room: Arc<str>,
+        frame: Bytes,
+        except: Option<PeerId>,
+    },
+    /// Tells a room's members that messages for them were dropped (`recovery-failed`, reason
+    /// `Dropped`: refetch), in the lane so that it comes after what was delivered before the
+    /// drop (see `Hub::admit_unheld`).
+    Missed { room: Arc<str> },
+}
+
+/// A recovery's steps, each run with everything before it in the lane delivered.
+pub(crate) enum Barrier {
+    /// Redis-backed recovery, step one: the socket joins, its live frames of the
     /// room held back until step two.
     RecoverStart {
         room: Arc<str>,
         peer: Arc<Peer>,
         ready: oneshot::Sender<bool>,
     },
-    /// Step two (a barrier): send the replay (already through the authorize rule, asked outside
+    /// Step two: send the replay (already through the authorize rule, asked outside
     /// the lane), then release the held-back live frames that come after it.
     RecoverFinish {
         room: Arc<str>,
@@ -51,30 +88,6 @@ pub(crate) enum Job {
         through: u64,
         done: Option<oneshot::Sender<()>>,
     },
-    /// A socket rejoining with `since`, already in the room with its live frames of it held
-    /// back: what it missed is asked about (the authorize rule) outside the lane, in a task of
-    /// its own, then sent by a [`Job::RecoverFinish`]. Not a barrier: a long replay never stalls
-    /// the lane's other rooms (it once was, for up to `authorizeTimeout`).
-    Recover {
-        room: Arc<str>,
-        authorize: Option<String>,
-        peer: Arc<Peer>,
-        entries: Vec<Entry>,
-        /// The client's `since` (see [`Job::RecoverFinish`]).
-        through: u64,
-    },
-    /// Jobs sent together (events emitted in one call), taken in order.
-    Many(Vec<Job>),
-    /// A room broadcast (no authorize rule).
-    Broadcast {
-        room: Arc<str>,
-        frame: Bytes,
-        except: Option<PeerId>,
-    },
-    /// Tells a room's members that messages for them were dropped (`recovery-failed`, reason
-    /// `Dropped`: refetch), in the lane so that it comes after what was delivered before the
-    /// drop (see `Hub::admit_unheld`).
-    Missed { room: Arc<str> },
 }
 
 /// The lane of a room's jobs.

@@ -31,7 +31,7 @@ use crate::cluster::history::Histories;
 use crate::cluster::presence::Presence;
 use crate::config::{Config, HostRules};
 use crate::delivery::event;
-use crate::delivery::lanes::{lane_of, Job, LANES};
+use crate::delivery::lanes::{lane_of, Delivery, Job, LANES};
 use crate::delivery::rooms::{Except, Joined, Registry};
 use crate::error::Error;
 use crate::host::callbacks::Callbacks;
@@ -91,7 +91,7 @@ pub struct Hub {
     /// backlog at `maxBacklog`: the lanes then stop waiting for slow readers and close them
     /// (see `dispatch::catch_up`). Cleared once the backlog is back under the bound.
     pub(crate) overflow: std::sync::atomic::AtomicBool,
-    /// Rooms whose members have a "you missed messages" signal on its way ([`Job::Missed`]).
+    /// Rooms whose members have a "you missed messages" signal on its way ([`Delivery::Missed`]).
     pub(crate) missed: parking_lot::Mutex<HashSet<Arc<str>>>,
     /// Revoked sessions: checked at handshake and refresh, shared through Redis when configured.
     pub(crate) revocations: Arc<Revocations>,
@@ -396,7 +396,7 @@ impl Hub {
         }
         let authorize = self.authorize_rule(&room);
         self.backlog.fetch_add(frame.len(), Ordering::Relaxed);
-        let job = Job::Event {
+        let job = Job::Deliver(Delivery::Event {
             room: room.clone(),
             authorize,
             body,
@@ -404,7 +404,7 @@ impl Hub {
             offset,
             done,
             except,
-        };
+        });
         match batch {
             Some(batch) => batch.push(lane_of(&room), job),
             None => self.send_job(&room, job)?,
@@ -497,11 +497,11 @@ impl Hub {
         self.backlog.fetch_add(frame.len(), Ordering::Relaxed);
         self.send_job(
             room,
-            Job::Broadcast {
+            Job::Deliver(Delivery::Broadcast {
                 room: Arc::from(room),
                 frame,
                 except,
-            },
+            }),
         )
     }
 
@@ -524,7 +524,7 @@ impl Hub {
         Stats::add(&self.stats.backlog_dropped, 1);
         let room: Arc<str> = Arc::from(room);
         if self.missed.lock().insert(room.clone()) {
-            let _ = self.send_job(&room.clone(), Job::Missed { room });
+            let _ = self.send_job(&room.clone(), Job::Deliver(Delivery::Missed { room }));
         }
         false
     }

@@ -13,7 +13,7 @@ use crate::cluster::broker::redis_history::{Recovery, RedisHistory};
 use crate::cluster::history::{Entry, RecoveryFailed};
 use crate::config::HistoryPolicy;
 use crate::delivery::authorize::allowed_users;
-use crate::delivery::lanes::Job;
+use crate::delivery::lanes::{Barrier, Job};
 use crate::delivery::rooms::Joined;
 use crate::error::Error;
 use crate::host::callbacks::UserList;
@@ -93,7 +93,7 @@ impl Hub {
                         }
                     }
                     let job = match self.authorize_rule(&room) {
-                        // Asked outside the lane (see `dispatch::Job::Recover`).
+                        // Asked outside the lane (see `lanes::Job::Recover`).
                         Some(collection) => Job::Recover {
                             room: room.clone(),
                             authorize: Some(collection),
@@ -101,14 +101,14 @@ impl Hub {
                             entries,
                             through: since.offset,
                         },
-                        None => Job::RecoverFinish {
+                        None => Job::Barrier(Barrier::RecoverFinish {
                             room: room.clone(),
                             peer: peer.clone(),
                             replayed: entries.iter().map(|e| e.offset).collect(),
                             frames: entries.into_iter().map(|e| e.frame).collect(),
                             through: since.offset,
                             done: None,
-                        },
+                        }),
                     };
                     self.send_job(&room, job)?;
                     return Ok(JoinOutcome {
@@ -154,7 +154,7 @@ impl Hub {
 
     /// [`Hub::join_collection`] for a room whose history is in Redis: the socket joins with its
     /// live frames held back, the missed events are read from Redis and replayed, then the held
-    /// frames that come after them are released (see `dispatch::Job::RecoverStart`).
+    /// frames that come after them are released (see `lanes::Barrier::RecoverStart`).
     pub(crate) async fn join_collection_remote(
         &self,
         peer: &Arc<Peer>,
@@ -201,11 +201,11 @@ impl Hub {
         let (ready, joined) = oneshot::channel();
         self.send_job(
             &room,
-            Job::RecoverStart {
+            Job::Barrier(Barrier::RecoverStart {
                 room: room.clone(),
                 peer: peer.clone(),
                 ready,
-            },
+            }),
         )?;
         if !joined.await.map_err(|_| Error::Closed)? {
             return Err(self.too_many_rooms());
@@ -261,14 +261,14 @@ impl Hub {
         let (done, finished) = oneshot::channel();
         self.send_job(
             &room,
-            Job::RecoverFinish {
+            Job::Barrier(Barrier::RecoverFinish {
                 room: room.clone(),
                 peer: peer.clone(),
                 frames,
                 replayed: entries.iter().map(|e| e.offset).collect(),
                 through: since.offset,
                 done: Some(done),
-            },
+            }),
         )?;
         let _ = finished.await;
         Ok(JoinOutcome {
