@@ -121,16 +121,16 @@ impl Drop for Slot {
 }
 
 impl Slot {
-    /// Counts this socket for `user` too, once it has said who it is after the upgrade
+    /// Counts this socket for `user_key` too, once it has said who it is after the upgrade
     /// (first-message auth): `Err` when that user is at `maxConnectionsPerUser`.
-    pub(crate) fn add_user(&mut self, user: &str) -> Result<(), Over> {
+    pub(crate) fn add_user(&mut self, user_key: &str) -> Result<(), Over> {
         let mut c = self.limits.counts.lock();
-        if self.limits.max_per_user > 0 && c.by_user.get(user).copied().unwrap_or(0) >= self.limits.max_per_user {
+        if self.limits.max_per_user > 0 && c.by_user.get(user_key).copied().unwrap_or(0) >= self.limits.max_per_user {
             return Err(Over::User);
         }
-        *c.by_user.entry(user.to_string()).or_default() += 1;
+        *c.by_user.entry(user_key.to_string()).or_default() += 1;
         drop(c);
-        self.user = Some(user.to_string());
+        self.user = Some(user_key.to_string());
         Ok(())
     }
 }
@@ -159,22 +159,22 @@ impl Verifying {
         })
     }
 
-    /// A place for one more call for `user`, or which cap is full ([`Over::Total`] or
+    /// A place for one more call for `user_key`, or which cap is full ([`Over::Total`] or
     /// [`Over::User`]).
-    pub(crate) fn begin(self: &Arc<Self>, user: &str) -> Result<VerifySlot, Over> {
+    pub(crate) fn begin(self: &Arc<Self>, user_key: &str) -> Result<VerifySlot, Over> {
         let mut c = self.counts.lock();
         if c.0 >= self.max_total {
             return Err(Over::Total);
         }
-        let mine = c.1.get(user).copied().unwrap_or(0);
+        let mine = c.1.get(user_key).copied().unwrap_or(0);
         if self.max_per_user > 0 && mine >= self.max_per_user {
             return Err(Over::User);
         }
         c.0 += 1;
-        *c.1.entry(user.to_string()).or_default() += 1;
+        *c.1.entry(user_key.to_string()).or_default() += 1;
         Ok(VerifySlot {
             verifying: self.clone(),
-            user: user.to_string(),
+            user: user_key.to_string(),
         })
     }
 

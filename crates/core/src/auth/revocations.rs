@@ -285,7 +285,7 @@ impl Revocations {
 
     /// A revocation made here now: of session `sid` (whose token expires at `exp`, seconds), or
     /// of the whole user. Remembered, and written to the store in the background.
-    pub(crate) fn revoke(&self, user: &str, sid: Option<&str>, exp: Option<u64>) -> Revocation {
+    pub(crate) fn revoke(&self, user_key: &str, sid: Option<&str>, exp: Option<u64>) -> Revocation {
         let at_ms = now_ms();
         let now_s = at_ms / 1000;
         let cap = now_s + self.max_lifetime;
@@ -294,7 +294,7 @@ impl Revocations {
             _ => cap,
         };
         let r = Revocation {
-            user: user.to_string(),
+            user: user_key.to_string(),
             sid: sid.map(str::to_string),
             at_ms,
             expires,

@@ -30,11 +30,11 @@ struct Inner {
 
 impl SharedUsers {
     /// The user key to keep, and `value` or an equal copy that a socket of this user holds.
-    pub(crate) fn share(&self, key: &str, value: Arc<Value>) -> (Arc<str>, Arc<Value>) {
+    pub(crate) fn share(&self, user_key: &str, value: Arc<Value>) -> (Arc<str>, Arc<Value>) {
         let mut inner = self.inner.lock();
-        if let Some((k, _)) = inner.users.get_key_value(key) {
+        if let Some((k, _)) = inner.users.get_key_value(user_key) {
             let k = k.clone();
-            let copies = inner.users.get_mut(key).expect("just found");
+            let copies = inner.users.get_mut(user_key).expect("just found");
             copies.retain(|w| w.strong_count() > 0);
             if let Some(same) = copies.iter().filter_map(Weak::upgrade).find(|c| **c == *value) {
                 return (k, same);
@@ -50,7 +50,7 @@ impl SharedUsers {
                 !copies.is_empty()
             });
         }
-        let k: Arc<str> = Arc::from(key);
+        let k: Arc<str> = Arc::from(user_key);
         inner.users.insert(k.clone(), vec![Arc::downgrade(&value)]);
         (k, value)
     }

@@ -46,11 +46,11 @@ struct RoomState {
 }
 
 impl RoomState {
-    fn is_member(&self, key: &str, now: Instant) -> bool {
-        self.local.get(key).is_some_and(|(n, _)| *n > 0)
+    fn is_member(&self, user_key: &str, now: Instant) -> bool {
+        self.local.get(user_key).is_some_and(|(n, _)| *n > 0)
             || self
                 .remote
-                .get(key)
+                .get(user_key)
                 .is_some_and(|m| m.values().any(|(_, exp)| *exp > now))
     }
 }
@@ -83,28 +83,28 @@ impl Presence {
     }
 
     /// A socket of this user joined the room here.
-    pub(crate) fn local_join(&self, room: &str, key: &str, user: &Value) -> Option<Change> {
+    pub(crate) fn local_join(&self, room: &str, user_key: &str, user: &Value) -> Option<Change> {
         let now = Instant::now();
         let mut rooms = self.rooms.lock();
         let state = rooms.entry(Arc::from(room)).or_default();
-        let was = state.is_member(key, now);
-        let entry = state.local.entry(key.to_string()).or_insert((0, user.clone()));
+        let was = state.is_member(user_key, now);
+        let entry = state.local.entry(user_key.to_string()).or_insert((0, user.clone()));
         entry.0 += 1;
         (!was).then(|| Change::Join(user.clone()))
     }
 
     /// A socket of this user left the room here.
-    pub(crate) fn local_leave(&self, room: &str, key: &str) -> Option<Change> {
+    pub(crate) fn local_leave(&self, room: &str, user_key: &str) -> Option<Change> {
         let now = Instant::now();
         let mut rooms = self.rooms.lock();
         let state = rooms.get_mut(room)?;
-        let (n, user) = state.local.get_mut(key)?;
+        let (n, user) = state.local.get_mut(user_key)?;
         *n -= 1;
         let user = user.clone();
         if *n == 0 {
-            state.local.remove(key);
+            state.local.remove(user_key);
         }
-        let change = (!state.is_member(key, now)).then(|| Change::Leave(user));
+        let change = (!state.is_member(user_key, now)).then(|| Change::Leave(user));
         if state.local.is_empty() && state.remote.is_empty() {
             rooms.remove(room);
         }

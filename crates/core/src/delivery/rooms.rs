@@ -87,10 +87,10 @@ impl Default for AllowedUsers {
 impl AllowedUsers {
     /// Whether the user with this key may have the event: `None` if not, else its own frame if
     /// it has one (`Some(None)`: the event's frame).
-    pub(crate) fn get(&self, key: &str) -> Option<Option<&Bytes>> {
+    pub(crate) fn get(&self, user_key: &str) -> Option<Option<&Bytes>> {
         match self {
-            AllowedUsers::Every(list) => list.contains(key).then_some(None),
-            AllowedUsers::Only(users) => users.get(key).map(Option::as_ref),
+            AllowedUsers::Every(list) => list.contains(user_key).then_some(None),
+            AllowedUsers::Only(users) => users.get(user_key).map(Option::as_ref),
         }
     }
 
@@ -199,11 +199,11 @@ impl Registry {
 
     /// A user changed: its sockets, and the rooms' lists of users that authorize asks about,
     /// show `value` from now on. Returns how many sockets that user has here.
-    pub(crate) fn replace_user(&self, key: &str, value: Arc<Value>) -> usize {
+    pub(crate) fn replace_user(&self, user_key: &str, value: Arc<Value>) -> usize {
         let peers: Vec<Arc<Peer>> = self
             .all_peers()
             .into_iter()
-            .filter(|p| p.user.is_some() && p.user_key() == key)
+            .filter(|p| p.user.is_some() && p.user_key() == user_key)
             .collect();
         let mut rooms: Vec<Arc<str>> = Vec::new();
         for peer in &peers {
@@ -217,7 +217,7 @@ impl Registry {
         for room in rooms {
             let mut shard = self.rooms[shard_of(&*room)].write();
             if let Some(r) = shard.get_mut(&room) {
-                if let Some((v, _)) = r.users.get_mut(key) {
+                if let Some((v, _)) = r.users.get_mut(user_key) {
                     *v = value.clone();
                     *r.list.get_mut() = None;
                 }

@@ -68,8 +68,8 @@ impl UserList {
     }
 
     /// Whether the user with this key is on the list.
-    pub(crate) fn contains(&self, key: &str) -> bool {
-        self.index.contains(key)
+    pub(crate) fn contains(&self, user_key: &str) -> bool {
+        self.index.contains(user_key)
     }
 }
 
