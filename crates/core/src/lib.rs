@@ -45,7 +45,7 @@
 //!     remote.rs           the broker's envelopes out (one publish) and in; the Redis appender
 //!     sessions.rs         revoked sessions and changed users, on every instance
 //!   ingest.rs             events from the host, parsed and queued off the host's thread
-//!   lanes.rs              the jobs a lane is given, and which lane a room's jobs go to
+//!   lanes.rs              a lane's jobs (deliveries and barriers), and which lane a room's go to
 //!   rooms.rs              the room registry: memberships, and the fan-out of a run
 //! host/                   what the core asks of its host
 //!   mod.rs                the group
@@ -81,7 +81,7 @@
 //! - **user**: who a socket belongs to, from its token; its **user key** is `collection:id`.
 //!   Several sockets of one user share one user document (`auth::users`).
 //! - **room**: a name sockets join (`collection:posts`, or an app room); events go to rooms.
-//! - **registry**: the room registry (`delivery::rooms::Registry`): sockets by id, members by
+//! - **registry**: the room registry (`delivery::rooms::RoomRegistry`): sockets by id, members by
 //!   room, and the fan-out.
 //! - **hub**: the server's shared state ([`delivery::hub::Hub`]); it holds the registries and
 //!   routes what the host and the sockets ask.

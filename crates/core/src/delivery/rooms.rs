@@ -142,7 +142,7 @@ pub(crate) type RoomHook = Box<dyn Fn(&str, bool) + Send + Sync>;
 /// block nor touch the registry (presence queues its announcements on the room's lane).
 pub(crate) type MemberHook = Box<dyn Fn(&str, &Peer, bool) + Send + Sync>;
 
-pub(crate) struct Registry {
+pub(crate) struct RoomRegistry {
     peers: Vec<RwLock<HashMap<PeerId, Arc<Peer>>>>,
     rooms: Vec<RwLock<HashMap<Arc<str>, Room>>>,
     hook: OnceLock<RoomHook>,
@@ -167,9 +167,9 @@ fn shard_of<K: Hash + ?Sized>(key: &K) -> usize {
     (h.finish() as usize) % SHARDS
 }
 
-impl Default for Registry {
+impl Default for RoomRegistry {
     fn default() -> Self {
-        Registry {
+        RoomRegistry {
             peers: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             rooms: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             room_count: AtomicUsize::new(0),
@@ -179,7 +179,7 @@ impl Default for Registry {
     }
 }
 
-impl Registry {
+impl RoomRegistry {
     /// Sets the member hook (presence). Once.
     pub(crate) fn set_member_hook(&self, hook: MemberHook) {
         let _ = self.member_hook.set(hook);
@@ -648,7 +648,7 @@ mod tests {
 
     #[test]
     fn join_leave_and_count() {
-        let reg = Registry::default();
+        let reg = RoomRegistry::default();
         let a = peer(1, 1 << 20);
         let b = peer(2, 1 << 20);
         reg.add_peer(a.clone());
@@ -671,7 +671,7 @@ mod tests {
 
     #[test]
     fn room_limit_per_socket() {
-        let reg = Registry::default();
+        let reg = RoomRegistry::default();
         let a = peer(1, 1 << 20);
         assert_eq!(reg.join(&a, "1", 2), Joined::New);
         assert_eq!(reg.join(&a, "2", 2), Joined::New);
@@ -680,7 +680,7 @@ mod tests {
 
     /// One frame to the room, as a run of one; how many sockets it was queued to.
     fn fan_out(
-        reg: &Registry,
+        reg: &RoomRegistry,
         room: &str,
         frame: &Bytes,
         except: Option<PeerId>,
@@ -700,7 +700,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_large_buffer_is_piped_after_the_first_sockets() {
-        let reg = Registry::default();
+        let reg = RoomRegistry::default();
         let stats = Stats::default();
         let peers: Vec<_> = (0..40).map(|i| peer(i, 1 << 20)).collect();
         for p in &peers {
@@ -722,7 +722,7 @@ mod tests {
 
     #[test]
     fn fan_out_skips_except_and_evicts_slow_members() {
-        let reg = Registry::default();
+        let reg = RoomRegistry::default();
         let stats = Stats::default();
         let fast = peer(1, 1 << 20);
         let slow = peer(2, 100);
@@ -750,7 +750,7 @@ mod tests {
 
     #[test]
     fn a_run_is_one_push_per_member_and_frame_by_frame_for_a_recovering_one() {
-        let reg = Registry::default();
+        let reg = RoomRegistry::default();
         let stats = Stats::default();
         let live = peer(1, 1 << 20);
         let recovering = peer(2, 1 << 20);
@@ -792,7 +792,7 @@ mod tests {
     #[test]
     fn an_authorized_run_gives_each_user_what_it_may_have() {
         use crate::auth::User;
-        let reg = Registry::default();
+        let reg = RoomRegistry::default();
         let stats = Stats::default();
         let of = |id: PeerId, user: u64| {
             let u = User::from_claims(serde_json::json!({"id": user, "collection": "users"})).unwrap();
@@ -872,7 +872,7 @@ mod tests {
     #[test]
     fn users_allowed_the_same_frames_share_one_buffer() {
         use crate::auth::User;
-        let reg = Registry::default();
+        let reg = RoomRegistry::default();
         let stats = Stats::default();
         let peers: Vec<_> = [1u64, 3, 5, 2, 4]
             .iter()

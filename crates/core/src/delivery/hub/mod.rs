@@ -32,7 +32,7 @@ use crate::cluster::presence::Presence;
 use crate::config::{Config, HostRules};
 use crate::delivery::event;
 use crate::delivery::lanes::{lane_of, Delivery, Job, LANES};
-use crate::delivery::rooms::{Except, Joined, Registry};
+use crate::delivery::rooms::{Except, Joined, RoomRegistry};
 use crate::error::Error;
 use crate::host::callbacks::Callbacks;
 use crate::protocol::text_frame;
@@ -55,7 +55,7 @@ pub struct Hub {
     /// The host's rules now: `config.host_rules` as the server started, then whatever the host
     /// set since ([`Hub::set_host_rules`]). Read these, never the config's.
     host_rules: RwLock<Arc<HostRules>>,
-    pub(crate) registry: Registry,
+    pub(crate) registry: RoomRegistry,
     pub(crate) stats: Stats,
     /// Sockets counted against the connection limits.
     pub(crate) limits: Arc<crate::limits::Limits>,
@@ -112,7 +112,7 @@ impl Hub {
         let hub = Hub {
             host_rules: RwLock::new(Arc::new(config.host_rules.clone())),
             config,
-            registry: Registry::default(),
+            registry: RoomRegistry::default(),
             stats: Stats::default(),
             limits,
             callbacks,
