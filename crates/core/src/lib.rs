@@ -39,7 +39,8 @@
 //!   dispatch.rs           the lanes: ordered delivery, bursts, catching up with the writers
 //!   event.rs              the checks and normalisation of an emitted event
 //!   hub/                  the shared state and the operations the host calls
-//!     mod.rs              the hub: its registries, event intake, routing to the lanes
+//!     mod.rs              the hub: its state and registries, broadcasts, routing to the lanes
+//!     intake.rs           events in: checked, numbered, published, queued on their lane
 //!     presence.rs         presence announced to a room and told to the other instances
 //!     recovery.rs         joining with `since`: the missed events, from here or Redis
 //!     remote.rs           the broker's envelopes out (one publish) and in; the Redis appender
