@@ -19,22 +19,21 @@ use crate::protocol::text_frame;
 use crate::stats::Stats;
 
 impl Hub {
-    /// Queues a collection event (JSON, for room `collection:<slug>`) now, in call order: events
-    /// emitted one after the other are delivered in that order. What it returns resolves with
-    /// the number of local sockets once it was queued to them.
+    /// [`Hub::submit_text`] for an event as a value.
     #[cfg(test)]
     pub(crate) fn submit_event(&self, input: Value) -> Result<oneshot::Receiver<usize>, Error> {
         self.submit_text(&input.to_string())
     }
 
-    /// [`Hub::submit_event`] for an event as JSON text (as the host hands it over).
+    /// Queues a collection event (JSON text, as the host hands it over, for room
+    /// `collection:<slug>`) now, in call order: events emitted one after the other are delivered
+    /// in that order. What it returns resolves with the number of local sockets once it was
+    /// queued to them.
     pub(crate) fn submit_text(&self, text: &str) -> Result<oneshot::Receiver<usize>, Error> {
         self.queue_checked(self.check_event(text)?, None)
     }
 
-    /// [`Hub::submit_event`] for several events, in order: all are checked and encoded first,
-    /// then queued one right after the other, so the lane finds them together and delivers
-    /// them as one burst (see `dispatch`).
+    /// [`Hub::submit_texts`] for events as values.
     #[cfg(test)]
     pub(crate) fn submit_events(&self, inputs: Vec<Value>) -> Vec<Result<oneshot::Receiver<usize>, Error>> {
         let texts: Vec<String> = inputs.iter().map(Value::to_string).collect();
@@ -66,7 +65,9 @@ impl Hub {
         self.queue_checked(event, None)
     }
 
-    /// [`Hub::submit_events`] for events as JSON text.
+    /// [`Hub::submit_text`] for several events, in order: all are checked and encoded first,
+    /// then queued one right after the other, so the lane finds them together and delivers
+    /// them as one burst (see `dispatch`).
     pub(crate) fn submit_texts<'a>(
         &self,
         texts: impl IntoIterator<Item = &'a str>,
