@@ -37,7 +37,7 @@ pub struct Config {
     /// A socket that sends nothing (not even a pong) for this long is closed; `None` disables.
     pub idle_timeout: Option<Duration>,
     /// Worker threads of the server's own tokio runtime, which read and write the sockets
-    /// (default: [`default_worker_threads`]); the lanes have a thread of their own (`server`).
+    /// (default: `default_worker_threads`); the lanes have a thread of their own (`server`).
     pub worker_threads: usize,
     /// Which rooms the host decides about, as the server starts (see [`HostRules`]).
     pub host_rules: HostRules,
@@ -50,14 +50,14 @@ pub struct Config {
     /// Rooms one socket may be in at once.
     pub max_rooms_per_socket: usize,
     /// Sockets the server holds at once; past it a handshake gets 503 (default:
-    /// [`default_max_connections`]).
+    /// `default_max_connections`).
     pub max_connections: usize,
     /// Sockets one user may hold at once; past it a handshake gets 429. 0 = no limit.
     pub max_connections_per_user: usize,
     /// Sockets one client address may hold at once; past it a handshake gets 429. 0 = no limit.
     pub max_connections_per_ip: usize,
     /// Proxies whose `Forwarded` or `X-Forwarded-For` names the client's address (see
-    /// [`crate::limits::client_ip`]); from anyone else these headers are ignored.
+    /// `limits::client_ip`); from anyone else these headers are ignored.
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Whether a loopback peer counts as a trusted proxy (default yes: only a process of this
     /// machine can be one, and a reverse proxy beside the app would otherwise make every client

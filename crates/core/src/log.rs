@@ -2,10 +2,10 @@
 //! of the server's runtimes), else to stderr.
 //!
 //! Two rules hold for every line:
-//! - one line per kind per episode ([`Episodes`]): a kind is a call site, an episode a run of
-//!   occurrences less than [`EPISODE_GAP`] apart, so a failure repeated per message or per retry
+//! - one line per kind per episode (`Episodes`): a kind is a call site, an episode a run of
+//!   occurrences less than `EPISODE_GAP` apart, so a failure repeated per message or per retry
 //!   (Redis down, the descriptor limit, a broken rule) is one line, not thousands; a long episode
-//!   is reported again every [`EPISODE_REMINDER`] with how many lines it held back;
+//!   is reported again every `EPISODE_REMINDER` with how many lines it held back;
 //! - no secret: every line goes through [`redact`] (tokens, cookies, passwords, URL
 //!   credentials). Callers log ids, codes and counts, never document data.
 //!

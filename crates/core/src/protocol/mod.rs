@@ -1,7 +1,7 @@
 //! The v1 wire protocol: what a client may send, what the server answers, and the WebSocket
 //! frames those answers travel in.
 //!
-//! This is the one place where client text becomes a [`ClientMessage`] and where server messages
+//! This is the one place where client text becomes a `ClientMessage` and where server messages
 //! become bytes. Every outgoing message is encoded into a complete, unmasked WebSocket text frame
 //! exactly once, as a [`Bytes`] that every recipient shares (cloning it is a reference count bump).
 
