@@ -57,9 +57,10 @@
 //!   adopt.rs              taking over a connection the host's HTTP server accepted
 //!   connection.rs         one socket's one task: reads, writes, pings, timers, close
 //!   first_auth.rs         first-message auth (?auth=message)
+//!   head.rs               an upgrade's request head read and parsed here, not by hyper
 //!   longpoll.rs           long polling
 //!   requests.rs           what a socket's messages ask for: join, leave, presence, handlers
-//!   server.rs             the listener, HTTP routes, handshake checks, shutdown
+//!   server.rs             the listener, each connection's task, HTTP routes, handshake checks, shutdown
 //!   sse.rs                Server-Sent Events
 //!   verify.rs             the host's verifyUser, within maxVerifying
 //! protocol/               the v1 wire protocol

@@ -270,7 +270,7 @@ impl Connection {
         out.register(cx.waker());
         loop {
             if self.batch.is_empty() {
-                // Fan-out wakes a socket once its whole burst is queued (`rooms::Wakes`): what
+                // Fan-out wakes a socket once its whole burst is queued (`write::flush::Wakes`): what
                 // is there now is the burst, taken at once.
                 out.take_into(&mut self.batch);
                 if self.batch.is_empty() {

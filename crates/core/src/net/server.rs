@@ -118,10 +118,8 @@ impl Server {
         // among the sockets' tasks: an event emitted while the workers are still writing the
         // last one is queued at once (a socket still waiting for the last one then writes both
         // in one syscall), instead of the lane waiting its turn behind thousands of socket
-        // tasks. Paced fan-out to 10,000 sockets, one event every 100 ms, same build, runs
-        // interleaved: p50 61-76 ms and p99 134-165 ms with the lanes apart, 109-137 ms and
-        // 237-267 ms among the sockets. Queueing is a small share of the CPU; the writing
-        // stays on the workers.
+        // tasks (measured in docs/design.md). Queueing is a small share of the CPU; the
+        // writing stays on the workers.
         let dispatch = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("payload-realtime-dispatch")
