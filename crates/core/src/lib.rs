@@ -70,7 +70,7 @@
 //!   mod.rs                the group
 //!   flush.rs              the flushers: write what fan-out queued, socket after socket
 //!   outbound.rs           one socket's bounded queue of frames and its writer
-//!   peer.rs               the state a socket shares with the server: user, queue, rooms
+//!   socket.rs             the state a socket shares with the server: user, queue, rooms
 //!   splice.rs             large shared buffers sent by reference (splice), not copied
 //! bin/
 //!   autobahn_echo.rs      an echo server for the Autobahn test suite
@@ -78,7 +78,7 @@
 //!
 //! # Glossary
 //!
-//! - **socket** (type `Peer`): one client connection (WebSocket, SSE stream or
+//! - **socket** (type `Socket`): one client connection (WebSocket, SSE stream or
 //!   long poll) as the rest of the server sees it.
 //! - **user**: who a socket belongs to, from its token; its **user key** is `collection:id`.
 //!   Several sockets of one user share one user document (`auth::users`).

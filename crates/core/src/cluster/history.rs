@@ -8,7 +8,7 @@
 //!
 //! The seam between replay and live delivery: an event is recorded and queued on its room's
 //! lane under the room's history lock, and a recovery snapshots the history and joins the socket
-//! under the same lock, with its live frames of the room held back (`Peer::start_recovery`).
+//! under the same lock, with its live frames of the room held back (`Socket::start_recovery`).
 //! Every event recorded before the snapshot is replayed; every event after it reaches the socket
 //! live, released after the replay. Held copies of events up to the snapshot are dropped (the
 //! client has them, or the replay carries them). The replay's authorize questions are asked

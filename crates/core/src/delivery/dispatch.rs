@@ -428,15 +428,15 @@ mod tests {
     use crate::delivery::lanes::lane_of;
     use crate::error::Error;
     use crate::protocol::collection_room;
-    use crate::write::peer::Peer;
+    use crate::write::socket::Socket;
     use serde_json::{json, Value};
     use std::time::Duration;
 
     /// A hub with these options and one socket in `posts`' room (nobody writes it: the test does).
-    fn hub_with_a_posts_reader(config: crate::config::Config) -> (Arc<Hub>, Arc<Peer>) {
+    fn hub_with_a_posts_reader(config: crate::config::Config) -> (Arc<Hub>, Arc<Socket>) {
         let hub = test_hub_with(config);
-        let peer = hub.new_peer(None, None);
-        hub.registry.add_peer(peer.clone());
+        let peer = hub.new_socket(None, None);
+        hub.registry.add_socket(peer.clone());
         hub.registry.join(&peer, &collection_room("posts"), 10);
         (hub, peer)
     }
@@ -454,10 +454,10 @@ mod tests {
     async fn a_burst_gives_each_member_one_buffer_per_room_even_when_rooms_alternate() {
         let hub = test_hub();
         let other = lane_mate();
-        let both = hub.new_peer(None, None);
-        let posts_only = hub.new_peer(None, None);
+        let both = hub.new_socket(None, None);
+        let posts_only = hub.new_socket(None, None);
         for p in [&both, &posts_only] {
-            hub.registry.add_peer(p.clone());
+            hub.registry.add_socket(p.clone());
             hub.registry.join(p, &collection_room("posts"), 10);
         }
         hub.registry.join(&both, &collection_room(&other), 10);
@@ -639,7 +639,7 @@ mod tests {
 
     /// Waits (yielding to the lanes) until the socket is in the room: a recovery joins it in
     /// the lane.
-    async fn until_in(peer: &Peer, room: &str) {
+    async fn until_in(peer: &Socket, room: &str) {
         tokio::time::timeout(Duration::from_secs(30), async {
             while !peer.in_room(room) {
                 tokio::task::yield_now().await;
@@ -685,10 +685,10 @@ mod tests {
         for id in 0..5 {
             hub.submit_event(event("posts", id)).unwrap().await.unwrap();
         }
-        let recovering = hub.new_peer(Some(test_user(1)), None);
-        let bystander = hub.new_peer(Some(test_user(2)), None);
-        hub.registry.add_peer(recovering.clone());
-        hub.registry.add_peer(bystander.clone());
+        let recovering = hub.new_socket(Some(test_user(1)), None);
+        let bystander = hub.new_socket(Some(test_user(2)), None);
+        hub.registry.add_socket(recovering.clone());
+        hub.registry.add_socket(bystander.clone());
         hub.registry.join(&bystander, &collection_room(&other), 10);
         let since = crate::protocol::Since {
             offset: 0,
@@ -728,9 +728,9 @@ mod tests {
     #[tokio::test]
     async fn events_still_on_the_lane_at_a_recovery_arrive_once() {
         let hub = test_hub_with(history_config());
-        let (other, recovering) = (hub.new_peer(None, None), hub.new_peer(None, None));
+        let (other, recovering) = (hub.new_socket(None, None), hub.new_socket(None, None));
         for p in [&other, &recovering] {
-            hub.registry.add_peer(p.clone());
+            hub.registry.add_socket(p.clone());
         }
         hub.registry.join(&other, &collection_room("posts"), 10);
         // Queued on the lane, not yet delivered (the lane runs when this test awaits).
@@ -772,9 +772,9 @@ mod tests {
         let mut config = history_config();
         config.max_recoveries_per_minute = 3;
         let hub = test_hub_with(config);
-        let (looping, other) = (hub.new_peer(None, None), hub.new_peer(None, None));
+        let (looping, other) = (hub.new_socket(None, None), hub.new_socket(None, None));
         for p in [&looping, &other] {
-            hub.registry.add_peer(p.clone());
+            hub.registry.add_socket(p.clone());
         }
         hub.registry.join(&other, &collection_room("posts"), 10);
         let since = crate::protocol::Since {
@@ -814,8 +814,8 @@ mod tests {
         for id in 0..5 {
             hub.submit_event(event("posts", id)).unwrap().await.unwrap();
         }
-        let peer = hub.new_peer(None, None);
-        hub.registry.add_peer(peer.clone());
+        let peer = hub.new_socket(None, None);
+        hub.registry.add_socket(peer.clone());
         let epoch = epoch_of(&hub, "posts");
         let since = |offset| crate::protocol::Since {
             offset,
@@ -867,9 +867,9 @@ mod tests {
             ..Default::default()
         };
         let hub = test_hub_with(config);
-        let (slow, normal) = (hub.new_peer(None, None), hub.new_peer(None, None));
+        let (slow, normal) = (hub.new_socket(None, None), hub.new_socket(None, None));
         for p in [&slow, &normal] {
-            hub.registry.add_peer(p.clone());
+            hub.registry.add_socket(p.clone());
             hub.registry.join(p, &collection_room("posts"), 10);
         }
         let pad = "x".repeat(900);
@@ -917,8 +917,8 @@ mod tests {
             ..Default::default()
         };
         let hub = test_hub_with(config);
-        let reader = hub.new_peer(None, None);
-        hub.registry.add_peer(reader.clone());
+        let reader = hub.new_socket(None, None);
+        hub.registry.add_socket(reader.clone());
         hub.registry.join(&reader, &collection_room("posts"), 10);
         let pad = "x".repeat(900);
         for id in 0..300 {
@@ -953,8 +953,8 @@ mod tests {
             max_backlog: 4096,
             ..Default::default()
         });
-        let peer = hub.new_peer(None, None);
-        hub.registry.add_peer(peer.clone());
+        let peer = hub.new_socket(None, None);
+        hub.registry.add_socket(peer.clone());
         hub.registry.join(&peer, "chat", 10);
         let msg = format!(r#"{{"type":"m","pad":"{}"}}"#, "y".repeat(3000));
         for _ in 0..4 {

@@ -150,8 +150,8 @@ mod tests {
         let hub = test_hub();
         let (ingest, take) = Ingest::new(hub.clone());
         tokio::spawn(take);
-        let peer = hub.new_peer(None, None);
-        hub.registry.add_peer(peer.clone());
+        let peer = hub.new_socket(None, None);
+        hub.registry.add_socket(peer.clone());
         hub.registry.join(&peer, &collection_room("posts"), 10);
         let event = |i: u64| format!(r#"{{"type":"update","collection":"posts","id":{i},"timestamp":"t"}}"#);
         let mut answers = Vec::new();

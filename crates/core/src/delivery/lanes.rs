@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::cluster::history::Entry;
 use crate::delivery::rooms::Except;
-use crate::write::peer::{Peer, PeerId};
+use crate::write::socket::{Socket, SocketId};
 
 /// Lanes per server.
 pub(crate) const LANES: usize = 16;
@@ -32,7 +32,7 @@ pub(crate) enum Job {
     Recover {
         room: Arc<str>,
         authorize: Option<String>,
-        peer: Arc<Peer>,
+        peer: Arc<Socket>,
         entries: Vec<Entry>,
         /// The client's `since` (see [`Barrier::RecoverFinish`]).
         through: u64,
@@ -59,7 +59,7 @@ pub(crate) enum Delivery {
     Broadcast {
         room: Arc<str>,
         frame: Bytes,
-        except: Option<PeerId>,
+        except: Option<SocketId>,
     },
     /// Tells a room's members that messages for them were dropped (`recovery-failed`, reason
     /// `Dropped`: refetch), in the lane so that it comes after what was delivered before the
@@ -73,14 +73,14 @@ pub(crate) enum Barrier {
     /// room held back until step two.
     RecoverStart {
         room: Arc<str>,
-        peer: Arc<Peer>,
+        peer: Arc<Socket>,
         ready: oneshot::Sender<bool>,
     },
     /// Step two: send the replay (already through the authorize rule, asked outside
     /// the lane), then release the held-back live frames that come after it.
     RecoverFinish {
         room: Arc<str>,
-        peer: Arc<Peer>,
+        peer: Arc<Socket>,
         frames: Vec<Bytes>,
         /// The offsets the replay carried: their live copies are dropped.
         replayed: HashSet<u64>,

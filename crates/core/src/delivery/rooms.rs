@@ -22,7 +22,7 @@ use crate::host::callbacks::UserList;
 use crate::stats::Stats;
 use crate::write::flush::Wakes;
 use crate::write::outbound::{OutFrame, Push};
-use crate::write::peer::{Peer, PeerId};
+use crate::write::socket::{Socket, SocketId};
 use crate::write::splice::{self, Piped};
 
 const SHARDS: usize = 32;
@@ -30,8 +30,8 @@ const SHARDS: usize = 32;
 /// A room: its sockets, and its distinct users (what authorize asks about).
 #[derive(Default)]
 struct Room {
-    members: HashMap<PeerId, Arc<Peer>>,
-    /// Each user with sockets in the room (by [`Peer::user_key`]): the user as the first of
+    members: HashMap<SocketId, Arc<Socket>>,
+    /// Each user with sockets in the room (by [`Socket::user_key`]): the user as the first of
     /// those sockets shows it, and how many of them are here. Kept up to date on join and
     /// leave, so an authorized event asks about the room's users without walking its sockets.
     users: HashMap<Arc<str>, (Arc<Value>, usize), FxBuildHasher>,
@@ -41,7 +41,7 @@ struct Room {
 }
 
 impl Room {
-    fn insert(&mut self, peer: &Arc<Peer>) {
+    fn insert(&mut self, peer: &Arc<Socket>) {
         self.members.insert(peer.id, peer.clone());
         let key = peer.user_key();
         match self.users.get_mut(key) {
@@ -53,7 +53,7 @@ impl Room {
         }
     }
 
-    fn remove(&mut self, peer: &Peer) -> bool {
+    fn remove(&mut self, peer: &Socket) -> bool {
         if self.members.remove(&peer.id).is_none() {
             return false;
         }
@@ -69,7 +69,7 @@ impl Room {
     }
 }
 
-/// The users allowed to receive one event (by [`Peer::user_key`]).
+/// The users allowed to receive one event (by [`Socket::user_key`]).
 pub(crate) enum AllowedUsers {
     /// Every user of the list that was asked, each with the event's own frame.
     Every(Arc<UserList>),
@@ -104,15 +104,15 @@ impl AllowedUsers {
 }
 
 /// Who a fan-out leaves out: one socket (the sender of a broadcast), and every socket of one
-/// user (by [`Peer::user_key`]: an app event published "to everyone but the user who caused it").
+/// user (by [`Socket::user_key`]: an app event published "to everyone but the user who caused it").
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Except {
-    pub(crate) peer: Option<PeerId>,
+    pub(crate) peer: Option<SocketId>,
     pub(crate) user: Option<Arc<str>>,
 }
 
 impl Except {
-    fn skips(&self, peer: &Peer) -> bool {
+    fn skips(&self, peer: &Socket) -> bool {
         Some(peer.id) == self.peer
             || self
                 .user
@@ -121,8 +121,8 @@ impl Except {
     }
 }
 
-impl From<Option<PeerId>> for Except {
-    fn from(peer: Option<PeerId>) -> Except {
+impl From<Option<SocketId>> for Except {
+    fn from(peer: Option<SocketId>) -> Except {
         Except { peer, user: None }
     }
 }
@@ -140,10 +140,10 @@ pub(crate) type RoomHook = Box<dyn Fn(&str, bool) + Send + Sync>;
 
 /// Told when a socket joins (`true`) or leaves a room, under the room's shard lock: it must not
 /// block nor touch the registry (presence queues its announcements on the room's lane).
-pub(crate) type MemberHook = Box<dyn Fn(&str, &Peer, bool) + Send + Sync>;
+pub(crate) type MemberHook = Box<dyn Fn(&str, &Socket, bool) + Send + Sync>;
 
 pub(crate) struct RoomRegistry {
-    peers: Vec<RwLock<HashMap<PeerId, Arc<Peer>>>>,
+    peers: Vec<RwLock<HashMap<SocketId, Arc<Socket>>>>,
     rooms: Vec<RwLock<HashMap<Arc<str>, Room>>>,
     hook: OnceLock<RoomHook>,
     member_hook: OnceLock<MemberHook>,
@@ -189,19 +189,19 @@ impl RoomRegistry {
     pub(crate) fn set_room_hook(&self, hook: RoomHook) {
         let _ = self.hook.set(hook);
     }
-    pub(crate) fn add_peer(&self, peer: Arc<Peer>) {
+    pub(crate) fn add_socket(&self, peer: Arc<Socket>) {
         self.peers[shard_of(&peer.id)].write().insert(peer.id, peer);
     }
 
-    pub(crate) fn peer(&self, id: PeerId) -> Option<Arc<Peer>> {
+    pub(crate) fn peer(&self, id: SocketId) -> Option<Arc<Socket>> {
         self.peers[shard_of(&id)].read().get(&id).cloned()
     }
 
     /// A user changed: its sockets, and the rooms' lists of users that authorize asks about,
     /// show `value` from now on. Returns how many sockets that user has here.
     pub(crate) fn replace_user(&self, user_key: &str, value: Arc<Value>) -> usize {
-        let peers: Vec<Arc<Peer>> = self
-            .all_peers()
+        let peers: Vec<Arc<Socket>> = self
+            .all_sockets()
             .into_iter()
             .filter(|p| p.user.is_some() && p.user_key() == user_key)
             .collect();
@@ -227,7 +227,7 @@ impl RoomRegistry {
     }
 
     /// Every connected socket (for shutdown).
-    pub(crate) fn all_peers(&self) -> Vec<Arc<Peer>> {
+    pub(crate) fn all_sockets(&self) -> Vec<Arc<Socket>> {
         self.peers
             .iter()
             .flat_map(|s| s.read().values().cloned().collect::<Vec<_>>())
@@ -236,7 +236,7 @@ impl RoomRegistry {
 
     /// Removes a socket from every room and from the socket map, in one step: after this no
     /// fan-out can reach it. Idempotent.
-    pub(crate) fn remove_peer(&self, peer: &Peer) -> bool {
+    pub(crate) fn remove_socket(&self, peer: &Socket) -> bool {
         let rooms = peer.rooms.lock().take();
         if let Some(rooms) = &rooms {
             for room in rooms {
@@ -247,7 +247,7 @@ impl RoomRegistry {
         rooms.is_some()
     }
 
-    fn remove_member(&self, room: &str, peer: &Peer) {
+    fn remove_member(&self, room: &str, peer: &Socket) {
         let mut shard = self.rooms[shard_of(room)].write();
         if let Some(members) = shard.get_mut(room) {
             if members.remove(peer) {
@@ -265,7 +265,7 @@ impl RoomRegistry {
         }
     }
 
-    pub(crate) fn join(&self, peer: &Arc<Peer>, room: &str, max_rooms: usize) -> Joined {
+    pub(crate) fn join(&self, peer: &Arc<Socket>, room: &str, max_rooms: usize) -> Joined {
         let mut rooms = peer.rooms.lock();
         let Some(list) = rooms.as_mut() else {
             return Joined::Closed;
@@ -301,7 +301,7 @@ impl RoomRegistry {
         Joined::New
     }
 
-    pub(crate) fn leave(&self, peer: &Peer, room: &str) -> bool {
+    pub(crate) fn leave(&self, peer: &Socket, room: &str) -> bool {
         let mut rooms = peer.rooms.lock();
         let Some(list) = rooms.as_mut() else {
             return false;
@@ -315,7 +315,7 @@ impl RoomRegistry {
     }
 
     /// A snapshot of a room's members.
-    pub(crate) fn members(&self, room: &str) -> Vec<Arc<Peer>> {
+    pub(crate) fn members(&self, room: &str) -> Vec<Arc<Socket>> {
         self.rooms[shard_of(room)]
             .read()
             .get(room)
@@ -351,7 +351,7 @@ impl RoomRegistry {
     /// buffer, the frames end to end: a burst of events costs one queue push per socket, not
     /// one per event. The buffer is built once per distinct set of frames (once for the whole
     /// room without authorize, once per user with it). A member recovering missed events gets
-    /// its frames one by one, each through [`Peer::hold_back`]. Membership is read now: a
+    /// its frames one by one, each through [`Socket::hold_back`]. Membership is read now: a
     /// socket that left meanwhile gets nothing, and one whose user was not asked is skipped.
     /// Returns the queue pushes made, and how many sockets each frame was queued to.
     pub(crate) fn fan_out_run(
@@ -389,7 +389,7 @@ impl RoomRegistry {
     }
 
     /// Sends one frame to one socket; `false` if it is gone or closing.
-    pub(crate) fn send_to(&self, peer: &Arc<Peer>, frame: Bytes, stats: &Stats) -> bool {
+    pub(crate) fn send_to(&self, peer: &Arc<Socket>, frame: Bytes, stats: &Stats) -> bool {
         let len = frame.len() as u64;
         match peer.outbound.push(frame) {
             Push::Queued | Push::Behind => {
@@ -408,11 +408,11 @@ impl RoomRegistry {
         }
     }
 
-    pub(crate) fn evict_all(&self, peers: &[Arc<Peer>], stats: &Stats) {
+    pub(crate) fn evict_all(&self, peers: &[Arc<Socket>], stats: &Stats) {
         for peer in peers {
             Stats::add(&stats.slow_consumers, 1);
             Stats::add(&stats.dropped, 1);
-            self.remove_peer(peer);
+            self.remove_socket(peer);
         }
     }
 }
@@ -514,7 +514,7 @@ struct Tally {
     /// Bytes queued.
     bytes: usize,
     /// Members whose queue overflowed, removed once the room's shard is unlocked.
-    evicted: Vec<Arc<Peer>>,
+    evicted: Vec<Arc<Socket>>,
 }
 
 impl Tally {
@@ -530,11 +530,11 @@ impl Tally {
     }
 
     /// A member recovering missed events gets its frames of the run one by one, each through
-    /// [`Peer::hold_back`] (its live frames of the room wait behind the replay).
+    /// [`Socket::hold_back`] (its live frames of the room wait behind the replay).
     fn push_one_by_one(
         &mut self,
         room: &str,
-        peer: &Arc<Peer>,
+        peer: &Arc<Socket>,
         frames: Vec<(usize, &Bytes, Option<u64>)>,
         wakes: &mut Wakes,
     ) {
@@ -559,7 +559,7 @@ impl Tally {
     }
 
     /// A member gets its user's frames of the run as one buffer.
-    fn push_merged(&mut self, peer: &Arc<Peer>, merged: &mut Merged, wakes: &mut Wakes) {
+    fn push_merged(&mut self, peer: &Arc<Socket>, merged: &mut Merged, wakes: &mut Wakes) {
         self.denied += self.counts.len() - merged.frames.len();
         let Some(frame) = merged.next_frame() else {
             return;
@@ -642,8 +642,8 @@ impl Merged {
 mod tests {
     use super::*;
 
-    fn peer(id: PeerId, limit: usize) -> Arc<Peer> {
-        Arc::new(Peer::new(id, "t", None, limit))
+    fn peer(id: SocketId, limit: usize) -> Arc<Socket> {
+        Arc::new(Socket::new(id, "t", None, limit))
     }
 
     #[test]
@@ -651,8 +651,8 @@ mod tests {
         let reg = RoomRegistry::default();
         let a = peer(1, 1 << 20);
         let b = peer(2, 1 << 20);
-        reg.add_peer(a.clone());
-        reg.add_peer(b.clone());
+        reg.add_socket(a.clone());
+        reg.add_socket(b.clone());
         assert_eq!(reg.join(&a, "r", 10), Joined::New);
         assert_eq!(reg.join(&a, "r", 10), Joined::Already);
         assert_eq!(reg.join(&b, "r", 10), Joined::New);
@@ -662,7 +662,7 @@ mod tests {
         assert!(reg.leave(&a, "r"));
         assert!(!reg.leave(&a, "r"));
         assert_eq!(reg.member_count("r"), 1);
-        reg.remove_peer(&b);
+        reg.remove_socket(&b);
         assert_eq!(reg.room_count(), 0);
         assert_eq!(reg.join(&b, "r", 10), Joined::Closed);
         assert!(reg.peer(2).is_none());
@@ -683,7 +683,7 @@ mod tests {
         reg: &RoomRegistry,
         room: &str,
         frame: &Bytes,
-        except: Option<PeerId>,
+        except: Option<SocketId>,
         stats: &Stats,
         wakes: &mut Wakes,
     ) -> usize {
@@ -704,7 +704,7 @@ mod tests {
         let stats = Stats::default();
         let peers: Vec<_> = (0..40).map(|i| peer(i, 1 << 20)).collect();
         for p in &peers {
-            reg.add_peer(p.clone());
+            reg.add_socket(p.clone());
             reg.join(p, "r", 10);
         }
         let mut wakes = Wakes::default();
@@ -728,7 +728,7 @@ mod tests {
         let slow = peer(2, 100);
         let other = peer(3, 1 << 20);
         for p in [&fast, &slow, &other] {
-            reg.add_peer(p.clone());
+            reg.add_socket(p.clone());
             reg.join(p, "r", 10);
         }
         let frame = Bytes::from(vec![0u8; 60]);
@@ -756,7 +756,7 @@ mod tests {
         let recovering = peer(2, 1 << 20);
         let sender = peer(3, 1 << 20);
         for p in [&live, &recovering, &sender] {
-            reg.add_peer(p.clone());
+            reg.add_socket(p.clone());
             reg.join(p, "r", 10);
         }
         let room: Arc<str> = Arc::from("r");
@@ -794,14 +794,14 @@ mod tests {
         use crate::auth::User;
         let reg = RoomRegistry::default();
         let stats = Stats::default();
-        let of = |id: PeerId, user: u64| {
+        let of = |id: SocketId, user: u64| {
             let u = User::from_claims(serde_json::json!({"id": user, "collection": "users"})).unwrap();
-            Arc::new(Peer::new(id, "t", Some(u), 1 << 20))
+            Arc::new(Socket::new(id, "t", Some(u), 1 << 20))
         };
         // Users 1 (two sockets), 2 and 3 (not asked: it joined after the question).
         let peers = [of(1, 1), of(2, 1), of(3, 2), of(4, 3)];
         for p in &peers {
-            reg.add_peer(p.clone());
+            reg.add_socket(p.clone());
             reg.join(p, "r", 10);
         }
         let list = reg.users("r");
@@ -843,7 +843,7 @@ mod tests {
         let mut wakes = Wakes::default();
         let (pushes, counts) = reg.fan_out_run("r", &run, None, &stats, &mut wakes);
         assert_eq!((pushes, counts), (4, vec![3, 1, 4]));
-        let queued = |p: &Arc<Peer>| {
+        let queued = |p: &Arc<Socket>| {
             let mut batch = crate::write::outbound::Batch::default();
             p.outbound.take_into(&mut batch);
             struct Sink(std::cell::RefCell<Vec<u8>>);
@@ -879,8 +879,8 @@ mod tests {
             .enumerate()
             .map(|(i, &user)| {
                 let u = User::from_claims(serde_json::json!({"id": user, "collection": "users"})).unwrap();
-                let p = Arc::new(Peer::new(i as PeerId + 1, "t", Some(u), 1 << 20));
-                reg.add_peer(p.clone());
+                let p = Arc::new(Socket::new(i as SocketId + 1, "t", Some(u), 1 << 20));
+                reg.add_socket(p.clone());
                 reg.join(&p, "r", 10);
                 p
             })
@@ -909,7 +909,7 @@ mod tests {
         ];
         let (pushes, counts) = reg.fan_out_run("r", &run, None, &stats, &mut Wakes::default());
         assert_eq!((pushes, counts), (4, vec![4, 4]));
-        let one = |p: &Arc<Peer>| {
+        let one = |p: &Arc<Socket>| {
             let q = p.outbound.queued();
             assert_eq!(q.len(), 1, "one buffer per socket for the run");
             q[0].clone()

@@ -36,7 +36,7 @@ pub struct UserList {
     /// Never the same for two lists of a process (0 for an empty default): a host may keep a
     /// list it was sent and be sent only this afterwards.
     pub(crate) id: u64,
-    /// Each user's key (`Peer::user_key`): sockets with the same key are the same user.
+    /// Each user's key (`Socket::user_key`): sockets with the same key are the same user.
     pub(crate) keys: Vec<Arc<str>>,
     /// Each user as the host sees it (the token claims, or `Value::Null` for anonymous), in
     /// the order of `keys`.

@@ -33,7 +33,7 @@ use crate::protocol::frame_reader::{FrameReader, Message};
 use crate::protocol::{self, close_code, ErrorCode};
 use crate::stats::Stats;
 use crate::write::outbound::{Batch, Flush, Push, EVICTION_GRACE};
-use crate::write::peer::Peer;
+use crate::write::socket::Socket;
 use crate::{debug, warn};
 
 /// How long to wait for the client's close frame after ours is out before dropping the
@@ -52,9 +52,9 @@ thread_local! {
 
 /// Runs a socket until it closes (the handshake registered the peer). It is removed from every room
 /// before this returns.
-pub(crate) async fn serve(hub: Arc<Hub>, peer: Arc<Peer>, upgraded: Upgraded) {
+pub(crate) async fn serve(hub: Arc<Hub>, peer: Arc<Socket>, upgraded: Upgraded) {
     let Some((stream, early)) = into_tcp(upgraded) else {
-        hub.registry.remove_peer(&peer);
+        hub.registry.remove_socket(&peer);
         warn!("upgraded connection is not a TCP stream; dropped");
         return;
     };
@@ -100,7 +100,13 @@ pin_project_lite::pin_project! {
 impl Serving {
     /// The socket is open (the handshake registered the peer): from here fan-out may write to
     /// it. `early` is acted on at once.
-    pub(crate) fn new(hub: Arc<Hub>, peer: Arc<Peer>, stream: TcpStream, early: Bytes, slot: Option<Slot>) -> Serving {
+    pub(crate) fn new(
+        hub: Arc<Hub>,
+        peer: Arc<Socket>,
+        stream: TcpStream,
+        early: Bytes,
+        slot: Option<Slot>,
+    ) -> Serving {
         Stats::add(&hub.stats.connections, 1);
         Stats::add(&hub.stats.connections_total, 1);
         let mut conn = Connection::new(hub, peer, stream);
@@ -136,7 +142,7 @@ impl Future for Serving {
         let (hub, peer) = (conn.hub.clone(), conn.peer.clone());
         // Dropping the stream closes the TCP connection.
         *this.conn = None;
-        hub.registry.remove_peer(&peer);
+        hub.registry.remove_socket(&peer);
         if hub.stats.connections.fetch_sub(1, Ordering::Relaxed) == 1 {
             hub.memory.on_idle(hub.stats.connections_total.load(Ordering::Relaxed));
         }
@@ -148,7 +154,7 @@ impl Future for Serving {
 
 struct Connection {
     hub: Arc<Hub>,
-    peer: Arc<Peer>,
+    peer: Arc<Socket>,
     stream: TcpStream,
     frames: FrameReader,
     requests: Requests,
@@ -195,7 +201,7 @@ enum TimerEnd {
 }
 
 impl Connection {
-    fn new(hub: Arc<Hub>, peer: Arc<Peer>, stream: TcpStream) -> Connection {
+    fn new(hub: Arc<Hub>, peer: Arc<Socket>, stream: TcpStream) -> Connection {
         let now = Instant::now();
         let next_tick = hub.config.idle_timeout.map(|idle| now + idle_period(idle));
         Connection {
@@ -322,7 +328,7 @@ impl Connection {
                 let quiet =
                     Duration::from_millis(hub.now_ms().saturating_sub(peer.last_seen_ms.load(Ordering::Relaxed)));
                 if quiet >= idle {
-                    hub.registry.remove_peer(peer);
+                    hub.registry.remove_socket(peer);
                     out.close(close_code::GOING_AWAY, "idle timeout");
                 } else if quiet >= idle / 2 && !self.ping_sent {
                     if out.push_control(protocol::frame(0x9, b"")) == Push::Evicted {
@@ -339,7 +345,7 @@ impl Connection {
                 self.expiry = expiry_of(peer);
             } else {
                 self.expiry = None;
-                hub.registry.remove_peer(peer);
+                hub.registry.remove_socket(peer);
                 out.close(close_code::TOKEN_EXPIRED, "token expired");
             }
         }
@@ -425,7 +431,7 @@ impl Connection {
                         return;
                     }
                     // Answer with the same code (RFC 6455 5.5.1), dropping what is queued.
-                    hub.registry.remove_peer(peer);
+                    hub.registry.remove_socket(peer);
                     out.close_now(match code {
                         Some(code) => protocol::close_frame(code, ""),
                         None => protocol::frame(0x8, b""),
@@ -442,7 +448,7 @@ impl Connection {
             if *write_closed {
                 return Some(ReadEnd::Gone);
             }
-            hub.registry.remove_peer(peer);
+            hub.registry.remove_socket(peer);
             let (code, reason) = e.close();
             out.close_now(protocol::close_frame(code, reason));
         }
@@ -452,9 +458,9 @@ impl Connection {
 
 /// A control frame of ours evicted the socket (its client takes nothing): counted and taken out
 /// of every room as fan-out does for data.
-fn evicted(hub: &Hub, peer: &Arc<Peer>) {
+fn evicted(hub: &Hub, peer: &Arc<Socket>) {
     Stats::add(&hub.stats.slow_consumers, 1);
-    hub.registry.remove_peer(peer);
+    hub.registry.remove_socket(peer);
 }
 
 /// Where a timer rests when nothing is due: one fixed instant, so that polls with nothing due
@@ -470,7 +476,7 @@ fn idle_period(idle: Duration) -> Duration {
 }
 
 /// The peer's token expiry as an instant (`None`: never).
-fn expiry_of(peer: &Peer) -> Option<Instant> {
+fn expiry_of(peer: &Socket) -> Option<Instant> {
     match peer.expires_at.load(Ordering::Relaxed) {
         0 => None,
         exp => Some(Instant::now() + Duration::from_secs(exp.saturating_sub(now_secs()))),

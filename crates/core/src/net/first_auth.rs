@@ -23,7 +23,7 @@ use crate::net::verify::{verify_capped, Unverified};
 use crate::protocol::frame_reader::{FrameReader, Message};
 use crate::protocol::{self, close_code, ClientMessage, RequestId};
 use crate::stats::Stats;
-use crate::write::peer::Peer;
+use crate::write::socket::Socket;
 
 /// How long the close that ends an unauthenticated socket may take to write, and how long what
 /// the client still sends is then read and dropped (closing with unread bytes resets the
@@ -86,13 +86,13 @@ pub(crate) async fn open(
     drop(pending);
     match outcome {
         Ok((peer, id, rest)) => {
-            hub.registry.add_peer(peer.clone());
+            hub.registry.add_socket(peer.clone());
             if let Some(id) = &id {
                 hub.registry.send_to(&peer, protocol::ack(id), &hub.stats);
             }
             if hub.stopping.is_cancelled() {
                 // The shutdown's round of 1001s may have passed before this socket was added.
-                hub.registry.remove_peer(&peer);
+                hub.registry.remove_socket(&peer);
                 peer.outbound.close(close_code::GOING_AWAY, "server shutting down");
             }
             Some(crate::net::connection::Serving::new(
@@ -137,7 +137,7 @@ async fn authenticate(
     stream: &mut TcpStream,
     early: Bytes,
     slot: &mut Slot,
-) -> Result<(Arc<Peer>, Option<RequestId>, Bytes), End> {
+) -> Result<(Arc<Socket>, Option<RequestId>, Bytes), End> {
     let deadline = Instant::now() + hub.config.auth_timeout;
     let mut reader = FrameReader::first_message_only(hub.config.max_payload_length);
     let mut input = early.to_vec();
@@ -222,5 +222,5 @@ async fn authenticate(
             Err(Unverified::Refused(r)) => return Err(unauthorized(r.reason)),
         },
     };
-    Ok((hub.new_peer(Some(user), user_value), id, rest))
+    Ok((hub.new_socket(Some(user), user_value), id, rest))
 }

@@ -20,7 +20,7 @@ use crate::delivery::hub::Hub;
 use crate::net::requests::Requests;
 use crate::net::sse::{self, Positions};
 use crate::protocol::{self, close_code};
-use crate::write::peer::Peer;
+use crate::write::socket::Socket;
 
 /// Longest a poll waits for an event: under the 30 s many proxies allow a silent response.
 pub(crate) const POLL_WAIT: Duration = Duration::from_secs(25);
@@ -32,7 +32,7 @@ pub(crate) fn is_poll_request<B>(path: Option<&str>, req: &Request<B>) -> bool {
 
 /// Joins, waits for events (or the end of [`POLL_WAIT`], a drain, a close), and answers the
 /// JSON body; the peer is gone when this returns.
-pub(crate) async fn answer(hub: &Arc<Hub>, peer: Arc<Peer>, rooms: Vec<String>, mut positions: Positions) -> String {
+pub(crate) async fn answer(hub: &Arc<Hub>, peer: Arc<Socket>, rooms: Vec<String>, mut positions: Positions) -> String {
     let mut requests = Requests::new(hub.clone(), peer.clone());
     // Each poll is a request, not a connection: `onConnect` is not run for it.
     sse::join_rooms(&mut requests, "poll", &rooms, &positions);
@@ -101,7 +101,7 @@ pub(crate) async fn answer(hub: &Arc<Hub>, peer: Arc<Peer>, rooms: Vec<String>, 
         }
     }
     drop(requests);
-    hub.registry.remove_peer(&peer);
+    hub.registry.remove_socket(&peer);
     peer.outbound.close(close_code::NORMAL, "");
     let mut body = serde_json::json!({
         "messages": messages,

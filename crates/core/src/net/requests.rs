@@ -15,7 +15,7 @@ use crate::host::callbacks::{HandlerCall, HandlerOutcome};
 use crate::protocol::Since;
 use crate::protocol::{self, collection_room, ClientMessage, ErrorCode, RequestId};
 use crate::stats::Stats;
-use crate::write::peer::Peer;
+use crate::write::socket::Socket;
 
 /// Custom handler calls one socket may have in flight; more are refused as `rate-limited`.
 const MAX_HANDLERS_IN_FLIGHT: usize = 32;
@@ -27,7 +27,7 @@ const MAX_MEMBERSHIP_IN_FLIGHT: usize = 32;
 /// One socket's request state; only its connection task touches it.
 pub(crate) struct Requests {
     hub: Arc<Hub>,
-    peer: Arc<Peer>,
+    peer: Arc<Socket>,
     /// Token bucket for `maxMessagesPerSecond`.
     tokens: f64,
     refilled: Instant,
@@ -43,7 +43,7 @@ pub(crate) struct Requests {
 }
 
 impl Requests {
-    pub(crate) fn new(hub: Arc<Hub>, peer: Arc<Peer>) -> Requests {
+    pub(crate) fn new(hub: Arc<Hub>, peer: Arc<Socket>) -> Requests {
         Requests {
             tokens: hub.config.max_messages_per_second as f64,
             refilled: Instant::now(),
@@ -171,7 +171,7 @@ impl Requests {
             let (hub, peer) = (&self.hub, &self.peer);
             if !peer.outbound.is_closing() {
                 Stats::add(&hub.stats.rate_limited, 1);
-                hub.registry.remove_peer(peer);
+                hub.registry.remove_socket(peer);
                 // After what is queued (the replies it did get, the error saying why); a client
                 // that reads nothing is cut after the grace, its queue bounded meanwhile.
                 peer.outbound.close(
@@ -551,7 +551,7 @@ impl Requests {
 
 /// Whether the join rule lets `peer`'s user join each of `rooms` (`Err`: the refusal's
 /// message), asked in one call for all of them.
-async fn may_join_rooms(hub: &Arc<Hub>, peer: &Peer, rooms: &[String]) -> Vec<Result<(), String>> {
+async fn may_join_rooms(hub: &Arc<Hub>, peer: &Socket, rooms: &[String]) -> Vec<Result<(), String>> {
     let rules = hub.host_rules();
     let rule = hub.callbacks.join_rule.clone();
     let ruled: Vec<String> = rooms
@@ -584,7 +584,7 @@ async fn may_join_rooms(hub: &Arc<Hub>, peer: &Peer, rooms: &[String]) -> Vec<Re
 }
 
 /// Joins `room` for `peer` if the join rule allows its user, answering as a `join` does.
-async fn join_room_now(hub: &Arc<Hub>, peer: &Arc<Peer>, id: Option<RequestId>, room: String, since: Option<Since>) {
+async fn join_room_now(hub: &Arc<Hub>, peer: &Arc<Socket>, id: Option<RequestId>, room: String, since: Option<Since>) {
     let verdict = may_join_rooms(hub, peer, std::slice::from_ref(&room)).await;
     join_if_allowed(
         hub,
@@ -600,7 +600,7 @@ async fn join_room_now(hub: &Arc<Hub>, peer: &Arc<Peer>, id: Option<RequestId>, 
 /// Joins an app room the join rule allowed (with its recovery) and answers, or answers the refusal.
 async fn join_if_allowed(
     hub: &Arc<Hub>,
-    peer: &Arc<Peer>,
+    peer: &Arc<Socket>,
     id: Option<RequestId>,
     room: String,
     since: Option<Since>,
@@ -676,13 +676,13 @@ mod tests {
         );
     }
 
-    fn rate_limited_socket(rate: u32) -> (Arc<Hub>, Arc<Peer>, Requests) {
+    fn rate_limited_socket(rate: u32) -> (Arc<Hub>, Arc<Socket>, Requests) {
         let hub = test_hub_with(crate::config::Config {
             max_messages_per_second: rate,
             ..Default::default()
         });
-        let peer = hub.new_peer(None, None);
-        hub.registry.add_peer(peer.clone());
+        let peer = hub.new_socket(None, None);
+        hub.registry.add_socket(peer.clone());
         let requests = Requests::new(hub.clone(), peer.clone());
         (hub, peer, requests)
     }
@@ -709,7 +709,7 @@ mod tests {
         requests.on_text(b"not even JSON");
         assert!(peer.outbound.is_closing());
         assert_eq!(hub.stats.rate_limited.load(std::sync::atomic::Ordering::Relaxed), 1);
-        assert!(hub.registry.all_peers().is_empty(), "out of every room and list");
+        assert!(hub.registry.all_sockets().is_empty(), "out of every room and list");
         // Nothing was queued for the messages dropped: only the close is left.
         assert_eq!(peer.outbound.queued_bytes(), 0);
         let mut batch = crate::write::outbound::Batch::default();

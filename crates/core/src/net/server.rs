@@ -46,7 +46,7 @@ use crate::net::verify::{verify_capped, Unverified};
 use crate::net::DRAIN_REASON;
 use crate::protocol::close_code;
 use crate::stats::Stats;
-use crate::write::peer::Peer;
+use crate::write::socket::Socket;
 use crate::{debug, warn};
 
 /// How long a client may take to send its HTTP request head.
@@ -282,9 +282,9 @@ impl Server {
         let listening = self.listening.clone();
         let task = self.handle().spawn(async move {
             hub.stopping.cancel();
-            let mut peers = hub.registry.all_peers();
+            let mut peers = hub.registry.all_sockets();
             for peer in &peers {
-                hub.registry.remove_peer(peer);
+                hub.registry.remove_socket(peer);
                 peer.outbound.close(close_code::GOING_AWAY, DRAIN_REASON);
             }
             sockets.close();
@@ -295,9 +295,9 @@ impl Server {
                     grace.as_millis()
                 );
                 // With any that registered since (an upgrade answered as the drain began).
-                peers.extend(hub.registry.all_peers());
+                peers.extend(hub.registry.all_sockets());
                 for peer in &peers {
-                    hub.registry.remove_peer(peer);
+                    hub.registry.remove_socket(peer);
                     peer.outbound.cut();
                 }
             }
@@ -567,7 +567,7 @@ async fn open_sse(
 
 /// What a stream or a poll is, once admitted: its registered peer, its place in the limits,
 /// its rooms, and where it stands in them (`Last-Event-ID`, `lastEventId=` or `cursor=`).
-type Admitted = (Arc<Peer>, Slot, Vec<String>, crate::net::sse::Positions);
+type Admitted = (Arc<Socket>, Slot, Vec<String>, crate::net::sse::Positions);
 
 /// The checks of an upgrade for `GET <path>/sse` and `/poll`: path parameters, credentials,
 /// the Origin rule, limits, the host's `verifyUser`, revoked sessions.
@@ -624,8 +624,8 @@ async fn admit_stream(hub: &Arc<Hub>, req: &Request<()>, remote: SocketAddr) -> 
         .or_else(|| crate::net::sse::query_param(req.uri().query(), "cursor"))
         .map(|id| crate::net::sse::parse_last_event_id(&id, &rooms))
         .unwrap_or_default();
-    let peer = hub.new_peer(user, user_value);
-    hub.registry.add_peer(peer.clone());
+    let peer = hub.new_socket(user, user_value);
+    hub.registry.add_socket(peer.clone());
     Ok((peer, slot, rooms, last))
 }
 
@@ -896,10 +896,10 @@ async fn route(
         Ok(r) => r,
         Err(e) => return bad_handshake(&hub, &e).response(),
     };
-    let peer = hub.new_peer(user, user_value);
+    let peer = hub.new_socket(user, user_value);
     // Registered before the 101 goes out: once the client sees the socket open, the server
     // knows it (a logout right after the handshake must find it; frames queued meanwhile wait).
-    hub.registry.add_peer(peer.clone());
+    hub.registry.add_socket(peer.clone());
     sockets.spawn(async move {
         match upgrade.await {
             Ok(ws) => {
@@ -908,7 +908,7 @@ async fn route(
                 drop(slot);
             }
             Err(e) => {
-                hub.registry.remove_peer(&peer);
+                hub.registry.remove_socket(&peer);
                 warn!("upgrade failed: {e}");
             }
         }
@@ -1196,7 +1196,7 @@ async fn answer_adopted(
     stream: &mut TcpStream,
     remote: Option<SocketAddr>,
     parsed: Result<Request<()>, String>,
-) -> Option<(Option<Arc<Peer>>, Slot)> {
+) -> Option<(Option<Arc<Socket>>, Slot)> {
     let mut req = match parsed {
         Ok(req) => req,
         Err(reason) => {
@@ -1243,11 +1243,11 @@ async fn answer_adopted(
         }
         return Some((None, slot));
     };
-    let peer = hub.new_peer(user, user_value);
+    let peer = hub.new_socket(user, user_value);
     // Registered before the 101 goes out, as on the server's own port.
-    hub.registry.add_peer(peer.clone());
+    hub.registry.add_socket(peer.clone());
     if let Err(e) = stream.write_all(&head_bytes(&parts)).await {
-        hub.registry.remove_peer(&peer);
+        hub.registry.remove_socket(&peer);
         debug!("adopted upgrade not answered: {e}");
         return None;
     }

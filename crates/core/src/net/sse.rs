@@ -36,7 +36,7 @@ use crate::limits::Slot;
 use crate::net::requests::Requests;
 use crate::protocol::{self, close_code};
 use crate::stats::Stats;
-use crate::write::peer::Peer;
+use crate::write::socket::Socket;
 
 /// Longest wait between two writes on a quiet stream: a comment line keeps proxies (which often
 /// cut a response silent for 60 s) and the client's liveness check satisfied. Shorter with a
@@ -411,7 +411,7 @@ pub(crate) fn join_rooms(requests: &mut Requests, prefix: &str, rooms: &[String]
 /// The response body of one SSE stream: the peer's writer for as long as it is polled.
 pub(crate) struct SseBody {
     hub: Arc<Hub>,
-    peer: Arc<Peer>,
+    peer: Arc<Socket>,
     /// Kept for the stream's life: its place in the connection limits.
     _slot: Slot,
     /// Kept for the stream's life: counted in `connections` and `streams`.
@@ -435,7 +435,7 @@ impl SseBody {
     /// as the socket message `join-collection` does.
     pub(crate) fn open(
         hub: Arc<Hub>,
-        peer: Arc<Peer>,
+        peer: Arc<Socket>,
         slot: Slot,
         token: tokio_util::task::task_tracker::TaskTrackerToken,
         rooms: Vec<String>,
@@ -529,7 +529,7 @@ impl Body for SseBody {
             this.timer.as_mut().reset(at);
             if exp != 0 && exp <= now_secs() {
                 // Ends as a socket's would: 4001, then the close event on the next poll.
-                this.hub.registry.remove_peer(&this.peer);
+                this.hub.registry.remove_socket(&this.peer);
                 this.peer.outbound.close(close_code::TOKEN_EXPIRED, "token expired");
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
@@ -552,7 +552,7 @@ impl Body for SseBody {
 
 impl Drop for SseBody {
     fn drop(&mut self) {
-        self.hub.registry.remove_peer(&self.peer);
+        self.hub.registry.remove_socket(&self.peer);
         self.peer.outbound.close(close_code::NORMAL, "");
     }
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::write::outbound::{OutFrame, Push};
-use crate::write::peer::Peer;
+use crate::write::socket::Socket;
 
 /// Sockets a flusher writes before it lets the other tasks of its thread run: 64 writes are
 /// about half a millisecond here.
@@ -38,7 +38,7 @@ pub(crate) struct Flushers {
 
 #[derive(Default)]
 struct Waiting {
-    peers: VecDeque<Arc<Peer>>,
+    peers: VecDeque<Arc<Socket>>,
     /// Flushers running (each one ends when it finds the queue empty).
     active: usize,
 }
@@ -55,7 +55,7 @@ impl Flushers {
     }
 
     /// Has these sockets' queues written, after any already waiting.
-    pub(crate) fn write(self: &Arc<Self>, peers: impl IntoIterator<Item = Arc<Peer>>) {
+    pub(crate) fn write(self: &Arc<Self>, peers: impl IntoIterator<Item = Arc<Socket>>) {
         let start = {
             let mut w = self.waiting.lock();
             w.peers.extend(peers);
@@ -132,8 +132,8 @@ impl Drop for Active {
 /// bound instead of growing with what the application emits.
 #[derive(Default)]
 pub(crate) struct Wakes {
-    peers: Vec<Arc<Peer>>,
-    behind: Vec<Arc<Peer>>,
+    peers: Vec<Arc<Socket>>,
+    behind: Vec<Arc<Socket>>,
     /// Who writes the sockets; without them each socket's task is woken to write.
     flushers: Option<Arc<Flushers>>,
 }
@@ -149,7 +149,7 @@ impl Wakes {
     }
 
     /// Queues `frame` for `peer`, to be written at the next [`Wakes::flush`].
-    pub(crate) fn push(&mut self, peer: &Arc<Peer>, frame: impl Into<OutFrame>) -> Push {
+    pub(crate) fn push(&mut self, peer: &Arc<Socket>, frame: impl Into<OutFrame>) -> Push {
         let (push, wake) = peer.outbound.push_unwoken(frame);
         if wake {
             self.peers.push(peer.clone());
@@ -167,7 +167,7 @@ impl Wakes {
     }
 
     /// The sockets left behind since the last call (the caller waits for them).
-    pub(crate) fn take_behind(&mut self) -> Vec<Arc<Peer>> {
+    pub(crate) fn take_behind(&mut self) -> Vec<Arc<Socket>> {
         std::mem::take(&mut self.behind)
     }
 
@@ -205,7 +205,7 @@ mod tests {
     /// What a socket's own task does with its queue (`connection::poll_writes`): the flushers
     /// wake it for what they leave, as when a flusher is still writing a socket that another
     /// flusher reaches.
-    async fn socket_task(peer: Arc<Peer>, stream: Arc<tokio::net::TcpStream>) {
+    async fn socket_task(peer: Arc<Socket>, stream: Arc<tokio::net::TcpStream>) {
         use crate::write::outbound::{Batch, Flush};
         let mut batch = Batch::default();
         std::future::poll_fn(|cx| loop {
@@ -247,7 +247,7 @@ mod tests {
             for id in 0..(SHARE_MIN as u64 + 100) {
                 let client = tokio::net::TcpStream::connect(addr).await.unwrap();
                 let server = Arc::new(listener.accept().await.unwrap().0);
-                let peer = Arc::new(Peer::new(id, "t", None, 1 << 20));
+                let peer = Arc::new(Socket::new(id, "t", None, 1 << 20));
                 peer.outbound.attach(server.as_raw_fd());
                 let task = tokio::spawn(socket_task(peer.clone(), server.clone()));
                 sockets.push((peer, server, task, client));
@@ -311,7 +311,7 @@ mod tests {
                 .await
                 .unwrap();
             let server = Arc::new(listener.accept().await.unwrap().0);
-            let peer = Arc::new(Peer::new(1, "t", None, 1 << 20));
+            let peer = Arc::new(Socket::new(1, "t", None, 1 << 20));
             peer.outbound.attach(server.as_raw_fd());
             let task = tokio::spawn(socket_task(peer.clone(), server.clone()));
             let flushers = Flushers::new(tokio::runtime::Handle::current());
@@ -348,7 +348,7 @@ mod tests {
             .unwrap();
         let flushers = Flushers::new(runtime.handle().clone());
         drop(runtime);
-        let peer = Arc::new(Peer::new(1, "t", None, 1 << 20));
+        let peer = Arc::new(Socket::new(1, "t", None, 1 << 20));
         peer.outbound.push(text_frame(b"late"));
         flushers.write([peer.clone()]);
         assert_eq!(flushers.waiting.lock().active, 0);

@@ -2,5 +2,5 @@
 
 pub(crate) mod flush;
 pub(crate) mod outbound;
-pub(crate) mod peer;
+pub(crate) mod socket;
 pub(crate) mod splice;

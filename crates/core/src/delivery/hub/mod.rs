@@ -37,7 +37,7 @@ use crate::error::Error;
 use crate::host::callbacks::Callbacks;
 use crate::protocol::text_frame;
 use crate::stats::{Snapshot, Stats};
-use crate::write::peer::{Peer, PeerId};
+use crate::write::socket::{Socket, SocketId};
 
 /// The room name a broadcast to everyone travels under: never a real room (a room name cannot
 /// end in `*`), so an instance that does not know it delivers it to nobody.
@@ -154,7 +154,7 @@ impl Hub {
 
     /// A socket for this user; `user_value` is what the host verified (plugin mode), or `None`
     /// to use the token's claims.
-    pub(crate) fn new_peer(&self, user: Option<User>, user_value: Option<Value>) -> Arc<Peer> {
+    pub(crate) fn new_socket(&self, user: Option<User>, user_value: Option<Value>) -> Arc<Socket> {
         let id = self.next_peer.fetch_add(1, Ordering::Relaxed);
         let (user, value) = match user {
             Some(mut u) => {
@@ -173,7 +173,7 @@ impl Hub {
                 user_value.map_or_else(crate::auth::users::SharedUsers::anonymous, Arc::new),
             ),
         };
-        let peer = Arc::new(Peer::with_user_value(
+        let peer = Arc::new(Socket::with_user_value(
             id,
             &self.instance,
             user,
@@ -184,7 +184,7 @@ impl Hub {
         peer
     }
 
-    fn peer_by_public_id(&self, socket_id: &str) -> Option<Arc<Peer>> {
+    fn peer_by_public_id(&self, socket_id: &str) -> Option<Arc<Socket>> {
         self.registry.peer(self.local_peer_id(socket_id)?)
     }
 
@@ -257,7 +257,7 @@ impl Hub {
     fn broadcast_all_local(&self, json: &[u8]) -> usize {
         let frame = text_frame(json);
         self.registry
-            .all_peers()
+            .all_sockets()
             .iter()
             .filter(|p| self.registry.send_to(p, frame.clone(), &self.stats))
             .count()
@@ -267,7 +267,12 @@ impl Hub {
     /// `limit`: each with its user and rooms. The id to pass for the next page, if there is one.
     pub fn list_sockets(&self, after: Option<&str>, limit: usize) -> (Vec<(SocketInfo, Vec<String>)>, Option<String>) {
         let after = after.and_then(|id| self.local_peer_id(id)).unwrap_or(0);
-        let mut peers: Vec<Arc<Peer>> = self.registry.all_peers().into_iter().filter(|p| p.id > after).collect();
+        let mut peers: Vec<Arc<Socket>> = self
+            .registry
+            .all_sockets()
+            .into_iter()
+            .filter(|p| p.id > after)
+            .collect();
         peers.sort_by_key(|p| p.id);
         let more = peers.len() > limit;
         peers.truncate(limit);
@@ -296,7 +301,7 @@ impl Hub {
     }
 
     /// Queues a frame for a room's members, counted in the backlog (see [`Hub::admit_unheld`]).
-    fn queue_broadcast(&self, room: &str, frame: Bytes, except: Option<PeerId>) -> Result<(), Error> {
+    fn queue_broadcast(&self, room: &str, frame: Bytes, except: Option<SocketId>) -> Result<(), Error> {
         if !self.admit_unheld(room) {
             return Ok(());
         }
@@ -360,7 +365,7 @@ impl Hub {
     }
 
     /// The local peer number of a socket id of this instance.
-    fn local_peer_id(&self, socket_id: &str) -> Option<PeerId> {
+    fn local_peer_id(&self, socket_id: &str) -> Option<SocketId> {
         let (instance, n) = socket_id.split_once('.')?;
         (instance == self.instance).then(|| n.parse().ok()).flatten()
     }
@@ -399,7 +404,7 @@ impl Hub {
             .collect()
     }
 
-    pub(crate) fn socket_info(&self, peer: &Peer) -> SocketInfo {
+    pub(crate) fn socket_info(&self, peer: &Socket) -> SocketInfo {
         SocketInfo {
             id: peer.public_id.clone(),
             user: peer.user_doc(),

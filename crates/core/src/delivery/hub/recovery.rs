@@ -20,7 +20,7 @@ use crate::host::callbacks::UserList;
 use crate::protocol::{collection_room, encode_value, Since};
 use crate::stats::Stats;
 use crate::warn;
-use crate::write::peer::Peer;
+use crate::write::socket::Socket;
 
 /// What a collection join did.
 #[derive(Debug)]
@@ -37,7 +37,7 @@ impl Hub {
     /// recovery is under way (`Err` says why it cannot be: the socket joined live instead).
     pub(crate) fn join_collection(
         &self,
-        peer: &Arc<Peer>,
+        peer: &Arc<Socket>,
         collection: &str,
         since: Option<&Since>,
     ) -> Result<JoinOutcome, Error> {
@@ -47,7 +47,7 @@ impl Hub {
     /// [`Hub::join_collection`] for any room (a client's `join` of a room with a rule).
     pub(crate) fn join_with_history(
         &self,
-        peer: &Arc<Peer>,
+        peer: &Arc<Socket>,
         room: &str,
         since: Option<&Since>,
     ) -> Result<JoinOutcome, Error> {
@@ -131,7 +131,7 @@ impl Hub {
 
     /// Counts a recovery of `room` by this socket: `Err(Limited)` past `maxRecoveriesPerMinute`
     /// (the socket then joins live and is told to refetch).
-    fn recovery_allowed(&self, peer: &Peer, room: &str) -> Result<(), RecoveryFailed> {
+    fn recovery_allowed(&self, peer: &Socket, room: &str) -> Result<(), RecoveryFailed> {
         if peer.may_recover(room, self.config.max_recoveries_per_minute) {
             return Ok(());
         }
@@ -157,7 +157,7 @@ impl Hub {
     /// frames that come after them are released (see `lanes::Barrier::RecoverStart`).
     pub(crate) async fn join_collection_remote(
         &self,
-        peer: &Arc<Peer>,
+        peer: &Arc<Socket>,
         collection: &str,
         since: Option<&Since>,
     ) -> Result<JoinOutcome, Error> {
@@ -168,7 +168,7 @@ impl Hub {
     /// [`Hub::join_collection_remote`] for any room.
     pub(crate) async fn join_with_history_remote(
         &self,
-        peer: &Arc<Peer>,
+        peer: &Arc<Socket>,
         room: &str,
         since: Option<&Since>,
     ) -> Result<JoinOutcome, Error> {
@@ -282,7 +282,7 @@ impl Hub {
 pub(crate) async fn replay_frames(
     hub: &Hub,
     authorize: Option<&str>,
-    peer: &Arc<Peer>,
+    peer: &Arc<Socket>,
     entries: &[Entry],
 ) -> Vec<Bytes> {
     match (authorize, &hub.callbacks.authorizer) {

@@ -12,7 +12,7 @@ use crate::auth::User;
 use crate::cluster::broker::{raw, Channel, Kind};
 use crate::protocol::close_code;
 use crate::warn;
-use crate::write::peer::Peer;
+use crate::write::socket::Socket;
 
 impl Hub {
     /// Closes with 4003 every socket of this user (`<collection>:<id>`) whose session is `sid`,
@@ -71,9 +71,9 @@ impl Hub {
     /// sockets are checked against the store; revoked ones are closed (4003).
     pub(crate) async fn recheck_sessions(&self) {
         self.revocations.rewrite_all();
-        let peers: Vec<Arc<Peer>> = self
+        let peers: Vec<Arc<Socket>> = self
             .registry
-            .all_peers()
+            .all_sockets()
             .into_iter()
             .filter(|p| p.user.is_some())
             .collect();
@@ -95,7 +95,7 @@ impl Hub {
             Ok(revoked) => {
                 for (peer, revoked) in peers.iter().zip(revoked) {
                     if revoked {
-                        self.registry.remove_peer(peer);
+                        self.registry.remove_socket(peer);
                         peer.outbound.close(close_code::SESSION_REVOKED, "session revoked");
                     }
                 }
@@ -135,7 +135,7 @@ impl Hub {
 
     pub(super) fn revoke_local(&self, user_key: &str, sid: Option<&str>) -> usize {
         let mut closed = 0;
-        for peer in self.registry.all_peers() {
+        for peer in self.registry.all_sockets() {
             if peer.user_key() != user_key {
                 continue;
             }
@@ -144,7 +144,7 @@ impl Hub {
                     continue;
                 }
             }
-            self.registry.remove_peer(&peer);
+            self.registry.remove_socket(&peer);
             peer.outbound.close(close_code::SESSION_REVOKED, "session revoked");
             closed += 1;
         }

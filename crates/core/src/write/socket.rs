@@ -1,5 +1,5 @@
 //! The state one connected socket shares with the rest of the server: who it is, its outbound
-//! queue, and the rooms it is in. The room registry holds `Arc<Peer>`s; the connection's task
+//! queue, and the rooms it is in. The room registry holds `Arc<Socket>`s; the connection's task
 //! holds the same `Arc`.
 
 use std::collections::{HashMap, HashSet};
@@ -13,10 +13,10 @@ use serde_json::Value;
 use crate::auth::User;
 use crate::write::outbound::Outbound;
 
-pub(crate) type PeerId = u64;
+pub(crate) type SocketId = u64;
 
-pub(crate) struct Peer {
-    pub(crate) id: PeerId,
+pub(crate) struct Socket {
+    pub(crate) id: SocketId,
     /// The id as JS and clients see it: `<instance>.<n>`.
     pub(crate) public_id: String,
     pub(crate) user: Option<User>,
@@ -71,29 +71,29 @@ pub(crate) struct Recovering {
     replayed: HashMap<Arc<str>, (HashSet<u64>, std::time::Instant)>,
 }
 
-impl Peer {
+impl Socket {
     #[cfg(test)]
-    pub(crate) fn new(id: PeerId, instance: &str, user: Option<User>, max_backpressure: usize) -> Peer {
+    pub(crate) fn new(id: SocketId, instance: &str, user: Option<User>, max_backpressure: usize) -> Socket {
         let user_value = user
             .as_ref()
             .map_or_else(|| Arc::new(Value::Null), |u| u.claims.clone());
-        Peer::with_user_value(id, instance, user, user_value, max_backpressure)
+        Socket::with_user_value(id, instance, user, user_value, max_backpressure)
     }
 
     pub(crate) fn with_user_value(
-        id: PeerId,
+        id: SocketId,
         instance: &str,
         user: Option<User>,
         user_value: Arc<Value>,
         max_backpressure: usize,
-    ) -> Peer {
+    ) -> Socket {
         let sid = user.as_ref().and_then(|u| u.sid());
         let expires_at = user.as_ref().and_then(|u| u.expires_at).unwrap_or(0);
         let issued_at = user
             .as_ref()
             .and_then(|u| u.claims.get("iat").and_then(Value::as_u64))
             .unwrap_or(0);
-        Peer {
+        Socket {
             id,
             public_id: format!("{instance}.{id}"),
             user,
@@ -127,7 +127,7 @@ impl Peer {
         true
     }
 
-    /// Holds live frames of `room` back until [`Peer::end_recovery`].
+    /// Holds live frames of `room` back until [`Socket::end_recovery`].
     pub(crate) fn start_recovery(&self, room: &Arc<str>) {
         let mut recovery = self.recovery.lock();
         let r = &mut recovery.get_or_insert_with(Box::default).recovering;
@@ -136,7 +136,7 @@ impl Peer {
         self.is_recovering.store(true, Ordering::Release);
     }
 
-    /// Whether live frames may be held back or dropped ([`Peer::hold_back`] has work to do).
+    /// Whether live frames may be held back or dropped ([`Socket::hold_back`] has work to do).
     pub(crate) fn is_recovering(&self) -> bool {
         self.is_recovering.load(Ordering::Acquire)
     }
