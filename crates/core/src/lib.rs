@@ -110,6 +110,8 @@
 
 // Every `unsafe` block says why it is sound; clippy checks it.
 #![warn(clippy::undocumented_unsafe_blocks)]
+// What the crate does not export is `pub(crate)`, so that rustc finds what nothing uses.
+#![warn(unreachable_pub)]
 
 pub(crate) mod auth;
 pub(crate) mod cluster;
