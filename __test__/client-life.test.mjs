@@ -325,3 +325,29 @@ test('app events missed while disconnected are recovered on reconnect, in order,
     await manager.close()
   }
 })
+
+test('an SSE stream whose request is never answered is given up after the liveness timeout', T, async () => {
+  // A proxy with no server behind it: every connection is closed before any answer. Node's
+  // fetch then waits forever, and the SSE transport answers pings itself, so without a time
+  // limit on the request the client would stay 'open' with no stream.
+  const dropping = net.createServer((c) => c.destroy())
+  await new Promise((resolve) => dropping.listen(0, '127.0.0.1', resolve))
+  const statuses = []
+  const client = createRealtimeClient({
+    url: `ws://127.0.0.1:${dropping.address().port}/`,
+    token: makeToken({ id: 'reader' }),
+    transports: ['sse'],
+    reconnect: FAST,
+    liveness: { interval: 1000, timeout: 300 },
+  })
+  client.on('status', (s) => statuses.push(s))
+  try {
+    client.subscribe('orders:1.shipped', () => {})
+    await waitUntil(() => statuses.indexOf('reconnecting', statuses.indexOf('open')) > 0, {
+      label: 'the unanswered stream given up',
+    })
+  } finally {
+    client.disconnect()
+    await new Promise((r) => dropping.close(r))
+  }
+})

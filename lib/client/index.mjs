@@ -754,7 +754,13 @@ export class RealtimeClient {
     let opened = false
     try {
       ws = sse
-        ? new SseTransport({ url: this._url, token, fetch: this._fetch ?? undefined })
+        ? new SseTransport({
+            url: this._url,
+            token,
+            fetch: this._fetch ?? undefined,
+            // A stream not answered within the liveness timeout is as dead as a silent socket.
+            openTimeout: this._liveness?.timeout,
+          })
         : new this._WebSocket(connectUrl(this._url, token, this._tokenInUrl))
     } catch (err) {
       this._error('connect-failed', `could not open a WebSocket: ${errorMessage(err)}`, { cause: err })

@@ -70,15 +70,25 @@ export function sseParser(onMessage) {
   }
 }
 
+/**
+ * How long a stream's request may wait for its response head (ms). Without it a request that
+ * never gets one leaves the transport open with no stream: Node's fetch waits forever when the
+ * peer closes the connection before answering (a proxy or load balancer with no server behind
+ * it), and a local `ping` answer keeps the client's liveness check from noticing.
+ */
+export const DEFAULT_SSE_OPEN_TIMEOUT = 10_000
+
 export class SseTransport {
   /**
    * `url`: the client's WebSocket URL; `token`: sent as `Authorization: JWT <token>` (none:
-   * the cookie); `fetch`: a fetch implementation (default `globalThis.fetch`).
+   * the cookie); `fetch`: a fetch implementation (default `globalThis.fetch`); `openTimeout`:
+   * ms a stream's request may wait for its response (default `DEFAULT_SSE_OPEN_TIMEOUT`).
    */
-  constructor({ url, token, fetch }) {
+  constructor({ url, token, fetch, openTimeout }) {
     this._url = url
     this._token = token
     this._fetch = fetch ?? globalThis.fetch
+    this._openTimeout = openTimeout ?? DEFAULT_SSE_OPEN_TIMEOUT
     this.readyState = 0
     /** A stream was answered (200): the transport works, whatever ends it later. */
     this.streamed = false
@@ -183,6 +193,11 @@ export class SseTransport {
       headers.authorization = `JWT ${this._token}`
     }
     let res
+    let timedOut = false
+    const timer = setTimeout(() => {
+      timedOut = true
+      abort.abort()
+    }, this._openTimeout)
     try {
       res = await this._fetch(sseUrl(this._url, rooms, this._lastId()), {
         headers,
@@ -191,8 +206,12 @@ export class SseTransport {
         signal: abort.signal,
       })
     } catch (/** @type {any} */ err) {
-      if (id === this._streamId && !abort.signal.aborted) this._fail(1006, `SSE request failed: ${err?.message ?? err}`)
+      if (id !== this._streamId) return
+      if (timedOut) this._fail(1006, `SSE request not answered within ${this._openTimeout} ms`)
+      else if (!abort.signal.aborted) this._fail(1006, `SSE request failed: ${err?.message ?? err}`)
       return
+    } finally {
+      clearTimeout(timer)
     }
     if (id !== this._streamId) return abort.abort()
     if (!res.ok || !res.body) {
