@@ -399,7 +399,12 @@ async fn accept_loop(
                     warn!("accepting connections again");
                 }
                 let _ = stream.set_nodelay(true);
-                tracker.spawn(serve_tcp(hub.clone(), stream, remote, sockets.clone()));
+                tracker.spawn(ConnectionTask::new(open_tcp(
+                    hub.clone(),
+                    stream,
+                    remote,
+                    sockets.clone(),
+                )));
             }
             Err(e) => {
                 // Never stop listening: wait for descriptors to be freed and go on.
@@ -421,14 +426,9 @@ async fn accept_loop(
     // Dropping the listener here frees the port.
 }
 
-/// A connection on the server's own port. A WebSocket upgrade is answered and served here, in
-/// this task (see [`crate::net::head`]); anything else is hyper's.
-fn serve_tcp(hub: Arc<Hub>, stream: TcpStream, remote: SocketAddr, sockets: TaskTracker) -> ConnectionTask {
-    ConnectionTask::new(open_tcp(hub, stream, remote, sockets))
-}
-
 /// A connection on the server's own port until its socket is open (or to its close, when it is
-/// not one).
+/// not one): a WebSocket upgrade is answered here, in the connection's task (see
+/// [`crate::net::head`]); anything else is hyper's.
 async fn open_tcp(
     hub: Arc<Hub>,
     mut stream: TcpStream,
@@ -1127,7 +1127,7 @@ async fn open_upgrade(
     // Before the socket is open it waits on nobody but the host's `verifyUser`, which a
     // shutdown does not wait for.
     let peer = tokio::select! {
-        peer = answer_adopted(&hub, &mut stream, remote, parsed) => peer,
+        peer = answer_upgrade(&hub, &mut stream, remote, parsed) => peer,
         _ = hub.shutdown.cancelled() => None,
     };
     match peer {
@@ -1189,9 +1189,10 @@ impl Future for ConnectionTask {
     }
 }
 
-/// Checks and answers an adopted upgrade; `Some` with the registered peer once the 101 is out
-/// (no peer yet for a socket that authenticates in its first message).
-async fn answer_adopted(
+/// Checks and answers an upgrade whose head was read here (on the server's own port, or by the
+/// host for an adopted connection); `Some` with the registered peer once the 101 is out (no peer
+/// yet for a socket that authenticates in its first message).
+async fn answer_upgrade(
     hub: &Arc<Hub>,
     stream: &mut TcpStream,
     remote: Option<SocketAddr>,
