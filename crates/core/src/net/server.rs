@@ -1198,7 +1198,7 @@ async fn answer_upgrade(
     remote: Option<SocketAddr>,
     parsed: Result<Request<()>, String>,
 ) -> Option<(Option<Arc<Socket>>, Slot)> {
-    let mut req = match parsed {
+    let req = match parsed {
         Ok(req) => req,
         Err(reason) => {
             let body = serde_json::json!({ "error": "bad-request", "reason": reason }).to_string();
@@ -1223,12 +1223,12 @@ async fn answer_upgrade(
         if hub.stopping.is_cancelled() {
             return Err(shutting_down(hub));
         }
-        match fastwebsockets::upgrade::upgrade(&mut req) {
-            // No hyper connection behind this request: its upgrade future is not needed.
-            Ok((response, _)) => Ok((who, slot, response)),
+        match switching_protocols(&req) {
+            Ok(response) => Ok((who, slot, response)),
             Err(e) => Err(bad_handshake(hub, &e)),
         }
     });
+    drop(req);
     let (who, slot, response) = match accepted {
         Ok(accepted) => accepted,
         Err(refused) => {
@@ -1236,9 +1236,8 @@ async fn answer_upgrade(
             return None;
         }
     };
-    let (parts, _) = response.into_parts();
     let Some((user, user_value)) = who else {
-        if let Err(e) = stream.write_all(&head_bytes(&parts)).await {
+        if let Err(e) = stream.write_all(&response).await {
             debug!("adopted upgrade not answered: {e}");
             return None;
         }
@@ -1247,7 +1246,7 @@ async fn answer_upgrade(
     let peer = hub.new_socket(user, user_value);
     // Registered before the 101 goes out, as on the server's own port.
     hub.registry.add_socket(peer.clone());
-    if let Err(e) = stream.write_all(&head_bytes(&parts)).await {
+    if let Err(e) = stream.write_all(&response).await {
         hub.registry.remove_socket(&peer);
         debug!("adopted upgrade not answered: {e}");
         return None;
@@ -1331,6 +1330,36 @@ async fn linger(hub: &Hub, mut stream: TcpStream) {
     }
 }
 
+/// The 101 that accepts an upgrade, as bytes, or why the request cannot have one: the checks
+/// and the answer of `fastwebsockets::upgrade::upgrade`, written straight into one buffer
+/// without building an `http::Response` (a handshake answered here has no hyper connection,
+/// so its upgrade future would be unused). A test holds the two to the same bytes.
+fn switching_protocols<B>(req: &Request<B>) -> Result<Vec<u8>, fastwebsockets::WebSocketError> {
+    use base64::Engine;
+    use sha1::Digest;
+    let key = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or(fastwebsockets::WebSocketError::MissingSecWebSocketKey)?;
+    if req.headers().get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return Err(fastwebsockets::WebSocketError::InvalidSecWebsocketVersion);
+    }
+    let mut sha1 = sha1::Sha1::new();
+    sha1.update(key.as_bytes());
+    sha1.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let mut accept = [0u8; 28];
+    let n = base64::engine::general_purpose::STANDARD
+        .encode_slice(sha1.finalize(), &mut accept)
+        .expect("a SHA-1 is 28 base64 characters");
+    const HEAD: &[u8] =
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: ";
+    let mut out = Vec::with_capacity(HEAD.len() + n + 4);
+    out.extend_from_slice(HEAD);
+    out.extend_from_slice(&accept[..n]);
+    out.extend_from_slice(b"\r\n\r\n");
+    Ok(out)
+}
+
 /// A response's status line and headers as HTTP/1.1 bytes, for an adopted connection (hyper
 /// does not serve it).
 fn head_bytes(parts: &hyper::http::response::Parts) -> Vec<u8> {
@@ -1369,6 +1398,34 @@ mod tests {
             ..Config::default()
         };
         Server::start(config, Callbacks::default()).unwrap()
+    }
+
+    #[test]
+    fn the_101_written_here_is_fastwebsockets_own() {
+        let request = |key: Option<&str>, version: &str| {
+            let mut b = Request::builder().uri("/ws").header("sec-websocket-version", version);
+            if let Some(key) = key {
+                b = b.header("Sec-WebSocket-Key", key);
+            }
+            b.body(()).unwrap()
+        };
+        for key in ["dGhlIHNhbXBsZSBub25jZQ==", "x", ""] {
+            let mut req = request(Some(key), "13");
+            let ours = switching_protocols(&req).unwrap();
+            let (theirs, _) = fastwebsockets::upgrade::upgrade(&mut req).unwrap();
+            assert_eq!(ours, head_bytes(&theirs.into_parts().0), "key {key:?}");
+        }
+        // RFC 6455's example.
+        let ours = switching_protocols(&request(Some("dGhlIHNhbXBsZSBub25jZQ=="), "13")).unwrap();
+        assert!(String::from_utf8(ours)
+            .unwrap()
+            .contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"));
+        for (key, version) in [(None, "13"), (Some("x"), "12"), (Some("x"), "")] {
+            let mut req = request(key, version);
+            let ours = switching_protocols(&req).unwrap_err().to_string();
+            let theirs = fastwebsockets::upgrade::upgrade(&mut req).unwrap_err().to_string();
+            assert_eq!(ours, theirs);
+        }
     }
 
     /// A connection as the host's server holds it: the client's end, and the host's.
