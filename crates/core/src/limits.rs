@@ -25,10 +25,12 @@ pub(crate) enum Over {
     Ip,
 }
 
+/// The counts; a map is kept only for a limit that is set (0 = none), so an unlimited
+/// server does no map work per handshake.
 #[derive(Default)]
 struct Counts {
     total: usize,
-    by_user: HashMap<String, usize>,
+    by_user: HashMap<Arc<str>, usize>,
     by_ip: HashMap<IpAddr, usize>,
 }
 
@@ -44,7 +46,10 @@ pub(crate) struct Limits {
 /// One socket's place in the counts, given back when dropped.
 pub(crate) struct Slot {
     limits: Arc<Limits>,
-    user: Option<String>,
+    /// The user this socket counts for (the user's key, shared, not copied), when per-user
+    /// limits are on.
+    user: Option<Arc<str>>,
+    /// The address it counts for, when per-address limits are on.
     ip: Option<IpAddr>,
 }
 
@@ -60,31 +65,33 @@ impl Limits {
 
     /// Counts one more socket for this user (`None`: anonymous, counted by address only) from
     /// this address, unless that passes a limit (0 is no limit, for the two per-client ones).
-    pub(crate) fn reserve(self: &Arc<Self>, user: Option<&str>, ip: Option<IpAddr>) -> Result<Slot, Over> {
+    pub(crate) fn reserve(self: &Arc<Self>, user: Option<&Arc<str>>, ip: Option<IpAddr>) -> Result<Slot, Over> {
         let mut c = self.counts.lock();
         if c.total >= self.max_total {
             return Err(Over::Total);
         }
+        let user = user.filter(|_| self.max_per_user > 0);
+        let ip = ip.filter(|_| self.max_per_ip > 0);
         if let Some(user) = user {
-            if self.max_per_user > 0 && c.by_user.get(user).copied().unwrap_or(0) >= self.max_per_user {
+            if c.by_user.get(user).copied().unwrap_or(0) >= self.max_per_user {
                 return Err(Over::User);
             }
         }
         if let Some(ip) = ip {
-            if self.max_per_ip > 0 && c.by_ip.get(&ip).copied().unwrap_or(0) >= self.max_per_ip {
+            if c.by_ip.get(&ip).copied().unwrap_or(0) >= self.max_per_ip {
                 return Err(Over::Ip);
             }
         }
         c.total += 1;
         if let Some(user) = user {
-            *c.by_user.entry(user.to_string()).or_default() += 1;
+            *c.by_user.entry(user.clone()).or_default() += 1;
         }
         if let Some(ip) = ip {
             *c.by_ip.entry(ip).or_default() += 1;
         }
         Ok(Slot {
             limits: self.clone(),
-            user: user.map(str::to_string),
+            user: user.cloned(),
             ip,
         })
     }
@@ -123,14 +130,17 @@ impl Drop for Slot {
 impl Slot {
     /// Counts this socket for `user_key` too, once it has said who it is after the upgrade
     /// (first-message auth): `Err` when that user is at `maxConnectionsPerUser`.
-    pub(crate) fn add_user(&mut self, user_key: &str) -> Result<(), Over> {
+    pub(crate) fn add_user(&mut self, user_key: &Arc<str>) -> Result<(), Over> {
+        if self.limits.max_per_user == 0 {
+            return Ok(());
+        }
         let mut c = self.limits.counts.lock();
-        if self.limits.max_per_user > 0 && c.by_user.get(user_key).copied().unwrap_or(0) >= self.limits.max_per_user {
+        if c.by_user.get(user_key).copied().unwrap_or(0) >= self.limits.max_per_user {
             return Err(Over::User);
         }
-        *c.by_user.entry(user_key.to_string()).or_default() += 1;
+        *c.by_user.entry(user_key.clone()).or_default() += 1;
         drop(c);
-        self.user = Some(user_key.to_string());
+        self.user = Some(user_key.clone());
         Ok(())
     }
 }
@@ -268,6 +278,10 @@ fn forwarded_for(element: &str) -> Option<&str> {
 mod tests {
     use super::*;
 
+    fn key(k: &str) -> Arc<str> {
+        Arc::from(k)
+    }
+
     fn limits(total: usize, per_user: usize, per_ip: usize) -> Arc<Limits> {
         Limits::new(&Config {
             max_connections: total,
@@ -281,17 +295,17 @@ mod tests {
     fn each_limit_refuses_past_it_and_a_closed_socket_frees_its_place() {
         let ip = |n: u8| Some(IpAddr::from([10, 0, 0, n]));
         let l = limits(4, 2, 3);
-        let a1 = l.reserve(Some("users:a"), ip(1)).unwrap();
-        let _a2 = l.reserve(Some("users:a"), ip(1)).unwrap();
-        assert_eq!(l.reserve(Some("users:a"), ip(2)).err(), Some(Over::User));
-        let _b1 = l.reserve(Some("users:b"), ip(1)).unwrap();
+        let a1 = l.reserve(Some(&key("users:a")), ip(1)).unwrap();
+        let _a2 = l.reserve(Some(&key("users:a")), ip(1)).unwrap();
+        assert_eq!(l.reserve(Some(&key("users:a")), ip(2)).err(), Some(Over::User));
+        let _b1 = l.reserve(Some(&key("users:b")), ip(1)).unwrap();
         assert_eq!(l.reserve(None, ip(1)).err(), Some(Over::Ip), "anonymous: by address");
         let _c = l.reserve(None, ip(2)).unwrap();
-        assert_eq!(l.reserve(Some("users:z"), ip(9)).err(), Some(Over::Total));
+        assert_eq!(l.reserve(Some(&key("users:z")), ip(9)).err(), Some(Over::Total));
         assert_eq!(l.total(), 4, "refusals take no place");
         drop(a1);
         assert_eq!(l.total(), 3);
-        let _a3 = l.reserve(Some("users:a"), ip(2)).unwrap();
+        let _a3 = l.reserve(Some(&key("users:a")), ip(2)).unwrap();
         assert!(l.counts.lock().by_user.len() == 2);
     }
 
@@ -299,7 +313,10 @@ mod tests {
     fn zero_is_no_limit_per_user_and_address_and_the_maps_forget_what_left() {
         let l = limits(1000, 0, 0);
         let slots: Vec<Slot> = (0..100)
-            .map(|_| l.reserve(Some("users:a"), Some(IpAddr::from([127, 0, 0, 1]))).unwrap())
+            .map(|_| {
+                l.reserve(Some(&key("users:a")), Some(IpAddr::from([127, 0, 0, 1])))
+                    .unwrap()
+            })
             .collect();
         drop(slots);
         let c = l.counts.lock();
@@ -344,13 +361,13 @@ mod tests {
     #[test]
     fn a_socket_that_says_who_it_is_later_counts_for_its_user() {
         let l = limits(10, 1, 0);
-        let _known = l.reserve(Some("users:a"), None).unwrap();
+        let _known = l.reserve(Some(&key("users:a")), None).unwrap();
         let mut pending = l.reserve(None, None).unwrap();
-        assert_eq!(pending.add_user("users:a").err(), Some(Over::User));
-        pending.add_user("users:b").unwrap();
-        assert_eq!(l.reserve(Some("users:b"), None).err(), Some(Over::User));
+        assert_eq!(pending.add_user(&key("users:a")).err(), Some(Over::User));
+        pending.add_user(&key("users:b")).unwrap();
+        assert_eq!(l.reserve(Some(&key("users:b")), None).err(), Some(Over::User));
         drop(pending);
-        let _b = l.reserve(Some("users:b"), None).unwrap();
+        let _b = l.reserve(Some(&key("users:b")), None).unwrap();
         assert_eq!(l.total(), 2);
     }
 

@@ -30,7 +30,7 @@ struct Inner {
 
 impl SharedUsers {
     /// The user key to keep, and `value` or an equal copy that a socket of this user holds.
-    pub(crate) fn share(&self, user_key: &str, value: Arc<Value>) -> (Arc<str>, Arc<Value>) {
+    pub(crate) fn share(&self, user_key: &Arc<str>, value: Arc<Value>) -> (Arc<str>, Arc<Value>) {
         let mut inner = self.inner.lock();
         if let Some((k, _)) = inner.users.get_key_value(user_key) {
             let k = k.clone();
@@ -50,9 +50,8 @@ impl SharedUsers {
                 !copies.is_empty()
             });
         }
-        let k: Arc<str> = Arc::from(user_key);
-        inner.users.insert(k.clone(), vec![Arc::downgrade(&value)]);
-        (k, value)
+        inner.users.insert(user_key.clone(), vec![Arc::downgrade(&value)]);
+        (user_key.clone(), value)
     }
 
     /// The user of anonymous sockets: one `null` for all of them.
@@ -76,8 +75,8 @@ mod tests {
     #[test]
     fn sockets_of_one_user_with_equal_claims_share_one_copy() {
         let users = SharedUsers::default();
-        let (k1, a) = users.share("users:1", Arc::new(json!({ "id": 1, "exp": 10 })));
-        let (k2, b) = users.share("users:1", Arc::new(json!({ "id": 1, "exp": 10 })));
+        let (k1, a) = users.share(&Arc::from("users:1"), Arc::new(json!({ "id": 1, "exp": 10 })));
+        let (k2, b) = users.share(&Arc::from("users:1"), Arc::new(json!({ "id": 1, "exp": 10 })));
         assert!(Arc::ptr_eq(&a, &b));
         assert!(Arc::ptr_eq(&k1, &k2));
     }
@@ -85,11 +84,11 @@ mod tests {
     #[test]
     fn a_different_copy_of_the_same_user_is_kept_apart() {
         let users = SharedUsers::default();
-        let (_, a) = users.share("users:1", Arc::new(json!({ "id": 1, "exp": 10 })));
-        let (_, b) = users.share("users:1", Arc::new(json!({ "id": 1, "exp": 20 })));
+        let (_, a) = users.share(&Arc::from("users:1"), Arc::new(json!({ "id": 1, "exp": 10 })));
+        let (_, b) = users.share(&Arc::from("users:1"), Arc::new(json!({ "id": 1, "exp": 20 })));
         assert!(!Arc::ptr_eq(&a, &b));
         assert_eq!(b["exp"], 20);
-        let (_, c) = users.share("users:2", Arc::new(json!({ "id": 1, "exp": 10 })));
+        let (_, c) = users.share(&Arc::from("users:2"), Arc::new(json!({ "id": 1, "exp": 10 })));
         assert!(!Arc::ptr_eq(&a, &c), "another user's equal value is not shared");
     }
 
@@ -98,14 +97,14 @@ mod tests {
         let users = SharedUsers::default();
         for i in 0..3 * SWEEP_AFTER {
             // Each value is dropped at once, as when a socket closes.
-            users.share(&format!("users:{i}"), Arc::new(json!({ "id": i })));
+            users.share(&Arc::from(format!("users:{i}")), Arc::new(json!({ "id": i })));
         }
         assert!(users.len() <= SWEEP_AFTER + 1, "{} users remembered", users.len());
-        let (_, held) = users.share("users:kept", Arc::new(json!({ "id": "kept" })));
+        let (_, held) = users.share(&Arc::from("users:kept"), Arc::new(json!({ "id": "kept" })));
         for i in 0..3 * SWEEP_AFTER {
-            users.share(&format!("others:{i}"), Arc::new(json!({ "id": i })));
+            users.share(&Arc::from(format!("others:{i}")), Arc::new(json!({ "id": i })));
         }
-        let (_, again) = users.share("users:kept", Arc::new(json!({ "id": "kept" })));
+        let (_, again) = users.share(&Arc::from("users:kept"), Arc::new(json!({ "id": "kept" })));
         assert!(Arc::ptr_eq(&held, &again), "a user with a socket is kept across sweeps");
     }
 }

@@ -643,7 +643,7 @@ mod tests {
     use super::*;
 
     fn peer(id: SocketId, limit: usize) -> Arc<Socket> {
-        Arc::new(Socket::new(id, "t", None, limit))
+        Arc::new(Socket::new(id, None, limit))
     }
 
     #[test]
@@ -796,7 +796,7 @@ mod tests {
         let stats = Stats::default();
         let of = |id: SocketId, user: u64| {
             let u = User::from_claims(serde_json::json!({"id": user, "collection": "users"})).unwrap();
-            Arc::new(Socket::new(id, "t", Some(u), 1 << 20))
+            Arc::new(Socket::new(id, Some(u), 1 << 20))
         };
         // Users 1 (two sockets), 2 and 3 (not asked: it joined after the question).
         let peers = [of(1, 1), of(2, 1), of(3, 2), of(4, 3)];
@@ -879,7 +879,7 @@ mod tests {
             .enumerate()
             .map(|(i, &user)| {
                 let u = User::from_claims(serde_json::json!({"id": user, "collection": "users"})).unwrap();
-                let p = Arc::new(Socket::new(i as SocketId + 1, "t", Some(u), 1 << 20));
+                let p = Arc::new(Socket::new(i as SocketId + 1, Some(u), 1 << 20));
                 reg.add_socket(p.clone());
                 reg.join(&p, "r", 10);
                 p

@@ -147,7 +147,7 @@ impl Future for Serving {
             hub.memory.on_idle(hub.stats.connections_total.load(Ordering::Relaxed));
         }
         drop(this.slot.take());
-        debug!("socket {} closed", peer.public_id);
+        debug!("socket {} closed", peer.public_id(&hub.instance));
         Poll::Ready(())
     }
 }

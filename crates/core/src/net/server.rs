@@ -834,7 +834,7 @@ fn take_slot<B>(hub: &Hub, req: &Request<B>, user: Option<&User>, remote: Option
             hub.config.trust_loopback,
         )
     });
-    hub.limits.reserve(user.map(|u| &*u.key), ip).map_err(|over| {
+    hub.limits.reserve(user.map(|u| &u.key), ip).map_err(|over| {
         hub.stats.refused(match over {
             Over::Total => "max-connections",
             Over::User => "max-connections-per-user",

@@ -247,7 +247,7 @@ mod tests {
             for id in 0..(SHARE_MIN as u64 + 100) {
                 let client = tokio::net::TcpStream::connect(addr).await.unwrap();
                 let server = Arc::new(listener.accept().await.unwrap().0);
-                let peer = Arc::new(Socket::new(id, "t", None, 1 << 20));
+                let peer = Arc::new(Socket::new(id, None, 1 << 20));
                 peer.outbound.attach(server.as_raw_fd());
                 let task = tokio::spawn(socket_task(peer.clone(), server.clone()));
                 sockets.push((peer, server, task, client));
@@ -311,7 +311,7 @@ mod tests {
                 .await
                 .unwrap();
             let server = Arc::new(listener.accept().await.unwrap().0);
-            let peer = Arc::new(Socket::new(1, "t", None, 1 << 20));
+            let peer = Arc::new(Socket::new(1, None, 1 << 20));
             peer.outbound.attach(server.as_raw_fd());
             let task = tokio::spawn(socket_task(peer.clone(), server.clone()));
             let flushers = Flushers::new(tokio::runtime::Handle::current());
@@ -348,7 +348,7 @@ mod tests {
             .unwrap();
         let flushers = Flushers::new(runtime.handle().clone());
         drop(runtime);
-        let peer = Arc::new(Socket::new(1, "t", None, 1 << 20));
+        let peer = Arc::new(Socket::new(1, None, 1 << 20));
         peer.outbound.push(text_frame(b"late"));
         flushers.write([peer.clone()]);
         assert_eq!(flushers.waiting.lock().active, 0);

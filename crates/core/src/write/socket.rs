@@ -17,8 +17,6 @@ pub(crate) type SocketId = u64;
 
 pub(crate) struct Socket {
     pub(crate) id: SocketId,
-    /// The id as JS and clients see it: `<instance>.<n>`.
-    pub(crate) public_id: String,
     pub(crate) user: Option<User>,
     /// The user as the host sees it (the verified user document in plugin mode, else the
     /// token's claims), shared with every authorize and handler call; replaced when the user
@@ -73,16 +71,15 @@ pub(crate) struct Recovering {
 
 impl Socket {
     #[cfg(test)]
-    pub(crate) fn new(id: SocketId, instance: &str, user: Option<User>, max_backpressure: usize) -> Socket {
+    pub(crate) fn new(id: SocketId, user: Option<User>, max_backpressure: usize) -> Socket {
         let user_value = user
             .as_ref()
             .map_or_else(|| Arc::new(Value::Null), |u| u.claims.clone());
-        Socket::with_user_value(id, instance, user, user_value, max_backpressure)
+        Socket::with_user_value(id, user, user_value, max_backpressure)
     }
 
     pub(crate) fn with_user_value(
         id: SocketId,
-        instance: &str,
         user: Option<User>,
         user_value: Arc<Value>,
         max_backpressure: usize,
@@ -95,7 +92,6 @@ impl Socket {
             .unwrap_or(0);
         Socket {
             id,
-            public_id: format!("{instance}.{id}"),
             user,
             user_value: RwLock::new(user_value),
             sid: Mutex::new(sid),
@@ -107,6 +103,12 @@ impl Socket {
             recovery: Mutex::new(None),
             is_recovering: AtomicBool::new(false),
         }
+    }
+
+    /// The id as JS and clients see it: `<instance>.<n>`. Made when asked for (a JS call about
+    /// the socket), not kept: an idle socket is smaller without it.
+    pub(crate) fn public_id(&self, instance: &str) -> String {
+        format!("{instance}.{}", self.id)
     }
 
     /// Counts a recovery of `room`; `false` when this socket already made `limit` of them in

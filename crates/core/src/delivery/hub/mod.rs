@@ -173,13 +173,7 @@ impl Hub {
                 user_value.map_or_else(crate::auth::users::SharedUsers::anonymous, Arc::new),
             ),
         };
-        let peer = Arc::new(Socket::with_user_value(
-            id,
-            &self.instance,
-            user,
-            value,
-            self.config.max_backpressure,
-        ));
+        let peer = Arc::new(Socket::with_user_value(id, user, value, self.config.max_backpressure));
         peer.touch(self.now_ms());
         peer
     }
@@ -276,7 +270,9 @@ impl Hub {
         peers.sort_by_key(|p| p.id);
         let more = peers.len() > limit;
         peers.truncate(limit);
-        let next = more.then(|| peers.last().map(|p| p.public_id.clone())).flatten();
+        let next = more
+            .then(|| peers.last().map(|p| p.public_id(&self.instance)))
+            .flatten();
         let page = peers
             .iter()
             .map(|p| {
@@ -398,7 +394,7 @@ impl Hub {
         peers
             .into_iter()
             .map(|p| SocketInfo {
-                id: p.public_id.clone(),
+                id: p.public_id(&self.instance),
                 user: p.user_doc(),
             })
             .collect()
@@ -406,7 +402,7 @@ impl Hub {
 
     pub(crate) fn socket_info(&self, peer: &Socket) -> SocketInfo {
         SocketInfo {
-            id: peer.public_id.clone(),
+            id: peer.public_id(&self.instance),
             user: peer.user_doc(),
         }
     }
