@@ -112,9 +112,14 @@ pub(crate) fn find_credential_in(headers: &HeaderMap, uri: &hyper::Uri) -> Optio
     if let Some(query) = uri.query() {
         for pair in query.split('&') {
             if let Some(raw) = pair.strip_prefix("token=") {
-                let token = percent_encoding::percent_decode_str(raw)
-                    .decode_utf8_lossy()
-                    .into_owned();
+                // A JWT has nothing to escape: the decode (a UTF-8 check) only when it is escaped.
+                let token = if raw.contains('%') {
+                    percent_encoding::percent_decode_str(raw)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                } else {
+                    raw.to_string()
+                };
                 if is_given(&token) {
                     return Some((token, Source::Query));
                 }

@@ -1495,6 +1495,39 @@ mod tests {
     }
 
     #[test]
+    fn a_head_that_comes_in_pieces_is_answered_and_the_bytes_behind_it_kept() {
+        let server = start();
+        let mut client = StdStream::connect(server.local_addr()).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        client.set_nodelay(true).unwrap();
+        let token = payload_token(7, 60);
+        // Long enough to take more than one read of the head (a cookie-laden browser's).
+        let filler = "x".repeat(6000);
+        let head = format!(
+            "GET /?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nX-Filler: {filler}\r\n\r\n"
+        );
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(&text_frame(r#"{"type":"ping","id":1}"#));
+        for piece in bytes.chunks(700) {
+            client.write_all(piece).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let got = read_until(&mut client, |b| {
+            head_end(b).is_some_and(|at| !frames(&b[at..]).is_empty())
+        });
+        let at = head_end(&got).unwrap();
+        let head = String::from_utf8_lossy(&got[..at]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 101 switching protocols\r\n"), "{head}");
+        assert!(
+            head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
+            "{head}"
+        );
+        let (_, pong) = frames(&got[at..]).remove(0);
+        assert_eq!(pong, br#"{"type":"pong","id":1}"#);
+    }
+
+    #[test]
     fn an_adopted_connection_acts_on_the_hosts_bytes_first() {
         let server = start();
         let (mut client, host) = accepted();
