@@ -30,8 +30,8 @@ pub(crate) struct User {
 
 impl User {
     /// The session id claim, if the token has one.
-    pub(crate) fn sid(&self) -> Option<String> {
-        self.claims.get("sid").and_then(Value::as_str).map(str::to_string)
+    pub(crate) fn sid(&self) -> Option<&str> {
+        self.claims.get("sid").and_then(Value::as_str)
     }
 
     /// Builds a user from verified claims; `None` when the claims name no user.

@@ -199,7 +199,7 @@ async fn authenticate(
     }
     // Revoked sessions, as at a handshake: refused (4004), or 1013 when Redis cannot be asked.
     let sid = user.sid();
-    match hub.check_session(&user, sid.as_deref()).await {
+    match hub.check_session(&user, sid).await {
         crate::auth::revocations::Verdict::Valid => {}
         crate::auth::revocations::Verdict::Revoked => return Err(unauthorized("session revoked")),
         crate::auth::revocations::Verdict::Unavailable => {

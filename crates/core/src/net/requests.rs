@@ -453,7 +453,7 @@ impl Requests {
         let peer = self.peer.clone();
         tokio::spawn(async move {
             let sid = user.sid();
-            let why = match hub.check_session(&user, sid.as_deref()).await {
+            let why = match hub.check_session(&user, sid).await {
                 crate::auth::revocations::Verdict::Valid => None,
                 crate::auth::revocations::Verdict::Revoked => Some("session revoked"),
                 crate::auth::revocations::Verdict::Unavailable => Some("revoked sessions cannot be checked now"),
@@ -483,7 +483,7 @@ impl Requests {
             peer.expires_at.store(user.expires_at.unwrap_or(0), Ordering::Relaxed);
             let iat = user.claims.get("iat").and_then(serde_json::Value::as_u64);
             peer.issued_at.store(iat.unwrap_or(0), Ordering::Relaxed);
-            *peer.sid.lock() = user.sid();
+            *peer.sid.lock() = user.sid().map(str::to_string);
             if let Some(id) = &id {
                 hub.registry.send_to(&peer, protocol::ack(id), &hub.stats);
             }

@@ -1006,7 +1006,7 @@ enum Checked {
 async fn confirm_user(hub: &Hub, user: Option<&User>, token: String) -> Result<Option<serde_json::Value>, Refused> {
     let Some(user) = user else { return Ok(None) };
     let sid = user.sid();
-    session_allowed(hub, hub.check_session(user, sid.as_deref()).await)?;
+    session_allowed(hub, hub.check_session(user, sid).await)?;
     let Some(verifier) = &hub.callbacks.verifier else {
         return Ok(None);
     };
@@ -1032,7 +1032,7 @@ async fn confirm_user(hub: &Hub, user: Option<&User>, token: String) -> Result<O
         }
     };
     // A logout may have been announced while the host was verifying.
-    let token = crate::auth::revocations::Token::of(user, sid.as_deref());
+    let token = crate::auth::revocations::Token::of(user, sid);
     if hub.revocations.known_revoked(&token, false) {
         return Err(refuse(hub, &Refusal::unauthorized("session revoked")));
     }

@@ -84,7 +84,7 @@ impl Socket {
         user_value: Arc<Value>,
         max_backpressure: usize,
     ) -> Socket {
-        let sid = user.as_ref().and_then(|u| u.sid());
+        let sid = user.as_ref().and_then(|u| u.sid()).map(str::to_string);
         let expires_at = user.as_ref().and_then(|u| u.expires_at).unwrap_or(0);
         let issued_at = user
             .as_ref()
