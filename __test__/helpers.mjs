@@ -50,7 +50,7 @@ export function makeToken(claims = {}, { secret = SECRET, key, expiresIn = 7200 
     exp: now + expiresIn,
     ...claims,
   }
-  return signJwt(body, key ?? payloadKey(secret), { alg: 'HS256', typ: 'JWT', authVersion: 1 })
+  return signJwt(body, key ?? payloadKey(secret), { alg: 'HS256', authVersion: 1, typ: 'JWT' })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -28,12 +28,12 @@ export function options(defaultConns) {
 
 export const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
 
-/** A token as Payload 3 mints it (HS256, key = sha256(secret) hex, first 32 characters). */
+/** A token as Payload 3 mints it (HS256, key = sha256(secret) hex, first 32 characters; jwtSign's header). */
 export function token(secret, user) {
   const key = createHash('sha256').update(secret).digest('hex').slice(0, 32)
   const now = Math.floor(Date.now() / 1000)
   const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url')
-  const body = `${b64({ alg: 'HS256', typ: 'JWT', authVersion: 1 })}.${b64({
+  const body = `${b64({ alg: 'HS256', authVersion: 1, typ: 'JWT' })}.${b64({
     id: `u${user}`,
     collection: 'users',
     email: `u${user}@example.com`,

@@ -222,10 +222,11 @@ pub fn payload_key(secret: &str) -> Vec<u8> {
     hex.as_bytes()[..32].to_vec()
 }
 
-/// A token as Payload 3 mints it (HS256, key = sha256(secret) hex, first 32 chars).
+/// A token as Payload 3 mints it (HS256, key = sha256(secret) hex, first 32 chars; the header
+/// of `jwtSign` since 3.90, its members in that order).
 pub fn make_token(key: &[u8], user: u64, now: u64) -> String {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let header = b64.encode(br#"{"alg":"HS256","typ":"JWT","authVersion":1}"#);
+    let header = b64.encode(br#"{"alg":"HS256","authVersion":1,"typ":"JWT"}"#);
     let claims = format!(
         r#"{{"id":"u{user}","collection":"users","email":"u{user}@example.com","sid":"bench-sid-{user}","iat":{now},"exp":{}}}"#,
         now + 7200

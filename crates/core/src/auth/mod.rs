@@ -283,12 +283,14 @@ pub(crate) fn verify_token(config: &Config, token: &str) -> Result<User, Refusal
     verify_token_at(key.decoding_key(), token, now_secs())
 }
 
-/// The header Payload writes (`jose`, `{"alg":"HS256","typ":"JWT"}`) and the one jsonwebtoken
-/// writes (`{"typ":"JWT","alg":"HS256"}`), base64url-encoded: they name HS256, so a token with
-/// one of them needs no header parse. Any other header is parsed by jsonwebtoken.
-const HS256_HEADERS: [&str; 2] = [
+/// The headers Payload writes (`jose`: `{"alg":"HS256","typ":"JWT"}`, and since 3.90
+/// `{"alg":"HS256","authVersion":1,"typ":"JWT"}`) and the one jsonwebtoken writes
+/// (`{"typ":"JWT","alg":"HS256"}`), base64url-encoded: they name HS256, so a token with one of
+/// them needs no header parse. Any other header is parsed by jsonwebtoken.
+const HS256_HEADERS: [&str; 3] = [
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9",
     "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9",
+    "eyJhbGciOiJIUzI1NiIsImF1dGhWZXJzaW9uIjoxLCJ0eXAiOiJKV1QifQ",
 ];
 
 /// [`verify_token`] at `now` (seconds since the Unix epoch).
@@ -1041,6 +1043,11 @@ pub(crate) mod tests {
             HS256_HEADERS[1],
             payload_token(1, 60).split('.').next().unwrap(),
             "jsonwebtoken's own header"
+        );
+        assert_eq!(
+            HS256_HEADERS[2],
+            b64(br#"{"alg":"HS256","authVersion":1,"typ":"JWT"}"#),
+            "Payload 3.90's (jwtSign's protected header, in its order)"
         );
     }
 
