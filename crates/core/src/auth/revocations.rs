@@ -344,6 +344,12 @@ impl Revocations {
         let Some(store) = self.store.get() else {
             return Verdict::Valid;
         };
+        // Boxed: without a store (no Redis) a handshake's future need not be as large as this.
+        Box::pin(self.ask_store(&**store, token, same_second)).await
+    }
+
+    /// The store's answer for a token this instance knows nothing of.
+    async fn ask_store(&self, store: &dyn RevocationStore, token: Token<'_>, same_second: bool) -> Verdict {
         let query = Query {
             user: token.user.to_string(),
             sid: token.sid.map(str::to_string),

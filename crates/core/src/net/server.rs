@@ -435,41 +435,62 @@ async fn open_tcp(
     remote: SocketAddr,
     sockets: TaskTracker,
 ) -> Option<(Serving, Option<TaskTrackerToken>)> {
+    match read_route(&hub, &mut stream, remote).await? {
+        Route::Upgrade(checked, early) => {
+            // Counted as a socket from here, as an adopted connection is: a drain waits for it.
+            let socket = sockets.token();
+            let serving = open_upgrade(hub, stream, checked, early).await?;
+            Some((serving, Some(socket)))
+        }
+        Route::Http(read) => {
+            let rewind = Rewind {
+                prefix: read,
+                inner: stream,
+            };
+            // Boxed: a handshake's future need not be as large as hyper's connection.
+            Box::pin(serve_http(hub, rewind, remote, sockets)).await;
+            None
+        }
+    }
+}
+
+/// Where a connection goes once its head is read.
+enum Route {
+    /// A WebSocket upgrade, answered here: its checks so far, and the bytes after its head.
+    Upgrade(Result<Accepting, Refused>, Bytes),
+    /// Anything else: hyper's, with the bytes read so far.
+    Http(Bytes),
+}
+
+/// Reads a connection's head and decides where it goes; `None` when it goes nowhere (closed, or
+/// no whole head within the timeout, as hyper's `header_read_timeout` did).
+async fn read_route(hub: &Hub, stream: &mut TcpStream, remote: SocketAddr) -> Option<Route> {
     let head = tokio::select! {
-        head = tokio::time::timeout(HEADER_TIMEOUT, crate::net::head::read(&mut stream)) => head,
+        head = tokio::time::timeout(HEADER_TIMEOUT, crate::net::head::read(stream)) => head,
         _ = hub.shutdown.cancelled() => return None,
     };
-    let read = match head {
-        Ok(Head::Upgrade { req, read, len }) => {
+    route_head(hub, head.ok()?, remote)
+}
+
+/// Decides, without waiting, where a connection goes (`None`: the client closed first). A
+/// plain function, so that the head and its request are gone before anything is awaited.
+fn route_head(hub: &Hub, head: Head, remote: SocketAddr) -> Option<Route> {
+    match head {
+        Head::Upgrade { req, read, len } => {
             let path = hub.config.path.as_deref();
-            if ops_route(&hub, &req, false).is_none()
+            if ops_route(hub, &req, false).is_none()
                 && !crate::net::sse::is_sse_request(path, &req)
                 && !crate::net::longpoll::is_poll_request(path, &req)
             {
-                // Counted as a socket from here, as an adopted connection is: a drain waits
-                // for it.
-                let socket = sockets.token();
-                let serving = open_upgrade(hub, stream, Some(remote), Ok(req), read.slice(len..)).await?;
-                return Some((serving, Some(socket)));
+                let checked = check_read_upgrade(hub, Some(remote), Ok(req));
+                return Some(Route::Upgrade(checked, read.slice(len..)));
             }
             // Not ours to answer here: hyper reads the head again.
-            read
+            Some(Route::Http(read))
         }
-        Ok(Head::Other(read)) => read,
-        // Closed, or no whole head within the timeout (hyper's `header_read_timeout` did the same).
-        Ok(Head::Closed) | Err(_) => return None,
-    };
-    serve_http(
-        hub,
-        Rewind {
-            prefix: read,
-            inner: stream,
-        },
-        remote,
-        sockets,
-    )
-    .await;
-    None
+        Head::Other(read) => Some(Route::Http(read)),
+        Head::Closed => None,
+    }
 }
 
 async fn serve_http(hub: Arc<Hub>, stream: Rewind, remote: SocketAddr, tracker: TaskTracker) {
@@ -1107,12 +1128,13 @@ async fn open_adopted(
     if let Ok(req) = &parsed {
         let path = hub.config.path.as_deref();
         if crate::net::sse::is_sse_request(path, req) || crate::net::longpoll::is_poll_request(path, req) {
-            serve_adopted_stream(hub, stream, parsed.expect("matched Ok"), sockets).await;
+            Box::pin(serve_adopted_stream(hub, stream, parsed.expect("matched Ok"), sockets)).await;
             return None;
         }
     }
     // The whole task is a socket's (spawned on the sockets' tracker).
-    Some((open_upgrade(hub, stream, None, parsed, early).await?, None))
+    let checked = check_read_upgrade(&hub, stream.peer_addr().ok(), parsed);
+    Some((open_upgrade(hub, stream, checked, early).await?, None))
 }
 
 /// An upgrade whose head was read here (on the server's own port, or by the host for an
@@ -1120,21 +1142,28 @@ async fn open_adopted(
 async fn open_upgrade(
     hub: Arc<Hub>,
     mut stream: TcpStream,
-    remote: Option<SocketAddr>,
-    parsed: Result<Request<()>, String>,
+    checked: Result<Accepting, Refused>,
     early: Bytes,
 ) -> Option<Serving> {
     // Before the socket is open it waits on nobody but the host's `verifyUser`, which a
     // shutdown does not wait for.
-    let peer = tokio::select! {
-        peer = answer_upgrade(&hub, &mut stream, remote, parsed) => peer,
-        _ = hub.shutdown.cancelled() => None,
+    let peer = match checked {
+        Ok(accepting) => tokio::select! {
+            peer = answer_upgrade(&hub, &mut stream, accepting) => peer,
+            _ = hub.shutdown.cancelled() => None,
+        },
+        Err(refused) => {
+            let _ = stream.write_all(&refused.into_bytes()).await;
+            None
+        }
     };
     match peer {
         Some((Some(peer), slot)) => Some(Serving::new(hub, peer, stream, early, Some(slot))),
-        Some((None, slot)) => crate::net::first_auth::open(hub, stream, early, slot).await,
+        // Boxed: most sockets never take these ways, and the future of every handshake would
+        // otherwise be as large as theirs.
+        Some((None, slot)) => Box::pin(crate::net::first_auth::open(hub, stream, early, slot)).await,
         None => {
-            linger(&hub, stream).await;
+            Box::pin(linger(&hub, stream)).await;
             None
         }
     }
@@ -1189,56 +1218,72 @@ impl Future for ConnectionTask {
     }
 }
 
-/// Checks and answers an upgrade whose head was read here (on the server's own port, or by the
-/// host for an adopted connection); `Some` with the registered peer once the 101 is out (no peer
-/// yet for a socket that authenticates in its first message).
+/// An upgrade whose head was read here, past every check that needs no waiting.
+struct Accepting {
+    checked: Checked,
+    slot: Slot,
+    /// The 101, to be sent once the socket is registered.
+    response: Vec<u8>,
+}
+
+/// The checks of an upgrade whose head was read here (on the server's own port, or by the host
+/// for an adopted connection) that need no waiting. Made before anything is awaited, so that
+/// the request (a few hundred bytes) is not part of the connection's future; `Err` is the
+/// answer that refuses it.
+fn check_read_upgrade(
+    hub: &Hub,
+    remote: Option<SocketAddr>,
+    parsed: Result<Request<()>, String>,
+) -> Result<Accepting, Refused> {
+    let req = parsed.map_err(|reason| {
+        let body = serde_json::json!({ "error": "bad-request", "reason": reason }).to_string();
+        Refused::new(StatusCode::BAD_REQUEST, body)
+    })?;
+    let checked = check_upgrade(hub, &req)?;
+    let user = match &checked {
+        Checked::Now(user, _) => user.as_ref(),
+        Checked::InMessage => None,
+    };
+    let slot = take_slot(hub, &req, user, remote)?;
+    // Before `verifyUser`: a request that cannot be upgraded costs no database read.
+    let response = switching_protocols(&req).map_err(|e| bad_handshake(hub, &e))?;
+    Ok(Accepting {
+        checked,
+        slot,
+        response,
+    })
+}
+
+/// Answers an upgrade that passed [`check_read_upgrade`]: `Some` with the registered peer once
+/// the 101 is out (no peer yet for a socket that authenticates in its first message).
 async fn answer_upgrade(
     hub: &Arc<Hub>,
     stream: &mut TcpStream,
-    remote: Option<SocketAddr>,
-    parsed: Result<Request<()>, String>,
+    accepting: Accepting,
 ) -> Option<(Option<Arc<Socket>>, Slot)> {
-    let req = match parsed {
-        Ok(req) => req,
-        Err(reason) => {
-            let body = serde_json::json!({ "error": "bad-request", "reason": reason }).to_string();
-            let _ = stream
-                .write_all(&Refused::new(StatusCode::BAD_REQUEST, body).into_bytes())
-                .await;
-            return None;
-        }
-    };
-    let remote = remote.or_else(|| stream.peer_addr().ok());
-    let checked = match check_upgrade(hub, &req) {
-        Ok(Checked::Now(user, token)) => match take_slot(hub, &req, user.as_ref(), remote) {
-            Ok(slot) => confirm_user(hub, user.as_ref(), token)
-                .await
-                .map(|v| (Some((user, v)), slot)),
-            Err(refused) => Err(refused),
+    let Accepting {
+        checked,
+        slot,
+        response,
+    } = accepting;
+    let who = match checked {
+        Checked::Now(user, token) => match confirm_user(hub, user.as_ref(), token).await {
+            Ok(value) => Some((user, value)),
+            Err(refused) => {
+                let _ = stream.write_all(&refused.into_bytes()).await;
+                return None;
+            }
         },
-        Ok(Checked::InMessage) => take_slot(hub, &req, None, remote).map(|slot| (None, slot)),
-        Err(refused) => Err(refused),
+        Checked::InMessage => None,
     };
-    let accepted = checked.and_then(|(who, slot)| {
-        if hub.stopping.is_cancelled() {
-            return Err(shutting_down(hub));
-        }
-        match switching_protocols(&req) {
-            Ok(response) => Ok((who, slot, response)),
-            Err(e) => Err(bad_handshake(hub, &e)),
-        }
-    });
-    drop(req);
-    let (who, slot, response) = match accepted {
-        Ok(accepted) => accepted,
-        Err(refused) => {
-            let _ = stream.write_all(&refused.into_bytes()).await;
-            return None;
-        }
-    };
+    // A drain began while `verifyUser` ran: the socket would only be told to go.
+    if hub.stopping.is_cancelled() {
+        let _ = stream.write_all(&shutting_down(hub).into_bytes()).await;
+        return None;
+    }
     let Some((user, user_value)) = who else {
         if let Err(e) = stream.write_all(&response).await {
-            debug!("adopted upgrade not answered: {e}");
+            debug!("upgrade not answered: {e}");
             return None;
         }
         return Some((None, slot));
@@ -1248,7 +1293,7 @@ async fn answer_upgrade(
     hub.registry.add_socket(peer.clone());
     if let Err(e) = stream.write_all(&response).await {
         hub.registry.remove_socket(&peer);
-        debug!("adopted upgrade not answered: {e}");
+        debug!("upgrade not answered: {e}");
         return None;
     }
     Some((Some(peer), slot))
@@ -1321,7 +1366,8 @@ async fn serve_adopted_stream(hub: Arc<Hub>, mut stream: TcpStream, req: Request
 async fn linger(hub: &Hub, mut stream: TcpStream) {
     let _ = stream.shutdown().await;
     let drain = async {
-        let mut buf = [0u8; 1024];
+        // On the heap: a future that holds it is not a kilobyte larger.
+        let mut buf = vec![0u8; 1024];
         while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
     };
     tokio::select! {
