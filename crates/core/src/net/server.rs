@@ -1548,6 +1548,19 @@ mod tests {
         bytes.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
     }
 
+    /// Checks that `got` starts with a 101 for RFC 6455's example key (its accept value is the
+    /// RFC's); where the head ends.
+    fn accepted_with_rfc_key(got: &[u8]) -> usize {
+        let at = head_end(got).unwrap();
+        let head = String::from_utf8_lossy(&got[..at]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 101 switching protocols\r\n"), "{head}");
+        assert!(
+            head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
+            "{head}"
+        );
+        at
+    }
+
     #[test]
     fn a_head_that_comes_in_pieces_is_answered_and_the_bytes_behind_it_kept() {
         let server = start();
@@ -1570,13 +1583,7 @@ mod tests {
         let got = read_until(&mut client, |b| {
             head_end(b).is_some_and(|at| !frames(&b[at..]).is_empty())
         });
-        let at = head_end(&got).unwrap();
-        let head = String::from_utf8_lossy(&got[..at]).to_ascii_lowercase();
-        assert!(head.starts_with("http/1.1 101 switching protocols\r\n"), "{head}");
-        assert!(
-            head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
-            "{head}"
-        );
+        let at = accepted_with_rfc_key(&got);
         let (_, pong) = frames(&got[at..]).remove(0);
         assert_eq!(pong, br#"{"type":"pong","id":1}"#);
     }
@@ -1593,14 +1600,7 @@ mod tests {
 
         let pongs = |b: &[u8]| head_end(b).is_some_and(|at| frames(&b[at..]).len() >= 2);
         let got = read_until(&mut client, pongs);
-        let at = head_end(&got).unwrap();
-        let head = String::from_utf8_lossy(&got[..at]).to_ascii_lowercase();
-        assert!(head.starts_with("http/1.1 101 switching protocols\r\n"), "{head}");
-        // The key of RFC 6455's example gives its accept value.
-        assert!(
-            head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
-            "{head}"
-        );
+        let at = accepted_with_rfc_key(&got);
         let replies: Vec<String> = frames(&got[at..])
             .into_iter()
             .map(|(_, p)| String::from_utf8(p).unwrap())
