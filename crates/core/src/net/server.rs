@@ -442,7 +442,7 @@ async fn open_tcp(
     mut stream: TcpStream,
     remote: SocketAddr,
     sockets: TaskTracker,
-) -> Option<(Serving, Option<TaskTrackerToken>)> {
+) -> Option<(Opened, Option<TaskTrackerToken>)> {
     match read_route(&hub, &mut stream, remote).await? {
         Route::Upgrade(checked, early) => {
             // Counted as a socket from here, as an adopted connection is: a drain waits for it.
@@ -1131,7 +1131,7 @@ async fn open_adopted(
     head: RequestHead,
     early: Bytes,
     sockets: TaskTracker,
-) -> Option<(Serving, Option<TaskTrackerToken>)> {
+) -> Option<(Opened, Option<TaskTrackerToken>)> {
     let parsed = head.into_request();
     if let Ok(req) = &parsed {
         let path = hub.config.path.as_deref();
@@ -1152,7 +1152,7 @@ async fn open_upgrade(
     mut stream: TcpStream,
     checked: Result<Accepting, Refused>,
     early: Bytes,
-) -> Option<Serving> {
+) -> Option<Opened> {
     // Before the socket is open it waits on nobody but the host's `verifyUser`, which a
     // shutdown does not wait for.
     let peer = match checked {
@@ -1166,23 +1166,48 @@ async fn open_upgrade(
         }
     };
     match peer {
-        Some((Some(peer), slot)) => Some(Serving::new(hub, peer, stream, early, Some(slot))),
-        // Boxed: most sockets never take these ways, and the future of every handshake would
-        // otherwise be as large as theirs.
-        Some((None, slot)) => Box::pin(crate::net::first_auth::open(hub, stream, early, slot)).await,
+        Some((Some(peer), slot)) => Some(Opened::Serving(Serving::new(hub, peer, stream, early, Some(slot)))),
+        Some((None, slot)) => Some(Opened::FirstAuth {
+            hub,
+            stream,
+            early,
+            slot,
+        }),
         None => {
+            // Boxed: few connections are refused, and every handshake's future would otherwise
+            // be as large as this one.
             Box::pin(linger(&hub, stream)).await;
             None
         }
     }
 }
 
+/// What a connection's opening ends in.
+// Held only until the task takes it apart: boxing the socket would be an allocation per socket.
+#[allow(clippy::large_enum_variant)]
+enum Opened {
+    /// An open socket.
+    Serving(Serving),
+    /// A socket that authenticates in its first message: the task's next opening future is
+    /// [`crate::net::first_auth::open`], made once the handshake's own is freed (the SDK's
+    /// default way in, so neither future is as large as both).
+    FirstAuth {
+        hub: Arc<Hub>,
+        stream: TcpStream,
+        early: Bytes,
+        slot: Slot,
+    },
+}
+
+/// A connection's opening future, boxed: see [`ConnectionTask`].
+type Opening = Pin<Box<dyn Future<Output = Option<(Opened, Option<TaskTrackerToken>)>> + Send>>;
+
 pin_project_lite::pin_project! {
     /// The task of a connection whose head is read here: while it opens, a boxed future (the
     /// handshake; or all of a connection that is not a socket); once a socket is open, the
     /// socket itself. An idle socket's task so holds the socket and nothing of its handshake.
     struct ConnectionTask {
-        opening: Option<Pin<Box<dyn Future<Output = Option<(Serving, Option<TaskTrackerToken>)>> + Send>>>,
+        opening: Option<Opening>,
         #[pin]
         serving: Option<Serving>,
         // Counts the socket among those a drain waits for (the task itself may be tracked as
@@ -1192,7 +1217,7 @@ pin_project_lite::pin_project! {
 }
 
 impl ConnectionTask {
-    fn new(opening: impl Future<Output = Option<(Serving, Option<TaskTrackerToken>)>> + Send + 'static) -> Self {
+    fn new(opening: impl Future<Output = Option<(Opened, Option<TaskTrackerToken>)>> + Send + 'static) -> Self {
         ConnectionTask {
             opening: Some(Box::pin(opening)),
             serving: None,
@@ -1206,17 +1231,31 @@ impl Future for ConnectionTask {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
-        if let Some(opening) = this.opening.as_mut() {
+        while let Some(opening) = this.opening.as_mut() {
             let Poll::Ready(opened) = opening.as_mut().poll(cx) else {
                 return Poll::Pending;
             };
+            // Freed before anything else is made.
             *this.opening = None;
+            let Some((opened, socket)) = opened else {
+                return Poll::Ready(());
+            };
+            if socket.is_some() {
+                *this.socket = socket;
+            }
             match opened {
-                Some((serving, socket)) => {
-                    this.serving.set(Some(serving));
-                    *this.socket = socket;
+                Opened::Serving(serving) => this.serving.set(Some(serving)),
+                Opened::FirstAuth {
+                    hub,
+                    stream,
+                    early,
+                    slot,
+                } => {
+                    *this.opening = Some(Box::pin(async move {
+                        let serving = crate::net::first_auth::open(hub, stream, early, slot).await?;
+                        Some((Opened::Serving(serving), None))
+                    }));
                 }
-                None => return Poll::Ready(()),
             }
         }
         match this.serving.as_pin_mut() {
