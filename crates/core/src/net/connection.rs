@@ -147,7 +147,7 @@ impl Future for Serving {
             hub.memory.on_idle(hub.stats.connections_total.load(Ordering::Relaxed));
         }
         drop(this.slot.take());
-        debug!("socket {} closed", peer.public_id(&hub.instance));
+        debug!("socket {} closed", hub.public_id(&peer));
         Poll::Ready(())
     }
 }

@@ -372,7 +372,7 @@ impl Requests {
         };
         let call = HandlerCall {
             kind: String::new(),
-            socket_id: self.peer.public_id(&self.hub.instance),
+            socket_id: self.hub.public_id(&self.peer),
             user: self.peer.user.as_ref().map(|_| self.peer.user_doc()),
             message: serde_json::Value::Null,
         };
@@ -517,7 +517,7 @@ impl Requests {
         }
         let call = HandlerCall {
             kind: kind.clone(),
-            socket_id: self.peer.public_id(&self.hub.instance),
+            socket_id: self.hub.public_id(&self.peer),
             user: self.peer.user.as_ref().map(|_| self.peer.user_doc()),
             message,
         };

@@ -105,12 +105,6 @@ impl Socket {
         }
     }
 
-    /// The id as JS and clients see it: `<instance>.<n>`. Made when asked for (a JS call about
-    /// the socket), not kept: an idle socket is smaller without it.
-    pub(crate) fn public_id(&self, instance: &str) -> String {
-        format!("{instance}.{}", self.id)
-    }
-
     /// Counts a recovery of `room`; `false` when this socket already made `limit` of them in
     /// the last minute (0 = no limit). Rooms whose minute is over are forgotten.
     pub(crate) fn may_recover(&self, room: &str, limit: u32) -> bool {

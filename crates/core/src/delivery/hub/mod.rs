@@ -270,9 +270,7 @@ impl Hub {
         peers.sort_by_key(|p| p.id);
         let more = peers.len() > limit;
         peers.truncate(limit);
-        let next = more
-            .then(|| peers.last().map(|p| p.public_id(&self.instance)))
-            .flatten();
+        let next = more.then(|| peers.last().map(|p| self.public_id(p))).flatten();
         let page = peers
             .iter()
             .map(|p| {
@@ -361,6 +359,13 @@ impl Hub {
     }
 
     /// The local peer number of a socket id of this instance.
+    /// A socket's id as JS and clients see it: `<instance>.<n>` ([`Hub::local_peer_id`] reads
+    /// it back). Made when asked for (a JS call about the socket), not kept: an idle socket is
+    /// smaller without it.
+    pub(crate) fn public_id(&self, peer: &Socket) -> String {
+        format!("{}.{}", self.instance, peer.id)
+    }
+
     fn local_peer_id(&self, socket_id: &str) -> Option<SocketId> {
         let (instance, n) = socket_id.split_once('.')?;
         (instance == self.instance).then(|| n.parse().ok()).flatten()
@@ -394,7 +399,7 @@ impl Hub {
         peers
             .into_iter()
             .map(|p| SocketInfo {
-                id: p.public_id(&self.instance),
+                id: self.public_id(&p),
                 user: p.user_doc(),
             })
             .collect()
@@ -402,7 +407,7 @@ impl Hub {
 
     pub(crate) fn socket_info(&self, peer: &Socket) -> SocketInfo {
         SocketInfo {
-            id: peer.public_id(&self.instance),
+            id: self.public_id(peer),
             user: peer.user_doc(),
         }
     }
