@@ -53,6 +53,23 @@ pub(crate) struct Slot {
     ip: Option<IpAddr>,
 }
 
+impl Counts {
+    /// Counts one more socket for `user`; the key the map holds, which the slot keeps (one copy
+    /// per user, not one per socket: each handshake makes its own).
+    fn count_user(&mut self, user: &Arc<str>) -> Arc<str> {
+        match self.by_user.get_mut(user) {
+            Some(n) => {
+                *n += 1;
+                self.by_user.get_key_value(user).expect("just counted").0.clone()
+            }
+            None => {
+                self.by_user.insert(user.clone(), 1);
+                user.clone()
+            }
+        }
+    }
+}
+
 impl Limits {
     pub(crate) fn new(config: &Config) -> Arc<Limits> {
         Arc::new(Limits {
@@ -83,15 +100,13 @@ impl Limits {
             }
         }
         c.total += 1;
-        if let Some(user) = user {
-            *c.by_user.entry(user.clone()).or_default() += 1;
-        }
+        let user = user.map(|user| c.count_user(user));
         if let Some(ip) = ip {
             *c.by_ip.entry(ip).or_default() += 1;
         }
         Ok(Slot {
             limits: self.clone(),
-            user: user.cloned(),
+            user,
             ip,
         })
     }
@@ -138,9 +153,7 @@ impl Slot {
         if c.by_user.get(user_key).copied().unwrap_or(0) >= self.limits.max_per_user {
             return Err(Over::User);
         }
-        *c.by_user.entry(user_key.clone()).or_default() += 1;
-        drop(c);
-        self.user = Some(user_key.clone());
+        self.user = Some(c.count_user(user_key));
         Ok(())
     }
 }

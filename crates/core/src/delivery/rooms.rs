@@ -234,6 +234,14 @@ impl RoomRegistry {
             .collect()
     }
 
+    /// Calls `f` with every socket, one shard's read lock at a time (so `f` must not take a
+    /// registry lock: collect, then act).
+    pub(crate) fn for_each_socket(&self, mut f: impl FnMut(&Arc<Socket>)) {
+        for shard in &self.peers {
+            shard.read().values().for_each(&mut f);
+        }
+    }
+
     /// Removes a socket from every room and from the socket map, in one step: after this no
     /// fan-out can reach it. Idempotent.
     pub(crate) fn remove_socket(&self, peer: &Socket) -> bool {

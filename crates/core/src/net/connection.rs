@@ -4,11 +4,12 @@
 //! Why one task, polled by hand: an idle socket is most of what the server holds, and fan-out
 //! wakes every socket for every burst. A reader task and a writer task doubled what a socket
 //! costs; a `select!` over a dozen futures re-registered each of them (several locks) on every
-//! wake-up. Here the task polls the socket's readiness (one waker slot per direction), its
-//! outbound queue (an `AtomicWaker`) and one timer set to whatever is due next (idle check,
-//! token expiry, close deadline). Reads go into a buffer shared by the thread's sockets (see
-//! [`crate::protocol::frame_reader`]); writes are non-blocking `writev`s of the queued batch. An idle
-//! socket holds no buffer at all.
+//! wake-up. Here the task polls the socket's readiness (one waker slot per direction) and its
+//! outbound queue (an `AtomicWaker`); a timer only once it closes (the close deadline). The idle
+//! check and token expiry of every socket are one sweep's ([`sweep`]), which queues a ping or a
+//! close and so wakes the socket. Reads go into a buffer shared by the thread's sockets (see
+//! [`crate::protocol::frame_reader`]); writes are non-blocking `writev`s of the queued batch. An
+//! idle socket holds no buffer and no timer.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -23,7 +24,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::{MissedTickBehavior, Sleep};
 
 use crate::auth::now_secs;
 use crate::delivery::hub::Hub;
@@ -42,6 +43,9 @@ const CLOSE_HANDSHAKE_WAIT: Duration = Duration::from_secs(2);
 
 /// Size of the read buffer each runtime thread shares among its sockets.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Longest time between two sweeps: token expiry is checked to the second.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Reads per wake-up before the task lets the others run (a fast sender cannot starve them).
 const READS_PER_WAKE: usize = 8;
@@ -89,9 +93,6 @@ pin_project_lite::pin_project! {
     pub(crate) struct Serving {
         // `None` once the connection is over.
         conn: Option<Connection>,
-        // The task's one timer, set to whatever is due next.
-        #[pin]
-        timer: Sleep,
         // The socket's place under the connection limits, given back when it closes.
         slot: Option<Slot>,
     }
@@ -111,6 +112,7 @@ impl Serving {
         Stats::add(&hub.stats.connections_total, 1);
         let mut conn = Connection::new(hub, peer, stream);
         conn.requests.on_connect();
+        conn.peer.sweep_timers();
         // From here fan-out may write to the socket itself (`Outbound::write_through`); the
         // connection's `Drop` takes that back before the stream closes.
         #[cfg(unix)]
@@ -119,12 +121,7 @@ impl Serving {
             conn.on_bytes(&early);
         }
         drop(early);
-        let timer = tokio::time::sleep_until(conn.next_wake());
-        Serving {
-            conn: Some(conn),
-            timer,
-            slot,
-        }
+        Serving { conn: Some(conn), slot }
     }
 }
 
@@ -136,7 +133,7 @@ impl Future for Serving {
         let Some(conn) = this.conn else {
             return Poll::Ready(());
         };
-        if conn.poll_run(cx, this.timer).is_pending() {
+        if conn.poll_run(cx).is_pending() {
             return Poll::Pending;
         }
         let (hub, peer) = (conn.hub.clone(), conn.peer.clone());
@@ -164,14 +161,9 @@ struct Connection {
     reading: bool,
     /// Our close frame is written and our side shut down.
     write_closed: bool,
-    /// A ping was sent since the last frame from the client (idle detection).
-    ping_sent: bool,
-    /// The next idle check (with `idleTimeout`).
-    next_tick: Option<Instant>,
-    /// When the token expires, as last read from the peer (a fresh token moves it).
-    expiry: Option<Instant>,
     /// When the connection must be over: a close being sent, or a close handshake under way.
-    deadline: Option<Instant>,
+    /// Made when it closes: an open socket's timers are the sweep's.
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl Drop for Connection {
@@ -194,16 +186,8 @@ enum ReadEnd {
     CloseAnswered,
 }
 
-/// Why the task's timer woke it.
-enum TimerEnd {
-    Continue,
-    Stop,
-}
-
 impl Connection {
     fn new(hub: Arc<Hub>, peer: Arc<Socket>, stream: TcpStream) -> Connection {
-        let now = Instant::now();
-        let next_tick = hub.config.idle_timeout.map(|idle| now + idle_period(idle));
         Connection {
             frames: FrameReader::new(hub.config.max_payload_length),
             requests: Requests::new(hub.clone(), peer.clone()),
@@ -211,57 +195,53 @@ impl Connection {
             batch: Batch::default(),
             reading: true,
             write_closed: false,
-            ping_sent: false,
-            next_tick,
-            expiry: expiry_of(&peer),
             deadline: None,
             hub,
             peer,
         }
     }
 
-    /// The socket's whole life: reads, writes, timers, until every one of them waits; ready
-    /// when the connection is over.
-    fn poll_run(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> Poll<()> {
-        loop {
-            if self.peer.outbound.is_cut() {
-                return Poll::Ready(());
-            }
-            while self.reading {
-                match self.stream.poll_read_ready(cx) {
-                    Poll::Ready(Ok(())) => match self.on_readable() {
-                        // Poll again: that registers for the next bytes.
-                        ReadEnd::Drained => {}
-                        ReadEnd::Busy => {
-                            cx.waker().wake_by_ref();
-                            break;
-                        }
-                        ReadEnd::Gone | ReadEnd::CloseAnswered => return Poll::Ready(()),
-                    },
-                    Poll::Ready(Err(_)) => return Poll::Ready(()),
-                    Poll::Pending => break,
-                }
-            }
-            if self.poll_writes(cx).is_ready() {
-                return Poll::Ready(());
-            }
-            if self.deadline.is_none() && (!self.reading || self.peer.outbound.is_closing()) {
-                // A close is on its way out (ours, or the answer to the client's): it has this
-                // long, then the connection is dropped.
-                self.deadline = Some(Instant::now() + EVICTION_GRACE);
-            }
-            let next = self.next_wake();
-            if next != timer.deadline() {
-                timer.as_mut().reset(next);
-            }
-            match timer.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(()) => match self.on_timer() {
-                    TimerEnd::Stop => return Poll::Ready(()),
-                    // What the timer did may have queued frames: go round again.
-                    TimerEnd::Continue => {}
+    /// The socket's whole life: reads, writes and the close deadline, until each of them waits;
+    /// ready when the connection is over.
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.peer.outbound.is_cut() {
+            return Poll::Ready(());
+        }
+        while self.reading {
+            match self.stream.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => match self.on_readable() {
+                    // Poll again: that registers for the next bytes.
+                    ReadEnd::Drained => {}
+                    ReadEnd::Busy => {
+                        cx.waker().wake_by_ref();
+                        break;
+                    }
+                    ReadEnd::Gone | ReadEnd::CloseAnswered => return Poll::Ready(()),
                 },
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Pending => break,
             }
+        }
+        if self.poll_writes(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        if self.deadline.is_none() && (!self.reading || self.peer.outbound.is_closing()) {
+            // A close is on its way out (ours, or the answer to the client's): it has this
+            // long, then the connection is dropped.
+            self.set_deadline(EVICTION_GRACE);
+        }
+        match &mut self.deadline {
+            Some(deadline) => deadline.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The connection is over in `after`, whatever is left to do.
+    fn set_deadline(&mut self, after: Duration) {
+        let at = tokio::time::Instant::now() + after;
+        match &mut self.deadline {
+            Some(deadline) => deadline.as_mut().reset(at),
+            None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
         }
     }
 
@@ -297,59 +277,12 @@ impl Connection {
                     if !self.reading {
                         return Poll::Ready(());
                     }
-                    self.deadline = Some(Instant::now() + CLOSE_HANDSHAKE_WAIT);
+                    self.set_deadline(CLOSE_HANDSHAKE_WAIT);
                     return Poll::Pending;
                 }
                 Ok(Flush::Done) => {}
             }
         }
-    }
-
-    /// The earliest thing the timer must wake the task for.
-    fn next_wake(&self) -> Instant {
-        [self.next_tick, self.expiry, self.deadline]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or_else(far)
-    }
-
-    /// Handles whatever is due: the deadline, the idle check, the token's expiry.
-    fn on_timer(&mut self) -> TimerEnd {
-        let now = Instant::now();
-        if self.deadline.is_some_and(|d| d <= now) {
-            return TimerEnd::Stop;
-        }
-        let (hub, peer) = (&self.hub, &self.peer);
-        let out = &peer.outbound;
-        if let (Some(at), Some(idle)) = (self.next_tick, hub.config.idle_timeout) {
-            if at <= now {
-                self.next_tick = Some(now + idle_period(idle));
-                let quiet =
-                    Duration::from_millis(hub.now_ms().saturating_sub(peer.last_seen_ms.load(Ordering::Relaxed)));
-                if quiet >= idle {
-                    hub.registry.remove_socket(peer);
-                    out.close(close_code::GOING_AWAY, "idle timeout");
-                } else if quiet >= idle / 2 && !self.ping_sent {
-                    if out.push_control(protocol::frame(0x9, b"")) == Push::Evicted {
-                        evicted(hub, peer);
-                    }
-                    self.ping_sent = true;
-                }
-            }
-        }
-        if self.expiry.is_some_and(|at| at <= now) {
-            // A fresh token (`{ type: "auth" }`) may have moved the expiry since.
-            let exp = peer.expires_at.load(Ordering::Relaxed);
-            if exp != 0 && exp > now_secs() {
-                self.expiry = expiry_of(peer);
-            } else {
-                self.expiry = None;
-                hub.registry.remove_socket(peer);
-                out.close(close_code::TOKEN_EXPIRED, "token expired");
-            }
-        }
-        TimerEnd::Continue
     }
 
     /// Reads what the socket has, into the thread's shared buffer, and acts on each message.
@@ -385,7 +318,6 @@ impl Connection {
             requests,
             reading,
             write_closed,
-            ping_sent,
             ..
         } = self;
         let out = &peer.outbound;
@@ -441,7 +373,6 @@ impl Connection {
         });
         if any {
             peer.touch(hub.now_ms());
-            *ping_sent = false;
         }
         if let Err(e) = result {
             *reading = false;
@@ -463,22 +394,75 @@ fn evicted(hub: &Hub, peer: &Arc<Socket>) {
     hub.registry.remove_socket(peer);
 }
 
-/// Where a timer rests when nothing is due: one fixed instant, so that polls with nothing due
-/// never move the timer (resetting it takes the timer wheel's lock).
-fn far() -> Instant {
-    static FAR: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *FAR.get_or_init(|| Instant::now() + Duration::from_secs(86_400 * 365))
-}
-
-/// How often an idle check runs for a given `idleTimeout`.
+/// How often the sweep runs for a given `idleTimeout`.
 fn idle_period(idle: Duration) -> Duration {
     (idle / 4).max(Duration::from_millis(100))
 }
 
-/// The peer's token expiry as an instant (`None`: never).
-fn expiry_of(peer: &Socket) -> Option<Instant> {
-    match peer.expires_at.load(Ordering::Relaxed) {
-        0 => None,
-        exp => Some(Instant::now() + Duration::from_secs(exp.saturating_sub(now_secs()))),
+/// The idle check and token expiry of every open WebSocket, in one task for the server. A timer
+/// in each socket's task held over a hundred bytes in every idle socket and woke each socket on
+/// its own (every `idleTimeout / 4`); the sweep reads two atomics per socket and wakes only the
+/// sockets it queues a ping or a close for.
+pub(crate) async fn sweep(hub: Arc<Hub>) {
+    let every = hub
+        .config
+        .idle_timeout
+        .map_or(SWEEP_EVERY, |idle| idle_period(idle).min(SWEEP_EVERY));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut due = Vec::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => sweep_once(&hub, &mut due),
+            _ = hub.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// What the sweep found due for a socket.
+enum Due {
+    Expired,
+    Idle,
+    Ping,
+}
+
+/// One pass over the sockets: found under the registry's read locks, acted on after them
+/// (closing a socket takes it out of the registry).
+fn sweep_once(hub: &Hub, due: &mut Vec<(Arc<Socket>, Due)>) {
+    let (now_ms, now_s) = (hub.now_ms(), now_secs());
+    let idle_ms = hub.config.idle_timeout.map(|idle| idle.as_millis() as u64);
+    hub.registry.for_each_socket(|peer| {
+        if !peer.is_swept() {
+            return;
+        }
+        let exp = peer.expires_at.load(Ordering::Relaxed);
+        if exp != 0 && exp <= now_s {
+            due.push((peer.clone(), Due::Expired));
+        } else if let Some(idle) = idle_ms {
+            let quiet = now_ms.saturating_sub(peer.last_seen_ms.load(Ordering::Relaxed));
+            if quiet >= idle {
+                due.push((peer.clone(), Due::Idle));
+            } else if quiet >= idle / 2 && peer.mark_pinged() {
+                due.push((peer.clone(), Due::Ping));
+            }
+        }
+    });
+    for (peer, what) in due.drain(..) {
+        let out = &peer.outbound;
+        match what {
+            Due::Expired => {
+                hub.registry.remove_socket(&peer);
+                out.close(close_code::TOKEN_EXPIRED, "token expired");
+            }
+            Due::Idle => {
+                hub.registry.remove_socket(&peer);
+                out.close(close_code::GOING_AWAY, "idle timeout");
+            }
+            Due::Ping => {
+                if out.push_control(protocol::frame(0x9, b"")) == Push::Evicted {
+                    evicted(hub, &peer);
+                }
+            }
+        }
     }
 }

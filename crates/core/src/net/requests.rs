@@ -4,7 +4,6 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
@@ -30,30 +29,40 @@ pub(crate) struct Requests {
     peer: Arc<Socket>,
     /// Token bucket for `maxMessagesPerSecond`.
     tokens: f64,
-    refilled: Instant,
+    /// When the bucket was last refilled (`Hub::now_ms`).
+    refilled_ms: u64,
     /// Messages dropped since the client last kept to its rate for a whole second (its bucket
     /// full again): one episode of going over, answered once, closed if it goes on.
     over: u32,
-    /// Created on the first handler call or waiting join (most sockets never make one).
-    handlers_in_flight: Option<Arc<AtomicUsize>>,
+    /// Made on the first handler call or waiting join: most sockets never make one, and this
+    /// is part of every idle socket's task.
+    waits: Option<Box<Waits>>,
+}
+
+/// What a socket that has made handler calls or waiting joins keeps of them.
+#[derive(Default)]
+struct Waits {
+    handlers_in_flight: Arc<AtomicUsize>,
     /// The last of this socket's joins and leaves that wait on something, done when it sends:
     /// a join or leave sent after it waits for it, so they take effect in the client's order.
     membership: Option<oneshot::Receiver<()>>,
-    membership_in_flight: Option<Arc<AtomicUsize>>,
+    membership_in_flight: Arc<AtomicUsize>,
 }
 
 impl Requests {
     pub(crate) fn new(hub: Arc<Hub>, peer: Arc<Socket>) -> Requests {
         Requests {
             tokens: hub.config.max_messages_per_second as f64,
-            refilled: Instant::now(),
+            refilled_ms: hub.now_ms(),
             over: 0,
-            handlers_in_flight: None,
-            membership: None,
-            membership_in_flight: None,
+            waits: None,
             hub,
             peer,
         }
+    }
+
+    fn waits(&mut self) -> &mut Waits {
+        self.waits.get_or_insert_with(Box::default)
     }
 }
 
@@ -141,9 +150,10 @@ impl Requests {
         if rate == 0.0 {
             return true;
         }
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(rate);
-        self.refilled = now;
+        let now = self.hub.now_ms();
+        let elapsed = now.saturating_sub(self.refilled_ms) as f64 / 1000.0;
+        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        self.refilled_ms = now;
         if self.tokens >= rate {
             self.over = 0;
         }
@@ -401,10 +411,13 @@ impl Requests {
 
     /// Whether a join or leave of this socket is still waiting.
     fn membership_pending(&mut self) -> bool {
-        match self.membership.as_mut().map(|rx| rx.try_recv()) {
+        let Some(waits) = self.waits.as_mut() else {
+            return false;
+        };
+        match waits.membership.as_mut().map(|rx| rx.try_recv()) {
             Some(Err(oneshot::error::TryRecvError::Empty)) => true,
             _ => {
-                self.membership = None;
+                waits.membership = None;
                 false
             }
         }
@@ -412,7 +425,7 @@ impl Requests {
 
     /// Runs a join or leave that waits on something after the ones before it.
     fn in_order(&mut self, id: Option<RequestId>, work: impl std::future::Future<Output = ()> + Send + 'static) {
-        let in_flight = self.membership_in_flight.get_or_insert_with(Arc::default).clone();
+        let in_flight = self.waits().membership_in_flight.clone();
         if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_MEMBERSHIP_IN_FLIGHT {
             in_flight.fetch_sub(1, Ordering::AcqRel);
             return self.reply_error(
@@ -421,9 +434,8 @@ impl Requests {
                 id.as_ref(),
             );
         }
-        let before = self.membership.take();
         let (done, after) = oneshot::channel();
-        self.membership = Some(after);
+        let before = self.waits().membership.replace(after);
         tokio::spawn(async move {
             if let Some(before) = before {
                 let _ = before.await;
@@ -483,7 +495,7 @@ impl Requests {
             peer.expires_at.store(user.expires_at.unwrap_or(0), Ordering::Relaxed);
             let iat = user.claims.get("iat").and_then(serde_json::Value::as_u64);
             peer.issued_at.store(iat.unwrap_or(0), Ordering::Relaxed);
-            *peer.sid.lock() = user.sid().map(str::to_string);
+            peer.set_fresh_claims(user.claims.clone());
             if let Some(id) = &id {
                 hub.registry.send_to(&peer, protocol::ack(id), &hub.stats);
             }
@@ -510,7 +522,7 @@ impl Requests {
                 id.as_ref(),
             );
         };
-        let in_flight = self.handlers_in_flight.get_or_insert_with(Arc::default).clone();
+        let in_flight = self.waits.get_or_insert_with(Box::default).handlers_in_flight.clone();
         if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_HANDLERS_IN_FLIGHT {
             in_flight.fetch_sub(1, Ordering::AcqRel);
             return self.reply_error(ErrorCode::RateLimited, "too many requests in flight", id.as_ref());

@@ -187,6 +187,7 @@ impl Server {
             if let Some(listener) = metrics_listener {
                 runtime.spawn(metrics_loop(hub.clone(), listener));
             }
+            runtime.spawn(crate::net::connection::sweep(hub.clone()));
             if hub.histories.is_enabled() {
                 runtime.spawn(sweep_histories(hub.clone()));
             }

@@ -62,19 +62,14 @@ pub(crate) fn close_code_allowed(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1013 | 3000..=4999)
 }
 
-/// One socket's parser state.
+/// One socket's parser state. What it holds between frames (a cut frame, a message in
+/// fragments, an error) is boxed and freed once empty: most sockets are idle, and this is part
+/// of every idle socket's task.
 #[derive(Default)]
 pub(crate) struct FrameReader {
-    /// Bytes of a frame the last read cut short (empty between frames).
-    partial: Vec<u8>,
-    /// Payload of the fragmented data message being assembled (unmasked).
-    message: Vec<u8>,
-    /// Opcode of that message (1 text, 2 binary); 0 when none is in progress.
-    message_opcode: u8,
-    /// How much of `message` is known to be valid UTF-8 (text: checked as fragments arrive).
-    utf8_checked: usize,
+    /// `None` when there is nothing: no cut frame, no message under way, no error.
+    held: Option<Box<Held>>,
     max_message: usize,
-    failed: Option<FrameError>,
     /// The client's close frame has arrived: nothing after it is read.
     closed: bool,
     /// Stop parsing after the first data message (first-message auth): what follows is kept
@@ -82,6 +77,40 @@ pub(crate) struct FrameReader {
     first_only: bool,
     /// A data message came while `first_only`: nothing more is parsed.
     stopped: bool,
+}
+
+/// What a reader holds between two reads.
+#[derive(Default)]
+struct Held {
+    /// Bytes of a frame the last read cut short (empty between frames).
+    partial: Vec<u8>,
+    /// Payload of the data message being assembled (unmasked).
+    message: Vec<u8>,
+    /// Opcode of that message (1 text, 2 binary); 0 when none is in progress.
+    message_opcode: u8,
+    /// How much of `message` is known to be valid UTF-8 (text: checked as fragments arrive).
+    utf8_checked: usize,
+    failed: Option<FrameError>,
+}
+
+impl Held {
+    fn is_empty(&self) -> bool {
+        self.partial.capacity() == 0
+            && self.message.capacity() == 0
+            && self.message_opcode == 0
+            && self.failed.is_none()
+    }
+
+    /// Checks the text received so far: an invalid sequence fails at once (not only at the end
+    /// of the message); a code point cut by a fragment boundary waits for the next fragment.
+    fn check_utf8(&mut self, fin: bool) -> Result<(), FrameError> {
+        match std::str::from_utf8(&self.message[self.utf8_checked..]) {
+            Ok(_) => self.utf8_checked = self.message.len(),
+            Err(e) if e.error_len().is_some() || fin => return Err(FrameError::InvalidUtf8),
+            Err(e) => self.utf8_checked += e.valid_up_to(),
+        }
+        Ok(())
+    }
 }
 
 /// A frame header, once all of it (with the mask key) has arrived.
@@ -115,51 +144,68 @@ impl FrameReader {
     /// The bytes after the first data message, unparsed (they start at a frame boundary), to be
     /// fed to the socket's next reader.
     pub(crate) fn into_rest(self) -> Vec<u8> {
-        self.partial
+        self.held.map(|h| h.partial).unwrap_or_default()
     }
 
     /// Bytes this reader holds (for memory accounting and tests).
     #[cfg(test)]
     pub(crate) fn buffered(&self) -> usize {
-        self.partial.capacity() + self.message.capacity()
+        self.held
+            .as_ref()
+            .map_or(0, |h| h.partial.capacity() + h.message.capacity())
+    }
+
+    fn held(&mut self) -> &mut Held {
+        self.held.get_or_insert_with(Box::default)
     }
 
     /// Parses `input` (the next bytes of the stream), calling `on` for each complete message in
     /// order. After an error the reader stays failed: the connection must close.
     pub(crate) fn feed(&mut self, input: &[u8], on: &mut dyn FnMut(Message<'_>)) -> Result<(), FrameError> {
-        if let Some(e) = self.failed {
+        if let Some(e) = self.held.as_ref().and_then(|h| h.failed) {
             return Err(e);
         }
         // After a stop, the caller takes the rest with `into_rest` and feeds no more.
         if self.closed || self.stopped {
             return Ok(());
         }
-        let result = if self.partial.is_empty() {
+        let result = match self.held.as_mut().map(|h| std::mem::take(&mut h.partial)) {
+            Some(mut partial) if !partial.is_empty() => {
+                partial.extend_from_slice(input);
+                let used = self.parse(&partial, on);
+                if let Ok(used) = used {
+                    partial.drain(..used);
+                }
+                self.held().partial = partial;
+                used.map(|_| ())
+            }
             // The common case: parse straight from the caller's buffer, keep only a cut tail.
-            let used = self.parse(input, on);
-            if let Ok(used) = used {
-                self.partial.extend_from_slice(&input[used..]);
+            _ => {
+                let used = self.parse(input, on);
+                if let Ok(used) = used {
+                    if used < input.len() {
+                        self.held().partial.extend_from_slice(&input[used..]);
+                    }
+                }
+                used.map(|_| ())
             }
-            used.map(|_| ())
-        } else {
-            let mut partial = std::mem::take(&mut self.partial);
-            partial.extend_from_slice(input);
-            let used = self.parse(&partial, on);
-            if let Ok(used) = used {
-                partial.drain(..used);
-            }
-            self.partial = partial;
-            used.map(|_| ())
         };
+        if let Err(e) = result {
+            self.held = Some(Box::new(Held {
+                failed: Some(e),
+                ..Held::default()
+            }));
+            return result;
+        }
         // Emptied buffers are freed: an idle socket holds none (most sockets are idle, and a
         // client message is rare enough that allocating for the next one costs nothing).
-        if self.closed || (self.partial.is_empty() && self.partial.capacity() > 0) {
-            self.partial = Vec::new();
-        }
-        if let Err(e) = result {
-            self.failed = Some(e);
-            self.partial = Vec::new();
-            self.message = Vec::new();
+        if let Some(held) = &mut self.held {
+            if self.closed || held.partial.is_empty() {
+                held.partial = Vec::new();
+            }
+            if held.is_empty() {
+                self.held = None;
+            }
         }
         result
     }
@@ -206,7 +252,11 @@ impl FrameReader {
         if control && (!fin || short > 125) {
             return Err(FrameError::BadControl);
         }
-        match (opcode, self.message_opcode) {
+        let (message_opcode, message_len) = self
+            .held
+            .as_ref()
+            .map_or((0, 0), |h| (h.message_opcode, h.message.len()));
+        match (opcode, message_opcode) {
             (0x0, 0) => return Err(FrameError::Protocol("continuation frame without a message")),
             (0x1 | 0x2, op) if op != 0 => return Err(FrameError::Protocol("new message before the last one ended")),
             _ => {}
@@ -221,7 +271,7 @@ impl FrameReader {
             _ => u64::from_be_bytes(b[2..10].try_into().expect("8 bytes")),
         };
         if !control {
-            let so_far = if opcode == 0 { self.message.len() as u64 } else { 0 };
+            let so_far = if opcode == 0 { message_len as u64 } else { 0 };
             if so_far.saturating_add(payload) > self.max_message as u64 {
                 return Err(FrameError::TooLarge);
             }
@@ -255,39 +305,29 @@ impl FrameReader {
                 }
             }
             _ => {
+                let held = self.held.get_or_insert_with(Box::default);
                 if h.opcode != 0 {
-                    self.message_opcode = h.opcode;
-                    self.utf8_checked = 0;
+                    held.message_opcode = h.opcode;
+                    held.utf8_checked = 0;
                 }
-                let start = self.message.len();
-                self.message.resize(start + masked.len(), 0);
-                unmask_into(&mut self.message[start..], masked, h.mask);
-                if self.message_opcode == 0x1 {
-                    self.check_utf8(h.fin)?;
+                let start = held.message.len();
+                held.message.resize(start + masked.len(), 0);
+                unmask_into(&mut held.message[start..], masked, h.mask);
+                if held.message_opcode == 0x1 {
+                    held.check_utf8(h.fin)?;
                 }
                 if h.fin {
-                    let message = &self.message[..];
-                    on(if self.message_opcode == 0x1 {
+                    let message = &held.message[..];
+                    on(if held.message_opcode == 0x1 {
                         Message::Text(message)
                     } else {
                         Message::Binary(message)
                     });
-                    self.message_opcode = 0;
+                    held.message_opcode = 0;
+                    held.message = Vec::new();
                     self.stopped = self.first_only;
-                    self.message = Vec::new();
                 }
             }
-        }
-        Ok(())
-    }
-
-    /// Checks the text received so far: an invalid sequence fails at once (not only at the end
-    /// of the message); a code point cut by a fragment boundary waits for the next fragment.
-    fn check_utf8(&mut self, fin: bool) -> Result<(), FrameError> {
-        match std::str::from_utf8(&self.message[self.utf8_checked..]) {
-            Ok(_) => self.utf8_checked = self.message.len(),
-            Err(e) if e.error_len().is_some() || fin => return Err(FrameError::InvalidUtf8),
-            Err(e) => self.utf8_checked += e.valid_up_to(),
         }
         Ok(())
     }

@@ -110,7 +110,8 @@ struct State {
     /// (the answers to the latest pings; RFC 6455 5.5.3 allows answering only the latest) and
     /// our own ping, so a client that pings and never reads cannot grow it.
     control: Vec<OutFrame>,
-    ending: Option<Ending>,
+    /// Boxed: a socket closes once, and every idle socket holds this state.
+    ending: Option<Box<Ending>>,
     /// The socket's task holds a batch it has not fully written ([`Outbound::take_into`] to
     /// [`Outbound::written`]): bytes of it may be in the socket already, so no one else writes.
     taken: bool,
@@ -362,10 +363,10 @@ impl Outbound {
         s.bytes -= queued;
         s.queue = VecDeque::new();
         s.control = Vec::new();
-        s.ending = Some(Ending::Now(close_frame(
+        s.ending = Some(Box::new(Ending::Now(close_frame(
             close_code::SLOW_CONSUMER,
             "slow consumer: outbound queue over maxBackpressure",
-        )));
+        ))));
         drop(s);
         self.closing.store(true, Ordering::Release);
         self.evicted.store(true, Ordering::Release);
@@ -390,7 +391,7 @@ impl Outbound {
                 s.bytes -= queued;
                 s.queue.clear();
             }
-            s.ending = Some(ending);
+            s.ending = Some(Box::new(ending));
             self.closing.store(true, Ordering::Release);
         }
         drop(s);
@@ -501,7 +502,7 @@ impl Outbound {
         }
         let mut closes = false;
         if s.queue.is_empty() {
-            if let Some(Ending::Now(f) | Ending::AfterQueue(f)) = &s.ending {
+            if let Some(Ending::Now(f) | Ending::AfterQueue(f)) = s.ending.as_deref() {
                 frames.push(f.clone().into());
                 closes = true;
             }
@@ -532,7 +533,7 @@ impl Outbound {
         frames.extend(std::mem::take(&mut s.queue).into_iter().map(|f| f.bytes));
         let taken: usize = frames.iter().map(Bytes::len).sum();
         s.bytes -= taken;
-        let ending = match &s.ending {
+        let ending = match s.ending.as_deref() {
             Some(Ending::Now(f) | Ending::AfterQueue(f)) => Some(f.clone()),
             None => None,
         };

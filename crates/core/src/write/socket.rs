@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
+use smallvec::SmallVec;
 
 use crate::auth::User;
 use crate::write::outbound::Outbound;
@@ -22,8 +23,10 @@ pub(crate) struct Socket {
     /// token's claims), shared with every authorize and handler call; replaced when the user
     /// changes (`updateUser`, on any instance).
     user_value: RwLock<Arc<Value>>,
-    /// The session id (`sid` claim) of the current token: logout revokes by it.
-    pub(crate) sid: Mutex<Option<String>>,
+    /// The claims of a fresh token sent with `{ type: "auth" }`, if one was; until then the
+    /// current token's are `user.claims` (shared by the user's sockets, not copied per socket).
+    /// Logout revokes by their session id (`sid`).
+    fresh_claims: Mutex<Option<Arc<Value>>>,
     /// When the current token expires (seconds since the epoch; 0 = never). A fresh token sent
     /// with `{ type: "auth" }` moves it.
     pub(crate) expires_at: AtomicU64,
@@ -31,8 +34,9 @@ pub(crate) struct Socket {
     /// covers the tokens issued before it.
     pub(crate) issued_at: AtomicU64,
     pub(crate) outbound: Outbound,
-    /// Rooms this socket is in; `None` once it has left them all for good (closed).
-    pub(crate) rooms: Mutex<Option<Vec<Arc<str>>>>,
+    /// Rooms this socket is in; `None` once it has left them all for good (closed). The first
+    /// is kept inline: most sockets are in one room, and this is in every idle socket.
+    pub(crate) rooms: Mutex<Option<SmallVec<[Arc<str>; 1]>>>,
     /// Milliseconds (server clock) of the last frame received: the idle timer reads it.
     pub(crate) last_seen_ms: AtomicU64,
     /// Recoveries (see [`Recovery`]): boxed on a socket's first recovery, since most sockets
@@ -41,6 +45,11 @@ pub(crate) struct Socket {
     /// Whether `recovery` holds frames to keep back or drop (read on the fan-out path without
     /// locking).
     is_recovering: AtomicBool,
+    /// The server's sweep keeps this socket's timers (idle check, token expiry): a WebSocket
+    /// served by `net::connection`. Other transports keep their own.
+    swept: AtomicBool,
+    /// The sweep sent a ping since the last frame from the client.
+    pinged: AtomicBool,
 }
 
 /// What a socket that has recovered keeps.
@@ -84,7 +93,6 @@ impl Socket {
         user_value: Arc<Value>,
         max_backpressure: usize,
     ) -> Socket {
-        let sid = user.as_ref().and_then(|u| u.sid()).map(str::to_string);
         let expires_at = user.as_ref().and_then(|u| u.expires_at).unwrap_or(0);
         let issued_at = user
             .as_ref()
@@ -94,14 +102,16 @@ impl Socket {
             id,
             user,
             user_value: RwLock::new(user_value),
-            sid: Mutex::new(sid),
+            fresh_claims: Mutex::new(None),
             expires_at: AtomicU64::new(expires_at),
             issued_at: AtomicU64::new(issued_at),
             outbound: Outbound::new(max_backpressure),
-            rooms: Mutex::new(Some(Vec::new())),
+            rooms: Mutex::new(Some(SmallVec::new())),
             last_seen_ms: AtomicU64::new(0),
             recovery: Mutex::new(None),
             is_recovering: AtomicBool::new(false),
+            swept: AtomicBool::new(false),
+            pinged: AtomicBool::new(false),
         }
     }
 
@@ -194,11 +204,31 @@ impl Socket {
     }
 
     pub(crate) fn room_count(&self) -> usize {
-        self.rooms.lock().as_ref().map_or(0, Vec::len)
+        self.rooms.lock().as_ref().map_or(0, |r| r.len())
     }
 
+    /// A frame came from the client at `now_ms`.
     pub(crate) fn touch(&self, now_ms: u64) {
         self.last_seen_ms.store(now_ms, Ordering::Relaxed);
+        // Read first: a store on every frame would dirty the line for nothing.
+        if self.pinged.load(Ordering::Relaxed) {
+            self.pinged.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Hands this socket's idle check and token expiry to the server's sweep.
+    pub(crate) fn sweep_timers(&self) {
+        self.swept.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the sweep keeps this socket's timers.
+    pub(crate) fn is_swept(&self) -> bool {
+        self.swept.load(Ordering::Relaxed)
+    }
+
+    /// Marks a ping sent by the sweep; `false` when one is out already since the last frame.
+    pub(crate) fn mark_pinged(&self) -> bool {
+        !self.pinged.swap(true, Ordering::Relaxed)
     }
 
     /// The user as JS sees it (`null` for anonymous).
@@ -214,6 +244,18 @@ impl Socket {
     /// The current token as a revocation check sees it.
     pub(crate) fn token_sid(&self) -> (Option<String>, Option<u64>) {
         let iat = self.issued_at.load(Ordering::Relaxed);
-        (self.sid.lock().clone(), (iat > 0).then_some(iat))
+        (self.with_sid(|sid| sid.map(str::to_string)), (iat > 0).then_some(iat))
+    }
+
+    /// Calls `f` with the session id (`sid` claim) of the current token.
+    pub(crate) fn with_sid<R>(&self, f: impl FnOnce(Option<&str>) -> R) -> R {
+        let fresh = self.fresh_claims.lock();
+        let claims = fresh.as_deref().or(self.user.as_ref().map(|u| &*u.claims));
+        f(claims.and_then(|c| c.get("sid")).and_then(Value::as_str))
+    }
+
+    /// A fresh token for the same user: its claims are the current token's from now on.
+    pub(crate) fn set_fresh_claims(&self, claims: Arc<Value>) {
+        *self.fresh_claims.lock() = Some(claims);
     }
 }

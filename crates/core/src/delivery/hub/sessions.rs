@@ -140,7 +140,7 @@ impl Hub {
                 continue;
             }
             if let Some(sid) = sid {
-                if peer.sid.lock().as_deref() != Some(sid) {
+                if peer.with_sid(|s| s != Some(sid)) {
                     continue;
                 }
             }
