@@ -35,6 +35,11 @@ use crate::js_callbacks::{
     AuthorizeFn, HandlerFn, JsAuthorizer, JsHandlers, JsJoinRule, JsLogger, JsVerifier, LogFn, MayJoinFn, VerifyFn,
 };
 
+/// Cache-aligned blocks (every socket's task and I/O registration) from pages of their own, not
+/// glibc's `memalign`: see `payload_realtime_core::alloc`.
+#[global_allocator]
+static ALLOCATOR: payload_realtime_core::alloc::Allocator = payload_realtime_core::alloc::Allocator;
+
 /// Maps a core error to a JS error: the one place this happens. The JS error's `code` is napi's
 /// status, or, for an error the JS layer acts on, this package's own code: a connection that
 /// cannot be adopted is `cannot-adopt`. A function that can fail so returns

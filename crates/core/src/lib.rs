@@ -17,6 +17,7 @@
 //! error.rs                the core's error type
 //! limits.rs               connection caps (total, per user, per address), the verify caps, client_ip
 //! log.rs                  leveled logging to the host's logger or stderr, redaction
+//! alloc.rs                the addon's allocator: cache-aligned blocks cut from pages of their own
 //! memory.rs               giving freed memory back after a crowd of sockets has gone
 //! metrics.rs              GET /metrics in Prometheus's text format
 //! stats.rs                the counters behind stats() and /metrics
@@ -113,6 +114,7 @@
 // What the crate does not export is `pub(crate)`, so that rustc finds what nothing uses.
 #![warn(unreachable_pub)]
 
+pub mod alloc;
 pub(crate) mod auth;
 pub(crate) mod cluster;
 pub mod config;
@@ -127,3 +129,8 @@ pub mod net;
 pub mod protocol;
 pub(crate) mod stats;
 pub(crate) mod write;
+
+// The tests run on the addon's allocator.
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: alloc::Allocator = alloc::Allocator;

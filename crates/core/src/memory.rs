@@ -41,7 +41,8 @@ fn release_free_memory() {
 fn release_free_memory() {}
 
 /// Bytes the process's allocator has handed out and not had back (glibc's `mallinfo2`: small
-/// blocks in use plus mmapped ones); `None` on other allocators. Beside RSS it tells memory
+/// blocks in use plus mmapped ones, and the pages of [`crate::alloc`]'s aligned blocks); `None`
+/// on other allocators. Beside RSS it tells memory
 /// held by the server from memory freed but not yet returned to the system.
 ///
 /// `mallinfo2` is glibc 2.33+, while the published binaries are linked against an older glibc
@@ -79,7 +80,7 @@ pub fn heap_in_use() -> Option<u64> {
     }))?;
     // SAFETY: mallinfo2 only reads the allocator's counters.
     let info = unsafe { f() };
-    Some((info.uordblks + info.hblkhd) as u64)
+    Some((info.uordblks + info.hblkhd + crate::alloc::page_bytes()) as u64)
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
