@@ -25,11 +25,15 @@ pub(crate) struct User {
     /// The token's claims (`id`, `collection`, `email`, `sid`, ...), handed to JS as the user;
     /// shared, not copied, with every socket structure that needs them.
     pub(crate) claims: Arc<Value>,
-    /// When the token expires, in seconds since the Unix epoch.
-    pub(crate) expires_at: Option<u64>,
 }
 
 impl User {
+    /// When the token expires, in seconds since the Unix epoch (its `exp`; read from the
+    /// claims, not kept beside them: a user is part of every socket).
+    pub(crate) fn expires_at(&self) -> Option<u64> {
+        self.claims.get("exp").and_then(Value::as_u64)
+    }
+
     /// The session id claim, if the token has one.
     pub(crate) fn sid(&self) -> Option<&str> {
         self.claims.get("sid").and_then(Value::as_str)
@@ -43,11 +47,9 @@ impl User {
             Value::Number(n) => user_key(collection, n),
             _ => return None,
         };
-        let expires_at = claims.get("exp").and_then(Value::as_u64);
         Some(User {
             key,
             claims: Arc::new(claims),
-            expires_at,
         })
     }
 }
@@ -491,7 +493,7 @@ pub(crate) mod tests {
             let old = reference(key.decoding_key(), &token);
             if now_secs() == now {
                 if let Ok(user) = &new {
-                    assert!(user.expires_at.is_some(), "an accepted token has an expiry: {token}");
+                    assert!(user.expires_at().is_some(), "an accepted token has an expiry: {token}");
                 }
                 return (now, (token, new, old));
             }

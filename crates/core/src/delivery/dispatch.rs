@@ -633,7 +633,6 @@ mod tests {
         crate::auth::User {
             key: format!("users:{id}").into(),
             claims: Arc::new(json!({"id": id, "collection": "users"})),
-            expires_at: None,
         }
     }
 

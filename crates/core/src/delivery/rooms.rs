@@ -7,8 +7,9 @@
 //! shard's read lock only while pushing (a pointer copy per member); sockets evicted during a
 //! fan-out are removed after the lock is released.
 
+use std::borrow::Borrow;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -27,10 +28,35 @@ use crate::write::splice::{self, Piped};
 
 const SHARDS: usize = 32;
 
+/// A socket in a set found by its id: an entry is the `Arc` alone (8 bytes), not an id beside
+/// it (16), in the tables that hold an entry per socket (every socket, every room's members).
+struct ById(Arc<Socket>);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+impl Hash for ById {
+    /// As the id hashes, so that a set of these is searched by id (`Borrow`).
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.id.hash(state);
+    }
+}
+
+impl Borrow<SocketId> for ById {
+    fn borrow(&self) -> &SocketId {
+        &self.0.id
+    }
+}
+
 /// A room: its sockets, and its distinct users (what authorize asks about).
 #[derive(Default)]
 struct Room {
-    members: HashMap<SocketId, Arc<Socket>>,
+    members: HashSet<ById>,
     /// Each user with sockets in the room (by [`Socket::user_key`]): the user as the first of
     /// those sockets shows it, and how many of them are here. Kept up to date on join and
     /// leave, so an authorized event asks about the room's users without walking its sockets.
@@ -42,7 +68,7 @@ struct Room {
 
 impl Room {
     fn insert(&mut self, peer: &Arc<Socket>) {
-        self.members.insert(peer.id, peer.clone());
+        self.members.insert(ById(peer.clone()));
         let key = peer.user_key();
         match self.users.get_mut(key) {
             Some((_, n)) => *n += 1,
@@ -54,7 +80,7 @@ impl Room {
     }
 
     fn remove(&mut self, peer: &Socket) -> bool {
-        if self.members.remove(&peer.id).is_none() {
+        if !self.members.remove(&peer.id) {
             return false;
         }
         let key = peer.user_key();
@@ -143,7 +169,7 @@ pub(crate) type RoomHook = Box<dyn Fn(&str, bool) + Send + Sync>;
 pub(crate) type MemberHook = Box<dyn Fn(&str, &Socket, bool) + Send + Sync>;
 
 pub(crate) struct RoomRegistry {
-    peers: Vec<RwLock<HashMap<SocketId, Arc<Socket>>>>,
+    peers: Vec<RwLock<HashSet<ById>>>,
     rooms: Vec<RwLock<HashMap<Arc<str>, Room>>>,
     hook: OnceLock<RoomHook>,
     member_hook: OnceLock<MemberHook>,
@@ -170,7 +196,7 @@ fn shard_of<K: Hash + ?Sized>(key: &K) -> usize {
 impl Default for RoomRegistry {
     fn default() -> Self {
         RoomRegistry {
-            peers: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            peers: (0..SHARDS).map(|_| RwLock::new(HashSet::new())).collect(),
             rooms: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             room_count: AtomicUsize::new(0),
             hook: OnceLock::new(),
@@ -190,11 +216,11 @@ impl RoomRegistry {
         let _ = self.hook.set(hook);
     }
     pub(crate) fn add_socket(&self, peer: Arc<Socket>) {
-        self.peers[shard_of(&peer.id)].write().insert(peer.id, peer);
+        self.peers[shard_of(&peer.id)].write().insert(ById(peer));
     }
 
     pub(crate) fn peer(&self, id: SocketId) -> Option<Arc<Socket>> {
-        self.peers[shard_of(&id)].read().get(&id).cloned()
+        self.peers[shard_of(&id)].read().get(&id).map(|p| p.0.clone())
     }
 
     /// A user changed: its sockets, and the rooms' lists of users that authorize asks about,
@@ -230,7 +256,7 @@ impl RoomRegistry {
     pub(crate) fn all_sockets(&self) -> Vec<Arc<Socket>> {
         self.peers
             .iter()
-            .flat_map(|s| s.read().values().cloned().collect::<Vec<_>>())
+            .flat_map(|s| s.read().iter().map(|p| p.0.clone()).collect::<Vec<_>>())
             .collect()
     }
 
@@ -238,7 +264,7 @@ impl RoomRegistry {
     /// registry lock: collect, then act).
     pub(crate) fn for_each_socket(&self, mut f: impl FnMut(&Arc<Socket>)) {
         for shard in &self.peers {
-            shard.read().values().for_each(&mut f);
+            shard.read().iter().for_each(|p| f(&p.0));
         }
     }
 
@@ -327,7 +353,7 @@ impl RoomRegistry {
         self.rooms[shard_of(room)]
             .read()
             .get(room)
-            .map(|m| m.members.values().cloned().collect())
+            .map(|m| m.members.iter().map(|p| p.0.clone()).collect())
             .unwrap_or_default()
     }
 
@@ -377,7 +403,7 @@ impl RoomRegistry {
             let shard = self.rooms[shard_of(room)].read();
             if let Some(members) = shard.get(room) {
                 let mut buffers = Buffers::default();
-                for peer in members.members.values() {
+                for ById(peer) in &members.members {
                     if except.skips(peer) {
                         continue;
                     }

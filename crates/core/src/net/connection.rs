@@ -93,8 +93,9 @@ pin_project_lite::pin_project! {
     pub(crate) struct Serving {
         // `None` once the connection is over.
         conn: Option<Connection>,
-        // The socket's place under the connection limits, given back when it closes.
-        slot: Option<Slot>,
+        // The socket's place under the connection limits, given back when it closes (boxed:
+        // this is in every idle socket's task, which tokio sizes in steps of 128 bytes).
+        slot: Option<Box<Slot>>,
     }
 }
 
@@ -110,18 +111,21 @@ impl Serving {
     ) -> Serving {
         Stats::add(&hub.stats.connections, 1);
         Stats::add(&hub.stats.connections_total, 1);
-        let mut conn = Connection::new(hub, peer, stream);
-        conn.requests.on_connect();
-        conn.peer.sweep_timers();
+        peer.sweep_timers();
         // From here fan-out may write to the socket itself (`Outbound::write_through`); the
         // connection's `Drop` takes that back before the stream closes.
         #[cfg(unix)]
-        conn.peer.outbound.attach(std::os::fd::AsRawFd::as_raw_fd(&conn.stream));
+        peer.outbound.attach(std::os::fd::AsRawFd::as_raw_fd(&stream));
+        let mut conn = Connection::new(hub, peer, stream);
+        conn.requests.on_connect();
         if !early.is_empty() {
             conn.on_bytes(&early);
         }
         drop(early);
-        Serving { conn: Some(conn), slot }
+        Serving {
+            conn: Some(conn),
+            slot: slot.map(Box::new),
+        }
     }
 }
 
@@ -136,7 +140,7 @@ impl Future for Serving {
         if conn.poll_run(cx).is_pending() {
             return Poll::Pending;
         }
-        let (hub, peer) = (conn.hub.clone(), conn.peer.clone());
+        let (hub, peer) = (conn.requests.hub().clone(), conn.requests.peer().clone());
         // Dropping the stream closes the TCP connection.
         *this.conn = None;
         hub.registry.remove_socket(&peer);
@@ -149,14 +153,15 @@ impl Future for Serving {
     }
 }
 
+/// What a socket's task holds: kept small, since tokio sizes every task in steps of 128 bytes
+/// and an idle socket is mostly this. The hub and the socket are the request state's.
 struct Connection {
-    hub: Arc<Hub>,
-    peer: Arc<Socket>,
     stream: TcpStream,
     frames: FrameReader,
     requests: Requests,
-    /// Frames taken from the outbound queue and not yet written.
-    batch: Batch,
+    /// Frames taken from the outbound queue and not yet written; made when there are some
+    /// (fan-out's flusher writes most bursts itself).
+    batch: Option<Box<Batch>>,
     /// Still reading frames: false once the client's close arrived or the stream broke a rule.
     reading: bool,
     /// Our close frame is written and our side shut down.
@@ -170,7 +175,7 @@ impl Drop for Connection {
     /// Runs before the stream (a field) is dropped, on every way out, a panic or a cancelled
     /// task too: no flusher writes to the descriptor once it may be closed.
     fn drop(&mut self) {
-        self.peer.outbound.detach();
+        self.requests.peer().outbound.detach();
     }
 }
 
@@ -190,21 +195,19 @@ impl Connection {
     fn new(hub: Arc<Hub>, peer: Arc<Socket>, stream: TcpStream) -> Connection {
         Connection {
             frames: FrameReader::new(hub.config.max_payload_length),
-            requests: Requests::new(hub.clone(), peer.clone()),
+            requests: Requests::new(hub, peer),
             stream,
-            batch: Batch::default(),
+            batch: None,
             reading: true,
             write_closed: false,
             deadline: None,
-            hub,
-            peer,
         }
     }
 
     /// The socket's whole life: reads, writes and the close deadline, until each of them waits;
     /// ready when the connection is over.
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.peer.outbound.is_cut() {
+        if self.requests.peer().outbound.is_cut() {
             return Poll::Ready(());
         }
         while self.reading {
@@ -225,7 +228,7 @@ impl Connection {
         if self.poll_writes(cx).is_ready() {
             return Poll::Ready(());
         }
-        if self.deadline.is_none() && (!self.reading || self.peer.outbound.is_closing()) {
+        if self.deadline.is_none() && (!self.reading || self.requests.peer().outbound.is_closing()) {
             // A close is on its way out (ours, or the answer to the client's): it has this
             // long, then the connection is dropped.
             self.set_deadline(EVICTION_GRACE);
@@ -251,26 +254,32 @@ impl Connection {
         if self.write_closed {
             return Poll::Pending;
         }
-        let out = &self.peer.outbound;
+        let out = &self.requests.peer().outbound;
         // Registered before looking at the queue: a push after the look wakes the task.
         out.register(cx.waker());
         loop {
-            if self.batch.is_empty() {
-                // Fan-out wakes a socket once its whole burst is queued (`write::flush::Wakes`): what
-                // is there now is the burst, taken at once.
-                out.take_into(&mut self.batch);
-                if self.batch.is_empty() {
-                    return Poll::Pending;
+            let batch = match &mut self.batch {
+                Some(batch) if !batch.is_empty() => batch,
+                _ => {
+                    // Fan-out wakes a socket once its whole burst is queued
+                    // (`write::flush::Wakes`): what is there now is the burst, taken at once.
+                    let batch = self.batch.get_or_insert_with(Box::default);
+                    out.take_into(batch);
+                    if batch.is_empty() {
+                        self.batch = None;
+                        return Poll::Pending;
+                    }
+                    batch
                 }
-            }
-            match self.batch.write_to(out, &self.stream) {
+            };
+            match batch.write_to(out, &self.stream) {
                 Err(_) => return Poll::Ready(()),
                 Ok(Flush::Blocked) => match self.stream.poll_write_ready(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(_)) => return Poll::Ready(()),
                 },
-                Ok(Flush::Done) if self.batch.closes => {
+                Ok(Flush::Done) if batch.closes => {
                     // Our close is out: nothing more is sent.
                     self.write_closed = true;
                     let _ = Pin::new(&mut self.stream).poll_shutdown(cx);
@@ -311,9 +320,9 @@ impl Connection {
     /// Feeds bytes to the frame reader and acts on what comes out; `Some` when the connection
     /// is over.
     fn on_bytes(&mut self, bytes: &[u8]) -> Option<ReadEnd> {
+        let (hub, peer) = (self.requests.hub().clone(), self.requests.peer().clone());
+        let (hub, peer) = (&hub, &peer);
         let Connection {
-            hub,
-            peer,
             frames,
             requests,
             reading,
@@ -435,7 +444,7 @@ fn sweep_once(hub: &Hub, due: &mut Vec<(Arc<Socket>, Due)>) {
         if !peer.is_swept() {
             return;
         }
-        let exp = peer.expires_at.load(Ordering::Relaxed);
+        let exp = peer.expires_at();
         if exp != 0 && exp <= now_s {
             due.push((peer.clone(), Due::Expired));
         } else if let Some(idle) = idle_ms {

@@ -61,6 +61,14 @@ impl Requests {
         }
     }
 
+    pub(crate) fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    pub(crate) fn peer(&self) -> &Arc<Socket> {
+        &self.peer
+    }
+
     fn waits(&mut self) -> &mut Waits {
         self.waits.get_or_insert_with(Box::default)
     }
@@ -492,10 +500,7 @@ impl Requests {
                     return;
                 }
             }
-            peer.expires_at.store(user.expires_at.unwrap_or(0), Ordering::Relaxed);
-            let iat = user.claims.get("iat").and_then(serde_json::Value::as_u64);
-            peer.issued_at.store(iat.unwrap_or(0), Ordering::Relaxed);
-            peer.set_fresh_claims(user.claims.clone());
+            peer.set_fresh_token(&user);
             if let Some(id) = &id {
                 hub.registry.send_to(&peer, protocol::ack(id), &hub.stats);
             }

@@ -1203,25 +1203,27 @@ enum Opened {
 /// A connection's opening future, boxed: see [`ConnectionTask`].
 type Opening = Pin<Box<dyn Future<Output = Option<(Opened, Option<TaskTrackerToken>)>> + Send>>;
 
-pin_project_lite::pin_project! {
-    /// The task of a connection whose head is read here: while it opens, a boxed future (the
-    /// handshake; or all of a connection that is not a socket); once a socket is open, the
-    /// socket itself. An idle socket's task so holds the socket and nothing of its handshake.
-    struct ConnectionTask {
-        opening: Option<Opening>,
-        #[pin]
-        serving: Option<Serving>,
-        // Counts the socket among those a drain waits for (the task itself may be tracked as
-        // an HTTP connection).
-        socket: Option<TaskTrackerToken>,
-    }
+/// The task of a connection whose head is read here: while it opens, a boxed future (the
+/// handshake; or all of a connection that is not a socket); once a socket is open, the socket
+/// itself, in the same place. An idle socket's task so holds the socket and nothing of its
+/// handshake.
+struct ConnectionTask {
+    stage: Stage,
+    // Counts the socket among those a drain waits for (the task itself may be tracked as an
+    // HTTP connection).
+    socket: Option<TaskTrackerToken>,
+}
+
+enum Stage {
+    Opening(Opening),
+    Serving(Serving),
+    Done,
 }
 
 impl ConnectionTask {
     fn new(opening: impl Future<Output = Option<(Opened, Option<TaskTrackerToken>)>> + Send + 'static) -> Self {
         ConnectionTask {
-            opening: Some(Box::pin(opening)),
-            serving: None,
+            stage: Stage::Opening(Box::pin(opening)),
             socket: None,
         }
     }
@@ -1231,37 +1233,39 @@ impl Future for ConnectionTask {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut this = self.project();
-        while let Some(opening) = this.opening.as_mut() {
-            let Poll::Ready(opened) = opening.as_mut().poll(cx) else {
-                return Poll::Pending;
-            };
-            // Freed before anything else is made.
-            *this.opening = None;
-            let Some((opened, socket)) = opened else {
-                return Poll::Ready(());
-            };
-            if socket.is_some() {
-                *this.socket = socket;
-            }
-            match opened {
-                Opened::Serving(serving) => this.serving.set(Some(serving)),
-                Opened::FirstAuth {
-                    hub,
-                    stream,
-                    early,
-                    slot,
-                } => {
-                    *this.opening = Some(Box::pin(async move {
-                        let serving = crate::net::first_auth::open(hub, stream, early, slot).await?;
-                        Some((Opened::Serving(serving), None))
-                    }));
+        // Every field is `Unpin` (the opening is boxed, the socket's state holds no
+        // self-reference).
+        let this = self.get_mut();
+        loop {
+            match &mut this.stage {
+                Stage::Opening(opening) => {
+                    let Poll::Ready(opened) = opening.as_mut().poll(cx) else {
+                        return Poll::Pending;
+                    };
+                    // Freed before anything else is made.
+                    this.stage = Stage::Done;
+                    let Some((opened, socket)) = opened else {
+                        return Poll::Ready(());
+                    };
+                    if socket.is_some() {
+                        this.socket = socket;
+                    }
+                    this.stage = match opened {
+                        Opened::Serving(serving) => Stage::Serving(serving),
+                        Opened::FirstAuth {
+                            hub,
+                            stream,
+                            early,
+                            slot,
+                        } => Stage::Opening(Box::pin(async move {
+                            let serving = crate::net::first_auth::open(hub, stream, early, slot).await?;
+                            Some((Opened::Serving(serving), None))
+                        })),
+                    };
                 }
+                Stage::Serving(serving) => return Pin::new(serving).poll(cx),
+                Stage::Done => return Poll::Ready(()),
             }
-        }
-        match this.serving.as_pin_mut() {
-            Some(serving) => serving.poll(cx),
-            None => Poll::Ready(()),
         }
     }
 }

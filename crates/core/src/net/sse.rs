@@ -477,7 +477,7 @@ impl SseBody {
     /// Due at the next heartbeat, or at the token's expiry when sooner.
     fn next_wake(&self) -> Instant {
         let beat = Instant::now() + self.heartbeat;
-        match self.peer.expires_at.load(Ordering::Relaxed) {
+        match self.peer.expires_at() {
             0 => beat,
             exp => beat.min(Instant::now() + Duration::from_secs(exp.saturating_sub(now_secs()))),
         }
@@ -524,7 +524,7 @@ impl Body for SseBody {
             if this.timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            let exp = this.peer.expires_at.load(Ordering::Relaxed);
+            let exp = this.peer.expires_at();
             let at = this.next_wake();
             this.timer.as_mut().reset(at);
             if exp != 0 && exp <= now_secs() {

@@ -69,7 +69,8 @@ pub(crate) fn close_code_allowed(code: u16) -> bool {
 pub(crate) struct FrameReader {
     /// `None` when there is nothing: no cut frame, no message under way, no error.
     held: Option<Box<Held>>,
-    max_message: usize,
+    /// `maxPayloadLength` (a `u32`: this is part of every idle socket's task).
+    max_message: u32,
     /// The client's close frame has arrived: nothing after it is read.
     closed: bool,
     /// Stop parsing after the first data message (first-message auth): what follows is kept
@@ -126,7 +127,7 @@ struct Header {
 impl FrameReader {
     pub(crate) fn new(max_message: usize) -> FrameReader {
         FrameReader {
-            max_message,
+            max_message: clamp(max_message),
             ..FrameReader::default()
         }
     }
@@ -135,7 +136,7 @@ impl FrameReader {
     /// with it before anything else is acted on.
     pub(crate) fn first_message_only(max_message: usize) -> FrameReader {
         FrameReader {
-            max_message,
+            max_message: clamp(max_message),
             first_only: true,
             ..FrameReader::default()
         }
@@ -272,7 +273,7 @@ impl FrameReader {
         };
         if !control {
             let so_far = if opcode == 0 { message_len as u64 } else { 0 };
-            if so_far.saturating_add(payload) > self.max_message as u64 {
+            if so_far.saturating_add(payload) > u64::from(self.max_message) {
                 return Err(FrameError::TooLarge);
             }
         }
@@ -331,6 +332,11 @@ impl FrameReader {
         }
         Ok(())
     }
+}
+
+/// A message size limit as the reader keeps it; past 4 GB is no limit a server could honour.
+fn clamp(max_message: usize) -> u32 {
+    u32::try_from(max_message).unwrap_or(u32::MAX)
 }
 
 /// The status code of a close payload, after checking it.

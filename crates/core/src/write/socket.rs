@@ -3,7 +3,7 @@
 //! holds the same `Arc`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -28,11 +28,12 @@ pub(crate) struct Socket {
     /// Logout revokes by their session id (`sid`).
     fresh_claims: Mutex<Option<Arc<Value>>>,
     /// When the current token expires (seconds since the epoch; 0 = never). A fresh token sent
-    /// with `{ type: "auth" }` moves it.
-    pub(crate) expires_at: AtomicU64,
+    /// with `{ type: "auth" }` moves it. Seconds fit 32 bits until 2106 (later is kept as
+    /// `u32::MAX`); this is part of every idle socket.
+    expires_at: AtomicU32,
     /// When the current token was issued (`iat`, seconds; 0 = unknown): a user-wide revocation
     /// covers the tokens issued before it.
-    pub(crate) issued_at: AtomicU64,
+    issued_at: AtomicU32,
     pub(crate) outbound: Outbound,
     /// Rooms this socket is in; `None` once it has left them all for good (closed). The first
     /// is kept inline: most sockets are in one room, and this is in every idle socket.
@@ -93,18 +94,15 @@ impl Socket {
         user_value: Arc<Value>,
         max_backpressure: usize,
     ) -> Socket {
-        let expires_at = user.as_ref().and_then(|u| u.expires_at).unwrap_or(0);
-        let issued_at = user
-            .as_ref()
-            .and_then(|u| u.claims.get("iat").and_then(Value::as_u64))
-            .unwrap_or(0);
+        let expires_at = secs(user.as_ref().and_then(User::expires_at));
+        let issued_at = secs(user.as_ref().and_then(|u| u.claims.get("iat").and_then(Value::as_u64)));
         Socket {
             id,
             user,
             user_value: RwLock::new(user_value),
             fresh_claims: Mutex::new(None),
-            expires_at: AtomicU64::new(expires_at),
-            issued_at: AtomicU64::new(issued_at),
+            expires_at: AtomicU32::new(expires_at),
+            issued_at: AtomicU32::new(issued_at),
             outbound: Outbound::new(max_backpressure),
             rooms: Mutex::new(Some(SmallVec::new())),
             last_seen_ms: AtomicU64::new(0),
@@ -243,7 +241,7 @@ impl Socket {
 
     /// The current token as a revocation check sees it.
     pub(crate) fn token_sid(&self) -> (Option<String>, Option<u64>) {
-        let iat = self.issued_at.load(Ordering::Relaxed);
+        let iat = u64::from(self.issued_at.load(Ordering::Relaxed));
         (self.with_sid(|sid| sid.map(str::to_string)), (iat > 0).then_some(iat))
     }
 
@@ -254,8 +252,22 @@ impl Socket {
         f(claims.and_then(|c| c.get("sid")).and_then(Value::as_str))
     }
 
-    /// A fresh token for the same user: its claims are the current token's from now on.
-    pub(crate) fn set_fresh_claims(&self, claims: Arc<Value>) {
-        *self.fresh_claims.lock() = Some(claims);
+    /// A fresh token for the same user: its claims, expiry and issue time are the current
+    /// token's from now on.
+    pub(crate) fn set_fresh_token(&self, user: &User) {
+        self.expires_at.store(secs(user.expires_at()), Ordering::Relaxed);
+        let iat = user.claims.get("iat").and_then(Value::as_u64);
+        self.issued_at.store(secs(iat), Ordering::Relaxed);
+        *self.fresh_claims.lock() = Some(user.claims.clone());
     }
+
+    /// When the current token expires, in seconds since the epoch; 0 = never.
+    pub(crate) fn expires_at(&self) -> u64 {
+        u64::from(self.expires_at.load(Ordering::Relaxed))
+    }
+}
+
+/// Seconds since the epoch as a socket keeps them: 0 for none, `u32::MAX` past 2106.
+fn secs(at: Option<u64>) -> u32 {
+    at.map_or(0, |s| u32::try_from(s).unwrap_or(u32::MAX))
 }
