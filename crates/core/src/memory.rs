@@ -42,16 +42,34 @@ fn release_free_memory() {}
 
 /// Bytes the process's allocator has handed out and not had back (glibc's `mallinfo2`: small
 /// blocks in use plus mmapped ones, and the pages of [`crate::alloc`]'s aligned blocks); `None`
-/// on other allocators. Beside RSS it tells memory
-/// held by the server from memory freed but not yet returned to the system.
-///
+/// on other allocators. Beside RSS it tells memory held by the server from memory freed but
+/// not yet returned to the system.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn heap_in_use() -> Option<u64> {
+    let m = malloc_info()?;
+    Some((m.in_use + m.mmapped + crate::alloc::page_bytes()) as u64)
+}
+
+/// glibc's own counters (`mallinfo2`), over all its arenas.
+#[derive(Debug, Clone, Copy)]
+pub struct MallocInfo {
+    /// Bytes of the arenas taken from the system (not mmapped blocks).
+    pub arena: usize,
+    /// Bytes of the arenas in blocks in use (headers included).
+    pub in_use: usize,
+    /// Bytes of the arenas free.
+    pub free: usize,
+    /// Bytes of blocks mmapped on their own.
+    pub mmapped: usize,
+}
+
 /// `mallinfo2` is glibc 2.33+, while the published binaries are linked against an older glibc
 /// (the baseline in docs/install.md) so that they load on Debian 11, Ubuntu 20.04, RHEL 8 and
 /// Amazon Linux 2. A direct reference would make the loader refuse the addon there, so it is
-/// looked up once at run time; on an older glibc the figure is `None` (`mallinfo`'s `int`
-/// fields wrap at 2 GiB, so they would report wrong numbers, not just coarse ones).
+/// looked up once at run time; on an older glibc this is `None` (`mallinfo`'s `int` fields wrap
+/// at 2 GiB, so they would report wrong numbers, not just coarse ones).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub fn heap_in_use() -> Option<u64> {
+pub fn malloc_info() -> Option<MallocInfo> {
     use std::sync::OnceLock;
 
     #[repr(C)]
@@ -80,7 +98,12 @@ pub fn heap_in_use() -> Option<u64> {
     }))?;
     // SAFETY: mallinfo2 only reads the allocator's counters.
     let info = unsafe { f() };
-    Some((info.uordblks + info.hblkhd + crate::alloc::page_bytes()) as u64)
+    Some(MallocInfo {
+        arena: info.arena,
+        in_use: info.uordblks,
+        free: info.fordblks,
+        mmapped: info.hblkhd,
+    })
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]

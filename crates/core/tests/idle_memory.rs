@@ -18,6 +18,7 @@ use hmac::{Hmac, Mac};
 use payload_realtime_core::alloc::{page_bytes, Allocator};
 use payload_realtime_core::config::{Config, PayloadKey};
 use payload_realtime_core::host::callbacks::Callbacks;
+use payload_realtime_core::memory::{malloc_info, MallocInfo};
 use payload_realtime_core::net::server::Server;
 use sha2::{Digest, Sha256};
 
@@ -80,27 +81,8 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct MallInfo2 {
-    arena: usize,
-    ordblks: usize,
-    smblks: usize,
-    hblks: usize,
-    hblkhd: usize,
-    usmblks: usize,
-    fsmblks: usize,
-    uordblks: usize,
-    fordblks: usize,
-    keepcost: usize,
-}
-
-extern "C" {
-    fn mallinfo2() -> MallInfo2;
-}
-
 struct Snapshot {
-    malloc: MallInfo2,
+    malloc: MallocInfo,
     pages: usize,
     bytes: i64,
     live: Vec<i64>,
@@ -109,8 +91,7 @@ struct Snapshot {
 
 fn snapshot() -> Snapshot {
     Snapshot {
-        // SAFETY: reads glibc's counters.
-        malloc: unsafe { mallinfo2() },
+        malloc: malloc_info().expect("glibc 2.33 or newer"),
         pages: page_bytes(),
         bytes: LIVE_BYTES.load(Ordering::Relaxed),
         live: LIVE.iter().map(|c| c.load(Ordering::Relaxed)).collect(),
@@ -239,13 +220,13 @@ fn an_idle_socket_holds_little_heap() {
             }
         }
     }
-    let d = |f: fn(&MallInfo2) -> usize| (f(&after.malloc) as f64 - f(&before.malloc) as f64) / MEASURED as f64;
+    let d = |f: fn(&MallocInfo) -> usize| (f(&after.malloc) as f64 - f(&before.malloc) as f64) / MEASURED as f64;
     let pages = (after.pages as f64 - before.pages as f64) / MEASURED as f64;
     eprintln!(
         "per socket: malloc's arena {:.0} (in use {:.0}, free {:.0}), aligned pages {pages:.0}",
         d(|m| m.arena),
-        d(|m| m.uordblks),
-        d(|m| m.fordblks),
+        d(|m| m.in_use),
+        d(|m| m.free),
     );
     eprintln!("heap per idle socket: {per_socket:.0} B; blocks per socket by size (up to):");
     for (size, blocks) in &rows {
