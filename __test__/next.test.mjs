@@ -69,7 +69,7 @@ function startNext(env, command = ['start']) {
 }
 
 /** The handshake's answer once something listens on `url` (refused connections are retried). */
-function firstAnswer(url, opts = {}) {
+function firstAnswer(url, opts = {}, output = () => '') {
   return waitUntil(
     async () => {
       try {
@@ -79,7 +79,11 @@ function firstAnswer(url, opts = {}) {
       }
     },
     { timeout: 120_000, interval: 100, label: `a WebSocket server on ${url}` },
-  )
+  ).catch((err) => {
+    // What the app printed says why (a port taken meanwhile, a failed start).
+    err.message += `\n${output()}`
+    throw err
+  })
 }
 
 /** How many sockets listen on TCP `port` (IPv4 and IPv6), from /proc/net. */
@@ -197,7 +201,7 @@ for (const builder of ['webpack', 'turbopack']) {
       // instrumentation.ts creates Payload at boot: the realtime server answers before any HTTP
       // request (no credentials yet: its own 401, not a refused connection).
       await server.ready()
-      const early = await firstAnswer(`ws://127.0.0.1:${wsPort}/`)
+      const early = await firstAnswer(`ws://127.0.0.1:${wsPort}/`, {}, server.output)
       assert.equal(early.status, 401, `${early.body}\n${server.output()}`)
       assert.equal(early.json?.error, 'unauthorized')
 
@@ -259,7 +263,7 @@ for (const builder of ['webpack', 'turbopack']) {
         await server.stop()
         server = startNext(env)
         await server.ready()
-        const client = await firstAnswer(`ws://127.0.0.1:${wsPort}/`, { token: alice.token })
+        const client = await firstAnswer(`ws://127.0.0.1:${wsPort}/`, { token: alice.token }, server.output)
         assert.equal(client.status, 101, `${client.body}\n${server.output()}`)
         try {
           const ack = await client.client.join('posts')
