@@ -17,6 +17,11 @@ use serde_json::{Map, Value};
 
 use crate::config::Config;
 
+/// A token's session id (its `sid` claim), which logout revokes by.
+pub(crate) fn sid_of(claims: &Value) -> Option<&str> {
+    claims.get("sid").and_then(Value::as_str)
+}
+
 /// An authenticated user, as the token describes them.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct User {
@@ -34,9 +39,14 @@ impl User {
         self.claims.get("exp").and_then(Value::as_u64)
     }
 
+    /// When the token was issued, in seconds since the Unix epoch (its `iat`, if any).
+    pub(crate) fn issued_at(&self) -> Option<u64> {
+        self.claims.get("iat").and_then(Value::as_u64)
+    }
+
     /// The session id claim, if the token has one.
     pub(crate) fn sid(&self) -> Option<&str> {
-        self.claims.get("sid").and_then(Value::as_str)
+        sid_of(&self.claims)
     }
 
     /// Builds a user from verified claims; `None` when the claims name no user.

@@ -107,7 +107,7 @@ impl<'a> Token<'a> {
         Token {
             user: &user.key,
             sid,
-            issued_at: user.claims.get("iat").and_then(serde_json::Value::as_u64),
+            issued_at: user.issued_at(),
         }
     }
 }

@@ -11,7 +11,7 @@ use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 use smallvec::SmallVec;
 
-use crate::auth::User;
+use crate::auth::{sid_of, User};
 use crate::write::outbound::Outbound;
 
 pub(crate) type SocketId = u64;
@@ -95,7 +95,7 @@ impl Socket {
         max_backpressure: usize,
     ) -> Socket {
         let expires_at = secs(user.as_ref().and_then(User::expires_at));
-        let issued_at = secs(user.as_ref().and_then(|u| u.claims.get("iat").and_then(Value::as_u64)));
+        let issued_at = secs(user.as_ref().and_then(User::issued_at));
         Socket {
             id,
             user,
@@ -249,15 +249,14 @@ impl Socket {
     pub(crate) fn with_sid<R>(&self, f: impl FnOnce(Option<&str>) -> R) -> R {
         let fresh = self.fresh_claims.lock();
         let claims = fresh.as_deref().or(self.user.as_ref().map(|u| &*u.claims));
-        f(claims.and_then(|c| c.get("sid")).and_then(Value::as_str))
+        f(claims.and_then(sid_of))
     }
 
     /// A fresh token for the same user: its claims, expiry and issue time are the current
     /// token's from now on.
     pub(crate) fn set_fresh_token(&self, user: &User) {
         self.expires_at.store(secs(user.expires_at()), Ordering::Relaxed);
-        let iat = user.claims.get("iat").and_then(Value::as_u64);
-        self.issued_at.store(secs(iat), Ordering::Relaxed);
+        self.issued_at.store(secs(user.issued_at()), Ordering::Relaxed);
         *self.fresh_claims.lock() = Some(user.claims.clone());
     }
 
