@@ -23,6 +23,7 @@
 //! stats.rs                the counters behind stats() and /metrics
 //! auth/                   who is connecting
 //!   mod.rs                the credential, Payload's token check, the Origin rule
+//!   claims.rs             a verified token's claims: kept as signed, parsed when asked
 //!   revocations.rs        revoked sessions (logout), remembered on every instance
 //!   users.rs              one copy of a user's document for all of its sockets
 //! cluster/                what instances share through Redis

@@ -630,10 +630,7 @@ mod tests {
     }
 
     fn test_user(id: u64) -> crate::auth::User {
-        crate::auth::User {
-            key: format!("users:{id}").into(),
-            claims: Arc::new(json!({"id": id, "collection": "users"})),
-        }
+        crate::auth::User::from_claims(json!({"id": id, "collection": "users"})).unwrap()
     }
 
     /// Waits (yielding to the lanes) until the socket is in the room: a recovery joins it in

@@ -23,7 +23,7 @@ use crate::host::callbacks::UserList;
 use crate::stats::Stats;
 use crate::write::flush::Wakes;
 use crate::write::outbound::{OutFrame, Push};
-use crate::write::socket::{Socket, SocketId};
+use crate::write::socket::{Doc, Socket, SocketId};
 use crate::write::splice::{self, Piped};
 
 const SHARDS: usize = 32;
@@ -60,7 +60,7 @@ struct Room {
     /// Each user with sockets in the room (by [`Socket::user_key`]): the user as the first of
     /// those sockets shows it, and how many of them are here. Kept up to date on join and
     /// leave, so an authorized event asks about the room's users without walking its sockets.
-    users: HashMap<Arc<str>, (Arc<Value>, usize), FxBuildHasher>,
+    users: HashMap<Arc<str>, (Doc, usize), FxBuildHasher>,
     /// `users` as authorize asks about them, made the first time it asks and dropped when a
     /// user comes or goes: the events of a burst share it (see [`UserList`]).
     list: Mutex<Option<Arc<UserList>>>,
@@ -73,7 +73,7 @@ impl Room {
         match self.users.get_mut(key) {
             Some((_, n)) => *n += 1,
             None => {
-                self.users.insert(Arc::from(key), (peer.user_doc(), 1));
+                self.users.insert(Arc::from(key), (peer.doc(), 1));
                 *self.list.get_mut() = None;
             }
         }
@@ -244,7 +244,7 @@ impl RoomRegistry {
             let mut shard = self.rooms[shard_of(&*room)].write();
             if let Some(r) = shard.get_mut(&room) {
                 if let Some((v, _)) = r.users.get_mut(user_key) {
-                    *v = value.clone();
+                    *v = Doc::Value(value.clone());
                     *r.list.get_mut() = None;
                 }
             }
@@ -365,7 +365,7 @@ impl RoomRegistry {
             return Arc::default();
         };
         let mut list = r.list.lock();
-        list.get_or_insert_with(|| Arc::new(UserList::new(r.users.iter().map(|(k, (u, _))| (k.clone(), u.clone())))))
+        list.get_or_insert_with(|| Arc::new(UserList::new(r.users.iter().map(|(k, (u, _))| (k.clone(), u.value())))))
             .clone()
     }
 

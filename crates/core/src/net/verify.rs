@@ -50,7 +50,13 @@ pub(crate) async fn verify_capped(
         Stats::add(&hub.stats.refused_verifying, 1);
         Unverified::Busy(over)
     })?;
-    let verified = verify_user(verifier, token, (*user.claims).clone(), hub.config.verify_timeout).await;
+    let verified = verify_user(
+        verifier,
+        token,
+        (**user.claims.value()).clone(),
+        hub.config.verify_timeout,
+    )
+    .await;
     drop(place);
     verified.map_err(Unverified::Refused)
 }

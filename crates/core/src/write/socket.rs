@@ -11,7 +11,7 @@ use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 use smallvec::SmallVec;
 
-use crate::auth::{sid_of, User};
+use crate::auth::{Claims, User};
 use crate::write::outbound::Outbound;
 
 pub(crate) type SocketId = u64;
@@ -22,11 +22,13 @@ pub(crate) struct Socket {
     /// The user as the host sees it (the verified user document in plugin mode, else the
     /// token's claims), shared with every authorize and handler call; replaced when the user
     /// changes (`updateUser`, on any instance).
-    user_value: RwLock<Arc<Value>>,
+    /// `None`: the token's claims (`user.claims`, parsed when first asked for), or `null` for
+    /// an anonymous socket; kept as one pointer, in every idle socket.
+    user_value: RwLock<Option<Arc<Value>>>,
     /// The claims of a fresh token sent with `{ type: "auth" }`, if one was; until then the
     /// current token's are `user.claims` (shared by the user's sockets, not copied per socket).
     /// Logout revokes by their session id (`sid`).
-    fresh_claims: Mutex<Option<Arc<Value>>>,
+    fresh_claims: Mutex<Option<Arc<Claims>>>,
     /// When the current token expires (seconds since the epoch; 0 = never). A fresh token sent
     /// with `{ type: "auth" }` moves it. Seconds fit 32 bits until 2106 (later is kept as
     /// `u32::MAX`); this is part of every idle socket.
@@ -82,16 +84,13 @@ pub(crate) struct Recovering {
 impl Socket {
     #[cfg(test)]
     pub(crate) fn new(id: SocketId, user: Option<User>, max_backpressure: usize) -> Socket {
-        let user_value = user
-            .as_ref()
-            .map_or_else(|| Arc::new(Value::Null), |u| u.claims.clone());
-        Socket::with_user_value(id, user, user_value, max_backpressure)
+        Socket::with_user_value(id, user, None, max_backpressure)
     }
 
     pub(crate) fn with_user_value(
         id: SocketId,
         user: Option<User>,
-        user_value: Arc<Value>,
+        user_value: Option<Arc<Value>>,
         max_backpressure: usize,
     ) -> Socket {
         let expires_at = secs(user.as_ref().and_then(User::expires_at));
@@ -231,12 +230,21 @@ impl Socket {
 
     /// The user as JS sees it (`null` for anonymous).
     pub(crate) fn user_doc(&self) -> Arc<Value> {
-        self.user_value.read().clone()
+        self.doc().value()
+    }
+
+    /// The user as JS sees it, not yet parsed if it is the token's claims.
+    pub(crate) fn doc(&self) -> Doc {
+        match (&*self.user_value.read(), &self.user) {
+            (Some(value), _) => Doc::Value(value.clone()),
+            (None, Some(user)) => Doc::Claims(user.claims.clone()),
+            (None, None) => Doc::Value(crate::auth::users::anonymous()),
+        }
     }
 
     /// The user changed: what rules see of this socket's user from now on.
     pub(crate) fn set_user_doc(&self, value: Arc<Value>) {
-        *self.user_value.write() = value;
+        *self.user_value.write() = Some(value);
     }
 
     /// The current token as a revocation check sees it.
@@ -249,7 +257,7 @@ impl Socket {
     pub(crate) fn with_sid<R>(&self, f: impl FnOnce(Option<&str>) -> R) -> R {
         let fresh = self.fresh_claims.lock();
         let claims = fresh.as_deref().or(self.user.as_ref().map(|u| &*u.claims));
-        f(claims.and_then(sid_of))
+        f(claims.and_then(Claims::sid))
     }
 
     /// A fresh token for the same user: its claims, expiry and issue time are the current
@@ -263,6 +271,24 @@ impl Socket {
     /// When the current token expires, in seconds since the epoch; 0 = never.
     pub(crate) fn expires_at(&self) -> u64 {
         u64::from(self.expires_at.load(Ordering::Relaxed))
+    }
+}
+
+/// A socket's user as the host sees it: the token's claims (parsed into a value when first
+/// asked for: most sockets never are), or a value (the host's user document, `null`).
+#[derive(Clone)]
+pub(crate) enum Doc {
+    Claims(Arc<Claims>),
+    Value(Arc<Value>),
+}
+
+impl Doc {
+    /// The user as a JSON value.
+    pub(crate) fn value(&self) -> Arc<Value> {
+        match self {
+            Doc::Claims(claims) => claims.value().clone(),
+            Doc::Value(value) => value.clone(),
+        }
     }
 }
 

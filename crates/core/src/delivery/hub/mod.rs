@@ -96,7 +96,9 @@ pub struct Hub {
     /// Revoked sessions: checked at handshake and refresh, shared through Redis when configured.
     pub(crate) revocations: Arc<Revocations>,
     /// One copy of each user for all of its sockets.
-    users: crate::auth::users::SharedUsers,
+    users: crate::auth::users::SharedUsers<crate::auth::Claims>,
+    /// The users' documents from the host's `verifyUser`, shared as the claims are.
+    docs: crate::auth::users::SharedUsers<Value>,
 }
 
 impl Hub {
@@ -135,6 +137,7 @@ impl Hub {
             missed: Default::default(),
             revocations: Arc::new(Revocations::new(config_revocations.0, config_revocations.1)),
             users: Default::default(),
+            docs: Default::default(),
         };
         (Arc::new(hub), receivers)
     }
@@ -162,16 +165,10 @@ impl Hub {
                 let (key, claims) = self.users.share(&u.key, u.claims);
                 u.key = key;
                 u.claims = claims;
-                let value = match user_value {
-                    Some(v) => self.users.share(&u.key, Arc::new(v)).1,
-                    None => u.claims.clone(),
-                };
+                let value = user_value.map(|v| self.docs.share(&u.key, Arc::new(v)).1);
                 (Some(u), value)
             }
-            None => (
-                None,
-                user_value.map_or_else(crate::auth::users::SharedUsers::anonymous, Arc::new),
-            ),
+            None => (None, user_value.map(Arc::new)),
         };
         let peer = Arc::new(Socket::with_user_value(id, user, value, self.config.max_backpressure));
         peer.touch(self.now_ms());

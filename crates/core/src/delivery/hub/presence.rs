@@ -27,7 +27,7 @@ impl Hub {
             if !hub.presence.enabled_for(room) {
                 return;
             }
-            let summary = summary_of(&user.claims);
+            let summary = summary_of(user.claims.value());
             let change = if joined {
                 hub.presence.local_join(room, &user.key, &summary)
             } else {
