@@ -416,8 +416,11 @@ impl<'de> Visitor<'de> for SkipVisitor {
 mod tests {
     use super::*;
 
+    /// Key, exp, iat, sid, audience and value, as read.
+    type Read = Option<(Option<String>, Option<u64>, Option<u64>, Option<String>, bool, Value)>;
+
     /// What the claims said when they were parsed into a map first.
-    fn by_the_map(text: &str) -> Option<(Option<String>, Option<u64>, Option<u64>, Option<String>, bool, Value)> {
+    fn by_the_map(text: &str) -> Read {
         let map: Map<String, Value> = serde_json::from_str(text).ok()?;
         let claims = Claims::from_value(Value::Object(map.clone()))?;
         let sid = map.get("sid").and_then(Value::as_str).map(str::to_string);
@@ -431,7 +434,7 @@ mod tests {
         ))
     }
 
-    fn scanned(text: &str) -> Option<(Option<String>, Option<u64>, Option<u64>, Option<String>, bool, Value)> {
+    fn scanned(text: &str) -> Read {
         let claims = Claims::parse(text.to_string())?;
         Some((
             claims.user_key().map(|k| k.to_string()),
