@@ -53,12 +53,6 @@ impl User {
             claims: Arc::new(claims),
         })
     }
-
-    /// Builds a user from verified claims; `None` when the claims name no user.
-    #[cfg(test)]
-    pub(crate) fn from_claims(claims: serde_json::Value) -> Option<User> {
-        User::of(Claims::from_value(claims)?)
-    }
 }
 
 /// `<collection>:<id>`, written on the stack so that the `Arc` is the key's one allocation
@@ -376,6 +370,14 @@ pub(crate) fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+impl User {
+    /// Builds a user from verified claims; `None` when the claims name no user.
+    pub(crate) fn from_claims(claims: serde_json::Value) -> Option<User> {
+        User::of(Claims::from_value(claims)?)
+    }
 }
 
 #[cfg(test)]

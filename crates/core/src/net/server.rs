@@ -348,6 +348,8 @@ fn bind(addr: &str) -> Result<TcpListener, Error> {
         // connection (see `accept_loop`).
         #[cfg(target_os = "linux")]
         socket.set_nodelay(true).map_err(bind_error)?;
+        #[cfg(target_os = "linux")]
+        defer_accept(&socket).map_err(bind_error)?;
         match socket.bind(sa).and_then(|_| socket.listen(LISTEN_BACKLOG)) {
             Ok(listener) => return Ok(listener),
             Err(e) => last = Some(e),
@@ -356,6 +358,35 @@ fn bind(addr: &str) -> Result<TcpListener, Error> {
     Err(bind_error(last.unwrap_or_else(|| {
         std::io::Error::new(std::io::ErrorKind::NotFound, "no address")
     })))
+}
+
+/// `TCP_DEFER_ACCEPT`: the kernel hands a connection to `accept` once its first bytes (the
+/// request head) have arrived, not at the end of TCP's handshake. A connection's task then
+/// finds its head there on its first read: no `recv` that answers `WouldBlock` and no wake-up
+/// for the bytes, per connection (a connection storm's clients are accepted faster than their
+/// requests arrive); and a client that connects and sends nothing holds no descriptor, task
+/// or slot here until it does (or until `HEADER_TIMEOUT`, after which the kernel hands it over
+/// anyway and the head's own timeout applies). Every client of this port speaks first.
+#[cfg(target_os = "linux")]
+fn defer_accept(socket: &tokio::net::TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let secs: libc::c_int = HEADER_TIMEOUT.as_secs() as libc::c_int;
+    // SAFETY: the descriptor is the socket's own, open while `socket` is borrowed; the option
+    // value is a `c_int` that lives across the call, and its size is passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Refreshes presence for the other instances and expires theirs, three times per expiry.
@@ -1524,6 +1555,48 @@ mod tests {
             let theirs = fastwebsockets::upgrade::upgrade(&mut req).unwrap_err().to_string();
             assert_eq!(ours, theirs);
         }
+    }
+
+    /// The listener hands over connections once their first bytes are in (`TCP_DEFER_ACCEPT`),
+    /// and a client that connects, waits, and then sends its head is answered all the same.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn connections_are_accepted_with_their_first_bytes() {
+        use std::os::fd::AsRawFd;
+        let server = start();
+        let listener = {
+            let _guard = server.handle().enter();
+            bind("127.0.0.1:0").unwrap()
+        };
+        let mut secs: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: the descriptor is the listener's own, open while it is borrowed; `secs` and
+        // `len` are writable and `len` says how large `secs` is.
+        let rc = unsafe {
+            libc::getsockopt(
+                listener.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&mut secs as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        assert!(secs > 0, "TCP_DEFER_ACCEPT is {secs}");
+        drop(listener);
+
+        let mut client = StdStream::connect(server.local_addr()).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Authorization: JWT {}\r\n\r\n",
+            payload_token(1, 60)
+        );
+        client.write_all(head.as_bytes()).unwrap();
+        let got = read_until(&mut client, |b| b.windows(4).any(|w| w == b"\r\n\r\n"));
+        assert!(got.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&got));
     }
 
     /// A connection as the host's server holds it: the client's end, and the host's.
