@@ -28,11 +28,11 @@ mod pages {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     /// A page's size and alignment: a block's page is its address with the low bits cleared.
-    pub(super) const PAGE: usize = 64 * 1024;
+    pub const PAGE: usize = 64 * 1024;
     /// Size classes are multiples of this, which is also the largest alignment served here.
-    pub(super) const STEP: usize = 128;
+    pub const STEP: usize = 128;
     /// Largest block served from pages; larger aligned blocks go to the system allocator.
-    pub(super) const MAX_BLOCK: usize = 4096;
+    pub const MAX_BLOCK: usize = 4096;
     const CLASSES: usize = MAX_BLOCK / STEP;
     /// The page's first `STEP` bytes hold its header, so that blocks stay aligned.
     const FIRST_BLOCK: usize = STEP;
@@ -287,6 +287,10 @@ mod pages {
     }
 }
 
+/// The pages' size, the step between their size classes, and the largest block they serve.
+#[cfg(target_os = "linux")]
+pub use pages::{MAX_BLOCK, PAGE, STEP};
+
 /// Bytes of the pages aligned blocks are cut from (mapped now, used or not); 0 where there
 /// are none.
 pub fn page_bytes() -> usize {
@@ -358,83 +362,7 @@ unsafe impl GlobalAlloc for Allocator {
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
-    use super::pages::{PAGE, STEP};
     use super::*;
-
-    /// The tests below count pages and look at neighbours: one at a time.
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-    /// Blocks of every class and alignment served here, from several threads at once, filled
-    /// and checked: aligned, never shared, and the pages given back once all are freed.
-    #[test]
-    fn aligned_blocks_are_aligned_distinct_and_given_back() {
-        let _one = ONE_AT_A_TIME.lock().unwrap();
-        let before = page_bytes();
-        let threads: Vec<_> = (0..4)
-            .map(|t| {
-                std::thread::spawn(move || {
-                    let mut held: Vec<(*mut u8, Layout, u8)> = Vec::new();
-                    let mut seed = 0x9e37_79b9_u32.wrapping_mul(t + 1);
-                    for i in 0..20_000u32 {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 17;
-                        seed ^= seed << 5;
-                        let align = [32, 64, 128][(seed % 3) as usize];
-                        let size = 1 + (seed as usize >> 4) % pages::MAX_BLOCK;
-                        let layout = Layout::from_size_align(size, align).unwrap();
-                        // SAFETY: a non-zero size.
-                        let p = unsafe { Allocator.alloc(layout) };
-                        assert!(!p.is_null());
-                        assert_eq!(p as usize % align, 0, "{layout:?}");
-                        let fill = (i % 251) as u8;
-                        // SAFETY: the block is ours and `size` long.
-                        unsafe { p.write_bytes(fill, size) };
-                        held.push((p, layout, fill));
-                        if !seed.is_multiple_of(3) {
-                            let k = (seed as usize >> 8) % held.len();
-                            let (p, layout, fill) = held.swap_remove(k);
-                            // SAFETY: still ours; checked, then freed once.
-                            unsafe {
-                                assert!(std::slice::from_raw_parts(p, layout.size()).iter().all(|b| *b == fill));
-                                Allocator.dealloc(p, layout);
-                            }
-                        }
-                    }
-                    for (p, layout, fill) in held {
-                        // SAFETY: as above.
-                        unsafe {
-                            assert!(std::slice::from_raw_parts(p, layout.size()).iter().all(|b| *b == fill));
-                            Allocator.dealloc(p, layout);
-                        }
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        // Each class keeps at most one empty page (and other tests may hold blocks).
-        assert!(page_bytes() <= before + (pages::MAX_BLOCK / STEP) * PAGE);
-    }
-
-    #[test]
-    fn blocks_of_a_multiple_of_their_alignment_are_packed() {
-        let _one = ONE_AT_A_TIME.lock().unwrap();
-        let layout = Layout::from_size_align(384, 128).unwrap();
-        // SAFETY: a non-zero size; freed below.
-        let blocks: Vec<*mut u8> = (0..1000).map(|_| unsafe { Allocator.alloc(layout) }).collect();
-        let mut pages: Vec<usize> = blocks.iter().map(|p| *p as usize & !(PAGE - 1)).collect();
-        pages.sort();
-        pages.dedup();
-        // 170 blocks of 384 bytes fit in a page: 6 pages, and room for the other tests' tasks
-        // (this allocator is the test binary's) taking blocks of the same pages meanwhile.
-        let per_page = (PAGE - STEP) / 384;
-        assert!(pages.len() <= 1000usize.div_ceil(per_page) + 3, "{} pages", pages.len());
-        for p in blocks {
-            // SAFETY: from `alloc` above with this layout.
-            unsafe { Allocator.dealloc(p, layout) };
-        }
-    }
 
     #[test]
     fn realloc_moves_between_pages_and_malloc() {
