@@ -814,7 +814,13 @@ test('a flood of events from Redis to a reader that stops reading ends in 4008, 
   let most = before
   const sampling = setInterval(async () => (most = Math.max(most, (await a.call('stats')).rss)), 50)
   try {
-    // A marker first: both readers are subscribed on A once it arrives.
+    // A subscribes to the room's channel after the joins are acked, and B connects to Redis in
+    // the background: an event published before both would reach no one (pub/sub keeps
+    // nothing). Then a marker: both readers are subscribed on A once it arrives.
+    await waitUntil(async () => (await a.call('stats')).stats.redis.subscriptions >= 1, {
+      label: "A's subscription to the room",
+    })
+    await waitUntil(async () => (await b.call('stats')).stats.redis.connected, { label: 'B connected to Redis' })
     await b.call('emit', { n: 1, from: 'marker' })
     await normal.waitFor(isEvent, { label: 'the first event through Redis' })
     // Once evicted, the slow reader reads again, to see its close frame.
