@@ -21,6 +21,13 @@ const RAW_VALUE_KEY: &str = "$serde_json::private::RawValue";
 /// A token's claims: the JSON object's text, and what the server reads of it.
 pub(crate) struct Claims {
     json: Box<str>,
+    read: Read,
+    /// The claims as JS sees them, parsed the first time one asks.
+    value: OnceLock<Arc<Value>>,
+}
+
+/// What the server reads of the claims, taken out once.
+struct Read {
     /// The user's key, `<collection>:<id>` (`None`: the claims name no user).
     key: Option<Arc<str>>,
     exp: Option<u64>,
@@ -28,8 +35,6 @@ pub(crate) struct Claims {
     sid: Sid,
     /// Whether `aud` names an audience (a string, or a list of strings).
     audience: bool,
-    /// The claims as JS sees them, parsed the first time one asks.
-    value: OnceLock<Arc<Value>>,
 }
 
 /// Where the `sid` claim is: in the text as it is (no escapes: nearly always), or unescaped.
@@ -50,31 +55,15 @@ impl Claims {
             let map: Map<String, Value> = serde_json::from_str(&json).ok()?;
             return Some(Claims::from_map(json.into_boxed_str(), map));
         }
-        let found = {
+        let read = {
             let mut de = serde_json::Deserializer::from_str(&json);
             let found = Scan.deserialize(&mut de).ok()?;
             de.end().ok()?;
-            found
-        };
-        let key = found.key();
-        let exp = found.exp.as_ref().and_then(Claim::as_u64);
-        let iat = found.iat.as_ref().and_then(Claim::as_u64);
-        let audience = found.aud.as_ref().is_some_and(Claim::is_audience);
-        let sid = match found.sid {
-            Some(Claim::Text(s)) => {
-                let start = s.as_ptr() as usize - json.as_ptr() as usize;
-                Sid::At(start as u32, (start + s.len()) as u32)
-            }
-            Some(Claim::Value(Value::String(s))) => Sid::Own(s.into_boxed_str()),
-            _ => Sid::None,
+            found.read(&json)
         };
         Some(Claims {
             json: json.into_boxed_str(),
-            key,
-            exp,
-            iat,
-            sid,
-            audience,
+            read,
             value: OnceLock::new(),
         })
     }
@@ -87,6 +76,7 @@ impl Claims {
         Some(Claims::from_map(json.into_boxed_str(), map))
     }
 
+    /// Claims already parsed into `map` (its value is kept).
     fn from_map(json: Box<str>, map: Map<String, Value>) -> Claims {
         let claim = |name: &str| map.get(name).cloned().map(Claim::Value);
         let found = Found {
@@ -94,44 +84,35 @@ impl Claims {
             collection: claim("collection"),
             exp: claim("exp"),
             iat: claim("iat"),
-            sid: None,
+            sid: claim("sid"),
             aud: claim("aud"),
         };
-        let claims = Claims {
-            key: found.key(),
-            exp: found.exp.as_ref().and_then(Claim::as_u64),
-            iat: found.iat.as_ref().and_then(Claim::as_u64),
-            sid: match map.get("sid") {
-                Some(Value::String(s)) => Sid::Own(s.as_str().into()),
-                _ => Sid::None,
-            },
-            audience: found.aud.as_ref().is_some_and(Claim::is_audience),
+        Claims {
+            read: found.read(&json),
             json,
-            value: OnceLock::new(),
-        };
-        let _ = claims.value.set(Arc::new(Value::Object(map)));
-        claims
+            value: OnceLock::from(Arc::new(Value::Object(map))),
+        }
     }
 
     /// `<collection>:<id>` (`collection` defaults to `users`); `None` without an `id` that is a
     /// number or a non-empty string.
     pub(crate) fn user_key(&self) -> Option<&Arc<str>> {
-        self.key.as_ref()
+        self.read.key.as_ref()
     }
 
     /// `exp`, when it is an integer (seconds since the epoch).
     pub(crate) fn expires_at(&self) -> Option<u64> {
-        self.exp
+        self.read.exp
     }
 
     /// `iat`, when it is an integer.
     pub(crate) fn issued_at(&self) -> Option<u64> {
-        self.iat
+        self.read.iat
     }
 
     /// `sid`, when it is a string.
     pub(crate) fn sid(&self) -> Option<&str> {
-        match &self.sid {
+        match &self.read.sid {
             Sid::None => None,
             Sid::At(start, end) => self.json.get(*start as usize..*end as usize),
             Sid::Own(s) => Some(s),
@@ -140,7 +121,7 @@ impl Claims {
 
     /// Whether `aud` names an audience.
     pub(crate) fn has_audience(&self) -> bool {
-        self.audience
+        self.read.audience
     }
 
     /// The claims' JSON text, as signed.
@@ -272,6 +253,27 @@ struct Found<'a> {
 }
 
 impl Found<'_> {
+    /// What the server keeps of these claims; a `sid` still in `text` (the claims' text, which
+    /// the scan borrowed from) is kept as its place there.
+    fn read(self, text: &str) -> Read {
+        let key = self.key();
+        let sid = match self.sid {
+            Some(Claim::Text(s)) => {
+                let start = s.as_ptr() as usize - text.as_ptr() as usize;
+                Sid::At(start as u32, (start + s.len()) as u32)
+            }
+            Some(Claim::Value(Value::String(s))) => Sid::Own(s.into_boxed_str()),
+            _ => Sid::None,
+        };
+        Read {
+            key,
+            exp: self.exp.as_ref().and_then(Claim::as_u64),
+            iat: self.iat.as_ref().and_then(Claim::as_u64),
+            sid,
+            audience: self.aud.as_ref().is_some_and(Claim::is_audience),
+        }
+    }
+
     fn key(&self) -> Option<Arc<str>> {
         let collection = self.collection.as_ref().and_then(Claim::as_str).unwrap_or("users");
         match self.id.as_ref()? {
@@ -417,10 +419,10 @@ mod tests {
     use super::*;
 
     /// Key, exp, iat, sid, audience and value, as read.
-    type Read = Option<(Option<String>, Option<u64>, Option<u64>, Option<String>, bool, Value)>;
+    type Seen = Option<(Option<String>, Option<u64>, Option<u64>, Option<String>, bool, Value)>;
 
     /// What the claims said when they were parsed into a map first.
-    fn by_the_map(text: &str) -> Read {
+    fn by_the_map(text: &str) -> Seen {
         let map: Map<String, Value> = serde_json::from_str(text).ok()?;
         let claims = Claims::from_value(Value::Object(map.clone()))?;
         let sid = map.get("sid").and_then(Value::as_str).map(str::to_string);
@@ -434,7 +436,7 @@ mod tests {
         ))
     }
 
-    fn scanned(text: &str) -> Read {
+    fn scanned(text: &str) -> Seen {
         let claims = Claims::parse(text.to_string())?;
         Some((
             claims.user_key().map(|k| k.to_string()),
