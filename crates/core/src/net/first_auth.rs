@@ -45,27 +45,31 @@ fn unauthorized(reason: impl Into<String>) -> End {
     End::Close(close_code::UNAUTHORIZED, reason.into())
 }
 
-/// Counts a socket in `stats().pendingAuth` while it lives.
-struct Pending<'a>(&'a Stats);
+/// Counts a socket in `stats().pendingAuth` while it lives. Made before the 101 is written: once
+/// the client sees the socket open, the stats count it.
+pub(crate) struct Pending(Arc<Hub>);
 
-impl<'a> Pending<'a> {
-    fn new(stats: &'a Stats) -> Pending<'a> {
-        Stats::add(&stats.pending_auth, 1);
-        Pending(stats)
+impl Pending {
+    pub(crate) fn new(hub: &Arc<Hub>) -> Pending {
+        Stats::add(&hub.stats.pending_auth, 1);
+        Pending(hub.clone())
     }
 }
 
-impl Drop for Pending<'_> {
+impl Drop for Pending {
     fn drop(&mut self) {
-        self.0.pending_auth.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0
+            .stats
+            .pending_auth
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
 /// Runs a socket opened with `?auth=message`: waits for its token, then serves it as any other
 /// socket, or closes it with the code that says why not. `early` holds the bytes read past the
 /// upgrade request.
-pub(crate) async fn serve(hub: Arc<Hub>, stream: TcpStream, early: Bytes, slot: Slot) {
-    if let Some(serving) = open(hub, stream, early, slot).await {
+pub(crate) async fn serve(pending: Pending, stream: TcpStream, early: Bytes, slot: Slot) {
+    if let Some(serving) = open(pending, stream, early, slot).await {
         serving.await;
     }
 }
@@ -73,12 +77,12 @@ pub(crate) async fn serve(hub: Arc<Hub>, stream: TcpStream, early: Bytes, slot: 
 /// [`serve`] until the socket is open: `Some` with the socket to serve, `None` once a socket
 /// that did not authenticate is closed.
 pub(crate) async fn open(
-    hub: Arc<Hub>,
+    pending: Pending,
     mut stream: TcpStream,
     early: Bytes,
     mut slot: Slot,
 ) -> Option<crate::net::connection::Serving> {
-    let pending = Pending::new(&hub.stats);
+    let hub = pending.0.clone();
     let outcome = tokio::select! {
         outcome = authenticate(&hub, &mut stream, early, &mut slot) => outcome,
         _ = hub.stopping.cancelled() => Err(End::Close(close_code::GOING_AWAY, crate::net::DRAIN_REASON.into())),

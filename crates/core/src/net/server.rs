@@ -41,6 +41,7 @@ use crate::error::Error;
 use crate::host::callbacks::Callbacks;
 use crate::limits::{client_ip, Over, Slot};
 use crate::net::connection::{self, Serving};
+use crate::net::first_auth::Pending;
 use crate::net::head::{Head, Rewind};
 use crate::net::verify::{verify_capped, Unverified};
 use crate::net::DRAIN_REASON;
@@ -996,10 +997,12 @@ fn upgrade_pending(
         Ok(r) => r,
         Err(e) => return bad_handshake(&hub, &e).response(),
     };
+    let pending = Pending::new(&hub);
+    drop(hub);
     sockets.spawn(async move {
         match upgrade.await {
             Ok(ws) => match connection::into_tcp(ws.into_inner().into_inner()) {
-                Some((stream, early)) => crate::net::first_auth::serve(hub, stream, early, slot).await,
+                Some((stream, early)) => crate::net::first_auth::serve(pending, stream, early, slot).await,
                 None => warn!("upgraded connection is not a TCP stream; dropped"),
             },
             Err(e) => warn!("upgrade failed: {e}"),
@@ -1198,9 +1201,9 @@ async fn open_upgrade(
         }
     };
     match peer {
-        Some((Some(peer), slot)) => Some(Opened::Serving(Serving::new(hub, peer, stream, early, Some(slot)))),
-        Some((None, slot)) => Some(Opened::FirstAuth {
-            hub,
+        Some((Answered::Open(peer), slot)) => Some(Opened::Serving(Serving::new(hub, peer, stream, early, Some(slot)))),
+        Some((Answered::Pending(pending), slot)) => Some(Opened::FirstAuth {
+            pending,
             stream,
             early,
             slot,
@@ -1224,7 +1227,7 @@ enum Opened {
     /// [`crate::net::first_auth::open`], made once the handshake's own is freed (the SDK's
     /// default way in, so neither future is as large as both).
     FirstAuth {
-        hub: Arc<Hub>,
+        pending: Pending,
         stream: TcpStream,
         early: Bytes,
         slot: Slot,
@@ -1284,12 +1287,12 @@ impl Future for ConnectionTask {
                     this.stage = match opened {
                         Opened::Serving(serving) => Stage::Serving(serving),
                         Opened::FirstAuth {
-                            hub,
+                            pending,
                             stream,
                             early,
                             slot,
                         } => Stage::Opening(Box::pin(async move {
-                            let serving = crate::net::first_auth::open(hub, stream, early, slot).await?;
+                            let serving = crate::net::first_auth::open(pending, stream, early, slot).await?;
                             Some((Opened::Serving(serving), None))
                         })),
                     };
@@ -1337,13 +1340,16 @@ fn check_read_upgrade(
     })
 }
 
-/// Answers an upgrade that passed [`check_read_upgrade`]: `Some` with the registered peer once
-/// the 101 is out (no peer yet for a socket that authenticates in its first message).
-async fn answer_upgrade(
-    hub: &Arc<Hub>,
-    stream: &mut TcpStream,
-    accepting: Accepting,
-) -> Option<(Option<Arc<Socket>>, Slot)> {
+/// A socket whose 101 is out.
+enum Answered {
+    /// Registered, as every open socket.
+    Open(Arc<Socket>),
+    /// Authenticates in its first message, and is counted as pending until then.
+    Pending(Pending),
+}
+
+/// Answers an upgrade that passed [`check_read_upgrade`]: `Some` once the 101 is out.
+async fn answer_upgrade(hub: &Arc<Hub>, stream: &mut TcpStream, accepting: Accepting) -> Option<(Answered, Slot)> {
     let Accepting {
         checked,
         slot,
@@ -1365,11 +1371,12 @@ async fn answer_upgrade(
         return None;
     }
     let Some((user, user_value)) = who else {
+        let pending = Pending::new(hub);
         if let Err(e) = stream.write_all(&response).await {
             debug!("upgrade not answered: {e}");
             return None;
         }
-        return Some((None, slot));
+        return Some((Answered::Pending(pending), slot));
     };
     let peer = hub.new_socket(user, user_value);
     // Registered before the 101 goes out, as on the server's own port.
@@ -1379,7 +1386,7 @@ async fn answer_upgrade(
         debug!("upgrade not answered: {e}");
         return None;
     }
-    Some((Some(peer), slot))
+    Some((Answered::Open(peer), slot))
 }
 
 /// An SSE stream or a long poll the host's HTTP server read the request of (its `'request'`
