@@ -998,7 +998,6 @@ fn upgrade_pending(
         Err(e) => return bad_handshake(&hub, &e).response(),
     };
     let pending = Pending::new(&hub);
-    drop(hub);
     sockets.spawn(async move {
         match upgrade.await {
             Ok(ws) => match connection::into_tcp(ws.into_inner().into_inner()) {
