@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
+import net from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, test } from 'node:test'
@@ -104,6 +105,89 @@ test('an instance with no local member in a room gets no pub/sub traffic for it'
   onB.send({ type: 'leave-collection', collection: 'posts' })
   await waitUntil(() => numsub(redis.port, 'collection:posts') === 1, { label: 'B unsubscribed' })
 })
+
+/**
+ * A TCP proxy to `port` that holds every chunk `ms` in each direction: a Redis that answers
+ * slowly, as one across a network does.
+ */
+async function slowProxy(port, ms) {
+  const sockets = new Set()
+  const server = net.createServer((down) => {
+    const up = net.connect(port, '127.0.0.1')
+    for (const [from, to] of [
+      [down, up],
+      [up, down],
+    ]) {
+      sockets.add(from)
+      from.on('error', () => {})
+      from.on('data', (chunk) => setTimeout(() => to.writable && to.write(chunk), ms))
+      from.on('close', () => setTimeout(() => to.destroy(), ms))
+    }
+  })
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+  cleanups.push(async () => {
+    for (const s of sockets) s.destroy()
+    await new Promise((resolve) => server.close(resolve))
+  })
+  return server.address().port
+}
+
+test(
+  'a join is acked once its instance hears the room: an event emitted elsewhere right after reaches it',
+  T,
+  async () => {
+    const redis = await startRedis(await freePort())
+    // A's subscription takes 2 x 150 ms to be confirmed; B publishes to Redis directly.
+    const slow = await slowProxy(redis.port, 150)
+    const a = await startInstance({
+      redis: { url: `redis://127.0.0.1:${slow}` },
+      history: { posts: { size: 100 } },
+      allowRooms: ['chat:*'],
+    })
+    const b = await startInstance({
+      redis: { url: `redis://127.0.0.1:${redis.port}` },
+      history: { posts: { size: 100 } },
+    })
+    await waitUntil(async () => (await a.stats()).redis.connected, { label: 'A connected to Redis' })
+    const onA = await client(a, 'u1', 'a1')
+
+    // A collection (its history in Redis): the event B emits once the ack is here reaches A.
+    const ack = await onA.request({ type: 'join-collection', collection: 'posts' })
+    assert.equal(ack.type, 'ack')
+    assert.equal(numsub(redis.port, 'collection:posts'), 1, 'subscribed before the ack')
+    await b.call('emit', { n: 1, from: 'B' })
+    const event = await onA.waitFor(isEvent, { label: "B's event on A" })
+    assert.equal(event.doc.from, 'B')
+    assert.equal(event.offset, ack.positions.posts.offset + 1, 'the first event after the position the ack gave')
+
+    // A collection without history, and an app room: the same.
+    const pages = await onA.request({ type: 'join-collection', collection: 'pages' })
+    assert.equal(pages.type, 'ack')
+    assert.equal(numsub(redis.port, 'collection:pages'), 1, 'subscribed before the ack')
+    await b.call('emit', { n: 1, from: 'B', collection: 'pages' })
+    assert.equal(
+      (await onA.waitFor((m) => isEvent(m) && m.collection === 'pages', { label: "B's pages event" })).doc.from,
+      'B',
+    )
+    const room = await onA.request({ type: 'join', room: 'chat:1' })
+    assert.equal(room.type, 'ack')
+    await b.call('publish', { room: 'chat:1', message: { type: 'said', text: 'hi' } })
+    assert.equal((await onA.waitFor((m) => m.type === 'said', { label: "B's app event" })).room, 'chat:1')
+
+    // A second member of a room already heard is acked too; once every member left, the room
+    // is unsubscribed, and joining it again subscribes again before the ack.
+    const other = await client(a, 'u2', 'a2')
+    await other.join('posts')
+    await b.call('emit', { n: 1, from: 'B', start: 1 })
+    assert.equal((await other.waitFor(isEvent, { label: "B's event on the second member" })).doc.seq, 1)
+    for (const c of [onA, other]) await c.request({ type: 'leave-collection', collection: 'posts' })
+    await waitUntil(() => numsub(redis.port, 'collection:posts') === 0, { label: 'A unsubscribed' })
+    await onA.join('posts')
+    assert.equal(numsub(redis.port, 'collection:posts'), 1, 'subscribed again before the ack')
+    await b.call('emit', { n: 1, from: 'B', start: 2 })
+    await onA.waitFor((m) => isEvent(m) && m.doc?.seq === 2, { label: 'the event after joining again' })
+  },
+)
 
 test('sendToSocket, broadcast with except and logout revocation cross instances', T, async () => {
   const { redis, a, b } = await twoInstances()

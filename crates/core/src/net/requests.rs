@@ -244,10 +244,9 @@ impl Requests {
                     .filter(|room| host_rules.join_ruled(room))
                     .collect();
                 let rule = hub.callbacks.join_rule.clone().filter(|_| !ruled.is_empty());
-                let remote = collections
-                    .iter()
-                    .any(|c| hub.remote_history(&collection_room(c)).is_some());
-                if rule.is_none() && !remote && !self.membership_pending() {
+                // With a broker (and so with a history in Redis), the ack waits for the room's
+                // subscription (`Hub::subscribed`).
+                if rule.is_none() && !hub.clustered() && !self.membership_pending() {
                     let outcomes = collections
                         .iter()
                         .map(|c| {
@@ -262,7 +261,7 @@ impl Requests {
                     }
                     return;
                 }
-                // The join rule's answer, or a history in Redis, is asynchronous.
+                // The join rule's answer, a subscription or a history in Redis is asynchronous.
                 let (hub, peer) = (hub.clone(), self.peer.clone());
                 self.in_order(id.clone(), async move {
                     if let Some(rule) = rule {

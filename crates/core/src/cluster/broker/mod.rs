@@ -55,6 +55,12 @@ pub(crate) trait Broker: Send + Sync + 'static {
     fn subscribe(&self, room: &str);
     /// The room lost its last local member.
     fn unsubscribe(&self, room: &str);
+    /// Answered once this instance hears what is published to `room` (its subscription is in
+    /// place), or once it cannot now (the room is no longer wanted, the broker is not
+    /// connected). `None`: there is nothing to wait for.
+    fn settled(&self, _room: &str) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        None
+    }
     fn stats(&self) -> BrokerStats;
     /// Room history kept in the broker, shared by every instance (Redis streams).
     fn history(&self) -> Option<redis_history::RedisHistory> {

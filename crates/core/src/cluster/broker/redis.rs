@@ -21,7 +21,7 @@ use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::prelude::{Builder, Client, Config, ReconnectPolicy};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::redis_history::RedisHistory;
@@ -121,6 +121,8 @@ struct Counters {
 enum Sub {
     Add(String),
     Remove(String),
+    /// Answered once the channel is subscribed, or is not wanted, or Redis is not connected.
+    Settled(String, oneshot::Sender<()>),
 }
 
 pub(crate) struct RedisBroker {
@@ -285,6 +287,14 @@ impl Broker for RedisBroker {
             .send(Sub::Remove(self.namespace.channel(&Channel::Room(Arc::from(room)))));
     }
 
+    fn settled(&self, room: &str) -> Option<oneshot::Receiver<()>> {
+        let (tx, rx) = oneshot::channel();
+        // After the room's `Add` in the same queue: the loop sees what is wanted first.
+        let channel = self.namespace.channel(&Channel::Room(Arc::from(room)));
+        self.subs.send(Sub::Settled(channel, tx)).ok()?;
+        Some(rx)
+    }
+
     fn history(&self) -> Option<RedisHistory> {
         Some(self.history.clone())
     }
@@ -419,6 +429,9 @@ async fn subscription_loop(
 ) {
     let mut wanted: HashSet<String> = always.iter().cloned().collect();
     let mut active: HashSet<String> = HashSet::new();
+    // Joins waiting for their room's subscription (see `Sub::Settled`).
+    let mut settling: Vec<(String, oneshot::Sender<()>)> = Vec::new();
+
     let mut reconnects = client.reconnect_rx();
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -426,17 +439,11 @@ async fn subscription_loop(
     loop {
         tokio::select! {
             change = changes.recv() => {
-                match change {
-                    Some(Sub::Add(c)) => { wanted.insert(c); }
-                    Some(Sub::Remove(c)) => { wanted.remove(&c); }
-                    None => return,
-                }
+                let Some(change) = change else { return };
+                note(change, &mut wanted, &mut settling);
                 // Take every change already queued before talking to Redis.
                 while let Ok(change) = changes.try_recv() {
-                    match change {
-                        Sub::Add(c) => { wanted.insert(c); }
-                        Sub::Remove(c) => { wanted.remove(&c); }
-                    }
+                    note(change, &mut wanted, &mut settling);
                 }
             }
             r = reconnects.recv() => {
@@ -456,12 +463,15 @@ async fn subscription_loop(
                 active.clear();
             }
             was_connected = false;
+            // Nothing is heard from Redis now: a join waiting for its room is answered.
+            settling.clear();
             continue;
         }
         if !was_connected && counters.connected_once.swap(true, Relaxed) {
             counters.reconnects.fetch_add(1, Relaxed);
         }
         was_connected = true;
+        let mut written = Vec::new();
         for channel in wanted.difference(&active).cloned().collect::<Vec<_>>() {
             let r = if sharded {
                 client.ssubscribe(channel.clone()).await
@@ -469,15 +479,24 @@ async fn subscription_loop(
                 client.subscribe(channel.clone()).await
             };
             if r.is_ok() {
-                if let Some(room) = channel.strip_prefix(&room_prefix) {
-                    on_subscribed(room);
-                } else if channel == always[1] {
-                    // Subscribed to the control channel again: what was announced from now on
-                    // is heard, what was missed meanwhile is in the store.
-                    on_reconnected();
-                }
-                active.insert(channel);
+                written.push(channel);
             }
+        }
+        // fred answers SUBSCRIBE once it is written (Redis' confirmation comes out of band and
+        // is dropped); SSUBSCRIBE once Redis answered. A PING on the same connection is answered
+        // after the SUBSCRIBEs before it were carried out: only then are they in place.
+        if !sharded && !written.is_empty() && client.ping::<fred::types::Value>(None).await.is_err() {
+            written.clear();
+        }
+        for channel in written {
+            if let Some(room) = channel.strip_prefix(&room_prefix) {
+                on_subscribed(room);
+            } else if channel == always[1] {
+                // Subscribed to the control channel again: what was announced from now on is
+                // heard, what was missed meanwhile is in the store.
+                on_reconnected();
+            }
+            active.insert(channel);
         }
         for channel in active.difference(&wanted).cloned().collect::<Vec<_>>() {
             let r = if sharded {
@@ -491,6 +510,21 @@ async fn subscription_loop(
         }
         let rooms = active.iter().filter(|c| c.starts_with(&room_prefix)).count();
         counters.subscriptions.store(rooms as u64, Relaxed);
+        // Answered by being dropped: subscribed, no longer wanted, or no longer waited for.
+        settling.retain(|(c, tx)| wanted.contains(c) && !active.contains(c) && !tx.is_closed());
+    }
+}
+
+/// Takes one change into the wanted set, or a join's wait into `settling`.
+fn note(change: Sub, wanted: &mut HashSet<String>, settling: &mut Vec<(String, oneshot::Sender<()>)>) {
+    match change {
+        Sub::Add(c) => {
+            wanted.insert(c);
+        }
+        Sub::Remove(c) => {
+            wanted.remove(&c);
+        }
+        Sub::Settled(c, tx) => settling.push((c, tx)),
     }
 }
 

@@ -152,9 +152,11 @@ impl Hub {
         Some((self.broker.get()?.history()?, policy))
     }
 
-    /// [`Hub::join_collection`] for a room whose history is in Redis: the socket joins with its
-    /// live frames held back, the missed events are read from Redis and replayed, then the held
-    /// frames that come after them are released (see `lanes::Barrier::RecoverStart`).
+    /// [`Hub::join_collection`] where other instances publish to the room too: it returns once
+    /// this instance hears the room (see [`Hub::subscribed`]). For a room whose history is in
+    /// Redis, the socket joins with its live frames held back, the missed events are read from
+    /// Redis and replayed, then the held frames that come after them are released (see
+    /// `lanes::Barrier::RecoverStart`).
     pub(crate) async fn join_collection_remote(
         &self,
         peer: &Arc<Socket>,
@@ -174,7 +176,9 @@ impl Hub {
     ) -> Result<JoinOutcome, Error> {
         let room: Arc<str> = Arc::from(room);
         let Some((history, policy)) = self.remote_history(&room) else {
-            return self.join_with_history(peer, &room, since);
+            let outcome = self.join_with_history(peer, &room, since)?;
+            self.subscribed(&room).await;
+            return Ok(outcome);
         };
         let limited = match since {
             Some(_) if !peer.in_room(&room) => self.recovery_allowed(peer, &room).err(),
@@ -190,6 +194,8 @@ impl Hub {
                 if self.registry.join(peer, &room, self.config.max_rooms_per_socket) == Joined::TooMany {
                     return Err(self.too_many_rooms());
                 }
+                // Subscribed before the position is read: every event after it reaches the socket.
+                self.subscribed(&room).await;
                 let position = history
                     .since(&room, None, policy, &self.new_epoch())
                     .await
@@ -210,6 +216,8 @@ impl Hub {
         if !joined.await.map_err(|_| Error::Closed)? {
             return Err(self.too_many_rooms());
         }
+        // Subscribed before the history is read: an event it does not hold is heard live.
+        self.subscribed(&room).await;
         let (position, entries, result) = match history
             .since_at_most(
                 &room,

@@ -19,6 +19,10 @@ use crate::delivery::rooms::Except;
 use crate::protocol::{collection_room, text_frame};
 use crate::warn;
 
+/// How long a join waits for its room's broker subscription before it is answered anyway (a
+/// Redis that is connected but not answering must not hold joins).
+pub(crate) const SUBSCRIBE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// An event for a room with Redis-backed history, waiting for its offset.
 pub(super) struct Append {
     pub(super) room: String,
@@ -40,6 +44,25 @@ impl Hub {
                 kind,
             };
             broker.publish(channel, envelope.encode());
+        }
+    }
+
+    /// Whether other instances share this one's rooms through a broker.
+    pub(crate) fn clustered(&self) -> bool {
+        self.broker.get().is_some()
+    }
+
+    /// Waits until this instance hears what other instances publish to `room` (a socket was
+    /// just put in it), at most [`SUBSCRIBE_WAIT`]. A join is answered after this, and a room's
+    /// history read after it: an event emitted anywhere once the client has its ack reaches it,
+    /// and one emitted before is in the history it recovers from. Redis pub/sub keeps nothing
+    /// for a channel nobody here subscribed to yet.
+    pub(crate) async fn subscribed(&self, room: &str) {
+        let Some(settled) = self.broker.get().and_then(|b| b.settled(room)) else {
+            return;
+        };
+        if tokio::time::timeout(SUBSCRIBE_WAIT, settled).await.is_err() {
+            crate::debug!("the broker's subscription to {room:?} took over {SUBSCRIBE_WAIT:?}; join answered");
         }
     }
 
