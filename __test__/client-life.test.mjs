@@ -16,64 +16,13 @@ import WebSocket from 'ws'
 
 import { initUWebSocket } from '../index.mjs'
 import { createRealtimeClient, DEFAULT_LIVENESS } from '../lib/client/index.mjs'
-import { makeToken, recordingWebSocket, SECRET, waitUntil } from './helpers.mjs'
+import { makeToken, recordingWebSocket, SECRET, tcpProxy, waitUntil } from './helpers.mjs'
 
 const T = { timeout: 60_000 }
 const FAST = { initialDelay: 20, maxDelay: 200, stableAfter: 1000 }
 
 const startServer = (options = {}) =>
   initUWebSocket(0, { host: '127.0.0.1', secret: SECRET, includeCollections: ['posts'], ...options })
-
-/**
- * A loopback TCP proxy to `port`. `freeze()` stops forwarding on every connection made so far,
- * in both directions, without closing or resetting anything: bytes are read and dropped, as on
- * a path that went dead. Connections made later forward normally.
- */
-async function startProxy(port) {
-  const links = []
-  const server = net.createServer((down) => {
-    if (proxy.blocked) return down.destroy()
-    const up = net.connect(port, '127.0.0.1')
-    const link = { down, up, frozen: false }
-    links.push(link)
-    down.on('data', (b) => link.frozen || up.write(b))
-    up.on('data', (b) => link.frozen || down.write(b))
-    const end = () => {
-      if (link.frozen) return // a dead path does not carry a FIN or RST either
-      down.destroy()
-      up.destroy()
-    }
-    down.on('close', end)
-    up.on('close', end)
-    down.on('error', () => {})
-    up.on('error', () => {})
-  })
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const proxy = {
-    url: `ws://127.0.0.1:${server.address().port}/`,
-    links,
-    /** While true, new connections are closed at once (the server is out of reach). */
-    blocked: false,
-    freeze() {
-      for (const link of links) link.frozen = true
-    },
-    /** Resets every connection made so far, as a network drop does. */
-    cut() {
-      for (const { down, up } of links) {
-        down.destroy()
-        up.destroy()
-      }
-    },
-    close() {
-      for (const { down, up } of links) {
-        down.destroy()
-        up.destroy()
-      }
-      return new Promise((r) => server.close(r))
-    },
-  }
-  return proxy
-}
 
 test('liveness options: defaults, false, and bad values refused', () => {
   assert.deepEqual({ ...DEFAULT_LIVENESS }, { interval: 25_000, timeout: 10_000 })
@@ -88,11 +37,11 @@ test('liveness options: defaults, false, and bad values refused', () => {
 
 test('a path that goes dead without a close: the client reconnects through a new connection', T, async () => {
   const manager = await startServer()
-  const proxy = await startProxy(manager.port)
+  const proxy = await tcpProxy(manager.port)
   const events = []
   const closes = []
   const client = createRealtimeClient({
-    url: proxy.url,
+    url: `ws://127.0.0.1:${proxy.port}/`,
     token: makeToken({ id: 'walker' }),
     WebSocket,
     reconnect: FAST,
@@ -284,12 +233,12 @@ test('send(): a message without a reply; unsolicited errors are also messages', 
 
 test('app events missed while disconnected are recovered on reconnect, in order, once', T, async () => {
   const manager = await startServer({ rooms: { 'orders:*': () => true }, history: { 'orders:*': { size: 100 } } })
-  const proxy = await startProxy(manager.port)
+  const proxy = await tcpProxy(manager.port)
   const shipped = []
   const statuses = []
   // A refused handshake may fall back to SSE: app rooms recover there the same way.
   const client = createRealtimeClient({
-    url: proxy.url,
+    url: `ws://127.0.0.1:${proxy.port}/`,
     token: makeToken({ id: 'clerk' }),
     WebSocket,
     reconnect: FAST,

@@ -70,6 +70,58 @@ export function freePort() {
   })
 }
 
+/**
+ * A loopback TCP proxy to `port` (connect to its `port`). `delay`: every chunk is held that many
+ * ms in each direction (a far server, a slow Redis). `freeze()` stops forwarding on every
+ * connection made so far, in both directions, without closing or resetting anything: bytes are
+ * read and dropped, as on a path that went dead. Connections made later forward normally.
+ */
+export async function tcpProxy(port, { delay = 0 } = {}) {
+  const links = []
+  const later = (fn) => (delay > 0 ? setTimeout(fn, delay) : fn())
+  const server = net.createServer((down) => {
+    if (proxy.blocked) return down.destroy()
+    const up = net.connect(port, '127.0.0.1')
+    const link = { down, up, frozen: false }
+    links.push(link)
+    down.on('data', (b) => link.frozen || later(() => up.write(b)))
+    up.on('data', (b) => link.frozen || later(() => down.write(b)))
+    const end = () => {
+      if (link.frozen) return // a dead path does not carry a FIN or RST either
+      later(() => {
+        down.destroy()
+        up.destroy()
+      })
+    }
+    down.on('close', end)
+    up.on('close', end)
+    down.on('error', () => {})
+    up.on('error', () => {})
+  })
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const proxy = {
+    port: server.address().port,
+    links,
+    /** While true, new connections are closed at once (the server is out of reach). */
+    blocked: false,
+    freeze() {
+      for (const link of links) link.frozen = true
+    },
+    /** Resets every connection made so far, as a network drop does. */
+    cut() {
+      for (const { down, up } of links) {
+        down.destroy()
+        up.destroy()
+      }
+    },
+    close() {
+      proxy.cut()
+      return new Promise((r) => server.close(r))
+    },
+  }
+  return proxy
+}
+
 /** Rejects with a clear message when `promise` has not settled after `ms` (a hang guard). */
 export function withTimeout(promise, ms, label) {
   let timer

@@ -7,12 +7,22 @@
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
-import net from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, test } from 'node:test'
 
-import { SECRET, connect, freePort, httpGet, isEvent, makeToken, sleep, startServer, waitUntil } from './helpers.mjs'
+import {
+  SECRET,
+  connect,
+  freePort,
+  httpGet,
+  isEvent,
+  makeToken,
+  sleep,
+  startServer,
+  tcpProxy,
+  waitUntil,
+} from './helpers.mjs'
 import { cleanups, cli, redisCli, runCleanups, skip, startInstance, startRedis } from './redis-helpers.mjs'
 
 const T = { timeout: 180_000, skip }
@@ -106,41 +116,16 @@ test('an instance with no local member in a room gets no pub/sub traffic for it'
   await waitUntil(() => numsub(redis.port, 'collection:posts') === 1, { label: 'B unsubscribed' })
 })
 
-/**
- * A TCP proxy to `port` that holds every chunk `ms` in each direction: a Redis that answers
- * slowly, as one across a network does.
- */
-async function slowProxy(port, ms) {
-  const sockets = new Set()
-  const server = net.createServer((down) => {
-    const up = net.connect(port, '127.0.0.1')
-    for (const [from, to] of [
-      [down, up],
-      [up, down],
-    ]) {
-      sockets.add(from)
-      from.on('error', () => {})
-      from.on('data', (chunk) => setTimeout(() => to.writable && to.write(chunk), ms))
-      from.on('close', () => setTimeout(() => to.destroy(), ms))
-    }
-  })
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
-  cleanups.push(async () => {
-    for (const s of sockets) s.destroy()
-    await new Promise((resolve) => server.close(resolve))
-  })
-  return server.address().port
-}
-
 test(
   'a join is acked once its instance hears the room: an event emitted elsewhere right after reaches it',
   T,
   async () => {
     const redis = await startRedis(await freePort())
     // A's subscription takes 2 x 150 ms to be confirmed; B publishes to Redis directly.
-    const slow = await slowProxy(redis.port, 150)
+    const slow = await tcpProxy(redis.port, { delay: 150 })
+    cleanups.push(() => slow.close())
     const a = await startInstance({
-      redis: { url: `redis://127.0.0.1:${slow}` },
+      redis: { url: `redis://127.0.0.1:${slow.port}` },
       history: { posts: { size: 100 } },
       allowRooms: ['chat:*'],
     })
